@@ -1,0 +1,175 @@
+//! Per-item completion: a frontend that must learn what became of each item it produced (to
+//! acknowledge it to a broker, say) attaches a ticket to it, and the engine completes the
+//! ticket once the rest of the pipeline is done with the item.
+//!
+//! Plain frontends go through [`Untracked`], whose ticket is `()`: a zero-sized value whose
+//! completion is an empty inlined call, so the hook costs nothing when unused.
+
+use crate::context::StageContext;
+use crate::error::StageError;
+use crate::stage::Frontend;
+
+/// What became of one item, as reported to its [`Ticket`].
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub enum Outcome<'a> {
+    /// The last stage finished with the item.
+    Processed,
+    /// A transport filtered the item out.
+    Filtered,
+    /// A stage returned an error or panicked on the item.
+    Failed {
+        /// The stage the failure happened in.
+        stage: &'a str,
+        /// The error (for a panic, its message).
+        error: &'a StageError,
+    },
+    /// The item was abandoned by a forced stop.
+    Dropped,
+}
+
+impl Outcome<'_> {
+    /// Whether the pipeline is done with the item for good: processed, filtered or failed.
+    ///
+    /// A dropped item is not finished: a broker-backed source should leave it unacknowledged
+    /// so that it is delivered again.
+    pub fn is_finished(&self) -> bool {
+        !matches!(self, Self::Dropped)
+    }
+}
+
+/// A token that travels with one item and is completed exactly once with the item's
+/// [`Outcome`].
+///
+/// # Examples
+///
+/// ```
+/// use std::sync::mpsc;
+/// use engine_core::{Outcome, Ticket};
+///
+/// /// Acknowledges a message id on a channel once the item is finished.
+/// struct Ack { id: u64, acks: mpsc::Sender<u64> }
+///
+/// impl Ticket for Ack {
+///     fn complete(self, outcome: Outcome<'_>) {
+///         if outcome.is_finished() {
+///             let _ = self.acks.send(self.id);
+///         }
+///     }
+/// }
+///
+/// let (tx, rx) = mpsc::channel();
+/// Ack { id: 7, acks: tx.clone() }.complete(Outcome::Processed);
+/// Ack { id: 8, acks: tx }.complete(Outcome::Dropped);
+/// assert_eq!(rx.try_iter().collect::<Vec<_>>(), [7]);
+/// ```
+pub trait Ticket: Send + 'static {
+    /// Reports what became of the item. Called once, from whichever thread finished the item.
+    fn complete(self, outcome: Outcome<'_>);
+}
+
+impl Ticket for () {
+    #[inline(always)]
+    fn complete(self, _outcome: Outcome<'_>) {}
+}
+
+/// A frontend whose items carry a [`Ticket`].
+///
+/// Every [`Frontend`] becomes one through [`Untracked`]. Engines are written against this
+/// trait, so a broker-backed source plugs in without a second code path.
+pub trait TrackedFrontend {
+    /// The type of the items produced.
+    type Item;
+    /// The ticket attached to each item.
+    type Ticket: Ticket;
+
+    /// As [`Frontend::setup`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Frontend::setup`].
+    fn setup(&mut self, ctx: &StageContext) -> Result<(), StageError> {
+        let _ = ctx;
+        Ok(())
+    }
+
+    /// As [`Frontend::produce`], with the item's ticket.
+    ///
+    /// # Errors
+    ///
+    /// As [`Frontend::produce`].
+    fn produce(
+        &mut self,
+        ctx: &StageContext,
+    ) -> Result<Option<(Self::Ticket, Self::Item)>, StageError>;
+
+    /// As [`Frontend::cleanup`].
+    fn cleanup(&mut self, ctx: &StageContext) {
+        let _ = ctx;
+    }
+}
+
+/// A plain [`Frontend`] seen as a [`TrackedFrontend`] with the empty ticket `()`.
+///
+/// # Examples
+///
+/// ```
+/// use engine_core::{IntoFrontend, StageContext, StageKind, TrackedFrontend, Untracked};
+///
+/// let ctx = StageContext::new("f", StageKind::Frontend, 0, 1);
+/// let mut frontend = Untracked::new([5].into_frontend());
+/// assert_eq!(frontend.produce(&ctx).unwrap(), Some(((), 5)));
+/// assert_eq!(std::mem::size_of::<((), u64)>(), std::mem::size_of::<u64>());
+/// ```
+#[derive(Debug, Clone)]
+pub struct Untracked<F>(F);
+
+impl<F> Untracked<F> {
+    /// Wraps a frontend.
+    pub fn new(frontend: F) -> Self {
+        Self(frontend)
+    }
+
+    /// The wrapped frontend.
+    pub fn into_inner(self) -> F {
+        self.0
+    }
+}
+
+impl<F: Frontend> TrackedFrontend for Untracked<F> {
+    type Item = F::Item;
+    type Ticket = ();
+
+    fn setup(&mut self, ctx: &StageContext) -> Result<(), StageError> {
+        self.0.setup(ctx)
+    }
+
+    #[inline]
+    fn produce(&mut self, ctx: &StageContext) -> Result<Option<((), F::Item)>, StageError> {
+        Ok(self.0.produce(ctx)?.map(|item| ((), item)))
+    }
+
+    fn cleanup(&mut self, ctx: &StageContext) {
+        self.0.cleanup(ctx);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_dropped_items_are_unfinished() {
+        let error = StageError::msg("x");
+        assert!(Outcome::Processed.is_finished());
+        assert!(Outcome::Filtered.is_finished());
+        assert!(
+            Outcome::Failed {
+                stage: "t",
+                error: &error
+            }
+            .is_finished()
+        );
+        assert!(!Outcome::Dropped.is_finished());
+    }
+}

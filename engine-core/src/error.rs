@@ -1,0 +1,183 @@
+//! The error a stage returns for one item, and the errors of the shared application config.
+
+use std::error::Error as StdError;
+use std::fmt;
+
+/// The error type of stage code: what a `setup`, `produce`, `transport` or `process` call
+/// returns when it fails.
+///
+/// Any error type converts into it with `?`, and [`StageError::msg`] makes one from a message.
+/// Like `anyhow::Error`, it deliberately does not implement [`std::error::Error`] itself (that
+/// would conflict with the blanket conversion); use [`StageError::as_error`] or convert it into
+/// a `Box<dyn Error + Send + Sync>` when an error trait object is needed.
+///
+/// Its `Display` shows the error and, in the alternate form (`{:#}`), its chain of sources, so
+/// that a message stays useful after it crossed a process boundary as text.
+///
+/// # Examples
+///
+/// ```
+/// use engine_core::StageError;
+///
+/// fn parse(line: &str) -> Result<u64, StageError> {
+///     let n: u64 = line.trim().parse()?;
+///     if n == 0 {
+///         return Err(StageError::msg("zero is not a valid id"));
+///     }
+///     Ok(n)
+/// }
+///
+/// assert_eq!(parse(" 7 ").unwrap(), 7);
+/// assert_eq!(parse("0").unwrap_err().to_string(), "zero is not a valid id");
+/// assert_eq!(parse("x").unwrap_err().to_string(), "invalid digit found in string");
+/// ```
+pub struct StageError {
+    inner: Box<dyn StdError + Send + Sync + 'static>,
+}
+
+impl StageError {
+    /// Makes an error from a message.
+    pub fn msg(message: impl fmt::Display) -> Self {
+        Self {
+            inner: Box::new(Message(message.to_string())),
+        }
+    }
+
+    /// Wraps any error value.
+    pub fn new<E: StdError + Send + Sync + 'static>(error: E) -> Self {
+        Self {
+            inner: Box::new(error),
+        }
+    }
+
+    /// The wrapped error as a trait object, for `source()` chains and downcasting.
+    pub fn as_error(&self) -> &(dyn StdError + Send + Sync + 'static) {
+        &*self.inner
+    }
+
+    /// Returns the wrapped error if it is of type `E`.
+    ///
+    /// ```
+    /// # use engine_core::StageError;
+    /// let err = StageError::new(std::io::Error::other("disk full"));
+    /// assert!(err.downcast_ref::<std::io::Error>().is_some());
+    /// ```
+    pub fn downcast_ref<E: StdError + 'static>(&self) -> Option<&E> {
+        self.inner.downcast_ref::<E>()
+    }
+
+    /// The message and every source, joined by `": "`.
+    ///
+    /// This is the form to log or send to another process.
+    pub fn chain_message(&self) -> String {
+        let mut text = self.inner.to_string();
+        let mut source = self.inner.source();
+        while let Some(cause) = source {
+            text.push_str(": ");
+            text.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        text
+    }
+}
+
+impl<E: StdError + Send + Sync + 'static> From<E> for StageError {
+    fn from(error: E) -> Self {
+        Self::new(error)
+    }
+}
+
+impl From<StageError> for Box<dyn StdError + Send + Sync + 'static> {
+    fn from(error: StageError) -> Self {
+        error.inner
+    }
+}
+
+impl From<StageError> for Box<dyn StdError + 'static> {
+    fn from(error: StageError) -> Self {
+        error.inner
+    }
+}
+
+impl fmt::Display for StageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if f.alternate() {
+            f.write_str(&self.chain_message())
+        } else {
+            fmt::Display::fmt(&self.inner, f)
+        }
+    }
+}
+
+impl fmt::Debug for StageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.inner, f)
+    }
+}
+
+/// A plain message used as an error.
+#[derive(Debug)]
+struct Message(String);
+
+impl fmt::Display for Message {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl StdError for Message {}
+
+/// The shared application config a stage asked for is not there, or is of another type.
+///
+/// Returned by [`AppConfig::get`](crate::AppConfig::get) and
+/// [`StageContext::config`](crate::StageContext::config). It converts into a [`StageError`], so
+/// `ctx.config::<MyConfig>()?` works inside `setup`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The engine was built without an application config.
+    #[error("no application config was given to the engine, but a stage asked for `{expected}`")]
+    Missing {
+        /// The type the stage asked for.
+        expected: &'static str,
+    },
+    /// The engine's application config has another type.
+    #[error("the application config is a `{found}`, but a stage asked for `{expected}`")]
+    WrongType {
+        /// The type the stage asked for.
+        expected: &'static str,
+        /// The type the engine was given.
+        found: &'static str,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("outer")]
+    struct Outer(#[source] std::io::Error);
+
+    #[test]
+    fn alternate_display_shows_the_source_chain() {
+        let err = StageError::from(Outer(std::io::Error::other("inner")));
+        assert_eq!(err.to_string(), "outer");
+        assert_eq!(format!("{err:#}"), "outer: inner");
+        assert_eq!(err.chain_message(), "outer: inner");
+    }
+
+    #[test]
+    fn converts_into_a_boxed_error() {
+        let boxed: Box<dyn StdError + Send + Sync> = StageError::msg("boom").into();
+        assert_eq!(boxed.to_string(), "boom");
+    }
+
+    #[test]
+    fn config_error_converts_with_question_mark() {
+        fn f() -> Result<(), StageError> {
+            Err(ConfigError::Missing { expected: "u32" })?
+        }
+        assert!(f().unwrap_err().to_string().contains("`u32`"));
+    }
+}

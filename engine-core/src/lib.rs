@@ -1,0 +1,122 @@
+//! The core of the engine workspace: the stage traits, the wire protocol, the stop handle and
+//! the run report that every engine (threads, worker processes, the pod, Redis) shares.
+//!
+//! A pipeline has three stages. A [`Frontend`] produces items, a [`Transport`] maps each item
+//! to zero or one output, and a [`Backend`] consumes them. The item types are associated
+//! types, so a pipeline whose stages do not fit together does not compile. Each stage gets a
+//! [`StageContext`] (its name, its thread or worker index, the shared [`AppConfig`] and the
+//! [`StopHandle`]), and `setup`/`cleanup` hooks run once per instance.
+//!
+//! Stages need no boilerplate: any [`IntoIterator`] is a frontend, any `FnMut(A) -> B` a
+//! transport and any `FnMut(A)` a backend (see [`IntoFrontend`], [`IntoTransport`],
+//! [`IntoBackend`], and [`filter_map`], [`try_map`], [`try_iter`] for the filtering and
+//! fallible forms).
+//!
+//! This crate runs nothing by itself; the engines do. It has few dependencies and changes
+//! rarely.
+//!
+//! # Example
+//!
+//! A stage written as a type, next to stages written as a range and a closure, driven by hand
+//! the way an engine drives them on one thread:
+//!
+//! ```
+//! use engine_core::{
+//!     Backend, Counts, Frontend, IntoBackend, IntoFrontend, IntoTransport, RunEnd, RunReport,
+//!     StageContext, StageError, StageKind, StageReport, StopHandle, Transport,
+//! };
+//!
+//! /// Keeps the even numbers, halved.
+//! struct Halve;
+//!
+//! impl Transport for Halve {
+//!     type Input = u64;
+//!     type Output = u64;
+//!
+//!     fn transport(&mut self, n: u64, _ctx: &StageContext) -> Result<Option<u64>, StageError> {
+//!         Ok((n % 2 == 0).then_some(n / 2))
+//!     }
+//! }
+//!
+//! let stop = StopHandle::new();
+//! let ctx = |name, kind| StageContext::new(name, kind, 0, 1).with_stop(stop.clone());
+//! let (f_ctx, t_ctx, b_ctx) = (
+//!     ctx("numbers", StageKind::Frontend),
+//!     ctx("halve", StageKind::Transport),
+//!     ctx("sum", StageKind::Backend),
+//! );
+//!
+//! let mut frontend = (1..=10_u64).into_frontend();
+//! let mut transport = Halve.into_transport();
+//! let mut total = 0;
+//! let mut backend = (|n: u64| total += n).into_backend();
+//!
+//! let (mut f, mut t, mut b) = (Counts::default(), Counts::default(), Counts::default());
+//! while let Some(n) = frontend.produce(&f_ctx)? {
+//!     f.input += 1;
+//!     f.output += 1;
+//!     t.input += 1;
+//!     match transport.transport(n, &t_ctx)? {
+//!         None => t.filtered += 1,
+//!         Some(half) => {
+//!             t.output += 1;
+//!             b.input += 1;
+//!             backend.process(half, &b_ctx)?;
+//!             b.output += 1;
+//!         }
+//!     }
+//! }
+//! drop(backend);
+//! assert_eq!(total, 1 + 2 + 3 + 4 + 5);
+//!
+//! let report = RunReport::new(
+//!     vec![
+//!         StageReport::new("numbers", StageKind::Frontend).with_counts(f),
+//!         StageReport::new("halve", StageKind::Transport).with_counts(t),
+//!         StageReport::new("sum", StageKind::Backend).with_counts(b),
+//!     ],
+//!     std::time::Duration::from_millis(1),
+//!     RunEnd::Completed,
+//! );
+//! report.check()?; // Every item is accounted for.
+//! assert_eq!((report.produced(), report.filtered(), report.processed()), (10, 5, 5));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # Contents
+//!
+//! - Stages: [`Frontend`], [`Transport`], [`Backend`], [`StageKind`], [`ErrorPolicy`], and
+//!   the closure and iterator adapters.
+//! - Context: [`StageContext`], [`AppConfig`].
+//! - Stopping: [`StopHandle`], [`StopLevel`], [`install_signal_handler`].
+//! - Reporting: [`RunReport`], [`StageReport`], [`Counts`], [`RunEnd`].
+//! - Per-item completion for broker-backed sources: [`TrackedFrontend`], [`Ticket`],
+//!   [`Outcome`].
+//! - The wire protocol between processes: [`protocol`].
+//! - Errors: [`StageError`], [`ConfigError`], [`SignalError`], [`CountMismatch`],
+//!   [`protocol::ProtocolError`].
+
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod adapt;
+mod completion;
+mod context;
+mod error;
+pub mod protocol;
+mod report;
+mod signal;
+mod stage;
+mod stop;
+
+pub use adapt::{
+    FilterMapFn, ForEachFn, IntoBackend, IntoFrontend, IntoTransport, IterFrontend, MapFn,
+    TryFilterMapFn, TryForEachFn, TryIterFrontend, TryMapFn, filter_map, markers, try_filter_map,
+    try_iter, try_map,
+};
+pub use completion::{Outcome, Ticket, TrackedFrontend, Untracked};
+pub use context::{AppConfig, StageContext};
+pub use error::{ConfigError, StageError};
+pub use report::{CountMismatch, Counts, RunEnd, RunReport, StageReport, ThreadReport};
+pub use signal::{Signal, SignalError, SignalGuard, install_signal_handler, install_signal_handler_with};
+pub use stage::{Backend, ErrorPolicy, Frontend, StageKind, Transport};
+pub use stop::{StopHandle, StopLevel, StopSubscription};

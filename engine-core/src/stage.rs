@@ -1,0 +1,259 @@
+//! The three stage traits: a frontend produces items, a transport maps them, a backend
+//! consumes them.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::context::StageContext;
+use crate::error::StageError;
+
+/// Which of the three stages a piece of code is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum StageKind {
+    /// Produces items: reads a source, generates data.
+    Frontend,
+    /// Maps each item to zero or one output.
+    Transport,
+    /// Consumes items: the sink of the pipeline.
+    Backend,
+}
+
+impl StageKind {
+    /// The lowercase name: `"frontend"`, `"transport"` or `"backend"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Frontend => "frontend",
+            Self::Transport => "transport",
+            Self::Backend => "backend",
+        }
+    }
+}
+
+impl fmt::Display for StageKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+/// The first stage: produces the items of a run.
+///
+/// An engine calls [`setup`](Self::setup) once per instance (thread or worker), then
+/// [`produce`](Self::produce) until it returns `Ok(None)` or the run is stopped, then
+/// [`cleanup`](Self::cleanup). The end of every frontend instance ends the run once downstream
+/// has drained.
+///
+/// Any [`IntoIterator`] is a frontend too, through [`IntoFrontend`](crate::IntoFrontend); see
+/// [`try_iter`](crate::try_iter) for iterators of `Result`s.
+///
+/// # Errors and stopping
+///
+/// An `Err` from `produce` is counted as a failed item and, under the default
+/// [`ErrorPolicy::Skip`](crate::ErrorPolicy::Skip), `produce` is called again; a source that is
+/// gone for good should return `Ok(None)`. A frontend that blocks (reading a pipe, a socket)
+/// should check [`StageContext::is_stopping`] when it wakes up; engines do not wait for a
+/// frontend stuck in a blocking call after a stop.
+///
+/// # Examples
+///
+/// ```
+/// use engine_core::{Frontend, StageContext, StageError, StageKind};
+///
+/// /// Counts down from `from` to 1.
+/// struct Countdown { from: u32 }
+///
+/// impl Frontend for Countdown {
+///     type Item = u32;
+///
+///     fn produce(&mut self, _ctx: &StageContext) -> Result<Option<u32>, StageError> {
+///         if self.from == 0 {
+///             return Ok(None);
+///         }
+///         self.from -= 1;
+///         Ok(Some(self.from + 1))
+///     }
+/// }
+///
+/// let ctx = StageContext::new("countdown", StageKind::Frontend, 0, 1);
+/// let mut frontend = Countdown { from: 2 };
+/// assert_eq!(frontend.produce(&ctx).unwrap(), Some(2));
+/// assert_eq!(frontend.produce(&ctx).unwrap(), Some(1));
+/// assert_eq!(frontend.produce(&ctx).unwrap(), None);
+/// ```
+pub trait Frontend {
+    /// The type of the items produced.
+    type Item;
+
+    /// Called once per instance before the first item. An error stops the run.
+    ///
+    /// # Errors
+    ///
+    /// Whatever keeps the stage from starting: a file that will not open, a missing config.
+    fn setup(&mut self, ctx: &StageContext) -> Result<(), StageError> {
+        let _ = ctx;
+        Ok(())
+    }
+
+    /// Produces the next item, or `Ok(None)` when there are no more.
+    ///
+    /// # Errors
+    ///
+    /// An error for this one attempt; it is counted and handled by the engine's error policy.
+    fn produce(&mut self, ctx: &StageContext) -> Result<Option<Self::Item>, StageError>;
+
+    /// Called once per instance after the last item, also after a failed `setup` of a later
+    /// stage and after a stop. Not called if this instance's own `setup` failed.
+    fn cleanup(&mut self, ctx: &StageContext) {
+        let _ = ctx;
+    }
+}
+
+/// The middle stage: maps each input item to zero or one output item.
+///
+/// Returning `Ok(None)` filters the item out (it is counted as filtered). Any
+/// `FnMut(A) -> B` closure is a transport through [`IntoTransport`](crate::IntoTransport); see
+/// [`filter_map`](crate::filter_map), [`try_map`](crate::try_map) and
+/// [`try_filter_map`](crate::try_filter_map) for the filtering and fallible forms.
+///
+/// # Examples
+///
+/// ```
+/// use engine_core::{StageContext, StageError, StageKind, Transport};
+///
+/// /// Parses lines as numbers and drops blank lines.
+/// struct Parse;
+///
+/// impl Transport for Parse {
+///     type Input = String;
+///     type Output = u64;
+///
+///     fn transport(&mut self, line: String, _ctx: &StageContext) -> Result<Option<u64>, StageError> {
+///         let line = line.trim();
+///         if line.is_empty() {
+///             return Ok(None);
+///         }
+///         Ok(Some(line.parse()?))
+///     }
+/// }
+///
+/// let ctx = StageContext::new("parse", StageKind::Transport, 0, 1);
+/// assert_eq!(Parse.transport(" 12 ".into(), &ctx).unwrap(), Some(12));
+/// assert_eq!(Parse.transport("".into(), &ctx).unwrap(), None);
+/// assert!(Parse.transport("x".into(), &ctx).is_err());
+/// ```
+pub trait Transport {
+    /// The type of the items received.
+    type Input;
+    /// The type of the items passed on.
+    type Output;
+
+    /// Called once per instance before the first item. An error stops the run.
+    ///
+    /// # Errors
+    ///
+    /// Whatever keeps the stage from starting.
+    fn setup(&mut self, ctx: &StageContext) -> Result<(), StageError> {
+        let _ = ctx;
+        Ok(())
+    }
+
+    /// Maps one item: `Ok(Some(out))` passes `out` on, `Ok(None)` filters the item out.
+    ///
+    /// # Errors
+    ///
+    /// An error for this one item; it is counted and handled by the engine's error policy.
+    fn transport(
+        &mut self,
+        item: Self::Input,
+        ctx: &StageContext,
+    ) -> Result<Option<Self::Output>, StageError>;
+
+    /// Called once per instance after the last item. Not called if this instance's own `setup`
+    /// failed.
+    fn cleanup(&mut self, ctx: &StageContext) {
+        let _ = ctx;
+    }
+}
+
+/// The last stage: consumes items.
+///
+/// Any `FnMut(A)` or `FnMut(A) -> Result<(), E>` closure is a backend through
+/// [`IntoBackend`](crate::IntoBackend).
+///
+/// # Examples
+///
+/// ```
+/// use engine_core::{Backend, StageContext, StageError, StageKind};
+///
+/// /// Sums what it receives.
+/// #[derive(Default)]
+/// struct Sum(u64);
+///
+/// impl Backend for Sum {
+///     type Input = u64;
+///
+///     fn process(&mut self, item: u64, _ctx: &StageContext) -> Result<(), StageError> {
+///         self.0 = self.0.checked_add(item).ok_or_else(|| StageError::msg("sum overflows"))?;
+///         Ok(())
+///     }
+/// }
+///
+/// let ctx = StageContext::new("sum", StageKind::Backend, 0, 1);
+/// let mut sum = Sum::default();
+/// sum.process(2, &ctx).unwrap();
+/// sum.process(3, &ctx).unwrap();
+/// assert_eq!(sum.0, 5);
+/// assert!(sum.process(u64::MAX, &ctx).is_err());
+/// ```
+pub trait Backend {
+    /// The type of the items received.
+    type Input;
+
+    /// Called once per instance before the first item. An error stops the run.
+    ///
+    /// # Errors
+    ///
+    /// Whatever keeps the stage from starting.
+    fn setup(&mut self, ctx: &StageContext) -> Result<(), StageError> {
+        let _ = ctx;
+        Ok(())
+    }
+
+    /// Consumes one item.
+    ///
+    /// # Errors
+    ///
+    /// An error for this one item; it is counted and handled by the engine's error policy.
+    fn process(&mut self, item: Self::Input, ctx: &StageContext) -> Result<(), StageError>;
+
+    /// Called once per instance after the last item. Not called if this instance's own `setup`
+    /// failed.
+    fn cleanup(&mut self, ctx: &StageContext) {
+        let _ = ctx;
+    }
+}
+
+/// What an engine does when a stage fails on one item (returns an error or panics).
+///
+/// Either way the failure is counted in the [`RunReport`](crate::RunReport) and logged with
+/// the stage and instance it happened in.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ErrorPolicy {
+    /// Count the item as failed and go on with the next one.
+    #[default]
+    Skip,
+    /// Count the item as failed and stop the run gracefully: what was already accepted drains.
+    Stop,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stage_kind_names_pad_in_tables() {
+        assert_eq!(format!("[{:<10}]", StageKind::Backend), "[backend   ]");
+        assert_eq!(StageKind::Frontend.as_str(), "frontend");
+        assert_eq!(ErrorPolicy::default(), ErrorPolicy::Skip);
+    }
+}
