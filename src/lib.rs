@@ -1,1 +1,91 @@
-//! x
+//! Staged, concurrent data processing on one machine: one set of stage traits that runs on
+//! threads, in worker processes, or hosted in a long-running pod of components.
+//!
+//! This is the facade crate. It re-exports each engine crate behind a cargo feature, so one
+//! dependency gives the whole toolkit, and each crate can still be used alone:
+//!
+//! | module | crate | feature | what it is |
+//! |---|---|---|---|
+//! | [`core`] | `engine-core` | always | stage traits, wire protocol, stop handle, run report |
+//! | `threads` | `engine-threads` | `threads` (default) | the threaded 3-stage engine |
+//! | `ootb` | `engine-ootb` | `ootb` (default) | stdin frontend, log transport, log backend |
+//! | `proc` | `engine-proc` | `proc` (default) | worker processes over ipc-channel |
+//! | `pod` | `engine-pod` | `pod` (default) | the bean pod on tokio |
+//!
+//! The [`prelude`] holds what nearly every program needs to write stages.
+//!
+//! # Example
+//!
+//! ```
+//! use engine::prelude::*;
+//!
+//! /// Upper-cases lines and drops empty ones.
+//! struct Shout;
+//!
+//! impl Transport for Shout {
+//!     type Input = String;
+//!     type Output = String;
+//!
+//!     fn transport(&mut self, line: String, _ctx: &StageContext) -> Result<Option<String>, StageError> {
+//!         Ok((!line.is_empty()).then(|| line.to_uppercase()))
+//!     }
+//! }
+//!
+//! let ctx = StageContext::new("shout", engine::core::StageKind::Transport, 0, 1);
+//! assert_eq!(Shout.transport("hi".into(), &ctx)?, Some("HI".to_string()));
+//! assert_eq!(Shout.transport(String::new(), &ctx)?, None);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+#[doc(inline)]
+pub use engine_core as core;
+
+#[cfg(feature = "threads")]
+#[cfg_attr(docsrs, doc(cfg(feature = "threads")))]
+#[doc(inline)]
+pub use engine_threads as threads;
+
+#[cfg(feature = "ootb")]
+#[cfg_attr(docsrs, doc(cfg(feature = "ootb")))]
+#[doc(inline)]
+pub use engine_ootb as ootb;
+
+#[cfg(feature = "proc")]
+#[cfg_attr(docsrs, doc(cfg(feature = "proc")))]
+#[doc(inline)]
+pub use engine_proc as proc;
+
+#[cfg(feature = "pod")]
+#[cfg_attr(docsrs, doc(cfg(feature = "pod")))]
+#[doc(inline)]
+pub use engine_pod as pod;
+
+/// What nearly every program needs to write stages: `use engine::prelude::*;`.
+pub mod prelude {
+    #[doc(no_inline)]
+    pub use engine_core::{
+        AppConfig, Backend, ErrorPolicy, Frontend, RunReport, StageContext, StageError, StopHandle,
+        Transport,
+    };
+}
+
+/// The cargo features this build of the crate was compiled with, among `threads`, `ootb`,
+/// `proc` and `pod`.
+pub fn enabled_features() -> Vec<&'static str> {
+    let mut features = Vec::new();
+    if cfg!(feature = "threads") {
+        features.push("threads");
+    }
+    if cfg!(feature = "ootb") {
+        features.push("ootb");
+    }
+    if cfg!(feature = "proc") {
+        features.push("proc");
+    }
+    if cfg!(feature = "pod") {
+        features.push("pod");
+    }
+    features
+}

@@ -481,7 +481,10 @@ mod tests {
     fn wrappers_are_clone_when_the_closure_is() {
         let t = filter_map(|x: u8| Some(x));
         let mut copy = t.clone();
-        assert_eq!(copy.transport(3, &ctx(StageKind::Transport)).unwrap(), Some(3));
+        assert_eq!(
+            copy.transport(3, &ctx(StageKind::Transport)).unwrap(),
+            Some(3)
+        );
         assert_eq!(format!("{t:?}"), "FilterMapFn");
     }
 }

@@ -134,7 +134,12 @@ pub struct StageContext {
 impl StageContext {
     /// A context for instance `index` (0-based) of `instances` of the stage named `stage`, with
     /// no config and a fresh stop handle.
-    pub fn new(stage: impl Into<Arc<str>>, kind: StageKind, index: usize, instances: usize) -> Self {
+    pub fn new(
+        stage: impl Into<Arc<str>>,
+        kind: StageKind,
+        index: usize,
+        instances: usize,
+    ) -> Self {
         Self {
             stage: stage.into(),
             kind,

@@ -83,6 +83,27 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
+//! # Mismatched stages do not compile
+//!
+//! Engines require each stage's input type to be the previous stage's output type, as this
+//! function does:
+//!
+//! ```
+//! use engine_core::{Backend, IntoBackend, IntoTransport, Transport};
+//!
+//! fn connect<T: Transport, B: Backend<Input = T::Output>>(_: T, _: B) {}
+//!
+//! connect((|x: u32| x.to_string()).into_transport(), (|s: String| drop(s)).into_backend());
+//! ```
+//!
+//! A backend of `u64` after a transport that outputs `String` is a compile error:
+//!
+//! ```compile_fail,E0271
+//! # use engine_core::{Backend, IntoBackend, IntoTransport, Transport};
+//! # fn connect<T: Transport, B: Backend<Input = T::Output>>(_: T, _: B) {}
+//! connect((|x: u32| x.to_string()).into_transport(), (|n: u64| drop(n)).into_backend());
+//! ```
+//!
 //! # Contents
 //!
 //! - Stages: [`Frontend`], [`Transport`], [`Backend`], [`StageKind`], [`ErrorPolicy`], and
@@ -117,6 +138,8 @@ pub use completion::{Outcome, Ticket, TrackedFrontend, Untracked};
 pub use context::{AppConfig, StageContext};
 pub use error::{ConfigError, StageError};
 pub use report::{CountMismatch, Counts, RunEnd, RunReport, StageReport, ThreadReport};
-pub use signal::{Signal, SignalError, SignalGuard, install_signal_handler, install_signal_handler_with};
+pub use signal::{
+    Signal, SignalError, SignalGuard, install_signal_handler, install_signal_handler_with,
+};
 pub use stage::{Backend, ErrorPolicy, Frontend, StageKind, Transport};
 pub use stop::{StopHandle, StopLevel, StopSubscription};

@@ -433,7 +433,11 @@ mod tests {
     }
 
     fn all_addresses() -> Vec<Address> {
-        vec![Address::Main, Address::named("worker-1"), Address::Broadcast]
+        vec![
+            Address::Main,
+            Address::named("worker-1"),
+            Address::Broadcast,
+        ]
     }
 
     #[test]
@@ -452,7 +456,12 @@ mod tests {
         }
         for frame in frames {
             let bytes = frame.encode().unwrap();
-            assert_eq!(Frame::decode(&bytes).unwrap(), frame, "{}", frame.describe());
+            assert_eq!(
+                Frame::decode(&bytes).unwrap(),
+                frame,
+                "{}",
+                frame.describe()
+            );
         }
     }
 

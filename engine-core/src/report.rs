@@ -494,12 +494,19 @@ mod tests {
         let parse: Vec<&str> = lines[2].split_whitespace().collect();
         assert_eq!(
             parse,
-            ["parse", "transport", "2", "3", "2", "1", "0", "0", "3.000ms"]
+            [
+                "parse",
+                "transport",
+                "2",
+                "3",
+                "2",
+                "1",
+                "0",
+                "0",
+                "3.000ms"
+            ]
         );
-        assert_eq!(
-            lines[4],
-            "completed: 2 processed in 2.000s (1 items/s)"
-        );
+        assert_eq!(lines[4], "completed: 2 processed in 2.000s (1 items/s)");
         assert_eq!(report.stages[1].busy(), Duration::from_millis(3));
     }
 

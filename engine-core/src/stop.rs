@@ -67,7 +67,9 @@ impl Inner {
     fn lock(&self) -> MutexGuard<'_, Vec<(u64, Listener)>> {
         // A panicking listener is called outside the lock, so poisoning can only come from a
         // panic in this module's own short critical sections; the list stays consistent.
-        self.listeners.lock().unwrap_or_else(PoisonError::into_inner)
+        self.listeners
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -299,7 +301,10 @@ impl StopHandle {
     /// drop(sub);
     /// ```
     #[must_use = "dropping the subscription unregisters the callback"]
-    pub fn on_stop(&self, callback: impl Fn(StopLevel) + Send + Sync + 'static) -> StopSubscription {
+    pub fn on_stop(
+        &self,
+        callback: impl Fn(StopLevel) + Send + Sync + 'static,
+    ) -> StopSubscription {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let callback: Listener = Arc::new(callback);
         let current = {

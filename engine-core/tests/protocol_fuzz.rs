@@ -146,10 +146,14 @@ proptest! {
 #[test]
 fn every_single_byte_flip_of_a_frame_is_handled() {
     let frame = Frame::Message(
-        Envelope::new(Address::named("worker-3"), Address::Main, Kind::user("resize"))
-            .with_task(TaskId(1 << 40))
-            .with_body(&("a body", [1_u32, 2, 3]))
-            .unwrap(),
+        Envelope::new(
+            Address::named("worker-3"),
+            Address::Main,
+            Kind::user("resize"),
+        )
+        .with_task(TaskId(1 << 40))
+        .with_body(&("a body", [1_u32, 2, 3]))
+        .unwrap(),
     );
     let bytes = frame.encode().unwrap();
     let mut errors = 0;

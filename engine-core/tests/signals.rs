@@ -8,7 +8,9 @@ use std::process::Command;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use engine_core::{Signal, StopHandle, StopLevel, install_signal_handler, install_signal_handler_with};
+use engine_core::{
+    Signal, StopHandle, StopLevel, install_signal_handler, install_signal_handler_with,
+};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::low_level::raise;
 
@@ -32,11 +34,20 @@ fn sigint_stops_gracefully_then_now() {
 
     raise(SIGINT).unwrap();
     assert_eq!(stop.wait_timeout(WAIT), Some(StopLevel::Graceful));
-    assert_eq!(rx.recv_timeout(WAIT).unwrap(), (Signal::Interrupt, StopLevel::Graceful));
+    assert_eq!(
+        rx.recv_timeout(WAIT).unwrap(),
+        (Signal::Interrupt, StopLevel::Graceful)
+    );
 
     raise(SIGINT).unwrap();
-    assert_eq!(stop.wait_for_level(StopLevel::Now, Some(WAIT)), Some(StopLevel::Now));
-    assert_eq!(rx.recv_timeout(WAIT).unwrap(), (Signal::Interrupt, StopLevel::Now));
+    assert_eq!(
+        stop.wait_for_level(StopLevel::Now, Some(WAIT)),
+        Some(StopLevel::Now)
+    );
+    assert_eq!(
+        rx.recv_timeout(WAIT).unwrap(),
+        (Signal::Interrupt, StopLevel::Now)
+    );
     drop(guard);
 }
 
@@ -77,7 +88,11 @@ fn dropping_the_guard_restores_the_default_action() {
     }
     let _serial = serial();
     let status = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "dropping_the_guard_restores_the_default_action", "--test-threads=1"])
+        .args([
+            "--exact",
+            "dropping_the_guard_restores_the_default_action",
+            "--test-threads=1",
+        ])
         .env("ENGINE_CORE_SIGNAL_CHILD", "1")
         .output()
         .unwrap()

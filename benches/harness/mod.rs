@@ -1,0 +1,95 @@
+//! A small benchmark harness shared by the files in `benches/`: each benchmark runs the
+//! engine's code and a hand-written baseline of the same shape in the same process, several
+//! rounds each, interleaved, and reports medians and their ratio.
+//!
+//! Medians over interleaved rounds keep the figures usable on a noisy shared machine.
+
+#![allow(
+    dead_code,
+    reason = "each benchmark binary uses a different part of the harness"
+)]
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+/// The figures of one side (engine or baseline) of a comparison.
+#[derive(Debug, Clone)]
+pub struct Figures {
+    /// Per-round rates in operations per second, sorted.
+    pub rates: Vec<f64>,
+}
+
+impl Figures {
+    /// The median rate.
+    pub fn median(&self) -> f64 {
+        let n = self.rates.len();
+        if n == 0 {
+            return 0.0;
+        }
+        if n % 2 == 1 {
+            self.rates[n / 2]
+        } else {
+            (self.rates[n / 2 - 1] + self.rates[n / 2]) / 2.0
+        }
+    }
+}
+
+/// Runs `engine` and `baseline` alternately for `rounds` rounds. Each call performs `ops`
+/// operations and returns a value that is kept from the optimiser.
+pub fn compare<R1, R2>(
+    rounds: usize,
+    ops: u64,
+    mut engine: impl FnMut() -> R1,
+    mut baseline: impl FnMut() -> R2,
+) -> (Figures, Figures) {
+    // One warm-up call each.
+    black_box(engine());
+    black_box(baseline());
+    let mut engine_rates = Vec::with_capacity(rounds);
+    let mut baseline_rates = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        engine_rates.push(rate(ops, time(&mut engine)));
+        baseline_rates.push(rate(ops, time(&mut baseline)));
+    }
+    engine_rates.sort_by(f64::total_cmp);
+    baseline_rates.sort_by(f64::total_cmp);
+    (
+        Figures {
+            rates: engine_rates,
+        },
+        Figures {
+            rates: baseline_rates,
+        },
+    )
+}
+
+fn time<R>(f: &mut impl FnMut() -> R) -> Duration {
+    let started = Instant::now();
+    black_box(f());
+    started.elapsed()
+}
+
+fn rate(ops: u64, elapsed: Duration) -> f64 {
+    ops as f64 / elapsed.as_secs_f64().max(f64::MIN_POSITIVE)
+}
+
+/// Prints the header of a comparison table.
+pub fn header(title: &str) {
+    println!("\n{title}");
+    println!(
+        "{:<44} {:>16} {:>16} {:>8}",
+        "case", "engine ops/s", "baseline ops/s", "ratio"
+    );
+}
+
+/// Prints one row: medians of both sides and engine / baseline.
+pub fn row(case: &str, engine: &Figures, baseline: &Figures) {
+    let (e, b) = (engine.median(), baseline.median());
+    println!(
+        "{:<44} {:>16.0} {:>16.0} {:>8.2}",
+        case,
+        e,
+        b,
+        if b > 0.0 { e / b } else { 0.0 }
+    );
+}
