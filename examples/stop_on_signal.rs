@@ -23,14 +23,13 @@ fn main() -> Result<()> {
         let stop = stop.clone();
         thread::spawn(move || {
             let level = stop.wait();
-            let level = if level == StopLevel::Graceful {
+            if level == StopLevel::Graceful {
                 println!("draining...");
                 stop.wait_for_level(StopLevel::Now, Some(Duration::from_secs(30)))
                     .unwrap_or(level)
             } else {
                 level
-            };
-            level
+            }
         })
     };
 

@@ -6,7 +6,8 @@
 
 #![allow(
     clippy::print_stdout,
-    reason = "a command-line program writes its answers to standard output"
+    clippy::print_stderr,
+    reason = "a command-line program writes its answers and errors to the terminal"
 )]
 
 use std::process::ExitCode;

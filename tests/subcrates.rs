@@ -9,7 +9,7 @@ fn core_is_reachable() {
     assert!(!stop.is_stopping());
     let frame = Frame::Message(Envelope::new(Address::Main, Address::Broadcast, Kind::Die));
     assert_eq!(Frame::decode(&frame.encode().unwrap()).unwrap(), frame);
-    assert!(PROTOCOL_VERSION >= 1);
+    assert_eq!(PROTOCOL_VERSION, engine_core_version());
     let _ = engine::core::RunReport::new(
         Vec::new(),
         std::time::Duration::ZERO,
@@ -71,4 +71,9 @@ fn proc_is_reachable() {
 fn pod_is_reachable() {
     use engine::pod as _;
     assert!(engine::enabled_features().contains(&"pod"));
+}
+
+/// The protocol version as `engine-core` itself reports it in a handshake.
+fn engine_core_version() -> u32 {
+    engine::core::protocol::Hello::new("k", engine::core::protocol::Address::Main).version
 }

@@ -14,14 +14,14 @@ use std::time::{Duration, Instant};
 
 /// The figures of one side (engine or baseline) of a comparison.
 #[derive(Debug, Clone)]
-pub struct Figures {
+pub(crate) struct Figures {
     /// Per-round rates in operations per second, sorted.
-    pub rates: Vec<f64>,
+    pub(crate) rates: Vec<f64>,
 }
 
 impl Figures {
     /// The median rate.
-    pub fn median(&self) -> f64 {
+    pub(crate) fn median(&self) -> f64 {
         let n = self.rates.len();
         if n == 0 {
             return 0.0;
@@ -36,7 +36,7 @@ impl Figures {
 
 /// Runs `engine` and `baseline` alternately for `rounds` rounds. Each call performs `ops`
 /// operations and returns a value that is kept from the optimiser.
-pub fn compare<R1, R2>(
+pub(crate) fn compare<R1, R2>(
     rounds: usize,
     ops: u64,
     mut engine: impl FnMut() -> R1,
@@ -74,7 +74,7 @@ fn rate(ops: u64, elapsed: Duration) -> f64 {
 }
 
 /// Prints the header of a comparison table.
-pub fn header(title: &str) {
+pub(crate) fn header(title: &str) {
     println!("\n{title}");
     println!(
         "{:<44} {:>16} {:>16} {:>8}",
@@ -83,7 +83,7 @@ pub fn header(title: &str) {
 }
 
 /// Prints one row: medians of both sides and engine / baseline.
-pub fn row(case: &str, engine: &Figures, baseline: &Figures) {
+pub(crate) fn row(case: &str, engine: &Figures, baseline: &Figures) {
     let (e, b) = (engine.median(), baseline.median());
     println!(
         "{:<44} {:>16.0} {:>16.0} {:>8.2}",

@@ -98,16 +98,16 @@ pub trait TrackedFrontend {
     /// # Errors
     ///
     /// As [`Frontend::produce`].
-    fn produce(
-        &mut self,
-        ctx: &StageContext,
-    ) -> Result<Option<(Self::Ticket, Self::Item)>, StageError>;
+    fn produce(&mut self, ctx: &StageContext) -> Result<Option<TrackedItem<Self>>, StageError>;
 
     /// As [`Frontend::cleanup`].
     fn cleanup(&mut self, ctx: &StageContext) {
         let _ = ctx;
     }
 }
+
+/// An item of a [`TrackedFrontend`] with its ticket.
+pub type TrackedItem<F> = (<F as TrackedFrontend>::Ticket, <F as TrackedFrontend>::Item);
 
 /// A plain [`Frontend`] seen as a [`TrackedFrontend`] with the empty ticket `()`.
 ///

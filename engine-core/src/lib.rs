@@ -134,7 +134,7 @@ pub use adapt::{
     TryFilterMapFn, TryForEachFn, TryIterFrontend, TryMapFn, filter_map, markers, try_filter_map,
     try_iter, try_map,
 };
-pub use completion::{Outcome, Ticket, TrackedFrontend, Untracked};
+pub use completion::{Outcome, Ticket, TrackedFrontend, TrackedItem, Untracked};
 pub use context::{AppConfig, StageContext};
 pub use error::{ConfigError, StageError};
 pub use report::{CountMismatch, Counts, RunEnd, RunReport, StageReport, ThreadReport};
