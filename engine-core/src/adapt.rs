@@ -204,7 +204,7 @@ closure_stage!(
 /// use engine_core::{StageContext, StageKind, Transport, filter_map};
 ///
 /// let ctx = StageContext::new("even", StageKind::Transport, 0, 1);
-/// let mut even = filter_map(|x: u32| (x % 2 == 0).then_some(x));
+/// let mut even = filter_map(|x: u32| x.is_multiple_of(2).then_some(x));
 /// assert_eq!(even.transport(4, &ctx).unwrap(), Some(4));
 /// assert_eq!(even.transport(5, &ctx).unwrap(), None);
 /// ```
@@ -465,7 +465,7 @@ mod tests {
         let mut seen = Vec::new();
         let failed = drive(
             vec![1_u32, 2, 3, 4],
-            filter_map(|x: u32| (x % 2 == 0).then_some(x)),
+            filter_map(|x: u32| x.is_multiple_of(2).then_some(x)),
             |x| seen.push(x),
         );
         assert_eq!((failed, seen.as_slice()), (0, &[2, 4][..]));

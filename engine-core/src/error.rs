@@ -1,7 +1,11 @@
 //! The error a stage returns for one item, and the errors of the shared application config.
 
+use std::any::Any;
 use std::error::Error as StdError;
 use std::fmt;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// The error type of stage code: what a `setup`, `produce`, `transport` or `process` call
 /// returns when it fails.
@@ -11,8 +15,11 @@ use std::fmt;
 /// would conflict with the blanket conversion); use [`StageError::as_error`] or convert it into
 /// a `Box<dyn Error + Send + Sync>` when an error trait object is needed.
 ///
-/// Its `Display` shows the error and, in the alternate form (`{:#}`), its chain of sources, so
-/// that a message stays useful after it crossed a process boundary as text.
+/// Its `Display` shows the error and, in the alternate form (`{:#}`), its chain of sources.
+/// It serialises as that full message, so an error crosses a process boundary as text and
+/// comes back as [`StageError::msg`] (panics stay recognisable with [`is_panic`]).
+///
+/// [`is_panic`]: StageError::is_panic
 ///
 /// # Examples
 ///
@@ -48,6 +55,34 @@ impl StageError {
         Self {
             inner: Box::new(error),
         }
+    }
+
+    /// Turns a panic payload (from [`std::panic::catch_unwind`]) into an error that keeps the
+    /// panic's message.
+    ///
+    /// ```
+    /// # use engine_core::StageError;
+    /// let payload = std::panic::catch_unwind(|| panic!("bad item {}", 7)).unwrap_err();
+    /// let err = StageError::from_panic(payload);
+    /// assert!(err.is_panic());
+    /// assert_eq!(err.to_string(), "panicked: bad item 7");
+    /// ```
+    pub fn from_panic(payload: Box<dyn Any + Send>) -> Self {
+        let message = if let Some(text) = payload.downcast_ref::<&'static str>() {
+            (*text).to_owned()
+        } else if let Some(text) = payload.downcast_ref::<String>() {
+            text.clone()
+        } else {
+            "a panic with a non-string payload".to_owned()
+        };
+        Self {
+            inner: Box::new(Panicked(message)),
+        }
+    }
+
+    /// Whether this error stands for a panic in stage code.
+    pub fn is_panic(&self) -> bool {
+        self.inner.is::<Panicked>()
     }
 
     /// The wrapped error as a trait object, for `source()` chains and downcasting.
@@ -115,6 +150,66 @@ impl fmt::Debug for StageError {
     }
 }
 
+impl Serialize for StageError {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        (self.is_panic(), self.chain_message()).serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for StageError {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let (panic, message) = <(bool, String)>::deserialize(deserializer)?;
+        Ok(if panic {
+            let message = message
+                .strip_prefix(PANIC_PREFIX)
+                .map(str::to_owned)
+                .unwrap_or(message);
+            Self {
+                inner: Box::new(Panicked(message)),
+            }
+        } else {
+            Self::msg(message)
+        })
+    }
+}
+
+/// Runs stage code, turning a panic into a [`StageError`] (see [`StageError::from_panic`]).
+///
+/// Engines wrap every stage call in this, so that a panic on one item is counted as a failure
+/// of that item instead of killing the thread. The default panic hook still prints the panic.
+///
+/// # Errors
+///
+/// The error `f` returned, or the panic as an error.
+///
+/// ```
+/// use engine_core::{StageError, catch_panic};
+///
+/// assert_eq!(catch_panic(|| Ok::<_, StageError>(1)).unwrap(), 1);
+/// let err = catch_panic(|| -> Result<(), StageError> { panic!("boom") }).unwrap_err();
+/// assert!(err.is_panic());
+/// ```
+pub fn catch_panic<T>(f: impl FnOnce() -> Result<T, StageError>) -> Result<T, StageError> {
+    // The stage's state may be inconsistent after a panic; engines either drop the instance or
+    // keep going under the skip policy, as the user chose, so unwind safety is the user's
+    // contract, as with `std::thread::spawn`.
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|payload| Err(StageError::from_panic(payload)))
+}
+
+const PANIC_PREFIX: &str = "panicked: ";
+
+/// A panic in stage code, kept as an error.
+#[derive(Debug)]
+struct Panicked(String);
+
+impl fmt::Display for Panicked {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{PANIC_PREFIX}{}", self.0)
+    }
+}
+
+impl StdError for Panicked {}
+
 /// A plain message used as an error.
 #[derive(Debug)]
 struct Message(String);
@@ -171,6 +266,29 @@ mod tests {
     fn converts_into_a_boxed_error() {
         let boxed: Box<dyn StdError + Send + Sync> = StageError::msg("boom").into();
         assert_eq!(boxed.to_string(), "boom");
+    }
+
+    #[test]
+    fn errors_round_trip_through_serde_as_messages() {
+        let err = StageError::from(Outer(std::io::Error::other("inner")));
+        let back: StageError = postcard::from_bytes(&postcard::to_stdvec(&err).unwrap()).unwrap();
+        assert_eq!(back.to_string(), "outer: inner");
+        assert!(!back.is_panic());
+
+        let panic = catch_panic(|| -> Result<(), StageError> { panic!("at item 3") }).unwrap_err();
+        let back: StageError = postcard::from_bytes(&postcard::to_stdvec(&panic).unwrap()).unwrap();
+        assert!(back.is_panic());
+        assert_eq!(back.to_string(), "panicked: at item 3");
+    }
+
+    #[test]
+    fn non_string_panic_payloads_are_described() {
+        let payload = std::panic::catch_unwind(|| std::panic::panic_any(42_u8)).unwrap_err();
+        let err = StageError::from_panic(payload);
+        assert_eq!(
+            err.to_string(),
+            "panicked: a panic with a non-string payload"
+        );
     }
 
     #[test]

@@ -34,7 +34,7 @@
 //!     type Output = u64;
 //!
 //!     fn transport(&mut self, n: u64, _ctx: &StageContext) -> Result<Option<u64>, StageError> {
-//!         Ok((n % 2 == 0).then_some(n / 2))
+//!         Ok(n.is_multiple_of(2).then_some(n / 2))
 //!     }
 //! }
 //!
@@ -136,10 +136,10 @@ pub use adapt::{
 };
 pub use completion::{Outcome, Ticket, TrackedFrontend, TrackedItem, Untracked};
 pub use context::{AppConfig, StageContext};
-pub use error::{ConfigError, StageError};
+pub use error::{ConfigError, StageError, catch_panic};
 pub use report::{CountMismatch, Counts, RunEnd, RunReport, StageReport, ThreadReport};
 pub use signal::{
     Signal, SignalError, SignalGuard, install_signal_handler, install_signal_handler_with,
 };
 pub use stage::{Backend, ErrorPolicy, Frontend, StageKind, Transport};
-pub use stop::{StopHandle, StopLevel, StopSubscription};
+pub use stop::{StopDeadline, StopHandle, StopLevel, StopSubscription};

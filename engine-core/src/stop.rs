@@ -2,8 +2,10 @@
 //! waitable, with callbacks so that engines can wake blocked threads or async tasks.
 
 use std::fmt;
+use std::io;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
+use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -352,6 +354,51 @@ impl StopHandle {
         child
     }
 
+    /// Calls [`stop_now`](Self::stop_now) after `after`, unless the returned guard is dropped
+    /// first: the deadline of a graceful stop.
+    ///
+    /// An engine arms it when a graceful stop begins and drops it when the run has drained;
+    /// if draining takes longer, the stop becomes immediate and what is left is dropped.
+    ///
+    /// # Errors
+    ///
+    /// The timer thread could not be started.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use engine_core::{StopHandle, StopLevel};
+    /// let stop = StopHandle::new();
+    /// stop.stop();
+    /// let deadline = stop.stop_now_after(Duration::from_millis(10))?;
+    /// assert_eq!(stop.wait_for_level(StopLevel::Now, Some(Duration::from_secs(10))), Some(StopLevel::Now));
+    /// drop(deadline);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn stop_now_after(&self, after: Duration) -> io::Result<StopDeadline> {
+        let cancel = Arc::new((Mutex::new(false), Condvar::new()));
+        let thread = {
+            let cancel = Arc::clone(&cancel);
+            let stop = self.clone();
+            thread::Builder::new()
+                .name("engine-stop-deadline".into())
+                .spawn(move || {
+                    let (cancelled, wake) = &*cancel;
+                    let guard = cancelled.lock().unwrap_or_else(PoisonError::into_inner);
+                    let (guard, _) = wake
+                        .wait_timeout_while(guard, after, |cancelled| !*cancelled)
+                        .unwrap_or_else(PoisonError::into_inner);
+                    if !*guard {
+                        drop(guard);
+                        stop.stop_now();
+                    }
+                })?
+        };
+        Ok(StopDeadline {
+            cancel,
+            thread: Some(thread),
+        })
+    }
+
     /// How many callbacks are registered (for tests and diagnostics).
     pub fn subscriber_count(&self) -> usize {
         self.inner.lock().len()
@@ -363,6 +410,25 @@ impl fmt::Debug for StopHandle {
         f.debug_struct("StopHandle")
             .field("level", &self.level())
             .finish_non_exhaustive()
+    }
+}
+
+/// A pending [`StopHandle::stop_now_after`]; dropping it cancels the deadline.
+#[derive(Debug)]
+pub struct StopDeadline {
+    cancel: Arc<(Mutex<bool>, Condvar)>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for StopDeadline {
+    fn drop(&mut self) {
+        let (cancelled, wake) = &*self.cancel;
+        *cancelled.lock().unwrap_or_else(PoisonError::into_inner) = true;
+        wake.notify_all();
+        if let Some(thread) = self.thread.take() {
+            // The timer thread runs no user code and cannot panic; nothing to report.
+            let _ = thread.join();
+        }
     }
 }
 
@@ -502,6 +568,39 @@ mod tests {
         drop(grandchild);
         drop(child);
         assert_eq!(parent.subscriber_count(), 0);
+    }
+
+    #[test]
+    fn a_dropped_deadline_never_fires() {
+        let stop = StopHandle::new();
+        stop.stop();
+        let started = Instant::now();
+        drop(stop.stop_now_after(Duration::from_secs(3600)).unwrap());
+        // Dropping joins the timer thread at once, and the level stays graceful.
+        assert!(started.elapsed() < Duration::from_secs(60));
+        assert_eq!(stop.level(), StopLevel::Graceful);
+    }
+
+    #[test]
+    fn an_expired_deadline_stops_now() {
+        let stop = StopHandle::new();
+        let _deadline = stop.stop_now_after(Duration::from_millis(1)).unwrap();
+        assert_eq!(
+            stop.wait_for_level(StopLevel::Now, Some(Duration::from_secs(30))),
+            Some(StopLevel::Now)
+        );
+    }
+
+    #[test]
+    fn handles_and_contexts_cross_threads() {
+        fn shared<T: Send + Sync + Clone + 'static>() {}
+        shared::<StopHandle>();
+        shared::<crate::StageContext>();
+        shared::<crate::AppConfig>();
+        fn sendable<T: Send + 'static>() {}
+        sendable::<StopSubscription>();
+        sendable::<StopDeadline>();
+        sendable::<crate::StageError>();
     }
 
     #[test]
