@@ -37,21 +37,13 @@ fn main() {
     let (engine, baseline) = harness::compare(
         ROUNDS,
         OPS,
+        || harness::repeat(OPS, || black_box(&frame).encode().expect("encodes").len()),
         || {
-            let mut total = 0;
-            for _ in 0..OPS {
-                total += black_box(&frame).encode().expect("encodes").len();
-            }
-            total
-        },
-        || {
-            let mut total = 0;
-            for _ in 0..OPS {
-                total += postcard::to_stdvec(black_box(&tuple))
+            harness::repeat(OPS, || {
+                postcard::to_stdvec(black_box(&tuple))
                     .expect("encodes")
-                    .len();
-            }
-            total
+                    .len()
+            })
         },
     );
     harness::row("encode", &engine, &baseline);
@@ -63,22 +55,18 @@ fn main() {
         ROUNDS,
         OPS,
         || {
-            let mut total = 0;
-            for _ in 0..OPS {
-                if let Frame::Message(m) = Frame::decode(black_box(&frame_bytes)).expect("decodes")
-                {
-                    total += m.body.len();
+            harness::repeat(OPS, || {
+                match Frame::decode(black_box(&frame_bytes)).expect("decodes") {
+                    Frame::Message(m) => m.body.len(),
+                    Frame::Hello(_) => 0,
                 }
-            }
-            total
+            })
         },
         || {
-            let mut total = 0;
-            for _ in 0..OPS {
+            harness::repeat(OPS, || {
                 let t: Tuple = postcard::from_bytes(black_box(&tuple_bytes)).expect("decodes");
-                total += t.6.len();
-            }
-            total
+                t.6.len()
+            })
         },
     );
     harness::row("decode (untrusted bytes, checked)", &engine, &baseline);

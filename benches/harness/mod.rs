@@ -73,6 +73,11 @@ fn rate(ops: u64, elapsed: Duration) -> f64 {
     ops as f64 / elapsed.as_secs_f64().max(f64::MIN_POSITIVE)
 }
 
+/// Calls `op` `ops` times and sums what it returns: the loop of one benchmark round.
+pub(crate) fn repeat(ops: u64, mut op: impl FnMut() -> usize) -> usize {
+    (0..ops).map(|_| op()).sum()
+}
+
 /// Prints the header of a comparison table.
 pub(crate) fn header(title: &str) {
     println!("\n{title}");
