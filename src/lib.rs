@@ -31,7 +31,7 @@
 //!     }
 //! }
 //!
-//! let ctx = StageContext::new("shout", engine::core::StageKind::Transport, 0, 1);
+//! let ctx = StageContext::standalone("shout", engine::core::StageKind::Transport);
 //! assert_eq!(Shout.transport("hi".into(), &ctx)?, Some("HI".to_string()));
 //! assert_eq!(Shout.transport(String::new(), &ctx)?, None);
 //! # Ok::<(), Box<dyn std::error::Error>>(())

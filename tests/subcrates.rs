@@ -32,9 +32,14 @@ fn prelude_has_the_stage_traits() {
             Ok(Some(self.0))
         }
     }
-    let ctx = StageContext::new("n", engine::core::StageKind::Frontend, 0, 1)
-        .with_config(AppConfig::none())
-        .with_stop(StopHandle::new());
+    let ctx = StageContext::new(
+        "n",
+        engine::core::StageKind::Frontend,
+        0,
+        1,
+        StopHandle::new(),
+    )
+    .with_config(AppConfig::none());
     let mut numbers = Numbers(1);
     assert_eq!(numbers.produce(&ctx).unwrap(), Some(0));
     assert!(numbers.produce(&ctx).is_err());

@@ -9,12 +9,16 @@
 //! `Option` or a `Result` passes the `Option` or `Result` on as an item. To filter or to fail,
 //! wrap it in [`filter_map`], [`try_map`] or [`try_filter_map`]; a mismatch shows up as a type
 //! error at the next stage, never at run time.
+//!
+//! The fallible forms accept any error that converts into a boxed error: every
+//! `std::error::Error`, `anyhow::Error`, `String`, `&str` and [`StageError`] itself.
 
 use std::fmt;
 use std::marker::PhantomData;
 
+use crate::completion::{TrackedFrontend, Untracked};
 use crate::context::StageContext;
-use crate::error::StageError;
+use crate::error::{BoxError, StageError};
 use crate::stage::{Backend, Frontend, Transport};
 
 /// Type-level markers that tell the `Into*` conversions apart. You never name them.
@@ -25,33 +29,56 @@ pub mod markers {
     /// The value is an iterator or a collection.
     #[derive(Debug)]
     pub enum Iter {}
+    /// The value is a tracked frontend.
+    #[derive(Debug)]
+    pub enum Tracked {}
     /// The value is a closure of this signature.
     #[derive(Debug)]
     pub struct Closure<Signature>(std::marker::PhantomData<Signature>);
 }
 
-/// Anything that can be used as a [`Frontend`]: a frontend itself, or any [`IntoIterator`].
+/// Anything that can be used as a frontend: a [`Frontend`], any [`IntoIterator`], or a
+/// [`TrackedFrontend`] whose items carry completion tickets.
+///
+/// All three become a [`TrackedFrontend`] (plain frontends with the empty ticket `()`, through
+/// [`Untracked`]), so engines have one code path for every source.
 ///
 /// # Examples
 ///
 /// ```
-/// use engine_core::{Frontend, IntoFrontend, StageContext, StageKind};
+/// use engine_core::{IntoFrontend, StageContext, StageKind, TrackedFrontend};
 ///
-/// let ctx = StageContext::new("numbers", StageKind::Frontend, 0, 1);
+/// let ctx = StageContext::standalone("numbers", StageKind::Frontend);
 /// let mut frontend = vec![1, 2].into_frontend();
-/// assert_eq!(frontend.produce(&ctx).unwrap(), Some(1));
-/// assert_eq!(frontend.produce(&ctx).unwrap(), Some(2));
+/// assert_eq!(frontend.produce(&ctx).unwrap(), Some(((), 1)));
+/// assert_eq!(frontend.produce(&ctx).unwrap(), Some(((), 2)));
 /// assert_eq!(frontend.produce(&ctx).unwrap(), None);
 /// ```
 pub trait IntoFrontend<Marker> {
     /// The frontend this turns into.
-    type Frontend: Frontend;
+    type Frontend: TrackedFrontend;
 
     /// Converts into the frontend.
     fn into_frontend(self) -> Self::Frontend;
 }
 
 impl<F: Frontend> IntoFrontend<markers::Stage> for F {
+    type Frontend = Untracked<F>;
+
+    fn into_frontend(self) -> Untracked<F> {
+        Untracked::new(self)
+    }
+}
+
+impl<I: IntoIterator> IntoFrontend<markers::Iter> for I {
+    type Frontend = Untracked<IterFrontend<I::IntoIter>>;
+
+    fn into_frontend(self) -> Self::Frontend {
+        Untracked::new(IterFrontend(self.into_iter()))
+    }
+}
+
+impl<F: TrackedFrontend> IntoFrontend<markers::Tracked> for F {
     type Frontend = F;
 
     fn into_frontend(self) -> F {
@@ -59,16 +86,11 @@ impl<F: Frontend> IntoFrontend<markers::Stage> for F {
     }
 }
 
-impl<I: IntoIterator> IntoFrontend<markers::Iter> for I {
-    type Frontend = IterFrontend<I::IntoIter>;
-
-    fn into_frontend(self) -> Self::Frontend {
-        IterFrontend(self.into_iter())
-    }
-}
-
 /// A frontend that yields the items of an iterator. Made by [`IntoFrontend`].
-#[derive(Debug, Clone)]
+///
+/// Not `Clone`: an engine running several frontend threads builds one instance per thread,
+/// and a cloned iterator would produce every item once per thread.
+#[derive(Debug)]
 pub struct IterFrontend<I>(I);
 
 impl<I: Iterator> Frontend for IterFrontend<I> {
@@ -88,7 +110,7 @@ impl<I: Iterator> Frontend for IterFrontend<I> {
 /// ```
 /// use engine_core::{Frontend, StageContext, StageKind, try_iter};
 ///
-/// let ctx = StageContext::new("lines", StageKind::Frontend, 0, 1);
+/// let ctx = StageContext::standalone("lines", StageKind::Frontend);
 /// let mut frontend = try_iter(["1", "x"].map(str::parse::<u8>));
 /// assert_eq!(frontend.produce(&ctx).unwrap(), Some(1));
 /// assert!(frontend.produce(&ctx).is_err());
@@ -97,25 +119,25 @@ impl<I: Iterator> Frontend for IterFrontend<I> {
 pub fn try_iter<I, T, E>(iter: I) -> TryIterFrontend<I::IntoIter>
 where
     I: IntoIterator<Item = Result<T, E>>,
-    E: Into<StageError>,
+    E: Into<BoxError>,
 {
     TryIterFrontend(iter.into_iter())
 }
 
 /// A frontend from an iterator of `Result`s. Made by [`try_iter`].
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct TryIterFrontend<I>(I);
 
 impl<I, T, E> Frontend for TryIterFrontend<I>
 where
     I: Iterator<Item = Result<T, E>>,
-    E: Into<StageError>,
+    E: Into<BoxError>,
 {
     type Item = T;
 
     #[inline]
     fn produce(&mut self, _ctx: &StageContext) -> Result<Option<T>, StageError> {
-        self.0.next().transpose().map_err(Into::into)
+        self.0.next().transpose().map_err(StageError::from_boxed)
     }
 }
 
@@ -127,7 +149,7 @@ where
 /// ```
 /// use engine_core::{IntoTransport, StageContext, StageKind, Transport};
 ///
-/// let ctx = StageContext::new("double", StageKind::Transport, 0, 1);
+/// let ctx = StageContext::standalone("double", StageKind::Transport);
 /// let mut transport = (|x: u32| x * 2).into_transport();
 /// assert_eq!(transport.transport(21, &ctx).unwrap(), Some(42));
 /// ```
@@ -203,7 +225,7 @@ closure_stage!(
 /// ```
 /// use engine_core::{StageContext, StageKind, Transport, filter_map};
 ///
-/// let ctx = StageContext::new("even", StageKind::Transport, 0, 1);
+/// let ctx = StageContext::standalone("even", StageKind::Transport);
 /// let mut even = filter_map(|x: u32| x.is_multiple_of(2).then_some(x));
 /// assert_eq!(even.transport(4, &ctx).unwrap(), Some(4));
 /// assert_eq!(even.transport(5, &ctx).unwrap(), None);
@@ -234,7 +256,7 @@ closure_stage!(
 /// ```
 /// use engine_core::{StageContext, StageKind, Transport, try_map};
 ///
-/// let ctx = StageContext::new("parse", StageKind::Transport, 0, 1);
+/// let ctx = StageContext::standalone("parse", StageKind::Transport);
 /// let mut parse = try_map(|s: String| s.parse::<u8>());
 /// assert_eq!(parse.transport("7".into(), &ctx).unwrap(), Some(7));
 /// assert!(parse.transport("300".into(), &ctx).is_err());
@@ -242,7 +264,7 @@ closure_stage!(
 pub fn try_map<A, B, E, F>(f: F) -> TryMapFn<F, A>
 where
     F: FnMut(A) -> Result<B, E>,
-    E: Into<StageError>,
+    E: Into<BoxError>,
 {
     TryMapFn(f, PhantomData)
 }
@@ -250,14 +272,14 @@ where
 impl<A, B, E, F> Transport for TryMapFn<F, A>
 where
     F: FnMut(A) -> Result<B, E>,
-    E: Into<StageError>,
+    E: Into<BoxError>,
 {
     type Input = A;
     type Output = B;
 
     #[inline]
     fn transport(&mut self, item: A, _ctx: &StageContext) -> Result<Option<B>, StageError> {
-        (self.0)(item).map(Some).map_err(Into::into)
+        (self.0)(item).map(Some).map_err(StageError::from_boxed)
     }
 }
 
@@ -274,7 +296,7 @@ closure_stage!(
 /// ```
 /// use engine_core::{StageContext, StageKind, StageError, Transport, try_filter_map};
 ///
-/// let ctx = StageContext::new("parse", StageKind::Transport, 0, 1);
+/// let ctx = StageContext::standalone("parse", StageKind::Transport);
 /// let mut parse = try_filter_map(|s: &str| -> Result<Option<u8>, StageError> {
 ///     if s.starts_with('#') { Ok(None) } else { Ok(Some(s.parse()?)) }
 /// });
@@ -285,7 +307,7 @@ closure_stage!(
 pub fn try_filter_map<A, B, E, F>(f: F) -> TryFilterMapFn<F, A>
 where
     F: FnMut(A) -> Result<Option<B>, E>,
-    E: Into<StageError>,
+    E: Into<BoxError>,
 {
     TryFilterMapFn(f, PhantomData)
 }
@@ -293,14 +315,14 @@ where
 impl<A, B, E, F> Transport for TryFilterMapFn<F, A>
 where
     F: FnMut(A) -> Result<Option<B>, E>,
-    E: Into<StageError>,
+    E: Into<BoxError>,
 {
     type Input = A;
     type Output = B;
 
     #[inline]
     fn transport(&mut self, item: A, _ctx: &StageContext) -> Result<Option<B>, StageError> {
-        (self.0)(item).map_err(Into::into)
+        (self.0)(item).map_err(StageError::from_boxed)
     }
 }
 
@@ -312,7 +334,7 @@ where
 /// ```
 /// use engine_core::{Backend, IntoBackend, StageContext, StageKind};
 ///
-/// let ctx = StageContext::new("print", StageKind::Backend, 0, 1);
+/// let ctx = StageContext::standalone("print", StageKind::Backend);
 /// let mut seen = Vec::new();
 /// let mut backend = (|x: u32| seen.push(x)).into_backend();
 /// backend.process(1, &ctx).unwrap();
@@ -349,7 +371,7 @@ impl<A, F: FnMut(A)> IntoBackend<markers::Closure<fn(A)>> for F {
 impl<A, E, F> IntoBackend<markers::Closure<fn(A) -> Result<(), E>>> for F
 where
     F: FnMut(A) -> Result<(), E>,
-    E: Into<StageError>,
+    E: Into<BoxError>,
 {
     type Backend = TryForEachFn<F, A>;
 
@@ -381,13 +403,13 @@ closure_stage!(
 impl<A, E, F> Backend for TryForEachFn<F, A>
 where
     F: FnMut(A) -> Result<(), E>,
-    E: Into<StageError>,
+    E: Into<BoxError>,
 {
     type Input = A;
 
     #[inline]
     fn process(&mut self, item: A, _ctx: &StageContext) -> Result<(), StageError> {
-        (self.0)(item).map_err(Into::into)
+        (self.0)(item).map_err(StageError::from_boxed)
     }
 }
 
@@ -397,13 +419,13 @@ mod tests {
     use crate::stage::StageKind;
 
     fn ctx(kind: StageKind) -> StageContext {
-        StageContext::new("test", kind, 0, 1)
+        StageContext::standalone("test", kind)
     }
 
     /// Runs a frontend, a transport and a backend by hand, the way an engine would on one
     /// thread, and returns the number of failed items.
     fn drive<FM, TM, BM>(
-        frontend: impl IntoFrontend<FM, Frontend = impl Frontend<Item = u32>>,
+        frontend: impl IntoFrontend<FM, Frontend = impl TrackedFrontend<Item = u32>>,
         transport: impl IntoTransport<TM, Transport = impl Transport<Input = u32, Output = u32>>,
         backend: impl IntoBackend<BM, Backend = impl Backend<Input = u32>>,
     ) -> usize {
@@ -417,7 +439,7 @@ mod tests {
             match f.produce(&ctx(StageKind::Frontend)) {
                 Ok(None) => return failed,
                 Err(_) => failed += 1,
-                Ok(Some(item)) => match t.transport(item, &ctx(StageKind::Transport)) {
+                Ok(Some((_ticket, item))) => match t.transport(item, &ctx(StageKind::Transport)) {
                     Err(_) => failed += 1,
                     Ok(None) => {}
                     Ok(Some(out)) => {
@@ -442,7 +464,7 @@ mod tests {
     fn filtering_and_fallible_forms_count_the_right_items() {
         let mut seen = Vec::new();
         let failed = drive(
-            try_iter([Ok(1), Err(StageError::msg("bad read")), Ok(2), Ok(3), Ok(4)]),
+            try_iter([Ok(1), Err("bad read"), Ok(2), Ok(3), Ok(4)]),
             try_filter_map(|x: u32| match x {
                 2 => Ok(None),
                 3 => Err(StageError::msg("bad item")),

@@ -7,7 +7,7 @@
 
 use crate::context::StageContext;
 use crate::error::StageError;
-use crate::stage::Frontend;
+use crate::stage::{ErrorPolicy, Frontend};
 
 /// What became of one item, as reported to its [`Ticket`].
 #[derive(Debug, Clone, Copy)]
@@ -23,23 +23,38 @@ pub enum Outcome<'a> {
         stage: &'a str,
         /// The error (for a panic, its message).
         error: &'a StageError,
+        /// The error policy in force: under [`ErrorPolicy::Skip`] the pipeline is done with
+        /// the item; under [`ErrorPolicy::Stop`] the run stops because of it, and a
+        /// broker-backed source should leave it unacknowledged, to be delivered again.
+        policy: ErrorPolicy,
     },
     /// The item was abandoned by a forced stop.
     Dropped,
 }
 
 impl Outcome<'_> {
-    /// Whether the pipeline is done with the item for good: processed, filtered or failed.
+    /// Whether the pipeline is done with the item for good: processed, filtered, or failed
+    /// under [`ErrorPolicy::Skip`]. A broker-backed source acknowledges exactly these.
     ///
-    /// A dropped item is not finished: a broker-backed source should leave it unacknowledged
-    /// so that it is delivered again.
+    /// An item dropped by a forced stop, or that failed under [`ErrorPolicy::Stop`], is not
+    /// finished: it should be delivered again.
     pub fn is_finished(&self) -> bool {
-        !matches!(self, Self::Dropped)
+        match self {
+            Self::Processed | Self::Filtered => true,
+            Self::Failed { policy, .. } => *policy == ErrorPolicy::Skip,
+            Self::Dropped => false,
+        }
     }
 }
 
 /// A token that travels with one item and is completed exactly once with the item's
 /// [`Outcome`].
+///
+/// Engines complete every ticket they were given, also on a forced stop (with
+/// [`Outcome::Dropped`]). A ticket that is never completed (only when the process dies) is
+/// simply not acknowledged, which is what at-least-once delivery needs; a ticket type may add a
+/// `Drop` implementation if it must learn of that case too. A transport that turns one item
+/// into several is not covered yet: when one is added, its tickets will need splitting.
 ///
 /// # Examples
 ///
@@ -75,8 +90,11 @@ impl Ticket for () {
 
 /// A frontend whose items carry a [`Ticket`].
 ///
-/// Every [`Frontend`] becomes one through [`Untracked`]. Engines are written against this
+/// Every [`Frontend`] becomes one through [`Untracked`], and [`IntoFrontend`] turns plain
+/// frontends, iterators and tracked frontends alike into one. Engines are written against this
 /// trait, so a broker-backed source plugs in without a second code path.
+///
+/// [`IntoFrontend`]: crate::IntoFrontend
 pub trait TrackedFrontend {
     /// The type of the items produced.
     type Item;
@@ -116,10 +134,10 @@ pub type TrackedItem<F> = (<F as TrackedFrontend>::Ticket, <F as TrackedFrontend
 /// ```
 /// use engine_core::{IntoFrontend, StageContext, StageKind, TrackedFrontend, Untracked};
 ///
-/// let ctx = StageContext::new("f", StageKind::Frontend, 0, 1);
-/// let mut frontend = Untracked::new([5].into_frontend());
+/// let ctx = StageContext::standalone("f", StageKind::Frontend);
+/// let mut frontend = [5].into_frontend(); // An `Untracked<IterFrontend<_>>`.
 /// assert_eq!(frontend.produce(&ctx).unwrap(), Some(((), 5)));
-/// assert_eq!(std::mem::size_of::<((), u64)>(), std::mem::size_of::<u64>());
+/// assert_eq!(frontend.produce(&ctx).unwrap(), None);
 /// ```
 #[derive(Debug, Clone)]
 pub struct Untracked<F>(F);
@@ -159,17 +177,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_dropped_items_are_unfinished() {
+    fn dropped_items_and_items_that_stopped_the_run_are_unfinished() {
         let error = StageError::msg("x");
+        let failed = |policy| Outcome::Failed {
+            stage: "t",
+            error: &error,
+            policy,
+        };
         assert!(Outcome::Processed.is_finished());
         assert!(Outcome::Filtered.is_finished());
-        assert!(
-            Outcome::Failed {
-                stage: "t",
-                error: &error
-            }
-            .is_finished()
-        );
+        assert!(failed(ErrorPolicy::Skip).is_finished());
+        assert!(!failed(ErrorPolicy::Stop).is_finished());
         assert!(!Outcome::Dropped.is_finished());
     }
 }

@@ -112,9 +112,8 @@ impl fmt::Debug for AppConfig {
 /// use engine_core::{AppConfig, StageContext, StageKind, StopHandle};
 ///
 /// let stop = StopHandle::new();
-/// let ctx = StageContext::new("parse", StageKind::Transport, 1, 4)
-///     .with_config(AppConfig::new(42_u32))
-///     .with_stop(stop.clone());
+/// let ctx = StageContext::new("parse", StageKind::Transport, 1, 4, stop.clone())
+///     .with_config(AppConfig::new(42_u32));
 /// assert_eq!(ctx.stage(), "parse");
 /// assert_eq!((ctx.index(), ctx.instances()), (1, 4));
 /// assert_eq!(*ctx.config::<u32>().unwrap(), 42);
@@ -132,13 +131,16 @@ pub struct StageContext {
 }
 
 impl StageContext {
-    /// A context for instance `index` (0-based) of `instances` of the stage named `stage`, with
-    /// no config and a fresh stop handle.
+    /// A context for instance `index` (0-based) of `instances` of the stage named `stage`,
+    /// observing the run's `stop` handle, with no config (see [`with_config`]).
+    ///
+    /// [`with_config`]: Self::with_config
     pub fn new(
         stage: impl Into<Arc<str>>,
         kind: StageKind,
         index: usize,
         instances: usize,
+        stop: StopHandle,
     ) -> Self {
         Self {
             stage: stage.into(),
@@ -146,21 +148,26 @@ impl StageContext {
             index,
             instances,
             config: AppConfig::none(),
-            stop: StopHandle::new(),
+            stop,
         }
+    }
+
+    /// A context for calling a stage by hand, outside any engine (in tests, or to try a stage
+    /// out): instance 0 of 1, no config, and a stop handle of its own that nothing else stops.
+    ///
+    /// ```
+    /// # use engine_core::{StageContext, StageKind};
+    /// let ctx = StageContext::standalone("probe", StageKind::Backend);
+    /// assert_eq!((ctx.index(), ctx.instances(), ctx.is_stopping()), (0, 1, false));
+    /// ```
+    pub fn standalone(stage: impl Into<Arc<str>>, kind: StageKind) -> Self {
+        Self::new(stage, kind, 0, 1, StopHandle::new())
     }
 
     /// Sets the shared application config.
     #[must_use]
     pub fn with_config(mut self, config: AppConfig) -> Self {
         self.config = config;
-        self
-    }
-
-    /// Sets the stop handle the stage observes.
-    #[must_use]
-    pub fn with_stop(mut self, stop: StopHandle) -> Self {
-        self.stop = stop;
         self
     }
 

@@ -39,8 +39,11 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// assert_eq!(parse("x").unwrap_err().to_string(), "invalid digit found in string");
 /// ```
 pub struct StageError {
-    inner: Box<dyn StdError + Send + Sync + 'static>,
+    inner: BoxError,
 }
+
+/// A boxed error trait object, the form every error converts into.
+pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
 
 impl StageError {
     /// Makes an error from a message.
@@ -55,6 +58,47 @@ impl StageError {
         Self {
             inner: Box::new(error),
         }
+    }
+
+    /// Wraps an already boxed error, or anything that converts into one: `anyhow::Error`,
+    /// `String`, `&str`, or another `StageError` (which keeps its panic and fatal marks).
+    ///
+    /// ```
+    /// # use engine_core::StageError;
+    /// assert_eq!(StageError::from_boxed("no such user").to_string(), "no such user");
+    /// ```
+    pub fn from_boxed(error: impl Into<BoxError>) -> Self {
+        Self {
+            inner: error.into(),
+        }
+    }
+
+    /// Marks the error as fatal: the stage cannot go on at all, whatever the error policy.
+    ///
+    /// Under [`ErrorPolicy::Skip`](crate::ErrorPolicy::Skip) an engine counts an ordinary
+    /// error as one failed item and calls the stage again; a fatal error ends the stage
+    /// instance instead (a frontend whose source is gone, a backend whose database connection
+    /// is lost for good), and the run ends as failed.
+    ///
+    /// ```
+    /// # use engine_core::StageError;
+    /// let err = StageError::msg("socket closed").fatal();
+    /// assert!(err.is_fatal());
+    /// assert_eq!(err.to_string(), "socket closed");
+    /// ```
+    #[must_use]
+    pub fn fatal(self) -> Self {
+        if self.is_fatal() {
+            return self;
+        }
+        Self {
+            inner: Box::new(Fatal(self.inner)),
+        }
+    }
+
+    /// Whether the error was marked [`fatal`](Self::fatal).
+    pub fn is_fatal(&self) -> bool {
+        self.inner.is::<Fatal>()
     }
 
     /// Turns a panic payload (from [`std::panic::catch_unwind`]) into an error that keeps the
@@ -82,12 +126,15 @@ impl StageError {
 
     /// Whether this error stands for a panic in stage code.
     pub fn is_panic(&self) -> bool {
-        self.inner.is::<Panicked>()
+        self.downcast_ref::<Panicked>().is_some()
     }
 
-    /// The wrapped error as a trait object, for `source()` chains and downcasting.
+    /// The wrapped error as a trait object, for `source()` chains.
     pub fn as_error(&self) -> &(dyn StdError + Send + Sync + 'static) {
-        &*self.inner
+        match self.inner.downcast_ref::<Fatal>() {
+            Some(fatal) => &*fatal.0,
+            None => &*self.inner,
+        }
     }
 
     /// Returns the wrapped error if it is of type `E`.
@@ -96,17 +143,19 @@ impl StageError {
     /// # use engine_core::StageError;
     /// let err = StageError::new(std::io::Error::other("disk full"));
     /// assert!(err.downcast_ref::<std::io::Error>().is_some());
+    /// assert!(err.fatal().downcast_ref::<std::io::Error>().is_some());
     /// ```
     pub fn downcast_ref<E: StdError + 'static>(&self) -> Option<&E> {
-        self.inner.downcast_ref::<E>()
+        self.as_error().downcast_ref::<E>()
     }
 
     /// The message and every source, joined by `": "`.
     ///
     /// This is the form to log or send to another process.
     pub fn chain_message(&self) -> String {
-        let mut text = self.inner.to_string();
-        let mut source = self.inner.source();
+        let error = self.as_error();
+        let mut text = error.to_string();
+        let mut source = error.source();
         while let Some(cause) = source {
             text.push_str(": ");
             text.push_str(&cause.to_string());
@@ -122,7 +171,7 @@ impl<E: StdError + Send + Sync + 'static> From<E> for StageError {
     }
 }
 
-impl From<StageError> for Box<dyn StdError + Send + Sync + 'static> {
+impl From<StageError> for BoxError {
     fn from(error: StageError) -> Self {
         error.inner
     }
@@ -139,7 +188,7 @@ impl fmt::Display for StageError {
         if f.alternate() {
             f.write_str(&self.chain_message())
         } else {
-            fmt::Display::fmt(&self.inner, f)
+            fmt::Display::fmt(self.as_error(), f)
         }
     }
 }
@@ -150,26 +199,40 @@ impl fmt::Debug for StageError {
     }
 }
 
+/// The form of a [`StageError`] on the wire.
+#[derive(Serialize, Deserialize)]
+struct WireError {
+    message: String,
+    panic: bool,
+    fatal: bool,
+}
+
 impl Serialize for StageError {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        (self.is_panic(), self.chain_message()).serialize(serializer)
+        let message = match self.downcast_ref::<Panicked>() {
+            Some(panic) => panic.0.clone(),
+            None => self.chain_message(),
+        };
+        WireError {
+            message,
+            panic: self.is_panic(),
+            fatal: self.is_fatal(),
+        }
+        .serialize(serializer)
     }
 }
 
 impl<'de> Deserialize<'de> for StageError {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let (panic, message) = <(bool, String)>::deserialize(deserializer)?;
-        Ok(if panic {
-            let message = message
-                .strip_prefix(PANIC_PREFIX)
-                .map(str::to_owned)
-                .unwrap_or(message);
+        let wire = WireError::deserialize(deserializer)?;
+        let error = if wire.panic {
             Self {
-                inner: Box::new(Panicked(message)),
+                inner: Box::new(Panicked(wire.message)),
             }
         } else {
-            Self::msg(message)
-        })
+            Self::msg(wire.message)
+        };
+        Ok(if wire.fatal { error.fatal() } else { error })
     }
 }
 
@@ -196,19 +259,33 @@ pub fn catch_panic<T>(f: impl FnOnce() -> Result<T, StageError>) -> Result<T, St
     catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|payload| Err(StageError::from_panic(payload)))
 }
 
-const PANIC_PREFIX: &str = "panicked: ";
-
 /// A panic in stage code, kept as an error.
 #[derive(Debug)]
 struct Panicked(String);
 
 impl fmt::Display for Panicked {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{PANIC_PREFIX}{}", self.0)
+        write!(f, "panicked: {}", self.0)
     }
 }
 
 impl StdError for Panicked {}
+
+/// An error marked fatal; displays as the error it wraps.
+#[derive(Debug)]
+struct Fatal(BoxError);
+
+impl fmt::Display for Fatal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl StdError for Fatal {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        self.0.source()
+    }
+}
 
 /// A plain message used as an error.
 #[derive(Debug)]
@@ -279,6 +356,29 @@ mod tests {
         let back: StageError = postcard::from_bytes(&postcard::to_stdvec(&panic).unwrap()).unwrap();
         assert!(back.is_panic());
         assert_eq!(back.to_string(), "panicked: at item 3");
+    }
+
+    #[test]
+    fn fatal_marks_survive_serde_boxing_and_keep_the_chain() {
+        let err = StageError::from(Outer(std::io::Error::other("inner"))).fatal();
+        assert!(err.is_fatal() && !err.is_panic());
+        assert_eq!(format!("{err:#}"), "outer: inner");
+        let back: StageError = postcard::from_bytes(&postcard::to_stdvec(&err).unwrap()).unwrap();
+        assert!(back.is_fatal());
+        assert_eq!(back.to_string(), "outer: inner");
+        let boxed: BoxError = err.into();
+        let again = StageError::from_boxed(boxed);
+        assert!(again.is_fatal());
+        assert!(again.downcast_ref::<Outer>().is_some());
+        let panic = StageError::from_panic(Box::new("oops")).fatal();
+        assert!(panic.is_panic() && panic.is_fatal());
+        assert!(
+            !StageError::msg("x")
+                .fatal()
+                .fatal()
+                .as_error()
+                .is::<Fatal>()
+        );
     }
 
     #[test]

@@ -39,7 +39,7 @@
 //! }
 //!
 //! let stop = StopHandle::new();
-//! let ctx = |name, kind| StageContext::new(name, kind, 0, 1).with_stop(stop.clone());
+//! let ctx = |name, kind| StageContext::new(name, kind, 0, 1, stop.clone());
 //! let (f_ctx, t_ctx, b_ctx) = (
 //!     ctx("numbers", StageKind::Frontend),
 //!     ctx("halve", StageKind::Transport),
@@ -122,9 +122,11 @@
 mod adapt;
 mod completion;
 mod context;
+mod deadline;
 mod error;
 pub mod protocol;
 mod report;
+#[cfg(unix)]
 mod signal;
 mod stage;
 mod stop;
@@ -136,10 +138,12 @@ pub use adapt::{
 };
 pub use completion::{Outcome, Ticket, TrackedFrontend, TrackedItem, Untracked};
 pub use context::{AppConfig, StageContext};
-pub use error::{ConfigError, StageError, catch_panic};
+pub use deadline::StopDeadline;
+pub use error::{BoxError, ConfigError, StageError, catch_panic};
 pub use report::{CountMismatch, Counts, RunEnd, RunReport, StageReport, ThreadReport};
+#[cfg(unix)]
 pub use signal::{
     Signal, SignalError, SignalGuard, install_signal_handler, install_signal_handler_with,
 };
 pub use stage::{Backend, ErrorPolicy, Frontend, StageKind, Transport};
-pub use stop::{StopDeadline, StopHandle, StopLevel, StopSubscription};
+pub use stop::{StopHandle, StopLevel, StopSubscription};

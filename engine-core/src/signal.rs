@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::io;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::thread::{self, JoinHandle};
@@ -14,6 +15,7 @@ use crate::stop::{StopHandle, StopLevel};
 
 /// A termination signal the handler reacts to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Signal {
     /// SIGINT, sent by Ctrl-C.
     Interrupt,
@@ -62,17 +64,20 @@ pub enum SignalError {
 
 /// Whether the default action (terminate) applies to SIGINT/SIGTERM: true while no
 /// [`SignalGuard`] is alive. Read from inside the signal handler, hence a static atomic.
-static DEFAULT_ACTION: AtomicBool = AtomicBool::new(false);
+static DEFAULT_ACTION: AtomicBool = AtomicBool::new(true);
 /// How many guards are alive, and whether the default-action fallback is registered.
 static GUARDS: Mutex<(usize, bool)> = Mutex::new((0, false));
 
-/// Turns SIGINT and SIGTERM into stops of `stop`: the first signal calls
-/// [`StopHandle::stop`] (graceful), a second calls [`StopHandle::stop_now`].
+/// Turns SIGINT and SIGTERM into stops of `stop`: the first signal stops gracefully
+/// ([`StopHandle::stop`]), the second stops now ([`StopHandle::stop_now`]), and a third
+/// terminates the process at once through the signal's default action, so that a run stuck in
+/// code that ignores the stop can still be interrupted from the keyboard.
 ///
 /// Signals are received on a dedicated thread (through `signal-hook`), so the stop handle is
-/// never touched from inside a signal handler. The handling lasts until the returned guard is
-/// dropped; after that, SIGINT and SIGTERM terminate the process again as they do by default
-/// (once every guard is gone).
+/// never touched from inside a signal handler. Each guard counts its own signals: two guards
+/// (on one handle, or on a parent and its child) both see the first SIGINT as the first. The
+/// handling lasts until the returned guard is dropped; once every guard is gone, SIGINT and
+/// SIGTERM terminate the process again as they do by default.
 ///
 /// # Errors
 ///
@@ -96,7 +101,8 @@ pub fn install_signal_handler(stop: &StopHandle) -> Result<SignalGuard, SignalEr
 }
 
 /// Like [`install_signal_handler`], and also calls `on_signal` with each signal and the level
-/// it raised the stop to, for example to log "press Ctrl-C again to stop now".
+/// the stop is at after it, for example to log "press Ctrl-C again to stop now". It is not
+/// called for the third signal, which terminates the process.
 ///
 /// # Errors
 ///
@@ -122,11 +128,32 @@ pub fn install_signal_handler_with(
     let thread = thread::Builder::new()
         .name("engine-signals".into())
         .spawn(move || {
+            let mut received = 0_u32;
             for number in signals.forever() {
-                if let Some(signal) = Signal::from_number(number) {
-                    let level = stop.escalate();
-                    on_signal(signal, level);
-                }
+                let Some(signal) = Signal::from_number(number) else {
+                    continue;
+                };
+                received += 1;
+                let level = match received {
+                    1 => StopLevel::Graceful,
+                    2 => StopLevel::Now,
+                    _ => {
+                        // Terminates the process; returns only if that failed, and then the
+                        // signal is simply handled as a second one again.
+                        let _ = signal_hook::low_level::emulate_default_handler(number);
+                        StopLevel::Now
+                    }
+                };
+                // A panic in a stop callback or in `on_signal` is the callback's bug; catching
+                // it keeps this thread, and with it Ctrl-C, working.
+                let _ = catch_unwind(AssertUnwindSafe(|| {
+                    if level == StopLevel::Graceful {
+                        stop.stop();
+                    } else {
+                        stop.stop_now();
+                    }
+                }));
+                let _ = catch_unwind(AssertUnwindSafe(|| on_signal(signal, stop.level())));
             }
         })
         .map_err(SignalError::Thread)?;
@@ -141,6 +168,7 @@ pub fn install_signal_handler_with(
 /// Keeps SIGINT/SIGTERM handling alive; dropping it unregisters the handler and joins its
 /// thread.
 #[derive(Debug)]
+#[must_use = "dropping the guard ends the signal handling at once"]
 pub struct SignalGuard {
     handle: Handle,
     thread: Option<JoinHandle<()>>,
@@ -148,16 +176,19 @@ pub struct SignalGuard {
 
 impl Drop for SignalGuard {
     fn drop(&mut self) {
+        // Restore the default action before closing, so that a signal arriving meanwhile is
+        // never lost: it either reaches this guard or terminates the process.
+        {
+            let mut guards = GUARDS.lock().unwrap_or_else(PoisonError::into_inner);
+            guards.0 = guards.0.saturating_sub(1);
+            if guards.0 == 0 {
+                DEFAULT_ACTION.store(true, Ordering::SeqCst);
+            }
+        }
         self.handle.close();
         if let Some(thread) = self.thread.take() {
-            // The thread only forwards signals; a panic there (in a user callback) must not
-            // turn this drop into a second panic.
+            // The thread catches every panic; joining reports nothing.
             let _ = thread.join();
-        }
-        let mut guards = GUARDS.lock().unwrap_or_else(PoisonError::into_inner);
-        guards.0 = guards.0.saturating_sub(1);
-        if guards.0 == 0 {
-            DEFAULT_ACTION.store(true, Ordering::SeqCst);
         }
     }
 }

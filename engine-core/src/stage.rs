@@ -49,8 +49,9 @@ impl fmt::Display for StageKind {
 /// # Errors and stopping
 ///
 /// An `Err` from `produce` is counted as a failed item and, under the default
-/// [`ErrorPolicy::Skip`](crate::ErrorPolicy::Skip), `produce` is called again; a source that is
-/// gone for good should return `Ok(None)`. A frontend that blocks (reading a pipe, a socket)
+/// [`ErrorPolicy::Skip`], `produce` is called again. A source that has simply run out returns
+/// `Ok(None)`; one that is broken for good returns an error marked [`StageError::fatal`], which
+/// ends the frontend instance and fails the run instead of retrying forever. A frontend that blocks (reading a pipe, a socket)
 /// should check [`StageContext::is_stopping`] when it wakes up; engines do not wait for a
 /// frontend stuck in a blocking call after a stop.
 ///
@@ -74,7 +75,7 @@ impl fmt::Display for StageKind {
 ///     }
 /// }
 ///
-/// let ctx = StageContext::new("countdown", StageKind::Frontend, 0, 1);
+/// let ctx = StageContext::standalone("countdown", StageKind::Frontend);
 /// let mut frontend = Countdown { from: 2 };
 /// assert_eq!(frontend.produce(&ctx).unwrap(), Some(2));
 /// assert_eq!(frontend.produce(&ctx).unwrap(), Some(1));
@@ -136,7 +137,7 @@ pub trait Frontend {
 ///     }
 /// }
 ///
-/// let ctx = StageContext::new("parse", StageKind::Transport, 0, 1);
+/// let ctx = StageContext::standalone("parse", StageKind::Transport);
 /// assert_eq!(Parse.transport(" 12 ".into(), &ctx).unwrap(), Some(12));
 /// assert_eq!(Parse.transport("".into(), &ctx).unwrap(), None);
 /// assert!(Parse.transport("x".into(), &ctx).is_err());
@@ -198,7 +199,7 @@ pub trait Transport {
 ///     }
 /// }
 ///
-/// let ctx = StageContext::new("sum", StageKind::Backend, 0, 1);
+/// let ctx = StageContext::standalone("sum", StageKind::Backend);
 /// let mut sum = Sum::default();
 /// sum.process(2, &ctx).unwrap();
 /// sum.process(3, &ctx).unwrap();
@@ -236,8 +237,10 @@ pub trait Backend {
 /// What an engine does when a stage fails on one item (returns an error or panics).
 ///
 /// Either way the failure is counted in the [`RunReport`](crate::RunReport) and logged with
-/// the stage and instance it happened in.
+/// the stage and instance it happened in. An error marked [`StageError::fatal`] ends the stage
+/// instance whatever the policy.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum ErrorPolicy {
     /// Count the item as failed and go on with the next one.
     #[default]

@@ -2,10 +2,9 @@
 //! waitable, with callbacks so that engines can wake blocked threads or async tasks.
 
 use std::fmt;
-use std::io;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
-use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -51,6 +50,8 @@ struct Inner {
     // list of listeners to call and the wake-up of waiters are one atomic step.
     listeners: Mutex<Vec<(u64, Listener)>>,
     changed: Condvar,
+    // Threads blocked in `wait_for_level`, for diagnostics and tests.
+    waiters: AtomicUsize,
     // Set for a child handle: its subscription to the parent, released with the child.
     _parent: Option<StopSubscription>,
 }
@@ -62,6 +63,7 @@ impl Inner {
             next_id: AtomicU64::new(0),
             listeners: Mutex::new(Vec::new()),
             changed: Condvar::new(),
+            waiters: AtomicUsize::new(0),
             _parent: parent,
         }
     }
@@ -221,9 +223,17 @@ impl StopHandle {
         Some(listeners)
     }
 
+    /// Calls every listener, even when one panics; the first panic is then resumed in the
+    /// caller, so a bug in a callback is not silent but cannot keep the others from running.
     fn notify(listeners: &[Listener], level: StopLevel) {
+        let mut first_panic = None;
         for listener in listeners {
-            listener(level);
+            if let Err(payload) = catch_unwind(AssertUnwindSafe(|| listener(level))) {
+                first_panic.get_or_insert(payload);
+            }
+        }
+        if let Some(payload) = first_panic {
+            resume_unwind(payload);
         }
     }
 
@@ -251,13 +261,16 @@ impl StopHandle {
     /// assert_eq!(stop.wait_for_level(StopLevel::Now, Some(Duration::from_millis(1))), None);
     /// ```
     pub fn wait_for_level(&self, level: StopLevel, timeout: Option<Duration>) -> Option<StopLevel> {
-        let deadline = timeout.map(|t| Instant::now() + t);
+        // A timeout too large to represent is no timeout.
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         let mut guard = self.inner.lock();
         loop {
             let current = self.level();
             if current >= level {
                 return Some(current);
             }
+            self.inner.waiters.fetch_add(1, Ordering::Relaxed);
+            let _waiting = Waiting(&self.inner.waiters);
             match deadline {
                 None => {
                     guard = self
@@ -285,7 +298,15 @@ impl StopHandle {
     ///
     /// The callback runs outside the handle's lock and may stop the handle again; when two
     /// threads raise the level at the same moment the calls may arrive out of order, so act on
-    /// [`level`](Self::level) or treat levels as a maximum. Dropping the returned
+    /// [`level`](Self::level) or treat levels as a maximum. Because a late subscriber is called
+    /// at once on the registering thread, do not register while holding a lock the callback
+    /// takes. Keep callbacks short (wake a thread, send on a channel): they run on the thread
+    /// that stopped, which may be the signal thread.
+    ///
+    /// # Panics
+    ///
+    /// A panicking callback does not keep the other callbacks from running; its panic is
+    /// resumed afterwards in the thread that raised the level (or that registered it late). Dropping the returned
     /// [`StopSubscription`] unregisters it; [`StopSubscription::detach`] keeps it for the
     /// handle's lifetime.
     ///
@@ -354,54 +375,14 @@ impl StopHandle {
         child
     }
 
-    /// Calls [`stop_now`](Self::stop_now) after `after`, unless the returned guard is dropped
-    /// first: the deadline of a graceful stop.
-    ///
-    /// An engine arms it when a graceful stop begins and drops it when the run has drained;
-    /// if draining takes longer, the stop becomes immediate and what is left is dropped.
-    ///
-    /// # Errors
-    ///
-    /// The timer thread could not be started.
-    ///
-    /// ```
-    /// # use std::time::Duration;
-    /// # use engine_core::{StopHandle, StopLevel};
-    /// let stop = StopHandle::new();
-    /// stop.stop();
-    /// let deadline = stop.stop_now_after(Duration::from_millis(10))?;
-    /// assert_eq!(stop.wait_for_level(StopLevel::Now, Some(Duration::from_secs(10))), Some(StopLevel::Now));
-    /// drop(deadline);
-    /// # Ok::<(), std::io::Error>(())
-    /// ```
-    pub fn stop_now_after(&self, after: Duration) -> io::Result<StopDeadline> {
-        let cancel = Arc::new((Mutex::new(false), Condvar::new()));
-        let thread = {
-            let cancel = Arc::clone(&cancel);
-            let stop = self.clone();
-            thread::Builder::new()
-                .name("engine-stop-deadline".into())
-                .spawn(move || {
-                    let (cancelled, wake) = &*cancel;
-                    let guard = cancelled.lock().unwrap_or_else(PoisonError::into_inner);
-                    let (guard, _) = wake
-                        .wait_timeout_while(guard, after, |cancelled| !*cancelled)
-                        .unwrap_or_else(PoisonError::into_inner);
-                    if !*guard {
-                        drop(guard);
-                        stop.stop_now();
-                    }
-                })?
-        };
-        Ok(StopDeadline {
-            cancel,
-            thread: Some(thread),
-        })
-    }
-
     /// How many callbacks are registered (for tests and diagnostics).
     pub fn subscriber_count(&self) -> usize {
         self.inner.lock().len()
+    }
+
+    /// How many threads are blocked in a `wait` call right now (for tests and diagnostics).
+    pub fn waiter_count(&self) -> usize {
+        self.inner.waiters.load(Ordering::Relaxed)
     }
 }
 
@@ -413,22 +394,12 @@ impl fmt::Debug for StopHandle {
     }
 }
 
-/// A pending [`StopHandle::stop_now_after`]; dropping it cancels the deadline.
-#[derive(Debug)]
-pub struct StopDeadline {
-    cancel: Arc<(Mutex<bool>, Condvar)>,
-    thread: Option<JoinHandle<()>>,
-}
+/// Counts a thread as waiting while it lives.
+struct Waiting<'a>(&'a AtomicUsize);
 
-impl Drop for StopDeadline {
+impl Drop for Waiting<'_> {
     fn drop(&mut self) {
-        let (cancelled, wake) = &*self.cancel;
-        *cancelled.lock().unwrap_or_else(PoisonError::into_inner) = true;
-        wake.notify_all();
-        if let Some(thread) = self.thread.take() {
-            // The timer thread runs no user code and cannot panic; nothing to report.
-            let _ = thread.join();
-        }
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -463,7 +434,6 @@ impl fmt::Debug for Inner {
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::AtomicUsize;
-    use std::sync::mpsc;
     use std::thread;
 
     use super::*;
@@ -478,24 +448,45 @@ mod tests {
         assert!(stop.is_stopping() && stop.is_stopped_now());
     }
 
+    /// Waits (with a deadline, yielding) until `n` threads are blocked on the handle.
+    fn until_waiters(stop: &StopHandle, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while stop.waiter_count() != n {
+            assert!(Instant::now() < deadline, "no thread blocked on the handle");
+            thread::yield_now();
+        }
+    }
+
     #[test]
-    fn stop_from_another_thread_wakes_a_waiter() {
+    fn stop_from_another_thread_wakes_a_blocked_waiter() {
         let stop = StopHandle::new();
-        let (ready_tx, ready_rx) = mpsc::channel();
         let waiter = {
             let stop = stop.clone();
-            thread::spawn(move || {
-                ready_tx.send(()).unwrap();
-                stop.wait()
-            })
+            thread::spawn(move || stop.wait())
         };
-        ready_rx.recv().unwrap();
+        until_waiters(&stop, 1);
         let stopper = {
             let stop = stop.clone();
             thread::spawn(move || stop.stop())
         };
         assert!(stopper.join().unwrap());
         assert_eq!(waiter.join().unwrap(), StopLevel::Graceful);
+        assert_eq!(stop.waiter_count(), 0);
+    }
+
+    #[test]
+    fn a_blocked_wait_for_now_ignores_graceful_and_wakes_on_now() {
+        let stop = StopHandle::new();
+        let waiter = {
+            let stop = stop.clone();
+            thread::spawn(move || stop.wait_for_level(StopLevel::Now, Some(Duration::MAX)))
+        };
+        until_waiters(&stop, 1);
+        stop.stop();
+        // Still blocked after the graceful stop: the waiter went back to waiting.
+        until_waiters(&stop, 1);
+        stop.stop_now();
+        assert_eq!(waiter.join().unwrap(), Some(StopLevel::Now));
     }
 
     #[test]
@@ -543,6 +534,57 @@ mod tests {
     }
 
     #[test]
+    fn a_panicking_callback_does_not_skip_the_others() {
+        let stop = StopHandle::new();
+        let hits = Arc::new(AtomicUsize::new(0));
+        let _bad = stop.on_stop(|_| panic!("a buggy callback"));
+        let child = stop.child();
+        let _good = {
+            let hits = Arc::clone(&hits);
+            stop.on_stop(move |_| {
+                hits.fetch_add(1, Ordering::SeqCst);
+            })
+        };
+        let caller = {
+            let stop = stop.clone();
+            thread::spawn(move || stop.stop())
+        };
+        // The panic reaches the caller, after every callback ran.
+        assert!(caller.join().is_err());
+        assert_eq!(hits.load(Ordering::SeqCst), 1);
+        assert_eq!(child.level(), StopLevel::Graceful);
+        assert_eq!(stop.level(), StopLevel::Graceful);
+    }
+
+    #[test]
+    fn subscribing_while_stopping_sees_each_level_exactly_once() {
+        for _ in 0..200 {
+            let stop = StopHandle::new();
+            let calls = Arc::new(Mutex::new(Vec::new()));
+            let stopper = {
+                let stop = stop.clone();
+                thread::spawn(move || {
+                    stop.stop();
+                })
+            };
+            let sub = {
+                let calls = Arc::clone(&calls);
+                stop.on_stop(move |level| calls.lock().unwrap().push(level))
+            };
+            stopper.join().unwrap();
+            assert_eq!(*calls.lock().unwrap(), [StopLevel::Graceful]);
+            drop(sub);
+        }
+    }
+
+    #[test]
+    fn a_child_of_a_stopped_parent_starts_stopped() {
+        let parent = StopHandle::new();
+        parent.stop_now();
+        assert_eq!(parent.child().level(), StopLevel::Now);
+    }
+
+    #[test]
     fn a_callback_may_stop_the_handle_again() {
         let stop = StopHandle::new();
         let again = stop.clone();
@@ -571,27 +613,6 @@ mod tests {
     }
 
     #[test]
-    fn a_dropped_deadline_never_fires() {
-        let stop = StopHandle::new();
-        stop.stop();
-        let started = Instant::now();
-        drop(stop.stop_now_after(Duration::from_secs(3600)).unwrap());
-        // Dropping joins the timer thread at once, and the level stays graceful.
-        assert!(started.elapsed() < Duration::from_secs(60));
-        assert_eq!(stop.level(), StopLevel::Graceful);
-    }
-
-    #[test]
-    fn an_expired_deadline_stops_now() {
-        let stop = StopHandle::new();
-        let _deadline = stop.stop_now_after(Duration::from_millis(1)).unwrap();
-        assert_eq!(
-            stop.wait_for_level(StopLevel::Now, Some(Duration::from_secs(30))),
-            Some(StopLevel::Now)
-        );
-    }
-
-    #[test]
     fn handles_and_contexts_cross_threads() {
         fn shared<T: Send + Sync + Clone + 'static>() {}
         shared::<StopHandle>();
@@ -599,7 +620,6 @@ mod tests {
         shared::<crate::AppConfig>();
         fn sendable<T: Send + 'static>() {}
         sendable::<StopSubscription>();
-        sendable::<StopDeadline>();
         sendable::<crate::StageError>();
     }
 
