@@ -58,7 +58,7 @@ fn main() {
             harness::repeat(OPS, || {
                 match Frame::decode(black_box(&frame_bytes)).expect("decodes") {
                     Frame::Message(m) => m.body.len(),
-                    Frame::Hello(_) => 0,
+                    _ => 0,
                 }
             })
         },

@@ -25,11 +25,15 @@ fn prelude_has_the_stage_traits() {
     impl Frontend for Numbers {
         type Item = u8;
         fn produce(&mut self, _ctx: &StageContext) -> Result<Option<u8>, StageError> {
-            self.0 = self
-                .0
-                .checked_sub(1)
-                .ok_or_else(|| StageError::msg("done"))?;
-            Ok(Some(self.0))
+            // Counts down to zero, then ends; 13 is unlucky and fails.
+            let Some(next) = self.0.checked_sub(1) else {
+                return Ok(None);
+            };
+            self.0 = next;
+            if next == 13 {
+                return Err(StageError::msg("unlucky"));
+            }
+            Ok(Some(next))
         }
     }
     let ctx = StageContext::new(
@@ -40,9 +44,12 @@ fn prelude_has_the_stage_traits() {
         StopHandle::new(),
     )
     .with_config(AppConfig::none());
+    let mut numbers = Numbers(14);
+    assert!(numbers.produce(&ctx).is_err());
+    assert_eq!(numbers.produce(&ctx).unwrap(), Some(12));
     let mut numbers = Numbers(1);
     assert_eq!(numbers.produce(&ctx).unwrap(), Some(0));
-    assert!(numbers.produce(&ctx).is_err());
+    assert_eq!(numbers.produce(&ctx).unwrap(), None);
     assert_eq!(ErrorPolicy::default(), ErrorPolicy::Skip);
     fn is_stage<T: Transport + ?Sized, B: Backend + ?Sized>() {}
     let _ = is_stage::<engine::core::MapFn<fn(u8) -> u8, u8>, engine::core::ForEachFn<fn(u8), u8>>;

@@ -22,8 +22,9 @@
 //!
 //! ```
 //! use engine_core::{
-//!     Backend, Counts, Frontend, IntoBackend, IntoFrontend, IntoTransport, RunEnd, RunReport,
-//!     StageContext, StageError, StageKind, StageReport, StopHandle, Transport,
+//!     Backend, Counts, IntoBackend, IntoFrontend, IntoTransport, Outcome, RunEnd, RunReport,
+//!     StageContext, StageError, StageKind, StageReport, StopHandle, Ticket, TrackedFrontend,
+//!     Transport,
 //! };
 //!
 //! /// Keeps the even numbers, halved.
@@ -52,17 +53,22 @@
 //! let mut backend = (|n: u64| total += n).into_backend();
 //!
 //! let (mut f, mut t, mut b) = (Counts::default(), Counts::default(), Counts::default());
-//! while let Some(n) = frontend.produce(&f_ctx)? {
+//! // Every item comes with a completion ticket; for plain sources it is `()`.
+//! while let Some((ticket, n)) = frontend.produce(&f_ctx)? {
 //!     f.input += 1;
 //!     f.output += 1;
 //!     t.input += 1;
 //!     match transport.transport(n, &t_ctx)? {
-//!         None => t.filtered += 1,
+//!         None => {
+//!             t.filtered += 1;
+//!             ticket.complete(Outcome::Filtered);
+//!         }
 //!         Some(half) => {
 //!             t.output += 1;
 //!             b.input += 1;
 //!             backend.process(half, &b_ctx)?;
 //!             b.output += 1;
+//!             ticket.complete(Outcome::Processed);
 //!         }
 //!     }
 //! }

@@ -5,11 +5,17 @@
 //! body) and pymulproc's 4-field datagram (request, sender, recipient, data) with its `DO`,
 //! `FINISHED` and `DIE` requests. An [`Envelope`] carries a receiver and a sender
 //! [`Address`], a [`Kind`] (a control message or a user-named kind), an optional [`TaskId`]
-//! and a body of bytes; a [`Hello`] frame opens every worker connection and carries
-//! [`PROTOCOL_VERSION`].
+//! and a body of bytes; a [`Hello`] frame opens every worker connection, and the master answers
+//! [`Frame::Welcome`] or [`Frame::Reject`].
 //!
-//! Decoding never panics on arbitrary bytes: a truncated, corrupt or oversized frame gives a
-//! [`ProtocolError`].
+//! Every encoded frame starts with a fixed header, the magic bytes `EN` and
+//! [`PROTOCOL_VERSION`] as 4 little-endian bytes, read before anything else: a peer from
+//! another build is refused with [`ProtocolError::VersionMismatch`], even when its frames
+//! have another layout.
+//!
+//! Decoding never panics on arbitrary bytes: truncated or corrupt input gives a
+//! [`ProtocolError`], and a length prefix larger than the input is refused without
+//! allocating.
 //!
 //! # Examples
 //!
@@ -21,7 +27,7 @@
 //!     .with_body(&(640_u32, 480_u32))?;
 //! let bytes = Frame::Message(request.clone()).encode()?;
 //!
-//! let Frame::Message(received) = Frame::decode(&bytes)? else { unreachable!() };
+//! let Frame::Message(received) = Frame::decode(&bytes)? else { panic!("not a message") };
 //! assert_eq!(received, request);
 //! assert_eq!(received.body::<(u32, u32)>()?, (640, 480));
 //!
@@ -35,12 +41,21 @@ use std::fmt;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-/// The version of this protocol. A worker and its master must speak the same one; the
-/// [`Hello`] handshake checks it.
+use crate::error::StageError;
+
+/// The version of this protocol. A worker and its master must speak the same one: every
+/// frame's header carries it, and the [`Hello`] handshake checks it.
 pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The first bytes of every encoded [`Frame`].
+pub const FRAME_MAGIC: [u8; 2] = *b"EN";
+
+/// The length of the fixed header before every frame: magic and version.
+pub const FRAME_HEADER_LEN: usize = FRAME_MAGIC.len() + 4;
 
 /// Where a message goes to or comes from.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum Address {
     /// The main (master) process.
     Main,
@@ -56,7 +71,9 @@ impl Address {
         Self::Named(name.into())
     }
 
-    /// Whether a message sent to this address is for the process at `me`.
+    /// Whether a message sent to this address is for the process at `me`: `me` itself, or
+    /// [`Broadcast`](Self::Broadcast). [`Envelope::is_for`] also leaves the sender out of its
+    /// own broadcast.
     ///
     /// ```
     /// # use engine_core::protocol::Address;
@@ -83,6 +100,7 @@ impl fmt::Display for Address {
 /// What a message is about: one of the control messages, or a user-named kind that selects
 /// the receiver's handler.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum Kind {
     /// Do a task (the body is its argument).
     Do,
@@ -139,8 +157,11 @@ impl fmt::Display for TaskId {
 ///
 /// The body is opaque bytes so that routers can forward messages without knowing their
 /// types; [`with_body`](Self::with_body) and [`body`](Self::body) encode and decode it with
-/// postcard.
+/// postcard. Task results travel as [`Kind::Finished`] with the result or [`Kind::Failed`]
+/// with a [`StageError`]: see [`reply_with_result`](Self::reply_with_result) and
+/// [`result`](Self::result).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Envelope {
     /// The receiving process.
     pub receiver: Address,
@@ -201,6 +222,70 @@ impl Envelope {
         from_bytes(&self.body)
     }
 
+    /// Whether this message is for the process at `me`: addressed to it, or broadcast by
+    /// another process.
+    ///
+    /// ```
+    /// # use engine_core::protocol::{Address, Envelope, Kind};
+    /// let w1 = Address::named("w1");
+    /// let note = Envelope::new(Address::Broadcast, w1.clone(), Kind::user("reload"));
+    /// assert!(note.is_for(&Address::named("w2")));
+    /// assert!(!note.is_for(&w1));
+    /// ```
+    pub fn is_for(&self, me: &Address) -> bool {
+        match self.receiver {
+            Address::Broadcast => &self.sender != me,
+            ref receiver => receiver == me,
+        }
+    }
+
+    /// The reply to a task: [`Kind::Finished`] with the value, or [`Kind::Failed`] with the
+    /// error, addressed back to the sender with the same task id.
+    ///
+    /// # Errors
+    ///
+    /// [`ProtocolError::Encode`] if the value cannot be serialised.
+    ///
+    /// ```
+    /// # use engine_core::StageError;
+    /// # use engine_core::protocol::{Address, Envelope, Kind, TaskId};
+    /// let task = Envelope::new(Address::named("w"), Address::Main, Kind::Do).with_task(TaskId(9));
+    /// let ok = task.reply_with_result(&Ok::<u32, StageError>(3))?;
+    /// assert_eq!(ok.kind, Kind::Finished);
+    /// assert_eq!(ok.result::<u32>()?.unwrap(), 3);
+    /// let failed = task.reply_with_result(&Err::<u32, _>(StageError::msg("no such file")))?;
+    /// assert_eq!(failed.kind, Kind::Failed);
+    /// assert_eq!(failed.result::<u32>()?.unwrap_err().to_string(), "no such file");
+    /// # Ok::<(), engine_core::protocol::ProtocolError>(())
+    /// ```
+    pub fn reply_with_result<T: Serialize>(
+        &self,
+        result: &Result<T, StageError>,
+    ) -> Result<Self, ProtocolError> {
+        match result {
+            Ok(value) => self.reply(Kind::Finished).with_body(value),
+            Err(error) => self.reply(Kind::Failed).with_body(error),
+        }
+    }
+
+    /// Reads a task result: the body of a [`Kind::Finished`] message as `Ok`, or of a
+    /// [`Kind::Failed`] message as `Err`.
+    ///
+    /// # Errors
+    ///
+    /// [`ProtocolError::UnexpectedFrame`] for any other kind, or a decoding error if the body
+    /// does not decode.
+    pub fn result<T: DeserializeOwned>(&self) -> Result<Result<T, StageError>, ProtocolError> {
+        match self.kind {
+            Kind::Finished => self.body().map(Ok),
+            Kind::Failed => self.body().map(Err),
+            ref other => Err(ProtocolError::UnexpectedFrame {
+                expected: "a FINISHED or FAILED message",
+                found: other.to_string(),
+            }),
+        }
+    }
+
     /// A reply to this message: receiver and sender swapped, same task, empty body.
     #[must_use]
     pub fn reply(&self, kind: Kind) -> Self {
@@ -216,6 +301,7 @@ impl Envelope {
 
 /// The handshake a worker sends first, over the connection its master handed it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Hello {
     /// The protocol version the worker speaks.
     pub version: u32,
@@ -272,37 +358,79 @@ impl Hello {
 
 /// Everything that travels between processes.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum Frame {
     /// The worker's handshake, always the first frame on a connection.
     Hello(Hello),
+    /// The master accepted the handshake.
+    Welcome,
+    /// The master refused the handshake; the worker should exit with this reason.
+    Reject {
+        /// Why, for the worker's error message.
+        reason: String,
+    },
     /// A message.
     Message(Envelope),
 }
 
 impl Frame {
-    /// Encodes the frame.
+    /// Encodes the frame, behind the fixed header (magic and [`PROTOCOL_VERSION`]).
     ///
     /// # Errors
     ///
     /// [`ProtocolError::Encode`] if serialisation fails (it does not for well-formed frames).
     pub fn encode(&self) -> Result<Vec<u8>, ProtocolError> {
-        to_bytes(self)
+        let mut bytes = Vec::with_capacity(FRAME_HEADER_LEN + 32);
+        bytes.extend_from_slice(&FRAME_MAGIC);
+        bytes.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
+        postcard::to_io(self, &mut bytes).map_err(|source| ProtocolError::Encode {
+            what: type_name::<Self>(),
+            source: CodecError(source),
+        })?;
+        Ok(bytes)
     }
 
     /// Decodes a frame from untrusted bytes. Never panics.
     ///
     /// # Errors
     ///
-    /// [`ProtocolError::Decode`] for truncated or corrupt bytes,
+    /// [`ProtocolError::NotAFrame`] if the header is missing or wrong,
+    /// [`ProtocolError::VersionMismatch`] if the peer speaks another version,
+    /// [`ProtocolError::Decode`] for truncated or corrupt bytes after the header, and
     /// [`ProtocolError::TrailingBytes`] when bytes follow a complete frame.
     pub fn decode(bytes: &[u8]) -> Result<Self, ProtocolError> {
-        from_bytes(bytes)
+        let Some((header, rest)) = bytes.split_first_chunk::<FRAME_HEADER_LEN>() else {
+            return Err(ProtocolError::NotAFrame {
+                reason: format!(
+                    "{} bytes, shorter than the {FRAME_HEADER_LEN}-byte header",
+                    bytes.len()
+                ),
+            });
+        };
+        let (magic, version) = header.split_at(FRAME_MAGIC.len());
+        if magic != FRAME_MAGIC {
+            return Err(ProtocolError::NotAFrame {
+                reason: format!("it starts with {magic:02x?}, not the magic bytes \"EN\""),
+            });
+        }
+        let mut version_bytes = [0; 4];
+        version_bytes.copy_from_slice(version);
+        let theirs = u32::from_le_bytes(version_bytes);
+        if theirs != PROTOCOL_VERSION {
+            return Err(ProtocolError::VersionMismatch {
+                ours: PROTOCOL_VERSION,
+                theirs,
+            });
+        }
+        from_bytes(rest)
     }
 
     /// A short description for logs: `hello` or the message kind.
     pub fn describe(&self) -> String {
         match self {
             Self::Hello(hello) => format!("hello from {} ({})", hello.name, hello.worker_kind),
+            Self::Welcome => "welcome".to_owned(),
+            Self::Reject { reason } => format!("reject: {reason}"),
             Self::Message(m) => format!("{} from {} to {}", m.kind, m.sender, m.receiver),
         }
     }
@@ -366,6 +494,13 @@ pub enum ProtocolError {
         /// Why.
         #[source]
         source: CodecError,
+    },
+    /// The bytes are not an engine frame at all: too short for the header, or without the
+    /// magic bytes.
+    #[error("not an engine frame: {reason}")]
+    NotAFrame {
+        /// What is wrong with the header.
+        reason: String,
     },
     /// A complete value was followed by more bytes: a framing error or a different type.
     #[error("a `{what}` was followed by {extra} unexpected bytes")]
@@ -442,7 +577,13 @@ mod tests {
 
     #[test]
     fn every_message_type_round_trips() {
-        let mut frames = vec![Frame::Hello(Hello::new("pool", Address::named("w0")))];
+        let mut frames = vec![
+            Frame::Hello(Hello::new("pool", Address::named("w0"))),
+            Frame::Welcome,
+            Frame::Reject {
+                reason: "wrong kind".into(),
+            },
+        ];
         for kind in all_kinds() {
             for receiver in all_addresses() {
                 for task in [None, Some(TaskId(u64::MAX))] {
@@ -477,7 +618,9 @@ mod tests {
     #[test]
     fn empty_and_trailing_bytes_are_errors() {
         let err = Frame::decode(&[]).unwrap_err();
-        assert!(matches!(err, ProtocolError::Decode { len: 0, .. }), "{err}");
+        assert!(matches!(err, ProtocolError::NotAFrame { .. }), "{err}");
+        let err = Frame::decode(b"XX\x01\0\0\0\0").unwrap_err();
+        assert!(err.to_string().contains("magic"), "{err}");
         let mut bytes = Frame::Message(Envelope::new(Address::Main, Address::Main, Kind::Die))
             .encode()
             .unwrap();
@@ -493,12 +636,41 @@ mod tests {
     #[test]
     fn a_huge_length_prefix_does_not_allocate_or_panic() {
         // A body claiming u64::MAX / 2 bytes, then nothing.
-        let mut bytes = vec![1, 0, 0, 3, 0]; // Message, Main, Main, Die, no task.
+        let mut bytes = Frame::Welcome.encode().unwrap();
+        bytes.truncate(FRAME_HEADER_LEN);
+        bytes.extend([3, 0, 0, 3, 0]); // Message, Main, Main, Die, no task.
         bytes.extend([0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f]);
         assert!(matches!(
             Frame::decode(&bytes),
             Err(ProtocolError::Decode { .. })
         ));
+    }
+
+    #[test]
+    fn a_frame_from_another_version_is_a_version_mismatch() {
+        // A future version whose layout differs: the header is read first, so the error names
+        // the versions instead of failing to decode.
+        let mut bytes = FRAME_MAGIC.to_vec();
+        bytes.extend_from_slice(&(PROTOCOL_VERSION + 1).to_le_bytes());
+        bytes.extend_from_slice(&[9, 9, 9, 200, 1, 2, 3]);
+        let err = Frame::decode(&bytes).unwrap_err();
+        assert!(
+            matches!(err, ProtocolError::VersionMismatch { ours: PROTOCOL_VERSION, theirs } if theirs == PROTOCOL_VERSION + 1),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn results_are_read_only_from_result_kinds() {
+        let die = Envelope::new(Address::Main, Address::Main, Kind::Die);
+        assert!(matches!(
+            die.result::<u32>(),
+            Err(ProtocolError::UnexpectedFrame { .. })
+        ));
+        let panic = crate::catch_panic(|| -> Result<u32, StageError> { panic!("at 4") });
+        let reply = die.reply_with_result(&panic).unwrap();
+        let back = reply.result::<u32>().unwrap().unwrap_err();
+        assert!(back.is_panic());
     }
 
     #[test]

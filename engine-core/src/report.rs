@@ -24,8 +24,13 @@ use crate::stage::StageKind;
 /// - `dropped`: items abandoned by a forced stop (only after [`StopLevel::Now`] or an expired
 ///   deadline).
 ///
+/// The struct is `#[non_exhaustive]` so that a bucket can be added (for transports that emit
+/// several items per input) without breaking engines: start from `Counts::default()` and set
+/// fields. Sums saturate instead of overflowing.
+///
 /// [`StopLevel::Now`]: crate::StopLevel::Now
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Counts {
     /// Items that reached the stage.
     pub input: u64,
@@ -44,9 +49,11 @@ impl Counts {
     ///
     /// ```
     /// # use engine_core::Counts;
-    /// let counts = Counts { input: 10, output: 6, filtered: 2, failed: 1, dropped: 1 };
+    /// let mut counts = Counts::default();
+    /// (counts.input, counts.output, counts.filtered, counts.failed) = (10, 6, 2, 1);
+    /// assert!(!counts.is_balanced());
+    /// counts.dropped = 1;
     /// assert!(counts.is_balanced());
-    /// assert!(!Counts { input: 1, ..Counts::default() }.is_balanced());
     /// ```
     pub fn is_balanced(&self) -> bool {
         // Wide arithmetic: the sum of four u64 counters cannot overflow a u128.
@@ -63,11 +70,11 @@ impl Counts {
 
 impl AddAssign for Counts {
     fn add_assign(&mut self, other: Self) {
-        self.input += other.input;
-        self.output += other.output;
-        self.filtered += other.filtered;
-        self.failed += other.failed;
-        self.dropped += other.dropped;
+        self.input = self.input.saturating_add(other.input);
+        self.output = self.output.saturating_add(other.output);
+        self.filtered = self.filtered.saturating_add(other.filtered);
+        self.failed = self.failed.saturating_add(other.failed);
+        self.dropped = self.dropped.saturating_add(other.dropped);
     }
 }
 
@@ -199,6 +206,15 @@ pub enum CountMismatch {
         /// Items in its buckets.
         accounted: u128,
     },
+    /// Items were dropped in a run that neither aborted nor failed: a graceful stop or a
+    /// completed run must drain everything.
+    #[error("{dropped} items were dropped, but the run ended as {end:?}, which drops nothing")]
+    DroppedWithoutAbort {
+        /// Items dropped over all stages.
+        dropped: u64,
+        /// How the run ended.
+        end: RunEnd,
+    },
     /// A stage received a different number of items than the previous stage passed on.
     #[error("stage {from:?} passed on {sent} items, but stage {to:?} received {received}")]
     Link {
@@ -224,13 +240,18 @@ pub enum CountMismatch {
 /// use std::time::Duration;
 /// use engine_core::{Counts, RunEnd, RunReport, StageKind, StageReport, ThreadReport};
 ///
+/// let mut produced = Counts::default();
+/// (produced.input, produced.output) = (10, 10);
+/// let mut summed = Counts::default();
+/// (summed.input, summed.output, summed.failed) = (10, 9, 1);
+///
 /// let report = RunReport::new(
 ///     vec![
 ///         StageReport::new("numbers", StageKind::Frontend)
-///             .with_counts(Counts { input: 10, output: 10, ..Counts::default() })
+///             .with_counts(produced)
 ///             .with_thread(ThreadReport::new(0, 10, Duration::from_millis(2))),
 ///         StageReport::new("sum", StageKind::Backend)
-///             .with_counts(Counts { input: 10, output: 9, failed: 1, ..Counts::default() })
+///             .with_counts(summed)
 ///             .with_thread(ThreadReport::new(0, 10, Duration::from_millis(5))),
 ///     ],
 ///     Duration::from_millis(8),
@@ -308,8 +329,9 @@ impl RunReport {
         }
     }
 
-    /// Checks that the counts add up: every stage balances and every link between stages
-    /// carries the same number of items on both sides.
+    /// Checks that the counts add up: every stage balances, every link between stages
+    /// carries the same number of items on both sides, and items were dropped only if the run
+    /// was aborted or failed.
     ///
     /// # Errors
     ///
@@ -334,6 +356,13 @@ impl RunReport {
                     received: to.counts.input,
                 });
             }
+        }
+        let dropped = self.dropped();
+        if dropped > 0 && matches!(self.end, RunEnd::Completed | RunEnd::Stopped) {
+            return Err(CountMismatch::DroppedWithoutAbort {
+                dropped,
+                end: self.end.clone(),
+            });
         }
         Ok(())
     }
@@ -385,13 +414,15 @@ mod tests {
     use super::*;
 
     fn counts(input: u64, output: u64, filtered: u64, failed: u64, dropped: u64) -> Counts {
-        Counts {
-            input,
-            output,
-            filtered,
-            failed,
-            dropped,
-        }
+        let mut counts = Counts::default();
+        (
+            counts.input,
+            counts.output,
+            counts.filtered,
+            counts.failed,
+            counts.dropped,
+        ) = (input, output, filtered, failed, dropped);
+        counts
     }
 
     fn three_stages(front: Counts, mid: Counts, back: Counts) -> RunReport {
@@ -455,6 +486,35 @@ mod tests {
             }
         );
         assert!(err.to_string().contains("\"parse\""));
+    }
+
+    #[test]
+    fn drops_are_allowed_only_after_an_abort_or_a_failure() {
+        let mut report = three_stages(
+            counts(10, 10, 0, 0, 0),
+            counts(10, 8, 0, 0, 2),
+            counts(8, 8, 0, 0, 0),
+        );
+        assert_eq!(report.check(), Ok(()));
+        report.end = RunEnd::Stopped;
+        assert_eq!(
+            report.check(),
+            Err(CountMismatch::DroppedWithoutAbort {
+                dropped: 2,
+                end: RunEnd::Stopped
+            })
+        );
+        report.end = RunEnd::Failed {
+            stage: "parse".into(),
+            reason: "setup failed".into(),
+        };
+        assert_eq!(report.check(), Ok(()));
+    }
+
+    #[test]
+    fn sums_saturate() {
+        let big = counts(u64::MAX, u64::MAX, 0, 0, 0);
+        assert_eq!(big + big, big);
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! mutated from a valid frame, makes decoding panic.
 
 use engine_core::protocol::{
-    self, Address, Envelope, Frame, Hello, Kind, PROTOCOL_VERSION, ProtocolError, TaskId,
+    self, Address, Envelope, FRAME_HEADER_LEN, FRAME_MAGIC, Frame, Hello, Kind, PROTOCOL_VERSION,
+    ProtocolError, TaskId,
 };
 use proptest::prelude::*;
 
@@ -34,24 +35,26 @@ fn frame() -> impl Strategy<Value = Frame> {
         proptest::option::of(any::<u64>().prop_map(TaskId)),
         proptest::collection::vec(any::<u8>(), 0..300),
     )
-        .prop_map(|(receiver, sender, kind, task, body)| Envelope {
-            receiver,
-            sender,
-            kind,
-            task,
-            body,
+        .prop_map(|(receiver, sender, kind, task, body)| {
+            let envelope = Envelope::new(receiver, sender, kind).with_raw_body(body);
+            match task {
+                Some(task) => envelope.with_task(task),
+                None => envelope,
+            }
         });
     let hello = (any::<u32>(), any::<String>(), address(), any::<u32>()).prop_map(
-        |(version, worker_kind, name, pid)| Hello {
-            version,
-            worker_kind,
-            name,
-            pid,
+        |(version, worker_kind, name, pid)| {
+            let mut hello = Hello::new(worker_kind, name);
+            hello.version = version;
+            hello.pid = pid;
+            hello
         },
     );
     prop_oneof![
         envelope.prop_map(Frame::Message),
-        hello.prop_map(Frame::Hello)
+        hello.prop_map(Frame::Hello),
+        Just(Frame::Welcome),
+        any::<String>().prop_map(|reason| Frame::Reject { reason }),
     ]
 }
 
@@ -131,7 +134,22 @@ proptest! {
         let bytes = frame.encode().unwrap();
         for end in 0..bytes.len() {
             let err = Frame::decode(&bytes[..end]).unwrap_err();
-            prop_assert!(matches!(err, ProtocolError::Decode { .. }), "{err}");
+            if end < FRAME_HEADER_LEN {
+                prop_assert!(matches!(err, ProtocolError::NotAFrame { .. }), "{err}");
+            } else {
+                prop_assert!(matches!(err, ProtocolError::Decode { .. }), "{err}");
+            }
+        }
+    }
+
+    #[test]
+    fn any_other_version_in_the_header_is_refused(version in any::<u32>(), frame in frame()) {
+        let mut bytes = frame.encode().unwrap();
+        bytes[FRAME_MAGIC.len()..FRAME_HEADER_LEN].copy_from_slice(&version.to_le_bytes());
+        match Frame::decode(&bytes) {
+            Ok(decoded) => prop_assert!(version == PROTOCOL_VERSION && decoded == frame),
+            Err(ProtocolError::VersionMismatch { theirs, .. }) => prop_assert_eq!(theirs, version),
+            Err(other) => prop_assert!(false, "unexpected error {other}"),
         }
     }
 
