@@ -10,6 +10,7 @@
     reason = "a command-line program writes its answers and errors to the terminal"
 )]
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser, Subcommand};
@@ -72,6 +73,7 @@ fn init_logging(level: Option<&str>) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .try_init()
         .map_err(|err| anyhow::anyhow!("cannot set up logging: {err}"))
 }

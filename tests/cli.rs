@@ -16,6 +16,10 @@ fn no_arguments_prints_help_and_succeeds() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("Usage: engine"), "{stdout}");
     assert!(stdout.contains("--log-level"), "{stdout}");
+    // Logs go to standard error, without colour codes when it is not a terminal.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("INFO"), "{stderr}");
+    assert!(!stderr.contains('\u{1b}'), "{stderr}");
 }
 
 #[test]
