@@ -87,7 +87,8 @@ impl Inner {
 ///   accepted drains.
 /// - [`stop_now`](Self::stop_now) aborts: engines abandon queued items and count them as
 ///   dropped.
-/// - [`escalate`](Self::escalate) raises the level by one step: what a repeated Ctrl-C does.
+/// - [`escalate`](Self::escalate) raises the level by one step, for a request repeated by one
+///   source.
 ///
 /// Waiting: [`wait`](Self::wait) and [`wait_timeout`](Self::wait_timeout) block a thread;
 /// [`on_stop`](Self::on_stop) registers a callback, which is how an engine wakes threads
@@ -169,7 +170,9 @@ impl StopHandle {
 
     /// Raises the level by one step (running -> graceful -> now) and returns the new level.
     ///
-    /// This is what the signal handler does on each SIGINT or SIGTERM.
+    /// For a single source of repeated requests, such as a "stop" button pressed twice. The
+    /// signal handler does not use it: it counts its own signals, so that two handlers on one
+    /// handle do not turn one Ctrl-C into two steps.
     ///
     /// ```
     /// # use engine_core::{StopHandle, StopLevel};
