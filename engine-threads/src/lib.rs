@@ -1,14 +1,85 @@
 //! The threaded 3-stage engine: frontend threads -> bounded queue -> transport threads ->
 //! bounded queue -> backend threads.
 //!
-//! **Status: not yet built.** This crate is a placeholder in the workspace so that the facade's
-//! `threads` feature and the crate map are stable. It will hold:
+//! A pipeline is a frontend (required) followed by a transport, a backend, or both. Each stage
+//! runs on its own threads, with one stage instance per thread, and the stages are connected
+//! by bounded queues, so memory stays bounded whatever the speed of each stage.
 //!
-//! - a builder taking a frontend (required), a transport and/or a backend, threads per stage,
-//!   queue capacities and a shared application config, with one stage instance per thread;
-//! - `run()`, which blocks and returns an [`engine_core::RunReport`], and `spawn()`, which
-//!   returns a handle with `stop()`, `stop_now()` and `join()`, both driven by
-//!   [`engine_core::StopHandle`];
-//! - the promises of the design: no item lost silently, graceful stop drains, the end of the
-//!   frontend ends the run, stage panics and errors are caught and counted, memory bounded by
-//!   the queues, and throughput close to the channels' own limit.
+//! ```
+//! use engine_threads::Engine;
+//!
+//! let report = Engine::builder(1..=10_000_u64)   // Any iterator is a frontend.
+//!     .transport(|n: u64| n + 1)                 // Any `FnMut(A) -> B` a transport.
+//!     .transport_threads(2)
+//!     .backend(|_n: u64| {})                     // Any `FnMut(A)` a backend.
+//!     .run()?;
+//! assert_eq!(report.processed(), 10_000);
+//! report.check().expect("every item is accounted for");
+//! # Ok::<(), engine_threads::EngineError>(())
+//! ```
+//!
+//! # Promises
+//!
+//! 1. **No item is lost silently.** The [`RunReport`](engine_core::RunReport) accounts for
+//!    every produced item as processed, filtered, failed, or (only after an abort) dropped;
+//!    [`RunReport::check`](engine_core::RunReport::check) proves it.
+//! 2. **A graceful stop drains.** [`StopHandle::stop`](engine_core::StopHandle::stop) (or a
+//!    first Ctrl-C, through [`engine_core::install_signal_handler`]) stops the frontends and
+//!    lets everything accepted flow through. [`stop_now`](engine_core::StopHandle::stop_now),
+//!    a second Ctrl-C or an expired [`stop_timeout`](EngineBuilder::stop_timeout) aborts, and
+//!    the report's dropped counts say how much was abandoned.
+//! 3. **The end of the frontend ends the run**, once downstream has drained. Idle threads
+//!    block on their queues and use no CPU; nothing polls with sleeps.
+//! 4. **Failures are contained.** An error or a panic in a stage on one item is caught,
+//!    counted as failed and logged with the stage and thread. Under the default
+//!    [`ErrorPolicy::Skip`](engine_core::ErrorPolicy::Skip) the run goes on; under
+//!    [`ErrorPolicy::Stop`](engine_core::ErrorPolicy::Stop), or for a
+//!    [fatal](engine_core::StageError::fatal) error, it aborts and returns
+//!    [`EngineError::StageFailed`]. A failing `setup` does the same, after `cleanup` ran for
+//!    every instance that was set up.
+//! 5. **Memory is bounded** by the queue capacities (backpressure).
+//! 6. **Throughput** is close to the channels' own limit: items travel in batches of up to
+//!    256, and a batch goes as soon as the next stage is idle, so a lone item is not held
+//!    back (see `cargo xtask bench threads`).
+//!
+//! # Threads and stopping
+//!
+//! Each thread makes its own stage instance: stages given by value are cloned per thread,
+//! stages given through a factory ([`Engine::builder_with`], `transport_with`,
+//! `backend_with`) are made on the thread itself, so they need not be `Send`. `setup` and
+//! `cleanup` run once per thread, on that thread.
+//!
+//! A frontend may block in `produce` for as long as its source is silent (a pipe with no
+//! data, a socket). Its produced items never wait behind it: its open batch is reachable by
+//! the other threads, which take it after at most [`LINGER`] when they are idle. On a stop,
+//! the engine does not wait for a frontend stuck in `produce`: the run ends as soon as what
+//! was accepted has drained, and an item that `produce` returns later is not accepted (its
+//! [ticket](engine_core::Ticket) completes as dropped) and the thread runs its `cleanup` and
+//! ends. Transport and backend calls are not interrupted: a call that never returns keeps the
+//! run from ending, so give blocking stage code its own timeouts.
+//!
+//! # Ordered mode
+//!
+//! [`EngineBuilder::ordered`] delivers items to the last stage in frontend order, however many
+//! transport threads run, with one frontend thread and one thread in the last stage. The
+//! reorder buffer is bounded: the frontend waits when it runs too far ahead.
+//!
+//! # Live statistics
+//!
+//! [`EngineHandle::stats`] gives counts, items per second and queue depths while the engine
+//! runs; [`EngineBuilder::stats_interval`] logs them through `tracing`.
+
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod builder;
+mod engine;
+mod error;
+mod link;
+mod stats;
+mod worker;
+
+pub use builder::{Absent, DEFAULT_QUEUE_CAPACITY, EngineBuilder, Present, Upstream};
+pub use engine::{Engine, EngineHandle, Stages};
+pub use error::EngineError;
+pub use link::LINGER;
+pub use stats::{StageStats, Stats};

@@ -1,0 +1,149 @@
+//! Live statistics of a running engine: items per stage, items per second and queue depths.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use engine_core::{Counts, StageKind};
+
+use crate::worker::ThreadStats;
+
+/// A snapshot of a running engine, from [`EngineHandle::stats`](crate::EngineHandle::stats).
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Time since the engine started.
+    pub elapsed: Duration,
+    /// One entry per stage, frontend first.
+    pub stages: Vec<StageStats>,
+}
+
+/// One stage in a [`Stats`] snapshot.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct StageStats {
+    /// The stage's name.
+    pub name: String,
+    /// The stage's kind.
+    pub kind: StageKind,
+    /// Counts so far (consumer threads publish theirs after each batch).
+    pub counts: Counts,
+    /// Items waiting in the stage's input queue (for a frontend: items produced but not yet
+    /// handed to the queue).
+    pub queued: u64,
+    /// Items handled per second since the start.
+    pub items_per_second: f64,
+}
+
+impl StageStats {
+    /// Items the stage has finished with: passed on, filtered or failed.
+    pub fn handled(&self) -> u64 {
+        self.counts.output + self.counts.filtered + self.counts.failed
+    }
+}
+
+impl Stats {
+    /// The stage called `name`.
+    pub fn stage(&self, name: &str) -> Option<&StageStats> {
+        self.stages.iter().find(|s| s.name == name)
+    }
+}
+
+impl fmt::Display for Stats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "after {:.1?}:", self.elapsed)?;
+        for stage in &self.stages {
+            write!(
+                f,
+                " {} {} handled ({:.0}/s, {} queued);",
+                stage.name,
+                stage.handled(),
+                stage.items_per_second,
+                stage.queued
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads the live counts of one stage.
+pub(crate) trait StageProbe: Send + Sync {
+    fn counts(&self) -> Counts;
+    fn queued(&self) -> u64;
+}
+
+/// The consumer threads of a stage and its input queue.
+pub(crate) struct ConsumerProbe {
+    pub(crate) threads: Vec<Arc<ThreadStats>>,
+    pub(crate) input: Arc<dyn crate::engine::LinkView>,
+}
+
+impl StageProbe for ConsumerProbe {
+    fn counts(&self) -> Counts {
+        self.threads.iter().map(|t| t.read()).sum()
+    }
+
+    fn queued(&self) -> u64 {
+        self.input.queued()
+    }
+}
+
+/// What the handle and the stats logger read.
+pub(crate) struct StatsSource {
+    pub(crate) started: Instant,
+    pub(crate) stages: Vec<(Arc<str>, StageKind, Box<dyn StageProbe>)>,
+}
+
+impl fmt::Debug for StatsSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StatsSource")
+            .field("started", &self.started)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StatsSource {
+    pub(crate) fn snapshot(&self) -> Stats {
+        let elapsed = self.started.elapsed();
+        let secs = elapsed.as_secs_f64().max(1e-9);
+        let stages = self
+            .stages
+            .iter()
+            .map(|(name, kind, probe)| {
+                let counts = probe.counts();
+                let handled = counts.output + counts.filtered + counts.failed;
+                StageStats {
+                    name: name.to_string(),
+                    kind: *kind,
+                    counts,
+                    queued: probe.queued(),
+                    items_per_second: handled as f64 / secs,
+                }
+            })
+            .collect();
+        Stats { elapsed, stages }
+    }
+}
+
+/// Logs a snapshot, with rates over the interval since the previous one.
+pub(crate) fn log(now: &Stats, before: Option<&Stats>) {
+    for stage in &now.stages {
+        let rate = match before.and_then(|b| b.stage(&stage.name).map(|s| (b.elapsed, s))) {
+            Some((then, old)) => {
+                let secs = now.elapsed.saturating_sub(then).as_secs_f64().max(1e-9);
+                stage.handled().saturating_sub(old.handled()) as f64 / secs
+            }
+            None => stage.items_per_second,
+        };
+        tracing::info!(
+            target: "engine_threads::stats",
+            stage = %stage.name,
+            kind = stage.kind.as_str(),
+            handled = stage.handled(),
+            failed = stage.counts.failed,
+            items_per_second = rate.round(),
+            queued = stage.queued,
+            "stats"
+        );
+    }
+}

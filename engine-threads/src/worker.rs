@@ -1,0 +1,659 @@
+//! The loops that run on each stage thread: a frontend loop that produces into its slot, and
+//! one consumer loop shared by transports and backends.
+//!
+//! Panics are caught once per batch rather than once per item: the loop over a batch runs
+//! inside `catch_unwind`, the ticket of the item being handled waits outside it, and after a
+//! panic the loop resumes with the next item of the same batch. The happy path pays nothing.
+
+use std::collections::BTreeMap;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Select, Sender};
+use engine_core::{
+    Backend, Counts, ErrorPolicy, Outcome, StageContext, StageError, StageKind, StopHandle,
+    Ticket, TrackedFrontend, Transport,
+};
+
+use crate::link::{Abort, Batch, FrontSlot, Link, Offer, Producer, drop_items, lock};
+
+/// What went wrong in a stage, for the error the run returns.
+#[derive(Debug)]
+pub(crate) struct Failure {
+    pub(crate) stage: Arc<str>,
+    pub(crate) kind: StageKind,
+    pub(crate) thread: usize,
+    pub(crate) error: StageError,
+    pub(crate) during_setup: bool,
+}
+
+/// Messages from stage threads (and the stop handle) to the coordinator.
+#[derive(Debug)]
+pub(crate) enum Event {
+    /// A consumer thread left its loop (and ran its cleanup).
+    ThreadDone,
+    /// A frontend thread left its loop (and ran its cleanup), with its busy time.
+    FrontendDone { index: usize, busy: Duration },
+    /// The run's stop handle was raised.
+    Stop,
+}
+
+/// What every stage thread shares.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) stop: StopHandle,
+    pub(crate) abort: Abort,
+    pub(crate) policy: ErrorPolicy,
+    pub(crate) failure: Mutex<Option<Failure>>,
+    pub(crate) events: Sender<Event>,
+}
+
+/// Whether a loop goes on after a failed item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flow {
+    Continue,
+    Stop,
+}
+
+impl Shared {
+    /// Handles an item that failed: logs it, completes its ticket, and under the stop policy
+    /// (or for a fatal error) records the failure and aborts the run.
+    fn item_failed<K: Ticket>(
+        &self,
+        ctx: &StageContext,
+        error: StageError,
+        ticket: Option<K>,
+    ) -> Flow {
+        let stop = self.policy == ErrorPolicy::Stop || error.is_fatal();
+        tracing::warn!(
+            stage = ctx.stage(),
+            kind = ctx.kind().as_str(),
+            thread = ctx.index(),
+            error = format_args!("{error:#}"),
+            "{}",
+            if stop {
+                "item failed; stopping the run"
+            } else {
+                "item failed; skipped"
+            }
+        );
+        if let Some(ticket) = ticket {
+            ticket.complete(Outcome::Failed {
+                stage: ctx.stage(),
+                error: &error,
+                policy: if stop {
+                    ErrorPolicy::Stop
+                } else {
+                    ErrorPolicy::Skip
+                },
+            });
+        }
+        if stop {
+            self.fail(ctx, error, false);
+            Flow::Stop
+        } else {
+            Flow::Continue
+        }
+    }
+
+    /// Records the run's first failure and aborts the run.
+    fn fail(&self, ctx: &StageContext, error: StageError, during_setup: bool) {
+        if during_setup {
+            tracing::error!(
+                stage = ctx.stage(),
+                kind = ctx.kind().as_str(),
+                thread = ctx.index(),
+                error = format_args!("{error:#}"),
+                "setup failed; stopping the run"
+            );
+        }
+        {
+            let mut failure = lock(&self.failure);
+            if failure.is_none() {
+                *failure = Some(Failure {
+                    stage: Arc::clone(ctx.stage_name()),
+                    kind: ctx.kind(),
+                    thread: ctx.index(),
+                    error,
+                    during_setup,
+                });
+            }
+        }
+        self.stop.stop_now();
+    }
+
+    fn done(&self) {
+        let _ = self.events.send(Event::ThreadDone);
+    }
+}
+
+/// Runs `f`, turning a panic into an error.
+fn guarded<T>(f: impl FnOnce() -> Result<T, StageError>) -> Result<T, StageError> {
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|payload| Err(StageError::from_panic(payload)))
+}
+
+/// Runs a stage's cleanup, logging a panic instead of spreading it.
+fn cleanup(ctx: &StageContext, f: impl FnOnce()) {
+    if let Err(payload) = catch_unwind(AssertUnwindSafe(f)) {
+        let error = StageError::from_panic(payload);
+        tracing::error!(
+            stage = ctx.stage(),
+            kind = ctx.kind().as_str(),
+            thread = ctx.index(),
+            error = %error,
+            "cleanup panicked"
+        );
+    }
+}
+
+/// Ordered mode: how far the sink has delivered, so that the frontend stays within a window
+/// of it and the sink's reorder buffer stays bounded.
+#[derive(Debug)]
+pub(crate) struct Window {
+    delivered: AtomicU64,
+    size: u64,
+    progress_tx: Sender<()>,
+    progress_rx: Receiver<()>,
+}
+
+impl Window {
+    pub(crate) fn new(size: u64) -> Arc<Self> {
+        let (progress_tx, progress_rx) = crossbeam_channel::bounded(1);
+        Arc::new(Self {
+            delivered: AtomicU64::new(0),
+            size: size.max(1),
+            progress_tx,
+            progress_rx,
+        })
+    }
+
+    fn advance(&self, delivered: u64) {
+        self.delivered.store(delivered, Ordering::SeqCst);
+        let _ = self.progress_tx.try_send(());
+    }
+
+    /// Waits until batch `seq` is within the window; false on abort.
+    fn admit(&self, seq: u64, abort: &Abort) -> bool {
+        while seq >= self.delivered.load(Ordering::SeqCst) + self.size {
+            if abort.is_fired() {
+                return false;
+            }
+            let mut select = Select::new();
+            let progress = select.recv(&self.progress_rx);
+            select.recv(abort.receiver());
+            let op = select.select();
+            if op.index() == progress {
+                let _ = op.recv(&self.progress_rx);
+            } else {
+                let _ = op.recv(abort.receiver());
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// A frontend thread: produce until the source ends or the run stops. Returns the time spent
+/// outside blocking sends.
+pub(crate) fn run_frontend<F>(
+    mut stage: F,
+    ctx: StageContext,
+    slot: Arc<FrontSlot<F::Ticket, F::Item>>,
+    link: Arc<Link<F::Ticket, F::Item>>,
+    window: Option<Arc<Window>>,
+    shared: Arc<Shared>,
+) -> Duration
+where
+    F: TrackedFrontend,
+    F::Item: Send,
+{
+    let started = Instant::now();
+    let mut blocked = Duration::ZERO;
+    if let Err(error) = guarded(|| stage.setup(&ctx)) {
+        shared.fail(&ctx, error, true);
+        slot.close();
+        return started.elapsed();
+    }
+    loop {
+        let outcome = catch_unwind(AssertUnwindSafe(|| {
+            produce(&mut stage, &ctx, &slot, &link, window.as_deref(), &shared, &mut blocked)
+        }));
+        let error = match outcome {
+            Ok(Ok(())) => break,
+            Ok(Err(error)) => error,
+            Err(payload) => StageError::from_panic(payload),
+        };
+        if !slot.count_failure() {
+            break;
+        }
+        if shared.item_failed::<F::Ticket>(&ctx, error, None) == Flow::Stop {
+            break;
+        }
+    }
+    // Hand the last partial batch on, then let the channel lose this sender.
+    if let Some((tx, batch)) = slot.finish() {
+        let t = Instant::now();
+        link.send_from_slot(&tx, batch);
+        blocked += t.elapsed();
+    }
+    cleanup(&ctx, || stage.cleanup(&ctx));
+    started.elapsed().saturating_sub(blocked)
+}
+
+/// The frontend's inner loop; returns `Ok` at the end of the source or a stop.
+fn produce<F>(
+    stage: &mut F,
+    ctx: &StageContext,
+    slot: &FrontSlot<F::Ticket, F::Item>,
+    link: &Link<F::Ticket, F::Item>,
+    window: Option<&Window>,
+    shared: &Shared,
+    blocked: &mut Duration,
+) -> Result<(), StageError>
+where
+    F: TrackedFrontend,
+    F::Item: Send,
+{
+    let state = link.state();
+    loop {
+        if shared.stop.is_stopping() {
+            return Ok(());
+        }
+        let Some((ticket, item)) = stage.produce(ctx)? else {
+            return Ok(());
+        };
+        match slot.offer(state, ticket, item) {
+            Offer::Kept => {}
+            Offer::Nudge(tx) => link.nudge(&tx),
+            Offer::Send(tx, batch) => {
+                let t = Instant::now();
+                let seq = batch.seq;
+                let sent = link.send_from_slot(&tx, batch);
+                if let Some(window) = window
+                    && sent
+                    && !window.admit(seq + 1, &shared.abort)
+                {
+                    return Ok(());
+                }
+                *blocked += t.elapsed();
+                if !sent {
+                    return Ok(());
+                }
+            }
+            Offer::Closed(ticket, item) => {
+                // The run stopped while `produce` was running: the item came too late to be
+                // accepted. Its ticket says so, so a broker-backed source delivers it again.
+                drop(item);
+                ticket.complete(Outcome::Dropped);
+                tracing::debug!(
+                    stage = ctx.stage(),
+                    thread = ctx.index(),
+                    "an item produced after the stop was not accepted"
+                );
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Live counts of one consumer thread, written only by that thread.
+#[derive(Debug, Default)]
+pub(crate) struct ThreadStats {
+    input: AtomicU64,
+    output: AtomicU64,
+    filtered: AtomicU64,
+    failed: AtomicU64,
+    dropped: AtomicU64,
+}
+
+impl ThreadStats {
+    fn publish(&self, counts: &Counts) {
+        self.input.store(counts.input, Ordering::Relaxed);
+        self.output.store(counts.output, Ordering::Relaxed);
+        self.filtered.store(counts.filtered, Ordering::Relaxed);
+        self.failed.store(counts.failed, Ordering::Relaxed);
+        self.dropped.store(counts.dropped, Ordering::Relaxed);
+    }
+
+    pub(crate) fn read(&self) -> Counts {
+        let mut counts = Counts::default();
+        counts.input = self.input.load(Ordering::Relaxed);
+        counts.output = self.output.load(Ordering::Relaxed);
+        counts.filtered = self.filtered.load(Ordering::Relaxed);
+        counts.failed = self.failed.load(Ordering::Relaxed);
+        counts.dropped = self.dropped.load(Ordering::Relaxed);
+        counts
+    }
+}
+
+/// What a consumer thread did.
+#[derive(Debug)]
+pub(crate) struct ThreadResult {
+    pub(crate) counts: Counts,
+    pub(crate) busy: Duration,
+}
+
+/// A consumer's input: the link, with a reorder buffer in ordered mode.
+#[derive(Debug)]
+pub(crate) struct Input<K, T> {
+    link: Arc<Link<K, T>>,
+    order: Option<Reorder<K, T>>,
+}
+
+#[derive(Debug)]
+struct Reorder<K, T> {
+    next: u64,
+    pending: BTreeMap<u64, Batch<K, T>>,
+    window: Arc<Window>,
+}
+
+impl<K: Ticket, T: Send> Input<K, T> {
+    pub(crate) fn new(link: Arc<Link<K, T>>) -> Self {
+        Self { link, order: None }
+    }
+
+    fn recv(&mut self) -> Option<Batch<K, T>> {
+        let Some(order) = &mut self.order else {
+            return self.link.recv();
+        };
+        loop {
+            if let Some(batch) = order.pending.remove(&order.next) {
+                order.next += 1;
+                order.window.advance(order.next);
+                return Some(batch);
+            }
+            let batch = self.link.recv()?;
+            order.pending.insert(batch.seq, batch);
+        }
+    }
+
+    /// Delivers batches in sequence order, as the last stage of an ordered run.
+    pub(crate) fn ordered(mut self, window: Arc<Window>) -> Self {
+        self.order = Some(Reorder {
+            next: 0,
+            pending: BTreeMap::new(),
+            window,
+        });
+        self
+    }
+
+    /// Items received but held back for order when the run stopped.
+    fn discard_pending(&mut self) -> u64 {
+        let Some(order) = &mut self.order else {
+            return 0;
+        };
+        std::mem::take(&mut order.pending)
+            .into_values()
+            .map(Batch::drop_all)
+            .sum()
+    }
+}
+
+/// A transport or a backend, as the consumer loop drives it.
+pub(crate) trait Consume<K: Ticket> {
+    type Input: Send;
+
+    fn setup(&mut self, ctx: &StageContext) -> Result<(), StageError>;
+
+    fn cleanup(&mut self, ctx: &StageContext);
+
+    /// Handles one item. Its ticket is in `current` while stage code runs, so that a panic
+    /// can still complete it; on success the ticket is taken and completed or passed on.
+    fn consume(
+        &mut self,
+        item: Self::Input,
+        current: &mut Option<K>,
+        ctx: &StageContext,
+        counts: &mut Counts,
+    ) -> Result<(), StageError>;
+
+    /// After input batch `seq`: hands outputs on if they should go now (always when `idle`,
+    /// the input being empty). Returns false if the run was aborted meanwhile.
+    fn end_batch(&mut self, seq: u64, idle: bool, counts: &mut Counts) -> bool;
+
+    /// At the end of the input: hands every remaining output on.
+    fn finish(&mut self, counts: &mut Counts);
+
+    /// On abort: drops held outputs, completing their tickets; returns how many.
+    fn discard(&mut self) -> u64;
+}
+
+/// A transport thread's stage: the transport and where its outputs go.
+#[derive(Debug)]
+pub(crate) struct TransportStage<S: Transport, K> {
+    pub(crate) stage: S,
+    /// `None` when the transport is the last stage.
+    pub(crate) out: Option<Producer<K, S::Output>>,
+    pub(crate) ordered: bool,
+}
+
+impl<S, K> Consume<K> for TransportStage<S, K>
+where
+    S: Transport,
+    S::Input: Send,
+    S::Output: Send,
+    K: Ticket,
+{
+    type Input = S::Input;
+
+    fn setup(&mut self, ctx: &StageContext) -> Result<(), StageError> {
+        self.stage.setup(ctx)
+    }
+
+    fn cleanup(&mut self, ctx: &StageContext) {
+        self.stage.cleanup(ctx);
+    }
+
+    #[inline]
+    fn consume(
+        &mut self,
+        item: S::Input,
+        current: &mut Option<K>,
+        ctx: &StageContext,
+        counts: &mut Counts,
+    ) -> Result<(), StageError> {
+        let output = self.stage.transport(item, ctx)?;
+        let ticket = current.take().expect("the current item's ticket is set");
+        match (output, &mut self.out) {
+            (Some(output), Some(out)) => out.push(ticket, output),
+            (Some(output), None) => {
+                drop(output);
+                counts.output += 1;
+                ticket.complete(Outcome::Processed);
+            }
+            (None, _) => {
+                counts.filtered += 1;
+                ticket.complete(Outcome::Filtered);
+            }
+        }
+        Ok(())
+    }
+
+    fn end_batch(&mut self, seq: u64, idle: bool, counts: &mut Counts) -> bool {
+        let Some(out) = &mut self.out else {
+            return true;
+        };
+        let sent = if self.ordered {
+            out.flush_ordered(seq)
+        } else if idle || out.wants_flush() {
+            out.flush()
+        } else {
+            return true;
+        };
+        record_send(sent, counts)
+    }
+
+    fn finish(&mut self, counts: &mut Counts) {
+        if let Some(out) = &mut self.out {
+            record_send(out.flush(), counts);
+        }
+    }
+
+    fn discard(&mut self) -> u64 {
+        self.out.as_mut().map_or(0, Producer::discard)
+    }
+}
+
+fn record_send(sent: Result<usize, usize>, counts: &mut Counts) -> bool {
+    match sent {
+        Ok(n) => {
+            counts.output += n as u64;
+            true
+        }
+        Err(n) => {
+            counts.dropped += n as u64;
+            false
+        }
+    }
+}
+
+/// A backend thread's stage.
+#[derive(Debug)]
+pub(crate) struct BackendStage<S>(pub(crate) S);
+
+impl<S, K> Consume<K> for BackendStage<S>
+where
+    S: Backend,
+    S::Input: Send,
+    K: Ticket,
+{
+    type Input = S::Input;
+
+    fn setup(&mut self, ctx: &StageContext) -> Result<(), StageError> {
+        self.0.setup(ctx)
+    }
+
+    fn cleanup(&mut self, ctx: &StageContext) {
+        self.0.cleanup(ctx);
+    }
+
+    #[inline]
+    fn consume(
+        &mut self,
+        item: S::Input,
+        current: &mut Option<K>,
+        ctx: &StageContext,
+        counts: &mut Counts,
+    ) -> Result<(), StageError> {
+        self.0.process(item, ctx)?;
+        counts.output += 1;
+        current
+            .take()
+            .expect("the current item's ticket is set")
+            .complete(Outcome::Processed);
+        Ok(())
+    }
+
+    fn end_batch(&mut self, _seq: u64, _idle: bool, _counts: &mut Counts) -> bool {
+        true
+    }
+
+    fn finish(&mut self, _counts: &mut Counts) {}
+
+    fn discard(&mut self) -> u64 {
+        0
+    }
+}
+
+/// How a batch ended.
+enum BatchEnd {
+    Done,
+    Failed(StageError),
+    Aborted,
+}
+
+/// A transport or backend thread: consume batches until the input ends or the run aborts.
+pub(crate) fn run_consumer<K, S>(
+    mut stage: S,
+    ctx: StageContext,
+    mut input: Input<K, S::Input>,
+    stats: Arc<ThreadStats>,
+    shared: Arc<Shared>,
+) -> ThreadResult
+where
+    K: Ticket,
+    S: Consume<K>,
+{
+    let mut counts = Counts::default();
+    let mut busy = Duration::ZERO;
+    let t = Instant::now();
+    let setup = guarded(|| stage.setup(&ctx));
+    busy += t.elapsed();
+    if let Err(error) = setup {
+        shared.fail(&ctx, error, true);
+        shared.done();
+        return ThreadResult { counts, busy };
+    }
+
+    let mut clean_end = true;
+    while let Some(batch) = input.recv() {
+        let len = batch.items.len();
+        counts.input += len as u64;
+        if shared.abort.is_fired() {
+            counts.dropped += batch.drop_all();
+            clean_end = false;
+            break;
+        }
+        let started = Instant::now();
+        let seq = batch.seq;
+        let mut items = batch.items.into_iter();
+        let mut current: Option<K> = None;
+        let end = loop {
+            let outcome = catch_unwind(AssertUnwindSafe(|| {
+                for (ticket, item) in &mut items {
+                    if shared.abort.is_fired() {
+                        drop(item);
+                        ticket.complete(Outcome::Dropped);
+                        counts.dropped += 1;
+                        return BatchEnd::Aborted;
+                    }
+                    current = Some(ticket);
+                    if let Err(error) = stage.consume(item, &mut current, &ctx, &mut counts) {
+                        return BatchEnd::Failed(error);
+                    }
+                }
+                BatchEnd::Done
+            }));
+            let error = match outcome {
+                Ok(BatchEnd::Done) => break BatchEnd::Done,
+                Ok(BatchEnd::Aborted) => break BatchEnd::Aborted,
+                Ok(BatchEnd::Failed(error)) => error,
+                Err(payload) => StageError::from_panic(payload),
+            };
+            counts.failed += 1;
+            if shared.item_failed(&ctx, error, current.take()) == Flow::Stop {
+                break BatchEnd::Aborted;
+            }
+        };
+        let took = started.elapsed();
+        busy += took;
+        input.link.state().observe(len, took);
+        let go_on = match end {
+            BatchEnd::Done => stage.end_batch(seq, input.link.is_empty(), &mut counts),
+            _ => false,
+        };
+        if !go_on {
+            counts.dropped += drop_items(items);
+            clean_end = false;
+            break;
+        }
+        stats.publish(&counts);
+    }
+    if clean_end && !shared.abort.is_fired() {
+        stage.finish(&mut counts);
+    } else {
+        counts.dropped += stage.discard();
+    }
+    let pending = input.discard_pending();
+    counts.input += pending;
+    counts.dropped += pending;
+    stats.publish(&counts);
+
+    let t = Instant::now();
+    cleanup(&ctx, || stage.cleanup(&ctx));
+    busy += t.elapsed();
+    shared.done();
+    ThreadResult { counts, busy }
+}
