@@ -408,7 +408,7 @@ where
             stages,
             options,
         } = builder;
-        let (trigger, abort) = abort_pair();
+        let (trigger, abort) = abort_pair(&stop);
         let trigger = Arc::new(trigger);
         let (events_tx, events) = crossbeam_channel::unbounded();
         let subscription = {

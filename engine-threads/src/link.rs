@@ -8,12 +8,12 @@
 //! [`FrontSlot`] under a mutex, where a consumer about to wait, or the engine at a stop, can
 //! take it. No item ever sits in a buffer that only a blocked thread can reach.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Select, Sender, TryRecvError, TrySendError};
-use engine_core::{Counts, Outcome, Ticket};
+use engine_core::{Counts, Outcome, StopHandle, Ticket};
 
 /// The most items in one batch.
 pub(crate) const MAX_BATCH: usize = 1024;
@@ -56,35 +56,41 @@ pub(crate) fn drop_items<K: Ticket, T>(items: impl IntoIterator<Item = (K, T)>) 
 }
 
 /// Wakes every thread blocked on a queue when the run is aborted.
+///
+/// A run is aborted exactly when its stop handle reaches [`StopLevel::Now`]; the level is
+/// read directly, so a thread sees the abort as soon as it is requested, and the channel
+/// wakes threads that are blocked.
+///
+/// [`StopLevel::Now`]: engine_core::StopLevel::Now
 #[derive(Debug, Clone)]
 pub(crate) struct Abort {
     /// Never receives anything: it becomes ready (disconnected) when the sender is dropped.
     rx: Receiver<()>,
-    flag: Arc<AtomicBool>,
+    stop: StopHandle,
 }
 
 /// The coordinator's side of [`Abort`].
 #[derive(Debug)]
 pub(crate) struct AbortTrigger {
     tx: Mutex<Option<Sender<()>>>,
-    flag: Arc<AtomicBool>,
 }
 
-pub(crate) fn abort_pair() -> (AbortTrigger, Abort) {
+pub(crate) fn abort_pair(stop: &StopHandle) -> (AbortTrigger, Abort) {
     let (tx, rx) = crossbeam_channel::bounded(0);
-    let flag = Arc::new(AtomicBool::new(false));
     (
         AbortTrigger {
             tx: Mutex::new(Some(tx)),
-            flag: Arc::clone(&flag),
         },
-        Abort { rx, flag },
+        Abort {
+            rx,
+            stop: stop.clone(),
+        },
     )
 }
 
 impl AbortTrigger {
+    /// Wakes every blocked thread; called once the stop level is `Now`.
     pub(crate) fn fire(&self) {
-        self.flag.store(true, Ordering::SeqCst);
         lock(&self.tx).take();
     }
 }
@@ -92,7 +98,7 @@ impl AbortTrigger {
 impl Abort {
     #[inline]
     pub(crate) fn is_fired(&self) -> bool {
-        self.flag.load(Ordering::Relaxed)
+        self.stop.is_stopped_now()
     }
 
     /// Becomes ready (disconnected) when the run is aborted.
@@ -355,47 +361,44 @@ impl<K: Ticket, T: Send> Link<K, T> {
         self.rx.is_empty()
     }
 
-    /// Sends a batch, waiting for room. On abort the items are dropped and counted as
-    /// abandoned in this link; returns whether the batch was sent.
-    fn send(&self, tx: &Sender<Batch<K, T>>, batch: Batch<K, T>) -> bool {
+    /// Sends a batch, waiting for room; on abort, gives the batch back.
+    fn send(&self, tx: &Sender<Batch<K, T>>, batch: Batch<K, T>) -> Result<(), Batch<K, T>> {
         let len = batch.items.len() as u64;
         // Counted before the send so that a consumer's decrement never goes below zero.
         self.state.queued.fetch_add(len, Ordering::Relaxed);
         let batch = match tx.try_send(batch) {
-            Ok(()) => return true,
+            Ok(()) => return Ok(()),
             Err(TrySendError::Full(batch) | TrySendError::Disconnected(batch)) => batch,
         };
-        if !self.abort.is_fired() {
+        let batch = if self.abort.is_fired() {
+            batch
+        } else {
             let mut select = Select::new();
             let data = select.send(tx);
             let abort = select.recv(&self.abort.rx);
             let op = select.select();
             match op.index() {
                 i if i == data => match op.send(tx, batch) {
-                    Ok(()) => return true,
-                    Err(err) => return self.abandon_sent(err.into_inner()),
+                    Ok(()) => return Ok(()),
+                    Err(err) => err.into_inner(),
                 },
                 i if i == abort => {
                     let _ = op.recv(&self.abort.rx);
+                    batch
                 }
                 _ => unreachable!("only two operations were selected"),
             }
-        }
-        self.abandon_sent(batch)
+        };
+        self.state.queued.fetch_sub(len, Ordering::Relaxed);
+        Err(batch)
     }
 
-    fn abandon_sent(&self, batch: Batch<K, T>) -> bool {
-        self.state
-            .queued
-            .fetch_sub(batch.items.len() as u64, Ordering::Relaxed);
-        self.state.abandon(batch.items);
-        false
-    }
-
-    /// After an abort, once every thread has left: drops what is left in the channel and the
-    /// slots, counting it as abandoned in this link.
+    /// After an abort, once every consumer has left: drops what is left in the channel and
+    /// the slots, counting it as abandoned in this link. Waits until no producer is left (the
+    /// slots are closed, and a frontend caught in a send gives up at the abort), so that no
+    /// batch arrives after the count.
     pub(crate) fn drain_abandoned(&self) {
-        while let Ok(batch) = self.rx.try_recv() {
+        while let Ok(batch) = self.rx.recv() {
             let batch = self.took(batch);
             self.state.abandon(batch.items);
         }
@@ -406,9 +409,17 @@ impl<K: Ticket, T: Send> Link<K, T> {
         }
     }
 
-    /// Sends a batch a frontend took from its slot; returns whether it was sent.
+    /// Sends a batch a frontend took from its slot; returns whether it was sent. The
+    /// frontend counted the items as passed on when it accepted them, so on abort they are
+    /// counted as abandoned in this link (dropped by the next stage).
     pub(crate) fn send_from_slot(&self, tx: &Sender<Batch<K, T>>, batch: Batch<K, T>) -> bool {
-        self.send(tx, batch)
+        match self.send(tx, batch) {
+            Ok(()) => true,
+            Err(batch) => {
+                self.state.abandon(batch.items);
+                false
+            }
+        }
     }
 
     /// Wakes a sleeping consumer to come and linger on a slot that just got its first item.
@@ -461,12 +472,15 @@ impl<K: Ticket, T: Send> Producer<K, T> {
         self.send(Batch { seq, items })
     }
 
+    /// On abort the items were never passed on: they count as dropped by the sending stage.
     fn send(&mut self, batch: Batch<K, T>) -> Result<usize, usize> {
         let n = batch.items.len();
-        if self.link.send(&self.tx, batch) {
-            Ok(n)
-        } else {
-            Err(n)
+        match self.link.send(&self.tx, batch) {
+            Ok(()) => Ok(n),
+            Err(batch) => {
+                batch.drop_all();
+                Err(n)
+            }
         }
     }
 
@@ -618,7 +632,7 @@ mod tests {
 
     #[test]
     fn batch_target_shrinks_for_slow_consumers() {
-        let (_trigger, abort) = abort_pair();
+        let (_trigger, abort) = abort_pair(&StopHandle::new());
         let link = Link::<(), u32>::new(Sizing::new(1024, 1), 0, abort);
         let state = link.state();
         assert!(!state.is_full(255));

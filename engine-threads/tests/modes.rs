@@ -1,0 +1,239 @@
+//! Ordered mode, live statistics, completion tickets and option checks.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{Collect, PATIENCE, spin, wait_until};
+use engine_core::{
+    Outcome, RunEnd, StageContext, StageError, StageKind, Ticket, TrackedFrontend, filter_map,
+};
+use engine_threads::{Engine, EngineError};
+
+/// A transport that takes longer on some items, so that threads overtake each other.
+fn uneven(x: u64) -> u64 {
+    spin(Duration::from_micros(x % 5 * 20));
+    x
+}
+
+#[test]
+fn ordered_mode_delivers_in_frontend_order_with_several_transport_threads() {
+    const N: u64 = 5_000;
+    let sink = Collect::default();
+    let report = Engine::builder(0..N)
+        .transport(filter_map(|x: u64| (x % 3 != 0).then(|| uneven(x))))
+        .transport_threads(4)
+        .backend(sink.clone())
+        .queue_capacity(32)
+        .ordered(true)
+        .run()
+        .unwrap();
+    report.check().unwrap();
+    let expected: Vec<u64> = (0..N).filter(|x| x % 3 != 0).collect();
+    assert_eq!(sink.items(), expected);
+}
+
+#[test]
+fn ordered_mode_with_the_transport_as_last_stage_or_no_transport() {
+    const N: u64 = 3_000;
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    {
+        let seen = Arc::clone(&seen);
+        Engine::builder(0..N)
+            .transport(move |x: u64| seen.lock().unwrap().push(x))
+            .ordered(true)
+            .queue_capacity(16)
+            .run()
+            .unwrap();
+    }
+    assert_eq!(*seen.lock().unwrap(), (0..N).collect::<Vec<_>>());
+    let sink = Collect::default();
+    Engine::builder(0..N)
+        .backend(sink.clone())
+        .ordered(true)
+        .queue_capacity(16)
+        .run()
+        .unwrap();
+    assert_eq!(sink.items(), (0..N).collect::<Vec<_>>());
+}
+
+#[test]
+fn ordered_mode_needs_one_frontend_and_one_last_thread() {
+    let err = Engine::builder_with(2, |_| 0..10_u64)
+        .backend(|_: u64| {})
+        .ordered(true)
+        .build()
+        .unwrap_err();
+    assert!(matches!(err, EngineError::InvalidOption { option: "ordered", .. }), "{err}");
+    let err = Engine::builder(0..10_u64)
+        .transport(|x: u64| x)
+        .transport_threads(3)
+        .backend(|_: u64| {})
+        .backend_threads(2)
+        .ordered(true)
+        .build()
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "invalid option `ordered`: ordered mode needs exactly one thread in the last stage"
+    );
+}
+
+#[test]
+fn zero_threads_or_capacity_are_clear_errors() {
+    let err = Engine::builder(0..10_u64)
+        .transport(|x: u64| x)
+        .transport_threads(0)
+        .run()
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "invalid option `transport_threads`: a transport needs at least one thread"
+    );
+    let err = Engine::builder(0..10_u64)
+        .backend(|_: u64| {})
+        .backend_threads(0)
+        .run()
+        .unwrap_err();
+    assert!(matches!(err, EngineError::InvalidOption { option: "backend_threads", .. }));
+    let err = Engine::builder(0..10_u64)
+        .backend(|_: u64| {})
+        .queue_capacity(0)
+        .run()
+        .unwrap_err();
+    assert!(matches!(err, EngineError::InvalidOption { option: "queue_capacity", .. }));
+    let err = Engine::builder_with(0, |_| 0..10_u64)
+        .backend(|_: u64| {})
+        .run()
+        .unwrap_err();
+    assert!(matches!(err, EngineError::InvalidOption { .. }));
+}
+
+#[test]
+fn stats_show_counts_and_queue_depths_while_running() {
+    let (open, gate) = crossbeam_channel::bounded::<()>(0);
+    let (started_tx, started) = crossbeam_channel::bounded::<()>(1);
+    let handle = Engine::builder(0..1_000_u64)
+        .transport(|x: u64| x)
+        .backend(move |_: u64| {
+            let _ = started_tx.try_send(());
+            let _ = gate.recv();
+        })
+        .queue_capacity(64)
+        .names("numbers", "copy", "sink")
+        .spawn()
+        .unwrap();
+    started.recv_timeout(PATIENCE).unwrap();
+    wait_until("a full backend queue", || {
+        handle.stats().stage("sink").unwrap().queued >= 32
+    });
+    let stats = handle.stats();
+    let names: Vec<_> = stats.stages.iter().map(|s| (s.name.as_str(), s.kind)).collect();
+    assert_eq!(
+        names,
+        [
+            ("numbers", StageKind::Frontend),
+            ("copy", StageKind::Transport),
+            ("sink", StageKind::Backend)
+        ]
+    );
+    let queued = stats.stage("sink").unwrap().queued;
+    assert!(stats.stage("numbers").unwrap().counts.output > queued, "{stats}");
+    assert_eq!(stats.stage("sink").unwrap().handled(), 0);
+    assert!(stats.to_string().contains("sink 0 handled"), "{stats}");
+    drop(open);
+    let report = handle.join().unwrap();
+    assert_eq!(report.processed(), 1_000);
+}
+
+/// A ticket that records its item's outcome.
+struct Record(u64, Arc<Mutex<Vec<(u64, &'static str)>>>);
+
+impl Ticket for Record {
+    fn complete(self, outcome: Outcome<'_>) {
+        let what = match outcome {
+            Outcome::Processed => "processed",
+            Outcome::Filtered => "filtered",
+            Outcome::Failed { .. } if outcome.is_finished() => "failed",
+            Outcome::Dropped => "dropped",
+            _ => "other",
+        };
+        self.1.lock().unwrap().push((self.0, what));
+    }
+}
+
+/// A tracked frontend of 0..n whose tickets record outcomes.
+struct Tracked(u64, u64, Arc<Mutex<Vec<(u64, &'static str)>>>);
+
+impl TrackedFrontend for Tracked {
+    type Item = u64;
+    type Ticket = Record;
+
+    fn produce(&mut self, _ctx: &StageContext) -> Result<Option<(Record, u64)>, StageError> {
+        if self.0 == self.1 {
+            return Ok(None);
+        }
+        self.0 += 1;
+        Ok(Some((Record(self.0 - 1, Arc::clone(&self.2)), self.0 - 1)))
+    }
+}
+
+#[test]
+fn every_ticket_is_completed_once_with_its_items_outcome() {
+    const N: u64 = 3_000;
+    let outcomes = Arc::new(Mutex::new(Vec::new()));
+    let report = Engine::builder(Tracked(0, N, Arc::clone(&outcomes)))
+        .transport(filter_map(|x: u64| (x % 2 == 0).then_some(x)))
+        .transport_threads(2)
+        .backend(|x: u64| -> Result<(), StageError> {
+            if x % 10 == 0 {
+                return Err(StageError::msg("tens fail"));
+            }
+            Ok(())
+        })
+        .run()
+        .unwrap();
+    report.check().unwrap();
+    let mut outcomes = outcomes.lock().unwrap().clone();
+    outcomes.sort_unstable();
+    let expected: Vec<_> = (0..N)
+        .map(|x| {
+            let what = match x {
+                x if x % 2 == 1 => "filtered",
+                x if x % 10 == 0 => "failed",
+                _ => "processed",
+            };
+            (x, what)
+        })
+        .collect();
+    assert_eq!(outcomes, expected);
+}
+
+#[test]
+fn tickets_of_abandoned_items_complete_as_dropped() {
+    let outcomes = Arc::new(Mutex::new(Vec::new()));
+    let (open, gate) = crossbeam_channel::bounded::<()>(0);
+    let (started_tx, started) = crossbeam_channel::bounded::<()>(1);
+    let handle = Engine::builder(Tracked(0, 1_000_000, Arc::clone(&outcomes)))
+        .transport(|x: u64| x)
+        .backend(move |_: u64| {
+            let _ = started_tx.try_send(());
+            let _ = gate.recv();
+        })
+        .queue_capacity(64)
+        .spawn()
+        .unwrap();
+    started.recv_timeout(PATIENCE).unwrap();
+    handle.stop_now();
+    drop(open);
+    let report = handle.join().unwrap();
+    report.check().unwrap();
+    assert_eq!(report.end, RunEnd::Aborted);
+    let outcomes = outcomes.lock().unwrap();
+    let dropped = outcomes.iter().filter(|(_, w)| *w == "dropped").count() as u64;
+    let processed = outcomes.iter().filter(|(_, w)| *w == "processed").count() as u64;
+    assert_eq!(dropped, report.dropped());
+    assert_eq!(processed, report.processed());
+    assert_eq!(outcomes.len() as u64, report.produced());
+}
