@@ -62,6 +62,31 @@ pub use engine_proc as proc;
 #[doc(inline)]
 pub use engine_pod as pod;
 
+/// The default engine, like os-m3-engine's `create()`: lines from standard input, logged by a
+/// [`LogTransport`](engine_ootb::LogTransport), then by a [`LogBackend`](engine_ootb::LogBackend).
+///
+/// It returns the builder, so thread counts, queue sizes and the rest can still be set; the
+/// `engine` binary's `run` command is this engine.
+///
+/// ```no_run
+/// let engine = engine::default_engine().transport_threads(2).build()?;
+/// let _guard = engine::core::install_signal_handler(engine.stop_handle())?;
+/// let report = engine.run()?;
+/// eprintln!("{report}");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[cfg(all(feature = "threads", feature = "ootb"))]
+#[cfg_attr(docsrs, doc(cfg(all(feature = "threads", feature = "ootb"))))]
+pub fn default_engine() -> threads::EngineBuilder<
+    engine_core::Untracked<ootb::StdinFrontend>,
+    threads::Present<ootb::LogTransport<String>>,
+    threads::Present<ootb::LogBackend<String>>,
+> {
+    threads::Engine::builder(ootb::StdinFrontend::new())
+        .transport(ootb::LogTransport::new())
+        .backend(ootb::LogBackend::new())
+}
+
 /// What nearly every program needs to write stages: `use engine::prelude::*;`.
 pub mod prelude {
     #[doc(no_inline)]

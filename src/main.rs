@@ -1,8 +1,9 @@
 //! The `engine` command line.
 //!
-//! `engine info` prints what this build contains. The default engine (`engine run`, also the
-//! default with no subcommand: stdin -> log transport -> log backend) arrives with the threaded
-//! engine; until then, running without a subcommand prints the help.
+//! `engine run` (also the default with no subcommand) runs the default engine: lines from
+//! standard input -> log transport -> log backend, and prints the run report to standard error
+//! at the end. Ctrl-C stops gracefully (what was read drains), a second Ctrl-C stops at once.
+//! `engine info` prints what this build contains.
 
 #![allow(
     clippy::print_stdout,
@@ -12,14 +13,20 @@
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
+use std::time::Duration;
 
-use clap::{CommandFactory, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 /// Staged, concurrent data processing: frontend -> transport -> backend, on threads, in worker
 /// processes, or in a pod of beans.
 #[derive(Debug, Parser)]
-#[command(name = "engine", version, propagate_version = true)]
+#[command(
+    name = "engine",
+    version,
+    propagate_version = true,
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
     /// Log level or filter (`error`, `warn`, `info`, `debug`, `trace`, or a tracing filter
     /// such as `engine=debug`). Overrides `RUST_LOG`.
@@ -28,12 +35,34 @@ struct Cli {
 
     #[command(subcommand)]
     command: Option<Command>,
+
+    /// Options of `run`, which is also what runs without a subcommand.
+    #[command(flatten)]
+    run: RunArgs,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the default engine: stdin lines -> log transport -> log backend (the default).
+    Run(RunArgs),
     /// Print the version, the protocol version and the engines compiled into this build.
     Info,
+}
+
+#[derive(Debug, Clone, Args)]
+struct RunArgs {
+    /// Threads of the transport stage.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    transport_threads: usize,
+    /// Threads of the backend stage.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    backend_threads: usize,
+    /// Capacity of each queue between stages, in items.
+    #[arg(long, value_name = "ITEMS")]
+    queue_size: Option<usize>,
+    /// Log the engine's statistics at this interval (e.g. `500ms`, `10s`, `1m`).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    stats_interval: Option<Duration>,
 }
 
 fn main() -> ExitCode {
@@ -52,17 +81,87 @@ fn main() -> ExitCode {
             println!("features: {}", engine::enabled_features().join(", "));
             ExitCode::SUCCESS
         }
-        None => {
-            tracing::info!("the default engine arrives with engine-threads; showing the help");
-            let mut command = Cli::command();
-            if command.print_long_help().is_err() {
-                return ExitCode::FAILURE;
+        Some(Command::Run(args)) => run(&args),
+        None => run(&cli.run),
+    }
+}
+
+/// Runs the default engine; the exit code is 0 when it completed or stopped gracefully, 130
+/// when it was aborted (a second Ctrl-C), 1 when a stage failed.
+#[cfg(all(feature = "threads", feature = "ootb"))]
+fn run(args: &RunArgs) -> ExitCode {
+    match try_run(args) {
+        Ok(report) => {
+            eprintln!("{report}");
+            if report.end == engine::core::RunEnd::Aborted {
+                ExitCode::from(130)
+            } else {
+                ExitCode::SUCCESS
             }
-            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            let report = err
+                .downcast_ref::<engine::threads::EngineError>()
+                .and_then(engine::threads::EngineError::report);
+            if let Some(report) = report {
+                eprintln!("{report}");
+            }
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
         }
     }
 }
 
+#[cfg(all(feature = "threads", feature = "ootb"))]
+fn try_run(args: &RunArgs) -> anyhow::Result<engine::core::RunReport> {
+    let mut builder = engine::default_engine()
+        .transport_threads(args.transport_threads)
+        .backend_threads(args.backend_threads);
+    if let Some(items) = args.queue_size {
+        builder = builder.queue_capacity(items);
+    }
+    if let Some(interval) = args.stats_interval {
+        builder = builder.stats_interval(interval);
+    }
+    let engine = builder.build()?;
+    #[cfg(unix)]
+    let _signals = engine::core::install_signal_handler(engine.stop_handle())?;
+    tracing::info!(
+        transport_threads = args.transport_threads,
+        backend_threads = args.backend_threads,
+        "reading lines from standard input"
+    );
+    Ok(engine.run()?)
+}
+
+#[cfg(not(all(feature = "threads", feature = "ootb")))]
+fn run(_args: &RunArgs) -> ExitCode {
+    eprintln!("error: this build has no default engine (it needs the `threads` and `ootb` features)");
+    ExitCode::from(2)
+}
+
+/// Parses `500ms`, `10s`, `2m`, `1h`, or a number of seconds such as `1.5`.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration such as 500ms, 10s or 1m"))?;
+    let seconds = match unit.trim() {
+        "ms" => value / 1000.0,
+        "" | "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        other => return Err(format!("unknown unit {other:?} (use ms, s, m or h)")),
+    };
+    if !(seconds.is_finite() && seconds > 0.0) {
+        return Err(format!("{text:?} is not a positive duration"));
+    }
+    Duration::try_from_secs_f64(seconds).map_err(|err| err.to_string())
+}
 /// Logs to standard error, filtered by `--log-level`, else `RUST_LOG`, else `info`.
 fn init_logging(level: Option<&str>) -> anyhow::Result<()> {
     let filter = match level {

@@ -1,6 +1,7 @@
 //! The `engine` binary: help, version, `info`, and a clear error on bad options.
 
-use std::process::Command;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Command, Stdio};
 
 fn engine(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_engine"))
@@ -9,17 +10,96 @@ fn engine(args: &[&str]) -> std::process::Output {
         .expect("the engine binary runs")
 }
 
+/// Runs the engine with `input` on standard input.
+fn engine_with_input(args: &[&str], input: &[u8]) -> std::process::Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_engine"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the engine binary runs");
+    let mut stdin = child.stdin.take().expect("piped");
+    let input = input.to_vec();
+    let writer = std::thread::spawn(move || stdin.write_all(&input));
+    let out = child.wait_with_output().expect("the engine ends");
+    writer.join().expect("writer").expect("input written");
+    out
+}
+
 #[test]
-fn no_arguments_prints_help_and_succeeds() {
+fn no_arguments_runs_the_default_engine_on_stdin() {
     let out = engine(&[]);
     assert!(out.status.success(), "{out:?}");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("Usage: engine"), "{stdout}");
-    assert!(stdout.contains("--log-level"), "{stdout}");
-    // Logs go to standard error, without colour codes when it is not a terminal.
+    // Logs and the report go to standard error, without colour codes when it is not a
+    // terminal.
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("INFO"), "{stderr}");
+    assert!(stderr.contains("completed: 0 processed"), "{stderr}");
     assert!(!stderr.contains('\u{1b}'), "{stderr}");
+}
+
+#[test]
+fn run_logs_every_line_and_reports_every_item() {
+    let input: String = (1..=10_000).map(|n| format!("{n}\n")).collect();
+    let out = engine_with_input(
+        &["run", "--transport-threads", "2", "--backend-threads", "2", "--queue-size", "64"],
+        input.as_bytes(),
+    );
+    assert!(out.status.success(), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("completed: 10000 processed"), "{stderr}");
+    for stage in ["transport", "backend"] {
+        let mut logged: Vec<u32> = stderr
+            .lines()
+            .filter(|l| l.contains(&format!("stage=\"{stage}\"")))
+            .filter_map(|l| l.rsplit("item=\"").next()?.trim_end_matches('"').parse().ok())
+            .collect();
+        logged.sort_unstable();
+        assert_eq!(logged, (1..=10_000).collect::<Vec<_>>(), "{stage}");
+    }
+}
+
+#[test]
+fn run_options_are_checked() {
+    let out = engine_with_input(&["run", "--transport-threads", "0"], b"");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("invalid option `transport_threads`"), "{stderr}");
+    let out = engine_with_input(&["--stats-interval", "soon"], b"");
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let out = engine_with_input(&["--stats-interval", "10ms", "--queue-size", "8"], b"a\nb\n");
+    assert!(out.status.success(), "{out:?}");
+}
+
+#[cfg(unix)]
+#[test]
+fn ctrl_c_stops_a_run_blocked_on_stdin_and_prints_the_report() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_engine"))
+        .arg("run")
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the engine binary runs");
+    let mut stdin = child.stdin.take().expect("piped");
+    stdin.write_all(b"one\ntwo\n").expect("written");
+    // Wait until both lines went through: the signal handler is installed by then.
+    let mut stderr = BufReader::new(child.stderr.take().expect("piped"));
+    let mut seen = String::new();
+    while !seen.contains("stage=\"backend\" thread=0 item=\"two\"") {
+        assert!(stderr.read_line(&mut seen).expect("reads") > 0, "{seen}");
+    }
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+    let mut rest = String::new();
+    stderr.read_to_string(&mut rest).expect("reads");
+    let status = child.wait().expect("the engine ends");
+    assert!(status.success(), "{status:?} {rest}");
+    assert!(rest.contains("stopped (drained): 2 processed"), "{rest}");
+    drop(stdin);
 }
 
 #[test]

@@ -30,10 +30,11 @@
 //! // `StdinFrontend::new()` reads standard input; any `BufRead` works the same way.
 //! let mut frontend = StdinFrontend::from_reader(&b"first\r\nsecond\n\nlast"[..]);
 //! let mut transport = LogTransport::new();
-//! let collect = CollectBackend::new();
+//! let mut collect = CollectBackend::new();
 //! let collected = collect.collected();
+//! // Clones share one counter, as the engine's backend threads would.
 //! let count = CountBackend::new();
-//! let (mut collect, mut counter) = (collect, count.clone());
+//! let mut counter = count.clone();
 //!
 //! while let Some(line) = frontend.produce(&f_ctx)? {
 //!     if let Some(line) = transport.transport(line, &t_ctx)? {

@@ -88,8 +88,7 @@ fn invalid_utf8_is_replaced_by_default_and_logged_with_the_line_number() {
     let logs = Logs::default();
     let lines = tracing::subscriber::with_default(logs.subscriber(), || {
         let mut lines = StdinFrontend::from_reader(&b"ok\nbad \xff\xfe end\nnext\n"[..]);
-        let lines = all_lines(&mut lines);
-        lines
+        all_lines(&mut lines)
     });
     assert_eq!(lines, ["ok", "bad \u{fffd}\u{fffd} end", "next"]);
     let logs = logs.text();
