@@ -47,7 +47,11 @@ struct Summer {
 impl engine_core::Backend for Summer {
     type Input = u64;
 
-    fn process(&mut self, x: u64, _: &engine_core::StageContext) -> Result<(), engine_core::StageError> {
+    fn process(
+        &mut self,
+        x: u64,
+        _: &engine_core::StageContext,
+    ) -> Result<(), engine_core::StageError> {
         self.sum = self.sum.wrapping_add(x);
         Ok(())
     }
@@ -90,7 +94,9 @@ fn expected(items: u64) -> u64 {
 }
 
 fn throughput() {
-    harness::header("threads: 10M u64, 1 frontend -> T transports (x+1) -> 1 backend (sum), items/s");
+    harness::header(
+        "threads: 10M u64, 1 frontend -> T transports (x+1) -> 1 backend (sum), items/s",
+    );
     for transports in [2, 4] {
         let (e, b) = harness::compare(
             ROUNDS,
@@ -155,7 +161,10 @@ fn latency() {
 /// queues whatever the item count.
 fn memory() {
     println!("\nthreads: items alive at once, backend 100x slower than the frontend");
-    println!("{:>10} {:>12} {:>14}", "items", "peak alive", "queue capacity");
+    println!(
+        "{:>10} {:>12} {:>14}",
+        "items", "peak alive", "queue capacity"
+    );
     for items in [20_000_u64, 80_000] {
         let alive = Arc::new(AtomicI64::new(0));
         let peak = Arc::new(AtomicI64::new(0));
@@ -187,7 +196,10 @@ fn memory() {
 }
 
 /// An item that counts itself alive.
-struct Tracked(#[allow(dead_code, reason = "the payload")] u64, Arc<AtomicI64>);
+struct Tracked(
+    #[allow(dead_code, reason = "the payload")] u64,
+    Arc<AtomicI64>,
+);
 
 impl Drop for Tracked {
     fn drop(&mut self) {

@@ -21,12 +21,7 @@ use tracing_subscriber::EnvFilter;
 /// Staged, concurrent data processing: frontend -> transport -> backend, on threads, in worker
 /// processes, or in a pod of beans.
 #[derive(Debug, Parser)]
-#[command(
-    name = "engine",
-    version,
-    propagate_version = true,
-    args_conflicts_with_subcommands = true
-)]
+#[command(name = "engine", version, propagate_version = true)]
 struct Cli {
     /// Log level or filter (`error`, `warn`, `info`, `debug`, `trace`, or a tracing filter
     /// such as `engine=debug`). Overrides `RUST_LOG`.
@@ -136,7 +131,9 @@ fn try_run(args: &RunArgs) -> anyhow::Result<engine::core::RunReport> {
 
 #[cfg(not(all(feature = "threads", feature = "ootb")))]
 fn run(_args: &RunArgs) -> ExitCode {
-    eprintln!("error: this build has no default engine (it needs the `threads` and `ootb` features)");
+    eprintln!(
+        "error: this build has no default engine (it needs the `threads` and `ootb` features)"
+    );
     ExitCode::from(2)
 }
 

@@ -43,7 +43,15 @@ fn no_arguments_runs_the_default_engine_on_stdin() {
 fn run_logs_every_line_and_reports_every_item() {
     let input: String = (1..=10_000).map(|n| format!("{n}\n")).collect();
     let out = engine_with_input(
-        &["run", "--transport-threads", "2", "--backend-threads", "2", "--queue-size", "64"],
+        &[
+            "run",
+            "--transport-threads",
+            "2",
+            "--backend-threads",
+            "2",
+            "--queue-size",
+            "64",
+        ],
         input.as_bytes(),
     );
     assert!(out.status.success(), "{out:?}");
@@ -53,7 +61,13 @@ fn run_logs_every_line_and_reports_every_item() {
         let mut logged: Vec<u32> = stderr
             .lines()
             .filter(|l| l.contains(&format!("stage=\"{stage}\"")))
-            .filter_map(|l| l.rsplit("item=\"").next()?.trim_end_matches('"').parse().ok())
+            .filter_map(|l| {
+                l.rsplit("item=\"")
+                    .next()?
+                    .trim_end_matches('"')
+                    .parse()
+                    .ok()
+            })
             .collect();
         logged.sort_unstable();
         assert_eq!(logged, (1..=10_000).collect::<Vec<_>>(), "{stage}");
@@ -65,10 +79,16 @@ fn run_options_are_checked() {
     let out = engine_with_input(&["run", "--transport-threads", "0"], b"");
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("invalid option `transport_threads`"), "{stderr}");
+    assert!(
+        stderr.contains("invalid option `transport_threads`"),
+        "{stderr}"
+    );
     let out = engine_with_input(&["--stats-interval", "soon"], b"");
     assert_eq!(out.status.code(), Some(2), "{out:?}");
-    let out = engine_with_input(&["--stats-interval", "10ms", "--queue-size", "8"], b"a\nb\n");
+    let out = engine_with_input(
+        &["--stats-interval", "10ms", "--queue-size", "8"],
+        b"a\nb\n",
+    );
     assert!(out.status.success(), "{out:?}");
 }
 

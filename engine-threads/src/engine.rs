@@ -7,9 +7,8 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use engine_core::{
-    Backend, Counts, RunEnd, RunReport, StageContext, StageKind, StageReport,
-    StopDeadline, StopHandle, StopLevel, StopSubscription, ThreadReport, Ticket, TrackedFrontend,
-    Transport,
+    Backend, Counts, RunEnd, RunReport, StageContext, StageKind, StageReport, StopDeadline,
+    StopHandle, StopLevel, StopSubscription, ThreadReport, Ticket, TrackedFrontend, Transport,
 };
 
 use crate::builder::{Absent, EngineBuilder, Factory, Options, Present};
@@ -81,7 +80,12 @@ pub(crate) trait LinkView: Send + Sync {
 
 impl<K: Ticket, T: Send + 'static> LinkView for Link<K, T> {
     fn queued(&self) -> u64 {
-        self.state().queued() + self.slots().iter().map(|s| s.buffered() as u64).sum::<u64>()
+        self.state().queued()
+            + self
+                .slots()
+                .iter()
+                .map(|s| s.buffered() as u64)
+                .sum::<u64>()
     }
 
     fn abandoned(&self) -> u64 {
@@ -190,7 +194,9 @@ impl<K0, I0> Launcher<K0, I0> {
                 Arc::clone(&stats),
                 Arc::clone(&self.shared),
             );
-            stage.handles.push(spawn(format!("{}-{index}", stage.name), body)?);
+            stage
+                .handles
+                .push(spawn(format!("{}-{index}", stage.name), body)?);
             stage.stats.push(stats);
             Ok(())
         });
@@ -234,18 +240,23 @@ where
     fn launch(self, launcher: &mut Launcher<F::Ticket, F::Item>) -> Result<(), EngineError> {
         let (first, window) = (Arc::clone(&launcher.first), launcher.window.clone());
         let factory: Factory<X> = self.0.factory;
-        launcher.consumers(StageKind::Transport, self.0.threads, &first, |index, input, ctx, stats, shared| {
-            let factory = Arc::clone(&factory);
-            let input = last_input(input, &window);
-            move || {
-                let stage = TransportStage::<X, F::Ticket> {
-                    stage: factory(index),
-                    out: None,
-                    ordered: false,
-                };
-                run_consumer(stage, ctx, input, stats, shared)
-            }
-        })
+        launcher.consumers(
+            StageKind::Transport,
+            self.0.threads,
+            &first,
+            |index, input, ctx, stats, shared| {
+                let factory = Arc::clone(&factory);
+                let input = last_input(input, &window);
+                move || {
+                    let stage = TransportStage::<X, F::Ticket> {
+                        stage: factory(index),
+                        out: None,
+                        ordered: false,
+                    };
+                    run_consumer(stage, ctx, input, stats, shared)
+                }
+            },
+        )
     }
 }
 
@@ -262,11 +273,16 @@ where
     fn launch(self, launcher: &mut Launcher<F::Ticket, F::Item>) -> Result<(), EngineError> {
         let (first, window) = (Arc::clone(&launcher.first), launcher.window.clone());
         let factory: Factory<Y> = self.1.factory;
-        launcher.consumers(StageKind::Backend, self.1.threads, &first, |index, input, ctx, stats, shared| {
-            let factory = Arc::clone(&factory);
-            let input = last_input(input, &window);
-            move || run_consumer(BackendStage(factory(index)), ctx, input, stats, shared)
-        })
+        launcher.consumers(
+            StageKind::Backend,
+            self.1.threads,
+            &first,
+            |index, input, ctx, stats, shared| {
+                let factory = Arc::clone(&factory);
+                let input = last_input(input, &window);
+                move || run_consumer(BackendStage(factory(index)), ctx, input, stats, shared)
+            },
+        )
     }
 }
 
@@ -291,25 +307,35 @@ where
             launcher.shared.abort.clone(),
         );
         let factory: Factory<Y> = backend.factory;
-        launcher.consumers(StageKind::Backend, backend.threads, &second, |index, input, ctx, stats, shared| {
-            let factory = Arc::clone(&factory);
-            let input = last_input(input, &window);
-            move || run_consumer(BackendStage(factory(index)), ctx, input, stats, shared)
-        })?;
+        launcher.consumers(
+            StageKind::Backend,
+            backend.threads,
+            &second,
+            |index, input, ctx, stats, shared| {
+                let factory = Arc::clone(&factory);
+                let input = last_input(input, &window);
+                move || run_consumer(BackendStage(factory(index)), ctx, input, stats, shared)
+            },
+        )?;
         let factory: Factory<X> = transport.factory;
         let ordered = window.is_some();
-        let result = launcher.consumers(StageKind::Transport, transport.threads, &first, |index, input, ctx, stats, shared| {
-            let factory = Arc::clone(&factory);
-            let out = second.producer();
-            move || {
-                let stage = TransportStage {
-                    stage: factory(index),
-                    out: Some(out),
-                    ordered,
-                };
-                run_consumer(stage, ctx, input, stats, shared)
-            }
-        });
+        let result = launcher.consumers(
+            StageKind::Transport,
+            transport.threads,
+            &first,
+            |index, input, ctx, stats, shared| {
+                let factory = Arc::clone(&factory);
+                let out = second.producer();
+                move || {
+                    let stage = TransportStage {
+                        stage: factory(index),
+                        out: Some(out),
+                        ordered,
+                    };
+                    run_consumer(stage, ctx, input, stats, shared)
+                }
+            },
+        );
         second.seal();
         // The transport stage was pushed last; keep the stages in pipeline order.
         let n = launcher.consumers.len();
@@ -328,20 +354,35 @@ where
         let options = &builder.options;
         let (transport, backend) = sealed_threads::<F, T, B>(&builder);
         if builder.frontend_threads == 0 {
-            return Err(EngineError::invalid("builder_with", "a frontend needs at least one thread"));
+            return Err(EngineError::invalid(
+                "builder_with",
+                "a frontend needs at least one thread",
+            ));
         }
         if transport == Some(0) {
-            return Err(EngineError::invalid("transport_threads", "a transport needs at least one thread"));
+            return Err(EngineError::invalid(
+                "transport_threads",
+                "a transport needs at least one thread",
+            ));
         }
         if backend == Some(0) {
-            return Err(EngineError::invalid("backend_threads", "a backend needs at least one thread"));
+            return Err(EngineError::invalid(
+                "backend_threads",
+                "a backend needs at least one thread",
+            ));
         }
         if options.transport_queue == 0 || options.backend_queue == 0 {
-            return Err(EngineError::invalid("queue_capacity", "a queue needs room for at least one item"));
+            return Err(EngineError::invalid(
+                "queue_capacity",
+                "a queue needs room for at least one item",
+            ));
         }
         if options.ordered {
             if builder.frontend_threads != 1 {
-                return Err(EngineError::invalid("ordered", "ordered mode needs exactly one frontend thread"));
+                return Err(EngineError::invalid(
+                    "ordered",
+                    "ordered mode needs exactly one frontend thread",
+                ));
             }
             let last = backend.or(transport).unwrap_or(1);
             if last != 1 {
@@ -557,7 +598,10 @@ impl Run {
                 break;
             }
             let event = match next_stats {
-                None => self.events.recv().map_err(|_| RecvTimeoutError::Disconnected),
+                None => self
+                    .events
+                    .recv()
+                    .map_err(|_| RecvTimeoutError::Disconnected),
                 Some(at) => self.events.recv_deadline(at),
             };
             match event {

@@ -63,7 +63,9 @@ impl EngineError {
 impl fmt::Display for EngineError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::InvalidOption { option, reason } => write!(f, "invalid option `{option}`: {reason}"),
+            Self::InvalidOption { option, reason } => {
+                write!(f, "invalid option `{option}`: {reason}")
+            }
             Self::Spawn { thread, .. } => write!(f, "cannot start thread {thread:?}"),
             Self::StageFailed {
                 stage,

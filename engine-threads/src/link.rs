@@ -44,6 +44,9 @@ impl<K: Ticket, T> Batch<K, T> {
     }
 }
 
+/// The sending side of a link's channel.
+pub(crate) type BatchSender<K, T> = Sender<Batch<K, T>>;
+
 /// Completes the tickets of abandoned items and counts them.
 pub(crate) fn drop_items<K: Ticket, T>(items: impl IntoIterator<Item = (K, T)>) -> u64 {
     let mut n = 0;
@@ -574,7 +577,7 @@ impl<K: Ticket, T: Send> FrontSlot<K, T> {
     /// Closes the slot at the end of its frontend thread, returning the last partial batch and
     /// a sender to send it with (unless the coordinator closed the slot first, leaving the
     /// batch for consumers to take).
-    pub(crate) fn finish(&self) -> Option<(Sender<Batch<K, T>>, Batch<K, T>)> {
+    pub(crate) fn finish(&self) -> Option<(BatchSender<K, T>, Batch<K, T>)> {
         let mut inner = lock(&self.inner);
         inner.closed = true;
         let sender = inner.sender.take()?;
@@ -615,7 +618,10 @@ mod tests {
             for consumers in [1, 2, 4, 16] {
                 let s = Sizing::new(capacity, consumers);
                 assert!(s.max_batch >= 1 && s.max_batch <= MAX_BATCH);
-                assert!(s.slots * s.max_batch <= capacity, "{capacity} {consumers} {s:?}");
+                assert!(
+                    s.slots * s.max_batch <= capacity,
+                    "{capacity} {consumers} {s:?}"
+                );
                 if capacity >= 2 * consumers {
                     assert!(s.slots >= 2 * consumers, "{capacity} {consumers} {s:?}");
                 }

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Select, Sender};
 use engine_core::{
-    Backend, Counts, ErrorPolicy, Outcome, StageContext, StageError, StageKind, StopHandle,
-    Ticket, TrackedFrontend, Transport,
+    Backend, Counts, ErrorPolicy, Outcome, StageContext, StageError, StageKind, StopHandle, Ticket,
+    TrackedFrontend, Transport,
 };
 
 use crate::link::{Abort, Batch, FrontSlot, Link, Offer, Producer, drop_items, lock};
@@ -218,7 +218,15 @@ where
     }
     loop {
         let outcome = catch_unwind(AssertUnwindSafe(|| {
-            produce(&mut stage, &ctx, &slot, &link, window.as_deref(), &shared, &mut blocked)
+            produce(
+                &mut stage,
+                &ctx,
+                &slot,
+                &link,
+                window.as_deref(),
+                &shared,
+                &mut blocked,
+            )
         }));
         let error = match outcome {
             Ok(Ok(())) => break,

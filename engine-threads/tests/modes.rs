@@ -22,7 +22,7 @@ fn ordered_mode_delivers_in_frontend_order_with_several_transport_threads() {
     const N: u64 = 5_000;
     let sink = Collect::default();
     let report = Engine::builder(0..N)
-        .transport(filter_map(|x: u64| (x % 3 != 0).then(|| uneven(x))))
+        .transport(filter_map(|x: u64| (!x.is_multiple_of(3)).then(|| uneven(x))))
         .transport_threads(4)
         .backend(sink.clone())
         .queue_capacity(32)
@@ -65,7 +65,16 @@ fn ordered_mode_needs_one_frontend_and_one_last_thread() {
         .ordered(true)
         .build()
         .unwrap_err();
-    assert!(matches!(err, EngineError::InvalidOption { option: "ordered", .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            EngineError::InvalidOption {
+                option: "ordered",
+                ..
+            }
+        ),
+        "{err}"
+    );
     let err = Engine::builder(0..10_u64)
         .transport(|x: u64| x)
         .transport_threads(3)
@@ -96,13 +105,25 @@ fn zero_threads_or_capacity_are_clear_errors() {
         .backend_threads(0)
         .run()
         .unwrap_err();
-    assert!(matches!(err, EngineError::InvalidOption { option: "backend_threads", .. }));
+    assert!(matches!(
+        err,
+        EngineError::InvalidOption {
+            option: "backend_threads",
+            ..
+        }
+    ));
     let err = Engine::builder(0..10_u64)
         .backend(|_: u64| {})
         .queue_capacity(0)
         .run()
         .unwrap_err();
-    assert!(matches!(err, EngineError::InvalidOption { option: "queue_capacity", .. }));
+    assert!(matches!(
+        err,
+        EngineError::InvalidOption {
+            option: "queue_capacity",
+            ..
+        }
+    ));
     let err = Engine::builder_with(0, |_| 0..10_u64)
         .backend(|_: u64| {})
         .run()
@@ -129,7 +150,11 @@ fn stats_show_counts_and_queue_depths_while_running() {
         handle.stats().stage("sink").unwrap().queued >= 32
     });
     let stats = handle.stats();
-    let names: Vec<_> = stats.stages.iter().map(|s| (s.name.as_str(), s.kind)).collect();
+    let names: Vec<_> = stats
+        .stages
+        .iter()
+        .map(|s| (s.name.as_str(), s.kind))
+        .collect();
     assert_eq!(
         names,
         [
@@ -139,7 +164,10 @@ fn stats_show_counts_and_queue_depths_while_running() {
         ]
     );
     let queued = stats.stage("sink").unwrap().queued;
-    assert!(stats.stage("numbers").unwrap().counts.output > queued, "{stats}");
+    assert!(
+        stats.stage("numbers").unwrap().counts.output > queued,
+        "{stats}"
+    );
     assert_eq!(stats.stage("sink").unwrap().handled(), 0);
     assert!(stats.to_string().contains("sink 0 handled"), "{stats}");
     drop(open);
@@ -184,10 +212,10 @@ fn every_ticket_is_completed_once_with_its_items_outcome() {
     const N: u64 = 3_000;
     let outcomes = Arc::new(Mutex::new(Vec::new()));
     let report = Engine::builder(Tracked(0, N, Arc::clone(&outcomes)))
-        .transport(filter_map(|x: u64| (x % 2 == 0).then_some(x)))
+        .transport(filter_map(|x: u64| x.is_multiple_of(2).then_some(x)))
         .transport_threads(2)
         .backend(|x: u64| -> Result<(), StageError> {
-            if x % 10 == 0 {
+            if x.is_multiple_of(10) {
                 return Err(StageError::msg("tens fail"));
             }
             Ok(())

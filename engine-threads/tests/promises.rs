@@ -31,7 +31,7 @@ fn every_item_is_accounted_for_with_any_thread_counts_and_shape() {
                 // Transport and backend: odd numbers are filtered out, even ones halved.
                 let sink = Collect::default();
                 let report = Engine::builder_with(frontends, move |i| share(i, frontends, N))
-                    .transport(filter_map(|x: u64| (x % 2 == 0).then_some(x / 2)))
+                    .transport(filter_map(|x: u64| x.is_multiple_of(2).then_some(x / 2)))
                     .transport_threads(transports)
                     .backend(sink.clone())
                     .backend_threads(backends)
@@ -100,7 +100,9 @@ fn a_graceful_stop_drains_everything_accepted() {
         .queue_capacity(256)
         .spawn()
         .unwrap();
-    wait_until("items at the backend", || sink.0.lock().unwrap().len() >= 10_000);
+    wait_until("items at the backend", || {
+        sink.0.lock().unwrap().len() >= 10_000
+    });
     handle.stop();
     let report = handle.join().unwrap();
     report.check().unwrap();
@@ -301,7 +303,11 @@ fn idle_threads_use_no_cpu() {
     let (_never, idle) = crossbeam_channel::bounded::<()>(0);
     assert!(idle.recv_timeout(Duration::from_millis(500)).is_err());
     let (_, after) = cpu_ticks("zz");
-    assert!(after - before <= 2, "idle threads used {} ticks", after - before);
+    assert!(
+        after - before <= 2,
+        "idle threads used {} ticks",
+        after - before
+    );
     handle.stop();
     let report = handle.join().unwrap();
     assert_eq!(report.produced(), 0);
@@ -317,10 +323,10 @@ impl Transport for Flaky {
     type Output = u64;
 
     fn transport(&mut self, x: u64, _ctx: &StageContext) -> Result<Option<u64>, StageError> {
-        if x % 13 == 0 {
+        if x.is_multiple_of(13) {
             panic!("thirteen divides {x}");
         }
-        if x % 7 == 0 {
+        if x.is_multiple_of(7) {
             return Err(StageError::msg(format!("seven divides {x}")));
         }
         Ok(Some(x))
@@ -351,7 +357,7 @@ fn panics_and_errors_in_any_stage_are_caught_counted_and_skipped() {
     let failing_backend = {
         let sink = sink.clone();
         move |x: u64| -> Result<(), StageError> {
-            if x % 11 == 0 {
+            if x.is_multiple_of(11) {
                 return Err(StageError::msg("eleven"));
             }
             sink.0.lock().unwrap().push(x);
@@ -371,7 +377,11 @@ fn panics_and_errors_in_any_stage_are_caught_counted_and_skipped() {
         .filter(|x| x % 11 == 0 && x % 7 != 0 && x % 13 != 0 && *x != 6)
         .count() as u64;
     assert_eq!(stage(StageKind::Frontend).failed, 1, "{report}");
-    assert_eq!(stage(StageKind::Transport).failed, sevens_or_thirteens, "{report}");
+    assert_eq!(
+        stage(StageKind::Transport).failed,
+        sevens_or_thirteens,
+        "{report}"
+    );
     assert_eq!(stage(StageKind::Backend).failed, elevens, "{report}");
     let expected: Vec<u64> = (1..=N)
         .filter(|x| *x != 6 && x % 7 != 0 && x % 13 != 0 && x % 11 != 0)
@@ -402,7 +412,10 @@ fn the_stop_policy_ends_the_run_at_the_first_failure() {
     else {
         panic!("expected a stage failure, got {result:?}");
     };
-    assert_eq!((stage.as_str(), kind, during_setup), ("transport", StageKind::Transport, false));
+    assert_eq!(
+        (stage.as_str(), kind, during_setup),
+        ("transport", StageKind::Transport, false)
+    );
     assert!(error.is_panic());
     assert!(error.to_string().contains("item 500 is bad"), "{error}");
     report.check().unwrap();
@@ -478,7 +491,10 @@ fn a_failing_setup_stops_the_run_and_cleans_up_what_was_set_up() {
     else {
         panic!("expected a stage failure, got {err:?}");
     };
-    assert_eq!((stage.as_str(), *thread, *during_setup), ("transport", 1, true));
+    assert_eq!(
+        (stage.as_str(), *thread, *during_setup),
+        ("transport", 1, true)
+    );
     assert_eq!(
         err.to_string(),
         "transport stage \"transport\" (thread 1) failed in setup: no database"
