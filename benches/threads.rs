@@ -190,7 +190,7 @@ fn memory() {
             "{:>10} {:>12} {:>14}",
             items,
             peak.load(Ordering::SeqCst),
-            2 * engine_threads::DEFAULT_QUEUE_CAPACITY
+            bound
         );
     }
 }

@@ -59,16 +59,36 @@ fn prelude_has_the_stage_traits() {
 #[cfg(feature = "threads")]
 #[test]
 fn threads_is_reachable() {
-    // The crate is a placeholder until the threaded engine lands; the path must resolve.
-    use engine::threads as _;
+    use engine::threads::{Engine, EngineError, Stats};
+
+    let report = Engine::builder(0..10_u8)
+        .backend(|_: u8| {})
+        .run()
+        .unwrap();
+    assert_eq!(report.processed(), 10);
+    let _: Option<(EngineError, Stats)> = None;
     assert!(engine::enabled_features().contains(&"threads"));
 }
 
 #[cfg(feature = "ootb")]
 #[test]
 fn ootb_is_reachable() {
-    use engine::ootb as _;
+    use engine::core::{Backend, StageContext, StageKind};
+    use engine::ootb::{CollectBackend, CountBackend, LogBackend, LogTransport, StdinFrontend};
+
+    let ctx = StageContext::standalone("b", StageKind::Backend);
+    let mut count = CountBackend::new();
+    count.process(1_u8, &ctx).unwrap();
+    assert_eq!(count.count(), 1);
+    let _: Option<(CollectBackend<u8>, LogBackend<u8>, LogTransport<u8>, StdinFrontend)> = None;
     assert!(engine::enabled_features().contains(&"ootb"));
+}
+
+#[cfg(all(feature = "threads", feature = "ootb"))]
+#[test]
+fn the_default_engine_is_reachable() {
+    let engine = engine::default_engine().transport_threads(2).build().unwrap();
+    assert!(!engine.stop_handle().is_stopping());
 }
 
 #[cfg(feature = "proc")]

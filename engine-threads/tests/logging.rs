@@ -1,0 +1,59 @@
+//! Failed items are logged with their stage and thread. Alone in its file because it installs a
+//! global `tracing` subscriber (stage threads do not see a thread-local one).
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use engine_core::StageError;
+use engine_threads::Engine;
+
+/// A writer into a shared buffer.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn failed_items_are_logged_with_stage_and_thread() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .init();
+
+    let report = Engine::builder(0..100_u64)
+        .transport(|x: u64| x)
+        .backend_with(|_| {
+            |x: u64| -> Result<(), StageError> {
+                if x == 42 {
+                    return Err(StageError::msg("the answer is not welcome"));
+                }
+                Ok(())
+            }
+        })
+        .names("numbers", "copy", "picky")
+        .run()
+        .unwrap();
+    assert_eq!(report.failed(), 1);
+
+    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let line = logs
+        .lines()
+        .find(|l| l.contains("item failed"))
+        .unwrap_or_else(|| panic!("no failure logged in:\n{logs}"));
+    assert!(line.contains("WARN"), "{line}");
+    assert!(line.contains("stage=\"picky\""), "{line}");
+    assert!(line.contains("kind=\"backend\""), "{line}");
+    assert!(line.contains("thread=0"), "{line}");
+    assert!(line.contains("the answer is not welcome"), "{line}");
+}
