@@ -67,7 +67,11 @@ fn main() -> Result<()> {
         "wrong sum: {} instead of {expected}",
         total.load(Ordering::SeqCst)
     );
-    ensure!(report.processed() == args.items, "{} items processed", report.processed());
+    ensure!(
+        report.processed() == args.items,
+        "{} items processed",
+        report.processed()
+    );
     report.check()?;
     println!("{report}");
     println!(
