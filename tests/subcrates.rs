@@ -61,10 +61,7 @@ fn prelude_has_the_stage_traits() {
 fn threads_is_reachable() {
     use engine::threads::{Engine, EngineError, Stats};
 
-    let report = Engine::builder(0..10_u8)
-        .backend(|_: u8| {})
-        .run()
-        .unwrap();
+    let report = Engine::builder(0..10_u8).backend(|_: u8| {}).run().unwrap();
     assert_eq!(report.processed(), 10);
     let _: Option<(EngineError, Stats)> = None;
     assert!(engine::enabled_features().contains(&"threads"));
@@ -80,14 +77,19 @@ fn ootb_is_reachable() {
     let mut count = CountBackend::new();
     count.process(1_u8, &ctx).unwrap();
     assert_eq!(count.count(), 1);
-    let _: Option<(CollectBackend<u8>, LogBackend<u8>, LogTransport<u8>, StdinFrontend)> = None;
+    let _: Option<CollectBackend<u8>> = None;
+    let _: Option<(LogBackend<u8>, LogTransport<u8>)> = None;
+    let _: Option<StdinFrontend> = None;
     assert!(engine::enabled_features().contains(&"ootb"));
 }
 
 #[cfg(all(feature = "threads", feature = "ootb"))]
 #[test]
 fn the_default_engine_is_reachable() {
-    let engine = engine::default_engine().transport_threads(2).build().unwrap();
+    let engine = engine::default_engine()
+        .transport_threads(2)
+        .build()
+        .unwrap();
     assert!(!engine.stop_handle().is_stopping());
 }
 

@@ -22,7 +22,9 @@ fn ordered_mode_delivers_in_frontend_order_with_several_transport_threads() {
     const N: u64 = 5_000;
     let sink = Collect::default();
     let report = Engine::builder(0..N)
-        .transport(filter_map(|x: u64| (!x.is_multiple_of(3)).then(|| uneven(x))))
+        .transport(filter_map(|x: u64| {
+            (!x.is_multiple_of(3)).then(|| uneven(x))
+        }))
         .transport_threads(4)
         .backend(sink.clone())
         .queue_capacity(32)
