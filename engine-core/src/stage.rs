@@ -245,7 +245,9 @@ pub enum ErrorPolicy {
     /// Count the item as failed and go on with the next one.
     #[default]
     Skip,
-    /// Count the item as failed and stop the run gracefully: what was already accepted drains.
+    /// Count the item as failed and stop the run at once: items still queued are dropped and
+    /// counted as such (a broker-backed source gets them delivered again), and the run ends
+    /// as failed.
     Stop,
 }
 

@@ -16,8 +16,8 @@ use crate::error::EngineError;
 use crate::link::{AbortTrigger, Link, Sizing, abort_pair, lock};
 use crate::stats::{ConsumerProbe, StageProbe, Stats, StatsSource};
 use crate::worker::{
-    BackendStage, Event, Input, Shared, ThreadResult, ThreadStats, TransportStage, Window,
-    run_consumer, run_frontend,
+    BackendStage, Consume, Event, Input, Shared, ThreadResult, ThreadStats, TransportStage, Window,
+    last_resort, run_consumer, run_frontend,
 };
 
 /// A built engine, ready to [`run`](Self::run) or [`spawn`](Self::spawn).
@@ -70,7 +70,10 @@ impl<F: TrackedFrontend, S: sealed::Sealed<F>> Stages<F> for S {}
 
 /// A link as the coordinator sees it, whatever its item type.
 pub(crate) trait LinkView: Send + Sync {
+    /// Items in the channel.
     fn queued(&self) -> u64;
+    /// Items in the frontend slots.
+    fn buffered(&self) -> u64;
     fn abandoned(&self) -> u64;
     /// After an abort: waits until no producer is left and counts what remains as abandoned.
     fn drain_abandoned(&self);
@@ -81,11 +84,10 @@ pub(crate) trait LinkView: Send + Sync {
 impl<K: Ticket, T: Send + 'static> LinkView for Link<K, T> {
     fn queued(&self) -> u64 {
         self.state().queued()
-            + self
-                .slots()
-                .iter()
-                .map(|s| s.buffered() as u64)
-                .sum::<u64>()
+    }
+
+    fn buffered(&self) -> u64 {
+        self.slots().iter().map(|s| s.buffered() as u64).sum()
     }
 
     fn abandoned(&self) -> u64 {
@@ -116,7 +118,7 @@ impl StageProbe for FrontendProbe {
     }
 
     fn queued(&self) -> u64 {
-        0
+        self.0.buffered()
     }
 }
 
@@ -218,6 +220,37 @@ fn spawn<R: Send + 'static>(
         })
 }
 
+/// A consumer thread's body, with the last-resort guard.
+fn consumer_body<K, S>(
+    make: impl FnOnce() -> S + Send + 'static,
+    ctx: StageContext,
+    input: Input<K, S::Input>,
+    stats: Arc<ThreadStats>,
+    shared: Arc<Shared>,
+) -> impl FnOnce() -> ThreadResult + Send + 'static
+where
+    K: Ticket,
+    S: Consume<K> + 'static,
+    S::Input: 'static,
+{
+    move || {
+        let (guard_ctx, guard_shared, guard_stats) =
+            (ctx.clone(), Arc::clone(&shared), Arc::clone(&stats));
+        last_resort(
+            &guard_ctx,
+            &guard_shared,
+            || run_consumer(make, ctx, input, stats, shared),
+            || {
+                guard_shared.done();
+                ThreadResult {
+                    counts: guard_stats.read(),
+                    busy: Duration::ZERO,
+                }
+            },
+        )
+    }
+}
+
 /// The input of the last stage: reordered in ordered mode.
 fn last_input<K: Ticket, I: Send>(input: Input<K, I>, window: &Option<Arc<Window>>) -> Input<K, I> {
     match window {
@@ -247,14 +280,12 @@ where
             |index, input, ctx, stats, shared| {
                 let factory = Arc::clone(&factory);
                 let input = last_input(input, &window);
-                move || {
-                    let stage = TransportStage::<X, F::Ticket> {
-                        stage: factory(index),
-                        out: None,
-                        ordered: false,
-                    };
-                    run_consumer(stage, ctx, input, stats, shared)
-                }
+                let make = move || TransportStage::<X, F::Ticket> {
+                    stage: factory(index),
+                    out: None,
+                    ordered: false,
+                };
+                consumer_body(make, ctx, input, stats, shared)
             },
         )
     }
@@ -280,7 +311,13 @@ where
             |index, input, ctx, stats, shared| {
                 let factory = Arc::clone(&factory);
                 let input = last_input(input, &window);
-                move || run_consumer(BackendStage(factory(index)), ctx, input, stats, shared)
+                consumer_body(
+                    move || BackendStage(factory(index)),
+                    ctx,
+                    input,
+                    stats,
+                    shared,
+                )
             },
         )
     }
@@ -314,7 +351,13 @@ where
             |index, input, ctx, stats, shared| {
                 let factory = Arc::clone(&factory);
                 let input = last_input(input, &window);
-                move || run_consumer(BackendStage(factory(index)), ctx, input, stats, shared)
+                consumer_body(
+                    move || BackendStage(factory(index)),
+                    ctx,
+                    input,
+                    stats,
+                    shared,
+                )
             },
         )?;
         let factory: Factory<X> = transport.factory;
@@ -326,14 +369,12 @@ where
             |index, input, ctx, stats, shared| {
                 let factory = Arc::clone(&factory);
                 let out = second.producer();
-                move || {
-                    let stage = TransportStage {
-                        stage: factory(index),
-                        out: Some(out),
-                        ordered,
-                    };
-                    run_consumer(stage, ctx, input, stats, shared)
-                }
+                let make = move || TransportStage {
+                    stage: factory(index),
+                    out: Some(out),
+                    ordered,
+                };
+                consumer_body(make, ctx, input, stats, shared)
             },
         );
         second.seal();
@@ -391,6 +432,14 @@ where
                     "ordered mode needs exactly one thread in the last stage",
                 ));
             }
+        }
+        if let Some(interval) = options.stats_interval
+            && (interval.is_zero() || Instant::now().checked_add(interval).is_none())
+        {
+            return Err(EngineError::invalid(
+                "stats_interval",
+                format!("{interval:?} is not a usable interval"),
+            ));
         }
         let stop = builder.options.stop.child();
         Ok(Self { builder, stop })
@@ -504,7 +553,17 @@ where
                 );
                 let events = shared.events.clone();
                 spawn(name, move || {
-                    let busy = run_frontend(factory(index), ctx, slot, link, window, shared);
+                    let (guard_ctx, guard_shared, guard_slot) =
+                        (ctx.clone(), Arc::clone(&shared), Arc::clone(&slot));
+                    let busy = last_resort(
+                        &guard_ctx,
+                        &guard_shared,
+                        || run_frontend(|| factory(index), ctx, slot, link, window, shared),
+                        || {
+                            guard_slot.close();
+                            Duration::ZERO
+                        },
+                    );
                     let _ = events.send(Event::FrontendDone { index, busy });
                 })
                 .map(drop)
@@ -589,7 +648,10 @@ impl Run {
         let mut frontend_busy: Vec<Option<Duration>> = vec![None; self.frontend_threads];
         let mut stopping = false;
         let mut deadline: Option<StopDeadline> = None;
-        let mut next_stats = self.options.stats_interval.map(|i| Instant::now() + i);
+        let mut next_stats = self
+            .options
+            .stats_interval
+            .and_then(|i| Instant::now().checked_add(i));
         let mut last_stats: Option<Stats> = None;
 
         loop {
@@ -622,7 +684,10 @@ impl Run {
                     let now = self.stats.snapshot();
                     crate::stats::log(&now, last_stats.as_ref());
                     last_stats = Some(now);
-                    next_stats = self.options.stats_interval.map(|i| Instant::now() + i);
+                    next_stats = self
+                        .options
+                        .stats_interval
+                        .and_then(|i| Instant::now().checked_add(i));
                 }
                 Err(RecvTimeoutError::Disconnected) => {
                     unreachable!("the run holds a sender of its own events")

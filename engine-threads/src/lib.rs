@@ -39,7 +39,7 @@
 //!    every instance that was set up.
 //! 5. **Memory is bounded** by the queue capacities (backpressure).
 //! 6. **Throughput** is close to the channels' own limit: items travel in batches of up to
-//!    256, and a batch goes as soon as the next stage is idle, so a lone item is not held
+//!    1024, and a batch goes as soon as the next stage is idle, so a lone item is not held
 //!    back (see `cargo xtask bench threads`).
 //!
 //! # Threads and stopping
@@ -62,7 +62,9 @@
 //!
 //! [`EngineBuilder::ordered`] delivers items to the last stage in frontend order, however many
 //! transport threads run, with one frontend thread and one thread in the last stage. The
-//! reorder buffer is bounded: the frontend waits when it runs too far ahead.
+//! reorder buffer is bounded: the frontend waits when it runs too far ahead. In ordered mode
+//! the output of one input batch travels to the backend as one batch, so the backend queue
+//! may hold up to its number of batch slots times the frontend's batch size.
 //!
 //! # Live statistics
 //!

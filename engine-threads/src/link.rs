@@ -8,6 +8,7 @@
 //! [`FrontSlot`] under a mutex, where a consumer about to wait, or the engine at a stop, can
 //! take it. No item ever sits in a buffer that only a blocked thread can reach.
 
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -17,6 +18,10 @@ use engine_core::{Counts, Outcome, StopHandle, Ticket};
 
 /// The most items in one batch.
 pub(crate) const MAX_BATCH: usize = 1024;
+
+/// The most batches a queue holds (with full batches, 64M items): larger capacities are
+/// capped, since the channel allocates its slots up front.
+const MAX_SLOTS: usize = 1 << 16;
 
 /// The time a consumer should spend on one batch; batches shrink for slow stages so that an
 /// item waits at most about this long behind the others of its batch.
@@ -52,10 +57,22 @@ pub(crate) fn drop_items<K: Ticket, T>(items: impl IntoIterator<Item = (K, T)>) 
     let mut n = 0;
     for (ticket, item) in items {
         drop(item);
-        ticket.complete(Outcome::Dropped);
+        complete(ticket, Outcome::Dropped);
         n += 1;
     }
     n
+}
+
+/// Completes a ticket. A panic in the ticket's own code is a bug in the ticket, not a failure
+/// of the item: it is logged and does not disturb the engine's counts.
+#[inline]
+pub(crate) fn complete<K: Ticket>(ticket: K, outcome: Outcome<'_>) {
+    if let Err(payload) = catch_unwind(AssertUnwindSafe(|| ticket.complete(outcome))) {
+        tracing::error!(
+            error = %engine_core::StageError::from_panic(payload),
+            "a completion ticket panicked"
+        );
+    }
 }
 
 /// Wakes every thread blocked on a queue when the run is aborted.
@@ -184,7 +201,8 @@ impl Sizing {
         let capacity = capacity.max(1);
         let min_slots = (2 * consumers).max(4);
         let max_batch = (capacity / min_slots).clamp(1, MAX_BATCH);
-        let slots = (capacity / max_batch).max(1);
+        // The channel allocates its slots up front: a huge capacity is capped.
+        let slots = (capacity / max_batch).clamp(1, MAX_SLOTS);
         Self { max_batch, slots }
     }
 }
@@ -356,7 +374,15 @@ impl<K: Ticket, T: Send> Link<K, T> {
     }
 
     fn steal(&self) -> Option<Batch<K, T>> {
-        self.slots.iter().find_map(|slot| slot.take())
+        let batch = self.slots.iter().find_map(|slot| slot.take())?;
+        // This consumer may have swallowed nudges meant for others (one per slot that got a
+        // first item); if items are left in some slot and a consumer sleeps, wake it.
+        if self.state.has_sleepers() && self.slots_have_items() {
+            if let Some(tx) = self.slots.iter().find_map(|slot| slot.sender()) {
+                self.nudge(&tx);
+            }
+        }
+        Some(batch)
     }
 
     /// Whether nothing is queued in the channel.
@@ -450,6 +476,12 @@ impl<K: Ticket, T: Send> Producer<K, T> {
             self.buf.reserve_exact(self.link.state.max_batch);
         }
         self.buf.push((ticket, item));
+    }
+
+    /// Whether the open batch holds as many items as the link allows in one batch.
+    #[inline]
+    pub(crate) fn is_at_max(&self) -> bool {
+        self.buf.len() >= self.link.state.max_batch
     }
 
     /// Whether the open batch should go now: it is full, or a consumer is asleep waiting.
@@ -586,6 +618,16 @@ impl<K: Ticket, T: Send> FrontSlot<K, T> {
 
     pub(crate) fn counts(&self) -> Counts {
         lock(&self.inner).counts
+    }
+
+    /// The sequence number of the next batch taken from the slot.
+    pub(crate) fn next_seq(&self) -> u64 {
+        lock(&self.inner).next_seq
+    }
+
+    /// A sender, while the slot is open.
+    fn sender(&self) -> Option<BatchSender<K, T>> {
+        lock(&self.inner).sender.clone()
     }
 
     pub(crate) fn buffered(&self) -> usize {

@@ -17,7 +17,7 @@ use engine_core::{
     TrackedFrontend, Transport,
 };
 
-use crate::link::{Abort, Batch, FrontSlot, Link, Offer, Producer, drop_items, lock};
+use crate::link::{Abort, Batch, FrontSlot, Link, Offer, Producer, complete, drop_items, lock};
 
 /// What went wrong in a stage, for the error the run returns.
 #[derive(Debug)]
@@ -80,15 +80,18 @@ impl Shared {
             }
         );
         if let Some(ticket) = ticket {
-            ticket.complete(Outcome::Failed {
-                stage: ctx.stage(),
-                error: &error,
-                policy: if stop {
-                    ErrorPolicy::Stop
-                } else {
-                    ErrorPolicy::Skip
+            complete(
+                ticket,
+                Outcome::Failed {
+                    stage: ctx.stage(),
+                    error: &error,
+                    policy: if stop {
+                        ErrorPolicy::Stop
+                    } else {
+                        ErrorPolicy::Skip
+                    },
                 },
-            });
+            );
         }
         if stop {
             self.fail(ctx, error, false);
@@ -124,8 +127,30 @@ impl Shared {
         self.stop.stop_now();
     }
 
-    fn done(&self) {
+    pub(crate) fn done(&self) {
         let _ = self.events.send(Event::ThreadDone);
+    }
+}
+
+/// Runs a stage thread's body; should anything escape it (a panic in an item's `Drop`, say),
+/// fails the run and still reports the thread as done, so that the run cannot hang.
+pub(crate) fn last_resort<R>(
+    ctx: &StageContext,
+    shared: &Shared,
+    body: impl FnOnce() -> R,
+    fallback: impl FnOnce() -> R,
+) -> R {
+    match catch_unwind(AssertUnwindSafe(body)) {
+        Ok(result) => result,
+        Err(payload) => {
+            tracing::error!(
+                stage = ctx.stage(),
+                thread = ctx.index(),
+                "a stage thread panicked outside stage code"
+            );
+            shared.fail(ctx, StageError::from_panic(payload), false);
+            fallback()
+        }
     }
 }
 
@@ -195,10 +220,10 @@ impl Window {
     }
 }
 
-/// A frontend thread: produce until the source ends or the run stops. Returns the time spent
-/// outside blocking sends.
+/// A frontend thread: make the stage, produce until the source ends or the run stops. Returns
+/// the time spent outside blocking sends.
 pub(crate) fn run_frontend<F>(
-    mut stage: F,
+    make: impl FnOnce() -> F,
     ctx: StageContext,
     slot: Arc<FrontSlot<F::Ticket, F::Item>>,
     link: Arc<Link<F::Ticket, F::Item>>,
@@ -211,11 +236,17 @@ where
 {
     let started = Instant::now();
     let mut blocked = Duration::ZERO;
-    if let Err(error) = guarded(|| stage.setup(&ctx)) {
-        shared.fail(&ctx, error, true);
-        slot.close();
-        return started.elapsed();
-    }
+    let mut stage = match guarded(|| {
+        let mut stage = make();
+        stage.setup(&ctx).map(|()| stage)
+    }) {
+        Ok(stage) => stage,
+        Err(error) => {
+            shared.fail(&ctx, error, true);
+            slot.close();
+            return started.elapsed();
+        }
+    };
     loop {
         let outcome = catch_unwind(AssertUnwindSafe(|| {
             produce(
@@ -277,14 +308,7 @@ where
             Offer::Nudge(tx) => link.nudge(&tx),
             Offer::Send(tx, batch) => {
                 let t = Instant::now();
-                let seq = batch.seq;
                 let sent = link.send_from_slot(&tx, batch);
-                if let Some(window) = window
-                    && sent
-                    && !window.admit(seq + 1, &shared.abort)
-                {
-                    return Ok(());
-                }
                 *blocked += t.elapsed();
                 if !sent {
                     return Ok(());
@@ -294,12 +318,22 @@ where
                 // The run stopped while `produce` was running: the item came too late to be
                 // accepted. Its ticket says so, so a broker-backed source delivers it again.
                 drop(item);
-                ticket.complete(Outcome::Dropped);
+                complete(ticket, Outcome::Dropped);
                 tracing::debug!(
                     stage = ctx.stage(),
                     thread = ctx.index(),
                     "an item produced after the stop was not accepted"
                 );
+                return Ok(());
+            }
+        }
+        // Ordered mode: stay within the window of what the sink has delivered, whoever takes
+        // the batches (this thread or an idle consumer), so the reorder buffer stays bounded.
+        if let Some(window) = window {
+            let t = Instant::now();
+            let admitted = window.admit(slot.next_seq(), &shared.abort);
+            *blocked += t.elapsed();
+            if !admitted {
                 return Ok(());
             }
         }
@@ -465,15 +499,22 @@ where
         let output = self.stage.transport(item, ctx)?;
         let ticket = current.take().expect("the current item's ticket is set");
         match (output, &mut self.out) {
-            (Some(output), Some(out)) => out.push(ticket, output),
+            (Some(output), Some(out)) => {
+                out.push(ticket, output);
+                // Unordered, a batch never exceeds what the next queue allows; ordered, the
+                // output of one input batch travels as one batch (see `EngineBuilder::ordered`).
+                if !self.ordered && out.is_at_max() {
+                    record_send(out.flush(), counts);
+                }
+            }
             (Some(output), None) => {
                 drop(output);
+                complete(ticket, Outcome::Processed);
                 counts.output += 1;
-                ticket.complete(Outcome::Processed);
             }
             (None, _) => {
+                complete(ticket, Outcome::Filtered);
                 counts.filtered += 1;
-                ticket.complete(Outcome::Filtered);
             }
         }
         Ok(())
@@ -546,11 +587,9 @@ where
         counts: &mut Counts,
     ) -> Result<(), StageError> {
         self.0.process(item, ctx)?;
+        let ticket = current.take().expect("the current item's ticket is set");
+        complete(ticket, Outcome::Processed);
         counts.output += 1;
-        current
-            .take()
-            .expect("the current item's ticket is set")
-            .complete(Outcome::Processed);
         Ok(())
     }
 
@@ -572,9 +611,10 @@ enum BatchEnd {
     Aborted,
 }
 
-/// A transport or backend thread: consume batches until the input ends or the run aborts.
+/// A transport or backend thread: make the stage, consume batches until the input ends or the
+/// run aborts.
 pub(crate) fn run_consumer<K, S>(
-    mut stage: S,
+    make: impl FnOnce() -> S,
     ctx: StageContext,
     mut input: Input<K, S::Input>,
     stats: Arc<ThreadStats>,
@@ -587,13 +627,19 @@ where
     let mut counts = Counts::default();
     let mut busy = Duration::ZERO;
     let t = Instant::now();
-    let setup = guarded(|| stage.setup(&ctx));
+    let setup = guarded(|| {
+        let mut stage = make();
+        stage.setup(&ctx).map(|()| stage)
+    });
     busy += t.elapsed();
-    if let Err(error) = setup {
-        shared.fail(&ctx, error, true);
-        shared.done();
-        return ThreadResult { counts, busy };
-    }
+    let mut stage = match setup {
+        Ok(stage) => stage,
+        Err(error) => {
+            shared.fail(&ctx, error, true);
+            shared.done();
+            return ThreadResult { counts, busy };
+        }
+    };
 
     let mut clean_end = true;
     while let Some(batch) = input.recv() {
@@ -613,7 +659,7 @@ where
                 for (ticket, item) in &mut items {
                     if shared.abort.is_fired() {
                         drop(item);
-                        ticket.complete(Outcome::Dropped);
+                        complete(ticket, Outcome::Dropped);
                         counts.dropped += 1;
                         return BatchEnd::Aborted;
                     }

@@ -267,3 +267,142 @@ fn tickets_of_abandoned_items_complete_as_dropped() {
     assert_eq!(processed, report.processed());
     assert_eq!(outcomes.len() as u64, report.produced());
 }
+
+#[test]
+fn a_panicking_stage_factory_fails_the_run_instead_of_hanging_it() {
+    let (done_tx, done) = crossbeam_channel::bounded(1);
+    std::thread::spawn(move || {
+        let result = Engine::builder(0..1_000_000_u64)
+            .transport_with(|index| {
+                assert!(index != 1, "no transport for thread 1");
+                |x: u64| x
+            })
+            .transport_threads(2)
+            .backend(|_: u64| {})
+            .run();
+        done_tx.send(result).unwrap();
+    });
+    let result = done.recv_timeout(PATIENCE).expect("the run ended");
+    let Err(EngineError::StageFailed {
+        stage,
+        during_setup,
+        error,
+        report,
+        ..
+    }) = result
+    else {
+        panic!("expected a setup failure, got {result:?}");
+    };
+    assert_eq!((stage.as_str(), during_setup), ("transport", true));
+    assert!(
+        error.to_string().contains("no transport for thread 1"),
+        "{error}"
+    );
+    report.check().unwrap();
+}
+
+/// A ticket whose completion panics.
+struct Grumpy;
+
+impl Ticket for Grumpy {
+    fn complete(self, _outcome: Outcome<'_>) {
+        panic!("this ticket never completes quietly");
+    }
+}
+
+/// A tracked frontend of 0..n with grumpy tickets.
+struct GrumpySource(u64, u64);
+
+impl TrackedFrontend for GrumpySource {
+    type Item = u64;
+    type Ticket = Grumpy;
+
+    fn produce(&mut self, _ctx: &StageContext) -> Result<Option<(Grumpy, u64)>, StageError> {
+        if self.0 == self.1 {
+            return Ok(None);
+        }
+        self.0 += 1;
+        Ok(Some((Grumpy, self.0 - 1)))
+    }
+}
+
+#[test]
+fn a_panicking_ticket_disturbs_neither_the_run_nor_its_counts() {
+    let report = Engine::builder(GrumpySource(0, 100))
+        .transport(filter_map(|x: u64| x.is_multiple_of(2).then_some(x)))
+        .backend(|x: u64| -> Result<(), StageError> {
+            if x == 10 {
+                return Err(StageError::msg("ten"));
+            }
+            Ok(())
+        })
+        .run()
+        .unwrap();
+    report.check().unwrap();
+    assert_eq!(
+        (report.filtered(), report.failed(), report.processed()),
+        (50, 1, 49)
+    );
+}
+
+#[test]
+fn the_backend_queue_capacity_holds_behind_a_large_transport_queue() {
+    let alive = Arc::new(std::sync::atomic::AtomicI64::new(0));
+    let peak = Arc::new(std::sync::atomic::AtomicI64::new(0));
+    let report = {
+        let (alive, peak) = (Arc::clone(&alive), Arc::clone(&peak));
+        let born = move |x: u64| {
+            let now = alive.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+            peak.fetch_max(now, std::sync::atomic::Ordering::SeqCst);
+            Counted(x, Arc::clone(&alive))
+        };
+        Engine::builder(0..5_000_u64)
+            .transport(born)
+            .backend(|c: Counted| {
+                spin(Duration::from_micros(20));
+                drop(c);
+            })
+            .transport_queue_capacity(4096)
+            .backend_queue_capacity(4)
+            .run()
+            .unwrap()
+    };
+    assert_eq!(report.processed(), 5_000);
+    // The backend queue (4), one item in the transport's open batch and one in the
+    // backend's hands: batches of one, since 4 items make 4 slots of 1.
+    let peak = peak.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(peak <= 8, "{peak} transport outputs alive at once");
+}
+
+/// An item that counts the items alive.
+struct Counted(
+    #[allow(dead_code, reason = "the payload")] u64,
+    Arc<std::sync::atomic::AtomicI64>,
+);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.1.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn a_zero_or_endless_stats_interval_is_a_clear_error() {
+    for interval in [Duration::ZERO, Duration::MAX] {
+        let err = Engine::builder(0..10_u64)
+            .backend(|_: u64| {})
+            .stats_interval(interval)
+            .build()
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                EngineError::InvalidOption {
+                    option: "stats_interval",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+}
