@@ -377,10 +377,11 @@ impl<K: Ticket, T: Send> Link<K, T> {
         let batch = self.slots.iter().find_map(|slot| slot.take())?;
         // This consumer may have swallowed nudges meant for others (one per slot that got a
         // first item); if items are left in some slot and a consumer sleeps, wake it.
-        if self.state.has_sleepers() && self.slots_have_items() {
-            if let Some(tx) = self.slots.iter().find_map(|slot| slot.sender()) {
-                self.nudge(&tx);
-            }
+        if self.state.has_sleepers()
+            && self.slots_have_items()
+            && let Some(tx) = self.slots.iter().find_map(|slot| slot.sender())
+        {
+            self.nudge(&tx);
         }
         Some(batch)
     }
