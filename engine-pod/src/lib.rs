@@ -1,13 +1,45 @@
-//! The bean pod: many long-running components ("beans") hosted on tokio, with ids, labels, a
-//! context, named signals, a TOML config file and a `run` command line.
+//! The bean pod: long-running components ("beans") on tokio, with ids and labels, a context
+//! to find each other, named signals, SIGINT/SIGTERM handling with a stop wait time, restart
+//! policies, a status view, a TOML config file, and a registry behind the `run` command line.
 //!
-//! **Status: not yet built.** This crate is a placeholder in the workspace so that the facade's
-//! `pod` feature and the crate map are stable. It will hold:
+//! This is the Rust form of os-aio-pod. A bean is an async function of its [`BeanContext`]
+//! ([`bean_fn`]), a blocking function on its own thread ([`blocking`]), or any type
+//! implementing [`Bean`].
 //!
-//! - async beans (tokio tasks) and blocking beans (own thread), with ids and labels;
-//! - a context to find and wait for other beans, send named signals and read configuration;
-//! - SIGINT/SIGTERM handling with a stop wait time, driven by [`engine_core::StopHandle`];
-//! - a registry of named bean factories, the `run` command line, restart policies and a status
-//!   view;
-//! - built-in beans: a simple server scaffold, a TCP server, a producer/consumer flow, a stdin
-//!   reader, and a threaded engine or a process pool as a bean.
+//! ```
+//! use engine_pod::{BeanContext, BeanSpec, Pod, PodConfig, Target, bean_fn};
+//!
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! let mut pod = Pod::new(PodConfig::default());
+//! pod.add(BeanSpec::new("waiter", bean_fn(|ctx: BeanContext| async move {
+//!     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+//!     ctx.on_signal("hello", move |event| { let _ = tx.send(event.payload.clone()); });
+//!     let got = rx.recv().await;
+//!     assert_eq!(got, Some(serde_json::json!(42)));
+//! }))
+//! .label("waiters"));
+//! pod.add(BeanSpec::new("greeter", bean_fn(|ctx: BeanContext| async move {
+//!     // Beans start in order: the waiter has registered its handler by now, or will soon.
+//!     while ctx.send_signal("hello", Target::Label("waiters".into()), 42.into()) == 0 {
+//!         tokio::task::yield_now().await;
+//!     }
+//! })));
+//! let report = pod.start().wait().await;
+//! assert!(report.is_success());
+//! # });
+//! ```
+
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod bean;
+mod config;
+mod context;
+mod pod;
+
+pub use bean::{
+    Bean, BeanFuture, BeanResult, BlockingBean, FnBean, IntoBeanResult, Restart, RestartPolicy,
+    bean_fn, blocking,
+};
+pub use config::{BeanConfig, ConfigError, ENV_PREFIX, PodConfig, PodFile, parse_bean_arg};
+pub use context::{BeanContext, BeanId, BeanState, BeanStatus, SignalEvent, Target};
+pub use pod::{BeanSpec, Pod, PodHandle, PodReport};
