@@ -42,6 +42,22 @@ enum Command {
     Run(RunArgs),
     /// Print the version, the protocol version and the engines compiled into this build.
     Info,
+    /// The bean pod: run beans from a config file or the command line.
+    #[cfg(feature = "pod")]
+    Pod {
+        #[command(subcommand)]
+        command: PodCommand,
+    },
+}
+
+#[cfg(feature = "pod")]
+#[derive(Debug, Subcommand)]
+enum PodCommand {
+    /// Run the beans of a config file (`-c pod.toml`) and/or of the command line
+    /// (`hello:name=Ozzy sleep:duration=10s`).
+    Run(engine::pod::cli::RunArgs),
+    /// List the built-in beans.
+    Beans,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -62,6 +78,10 @@ struct RunArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    #[cfg(feature = "pod")]
+    if let Some(Command::Pod { command }) = &cli.command {
+        return pod(command, cli.log_level.as_deref());
+    }
     if let Err(err) = init_logging(cli.log_level.as_deref()) {
         eprintln!("error: {err}");
         return ExitCode::from(2);
@@ -77,6 +97,8 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Some(Command::Run(args)) => run(&args),
+        #[cfg(feature = "pod")]
+        Some(Command::Pod { .. }) => unreachable!("handled before logging is set up"),
         None => run(&cli.run),
     }
 }
@@ -135,6 +157,29 @@ fn run(_args: &RunArgs) -> ExitCode {
         "error: this build has no default engine (it needs the `threads` and `ootb` features)"
     );
     ExitCode::from(2)
+}
+
+/// `engine pod ...`: the pod's own command line, with the built-in beans. Logging follows the
+/// pod's effective log level (the option, the environment, or the config file).
+#[cfg(feature = "pod")]
+fn pod(command: &PodCommand, global_level: Option<&str>) -> ExitCode {
+    let registry = engine::pod::Registry::with_builtins();
+    match command {
+        PodCommand::Beans => {
+            for name in registry.names() {
+                println!("{name}");
+            }
+            ExitCode::SUCCESS
+        }
+        PodCommand::Run(args) => {
+            let mut args = args.clone();
+            if args.log_level.is_none() {
+                args.log_level = global_level.map(str::to_owned);
+            }
+            engine::pod::cli::init_logging(&engine::pod::cli::log_level(&args));
+            engine::pod::cli::run(&registry, &args)
+        }
+    }
 }
 
 /// Parses `500ms`, `10s`, `2m`, `1h`, or a number of seconds such as `1.5`.

@@ -32,9 +32,12 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod bean;
+mod builtins;
+pub mod cli;
 mod config;
 mod context;
 mod pod;
+mod registry;
 
 pub use bean::{
     Bean, BeanFuture, BeanResult, BlockingBean, FnBean, IntoBeanResult, Restart, RestartPolicy,
@@ -43,3 +46,4 @@ pub use bean::{
 pub use config::{BeanConfig, ConfigError, ENV_PREFIX, PodConfig, PodFile, parse_bean_arg};
 pub use context::{BeanContext, BeanId, BeanState, BeanStatus, SignalEvent, Target};
 pub use pod::{BeanSpec, Pod, PodHandle, PodReport};
+pub use registry::{BeanFactory, Registry};

@@ -329,7 +329,7 @@ fn finish(shared: &PodShared, id: BeanId, state: BeanState) {
     shared.update(id, |s| {
         s.state = state;
         s.started = None;
-        let _ = s.done.send(Some(state));
+        s.done.send_replace(Some(state));
     });
 }
 

@@ -1,0 +1,102 @@
+//! The registration of the built-in beans under their config names.
+
+use serde::Deserialize;
+
+use crate::bean::bean_fn;
+use crate::context::BeanContext;
+use crate::registry::Registry;
+
+/// Parameters of the `hello` bean.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HelloParams {
+    /// Who to greet (default "world").
+    #[serde(default = "world")]
+    name: String,
+    /// Wait for the pod's stop before ending (default false).
+    #[serde(default)]
+    wait: bool,
+}
+
+fn world() -> String {
+    "world".to_owned()
+}
+
+/// Parameters of the `sleep` bean.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SleepParams {
+    /// How long to sleep (default "1h").
+    #[serde(default = "an_hour", with = "crate::bean::humantime_serde_compat")]
+    duration: std::time::Duration,
+    /// Ignore the pod's stop request, to try the stop deadline (default false).
+    #[serde(default)]
+    ignore_stop: bool,
+}
+
+fn an_hour() -> std::time::Duration {
+    std::time::Duration::from_secs(3600)
+}
+
+/// Registers every built-in bean.
+pub(crate) fn register(registry: &mut Registry) {
+    // Sleeps, ending early on a stop unless told to ignore it: for trying stop deadlines and
+    // restart policies from a config file.
+    registry.register_typed("sleep", |params: SleepParams| {
+        bean_fn(move |ctx: BeanContext| {
+            let (duration, ignore_stop) = (params.duration, params.ignore_stop);
+            async move {
+                ctx.on_signal("stop", {
+                    let id = ctx.id();
+                    move |_| tracing::info!(bean = %id, ignore_stop, "sleep bean got the stop signal")
+                });
+                if ignore_stop {
+                    tokio::time::sleep(duration).await;
+                } else {
+                    tokio::select! {
+                        () = tokio::time::sleep(duration) => {}
+                        () = ctx.stopping() => {}
+                    }
+                }
+            }
+        })
+    });
+    // The origin's quick-start example: greets, and with `wait = true` stays up until stopped.
+    registry.register_typed("hello", |params: HelloParams| {
+        bean_fn(move |ctx: BeanContext| {
+            let (name, wait) = (params.name.clone(), params.wait);
+            async move {
+                tracing::info!(bean = %ctx.id(), "hello {name}!");
+                if wait {
+                    ctx.stopping().await;
+                }
+            }
+        })
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{BeanConfig, parse_bean_arg};
+    use crate::registry::Registry;
+
+    #[test]
+    fn every_builtin_name_resolves() {
+        let registry = Registry::with_builtins();
+        let names = Registry::builtin_names();
+        assert!(names.contains(&"hello".to_owned()), "{names:?}");
+        for (i, name) in names.iter().enumerate() {
+            registry
+                .make(i + 1, &BeanConfig::new(name.clone()))
+                .unwrap_or_else(|err| panic!("built-in {name:?} does not resolve: {err}"));
+        }
+        let err = registry
+            .make(1, &parse_bean_arg("helo").unwrap())
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("unknown core \"helo\"; registered: "),
+            "{err}"
+        );
+    }
+}

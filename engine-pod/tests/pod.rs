@@ -1,0 +1,301 @@
+//! The pod's promises, in process: lifecycle, ids and labels, lookup and waiting, named
+//! signals, stop order and deadline, restart policies, failures logged and reported.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use engine_core::StageError;
+use engine_pod::{
+    BeanContext, BeanId, BeanSpec, BeanState, Pod, PodConfig, Restart, RestartPolicy, Target,
+    bean_fn, blocking,
+};
+use tokio::time::timeout;
+
+/// A guard against hangs: tests wait on events, and only fail through this.
+const PATIENCE: Duration = Duration::from_secs(20);
+
+fn config(stop_wait: Option<Duration>) -> PodConfig {
+    let mut config = PodConfig::default();
+    config.stop_wait_time = stop_wait;
+    config
+}
+
+/// A bean that records its id and waits for the stop request.
+fn waiter(log: Arc<Mutex<Vec<String>>>) -> impl engine_pod::Bean {
+    bean_fn(move |ctx: BeanContext| {
+        let log = Arc::clone(&log);
+        async move {
+            log.lock().unwrap().push(format!("start {}", ctx.id()));
+            ctx.stopping().await;
+            log.lock().unwrap().push(format!("stop {}", ctx.id()));
+        }
+    })
+}
+
+#[tokio::test]
+async fn the_pod_ends_when_every_bean_has_ended_and_ids_follow_start_order() {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let mut pod = Pod::new(PodConfig::default());
+    for label in ["a", "b", "a"] {
+        let seen = Arc::clone(&seen);
+        pod.add(
+            BeanSpec::new(
+                "record",
+                bean_fn(move |ctx: BeanContext| {
+                    let seen = Arc::clone(&seen);
+                    async move {
+                        let label = ctx.label().unwrap_or_default().to_owned();
+                        seen.lock().unwrap().push((ctx.id(), label));
+                    }
+                }),
+            )
+            .label(label),
+        );
+    }
+    let report = timeout(PATIENCE, pod.start().wait()).await.unwrap();
+    assert!(report.is_success());
+    assert!(!report.stopped);
+    let mut seen = seen.lock().unwrap().clone();
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            (BeanId(1), "a".to_owned()),
+            (BeanId(2), "b".to_owned()),
+            (BeanId(3), "a".to_owned())
+        ]
+    );
+    assert!(report.beans.iter().all(|b| b.state == BeanState::Finished));
+}
+
+#[tokio::test]
+async fn beans_find_each_other_by_label_wait_for_each_other_and_signal_by_label() {
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let mut pod = Pod::new(PodConfig::default());
+    for _ in 0..2 {
+        let got = Arc::clone(&got);
+        pod.add(
+            BeanSpec::new(
+                "listener",
+                bean_fn(move |ctx: BeanContext| {
+                    let got = Arc::clone(&got);
+                    async move {
+                        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+                        ctx.on_signal("ping", move |event| {
+                            let _ = tx.send((event.from, event.payload.clone()));
+                        });
+                        let (from, payload) = rx.recv().await.expect("a ping");
+                        got.lock().unwrap().push((ctx.id(), from, payload));
+                    }
+                }),
+            )
+            .label("listeners"),
+        );
+    }
+    pod.add(BeanSpec::new(
+        "quiet",
+        bean_fn(|ctx: BeanContext| async move {
+            ctx.on_signal("ping", |_| panic!("not for me"));
+            ctx.stopping().await;
+        }),
+    ));
+    pod.add(BeanSpec::new(
+        "pinger",
+        bean_fn(|ctx: BeanContext| async move {
+            let listeners = ctx.beans_labelled("listeners");
+            assert_eq!(listeners, [BeanId(1), BeanId(2)]);
+            assert_eq!(ctx.bean(BeanId(3)).unwrap().core, "quiet");
+            // Wait until both listeners registered their handler, then ping them.
+            while ctx.send_signal("ping", Target::Label("listeners".into()), 0.into()) < 2 {
+                tokio::task::yield_now().await;
+            }
+            for id in listeners {
+                assert_eq!(ctx.wait_for(id).await, Some(BeanState::Finished));
+            }
+            assert_eq!(ctx.wait_for(BeanId(99)).await, None);
+            ctx.stop_pod();
+        }),
+    ));
+    let report = timeout(PATIENCE, pod.start().wait()).await.unwrap();
+    assert!(report.is_success(), "{report:?}");
+    let mut got = got.lock().unwrap().clone();
+    got.sort_by_key(|(id, _, _)| *id);
+    assert_eq!(got.len(), 2);
+    assert!(got.iter().all(|(_, from, _)| *from == Some(BeanId(4))));
+}
+
+#[tokio::test]
+async fn a_stop_runs_stop_handlers_then_stops_beans_in_reverse_start_order() {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let mut pod = Pod::new(config(Some(Duration::from_secs(10))));
+    for _ in 0..3 {
+        pod.add(BeanSpec::new("waiter", waiter(Arc::clone(&log))));
+    }
+    let stop_signals = Arc::new(Mutex::new(0));
+    {
+        let stop_signals = Arc::clone(&stop_signals);
+        pod.add(BeanSpec::new(
+            "handler",
+            bean_fn(move |ctx: BeanContext| {
+                let stop_signals = Arc::clone(&stop_signals);
+                async move {
+                    ctx.on_signal("stop", move |_| *stop_signals.lock().unwrap() += 1);
+                    ctx.stopping().await;
+                }
+            }),
+        ));
+    }
+    let handle = pod.start();
+    // Wait until the three waiters run.
+    timeout(PATIENCE, async {
+        while log.lock().unwrap().len() < 3 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .unwrap();
+    handle.stop();
+    let report = timeout(PATIENCE, handle.wait()).await.unwrap();
+    assert!(report.stopped && !report.forced, "{report:?}");
+    assert_eq!(*stop_signals.lock().unwrap(), 1);
+    let stops: Vec<String> = log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.starts_with("stop"))
+        .cloned()
+        .collect();
+    assert_eq!(stops, ["stop 3", "stop 2", "stop 1"]);
+}
+
+#[tokio::test]
+async fn a_bean_that_ignores_the_stop_is_cancelled_at_the_deadline() {
+    let mut pod = Pod::new(config(Some(Duration::from_millis(200))));
+    pod.add(BeanSpec::new(
+        "stubborn",
+        bean_fn(|_ctx: BeanContext| async move {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+        }),
+    ));
+    let (started_tx, started) = tokio::sync::oneshot::channel::<()>();
+    let started_tx = Mutex::new(Some(started_tx));
+    pod.add(BeanSpec::new(
+        "stubborn-thread",
+        blocking(move |_ctx: BeanContext| {
+            if let Some(tx) = started_tx.lock().unwrap().take() {
+                let _ = tx.send(());
+            }
+            // A blocking bean that never looks at its stop token.
+            let (_tx, rx) = std::sync::mpsc::channel::<()>();
+            let _ = rx.recv_timeout(Duration::from_secs(3600));
+        }),
+    ));
+    let handle = pod.start();
+    started.await.unwrap();
+    handle.stop();
+    let report = timeout(PATIENCE, handle.wait()).await.unwrap();
+    assert!(report.forced);
+    assert!(
+        report.beans.iter().all(|b| b.state == BeanState::Cancelled),
+        "{report:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_second_stop_cancels_at_once() {
+    let mut pod = Pod::new(config(None)); // No deadline: only a second stop ends it.
+    pod.add(BeanSpec::new(
+        "stubborn",
+        bean_fn(|_ctx: BeanContext| async move {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+        }),
+    ));
+    let handle = pod.start();
+    handle.stop();
+    tokio::task::yield_now().await;
+    handle.stop_now();
+    let report = timeout(PATIENCE, handle.wait()).await.unwrap();
+    assert!(report.forced);
+    assert_eq!(report.beans[0].state, BeanState::Cancelled);
+}
+
+#[tokio::test]
+async fn restart_policies_honour_their_limit() {
+    let runs = Arc::new(Mutex::new(0_u32));
+    let failing = {
+        let runs = Arc::clone(&runs);
+        bean_fn(move |_ctx: BeanContext| {
+            let runs = Arc::clone(&runs);
+            async move {
+                *runs.lock().unwrap() += 1;
+                Err::<(), _>(StageError::msg("always fails"))
+            }
+        })
+    };
+    let policy = RestartPolicy::new(Restart::OnFailure)
+        .limit(3, Duration::from_secs(60))
+        .backoff(Duration::from_millis(1), Duration::from_millis(4));
+    let mut pod = Pod::new(PodConfig::default());
+    pod.add(BeanSpec::new("failing", failing).label("f").restart(policy));
+    // Fails twice, then succeeds: restarted twice, ends finished.
+    let attempts = Arc::new(Mutex::new(0_u32));
+    let flaky = {
+        let attempts = Arc::clone(&attempts);
+        bean_fn(move |_ctx: BeanContext| {
+            let attempts = Arc::clone(&attempts);
+            async move {
+                let n = {
+                    let mut n = attempts.lock().unwrap();
+                    *n += 1;
+                    *n
+                };
+                if n <= 2 {
+                    panic!("attempt {n} panics");
+                }
+                Ok::<(), StageError>(())
+            }
+        })
+    };
+    pod.add(BeanSpec::new("flaky", flaky).restart(policy));
+    let report = timeout(PATIENCE, pod.start().wait()).await.unwrap();
+    assert!(!report.is_success());
+    assert_eq!(*runs.lock().unwrap(), 4, "one run and three restarts");
+    let failing = &report.beans[0];
+    assert_eq!((failing.state, failing.restarts), (BeanState::Failed, 3));
+    assert_eq!(failing.last_error.as_deref(), Some("always fails"));
+    let flaky = &report.beans[1];
+    assert_eq!((flaky.state, flaky.restarts), (BeanState::Finished, 2));
+    assert!(
+        flaky
+            .last_error
+            .as_deref()
+            .unwrap()
+            .contains("attempt 2 panics")
+    );
+}
+
+#[tokio::test]
+async fn status_shows_running_beans_with_uptime() {
+    let mut pod = Pod::new(PodConfig::default());
+    pod.add(BeanSpec::new("waiter", waiter(Arc::default())).label("w"));
+    let handle = pod.start();
+    timeout(PATIENCE, async {
+        while handle.status()[0].state != BeanState::Running {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .unwrap();
+    let status = handle.status();
+    assert_eq!(status[0].label.as_deref(), Some("w"));
+    assert_eq!(status[0].core, "waiter");
+    let json = serde_json::to_string(&status).unwrap();
+    assert!(json.contains("\"state\":\"running\""), "{json}");
+    assert_eq!(
+        handle.send_signal("nothing", Target::All, serde_json::Value::Null),
+        0
+    );
+    handle.stop();
+    let report = timeout(PATIENCE, handle.wait()).await.unwrap();
+    assert_eq!(report.beans[0].state, BeanState::Finished);
+}
