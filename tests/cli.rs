@@ -169,3 +169,158 @@ fn an_unknown_subcommand_is_rejected() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("frobnicate"));
 }
+
+/// Writes a pod config file for one test.
+#[cfg(feature = "pod")]
+fn pod_config(name: &str, text: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("engine-cli-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join("pod.toml");
+    std::fs::write(&path, text).expect("config written");
+    path
+}
+
+/// Starts `engine pod run -c FILE`, waits for `ready` in its log, sends `signals` SIGTERMs, and
+/// returns its exit status and whole log.
+#[cfg(all(unix, feature = "pod"))]
+fn pod_with_signals(
+    config: &std::path::Path,
+    ready: &str,
+    signals: usize,
+) -> (std::process::ExitStatus, String, std::time::Duration) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_engine"))
+        .args(["pod", "run", "-c"])
+        .arg(config)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the engine binary runs");
+    let mut stderr = BufReader::new(child.stderr.take().expect("piped"));
+    let mut log = String::new();
+    while !log.contains(ready) {
+        assert!(stderr.read_line(&mut log).expect("reads") > 0, "{log}");
+    }
+    let started = std::time::Instant::now();
+    for _ in 0..signals {
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+        if signals > 1 {
+            // The second signal must come after the first was seen.
+            while !log.contains("stopping the pod") {
+                assert!(stderr.read_line(&mut log).expect("reads") > 0, "{log}");
+            }
+        }
+    }
+    stderr.read_to_string(&mut log).expect("reads");
+    let status = child.wait().expect("the pod ends");
+    (status, log, started.elapsed())
+}
+
+#[cfg(all(unix, feature = "pod"))]
+#[test]
+fn a_pod_stops_on_sigterm_running_handlers_and_cancelling_at_the_deadline() {
+    let config = pod_config(
+        "sigterm",
+        r#"
+        stop_wait_time = "300ms"
+
+        [[beans]]
+        core = "sleep"
+        label = "polite"
+
+        [[beans]]
+        core = "sleep"
+        label = "stubborn"
+        ignore_stop = true
+
+        [[beans]]
+        core = "hello"
+        name = "pod"
+        wait = true
+        "#,
+    );
+    let (status, log, took) = pod_with_signals(&config, "hello pod!", 1);
+    assert!(status.success(), "{status:?} {log}");
+    assert_eq!(log.matches("got the stop signal").count(), 2, "{log}");
+    assert!(
+        log.contains("bean cancelled at the stop deadline bean=2"),
+        "{log}"
+    );
+    assert!(log.contains("core=hello state=Finished"), "{log}");
+    assert!(took < std::time::Duration::from_secs(10), "{took:?}");
+}
+
+#[cfg(all(unix, feature = "pod"))]
+#[test]
+fn a_second_sigterm_stops_a_pod_at_once() {
+    let config = pod_config(
+        "second",
+        "[[beans]]\ncore = \"sleep\"\nignore_stop = true\n[[beans]]\ncore = \"hello\"\nwait = true\n",
+    );
+    // No stop_wait_time: only the second signal can end the stubborn bean.
+    let (status, log, _) = pod_with_signals(&config, "hello world!", 2);
+    assert!(status.success(), "{status:?} {log}");
+    assert!(log.contains("core=sleep state=Cancelled"), "{log}");
+}
+
+#[cfg(feature = "pod")]
+#[test]
+fn pod_config_errors_are_clear_and_exit_with_2() {
+    let cases = [
+        (
+            "unknown-core",
+            "[[beans]]\ncore = \"helo\"\n",
+            "unknown core \"helo\"; registered: hello",
+        ),
+        (
+            "wrong-type",
+            "[[beans]]\ncore = \"sleep\"\nignore_stop = \"yes\"\n",
+            "bean \"sleep\": parameter `ignore_stop`: invalid type",
+        ),
+        (
+            "unknown-key",
+            "[[beans]]\ncore = \"hello\"\nnmae = \"x\"\n",
+            "unknown field `nmae`",
+        ),
+        (
+            "no-core",
+            "[[beans]]\nlabel = \"x\"\n",
+            "bean #1 (?): no `core`",
+        ),
+    ];
+    for (name, text, expected) in cases {
+        let config = pod_config(name, text);
+        let out = Command::new(env!("CARGO_BIN_EXE_engine"))
+            .args(["pod", "run", "-c"])
+            .arg(&config)
+            .output()
+            .expect("runs");
+        assert_eq!(out.status.code(), Some(2), "{name}: {out:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(expected), "{name}: {stderr}");
+    }
+    let out = engine(&["pod", "run"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no beans to run"));
+}
+
+#[cfg(feature = "pod")]
+#[test]
+fn pod_quick_start_and_debug_print_the_effective_config() {
+    let out = engine(&["pod", "run", "--debug", "hello:name=Ozzy"]);
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("[[beans]]") && stdout.contains("name = \"Ozzy\""),
+        "{stdout}"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("hello Ozzy!"));
+    let out = engine(&["pod", "beans"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .any(|l| l == "hello")
+    );
+}
