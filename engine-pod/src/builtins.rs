@@ -38,8 +38,42 @@ fn an_hour() -> std::time::Duration {
     std::time::Duration::from_secs(3600)
 }
 
+/// Parameters of the `engine` bean.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct EngineParams {
+    transport_threads: usize,
+    backend_threads: usize,
+    queue_size: Option<usize>,
+}
+
+impl Default for EngineParams {
+    fn default() -> Self {
+        Self {
+            transport_threads: 1,
+            backend_threads: 1,
+            queue_size: None,
+        }
+    }
+}
+
 /// Registers every built-in bean.
 pub(crate) fn register(registry: &mut Registry) {
+    // The default threaded engine (stdin -> log transport -> log backend) as a bean.
+    registry.register_typed("engine", |params: EngineParams| {
+        crate::engine_bean::engine_bean(move |_ctx, stop| {
+            let mut builder = engine_threads::Engine::builder(engine_ootb::StdinFrontend::new())
+                .transport(engine_ootb::LogTransport::<String>::new())
+                .backend(engine_ootb::LogBackend::<String>::new())
+                .transport_threads(params.transport_threads)
+                .backend_threads(params.backend_threads)
+                .stop_handle(&stop);
+            if let Some(items) = params.queue_size {
+                builder = builder.queue_capacity(items);
+            }
+            builder.run()
+        })
+    });
     // Sleeps, ending early on a stop unless told to ignore it: for trying stop deadlines and
     // restart policies from a config file.
     registry.register_typed("sleep", |params: SleepParams| {

@@ -36,6 +36,7 @@ mod builtins;
 pub mod cli;
 mod config;
 mod context;
+mod engine_bean;
 mod pod;
 mod registry;
 
@@ -45,5 +46,6 @@ pub use bean::{
 };
 pub use config::{BeanConfig, ConfigError, ENV_PREFIX, PodConfig, PodFile, parse_bean_arg};
 pub use context::{BeanContext, BeanId, BeanState, BeanStatus, SignalEvent, Target};
+pub use engine_bean::{EngineBean, engine_bean};
 pub use pod::{BeanSpec, Pod, PodHandle, PodReport};
 pub use registry::{BeanFactory, Registry};

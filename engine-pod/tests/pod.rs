@@ -299,3 +299,37 @@ async fn status_shows_running_beans_with_uptime() {
     let report = timeout(PATIENCE, handle.wait()).await.unwrap();
     assert_eq!(report.beans[0].state, BeanState::Finished);
 }
+
+#[tokio::test]
+async fn an_engine_bean_drains_its_engine_when_the_pod_stops() {
+    let (report_tx, report_rx) = std::sync::mpsc::channel();
+    let (running_tx, mut running) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let mut pod = Pod::new(config(Some(Duration::from_secs(10))));
+    pod.add(BeanSpec::new(
+        "numbers",
+        engine_pod::engine_bean(move |_ctx, stop| {
+            let running_tx = running_tx.clone();
+            let report = engine_threads::Engine::builder(0_u64..)
+                .transport(|x: u64| x)
+                .backend(move |_: u64| {
+                    let _ = running_tx.send(());
+                })
+                .stop_handle(&stop)
+                .run();
+            if let Ok(report) = &report {
+                report_tx.send(report.clone()).unwrap();
+            }
+            report
+        }),
+    ));
+    let handle = pod.start();
+    running.recv().await.unwrap();
+    handle.stop();
+    let report = timeout(PATIENCE, handle.wait()).await.unwrap();
+    assert_eq!(report.beans[0].state, BeanState::Finished, "{report:?}");
+    let run = report_rx.recv().unwrap();
+    run.check().unwrap();
+    assert_eq!(run.end, engine_core::RunEnd::Stopped);
+    assert_eq!(run.dropped(), 0);
+    assert!(run.processed() > 0);
+}
