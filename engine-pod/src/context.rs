@@ -132,8 +132,10 @@ impl PodShared {
         self.slots().iter().map(Slot::status).collect()
     }
 
+    /// Slots are stored in id order, id 1 first.
     pub(crate) fn update(&self, id: BeanId, f: impl FnOnce(&mut Slot)) {
-        if let Some(slot) = self.slots().iter_mut().find(|s| s.id == id) {
+        let mut slots = self.slots();
+        if let Some(slot) = index(id).and_then(|i| slots.get_mut(i)) {
             f(slot);
         }
     }
@@ -176,6 +178,11 @@ impl PodShared {
         }
         handlers.len()
     }
+}
+
+/// The position of bean `id` in the slots.
+fn index(id: BeanId) -> Option<usize> {
+    usize::try_from(id.0).ok()?.checked_sub(1)
 }
 
 impl Slot {
@@ -281,7 +288,7 @@ impl BeanContext {
     pub async fn wait_for(&self, id: BeanId) -> Option<BeanState> {
         let mut done = {
             let slots = self.pod.slots();
-            slots.iter().find(|s| s.id == id)?.done.subscribe()
+            slots.get(index(id)?)?.done.subscribe()
         };
         let state = done.wait_for(Option::is_some).await.ok()?;
         *state
