@@ -141,6 +141,12 @@ impl Pod {
         self
     }
 
+    /// Starts every bean and waits until they all ended: [`start`](Self::start) then
+    /// [`PodHandle::wait`].
+    pub async fn run(self) -> PodReport {
+        self.start().wait().await
+    }
+
     /// Starts every bean (on the current tokio runtime) and returns a handle.
     ///
     /// # Panics
