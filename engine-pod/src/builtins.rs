@@ -59,6 +59,12 @@ impl Default for EngineParams {
 
 /// Registers every built-in bean.
 pub(crate) fn register(registry: &mut Registry) {
+    // The status of every bean as JSON over HTTP (`GET /status`).
+    registry.register("status", |config| {
+        // Checked here so that a bad parameter fails before anything starts.
+        crate::config::params::<crate::status::StatusParams>(&config.core, &config.params)?;
+        Ok(crate::status::StatusServer::new())
+    });
     // The default threaded engine (stdin -> log transport -> log backend) as a bean.
     registry.register_typed("engine", |params: EngineParams| {
         crate::engine_bean::engine_bean(move |_ctx, stop| {

@@ -333,3 +333,41 @@ async fn an_engine_bean_drains_its_engine_when_the_pod_stops() {
     assert_eq!(run.dropped(), 0);
     assert!(run.processed() > 0);
 }
+
+/// A raw HTTP/1.1 GET, returning the status line and the body.
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> (String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    (head.lines().next().unwrap().to_owned(), body.to_owned())
+}
+
+#[tokio::test]
+async fn the_status_bean_serves_every_beans_status_as_json() {
+    let server = engine_pod::StatusServer::new();
+    let addr = server.local_addr();
+    let mut pod = Pod::new(PodConfig::default());
+    pod.add(BeanSpec::new("status", server).label("ops"));
+    pod.add(BeanSpec::new("waiter", waiter(Arc::default())).label("w"));
+    let handle = pod.start();
+    let addr = timeout(PATIENCE, addr.get()).await.unwrap().unwrap();
+    assert!(addr.ip().is_loopback());
+    let (status, body) = http_get(addr, "/status").await;
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    let beans: Vec<engine_pod::BeanStatus> = serde_json::from_str(&body).unwrap();
+    assert_eq!(beans.len(), 2);
+    assert_eq!(
+        (beans[0].core.as_str(), beans[0].label.as_deref()),
+        ("status", Some("ops"))
+    );
+    assert_eq!(beans[1].state, BeanState::Running);
+    let (status, _) = http_get(addr, "/nothing").await;
+    assert_eq!(status, "HTTP/1.1 404 Not Found");
+    handle.stop();
+    let report = timeout(PATIENCE, handle.wait()).await.unwrap();
+    assert!(report.is_success() && !report.forced, "{report:?}");
+}
