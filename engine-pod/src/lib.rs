@@ -39,6 +39,7 @@ mod context;
 mod engine_bean;
 mod pod;
 mod registry;
+mod status;
 
 pub use bean::{
     Bean, BeanFuture, BeanResult, BlockingBean, FnBean, IntoBeanResult, Restart, RestartPolicy,
@@ -49,3 +50,4 @@ pub use context::{BeanContext, BeanId, BeanState, BeanStatus, SignalEvent, Targe
 pub use engine_bean::{EngineBean, engine_bean};
 pub use pod::{BeanSpec, Pod, PodHandle, PodReport};
 pub use registry::{BeanFactory, Registry};
+pub use status::{StatusAddr, StatusParams, StatusServer};
