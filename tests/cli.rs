@@ -173,7 +173,7 @@ fn an_unknown_subcommand_is_rejected() {
 /// Writes a pod config file for one test.
 #[cfg(feature = "pod")]
 fn pod_config(name: &str, text: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("engine-cli-{}-{name}", std::process::id()));
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("pod-{name}"));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let path = dir.join("pod.toml");
     std::fs::write(&path, text).expect("config written");

@@ -59,6 +59,14 @@ impl Default for EngineParams {
 
 /// Registers every built-in bean.
 pub(crate) fn register(registry: &mut Registry) {
+    // A TCP server echoing what each connection sends (host, port, backlog).
+    registry.register_typed("tcp_server", |_: crate::builtin::TcpServerParams| {
+        crate::builtin::TcpServer::echo()
+    });
+    // Lines of standard input, logged, and sent as a named signal if `signal` is set.
+    registry.register_typed("stdin", |_: crate::builtin::StdinParams| {
+        crate::builtin::StdinReader::new()
+    });
     // The status of every bean as JSON over HTTP (`GET /status`).
     registry.register("status", |config| {
         // Checked here so that a bad parameter fails before anything starts.

@@ -254,6 +254,7 @@ mod tests {
             ("ENGINE_POD_STOP_WAIT_TIME".to_owned(), "5s".to_owned()),
         ];
         let file = load(&args, env).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
         assert_eq!(file.pod.log_level, "debug");
         assert_eq!(file.pod.stop_wait_time, Some(Duration::from_secs(1)));
         assert_eq!(file.beans.len(), 2);

@@ -128,6 +128,10 @@ impl PodShared {
         self.handlers.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    pub(crate) fn clear_handlers(&self, id: BeanId) {
+        self.handlers().remove(&id);
+    }
+
     pub(crate) fn status(&self) -> Vec<BeanStatus> {
         self.slots().iter().map(Slot::status).collect()
     }

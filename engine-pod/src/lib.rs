@@ -32,6 +32,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod bean;
+mod builtin;
 mod builtins;
 pub mod cli;
 mod config;
@@ -44,6 +45,11 @@ mod status;
 pub use bean::{
     Bean, BeanFuture, BeanResult, BlockingBean, FnBean, IntoBeanResult, Restart, RestartPolicy,
     bean_fn, blocking,
+};
+pub use builtin::{
+    BoundAddr, ConnectionFuture, ConnectionHandler, Echo, Flow, FlowSendError, FlowStats, PcFlow,
+    PcFlowParams, Producer, Simple, SimpleServer, StdinError, StdinParams, StdinReader, TcpServer,
+    TcpServerError, TcpServerParams,
 };
 pub use config::{BeanConfig, ConfigError, ENV_PREFIX, PodConfig, PodFile, parse_bean_arg};
 pub use context::{BeanContext, BeanId, BeanState, BeanStatus, SignalEvent, Target};

@@ -264,6 +264,8 @@ async fn supervise(shared: Arc<PodShared>, id: BeanId, spec: BeanSpec) -> BeanSt
     let mut recent: VecDeque<Instant> = VecDeque::new();
     let mut in_a_row = 0_u32;
     let final_state = loop {
+        // Handlers of an earlier run must not pile up: each run registers its own.
+        shared.clear_handlers(id);
         shared.update(id, |s| {
             s.state = BeanState::Running;
             s.started = Some(Instant::now());
