@@ -82,8 +82,7 @@ impl StatusAddr {
     /// without listening).
     pub async fn get(&self) -> Option<SocketAddr> {
         let mut rx = self.0.clone();
-        let addr = *rx.wait_for(Option::is_some).await.ok()?;
-        addr
+        rx.wait_for(Option::is_some).await.ok().and_then(|addr| *addr)
     }
 }
 
