@@ -10,7 +10,11 @@ mod harness;
 
 use std::time::{Duration, Instant};
 
-use engine_pod::{BeanContext, BeanSpec, Pod, PodConfig, bean_fn};
+use std::net::SocketAddr;
+
+use engine_pod::{BeanContext, BeanSpec, Pod, PodConfig, TcpServer, bean_fn};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 const BEANS: usize = 10_000;
@@ -83,7 +87,100 @@ async fn tasks_round() -> Duration {
     started.elapsed()
 }
 
+/// Bytes each echo client sends (and reads back).
+const ECHO_BYTES: usize = 8 << 20;
+const ECHO_CLIENTS: usize = 4;
+
+/// Sends `ECHO_BYTES` from each of `ECHO_CLIENTS` clients and reads them back.
+async fn echo_round(addr: SocketAddr) -> usize {
+    let clients: Vec<_> = (0..ECHO_CLIENTS)
+        .map(|_| {
+            tokio::spawn(async move {
+                let stream = TcpStream::connect(addr).await.expect("connects");
+                stream.set_nodelay(true).expect("nodelay");
+                let (mut reader, mut writer) = stream.into_split();
+                let send = tokio::spawn(async move {
+                    let chunk = vec![7_u8; 16 << 10];
+                    for _ in 0..ECHO_BYTES / chunk.len() {
+                        writer.write_all(&chunk).await.expect("writes");
+                    }
+                    writer
+                });
+                let mut buf = vec![0_u8; 64 << 10];
+                let mut got = 0;
+                while got < ECHO_BYTES {
+                    let n = reader.read(&mut buf).await.expect("reads");
+                    assert!(n > 0, "the server closed early");
+                    got += n;
+                }
+                drop(send.await.expect("sender"));
+                got
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for client in clients {
+        total += client.await.expect("client");
+    }
+    total
+}
+
+/// The hand-written server: accept, and `tokio::io::copy` each connection back to itself.
+async fn plain_echo_server() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("binds");
+    let addr = listener.local_addr().expect("address");
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut reader, mut writer) = stream.into_split();
+                let _ = tokio::io::copy(&mut reader, &mut writer).await;
+            });
+        }
+    });
+    addr
+}
+
+fn echo() {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let (pod_addr, handle, plain_addr) = runtime.block_on(async {
+        let server = TcpServer::echo();
+        let addr = server.local_addr();
+        let mut pod = Pod::new(PodConfig::default());
+        pod.add(BeanSpec::new("tcp_server", server));
+        let handle = pod.start();
+        let pod_addr = addr.get().await.expect("the pod's server listens");
+        (pod_addr, handle, plain_echo_server().await)
+    });
+    harness::header("pod: TCP echo, 4 clients x 8 MiB in 16 KiB writes (bytes/s)");
+    let bytes = (ECHO_BYTES * ECHO_CLIENTS) as u64;
+    let (engine, baseline) = harness::compare(
+        ROUNDS,
+        bytes,
+        || runtime.block_on(echo_round(pod_addr)),
+        || runtime.block_on(echo_round(plain_addr)),
+    );
+    harness::row(
+        "built-in tcp_server vs hand-written tokio echo",
+        &engine,
+        &baseline,
+    );
+    handle.stop();
+    let report = runtime.block_on(handle.wait());
+    assert!(report.is_success());
+}
+
 fn main() {
+    let only = std::env::args().nth(1).filter(|a| !a.starts_with('-'));
+    let run = |name: &str| only.as_deref().is_none_or(|o| o == name);
+    if run("beans") {
+        beans();
+    }
+    if run("echo") {
+        echo();
+    }
+}
+
+fn beans() {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     harness::header("pod: start and stop 10,000 beans (beans/s)");
     let mut memory = Vec::new();
