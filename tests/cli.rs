@@ -324,3 +324,35 @@ fn pod_quick_start_and_debug_print_the_effective_config() {
             .any(|l| l == "hello")
     );
 }
+
+#[cfg(all(unix, feature = "pod"))]
+#[test]
+fn the_engine_bean_reads_stdin_and_stops_with_the_pod() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_engine"))
+        .args(["pod", "run", "engine:transport_threads=2", "status"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the engine binary runs");
+    let mut stdin = child.stdin.take().expect("piped");
+    stdin.write_all(b"alpha\nbeta\n").expect("written");
+    let mut stderr = BufReader::new(child.stderr.take().expect("piped"));
+    let mut log = String::new();
+    while !(log.contains("stage=\"backend\" thread=0 item=\"beta\"")
+        && log.contains("status server listening"))
+    {
+        assert!(stderr.read_line(&mut log).expect("reads") > 0, "{log}");
+    }
+    // Standard input stays open: the engine's frontend is blocked reading it.
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+    stderr.read_to_string(&mut log).expect("reads");
+    let status = child.wait().expect("the pod ends");
+    assert!(status.success(), "{status:?} {log}");
+    assert!(log.contains("stopped (drained): 2 processed"), "{log}");
+    assert!(log.contains("core=engine state=Finished"), "{log}");
+    drop(stdin);
+}
