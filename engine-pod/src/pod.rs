@@ -280,7 +280,10 @@ async fn supervise(shared: Arc<PodShared>, id: BeanId, spec: BeanSpec) -> BeanSt
         };
         let started = Instant::now();
         // The run is a task of its own, so that a panic is caught as a `JoinError`.
-        let result = match tokio::spawn(spec.bean.start(ctx)).await {
+        let run = tokio::spawn(spec.bean.start(ctx));
+        // Cancelling the supervisor (at the stop deadline) cancels the run with it.
+        let _cancel_with_supervisor = AbortOnDrop(run.abort_handle());
+        let result = match run.await {
             Ok(result) => result,
             Err(err) if err.is_panic() => Err(StageError::from_panic(err.into_panic())),
             Err(_) => Err(StageError::msg("the bean's task was cancelled")),
@@ -331,6 +334,15 @@ async fn supervise(shared: Arc<PodShared>, id: BeanId, spec: BeanSpec) -> BeanSt
     };
     finish(&shared, id, final_state);
     final_state
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 fn finish(shared: &PodShared, id: BeanId, state: BeanState) {

@@ -82,7 +82,10 @@ impl StatusAddr {
     /// without listening).
     pub async fn get(&self) -> Option<SocketAddr> {
         let mut rx = self.0.clone();
-        rx.wait_for(Option::is_some).await.ok().and_then(|addr| *addr)
+        rx.wait_for(Option::is_some)
+            .await
+            .ok()
+            .and_then(|addr| *addr)
     }
 }
 

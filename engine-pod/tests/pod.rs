@@ -371,3 +371,38 @@ async fn the_status_bean_serves_every_beans_status_as_json() {
     let report = timeout(PATIENCE, handle.wait()).await.unwrap();
     assert!(report.is_success() && !report.forced, "{report:?}");
 }
+
+#[tokio::test]
+async fn a_cancelled_bean_stops_running() {
+    let (dropped_tx, dropped) = tokio::sync::oneshot::channel::<()>();
+    let dropped_tx = Arc::new(Mutex::new(Some(dropped_tx)));
+    let (running_tx, mut running) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let mut pod = Pod::new(config(Some(Duration::from_millis(50))));
+    pod.add(BeanSpec::new(
+        "stubborn",
+        bean_fn(move |_ctx: BeanContext| {
+            let dropped_tx = Arc::clone(&dropped_tx);
+            let running_tx = running_tx.clone();
+            async move {
+                // Tells the test when this run's future is dropped (cancelled).
+                struct OnDrop(Arc<Mutex<Option<tokio::sync::oneshot::Sender<()>>>>);
+                impl Drop for OnDrop {
+                    fn drop(&mut self) {
+                        if let Some(tx) = self.0.lock().unwrap().take() {
+                            let _ = tx.send(());
+                        }
+                    }
+                }
+                let _guard = OnDrop(dropped_tx);
+                let _ = running_tx.send(());
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+            }
+        }),
+    ));
+    let handle = pod.start();
+    running.recv().await.unwrap();
+    handle.stop();
+    let report = timeout(PATIENCE, handle.wait()).await.unwrap();
+    assert_eq!(report.beans[0].state, BeanState::Cancelled);
+    timeout(PATIENCE, dropped).await.unwrap().unwrap();
+}
