@@ -272,7 +272,7 @@ fn pod_config_errors_are_clear_and_exit_with_2() {
         (
             "unknown-core",
             "[[beans]]\ncore = \"helo\"\n",
-            "unknown core \"helo\"; registered: hello",
+            "unknown core \"helo\"; registered: engine, hello, sleep, status, stdin, tcp_server",
         ),
         (
             "wrong-type",
