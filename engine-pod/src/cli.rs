@@ -133,7 +133,10 @@ pub fn run(registry: &Registry, args: &RunArgs) -> ExitCode {
 }
 
 fn try_run(registry: &Registry, args: &RunArgs) -> Result<PodReport, RunError> {
-    let file = load(args, std::env::vars())?;
+    // `vars_os`: an unrelated variable that is not Unicode must not stop the pod.
+    let env = std::env::vars_os()
+        .filter_map(|(key, value)| Some((key.into_string().ok()?, value.into_string().ok()?)));
+    let file = load(args, env)?;
     if file.pod.debug {
         #[allow(clippy::print_stdout, reason = "--debug prints the effective config")]
         {

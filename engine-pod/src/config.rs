@@ -321,9 +321,13 @@ fn bean_config(index: usize, mut table: toml::Table) -> Result<BeanConfig, Confi
             })?;
             RestartPolicy::new(when)
         }
-        Some(value) => value
-            .try_into()
-            .map_err(|err: toml::de::Error| bad(format!("`restart`: {}", err.message())))?,
+        Some(value) => {
+            let policy: RestartPolicy = serde_path_to_error::deserialize(value).map_err(|err| {
+                let key = err.path().to_string();
+                bad(format!("`restart.{key}`: {}", err.into_inner().message()))
+            })?;
+            policy.backoff(policy.backoff, policy.max_backoff)
+        }
     };
     Ok(BeanConfig {
         core,

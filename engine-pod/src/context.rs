@@ -117,6 +117,8 @@ pub(crate) struct PodShared {
     pub(crate) slots: Mutex<Vec<Slot>>,
     pub(crate) handlers: Mutex<HashMap<BeanId, Vec<(String, Handler)>>>,
     pub(crate) stop: engine_core::StopHandle,
+    /// Cancelled when the pod starts stopping: no bean is restarted after that.
+    pub(crate) stopping: CancellationToken,
 }
 
 impl PodShared {

@@ -174,6 +174,7 @@ impl Pod {
             slots: Mutex::new(slots),
             handlers: Mutex::new(HashMap::new()),
             stop: stop.clone(),
+            stopping: CancellationToken::new(),
         });
         let changed = Arc::new(Notify::new());
         let subscription = {
@@ -280,7 +281,10 @@ async fn supervise(shared: Arc<PodShared>, id: BeanId, spec: BeanSpec) -> BeanSt
         };
         let started = Instant::now();
         // The run is a task of its own, so that a panic is caught as a `JoinError`.
-        let run = tokio::spawn(spec.bean.start(ctx));
+        // `start` itself runs in the task too, so that a panic before its future exists is
+        // caught like any other.
+        let bean = Arc::clone(&spec.bean);
+        let run = tokio::spawn(async move { bean.start(ctx).await });
         // Cancelling the supervisor (at the stop deadline) cancels the run with it.
         let _cancel_with_supervisor = AbortOnDrop(run.abort_handle());
         let result = match run.await {
@@ -298,7 +302,7 @@ async fn supervise(shared: Arc<PodShared>, id: BeanId, spec: BeanSpec) -> BeanSt
             Restart::OnFailure => failed,
             Restart::Always => true,
         };
-        if !wanted || stop.is_cancelled() {
+        if !wanted || stop.is_cancelled() || shared.stopping.is_cancelled() {
             break if failed {
                 BeanState::Failed
             } else {
@@ -330,6 +334,7 @@ async fn supervise(shared: Arc<PodShared>, id: BeanId, spec: BeanSpec) -> BeanSt
         tokio::select! {
             () = tokio::time::sleep(delay) => {}
             () = stop.cancelled() => break if failed { BeanState::Failed } else { BeanState::Finished },
+            () = shared.stopping.cancelled() => break if failed { BeanState::Failed } else { BeanState::Finished },
         }
     };
     finish(&shared, id, final_state);
@@ -368,7 +373,7 @@ async fn drive(
             .iter()
             .all(|(_, t)| t.as_ref().is_none_or(JoinHandle::is_finished))
         {
-            return report(&shared, false, false);
+            return report(&shared, false);
         }
         if shared.stop.is_stopping() {
             break;
@@ -381,6 +386,7 @@ async fn drive(
     // Phase 2: the origin's stop: signal handlers first, then each bean's stop token, in
     // reverse start order, each waited for until the shared deadline.
     tracing::info!("stopping the pod");
+    shared.stopping.cancel();
     let event = SignalEvent {
         name: "stop".to_owned(),
         from: None,
@@ -423,19 +429,31 @@ async fn drive(
         }
     }
     if forced {
-        // Phase 3: cancel what is left. A blocking bean's thread is abandoned: it cannot keep
-        // the pod (or the process) alive past the deadline.
+        // Phase 3: cancel what is left. Every bean is asked to stop first (a blocking bean or a
+        // sub-task may watch its token); then the tasks are aborted. A blocking bean's thread
+        // is abandoned: it cannot keep the pod (or the process) alive past the deadline.
+        for slot in shared.slots().iter() {
+            slot.stop.cancel();
+        }
         for (id, task) in &mut tasks {
             if let Some(handle) = task.take()
                 && !handle.is_finished()
             {
                 handle.abort();
-                tracing::warn!(bean = %id, "bean cancelled at the stop deadline");
-                finish(&shared, *id, BeanState::Cancelled);
+                // The task may have finished meanwhile; aborting it then does nothing.
+                let _ = handle.await;
+                shared.update(*id, |s| {
+                    if !s.state.is_final() {
+                        tracing::warn!(bean = %id, "bean cancelled at the stop deadline");
+                        s.state = BeanState::Cancelled;
+                        s.started = None;
+                        s.done.send_replace(Some(BeanState::Cancelled));
+                    }
+                });
             }
         }
     }
-    report(&shared, true, forced)
+    report(&shared, forced)
 }
 
 async fn any_finished(tasks: &mut [(BeanId, Option<JoinHandle<BeanState>>)]) {
@@ -465,10 +483,10 @@ async fn stopped_now(stop: &StopHandle, changed: &Notify) {
     }
 }
 
-fn report(shared: &PodShared, stopped: bool, forced: bool) -> PodReport {
+fn report(shared: &PodShared, forced: bool) -> PodReport {
     PodReport {
         beans: shared.status(),
-        stopped,
+        stopped: shared.stop.is_stopping(),
         forced,
     }
 }

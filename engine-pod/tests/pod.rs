@@ -406,3 +406,68 @@ async fn a_cancelled_bean_stops_running() {
     assert_eq!(report.beans[0].state, BeanState::Cancelled);
     timeout(PATIENCE, dropped).await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn a_panic_before_the_beans_future_exists_fails_the_bean() {
+    let mut pod = Pod::new(PodConfig::default());
+    pod.add(
+        BeanSpec::new(
+            "early",
+            bean_fn(|_ctx: BeanContext| -> std::future::Ready<()> { panic!("too early") }),
+        )
+        .restart(RestartPolicy::new(Restart::OnFailure).limit(1, Duration::from_secs(60))),
+    );
+    let report = timeout(PATIENCE, pod.run()).await.unwrap();
+    assert!(!report.is_success());
+    let bean = &report.beans[0];
+    assert_eq!((bean.state, bean.restarts), (BeanState::Failed, 1));
+    assert!(bean.last_error.as_deref().unwrap().contains("too early"));
+}
+
+#[tokio::test]
+async fn a_bean_that_ends_on_the_stop_signal_is_not_restarted() {
+    let runs = Arc::new(Mutex::new(0));
+    let mut pod = Pod::new(config(Some(Duration::from_secs(10))));
+    {
+        let runs = Arc::clone(&runs);
+        pod.add(
+            BeanSpec::new(
+                "always",
+                bean_fn(move |ctx: BeanContext| {
+                    let runs = Arc::clone(&runs);
+                    async move {
+                        *runs.lock().unwrap() += 1;
+                        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+                        let tx = Mutex::new(Some(tx));
+                        ctx.on_signal("stop", move |_| {
+                            if let Some(tx) = tx.lock().unwrap().take() {
+                                let _ = tx.send(());
+                            }
+                        });
+                        let _ = rx.await;
+                    }
+                }),
+            )
+            .restart(RestartPolicy::new(Restart::Always)),
+        );
+    }
+    // A later bean keeps the first one's token alive while it stops (reverse order).
+    pod.add(BeanSpec::new("waiter", waiter(Arc::default())));
+    let handle = pod.start();
+    timeout(PATIENCE, async {
+        while handle
+            .status()
+            .iter()
+            .any(|b| b.state != BeanState::Running)
+        {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .unwrap();
+    handle.stop();
+    let report = timeout(PATIENCE, handle.wait()).await.unwrap();
+    assert!(report.stopped && !report.forced, "{report:?}");
+    assert_eq!(*runs.lock().unwrap(), 1);
+    assert_eq!(report.beans[0].restarts, 0);
+}
