@@ -103,7 +103,14 @@ fn proc_is_reachable() {
 #[cfg(feature = "pod")]
 #[test]
 fn pod_is_reachable() {
-    use engine::pod as _;
+    use engine::pod::{BeanSpec, Pod, PodConfig, Registry, TcpServer};
+
+    let names = Registry::builtin_names();
+    for name in ["engine", "hello", "sleep", "status", "stdin", "tcp_server"] {
+        assert!(names.iter().any(|n| n == name), "{name} in {names:?}");
+    }
+    let mut pod = Pod::new(PodConfig::default());
+    pod.add(BeanSpec::new("tcp_server", TcpServer::echo()));
     assert!(engine::enabled_features().contains(&"pod"));
 }
 
