@@ -78,8 +78,9 @@ impl Default for StatusServer {
 pub struct StatusAddr(watch::Receiver<Option<SocketAddr>>);
 
 impl StatusAddr {
-    /// Waits until the server listens and returns its address (`None` if the bean ended
-    /// without listening).
+    /// Waits until the server listens and returns its address (`None` once every clone of
+    /// the [`StatusServer`] is gone). It waits for ever if the bean never listens (a bind
+    /// error is in the bean's status); use a timeout where that matters.
     pub async fn get(&self) -> Option<SocketAddr> {
         let mut rx = self.0.clone();
         rx.wait_for(Option::is_some)
@@ -107,6 +108,8 @@ impl Bean for StatusServer {
     fn start(&self, ctx: BeanContext) -> BeanFuture {
         let bound = Arc::clone(&self.bound);
         Box::pin(async move {
+            // A restarted bean may listen elsewhere: forget the last address.
+            bound.send_replace(None);
             let params: StatusParams = ctx.params()?;
             let wanted = format!("{}:{}", params.host, params.port);
             let listener = tokio::net::TcpListener::bind(&wanted)
