@@ -259,6 +259,75 @@ fn last_input<K: Ticket, I: Send>(input: Input<K, I>, window: &Option<Arc<Window
     }
 }
 
+impl<K: Ticket, I> Launcher<K, I> {
+    /// Starts the backend threads; the backend is always the last stage.
+    fn backends<Y>(
+        &mut self,
+        backend: Present<Y>,
+        input: &Arc<Link<K, Y::Input>>,
+    ) -> Result<(), EngineError>
+    where
+        Y: Backend + 'static,
+        Y::Input: Send + 'static,
+    {
+        let window = self.window.clone();
+        let factory: Factory<Y> = backend.factory;
+        self.consumers(
+            StageKind::Backend,
+            backend.threads,
+            input,
+            |index, input, ctx, stats, shared| {
+                let factory = Arc::clone(&factory);
+                let input = last_input(input, &window);
+                consumer_body(
+                    move || BackendStage(factory(index)),
+                    ctx,
+                    input,
+                    stats,
+                    shared,
+                )
+            },
+        )
+    }
+
+    /// Starts the transport threads, sending to `out`, or as the last stage without it.
+    fn transports<X>(
+        &mut self,
+        transport: Present<X>,
+        input: &Arc<Link<K, X::Input>>,
+        out: Option<&Arc<Link<K, X::Output>>>,
+    ) -> Result<(), EngineError>
+    where
+        X: Transport + 'static,
+        X::Input: Send + 'static,
+        X::Output: Send + 'static,
+    {
+        let window = self.window.clone();
+        // Ordered, a transport before the backend keeps one output batch per input batch.
+        let ordered = window.is_some() && out.is_some();
+        let factory: Factory<X> = transport.factory;
+        self.consumers(
+            StageKind::Transport,
+            transport.threads,
+            input,
+            |index, input, ctx, stats, shared| {
+                let factory = Arc::clone(&factory);
+                let out = out.map(|link| link.producer());
+                let input = match out {
+                    Some(_) => input,
+                    None => last_input(input, &window),
+                };
+                let make = move || TransportStage {
+                    stage: factory(index),
+                    out,
+                    ordered,
+                };
+                consumer_body(make, ctx, input, stats, shared)
+            },
+        )
+    }
+}
+
 impl<F, X> sealed::Sealed<F> for (Present<X>, Absent)
 where
     F: TrackedFrontend,
@@ -271,23 +340,8 @@ where
     }
 
     fn launch(self, launcher: &mut Launcher<F::Ticket, F::Item>) -> Result<(), EngineError> {
-        let (first, window) = (Arc::clone(&launcher.first), launcher.window.clone());
-        let factory: Factory<X> = self.0.factory;
-        launcher.consumers(
-            StageKind::Transport,
-            self.0.threads,
-            &first,
-            |index, input, ctx, stats, shared| {
-                let factory = Arc::clone(&factory);
-                let input = last_input(input, &window);
-                let make = move || TransportStage::<X, F::Ticket> {
-                    stage: factory(index),
-                    out: None,
-                    ordered: false,
-                };
-                consumer_body(make, ctx, input, stats, shared)
-            },
-        )
+        let first = Arc::clone(&launcher.first);
+        launcher.transports(self.0, &first, None)
     }
 }
 
@@ -302,24 +356,8 @@ where
     }
 
     fn launch(self, launcher: &mut Launcher<F::Ticket, F::Item>) -> Result<(), EngineError> {
-        let (first, window) = (Arc::clone(&launcher.first), launcher.window.clone());
-        let factory: Factory<Y> = self.1.factory;
-        launcher.consumers(
-            StageKind::Backend,
-            self.1.threads,
-            &first,
-            |index, input, ctx, stats, shared| {
-                let factory = Arc::clone(&factory);
-                let input = last_input(input, &window);
-                consumer_body(
-                    move || BackendStage(factory(index)),
-                    ctx,
-                    input,
-                    stats,
-                    shared,
-                )
-            },
-        )
+        let first = Arc::clone(&launcher.first);
+        launcher.backends(self.1, &first)
     }
 }
 
@@ -336,47 +374,15 @@ where
     }
 
     fn launch(self, launcher: &mut Launcher<F::Ticket, F::Item>) -> Result<(), EngineError> {
-        let (first, window) = (Arc::clone(&launcher.first), launcher.window.clone());
+        let first = Arc::clone(&launcher.first);
         let (transport, backend) = self;
         let second = Link::<F::Ticket, X::Output>::new(
             Sizing::new(launcher.options.backend_queue, backend.threads),
             0,
             launcher.shared.abort.clone(),
         );
-        let factory: Factory<Y> = backend.factory;
-        launcher.consumers(
-            StageKind::Backend,
-            backend.threads,
-            &second,
-            |index, input, ctx, stats, shared| {
-                let factory = Arc::clone(&factory);
-                let input = last_input(input, &window);
-                consumer_body(
-                    move || BackendStage(factory(index)),
-                    ctx,
-                    input,
-                    stats,
-                    shared,
-                )
-            },
-        )?;
-        let factory: Factory<X> = transport.factory;
-        let ordered = window.is_some();
-        let result = launcher.consumers(
-            StageKind::Transport,
-            transport.threads,
-            &first,
-            |index, input, ctx, stats, shared| {
-                let factory = Arc::clone(&factory);
-                let out = second.producer();
-                let make = move || TransportStage {
-                    stage: factory(index),
-                    out: Some(out),
-                    ordered,
-                };
-                consumer_body(make, ctx, input, stats, shared)
-            },
-        );
+        launcher.backends(backend, &second)?;
+        let result = launcher.transports(transport, &first, Some(&second));
         second.seal();
         // The transport stage was pushed last; keep the stages in pipeline order.
         let n = launcher.consumers.len();
@@ -572,7 +578,7 @@ where
         if let Err(err) = launched {
             // Threads already started end on the abort; none has run stage code for long.
             stop.stop_now();
-            first.close_slots_now();
+            LinkView::close_slots(&*first);
             return Err(err);
         }
 
@@ -616,15 +622,6 @@ where
     (T, B): Stages<F>,
 {
     sealed::Sealed::threads(&builder.stages)
-}
-
-impl<K: Ticket, T: Send> Link<K, T> {
-    /// Closes every frontend slot (a failed launch).
-    fn close_slots_now(&self) {
-        for slot in self.slots() {
-            slot.close();
-        }
-    }
 }
 
 /// Runs a started engine to its end.
