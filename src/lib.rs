@@ -11,6 +11,7 @@
 //! | `ootb` | `engine-ootb` | `ootb` (default) | stdin frontend, log transport, log backend |
 //! | `proc` | `engine-proc` | `proc` (default) | worker processes over ipc-channel |
 //! | `pod` | `engine-pod` | `pod` (default) | the bean pod on tokio |
+//! | `redis` | `engine-redis` | `redis` (default) | stages on several machines through Redis Streams |
 //!
 //! The [`prelude`] holds what nearly every program needs to write stages.
 //!
@@ -61,6 +62,11 @@ pub use engine_proc as proc;
 #[cfg_attr(docsrs, doc(cfg(feature = "pod")))]
 #[doc(inline)]
 pub use engine_pod as pod;
+
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+#[doc(inline)]
+pub use engine_redis as redis;
 
 /// The default engine, like os-m3-engine's `create()`: lines from standard input, logged by a
 /// [`LogTransport`](engine_ootb::LogTransport), then by a [`LogBackend`](engine_ootb::LogBackend).

@@ -1,0 +1,3 @@
+//! Stages on several machines, connected through Redis Streams.
+//!
+//! **Status: being built.**
