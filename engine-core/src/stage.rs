@@ -227,6 +227,24 @@ pub trait Backend {
     /// An error for this one item; it is counted and handled by the engine's error policy.
     fn process(&mut self, item: Self::Input, ctx: &StageContext) -> Result<(), StageError>;
 
+    /// Finishes the items handed to [`process`](Self::process) since the last flush.
+    ///
+    /// A backend that buffers (a pipelined network sink, a batching writer) writes its buffer
+    /// here. The threaded engine calls it after every batch of input it hands this instance
+    /// (batches are small when input is slow, so nothing waits long), at the end of the
+    /// input, and on an abort; an item's completion ticket is settled only after the flush
+    /// that covers it returned, so a broker source never acknowledges an item a sink has not
+    /// written. The default does nothing.
+    ///
+    /// # Errors
+    ///
+    /// An error fails every item processed since the last flush; they are counted as failed
+    /// and handled by the engine's error policy.
+    fn flush(&mut self, ctx: &StageContext) -> Result<(), StageError> {
+        let _ = ctx;
+        Ok(())
+    }
+
     /// Called once per instance after the last item. Not called if this instance's own `setup`
     /// failed.
     fn cleanup(&mut self, ctx: &StageContext) {

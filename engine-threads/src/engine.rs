@@ -280,7 +280,7 @@ impl<K: Ticket, I> Launcher<K, I> {
                 let factory = Arc::clone(&factory);
                 let input = last_input(input, &window);
                 consumer_body(
-                    move || BackendStage(factory(index)),
+                    move || BackendStage::new(factory(index)),
                     ctx,
                     input,
                     stats,

@@ -66,20 +66,34 @@ impl Shared {
         error: StageError,
         ticket: Option<K>,
     ) -> Flow {
+        self.items_failed(ctx, error, 1, ticket)
+    }
+
+    /// Handles `n` items that failed together (a backend's flush): logs once, completes every
+    /// ticket, and applies the policy as [`item_failed`](Self::item_failed) does.
+    fn items_failed<K: Ticket>(
+        &self,
+        ctx: &StageContext,
+        error: StageError,
+        n: usize,
+        tickets: impl IntoIterator<Item = K>,
+    ) -> Flow {
         let stop = self.policy == ErrorPolicy::Stop || error.is_fatal();
         tracing::warn!(
             stage = ctx.stage(),
             kind = ctx.kind().as_str(),
             thread = ctx.index(),
+            items = n,
             error = format_args!("{error:#}"),
             "{}",
-            if stop {
-                "item failed; stopping the run"
-            } else {
-                "item failed; skipped"
+            match (stop, n) {
+                (true, 1) => "item failed; stopping the run",
+                (false, 1) => "item failed; skipped",
+                (true, _) => "flush failed for these items; stopping the run",
+                (false, _) => "flush failed for these items; skipped",
             }
         );
-        if let Some(ticket) = ticket {
+        for ticket in tickets {
             complete(
                 ticket,
                 Outcome::Failed {
@@ -453,13 +467,20 @@ pub(crate) trait Consume<K: Ticket> {
 
     /// After input batch `seq`: hands outputs on if they should go now (always when `idle`,
     /// the input being empty). Returns false if the run was aborted meanwhile.
-    fn end_batch(&mut self, seq: u64, idle: bool, counts: &mut Counts) -> bool;
+    fn end_batch(&mut self, seq: u64, idle: bool, at: Here<'_>, counts: &mut Counts) -> bool;
 
     /// At the end of the input: hands every remaining output on.
-    fn finish(&mut self, counts: &mut Counts);
+    fn finish(&mut self, at: Here<'_>, counts: &mut Counts);
 
     /// On abort: drops held outputs, completing their tickets; returns how many.
-    fn discard(&mut self) -> u64;
+    fn discard(&mut self, at: Here<'_>, counts: &mut Counts) -> u64;
+}
+
+/// Where a consumer runs: its context and what the run shares.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Here<'a> {
+    ctx: &'a StageContext,
+    shared: &'a Shared,
 }
 
 /// A transport thread's stage: the transport and where its outputs go.
@@ -520,7 +541,7 @@ where
         Ok(())
     }
 
-    fn end_batch(&mut self, seq: u64, idle: bool, counts: &mut Counts) -> bool {
+    fn end_batch(&mut self, seq: u64, idle: bool, _at: Here<'_>, counts: &mut Counts) -> bool {
         let Some(out) = &mut self.out else {
             return true;
         };
@@ -534,13 +555,13 @@ where
         record_send(sent, counts)
     }
 
-    fn finish(&mut self, counts: &mut Counts) {
+    fn finish(&mut self, _at: Here<'_>, counts: &mut Counts) {
         if let Some(out) = &mut self.out {
             record_send(out.flush(), counts);
         }
     }
 
-    fn discard(&mut self) -> u64 {
+    fn discard(&mut self, _at: Here<'_>, _counts: &mut Counts) -> u64 {
         self.out.as_mut().map_or(0, Producer::discard)
     }
 }
@@ -558,11 +579,50 @@ fn record_send(sent: Result<usize, usize>, counts: &mut Counts) -> bool {
     }
 }
 
-/// A backend thread's stage.
+/// A backend thread's stage, and the tickets of the items processed since its last flush.
 #[derive(Debug)]
-pub(crate) struct BackendStage<S>(pub(crate) S);
+pub(crate) struct BackendStage<S, K> {
+    stage: S,
+    unflushed: Vec<K>,
+}
 
-impl<S, K> Consume<K> for BackendStage<S>
+impl<S, K> BackendStage<S, K> {
+    pub(crate) fn new(stage: S) -> Self {
+        Self {
+            stage,
+            unflushed: Vec::new(),
+        }
+    }
+}
+
+impl<S: Backend, K: Ticket> BackendStage<S, K> {
+    /// Flushes the backend and settles the tickets of what it covered. Returns false if the
+    /// flush failed and the policy stops the run.
+    fn settle(&mut self, at: Here<'_>, counts: &mut Counts) -> bool {
+        if self.unflushed.is_empty() {
+            return true;
+        }
+        match guarded(|| self.stage.flush(at.ctx)) {
+            Ok(()) => {
+                for ticket in self.unflushed.drain(..) {
+                    complete(ticket, Outcome::Processed);
+                }
+                true
+            }
+            Err(error) => {
+                let n = self.unflushed.len();
+                counts.output -= n as u64;
+                counts.failed += n as u64;
+                let flow = at
+                    .shared
+                    .items_failed(at.ctx, error, n, self.unflushed.drain(..));
+                flow == Flow::Continue
+            }
+        }
+    }
+}
+
+impl<S, K> Consume<K> for BackendStage<S, K>
 where
     S: Backend,
     S::Input: Send,
@@ -571,11 +631,11 @@ where
     type Input = S::Input;
 
     fn setup(&mut self, ctx: &StageContext) -> Result<(), StageError> {
-        self.0.setup(ctx)
+        self.stage.setup(ctx)
     }
 
     fn cleanup(&mut self, ctx: &StageContext) {
-        self.0.cleanup(ctx);
+        self.stage.cleanup(ctx);
     }
 
     #[inline]
@@ -586,20 +646,25 @@ where
         ctx: &StageContext,
         counts: &mut Counts,
     ) -> Result<(), StageError> {
-        self.0.process(item, ctx)?;
+        self.stage.process(item, ctx)?;
         let ticket = current.take().expect("the current item's ticket is set");
-        complete(ticket, Outcome::Processed);
+        self.unflushed.push(ticket);
         counts.output += 1;
         Ok(())
     }
 
-    fn end_batch(&mut self, _seq: u64, _idle: bool, _counts: &mut Counts) -> bool {
-        true
+    fn end_batch(&mut self, _seq: u64, _idle: bool, at: Here<'_>, counts: &mut Counts) -> bool {
+        self.settle(at, counts)
     }
 
-    fn finish(&mut self, _counts: &mut Counts) {}
+    fn finish(&mut self, at: Here<'_>, counts: &mut Counts) {
+        self.settle(at, counts);
+    }
 
-    fn discard(&mut self) -> u64 {
+    fn discard(&mut self, at: Here<'_>, counts: &mut Counts) -> u64 {
+        // What `process` accepted is flushed even on an abort: it is already counted, and a
+        // flush is quick next to losing it.
+        self.settle(at, counts);
         0
     }
 }
@@ -641,6 +706,10 @@ where
         }
     };
 
+    let at = Here {
+        ctx: &ctx,
+        shared: &shared,
+    };
     let mut clean_end = true;
     while let Some(batch) = input.recv() {
         let len = batch.items.len();
@@ -685,7 +754,7 @@ where
         busy += took;
         input.link.state().observe(len, took);
         let go_on = match end {
-            BatchEnd::Done => stage.end_batch(seq, input.link.is_empty(), &mut counts),
+            BatchEnd::Done => stage.end_batch(seq, input.link.is_empty(), at, &mut counts),
             _ => false,
         };
         if !go_on {
@@ -696,9 +765,9 @@ where
         stats.publish(&counts);
     }
     if clean_end && !shared.abort.is_fired() {
-        stage.finish(&mut counts);
+        stage.finish(at, &mut counts);
     } else {
-        counts.dropped += stage.discard();
+        counts.dropped += stage.discard(at, &mut counts);
     }
     let pending = input.discard_pending();
     counts.input += pending;

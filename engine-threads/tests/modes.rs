@@ -406,3 +406,144 @@ fn a_zero_or_endless_stats_interval_is_a_clear_error() {
         );
     }
 }
+
+/// A backend that buffers items and writes them to `written` only when flushed; every third
+/// flush fails when `flaky`.
+struct Buffered {
+    buffer: Vec<u64>,
+    written: Arc<Mutex<Vec<u64>>>,
+    flushes: u64,
+    flaky: bool,
+}
+
+impl engine_core::Backend for Buffered {
+    type Input = u64;
+
+    fn process(&mut self, item: u64, _ctx: &StageContext) -> Result<(), StageError> {
+        self.buffer.push(item);
+        Ok(())
+    }
+
+    fn flush(&mut self, _ctx: &StageContext) -> Result<(), StageError> {
+        self.flushes += 1;
+        if self.flaky && self.flushes % 3 == 0 {
+            self.buffer.clear();
+            return Err(StageError::msg("the sink refused the batch"));
+        }
+        self.written.lock().unwrap().append(&mut self.buffer);
+        Ok(())
+    }
+}
+
+/// A ticket that checks, when its item is reported processed, that the sink has written it.
+struct Durable(
+    u64,
+    Arc<Mutex<Vec<u64>>>,
+    Arc<Mutex<Vec<(u64, &'static str)>>>,
+);
+
+impl Ticket for Durable {
+    fn complete(self, outcome: Outcome<'_>) {
+        let what = match outcome {
+            Outcome::Processed if self.1.lock().unwrap().contains(&self.0) => "processed",
+            Outcome::Processed => "processed before it was written",
+            Outcome::Failed { .. } if outcome.is_finished() => "failed",
+            _ => "other",
+        };
+        self.2.lock().unwrap().push((self.0, what));
+    }
+}
+
+/// A tracked frontend of 0..n whose tickets check durability.
+struct DurableSource(
+    u64,
+    u64,
+    Arc<Mutex<Vec<u64>>>,
+    Arc<Mutex<Vec<(u64, &'static str)>>>,
+);
+
+impl TrackedFrontend for DurableSource {
+    type Item = u64;
+    type Ticket = Durable;
+
+    fn produce(&mut self, _ctx: &StageContext) -> Result<Option<(Durable, u64)>, StageError> {
+        if self.0 == self.1 {
+            return Ok(None);
+        }
+        self.0 += 1;
+        let ticket = Durable(self.0 - 1, Arc::clone(&self.2), Arc::clone(&self.3));
+        Ok(Some((ticket, self.0 - 1)))
+    }
+}
+
+#[test]
+fn a_buffering_backend_has_its_items_settled_only_after_its_flush() {
+    const N: u64 = 20_000;
+    let written = Arc::new(Mutex::new(Vec::new()));
+    let outcomes = Arc::new(Mutex::new(Vec::new()));
+    let sink_written = Arc::clone(&written);
+    let report = Engine::builder(DurableSource(
+        0,
+        N,
+        Arc::clone(&written),
+        Arc::clone(&outcomes),
+    ))
+    .backend_with(move |_| Buffered {
+        buffer: Vec::new(),
+        written: Arc::clone(&sink_written),
+        flushes: 0,
+        flaky: false,
+    })
+    .backend_threads(2)
+    .queue_capacity(256)
+    .run()
+    .unwrap();
+    report.check().unwrap();
+    assert_eq!(report.processed(), N);
+    let mut written = written.lock().unwrap().clone();
+    written.sort_unstable();
+    assert_eq!(
+        written,
+        (0..N).collect::<Vec<_>>(),
+        "the last buffer was flushed too"
+    );
+    let outcomes = outcomes.lock().unwrap();
+    assert_eq!(outcomes.len() as u64, N);
+    assert!(
+        outcomes.iter().all(|(_, what)| *what == "processed"),
+        "{outcomes:?}"
+    );
+}
+
+#[test]
+fn a_failed_flush_fails_every_item_it_covered_and_the_counts_still_add_up() {
+    const N: u64 = 20_000;
+    let written = Arc::new(Mutex::new(Vec::new()));
+    let outcomes = Arc::new(Mutex::new(Vec::new()));
+    let sink_written = Arc::clone(&written);
+    let report = Engine::builder(DurableSource(
+        0,
+        N,
+        Arc::clone(&written),
+        Arc::clone(&outcomes),
+    ))
+    .backend_with(move |_| Buffered {
+        buffer: Vec::new(),
+        written: Arc::clone(&sink_written),
+        flushes: 0,
+        flaky: true,
+    })
+    .queue_capacity(256)
+    .run()
+    .unwrap();
+    report.check().unwrap();
+    let written = written.lock().unwrap().len() as u64;
+    let outcomes = outcomes.lock().unwrap();
+    let failed = outcomes.iter().filter(|(_, w)| *w == "failed").count() as u64;
+    let processed = outcomes.iter().filter(|(_, w)| *w == "processed").count() as u64;
+    assert!(failed > 0, "some flushes failed");
+    assert_eq!(processed, written);
+    assert_eq!(processed + failed, N, "{outcomes:?}");
+    assert_eq!(report.processed(), processed);
+    assert_eq!(report.failed(), failed);
+}
