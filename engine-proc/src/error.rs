@@ -1,0 +1,124 @@
+//! Errors of worker processes, pools and routers.
+
+use std::fmt;
+use std::io;
+use std::time::Duration;
+
+use engine_core::StageError;
+use engine_core::protocol::ProtocolError;
+use serde::{Deserialize, Serialize};
+
+/// How a worker process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum ExitHow {
+    /// It exited with this code.
+    Code(i32),
+    /// A signal killed it (9 is SIGKILL, 6 SIGABRT, 11 SIGSEGV).
+    Signal(i32),
+    /// Its end could not be observed.
+    Unknown,
+}
+
+impl ExitHow {
+    /// Whether the worker exited with code 0.
+    pub fn is_success(self) -> bool {
+        self == Self::Code(0)
+    }
+}
+
+impl fmt::Display for ExitHow {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Self::Code(code) => write!(f, "exited with code {code}"),
+            Self::Signal(signal) => {
+                let name = match signal {
+                    libc::SIGKILL => "SIGKILL",
+                    libc::SIGABRT => "SIGABRT",
+                    libc::SIGSEGV => "SIGSEGV",
+                    libc::SIGTERM => "SIGTERM",
+                    libc::SIGINT => "SIGINT",
+                    libc::SIGBUS => "SIGBUS",
+                    _ => "",
+                };
+                if name.is_empty() {
+                    write!(f, "killed by signal {signal}")
+                } else {
+                    write!(f, "killed by signal {signal} ({name})")
+                }
+            }
+            Self::Unknown => f.write_str("ended in an unknown way"),
+        }
+    }
+}
+
+/// Why a worker process could not be started.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SpawnError {
+    /// The process could not be spawned, or a channel could not be opened.
+    #[error("cannot start a worker process: {0}")]
+    Io(#[source] io::Error),
+    /// The worker ended before it connected: most often `main` does not call
+    /// [`engine_proc::init()`](crate::init) first.
+    #[error(
+        "the worker process {how} before it connected; does `main` call `engine_proc::init()` on its first line?"
+    )]
+    ExitedEarly {
+        /// How it ended.
+        how: ExitHow,
+    },
+    /// The worker did not connect in time (it was killed): `main` may not call
+    /// [`engine_proc::init()`](crate::init), or calls it after slow work.
+    #[error(
+        "the worker process did not connect within {after:?} and was killed; does `main` call `engine_proc::init()` on its first line?"
+    )]
+    Timeout {
+        /// The start timeout.
+        after: Duration,
+    },
+    /// The handshake failed: another protocol version or another kind of worker.
+    #[error("worker handshake failed")]
+    Handshake(#[source] ProtocolError),
+    /// A frame could not be sent or did not decode.
+    #[error("worker protocol error")]
+    Protocol(#[source] ProtocolError),
+    /// The worker's own initialisation failed.
+    #[error("the worker's initialisation failed: {0:#}")]
+    Init(StageError),
+    /// This process was spawned as a worker but starts workers before calling
+    /// [`engine_proc::init()`](crate::init).
+    #[error(
+        "this process was started as a worker, but `main` starts workers before calling `engine_proc::init()`; call it on main's first line"
+    )]
+    NotInitialised,
+}
+
+/// Why a task has no result.
+#[derive(Debug, thiserror::Error, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum TaskError {
+    /// The task returned an error or panicked; the message is the worker's.
+    #[error("the task failed: {0:#}")]
+    Failed(StageError),
+    /// Every worker that took the task died while running it.
+    #[error("the worker died running the task ({how}), {attempts} attempt(s)")]
+    WorkerDied {
+        /// How the last one died.
+        how: ExitHow,
+        /// How many times the task was tried.
+        attempts: u32,
+    },
+    /// The task ran longer than the pool's task timeout; its worker was killed and replaced.
+    #[error("the task ran longer than {after:?}; its worker was killed")]
+    TimedOut {
+        /// The task timeout.
+        after: Duration,
+    },
+    /// The pool stopped before the task ran.
+    #[error("the pool stopped before the task ran")]
+    Cancelled,
+    /// No worker is left to run the task: every worker failed to start again.
+    #[error("no worker is left to run the task: {0}")]
+    NoWorkers(String),
+}

@@ -1,0 +1,121 @@
+//! What travels on the ipc channels: encoded [`Frame`]s, with large bodies beside them in
+//! shared memory.
+
+use engine_core::protocol::{Envelope, Frame, ProtocolError};
+use ipc_channel::ipc::{IpcReceiver, IpcSender, IpcSharedMemory, TryRecvError};
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// Bodies at least this large travel in shared memory instead of through the socket.
+pub const SHARED_MEMORY_THRESHOLD: usize = 64 * 1024;
+
+/// One message on an ipc channel.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum Packet {
+    /// An encoded [`Frame`].
+    Frame(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// An encoded [`Frame::Message`] whose envelope's body travels in `body`.
+    Shared {
+        #[serde(with = "serde_bytes")]
+        frame: Vec<u8>,
+        body: IpcSharedMemory,
+    },
+    /// A worker's first packet: where to reach it, and its encoded [`Frame::Hello`].
+    Connect {
+        inbox: IpcSender<Packet>,
+        #[serde(with = "serde_bytes")]
+        hello: Vec<u8>,
+    },
+    /// The senders of every other process of a router, by name (and `"main"`).
+    Peers(Vec<(String, IpcSender<Packet>)>),
+    /// Nothing: wakes a receiver.
+    Wake,
+}
+
+/// Why a packet could not be received.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum RecvError {
+    /// The sending side is gone (all its processes ended or dropped it).
+    #[error("the channel is closed")]
+    Closed,
+    /// Nothing arrived in time.
+    #[error("nothing arrived in time")]
+    Timeout,
+    /// The channel failed or the bytes were not a packet.
+    #[error("the channel failed: {0}")]
+    Channel(String),
+    /// The packet held a frame that does not decode.
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
+}
+
+/// Encodes and sends a frame.
+pub(crate) fn send_frame(tx: &IpcSender<Packet>, frame: &Frame) -> Result<(), ProtocolError> {
+    let bytes = frame.encode()?;
+    tx.send(Packet::Frame(bytes)).map_err(closed)
+}
+
+/// Sends an envelope; a large body goes in shared memory.
+pub(crate) fn send_envelope(
+    tx: &IpcSender<Packet>,
+    mut envelope: Envelope,
+) -> Result<(), ProtocolError> {
+    if envelope.body.len() < SHARED_MEMORY_THRESHOLD {
+        return send_frame(tx, &Frame::Message(envelope));
+    }
+    let body = IpcSharedMemory::from_bytes(&envelope.body);
+    envelope.body = Vec::new();
+    let frame = Frame::Message(envelope).encode()?;
+    tx.send(Packet::Shared { frame, body }).map_err(closed)
+}
+
+fn closed(error: impl std::fmt::Display) -> ProtocolError {
+    ProtocolError::UnexpectedFrame {
+        expected: "an open channel",
+        found: format!("a send failure: {error}"),
+    }
+}
+
+/// Turns a packet into a frame, putting a shared body back into its envelope.
+pub(crate) fn open(packet: Packet) -> Result<Frame, RecvError> {
+    match packet {
+        Packet::Frame(bytes) => Ok(Frame::decode(&bytes)?),
+        Packet::Shared { frame, body } => match Frame::decode(&frame)? {
+            Frame::Message(mut envelope) => {
+                envelope.body = body.to_vec();
+                Ok(Frame::Message(envelope))
+            }
+            other => Err(RecvError::Protocol(ProtocolError::UnexpectedFrame {
+                expected: "a message with a shared body",
+                found: other.describe(),
+            })),
+        },
+        Packet::Connect { .. } | Packet::Peers(_) | Packet::Wake => {
+            Err(RecvError::Protocol(ProtocolError::UnexpectedFrame {
+                expected: "a frame",
+                found: "a control packet".into(),
+            }))
+        }
+    }
+}
+
+/// Receives a packet, waiting at most `timeout` (forever if `None`).
+pub(crate) fn recv_packet(
+    rx: &IpcReceiver<Packet>,
+    timeout: Option<Duration>,
+) -> Result<Packet, RecvError> {
+    let got = match timeout {
+        None => rx.recv().map_err(TryRecvError::IpcError),
+        Some(timeout) => rx.try_recv_timeout(timeout),
+    };
+    got.map_err(|e| match e {
+        TryRecvError::Empty => RecvError::Timeout,
+        TryRecvError::IpcError(ipc_channel::ipc::IpcError::Disconnected) => RecvError::Closed,
+        TryRecvError::IpcError(e) => RecvError::Channel(e.to_string()),
+    })
+}
+
+/// Receives and decodes one frame, waiting as long as it takes.
+pub(crate) fn recv_frame(rx: &IpcReceiver<Packet>) -> Result<Frame, RecvError> {
+    open(recv_packet(rx, None)?)
+}

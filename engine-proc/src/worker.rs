@@ -1,0 +1,196 @@
+//! The worker side of a pool: the [`Worker`] trait and the loop a pool's worker process runs.
+
+use std::any::type_name;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::time::Instant;
+
+use engine_core::StageError;
+use engine_core::protocol::{Address, Envelope, Frame, Kind, TaskId, from_bytes, to_bytes};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::boot::{self, Connection};
+use crate::wire::{RecvError, recv_frame, send_envelope};
+
+/// Exit code of a worker whose bootstrap failed (bad environment, no master).
+pub(crate) const EXIT_BOOT_FAILED: i32 = 86;
+/// Exit code of a worker whose [`Worker::init`] failed.
+pub(crate) const EXIT_INIT_FAILED: i32 = 87;
+/// Exit code of a worker whose channel to the master failed.
+pub(crate) const EXIT_CHANNEL_FAILED: i32 = 88;
+
+/// The kind of the message that carries a worker's init arguments.
+pub(crate) const INIT: &str = "engine.init";
+
+/// The code of a pool's identical workers (DumbPipelineBox's `Worker` subclass).
+///
+/// Each worker process builds one value with [`init`](Self::init) from serialisable
+/// arguments (the expensive set-up happens once per process, not per task), then runs tasks
+/// with [`run`](Self::run). A task that returns an error or panics comes back as
+/// [`TaskError::Failed`](crate::TaskError::Failed) with its message; the worker goes on.
+///
+/// ```
+/// use engine_core::StageError;
+/// use engine_proc::Worker;
+///
+/// /// Adds its configured offset to every task.
+/// struct Adder { offset: u64 }
+///
+/// impl Worker for Adder {
+///     type Init = u64;
+///     type Task = u64;
+///     type Output = u64;
+///
+///     fn init(offset: u64) -> Result<Self, StageError> {
+///         Ok(Adder { offset })
+///     }
+///
+///     fn run(&mut self, task: u64) -> Result<u64, StageError> {
+///         task.checked_add(self.offset).ok_or_else(|| StageError::msg("overflow"))
+///     }
+/// }
+/// ```
+pub trait Worker: Sized + 'static {
+    /// The arguments each worker process is initialised from.
+    type Init: Serialize + DeserializeOwned;
+    /// A task.
+    type Task: Serialize + DeserializeOwned + Send + 'static;
+    /// A task's result.
+    type Output: Serialize + DeserializeOwned + Send + 'static;
+
+    /// Builds the worker, once per process.
+    ///
+    /// # Errors
+    ///
+    /// Whatever keeps it from starting: the pool's `start` returns it.
+    fn init(init: Self::Init) -> Result<Self, StageError>;
+
+    /// Runs one task.
+    ///
+    /// # Errors
+    ///
+    /// The task's failure, returned to the master as its result.
+    fn run(&mut self, task: Self::Task) -> Result<Self::Output, StageError>;
+}
+
+/// What a worker answers to a batch: its busy time, and each task's result.
+pub(crate) type Reply<O> = (u64, Vec<(TaskId, Result<O, StageError>)>);
+
+/// The kind a pool worker of type `W` says hello as.
+pub(crate) fn kind_of<W>() -> String {
+    format!("pool:{}", type_name::<W>())
+}
+
+/// The main function of a pool's worker process.
+pub(crate) fn pool_entry<W: Worker>(server: String) -> i32 {
+    let conn = match boot::connect(server, &kind_of::<W>()) {
+        Ok(conn) => conn,
+        Err(reason) => {
+            tracing::error!("pool worker cannot start: {reason}");
+            return EXIT_BOOT_FAILED;
+        }
+    };
+    let me = Address::named(std::process::id().to_string());
+    let reply = |kind: Kind, body: Vec<u8>| {
+        let envelope = Envelope::new(Address::Main, me.clone(), kind).with_raw_body(body);
+        send_envelope(&conn.to_master, envelope)
+    };
+    let mut worker = match init_worker::<W>(&conn) {
+        Ok(worker) => {
+            if reply(Kind::Finished, Vec::new()).is_err() {
+                return EXIT_CHANNEL_FAILED;
+            }
+            worker
+        }
+        Err(error) => {
+            let _ = reply(Kind::Failed, to_bytes(&error).unwrap_or_default());
+            return EXIT_INIT_FAILED;
+        }
+    };
+    loop {
+        let envelope = match recv_frame(&conn.inbox) {
+            Ok(Frame::Message(envelope)) => envelope,
+            Ok(other) => {
+                tracing::warn!("pool worker: unexpected {}", other.describe());
+                continue;
+            }
+            Err(RecvError::Closed) => return 0,
+            Err(RecvError::Protocol(error)) => {
+                // A corrupt frame: say so (the master counts it) and go on.
+                let error = StageError::new(error);
+                if reply(Kind::Failed, to_bytes(&error).unwrap_or_default()).is_err() {
+                    return EXIT_CHANNEL_FAILED;
+                }
+                continue;
+            }
+            Err(error) => {
+                tracing::error!("pool worker: {error}");
+                return EXIT_CHANNEL_FAILED;
+            }
+        };
+        match envelope.kind {
+            Kind::Do => {
+                let body = match from_bytes::<Vec<(TaskId, W::Task)>>(&envelope.body) {
+                    Ok(tasks) => run_batch(&mut worker, tasks),
+                    Err(error) => Err(StageError::new(error)),
+                };
+                let sent = match body {
+                    Ok(body) => reply(Kind::Finished, body),
+                    Err(error) => reply(Kind::Failed, to_bytes(&error).unwrap_or_default()),
+                };
+                if sent.is_err() {
+                    return EXIT_CHANNEL_FAILED;
+                }
+            }
+            Kind::Die => return 0,
+            other => tracing::warn!("pool worker: unexpected {other} message"),
+        }
+    }
+}
+
+fn init_worker<W: Worker>(conn: &Connection) -> Result<W, StageError> {
+    let envelope = match recv_frame(&conn.inbox) {
+        Ok(Frame::Message(envelope)) if envelope.kind == Kind::user(INIT) => envelope,
+        Ok(other) => {
+            return Err(StageError::msg(format!(
+                "expected init arguments, got {}",
+                other.describe()
+            )));
+        }
+        Err(error) => return Err(StageError::new(error)),
+    };
+    let init = envelope.body::<W::Init>().map_err(StageError::new)?;
+    engine_core::catch_panic(|| W::init(init))
+}
+
+/// Runs a batch, each task inside `catch_unwind`, and encodes the reply.
+fn run_batch<W: Worker>(
+    worker: &mut W,
+    tasks: Vec<(TaskId, W::Task)>,
+) -> Result<Vec<u8>, StageError> {
+    let started = Instant::now();
+    let results: Vec<(TaskId, Result<W::Output, StageError>)> = tasks
+        .into_iter()
+        .map(|(id, task)| {
+            let result = catch_unwind(AssertUnwindSafe(|| worker.run(task)))
+                .unwrap_or_else(|payload| Err(StageError::from_panic(payload)));
+            (id, result)
+        })
+        .collect();
+    let busy = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+    match to_bytes(&(busy, &results)) {
+        Ok(bytes) => Ok(bytes),
+        // One output would not encode: encode each alone, so only that one fails.
+        Err(_) => {
+            let results: Vec<(TaskId, Result<Vec<u8>, StageError>)> = results
+                .into_iter()
+                .map(|(id, r)| (id, r.and_then(|o| to_bytes(&o).map_err(StageError::new))))
+                .collect();
+            let results: Vec<(TaskId, Result<W::Output, StageError>)> = results
+                .into_iter()
+                .map(|(id, r)| (id, r.and_then(|b| from_bytes(&b).map_err(StageError::new))))
+                .collect();
+            to_bytes(&(busy, &results)).map_err(StageError::new)
+        }
+    }
+}

@@ -1,0 +1,424 @@
+//! The pool with real worker processes: results, failures, deaths, timeouts, stops.
+//!
+//! Worker processes are copies of this test binary, so it has its own `main` (the test
+//! harness's `main` would not call `engine_proc::init()` first).
+
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "a test harness reports"
+)]
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+mod common;
+
+use engine_core::StageError;
+use engine_core::protocol::TaskId;
+use engine_proc::{ExitHow, Pool, SpawnError, TaskError, Worker};
+
+/// Adds its offset; some inputs misbehave on purpose.
+struct Adder {
+    offset: u64,
+}
+
+/// Panics on this input.
+const PANIC: u64 = 13;
+/// Exits the worker process on this input.
+const EXIT: u64 = 999_999_666;
+/// Inputs from here sleep (input - SLOW) milliseconds: the work of a slow task.
+const SLOW: u64 = 1_000_000_000;
+
+impl Worker for Adder {
+    type Init = u64;
+    type Task = u64;
+    type Output = u64;
+
+    fn init(offset: u64) -> Result<Self, StageError> {
+        if offset == u64::MAX {
+            return Err(StageError::msg("this offset is refused"));
+        }
+        Ok(Adder { offset })
+    }
+
+    fn run(&mut self, task: u64) -> Result<u64, StageError> {
+        match task {
+            PANIC => panic!("thirteen is unlucky"),
+            EXIT => std::process::exit(3),
+            t if t >= SLOW => std::thread::sleep(Duration::from_millis(t - SLOW)),
+            t if t % 1_000 == 999 => return Err(StageError::msg(format!("{t} is refused"))),
+            _ => {}
+        }
+        Ok(task + self.offset)
+    }
+}
+
+/// Checks a task's result against what `Adder` does with it.
+fn check(task: u64, result: &Result<u64, TaskError>) {
+    match (task, result) {
+        (PANIC, Err(TaskError::Failed(e))) => {
+            assert!(
+                e.is_panic() && e.to_string().contains("thirteen is unlucky"),
+                "{e:#}"
+            );
+        }
+        (t, Err(TaskError::Failed(e))) if t % 1_000 == 999 => {
+            assert_eq!(e.to_string(), format!("{t} is refused"));
+        }
+        (t, Ok(v)) if t >= SLOW => assert_eq!(*v, t + 1),
+        (t, Ok(v)) if t != PANIC && t % 1_000 != 999 => assert_eq!(*v, t + 1),
+        (t, other) => panic!("task {t}: unexpected {other:?}"),
+    }
+}
+
+fn pool(workers: usize) -> Pool<Adder> {
+    Pool::<Adder>::builder()
+        .workers(workers, 1)
+        .start()
+        .expect("the pool starts")
+}
+
+fn results_and_errors_come_back_by_id() {
+    let mut pool = pool(2);
+    let mut seen = BTreeMap::new();
+    for (id, result) in pool.run(0..5_000) {
+        assert!(
+            seen.insert(id.0, result).is_none(),
+            "task {id} came back twice"
+        );
+    }
+    assert_eq!(seen.len(), 5_000);
+    for (id, result) in &seen {
+        check(*id, result);
+    }
+    let stats = pool.stats();
+    assert_eq!(stats.completed, 5_000);
+    assert_eq!(stats.failed, 6);
+    assert_eq!(stats.worker_deaths, 0);
+}
+
+fn map_keeps_the_order_of_the_tasks() {
+    let mut pool = pool(2);
+    let tasks: Vec<u64> = (0..3_000).map(|i| (i * 7_919) % 3_000).collect();
+    let results: Vec<_> = pool.map(tasks.iter().copied()).collect();
+    assert_eq!(results.len(), tasks.len());
+    for (task, result) in tasks.iter().zip(&results) {
+        check(*task, result);
+    }
+}
+
+fn a_panicking_task_is_an_error_and_the_rest_succeed() {
+    let mut pool = pool(2);
+    let results: Vec<_> = pool.map([1, PANIC, 2, 3]).collect();
+    assert_eq!(results[0].as_ref().ok(), Some(&2));
+    match &results[1] {
+        Err(TaskError::Failed(e)) => {
+            assert!(e.is_panic(), "{e:#}");
+            assert!(e.to_string().contains("thirteen is unlucky"), "{e:#}");
+        }
+        other => panic!("expected a failed task, got {other:?}"),
+    }
+    assert_eq!(results[2].as_ref().ok(), Some(&3));
+    assert_eq!(results[3].as_ref().ok(), Some(&4));
+    assert_eq!(
+        pool.stats().worker_deaths,
+        0,
+        "a panic does not kill the worker"
+    );
+}
+
+fn kill_9_mid_run_loses_and_repeats_nothing() {
+    const N: u64 = 10_000;
+    let mut pool = Pool::<Adder>::builder()
+        .workers(2, 1)
+        .max_batch(64)
+        .start()
+        .unwrap();
+    for task in 0..N {
+        // Every task takes a little time, so that the kill lands mid-run.
+        pool.submit(if task % 10 == 0 { SLOW + 1 } else { task });
+    }
+    let mut seen = BTreeMap::new();
+    let mut killed = None;
+    while let Some((id, result)) = pool.recv() {
+        assert!(
+            seen.insert(id.0, result).is_none(),
+            "task {id} came back twice"
+        );
+        if seen.len() == 2_000 && killed.is_none() {
+            let victim = pool.worker_pids()[0];
+            Command::new("kill")
+                .args(["-9", &victim.to_string()])
+                .status()
+                .unwrap();
+            killed = Some(victim);
+        }
+    }
+    assert_eq!(seen.len() as u64, N, "every id comes back");
+    for (id, result) in &seen {
+        check(if id % 10 == 0 { SLOW + 1 } else { *id }, result);
+    }
+    let stats = pool.stats();
+    assert_eq!(stats.worker_deaths, 1, "{stats:?}");
+    assert_eq!(stats.respawns, 1, "{stats:?}");
+    assert!(!pool.worker_pids().contains(&killed.unwrap()));
+    assert_eq!(pool.worker_pids().len(), 2);
+}
+
+fn a_worker_that_exits_every_time_fails_its_task_after_the_retries() {
+    let mut pool = Pool::<Adder>::builder()
+        .workers(2, 1)
+        .retries(2)
+        .start()
+        .unwrap();
+    let results: Vec<_> = pool.map([1, EXIT, 2]).collect();
+    match &results[1] {
+        Err(TaskError::WorkerDied { how, attempts }) => {
+            assert_eq!(*how, ExitHow::Code(3));
+            assert_eq!(*attempts, 3);
+        }
+        other => panic!("expected worker-died, got {other:?}"),
+    }
+    assert_eq!(results[0].as_ref().ok(), Some(&2));
+    assert_eq!(results[2].as_ref().ok(), Some(&3));
+    // The pool still serves.
+    let more: Vec<_> = pool.map(100..200).map(Result::unwrap).collect();
+    assert_eq!(more, (101..201).collect::<Vec<_>>());
+    let stats = pool.stats();
+    assert_eq!(stats.worker_deaths, 3, "{stats:?}");
+    assert!(stats.retried >= 2, "{stats:?}");
+}
+
+fn a_task_past_the_timeout_is_killed_and_its_worker_replaced() {
+    let mut pool = Pool::<Adder>::builder()
+        .workers(1, 1)
+        .task_timeout(Duration::from_millis(300))
+        .start()
+        .unwrap();
+    let first = pool.worker_pids();
+    let results: Vec<_> = pool.map([1, SLOW + 60_000, 2]).collect();
+    assert!(
+        matches!(results[1], Err(TaskError::TimedOut { .. })),
+        "{:?}",
+        results[1]
+    );
+    assert_eq!(results[0].as_ref().ok(), Some(&2));
+    assert_eq!(results[2].as_ref().ok(), Some(&3));
+    assert_ne!(pool.worker_pids(), first, "the worker was replaced");
+    assert_eq!(pool.stats().timeouts, 1);
+}
+
+fn a_corrupt_frame_is_reported_and_the_pool_goes_on() {
+    let mut pool = pool(1);
+    assert!(pool.inject_raw_frame(b"EN\x01\x00\x00\x00\xff\xff\xff garbage".to_vec()));
+    assert!(pool.inject_raw_frame(vec![0, 1, 2]));
+    let results: Vec<u64> = pool.map(0..100).map(|r| r.unwrap_or(0)).collect();
+    assert_eq!(results[..5], [1, 2, 3, 4, 5]);
+    assert_eq!(pool.stats().corrupt_frames, 2);
+    assert_eq!(pool.stats().worker_deaths, 0);
+}
+
+fn a_failing_init_is_a_clear_start_error() {
+    let error = Pool::<Adder>::builder()
+        .worker(1)
+        .worker(u64::MAX)
+        .start()
+        .unwrap_err();
+    assert!(matches!(error, SpawnError::Init(_)), "{error}");
+    assert!(
+        error.to_string().contains("this offset is refused"),
+        "{error}"
+    );
+}
+
+fn a_stop_cancels_queued_tasks_and_delivers_finished_ones() {
+    let mut pool = pool(2);
+    let stop = pool.stop_handle().clone();
+    let ids: Vec<TaskId> = (0..4).map(|_| pool.submit(SLOW + 200)).collect();
+    for task in 0..1_000 {
+        pool.submit(SLOW + 1 + task % 2);
+    }
+    stop.stop();
+    let mut outcomes = BTreeMap::new();
+    while let Some((id, result)) = pool.recv() {
+        outcomes.insert(id, result.is_ok());
+    }
+    assert_eq!(outcomes.len(), 1_004, "every task has an outcome");
+    assert!(
+        ids.iter().filter(|id| outcomes[id]).count() >= 1,
+        "running tasks finished"
+    );
+    assert!(
+        outcomes.values().filter(|ok| !**ok).count() > 900,
+        "queued tasks were cancelled"
+    );
+    let pids = pool.worker_pids();
+    let (_, stats) = pool.shutdown();
+    assert_eq!(stats.worker_deaths, 0);
+    for pid in pids {
+        assert!(gone(pid), "worker {pid} is gone");
+    }
+}
+
+/// Whether a process is gone: no /proc entry (a zombie still has one).
+fn gone(pid: u32) -> bool {
+    !std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+fn dropping_a_pool_leaves_no_worker_and_no_zombie() {
+    let pool = pool(3);
+    let pids = pool.worker_pids();
+    assert_eq!(pids.len(), 3);
+    assert!(pids.iter().all(|pid| !gone(*pid)));
+    drop(pool);
+    for pid in pids {
+        assert!(gone(pid), "worker {pid} is still there (or a zombie)");
+    }
+}
+
+/// The master role: starts a pool, prints its workers' pids, then waits forever.
+fn master_role() {
+    let pool = pool(2);
+    let pids: Vec<String> = pool.worker_pids().iter().map(u32::to_string).collect();
+    println!("{}", pids.join(" "));
+    loop {
+        std::thread::park();
+    }
+}
+
+fn workers_die_with_their_master() {
+    let exe = std::env::current_exe().unwrap();
+    let mut master = Command::new(exe)
+        .env("POOL_TEST_ROLE", "master")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(master.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let pids: Vec<u32> = line
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    assert_eq!(pids.len(), 2, "{line:?}");
+    master.kill().unwrap();
+    master.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(1);
+    // Waiting for other processes to end: poll /proc until the deadline.
+    while pids.iter().any(|pid| running(*pid)) {
+        assert!(
+            Instant::now() < deadline,
+            "workers outlived their master by a second: {pids:?}"
+        );
+        std::thread::yield_now();
+    }
+}
+
+/// Whether a process runs (exists and is not a zombie waiting for its new parent to reap it).
+fn running(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z'),
+        Err(_) => false,
+    }
+}
+
+/// The role of a program that forgot `init`: it starts a pool anyway.
+fn no_init_role() {
+    match Pool::<Adder>::builder()
+        .workers(1, 1)
+        .start_timeout(Duration::from_secs(20))
+        .start()
+    {
+        Ok(_) => println!("started"),
+        Err(e) => println!("error: {e}"),
+    }
+}
+
+fn a_binary_without_init_is_a_clear_error_not_a_hang() {
+    let exe = std::env::current_exe().unwrap();
+    let started = Instant::now();
+    let out = Command::new(exe)
+        .env("POOL_TEST_ROLE", "no-init")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("before it connected; does `main` call `engine_proc::init()`"),
+        "{stdout}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "it took {:?}",
+        started.elapsed()
+    );
+}
+
+fn main() {
+    match std::env::var("POOL_TEST_ROLE").as_deref() {
+        Ok("no-init") => return no_init_role(),
+        _ => engine_proc::init(),
+    }
+    if std::env::var("POOL_TEST_ROLE").as_deref() == Ok("master") {
+        return master_role();
+    }
+    let tests: &[(&str, fn())] = &[
+        (
+            "results_and_errors_come_back_by_id",
+            results_and_errors_come_back_by_id,
+        ),
+        (
+            "map_keeps_the_order_of_the_tasks",
+            map_keeps_the_order_of_the_tasks,
+        ),
+        (
+            "a_panicking_task_is_an_error_and_the_rest_succeed",
+            a_panicking_task_is_an_error_and_the_rest_succeed,
+        ),
+        (
+            "kill_9_mid_run_loses_and_repeats_nothing",
+            kill_9_mid_run_loses_and_repeats_nothing,
+        ),
+        (
+            "a_worker_that_exits_every_time_fails_its_task_after_the_retries",
+            a_worker_that_exits_every_time_fails_its_task_after_the_retries,
+        ),
+        (
+            "a_task_past_the_timeout_is_killed_and_its_worker_replaced",
+            a_task_past_the_timeout_is_killed_and_its_worker_replaced,
+        ),
+        (
+            "a_corrupt_frame_is_reported_and_the_pool_goes_on",
+            a_corrupt_frame_is_reported_and_the_pool_goes_on,
+        ),
+        (
+            "a_failing_init_is_a_clear_start_error",
+            a_failing_init_is_a_clear_start_error,
+        ),
+        (
+            "a_stop_cancels_queued_tasks_and_delivers_finished_ones",
+            a_stop_cancels_queued_tasks_and_delivers_finished_ones,
+        ),
+        (
+            "dropping_a_pool_leaves_no_worker_and_no_zombie",
+            dropping_a_pool_leaves_no_worker_and_no_zombie,
+        ),
+        (
+            "workers_die_with_their_master",
+            workers_die_with_their_master,
+        ),
+        (
+            "a_binary_without_init_is_a_clear_error_not_a_hang",
+            a_binary_without_init_is_a_clear_error_not_a_hang,
+        ),
+    ];
+    std::process::exit(common::run_tests(tests));
+}
