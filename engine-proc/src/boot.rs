@@ -12,6 +12,7 @@ use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread;
 use std::time::Duration;
 
@@ -35,6 +36,16 @@ pub(crate) type Entry = fn(String) -> i32;
 #[inline(never)]
 fn anchor(server: String) -> i32 {
     i32::try_from(server.len()).unwrap_or(i32::MAX)
+}
+
+/// The offset of a function of this binary from the anchor, to name it to a worker.
+pub(crate) fn offset_of(function: usize) -> isize {
+    function.wrapping_sub(anchor as Entry as usize) as isize
+}
+
+/// The address of the function at `offset` from the anchor, in this process.
+pub(crate) fn address_at(offset: isize) -> usize {
+    (anchor as Entry as usize).wrapping_add_signed(offset)
 }
 
 /// Turns this process into a worker if it was spawned as one; otherwise returns at once.
@@ -99,7 +110,7 @@ fn worker_entry(
         );
     }
     let offset: isize = parse(entry, ENV_ENTRY)?;
-    let address = (anchor as Entry as usize).wrapping_add_signed(offset);
+    let address = address_at(offset);
     // SAFETY: the master computed `offset` as `entry - anchor` for an `Entry` function of
     // this very binary (checked just above by device and inode of the executable), and
     // functions keep their relative positions however the binary is loaded.
@@ -187,6 +198,7 @@ pub(crate) fn connect(server: String, kind: &str) -> Result<Connection, String> 
 #[derive(Debug)]
 pub(crate) struct Spawned {
     pub(crate) pid: u32,
+    live: Live,
     /// To the worker's inbox.
     pub(crate) tx: IpcSender<Packet>,
     /// From the worker; disconnects when the worker dies.
@@ -197,10 +209,14 @@ pub(crate) struct Spawned {
 }
 
 impl Spawned {
-    /// Sends SIGKILL (harmless if the worker already ended: its pid is not reaped until the
-    /// waiting thread has seen the exit, so it cannot have been reused).
+    /// Sends SIGKILL, unless the worker has already ended.
     pub(crate) fn kill(&self) {
-        signal(self.pid, libc::SIGKILL);
+        self.live.signal(libc::SIGKILL);
+    }
+
+    /// A handle that can signal the worker from elsewhere.
+    pub(crate) fn live(&self) -> Live {
+        self.live.clone()
     }
 
     /// Waits up to `timeout` for the worker's end.
@@ -215,11 +231,48 @@ impl Spawned {
     }
 }
 
-pub(crate) fn signal(pid: u32, signal: i32) {
-    if let Ok(pid) = libc::pid_t::try_from(pid) {
-        // SAFETY: kill takes a pid and a signal number.
-        unsafe {
-            libc::kill(pid, signal);
+/// A worker's pid, and whether it has been reaped: a signal is only sent while it has not,
+/// so it can never reach another process that got the pid again.
+#[derive(Debug, Clone)]
+pub(crate) struct Live {
+    pid: u32,
+    ended: Arc<Mutex<bool>>,
+}
+
+impl Live {
+    pub(crate) fn signal(&self, signal: i32) {
+        let ended = lock(&self.ended);
+        if !*ended {
+            if let Ok(pid) = libc::pid_t::try_from(self.pid) {
+                // SAFETY: kill takes a pid and a signal number; the pid is our unreaped child.
+                unsafe {
+                    libc::kill(pid, signal);
+                }
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Blocks until the child `pid` has ended, without reaping it.
+fn wait_without_reaping(pid: u32) {
+    loop {
+        // SAFETY: an all-zero siginfo_t is valid, and waitid writes into the one we pass.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: waitid on our own child with a valid siginfo pointer.
+        let r = unsafe {
+            libc::waitid(
+                libc::P_PID,
+                pid,
+                &raw mut info,
+                libc::WEXITED | libc::WNOWAIT,
+            )
+        };
+        if r == 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            return;
         }
     }
 }
@@ -235,7 +288,7 @@ pub(crate) fn spawn(
         return Err(SpawnError::NotInitialised);
     }
     let (server, name) = IpcOneShotServer::<Packet>::new().map_err(SpawnError::Io)?;
-    let offset = (entry as usize).wrapping_sub(anchor as Entry as usize) as isize;
+    let offset = offset_of(entry as usize);
     let exe = exe_identity()
         .ok_or_else(|| SpawnError::Io(io::Error::other("cannot read /proc/self/exe")))?;
     let mut command = Command::new("/proc/self/exe");
@@ -249,18 +302,38 @@ pub(crate) fn spawn(
     if let Some(arg0) = std::env::args_os().next() {
         command.arg0(arg0);
     }
-    let mut child = command.spawn().map_err(SpawnError::Io)?;
-    let pid = child.id();
-
-    // One thread waits for the worker's end for its whole life: it reaps the process (no
-    // zombie) and says how it ended, at once.
+    // One thread starts the worker and waits for its end for the worker's whole life: it
+    // reaps the process (no zombie) and says at once how it ended. The worker's
+    // parent-death signal is tied to the thread that spawned it, so it is this thread,
+    // which outlives the worker, and not the caller's, which may end sooner.
+    let (pid_tx, pid_rx) = bounded(1);
     let (exit_tx, exited) = bounded(1);
+    let ended = Arc::new(Mutex::new(false));
+    let reaped = Arc::clone(&ended);
     thread::Builder::new()
-        .name(format!("engine-proc-reap-{pid}"))
+        .name("engine-proc-reap".into())
         .spawn(move || {
-            let how = child.wait().map_or(ExitHow::Unknown, ExitHow::from_status);
+            let mut child = match command.spawn() {
+                Ok(child) => child,
+                Err(e) => {
+                    let _ = pid_tx.send(Err(e));
+                    return;
+                }
+            };
+            let _ = pid_tx.send(Ok(child.id()));
+            wait_without_reaping(child.id());
+            // Reaped under the lock, so that `signal` never hits a reused pid.
+            let how = {
+                let mut ended = lock(&reaped);
+                *ended = true;
+                child.wait().map_or(ExitHow::Unknown, ExitHow::from_status)
+            };
             let _ = exit_tx.send(how);
         })
+        .map_err(SpawnError::Io)?;
+    let pid = pid_rx
+        .recv()
+        .map_err(|_| SpawnError::Io(io::Error::other("the spawning thread vanished")))?
         .map_err(SpawnError::Io)?;
 
     // `accept` blocks until someone connects, even if the worker died first (ipc-channel
@@ -280,8 +353,9 @@ pub(crate) fn spawn(
         let _ = accept.join();
     };
 
+    let live = Live { pid, ended };
     let failed = |error: SpawnError| {
-        signal(pid, libc::SIGKILL);
+        live.signal(libc::SIGKILL);
         error
     };
     select! {
@@ -289,7 +363,7 @@ pub(crate) fn spawn(
             let _ = accept.join();
             match got {
                 Ok(Ok((rx, Packet::Connect { inbox, hello }))) => {
-                    let spawned = Spawned { pid, tx: inbox, rx, exited };
+                    let spawned = Spawned { pid, live: live.clone(), tx: inbox, rx, exited };
                     match handshake(&spawned, &hello, kind) {
                         Ok(()) => Ok(spawned),
                         Err(error) => {
@@ -311,7 +385,7 @@ pub(crate) fn spawn(
             Err(SpawnError::ExitedEarly { how: how.unwrap_or(ExitHow::Unknown) })
         }
         recv(after(start_timeout)) -> _ => {
-            signal(pid, libc::SIGKILL);
+            live.signal(libc::SIGKILL);
             release(accept);
             let _ = exited.recv();
             Err(SpawnError::Timeout { after: start_timeout })

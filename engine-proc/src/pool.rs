@@ -12,7 +12,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, bounded, unbounded};
 use engine_core::protocol::{Address, Envelope, Frame, Kind, TaskId, from_bytes, to_bytes};
 use engine_core::{StageError, StopHandle, StopLevel, StopSubscription};
 
-use crate::boot::{self, Spawned};
+use crate::boot::{self, Live, Spawned};
 use crate::error::{ExitHow, SpawnError, TaskError};
 use crate::wire::{self, Packet, RecvError, send_envelope, send_frame};
 use crate::worker::{INIT, Reply, Worker, kind_of, pool_entry};
@@ -84,8 +84,10 @@ struct Queue<T> {
     deadline: Option<Instant>,
     /// Drivers with a live worker.
     live: usize,
+    /// Slots whose worker could not be started again: given up for good.
+    given_up: usize,
     /// Pids and inboxes of live workers, by slot, for killing at once.
-    workers: Vec<Option<(u32, IpcSender<Packet>)>>,
+    workers: Vec<Option<(u32, IpcSender<Packet>, Live)>>,
 }
 
 struct Shared<W: Worker> {
@@ -132,7 +134,12 @@ impl<W: Worker> Shared<W> {
             if !queue.jobs.is_empty() {
                 // Leave a fair share for the other workers when the queue is short.
                 let share = queue.jobs.len().div_ceil(queue.live.max(1));
-                let n = max.min(share).max(1);
+                let mut n = max.min(share).max(1);
+                // A task whose worker died runs alone, so that one task that kills its
+                // worker does not take the tasks batched with it down too.
+                if queue.jobs.front().is_some_and(|job| job.attempts > 0) {
+                    n = 1;
+                }
                 return Some(queue.jobs.drain(..n).collect());
             }
             if !block {
@@ -195,12 +202,12 @@ impl<W: Worker> Shared<W> {
                 .drain(..)
                 .map(|job| (job.id, Err(TaskError::Cancelled)))
                 .collect();
-            let pids: Vec<u32> = if state == State::Killing {
+            let pids: Vec<Live> = if state == State::Killing {
                 queue
                     .workers
                     .iter()
                     .flatten()
-                    .map(|(pid, _)| *pid)
+                    .map(|(_, _, live)| live.clone())
                     .collect()
             } else {
                 Vec::new()
@@ -209,8 +216,8 @@ impl<W: Worker> Shared<W> {
         };
         self.wake.notify_all();
         self.deliver(cancelled);
-        for pid in pids {
-            boot::signal(pid, libc::SIGKILL);
+        for live in pids {
+            live.signal(libc::SIGKILL);
         }
     }
 }
@@ -320,6 +327,7 @@ impl<W: Worker> PoolBuilder<W> {
                 state: State::Open,
                 deadline: None,
                 live: 0,
+                given_up: 0,
                 workers: (0..self.inits.len()).map(|_| None).collect(),
             }),
             wake: Condvar::new(),
@@ -478,7 +486,7 @@ impl<W: Worker> Pool<W> {
             self.shared.deliver(vec![(id, Err(TaskError::Cancelled))]);
             return id;
         }
-        if queue.live == 0 {
+        if queue.given_up == queue.workers.len() {
             drop(queue);
             self.shared.deliver(vec![(
                 id,
@@ -598,7 +606,7 @@ impl<W: Worker> Pool<W> {
             .workers
             .iter()
             .flatten()
-            .map(|(pid, _)| *pid)
+            .map(|(pid, _, _)| *pid)
             .collect()
     }
 
@@ -628,7 +636,7 @@ impl<W: Worker> Pool<W> {
     #[doc(hidden)]
     pub fn inject_raw_frame(&self, bytes: Vec<u8>) -> bool {
         let queue = lock(&self.shared.queue);
-        let Some((_, tx)) = queue.workers.iter().flatten().next() else {
+        let Some((_, tx, _)) = queue.workers.iter().flatten().next() else {
             return false;
         };
         tx.send(Packet::Frame(bytes)).is_ok()
@@ -974,7 +982,8 @@ fn replace<W: Worker>(
     // Nobody left in this slot. If no slot is left at all, queued tasks cannot run.
     let orphans = {
         let mut queue = lock(&shared.queue);
-        if queue.live == 0 {
+        queue.given_up += 1;
+        if queue.given_up == queue.workers.len() {
             queue.jobs.drain(..).collect()
         } else {
             Vec::new()
@@ -1034,7 +1043,7 @@ fn start_worker<W: Worker>(
         return Err(error);
     }
     let mut queue = lock(&shared.queue);
-    queue.workers[slot] = Some((worker.pid, worker.tx.clone()));
+    queue.workers[slot] = Some((worker.pid, worker.tx.clone(), worker.live()));
     queue.live += 1;
     drop(queue);
     shared.wake.notify_all();
