@@ -159,8 +159,6 @@ pub(crate) struct Connection {
     pub(crate) inbox: IpcReceiver<Packet>,
     /// To the master.
     pub(crate) to_master: IpcSender<Packet>,
-    /// A sender to `inbox`, to hand to peers.
-    pub(crate) inbox_sender: IpcSender<Packet>,
 }
 
 /// The worker side of the handshake: connects to the master, says hello as `kind`, waits for
@@ -178,16 +176,12 @@ pub(crate) fn connect(server: String, kind: &str) -> Result<Connection, String> 
     .map_err(|e| e.to_string())?;
     to_master
         .send(Packet::Connect {
-            inbox: inbox_sender.clone(),
+            inbox: inbox_sender,
             hello,
         })
         .map_err(|e| format!("cannot reach the master: {e}"))?;
     match recv_frame(&inbox) {
-        Ok(Frame::Welcome) => Ok(Connection {
-            inbox,
-            to_master,
-            inbox_sender,
-        }),
+        Ok(Frame::Welcome) => Ok(Connection { inbox, to_master }),
         Ok(Frame::Reject { reason }) => Err(format!("the master refused this worker: {reason}")),
         Ok(other) => Err(format!("expected a welcome, got {}", other.describe())),
         Err(e) => Err(format!("no welcome from the master: {e}")),
@@ -198,25 +192,41 @@ pub(crate) fn connect(server: String, kind: &str) -> Result<Connection, String> 
 #[derive(Debug)]
 pub(crate) struct Spawned {
     pub(crate) pid: u32,
-    live: Live,
     /// To the worker's inbox.
     pub(crate) tx: IpcSender<Packet>,
     /// From the worker; disconnects when the worker dies.
     pub(crate) rx: IpcReceiver<Packet>,
+    pub(crate) process: Process,
+}
+
+/// A worker process: its pid, how to signal it, and its end.
+#[derive(Debug)]
+pub(crate) struct Process {
+    pub(crate) pid: u32,
+    live: Live,
     /// Delivers how the worker ended, once it has (a thread waits for it, so it never
     /// lingers as a zombie).
-    pub(crate) exited: Receiver<ExitHow>,
+    exited: Receiver<ExitHow>,
 }
 
 impl Spawned {
+    pub(crate) fn live(&self) -> Live {
+        self.process.live.clone()
+    }
+
+    pub(crate) fn wait_exit(&self, timeout: Duration) -> Option<ExitHow> {
+        self.process.wait_exit(timeout)
+    }
+
+    pub(crate) fn kill_and_wait(&self) -> ExitHow {
+        self.process.kill_and_wait()
+    }
+}
+
+impl Process {
     /// Sends SIGKILL, unless the worker has already ended.
     pub(crate) fn kill(&self) {
         self.live.signal(libc::SIGKILL);
-    }
-
-    /// A handle that can signal the worker from elsewhere.
-    pub(crate) fn live(&self) -> Live {
-        self.live.clone()
     }
 
     /// Waits up to `timeout` for the worker's end.
@@ -224,10 +234,15 @@ impl Spawned {
         self.exited.recv_timeout(timeout).ok()
     }
 
+    /// Waits for the worker's end.
+    pub(crate) fn wait(&self) -> ExitHow {
+        self.exited.recv().unwrap_or(ExitHow::Unknown)
+    }
+
     /// Kills the worker and waits for its end.
     pub(crate) fn kill_and_wait(&self) -> ExitHow {
         self.kill();
-        self.exited.recv().unwrap_or(ExitHow::Unknown)
+        self.wait()
     }
 }
 
@@ -363,7 +378,8 @@ pub(crate) fn spawn(
             let _ = accept.join();
             match got {
                 Ok(Ok((rx, Packet::Connect { inbox, hello }))) => {
-                    let spawned = Spawned { pid, live: live.clone(), tx: inbox, rx, exited };
+                    let process = Process { pid, live: live.clone(), exited };
+                    let spawned = Spawned { pid, tx: inbox, rx, process };
                     match handshake(&spawned, &hello, kind) {
                         Ok(()) => Ok(spawned),
                         Err(error) => {

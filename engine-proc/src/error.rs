@@ -122,3 +122,24 @@ pub enum TaskError {
     #[error("no worker is left to run the task: {0}")]
     NoWorkers(String),
 }
+
+/// Errors of messaging between processes (router and duplex).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProcError {
+    /// No process has this name.
+    #[error("no process is named {0:?}")]
+    NoSuchPeer(String),
+    /// The other side is gone.
+    #[error("the other process is gone (its channel is closed)")]
+    Closed,
+    /// A body could not be encoded, or a frame did not decode.
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
+    /// A worker process could not be started.
+    #[error(transparent)]
+    Spawn(#[from] SpawnError),
+    /// The channel failed.
+    #[error("the channel failed: {0}")]
+    Channel(String),
+}
