@@ -1,0 +1,300 @@
+//! The router and the duplex child with real processes: routing, broadcast, bad input,
+//! periodic actions, crashes, stops.
+
+mod common;
+
+use std::time::Duration;
+
+use engine_core::protocol::{Address, Kind};
+use engine_core::{StageError, StopHandle};
+use engine_proc::{Child, Duplex, ExitHow, Handlers, ProcError, Router};
+
+fn to(name: &str) -> Address {
+    Address::named(name)
+}
+
+/// Forwards "work" to the worker "b", adding one: worker to worker, not through main.
+fn forwarder(h: &mut Handlers) {
+    h.on("work", |node, n: u64| {
+        Ok(node.send(&to("b"), "work", &(n + 1))?)
+    });
+}
+
+/// Answers "work" to main, doubling, and says who sent it.
+fn doubler(h: &mut Handlers) {
+    h.on("work", |node, n: u64| {
+        let from = node
+            .sender()
+            .cloned()
+            .ok_or_else(|| StageError::msg("no sender"))?;
+        Ok(node.send(&Address::Main, "done", &(n * 2, from.to_string()))?)
+    });
+    h.on("hello", |node, (): ()| {
+        let me = node.me().clone();
+        Ok(node.send(&Address::Main, "hi", &me)?)
+    });
+}
+
+fn messages_reach_workers_directly_and_come_back() {
+    let report = Router::builder()
+        .worker("a", forwarder)
+        .worker("b", doubler)
+        .on_start(|node| Ok(node.send(&to("a"), "work", &20_u64)?))
+        .on("done", |node, (n, from): (u64, String)| {
+            assert_eq!(n, 42);
+            assert_eq!(from, "a", "b got it straight from a");
+            node.exit();
+            Ok(())
+        })
+        .run()
+        .unwrap();
+    assert_eq!(report.main.handled, 1);
+    for name in ["a", "b"] {
+        let worker = report.worker(name).unwrap();
+        assert_eq!(worker.exit, ExitHow::Code(0), "{worker:?}");
+        assert!(!worker.ended_early);
+        assert_eq!(worker.stats.unwrap().handled, 1, "{worker:?}");
+    }
+}
+
+fn a_broadcast_reaches_every_worker() {
+    let mut greeted = Vec::new();
+    let report = Router::builder()
+        .worker("b", doubler)
+        .worker("c", doubler)
+        .worker("d", doubler)
+        .on_start(|node| Ok(node.send(&Address::Broadcast, "hello", &())?))
+        .on("hi", move |node, who: Address| {
+            greeted.push(who.to_string());
+            if greeted.len() == 3 {
+                greeted.sort();
+                assert_eq!(greeted, ["b", "c", "d"]);
+                node.exit();
+            }
+            Ok(())
+        })
+        .run()
+        .unwrap();
+    assert_eq!(report.main.handled, 3);
+    assert_eq!(report.main.sent, 3);
+}
+
+/// Counts what it handles and reports on "report".
+fn patient(h: &mut Handlers) {
+    h.on("number", |_, _: u64| Ok(()));
+    h.on("report", |node, (): ()| {
+        Ok(node.send(&Address::Main, "stats", &node.stats())?)
+    });
+}
+
+fn unknown_kinds_bad_bodies_and_corrupt_frames_are_counted_not_fatal() {
+    let report = Router::builder()
+        .worker("p", patient)
+        .on_start(|node| {
+            node.send(&to("p"), "no-such-kind", &1_u8)?;
+            node.send(&to("p"), "number", &"not a number at all")?;
+            node.send_raw_frame("p", b"EN\x01\x00\x00\x00\xff\xff\xff\xff".to_vec())?;
+            node.send_raw_frame("p", vec![1, 2, 3])?;
+            node.send(&to("p"), "number", &7_u64)?;
+            node.send(&to("p"), "report", &())?;
+            Ok(())
+        })
+        .on("stats", |node, stats: engine_proc::NodeStats| {
+            assert_eq!(stats.unknown_kind, 1, "{stats:?}");
+            assert_eq!(stats.bad_body, 1, "{stats:?}");
+            assert_eq!(stats.corrupt_frames, 2, "{stats:?}");
+            assert_eq!(stats.handled, 1, "{stats:?}");
+            node.exit();
+            Ok(())
+        })
+        .run()
+        .unwrap();
+    assert_eq!(report.main.handled, 1, "the worker survived and answered");
+    assert_eq!(report.worker("p").unwrap().exit, ExitHow::Code(0));
+}
+
+fn sending_to_an_unknown_name_is_a_typed_error() {
+    let report = Router::builder()
+        .worker("p", patient)
+        .on_start(|node| {
+            let error = node.send(&to("nobody"), "number", &1_u64).unwrap_err();
+            assert!(
+                matches!(error, ProcError::NoSuchPeer(ref n) if n == "nobody"),
+                "{error}"
+            );
+            node.exit();
+            Ok(())
+        })
+        .run()
+        .unwrap();
+    assert_eq!(report.main.handler_errors, 0);
+}
+
+/// Sends "tick" to main from its periodic action.
+fn ticker(h: &mut Handlers) {
+    h.every(Duration::from_millis(5), |node| {
+        Ok(node.send(&Address::Main, "tick", &())?)
+    });
+}
+
+fn periodic_actions_run_in_main_and_in_workers() {
+    let mut ticks = 0;
+    let mut rounds = 0;
+    let report = Router::builder()
+        .worker("t", ticker)
+        .on("tick", move |node, (): ()| {
+            ticks += 1;
+            if ticks == 3 {
+                node.send(&Address::Main, "ticks-done", &())?;
+            }
+            Ok(())
+        })
+        .on("ticks-done", |_, (): ()| Ok(()))
+        .every(Duration::from_millis(5), move |node| {
+            rounds += 1;
+            if rounds >= 3 && node.stats().handled >= 4 {
+                node.exit();
+            }
+            Ok(())
+        })
+        .run()
+        .unwrap();
+    assert!(report.main.handled >= 4, "{:?}", report.main);
+}
+
+/// Aborts on "crash".
+fn fragile(h: &mut Handlers) {
+    h.on("crash", |_, (): ()| std::process::abort());
+}
+
+fn a_crashing_worker_is_noticed_and_reported() {
+    let report = Router::builder()
+        .worker("f", fragile)
+        .on_start(|node| Ok(node.send(&to("f"), "crash", &())?))
+        .run()
+        .unwrap();
+    let worker = report.worker("f").unwrap();
+    assert!(worker.ended_early);
+    assert_eq!(worker.exit, ExitHow::Signal(libc::SIGABRT), "{worker:?}");
+}
+
+fn a_stop_tells_every_worker_to_die() {
+    let stop = StopHandle::new();
+    let trigger = stop.clone();
+    let report = Router::builder()
+        .worker("b", doubler)
+        .worker("c", patient)
+        .stop_handle(stop)
+        .on_start(|node| Ok(node.send(&to("b"), "work", &1_u64)?))
+        .on("done", move |_, _: (u64, String)| {
+            trigger.stop();
+            Ok(())
+        })
+        .run()
+        .unwrap();
+    for worker in &report.workers {
+        assert_eq!(worker.exit, ExitHow::Code(0), "{worker:?}");
+        assert!(!worker.ended_early, "{worker:?}");
+    }
+}
+
+/// Doubles `Do` bodies, echoes blobs by length, ends on `Die`.
+fn child_main(pipe: &mut Duplex) -> Result<(), StageError> {
+    loop {
+        let message = match pipe.recv() {
+            Ok(message) => message,
+            Err(ProcError::Protocol(_)) => {
+                pipe.send(Kind::Failed, "corrupt")?;
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        match message.kind {
+            Kind::Do => pipe.send(Kind::Finished, &(message.body::<u64>()? * 2))?,
+            Kind::Die => return Ok(()),
+            Kind::User(ref k) if k == "blob" => {
+                let sum: u64 = message.body.iter().map(|b| u64::from(*b)).sum();
+                pipe.send(Kind::Finished, &(message.body.len() as u64, sum))?;
+            }
+            _ => return Err(StageError::msg("unexpected message")),
+        }
+    }
+}
+
+fn a_duplex_child_answers_survives_garbage_and_exits_on_die() {
+    let child = Child::spawn(child_main).unwrap();
+    let pipe = child.duplex();
+    pipe.send(Kind::Do, &21_u64).unwrap();
+    let answer = pipe.recv().unwrap();
+    assert_eq!(answer.kind, Kind::Finished);
+    assert_eq!(answer.body::<u64>().unwrap(), 42);
+    assert_eq!(answer.sender.to_string(), child.pid().to_string());
+
+    pipe.send_raw_frame(vec![0xde, 0xad]).unwrap();
+    assert_eq!(pipe.recv().unwrap().kind, Kind::Failed);
+
+    // A large body travels in shared memory and arrives whole.
+    let blob: Vec<u8> = (0..3_000_000_u32).map(|i| (i % 251) as u8).collect();
+    let expected: u64 = blob.iter().map(|b| u64::from(*b)).sum();
+    pipe.send_bytes(Kind::user("blob"), blob).unwrap();
+    assert_eq!(
+        pipe.recv().unwrap().body::<(u64, u64)>().unwrap(),
+        (3_000_000, expected)
+    );
+
+    pipe.send(Kind::Die, &()).unwrap();
+    assert!(child.wait().is_success());
+}
+
+fn a_dropped_child_is_killed_and_reaped() {
+    let child = Child::spawn(child_main).unwrap();
+    let pid = child.pid();
+    drop(child);
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "no process, no zombie"
+    );
+}
+
+fn main() {
+    engine_proc::init();
+    let tests: &[(&str, fn())] = &[
+        (
+            "messages_reach_workers_directly_and_come_back",
+            messages_reach_workers_directly_and_come_back,
+        ),
+        (
+            "a_broadcast_reaches_every_worker",
+            a_broadcast_reaches_every_worker,
+        ),
+        (
+            "unknown_kinds_bad_bodies_and_corrupt_frames_are_counted_not_fatal",
+            unknown_kinds_bad_bodies_and_corrupt_frames_are_counted_not_fatal,
+        ),
+        (
+            "sending_to_an_unknown_name_is_a_typed_error",
+            sending_to_an_unknown_name_is_a_typed_error,
+        ),
+        (
+            "periodic_actions_run_in_main_and_in_workers",
+            periodic_actions_run_in_main_and_in_workers,
+        ),
+        (
+            "a_crashing_worker_is_noticed_and_reported",
+            a_crashing_worker_is_noticed_and_reported,
+        ),
+        (
+            "a_stop_tells_every_worker_to_die",
+            a_stop_tells_every_worker_to_die,
+        ),
+        (
+            "a_duplex_child_answers_survives_garbage_and_exits_on_die",
+            a_duplex_child_answers_survives_garbage_and_exits_on_die,
+        ),
+        (
+            "a_dropped_child_is_killed_and_reaped",
+            a_dropped_child_is_killed_and_reaped,
+        ),
+    ];
+    std::process::exit(common::run_tests(tests));
+}
