@@ -81,6 +81,12 @@ pub fn init() {
             std::env::remove_var(name);
         }
     }
+    // A Ctrl-C in a terminal reaches the whole process group: the master handles it and
+    // stops its workers in order, so a worker itself ignores SIGINT.
+    // SAFETY: setting a signal's disposition to SIG_IGN installs no handler code.
+    unsafe {
+        libc::signal(libc::SIGINT, libc::SIG_IGN);
+    }
     let code = match worker_entry(server, entry, parent, exe) {
         Ok((entry, server)) => entry(server),
         Err(reason) => {

@@ -7,6 +7,7 @@ mod error;
 mod node;
 mod pool;
 mod router;
+mod stage;
 mod wire;
 mod worker;
 
@@ -16,5 +17,8 @@ pub use error::{ExitHow, ProcError, SpawnError, TaskError};
 pub use node::{Handlers, Node, NodeStats};
 pub use pool::{Completed, DEFAULT_MAX_BATCH, Ordered, Pool, PoolBuilder, PoolStats, TaskResult};
 pub use router::{Router, RouterBuilder, RouterReport, WorkerMain, WorkerReport};
+pub use stage::{
+    InBackend, InTransport, ProcBackend, ProcTransport, RemoteBackend, RemoteTransport,
+};
 pub use wire::SHARED_MEMORY_THRESHOLD;
 pub use worker::Worker;

@@ -71,6 +71,9 @@ pub trait Worker: Sized + 'static {
     ///
     /// The task's failure, returned to the master as its result.
     fn run(&mut self, task: Self::Task) -> Result<Self::Output, StageError>;
+
+    /// Called once when the worker is told to stop (not when it is killed).
+    fn cleanup(&mut self) {}
 }
 
 /// What a worker answers to a batch: its busy time, and each task's result.
@@ -107,14 +110,14 @@ pub(crate) fn pool_entry<W: Worker>(server: String) -> i32 {
             return EXIT_INIT_FAILED;
         }
     };
-    loop {
+    let code = loop {
         let envelope = match recv_frame(&conn.inbox) {
             Ok(Frame::Message(envelope)) => envelope,
             Ok(other) => {
                 tracing::warn!("pool worker: unexpected {}", other.describe());
                 continue;
             }
-            Err(RecvError::Closed) => return 0,
+            Err(RecvError::Closed) => break 0,
             Err(RecvError::Protocol(error)) => {
                 // A corrupt frame: say so (the master counts it) and go on.
                 let error = StageError::new(error);
@@ -142,10 +145,14 @@ pub(crate) fn pool_entry<W: Worker>(server: String) -> i32 {
                     return EXIT_CHANNEL_FAILED;
                 }
             }
-            Kind::Die => return 0,
+            Kind::Die => break 0,
             other => tracing::warn!("pool worker: unexpected {other} message"),
         }
+    };
+    if catch_unwind(AssertUnwindSafe(|| worker.cleanup())).is_err() {
+        tracing::error!("pool worker: cleanup panicked");
     }
+    code
 }
 
 fn init_worker<W: Worker>(conn: &Connection) -> Result<W, StageError> {
