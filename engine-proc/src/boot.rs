@@ -61,7 +61,8 @@ pub(crate) fn address_at(offset: isize) -> usize {
 /// `init` gets [`SpawnError::NotInitialised`] instead of spawning copies of itself without
 /// end.
 ///
-/// ```
+/// ```no_run
+/// # #[allow(clippy::needless_doctest_main)]
 /// fn main() {
 ///     engine_proc::init();
 ///     // ... the program: pools, routers, engines with process-backed stages.
@@ -263,12 +264,10 @@ pub(crate) struct Live {
 impl Live {
     pub(crate) fn signal(&self, signal: i32) {
         let ended = lock(&self.ended);
-        if !*ended {
-            if let Ok(pid) = libc::pid_t::try_from(self.pid) {
-                // SAFETY: kill takes a pid and a signal number; the pid is our unreaped child.
-                unsafe {
-                    libc::kill(pid, signal);
-                }
+        if let (false, Ok(pid)) = (*ended, libc::pid_t::try_from(self.pid)) {
+            // SAFETY: kill takes a pid and a signal number; the pid is our unreaped child.
+            unsafe {
+                libc::kill(pid, signal);
             }
         }
     }

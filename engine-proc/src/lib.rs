@@ -1,5 +1,81 @@
 //! Worker processes over `ipc-channel`: bootstrap, pool, router, process-backed stages and
-//! supervision.
+//! supervision. The Rust form of DumbPipelineBox, multipro_lab and pymulproc.
+//!
+//! - **Bootstrap**: [`init`] on the first line of `main` turns this same binary into a
+//!   worker when it was spawned as one. The master hands the worker the name of an
+//!   `IpcOneShotServer`; the worker's [`Hello`](engine_core::protocol::Hello) is checked for
+//!   the protocol version and the worker kind. A worker that dies before connecting, or a
+//!   binary that never calls `init`, is a [`SpawnError`] within the start timeout, never a
+//!   hang.
+//! - **[`Pool`]** (DumbPipelineBox, multipro_lab's task queue): identical [`Worker`]s, each
+//!   initialised once from serialisable arguments; tasks in, `(task id, result)` out, in
+//!   completion order ([`Pool::run`]) or task order ([`Pool::map`]). A task that fails or
+//!   panics is a [`TaskError::Failed`] value. Idle workers pull adaptive batches (about a
+//!   millisecond of work each), so fast tasks travel by the thousand and slow ones one by one.
+//!   Optional per-task timeout.
+//! - **[`Router`]** (multipro_lab, pymulproc's queues): a main process and named workers of
+//!   different kinds, each registering typed [`Handlers`] per message kind; any process sends
+//!   `(receiver, kind, body)` to any other or broadcasts, workers directly to each other. An
+//!   unknown kind or a body that does not decode is logged and counted ([`NodeStats`]). Main
+//!   has a periodic action.
+//! - **[`Child`] and [`Duplex`]** (pymulproc's pipe): a parent and one child talking both ways
+//!   with `DO` / `FINISHED` / `DIE` envelopes.
+//! - **[`ProcTransport`] / [`ProcBackend`]**: a stage of the threaded engine runs in worker
+//!   processes with the same stage code.
+//! - **Supervision**: a worker that crashes, aborts or is killed is noticed at once (its
+//!   channel closes; a thread waiting on it reaps it and says how it ended, [`ExitHow`]). A
+//!   pool retries its tasks on another worker up to the limit, then returns
+//!   [`TaskError::WorkerDied`], and starts a new worker. Workers die with their master
+//!   (`PR_SET_PDEATHSIG`), ignore SIGINT (a terminal's Ctrl-C reaches the whole process
+//!   group; the master stops them in order), and no zombie is left.
+//! - **Shutdown**: a [`StopHandle`](engine_core::StopHandle) (SIGINT/SIGTERM through
+//!   [`install_signal_handler`](engine_core::install_signal_handler)) tells every worker to
+//!   die, waits up to a deadline, then kills; results already computed are delivered.
+//! - **Large payloads**: a body of [`SHARED_MEMORY_THRESHOLD`] bytes or more travels in an
+//!   `IpcSharedMemory` region beside its frame instead of through the socket.
+//!
+//! Every frame is an [`engine_core::protocol::Frame`]; decoding never panics, and a corrupt
+//! frame is a typed error that leaves the pool or router running.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use engine_core::StageError;
+//! use engine_proc::{Pool, Worker};
+//!
+//! struct Resizer { quality: u8 }
+//!
+//! impl Worker for Resizer {
+//!     type Init = u8;
+//!     type Task = (u32, u32);
+//!     type Output = (u32, u32);
+//!
+//!     fn init(quality: u8) -> Result<Self, StageError> {
+//!         Ok(Resizer { quality }) // expensive set-up happens once per process
+//!     }
+//!
+//!     fn run(&mut self, (w, h): (u32, u32)) -> Result<(u32, u32), StageError> {
+//!         if w == 0 || h == 0 {
+//!             return Err(StageError::msg("empty image"));
+//!         }
+//!         Ok((w / 2, h / 2))
+//!     }
+//! }
+//!
+//! fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     engine_proc::init(); // first line: workers are copies of this binary
+//!     let mut pool = Pool::<Resizer>::builder().workers(2, 90).start()?;
+//!     for (id, result) in pool.run([(640, 480), (0, 10), (1024, 768)]) {
+//!         match result {
+//!             Ok(size) => println!("task {id}: {size:?}"),
+//!             Err(error) => println!("task {id} failed: {error}"),
+//!         }
+//!     }
+//!     Ok(())
+//! }
+//! ```
+//!
+//! Linux only: it relies on `/proc/self/exe` and `PR_SET_PDEATHSIG`.
 
 mod boot;
 mod duplex;
@@ -15,7 +91,9 @@ pub use boot::init;
 pub use duplex::{Child, ChildMain, Duplex};
 pub use error::{ExitHow, ProcError, SpawnError, TaskError};
 pub use node::{Handlers, Node, NodeStats};
-pub use pool::{Completed, DEFAULT_MAX_BATCH, Ordered, Pool, PoolBuilder, PoolStats, TaskResult};
+pub use pool::{
+    Completed, Completion, DEFAULT_MAX_BATCH, Ordered, Pool, PoolBuilder, PoolStats, TaskResult,
+};
 pub use router::{Router, RouterBuilder, RouterReport, WorkerMain, WorkerReport};
 pub use stage::{
     InBackend, InTransport, ProcBackend, ProcTransport, RemoteBackend, RemoteTransport,

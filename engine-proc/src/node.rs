@@ -100,11 +100,9 @@ impl Handlers {
     }
 
     pub(crate) fn start(&mut self, node: &mut Node) {
-        if let Some(action) = &mut self.on_start {
-            if let Err(error) = action(node) {
-                node.stats.handler_errors += 1;
-                tracing::warn!(node = %node.me, "start action failed: {error:#}");
-            }
+        if let Some(Err(error)) = self.on_start.as_mut().map(|action| action(node)) {
+            node.stats.handler_errors += 1;
+            tracing::warn!(node = %node.me, "start action failed: {error:#}");
         }
         self.drain(node);
     }
@@ -115,11 +113,9 @@ impl Handlers {
     }
 
     pub(crate) fn tick(&mut self, node: &mut Node) {
-        if let Some((_, action)) = &mut self.every {
-            if let Err(error) = action(node) {
-                node.stats.handler_errors += 1;
-                tracing::warn!(node = %node.me, "periodic action failed: {error:#}");
-            }
+        if let Some(Err(error)) = self.every.as_mut().map(|(_, action)| action(node)) {
+            node.stats.handler_errors += 1;
+            tracing::warn!(node = %node.me, "periodic action failed: {error:#}");
         }
         self.drain(node);
     }

@@ -29,6 +29,9 @@ const DEPTH: usize = 2;
 /// A task's outcome as the pool delivers it.
 pub type TaskResult<O> = Result<O, TaskError>;
 
+/// A task's id and outcome.
+pub type Completion<O> = (TaskId, TaskResult<O>);
+
 /// Live counters of a pool.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -521,14 +524,14 @@ impl<W: Worker> Pool<W> {
     pub fn recv_timeout(
         &mut self,
         timeout: Duration,
-    ) -> Result<Option<(TaskId, TaskResult<W::Output>)>, RecvTimeoutError> {
+    ) -> Result<Option<Completion<W::Output>>, RecvTimeoutError> {
         self.recv_deadline(Instant::now().checked_add(timeout))
     }
 
     fn recv_deadline(
         &mut self,
         deadline: Option<Instant>,
-    ) -> Result<Option<(TaskId, TaskResult<W::Output>)>, RecvTimeoutError> {
+    ) -> Result<Option<Completion<W::Output>>, RecvTimeoutError> {
         if self.outstanding() == 0 {
             return Ok(None);
         }
@@ -618,7 +621,7 @@ impl<W: Worker> Pool<W> {
     /// Stops the pool: running tasks finish (up to the stop timeout), queued ones are
     /// cancelled, workers are told to die, and killed if they do not within the stop timeout.
     /// Returns the results not yet received, then the final counters.
-    pub fn shutdown(mut self) -> (Vec<(TaskId, TaskResult<W::Output>)>, PoolStats) {
+    pub fn shutdown(mut self) -> (Vec<Completion<W::Output>>, PoolStats) {
         self.shared.close(State::Closing);
         for driver in self.drivers.drain(..) {
             let _ = driver.join();
@@ -1022,8 +1025,7 @@ fn start_worker<W: Worker>(
     let outcome = match wire::recv_frame(&worker.rx) {
         Ok(Frame::Message(e)) if e.kind == Kind::Finished => Ok(()),
         Ok(Frame::Message(e)) if e.kind == Kind::Failed => Err(SpawnError::Init(
-            e.body::<StageError>()
-                .unwrap_or_else(|e| StageError::new(e)),
+            e.body::<StageError>().unwrap_or_else(StageError::new),
         )),
         Ok(other) => Err(SpawnError::Protocol(
             engine_core::protocol::ProtocolError::UnexpectedFrame {

@@ -106,11 +106,10 @@ fn a_graceful_stop_drains_through_the_worker_processes() {
     let trigger = stop.clone();
     let delivered = Arc::new(Mutex::new(0_u64));
     let count = Arc::clone(&delivered);
-    let report = Engine::builder((0..).map(move |x: u64| {
-        if x == 500 {
+    let report = Engine::builder((0..).inspect(move |x: &u64| {
+        if *x == 500 {
             trigger.stop();
         }
-        x
     }))
     .transport(ProcTransport::new(Scale { factor: 1 }))
     .stop_handle(&stop)
