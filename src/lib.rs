@@ -118,5 +118,8 @@ pub fn enabled_features() -> Vec<&'static str> {
     if cfg!(feature = "pod") {
         features.push("pod");
     }
+    if cfg!(feature = "redis") {
+        features.push("redis");
+    }
     features
 }

@@ -96,7 +96,51 @@ fn the_default_engine_is_reachable() {
 #[cfg(feature = "proc")]
 #[test]
 fn proc_is_reachable() {
-    use engine::proc as _;
+    use engine::proc::{Child, Pool, ProcBackend, ProcTransport, Router, TaskError, Worker};
+    fn named<T: ?Sized>() -> &'static str {
+        std::any::type_name::<T>()
+    }
+    assert!(named::<Router>().ends_with("Router"));
+    assert!(named::<Child>().ends_with("Child"));
+    assert!(named::<TaskError>().ends_with("TaskError"));
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct Stage;
+    impl engine::core::Transport for Stage {
+        type Input = u8;
+        type Output = u8;
+        fn transport(
+            &mut self,
+            x: u8,
+            _: &engine::core::StageContext,
+        ) -> Result<Option<u8>, engine::core::StageError> {
+            Ok(Some(x))
+        }
+    }
+    impl engine::core::Backend for Stage {
+        type Input = u8;
+        fn process(
+            &mut self,
+            _: u8,
+            _: &engine::core::StageContext,
+        ) -> Result<(), engine::core::StageError> {
+            Ok(())
+        }
+    }
+    struct Echo;
+    impl Worker for Echo {
+        type Init = ();
+        type Task = u8;
+        type Output = u8;
+        fn init((): ()) -> Result<Self, engine::core::StageError> {
+            Ok(Echo)
+        }
+        fn run(&mut self, task: u8) -> Result<u8, engine::core::StageError> {
+            Ok(task)
+        }
+    }
+    assert!(named::<Pool<Echo>>().contains("Pool"));
+    assert!(named::<ProcTransport<Stage>>().contains("ProcTransport"));
+    assert!(named::<ProcBackend<Stage>>().contains("ProcBackend"));
     assert!(engine::enabled_features().contains(&"proc"));
 }
 
