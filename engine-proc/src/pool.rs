@@ -869,14 +869,17 @@ fn drive<W: Worker>(
                     .counters
                     .timeouts
                     .fetch_add(timed_out.len() as u64, Ordering::Relaxed);
+                let how = worker.kill_and_wait();
+                // The death is counted and the replacement started before the result goes
+                // out, so that counters read after it are settled.
+                let next = replace(shared, slot, init, &mut inflight, how);
                 shared.deliver(
                     timed_out
                         .into_iter()
                         .map(|j| (j.id, Err(TaskError::TimedOut { after })))
                         .collect(),
                 );
-                let how = worker.kill_and_wait();
-                worker = match replace(shared, slot, init, &mut inflight, how) {
+                worker = match next {
                     Some(w) => w,
                     None => return,
                 };

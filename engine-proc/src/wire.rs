@@ -106,7 +106,9 @@ pub(crate) fn recv_packet(
 ) -> Result<Packet, RecvError> {
     let got = match timeout {
         None => rx.recv().map_err(TryRecvError::IpcError),
-        Some(timeout) => rx.try_recv_timeout(timeout),
+        // ipc-channel waits whole milliseconds, rounded down: round up instead, so that a
+        // timeout never fires early.
+        Some(timeout) => rx.try_recv_timeout(round_up_to_millis(timeout)),
     };
     got.map_err(|e| match e {
         TryRecvError::Empty => RecvError::Timeout,
@@ -118,4 +120,9 @@ pub(crate) fn recv_packet(
 /// Receives and decodes one frame, waiting as long as it takes.
 pub(crate) fn recv_frame(rx: &IpcReceiver<Packet>) -> Result<Frame, RecvError> {
     open(recv_packet(rx, None)?)
+}
+
+fn round_up_to_millis(d: Duration) -> Duration {
+    let millis = d.as_nanos().div_ceil(1_000_000);
+    Duration::from_millis(u64::try_from(millis).unwrap_or(u64::MAX))
 }

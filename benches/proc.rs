@@ -1,0 +1,420 @@
+//! Worker processes over `ipc-channel` against hand-written `ipc-channel` code of the same
+//! shape, in the same run:
+//!
+//! - `pool`: small tasks (`x + 1` on a `u64`) through a [`Pool`] of 2 workers, against a
+//!   hand-written request/response loop (2 child processes, one task per round trip, one
+//!   master thread per child). The engine's absolute rate is printed too: Python's
+//!   `multiprocessing.Pool` (chunksize 256) does about 2.9M items/s on the same task.
+//! - `oneway`: small messages master -> child, one way: a [`Child`] counting what
+//!   [`Duplex::recv`] delivers, against a raw `IpcSender<u64>` to a child that counts.
+//! - `bulk`: 1 GiB in 1 MiB bodies master -> child: [`Duplex::send_bytes`] (bodies of 64 KiB
+//!   and more travel in shared memory), against a raw `IpcBytesSender`.
+//!
+//! Every child process is a copy of this binary: `main` calls `engine_proc::init()` on its
+//! first line (which turns an engine worker into one and never returns), then dispatches the
+//! hand-written children on the `PROC_BENCH_ROLE` environment variable, as a user without the
+//! engine would.
+//!
+//! Run with `cargo xtask bench proc` (or `... -- pool` for one measurement).
+
+#![allow(clippy::print_stdout, reason = "a benchmark prints its table")]
+
+mod harness;
+
+use std::hint::black_box;
+use std::process::{Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use engine_core::StageError;
+use engine_core::protocol::Kind;
+use engine_proc::{Child, Duplex, Pool, Worker};
+use ipc_channel::ipc::{self, IpcBytesSender, IpcOneShotServer, IpcReceiver, IpcSender};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+const ROUNDS: usize = 5;
+
+/// Tasks per engine round of `pool`.
+const POOL_TASKS: u64 = 2_000_000;
+/// Tasks per baseline round of `pool`: one round trip each, so far fewer (rates compare).
+const ROUND_TRIP_TASKS: u64 = 100_000;
+/// Messages per round of `oneway`.
+const MESSAGES: u64 = 200_000;
+/// The body size of `bulk`.
+const MIB: usize = 1 << 20;
+/// Bodies per round of `bulk`: 1 GiB.
+const BODIES: usize = 1024;
+
+/// The environment variable that makes this binary one of the hand-written children.
+const ROLE: &str = "PROC_BENCH_ROLE";
+/// The name of the `IpcOneShotServer` a hand-written child connects to.
+const SERVER: &str = "PROC_BENCH_SERVER";
+/// Ends a round of the hand-written `oneway` child.
+const END: u64 = u64::MAX;
+
+// ---------------------------------------------------------------------------------------
+// Measurement helpers.
+
+/// Like [`harness::compare`], but each side times its own round (so that preparing the
+/// input stays outside the timed part) and has its own operation count.
+fn compare_timed(
+    rounds: usize,
+    (engine_ops, baseline_ops): (u64, u64),
+    mut engine: impl FnMut() -> Duration,
+    mut baseline: impl FnMut() -> Duration,
+) -> (harness::Figures, harness::Figures) {
+    // One warm-up call each.
+    engine();
+    baseline();
+    let rate = |ops: u64, elapsed: Duration| ops as f64 / elapsed.as_secs_f64().max(1e-12);
+    let mut e = Vec::with_capacity(rounds);
+    let mut b = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        e.push(rate(engine_ops, engine()));
+        b.push(rate(baseline_ops, baseline()));
+    }
+    e.sort_by(f64::total_cmp);
+    b.sort_by(f64::total_cmp);
+    (harness::Figures { rates: e }, harness::Figures { rates: b })
+}
+
+/// How long `f` takes.
+fn time<R>(f: impl FnOnce() -> R) -> Duration {
+    let started = Instant::now();
+    black_box(f());
+    started.elapsed()
+}
+
+/// 1 + 2 + ... + n.
+fn sum_to(n: u64) -> u64 {
+    n * (n + 1) / 2
+}
+
+// ---------------------------------------------------------------------------------------
+// The hand-written side: what a user of plain ipc-channel writes.
+
+/// What the hand-written `pool` child hands over: tasks in, results out.
+type EchoChannels = (IpcSender<u64>, IpcReceiver<u64>);
+/// What the hand-written `oneway` child hands over: messages in, `(count, sum)` out.
+type CountChannels = (IpcSender<u64>, IpcReceiver<(u64, u64)>);
+/// What the hand-written `bulk` child hands over: bodies in, the total of bytes out.
+type BytesChannels = (IpcBytesSender, IpcReceiver<u64>);
+
+/// Starts this binary as the hand-written child `role` and returns what it sends back
+/// through the one-shot server (its channels).
+fn spawn_raw<B: Serialize + DeserializeOwned>(role: &str) -> (B, std::process::Child) {
+    let (server, name) = IpcOneShotServer::<B>::new().expect("a one-shot server");
+    let process = Command::new(std::env::current_exe().expect("the current executable"))
+        .env(ROLE, role)
+        .env(SERVER, name)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("the child starts");
+    let (_, boot) = server.accept().expect("the child connects");
+    (boot, process)
+}
+
+/// Connects a hand-written child to its master and hands over `boot`.
+fn connect<B: Serialize>(boot: B) {
+    let server = std::env::var(SERVER).expect("the server's name");
+    IpcSender::<B>::connect(server)
+        .expect("connect to the master")
+        .send(boot)
+        .expect("the master listens");
+}
+
+/// The main of a hand-written child; its exit code.
+fn raw_child(role: &str) -> i32 {
+    match role {
+        // x -> x + 1, one by one, until the master hangs up.
+        "raw-echo" => {
+            let (task_tx, tasks) = ipc::channel::<u64>().expect("a channel");
+            let (reply, reply_rx) = ipc::channel::<u64>().expect("a channel");
+            connect::<EchoChannels>((task_tx, reply_rx));
+            while let Ok(x) = tasks.recv() {
+                if reply.send(x + 1).is_err() {
+                    return 1;
+                }
+            }
+            0
+        }
+        // Counts and sums until END, replies (count, sum), again until the master hangs up.
+        "raw-count" => {
+            let (tx, messages) = ipc::channel::<u64>().expect("a channel");
+            let (reply, reply_rx) = ipc::channel::<(u64, u64)>().expect("a channel");
+            connect::<CountChannels>((tx, reply_rx));
+            let (mut count, mut sum) = (0_u64, 0_u64);
+            while let Ok(x) = messages.recv() {
+                if x == END {
+                    if reply.send((count, sum)).is_err() {
+                        return 1;
+                    }
+                    (count, sum) = (0, 0);
+                } else {
+                    count += 1;
+                    sum = sum.wrapping_add(x);
+                }
+            }
+            0
+        }
+        // Checks each body, an empty one ends a round: replies the total of bytes.
+        "raw-bytes" => {
+            let (tx, bodies) = ipc::bytes_channel().expect("a channel");
+            let (reply, reply_rx) = ipc::channel::<u64>().expect("a channel");
+            connect::<BytesChannels>((tx, reply_rx));
+            let (mut count, mut total) = (0_usize, 0_u64);
+            while let Ok(body) = bodies.recv() {
+                if body.is_empty() {
+                    if reply.send(total).is_err() {
+                        return 1;
+                    }
+                    (count, total) = (0, 0);
+                    continue;
+                }
+                if !body_ok(&body, count) {
+                    return 2;
+                }
+                count += 1;
+                total += body.len() as u64;
+            }
+            0
+        }
+        _ => 3,
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// 1. Small tasks through a pool.
+
+/// The pool's worker: x + 1.
+struct Inc;
+
+impl Worker for Inc {
+    type Init = ();
+    type Task = u64;
+    type Output = u64;
+
+    fn init((): ()) -> Result<Self, StageError> {
+        Ok(Inc)
+    }
+
+    fn run(&mut self, x: u64) -> Result<u64, StageError> {
+        Ok(x + 1)
+    }
+}
+
+fn pool() {
+    let mut pool = Pool::<Inc>::builder()
+        .workers(2, ())
+        .start()
+        .expect("the pool starts");
+    let mut echoes: Vec<(EchoChannels, std::process::Child)> =
+        (0..2).map(|_| spawn_raw("raw-echo")).collect();
+
+    let engine = || {
+        time(|| {
+            let sum = pool
+                .run(0..POOL_TASKS)
+                .map(|(_, result)| result.expect("the task succeeds"))
+                .fold(0_u64, u64::wrapping_add);
+            assert_eq!(sum, sum_to(POOL_TASKS));
+        })
+    };
+    let baseline = || {
+        time(|| {
+            // One master thread per child, each taking every other task.
+            let sum: u64 = thread::scope(|s| {
+                let threads: Vec<_> = echoes
+                    .iter_mut()
+                    .enumerate()
+                    .map(|(first, ((tx, rx), _))| {
+                        s.spawn(move || {
+                            let mut sum = 0_u64;
+                            for x in (first as u64..ROUND_TRIP_TASKS).step_by(2) {
+                                tx.send(x).expect("the child runs");
+                                sum += rx.recv().expect("the child answers");
+                            }
+                            sum
+                        })
+                    })
+                    .collect();
+                threads
+                    .into_iter()
+                    .map(|t| t.join().expect("a master thread"))
+                    .sum()
+            });
+            assert_eq!(sum, sum_to(ROUND_TRIP_TASKS));
+        })
+    };
+    let (e, b) = compare_timed(ROUNDS, (POOL_TASKS, ROUND_TRIP_TASKS), engine, baseline);
+    harness::header("proc: small tasks (x+1, u64), 2 worker processes, items/s");
+    harness::row("Pool::run vs one round trip per task", &e, &b);
+    println!(
+        "engine: {:.2}M items/s ({POOL_TASKS} per round; Python multiprocessing.Pool, \
+         chunksize 256: ~2.9M items/s); target ratio >= 10",
+        e.median() / 1e6
+    );
+
+    let (_, stats) = pool.shutdown();
+    assert_eq!(stats.failed, 0);
+    for ((tx, rx), mut process) in echoes.drain(..) {
+        drop((tx, rx));
+        assert!(process.wait().expect("the child ends").success());
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// 2. One-way small messages.
+
+/// Counts and sums `"n"` messages; replies `(count, sum)` to `"end"`; returns on DIE.
+fn counter(pipe: &mut Duplex) -> Result<(), StageError> {
+    let (mut count, mut sum) = (0_u64, 0_u64);
+    loop {
+        let message = pipe.recv()?;
+        match &message.kind {
+            Kind::User(k) if k == "n" => {
+                count += 1;
+                sum = sum.wrapping_add(message.body::<u64>()?);
+            }
+            Kind::User(k) if k == "end" => {
+                pipe.send(Kind::user("count"), &(count, sum))?;
+                (count, sum) = (0, 0);
+            }
+            _ => return Ok(()),
+        }
+    }
+}
+
+fn oneway() {
+    let child = Child::spawn(counter).expect("the child starts");
+    let ((tx, rx), mut raw): (CountChannels, _) = spawn_raw("raw-count");
+    let expected = (MESSAGES, sum_to(MESSAGES - 1));
+
+    let engine = || {
+        let pipe = child.duplex();
+        for i in 0..MESSAGES {
+            pipe.send(Kind::user("n"), &i).expect("the child runs");
+        }
+        pipe.send(Kind::user("end"), &()).expect("the child runs");
+        let reply = pipe.recv().expect("the child answers");
+        assert_eq!(reply.body::<(u64, u64)>().expect("a count"), expected);
+    };
+    let baseline = || {
+        for i in 0..MESSAGES {
+            tx.send(i).expect("the child runs");
+        }
+        tx.send(END).expect("the child runs");
+        assert_eq!(rx.recv().expect("the child answers"), expected);
+    };
+    let (e, b) = harness::compare(ROUNDS, MESSAGES, engine, baseline);
+    harness::header("proc: one-way u64 messages master -> child, messages/s");
+    harness::row("Duplex::send vs IpcSender<u64>::send", &e, &b);
+    println!("target ratio >= 0.8");
+
+    child.duplex().send(Kind::Die, &()).expect("the child runs");
+    assert!(child.wait().is_success());
+    drop((tx, rx));
+    assert!(raw.wait().expect("the child ends").success());
+}
+
+// ---------------------------------------------------------------------------------------
+// 3. 1 GiB in 1 MiB bodies.
+
+/// Body `i` of a round: filled with `i % 251`.
+fn bodies() -> Vec<Vec<u8>> {
+    (0..BODIES).map(|i| vec![(i % 251) as u8; MIB]).collect()
+}
+
+/// Whether body `i` has the size and a byte it should.
+fn body_ok(body: &[u8], i: usize) -> bool {
+    body.len() == MIB && body[MIB / 2] == (i % 251) as u8
+}
+
+/// Checks `"blob"` bodies; replies the total of bytes to `"end"`; returns on DIE.
+fn blobs(pipe: &mut Duplex) -> Result<(), StageError> {
+    let (mut count, mut total) = (0_usize, 0_u64);
+    loop {
+        let message = pipe.recv()?;
+        match &message.kind {
+            Kind::User(k) if k == "blob" => {
+                if !body_ok(&message.body, count) {
+                    return Err(StageError::msg(format!("body {count} is wrong")));
+                }
+                count += 1;
+                total += message.body.len() as u64;
+            }
+            Kind::User(k) if k == "end" => {
+                pipe.send(Kind::user("total"), &total)?;
+                (count, total) = (0, 0);
+            }
+            _ => return Ok(()),
+        }
+    }
+}
+
+fn bulk() {
+    let child = Child::spawn(blobs).expect("the child starts");
+    let ((tx, rx), mut raw): (BytesChannels, _) = spawn_raw("raw-bytes");
+    let total = (BODIES * MIB) as u64;
+
+    // Both sides send the same prepared bodies (filled outside the timed part): the engine
+    // takes each by value, the baseline by reference.
+    let engine = || {
+        let bodies = bodies();
+        time(|| {
+            let pipe = child.duplex();
+            for body in bodies {
+                pipe.send_bytes(Kind::user("blob"), body)
+                    .expect("the child runs");
+            }
+            pipe.send(Kind::user("end"), &()).expect("the child runs");
+            let reply = pipe.recv().expect("the child answers");
+            assert_eq!(reply.body::<u64>().expect("a total"), total);
+        })
+    };
+    let baseline = || {
+        let bodies = bodies();
+        time(|| {
+            for body in &bodies {
+                tx.send(body).expect("the child runs");
+            }
+            tx.send(&[]).expect("the child runs");
+            assert_eq!(rx.recv().expect("the child answers"), total);
+        })
+    };
+    let (e, b) = compare_timed(ROUNDS, (total, total), engine, baseline);
+    harness::header("proc: 1 GiB in 1 MiB bodies master -> child, bytes/s");
+    harness::row("Duplex::send_bytes vs IpcBytesSender::send", &e, &b);
+    println!(
+        "engine {:.2} GB/s (target >= 1.5), hand-written {:.2} GB/s",
+        e.median() / 1e9,
+        b.median() / 1e9
+    );
+
+    child.duplex().send(Kind::Die, &()).expect("the child runs");
+    assert!(child.wait().is_success());
+    drop((tx, rx));
+    assert!(raw.wait().expect("the child ends").success());
+}
+
+fn main() {
+    // First: an engine worker becomes one here and never returns.
+    engine_proc::init();
+    // Then the hand-written children.
+    if let Ok(role) = std::env::var(ROLE) {
+        std::process::exit(raw_child(&role));
+    }
+
+    let only = std::env::args().nth(1).filter(|a| !a.starts_with('-'));
+    let run = |name: &str| only.as_deref().is_none_or(|o| o == name);
+    if run("pool") {
+        pool();
+    }
+    if run("oneway") {
+        oneway();
+    }
+    if run("bulk") {
+        bulk();
+    }
+}
