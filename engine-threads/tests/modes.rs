@@ -426,7 +426,7 @@ impl engine_core::Backend for Buffered {
 
     fn flush(&mut self, _ctx: &StageContext) -> Result<(), StageError> {
         self.flushes += 1;
-        if self.flaky && self.flushes % 3 == 0 {
+        if self.flaky && self.flushes.is_multiple_of(3) {
             self.buffer.clear();
             return Err(StageError::msg("the sink refused the batch"));
         }
