@@ -36,7 +36,7 @@ use serde::de::DeserializeOwned;
 const ROUNDS: usize = 5;
 
 /// Tasks per engine round of `pool`.
-const POOL_TASKS: u64 = 2_000_000;
+const POOL_TASKS: u64 = 1_500_000;
 /// Tasks per baseline round of `pool`: one round trip each, so far fewer (rates compare).
 const ROUND_TRIP_TASKS: u64 = 100_000;
 /// Messages per round of `oneway`.
