@@ -4,6 +4,11 @@
 //! standard input -> log transport -> log backend, and prints the run report to standard error
 //! at the end. Ctrl-C stops gracefully (what was read drains), a second Ctrl-C stops at once.
 //! `engine info` prints what this build contains.
+//!
+//! With the `redis` feature, `--from redis://host:port/<stream>?group=<group>` reads lines from
+//! a Redis stream (through a consumer group) instead of standard input, and `--to
+//! redis://host:port/<stream>` appends them to a stream instead of logging them. A bad address
+//! is a usage error (exit code 2).
 
 #![allow(
     clippy::print_stdout,
@@ -74,6 +79,25 @@ struct RunArgs {
     /// Log the engine's statistics at this interval (e.g. `500ms`, `10s`, `1m`).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     stats_interval: Option<Duration>,
+    /// Read lines from a Redis stream instead of standard input, through a consumer group:
+    /// `redis://host:port/<stream>?group=<group>` (group `engine` by default). Runs until
+    /// Ctrl-C.
+    #[cfg(feature = "redis")]
+    #[arg(long, value_name = "URL", value_parser = parse_stream_address)]
+    from: Option<Box<engine::redis::StreamAddress>>,
+    /// Append the lines to a Redis stream instead of logging them in the backend:
+    /// `redis://host:port/<stream>` (add `?bound=<n>` to keep at most n unfinished entries).
+    #[cfg(feature = "redis")]
+    #[arg(long, value_name = "URL", value_parser = parse_stream_address)]
+    to: Option<Box<engine::redis::StreamAddress>>,
+}
+
+/// Parses `--from`/`--to`; an error is a usage error (exit code 2).
+#[cfg(feature = "redis")]
+fn parse_stream_address(text: &str) -> Result<Box<engine::redis::StreamAddress>, String> {
+    engine::redis::StreamAddress::parse(text)
+        .map(Box::new)
+        .map_err(|err| err.to_string())
 }
 
 fn main() -> ExitCode {
@@ -129,26 +153,95 @@ fn run(args: &RunArgs) -> ExitCode {
     }
 }
 
+/// Builds the engine from a frontend and a backend (the transport is always the log
+/// transport), applies the options, runs it under Ctrl-C handling, and returns the report.
+#[cfg(all(feature = "threads", feature = "ootb"))]
+macro_rules! run_engine {
+    ($args:expr, $frontend:expr, $backend:expr) => {{
+        let args: &RunArgs = $args;
+        let mut builder = engine::threads::Engine::builder($frontend)
+            .transport(engine::ootb::LogTransport::<String>::new())
+            .backend($backend)
+            .transport_threads(args.transport_threads)
+            .backend_threads(args.backend_threads);
+        if let Some(items) = args.queue_size {
+            builder = builder.queue_capacity(items);
+        }
+        if let Some(interval) = args.stats_interval {
+            builder = builder.stats_interval(interval);
+        }
+        let engine = builder.build()?;
+        #[cfg(unix)]
+        let _signals = engine::core::install_signal_handler(engine.stop_handle())?;
+        engine.run()
+    }};
+}
+
 #[cfg(all(feature = "threads", feature = "ootb"))]
 fn try_run(args: &RunArgs) -> anyhow::Result<engine::core::RunReport> {
-    let mut builder = engine::default_engine()
-        .transport_threads(args.transport_threads)
-        .backend_threads(args.backend_threads);
-    if let Some(items) = args.queue_size {
-        builder = builder.queue_capacity(items);
-    }
-    if let Some(interval) = args.stats_interval {
-        builder = builder.stats_interval(interval);
-    }
-    let engine = builder.build()?;
-    #[cfg(unix)]
-    let _signals = engine::core::install_signal_handler(engine.stop_handle())?;
     tracing::info!(
         transport_threads = args.transport_threads,
         backend_threads = args.backend_threads,
-        "reading lines from standard input"
+        "{}",
+        describe(args)
     );
-    Ok(engine.run()?)
+    #[cfg(feature = "redis")]
+    {
+        use engine::redis::{StreamSink, StreamSource};
+        let log = || engine::ootb::LogBackend::<String>::new();
+        let stdin = engine::ootb::StdinFrontend::new;
+        let sink = |to: &engine::redis::StreamAddress| StreamSink::<String>::new(to.clone());
+        let report = match (&args.from, &args.to) {
+            (None, None) => run_engine!(args, stdin(), log()),
+            (None, Some(to)) => run_engine!(args, stdin(), sink(to)),
+            (Some(from), to) => {
+                let source = StreamSource::<String>::new((**from).clone());
+                let settlement = source.settlement();
+                let report = match to {
+                    None => run_engine!(args, source, log()),
+                    Some(to) => run_engine!(args, source, sink(to)),
+                };
+                // After a stop the engine does not wait for a source blocked in a read: wait
+                // here for the acknowledgements of what was finished.
+                if !settlement.wait(Duration::from_secs(30)) {
+                    tracing::warn!(
+                        outstanding = settlement.outstanding(),
+                        "some acknowledgements were not sent; those lines will be delivered again"
+                    );
+                }
+                report
+            }
+        };
+        Ok(report?)
+    }
+    #[cfg(not(feature = "redis"))]
+    Ok(run_engine!(
+        args,
+        engine::ootb::StdinFrontend::new(),
+        engine::ootb::LogBackend::<String>::new()
+    )?)
+}
+
+/// Where the lines come from and go to, for the start-up log line.
+#[cfg(all(feature = "threads", feature = "ootb"))]
+fn describe(args: &RunArgs) -> String {
+    #[cfg(feature = "redis")]
+    {
+        let from = args.from.as_ref().map_or_else(
+            || "standard input".to_owned(),
+            |a| format!("stream {a} (group {})", a.group()),
+        );
+        let to = args
+            .to
+            .as_ref()
+            .map_or_else(|| "the log".to_owned(), |a| format!("stream {a}"));
+        format!("reading lines from {from}, writing them to {to}")
+    }
+    #[cfg(not(feature = "redis"))]
+    {
+        let _ = args;
+        "reading lines from standard input".to_owned()
+    }
 }
 
 #[cfg(not(all(feature = "threads", feature = "ootb")))]

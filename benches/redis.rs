@@ -1,0 +1,307 @@
+//! Items per second from one producer through Redis Streams to two consumers in a consumer
+//! group: the engine (a `StreamSink` backend, two engines with a `StreamSource` frontend)
+//! against a hand-written loop of the same shape on the `redis` crate: a producer sending
+//! pipelined `XADD`s of 1024 entries, and two consumers each looping `XREADGROUP COUNT 512
+//! BLOCK` then one pipeline of `XACK` + `XDEL` per batch (the engine deletes what it
+//! acknowledges, so that a stream's length is its unfinished count; the baseline does the
+//! same work). Items are postcard-encoded `u64`s on both sides; consumers sum them.
+//!
+//! The benchmark starts its own `redis-server` on a free loopback port (no persistence).
+//! Run with `cargo xtask bench redis`.
+
+#![allow(clippy::print_stdout, reason = "a benchmark prints its table")]
+
+mod harness;
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use engine::redis::redis::{self, Connection, Value};
+use engine::redis::{RedisBroker, StreamAddress, StreamSink, StreamSource};
+use engine_core::{Backend, StageContext, StageError, StopHandle};
+use engine_threads::Engine;
+
+const ITEMS: u64 = 200_000;
+const ROUNDS: usize = 5;
+const CONSUMERS: usize = 2;
+
+fn main() {
+    let server = RedisServer::start();
+    harness::header("redis: 1 producer -> Redis stream -> 2 consumers (group), items/s");
+    let round = AtomicU64::new(0);
+    let next = || round.fetch_add(1, Ordering::Relaxed);
+    let (e, b) = harness::compare(
+        ROUNDS,
+        ITEMS,
+        || assert_eq!(engine_round(&server, next()), expected()),
+        || assert_eq!(baseline_round(&server, next()), expected()),
+    );
+    harness::row("200k u64, pipelined, 2 consumers", &e, &b);
+}
+
+fn expected() -> u64 {
+    (0..ITEMS).sum()
+}
+
+/// A backend that adds to a shared sum and count.
+#[derive(Clone)]
+struct Sum {
+    sum: Arc<AtomicU64>,
+    count: Arc<AtomicU64>,
+}
+
+impl Backend for Sum {
+    type Input = u64;
+
+    fn process(&mut self, n: u64, _: &StageContext) -> Result<(), StageError> {
+        self.sum.fetch_add(n, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Release);
+        Ok(())
+    }
+}
+
+fn engine_round(server: &RedisServer, round: u64) -> u64 {
+    let stream = format!("engine-{round}");
+    let address = server.address(&stream);
+    let sum = Sum {
+        sum: Arc::new(AtomicU64::new(0)),
+        count: Arc::new(AtomicU64::new(0)),
+    };
+    let stop = StopHandle::new();
+    let mut settlements = Vec::new();
+    let consumers: Vec<_> = (0..CONSUMERS)
+        .map(|i| {
+            let source = StreamSource::<u64>::new(address.clone().with_consumer(format!("c{i}")));
+            settlements.push(source.settlement());
+            Engine::builder(source)
+                .backend(sum.clone())
+                .stop_handle(&stop)
+                .spawn()
+                .expect("a consumer starts")
+        })
+        .collect();
+    let producer = Engine::builder(0..ITEMS)
+        .backend(StreamSink::<u64>::new(address))
+        .spawn()
+        .expect("the producer starts");
+    assert_eq!(
+        producer.join().expect("the producer runs").processed(),
+        ITEMS
+    );
+    wait_for(&sum.count);
+    stop.stop();
+    for consumer in consumers {
+        consumer.join().expect("a consumer runs");
+    }
+    for settlement in settlements {
+        assert!(settlement.wait(Duration::from_secs(30)));
+    }
+    server.delete(&stream);
+    sum.sum.load(Ordering::SeqCst)
+}
+
+fn baseline_round(server: &RedisServer, round: u64) -> u64 {
+    let stream = format!("baseline-{round}");
+    let mut conn = server.connection();
+    redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&stream)
+        .arg("g")
+        .arg("0")
+        .arg("MKSTREAM")
+        .exec(&mut conn)
+        .expect("XGROUP CREATE");
+    let sum = Arc::new(AtomicU64::new(0));
+    let count = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let consumers: Vec<_> = (0..CONSUMERS)
+        .map(|i| {
+            let (mut conn, stream) = (server.connection(), stream.clone());
+            let (sum, count, done) = (Arc::clone(&sum), Arc::clone(&count), Arc::clone(&done));
+            thread::spawn(move || {
+                let consumer = format!("c{i}");
+                while !done.load(Ordering::Acquire) {
+                    let reply: Value = redis::cmd("XREADGROUP")
+                        .arg("GROUP")
+                        .arg("g")
+                        .arg(&consumer)
+                        .arg("COUNT")
+                        .arg(512)
+                        .arg("BLOCK")
+                        .arg(100)
+                        .arg("STREAMS")
+                        .arg(&stream)
+                        .arg(">")
+                        .query(&mut conn)
+                        .expect("XREADGROUP");
+                    let entries = entries(reply);
+                    if entries.is_empty() {
+                        continue;
+                    }
+                    let mut ids = Vec::with_capacity(entries.len());
+                    for (id, payload) in entries {
+                        let n: u64 = engine_core::protocol::from_bytes(&payload).expect("a u64");
+                        sum.fetch_add(n, Ordering::Relaxed);
+                        ids.push(id);
+                    }
+                    redis::pipe()
+                        .cmd("XACK")
+                        .arg(&stream)
+                        .arg("g")
+                        .arg(&ids)
+                        .ignore()
+                        .cmd("XDEL")
+                        .arg(&stream)
+                        .arg(&ids)
+                        .ignore()
+                        .exec(&mut conn)
+                        .expect("XACK");
+                    count.fetch_add(ids.len() as u64, Ordering::Release);
+                }
+            })
+        })
+        .collect();
+    let producer = {
+        let (mut conn, stream) = (server.connection(), stream.clone());
+        thread::spawn(move || {
+            let items: Vec<u64> = (0..ITEMS).collect();
+            for chunk in items.chunks(1024) {
+                let mut pipe = redis::pipe();
+                for n in chunk {
+                    let bytes = engine_core::protocol::to_bytes(n).expect("encodes");
+                    pipe.cmd("XADD")
+                        .arg(&stream)
+                        .arg("*")
+                        .arg("d")
+                        .arg(bytes)
+                        .ignore();
+                }
+                pipe.exec(&mut conn).expect("XADD");
+            }
+        })
+    };
+    producer.join().expect("the producer runs");
+    wait_for(&count);
+    done.store(true, Ordering::Release);
+    for consumer in consumers {
+        consumer.join().expect("a consumer runs");
+    }
+    server.delete(&stream);
+    sum.load(Ordering::SeqCst)
+}
+
+/// The `(id, d)` pairs of an `XREADGROUP` reply on one stream.
+fn entries(reply: Value) -> Vec<(String, Vec<u8>)> {
+    let Value::Array(streams) = reply else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for stream in streams {
+        let Value::Array(mut pair) = stream else {
+            continue;
+        };
+        let Some(Value::Array(list)) = pair.pop() else {
+            continue;
+        };
+        for entry in list {
+            let Value::Array(mut entry) = entry else {
+                continue;
+            };
+            let (Some(Value::Array(mut fields)), Some(Value::BulkString(id))) =
+                (entry.pop(), entry.pop())
+            else {
+                continue;
+            };
+            if let (Some(Value::BulkString(payload)), Some(_)) = (fields.pop(), fields.pop()) {
+                out.push((String::from_utf8(id).expect("an id"), payload));
+            }
+        }
+    }
+    out
+}
+
+/// Waits until `count` reaches [`ITEMS`] (the consumers are in other threads).
+fn wait_for(count: &AtomicU64) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while count.load(Ordering::Acquire) < ITEMS {
+        assert!(Instant::now() < deadline, "the consumers did not finish");
+        thread::park_timeout(Duration::from_micros(200));
+    }
+}
+
+/// The benchmark's own `redis-server`, killed on drop.
+struct RedisServer {
+    child: Child,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl RedisServer {
+    fn start() -> Self {
+        let path = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+            .chain([PathBuf::from("/usr/bin"), PathBuf::from("/usr/sbin")])
+            .map(|dir| dir.join("redis-server"))
+            .find(|path| path.is_file())
+            .expect("redis-server is not installed: `apt-get install -y redis-server`");
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let dir = std::env::temp_dir().join(format!("engine-bench-redis-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("a temporary directory");
+        let child = Command::new(path)
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
+            .args(["--appendonly", "no", "--daemonize", "no"])
+            .arg("--dir")
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server starts");
+        let server = Self { child, port, dir };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while RedisBroker::connect(&server.address("probe")).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            thread::park_timeout(Duration::from_millis(10));
+        }
+        server
+    }
+
+    fn address(&self, stream: &str) -> StreamAddress {
+        format!("redis://127.0.0.1:{}/{stream}?block_ms=100", self.port)
+            .parse()
+            .expect("a valid address")
+    }
+
+    fn connection(&self) -> Connection {
+        redis::Client::open(format!("redis://127.0.0.1:{}/", self.port))
+            .and_then(|client| client.get_connection())
+            .expect("the server answers")
+    }
+
+    fn delete(&self, stream: &str) {
+        redis::cmd("DEL")
+            .arg(stream)
+            .exec(&mut self.connection())
+            .expect("DEL");
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -1,0 +1,216 @@
+//! The broker behind the stream stages, as a small trait: what a sink and a source need from
+//! a log-structured broker with consumer groups. [`RedisBroker`](crate::RedisBroker) is the
+//! one implementation; another (NATS JetStream) can follow without touching the stages.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use crate::error::Result;
+
+/// The id of a stream entry: the broker's order of entries, `<milliseconds>-<sequence>`.
+///
+/// # Examples
+///
+/// ```
+/// use engine_redis::EntryId;
+///
+/// let id: EntryId = "1700000000000-3".parse().unwrap();
+/// assert_eq!(id, EntryId::new(1_700_000_000_000, 3));
+/// assert_eq!(id.to_string(), "1700000000000-3");
+/// assert!(EntryId::new(1, 9) < EntryId::new(2, 0));
+/// assert!("not-an-id".parse::<EntryId>().is_err());
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct EntryId {
+    /// The milliseconds part.
+    pub ms: u64,
+    /// The sequence part.
+    pub seq: u64,
+}
+
+impl EntryId {
+    /// The smallest id: the start of a stream.
+    pub const ZERO: Self = Self { ms: 0, seq: 0 };
+
+    /// The id `<ms>-<seq>`.
+    pub const fn new(ms: u64, seq: u64) -> Self {
+        Self { ms, seq }
+    }
+
+    /// Parses `<ms>-<seq>` (or `<ms>`) from bytes, as a broker sends them.
+    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        std::str::from_utf8(bytes).ok()?.parse().ok()
+    }
+}
+
+impl fmt::Display for EntryId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.ms, self.seq)
+    }
+}
+
+/// The text is not an entry id.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not a stream entry id (expected <milliseconds>-<sequence>)")]
+pub struct ParseEntryIdError;
+
+impl FromStr for EntryId {
+    type Err = ParseEntryIdError;
+
+    fn from_str(s: &str) -> Result<Self, ParseEntryIdError> {
+        let (ms, seq) = s.split_once('-').unwrap_or((s, "0"));
+        Ok(Self {
+            ms: ms.parse().map_err(|_| ParseEntryIdError)?,
+            seq: seq.parse().map_err(|_| ParseEntryIdError)?,
+        })
+    }
+}
+
+/// One entry handed to a consumer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// The entry's id.
+    pub id: EntryId,
+    /// The encoded item, or `None` if the entry has no item field (it was not written by a
+    /// stream sink).
+    pub payload: Option<Vec<u8>>,
+    /// How many times the entry was delivered, this time included.
+    pub deliveries: u64,
+}
+
+/// What one pass of [`Broker::claim`] returned.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Claimed {
+    /// Where the next call continues, or `None` when the pass over the pending entries is
+    /// complete.
+    pub next: Option<EntryId>,
+    /// The entries claimed, with their delivery counts.
+    pub deliveries: Vec<Delivery>,
+}
+
+/// An entry moved to the dead-letter stream.
+#[derive(Debug, Clone, Copy)]
+pub struct DeadLetter<'a> {
+    /// The entry's id in its stream.
+    pub id: EntryId,
+    /// The entry's item, as it was in the stream.
+    pub payload: Option<&'a [u8]>,
+    /// How many times it was delivered.
+    pub deliveries: u64,
+    /// Why it is dead: the last error, or why there is none.
+    pub reason: &'a str,
+}
+
+/// What the stream stages need from a broker: append, read through a consumer group,
+/// acknowledge, reclaim what dead consumers left, and dead-letter.
+///
+/// Implementations keep one connection and make it again after an error that broke it
+/// ([`Error::is_retryable`](crate::Error::is_retryable)); the stages retry such errors
+/// with a backoff. Every method sends one request (or one pipeline) where the broker allows.
+pub trait Broker: Send {
+    /// The server, safe to log (no password).
+    fn server(&self) -> &str;
+
+    /// Appends `payloads` to `stream`, in order. With a `bound`, appends only while the
+    /// stream holds fewer than `bound` entries, as one atomic check-and-add, and returns how
+    /// many of the first payloads were appended (0 when the stream is full); without one,
+    /// appends them all.
+    ///
+    /// # Errors
+    ///
+    /// A connection or server error; with a bound nothing was appended, without one any
+    /// prefix may have been.
+    fn append(&mut self, stream: &str, payloads: &[Vec<u8>], bound: Option<u64>) -> Result<usize>;
+
+    /// Creates the consumer group at the start of the stream (and the stream) if missing.
+    ///
+    /// # Errors
+    ///
+    /// A connection or server error.
+    fn create_group(&mut self, stream: &str, group: &str) -> Result<()>;
+
+    /// Reads up to `count` entries never delivered to the group, waiting up to `block` for
+    /// the first. The entries become pending for `consumer` until settled.
+    ///
+    /// # Errors
+    ///
+    /// A connection or server error, or a reply that is not a list of entries.
+    fn read(
+        &mut self,
+        stream: &str,
+        group: &str,
+        consumer: &str,
+        count: usize,
+        block: Duration,
+    ) -> Result<Vec<Delivery>>;
+
+    /// Settles entries: acknowledges and deletes the `finished` ones, so that the stream's
+    /// length counts only unfinished entries, and records the error of each `failed` one
+    /// (left pending, to be delivered again) for its dead letter.
+    ///
+    /// # Errors
+    ///
+    /// A connection or server error; then nothing or a part was settled, and settling again
+    /// is harmless.
+    fn settle(
+        &mut self,
+        stream: &str,
+        group: &str,
+        finished: &[EntryId],
+        failed: &[(EntryId, String)],
+    ) -> Result<()>;
+
+    /// Claims for `consumer` up to `count` pending entries idle for at least `min_idle`,
+    /// starting at `from`, and returns them with their delivery counts (this claim counted).
+    ///
+    /// # Errors
+    ///
+    /// A connection or server error, or a reply that cannot be read.
+    fn claim(
+        &mut self,
+        stream: &str,
+        group: &str,
+        consumer: &str,
+        min_idle: Duration,
+        from: EntryId,
+        count: usize,
+    ) -> Result<Claimed>;
+
+    /// The error recorded by [`settle`](Self::settle) for an entry, if any.
+    ///
+    /// # Errors
+    ///
+    /// A connection or server error.
+    fn last_error(&mut self, stream: &str, id: EntryId) -> Result<Option<String>>;
+
+    /// Appends `letters` to `dead_stream`, then acknowledges and deletes them from `stream`.
+    ///
+    /// # Errors
+    ///
+    /// A connection or server error; then some letters may be in the dead-letter stream and
+    /// still pending in `stream` (at-least-once, as everywhere).
+    fn dead_letter(
+        &mut self,
+        stream: &str,
+        group: &str,
+        dead_stream: &str,
+        letters: &[DeadLetter<'_>],
+    ) -> Result<()>;
+}
+
+/// Makes connections to a broker: what a stream stage keeps, so that each stage instance (and
+/// a source's acknowledging thread) connects on its own thread.
+///
+/// [`StreamAddress`](crate::StreamAddress) is the connector of [`RedisBroker`](crate::RedisBroker).
+pub trait Connector: Clone + Send + Sync + fmt::Debug + 'static {
+    /// The broker connected to.
+    type Broker: Broker + 'static;
+
+    /// Connects once, without retrying.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unreachable`](crate::Error::Unreachable) when no connection can be made.
+    fn connect(&self) -> Result<Self::Broker>;
+}

@@ -1,0 +1,152 @@
+//! The crate's error type: what went wrong talking to a broker, and whether trying again can
+//! help.
+
+use engine_core::BoxError;
+use engine_core::protocol::ProtocolError;
+
+/// What went wrong with a stream address or a broker.
+///
+/// Errors that a reconnect or a short wait can cure (the server restarted, is loading its
+/// data, the network dropped) say so through [`is_retryable`](Self::is_retryable); the stream
+/// stages retry those for their [`retry_for`](crate::SinkOptions::retry_for) budget before
+/// giving up.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The address is not a stream address this crate understands.
+    #[error("invalid stream address {address:?}: {reason}")]
+    InvalidAddress {
+        /// The address as given.
+        address: String,
+        /// What is wrong with it, and what the expected form is.
+        reason: String,
+    },
+    /// No connection could be made: nothing listens there, the host does not resolve, or the
+    /// server refused the handshake (a wrong password, a database that does not exist).
+    #[error("cannot reach the broker at {server}")]
+    Unreachable {
+        /// The server, as `redis://host:port`.
+        server: String,
+        /// Why.
+        #[source]
+        source: BoxError,
+    },
+    /// An established connection broke, or a reply did not come in time.
+    #[error("lost the connection to the broker at {server} during {command}")]
+    ConnectionLost {
+        /// The server, as `redis://host:port`.
+        server: String,
+        /// The command that was running.
+        command: &'static str,
+        /// Why.
+        #[source]
+        source: BoxError,
+    },
+    /// The server is up but cannot serve the command yet (it is loading its data after a
+    /// restart, for example); trying again shortly helps.
+    #[error("the broker at {server} is busy and cannot run {command} yet")]
+    Busy {
+        /// The server, as `redis://host:port`.
+        server: String,
+        /// The command that was refused.
+        command: &'static str,
+        /// The server's answer.
+        #[source]
+        source: BoxError,
+    },
+    /// The server refused a command for good: a key of the wrong type, a missing permission.
+    #[error("the broker at {server} refused {command}")]
+    Refused {
+        /// The server, as `redis://host:port`.
+        server: String,
+        /// The command that was refused.
+        command: &'static str,
+        /// The server's answer.
+        #[source]
+        source: BoxError,
+    },
+    /// The server answered with something this crate cannot use.
+    #[error("unexpected reply from the broker at {server} to {command}: {reason}")]
+    UnexpectedReply {
+        /// The server, as `redis://host:port`.
+        server: String,
+        /// The command whose reply it was.
+        command: &'static str,
+        /// What is wrong with the reply.
+        reason: String,
+    },
+    /// An item could not be encoded for the stream.
+    #[error("cannot encode an item for stream {stream:?}")]
+    Encode {
+        /// The stream.
+        stream: String,
+        /// Why.
+        #[source]
+        source: ProtocolError,
+    },
+    /// A stream entry does not hold an item of the expected type; it went to the dead-letter
+    /// stream.
+    #[error("entry {id} of stream {stream:?} is not a valid item: {reason}")]
+    BadEntry {
+        /// The stream.
+        stream: String,
+        /// The entry's id.
+        id: String,
+        /// Why it cannot be decoded.
+        reason: String,
+    },
+    /// A retryable error lasted longer than the stage's retry budget.
+    #[error("gave up after retrying for {waited:?}")]
+    GaveUp {
+        /// How long the stage kept trying.
+        waited: std::time::Duration,
+        /// The last error.
+        #[source]
+        source: Box<Error>,
+    },
+    /// The run was aborted while the stage waited for the broker (to reconnect, or for room
+    /// in a bounded stream).
+    #[error("the run was aborted while waiting for the broker")]
+    Aborted,
+}
+
+impl Error {
+    /// Whether trying again (after a reconnect or a short wait) can succeed.
+    ///
+    /// ```
+    /// let err = engine_redis::StreamAddress::parse("http://x").unwrap_err();
+    /// assert!(!err.is_retryable());
+    /// ```
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            Self::Unreachable { .. } | Self::ConnectionLost { .. } | Self::Busy { .. }
+        )
+    }
+
+    /// Whether the connection this error came from must be dropped and made again.
+    pub(crate) fn breaks_connection(&self) -> bool {
+        matches!(
+            self,
+            Self::Unreachable { .. } | Self::ConnectionLost { .. } | Self::UnexpectedReply { .. }
+        )
+    }
+}
+
+/// The crate's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Displays an error with its sources: `outer: inner: innermost`.
+pub(crate) struct Chain<'a>(pub(crate) &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(error) = source {
+            write!(f, ": {error}")?;
+            source = error.source();
+        }
+        Ok(())
+    }
+}

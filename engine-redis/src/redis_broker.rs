@@ -1,0 +1,643 @@
+//! The Redis Streams broker: one synchronous connection, made again after it breaks, with
+//! read timeouts longer than any blocking read.
+
+use std::fmt;
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use redis::{Connection, ErrorKind, RedisError, ServerErrorKind, Value};
+
+use crate::address::StreamAddress;
+use crate::broker::{Broker, Claimed, Connector, DeadLetter, Delivery, EntryId};
+use crate::error::{Error, Result};
+
+/// The field of a stream entry that holds the encoded item.
+pub const PAYLOAD_FIELD: &str = "d";
+
+/// How long an error recorded for a failed entry is kept, for its dead letter.
+const ERROR_TTL_SECS: u64 = 7 * 24 * 3600;
+
+/// Appends while the stream is shorter than the bound, atomically: `KEYS[1]` is the stream,
+/// `ARGV[1]` the bound, the other arguments the payloads. Returns how many were appended.
+const BOUNDED_APPEND: &str = r"
+local room = tonumber(ARGV[1]) - redis.call('XLEN', KEYS[1])
+local n = #ARGV - 1
+if room < n then n = room end
+for i = 2, n + 1 do
+  redis.call('XADD', KEYS[1], '*', 'd', ARGV[i])
+end
+if n < 0 then return 0 end
+return n
+";
+
+/// A connection to a Redis server, for the stream stages.
+///
+/// Each command runs on one synchronous connection; an error that breaks it (the server went
+/// away, a reply timed out) drops the connection, and the next command connects again. The
+/// stages retry such errors with a backoff, so a restarted server is picked up again.
+///
+/// Blocking reads (`XREADGROUP ... BLOCK`) wait for their blocking time plus the response
+/// timeout: a socket timeout shorter than the blocking time would break every idle read
+/// (redis-rs issue #1924).
+///
+/// # Examples
+///
+/// ```no_run
+/// use engine_redis::{Broker, RedisBroker, StreamAddress};
+///
+/// let address = StreamAddress::parse("redis://127.0.0.1:6379/in")?;
+/// let mut broker = RedisBroker::connect(&address)?;
+/// broker.append("in", &[engine_core::protocol::to_bytes("hello").unwrap()], None)?;
+/// # Ok::<(), engine_redis::Error>(())
+/// ```
+pub struct RedisBroker {
+    client: redis::Client,
+    server: String,
+    conn: Option<Connection>,
+    /// The read timeout the connection's socket has now.
+    read_timeout: Option<Duration>,
+    connect_timeout: Duration,
+    response_timeout: Duration,
+}
+
+/// The bounded append script, hashed once per process.
+static BOUNDED_APPEND_SCRIPT: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(BOUNDED_APPEND));
+
+impl fmt::Debug for RedisBroker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisBroker")
+            .field("server", &self.server)
+            .field("connected", &self.conn.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisBroker {
+    /// Connects to the server of `address`, once.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unreachable`] when no connection can be made within the connect timeout, or
+    /// the server refuses the handshake.
+    pub fn connect(address: &StreamAddress) -> Result<Self> {
+        let server = address.server();
+        let client = redis::Client::open(address.connection_url().as_str()).map_err(|err| {
+            Error::InvalidAddress {
+                address: address.server(),
+                reason: err.to_string(),
+            }
+        })?;
+        let mut broker = Self {
+            client,
+            server,
+            conn: None,
+            read_timeout: None,
+            connect_timeout: address.connect_timeout,
+            response_timeout: address.response_timeout,
+        };
+        broker.connection(address.response_timeout)?;
+        Ok(broker)
+    }
+
+    /// The connection, made again if the last one broke, with the given read timeout.
+    fn connection(&mut self, read_timeout: Duration) -> Result<&mut Connection> {
+        if self.conn.is_none() {
+            let conn = self
+                .client
+                .get_connection_with_timeout(self.connect_timeout)
+                .map_err(|err| Error::Unreachable {
+                    server: self.server.clone(),
+                    source: Box::new(err),
+                })?;
+            conn.set_write_timeout(Some(self.response_timeout))
+                .map_err(|err| self.lost("connect", err))?;
+            self.read_timeout = None;
+            self.conn = Some(conn);
+        }
+        if self.read_timeout != Some(read_timeout) {
+            let set = self
+                .conn
+                .as_ref()
+                .map(|conn| conn.set_read_timeout(Some(read_timeout)));
+            if let Some(Err(err)) = set {
+                self.conn = None;
+                return Err(self.lost("connect", err));
+            }
+            self.read_timeout = Some(read_timeout);
+        }
+        Ok(self
+            .conn
+            .as_mut()
+            .expect("the connection was made just above"))
+    }
+
+    /// Runs `f` on the connection; drops the connection when the error broke it.
+    fn run<T>(
+        &mut self,
+        command: &'static str,
+        read_timeout: Duration,
+        f: impl FnOnce(&mut Connection) -> redis::RedisResult<T>,
+    ) -> Result<T> {
+        let conn = self.connection(read_timeout)?;
+        let result = f(conn);
+        result.map_err(|err| {
+            let err = classify(&self.server, command, err);
+            if err.breaks_connection() {
+                self.conn = None;
+            }
+            err
+        })
+    }
+
+    fn lost(&self, command: &'static str, err: RedisError) -> Error {
+        Error::ConnectionLost {
+            server: self.server.clone(),
+            command,
+            source: Box::new(err),
+        }
+    }
+
+    fn unexpected(&mut self, command: &'static str, reason: impl Into<String>) -> Error {
+        // A reply we cannot read may leave the connection out of step: start afresh.
+        self.conn = None;
+        Error::UnexpectedReply {
+            server: self.server.clone(),
+            command,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Sorts a `redis` error into the crate's errors.
+fn classify(server: &str, command: &'static str, err: RedisError) -> Error {
+    let server = server.to_owned();
+    match err.kind() {
+        ErrorKind::Server(
+            ServerErrorKind::BusyLoading
+            | ServerErrorKind::TryAgain
+            | ServerErrorKind::MasterDown
+            | ServerErrorKind::ClusterDown,
+        ) => Error::Busy {
+            server,
+            command,
+            source: Box::new(err),
+        },
+        ErrorKind::Server(_) | ErrorKind::Extension | ErrorKind::Client => Error::Refused {
+            server,
+            command,
+            source: Box::new(err),
+        },
+        ErrorKind::UnexpectedReturnType => Error::UnexpectedReply {
+            server,
+            command,
+            reason: err.to_string(),
+        },
+        _ => Error::ConnectionLost {
+            server,
+            command,
+            source: Box::new(err),
+        },
+    }
+}
+
+impl Connector for StreamAddress {
+    type Broker = RedisBroker;
+
+    fn connect(&self) -> Result<RedisBroker> {
+        RedisBroker::connect(self)
+    }
+}
+
+impl Broker for RedisBroker {
+    fn server(&self) -> &str {
+        &self.server
+    }
+
+    fn append(&mut self, stream: &str, payloads: &[Vec<u8>], bound: Option<u64>) -> Result<usize> {
+        if payloads.is_empty() {
+            return Ok(0);
+        }
+        let timeout = self.response_timeout;
+        match bound {
+            None => {
+                let mut pipe = redis::pipe();
+                for payload in payloads {
+                    pipe.cmd("XADD")
+                        .arg(stream)
+                        .arg("*")
+                        .arg(PAYLOAD_FIELD)
+                        .arg(payload.as_slice())
+                        .ignore();
+                }
+                self.run("XADD", timeout, |conn| pipe.exec(conn))?;
+                Ok(payloads.len())
+            }
+            Some(bound) => {
+                let mut invocation = BOUNDED_APPEND_SCRIPT.key(stream);
+                invocation.arg(bound);
+                for payload in payloads {
+                    invocation.arg(payload.as_slice());
+                }
+                let added: i64 = self.run("EVALSHA (bounded XADD)", timeout, |conn| {
+                    invocation.invoke(conn)
+                })?;
+                usize::try_from(added)
+                    .ok()
+                    .filter(|added| *added <= payloads.len())
+                    .ok_or_else(|| {
+                        self.unexpected("EVALSHA (bounded XADD)", format!("{added} appended"))
+                    })
+            }
+        }
+    }
+
+    fn create_group(&mut self, stream: &str, group: &str) -> Result<()> {
+        let timeout = self.response_timeout;
+        let created = self.run("XGROUP CREATE", timeout, |conn| {
+            redis::cmd("XGROUP")
+                .arg("CREATE")
+                .arg(stream)
+                .arg(group)
+                .arg("0")
+                .arg("MKSTREAM")
+                .exec(conn)
+        });
+        match created {
+            Err(Error::Refused { source, .. })
+                if source
+                    .downcast_ref::<RedisError>()
+                    .and_then(RedisError::code)
+                    == Some("BUSYGROUP") =>
+            {
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
+    fn read(
+        &mut self,
+        stream: &str,
+        group: &str,
+        consumer: &str,
+        count: usize,
+        block: Duration,
+    ) -> Result<Vec<Delivery>> {
+        let timeout = block + self.response_timeout;
+        let block_ms = u64::try_from(block.as_millis()).unwrap_or(u64::MAX).max(1);
+        let reply: Value = self.run("XREADGROUP", timeout, |conn| {
+            redis::cmd("XREADGROUP")
+                .arg("GROUP")
+                .arg(group)
+                .arg(consumer)
+                .arg("COUNT")
+                .arg(count.max(1))
+                .arg("BLOCK")
+                .arg(block_ms)
+                .arg("STREAMS")
+                .arg(stream)
+                .arg(">")
+                .query(conn)
+        })?;
+        parse_read(reply).map_err(|reason| self.unexpected("XREADGROUP", reason))
+    }
+
+    fn settle(
+        &mut self,
+        stream: &str,
+        group: &str,
+        finished: &[EntryId],
+        failed: &[(EntryId, String)],
+    ) -> Result<()> {
+        if finished.is_empty() && failed.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        if !finished.is_empty() {
+            let ids: Vec<String> = finished.iter().map(EntryId::to_string).collect();
+            pipe.cmd("XACK").arg(stream).arg(group).arg(&ids).ignore();
+            pipe.cmd("XDEL").arg(stream).arg(&ids).ignore();
+        }
+        for (id, reason) in failed {
+            pipe.cmd("SET")
+                .arg(error_key(stream, *id))
+                .arg(reason)
+                .arg("EX")
+                .arg(ERROR_TTL_SECS)
+                .ignore();
+        }
+        let timeout = self.response_timeout;
+        self.run("XACK", timeout, |conn| pipe.exec(conn))
+    }
+
+    fn claim(
+        &mut self,
+        stream: &str,
+        group: &str,
+        consumer: &str,
+        min_idle: Duration,
+        from: EntryId,
+        count: usize,
+    ) -> Result<Claimed> {
+        let timeout = self.response_timeout;
+        let min_idle_ms = u64::try_from(min_idle.as_millis()).unwrap_or(u64::MAX);
+        let reply: Value = self.run("XAUTOCLAIM", timeout, |conn| {
+            redis::cmd("XAUTOCLAIM")
+                .arg(stream)
+                .arg(group)
+                .arg(consumer)
+                .arg(min_idle_ms)
+                .arg(from.to_string())
+                .arg("COUNT")
+                .arg(count.max(1))
+                .query(conn)
+        })?;
+        let (next, mut deliveries) =
+            parse_autoclaim(reply).map_err(|reason| self.unexpected("XAUTOCLAIM", reason))?;
+        if let (Some(first), Some(last)) = (deliveries.first(), deliveries.last()) {
+            // The claim counted a delivery; read the counts back for the dead-letter limit.
+            let (first, last) = (first.id.to_string(), last.id.to_string());
+            let reply: Value = self.run("XPENDING", timeout, |conn| {
+                redis::cmd("XPENDING")
+                    .arg(stream)
+                    .arg(group)
+                    .arg(first)
+                    .arg(last)
+                    .arg(deliveries.len())
+                    .arg(consumer)
+                    .query(conn)
+            })?;
+            let counts =
+                parse_pending(reply).map_err(|reason| self.unexpected("XPENDING", reason))?;
+            for delivery in &mut deliveries {
+                if let Some((_, n)) = counts.iter().find(|(id, _)| *id == delivery.id) {
+                    delivery.deliveries = *n;
+                }
+            }
+        }
+        Ok(Claimed { next, deliveries })
+    }
+
+    fn last_error(&mut self, stream: &str, id: EntryId) -> Result<Option<String>> {
+        let timeout = self.response_timeout;
+        let reply: Option<Vec<u8>> = self.run("GET", timeout, |conn| {
+            redis::cmd("GET").arg(error_key(stream, id)).query(conn)
+        })?;
+        Ok(reply.map(|bytes| String::from_utf8_lossy(&bytes).into_owned()))
+    }
+
+    fn dead_letter(
+        &mut self,
+        stream: &str,
+        group: &str,
+        dead_stream: &str,
+        letters: &[DeadLetter<'_>],
+    ) -> Result<()> {
+        if letters.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for letter in letters {
+            let id = letter.id.to_string();
+            let add = pipe
+                .cmd("XADD")
+                .arg(dead_stream)
+                .arg("*")
+                .arg("id")
+                .arg(&id)
+                .arg("stream")
+                .arg(stream)
+                .arg("deliveries")
+                .arg(letter.deliveries)
+                .arg("reason")
+                .arg(letter.reason);
+            if let Some(payload) = letter.payload {
+                add.arg(PAYLOAD_FIELD).arg(payload);
+            }
+            add.ignore();
+        }
+        let ids: Vec<String> = letters.iter().map(|l| l.id.to_string()).collect();
+        pipe.cmd("XACK").arg(stream).arg(group).arg(&ids).ignore();
+        pipe.cmd("XDEL").arg(stream).arg(&ids).ignore();
+        let keys: Vec<String> = letters.iter().map(|l| error_key(stream, l.id)).collect();
+        pipe.cmd("DEL").arg(&keys).ignore();
+        let timeout = self.response_timeout;
+        self.run("XADD (dead letter)", timeout, |conn| pipe.exec(conn))
+    }
+}
+
+/// The key holding the last recorded error of an entry.
+fn error_key(stream: &str, id: EntryId) -> String {
+    format!("{stream}:error:{id}")
+}
+
+type Parsed<T> = std::result::Result<T, String>;
+
+/// Reads the reply of `XREADGROUP` on one stream: nil, or `[[stream, [entry...]]]` (RESP2),
+/// or `{stream: [entry...]}` (RESP3).
+fn parse_read(reply: Value) -> Parsed<Vec<Delivery>> {
+    match reply {
+        Value::Nil => Ok(Vec::new()),
+        Value::Array(streams) => {
+            let mut out = Vec::new();
+            for stream in streams {
+                let Value::Array(pair) = stream else {
+                    return Err("a stream is not a [name, entries] pair".to_owned());
+                };
+                let entries = pair.into_iter().nth(1).ok_or("a stream has no entries")?;
+                out.extend(parse_entries(entries, 1)?);
+            }
+            Ok(out)
+        }
+        Value::Map(streams) => {
+            let mut out = Vec::new();
+            for (_, entries) in streams {
+                out.extend(parse_entries(entries, 1)?);
+            }
+            Ok(out)
+        }
+        other => Err(format!("expected a list of streams, got {}", kind(&other))),
+    }
+}
+
+/// Reads the reply of `XAUTOCLAIM`: `[next, [entry...], [deleted id...]]`.
+fn parse_autoclaim(reply: Value) -> Parsed<(Option<EntryId>, Vec<Delivery>)> {
+    let Value::Array(parts) = reply else {
+        return Err(format!("expected an array, got {}", kind(&reply)));
+    };
+    let mut parts = parts.into_iter();
+    let next = parts.next().ok_or("no cursor")?;
+    let next = id_of(&next).ok_or("the cursor is not an entry id")?;
+    let entries = parts.next().ok_or("no entries")?;
+    let deliveries = parse_entries(entries, 1)?;
+    Ok(((next != EntryId::ZERO).then_some(next), deliveries))
+}
+
+/// Reads the entries of a stream reply: `[[id, [field, value, ...]] ...]`. An entry whose
+/// fields are nil (deleted) is skipped; one without the payload field has no payload.
+fn parse_entries(entries: Value, deliveries: u64) -> Parsed<Vec<Delivery>> {
+    let Value::Array(entries) = entries else {
+        return Err(format!(
+            "expected a list of entries, got {}",
+            kind(&entries)
+        ));
+    };
+    let mut out = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let Value::Array(entry) = entry else {
+            return Err("an entry is not an [id, fields] pair".to_owned());
+        };
+        let mut entry = entry.into_iter();
+        let id = entry
+            .next()
+            .as_ref()
+            .and_then(id_of)
+            .ok_or("an entry has no valid id")?;
+        let payload = match entry.next() {
+            Some(Value::Array(fields)) => payload_of(fields),
+            Some(Value::Map(fields)) => payload_of(fields.into_iter().flat_map(|(k, v)| [k, v])),
+            Some(Value::Nil) | None => continue,
+            Some(other) => return Err(format!("entry fields are {}", kind(&other))),
+        };
+        out.push(Delivery {
+            id,
+            payload,
+            deliveries,
+        });
+    }
+    Ok(out)
+}
+
+/// The payload field's value among an entry's `field, value` pairs.
+fn payload_of(fields: impl IntoIterator<Item = Value>) -> Option<Vec<u8>> {
+    let mut fields = fields.into_iter();
+    while let (Some(field), Some(value)) = (fields.next(), fields.next()) {
+        if matches!(&field, Value::BulkString(name) if name == PAYLOAD_FIELD.as_bytes()) {
+            return match value {
+                Value::BulkString(bytes) => Some(bytes),
+                _ => None,
+            };
+        }
+    }
+    None
+}
+
+/// Reads the reply of the extended `XPENDING`: `[[id, consumer, idle, deliveries] ...]`.
+fn parse_pending(reply: Value) -> Parsed<Vec<(EntryId, u64)>> {
+    let Value::Array(rows) = reply else {
+        return Err(format!("expected an array, got {}", kind(&reply)));
+    };
+    rows.into_iter()
+        .map(|row| {
+            let Value::Array(row) = row else {
+                return Err("a pending row is not an array".to_owned());
+            };
+            let id = row
+                .first()
+                .and_then(id_of)
+                .ok_or("a pending row has no id")?;
+            let deliveries = match row.get(3) {
+                Some(Value::Int(n)) => u64::try_from(*n).map_err(|_| "a negative count")?,
+                _ => return Err("a pending row has no delivery count".to_owned()),
+            };
+            Ok((id, deliveries))
+        })
+        .collect()
+}
+
+fn id_of(value: &Value) -> Option<EntryId> {
+    match value {
+        Value::BulkString(bytes) => EntryId::from_bytes(bytes),
+        Value::SimpleString(text) => text.parse().ok(),
+        _ => None,
+    }
+}
+
+fn kind(value: &Value) -> &'static str {
+    match value {
+        Value::Nil => "nil",
+        Value::Int(_) => "an integer",
+        Value::BulkString(_) | Value::SimpleString(_) | Value::VerbatimString { .. } => "a string",
+        Value::Array(_) | Value::Set(_) => "an array",
+        Value::Map(_) => "a map",
+        Value::ServerError(_) => "an error",
+        _ => "an unexpected value",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(s: &[u8]) -> Value {
+        Value::BulkString(s.to_vec())
+    }
+
+    #[test]
+    fn parses_readgroup_replies() {
+        assert_eq!(parse_read(Value::Nil).unwrap(), vec![]);
+        let reply = Value::Array(vec![Value::Array(vec![
+            bulk(b"in"),
+            Value::Array(vec![
+                Value::Array(vec![
+                    bulk(b"1-2"),
+                    Value::Array(vec![bulk(b"d"), bulk(b"\x01x")]),
+                ]),
+                Value::Array(vec![
+                    bulk(b"1-3"),
+                    Value::Array(vec![bulk(b"other"), bulk(b"")]),
+                ]),
+                Value::Array(vec![bulk(b"1-4"), Value::Nil]),
+            ]),
+        ])]);
+        let got = parse_read(reply).unwrap();
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].id, EntryId::new(1, 2));
+        assert_eq!(got[0].payload.as_deref(), Some(&b"\x01x"[..]));
+        assert_eq!(got[1].payload, None);
+    }
+
+    #[test]
+    fn rejects_malformed_replies_without_panicking() {
+        for bad in [
+            Value::Int(3),
+            Value::Array(vec![Value::Int(1)]),
+            Value::Array(vec![Value::Array(vec![bulk(b"in")])]),
+            Value::Array(vec![Value::Array(vec![bulk(b"in"), Value::Int(1)])]),
+            Value::Array(vec![Value::Array(vec![
+                bulk(b"in"),
+                Value::Array(vec![Value::Array(vec![bulk(b"nope"), Value::Nil])]),
+            ])]),
+        ] {
+            assert!(parse_read(bad).is_err());
+        }
+        assert!(parse_autoclaim(Value::Nil).is_err());
+        assert!(parse_pending(Value::Array(vec![Value::Int(1)])).is_err());
+    }
+
+    #[test]
+    fn parses_autoclaim_and_pending() {
+        let reply = Value::Array(vec![
+            bulk(b"0-0"),
+            Value::Array(vec![Value::Array(vec![
+                bulk(b"5-1"),
+                Value::Array(vec![bulk(b"d"), bulk(b"x")]),
+            ])]),
+            Value::Array(vec![]),
+        ]);
+        let (next, got) = parse_autoclaim(reply).unwrap();
+        assert_eq!(next, None);
+        assert_eq!(got[0].id, EntryId::new(5, 1));
+        let pending = Value::Array(vec![Value::Array(vec![
+            bulk(b"5-1"),
+            bulk(b"me"),
+            Value::Int(10),
+            Value::Int(4),
+        ])]);
+        assert_eq!(
+            parse_pending(pending).unwrap(),
+            vec![(EntryId::new(5, 1), 4)]
+        );
+    }
+}

@@ -1,0 +1,801 @@
+//! The stream source: a tracked frontend that reads a stream through a consumer group and
+//! acknowledges each entry only once the pipeline has finished with it.
+
+use std::collections::{HashSet, VecDeque};
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crossbeam_channel::{Receiver, Sender};
+use engine_core::{
+    Outcome, StageContext, StageError, Ticket, TrackedFrontend, TrackedItem, protocol,
+};
+use serde::de::DeserializeOwned;
+
+use crate::address::StreamAddress;
+use crate::broker::{Broker, Connector, DeadLetter, Delivery, EntryId};
+use crate::error::{Chain, Error, Result};
+use crate::retry::retrying;
+use crate::sink::DEFAULT_RETRY_FOR;
+
+/// How many times an entry may be delivered before it goes to the dead-letter stream, by
+/// default.
+pub const DEFAULT_MAX_DELIVERIES: u64 = 5;
+
+/// How long an entry must have been pending (unacknowledged) before another consumer claims
+/// it, by default.
+pub const DEFAULT_CLAIM_IDLE: Duration = Duration::from_secs(30);
+
+/// How long one read waits for new entries, by default: also how long a stop may take to be
+/// noticed while the stream is silent.
+pub const DEFAULT_BLOCK: Duration = Duration::from_millis(500);
+
+/// How many entries one read asks for, by default.
+pub const DEFAULT_BATCH: usize = 512;
+
+/// The most completions the acknowledging thread settles in one round trip.
+const MAX_SETTLE_BATCH: usize = 8192;
+
+/// The options of a [`StreamSource`].
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use engine_redis::SourceOptions;
+///
+/// let options = SourceOptions::new()
+///     .max_deliveries(3)
+///     .claim_idle(Duration::from_secs(5))
+///     .block(Duration::from_millis(100));
+/// assert_eq!(options.get_max_deliveries(), 3);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceOptions {
+    batch: usize,
+    block: Duration,
+    claim_idle: Duration,
+    sweep_every: Option<Duration>,
+    max_deliveries: u64,
+    retry_for: Duration,
+    drain_timeout: Duration,
+}
+
+impl Default for SourceOptions {
+    fn default() -> Self {
+        Self {
+            batch: DEFAULT_BATCH,
+            block: DEFAULT_BLOCK,
+            claim_idle: DEFAULT_CLAIM_IDLE,
+            sweep_every: None,
+            max_deliveries: DEFAULT_MAX_DELIVERIES,
+            retry_for: DEFAULT_RETRY_FOR,
+            drain_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl SourceOptions {
+    /// The defaults.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// How many entries one read (`XREADGROUP COUNT`) asks for (default [`DEFAULT_BATCH`];
+    /// 0 is taken as 1).
+    #[must_use]
+    pub fn batch(mut self, entries: usize) -> Self {
+        self.batch = entries.max(1);
+        self
+    }
+
+    /// How long one read waits for new entries (`BLOCK`, default [`DEFAULT_BLOCK`]; at least
+    /// 1 ms). A stop is noticed when the read returns, so this bounds how long a stop takes
+    /// while the stream is silent.
+    #[must_use]
+    pub fn block(mut self, block: Duration) -> Self {
+        self.block = block.max(Duration::from_millis(1));
+        self
+    }
+
+    /// How long an entry must have been pending before the sweep claims it (`XAUTOCLAIM`
+    /// min-idle-time; default [`DEFAULT_CLAIM_IDLE`]).
+    ///
+    /// Make it longer than an item can take through the pipeline: an entry pending longer
+    /// is taken for one left by a dead consumer and processed again elsewhere.
+    #[must_use]
+    pub fn claim_idle(mut self, idle: Duration) -> Self {
+        self.claim_idle = idle;
+        self
+    }
+
+    /// How often to sweep for entries left pending by dead consumers (default: half of
+    /// [`claim_idle`](Self::claim_idle)). A sweep also runs when the source starts.
+    #[must_use]
+    pub fn sweep_every(mut self, every: Duration) -> Self {
+        self.sweep_every = Some(every);
+        self
+    }
+
+    /// How many deliveries an entry gets before it goes to the dead-letter stream (default
+    /// [`DEFAULT_MAX_DELIVERIES`]; 0 is taken as 1). An entry claimed with a higher delivery
+    /// count is dead-lettered, with the last error recorded for it, and acknowledged.
+    #[must_use]
+    pub fn max_deliveries(mut self, deliveries: u64) -> Self {
+        self.max_deliveries = deliveries.max(1);
+        self
+    }
+
+    /// The limit of deliveries.
+    pub fn get_max_deliveries(&self) -> u64 {
+        self.max_deliveries
+    }
+
+    /// How long to keep retrying when the broker is unreachable or busy before the source
+    /// fails (default [`DEFAULT_RETRY_FOR`]).
+    #[must_use]
+    pub fn retry_for(mut self, budget: Duration) -> Self {
+        self.retry_for = budget;
+        self
+    }
+
+    /// How long `cleanup` waits for the items still in the pipeline to be finished and
+    /// acknowledged (default 30 s).
+    #[must_use]
+    pub fn drain_timeout(mut self, timeout: Duration) -> Self {
+        self.drain_timeout = timeout;
+        self
+    }
+
+    fn sweep_interval(&self) -> Duration {
+        self.sweep_every
+            .unwrap_or(self.claim_idle / 2)
+            .max(Duration::from_millis(10))
+    }
+}
+
+/// Counts the items a source handed out and how many of them are settled (acknowledged, or
+/// left for redelivery), so that a program can wait for the acknowledgements before it exits.
+///
+/// After a stop, the threaded engine returns from `run` without waiting for a frontend that
+/// is blocked in a read, so the source's `cleanup` may come too late; wait on the settlement
+/// instead. Cloning shares the counts; sources given the same settlement
+/// ([`StreamSource::with_settlement`]) share it.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use engine_redis::Settlement;
+///
+/// let settlement = Settlement::new();
+/// assert_eq!(settlement.outstanding(), 0);
+/// assert!(settlement.wait(Duration::ZERO));
+/// ```
+#[derive(Clone, Default)]
+pub struct Settlement(Arc<Tally>);
+
+#[derive(Default)]
+struct Tally {
+    issued: AtomicU64,
+    settled: Mutex<u64>,
+    changed: Condvar,
+}
+
+impl Settlement {
+    /// A settlement with nothing handed out.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// How many items were handed out and are not settled yet.
+    pub fn outstanding(&self) -> u64 {
+        let settled = *self.settled();
+        self.0.issued.load(Ordering::SeqCst).saturating_sub(settled)
+    }
+
+    /// Waits until every item handed out so far is settled, for at most `timeout`; returns
+    /// whether they are.
+    pub fn wait(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now().checked_add(timeout);
+        let mut settled = self.settled();
+        loop {
+            if *settled >= self.0.issued.load(Ordering::SeqCst) {
+                return true;
+            }
+            let left = match deadline {
+                Some(deadline) => deadline.saturating_duration_since(Instant::now()),
+                None => Duration::from_secs(3600),
+            };
+            if left.is_zero() {
+                return false;
+            }
+            settled = self
+                .0
+                .changed
+                .wait_timeout(settled, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+
+    fn settled(&self) -> MutexGuard<'_, u64> {
+        self.0
+            .settled
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn issue(&self) {
+        self.0.issued.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn settle(&self, n: u64) {
+        *self.settled() += n;
+        self.0.changed.notify_all();
+    }
+}
+
+impl fmt::Debug for Settlement {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Settlement")
+            .field("outstanding", &self.outstanding())
+            .finish()
+    }
+}
+
+/// What became of an entry, as sent to the acknowledging thread.
+#[derive(Debug)]
+enum Completion {
+    /// Finished: acknowledge and delete.
+    Finished(EntryId),
+    /// Failed without being finished: leave pending, record the error.
+    Failed(EntryId, String),
+    /// Dropped: leave pending, to be delivered again.
+    Released(EntryId),
+}
+
+/// The ticket of an item of a [`StreamSource`]: acknowledges the entry when the item is
+/// [finished](Outcome::is_finished), and otherwise leaves it pending to be delivered again.
+///
+/// Acknowledgements are batched: the ticket hands the entry's id to the source's
+/// acknowledging thread, which sends one `XACK` + `XDEL` per batch.
+#[derive(Debug)]
+pub struct StreamTicket {
+    id: EntryId,
+    completions: Sender<Completion>,
+}
+
+impl StreamTicket {
+    /// The entry's id.
+    pub fn id(&self) -> EntryId {
+        self.id
+    }
+}
+
+impl Ticket for StreamTicket {
+    fn complete(self, outcome: Outcome<'_>) {
+        let completion = if outcome.is_finished() {
+            Completion::Finished(self.id)
+        } else if let Outcome::Failed { stage, error, .. } = outcome {
+            Completion::Failed(self.id, format!("{stage}: {error:#}"))
+        } else {
+            Completion::Released(self.id)
+        };
+        // If the source is gone the entry stays pending and is delivered again: what
+        // at-least-once needs.
+        let _ = self.completions.send(completion);
+    }
+}
+
+/// A [`TrackedFrontend`] that reads a stream through a consumer group (`XREADGROUP ...
+/// BLOCK`) and decodes each entry's `d` field as a `T` ([`engine_core::protocol::from_bytes`]).
+///
+/// - **Acknowledgement.** Each item carries a [`StreamTicket`]. An item that is processed,
+///   filtered, or failed under [`ErrorPolicy::Skip`](engine_core::ErrorPolicy::Skip) is
+///   acknowledged and deleted from the stream (`XACK` + `XDEL`, batched on a thread of the
+///   source's own), so the stream's length is the count of unfinished entries. An item
+///   dropped by an abort, or failed under `ErrorPolicy::Stop`, stays pending and is
+///   delivered again; the error is recorded for its dead letter.
+/// - **Redelivery.** A sweep (`XAUTOCLAIM`), at the start and then every
+///   [`sweep_every`](SourceOptions::sweep_every), claims entries pending for longer than
+///   [`claim_idle`](SourceOptions::claim_idle), such as those of a consumer that died.
+/// - **Dead letters.** A claimed entry delivered more than
+///   [`max_deliveries`](SourceOptions::max_deliveries) times, or an entry that does not
+///   decode as a `T`, goes to the dead-letter stream (`<stream>:dead` by default) with the
+///   fields `id`, `stream`, `deliveries`, `reason` and `d`, and is acknowledged. An entry that
+///   does not decode is also counted as a failed item.
+/// - **Connections.** The source connects in `setup` (a server that cannot be reached fails
+///   the run at once with [`Error::Unreachable`]), creates the group if missing (at the start
+///   of the stream, so entries added before any consumer are read), and later retries a lost
+///   connection with a backoff for [`retry_for`](SourceOptions::retry_for).
+///
+/// It never ends by itself: it ends when the run is stopped, within one
+/// [`block`](SourceOptions::block) time. Before exiting, wait on its
+/// [`settlement`](Self::settlement) so that the last acknowledgements are sent.
+///
+/// # Examples
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use engine_redis::{StreamAddress, StreamSource};
+/// use engine_threads::Engine;
+///
+/// let address = StreamAddress::parse("redis://127.0.0.1:6379/numbers?group=adders")?;
+/// let source = StreamSource::<u64>::new(address);
+/// let settlement = source.settlement();
+/// let engine = Engine::builder(source).backend(|n: u64| println!("{n}")).build()?;
+/// let _signals = engine_core::install_signal_handler(engine.stop_handle())?; // Ctrl-C stops.
+/// let report = engine.run()?;
+/// settlement.wait(Duration::from_secs(10)); // The last acknowledgements are sent.
+/// eprintln!("{report}");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct StreamSource<T, C: Connector = StreamAddress> {
+    connector: C,
+    stream: String,
+    group: String,
+    consumer: Option<String>,
+    dead_stream: String,
+    options: SourceOptions,
+    settlement: Settlement,
+    running: Option<Running<C::Broker>>,
+    _items: PhantomData<fn() -> T>,
+}
+
+/// A started source: its connection and what it holds.
+struct Running<B> {
+    broker: B,
+    consumer: String,
+    buffer: VecDeque<Delivery>,
+    completions: Sender<Completion>,
+    acker: Option<JoinHandle<()>>,
+    /// Entries handed to the pipeline and not settled yet, which a sweep must not hand out
+    /// again.
+    in_flight: Arc<Mutex<HashSet<EntryId>>>,
+    next_sweep: Instant,
+    cursor: EntryId,
+}
+
+impl<T> StreamSource<T, StreamAddress> {
+    /// A source reading the stream of `address` through its group, with the address's
+    /// tuning keys (`max_deliveries=`, `claim_idle_ms=`, `block_ms=`) if it has them.
+    pub fn new(address: StreamAddress) -> Self {
+        let mut options = SourceOptions::new();
+        if let Some(n) = address.max_deliveries {
+            options = options.max_deliveries(n);
+        }
+        if let Some(idle) = address.claim_idle {
+            options = options.claim_idle(idle);
+        }
+        if let Some(block) = address.block {
+            options = options.block(block);
+        }
+        let (stream, group) = (address.stream().to_owned(), address.group().to_owned());
+        let consumer = address.consumer().map(str::to_owned);
+        let dead = address.dead_letter_stream();
+        let mut source = Self::with_connector(address, stream, group)
+            .options(options)
+            .dead_letter_stream(dead);
+        source.consumer = consumer;
+        source
+    }
+}
+
+impl<T, C: Connector> StreamSource<T, C> {
+    /// A source reading `stream` through `group` on the broker `connector` connects to.
+    pub fn with_connector(
+        connector: C,
+        stream: impl Into<String>,
+        group: impl Into<String>,
+    ) -> Self {
+        let stream = stream.into();
+        Self {
+            connector,
+            dead_stream: format!("{stream}:dead"),
+            stream,
+            group: group.into(),
+            consumer: None,
+            options: SourceOptions::new(),
+            settlement: Settlement::new(),
+            running: None,
+            _items: PhantomData,
+        }
+    }
+
+    /// Replaces the options.
+    #[must_use]
+    pub fn options(mut self, options: SourceOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// Reads as the consumer `name` (default: a name made from the host, the process id and
+    /// the start time). With several frontend threads, `-<thread>` is appended.
+    #[must_use]
+    pub fn consumer(mut self, name: impl Into<String>) -> Self {
+        self.consumer = Some(name.into());
+        self
+    }
+
+    /// Sends dead letters to `stream` (default `<stream>:dead`).
+    #[must_use]
+    pub fn dead_letter_stream(mut self, stream: impl Into<String>) -> Self {
+        self.dead_stream = stream.into();
+        self
+    }
+
+    /// Counts this source's items in `settlement`, shared with other sources.
+    #[must_use]
+    pub fn with_settlement(mut self, settlement: &Settlement) -> Self {
+        self.settlement = settlement.clone();
+        self
+    }
+
+    /// The settlement of this source's items: wait on it before the program exits.
+    pub fn settlement(&self) -> Settlement {
+        self.settlement.clone()
+    }
+
+    /// The stream read.
+    pub fn stream(&self) -> &str {
+        &self.stream
+    }
+
+    /// Connects, creates the group and starts the acknowledging thread.
+    fn start(&mut self, ctx: &StageContext) -> Result<()> {
+        let mut consumer = self.consumer.clone().unwrap_or_else(default_consumer);
+        if ctx.instances() > 1 {
+            consumer = format!("{consumer}-{}", ctx.index());
+        }
+        let mut broker = self.connector.connect()?;
+        broker.create_group(&self.stream, &self.group)?;
+        let acks = self.connector.connect()?;
+        let (completions, rx) = crossbeam_channel::unbounded();
+        let in_flight = Arc::new(Mutex::new(HashSet::new()));
+        let acker = Acker {
+            broker: acks,
+            stream: self.stream.clone(),
+            group: self.group.clone(),
+            completions: rx,
+            in_flight: Arc::clone(&in_flight),
+            settlement: self.settlement.clone(),
+            retry_for: self.options.retry_for,
+        };
+        let acker = std::thread::Builder::new()
+            .name(format!("{}-acks", ctx.stage()))
+            .spawn(move || acker.run())
+            .map_err(|source| Error::Unreachable {
+                server: broker.server().to_owned(),
+                source: Box::new(source),
+            })?;
+        tracing::debug!(
+            stream = %self.stream,
+            group = %self.group,
+            consumer = %consumer,
+            server = broker.server(),
+            "reading the stream"
+        );
+        self.running = Some(Running {
+            broker,
+            consumer,
+            buffer: VecDeque::new(),
+            completions,
+            acker: Some(acker),
+            in_flight,
+            next_sweep: Instant::now(),
+            cursor: EntryId::ZERO,
+        });
+        Ok(())
+    }
+}
+
+impl<T: DeserializeOwned, C: Connector> StreamSource<T, C> {
+    /// Hands one delivery to the pipeline, or dead-letters it if it does not decode.
+    fn hand_out(
+        &mut self,
+        delivery: Delivery,
+        ctx: &StageContext,
+    ) -> Result<Option<TrackedItem<Self>>, StageError> {
+        let decoded = match &delivery.payload {
+            None => Err(format!("the entry has no `{}` field", crate::PAYLOAD_FIELD)),
+            Some(bytes) => protocol::from_bytes::<T>(bytes).map_err(|e| Chain(&e).to_string()),
+        };
+        let running = self
+            .running
+            .as_mut()
+            .expect("a source hands out once started");
+        match decoded {
+            Ok(item) => {
+                lock(&running.in_flight).insert(delivery.id);
+                self.settlement.issue();
+                let ticket = StreamTicket {
+                    id: delivery.id,
+                    completions: running.completions.clone(),
+                };
+                Ok(Some((ticket, item)))
+            }
+            Err(reason) => {
+                let letter = DeadLetter {
+                    id: delivery.id,
+                    payload: delivery.payload.as_deref(),
+                    deliveries: delivery.deliveries,
+                    reason: &reason,
+                };
+                self.bury(&[letter], ctx).map_err(fatal)?;
+                Err(StageError::new(Error::BadEntry {
+                    stream: self.stream.clone(),
+                    id: delivery.id.to_string(),
+                    reason,
+                }))
+            }
+        }
+    }
+
+    /// Sends entries to the dead-letter stream.
+    fn bury(&mut self, letters: &[DeadLetter<'_>], ctx: &StageContext) -> Result<()> {
+        let running = self.running.as_mut().expect("a source buries once started");
+        for letter in letters {
+            tracing::warn!(
+                stream = %self.stream,
+                id = %letter.id,
+                deliveries = letter.deliveries,
+                reason = letter.reason,
+                dead_letter_stream = %self.dead_stream,
+                "entry moved to the dead-letter stream"
+            );
+        }
+        let (broker, stream, group, dead) = (
+            &mut running.broker,
+            &self.stream,
+            &self.group,
+            &self.dead_stream,
+        );
+        retrying(
+            "dead-lettering",
+            self.options.retry_for,
+            Some(ctx.stop()),
+            || broker.dead_letter(stream, group, dead, letters),
+        )
+    }
+
+    /// Claims entries left pending too long; dead-letters those delivered too often.
+    fn sweep(&mut self, ctx: &StageContext) -> Result<()> {
+        let running = self.running.as_mut().expect("a source sweeps once started");
+        let (broker, stream, group, consumer) = (
+            &mut running.broker,
+            &self.stream,
+            &self.group,
+            &running.consumer,
+        );
+        let (idle, from, count) = (self.options.claim_idle, running.cursor, self.options.batch);
+        let claimed = retrying("claiming", self.options.retry_for, Some(ctx.stop()), || {
+            broker.claim(stream, group, consumer, idle, from, count)
+        })?;
+        match claimed.next {
+            Some(next) => running.cursor = next,
+            None => {
+                running.cursor = EntryId::ZERO;
+                running.next_sweep = Instant::now() + self.options.sweep_interval();
+            }
+        }
+        let mut dead = Vec::new();
+        {
+            let in_flight = lock(&running.in_flight);
+            for delivery in claimed.deliveries {
+                if in_flight.contains(&delivery.id) {
+                    // Ours, and still in the pipeline: the claim only refreshed it.
+                    continue;
+                }
+                if delivery.deliveries > self.options.max_deliveries {
+                    dead.push(delivery);
+                } else {
+                    tracing::debug!(stream = %self.stream, id = %delivery.id, deliveries = delivery.deliveries, "claimed a pending entry");
+                    running.buffer.push_back(delivery);
+                }
+            }
+        }
+        if dead.is_empty() {
+            return Ok(());
+        }
+        let mut reasons = Vec::with_capacity(dead.len());
+        for delivery in &dead {
+            let broker = &mut running.broker;
+            let last = retrying(
+                "reading errors",
+                self.options.retry_for,
+                Some(ctx.stop()),
+                || broker.last_error(&self.stream, delivery.id),
+            )?;
+            let limit = self.options.max_deliveries;
+            reasons.push(match last {
+                Some(error) => format!(
+                    "delivered {} times (limit {limit}); last error: {error}",
+                    delivery.deliveries
+                ),
+                None => format!(
+                    "delivered {} times (limit {limit}) without being finished; no error was \
+                     recorded (a consumer stopped or crashed with it)",
+                    delivery.deliveries
+                ),
+            });
+        }
+        let letters: Vec<DeadLetter<'_>> = dead
+            .iter()
+            .zip(&reasons)
+            .map(|(delivery, reason)| DeadLetter {
+                id: delivery.id,
+                payload: delivery.payload.as_deref(),
+                deliveries: delivery.deliveries,
+                reason,
+            })
+            .collect();
+        self.bury(&letters, ctx)
+    }
+}
+
+impl<T: DeserializeOwned, C: Connector> TrackedFrontend for StreamSource<T, C> {
+    type Item = T;
+    type Ticket = StreamTicket;
+
+    fn setup(&mut self, ctx: &StageContext) -> Result<(), StageError> {
+        self.start(ctx)?;
+        Ok(())
+    }
+
+    fn produce(&mut self, ctx: &StageContext) -> Result<Option<TrackedItem<Self>>, StageError> {
+        if self.running.is_none() {
+            self.start(ctx)?;
+        }
+        loop {
+            let running = self.running.as_mut().expect("started above");
+            if let Some(delivery) = running.buffer.pop_front() {
+                return self.hand_out(delivery, ctx);
+            }
+            if ctx.is_stopping() {
+                return Ok(None);
+            }
+            if Instant::now() >= running.next_sweep {
+                match self.sweep(ctx) {
+                    Err(Error::Aborted) => return Ok(None),
+                    other => other.map_err(fatal)?,
+                }
+                continue;
+            }
+            let (broker, stream, group, consumer) = (
+                &mut running.broker,
+                &self.stream,
+                &self.group,
+                &running.consumer,
+            );
+            let (count, block) = (self.options.batch, self.options.block);
+            let read = retrying("reading", self.options.retry_for, Some(ctx.stop()), || {
+                broker.read(stream, group, consumer, count, block)
+            });
+            match read {
+                Ok(deliveries) => running.buffer.extend(deliveries),
+                Err(Error::Aborted) => return Ok(None),
+                Err(error) => return Err(fatal(error)),
+            }
+        }
+    }
+
+    fn cleanup(&mut self, _ctx: &StageContext) {
+        let Some(mut running) = self.running.take() else {
+            return;
+        };
+        let settled = self.settlement.wait(self.options.drain_timeout);
+        drop(running.completions);
+        if !settled {
+            tracing::warn!(
+                stream = %self.stream,
+                outstanding = self.settlement.outstanding(),
+                "items still in the pipeline at cleanup; they will be delivered again"
+            );
+            return;
+        }
+        if let Some(acker) = running.acker.take() {
+            let _ = acker.join();
+        }
+    }
+}
+
+impl<T, C: Connector> fmt::Debug for StreamSource<T, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StreamSource")
+            .field("connector", &self.connector)
+            .field("stream", &self.stream)
+            .field("group", &self.group)
+            .field("consumer", &self.consumer)
+            .field("dead_stream", &self.dead_stream)
+            .field("options", &self.options)
+            .field("started", &self.running.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The thread that settles completions in batches, on a connection of its own, so that
+/// acknowledgements never wait behind a blocking read.
+struct Acker<B> {
+    broker: B,
+    stream: String,
+    group: String,
+    completions: Receiver<Completion>,
+    in_flight: Arc<Mutex<HashSet<EntryId>>>,
+    settlement: Settlement,
+    retry_for: Duration,
+}
+
+impl<B: Broker> Acker<B> {
+    fn run(mut self) {
+        let mut finished = Vec::new();
+        let mut failed = Vec::new();
+        let mut released = Vec::new();
+        while let Ok(first) = self.completions.recv() {
+            let mut next = Some(first);
+            let mut n = 0;
+            while let Some(completion) = next {
+                match completion {
+                    Completion::Finished(id) => finished.push(id),
+                    Completion::Failed(id, reason) => failed.push((id, reason)),
+                    Completion::Released(id) => released.push(id),
+                }
+                n += 1;
+                next = if n < MAX_SETTLE_BATCH {
+                    self.completions.try_recv().ok()
+                } else {
+                    None
+                };
+            }
+            let (broker, stream, group) = (&mut self.broker, &self.stream, &self.group);
+            let settled = retrying("acknowledging", self.retry_for, None, || {
+                broker.settle(stream, group, &finished, &failed)
+            });
+            if let Err(error) = settled {
+                tracing::error!(
+                    stream = %self.stream,
+                    entries = finished.len(),
+                    error = %Chain(&error),
+                    "cannot acknowledge entries; they will be delivered again"
+                );
+            }
+            {
+                let mut in_flight = lock(&self.in_flight);
+                for id in finished
+                    .drain(..)
+                    .chain(failed.drain(..).map(|(id, _)| id))
+                    .chain(released.drain(..))
+                {
+                    in_flight.remove(&id);
+                }
+            }
+            self.settlement.settle(n as u64);
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The sets stay consistent whatever panicked while holding them: each step is one call.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A source that cannot go on: the run should end rather than retry for ever.
+fn fatal(error: Error) -> StageError {
+    StageError::new(error).fatal()
+}
+
+/// A consumer name unique to this process: host, process id and start time.
+fn default_consumer() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|host| host.trim().to_owned())
+        .filter(|host| !host.is_empty())
+        .unwrap_or_else(|| "engine".to_owned());
+    let started = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |t| t.as_millis() % 1_000_000);
+    format!("{host}-{}-{started}", std::process::id())
+}
