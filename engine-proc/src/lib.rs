@@ -32,7 +32,9 @@
 //!   [`install_signal_handler`](engine_core::install_signal_handler)) tells every worker to
 //!   die, waits up to a deadline, then kills; results already computed are delivered.
 //! - **Large payloads**: a body of [`SHARED_MEMORY_THRESHOLD`] bytes or more travels in an
-//!   `IpcSharedMemory` region beside its frame instead of through the socket.
+//!   `IpcSharedMemory` region beside its frame instead of through the socket; a sender fills
+//!   its regions again once their receiver has copied the body out, so a stream of large
+//!   bodies costs one copy on each side.
 //!
 //! Every frame is an [`engine_core::protocol::Frame`]; decoding never panics, and a corrupt
 //! frame is a typed error that leaves the pool or router running.
@@ -82,6 +84,7 @@ mod duplex;
 mod error;
 mod node;
 mod pool;
+mod regions;
 mod router;
 mod stage;
 mod wire;

@@ -6,7 +6,15 @@ use ipc_channel::ipc::{IpcReceiver, IpcSender, IpcSharedMemory, TryRecvError};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
+use crate::regions;
+
 /// Bodies at least this large travel in shared memory instead of through the socket.
+///
+/// The sending process keeps the shared memory regions it used and fills them again once
+/// their receiver has copied the body out (a flag in the region says so), so a stream of
+/// large bodies costs one copy on each side instead of a fresh region (and its page faults)
+/// per body. A process keeps at most 8 such regions and 64 MiB; beyond that, or while
+/// every kept region is still being read, a body gets a region of its own.
 pub const SHARED_MEMORY_THRESHOLD: usize = 64 * 1024;
 
 /// One message on an ipc channel.
@@ -14,11 +22,13 @@ pub const SHARED_MEMORY_THRESHOLD: usize = 64 * 1024;
 pub(crate) enum Packet {
     /// An encoded [`Frame`].
     Frame(#[serde(with = "serde_bytes")] Vec<u8>),
-    /// An encoded [`Frame::Message`] whose envelope's body travels in `body`.
+    /// An encoded [`Frame::Message`] whose envelope's body travels in `region`: its `len`
+    /// bytes after the region's header (see [`regions`]).
     Shared {
         #[serde(with = "serde_bytes")]
         frame: Vec<u8>,
-        body: IpcSharedMemory,
+        region: IpcSharedMemory,
+        len: u64,
     },
     /// A worker's first packet: where to reach it, and its encoded [`Frame::Hello`].
     Connect {
@@ -63,10 +73,15 @@ pub(crate) fn send_envelope(
     if envelope.body.len() < SHARED_MEMORY_THRESHOLD {
         return send_frame(tx, &Frame::Message(envelope));
     }
-    let body = IpcSharedMemory::from_bytes(&envelope.body);
-    envelope.body = Vec::new();
+    let body = std::mem::take(&mut envelope.body);
     let frame = Frame::Message(envelope).encode()?;
-    tx.send(Packet::Shared { frame, body }).map_err(closed)
+    let (region, lease) = regions::lease(&body);
+    let len = body.len() as u64;
+    tx.send(Packet::Shared { frame, region, len }).map_err(|e| {
+        // Nobody will read it: the region is free again.
+        lease.release();
+        closed(e)
+    })
 }
 
 fn closed(error: impl std::fmt::Display) -> ProtocolError {
@@ -80,9 +95,9 @@ fn closed(error: impl std::fmt::Display) -> ProtocolError {
 pub(crate) fn open(packet: Packet) -> Result<Frame, RecvError> {
     match packet {
         Packet::Frame(bytes) => Ok(Frame::decode(&bytes)?),
-        Packet::Shared { frame, body } => match Frame::decode(&frame)? {
+        Packet::Shared { frame, region, len } => match Frame::decode(&frame)? {
             Frame::Message(mut envelope) => {
-                envelope.body = body.to_vec();
+                envelope.body = regions::take(region, len)?;
                 Ok(Frame::Message(envelope))
             }
             other => Err(RecvError::Protocol(ProtocolError::UnexpectedFrame {

@@ -212,6 +212,7 @@ fn child_main(pipe: &mut Duplex) -> Result<(), StageError> {
         match message.kind {
             Kind::Do => pipe.send(Kind::Finished, &(message.body::<u64>()? * 2))?,
             Kind::Die => return Ok(()),
+            Kind::User(ref k) if k == "echo" => pipe.send_bytes(Kind::Finished, message.body)?,
             Kind::User(ref k) if k == "blob" => {
                 let sum: u64 = message.body.iter().map(|b| u64::from(*b)).sum();
                 pipe.send(Kind::Finished, &(message.body.len() as u64, sum))?;
@@ -242,6 +243,31 @@ fn a_duplex_child_answers_survives_garbage_and_exits_on_die() {
         (3_000_000, expected)
     );
 
+    pipe.send(Kind::Die, &()).unwrap();
+    assert!(child.wait().is_success());
+}
+
+/// Body `i` of the large-body stream: its length and bytes depend on `i`.
+fn large_body(i: usize) -> Vec<u8> {
+    let len = 65_536 + (i * 7_919) % 250_000;
+    (0..len).map(|p| (p * 31 + i * 17) as u8).collect()
+}
+
+fn large_bodies_keep_their_contents_both_ways_while_regions_are_reused() {
+    let child = Child::spawn(child_main).unwrap();
+    let pipe = child.duplex();
+    // Windows of 4 bodies in flight each way, 300 bodies: the regions are filled again and
+    // again, while the other side may still be reading the previous ones.
+    for window in 0..75 {
+        for i in window * 4..window * 4 + 4 {
+            pipe.send_bytes(Kind::user("echo"), large_body(i)).unwrap();
+        }
+        for i in window * 4..window * 4 + 4 {
+            let echo = pipe.recv().unwrap();
+            assert_eq!(echo.kind, Kind::Finished);
+            assert!(echo.body == large_body(i), "body {i} came back changed");
+        }
+    }
     pipe.send(Kind::Die, &()).unwrap();
     assert!(child.wait().is_success());
 }
@@ -290,6 +316,10 @@ fn main() {
         (
             "a_duplex_child_answers_survives_garbage_and_exits_on_die",
             a_duplex_child_answers_survives_garbage_and_exits_on_die,
+        ),
+        (
+            "large_bodies_keep_their_contents_both_ways_while_regions_are_reused",
+            large_bodies_keep_their_contents_both_ways_while_regions_are_reused,
         ),
         (
             "a_dropped_child_is_killed_and_reaped",
