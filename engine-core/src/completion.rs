@@ -5,6 +5,8 @@
 //! Plain frontends go through [`Untracked`], whose ticket is `()`: a zero-sized value whose
 //! completion is an empty inlined call, so the hook costs nothing when unused.
 
+use std::time::Duration;
+
 use crate::context::StageContext;
 use crate::error::StageError;
 use crate::stage::{ErrorPolicy, Frontend};
@@ -122,6 +124,11 @@ pub trait TrackedFrontend {
     fn cleanup(&mut self, ctx: &StageContext) {
         let _ = ctx;
     }
+
+    /// As [`Frontend::stop_grace`].
+    fn stop_grace(&self) -> Duration {
+        Duration::ZERO
+    }
 }
 
 /// An item of a [`TrackedFrontend`] with its ticket.
@@ -169,6 +176,10 @@ impl<F: Frontend> TrackedFrontend for Untracked<F> {
 
     fn cleanup(&mut self, ctx: &StageContext) {
         self.0.cleanup(ctx);
+    }
+
+    fn stop_grace(&self) -> Duration {
+        self.0.stop_grace()
     }
 }
 

@@ -2,6 +2,7 @@
 //! consumes them.
 
 use std::fmt;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -106,6 +107,20 @@ pub trait Frontend {
     /// stage and after a stop. Not called if this instance's own `setup` failed.
     fn cleanup(&mut self, ctx: &StageContext) {
         let _ = ctx;
+    }
+
+    /// How long an engine waits, after a graceful stop has drained the rest of the pipeline,
+    /// for this frontend to return from [`produce`](Self::produce) and finish
+    /// [`cleanup`](Self::cleanup) before it returns without them.
+    ///
+    /// The default is zero: a frontend blocked in a read that may never end (a pipe, a
+    /// socket) is left behind, and `run` returns at once. A frontend whose reads end within a
+    /// known time (a blocking read with a timeout) and whose `cleanup` matters (it sends the
+    /// last acknowledgements to a broker) returns that time plus what its `cleanup` needs, so
+    /// that its work is done when `run` returns. A stop deadline or a second stop still ends
+    /// the wait.
+    fn stop_grace(&self) -> Duration {
+        Duration::ZERO
     }
 }
 

@@ -38,7 +38,6 @@
 //! second engine, and the consumers share the numbers through the group `adders`:
 //!
 //! ```no_run
-//! use std::time::Duration;
 //! use engine_redis::{SinkOptions, StreamAddress, StreamSink, StreamSource};
 //! use engine_threads::Engine;
 //!
@@ -48,16 +47,14 @@
 //! let sink = StreamSink::<u64>::new(address.clone()).options(SinkOptions::new().bound(10_000));
 //! Engine::builder(1..=1_000_000_u64).backend(sink).run()?;
 //!
-//! // A consumer: runs until Ctrl-C, then sends its last acknowledgements.
+//! // A consumer: runs until Ctrl-C; `run` returns once its last acknowledgements are sent.
 //! let source = StreamSource::<u64>::new(address);
-//! let settlement = source.settlement();
 //! let engine = Engine::builder(source)
 //!     .transport(|n: u64| n * 2)
 //!     .backend(|n: u64| println!("{n}"))
 //!     .build()?;
 //! let _signals = engine_core::install_signal_handler(engine.stop_handle())?;
 //! let report = engine.run()?;
-//! settlement.wait(Duration::from_secs(10));
 //! eprintln!("{report}");
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```

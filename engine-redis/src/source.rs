@@ -158,12 +158,13 @@ impl SourceOptions {
 }
 
 /// Counts the items a source handed out and how many of them are settled (acknowledged, or
-/// left for redelivery), so that a program can wait for the acknowledgements before it exits.
+/// left for redelivery).
 ///
-/// After a stop, the threaded engine returns from `run` without waiting for a frontend that
-/// is blocked in a read, so the source's `cleanup` may come too late; wait on the settlement
-/// instead. Cloning shares the counts; sources given the same settlement
-/// ([`StreamSource::with_settlement`]) share it.
+/// The threaded engine waits for a source's cleanup (which sends the last acknowledgements)
+/// before `run` returns, through the source's
+/// [`stop_grace`](engine_core::TrackedFrontend::stop_grace); the settlement is for watching
+/// progress, and for an engine that does not wait for its frontends. Cloning shares the
+/// counts; sources given the same settlement ([`StreamSource::with_settlement`]) share it.
 ///
 /// # Examples
 ///
@@ -314,23 +315,21 @@ impl Ticket for StreamTicket {
 ///   connection with a backoff for [`retry_for`](SourceOptions::retry_for).
 ///
 /// It never ends by itself: it ends when the run is stopped, within one
-/// [`block`](SourceOptions::block) time. Before exiting, wait on its
-/// [`settlement`](Self::settlement) so that the last acknowledgements are sent.
+/// [`block`](SourceOptions::block) time, and its cleanup sends the last acknowledgements. Its
+/// [`stop_grace`](engine_core::TrackedFrontend::stop_grace) tells the engine to wait for
+/// that, so they are sent when `run` returns.
 ///
 /// # Examples
 ///
 /// ```no_run
-/// use std::time::Duration;
 /// use engine_redis::{StreamAddress, StreamSource};
 /// use engine_threads::Engine;
 ///
 /// let address = StreamAddress::parse("redis://127.0.0.1:6379/numbers?group=adders")?;
 /// let source = StreamSource::<u64>::new(address);
-/// let settlement = source.settlement();
 /// let engine = Engine::builder(source).backend(|n: u64| println!("{n}")).build()?;
 /// let _signals = engine_core::install_signal_handler(engine.stop_handle())?; // Ctrl-C stops.
-/// let report = engine.run()?;
-/// settlement.wait(Duration::from_secs(10)); // The last acknowledgements are sent.
+/// let report = engine.run()?; // After a stop: the last acknowledgements are sent.
 /// eprintln!("{report}");
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
@@ -681,6 +680,15 @@ impl<T: DeserializeOwned, C: Connector> TrackedFrontend for StreamSource<T, C> {
                 Err(error) => return Err(fatal(error)),
             }
         }
+    }
+
+    /// A read ends within the [`block`](SourceOptions::block) time, and `cleanup` waits up
+    /// to the [`drain_timeout`](SourceOptions::drain_timeout) for the last acknowledgements:
+    /// an engine waits that long after a stop, so that they are sent when `run` returns.
+    fn stop_grace(&self) -> Duration {
+        self.options
+            .block
+            .saturating_add(self.options.drain_timeout)
     }
 
     fn cleanup(&mut self, _ctx: &StageContext) {

@@ -1,6 +1,7 @@
 //! The engine: starting the stage threads, watching them, stopping them, and the report.
 
 use std::fmt;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -523,6 +524,7 @@ where
             policy: options.policy,
             failure: Mutex::new(None),
             events: events_tx,
+            stop_grace: AtomicU64::new(0),
         });
         let consumers = transport_threads.or(backend_threads).unwrap_or(1);
         let queue = if transport_threads.is_some() {
@@ -650,13 +652,31 @@ impl Run {
             .stats_interval
             .and_then(|i| Instant::now().checked_add(i));
         let mut last_stats: Option<Stats> = None;
+        // After a graceful stop has drained the pipeline: until when the frontends' cleanups
+        // are waited for (their longest `stop_grace`).
+        let mut grace_until: Option<Instant> = None;
 
         loop {
-            let frontends_done = frontend_busy.iter().all(Option::is_some);
-            if consumers_done == consumer_threads && (stopping || frontends_done) {
-                break;
+            if consumers_done == consumer_threads {
+                if frontend_busy.iter().all(Option::is_some) {
+                    break;
+                }
+                if stopping {
+                    if self.shared.abort.is_fired() {
+                        break;
+                    }
+                    let now = Instant::now();
+                    let until = *grace_until.get_or_insert_with(|| {
+                        now.checked_add(self.shared.stop_grace())
+                            .unwrap_or(now + Duration::from_secs(86_400 * 365))
+                    });
+                    if now >= until {
+                        break;
+                    }
+                }
             }
-            let event = match next_stats {
+            let wake = next_stats.into_iter().chain(grace_until).min();
+            let event = match wake {
                 None => self
                     .events
                     .recv()
@@ -676,6 +696,11 @@ impl Run {
                             deadline = self.shared.stop.stop_now_after(timeout).ok();
                         }
                     }
+                }
+                Err(RecvTimeoutError::Timeout)
+                    if next_stats.is_none_or(|at| Instant::now() < at) =>
+                {
+                    // The grace ended: checked at the top of the loop.
                 }
                 Err(RecvTimeoutError::Timeout) => {
                     let now = self.stats.snapshot();

@@ -55,7 +55,11 @@
 //! the engine does not wait for a frontend stuck in `produce`: the run ends as soon as what
 //! was accepted has drained, and an item that `produce` returns later is not accepted (its
 //! [ticket](engine_core::Ticket) completes as dropped) and the thread runs its `cleanup` and
-//! ends. Transport and backend calls are not interrupted: a call that never returns keeps the
+//! ends. A frontend whose reads end in a known time and whose `cleanup` must finish before
+//! the program exits (a broker source sending its last acknowledgements) says so with
+//! [`stop_grace`](engine_core::Frontend::stop_grace): after a graceful stop has drained, the
+//! run waits up to the longest grace for the frontends to end (a second stop or the stop
+//! deadline ends the wait). Transport and backend calls are not interrupted: a call that never returns keeps the
 //! run from ending, so give blocking stage code its own timeouts.
 //!
 //! # Ordered mode

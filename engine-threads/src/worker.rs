@@ -48,6 +48,9 @@ pub(crate) struct Shared {
     pub(crate) policy: ErrorPolicy,
     pub(crate) failure: Mutex<Option<Failure>>,
     pub(crate) events: Sender<Event>,
+    /// The longest [`stop_grace`](TrackedFrontend::stop_grace) of the frontends, in
+    /// nanoseconds (saturated).
+    pub(crate) stop_grace: AtomicU64,
 }
 
 /// Whether a loop goes on after a failed item.
@@ -58,6 +61,17 @@ enum Flow {
 }
 
 impl Shared {
+    /// How long the run waits, after a graceful stop drained the pipeline, for its frontends.
+    pub(crate) fn stop_grace(&self) -> Duration {
+        Duration::from_nanos(self.stop_grace.load(Ordering::SeqCst))
+    }
+
+    /// Notes a frontend's grace: the run waits for the longest.
+    fn note_stop_grace(&self, grace: Duration) {
+        let nanos = u64::try_from(grace.as_nanos()).unwrap_or(u64::MAX);
+        self.stop_grace.fetch_max(nanos, Ordering::SeqCst);
+    }
+
     /// Handles an item that failed: logs it, completes its ticket, and under the stop policy
     /// (or for a fatal error) records the failure and aborts the run.
     fn item_failed<K: Ticket>(
@@ -261,6 +275,7 @@ where
             return started.elapsed();
         }
     };
+    shared.note_stop_grace(stage.stop_grace());
     loop {
         let outcome = catch_unwind(AssertUnwindSafe(|| {
             produce(

@@ -248,6 +248,133 @@ fn a_frontend_stuck_in_a_read_does_not_hold_items_or_the_run() {
     drop(writer);
 }
 
+/// A frontend whose reads end within 20 ms (a blocking read with a timeout, as a broker's),
+/// which notes its cleanup and asks the engine to wait for it.
+struct TimedReads {
+    items: crossbeam_channel::Receiver<u32>,
+    cleaned: Arc<AtomicU64>,
+    grace: Duration,
+}
+
+impl Frontend for TimedReads {
+    type Item = u32;
+
+    fn produce(&mut self, ctx: &StageContext) -> Result<Option<u32>, StageError> {
+        loop {
+            match self.items.recv_timeout(Duration::from_millis(20)) {
+                Ok(item) => return Ok(Some(item)),
+                Err(_) if ctx.is_stopping() => return Ok(None),
+                Err(_) => {}
+            }
+        }
+    }
+
+    fn cleanup(&mut self, _ctx: &StageContext) {
+        self.cleaned.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn stop_grace(&self) -> Duration {
+        self.grace
+    }
+}
+
+/// Starts `frontend` with a backend that hands items to the returned receiver.
+fn spawn_with<F>(
+    frontend: F,
+) -> (
+    engine_threads::EngineHandle,
+    crossbeam_channel::Receiver<u32>,
+)
+where
+    F: Frontend<Item = u32> + Send + 'static,
+{
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let handle = Engine::builder(frontend)
+        .backend(move |x: u32| tx.send(x).unwrap())
+        .spawn()
+        .unwrap();
+    (handle, rx)
+}
+
+/// Joins a run on another thread, failing the test if it does not return in time.
+fn join_in_time(handle: engine_threads::EngineHandle) -> engine_core::RunReport {
+    let (done_tx, done_rx) = crossbeam_channel::bounded(1);
+    thread::spawn(move || done_tx.send(handle.join()).unwrap());
+    done_rx
+        .recv_timeout(PATIENCE)
+        .expect("run() returned in time")
+        .unwrap()
+}
+
+// Promise 2 with a frontend's stop grace: after a graceful stop, `run` returns only once a
+// frontend that asked for a grace has left its read and run its cleanup.
+#[test]
+fn a_stop_waits_for_the_cleanup_of_a_frontend_with_a_stop_grace() {
+    let (items, read) = crossbeam_channel::unbounded();
+    let cleaned = Arc::new(AtomicU64::new(0));
+    let (handle, rx) = spawn_with(TimedReads {
+        items: read,
+        cleaned: Arc::clone(&cleaned),
+        grace: PATIENCE,
+    });
+    for i in 0..3 {
+        items.send(i).unwrap();
+    }
+    let got: Vec<_> = (0..3).map(|_| rx.recv_timeout(PATIENCE).unwrap()).collect();
+    assert_eq!(got, [0, 1, 2]);
+    handle.stop();
+    let report = join_in_time(handle);
+    assert_eq!(
+        cleaned.load(Ordering::SeqCst),
+        1,
+        "cleanup ran before run() returned"
+    );
+    assert_eq!(report.end, RunEnd::Stopped);
+    assert_eq!((report.produced(), report.processed()), (3, 3));
+}
+
+// The grace is a bound: a frontend stuck for ever is left behind once it has passed.
+#[test]
+fn a_stop_grace_is_a_bound_for_a_frontend_stuck_for_ever() {
+    struct Stuck(PipeLines, Duration);
+    impl Frontend for Stuck {
+        type Item = String;
+        fn produce(&mut self, ctx: &StageContext) -> Result<Option<String>, StageError> {
+            self.0.produce(ctx)
+        }
+        fn stop_grace(&self) -> Duration {
+            self.1
+        }
+    }
+    // A grace of 50 ms, then a grace of a day ended by a second stop.
+    for (grace, second_stop) in [
+        (Duration::from_millis(50), false),
+        (Duration::from_secs(86_400), true),
+    ] {
+        let (reader, mut writer) = std::io::pipe().unwrap();
+        std::io::Write::write_all(&mut writer, b"a\n").unwrap();
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let handle = Engine::builder(Stuck(PipeLines(BufReader::new(reader)), grace))
+            .backend(move |line: String| tx.send(line).unwrap())
+            .spawn()
+            .unwrap();
+        assert_eq!(rx.recv_timeout(PATIENCE).unwrap(), "a");
+        handle.stop();
+        if second_stop {
+            handle.stop_handle().stop_now();
+        }
+        let report = join_in_time(handle);
+        assert_eq!(report.processed(), 1);
+        let end = if second_stop {
+            RunEnd::Aborted
+        } else {
+            RunEnd::Stopped
+        };
+        assert_eq!(report.end, end);
+        drop(writer);
+    }
+}
+
 // Promise 3: the end of the frontend ends the run.
 #[test]
 fn the_end_of_the_frontend_ends_the_run() {
