@@ -87,6 +87,8 @@ struct Queue<T> {
     deadline: Option<Instant>,
     /// Drivers with a live worker.
     live: usize,
+    /// Drivers waiting for jobs.
+    waiting: usize,
     /// Slots whose worker could not be started again: given up for good.
     given_up: usize,
     /// Pids and inboxes of live workers, by slot, for killing at once.
@@ -148,10 +150,12 @@ impl<W: Worker> Shared<W> {
             if !block {
                 return Some(Vec::new());
             }
+            queue.waiting += 1;
             queue = self
                 .wake
                 .wait(queue)
                 .unwrap_or_else(PoisonError::into_inner);
+            queue.waiting -= 1;
         }
     }
 
@@ -330,6 +334,7 @@ impl<W: Worker> PoolBuilder<W> {
                 state: State::Open,
                 deadline: None,
                 live: 0,
+                waiting: 0,
                 given_up: 0,
                 workers: (0..self.inits.len()).map(|_| None).collect(),
             }),
@@ -476,33 +481,63 @@ impl<W: Worker> Pool<W> {
     /// [`TaskError::Cancelled`].
     pub fn submit(&mut self, task: W::Task) -> TaskId {
         let id = self.next;
-        self.next = id.next();
-        self.submitted += 1;
-        let job = Job {
-            id,
-            task,
-            attempts: 0,
-        };
-        let mut queue = lock(&self.shared.queue);
-        if queue.state != State::Open {
-            drop(queue);
-            self.shared.deliver(vec![(id, Err(TaskError::Cancelled))]);
-            return id;
-        }
-        if queue.given_up == queue.workers.len() {
-            drop(queue);
-            self.shared.deliver(vec![(
-                id,
-                Err(TaskError::NoWorkers(
-                    "every worker failed to restart".into(),
-                )),
-            )]);
-            return id;
-        }
-        queue.jobs.push_back(job);
-        drop(queue);
-        self.shared.wake.notify_one();
+        self.submit_from(&mut std::iter::once(task), 1);
         id
+    }
+
+    /// Queues up to `max` tasks from `tasks` under one lock, waking only drivers that wait;
+    /// returns how many were taken.
+    fn submit_from(&mut self, tasks: &mut impl Iterator<Item = W::Task>, max: u64) -> u64 {
+        let mut queue = lock(&self.shared.queue);
+        // Why tasks are refused: the pool is stopping, or it has no worker left.
+        let refused: Option<fn() -> TaskError> = if queue.state != State::Open {
+            Some(|| TaskError::Cancelled)
+        } else if queue.given_up == queue.workers.len() {
+            Some(|| TaskError::NoWorkers("every worker failed to restart".into()))
+        } else {
+            None
+        };
+        let mut taken = 0;
+        let mut refusals = Vec::new();
+        for task in tasks
+            .by_ref()
+            .take(usize::try_from(max).unwrap_or(usize::MAX))
+        {
+            let id = self.next;
+            self.next = id.next();
+            taken += 1;
+            match &refused {
+                Some(error) => refusals.push((id, Err(error()))),
+                None => queue.jobs.push_back(Job {
+                    id,
+                    task,
+                    attempts: 0,
+                }),
+            }
+        }
+        let waiting = queue.waiting;
+        drop(queue);
+        self.submitted += taken;
+        self.shared.deliver(refusals);
+        if refused.is_none() && taken > 0 {
+            // Each driver takes a batch: wake as many as there are tasks, at most.
+            if waiting as u64 > taken {
+                for _ in 0..taken {
+                    self.shared.wake.notify_one();
+                }
+            } else if waiting > 0 {
+                self.shared.wake.notify_all();
+            }
+        }
+        taken
+    }
+
+    /// Submits from `tasks` until `window` are outstanding, once fewer than three quarters
+    /// are: refilling in chunks keeps the lock and the wake-ups off the per-task path.
+    fn top_up(&mut self, tasks: &mut impl Iterator<Item = W::Task>, window: u64) {
+        if self.outstanding() < window - window / 4 {
+            self.submit_from(tasks, window - self.outstanding());
+        }
     }
 
     /// How many submitted tasks have not been received yet.
@@ -674,10 +709,7 @@ impl<W: Worker, I: Iterator<Item = W::Task>> Iterator for Completed<'_, W, I> {
     type Item = (TaskId, TaskResult<W::Output>);
 
     fn next(&mut self) -> Option<Self::Item> {
-        while self.pool.outstanding() < self.window {
-            let Some(task) = self.tasks.next() else { break };
-            self.pool.submit(task);
-        }
+        self.pool.top_up(&mut self.tasks, self.window);
         self.pool.recv()
     }
 }
@@ -710,10 +742,7 @@ impl<W: Worker, I: Iterator<Item = W::Task>> Iterator for Ordered<'_, W, I> {
                 self.first += 1;
                 return Some(result);
             }
-            while self.pool.outstanding() < self.window {
-                let Some(task) = self.tasks.next() else { break };
-                self.pool.submit(task);
-            }
+            self.pool.top_up(&mut self.tasks, self.window);
             let (id, result) = self.pool.recv()?;
             self.pending.insert(id.0, result);
         }
