@@ -25,7 +25,9 @@
 //! - **Supervision**: a worker that crashes, aborts or is killed is noticed at once (its
 //!   channel closes; a thread waiting on it reaps it and says how it ended, [`ExitHow`]). A
 //!   pool retries its tasks on another worker up to the limit, then returns
-//!   [`TaskError::WorkerDied`], and starts a new worker. Workers die with their master
+//!   [`TaskError::WorkerDied`], and starts a new worker. A router reports the crash
+//!   ([`WorkerReport`]) and, with [`RouterBuilder::restarts`], starts the worker again under
+//!   the same name, telling every other process its new address. Workers die with their master
 //!   (`PR_SET_PDEATHSIG`), ignore SIGINT (a terminal's Ctrl-C reaches the whole process
 //!   group; the master stops them in order), and no zombie is left.
 //! - **Shutdown**: a [`StopHandle`](engine_core::StopHandle) (SIGINT/SIGTERM through

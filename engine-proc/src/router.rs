@@ -35,6 +35,9 @@ pub struct WorkerReport {
     pub exit: ExitHow,
     /// Whether it ended before the router told it to (a crash, a kill, its own `exit`).
     pub ended_early: bool,
+    /// How many times it was started again after a crash (see [`RouterBuilder::restarts`]);
+    /// `pid`, `exit` and `stats` are those of its last process.
+    pub restarts: u32,
     /// Its counters, if it sent them before it ended.
     pub stats: Option<NodeStats>,
 }
@@ -88,6 +91,7 @@ pub struct RouterBuilder {
     stop: Option<StopHandle>,
     stop_timeout: Duration,
     start_timeout: Duration,
+    restarts: u32,
 }
 
 impl fmt::Debug for RouterBuilder {
@@ -115,6 +119,7 @@ impl Router {
             stop: None,
             stop_timeout: Duration::from_secs(5),
             start_timeout: Duration::from_secs(10),
+            restarts: 0,
         }
     }
 }
@@ -182,6 +187,20 @@ impl RouterBuilder {
         self
     }
 
+    /// How many times a worker that crashes (a signal, or an exit code other than 0) is
+    /// started again, each (default 0: a crashed worker is reported and stays gone).
+    ///
+    /// The new process has the same name and code; every other process learns its address
+    /// before it can send anything, so messages to the name reach it. Messages sent to the
+    /// crashed process and not yet handled are lost: router messages are not tasks (use a
+    /// [`Pool`](crate::Pool) for work that must be retried). A worker that ends cleanly
+    /// (code 0, [`Node::exit`]) is not restarted.
+    #[must_use]
+    pub fn restarts(mut self, restarts: u32) -> Self {
+        self.restarts = restarts;
+        self
+    }
+
     /// How long a worker may take to start (default 10 s).
     #[must_use]
     pub fn start_timeout(mut self, timeout: Duration) -> Self {
@@ -212,6 +231,7 @@ impl RouterBuilder {
             stop,
             stop_timeout,
             start_timeout,
+            restarts,
         } = self;
         let (events_tx, events) = unbounded();
         let mut workers: Vec<(String, Spawned)> = Vec::new();
@@ -250,6 +270,7 @@ impl RouterBuilder {
                 pid: w.pid,
                 exit: ExitHow::Unknown,
                 ended_early: false,
+                restarts: 0,
                 stats: None,
             });
             lives.push(w.live());
@@ -280,12 +301,26 @@ impl RouterBuilder {
                 recv(events) -> event => match event {
                     Ok(Event::Packet(index, packet)) => receive(&mut main, &mut node, &mut reports[index], packet),
                     Ok(Event::Exited(index, how)) => {
-                        running -= 1;
                         let report = &mut reports[index];
+                        tracing::warn!(worker = %report.name, pid = report.pid, "a worker {how} on its own");
+                        node.peers.remove(&report.name);
+                        if !how.is_success() && report.restarts < restarts && !stop.is_stopping() && !node.exit {
+                            report.restarts += 1;
+                            match restart(&report.name, wanted[index].1, start_timeout, &mut node) {
+                                Ok(spawned) => {
+                                    report.pid = spawned.pid;
+                                    report.stats = None;
+                                    lives[index] = spawned.live();
+                                    let events = events_tx.clone();
+                                    forwarders.push(thread::spawn(move || forward(index, &spawned, &events)));
+                                    continue;
+                                }
+                                Err(error) => tracing::error!(worker = %report.name, "the worker could not be started again: {error}"),
+                            }
+                        }
+                        running -= 1;
                         report.exit = how;
                         report.ended_early = true;
-                        node.peers.remove(&report.name);
-                        tracing::warn!(worker = %report.name, pid = report.pid, "a worker {how} on its own");
                     }
                     Ok(Event::Wake) | Err(_) => {}
                 },
@@ -372,6 +407,33 @@ fn forward(index: usize, worker: &Spawned, events: &Sender<Event>) {
     }
 }
 
+/// Starts a crashed worker again and tells every process its new address: the others first,
+/// so that nothing the new worker sends can reach a peer that does not know it yet.
+fn restart(
+    name: &str,
+    entry: WorkerMain,
+    timeout: Duration,
+    node: &mut Node,
+) -> Result<Spawned, ProcError> {
+    let spawned = start_worker(name, entry, timeout)?;
+    for tx in node.peers.values() {
+        // A peer that is gone has its own exit to report.
+        let _ = tx.send(Packet::Peers(vec![(name.to_owned(), spawned.tx.clone())]));
+    }
+    node.peers.insert(name.to_owned(), spawned.tx.clone());
+    let peers = node
+        .peers
+        .iter()
+        .map(|(name, tx)| (name.clone(), tx.clone()))
+        .collect();
+    if spawned.tx.send(Packet::Peers(peers)).is_err() {
+        node.peers.remove(name);
+        spawned.kill_and_wait();
+        return Err(ProcError::Closed);
+    }
+    Ok(spawned)
+}
+
 fn start_worker(name: &str, entry: WorkerMain, timeout: Duration) -> Result<Spawned, ProcError> {
     let spawned = boot::spawn(router_entry, KIND, timeout)?;
     let init = WorkerInit {
@@ -425,6 +487,14 @@ pub(crate) fn router_entry(server: String) -> i32 {
             .next_tick(last_tick)
             .map(|at| at.saturating_duration_since(Instant::now()));
         match wire::recv_packet(&conn.inbox, timeout) {
+            // A restarted peer's new address.
+            Ok(Packet::Peers(update)) => {
+                for (name, tx) in update {
+                    if name != init.name {
+                        node.peers.insert(name, tx);
+                    }
+                }
+            }
             Ok(packet) => match wire::open(packet) {
                 Ok(Frame::Message(envelope)) if envelope.kind == Kind::Die => break 0,
                 Ok(Frame::Message(envelope)) => handlers.handle(&mut node, envelope),

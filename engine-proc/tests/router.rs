@@ -178,6 +178,66 @@ fn a_crashing_worker_is_noticed_and_reported() {
     assert_eq!(worker.exit, ExitHow::Signal(libc::SIGABRT), "{worker:?}");
 }
 
+/// Says hello with its pid when it starts, aborts on "crash", answers "ping" with "pong".
+fn phoenix(h: &mut Handlers) {
+    h.on_start(|node| Ok(node.send(&Address::Main, "hello", &std::process::id())?));
+    h.on("crash", |_, (): ()| std::process::abort());
+    h.on("ping", |node, (): ()| {
+        Ok(node.send(&Address::Main, "pong", &())?)
+    });
+}
+
+/// Forwards "forward" to the phoenix as "ping".
+fn relay(h: &mut Handlers) {
+    h.on("forward", |node, (): ()| {
+        Ok(node.send(&to("phoenix"), "ping", &())?)
+    });
+}
+
+fn a_crashed_worker_is_restarted_and_its_peers_reach_the_new_process() {
+    let pids = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+    let seen = std::rc::Rc::clone(&pids);
+    // Should the new process stay unreachable, the run still ends (and the asserts fail).
+    let stop = StopHandle::new();
+    let _deadline = stop.stop_now_after(Duration::from_secs(30)).unwrap();
+    let report = Router::builder()
+        .worker("phoenix", phoenix)
+        .worker("relay", relay)
+        .restarts(1)
+        .stop_handle(stop)
+        .on("hello", move |node, pid: u32| {
+            seen.borrow_mut().push(pid);
+            if seen.borrow().len() == 1 {
+                // The first process crashes; the second is reached through another worker.
+                Ok(node.send(&to("phoenix"), "crash", &())?)
+            } else {
+                Ok(node.send(&to("relay"), "forward", &())?)
+            }
+        })
+        .on("pong", |node, (): ()| {
+            node.exit();
+            Ok(())
+        })
+        .run()
+        .unwrap();
+    let pids = pids.borrow();
+    assert_eq!(pids.len(), 2, "{pids:?}");
+    assert_ne!(pids[0], pids[1]);
+    let phoenix = report.worker("phoenix").unwrap();
+    assert_eq!(phoenix.restarts, 1, "{phoenix:?}");
+    assert_eq!(phoenix.pid, pids[1]);
+    assert_eq!(phoenix.exit, ExitHow::Code(0), "{phoenix:?}");
+    assert!(!phoenix.ended_early, "{phoenix:?}");
+    let relay = report.worker("relay").unwrap();
+    assert_eq!(relay.stats.as_ref().unwrap().handled, 1, "{relay:?}");
+    for pid in pids.iter() {
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            "no process, no zombie"
+        );
+    }
+}
+
 fn a_stop_tells_every_worker_to_die() {
     let stop = StopHandle::new();
     let trigger = stop.clone();
@@ -308,6 +368,10 @@ fn main() {
         (
             "a_crashing_worker_is_noticed_and_reported",
             a_crashing_worker_is_noticed_and_reported,
+        ),
+        (
+            "a_crashed_worker_is_restarted_and_its_peers_reach_the_new_process",
+            a_crashed_worker_is_restarted_and_its_peers_reach_the_new_process,
         ),
         (
             "a_stop_tells_every_worker_to_die",
