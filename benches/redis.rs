@@ -13,16 +13,14 @@
 
 mod harness;
 
-use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use engine::redis::redis::{self, Connection, Value};
-use engine::redis::{RedisBroker, StreamAddress, StreamSink, StreamSource};
+use engine::redis::testing::Server;
+use engine::redis::{StreamAddress, StreamSink, StreamSource};
 use engine_core::{Backend, StageContext, StageError, StopHandle};
 use engine_threads::Engine;
 
@@ -98,8 +96,9 @@ fn engine_round(server: &RedisServer, round: u64) -> u64 {
     for consumer in consumers {
         consumer.join().expect("a consumer runs");
     }
+    // A graceful stop: `join` returns once the sources' last acknowledgements are sent.
     for settlement in settlements {
-        assert!(settlement.wait(Duration::from_secs(30)));
+        assert_eq!(settlement.outstanding(), 0);
     }
     server.delete(&stream);
     sum.sum.load(Ordering::SeqCst)
@@ -234,60 +233,23 @@ fn wait_for(count: &AtomicU64) {
     }
 }
 
-/// The benchmark's own `redis-server`, killed on drop.
-struct RedisServer {
-    child: Child,
-    port: u16,
-    dir: PathBuf,
-}
+/// The benchmark's own throwaway `redis-server` (killed when dropped), with its stream
+/// addresses (reads block for 100 ms at most) and connections.
+struct RedisServer(Server);
 
 impl RedisServer {
     fn start() -> Self {
-        let path = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
-            .chain([PathBuf::from("/usr/bin"), PathBuf::from("/usr/sbin")])
-            .map(|dir| dir.join("redis-server"))
-            .find(|path| path.is_file())
-            .expect("redis-server is not installed: `apt-get install -y redis-server`");
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let dir = std::env::temp_dir().join(format!("engine-bench-redis-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("a temporary directory");
-        let child = Command::new(path)
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-            ])
-            .args(["--appendonly", "no", "--daemonize", "no"])
-            .arg("--dir")
-            .arg(&dir)
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server starts");
-        let server = Self { child, port, dir };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while RedisBroker::connect(&server.address("probe")).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            thread::park_timeout(Duration::from_millis(10));
-        }
-        server
+        Self(Server::start().unwrap_or_else(|error| panic!("{error}")))
     }
 
     fn address(&self, stream: &str) -> StreamAddress {
-        format!("redis://127.0.0.1:{}/{stream}?block_ms=100", self.port)
+        format!("{}?block_ms=100", self.0.stream_url(stream))
             .parse()
             .expect("a valid address")
     }
 
     fn connection(&self) -> Connection {
-        redis::Client::open(format!("redis://127.0.0.1:{}/", self.port))
-            .and_then(|client| client.get_connection())
-            .expect("the server answers")
+        self.0.connection().expect("the server answers")
     }
 
     fn delete(&self, stream: &str) {
@@ -295,13 +257,5 @@ impl RedisServer {
             .arg(stream)
             .exec(&mut self.connection())
             .expect("DEL");
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

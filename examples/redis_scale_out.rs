@@ -1,7 +1,8 @@
 //! Scale out through Redis Streams: one producer and two consumer processes on this machine.
 //!
-//! The example starts its own `redis-server` on a free loopback port (it must be installed:
-//! `apt-get install -y redis-server`), then starts two copies of itself as consumers
+//! The example starts its own throwaway `redis-server` on a free loopback port, with
+//! `engine::redis::testing::Server` (it must be installed: `apt-get install -y redis-server`),
+//! then starts two copies of itself as consumers
 //! (`REDIS_SCALE_OUT_CONSUMER=<tag>`). Each consumer reads the stream `in` through the consumer
 //! group `engine`, squares each number and appends `(n, n², tag)` to the stream `out`. The
 //! producer, in this process, appends 20,000 numbers to `in`, keeping at most 1,000
@@ -18,12 +19,11 @@
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
-use std::net::TcpListener;
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
+use engine::redis::testing::Server;
 use engine::redis::{Broker, RedisBroker, SinkOptions, StreamAddress, StreamSink, StreamSource};
 use engine::threads::Engine;
 
@@ -37,8 +37,9 @@ fn main() -> Result<()> {
     if let Ok(tag) = std::env::var(CONSUMER) {
         return consume(tag.parse().context("the consumer tag is a number")?);
     }
-    let server = RedisServer::start()?;
-    println!("redis-server on port {}", server.port);
+    // A throwaway server, killed (and its directory removed) when `server` drops.
+    let server = Server::start()?;
+    println!("redis-server on port {}", server.port());
     let input = server.address("in")?;
     let consumers = [spawn_consumer(&input, 1)?, spawn_consumer(&input, 2)?];
 
@@ -98,7 +99,6 @@ fn consume(tag: u64) -> Result<()> {
     let input: StreamAddress = std::env::var(INPUT)?.parse()?;
     let output = input.clone().with_stream("out");
     let source = StreamSource::<u64>::new(input);
-    let settlement = source.settlement();
     let engine = Engine::builder(source)
         .transport(move |n: u64| (n, n * n, tag))
         .backend(StreamSink::<(u64, u64, u64)>::new(output))
@@ -106,13 +106,8 @@ fn consume(tag: u64) -> Result<()> {
     let _signals = engine::core::install_signal_handler(engine.stop_handle())?;
     println!("ready");
     std::io::stdout().flush()?;
+    // After SIGTERM, `run` returns once the source has sent its last acknowledgements.
     let report = engine.run()?;
-    // The engine does not wait for a source blocked in a read after a stop; wait for the
-    // last acknowledgements here.
-    ensure!(
-        settlement.wait(Duration::from_secs(30)),
-        "acknowledgements left"
-    );
     eprintln!("consumer {tag}: {report}");
     report.check()?;
     Ok(())
@@ -187,63 +182,5 @@ impl Reader {
                 Ok(engine::core::protocol::from_bytes(&bytes)?)
             })
             .collect()
-    }
-}
-
-/// A `redis-server` of the example's own, killed when dropped.
-struct RedisServer {
-    child: Child,
-    port: u16,
-    dir: PathBuf,
-}
-
-impl RedisServer {
-    fn start() -> Result<Self> {
-        let Some(path) = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
-            .chain([PathBuf::from("/usr/bin"), PathBuf::from("/usr/sbin")])
-            .map(|dir| dir.join("redis-server"))
-            .find(|path| path.is_file())
-        else {
-            bail!(
-                "redis-server is not installed; install it with `apt-get install -y \
-                 redis-server` (Debian/Ubuntu) or `brew install redis` (macOS)"
-            );
-        };
-        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let dir = std::env::temp_dir().join(format!("redis-scale-out-{}", std::process::id()));
-        std::fs::create_dir_all(&dir)?;
-        let child = Command::new(path)
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-            ])
-            .args(["--appendonly", "no", "--daemonize", "no"])
-            .arg("--dir")
-            .arg(&dir)
-            .stdout(Stdio::null())
-            .spawn()?;
-        let server = Self { child, port, dir };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while RedisBroker::connect(&server.address("probe")?).is_err() {
-            ensure!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::park_timeout(Duration::from_millis(10));
-        }
-        Ok(server)
-    }
-
-    fn address(&self, stream: &str) -> Result<StreamAddress> {
-        Ok(format!("redis://127.0.0.1:{}/{stream}", self.port).parse()?)
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -5,99 +5,32 @@
 
 use std::io::Write;
 use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use engine::redis::{Broker, RedisBroker, StreamAddress};
+use engine::redis::testing::Server;
+use engine::redis::{Broker, RedisBroker};
 
-/// A `redis-server` on a free loopback port, killed and waited for on drop.
-struct Server {
-    child: Child,
-    port: u16,
-    dir: PathBuf,
-}
-
-impl Server {
-    fn start() -> Self {
-        let path = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
-            .chain([PathBuf::from("/usr/bin"), PathBuf::from("/usr/sbin")])
-            .map(|dir| dir.join("redis-server"))
-            .find(|path| path.is_file())
-            .unwrap_or_else(|| {
-                panic!(
-                    "redis-server is not installed, and these tests run a real one: install it \
-                     with `apt-get install -y redis-server`"
-                )
-            });
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let dir =
-            std::env::temp_dir().join(format!("engine-cli-redis-{}-{port}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("a temporary directory");
-        let child = Command::new(path)
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-            ])
-            .args(["--appendonly", "no", "--daemonize", "no"])
-            .arg("--dir")
-            .arg(&dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server starts");
-        let server = Self { child, port, dir };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while RedisBroker::connect(&server.address("probe")).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::park_timeout(Duration::from_millis(10));
+/// Every line in `stream` on `server`, read through a new group of the test's own.
+fn lines(server: &Server, stream: &str) -> Vec<String> {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let group = format!("inspect-{}", NEXT.fetch_add(1, Ordering::SeqCst));
+    let address = server.address(stream).expect("a valid address");
+    let mut broker = RedisBroker::connect(&address).expect("connects");
+    broker.create_group(stream, &group).expect("group");
+    let mut lines = Vec::new();
+    loop {
+        let read = broker
+            .read(stream, &group, "test", 1000, Duration::from_millis(1))
+            .expect("read");
+        if read.is_empty() {
+            return lines;
         }
-        server
-    }
-
-    fn url(&self, stream: &str) -> String {
-        format!("redis://127.0.0.1:{}/{stream}", self.port)
-    }
-
-    fn address(&self, stream: &str) -> StreamAddress {
-        StreamAddress::parse(&self.url(stream)).expect("a valid address")
-    }
-
-    /// Every line in `stream`, read through a new group of the test's own.
-    fn lines(&self, stream: &str) -> Vec<String> {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let group = format!("inspect-{}", NEXT.fetch_add(1, Ordering::SeqCst));
-        let mut broker = RedisBroker::connect(&self.address(stream)).expect("connects");
-        broker.create_group(stream, &group).expect("group");
-        let mut lines = Vec::new();
-        loop {
-            let read = broker
-                .read(stream, &group, "test", 1000, Duration::from_millis(1))
-                .expect("read");
-            if read.is_empty() {
-                return lines;
-            }
-            for entry in read {
-                let bytes = entry.payload.expect("a payload");
-                lines.push(engine::core::protocol::from_bytes(&bytes).expect("a line"));
-            }
+        for entry in read {
+            let bytes = entry.payload.expect("a payload");
+            lines.push(engine::core::protocol::from_bytes(&bytes).expect("a line"));
         }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -151,11 +84,11 @@ fn an_unreachable_server_fails_the_run() {
 
 #[test]
 fn lines_go_from_stdin_to_a_stream_and_from_stream_to_stream() {
-    let server = Server::start();
+    let server = Server::start().unwrap();
     let input: String = (1..=500).map(|n| format!("line {n}\n")).collect();
     let expected: Vec<String> = (1..=500).map(|n| format!("line {n}")).collect();
 
-    let out = engine(&["run", "--to", &server.url("in")], &input);
+    let out = engine(&["run", "--to", &server.stream_url("in")], &input);
     assert!(out.status.success(), "{out:?}");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("completed: 500 processed"), "{stderr}");
@@ -165,16 +98,16 @@ fn lines_go_from_stdin_to_a_stream_and_from_stream_to_stream() {
         .args([
             "run",
             "--from",
-            &format!("{}?block_ms=50", server.url("in")),
+            &format!("{}?block_ms=50", server.stream_url("in")),
         ])
-        .args(["--to", &server.url("out")])
+        .args(["--to", &server.stream_url("out")])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("the engine runs");
     let deadline = Instant::now() + Duration::from_secs(60);
-    while server.lines("out").len() < 500 {
+    while lines(&server, "out").len() < 500 {
         assert!(Instant::now() < deadline, "the lines did not go through");
         std::thread::park_timeout(Duration::from_millis(20));
     }
@@ -187,7 +120,7 @@ fn lines_go_from_stdin_to_a_stream_and_from_stream_to_stream() {
     assert!(out.status.success(), "{out:?}");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("500 processed"), "{stderr}");
-    assert_eq!(server.lines("out"), expected);
+    assert_eq!(lines(&server, "out"), expected);
     // Every line of `in` was finished: acknowledged and deleted.
-    assert_eq!(server.lines("in"), Vec::<String>::new());
+    assert_eq!(lines(&server, "in"), Vec::<String>::new());
 }

@@ -177,6 +177,21 @@ pub trait Broker: Send {
         count: usize,
     ) -> Result<Claimed>;
 
+    /// Says that `consumer` is still working on `ids`, which it holds pending: their idle
+    /// time starts again, so that a sweep elsewhere does not take them for entries of a dead
+    /// consumer. No delivery is counted (`XCLAIM ... JUSTID` on Redis).
+    ///
+    /// # Errors
+    ///
+    /// A connection or server error.
+    fn keep_alive(
+        &mut self,
+        stream: &str,
+        group: &str,
+        consumer: &str,
+        ids: &[EntryId],
+    ) -> Result<()>;
+
     /// The error recorded by [`settle`](Self::settle) for an entry, if any.
     ///
     /// # Errors

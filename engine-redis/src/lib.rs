@@ -62,6 +62,9 @@
 //! See `examples/redis_scale_out.rs` for one producer and two consumer processes checking
 //! that every item is processed exactly once, and `cargo xtask bench redis` for throughput
 //! against a hand-written loop.
+//!
+//! [`testing::Server`] starts a throwaway `redis-server` on a free port, for tests, benchmarks
+//! and examples.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -72,6 +75,7 @@ mod redis_broker;
 mod retry;
 mod sink;
 mod source;
+pub mod testing;
 
 pub use address::{
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_GROUP, DEFAULT_PORT, DEFAULT_RESPONSE_TIMEOUT, StreamAddress,

@@ -387,6 +387,27 @@ impl Broker for RedisBroker {
         Ok(reply.map(|bytes| String::from_utf8_lossy(&bytes).into_owned()))
     }
 
+    fn keep_alive(
+        &mut self,
+        stream: &str,
+        group: &str,
+        consumer: &str,
+        ids: &[EntryId],
+    ) -> Result<()> {
+        let timeout = self.response_timeout;
+        for chunk in ids.chunks(1024) {
+            let _: Value = self.run("XCLAIM", timeout, |conn| {
+                let mut cmd = redis::cmd("XCLAIM");
+                cmd.arg(stream).arg(group).arg(consumer).arg(0);
+                for id in chunk {
+                    cmd.arg(id.to_string());
+                }
+                cmd.arg("JUSTID").query(conn)
+            })?;
+        }
+        Ok(())
+    }
+
     fn dead_letter(
         &mut self,
         stream: &str,

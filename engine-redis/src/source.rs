@@ -9,7 +9,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use engine_core::{
     Outcome, StageContext, StageError, Ticket, TrackedFrontend, TrackedItem, protocol,
 };
@@ -104,8 +104,11 @@ impl SourceOptions {
     /// How long an entry must have been pending before the sweep claims it (`XAUTOCLAIM`
     /// min-idle-time; default [`DEFAULT_CLAIM_IDLE`]).
     ///
-    /// Make it longer than an item can take through the pipeline: an entry pending longer
-    /// is taken for one left by a dead consumer and processed again elsewhere.
+    /// A live source says every third of this time that it still works on the items it
+    /// handed to its pipeline ([`Broker::keep_alive`]), so a slow pipeline does not get its
+    /// items taken over; entries it read but has not handed out yet (at most one read's
+    /// [`batch`](Self::batch)) are not covered, so keep it well above what the pipeline
+    /// takes to accept one batch.
     #[must_use]
     pub fn claim_idle(mut self, idle: Duration) -> Self {
         self.claim_idle = idle;
@@ -463,6 +466,8 @@ impl<T, C: Connector> StreamSource<T, C> {
             in_flight: Arc::clone(&in_flight),
             settlement: self.settlement.clone(),
             retry_for: self.options.retry_for,
+            consumer: consumer.clone(),
+            heartbeat: (self.options.claim_idle / 3).max(Duration::from_millis(10)),
         };
         let acker = std::thread::Builder::new()
             .name(format!("{}-acks", ctx.stage()))
@@ -735,6 +740,10 @@ struct Acker<B> {
     in_flight: Arc<Mutex<HashSet<EntryId>>>,
     settlement: Settlement,
     retry_for: Duration,
+    /// The consumer the entries are pending for.
+    consumer: String,
+    /// How often to say that the items in the pipeline are still being worked on.
+    heartbeat: Duration,
 }
 
 impl<B: Broker> Acker<B> {
@@ -742,7 +751,18 @@ impl<B: Broker> Acker<B> {
         let mut finished = Vec::new();
         let mut failed = Vec::new();
         let mut released = Vec::new();
-        while let Ok(first) = self.completions.recv() {
+        let mut next_beat = Instant::now() + self.heartbeat;
+        loop {
+            let first = match self.completions.recv_deadline(next_beat) {
+                Ok(first) => Some(first),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
+            if Instant::now() >= next_beat {
+                self.keep_alive();
+                next_beat = Instant::now() + self.heartbeat;
+            }
+            let Some(first) = first else { continue };
             let mut next = Some(first);
             let mut n = 0;
             while let Some(completion) = next {
@@ -781,6 +801,26 @@ impl<B: Broker> Acker<B> {
                 }
             }
             self.settlement.settle(n as u64);
+        }
+    }
+
+    /// Tells the broker the items in the pipeline are still being worked on. A failure is
+    /// logged; the next beat tries again.
+    fn keep_alive(&mut self) {
+        let ids: Vec<EntryId> = lock(&self.in_flight).iter().copied().collect();
+        if ids.is_empty() {
+            return;
+        }
+        if let Err(error) = self
+            .broker
+            .keep_alive(&self.stream, &self.group, &self.consumer, &ids)
+        {
+            tracing::warn!(
+                stream = %self.stream,
+                entries = ids.len(),
+                error = %Chain(&error),
+                "cannot say the entries in the pipeline are still being worked on"
+            );
         }
     }
 }

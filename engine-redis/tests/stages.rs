@@ -7,8 +7,9 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Server, wait_until};
+use common::wait_until;
 use engine_core::{ErrorPolicy, StageError, StopHandle, try_map};
+use engine_redis::testing::Server;
 use engine_redis::{
     Broker, Error, RedisBroker, SinkOptions, SourceOptions, StreamAddress, StreamSink, StreamSource,
 };
@@ -87,15 +88,15 @@ fn an_unreachable_server_is_a_typed_error_quickly() {
 #[test]
 fn items_go_through_a_stream_and_are_acknowledged_and_deleted() {
     let _heavy = common::heavy();
-    let server = Server::start();
-    let address = StreamAddress::parse(&server.address("words", "block_ms=50")).unwrap();
+    let server = Server::start().unwrap();
+    let address = StreamAddress::parse(&common::url(&server, "words", "block_ms=50")).unwrap();
     let words: Vec<String> = (0..1000).map(|i| format!("word {i}")).collect();
     let report = Engine::builder(words.clone())
         .backend(StreamSink::<String>::new(address.clone()))
         .run()
         .unwrap();
     assert_eq!(report.processed(), 1000);
-    let mut conn = server.connection();
+    let mut conn = server.connection().unwrap();
     assert_eq!(common::len(&mut conn, "words"), 1000);
 
     let seen = Arc::new(Mutex::new(Vec::new()));
@@ -115,7 +116,8 @@ fn items_go_through_a_stream_and_are_acknowledged_and_deleted() {
     });
     stop.stop();
     let report = handle.join().unwrap();
-    assert!(settlement.wait(WAIT));
+    // The run returns once the source's cleanup has sent its last acknowledgements.
+    assert_eq!(settlement.outstanding(), 0);
     assert_eq!(report.processed(), 1000);
     assert_eq!(
         *seen.lock().unwrap(),
@@ -130,9 +132,10 @@ fn items_go_through_a_stream_and_are_acknowledged_and_deleted() {
 #[test]
 fn a_poison_item_ends_in_the_dead_letter_stream_after_the_limit() {
     let _heavy = common::heavy();
-    let server = Server::start();
+    let server = Server::start().unwrap();
     // A claim as soon as the entry is idle, and 3 deliveries at most.
-    let address = StreamAddress::parse(&server.address(
+    let address = StreamAddress::parse(&common::url(
+        &server,
         "jobs",
         "consumer=worker&claim_idle_ms=1&max_deliveries=3&block_ms=20",
     ))
@@ -143,7 +146,7 @@ fn a_poison_item_ends_in_the_dead_letter_stream_after_the_limit() {
         .backend(StreamSink::<u64>::new(address.clone()))
         .run()
         .unwrap();
-    let mut conn = server.connection();
+    let mut conn = server.connection().unwrap();
 
     let processed = Arc::new(Mutex::new(Vec::new()));
     let mut failed_runs = 0;
@@ -180,10 +183,11 @@ fn a_poison_item_ends_in_the_dead_letter_stream_after_the_limit() {
             stop.stop();
         }
         let result = handle.join();
-        // The failure was recorded before the next run reads the entry again.
-        assert!(settlement.wait(WAIT));
         match result {
             Err(EngineError::StageFailed { error, .. }) => {
+                // A failed run ends at once, without waiting for the source's cleanup: wait
+                // until the failure is recorded, before the next run reads the entry again.
+                assert!(settlement.wait(WAIT));
                 assert_eq!(error.to_string(), "poison item 13");
                 failed_runs += 1;
                 assert!(
@@ -191,7 +195,11 @@ fn a_poison_item_ends_in_the_dead_letter_stream_after_the_limit() {
                     "the poison item was delivered more than 3 times"
                 );
             }
-            Ok(_) => break,
+            Ok(_) => {
+                // Stopped gracefully: the last acknowledgements are sent when `join` returns.
+                assert_eq!(settlement.outstanding(), 0);
+                break;
+            }
             Err(other) => panic!("unexpected error: {other}"),
         }
     }
@@ -221,15 +229,15 @@ fn a_poison_item_ends_in_the_dead_letter_stream_after_the_limit() {
 #[test]
 fn entries_that_do_not_decode_are_failed_and_dead_lettered() {
     let _heavy = common::heavy();
-    let server = Server::start();
-    let mut conn = server.connection();
+    let server = Server::start().unwrap();
+    let mut conn = server.connection().unwrap();
     let good = engine_core::protocol::to_bytes(&7_u64).unwrap();
     let _: String = conn.xadd("raw", "*", &[("d", good.as_slice())]).unwrap();
     let _: String = conn.xadd("raw", "*", &[("d", &[0xff_u8; 12][..])]).unwrap();
     let _: String = conn.xadd("raw", "*", &[("other", "no payload")]).unwrap();
     let _: String = conn.xadd("raw", "*", &[("d", good.as_slice())]).unwrap();
 
-    let address = StreamAddress::parse(&server.address("raw", "block_ms=20")).unwrap();
+    let address = StreamAddress::parse(&common::url(&server, "raw", "block_ms=20")).unwrap();
     let source = StreamSource::<u64>::new(address);
     let settlement = source.settlement();
     let stop = StopHandle::new();
@@ -250,7 +258,7 @@ fn entries_that_do_not_decode_are_failed_and_dead_lettered() {
     });
     stop.stop();
     let report = handle.join().unwrap();
-    assert!(settlement.wait(WAIT));
+    assert_eq!(settlement.outstanding(), 0);
     assert_eq!(*seen.lock().unwrap(), [7, 7]);
     assert_eq!(report.failed(), 2, "{report}");
     let dead = common::entries(&mut conn, "raw:dead");
@@ -264,15 +272,15 @@ fn entries_that_do_not_decode_are_failed_and_dead_lettered() {
 #[test]
 fn a_bounded_sink_waits_for_room_and_never_trims() {
     let _heavy = common::heavy();
-    let server = Server::start();
-    let address = StreamAddress::parse(&server.address("bounded", "block_ms=20")).unwrap();
+    let server = Server::start().unwrap();
+    let address = StreamAddress::parse(&common::url(&server, "bounded", "block_ms=20")).unwrap();
     const ITEMS: u64 = 2000;
     const BOUND: usize = 100;
     let producer = Engine::builder(0..ITEMS)
         .backend(StreamSink::<u64>::new(address.clone()).options(SinkOptions::new().bound(100)))
         .spawn()
         .unwrap();
-    let mut conn = server.connection();
+    let mut conn = server.connection().unwrap();
     // With no consumer the producer fills the stream up to the bound, and waits.
     wait_until("the stream reaches its bound", WAIT, || {
         common::len(&mut conn, "bounded") == BOUND
@@ -302,7 +310,7 @@ fn a_bounded_sink_waits_for_room_and_never_trims() {
     });
     stop.stop();
     consumer.join().unwrap();
-    assert!(settlement.wait(WAIT));
+    assert_eq!(settlement.outstanding(), 0);
     assert!(longest <= BOUND, "the stream held {longest} entries");
     assert_eq!(*seen.lock().unwrap(), (0..ITEMS).collect::<Vec<_>>());
     assert_eq!(common::len(&mut conn, "bounded"), 0);
@@ -311,8 +319,8 @@ fn a_bounded_sink_waits_for_room_and_never_trims() {
 #[test]
 fn the_broker_trait_works_on_its_own() {
     let _heavy = common::heavy();
-    let server = Server::start();
-    let address = StreamAddress::parse(&server.address("direct", "")).unwrap();
+    let server = Server::start().unwrap();
+    let address = server.address("direct").unwrap();
     let mut broker = RedisBroker::connect(&address).unwrap();
     broker.create_group("direct", "g").unwrap();
     broker.create_group("direct", "g").unwrap(); // Already there: fine.
@@ -345,8 +353,71 @@ fn the_broker_trait_works_on_its_own() {
         .unwrap();
     assert_eq!(claimed.deliveries.len(), 2);
     assert!(claimed.deliveries.iter().all(|d| d.deliveries == 2));
-    let mut conn = server.connection();
+    let mut conn = server.connection().unwrap();
     assert_eq!(common::len(&mut conn, "direct"), 2);
     assert_eq!(common::pending(&mut conn, "direct", "g"), 2);
     let _: () = conn.del("direct").unwrap();
+}
+
+/// Starts a consumer of `address` whose backend hands each item to `got` and then waits for
+/// `release` (up to `hold`: the item's slow work).
+fn slow_consumer(
+    address: &StreamAddress,
+    options: SourceOptions,
+    got: crossbeam_channel::Sender<u64>,
+    release: crossbeam_channel::Receiver<()>,
+    hold: Duration,
+) -> engine_threads::EngineHandle {
+    Engine::builder(StreamSource::<u64>::new(address.clone()).options(options))
+        .backend(move |n: u64| {
+            got.send(n).unwrap();
+            let _ = release.recv_timeout(hold);
+        })
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn an_item_slower_than_the_claim_idle_time_is_not_taken_over_while_its_consumer_lives() {
+    let _heavy = common::heavy();
+    let server = Server::start().unwrap();
+    let address = StreamAddress::parse(&common::url(&server, "slow", "block_ms=20")).unwrap();
+    Engine::builder([7_u64])
+        .backend(StreamSink::<u64>::new(address.clone()))
+        .run()
+        .unwrap();
+    let claim_idle = Duration::from_millis(600);
+    let options = || {
+        SourceOptions::new()
+            .claim_idle(claim_idle)
+            .sweep_every(Duration::from_millis(20))
+    };
+
+    // Consumer A takes the item and works on it for four times the claim idle time...
+    let (a_got, a_items) = crossbeam_channel::unbounded();
+    let (release_a, a_release) = crossbeam_channel::unbounded();
+    let a = slow_consumer(&address, options(), a_got, a_release, WAIT);
+    assert_eq!(a_items.recv_timeout(WAIT).unwrap(), 7);
+    // ... while consumer B sweeps every 20 ms for entries idle longer than that.
+    let (b_got, b_items) = crossbeam_channel::unbounded();
+    let (_release_b, b_release) = crossbeam_channel::unbounded();
+    let b = slow_consumer(&address, options(), b_got, b_release, Duration::ZERO);
+    assert!(
+        b_items.recv_timeout(claim_idle * 4).is_err(),
+        "the item was taken over from a live consumer"
+    );
+    // A's heartbeats kept the entry young: it was delivered once, and is still A's.
+    let mut conn = server.connection().unwrap();
+    let pending: redis::streams::StreamPendingCountReply =
+        conn.xpending_count("slow", "engine", "-", "+", 10).unwrap();
+    assert_eq!(pending.ids.len(), 1);
+    assert_eq!(pending.ids[0].times_delivered, 1, "{:?}", pending.ids[0]);
+
+    release_a.send(()).unwrap();
+    a.stop();
+    b.stop();
+    let (a, b) = (a.join().unwrap(), b.join().unwrap());
+    assert_eq!((a.processed(), b.processed()), (1, 0));
+    assert_eq!(common::len(&mut conn, "slow"), 0);
+    assert_eq!(common::pending(&mut conn, "slow", "engine"), 0);
 }

@@ -1,0 +1,510 @@
+//! A throwaway `redis-server` for tests, benchmarks and examples: started on a free loopback
+//! port in a temporary directory, and killed, reaped and cleaned up when dropped.
+//!
+//! [`Server::start`] looks for the `redis-server` executable on `PATH` (and in `/usr/bin`,
+//! `/usr/sbin`, `/usr/local/bin`), starts it bound to `127.0.0.1` with nothing saved to disk,
+//! and returns once it answers `PING`. Without `redis-server` it fails with
+//! [`ServerError::NotInstalled`], whose message says how to install it: a test that needs a
+//! server fails instead of passing silently.
+//!
+//! [`Server::start_with`] takes [`ServerOptions`]; with
+//! [`append_only`](ServerOptions::append_only) the server writes every change to its
+//! append-only file and syncs it before replying, so that [`Server::restart`] (which kills
+//! the process at once, as a crash would) loses nothing that was acknowledged.
+//!
+//! # Examples
+//!
+//! ```no_run
+//! use engine_redis::testing::Server;
+//! use engine_redis::{StreamSink, StreamSource};
+//! use engine_threads::Engine;
+//!
+//! let server = Server::start()?;
+//! let address = server.address("numbers")?;
+//! Engine::builder(1..=100_u64)
+//!     .backend(StreamSink::<u64>::new(address.clone()))
+//!     .run()?;
+//!
+//! let mut conn = server.connection()?;
+//! let len: usize = engine_redis::redis::cmd("XLEN").arg("numbers").query(&mut conn)?;
+//! assert_eq!(len, 100);
+//! // Dropping the server kills it and removes its directory.
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use std::fmt;
+use std::io;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::StreamAddress;
+
+/// How to install `redis-server`, for the error when it is missing.
+const INSTALL_HINT: &str = "install it with `apt-get install -y redis-server` (Debian/Ubuntu) \
+                            or `brew install redis` (macOS), or put it on PATH";
+
+/// Directories searched after `PATH`: where packages install `redis-server`.
+const USUAL_DIRS: [&str; 3] = ["/usr/bin", "/usr/sbin", "/usr/local/bin"];
+
+/// The server's log file, in its directory.
+const LOG_FILE: &str = "redis.log";
+
+/// How long to wait between two connection attempts while the server starts.
+const POLL_INTERVAL: Duration = Duration::from_millis(10);
+
+/// How many free ports to try when another process takes the chosen one first.
+const PORT_ATTEMPTS: usize = 5;
+
+/// How a [`Server`] is started.
+///
+/// # Examples
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use engine_redis::testing::{Server, ServerOptions};
+///
+/// let server = Server::start_with(
+///     ServerOptions::new()
+///         .append_only(true)
+///         .ready_timeout(Duration::from_secs(5)),
+/// )?;
+/// # Ok::<(), engine_redis::testing::ServerError>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    append_only: bool,
+    ready_timeout: Duration,
+    program: Option<PathBuf>,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        Self {
+            append_only: false,
+            ready_timeout: Duration::from_secs(20),
+            program: None,
+        }
+    }
+}
+
+impl ServerOptions {
+    /// No persistence, 20 s to answer, `redis-server` found on `PATH`.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Whether the server logs every write to its append-only file and syncs it before
+    /// replying (`appendonly yes`, `appendfsync always`), so that a [`Server::restart`] loses
+    /// nothing acknowledged. Off by default: nothing is written to disk.
+    #[must_use]
+    pub fn append_only(mut self, append_only: bool) -> Self {
+        self.append_only = append_only;
+        self
+    }
+
+    /// How long the server may take to answer `PING` after it starts (or restarts, loading
+    /// its data); 20 s by default.
+    #[must_use]
+    pub fn ready_timeout(mut self, timeout: Duration) -> Self {
+        self.ready_timeout = timeout;
+        self
+    }
+
+    /// The `redis-server` executable to run, instead of looking for it on `PATH`.
+    #[must_use]
+    pub fn program(mut self, program: impl Into<PathBuf>) -> Self {
+        self.program = Some(program.into());
+        self
+    }
+}
+
+/// Why a [`Server`] could not start.
+///
+/// `Debug` shows the same message as `Display`, followed by its causes, so that an
+/// `unwrap()` in a test says how to install `redis-server` too.
+#[derive(thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// No `redis-server` executable was found.
+    #[error("redis-server is not installed (looked for {}); {INSTALL_HINT}", list(.searched))]
+    NotInstalled {
+        /// Where it was looked for.
+        searched: Vec<PathBuf>,
+    },
+    /// A file system or process operation failed.
+    #[error("cannot {action}")]
+    Io {
+        /// What was being done.
+        action: String,
+        /// Why it failed.
+        #[source]
+        source: io::Error,
+    },
+    /// The server exited before it answered.
+    #[error("redis-server exited at start ({status}); the end of its log:\n{log}")]
+    Exited {
+        /// How it exited.
+        status: ExitStatus,
+        /// The last lines of its log.
+        log: String,
+    },
+    /// The server did not answer `PING` in time.
+    #[error("redis-server did not answer on 127.0.0.1:{port} within {timeout:?}: {last}")]
+    NotReady {
+        /// The port it was started on.
+        port: u16,
+        /// How long it was given.
+        timeout: Duration,
+        /// The last connection error.
+        last: String,
+    },
+}
+
+impl fmt::Debug for ServerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{self}")?;
+        let mut source = std::error::Error::source(self);
+        while let Some(cause) = source {
+            write!(f, ": {cause}")?;
+            source = cause.source();
+        }
+        Ok(())
+    }
+}
+
+fn list(paths: &[PathBuf]) -> String {
+    let names: Vec<_> = paths.iter().map(|p| p.display().to_string()).collect();
+    names.join(", ")
+}
+
+/// A throwaway `redis-server` on a free port of `127.0.0.1`, in a temporary directory of its
+/// own; dropping it kills the process (`SIGKILL`), reaps it, and removes the directory.
+///
+/// The server saves no snapshots (`save ""`), so it never writes to disk unless started with
+/// [`ServerOptions::append_only`]. Its log is `redis.log` in [`dir`](Self::dir).
+///
+/// # Examples
+///
+/// ```no_run
+/// use engine_redis::testing::{Server, ServerOptions};
+///
+/// let mut server = Server::start_with(ServerOptions::new().append_only(true))?;
+/// let mut conn = server.connection()?;
+/// engine_redis::redis::cmd("SET").arg("k").arg("v").exec(&mut conn)?;
+///
+/// // A crash and a restart on the same port: the append-only file keeps the key.
+/// server.restart()?;
+/// let mut conn = server.connection()?;
+/// let v: String = engine_redis::redis::cmd("GET").arg("k").query(&mut conn)?;
+/// assert_eq!(v, "v");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct Server {
+    child: Option<Child>,
+    program: PathBuf,
+    port: u16,
+    dir: PathBuf,
+    options: ServerOptions,
+}
+
+impl Server {
+    /// Starts a server without persistence.
+    ///
+    /// # Errors
+    ///
+    /// [`ServerError::NotInstalled`] without `redis-server`, and the other [`ServerError`]s
+    /// if it cannot start or does not answer within 20 s.
+    pub fn start() -> Result<Self, ServerError> {
+        Self::start_with(ServerOptions::new())
+    }
+
+    /// Starts a server with `options`.
+    ///
+    /// # Errors
+    ///
+    /// [`ServerError::NotInstalled`] without `redis-server`; [`ServerError::Io`] if the
+    /// directory cannot be made or the process cannot start; [`ServerError::Exited`] if it
+    /// exits at once (its log says why); [`ServerError::NotReady`] if it does not answer
+    /// within the [`ready_timeout`](ServerOptions::ready_timeout).
+    pub fn start_with(options: ServerOptions) -> Result<Self, ServerError> {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let program = match &options.program {
+            Some(program) if program.is_file() => program.clone(),
+            Some(program) => {
+                return Err(ServerError::NotInstalled {
+                    searched: vec![program.clone()],
+                });
+            }
+            None => find_program()?,
+        };
+        let dir = std::env::temp_dir().join(format!(
+            "engine-redis-server-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        // A directory left by an earlier process with the same id is stale.
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).map_err(|source| ServerError::Io {
+            action: format!("create the directory {}", dir.display()),
+            source,
+        })?;
+        let mut server = Self {
+            child: None,
+            program,
+            port: 0,
+            dir,
+            options,
+        };
+        // The port is free when chosen, but another process may bind it before the server
+        // does: then the server exits at once, and another port is tried.
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            server.port = free_port().map_err(|source| ServerError::Io {
+                action: "find a free port".to_owned(),
+                source,
+            })?;
+            match server.spawn() {
+                Err(ServerError::Exited { log, .. })
+                    if attempts < PORT_ATTEMPTS && log.contains("in use") => {}
+                // On an error, dropping `server` removes the directory.
+                other => return other.map(|()| server),
+            }
+        }
+    }
+
+    /// Starts the process on `self.port` and waits until it answers.
+    fn spawn(&mut self) -> Result<(), ServerError> {
+        // A fresh log, so that an error shows this start's lines only.
+        let _ = std::fs::remove_file(self.dir.join(LOG_FILE));
+        let child = Command::new(&self.program)
+            .args(["--port", &self.port.to_string()])
+            .args(["--bind", "127.0.0.1"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .args(["--save", ""])
+            .args(["--daemonize", "no"])
+            .args(["--logfile", LOG_FILE])
+            .args([
+                "--appendonly",
+                if self.options.append_only {
+                    "yes"
+                } else {
+                    "no"
+                },
+            ])
+            .args(["--appendfsync", "always"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|source| match source.kind() {
+                io::ErrorKind::NotFound => ServerError::NotInstalled {
+                    searched: vec![self.program.clone()],
+                },
+                _ => ServerError::Io {
+                    action: format!("start {}", self.program.display()),
+                    source,
+                },
+            })?;
+        self.child = Some(child);
+        self.wait_ready()
+    }
+
+    /// Tries to connect and `PING` until the server answers (it may be loading its data),
+    /// the process exits, or the deadline passes.
+    fn wait_ready(&mut self) -> Result<(), ServerError> {
+        let timeout = self.options.ready_timeout;
+        let deadline = Instant::now().checked_add(timeout);
+        loop {
+            if let Some(child) = &mut self.child
+                && let Some(status) = child.try_wait().map_err(|source| ServerError::Io {
+                    action: "check on redis-server".to_owned(),
+                    source,
+                })?
+            {
+                self.child = None;
+                return Err(ServerError::Exited {
+                    status,
+                    log: self.log_tail(20),
+                });
+            }
+            let last = match self.ping() {
+                Ok(()) => return Ok(()),
+                Err(error) => error,
+            };
+            if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+                self.kill();
+                return Err(ServerError::NotReady {
+                    port: self.port,
+                    timeout,
+                    last: last.to_string(),
+                });
+            }
+            // A refused connection fails at once: pause between attempts rather than spin on
+            // two cores the server needs to start. The deadline, not this pause, decides.
+            std::thread::sleep(POLL_INTERVAL);
+        }
+    }
+
+    fn ping(&self) -> redis::RedisResult<()> {
+        let mut conn = self.connection()?;
+        redis::cmd("PING").query::<String>(&mut conn).map(drop)
+    }
+
+    /// The last `n` lines of the server's log.
+    fn log_tail(&self, n: usize) -> String {
+        let log = std::fs::read_to_string(self.dir.join(LOG_FILE)).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
+    /// The port the server listens on, on `127.0.0.1`.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The server's process id, or `None` after a failed [`restart`](Self::restart).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The server's directory: its log (`redis.log`) and, if any, its append-only files.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The server's URL, `redis://127.0.0.1:<port>`, as the `redis` crate takes it.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// The URL of `stream` on this server, `redis://127.0.0.1:<port>/<stream>`, to which a
+    /// query (`?group=...`) may be added; see [`StreamAddress`] for the form.
+    pub fn stream_url(&self, stream: &str) -> String {
+        format!("{}/{stream}", self.url())
+    }
+
+    /// The address of `stream` on this server, with the default group.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidAddress`](crate::Error::InvalidAddress) if `stream` is not a valid URL
+    /// path (percent-encode `?`, `#`, `%` and spaces).
+    pub fn address(&self, stream: &str) -> crate::Result<StreamAddress> {
+        StreamAddress::parse(&self.stream_url(stream))
+    }
+
+    /// A new connection, for the caller's own commands: 2 s to connect, 10 s for each reply.
+    ///
+    /// # Errors
+    ///
+    /// The `redis` crate's error if the server does not answer.
+    pub fn connection(&self) -> redis::RedisResult<redis::Connection> {
+        let client = redis::Client::open(self.url())?;
+        let conn = client.get_connection_with_timeout(crate::DEFAULT_CONNECT_TIMEOUT)?;
+        conn.set_read_timeout(Some(crate::DEFAULT_RESPONSE_TIMEOUT))?;
+        Ok(conn)
+    }
+
+    /// Kills the server at once (`SIGKILL`: it has no chance to save anything more, as in a
+    /// crash), and starts it again on the same port and directory; returns once it answers.
+    /// With [`ServerOptions::append_only`] it loads every write it acknowledged; without, it
+    /// starts empty.
+    ///
+    /// # Errors
+    ///
+    /// As [`start_with`](Self::start_with); the port is not changed, so a process that took
+    /// it in the meantime makes the restart fail. After an error the server is not running,
+    /// and [`pid`](Self::pid) is `None`.
+    pub fn restart(&mut self) -> Result<(), ServerError> {
+        self.kill();
+        self.spawn()
+    }
+
+    /// Kills and reaps the process, if it runs.
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // An error means it already exited; `wait` reaps it either way.
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl fmt::Debug for Server {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Server")
+            .field("url", &self.url())
+            .field("pid", &self.pid())
+            .field("dir", &self.dir)
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The first `redis-server` on `PATH` or in the usual directories.
+fn find_program() -> Result<PathBuf, ServerError> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let searched: Vec<PathBuf> = std::env::split_paths(&path)
+        .chain(USUAL_DIRS.iter().map(PathBuf::from))
+        .map(|dir| dir.join("redis-server"))
+        .collect();
+    match searched.iter().find(|path| path.is_file()) {
+        Some(found) => Ok(found.clone()),
+        None => Err(ServerError::NotInstalled { searched }),
+    }
+}
+
+/// A port nothing listens on right now.
+fn free_port() -> io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_redis_server_says_how_to_install_it() {
+        let missing = std::env::temp_dir().join("no-such-dir-for-engine-redis/redis-server");
+        let err = Server::start_with(ServerOptions::new().program(&missing)).unwrap_err();
+        assert!(
+            matches!(&err, ServerError::NotInstalled { searched } if searched == &[missing]),
+            "{err}"
+        );
+        for message in [err.to_string(), format!("{err:?}")] {
+            assert!(
+                message.contains("apt-get install -y redis-server"),
+                "{message}"
+            );
+            assert!(
+                message.contains("no-such-dir-for-engine-redis"),
+                "{message}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_io_error_shows_its_cause_in_debug() {
+        let err = ServerError::Io {
+            action: "start redis-server".to_owned(),
+            source: io::Error::new(io::ErrorKind::PermissionDenied, "permission denied"),
+        };
+        assert_eq!(err.to_string(), "cannot start redis-server");
+        assert_eq!(
+            format!("{err:?}"),
+            "cannot start redis-server: permission denied"
+        );
+    }
+}
