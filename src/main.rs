@@ -86,7 +86,8 @@ struct RunArgs {
     #[arg(long, value_name = "URL", value_parser = parse_stream_address)]
     from: Option<Box<engine::redis::StreamAddress>>,
     /// Append the lines to a Redis stream instead of logging them in the backend:
-    /// `redis://host:port/<stream>` (add `?bound=<n>` to keep at most n unfinished entries).
+    /// `redis://host:port/<stream>` (at most 1,000,000 unfinished entries: `?bound=<n>` for n,
+    /// `?bound=none` for no bound).
     #[cfg(feature = "redis")]
     #[arg(long, value_name = "URL", value_parser = parse_stream_address)]
     to: Option<Box<engine::redis::StreamAddress>>,

@@ -33,7 +33,7 @@ pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// - `dead=<stream>`: the dead-letter stream (default `<stream>:dead`).
 /// - `db=<n>`: the database number (default 0).
 /// - Tuning, for the command line: `bound=<n>` (a sink keeps at most `n` unfinished entries
-///   in the stream), `max_deliveries=<n>`, `claim_idle_ms=<ms>`, `block_ms=<ms>`; see
+///   in the stream; `bound=none` for no bound), `max_deliveries=<n>`, `claim_idle_ms=<ms>`, `block_ms=<ms>`; see
 ///   [`SinkOptions`](crate::SinkOptions) and [`SourceOptions`](crate::SourceOptions).
 ///
 /// Unknown keys are an error, so that a misspelt option is not silently ignored.
@@ -68,7 +68,8 @@ pub struct StreamAddress {
     group: String,
     consumer: Option<String>,
     dead: Option<String>,
-    pub(crate) bound: Option<u64>,
+    /// `bound=`: `Some(None)` for `bound=none`.
+    pub(crate) bound: Option<Option<u64>>,
     pub(crate) max_deliveries: Option<u64>,
     pub(crate) claim_idle: Option<Duration>,
     pub(crate) block: Option<Duration>,
@@ -267,7 +268,8 @@ fn parse(address: &str) -> std::result::Result<StreamAddress, String> {
             "consumer" => parsed.consumer = Some(name("consumer name")?),
             "dead" => parsed.dead = Some(name("stream name")?),
             "db" => parsed.db = number(key, &value)?,
-            "bound" => parsed.bound = Some(positive(key, &value)?),
+            "bound" if value == "none" => parsed.bound = Some(None),
+            "bound" => parsed.bound = Some(Some(positive(key, &value)?)),
             "max_deliveries" => parsed.max_deliveries = Some(positive(key, &value)?),
             "claim_idle_ms" => {
                 parsed.claim_idle = Some(Duration::from_millis(positive(key, &value)?));
@@ -373,7 +375,9 @@ mod tests {
         assert_eq!(a.dead_letter_stream(), "d");
         assert_eq!(a.server(), "redis://[::1]:7000");
         assert_eq!(a.connection_url(), "redis://user:p%40ss@[::1]:7000/2");
-        assert_eq!((a.bound, a.max_deliveries), (Some(10), Some(3)));
+        assert_eq!((a.bound, a.max_deliveries), (Some(Some(10)), Some(3)));
+        let unbounded = StreamAddress::parse("redis://h/s?bound=none").unwrap();
+        assert_eq!(unbounded.bound, Some(None));
         assert_eq!(a.claim_idle, Some(Duration::from_millis(500)));
         assert_eq!(a.block, Some(Duration::from_millis(50)));
         assert!(!format!("{a:?}").contains("p%40ss"));

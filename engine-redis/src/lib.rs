@@ -17,8 +17,8 @@
 //! - **Dead letters.** An entry delivered more than [`SourceOptions::max_deliveries`] times,
 //!   or one that does not decode, goes to the dead-letter stream (`<stream>:dead`) with the
 //!   reason, and is acknowledged, instead of looping for ever.
-//! - **Backpressure.** With [`SinkOptions::bound`], a sink appends only while the stream
-//!   holds fewer unfinished entries than the bound (an atomic check-and-add script) and
+//! - **Backpressure.** A sink appends only while the stream holds fewer unfinished entries
+//!   than its [bound](SinkOptions::bound) ([`DEFAULT_BOUND`] unless set) (an atomic check-and-add script) and
 //!   otherwise waits, so memory in Redis stays bounded; the stream is never trimmed.
 //! - **Connections.** Each stage connects in `setup` (an unreachable server fails the run at
 //!   once, with [`Error::Unreachable`]), and reconnects with a backoff when the server goes
@@ -83,7 +83,7 @@ pub use address::{
 pub use broker::{Broker, Claimed, Connector, DeadLetter, Delivery, EntryId, ParseEntryIdError};
 pub use error::{Error, Result};
 pub use redis_broker::{PAYLOAD_FIELD, RedisBroker};
-pub use sink::{DEFAULT_RETRY_FOR, SinkOptions, StreamSink};
+pub use sink::{DEFAULT_BOUND, DEFAULT_RETRY_FOR, SinkOptions, StreamSink};
 pub use source::{
     DEFAULT_BATCH, DEFAULT_BLOCK, DEFAULT_CLAIM_IDLE, DEFAULT_MAX_DELIVERIES, Settlement,
     SourceOptions, StreamSource, StreamTicket,

@@ -13,6 +13,14 @@ use crate::broker::{Broker, Connector};
 use crate::error::{Chain, Error, Result};
 use crate::retry::{Backoff, retrying};
 
+/// The most unfinished entries a sink keeps in its stream, by default: about 100 MB of small
+/// items in Redis.
+pub const DEFAULT_BOUND: u64 = 1_000_000;
+
+/// How long a sink waits for room under its bound before it warns (once per wait) that the
+/// consumers may not be deleting what they finish.
+const FULL_WARN_AFTER: Duration = Duration::from_secs(30);
+
 /// How long the stages keep retrying a broker that went away, by default.
 pub const DEFAULT_RETRY_FOR: Duration = Duration::from_secs(60);
 
@@ -31,7 +39,8 @@ const FULL_MAX_DELAY: Duration = Duration::from_millis(20);
 ///
 /// let options = SinkOptions::new().bound(10_000).retry_for(Duration::from_secs(5));
 /// assert_eq!(options.get_bound(), Some(10_000));
-/// assert_eq!(SinkOptions::default().get_bound(), None);
+/// assert_eq!(SinkOptions::default().get_bound(), Some(engine_redis::DEFAULT_BOUND));
+/// assert_eq!(SinkOptions::new().unbounded().get_bound(), None);
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SinkOptions {
@@ -42,34 +51,36 @@ pub struct SinkOptions {
 impl Default for SinkOptions {
     fn default() -> Self {
         Self {
-            bound: None,
+            bound: Some(DEFAULT_BOUND),
             retry_for: DEFAULT_RETRY_FOR,
         }
     }
 }
 
 impl SinkOptions {
-    /// The defaults: no bound, retry for [`DEFAULT_RETRY_FOR`].
+    /// The defaults: a bound of [`DEFAULT_BOUND`] unfinished entries, retry for
+    /// [`DEFAULT_RETRY_FOR`].
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// Keeps at most `entries` unfinished entries in the stream (backpressure; default: no
-    /// bound). A flush appends only while the stream is shorter, in one atomic
+    /// Keeps at most `entries` unfinished entries in the stream (backpressure; default
+    /// [`DEFAULT_BOUND`]). A flush appends only while the stream is shorter, in one atomic
     /// check-and-add script, and otherwise waits with a backoff until consumers have finished
     /// (acknowledged and deleted) enough entries. The stream is never trimmed, so nothing
     /// unread is lost. A bound of 0 is taken as 1.
     ///
     /// The bound only holds if every consumer deletes what it finishes, as
     /// [`StreamSource`](crate::StreamSource) does; with other consumers the stream fills up
-    /// and the sink waits for ever.
+    /// and the sink waits for ever (it warns after 30 s of waiting): use
+    /// [`unbounded`](Self::unbounded) for a stream that others read without deleting.
     #[must_use]
     pub fn bound(mut self, entries: u64) -> Self {
         self.bound = Some(entries.max(1));
         self
     }
 
-    /// No bound: every flush appends everything (the default).
+    /// No bound: every flush appends everything, however long the stream is.
     #[must_use]
     pub fn unbounded(mut self) -> Self {
         self.bound = None;
@@ -133,8 +144,10 @@ impl<T> StreamSink<T, StreamAddress> {
     /// A sink to the stream of `address`, with the address's `bound=` if it has one.
     pub fn new(address: StreamAddress) -> Self {
         let mut options = SinkOptions::new();
-        if let Some(bound) = address.bound {
-            options = options.bound(bound);
+        match address.bound {
+            Some(Some(bound)) => options = options.bound(bound),
+            Some(None) => options = options.unbounded(),
+            None => {}
         }
         let stream = address.stream().to_owned();
         Self::with_connector(address, stream).options(options)
@@ -189,6 +202,7 @@ impl<T, C: Connector> StreamSink<T, C> {
         // Waiting for room has no time limit, and polls quickly: consumers free room fast.
         let mut full = Backoff::with_delays(Duration::MAX, FULL_FIRST_DELAY, FULL_MAX_DELAY);
         let mut was_full = false;
+        let mut full_since = None;
         let mut warned = false;
         while written < self.buffer.len() {
             match broker.append(&self.stream, &self.buffer[written..], self.options.bound) {
@@ -197,12 +211,24 @@ impl<T, C: Connector> StreamSink<T, C> {
                         tracing::debug!(stream = %self.stream, "stream full; waiting for room");
                         was_full = true;
                     }
+                    let since = *full_since.get_or_insert_with(std::time::Instant::now);
+                    if since.elapsed() >= FULL_WARN_AFTER {
+                        tracing::warn!(
+                            stream = %self.stream,
+                            bound = self.options.bound,
+                            "the stream has been at its bound for {FULL_WARN_AFTER:?}: are its \
+                             consumers deleting what they finish? (`SinkOptions::unbounded` \
+                             for a stream read by others)"
+                        );
+                        full_since = Some(std::time::Instant::now());
+                    }
                     backoff.reset();
                     full.pause(Error::Aborted, Some(ctx.stop()))?;
                 }
                 Ok(n) => {
                     written += n;
                     was_full = false;
+                    full_since = None;
                     full.reset();
                     backoff.reset();
                 }
