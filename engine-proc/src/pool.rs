@@ -519,14 +519,10 @@ impl<W: Worker> Pool<W> {
         drop(queue);
         self.submitted += taken;
         self.shared.deliver(refusals);
-        if refused.is_none() && taken > 0 {
-            // Each driver takes a batch: wake as many as there are tasks, at most.
-            if waiting as u64 > taken {
-                for _ in 0..taken {
-                    self.shared.wake.notify_one();
-                }
-            } else if waiting > 0 {
-                self.shared.wake.notify_all();
+        if refused.is_none() {
+            // Each waiting driver takes a batch: wake as many as there are tasks, at most.
+            for _ in 0..taken.min(waiting as u64) {
+                self.shared.wake.notify_one();
             }
         }
         taken

@@ -93,12 +93,7 @@ impl Lease {
 /// A region holding `body`, to send; and the lease on it.
 pub(crate) fn lease(body: &[u8]) -> (IpcSharedMemory, Lease) {
     let mut kept = KEPT.lock().unwrap_or_else(PoisonError::into_inner);
-    let free = kept
-        .iter()
-        .enumerate()
-        .filter(|(_, r)| r.room >= body.len() && r.flag().load(Ordering::Acquire) == 0)
-        .min_by_key(|(_, r)| r.room)
-        .map(|(i, _)| i);
+    let free = smallest_free(&kept, body.len());
     let Some(index) = free.or_else(|| make_room(&mut kept, body.len())) else {
         drop(kept);
         let region = Region::new(body.len());
@@ -117,6 +112,15 @@ pub(crate) fn lease(body: &[u8]) -> (IpcSharedMemory, Lease) {
     (shm, Lease { base: Some(base) })
 }
 
+/// The index of the smallest kept region that is free and has room for `len` bytes.
+fn smallest_free(kept: &[Region], len: usize) -> Option<usize> {
+    kept.iter()
+        .enumerate()
+        .filter(|(_, r)| r.room >= len && r.flag().load(Ordering::Acquire) == 0)
+        .min_by_key(|(_, r)| r.room)
+        .map(|(i, _)| i)
+}
+
 /// Makes and keeps a region for a body of `len` bytes, dropping free kept ones (smallest
 /// first) to stay within the limits; its index, or `None` when it cannot be kept.
 fn make_room(kept: &mut Vec<Region>, len: usize) -> Option<usize> {
@@ -129,13 +133,8 @@ fn make_room(kept: &mut Vec<Region>, len: usize) -> Option<usize> {
         if kept.len() < KEPT_REGIONS && total + HEADER + room <= KEPT_BYTES {
             break;
         }
-        let smallest_free = kept
-            .iter()
-            .enumerate()
-            .filter(|(_, r)| r.flag().load(Ordering::Acquire) == 0)
-            .min_by_key(|(_, r)| r.room)
-            .map(|(i, _)| i)?;
-        kept.swap_remove(smallest_free);
+        let smallest = smallest_free(kept, 0)?;
+        kept.swap_remove(smallest);
     }
     kept.push(Region::new(room));
     Some(kept.len() - 1)

@@ -11,12 +11,34 @@ use common::wait_until;
 use engine_core::{ErrorPolicy, StageError, StopHandle, try_map};
 use engine_redis::testing::Server;
 use engine_redis::{
-    Broker, Error, RedisBroker, SinkOptions, SourceOptions, StreamAddress, StreamSink, StreamSource,
+    Broker, Error, RedisBroker, Settlement, SinkOptions, SourceOptions, StreamAddress, StreamSink,
+    StreamSource,
 };
 use engine_threads::{Engine, EngineError};
 use redis::Commands;
 
 const WAIT: Duration = Duration::from_secs(60);
+
+/// Starts an engine that reads `address` and collects the items, with the source's
+/// settlement.
+fn collect<T>(
+    address: StreamAddress,
+) -> (engine_threads::EngineHandle, Arc<Mutex<Vec<T>>>, Settlement)
+where
+    T: serde::de::DeserializeOwned + Send + 'static,
+{
+    let source = StreamSource::<T>::new(address);
+    let settlement = source.settlement();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let handle = {
+        let seen = Arc::clone(&seen);
+        Engine::builder(source)
+            .backend(move |item: T| seen.lock().unwrap().push(item))
+            .spawn()
+            .unwrap()
+    };
+    (handle, seen, settlement)
+}
 
 #[test]
 fn a_wrong_address_is_a_typed_error() {
@@ -99,22 +121,11 @@ fn items_go_through_a_stream_and_are_acknowledged_and_deleted() {
     let mut conn = server.connection().unwrap();
     assert_eq!(common::len(&mut conn, "words"), 1000);
 
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let source = StreamSource::<String>::new(address);
-    let settlement = source.settlement();
-    let stop = StopHandle::new();
-    let handle = {
-        let seen = Arc::clone(&seen);
-        Engine::builder(source)
-            .backend(move |word: String| seen.lock().unwrap().push(word))
-            .stop_handle(&stop)
-            .spawn()
-            .unwrap()
-    };
+    let (handle, seen, settlement) = collect::<String>(address);
     wait_until("every word is read", WAIT, || {
         seen.lock().unwrap().len() >= 1000
     });
-    stop.stop();
+    handle.stop();
     let report = handle.join().unwrap();
     // The run returns once the source's cleanup has sent its last acknowledgements.
     assert_eq!(settlement.outstanding(), 0);
@@ -238,25 +249,14 @@ fn entries_that_do_not_decode_are_failed_and_dead_lettered() {
     let _: String = conn.xadd("raw", "*", &[("d", good.as_slice())]).unwrap();
 
     let address = StreamAddress::parse(&common::url(&server, "raw", "block_ms=20")).unwrap();
-    let source = StreamSource::<u64>::new(address);
-    let settlement = source.settlement();
-    let stop = StopHandle::new();
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let handle = {
-        let seen = Arc::clone(&seen);
-        Engine::builder(source)
-            .backend(move |n: u64| seen.lock().unwrap().push(n))
-            .stop_handle(&stop)
-            .spawn()
-            .unwrap()
-    };
+    let (handle, seen, settlement) = collect::<u64>(address);
     wait_until("both good entries are processed", WAIT, || {
         seen.lock().unwrap().len() == 2
     });
     wait_until("the bad entries are dead-lettered", WAIT, || {
         common::len(&mut conn, "raw:dead") == 2
     });
-    stop.stop();
+    handle.stop();
     let report = handle.join().unwrap();
     assert_eq!(settlement.outstanding(), 0);
     assert_eq!(*seen.lock().unwrap(), [7, 7]);
@@ -287,18 +287,7 @@ fn a_bounded_sink_waits_for_room_and_never_trims() {
     });
     assert!(!producer.is_finished());
 
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let source = StreamSource::<u64>::new(address);
-    let settlement = source.settlement();
-    let stop = StopHandle::new();
-    let consumer = {
-        let seen = Arc::clone(&seen);
-        Engine::builder(source)
-            .backend(move |n: u64| seen.lock().unwrap().push(n))
-            .stop_handle(&stop)
-            .spawn()
-            .unwrap()
-    };
+    let (consumer, seen, settlement) = collect::<u64>(address);
     let mut longest = 0;
     wait_until("the producer has written everything", WAIT, || {
         longest = longest.max(common::len(&mut conn, "bounded"));
@@ -308,7 +297,7 @@ fn a_bounded_sink_waits_for_room_and_never_trims() {
     wait_until("everything is consumed", WAIT, || {
         seen.lock().unwrap().len() >= ITEMS as usize
     });
-    stop.stop();
+    consumer.stop();
     consumer.join().unwrap();
     assert_eq!(settlement.outstanding(), 0);
     assert!(longest <= BOUND, "the stream held {longest} entries");
