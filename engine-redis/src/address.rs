@@ -33,7 +33,8 @@ pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// - `dead=<stream>`: the dead-letter stream (default `<stream>:dead`).
 /// - `db=<n>`: the database number (default 0).
 /// - Tuning, for the command line: `bound=<n>` (a sink keeps at most `n` unfinished entries
-///   in the stream; `bound=none` for no bound), `max_deliveries=<n>`, `claim_idle_ms=<ms>`, `block_ms=<ms>`; see
+///   in the stream; `bound=none` for no bound), `max_deliveries=<n>`, `claim_idle_ms=<ms>`, `block_ms=<ms>`,
+///   `remove_idle_ms=<ms>` (remove consumers unseen that long with nothing pending); see
 ///   [`SinkOptions`](crate::SinkOptions) and [`SourceOptions`](crate::SourceOptions).
 ///
 /// Unknown keys are an error, so that a misspelt option is not silently ignored.
@@ -72,6 +73,7 @@ pub struct StreamAddress {
     pub(crate) bound: Option<Option<u64>>,
     pub(crate) max_deliveries: Option<u64>,
     pub(crate) claim_idle: Option<Duration>,
+    pub(crate) remove_idle: Option<Duration>,
     pub(crate) block: Option<Duration>,
     pub(crate) connect_timeout: Duration,
     pub(crate) response_timeout: Duration,
@@ -249,6 +251,7 @@ fn parse(address: &str) -> std::result::Result<StreamAddress, String> {
         bound: None,
         max_deliveries: None,
         claim_idle: None,
+        remove_idle: None,
         block: None,
         connect_timeout: DEFAULT_CONNECT_TIMEOUT,
         response_timeout: DEFAULT_RESPONSE_TIMEOUT,
@@ -275,10 +278,13 @@ fn parse(address: &str) -> std::result::Result<StreamAddress, String> {
                 parsed.claim_idle = Some(Duration::from_millis(positive(key, &value)?));
             }
             "block_ms" => parsed.block = Some(Duration::from_millis(positive(key, &value)?)),
+            "remove_idle_ms" => {
+                parsed.remove_idle = Some(Duration::from_millis(positive(key, &value)?));
+            }
             other => {
                 return Err(format!(
                     "unknown option {other:?} (known: group, consumer, dead, db, bound, \
-                     max_deliveries, claim_idle_ms, block_ms)"
+                     max_deliveries, claim_idle_ms, block_ms, remove_idle_ms)"
                 ));
             }
         }

@@ -89,6 +89,17 @@ pub struct Claimed {
     pub deliveries: Vec<Delivery>,
 }
 
+/// An entry pending for a consumer, as the broker's pending list shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pending {
+    /// The entry's id.
+    pub id: EntryId,
+    /// How many times it was delivered so far.
+    pub deliveries: u64,
+    /// How long ago it was last delivered (or kept alive).
+    pub idle: Duration,
+}
+
 /// An entry moved to the dead-letter stream.
 #[derive(Debug, Clone, Copy)]
 pub struct DeadLetter<'a> {
@@ -176,6 +187,54 @@ pub trait Broker: Send {
         from: EntryId,
         count: usize,
     ) -> Result<Claimed>;
+
+    /// Lists the entries pending for `consumer` itself (its own pending list), in id order,
+    /// from the first id above `after` (or from the start), at most `count` of them.
+    ///
+    /// # Errors
+    ///
+    /// A connection or server error, or a reply that cannot be read.
+    fn own_pending(
+        &mut self,
+        stream: &str,
+        group: &str,
+        consumer: &str,
+        after: Option<EntryId>,
+        count: usize,
+    ) -> Result<Vec<Pending>>;
+
+    /// Claims `ids` for `consumer` (delivering them again, which counts a delivery), except
+    /// those idle for less than `min_idle` (someone else touched them since they were
+    /// listed), and returns their entries. Entries deleted from the stream meanwhile are
+    /// dropped from the pending list and left out. The delivery counts of the returned
+    /// entries are left at 1: the caller knows them from [`own_pending`](Self::own_pending).
+    ///
+    /// # Errors
+    ///
+    /// A connection or server error, or a reply that cannot be read.
+    fn claim_ids(
+        &mut self,
+        stream: &str,
+        group: &str,
+        consumer: &str,
+        min_idle: Duration,
+        ids: &[EntryId],
+    ) -> Result<Vec<Delivery>>;
+
+    /// Removes from `group` the consumers, other than `keep`, that have nothing pending and
+    /// have not been seen for at least `idle`, in one atomic step (a consumer that reads in
+    /// between is not removed), and returns their names.
+    ///
+    /// # Errors
+    ///
+    /// A connection or server error, or a reply that cannot be read.
+    fn remove_idle_consumers(
+        &mut self,
+        stream: &str,
+        group: &str,
+        keep: &str,
+        idle: Duration,
+    ) -> Result<Vec<String>>;
 
     /// Says that `consumer` is still working on `ids`, which it holds pending: their idle
     /// time starts again, so that a sweep elsewhere does not take them for entries of a dead

@@ -12,8 +12,14 @@
 //!   [`Backend::flush`](engine_core::Backend::flush), before the engine settles the tickets,
 //!   so an item is acknowledged upstream only once it is in the next stream. An item dropped
 //!   by an abort, or in a process that died, is delivered again.
+//! - **Healing at once.** On start and after every connection error, a source first reads
+//!   its own pending list again (`XPENDING` for itself, then `XCLAIM` of what is not in its
+//!   pipeline), and only then reads new entries: entries delivered in a reply that was lost
+//!   when the server crashed come back as soon as the source reconnects.
 //! - **Redelivery.** Each source sweeps (`XAUTOCLAIM`) for entries pending longer than
 //!   [`SourceOptions::claim_idle`], such as those of a dead consumer, and takes them over.
+//!   Consumers unseen for [an hour](DEFAULT_REMOVE_IDLE_CONSUMERS) with nothing pending are
+//!   removed from the group ([`SourceOptions::remove_consumers_idle_for`]).
 //! - **Dead letters.** An entry delivered more than [`SourceOptions::max_deliveries`] times,
 //!   or one that does not decode, goes to the dead-letter stream (`<stream>:dead`) with the
 //!   reason, and is acknowledged, instead of looping for ever.
@@ -80,13 +86,15 @@ pub mod testing;
 pub use address::{
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_GROUP, DEFAULT_PORT, DEFAULT_RESPONSE_TIMEOUT, StreamAddress,
 };
-pub use broker::{Broker, Claimed, Connector, DeadLetter, Delivery, EntryId, ParseEntryIdError};
+pub use broker::{
+    Broker, Claimed, Connector, DeadLetter, Delivery, EntryId, ParseEntryIdError, Pending,
+};
 pub use error::{Error, Result};
 pub use redis_broker::{PAYLOAD_FIELD, RedisBroker};
 pub use sink::{DEFAULT_BOUND, DEFAULT_RETRY_FOR, SinkOptions, StreamSink};
 pub use source::{
-    DEFAULT_BATCH, DEFAULT_BLOCK, DEFAULT_CLAIM_IDLE, DEFAULT_MAX_DELIVERIES, Settlement,
-    SourceOptions, StreamSource, StreamTicket,
+    DEFAULT_BATCH, DEFAULT_BLOCK, DEFAULT_CLAIM_IDLE, DEFAULT_MAX_DELIVERIES,
+    DEFAULT_REMOVE_IDLE_CONSUMERS, Settlement, SourceOptions, StreamSource, StreamTicket,
 };
 
 /// The `redis` crate this crate is built on (1.x), for programs that talk to the same server

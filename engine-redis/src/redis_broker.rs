@@ -8,7 +8,7 @@ use std::time::Duration;
 use redis::{Connection, ErrorKind, RedisError, ServerErrorKind, Value};
 
 use crate::address::StreamAddress;
-use crate::broker::{Broker, Claimed, Connector, DeadLetter, Delivery, EntryId};
+use crate::broker::{Broker, Claimed, Connector, DeadLetter, Delivery, EntryId, Pending};
 use crate::error::{Error, Result};
 
 /// The field of a stream entry that holds the encoded item.
@@ -28,6 +28,31 @@ for i = 2, n + 1 do
 end
 if n < 0 then return 0 end
 return n
+";
+
+/// Removes the consumers of a group that have nothing pending and have not been seen for a
+/// while, atomically (a consumer cannot read between the check and the removal, so no
+/// pending entry is ever dropped): `KEYS[1]` is the stream, `ARGV[1]` the group, `ARGV[2]`
+/// the consumer to keep, `ARGV[3]` the idle time in milliseconds. Returns the removed names.
+const REMOVE_IDLE_CONSUMERS: &str = r"
+local removed = {}
+local consumers = redis.pcall('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])
+if consumers.err then return removed end
+local limit = tonumber(ARGV[3])
+for _, fields in ipairs(consumers) do
+  local name, pending, idle
+  for i = 1, #fields, 2 do
+    local key = fields[i]
+    if key == 'name' then name = fields[i + 1]
+    elseif key == 'pending' then pending = fields[i + 1]
+    elseif key == 'idle' then idle = fields[i + 1] end
+  end
+  if name and name ~= ARGV[2] and pending == 0 and idle and idle >= limit then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], name)
+    removed[#removed + 1] = name
+  end
+end
+return removed
 ";
 
 /// A connection to a Redis server, for the stream stages.
@@ -59,6 +84,10 @@ pub struct RedisBroker {
     connect_timeout: Duration,
     response_timeout: Duration,
 }
+
+/// The consumer removal script, hashed once per process.
+static REMOVE_IDLE_CONSUMERS_SCRIPT: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(REMOVE_IDLE_CONSUMERS));
 
 /// The bounded append script, hashed once per process.
 static BOUNDED_APPEND_SCRIPT: LazyLock<redis::Script> =
@@ -371,12 +400,75 @@ impl Broker for RedisBroker {
             let counts =
                 parse_pending(reply).map_err(|reason| self.unexpected("XPENDING", reason))?;
             for delivery in &mut deliveries {
-                if let Some((_, n)) = counts.iter().find(|(id, _)| *id == delivery.id) {
-                    delivery.deliveries = *n;
+                if let Some(pending) = counts.iter().find(|p| p.id == delivery.id) {
+                    delivery.deliveries = pending.deliveries;
                 }
             }
         }
         Ok(Claimed { next, deliveries })
+    }
+
+    fn own_pending(
+        &mut self,
+        stream: &str,
+        group: &str,
+        consumer: &str,
+        after: Option<EntryId>,
+        count: usize,
+    ) -> Result<Vec<Pending>> {
+        let timeout = self.response_timeout;
+        let start = after.map_or_else(|| "-".to_owned(), |id| format!("({id}"));
+        let reply: Value = self.run("XPENDING", timeout, |conn| {
+            redis::cmd("XPENDING")
+                .arg(stream)
+                .arg(group)
+                .arg(start)
+                .arg("+")
+                .arg(count.max(1))
+                .arg(consumer)
+                .query(conn)
+        })?;
+        parse_pending(reply).map_err(|reason| self.unexpected("XPENDING", reason))
+    }
+
+    fn claim_ids(
+        &mut self,
+        stream: &str,
+        group: &str,
+        consumer: &str,
+        min_idle: Duration,
+        ids: &[EntryId],
+    ) -> Result<Vec<Delivery>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let timeout = self.response_timeout;
+        let min_idle_ms = u64::try_from(min_idle.as_millis()).unwrap_or(u64::MAX);
+        let reply: Value = self.run("XCLAIM", timeout, |conn| {
+            let mut cmd = redis::cmd("XCLAIM");
+            cmd.arg(stream).arg(group).arg(consumer).arg(min_idle_ms);
+            for id in ids {
+                cmd.arg(id.to_string());
+            }
+            cmd.query(conn)
+        })?;
+        parse_entries(reply, 1).map_err(|reason| self.unexpected("XCLAIM", reason))
+    }
+
+    fn remove_idle_consumers(
+        &mut self,
+        stream: &str,
+        group: &str,
+        keep: &str,
+        idle: Duration,
+    ) -> Result<Vec<String>> {
+        let timeout = self.response_timeout;
+        let idle_ms = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
+        let mut invocation = REMOVE_IDLE_CONSUMERS_SCRIPT.key(stream);
+        invocation.arg(group).arg(keep).arg(idle_ms);
+        self.run("EVALSHA (remove idle consumers)", timeout, |conn| {
+            invocation.invoke(conn)
+        })
     }
 
     fn last_error(&mut self, stream: &str, id: EntryId) -> Result<Option<String>> {
@@ -545,7 +637,7 @@ fn payload_of(fields: impl IntoIterator<Item = Value>) -> Option<Vec<u8>> {
 }
 
 /// Reads the reply of the extended `XPENDING`: `[[id, consumer, idle, deliveries] ...]`.
-fn parse_pending(reply: Value) -> Parsed<Vec<(EntryId, u64)>> {
+fn parse_pending(reply: Value) -> Parsed<Vec<Pending>> {
     let Value::Array(rows) = reply else {
         return Err(format!("expected an array, got {}", kind(&reply)));
     };
@@ -558,11 +650,15 @@ fn parse_pending(reply: Value) -> Parsed<Vec<(EntryId, u64)>> {
                 .first()
                 .and_then(id_of)
                 .ok_or("a pending row has no id")?;
-            let deliveries = match row.get(3) {
-                Some(Value::Int(n)) => u64::try_from(*n).map_err(|_| "a negative count")?,
-                _ => return Err("a pending row has no delivery count".to_owned()),
+            let number = |at: usize, what: &str| match row.get(at) {
+                Some(Value::Int(n)) => u64::try_from(*n).map_err(|_| format!("a negative {what}")),
+                _ => Err(format!("a pending row has no {what}")),
             };
-            Ok((id, deliveries))
+            Ok(Pending {
+                id,
+                idle: Duration::from_millis(number(2, "idle time")?),
+                deliveries: number(3, "delivery count")?,
+            })
         })
         .collect()
 }
@@ -658,7 +754,11 @@ mod tests {
         ])]);
         assert_eq!(
             parse_pending(pending).unwrap(),
-            vec![(EntryId::new(5, 1), 4)]
+            vec![Pending {
+                id: EntryId::new(5, 1),
+                deliveries: 4,
+                idle: Duration::from_millis(10)
+            }]
         );
     }
 }

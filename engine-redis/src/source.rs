@@ -18,7 +18,7 @@ use serde::de::DeserializeOwned;
 use crate::address::StreamAddress;
 use crate::broker::{Broker, Connector, DeadLetter, Delivery, EntryId};
 use crate::error::{Chain, Error, Result};
-use crate::retry::retrying;
+use crate::retry::{Backoff, retrying};
 use crate::sink::DEFAULT_RETRY_FOR;
 
 /// How many times an entry may be delivered before it goes to the dead-letter stream, by
@@ -32,6 +32,10 @@ pub const DEFAULT_CLAIM_IDLE: Duration = Duration::from_secs(30);
 /// How long one read waits for new entries, by default: also how long a stop may take to be
 /// noticed while the stream is silent.
 pub const DEFAULT_BLOCK: Duration = Duration::from_millis(500);
+
+/// How long a consumer of the group must have been unseen, with nothing pending, before a
+/// source removes it from the group (`XGROUP DELCONSUMER`), by default.
+pub const DEFAULT_REMOVE_IDLE_CONSUMERS: Duration = Duration::from_secs(3600);
 
 /// How many entries one read asks for, by default.
 pub const DEFAULT_BATCH: usize = 512;
@@ -62,6 +66,7 @@ pub struct SourceOptions {
     max_deliveries: u64,
     retry_for: Duration,
     drain_timeout: Duration,
+    remove_idle: Option<Duration>,
 }
 
 impl Default for SourceOptions {
@@ -74,6 +79,7 @@ impl Default for SourceOptions {
             max_deliveries: DEFAULT_MAX_DELIVERIES,
             retry_for: DEFAULT_RETRY_FOR,
             drain_timeout: Duration::from_secs(30),
+            remove_idle: Some(DEFAULT_REMOVE_IDLE_CONSUMERS),
         }
     }
 }
@@ -151,6 +157,30 @@ impl SourceOptions {
     pub fn drain_timeout(mut self, timeout: Duration) -> Self {
         self.drain_timeout = timeout;
         self
+    }
+
+    /// Removes from the group, after each complete sweep, the consumers that have had nothing
+    /// pending and have not been seen (no read, no claim) for `idle` (default
+    /// [`DEFAULT_REMOVE_IDLE_CONSUMERS`], one hour), so that consumers of processes that
+    /// are gone do not stay in the group for ever. The check and the removal are one atomic
+    /// step on the server, so a consumer with pending entries is never removed; a live
+    /// consumer removed while idle is created again by its next read.
+    #[must_use]
+    pub fn remove_consumers_idle_for(mut self, idle: Duration) -> Self {
+        self.remove_idle = Some(idle);
+        self
+    }
+
+    /// Never removes idle consumers from the group.
+    #[must_use]
+    pub fn keep_idle_consumers(mut self) -> Self {
+        self.remove_idle = None;
+        self
+    }
+
+    /// How long an idle consumer with nothing pending stays in the group, if it is removed.
+    pub fn get_remove_idle(&self) -> Option<Duration> {
+        self.remove_idle
     }
 
     fn sweep_interval(&self) -> Duration {
@@ -304,9 +334,16 @@ impl Ticket for StreamTicket {
 ///   source's own), so the stream's length is the count of unfinished entries. An item
 ///   dropped by an abort, or failed under `ErrorPolicy::Stop`, stays pending and is
 ///   delivered again; the error is recorded for its dead letter.
+/// - **Healing.** At the start and after any error on its connection, the source reads its
+///   own pending list again ([`Broker::own_pending`], then [`Broker::claim_ids`] for what is
+///   not in its pipeline) before it reads new entries, so entries delivered in a reply that
+///   never arrived are handed out as soon as the connection is back.
 /// - **Redelivery.** A sweep (`XAUTOCLAIM`), at the start and then every
 ///   [`sweep_every`](SourceOptions::sweep_every), claims entries pending for longer than
-///   [`claim_idle`](SourceOptions::claim_idle), such as those of a consumer that died.
+///   [`claim_idle`](SourceOptions::claim_idle), such as those of a consumer that died. After a
+///   complete sweep, consumers unseen for
+///   [`remove_consumers_idle_for`](SourceOptions::remove_consumers_idle_for) with nothing
+///   pending are removed from the group (`XGROUP DELCONSUMER`).
 /// - **Dead letters.** A claimed entry delivered more than
 ///   [`max_deliveries`](SourceOptions::max_deliveries) times, or an entry that does not
 ///   decode as a `T`, goes to the dead-letter stream (`<stream>:dead` by default) with the
@@ -360,6 +397,12 @@ struct Running<B> {
     in_flight: Arc<Mutex<HashSet<EntryId>>>,
     next_sweep: Instant,
     cursor: EntryId,
+    /// Whether the source's own pending list must be read again before new entries: at the
+    /// start, and after any error on the connection (a reply may have been lost with entries
+    /// in it).
+    recover: bool,
+    /// The backoff of failing reads, until one succeeds.
+    read_backoff: Option<Backoff>,
 }
 
 impl<T> StreamSource<T, StreamAddress> {
@@ -375,6 +418,9 @@ impl<T> StreamSource<T, StreamAddress> {
         }
         if let Some(block) = address.block {
             options = options.block(block);
+        }
+        if let Some(idle) = address.remove_idle {
+            options = options.remove_consumers_idle_for(idle);
         }
         let (stream, group) = (address.stream().to_owned(), address.group().to_owned());
         let consumer = address.consumer().map(str::to_owned);
@@ -492,6 +538,8 @@ impl<T, C: Connector> StreamSource<T, C> {
             in_flight,
             next_sweep: Instant::now(),
             cursor: EntryId::ZERO,
+            recover: true,
+            read_backoff: None,
         });
         Ok(())
     }
@@ -552,56 +600,154 @@ impl<T: DeserializeOwned, C: Connector> StreamSource<T, C> {
                 "entry moved to the dead-letter stream"
             );
         }
-        let (broker, stream, group, dead) = (
+        let (broker, stream, group, dead, recover) = (
             &mut running.broker,
             &self.stream,
             &self.group,
             &self.dead_stream,
+            &mut running.recover,
         );
         retrying(
             "dead-lettering",
             self.options.retry_for,
             Some(ctx.stop()),
-            || broker.dead_letter(stream, group, dead, letters),
+            || {
+                let buried = broker.dead_letter(stream, group, dead, letters);
+                *recover |= buried.is_err();
+                buried
+            },
         )
     }
 
-    /// Claims entries left pending too long; dead-letters those delivered too often.
+    /// Claims entries left pending too long (by dead consumers, mostly); dead-letters those
+    /// delivered too often. After a complete pass, removes consumers idle for too long.
     fn sweep(&mut self, ctx: &StageContext) -> Result<()> {
         let running = self.running.as_mut().expect("a source sweeps once started");
-        let (broker, stream, group, consumer) = (
+        let (broker, stream, group, consumer, in_flight, recover) = (
             &mut running.broker,
             &self.stream,
             &self.group,
             &running.consumer,
+            &running.in_flight,
+            &mut running.recover,
         );
         let (idle, from, count) = (self.options.claim_idle, running.cursor, self.options.batch);
-        let claimed = retrying("claiming", self.options.retry_for, Some(ctx.stop()), || {
-            broker.claim(stream, group, consumer, idle, from, count)
-        })?;
-        match claimed.next {
+        let (next, claimed) =
+            retrying("claiming", self.options.retry_for, Some(ctx.stop()), || {
+                // The set stays locked while the claim runs, so that an entry the acknowledging
+                // thread settles meanwhile is either not claimed or still known as ours.
+                let in_flight = lock(in_flight);
+                let claimed = broker.claim(stream, group, consumer, idle, from, count);
+                // Entries claimed in a reply that was lost are pending for us: read them again.
+                *recover |= claimed.is_err();
+                let claimed = claimed?;
+                let fresh: Vec<Delivery> = claimed
+                    .deliveries
+                    .into_iter()
+                    // Ours, and still in the pipeline: the claim only refreshed it.
+                    .filter(|delivery| !in_flight.contains(&delivery.id))
+                    .collect();
+                Ok((claimed.next, fresh))
+            })?;
+        let complete = next.is_none();
+        match next {
             Some(next) => running.cursor = next,
             None => {
                 running.cursor = EntryId::ZERO;
                 running.next_sweep = Instant::now() + self.options.sweep_interval();
             }
         }
-        let mut dead = Vec::new();
-        {
-            let in_flight = lock(&running.in_flight);
-            for delivery in claimed.deliveries {
-                if in_flight.contains(&delivery.id) {
-                    // Ours, and still in the pipeline: the claim only refreshed it.
-                    continue;
+        for delivery in &claimed {
+            tracing::debug!(stream = %self.stream, id = %delivery.id, deliveries = delivery.deliveries, "claimed a pending entry");
+        }
+        self.take_over(claimed, ctx)?;
+        if complete && let Some(idle) = self.options.remove_idle {
+            self.remove_idle_consumers(idle);
+        }
+        Ok(())
+    }
+
+    /// Reads this consumer's own pending list again and takes over what is not in the
+    /// pipeline: entries delivered in a reply that was lost when the connection broke (the
+    /// server logged the delivery, then died before it answered), or left by an earlier run
+    /// under the same consumer name. Runs at the start and after every connection error,
+    /// before any new entry is read, so healing takes no longer than the reconnect.
+    fn recover_own(&mut self, ctx: &StageContext) -> Result<()> {
+        let mut after = None;
+        loop {
+            let running = self
+                .running
+                .as_mut()
+                .expect("a source recovers once started");
+            let (broker, stream, group, consumer, in_flight) = (
+                &mut running.broker,
+                &self.stream,
+                &self.group,
+                &running.consumer,
+                &running.in_flight,
+            );
+            let count = self.options.batch;
+            let (listed, last, lost) = retrying(
+                "re-reading pending entries",
+                self.options.retry_for,
+                Some(ctx.stop()),
+                || {
+                    // Locked while listing: an entry settled meanwhile is either not listed
+                    // or still known as in the pipeline.
+                    let in_flight = lock(in_flight);
+                    let rows = broker.own_pending(stream, group, consumer, after, count)?;
+                    let last = rows.last().map(|row| row.id);
+                    let listed = rows.len();
+                    let lost: Vec<_> = rows
+                        .into_iter()
+                        .filter(|row| !in_flight.contains(&row.id))
+                        .collect();
+                    Ok((listed, last, lost))
+                },
+            )?;
+            if !lost.is_empty() {
+                let ids: Vec<EntryId> = lost.iter().map(|row| row.id).collect();
+                // Claimed only if nobody touched them since they were listed.
+                let min_idle = lost.iter().map(|row| row.idle).min().unwrap_or_default();
+                let mut deliveries = retrying(
+                    "re-reading pending entries",
+                    self.options.retry_for,
+                    Some(ctx.stop()),
+                    || broker.claim_ids(stream, group, consumer, min_idle, &ids),
+                )?;
+                for delivery in &mut deliveries {
+                    if let Some(row) = lost.iter().find(|row| row.id == delivery.id) {
+                        delivery.deliveries = row.deliveries + 1;
+                    }
                 }
-                if delivery.deliveries > self.options.max_deliveries {
-                    dead.push(delivery);
-                } else {
-                    tracing::debug!(stream = %self.stream, id = %delivery.id, deliveries = delivery.deliveries, "claimed a pending entry");
-                    running.buffer.push_back(delivery);
+                if !deliveries.is_empty() {
+                    tracing::info!(
+                        stream = %self.stream,
+                        consumer = %running.consumer,
+                        entries = deliveries.len(),
+                        "took back entries delivered to this consumer and never handed out"
+                    );
                 }
+                self.take_over(deliveries, ctx)?;
+            }
+            match last {
+                Some(last) if listed >= count => after = Some(last),
+                _ => return Ok(()),
             }
         }
+    }
+
+    /// Queues claimed entries to be handed out, and dead-letters those delivered more than
+    /// the limit.
+    fn take_over(&mut self, claimed: Vec<Delivery>, ctx: &StageContext) -> Result<()> {
+        let running = self
+            .running
+            .as_mut()
+            .expect("a source takes over once started");
+        let (dead, live): (Vec<_>, Vec<_>) = claimed
+            .into_iter()
+            .partition(|delivery| delivery.deliveries > self.options.max_deliveries);
+        running.buffer.extend(live);
         if dead.is_empty() {
             return Ok(());
         }
@@ -639,6 +785,38 @@ impl<T: DeserializeOwned, C: Connector> StreamSource<T, C> {
             .collect();
         self.bury(&letters, ctx)
     }
+
+    /// Removes consumers unseen for `idle` with nothing pending. Best effort: a failure is
+    /// logged, and the next complete sweep tries again.
+    fn remove_idle_consumers(&mut self, idle: Duration) {
+        let running = self.running.as_mut().expect("a source sweeps once started");
+        match running.broker.remove_idle_consumers(
+            &self.stream,
+            &self.group,
+            &running.consumer,
+            idle,
+        ) {
+            Ok(removed) => {
+                for name in removed {
+                    tracing::info!(
+                        stream = %self.stream,
+                        group = %self.group,
+                        consumer = %name,
+                        idle = ?idle,
+                        "removed a consumer idle with nothing pending"
+                    );
+                }
+            }
+            Err(error) => {
+                running.recover = true;
+                tracing::warn!(
+                    stream = %self.stream,
+                    error = %Chain(&error),
+                    "cannot remove idle consumers"
+                );
+            }
+        }
+    }
 }
 
 impl<T: DeserializeOwned, C: Connector> TrackedFrontend for StreamSource<T, C> {
@@ -662,6 +840,14 @@ impl<T: DeserializeOwned, C: Connector> TrackedFrontend for StreamSource<T, C> {
             if ctx.is_stopping() {
                 return Ok(None);
             }
+            if running.recover {
+                match self.recover_own(ctx) {
+                    Err(Error::Aborted) => return Ok(None),
+                    other => other.map_err(fatal)?,
+                }
+                self.running.as_mut().expect("started above").recover = false;
+                continue;
+            }
             if Instant::now() >= running.next_sweep {
                 match self.sweep(ctx) {
                     Err(Error::Aborted) => return Ok(None),
@@ -676,12 +862,28 @@ impl<T: DeserializeOwned, C: Connector> TrackedFrontend for StreamSource<T, C> {
                 &running.consumer,
             );
             let (count, block) = (self.options.batch, self.options.block);
-            let read = retrying("reading", self.options.retry_for, Some(ctx.stop()), || {
-                broker.read(stream, group, consumer, count, block)
-            });
-            match read {
-                Ok(deliveries) => running.buffer.extend(deliveries),
-                Err(Error::Aborted) => return Ok(None),
+            // One attempt at a time: after a failure, the own pending list is read again
+            // (the lost reply may have delivered entries) before the next read of new ones.
+            match broker.read(stream, group, consumer, count, block) {
+                Ok(deliveries) => {
+                    if running.read_backoff.take().is_some() {
+                        tracing::info!(stream = %self.stream, "reading: the broker is back");
+                    }
+                    running.buffer.extend(deliveries);
+                }
+                Err(error) if error.is_retryable() => {
+                    running.recover = true;
+                    let retry_for = self.options.retry_for;
+                    let backoff = running.read_backoff.get_or_insert_with(|| {
+                        tracing::warn!(error = %Chain(&error), "reading: retrying");
+                        Backoff::new(retry_for)
+                    });
+                    match backoff.pause(error, Some(ctx.stop())) {
+                        Ok(()) => {}
+                        Err(Error::Aborted) => return Ok(None),
+                        Err(error) => return Err(fatal(error)),
+                    }
+                }
                 Err(error) => return Err(fatal(error)),
             }
         }
