@@ -75,6 +75,9 @@ pub struct Delivery {
     /// The encoded item, or `None` if the entry has no item field (it was not written by a
     /// stream sink).
     pub payload: Option<Vec<u8>>,
+    /// The protocol version the entry was written with (its `v` field), or `None` if it has
+    /// none (written by hand, or by a build older than versioned entries).
+    pub version: Option<String>,
     /// How many times the entry was delivered, this time included.
     pub deliveries: u64,
 }
@@ -107,6 +110,8 @@ pub struct DeadLetter<'a> {
     pub id: EntryId,
     /// The entry's item, as it was in the stream.
     pub payload: Option<&'a [u8]>,
+    /// The protocol version the entry was written with, if it says.
+    pub version: Option<&'a str>,
     /// How many times it was delivered.
     pub deliveries: u64,
     /// Why it is dead: the last error, or why there is none.

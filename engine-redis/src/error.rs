@@ -95,6 +95,22 @@ pub enum Error {
         /// Why it cannot be decoded.
         reason: String,
     },
+    /// A stream entry was written with another protocol version than this build speaks; it
+    /// went to the dead-letter stream.
+    #[error(
+        "entry {id} of stream {stream:?} was written with protocol version {found}, \
+         this consumer speaks version {expected}"
+    )]
+    OtherVersion {
+        /// The stream.
+        stream: String,
+        /// The entry's id.
+        id: String,
+        /// The version in the entry.
+        found: String,
+        /// The version of this build ([`engine_core::protocol::PROTOCOL_VERSION`]).
+        expected: u32,
+    },
     /// A retryable error lasted longer than the stage's retry budget.
     #[error("gave up after retrying for {waited:?}")]
     GaveUp {

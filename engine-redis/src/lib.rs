@@ -31,7 +31,9 @@
 //!   away, for [`SinkOptions::retry_for`]. Blocking reads wait longer than their block time.
 //!
 //! Items are encoded with [`engine_core::protocol::to_bytes`] (postcard) in the entry field
-//! `d` ([`PAYLOAD_FIELD`]). Streams are named by a [`StreamAddress`]:
+//! `d` ([`PAYLOAD_FIELD`]), next to the protocol version in `v` ([`VERSION_FIELD`]); a source
+//! dead-letters an entry of another version, with a reason that names both, and goes on.
+//! Streams are named by a [`StreamAddress`]:
 //! `redis://host:port/<stream>?group=<group>`.
 //!
 //! The broker sits behind the [`Broker`] and [`Connector`] traits; [`RedisBroker`] is the
@@ -90,7 +92,7 @@ pub use broker::{
     Broker, Claimed, Connector, DeadLetter, Delivery, EntryId, ParseEntryIdError, Pending,
 };
 pub use error::{Error, Result};
-pub use redis_broker::{PAYLOAD_FIELD, RedisBroker};
+pub use redis_broker::{PAYLOAD_FIELD, RedisBroker, VERSION_FIELD};
 pub use sink::{DEFAULT_BOUND, DEFAULT_RETRY_FOR, SinkOptions, StreamSink};
 pub use source::{
     DEFAULT_BATCH, DEFAULT_BLOCK, DEFAULT_CLAIM_IDLE, DEFAULT_MAX_DELIVERIES,

@@ -5,6 +5,7 @@ use std::fmt;
 use std::sync::LazyLock;
 use std::time::Duration;
 
+use engine_core::protocol::PROTOCOL_VERSION;
 use redis::{Connection, ErrorKind, RedisError, ServerErrorKind, Value};
 
 use crate::address::StreamAddress;
@@ -14,17 +15,22 @@ use crate::error::{Error, Result};
 /// The field of a stream entry that holds the encoded item.
 pub const PAYLOAD_FIELD: &str = "d";
 
+/// The field of a stream entry that holds the protocol version it was written with
+/// ([`engine_core::protocol::PROTOCOL_VERSION`], in decimal), next to the item.
+pub const VERSION_FIELD: &str = "v";
+
 /// How long an error recorded for a failed entry is kept, for its dead letter.
 const ERROR_TTL_SECS: u64 = 7 * 24 * 3600;
 
 /// Appends while the stream is shorter than the bound, atomically: `KEYS[1]` is the stream,
-/// `ARGV[1]` the bound, the other arguments the payloads. Returns how many were appended.
+/// `ARGV[1]` the bound, `ARGV[2]` the protocol version, the other arguments the payloads.
+/// Returns how many were appended.
 const BOUNDED_APPEND: &str = r"
 local room = tonumber(ARGV[1]) - redis.call('XLEN', KEYS[1])
-local n = #ARGV - 1
+local n = #ARGV - 2
 if room < n then n = room end
-for i = 2, n + 1 do
-  redis.call('XADD', KEYS[1], '*', 'd', ARGV[i])
+for i = 3, n + 2 do
+  redis.call('XADD', KEYS[1], '*', 'v', ARGV[2], 'd', ARGV[i])
 end
 if n < 0 then return 0 end
 return n
@@ -255,6 +261,8 @@ impl Broker for RedisBroker {
                     pipe.cmd("XADD")
                         .arg(stream)
                         .arg("*")
+                        .arg(VERSION_FIELD)
+                        .arg(PROTOCOL_VERSION)
                         .arg(PAYLOAD_FIELD)
                         .arg(payload.as_slice())
                         .ignore();
@@ -264,7 +272,7 @@ impl Broker for RedisBroker {
             }
             Some(bound) => {
                 let mut invocation = BOUNDED_APPEND_SCRIPT.key(stream);
-                invocation.arg(bound);
+                invocation.arg(bound).arg(PROTOCOL_VERSION);
                 for payload in payloads {
                     invocation.arg(payload.as_slice());
                 }
@@ -525,6 +533,9 @@ impl Broker for RedisBroker {
                 .arg(letter.deliveries)
                 .arg("reason")
                 .arg(letter.reason);
+            if let Some(version) = letter.version {
+                add.arg(VERSION_FIELD).arg(version);
+            }
             if let Some(payload) = letter.payload {
                 add.arg(PAYLOAD_FIELD).arg(payload);
             }
@@ -607,7 +618,7 @@ fn parse_entries(entries: Value, deliveries: u64) -> Parsed<Vec<Delivery>> {
             .as_ref()
             .and_then(id_of)
             .ok_or("an entry has no valid id")?;
-        let payload = match entry.next() {
+        let (payload, version) = match entry.next() {
             Some(Value::Array(fields)) => payload_of(fields),
             Some(Value::Map(fields)) => payload_of(fields.into_iter().flat_map(|(k, v)| [k, v])),
             Some(Value::Nil) | None => continue,
@@ -616,24 +627,35 @@ fn parse_entries(entries: Value, deliveries: u64) -> Parsed<Vec<Delivery>> {
         out.push(Delivery {
             id,
             payload,
+            version,
             deliveries,
         });
     }
     Ok(out)
 }
 
-/// The payload field's value among an entry's `field, value` pairs.
-fn payload_of(fields: impl IntoIterator<Item = Value>) -> Option<Vec<u8>> {
+/// The payload and version fields' values among an entry's `field, value` pairs.
+fn payload_of(fields: impl IntoIterator<Item = Value>) -> (Option<Vec<u8>>, Option<String>) {
+    let (mut payload, mut version) = (None, None);
     let mut fields = fields.into_iter();
     while let (Some(field), Some(value)) = (fields.next(), fields.next()) {
-        if matches!(&field, Value::BulkString(name) if name == PAYLOAD_FIELD.as_bytes()) {
-            return match value {
+        let Value::BulkString(name) = &field else {
+            continue;
+        };
+        if name == PAYLOAD_FIELD.as_bytes() {
+            payload = match value {
                 Value::BulkString(bytes) => Some(bytes),
+                _ => None,
+            };
+        } else if name == VERSION_FIELD.as_bytes() {
+            version = match value {
+                Value::BulkString(bytes) => Some(String::from_utf8_lossy(&bytes).into_owned()),
+                Value::Int(n) => Some(n.to_string()),
                 _ => None,
             };
         }
     }
-    None
+    (payload, version)
 }
 
 /// Reads the reply of the extended `XPENDING`: `[[id, consumer, idle, deliveries] ...]`.

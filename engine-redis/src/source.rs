@@ -345,10 +345,14 @@ impl Ticket for StreamTicket {
 ///   [`remove_consumers_idle_for`](SourceOptions::remove_consumers_idle_for) with nothing
 ///   pending are removed from the group (`XGROUP DELCONSUMER`).
 /// - **Dead letters.** A claimed entry delivered more than
-///   [`max_deliveries`](SourceOptions::max_deliveries) times, or an entry that does not
-///   decode as a `T`, goes to the dead-letter stream (`<stream>:dead` by default) with the
-///   fields `id`, `stream`, `deliveries`, `reason` and `d`, and is acknowledged. An entry that
-///   does not decode is also counted as a failed item.
+///   [`max_deliveries`](SourceOptions::max_deliveries) times, an entry written with another
+///   protocol version (its `v` field, [`VERSION_FIELD`](crate::VERSION_FIELD)), or an entry
+///   that does not decode as a `T`, goes to the dead-letter stream (`<stream>:dead` by
+///   default) with the fields `id`, `stream`, `deliveries`, `reason`, `v` and `d`, and is
+///   acknowledged. The reason of another version names both versions. An entry without a
+///   `v` field (written by hand, or by a build older than versioned entries) is taken for
+///   the current version. An entry that is dead-lettered on arrival is also counted as a
+///   failed item ([`Error::OtherVersion`], [`Error::BadEntry`]).
 /// - **Connections.** The source connects in `setup` (a server that cannot be reached fails
 ///   the run at once with [`Error::Unreachable`]), creates the group if missing (at the start
 ///   of the stream, so entries added before any consumer are read), and later retries a lost
@@ -546,15 +550,30 @@ impl<T, C: Connector> StreamSource<T, C> {
 }
 
 impl<T: DeserializeOwned, C: Connector> StreamSource<T, C> {
-    /// Hands one delivery to the pipeline, or dead-letters it if it does not decode.
+    /// Hands one delivery to the pipeline, or dead-letters it if it was written with another
+    /// protocol version or does not decode.
+    ///
+    /// An entry without a version field (written by hand, or by a build older than versioned
+    /// entries) is taken for the current version: it is handed out if it decodes.
     fn hand_out(
         &mut self,
         delivery: Delivery,
         ctx: &StageContext,
     ) -> Result<Option<TrackedItem<Self>>, StageError> {
-        let decoded = match &delivery.payload {
-            None => Err(format!("the entry has no `{}` field", crate::PAYLOAD_FIELD)),
-            Some(bytes) => protocol::from_bytes::<T>(bytes).map_err(|e| Chain(&e).to_string()),
+        let expected = protocol::PROTOCOL_VERSION;
+        let decoded = match (&delivery.version, &delivery.payload) {
+            (Some(found), _) if found.trim() != expected.to_string() => Err(Error::OtherVersion {
+                stream: self.stream.clone(),
+                id: delivery.id.to_string(),
+                found: found.clone(),
+                expected,
+            }),
+            (_, None) => Err(self.bad_entry(
+                delivery.id,
+                format!("the entry has no `{}` field", crate::PAYLOAD_FIELD),
+            )),
+            (_, Some(bytes)) => protocol::from_bytes::<T>(bytes)
+                .map_err(|e| self.bad_entry(delivery.id, Chain(&e).to_string())),
         };
         let running = self
             .running
@@ -570,20 +589,29 @@ impl<T: DeserializeOwned, C: Connector> StreamSource<T, C> {
                 };
                 Ok(Some((ticket, item)))
             }
-            Err(reason) => {
+            Err(error) => {
+                let reason = match &error {
+                    Error::BadEntry { reason, .. } => reason.clone(),
+                    other => other.to_string(),
+                };
                 let letter = DeadLetter {
                     id: delivery.id,
                     payload: delivery.payload.as_deref(),
+                    version: delivery.version.as_deref(),
                     deliveries: delivery.deliveries,
                     reason: &reason,
                 };
                 self.bury(&[letter], ctx).map_err(fatal)?;
-                Err(StageError::new(Error::BadEntry {
-                    stream: self.stream.clone(),
-                    id: delivery.id.to_string(),
-                    reason,
-                }))
+                Err(StageError::new(error))
             }
+        }
+    }
+
+    fn bad_entry(&self, id: EntryId, reason: String) -> Error {
+        Error::BadEntry {
+            stream: self.stream.clone(),
+            id: id.to_string(),
+            reason,
         }
     }
 
@@ -779,6 +807,7 @@ impl<T: DeserializeOwned, C: Connector> StreamSource<T, C> {
             .map(|(delivery, reason)| DeadLetter {
                 id: delivery.id,
                 payload: delivery.payload.as_deref(),
+                version: delivery.version.as_deref(),
                 deliveries: delivery.deliveries,
                 reason,
             })

@@ -56,6 +56,8 @@ fn deliver_behind_its_back(server: &Server, stream: &str, items: std::ops::Range
         pipe.cmd("XADD")
             .arg(stream)
             .arg("*")
+            .arg(engine_redis::VERSION_FIELD)
+            .arg(engine_core::protocol::PROTOCOL_VERSION)
             .arg(engine_redis::PAYLOAD_FIELD)
             .arg(payload)
             .ignore();

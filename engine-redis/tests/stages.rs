@@ -410,3 +410,56 @@ fn an_item_slower_than_the_claim_idle_time_is_not_taken_over_while_its_consumer_
     assert_eq!(common::len(&mut conn, "slow"), 0);
     assert_eq!(common::pending(&mut conn, "slow", "engine"), 0);
 }
+
+#[test]
+fn an_entry_of_another_protocol_version_is_dead_lettered_and_the_next_is_processed() {
+    let _heavy = common::heavy();
+    let server = Server::start().unwrap();
+    let address = StreamAddress::parse(&common::url(&server, "versions", "block_ms=20")).unwrap();
+    let current = engine_core::protocol::PROTOCOL_VERSION;
+    let other = current + 1;
+    let mut conn = server.connection().unwrap();
+    let payload = |n: u64| engine_core::protocol::to_bytes(&n).unwrap();
+    // A producer of another build, then one of this build (a sink), then an entry written by
+    // hand without a version (taken for the current one).
+    let _: String = conn
+        .xadd(
+            "versions",
+            "*",
+            &[("v", other.to_string().into_bytes()), ("d", payload(1))],
+        )
+        .unwrap();
+    Engine::builder([2_u64])
+        .backend(StreamSink::<u64>::new(address.clone()))
+        .run()
+        .unwrap();
+    let _: String = conn.xadd("versions", "*", &[("d", payload(3))]).unwrap();
+    let written = common::entries(&mut conn, "versions");
+    assert_eq!(
+        written[1].get::<String>("v"),
+        Some(current.to_string()),
+        "a sink writes the protocol version next to the item"
+    );
+
+    let (handle, seen, settlement) = collect::<u64>(address);
+    wait_until("both entries of this version are processed", WAIT, || {
+        seen.lock().unwrap().len() == 2
+    });
+    handle.stop();
+    let report = handle.join().unwrap();
+    assert_eq!(settlement.outstanding(), 0);
+    assert_eq!(*seen.lock().unwrap(), [2, 3]);
+    assert_eq!(report.failed(), 1, "{report}");
+    let dead = common::entries(&mut conn, "versions:dead");
+    assert_eq!(dead.len(), 1);
+    let reason: String = dead[0].get("reason").unwrap();
+    assert!(
+        reason.contains(&format!("protocol version {other}"))
+            && reason.contains(&format!("version {current}")),
+        "{reason}"
+    );
+    assert_eq!(dead[0].get::<String>("v"), Some(other.to_string()));
+    assert_eq!(dead[0].get::<Vec<u8>>("d"), Some(payload(1)));
+    assert_eq!(common::len(&mut conn, "versions"), 0);
+    assert_eq!(common::pending(&mut conn, "versions", "engine"), 0);
+}
