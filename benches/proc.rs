@@ -5,6 +5,11 @@
 //!   hand-written request/response loop (2 child processes, one task per round trip, one
 //!   master thread per child). The engine's absolute rate is printed too: Python's
 //!   `multiprocessing.Pool` (chunksize 256) does about 2.9M items/s on the same task.
+//! - `placed`: the same `x + 1` as a [`Transport`] placed in 2 worker processes of a
+//!   threaded engine (`ProcTransport::new(Inc).workers(2)`, 2 transport threads), against the
+//!   [`Pool`] doing the same work in the same run, and against the same stage called one item
+//!   per round trip (what `ProcTransport` did before it took whole batches). Also the time a
+//!   lone item takes through the placed transport, and 1 MiB items through it.
 //! - `oneway`: small messages master -> child, one way: a [`Child`] counting what
 //!   [`Duplex::recv`] delivers, against a raw `IpcSender<u64>` to a child that counts.
 //! - `bulk`: 1 GiB in 1 MiB bodies master -> child: [`Duplex::send_bytes`] (bodies of 64 KiB
@@ -23,15 +28,18 @@ mod harness;
 
 use std::hint::black_box;
 use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use engine_core::StageError;
 use engine_core::protocol::Kind;
-use engine_proc::{Child, Duplex, Pool, Worker};
+use engine_core::{StageContext, StageError, Transport};
+use engine_proc::{Child, Duplex, Pool, ProcTransport, Worker};
+use engine_threads::Engine;
 use ipc_channel::ipc::{self, IpcBytesSender, IpcOneShotServer, IpcReceiver, IpcSender};
-use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 const ROUNDS: usize = 5;
 
@@ -265,7 +273,206 @@ fn pool() {
 }
 
 // ---------------------------------------------------------------------------------------
-// 2. One-way small messages.
+// 2. A transport placed in worker processes.
+
+/// `x + 1` as a stage of the threaded engine.
+#[derive(Clone, Serialize, Deserialize)]
+struct Inc1;
+
+impl Transport for Inc1 {
+    type Input = u64;
+    type Output = u64;
+
+    fn transport(&mut self, x: u64, _: &StageContext) -> Result<Option<u64>, StageError> {
+        Ok(Some(x + 1))
+    }
+}
+
+/// A transport that forwards item by item and hides the batch path: the placed stage as it
+/// was before it took whole batches (one round trip per item).
+#[derive(Clone)]
+struct PerItem<T>(T);
+
+impl<T: Transport> Transport for PerItem<T> {
+    type Input = T::Input;
+    type Output = T::Output;
+
+    fn setup(&mut self, ctx: &StageContext) -> Result<(), StageError> {
+        self.0.setup(ctx)
+    }
+
+    fn transport(
+        &mut self,
+        x: T::Input,
+        ctx: &StageContext,
+    ) -> Result<Option<T::Output>, StageError> {
+        self.0.transport(x, ctx)
+    }
+
+    fn cleanup(&mut self, ctx: &StageContext) {
+        self.0.cleanup(ctx);
+    }
+}
+
+/// Items per round of the placed engine.
+const PLACED_ITEMS: u64 = 3_000_000;
+/// Items per round of the per-item baseline.
+const PER_ITEM_ITEMS: u64 = 20_000;
+
+/// Runs `items` through an engine whose transport is `stage` (2 threads); checks the sum.
+fn placed_run<T: Transport<Input = u64, Output = u64> + Clone + Send + 'static>(
+    stage: T,
+    items: u64,
+) -> Duration {
+    time(|| {
+        let sum = Arc::new(AtomicU64::new(0));
+        let total = Arc::clone(&sum);
+        let mut local = 0_u64;
+        let report = Engine::builder(0..items)
+            .transport(stage)
+            .transport_threads(2)
+            .backend(move |x: u64| {
+                // One backend thread: a local sum, published as it goes.
+                local = local.wrapping_add(x);
+                total.store(local, Ordering::Relaxed);
+            })
+            .run()
+            .expect("the engine runs");
+        assert_eq!(report.processed(), items);
+        assert_eq!(sum.load(Ordering::Relaxed), sum_to(items));
+    })
+}
+
+fn placed() {
+    let placed = ProcTransport::new(Inc1).workers(2);
+    let per_item = PerItem(ProcTransport::new(Inc1).workers(2));
+    let mut pool = Pool::<Inc>::builder()
+        .workers(2, ())
+        .start()
+        .expect("the pool starts");
+    let mut pool_run = || {
+        time(|| {
+            let sum = pool
+                .run(0..PLACED_ITEMS)
+                .map(|(_, result)| result.expect("the task succeeds"))
+                .fold(0_u64, u64::wrapping_add);
+            assert_eq!(sum, sum_to(PLACED_ITEMS));
+        })
+    };
+    let rate = |ops: u64, elapsed: Duration| ops as f64 / elapsed.as_secs_f64().max(1e-12);
+    placed_run(placed.clone(), PLACED_ITEMS);
+    pool_run();
+    let (mut e, mut p, mut o) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        e.push(rate(PLACED_ITEMS, placed_run(placed.clone(), PLACED_ITEMS)));
+        p.push(rate(PLACED_ITEMS, pool_run()));
+        o.push(rate(
+            PER_ITEM_ITEMS,
+            placed_run(per_item.clone(), PER_ITEM_ITEMS),
+        ));
+    }
+    for v in [&mut e, &mut p, &mut o] {
+        v.sort_by(f64::total_cmp);
+    }
+    let (e, p, o) = (
+        harness::Figures { rates: e },
+        harness::Figures { rates: p },
+        harness::Figures { rates: o },
+    );
+    harness::header("proc: x+1 on u64, transport placed in 2 worker processes, items/s");
+    harness::row("placed transport vs Pool::run", &e, &p);
+    println!("target ratio >= 0.5");
+    harness::row("placed transport vs one round trip per item", &e, &o);
+    println!("target ratio >= 100");
+    drop(pool.shutdown());
+
+    // A lone item: the time from the frontend to the backend, one at a time.
+    let latencies = lone_item_latencies(200);
+    let median = latencies[latencies.len() / 2];
+    println!(
+        "lone item through the placed transport: median {:.3} ms (p90 {:.3} ms); target < 1 ms",
+        median.as_secs_f64() * 1e3,
+        latencies[latencies.len() * 9 / 10].as_secs_f64() * 1e3
+    );
+
+    // 1 MiB items.
+    let rates: Vec<f64> = (0..ROUNDS).map(|_| big_items(256)).collect();
+    let mut rates = rates;
+    rates.sort_by(f64::total_cmp);
+    println!(
+        "1 MiB items through the placed transport: median {:.2} GB/s; target >= 1.5 GB/s",
+        rates[rates.len() / 2] / 1e9
+    );
+}
+
+/// Sends `n` items one at a time through a placed transport, each only after the last one
+/// reached the backend; returns the sorted times from send to backend.
+fn lone_item_latencies(n: usize) -> Vec<Duration> {
+    let (tx, rx) = crossbeam_channel::bounded::<u64>(1);
+    let (back_tx, back) = crossbeam_channel::bounded::<u64>(1);
+    let engine = Engine::builder(rx)
+        .transport(ProcTransport::new(Inc1).workers(2))
+        .transport_threads(2)
+        .backend(move |x: u64| {
+            let _ = back_tx.send(x);
+        })
+        .spawn()
+        .expect("the engine starts");
+    let mut latencies = Vec::with_capacity(n);
+    // The first items start the workers and warm the path up.
+    for i in 0..(n as u64 + 10) {
+        let sent = Instant::now();
+        tx.send(i).expect("the engine runs");
+        assert_eq!(back.recv().expect("the item comes back"), i + 1);
+        if i >= 10 {
+            latencies.push(sent.elapsed());
+        }
+        // Idle spacing, so that every item travels alone.
+        thread::sleep(Duration::from_micros(200));
+    }
+    drop(tx);
+    engine.join().expect("the engine ends");
+    latencies.sort();
+    latencies
+}
+
+/// The length and a check byte of a large item, computed in the worker.
+#[derive(Clone, Serialize, Deserialize)]
+struct Measure;
+
+impl Transport for Measure {
+    type Input = serde_bytes::ByteBuf;
+    type Output = (u64, u8);
+
+    fn transport(
+        &mut self,
+        body: serde_bytes::ByteBuf,
+        _: &StageContext,
+    ) -> Result<Option<(u64, u8)>, StageError> {
+        Ok(Some((body.len() as u64, body[body.len() / 2])))
+    }
+}
+
+/// Sends `n` 1 MiB items through a placed transport; returns bytes/s.
+fn big_items(n: usize) -> f64 {
+    let items: Vec<serde_bytes::ByteBuf> = (0..n)
+        .map(|i| serde_bytes::ByteBuf::from(vec![(i % 251) as u8; MIB]))
+        .collect();
+    let took = time(|| {
+        let report = Engine::builder(items)
+            .queue_capacity(16)
+            .transport(ProcTransport::new(Measure).workers(2))
+            .transport_threads(2)
+            .backend(|(len, _check): (u64, u8)| assert_eq!(len as usize, MIB))
+            .run()
+            .expect("the engine runs");
+        assert_eq!(report.processed(), n as u64);
+    });
+    (n * MIB) as f64 / took.as_secs_f64()
+}
+
+// ---------------------------------------------------------------------------------------
+// 3. One-way small messages.
 
 /// Counts and sums `"n"` messages; replies `(count, sum)` to `"end"`; returns on DIE.
 fn counter(pipe: &mut Duplex) -> Result<(), StageError> {
@@ -319,7 +526,7 @@ fn oneway() {
 }
 
 // ---------------------------------------------------------------------------------------
-// 3. 1 GiB in 1 MiB bodies.
+// 4. 1 GiB in 1 MiB bodies.
 
 /// Body `i` of a round: filled with `i % 251`.
 fn bodies() -> Vec<Vec<u8>> {
@@ -410,6 +617,9 @@ fn main() {
     let run = |name: &str| only.as_deref().is_none_or(|o| o == name);
     if run("pool") {
         pool();
+    }
+    if run("placed") {
+        placed();
     }
     if run("oneway") {
         oneway();

@@ -120,6 +120,7 @@
 //! - Per-item completion for broker-backed sources: [`TrackedFrontend`], [`Ticket`],
 //!   [`Outcome`].
 //! - The wire protocol between processes: [`protocol`].
+//! - Plumbing for stages that run their items in other processes: [`offload`].
 //! - Errors: [`StageError`], [`ConfigError`], [`SignalError`], [`CountMismatch`],
 //!   [`protocol::ProtocolError`].
 
@@ -130,6 +131,7 @@ mod completion;
 mod context;
 mod deadline;
 mod error;
+pub mod offload;
 pub mod protocol;
 mod report;
 #[cfg(unix)]

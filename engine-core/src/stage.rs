@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::context::StageContext;
 use crate::error::StageError;
+use crate::offload::Offload;
 
 /// Which of the three stages a piece of code is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -189,6 +190,15 @@ pub trait Transport {
     fn cleanup(&mut self, ctx: &StageContext) {
         let _ = ctx;
     }
+
+    /// Plumbing: a transport whose items run somewhere else (engine-proc's `ProcTransport`
+    /// runs them in worker processes) returns itself here, after its `setup`, and engines that
+    /// move items in batches hand it whole batches instead of calling
+    /// [`transport`](Self::transport) per item. Stage code never overrides this; the default
+    /// is `None`. See [`offload`](crate::offload).
+    fn offload(&mut self) -> Option<&mut dyn Offload<Input = Self::Input, Output = Self::Output>> {
+        None
+    }
 }
 
 /// The last stage: consumes items.
@@ -264,6 +274,13 @@ pub trait Backend {
     /// failed.
     fn cleanup(&mut self, ctx: &StageContext) {
         let _ = ctx;
+    }
+
+    /// Plumbing: a backend whose items run somewhere else returns itself here, as
+    /// [`Transport::offload`] does. An item it reports [`Done`](crate::offload::ItemOutcome::Done)
+    /// has been processed and flushed where it ran. The default is `None`.
+    fn offload(&mut self) -> Option<&mut dyn Offload<Input = Self::Input, Output = ()>> {
+        None
     }
 }
 

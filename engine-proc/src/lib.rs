@@ -85,12 +85,14 @@ mod boot;
 mod duplex;
 mod error;
 mod node;
+mod placed;
 mod pool;
 mod regions;
 mod router;
 mod stage;
 mod wire;
 mod worker;
+mod workers;
 
 pub use boot::init;
 pub use duplex::{Child, ChildMain, Duplex};
@@ -101,7 +103,8 @@ pub use pool::{
 };
 pub use router::{Router, RouterBuilder, RouterReport, WorkerMain, WorkerReport};
 pub use stage::{
-    InBackend, InTransport, ProcBackend, ProcTransport, RemoteBackend, RemoteTransport,
+    InBackend, InTransport, NoConfig, PlacedInit, PortableConfig, ProcBackend, ProcTransport,
+    RemoteBackend, RemoteTransport, WithConfig,
 };
 pub use wire::SHARED_MEMORY_THRESHOLD;
 pub use worker::Worker;

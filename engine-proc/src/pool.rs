@@ -2,29 +2,19 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
-use std::marker::PhantomData;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
-use std::thread::{self, JoinHandle};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, bounded, unbounded};
-use engine_core::protocol::{Address, Envelope, Frame, Kind, TaskId, from_bytes, to_bytes};
-use engine_core::{StageError, StopHandle, StopLevel, StopSubscription};
+use crossbeam_channel::RecvTimeoutError;
+use engine_core::StopHandle;
+use engine_core::protocol::TaskId;
 
-use crate::boot::{self, Live, Spawned};
-use crate::error::{ExitHow, SpawnError, TaskError};
-use crate::wire::{self, Packet, RecvError, send_envelope, send_frame};
-use crate::worker::{INIT, Reply, Worker, kind_of, pool_entry};
-use ipc_channel::ipc::IpcSender;
+use crate::error::{SpawnError, TaskError};
+use crate::worker::Worker;
+use crate::workers::{Config, DEPTH, Results, Workers};
 
 /// The most tasks sent to a worker in one message, by default.
 pub const DEFAULT_MAX_BATCH: usize = 1024;
-/// How long a batch should keep a worker busy; batches grow or shrink towards it, so that
-/// fast tasks travel in large batches and slow ones one by one.
-const TARGET_BATCH_TIME: Duration = Duration::from_millis(1);
-/// How many batches a worker has at most: one running, one waiting.
-const DEPTH: usize = 2;
 
 /// A task's outcome as the pool delivers it.
 pub type TaskResult<O> = Result<O, TaskError>;
@@ -52,181 +42,6 @@ pub struct PoolStats {
     pub timeouts: u64,
     /// Corrupt frames reported by workers or received from them.
     pub corrupt_frames: u64,
-}
-
-#[derive(Debug, Default)]
-struct Counters {
-    completed: AtomicU64,
-    failed: AtomicU64,
-    retried: AtomicU64,
-    worker_deaths: AtomicU64,
-    respawns: AtomicU64,
-    timeouts: AtomicU64,
-    corrupt_frames: AtomicU64,
-}
-
-/// Where the pool is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum State {
-    Open,
-    /// No new batches; what runs finishes until `deadline`, then workers are told to die.
-    Closing,
-    /// Workers are killed now.
-    Killing,
-}
-
-struct Job<T> {
-    id: TaskId,
-    task: T,
-    attempts: u32,
-}
-
-struct Queue<T> {
-    jobs: VecDeque<Job<T>>,
-    state: State,
-    deadline: Option<Instant>,
-    /// Drivers with a live worker.
-    live: usize,
-    /// Drivers waiting for jobs.
-    waiting: usize,
-    /// Slots whose worker could not be started again: given up for good.
-    given_up: usize,
-    /// Pids and inboxes of live workers, by slot, for killing at once.
-    workers: Vec<Option<(u32, IpcSender<Packet>, Live)>>,
-}
-
-struct Shared<W: Worker> {
-    queue: Mutex<Queue<W::Task>>,
-    wake: Condvar,
-    results: Sender<Vec<(TaskId, TaskResult<W::Output>)>>,
-    counters: Counters,
-    config: Config,
-}
-
-#[derive(Debug, Clone)]
-struct Config {
-    task_timeout: Option<Duration>,
-    retries: u32,
-    max_batch: usize,
-    start_timeout: Duration,
-    stop_timeout: Duration,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-impl<W: Worker> Shared<W> {
-    fn deliver(&self, results: Vec<(TaskId, TaskResult<W::Output>)>) {
-        if results.is_empty() {
-            return;
-        }
-        let failed = results.iter().filter(|(_, r)| r.is_err()).count() as u64;
-        self.counters
-            .completed
-            .fetch_add(results.len() as u64, Ordering::Relaxed);
-        self.counters.failed.fetch_add(failed, Ordering::Relaxed);
-        let _ = self.results.send(results);
-    }
-
-    /// Takes up to `max` jobs; waits for one if `block`. `None` once the pool closes.
-    fn take(&self, max: usize, block: bool) -> Option<Vec<Job<W::Task>>> {
-        let mut queue = lock(&self.queue);
-        loop {
-            if queue.state != State::Open {
-                return None;
-            }
-            if !queue.jobs.is_empty() {
-                // Leave a fair share for the other workers when the queue is short.
-                let share = queue.jobs.len().div_ceil(queue.live.max(1));
-                let mut n = max.min(share).max(1);
-                // A task whose worker died runs alone, so that one task that kills its
-                // worker does not take the tasks batched with it down too.
-                if queue.jobs.front().is_some_and(|job| job.attempts > 0) {
-                    n = 1;
-                }
-                return Some(queue.jobs.drain(..n).collect());
-            }
-            if !block {
-                return Some(Vec::new());
-            }
-            queue.waiting += 1;
-            queue = self
-                .wake
-                .wait(queue)
-                .unwrap_or_else(PoisonError::into_inner);
-            queue.waiting -= 1;
-        }
-    }
-
-    /// Puts jobs whose worker died back at the front of the queue, or fails them when they
-    /// have had their attempts (or the pool is closing).
-    fn retry(&self, jobs: impl IntoIterator<Item = Job<W::Task>>, how: ExitHow) {
-        let mut failed = Vec::new();
-        {
-            let mut queue = lock(&self.queue);
-            for mut job in jobs {
-                job.attempts += 1;
-                if queue.state != State::Open {
-                    failed.push((job.id, Err(TaskError::Cancelled)));
-                } else if job.attempts > self.config.retries {
-                    failed.push((
-                        job.id,
-                        Err(TaskError::WorkerDied {
-                            how,
-                            attempts: job.attempts,
-                        }),
-                    ));
-                } else {
-                    self.counters.retried.fetch_add(1, Ordering::Relaxed);
-                    queue.jobs.push_front(job);
-                }
-            }
-        }
-        self.wake.notify_all();
-        self.deliver(failed);
-    }
-
-    fn state(&self) -> (State, Option<Instant>) {
-        let queue = lock(&self.queue);
-        (queue.state, queue.deadline)
-    }
-
-    /// Moves the pool to `state` (never back), cancelling queued jobs and killing workers as
-    /// needed.
-    fn close(&self, state: State) {
-        let (cancelled, pids) = {
-            let mut queue = lock(&self.queue);
-            if state <= queue.state {
-                return;
-            }
-            queue.state = state;
-            if queue.deadline.is_none() {
-                queue.deadline = Some(Instant::now() + self.config.stop_timeout);
-            }
-            let cancelled: Vec<_> = queue
-                .jobs
-                .drain(..)
-                .map(|job| (job.id, Err(TaskError::Cancelled)))
-                .collect();
-            let pids: Vec<Live> = if state == State::Killing {
-                queue
-                    .workers
-                    .iter()
-                    .flatten()
-                    .map(|(_, _, live)| live.clone())
-                    .collect()
-            } else {
-                Vec::new()
-            };
-            (cancelled, pids)
-        };
-        self.wake.notify_all();
-        self.deliver(cancelled);
-        for live in pids {
-            live.signal(libc::SIGKILL);
-        }
-    }
 }
 
 /// Builds a [`Pool`].
@@ -322,88 +137,16 @@ impl<W: Worker> PoolBuilder<W> {
     /// `main`, a handshake failure, the worker's own `init` error); the workers already
     /// started are stopped.
     pub fn start(self) -> Result<Pool<W>, SpawnError> {
-        if self.inits.is_empty() {
-            return Err(SpawnError::Io(std::io::Error::other(
-                "a pool needs at least one worker: call `worker` or `workers`",
-            )));
-        }
-        let (results_tx, results) = unbounded();
-        let shared = Arc::new(Shared::<W> {
-            queue: Mutex::new(Queue {
-                jobs: VecDeque::new(),
-                state: State::Open,
-                deadline: None,
-                live: 0,
-                waiting: 0,
-                given_up: 0,
-                workers: (0..self.inits.len()).map(|_| None).collect(),
-            }),
-            wake: Condvar::new(),
-            results: results_tx,
-            counters: Counters::default(),
-            config: self.config,
-        });
-        let stop = self.stop.unwrap_or_default();
-        let mut drivers = Vec::new();
-        let mut started = Vec::new();
-        for (slot, init) in self.inits.into_iter().enumerate() {
-            let init = match to_bytes(&init) {
-                Ok(init) => init,
-                Err(e) => {
-                    shared.close(State::Killing);
-                    return Err(SpawnError::Protocol(e));
-                }
-            };
-            let (ready_tx, ready) = bounded(1);
-            let driver_shared = Arc::clone(&shared);
-            let handle = thread::Builder::new()
-                .name(format!("engine-proc-pool-{slot}"))
-                .spawn(move || drive(&driver_shared, slot, &init, &ready_tx))
-                .map_err(SpawnError::Io)?;
-            drivers.push(handle);
-            started.push(ready);
-        }
-        let mut error = None;
-        for ready in started {
-            match ready.recv() {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => error = error.or(Some(e)),
-                Err(_) => {
-                    error = error.or(Some(SpawnError::Io(std::io::Error::other(
-                        "a pool thread ended",
-                    ))))
-                }
-            }
-        }
-        let subscription = {
-            let shared = Arc::clone(&shared);
-            stop.on_stop(move |level| {
-                shared.close(if level >= StopLevel::Now {
-                    State::Killing
-                } else {
-                    State::Closing
-                });
-            })
-        };
-        let pool = Pool {
-            shared,
-            drivers,
-            results,
+        let (workers, mut results) =
+            Workers::start(self.inits, self.config, 1, self.stop.unwrap_or_default())?;
+        Ok(Pool {
+            workers,
+            results: results.pop().expect("one lane was asked for"),
             ready: VecDeque::new(),
             next: TaskId(0),
             submitted: 0,
             received: 0,
-            stop,
-            _subscription: subscription,
-            _worker: PhantomData,
-        };
-        match error {
-            None => Ok(pool),
-            Some(error) => {
-                drop(pool);
-                Err(error)
-            }
-        }
+        })
     }
 }
 
@@ -438,22 +181,18 @@ impl<W: Worker> PoolBuilder<W> {
 /// }
 /// ```
 pub struct Pool<W: Worker> {
-    shared: Arc<Shared<W>>,
-    drivers: Vec<JoinHandle<()>>,
-    results: Receiver<Vec<(TaskId, TaskResult<W::Output>)>>,
-    ready: VecDeque<(TaskId, TaskResult<W::Output>)>,
+    workers: Workers<W>,
+    results: Results<W::Output>,
+    ready: VecDeque<Completion<W::Output>>,
     next: TaskId,
     submitted: u64,
     received: u64,
-    stop: StopHandle,
-    _subscription: StopSubscription,
-    _worker: PhantomData<fn() -> W>,
 }
 
 impl<W: Worker> fmt::Debug for Pool<W> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Pool")
-            .field("workers", &self.drivers.len())
+            .field("workers", &self.workers.len())
             .field("outstanding", &self.outstanding())
             .field("stats", &self.stats())
             .finish_non_exhaustive()
@@ -466,13 +205,7 @@ impl<W: Worker> Pool<W> {
     pub fn builder() -> PoolBuilder<W> {
         PoolBuilder {
             inits: Vec::new(),
-            config: Config {
-                task_timeout: None,
-                retries: 2,
-                max_batch: DEFAULT_MAX_BATCH,
-                start_timeout: Duration::from_secs(10),
-                stop_timeout: Duration::from_secs(5),
-            },
+            config: Config::default(),
             stop: None,
         }
     }
@@ -488,43 +221,8 @@ impl<W: Worker> Pool<W> {
     /// Queues up to `max` tasks from `tasks` under one lock, waking only drivers that wait;
     /// returns how many were taken.
     fn submit_from(&mut self, tasks: &mut impl Iterator<Item = W::Task>, max: u64) -> u64 {
-        let mut queue = lock(&self.shared.queue);
-        // Why tasks are refused: the pool is stopping, or it has no worker left.
-        let refused: Option<fn() -> TaskError> = if queue.state != State::Open {
-            Some(|| TaskError::Cancelled)
-        } else if queue.given_up == queue.workers.len() {
-            Some(|| TaskError::NoWorkers("every worker failed to restart".into()))
-        } else {
-            None
-        };
-        let mut taken = 0;
-        let mut refusals = Vec::new();
-        for task in tasks
-            .by_ref()
-            .take(usize::try_from(max).unwrap_or(usize::MAX))
-        {
-            let id = self.next;
-            self.next = id.next();
-            taken += 1;
-            match &refused {
-                Some(error) => refusals.push((id, Err(error()))),
-                None => queue.jobs.push_back(Job {
-                    id,
-                    task,
-                    attempts: 0,
-                }),
-            }
-        }
-        let waiting = queue.waiting;
-        drop(queue);
+        let taken = self.workers.shared.submit(0, &mut self.next, tasks, max);
         self.submitted += taken;
-        self.shared.deliver(refusals);
-        if refused.is_none() {
-            // Each waiting driver takes a batch: wake as many as there are tasks, at most.
-            for _ in 0..taken.min(waiting as u64) {
-                self.shared.wake.notify_one();
-            }
-        }
         taken
     }
 
@@ -615,13 +313,13 @@ impl<W: Worker> Pool<W> {
 
     /// How many tasks `run` and `map` keep outstanding.
     fn window(&self) -> u64 {
-        let workers = self.drivers.len() as u64;
-        (workers * (DEPTH as u64 + 2) * self.shared.config.max_batch as u64).max(64)
+        let workers = self.workers.len() as u64;
+        (workers * (DEPTH as u64 + 2) * self.workers.shared.config().max_batch as u64).max(64)
     }
 
     /// The pool's counters.
     pub fn stats(&self) -> PoolStats {
-        let c = &self.shared.counters;
+        let c = &self.workers.shared.counters;
         PoolStats {
             submitted: self.submitted,
             completed: c.completed.load(Ordering::Relaxed),
@@ -636,27 +334,19 @@ impl<W: Worker> Pool<W> {
 
     /// The process ids of the live workers.
     pub fn worker_pids(&self) -> Vec<u32> {
-        lock(&self.shared.queue)
-            .workers
-            .iter()
-            .flatten()
-            .map(|(pid, _, _)| *pid)
-            .collect()
+        self.workers.shared.pids()
     }
 
     /// The pool's stop handle (its own unless one was given to the builder).
     pub fn stop_handle(&self) -> &StopHandle {
-        &self.stop
+        self.workers.stop_handle()
     }
 
     /// Stops the pool: running tasks finish (up to the stop timeout), queued ones are
     /// cancelled, workers are told to die, and killed if they do not within the stop timeout.
     /// Returns the results not yet received, then the final counters.
     pub fn shutdown(mut self) -> (Vec<Completion<W::Output>>, PoolStats) {
-        self.shared.close(State::Closing);
-        for driver in self.drivers.drain(..) {
-            let _ = driver.join();
-        }
+        self.workers.shutdown();
         let mut rest = Vec::new();
         while let Some(result) = self.recv_timeout(Duration::ZERO).ok().flatten() {
             rest.push(result);
@@ -669,20 +359,7 @@ impl<W: Worker> Pool<W> {
     /// Returns false if no worker is live.
     #[doc(hidden)]
     pub fn inject_raw_frame(&self, bytes: Vec<u8>) -> bool {
-        let queue = lock(&self.shared.queue);
-        let Some((_, tx, _)) = queue.workers.iter().flatten().next() else {
-            return false;
-        };
-        tx.send(Packet::Frame(bytes)).is_ok()
-    }
-}
-
-impl<W: Worker> Drop for Pool<W> {
-    fn drop(&mut self) {
-        self.shared.close(State::Closing);
-        for driver in self.drivers.drain(..) {
-            let _ = driver.join();
-        }
+        self.workers.shared.inject_raw_frame(bytes)
     }
 }
 
@@ -743,362 +420,4 @@ impl<W: Worker, I: Iterator<Item = W::Task>> Iterator for Ordered<'_, W, I> {
             self.pending.insert(id.0, result);
         }
     }
-}
-
-/// What went to a worker and awaits its reply.
-struct InFlight<T> {
-    jobs: Vec<Job<T>>,
-    sent: Instant,
-}
-
-/// A pool thread: starts its worker, feeds it batches, delivers results, replaces it when it
-/// dies, and stops it at the end. The worker is spawned from this thread, which outlives it,
-/// so the worker's parent-death signal fires only when the pool is gone.
-fn drive<W: Worker>(
-    shared: &Shared<W>,
-    slot: usize,
-    init: &[u8],
-    ready: &Sender<Result<(), SpawnError>>,
-) {
-    let mut worker = match start_worker::<W>(shared, slot, init) {
-        Ok(worker) => {
-            let _ = ready.send(Ok(()));
-            worker
-        }
-        Err(error) => {
-            let _ = ready.send(Err(error));
-            return;
-        }
-    };
-    let mut batch = 1_usize;
-    let mut inflight: VecDeque<InFlight<W::Task>> = VecDeque::new();
-    let depth = if shared.config.task_timeout.is_some() {
-        1
-    } else {
-        DEPTH
-    };
-    let max_batch = if shared.config.task_timeout.is_some() {
-        1
-    } else {
-        shared.config.max_batch
-    };
-    loop {
-        // Keep the worker fed: a batch running and one waiting.
-        let mut closed = false;
-        while inflight.len() < depth {
-            let Some(jobs) = shared.take(batch, inflight.is_empty()) else {
-                closed = true;
-                break;
-            };
-            if jobs.is_empty() {
-                break;
-            }
-            match send_batch::<W>(&worker, &jobs) {
-                Ok(()) => inflight.push_back(InFlight {
-                    jobs,
-                    sent: Instant::now(),
-                }),
-                Err(_) => {
-                    // The worker is gone; the receive below sees it.
-                    inflight.push_back(InFlight {
-                        jobs,
-                        sent: Instant::now(),
-                    });
-                    break;
-                }
-            }
-        }
-        if inflight.is_empty() {
-            if closed {
-                break;
-            }
-            continue;
-        }
-        let (state, deadline) = shared.state();
-        if state == State::Killing {
-            break;
-        }
-        let timeout = match (shared.config.task_timeout, deadline) {
-            (Some(t), Some(d)) => Some((inflight[0].sent + t).min(d)),
-            (Some(t), None) => Some(inflight[0].sent + t),
-            (None, d) => d,
-        }
-        .map(|at| at.saturating_duration_since(Instant::now()));
-        match wire::recv_packet(&worker.rx, timeout).and_then(wire::open) {
-            Ok(Frame::Message(envelope)) => match envelope.kind {
-                Kind::Finished => {
-                    let Some(done) = inflight.pop_front() else {
-                        continue;
-                    };
-                    match from_bytes::<Reply<W::Output>>(&envelope.body) {
-                        Ok((busy, results)) => {
-                            batch = next_batch(batch, done.jobs.len(), busy, max_batch);
-                            shared.deliver(
-                                results
-                                    .into_iter()
-                                    .map(|(id, r)| (id, r.map_err(TaskError::Failed)))
-                                    .collect(),
-                            );
-                        }
-                        Err(error) => {
-                            // The reply is corrupt: this worker cannot be trusted; replace it.
-                            tracing::error!(
-                                slot,
-                                "a worker's reply does not decode: {error}; replacing it"
-                            );
-                            shared
-                                .counters
-                                .corrupt_frames
-                                .fetch_add(1, Ordering::Relaxed);
-                            inflight.push_front(done);
-                            let how = worker.kill_and_wait();
-                            worker = match replace(shared, slot, init, &mut inflight, how) {
-                                Some(w) => w,
-                                None => return,
-                            };
-                        }
-                    }
-                }
-                Kind::Failed => {
-                    // The worker could not read a frame (or a batch): it says so and goes on.
-                    let error = envelope
-                        .body::<StageError>()
-                        .map_or_else(|e| e.to_string(), |e| format!("{e:#}"));
-                    tracing::warn!(
-                        slot,
-                        pid = worker.pid,
-                        "a worker reported a corrupt frame: {error}"
-                    );
-                    shared
-                        .counters
-                        .corrupt_frames
-                        .fetch_add(1, Ordering::Relaxed);
-                }
-                other => tracing::warn!(slot, "unexpected {other} message from a worker"),
-            },
-            Ok(other) => tracing::warn!(slot, "unexpected {} from a worker", other.describe()),
-            Err(RecvError::Timeout) => {
-                let (state, _) = shared.state();
-                if state != State::Open {
-                    // The stop deadline passed: what runs is abandoned.
-                    break;
-                }
-                let timed_out = inflight.pop_front().map(|f| f.jobs).unwrap_or_default();
-                let after = shared.config.task_timeout.unwrap_or_default();
-                tracing::warn!(
-                    slot,
-                    pid = worker.pid,
-                    "a task ran longer than {after:?}; killing its worker"
-                );
-                shared
-                    .counters
-                    .timeouts
-                    .fetch_add(timed_out.len() as u64, Ordering::Relaxed);
-                let how = worker.kill_and_wait();
-                // The death is counted and the replacement started before the result goes
-                // out, so that counters read after it are settled.
-                let next = replace(shared, slot, init, &mut inflight, how);
-                shared.deliver(
-                    timed_out
-                        .into_iter()
-                        .map(|j| (j.id, Err(TaskError::TimedOut { after })))
-                        .collect(),
-                );
-                worker = match next {
-                    Some(w) => w,
-                    None => return,
-                };
-            }
-            Err(RecvError::Protocol(error)) => {
-                tracing::error!(slot, "a worker sent a corrupt frame: {error}; replacing it");
-                shared
-                    .counters
-                    .corrupt_frames
-                    .fetch_add(1, Ordering::Relaxed);
-                let how = worker.kill_and_wait();
-                worker = match replace(shared, slot, init, &mut inflight, how) {
-                    Some(w) => w,
-                    None => return,
-                };
-            }
-            Err(RecvError::Closed | RecvError::Channel(_)) => {
-                let how = worker
-                    .wait_exit(Duration::from_secs(5))
-                    .unwrap_or_else(|| worker.kill_and_wait());
-                let (state, _) = shared.state();
-                if state != State::Open {
-                    shared.deliver(cancel(&mut inflight));
-                    forget(shared, slot);
-                    return;
-                }
-                tracing::warn!(
-                    slot,
-                    pid = worker.pid,
-                    "a worker {how}; retrying its tasks and starting another"
-                );
-                worker = match replace(shared, slot, init, &mut inflight, how) {
-                    Some(w) => w,
-                    None => return,
-                };
-            }
-        }
-    }
-    // The end: what is still in flight is cancelled, the worker told to die, and killed if
-    // it does not in time.
-    shared.deliver(cancel(&mut inflight));
-    let _ = send_frame(
-        &worker.tx,
-        &Frame::Message(Envelope::new(Address::Main, Address::Main, Kind::Die)),
-    );
-    let (state, deadline) = shared.state();
-    let wait = if state == State::Killing {
-        Duration::ZERO
-    } else {
-        deadline.map_or(shared.config.stop_timeout, |d| {
-            d.saturating_duration_since(Instant::now())
-        })
-    };
-    if worker.wait_exit(wait).is_none() {
-        worker.kill_and_wait();
-    }
-    forget(shared, slot);
-}
-
-fn cancel<T, O>(inflight: &mut VecDeque<InFlight<T>>) -> Vec<(TaskId, TaskResult<O>)> {
-    inflight
-        .drain(..)
-        .flat_map(|f| f.jobs)
-        .map(|job| (job.id, Err(TaskError::Cancelled)))
-        .collect()
-}
-
-fn forget<W: Worker>(shared: &Shared<W>, slot: usize) {
-    let mut queue = lock(&shared.queue);
-    if queue.workers[slot].take().is_some() {
-        queue.live -= 1;
-    }
-}
-
-/// After a death: retries the worker's tasks elsewhere and starts another worker in the
-/// slot. `None` if none could be started (the slot is given up).
-fn replace<W: Worker>(
-    shared: &Shared<W>,
-    slot: usize,
-    init: &[u8],
-    inflight: &mut VecDeque<InFlight<W::Task>>,
-    how: ExitHow,
-) -> Option<Spawned> {
-    shared
-        .counters
-        .worker_deaths
-        .fetch_add(1, Ordering::Relaxed);
-    forget(shared, slot);
-    shared.retry(inflight.drain(..).flat_map(|f| f.jobs), how);
-    let mut last = None;
-    for attempt in 0..3_u32 {
-        if shared.state().0 != State::Open {
-            return None;
-        }
-        match start_worker::<W>(shared, slot, init) {
-            Ok(worker) => {
-                shared.counters.respawns.fetch_add(1, Ordering::Relaxed);
-                return Some(worker);
-            }
-            Err(error) => {
-                tracing::error!(slot, attempt, "cannot start a replacement worker: {error}");
-                last = Some(error.to_string());
-            }
-        }
-    }
-    // Nobody left in this slot. If no slot is left at all, queued tasks cannot run.
-    let orphans = {
-        let mut queue = lock(&shared.queue);
-        queue.given_up += 1;
-        if queue.given_up == queue.workers.len() {
-            queue.jobs.drain(..).collect()
-        } else {
-            Vec::new()
-        }
-    };
-    let reason = last.unwrap_or_default();
-    shared.deliver(
-        orphans
-            .into_iter()
-            .map(|j| (j.id, Err(TaskError::NoWorkers(reason.clone()))))
-            .collect(),
-    );
-    None
-}
-
-fn start_worker<W: Worker>(
-    shared: &Shared<W>,
-    slot: usize,
-    init: &[u8],
-) -> Result<Spawned, SpawnError> {
-    let worker = boot::spawn(
-        pool_entry::<W>,
-        &kind_of::<W>(),
-        shared.config.start_timeout,
-    )?;
-    let envelope = Envelope::new(
-        Address::named(worker.pid.to_string()),
-        Address::Main,
-        Kind::user(INIT),
-    )
-    .with_raw_body(init.to_vec());
-    if let Err(e) = send_envelope(&worker.tx, envelope) {
-        worker.kill_and_wait();
-        return Err(SpawnError::Protocol(e));
-    }
-    let outcome = match wire::recv_frame(&worker.rx) {
-        Ok(Frame::Message(e)) if e.kind == Kind::Finished => Ok(()),
-        Ok(Frame::Message(e)) if e.kind == Kind::Failed => Err(SpawnError::Init(
-            e.body::<StageError>().unwrap_or_else(StageError::new),
-        )),
-        Ok(other) => Err(SpawnError::Protocol(
-            engine_core::protocol::ProtocolError::UnexpectedFrame {
-                expected: "the worker's init result",
-                found: other.describe(),
-            },
-        )),
-        Err(RecvError::Protocol(e)) => Err(SpawnError::Protocol(e)),
-        Err(_) => Err(SpawnError::ExitedEarly {
-            how: worker
-                .wait_exit(Duration::from_secs(5))
-                .unwrap_or(ExitHow::Unknown),
-        }),
-    };
-    if let Err(error) = outcome {
-        worker.kill_and_wait();
-        return Err(error);
-    }
-    let mut queue = lock(&shared.queue);
-    queue.workers[slot] = Some((worker.pid, worker.tx.clone(), worker.live()));
-    queue.live += 1;
-    drop(queue);
-    shared.wake.notify_all();
-    Ok(worker)
-}
-
-fn send_batch<W: Worker>(
-    worker: &Spawned,
-    jobs: &[Job<W::Task>],
-) -> Result<(), engine_core::protocol::ProtocolError> {
-    let tasks: Vec<(TaskId, &W::Task)> = jobs.iter().map(|j| (j.id, &j.task)).collect();
-    let body = to_bytes(&tasks)?;
-    let envelope = Envelope::new(
-        Address::named(worker.pid.to_string()),
-        Address::Main,
-        Kind::Do,
-    )
-    .with_task(jobs[0].id)
-    .with_raw_body(body);
-    send_envelope(&worker.tx, envelope)
-}
-
-/// The next batch size: about [`TARGET_BATCH_TIME`] of work, growing at most fourfold.
-fn next_batch(current: usize, done: usize, busy_nanos: u64, max: usize) -> usize {
-    let per_task = (busy_nanos / done.max(1) as u64).max(1);
-    let fit = (TARGET_BATCH_TIME.as_nanos() as u64 / per_task) as usize;
-    fit.clamp(1, current.saturating_mul(4).max(1)).min(max)
 }

@@ -1,30 +1,44 @@
-//! Process-backed stages: a transport or backend of the threaded engine that runs in worker
+//! Process-backed stages: a transport or backend of the threaded engine placed in N worker
 //! processes, with the same stage code.
 
+use std::any::{Any, type_name};
 use std::fmt;
-use std::time::Duration;
+use std::marker::PhantomData;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 
-use engine_core::{Backend, StageContext, StageError, StageKind, StopHandle, Transport};
-use serde::Serialize;
+use engine_core::offload::{ItemOutcome, Offload};
+use engine_core::protocol::{from_bytes, to_bytes};
+use engine_core::{AppConfig, Backend, StageContext, StageError, StageKind, Transport};
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
-use crate::error::TaskError;
-use crate::pool::Pool;
-use crate::worker::Worker;
+use crate::placed::{Lane, Slot};
+use crate::worker::{Worker, worker_stop};
+use crate::workers::Config;
 
-/// Runs a [`Transport`] in a worker process: the engine's transport thread hands each item to
-/// its own worker process and waits for the output.
+/// Places a [`Transport`] in worker processes: the engine's transport threads hand their
+/// batches to `N` worker processes and pass each item's output on when it comes back.
 ///
-/// The stage value is serialised and sent to the worker, which calls `setup`, `transport`
-/// for every item and `cleanup` there; give the engine `transport_threads(n)` for `n` worker
-/// processes (each engine thread owns one). Everything the engine promises holds: counts add
-/// up, an error or a panic in the stage fails that item only, a graceful stop drains. A
-/// worker that dies is replaced and the item tried again (see [`retries`](Self::retries));
-/// after that the item fails with the reason.
+/// The stage value is serialised and sent to every worker, which runs the stage's `setup`
+/// once, `transport` for every item and `cleanup` at the end, with a context of its own:
+/// worker `i` of `N` as its index, the engine's stop state (a stop of the run reaches
+/// [`StageContext::is_stopping`] there), and the app config if its type was named with
+/// [`config`](Self::config). Items cross in the batches the engine's queue forms (up to 1024
+/// at a time), each engine thread keeps several batches in flight, and the workers pull them
+/// from one queue, so `N` is independent of the engine's thread count and no worker waits for
+/// a round trip. Each item comes back on its own: output, filtered, or failed with its own
+/// error (a panic included). Large items travel in shared memory.
 ///
-/// Each item is one round trip between processes (tens of microseconds), so this suits
-/// stages whose work per item is heavier than that, or that must be isolated (a crashing
-/// native library, a memory leak). For many small tasks, a [`Pool`] batches.
+/// A worker that dies is replaced, and the batch it was running is tried again on another
+/// (see [`retries`](Self::retries)); after that every item of the batch fails with how the
+/// worker ended. A graceful stop drains through the workers; a stop now (a second Ctrl-C, an
+/// expired stop deadline) kills them at once and the batches in flight count as dropped, so
+/// an engine thread never waits on a hung worker. The report's counts are exact.
+///
+/// Moving a stage from threads to processes is one line: `.transport(stage)` becomes
+/// `.transport(ProcTransport::new(stage).workers(4))`. Give the engine the same value for
+/// all its transport threads (`.transport(..)`, not a factory making one per thread), so
+/// that they share the workers.
 ///
 /// ```no_run
 /// use engine_core::{StageContext, StageError, Transport};
@@ -44,27 +58,26 @@ use crate::worker::Worker;
 /// }
 ///
 /// fn main() -> Result<(), Box<dyn std::error::Error>> {
-///     engine_proc::init();
-///     let report = Engine::builder(0..1000_u64)
-///         .transport(ProcTransport::new(Square))
-///         .transport_threads(2)
+///     engine_proc::init(); // first line: workers are copies of this binary
+///     let report = Engine::builder(0..1_000_000_u64)
+///         .transport(ProcTransport::new(Square).workers(4))
 ///         .backend(|_: u64| {})
 ///         .run()?;
-///     assert_eq!(report.processed(), 1000);
+///     assert_eq!(report.processed(), 1_000_000);
 ///     Ok(())
 /// }
 /// ```
-pub struct ProcTransport<S: RemoteTransport> {
-    stage: S,
-    retries: u32,
-    pool: Option<Pool<InTransport<S>>>,
+pub struct ProcTransport<S: RemoteTransport, C: PortableConfig = NoConfig> {
+    placed: Placed<S, InTransport<S, C>>,
 }
 
-/// Runs a [`Backend`] in a worker process, as [`ProcTransport`] does for a transport.
-pub struct ProcBackend<S: RemoteBackend> {
-    stage: S,
-    retries: u32,
-    pool: Option<Pool<InBackend<S>>>,
+/// Places a [`Backend`] in worker processes, as [`ProcTransport`] does for a transport.
+///
+/// Each worker flushes its backend after every batch it ran, and an item counts as processed
+/// (its completion ticket is settled) only once that flush has succeeded; a failed flush
+/// fails the items of the batch it covered.
+pub struct ProcBackend<S: RemoteBackend, C: PortableConfig = NoConfig> {
+    placed: Placed<S, InBackend<S, C>>,
 }
 
 /// A [`Transport`] that can run in another process: it and its items are serialisable.
@@ -105,101 +118,258 @@ impl<S> RemoteBackend for S where
 {
 }
 
-macro_rules! common {
-    ($ty:ident, $bound:ident, $inner:ident) => {
-        impl<S: $bound + Clone> Clone for $ty<S> {
+/// Which app config a placed stage's workers receive: [`NoConfig`], or [`WithConfig<T>`]
+/// (set with [`ProcTransport::config`]).
+pub trait PortableConfig: 'static {
+    /// Encodes the run's config for the workers.
+    ///
+    /// # Errors
+    ///
+    /// The run's config is not of the named type, or does not encode.
+    fn encode(config: &AppConfig) -> Result<Option<Vec<u8>>, StageError>;
+
+    /// Decodes it in a worker.
+    ///
+    /// # Errors
+    ///
+    /// The bytes do not decode.
+    fn decode(bytes: Option<&[u8]>) -> Result<AppConfig, StageError>;
+}
+
+/// The workers of a placed stage get no app config (the default).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoConfig;
+
+/// The workers of a placed stage get the run's app config, of type `T`.
+pub struct WithConfig<T>(PhantomData<fn() -> T>);
+
+impl<T> fmt::Debug for WithConfig<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "WithConfig<{}>", type_name::<T>())
+    }
+}
+
+impl PortableConfig for NoConfig {
+    fn encode(config: &AppConfig) -> Result<Option<Vec<u8>>, StageError> {
+        if config.is_set() {
+            tracing::debug!(
+                "the app config is not sent to the worker processes: name its type with \
+                 `.config::<T>()` on the placed stage to send it"
+            );
+        }
+        Ok(None)
+    }
+
+    fn decode(_: Option<&[u8]>) -> Result<AppConfig, StageError> {
+        Ok(AppConfig::none())
+    }
+}
+
+impl<T: Serialize + DeserializeOwned + Any + Send + Sync> PortableConfig for WithConfig<T> {
+    fn encode(config: &AppConfig) -> Result<Option<Vec<u8>>, StageError> {
+        let value = config.get::<T>().map_err(|e| {
+            StageError::msg(format!(
+                "the placed stage needs the app config for its workers: {e}"
+            ))
+            .fatal()
+        })?;
+        Ok(Some(to_bytes(value).map_err(StageError::new)?))
+    }
+
+    fn decode(bytes: Option<&[u8]>) -> Result<AppConfig, StageError> {
+        let bytes = bytes.ok_or_else(|| StageError::msg("the app config did not arrive"))?;
+        Ok(AppConfig::new(
+            from_bytes::<T>(bytes).map_err(StageError::new)?,
+        ))
+    }
+}
+
+/// What a worker of a placed stage starts from.
+#[derive(Debug, Serialize, Deserialize)]
+#[doc(hidden)]
+pub struct PlacedInit {
+    #[serde(with = "serde_bytes")]
+    stage: Vec<u8>,
+    name: String,
+    index: usize,
+    instances: usize,
+    config: Option<Vec<u8>>,
+}
+
+impl PlacedInit {
+    /// The stage and its context in the worker.
+    fn open<S: DeserializeOwned, C: PortableConfig>(
+        self,
+        kind: StageKind,
+    ) -> Result<(S, StageContext), StageError> {
+        let stage = from_bytes::<S>(&self.stage).map_err(StageError::new)?;
+        let ctx = StageContext::new(self.name, kind, self.index, self.instances, worker_stop())
+            .with_config(C::decode(self.config.as_deref())?);
+        Ok((stage, ctx))
+    }
+}
+
+/// The master's side of a placed stage: the stage to send, how to run its workers, and the
+/// connection of this engine thread.
+struct Placed<S, W: Worker> {
+    stage: S,
+    workers: Option<usize>,
+    config: Config,
+    slot: Slot<W>,
+    lane: Option<Lane<W>>,
+}
+
+impl<S: Clone, W: Worker> Clone for Placed<S, W> {
+    fn clone(&self) -> Self {
+        Self {
+            stage: self.stage.clone(),
+            workers: self.workers,
+            config: self.config.clone(),
+            slot: self.slot.clone(),
+            lane: None,
+        }
+    }
+}
+
+impl<S: Serialize, W: Worker<Init = PlacedInit>> Placed<S, W> {
+    fn new(stage: S) -> Self {
+        Self {
+            stage,
+            workers: None,
+            config: Config {
+                retries: 1,
+                ..Config::default()
+            },
+            slot: Slot::default(),
+            lane: None,
+        }
+    }
+
+    fn setup<C: PortableConfig>(&mut self, ctx: &StageContext) -> Result<(), StageError> {
+        let workers = self.workers.unwrap_or(ctx.instances()).max(1);
+        let stage = &self.stage;
+        let lane = self
+            .slot
+            .join(ctx, workers, self.config.clone(), |workers| {
+                let bytes = to_bytes(stage).map_err(|e| StageError::new(e).fatal())?;
+                let config = C::encode(ctx.app_config())?;
+                Ok((0..workers)
+                    .map(|index| PlacedInit {
+                        stage: bytes.clone(),
+                        name: ctx.stage().to_owned(),
+                        index,
+                        instances: workers,
+                        config: config.clone(),
+                    })
+                    .collect())
+            })?;
+        self.lane = Some(lane);
+        Ok(())
+    }
+
+    fn lane(&mut self) -> Result<&mut Lane<W>, StageError> {
+        self.lane
+            .as_mut()
+            .ok_or_else(|| StageError::msg("the placed stage was not set up").fatal())
+    }
+}
+
+impl<S, W: Worker> fmt::Debug for Placed<S, W> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Placed")
+            .field("stage", &type_name::<S>())
+            .field("workers", &self.workers)
+            .field("slot", &self.slot)
+            .finish_non_exhaustive()
+    }
+}
+
+macro_rules! placed_stage {
+    ($ty:ident, $bound:ident) => {
+        impl<S: $bound + Clone, C: PortableConfig> Clone for $ty<S, C> {
             fn clone(&self) -> Self {
                 Self {
-                    stage: self.stage.clone(),
-                    retries: self.retries,
-                    pool: None,
+                    placed: self.placed.clone(),
                 }
             }
         }
 
-        impl<S: $bound> fmt::Debug for $ty<S> {
+        impl<S: $bound, C: PortableConfig> fmt::Debug for $ty<S, C> {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.debug_struct(stringify!($ty))
-                    .field("stage", &std::any::type_name::<S>())
-                    .field("worker", &self.pool.as_ref().map(Pool::worker_pids))
-                    .finish_non_exhaustive()
+                    .field("placed", &self.placed)
+                    .finish()
             }
         }
 
         impl<S: $bound> $ty<S> {
-            /// The stage, to run in a worker process.
+            /// The stage, to run in worker processes.
             pub fn new(stage: S) -> Self {
                 Self {
-                    stage,
-                    retries: 1,
-                    pool: None,
+                    placed: Placed::new(stage),
                 }
             }
+        }
 
-            /// How many more times an item is tried after its worker died (default 1).
+        impl<S: $bound, C: PortableConfig> $ty<S, C> {
+            /// How many worker processes run the stage, shared by all the engine's threads of
+            /// the stage (default: as many as the stage has engine threads).
             #[must_use]
-            pub fn retries(mut self, retries: u32) -> Self {
-                self.retries = retries;
+            pub fn workers(mut self, n: usize) -> Self {
+                self.placed.workers = Some(n.max(1));
                 self
             }
 
-            fn start(&mut self, ctx: &StageContext) -> Result<(), StageError> {
-                let init = (
-                    // The stage is moved to the worker: this copy only configures it.
-                    engine_core::protocol::from_bytes::<S>(
-                        &engine_core::protocol::to_bytes(&self.stage).map_err(StageError::new)?,
-                    )
-                    .map_err(StageError::new)?,
-                    ctx.stage().to_owned(),
-                    ctx.index(),
-                    ctx.instances(),
-                );
-                let pool = Pool::<$inner<S>>::builder()
-                    .worker(init)
-                    .retries(self.retries)
-                    .max_batch(1)
-                    .stop_timeout(Duration::from_secs(30))
-                    .start()
-                    .map_err(|e| StageError::new(e).fatal())?;
-                self.pool = Some(pool);
-                Ok(())
+            /// How many more times a batch is tried after its worker died (default 1); after
+            /// that each of its items fails with how the worker ended.
+            #[must_use]
+            pub fn retries(mut self, retries: u32) -> Self {
+                self.placed.config.retries = retries;
+                self
             }
 
-            fn call(
-                &mut self,
-                input: <$inner<S> as Worker>::Task,
-            ) -> Result<<$inner<S> as Worker>::Output, StageError> {
-                let pool = self
-                    .pool
-                    .as_mut()
-                    .ok_or_else(|| StageError::msg("the stage was not set up").fatal())?;
-                pool.submit(input);
-                match pool.recv() {
-                    Some((_, Ok(output))) => Ok(output),
-                    Some((_, Err(TaskError::Failed(error)))) => Err(error),
-                    Some((_, Err(error))) => Err(StageError::new(error)),
-                    None => Err(StageError::msg("the worker process gave no result").fatal()),
+            /// Sends the run's app config, of type `T`, to every worker once, where the stage
+            /// reads it with [`StageContext::config`]. Without it, workers have no config.
+            /// The run fails at setup with a clear error if its config is not a `T`.
+            #[must_use]
+            pub fn config<T>(self) -> $ty<S, WithConfig<T>>
+            where
+                T: Serialize + DeserializeOwned + Any + Send + Sync,
+            {
+                let Placed {
+                    stage,
+                    workers,
+                    config,
+                    ..
+                } = self.placed;
+                $ty {
+                    placed: Placed {
+                        stage,
+                        workers,
+                        config,
+                        slot: Slot::default(),
+                        lane: None,
+                    },
                 }
             }
 
-            fn stop(&mut self) {
-                if let Some(pool) = self.pool.take() {
-                    let _ = pool.shutdown();
-                }
+            /// The process ids of the live workers (none outside a run).
+            pub fn worker_pids(&self) -> Vec<u32> {
+                self.placed.slot.pids()
             }
         }
     };
 }
 
-common!(ProcTransport, RemoteTransport, InTransport);
-common!(ProcBackend, RemoteBackend, InBackend);
+placed_stage!(ProcTransport, RemoteTransport);
+placed_stage!(ProcBackend, RemoteBackend);
 
-impl<S: RemoteTransport> Transport for ProcTransport<S> {
+impl<S: RemoteTransport, C: PortableConfig> Transport for ProcTransport<S, C> {
     type Input = S::Input;
     type Output = S::Output;
 
     fn setup(&mut self, ctx: &StageContext) -> Result<(), StageError> {
-        self.start(ctx)
+        self.placed.setup::<C>(ctx)
     }
 
     fn transport(
@@ -207,45 +377,75 @@ impl<S: RemoteTransport> Transport for ProcTransport<S> {
         item: S::Input,
         _ctx: &StageContext,
     ) -> Result<Option<S::Output>, StageError> {
-        self.call(item)
+        match self.placed.lane()?.call(item) {
+            ItemOutcome::Done(output) => Ok(Some(output)),
+            ItemOutcome::Filtered => Ok(None),
+            ItemOutcome::Failed(error) => Err(error),
+            ItemOutcome::Dropped => Err(StageError::msg("the run was stopped").fatal()),
+        }
     }
 
     fn cleanup(&mut self, _ctx: &StageContext) {
-        self.stop();
+        self.placed.lane = None;
+    }
+
+    fn offload(&mut self) -> Option<&mut dyn Offload<Input = S::Input, Output = S::Output>> {
+        self.placed
+            .lane
+            .as_mut()
+            .map(|lane| lane as &mut dyn Offload<Input = S::Input, Output = S::Output>)
     }
 }
 
-impl<S: RemoteBackend> Backend for ProcBackend<S> {
+impl<S: RemoteBackend, C: PortableConfig> Backend for ProcBackend<S, C> {
     type Input = S::Input;
 
     fn setup(&mut self, ctx: &StageContext) -> Result<(), StageError> {
-        self.start(ctx)
+        self.placed.setup::<C>(ctx)
     }
 
     fn process(&mut self, item: S::Input, _ctx: &StageContext) -> Result<(), StageError> {
-        self.call(item)
+        match self.placed.lane()?.call(item) {
+            ItemOutcome::Done(()) | ItemOutcome::Filtered => Ok(()),
+            ItemOutcome::Failed(error) => Err(error),
+            ItemOutcome::Dropped => Err(StageError::msg("the run was stopped").fatal()),
+        }
     }
 
     fn cleanup(&mut self, _ctx: &StageContext) {
-        self.stop();
+        self.placed.lane = None;
+    }
+
+    fn offload(&mut self) -> Option<&mut dyn Offload<Input = S::Input, Output = ()>> {
+        self.placed
+            .lane
+            .as_mut()
+            .map(|lane| lane as &mut dyn Offload<Input = S::Input, Output = ()>)
     }
 }
 
-/// A transport inside its worker process.
-#[doc(hidden)]
-pub struct InTransport<S> {
-    stage: S,
-    ctx: StageContext,
+/// Runs stage code on one item, turning a panic into an error.
+fn guarded<T>(f: impl FnOnce() -> Result<T, StageError>) -> Result<T, StageError> {
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|payload| Err(StageError::from_panic(payload)))
 }
 
-/// A backend inside its worker process.
+/// A placed transport inside its worker process.
 #[doc(hidden)]
-pub struct InBackend<S> {
+pub struct InTransport<S, C> {
     stage: S,
     ctx: StageContext,
+    _config: PhantomData<fn() -> C>,
 }
 
-impl<S> fmt::Debug for InTransport<S> {
+/// A placed backend inside its worker process.
+#[doc(hidden)]
+pub struct InBackend<S, C> {
+    stage: S,
+    ctx: StageContext,
+    _config: PhantomData<fn() -> C>,
+}
+
+impl<S, C> fmt::Debug for InTransport<S, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("InTransport")
             .field("ctx", &self.ctx)
@@ -253,7 +453,7 @@ impl<S> fmt::Debug for InTransport<S> {
     }
 }
 
-impl<S> fmt::Debug for InBackend<S> {
+impl<S, C> fmt::Debug for InBackend<S, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("InBackend")
             .field("ctx", &self.ctx)
@@ -261,25 +461,27 @@ impl<S> fmt::Debug for InBackend<S> {
     }
 }
 
-/// The stage's context in the worker: its name, index and count as in the engine (the app
-/// config does not cross processes).
-fn context(name: String, kind: StageKind, index: usize, instances: usize) -> StageContext {
-    StageContext::new(name, kind, index, instances, StopHandle::new())
-}
+impl<S: RemoteTransport, C: PortableConfig> Worker for InTransport<S, C> {
+    type Init = PlacedInit;
+    type Task = Vec<S::Input>;
+    type Output = Vec<ItemOutcome<S::Output>>;
 
-impl<S: RemoteTransport> Worker for InTransport<S> {
-    type Init = (S, String, usize, usize);
-    type Task = S::Input;
-    type Output = Option<S::Output>;
-
-    fn init((mut stage, name, index, instances): Self::Init) -> Result<Self, StageError> {
-        let ctx = context(name, StageKind::Transport, index, instances);
+    fn init(init: PlacedInit) -> Result<Self, StageError> {
+        let (mut stage, ctx) = init.open::<S, C>(StageKind::Transport)?;
         stage.setup(&ctx)?;
-        Ok(Self { stage, ctx })
+        Ok(Self {
+            stage,
+            ctx,
+            _config: PhantomData,
+        })
     }
 
-    fn run(&mut self, task: S::Input) -> Result<Option<S::Output>, StageError> {
-        self.stage.transport(task, &self.ctx)
+    fn run(&mut self, items: Vec<S::Input>) -> Result<Self::Output, StageError> {
+        let (stage, ctx) = (&mut self.stage, &self.ctx);
+        Ok(items
+            .into_iter()
+            .map(|item| ItemOutcome::of(guarded(|| stage.transport(item, ctx))))
+            .collect())
     }
 
     fn cleanup(&mut self) {
@@ -287,23 +489,43 @@ impl<S: RemoteTransport> Worker for InTransport<S> {
     }
 }
 
-impl<S: RemoteBackend> Worker for InBackend<S> {
-    type Init = (S, String, usize, usize);
-    type Task = S::Input;
-    type Output = ();
+impl<S: RemoteBackend, C: PortableConfig> Worker for InBackend<S, C> {
+    type Init = PlacedInit;
+    type Task = Vec<S::Input>;
+    type Output = Vec<ItemOutcome<()>>;
 
-    fn init((mut stage, name, index, instances): Self::Init) -> Result<Self, StageError> {
-        let ctx = context(name, StageKind::Backend, index, instances);
+    fn init(init: PlacedInit) -> Result<Self, StageError> {
+        let (mut stage, ctx) = init.open::<S, C>(StageKind::Backend)?;
         stage.setup(&ctx)?;
-        Ok(Self { stage, ctx })
+        Ok(Self {
+            stage,
+            ctx,
+            _config: PhantomData,
+        })
     }
 
-    fn run(&mut self, task: S::Input) -> Result<(), StageError> {
-        self.stage.process(task, &self.ctx)
+    fn run(&mut self, items: Vec<S::Input>) -> Result<Self::Output, StageError> {
+        let (stage, ctx) = (&mut self.stage, &self.ctx);
+        let mut outcomes: Vec<ItemOutcome<()>> = items
+            .into_iter()
+            .map(|item| match guarded(|| stage.process(item, ctx)) {
+                Ok(()) => ItemOutcome::Done(()),
+                Err(error) => ItemOutcome::Failed(error),
+            })
+            .collect();
+        // What was processed is settled only once it is flushed.
+        if let Err(error) = guarded(|| stage.flush(ctx)) {
+            let message = format!("{error:#}");
+            for outcome in &mut outcomes {
+                if matches!(outcome, ItemOutcome::Done(())) {
+                    *outcome = ItemOutcome::Failed(StageError::msg(&message));
+                }
+            }
+        }
+        Ok(outcomes)
     }
 
     fn cleanup(&mut self) {
-        let _ = self.stage.flush(&self.ctx);
         self.stage.cleanup(&self.ctx);
     }
 }

@@ -2,15 +2,19 @@
 
 use std::any::type_name;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::OnceLock;
+use std::thread;
 use std::time::Instant;
 
-use engine_core::StageError;
+use crossbeam_channel::Receiver;
 use engine_core::protocol::{Address, Envelope, Frame, Kind, TaskId, from_bytes, to_bytes};
+use engine_core::{StageError, StopHandle, StopLevel};
+use ipc_channel::ipc::IpcReceiver;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::boot::{self, Connection};
-use crate::wire::{RecvError, recv_frame, send_envelope};
+use crate::wire::{Packet, RecvError, recv_frame, send_envelope};
 
 /// Exit code of a worker whose bootstrap failed (bad environment, no master).
 pub(crate) const EXIT_BOOT_FAILED: i32 = 86;
@@ -21,6 +25,54 @@ pub(crate) const EXIT_CHANNEL_FAILED: i32 = 88;
 
 /// The kind of the message that carries a worker's init arguments.
 pub(crate) const INIT: &str = "engine.init";
+/// The kind of the message that tells a worker the run's stop level.
+pub(crate) const STOP: &str = "engine.stop";
+
+/// This worker process's view of the master's stop handle.
+static WORKER_STOP: OnceLock<StopHandle> = OnceLock::new();
+
+/// The stop handle of this process's stage code: in a worker process, it follows the stop
+/// handle of the master's run (the master forwards every stop level); elsewhere it is a
+/// handle that nothing stops.
+pub(crate) fn worker_stop() -> StopHandle {
+    WORKER_STOP.get_or_init(StopHandle::new).clone()
+}
+
+/// Reads the master's frames on a thread of its own, so that a stop reaches the stage's
+/// context while a batch runs; everything else goes on to the worker's loop.
+fn read_inbox(inbox: IpcReceiver<Packet>) -> Receiver<Result<Frame, RecvError>> {
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let stop = worker_stop();
+    let spawned = thread::Builder::new()
+        .name("engine-proc-inbox".into())
+        .spawn(move || {
+            loop {
+                let frame = recv_frame(&inbox);
+                if let Ok(Frame::Message(envelope)) = &frame
+                    && envelope.kind == Kind::user(STOP)
+                {
+                    match envelope.body::<StopLevel>() {
+                        Ok(StopLevel::Now) => {
+                            stop.stop_now();
+                        }
+                        Ok(_) => {
+                            stop.stop();
+                        }
+                        Err(error) => tracing::warn!("pool worker: a bad stop message: {error}"),
+                    }
+                    continue;
+                }
+                let end = matches!(frame, Err(RecvError::Closed | RecvError::Channel(_)));
+                if tx.send(frame).is_err() || end {
+                    return;
+                }
+            }
+        });
+    if let Err(error) = spawned {
+        tracing::error!("pool worker: cannot start its reader thread: {error}");
+    }
+    rx
+}
 
 /// The code of a pool's identical workers (DumbPipelineBox's `Worker` subclass).
 ///
@@ -110,8 +162,9 @@ pub(crate) fn pool_entry<W: Worker>(server: String) -> i32 {
             return EXIT_INIT_FAILED;
         }
     };
+    let inbox = read_inbox(conn.inbox);
     let code = loop {
-        let envelope = match recv_frame(&conn.inbox) {
+        let envelope = match inbox.recv().unwrap_or(Err(RecvError::Closed)) {
             Ok(Frame::Message(envelope)) => envelope,
             Ok(other) => {
                 tracing::warn!("pool worker: unexpected {}", other.describe());

@@ -81,6 +81,7 @@ mod builder;
 mod engine;
 mod error;
 mod link;
+mod offloaded;
 mod stats;
 mod worker;
 

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Select, Sender};
+use engine_core::offload::{ItemOutcome, Offload};
 use engine_core::{
     Backend, Counts, ErrorPolicy, Outcome, StageContext, StageError, StageKind, StopHandle, Ticket,
     TrackedFrontend, Transport,
@@ -55,7 +56,7 @@ pub(crate) struct Shared {
 
 /// Whether a loop goes on after a failed item.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Flow {
+pub(crate) enum Flow {
     Continue,
     Stop,
 }
@@ -85,7 +86,7 @@ impl Shared {
 
     /// Handles `n` items that failed together (a backend's flush): logs once, completes every
     /// ticket, and applies the policy as [`item_failed`](Self::item_failed) does.
-    fn items_failed<K: Ticket>(
+    pub(crate) fn items_failed<K: Ticket>(
         &self,
         ctx: &StageContext,
         error: StageError,
@@ -380,7 +381,7 @@ pub(crate) struct ThreadStats {
 }
 
 impl ThreadStats {
-    fn publish(&self, counts: &Counts) {
+    pub(crate) fn publish(&self, counts: &Counts) {
         self.input.store(counts.input, Ordering::Relaxed);
         self.output.store(counts.output, Ordering::Relaxed);
         self.filtered.store(counts.filtered, Ordering::Relaxed);
@@ -425,7 +426,16 @@ impl<K: Ticket, T: Send> Input<K, T> {
         Self { link, order: None }
     }
 
-    fn recv(&mut self) -> Option<Batch<K, T>> {
+    /// Whether a batch can be received without waiting.
+    pub(crate) fn has_ready(&self) -> bool {
+        !self.link.is_empty()
+            || self
+                .order
+                .as_ref()
+                .is_some_and(|order| order.pending.contains_key(&order.next))
+    }
+
+    pub(crate) fn recv(&mut self) -> Option<Batch<K, T>> {
         let Some(order) = &mut self.order else {
             return self.link.recv();
         };
@@ -465,6 +475,8 @@ impl<K: Ticket, T: Send> Input<K, T> {
 /// A transport or a backend, as the consumer loop drives it.
 pub(crate) trait Consume<K: Ticket> {
     type Input: Send;
+    /// What an item gives back when the stage runs it elsewhere.
+    type Done;
 
     fn setup(&mut self, ctx: &StageContext) -> Result<(), StageError>;
 
@@ -489,13 +501,51 @@ pub(crate) trait Consume<K: Ticket> {
 
     /// On abort: drops held outputs, completing their tickets; returns how many.
     fn discard(&mut self, at: Here<'_>, counts: &mut Counts) -> u64;
+
+    /// The stage as an [`Offload`], if it runs its items elsewhere.
+    fn offload(&mut self) -> Option<&mut dyn Offload<Input = Self::Input, Output = Self::Done>>;
+
+    /// Settles one item that ran elsewhere, from its outcome.
+    fn settle_item(
+        &mut self,
+        ticket: K,
+        outcome: ItemOutcome<Self::Done>,
+        at: Here<'_>,
+        counts: &mut Counts,
+    ) -> Flow;
+}
+
+/// Settles an offloaded item whose outcome is not `Done`, as any stage does.
+fn settle_not_done<K: Ticket, D>(
+    ticket: K,
+    outcome: ItemOutcome<D>,
+    at: Here<'_>,
+    counts: &mut Counts,
+) -> Flow {
+    match outcome {
+        ItemOutcome::Done(_) => unreachable!("done items are settled by their stage"),
+        ItemOutcome::Filtered => {
+            complete(ticket, Outcome::Filtered);
+            counts.filtered += 1;
+            Flow::Continue
+        }
+        ItemOutcome::Failed(error) => {
+            counts.failed += 1;
+            at.shared.item_failed(at.ctx, error, Some(ticket))
+        }
+        ItemOutcome::Dropped => {
+            complete(ticket, Outcome::Dropped);
+            counts.dropped += 1;
+            Flow::Continue
+        }
+    }
 }
 
 /// Where a consumer runs: its context and what the run shares.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Here<'a> {
-    ctx: &'a StageContext,
-    shared: &'a Shared,
+    pub(crate) ctx: &'a StageContext,
+    pub(crate) shared: &'a Shared,
 }
 
 /// A transport thread's stage: the transport and where its outputs go.
@@ -515,6 +565,7 @@ where
     K: Ticket,
 {
     type Input = S::Input;
+    type Done = S::Output;
 
     fn setup(&mut self, ctx: &StageContext) -> Result<(), StageError> {
         self.stage.setup(ctx)
@@ -534,25 +585,7 @@ where
     ) -> Result<(), StageError> {
         let output = self.stage.transport(item, ctx)?;
         let ticket = current.take().expect("the current item's ticket is set");
-        match (output, &mut self.out) {
-            (Some(output), Some(out)) => {
-                out.push(ticket, output);
-                // Unordered, a batch never exceeds what the next queue allows; ordered, the
-                // output of one input batch travels as one batch (see `EngineBuilder::ordered`).
-                if !self.ordered && out.is_at_max() {
-                    record_send(out.flush(), counts);
-                }
-            }
-            (Some(output), None) => {
-                drop(output);
-                complete(ticket, Outcome::Processed);
-                counts.output += 1;
-            }
-            (None, _) => {
-                complete(ticket, Outcome::Filtered);
-                counts.filtered += 1;
-            }
-        }
+        self.pass_on(ticket, output, counts);
         Ok(())
     }
 
@@ -578,6 +611,57 @@ where
 
     fn discard(&mut self, _at: Here<'_>, _counts: &mut Counts) -> u64 {
         self.out.as_mut().map_or(0, Producer::discard)
+    }
+
+    fn offload(&mut self) -> Option<&mut dyn Offload<Input = S::Input, Output = S::Output>> {
+        self.stage.offload()
+    }
+
+    fn settle_item(
+        &mut self,
+        ticket: K,
+        outcome: ItemOutcome<S::Output>,
+        at: Here<'_>,
+        counts: &mut Counts,
+    ) -> Flow {
+        match outcome {
+            ItemOutcome::Done(output) => {
+                self.pass_on(ticket, Some(output), counts);
+                Flow::Continue
+            }
+            other => settle_not_done(ticket, other, at, counts),
+        }
+    }
+}
+
+impl<S, K> TransportStage<S, K>
+where
+    S: Transport,
+    S::Output: Send,
+    K: Ticket,
+{
+    /// Passes an item's output on (or settles it at the last stage), or counts it filtered.
+    #[inline]
+    fn pass_on(&mut self, ticket: K, output: Option<S::Output>, counts: &mut Counts) {
+        match (output, &mut self.out) {
+            (Some(output), Some(out)) => {
+                out.push(ticket, output);
+                // Unordered, a batch never exceeds what the next queue allows; ordered, the
+                // output of one input batch travels as one batch (see `EngineBuilder::ordered`).
+                if !self.ordered && out.is_at_max() {
+                    record_send(out.flush(), counts);
+                }
+            }
+            (Some(output), None) => {
+                drop(output);
+                complete(ticket, Outcome::Processed);
+                counts.output += 1;
+            }
+            (None, _) => {
+                complete(ticket, Outcome::Filtered);
+                counts.filtered += 1;
+            }
+        }
     }
 }
 
@@ -644,6 +728,7 @@ where
     K: Ticket,
 {
     type Input = S::Input;
+    type Done = ();
 
     fn setup(&mut self, ctx: &StageContext) -> Result<(), StageError> {
         self.stage.setup(ctx)
@@ -681,6 +766,28 @@ where
         // flush is quick next to losing it.
         self.settle(at, counts);
         0
+    }
+
+    fn offload(&mut self) -> Option<&mut dyn Offload<Input = S::Input, Output = ()>> {
+        self.stage.offload()
+    }
+
+    fn settle_item(
+        &mut self,
+        ticket: K,
+        outcome: ItemOutcome<()>,
+        at: Here<'_>,
+        counts: &mut Counts,
+    ) -> Flow {
+        match outcome {
+            // Processed and flushed where it ran.
+            ItemOutcome::Done(()) => {
+                complete(ticket, Outcome::Processed);
+                counts.output += 1;
+                Flow::Continue
+            }
+            other => settle_not_done(ticket, other, at, counts),
+        }
     }
 }
 
@@ -725,60 +832,11 @@ where
         ctx: &ctx,
         shared: &shared,
     };
-    let mut clean_end = true;
-    while let Some(batch) = input.recv() {
-        let len = batch.items.len();
-        counts.input += len as u64;
-        if shared.abort.is_fired() {
-            counts.dropped += batch.drop_all();
-            clean_end = false;
-            break;
-        }
-        let started = Instant::now();
-        let seq = batch.seq;
-        let mut items = batch.items.into_iter();
-        let mut current: Option<K> = None;
-        let end = loop {
-            let outcome = catch_unwind(AssertUnwindSafe(|| {
-                for (ticket, item) in &mut items {
-                    if shared.abort.is_fired() {
-                        drop(item);
-                        complete(ticket, Outcome::Dropped);
-                        counts.dropped += 1;
-                        return BatchEnd::Aborted;
-                    }
-                    current = Some(ticket);
-                    if let Err(error) = stage.consume(item, &mut current, &ctx, &mut counts) {
-                        return BatchEnd::Failed(error);
-                    }
-                }
-                BatchEnd::Done
-            }));
-            let error = match outcome {
-                Ok(BatchEnd::Done) => break BatchEnd::Done,
-                Ok(BatchEnd::Aborted) => break BatchEnd::Aborted,
-                Ok(BatchEnd::Failed(error)) => error,
-                Err(payload) => StageError::from_panic(payload),
-            };
-            counts.failed += 1;
-            if shared.item_failed(&ctx, error, current.take()) == Flow::Stop {
-                break BatchEnd::Aborted;
-            }
-        };
-        let took = started.elapsed();
-        busy += took;
-        input.link.state().observe(len, took);
-        let go_on = match end {
-            BatchEnd::Done => stage.end_batch(seq, input.link.is_empty(), at, &mut counts),
-            _ => false,
-        };
-        if !go_on {
-            counts.dropped += drop_items(items);
-            clean_end = false;
-            break;
-        }
-        stats.publish(&counts);
-    }
+    let clean_end = if stage.offload().is_some() {
+        crate::offloaded::run(&mut stage, &mut input, at, &stats, &mut counts, &mut busy)
+    } else {
+        run_items(&mut stage, &mut input, at, &stats, &mut counts, &mut busy)
+    };
     if clean_end && !shared.abort.is_fired() {
         stage.finish(at, &mut counts);
     } else {
@@ -794,4 +852,75 @@ where
     busy += t.elapsed();
     shared.done();
     ThreadResult { counts, busy }
+}
+
+/// The consumer loop of a stage that runs its items on this thread; returns whether the input
+/// ended without an abort.
+fn run_items<K, S>(
+    stage: &mut S,
+    input: &mut Input<K, S::Input>,
+    at: Here<'_>,
+    stats: &ThreadStats,
+    counts: &mut Counts,
+    busy: &mut Duration,
+) -> bool
+where
+    K: Ticket,
+    S: Consume<K>,
+{
+    let mut clean_end = true;
+    while let Some(batch) = input.recv() {
+        let len = batch.items.len();
+        counts.input += len as u64;
+        if at.shared.abort.is_fired() {
+            counts.dropped += batch.drop_all();
+            clean_end = false;
+            break;
+        }
+        let started = Instant::now();
+        let seq = batch.seq;
+        let mut items = batch.items.into_iter();
+        let mut current: Option<K> = None;
+        let end = loop {
+            let outcome = catch_unwind(AssertUnwindSafe(|| {
+                for (ticket, item) in &mut items {
+                    if at.shared.abort.is_fired() {
+                        drop(item);
+                        complete(ticket, Outcome::Dropped);
+                        counts.dropped += 1;
+                        return BatchEnd::Aborted;
+                    }
+                    current = Some(ticket);
+                    if let Err(error) = stage.consume(item, &mut current, at.ctx, counts) {
+                        return BatchEnd::Failed(error);
+                    }
+                }
+                BatchEnd::Done
+            }));
+            let error = match outcome {
+                Ok(BatchEnd::Done) => break BatchEnd::Done,
+                Ok(BatchEnd::Aborted) => break BatchEnd::Aborted,
+                Ok(BatchEnd::Failed(error)) => error,
+                Err(payload) => StageError::from_panic(payload),
+            };
+            counts.failed += 1;
+            if at.shared.item_failed(at.ctx, error, current.take()) == Flow::Stop {
+                break BatchEnd::Aborted;
+            }
+        };
+        let took = started.elapsed();
+        *busy += took;
+        input.link.state().observe(len, took);
+        let go_on = match end {
+            BatchEnd::Done => stage.end_batch(seq, input.link.is_empty(), at, counts),
+            _ => false,
+        };
+        if !go_on {
+            counts.dropped += drop_items(items);
+            clean_end = false;
+            break;
+        }
+        stats.publish(counts);
+    }
+    clean_end
 }

@@ -1,0 +1,119 @@
+//! Plumbing for stages whose items run somewhere else (worker processes): whole batches go
+//! out, one outcome per item comes back later.
+//!
+//! Stage authors never need this module. A stage that hands its work to other processes
+//! (engine-proc's `ProcTransport` and `ProcBackend`) returns itself from
+//! [`Transport::offload`](crate::Transport::offload) or
+//! [`Backend::offload`](crate::Backend::offload); an engine that moves items in batches then
+//! gives it each batch as it stands, keeps several in flight, and settles every item from its
+//! [`ItemOutcome`] when the batch comes back. An engine that knows nothing of offloading
+//! calls the stage per item, as for any other stage.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::StageError;
+
+/// What became of one item of an offloaded batch.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum ItemOutcome<O> {
+    /// The item was handled: a transport's output, or `()` for a backend whose flush covering
+    /// the item has succeeded.
+    Done(O),
+    /// A transport filtered the item out.
+    Filtered,
+    /// The stage failed on the item (an error or a panic), or could not run it at all (its
+    /// worker died every time it was tried): the error says which.
+    Failed(StageError),
+    /// The item was abandoned because the run was stopped at once before it ran.
+    Dropped,
+}
+
+impl<O> ItemOutcome<O> {
+    /// The outcome of one call of stage code: `Ok(Some(out))` is done, `Ok(None)` filtered.
+    pub fn of(result: Result<Option<O>, StageError>) -> Self {
+        match result {
+            Ok(Some(output)) => Self::Done(output),
+            Ok(None) => Self::Filtered,
+            Err(error) => Self::Failed(error),
+        }
+    }
+}
+
+/// A batch that came back: the tag it was submitted under, and one outcome per item in the
+/// order the items were submitted.
+pub type Finished<O> = (u64, Vec<ItemOutcome<O>>);
+
+/// A stage instance that runs whole batches somewhere else and reports each item later.
+///
+/// An engine [`submit`](Self::submit)s batches under tags of its choosing, at most
+/// [`capacity`](Self::capacity) at a time, and collects them with
+/// [`finished`](Self::finished). Every submitted item comes back exactly once, whatever
+/// happens to the place it ran in: a worker that died is a [`ItemOutcome::Failed`] item after
+/// its retries, a forced stop makes the rest [`ItemOutcome::Dropped`].
+pub trait Offload {
+    /// The items handed over.
+    type Input;
+    /// What each item gives back: a transport's output type, or `()` for a backend.
+    type Output;
+
+    /// How many batches the engine keeps in flight through this instance at most.
+    fn capacity(&self) -> usize;
+
+    /// Hands a batch over under `tag`. Returns at once: the outcome comes from
+    /// [`finished`](Self::finished).
+    fn submit(&mut self, tag: u64, items: Vec<Self::Input>);
+
+    /// The next batch that came back. With `wait`, blocks until one does; an engine only
+    /// waits while a batch is in flight, and a forced stop of the run ends the wait (the
+    /// batch comes back with its items dropped). Without `wait`, `None` if none is back yet.
+    fn finished(&mut self, wait: bool) -> Option<Finished<Self::Output>>;
+}
+
+impl<T: Offload + ?Sized> Offload for &mut T {
+    type Input = T::Input;
+    type Output = T::Output;
+
+    fn capacity(&self) -> usize {
+        (**self).capacity()
+    }
+
+    fn submit(&mut self, tag: u64, items: Vec<T::Input>) {
+        (**self).submit(tag, items);
+    }
+
+    fn finished(&mut self, wait: bool) -> Option<Finished<T::Output>> {
+        (**self).finished(wait)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stage_result_maps_to_its_outcome() {
+        assert!(matches!(ItemOutcome::of(Ok(Some(3))), ItemOutcome::Done(3)));
+        assert!(matches!(
+            ItemOutcome::<u8>::of(Ok(None)),
+            ItemOutcome::Filtered
+        ));
+        let failed = ItemOutcome::<u8>::of(Err(StageError::msg("no")));
+        assert!(matches!(failed, ItemOutcome::Failed(e) if e.to_string() == "no"));
+    }
+
+    #[test]
+    fn outcomes_cross_the_wire() {
+        let outcomes = vec![
+            ItemOutcome::Done(7_u64),
+            ItemOutcome::Filtered,
+            ItemOutcome::Failed(StageError::msg("bad")),
+            ItemOutcome::Dropped,
+        ];
+        let bytes = crate::protocol::to_bytes(&outcomes).unwrap();
+        let back: Vec<ItemOutcome<u64>> = crate::protocol::from_bytes(&bytes).unwrap();
+        assert!(matches!(back[0], ItemOutcome::Done(7)));
+        assert!(matches!(back[1], ItemOutcome::Filtered));
+        assert!(matches!(&back[2], ItemOutcome::Failed(e) if e.to_string() == "bad"));
+        assert!(matches!(back[3], ItemOutcome::Dropped));
+    }
+}

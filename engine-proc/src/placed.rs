@@ -1,0 +1,268 @@
+//! A stage placed in worker processes: one set of workers shared by the engine threads of the
+//! stage, one lane of results per thread, and the batches of each thread in flight at once.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use engine_core::offload::{Finished, ItemOutcome, Offload};
+use engine_core::protocol::TaskId;
+use engine_core::{StageContext, StageError, StopLevel};
+
+use crate::error::TaskError;
+use crate::pool::{Completion, TaskResult};
+use crate::worker::Worker;
+use crate::workers::{Config, Results, Shared, State, Workers};
+
+/// The workers of one placed stage in one run, shared by the stage's engine threads.
+struct Placement<W: Worker> {
+    workers: Workers<W>,
+    /// Each engine thread's receiver of results, taken when the thread joins.
+    lanes: Vec<Option<Results<W::Output>>>,
+    /// Threads that joined and have not left.
+    users: usize,
+}
+
+/// Where the clones of one placed stage (one per engine thread) find their workers.
+pub(crate) struct Slot<W: Worker> {
+    state: Arc<Mutex<SlotState<W>>>,
+}
+
+enum SlotState<W: Worker> {
+    /// No run uses the stage.
+    Idle,
+    Running(Placement<W>),
+    /// The workers could not be started; every other thread of the run gets the same error.
+    Failed(String),
+}
+
+impl<W: Worker> Clone for Slot<W> {
+    fn clone(&self) -> Self {
+        Self {
+            state: Arc::clone(&self.state),
+        }
+    }
+}
+
+impl<W: Worker> Default for Slot<W> {
+    fn default() -> Self {
+        Self {
+            state: Arc::new(Mutex::new(SlotState::Idle)),
+        }
+    }
+}
+
+impl<W: Worker> fmt::Debug for Slot<W> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match &*lock(&self.state) {
+            SlotState::Idle => "idle".to_owned(),
+            SlotState::Running(p) => format!("running, pids {:?}", p.workers.shared.pids()),
+            SlotState::Failed(e) => format!("failed: {e}"),
+        };
+        f.debug_struct("Slot").field("state", &state).finish()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A stop of the run reaches the workers' stage code; only a stop now kills them. A graceful
+/// stop drains through them, and they are stopped when the last thread leaves.
+fn on_stop<W: Worker>(shared: &Shared<W>, level: StopLevel) {
+    shared.forward_stop(level);
+    if level >= StopLevel::Now {
+        shared.close(State::Killing);
+    }
+}
+
+impl<W: Worker> Slot<W> {
+    /// Joins the stage's workers as engine thread `ctx.index()`, starting them if this is the
+    /// first thread of the run; `inits` gives each worker's arguments.
+    pub(crate) fn join(
+        &self,
+        ctx: &StageContext,
+        workers: usize,
+        config: Config,
+        inits: impl FnOnce(usize) -> Result<Vec<W::Init>, StageError>,
+    ) -> Result<Lane<W>, StageError> {
+        let mut state = lock(&self.state);
+        if matches!(*state, SlotState::Idle) {
+            let inits = inits(workers)?;
+            let threads = ctx.instances().max(1);
+            *state = match Workers::start_with(inits, config, threads, ctx.stop().clone(), on_stop)
+            {
+                Ok((workers, lanes)) => SlotState::Running(Placement {
+                    workers,
+                    lanes: lanes.into_iter().map(Some).collect(),
+                    users: 0,
+                }),
+                Err(error) => SlotState::Failed(error.to_string()),
+            };
+        }
+        let placement = match &mut *state {
+            SlotState::Running(placement) => placement,
+            SlotState::Failed(error) => {
+                return Err(
+                    StageError::msg(format!("cannot start the worker processes: {error}")).fatal(),
+                );
+            }
+            SlotState::Idle => unreachable!("the workers were just started"),
+        };
+        let index = ctx.index();
+        let rx = placement
+            .lanes
+            .get_mut(index)
+            .and_then(Option::take)
+            .ok_or_else(|| {
+                StageError::msg(
+                    "this placed stage already runs in another engine: give each engine its own",
+                )
+                .fatal()
+            })?;
+        placement.users += 1;
+        let workers = placement.workers.len();
+        let threads = placement.lanes.len();
+        Ok(Lane {
+            slot: self.clone(),
+            shared: Arc::clone(&placement.workers.shared),
+            lane: u32::try_from(index).unwrap_or(u32::MAX),
+            rx,
+            ready: VecDeque::new(),
+            sizes: HashMap::new(),
+            // Enough batches in the system that every worker has one running and one waiting,
+            // and one more queued for it.
+            capacity: (3 * workers).div_ceil(threads).max(2),
+        })
+    }
+
+    /// The pids of the live workers (none when no run uses the stage).
+    pub(crate) fn pids(&self) -> Vec<u32> {
+        match &*lock(&self.state) {
+            SlotState::Running(placement) => placement.workers.shared.pids(),
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// One engine thread's connection to the stage's workers.
+pub(crate) struct Lane<W: Worker> {
+    slot: Slot<W>,
+    shared: Arc<Shared<W>>,
+    lane: u32,
+    rx: Results<W::Output>,
+    ready: VecDeque<Completion<W::Output>>,
+    /// The number of items of each batch in flight, by tag.
+    sizes: HashMap<u64, usize>,
+    capacity: usize,
+}
+
+impl<W: Worker> fmt::Debug for Lane<W> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Lane")
+            .field("lane", &self.lane)
+            .field("in_flight", &self.sizes.len())
+            .field("capacity", &self.capacity)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<W: Worker> Drop for Lane<W> {
+    fn drop(&mut self) {
+        // The last thread to leave stops the workers: they run their cleanup and exit.
+        let placement = {
+            let mut state = lock(&self.slot.state);
+            let last = match &mut *state {
+                SlotState::Running(placement) => {
+                    placement.users -= 1;
+                    placement.users == 0
+                }
+                _ => false,
+            };
+            last.then(|| std::mem::replace(&mut *state, SlotState::Idle))
+        };
+        // Outside the lock: stopping the workers waits for them.
+        drop(placement);
+    }
+}
+
+/// The items of a batch that has no outcome of its own (its worker died every time, the run
+/// was stopped): each gets the batch's fate.
+fn each<O>(error: &TaskError, n: usize) -> Vec<ItemOutcome<O>> {
+    match error {
+        TaskError::Cancelled => (0..n).map(|_| ItemOutcome::Dropped).collect(),
+        error => {
+            let message = error.to_string();
+            (0..n)
+                .map(|_| ItemOutcome::Failed(StageError::msg(&message)))
+                .collect()
+        }
+    }
+}
+
+impl<I, O, W> Offload for Lane<W>
+where
+    W: Worker<Task = Vec<I>, Output = Vec<ItemOutcome<O>>>,
+    I: Send + 'static,
+{
+    type Input = I;
+    type Output = O;
+
+    fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    fn submit(&mut self, tag: u64, items: Vec<I>) {
+        self.sizes.insert(tag, items.len());
+        let mut id = TaskId(tag);
+        self.shared
+            .submit(self.lane, &mut id, &mut std::iter::once(items), 1);
+    }
+
+    fn finished(&mut self, wait: bool) -> Option<Finished<O>> {
+        loop {
+            if let Some((id, result)) = self.ready.pop_front() {
+                let n = self.sizes.remove(&id.0).unwrap_or(0);
+                return Some((id.0, outcomes(result, n)));
+            }
+            if self.sizes.is_empty() {
+                return None;
+            }
+            let batch = if wait {
+                self.rx.recv().ok()
+            } else {
+                self.rx.try_recv().ok()
+            };
+            self.ready.extend(batch?);
+        }
+    }
+}
+
+fn outcomes<O>(result: TaskResult<Vec<ItemOutcome<O>>>, n: usize) -> Vec<ItemOutcome<O>> {
+    match result {
+        Ok(outcomes) => outcomes,
+        Err(error) => each(&error, n),
+    }
+}
+
+impl<I, O, W> Lane<W>
+where
+    W: Worker<Task = Vec<I>, Output = Vec<ItemOutcome<O>>>,
+    I: Send + 'static,
+{
+    /// Runs one item through the workers and waits for it: for an engine that calls the
+    /// stage per item.
+    pub(crate) fn call(&mut self, item: I) -> ItemOutcome<O> {
+        // Tags of single calls count down from the top, away from an engine's batch tags.
+        let tag = u64::MAX - self.sizes.len() as u64;
+        self.submit(tag, vec![item]);
+        while let Some((done, mut outcomes)) = self.finished(true) {
+            if done == tag {
+                return outcomes.pop().unwrap_or_else(|| {
+                    ItemOutcome::Failed(StageError::msg("the worker gave no outcome"))
+                });
+            }
+        }
+        ItemOutcome::Failed(StageError::msg("the worker processes are gone").fatal())
+    }
+}
