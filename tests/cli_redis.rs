@@ -124,3 +124,157 @@ fn lines_go_from_stdin_to_a_stream_and_from_stream_to_stream() {
     // Every line of `in` was finished: acknowledged and deleted.
     assert_eq!(lines(&server, "in"), Vec::<String>::new());
 }
+
+/// How many entries `stream` holds.
+fn len(server: &Server, stream: &str) -> usize {
+    let mut conn = server.connection().expect("connects");
+    engine::redis::redis::cmd("XLEN")
+        .arg(stream)
+        .query(&mut conn)
+        .expect("XLEN")
+}
+
+/// Polls `condition` until it holds, panicking with `what` after a minute.
+fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        // Polling another process's state, not synchronising on a sleep.
+        std::thread::park_timeout(Duration::from_millis(20));
+    }
+}
+
+/// Runs a consumer with a bug (it fails every line starting with `poison`, and stops) on
+/// `jobs` until the three poison lines there are dead letters: each failed run leaves its
+/// lines pending, and the next run takes them back with one delivery too many.
+fn bury_poison_with_a_buggy_consumer(server: &Server) {
+    use engine::core::{ErrorPolicy, StageError, StopHandle, try_map};
+    use engine::redis::{SourceOptions, StreamAddress, StreamSource};
+    let address = StreamAddress::parse(&format!("{}?consumer=buggy", server.stream_url("jobs")))
+        .expect("a valid address");
+    for _run in 0..10 {
+        let source = StreamSource::<String>::new(address.clone()).options(
+            SourceOptions::new()
+                .max_deliveries(1)
+                .claim_idle(Duration::from_millis(1))
+                .sweep_every(Duration::from_millis(10))
+                .block(Duration::from_millis(20)),
+        );
+        let settlement = source.settlement();
+        let stop = StopHandle::new();
+        let handle = engine::threads::Engine::builder(source)
+            .transport(try_map(|line: String| {
+                if line.starts_with("poison") {
+                    Err(StageError::msg(format!("cannot handle {line:?}")))
+                } else {
+                    Ok(line)
+                }
+            }))
+            .backend(|_: String| {})
+            .error_policy(ErrorPolicy::Stop)
+            .stop_handle(&stop)
+            .spawn()
+            .expect("the buggy consumer starts");
+        wait_until("the run fails or the poison is buried", || {
+            handle.is_finished() || len(server, "jobs:dead") == 3
+        });
+        stop.stop();
+        if handle.join().is_err() {
+            // A failed run ends without waiting for its cleanup: let it record the errors.
+            assert!(settlement.wait(Duration::from_secs(60)));
+        }
+        if len(server, "jobs:dead") == 3 {
+            return;
+        }
+    }
+    panic!("the poison lines were not dead-lettered in 10 runs");
+}
+
+#[test]
+fn dead_letters_are_listed_shown_and_replayed_to_a_fixed_consumer() {
+    let server = Server::start().unwrap();
+    let jobs = server.stream_url("jobs");
+    let out = engine(&["run", "--to", &jobs], "poison 1\npoison 2\npoison 3\n");
+    assert!(out.status.success(), "{out:?}");
+    bury_poison_with_a_buggy_consumer(&server);
+    assert_eq!(len(&server, "jobs"), 0);
+
+    // List: one line per dead letter, with its reason.
+    let out = engine(&["dlq", "list", &jobs], "");
+    assert!(out.status.success(), "{out:?}");
+    let listed = String::from_utf8_lossy(&out.stdout).into_owned();
+    let rows: Vec<&str> = listed.lines().collect();
+    assert_eq!(rows.len(), 3, "{listed}");
+    assert!(
+        rows.iter().all(|row| row.contains("deliveries=2")),
+        "{listed}"
+    );
+    assert!(
+        listed.contains("cannot handle \"poison 1\""),
+        "{listed}"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("3 dead letters in jobs:dead"));
+    let ids: Vec<&str> = rows
+        .iter()
+        .map(|row| row.split('\t').next().expect("an id"))
+        .collect();
+
+    // Show: the whole letter, with its line.
+    let out = engine(&["dlq", "show", ids[0], &jobs], "");
+    assert!(out.status.success(), "{out:?}");
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(shown.contains(&format!("id: {}", ids[0])), "{shown}");
+    assert!(shown.contains("stream: jobs"), "{shown}");
+    assert!(shown.contains("line: \"poison 1\""), "{shown}");
+    assert!(
+        shown.contains("reason: delivered 2 times (limit 1)"),
+        "{shown}"
+    );
+    let out = engine(&["dlq", "show", "1-1", &jobs], "");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+
+    // Replay one by id, then the rest; an unknown id fails, and usage errors are errors.
+    let out = engine(&["dlq", "replay", ids[0], &jobs], "");
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1);
+    assert_eq!((len(&server, "jobs"), len(&server, "jobs:dead")), (1, 2));
+    let out = engine(&["dlq", "replay", ids[0], &jobs], "");
+    assert_eq!(out.status.code(), Some(1), "already replayed: {out:?}");
+    for usage in [
+        &["dlq", "replay", &jobs][..],
+        &["dlq", "replay", "--all", ids[1], &jobs],
+        &["dlq", "replay", "not-an-id", &jobs],
+    ] {
+        assert_eq!(engine(usage, "").status.code(), Some(2), "{usage:?}");
+    }
+    let out = engine(&["dlq", "replay", "--all", &jobs], "");
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("replayed 2 dead letters"));
+    assert_eq!((len(&server, "jobs"), len(&server, "jobs:dead")), (3, 0));
+
+    // A fixed consumer processes them.
+    let child = Command::new(env!("CARGO_BIN_EXE_engine"))
+        .args(["run", "--from", &format!("{jobs}?block_ms=50")])
+        .args(["--to", &server.stream_url("done")])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the engine runs");
+    wait_until("the replayed lines are done", || {
+        lines(&server, "done").len() >= 3
+    });
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+    let out = child.wait_with_output().expect("the engine ends");
+    assert!(out.status.success(), "{out:?}");
+    let mut done = lines(&server, "done");
+    done.sort();
+    assert_eq!(done, ["poison 1", "poison 2", "poison 3"]);
+    assert_eq!((len(&server, "jobs"), len(&server, "jobs:dead")), (0, 0));
+    let out = engine(&["dlq", "list", &jobs], "");
+    assert!(out.status.success() && out.stdout.is_empty(), "{out:?}");
+}

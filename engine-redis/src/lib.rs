@@ -22,7 +22,8 @@
 //!   removed from the group ([`SourceOptions::remove_consumers_idle_for`]).
 //! - **Dead letters.** An entry delivered more than [`SourceOptions::max_deliveries`] times,
 //!   or one that does not decode, goes to the dead-letter stream (`<stream>:dead`) with the
-//!   reason, and is acknowledged, instead of looping for ever.
+//!   reason, and is acknowledged, instead of looping for ever. [`DeadLetters`] lists them and
+//!   moves chosen ones back to the stream (`engine dlq list|show|replay`).
 //! - **Backpressure.** A sink appends only while the stream holds fewer unfinished entries
 //!   than its [bound](SinkOptions::bound) ([`DEFAULT_BOUND`] unless set) (an atomic check-and-add script) and
 //!   otherwise waits, so memory in Redis stays bounded; the stream is never trimmed.
@@ -78,6 +79,7 @@
 
 mod address;
 mod broker;
+mod dead_letters;
 mod error;
 mod redis_broker;
 mod retry;
@@ -91,6 +93,7 @@ pub use address::{
 pub use broker::{
     Broker, Claimed, Connector, DeadLetter, Delivery, EntryId, ParseEntryIdError, Pending,
 };
+pub use dead_letters::{DeadEntry, DeadLetters, Replayed};
 pub use error::{Error, Result};
 pub use redis_broker::{PAYLOAD_FIELD, RedisBroker, VERSION_FIELD};
 pub use sink::{DEFAULT_BOUND, DEFAULT_RETRY_FOR, SinkOptions, StreamSink};

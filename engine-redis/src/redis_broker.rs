@@ -204,6 +204,95 @@ impl RedisBroker {
     }
 }
 
+/// The fields of one stream entry, as `(name, value)` pairs, in order.
+pub(crate) type Fields = Vec<(String, Vec<u8>)>;
+
+impl RedisBroker {
+    /// Up to `count` entries of `stream` with ids above `after` (or from the start), in
+    /// order, with all their fields.
+    pub(crate) fn range(
+        &mut self,
+        stream: &str,
+        after: Option<EntryId>,
+        count: usize,
+    ) -> Result<Vec<(EntryId, Fields)>> {
+        let timeout = self.response_timeout;
+        let start = after.map_or_else(|| "-".to_owned(), |id| format!("({id}"));
+        let reply: Value = self.run("XRANGE", timeout, |conn| {
+            redis::cmd("XRANGE")
+                .arg(stream)
+                .arg(start)
+                .arg("+")
+                .arg("COUNT")
+                .arg(count.max(1))
+                .query(conn)
+        })?;
+        parse_range(reply).map_err(|reason| self.unexpected("XRANGE", reason))
+    }
+
+    /// Moves the entries `ids` of `dead_stream` back to `stream` (their `v` and `d` fields,
+    /// as new entries), atomically for each, and returns `(dead id, new id)` for those
+    /// moved; ids not in `dead_stream`, or without an item, are left out.
+    pub(crate) fn replay(
+        &mut self,
+        stream: &str,
+        dead_stream: &str,
+        ids: &[EntryId],
+    ) -> Result<Vec<(EntryId, EntryId)>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let timeout = self.response_timeout;
+        let mut invocation = REPLAY_SCRIPT.key(dead_stream);
+        invocation.key(stream);
+        for id in ids {
+            invocation.arg(id.to_string());
+        }
+        let moved: Vec<String> =
+            self.run("EVALSHA (replay)", timeout, |conn| invocation.invoke(conn))?;
+        let mut out = Vec::with_capacity(moved.len() / 2);
+        for pair in moved.chunks(2) {
+            match (
+                pair.first().and_then(|id| id.parse().ok()),
+                pair.get(1).and_then(|id| id.parse().ok()),
+            ) {
+                (Some(old), Some(new)) => out.push((old, new)),
+                _ => return Err(self.unexpected("EVALSHA (replay)", "not pairs of entry ids")),
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Moves dead letters back: `KEYS[1]` is the dead-letter stream, `KEYS[2]` the stream, the
+/// arguments the ids. Returns `dead id, new id` for each entry moved.
+const REPLAY: &str = r"
+local out = {}
+for _, id in ipairs(ARGV) do
+  local found = redis.call('XRANGE', KEYS[1], id, id)
+  if #found == 1 then
+    local fields = found[1][2]
+    local args = {}
+    for i = 1, #fields, 2 do
+      if fields[i] == 'v' or fields[i] == 'd' then
+        args[#args + 1] = fields[i]
+        args[#args + 1] = fields[i + 1]
+      end
+    end
+    if #args > 0 then
+      local new = redis.call('XADD', KEYS[2], '*', unpack(args))
+      redis.call('XDEL', KEYS[1], id)
+      out[#out + 1] = id
+      out[#out + 1] = new
+    end
+  end
+end
+return out
+";
+
+/// The replay script, hashed once per process.
+static REPLAY_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(REPLAY));
+
 /// Sorts a `redis` error into the crate's errors.
 fn classify(server: &str, command: &'static str, err: RedisError) -> Error {
     let server = server.to_owned();
@@ -630,6 +719,45 @@ fn parse_entries(entries: Value, deliveries: u64) -> Parsed<Vec<Delivery>> {
             version,
             deliveries,
         });
+    }
+    Ok(out)
+}
+
+/// Reads the reply of `XRANGE`: `[[id, [field, value, ...]] ...]`.
+fn parse_range(reply: Value) -> Parsed<Vec<(EntryId, Fields)>> {
+    let Value::Array(entries) = reply else {
+        return Err(format!("expected a list of entries, got {}", kind(&reply)));
+    };
+    let mut out = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let Value::Array(entry) = entry else {
+            return Err("an entry is not an [id, fields] pair".to_owned());
+        };
+        let mut entry = entry.into_iter();
+        let id = entry
+            .next()
+            .as_ref()
+            .and_then(id_of)
+            .ok_or("an entry has no valid id")?;
+        let values: Vec<Value> = match entry.next() {
+            Some(Value::Array(fields)) => fields,
+            Some(Value::Map(fields)) => fields.into_iter().flat_map(|(k, v)| [k, v]).collect(),
+            _ => return Err("an entry has no fields".to_owned()),
+        };
+        let mut fields = Vec::with_capacity(values.len() / 2);
+        let mut values = values.into_iter();
+        while let (Some(name), Some(value)) = (values.next(), values.next()) {
+            let bytes = |value: Value| match value {
+                Value::BulkString(bytes) => Some(bytes),
+                Value::SimpleString(text) => Some(text.into_bytes()),
+                Value::Int(n) => Some(n.to_string().into_bytes()),
+                _ => None,
+            };
+            if let (Some(name), Some(value)) = (bytes(name), bytes(value)) {
+                fields.push((String::from_utf8_lossy(&name).into_owned(), value));
+            }
+        }
+        out.push((id, fields));
     }
     Ok(out)
 }
