@@ -869,19 +869,21 @@ impl<T: DeserializeOwned, C: Connector> TrackedFrontend for StreamSource<T, C> {
             if ctx.is_stopping() {
                 return Ok(None);
             }
+            if Instant::now() >= running.next_sweep {
+                match self.sweep(ctx) {
+                    Err(Error::Aborted) => return Ok(None),
+                    other => other.map_err(fatal)?,
+                }
+                continue;
+            }
+            // After the sweep (whose claims are handed out first, so that they are known as
+            // in the pipeline), before any new entry.
             if running.recover {
                 match self.recover_own(ctx) {
                     Err(Error::Aborted) => return Ok(None),
                     other => other.map_err(fatal)?,
                 }
                 self.running.as_mut().expect("started above").recover = false;
-                continue;
-            }
-            if Instant::now() >= running.next_sweep {
-                match self.sweep(ctx) {
-                    Err(Error::Aborted) => return Ok(None),
-                    other => other.map_err(fatal)?,
-                }
                 continue;
             }
             let (broker, stream, group, consumer) = (
