@@ -75,7 +75,7 @@ fn counts_add_up_with_transport_and_backend_in_processes() {
     assert_eq!(backend.counts.failed, picky.count() as u64);
 }
 
-fn each_transport_thread_has_its_own_worker_process() {
+fn by_default_a_placed_stage_has_one_worker_per_engine_thread() {
     let pids = Arc::new(Mutex::new(BTreeSet::new()));
     let seen = Arc::clone(&pids);
     let report = Engine::builder(0..400_u64)
@@ -134,8 +134,8 @@ fn main() {
             counts_add_up_with_transport_and_backend_in_processes,
         ),
         (
-            "each_transport_thread_has_its_own_worker_process",
-            each_transport_thread_has_its_own_worker_process,
+            "by_default_a_placed_stage_has_one_worker_per_engine_thread",
+            by_default_a_placed_stage_has_one_worker_per_engine_thread,
         ),
         (
             "a_graceful_stop_drains_through_the_worker_processes",

@@ -89,6 +89,7 @@ where
         if let Some(offload) = stage.offload() {
             offload.submit(tag, items);
         }
+        stats.publish(counts);
     }
     // Whatever is still out comes back (a forced stop returns it at once, dropped).
     while !in_flight.is_empty() {

@@ -1,0 +1,458 @@
+//! Stages placed in worker processes keep every promise of the threaded engine: the same
+//! results and counts as on threads, nothing lost when a worker is killed, tickets settled
+//! only after the worker's flush, the app config and the stop state in the worker's context,
+//! and a stop now that frees the engine from a hung worker.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use engine_core::{
+    Backend, Outcome, RunReport, StageContext, StageError, StageKind, StopHandle, Ticket,
+    TrackedFrontend, Transport,
+};
+use engine_proc::{ProcBackend, ProcTransport};
+use engine_threads::Engine;
+use serde::{Deserialize, Serialize};
+
+/// Doubles, filters multiples of 7, refuses multiples of 13 and panics on every 1000th item.
+#[derive(Clone, Serialize, Deserialize)]
+struct Judge;
+
+impl Transport for Judge {
+    type Input = u64;
+    type Output = u64;
+
+    fn transport(&mut self, x: u64, _: &StageContext) -> Result<Option<u64>, StageError> {
+        if x % 1000 == 999 {
+            panic!("item {x} panics");
+        }
+        if x % 13 == 0 {
+            return Err(StageError::msg(format!("{x} refused")));
+        }
+        Ok((x % 7 != 0).then_some(x * 2))
+    }
+}
+
+/// Runs 0..n through `transport` on 2 threads and collects what the backend got.
+fn collect<T>(transport: T, n: u64) -> (RunReport, Vec<u64>)
+where
+    T: Transport<Input = u64, Output = u64> + Clone + Send + 'static,
+{
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&got);
+    let report = Engine::builder(0..n)
+        .transport(transport)
+        .transport_threads(2)
+        .backend(move |x: u64| sink.lock().unwrap().push(x))
+        .run()
+        .unwrap();
+    report.check().unwrap();
+    let mut got = std::mem::take(&mut *got.lock().unwrap());
+    got.sort_unstable();
+    (report, got)
+}
+
+fn the_same_transport_gives_the_same_results_on_threads_and_in_three_processes() {
+    const N: u64 = 200_000;
+    let (threads, on_threads) = collect(Judge, N);
+    let (placed, in_processes) = collect(ProcTransport::new(Judge).workers(3), N);
+    assert_eq!(on_threads.len(), in_processes.len());
+    assert!(on_threads == in_processes, "the outputs differ");
+    for kind in [StageKind::Transport, StageKind::Backend] {
+        assert_eq!(
+            threads.stage_of_kind(kind).unwrap().counts,
+            placed.stage_of_kind(kind).unwrap().counts,
+            "{kind} counts"
+        );
+    }
+    let transport = placed.stage_of_kind(StageKind::Transport).unwrap().counts;
+    let panics = (0..N).filter(|x| x % 1000 == 999).count() as u64;
+    let refused = (0..N).filter(|x| x % 1000 != 999 && x % 13 == 0).count() as u64;
+    assert_eq!(transport.input, N);
+    assert_eq!(transport.failed, panics + refused);
+    assert_eq!(
+        transport.filtered,
+        (0..N)
+            .filter(|x| x % 1000 != 999 && x % 13 != 0 && x % 7 == 0)
+            .count() as u64
+    );
+    assert_eq!(placed.processed(), transport.output);
+}
+
+fn ordered_mode_keeps_the_order_through_the_processes() {
+    const N: u64 = 50_000;
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&got);
+    let report = Engine::builder(0..N)
+        .transport(ProcTransport::new(Judge).workers(3))
+        .transport_threads(2)
+        .ordered(true)
+        .backend(move |x: u64| sink.lock().unwrap().push(x))
+        .run()
+        .unwrap();
+    report.check().unwrap();
+    let expected: Vec<u64> = (0..N)
+        .filter(|x| x % 1000 != 999 && x % 13 != 0 && x % 7 != 0)
+        .map(|x| x * 2)
+        .collect();
+    assert!(*got.lock().unwrap() == expected, "out of order or missing");
+}
+
+/// `x + 1`, slowly (about 20 µs an item), with the pid of the worker it ran in.
+#[derive(Clone, Serialize, Deserialize)]
+struct Slow;
+
+impl Transport for Slow {
+    type Input = u64;
+    type Output = (u64, u32);
+
+    fn transport(&mut self, x: u64, _: &StageContext) -> Result<Option<(u64, u32)>, StageError> {
+        let until = Instant::now() + Duration::from_micros(20);
+        while Instant::now() < until {
+            std::hint::spin_loop();
+        }
+        Ok(Some((x + 1, std::process::id())))
+    }
+}
+
+/// Whether process `pid` is gone (reaped, not a zombie).
+fn gone(pid: u32) -> bool {
+    !Path::new(&format!("/proc/{pid}")).exists()
+}
+
+fn a_worker_killed_mid_run_loses_nothing_and_runs_nothing_twice() {
+    const N: u64 = 60_000;
+    let placed = ProcTransport::new(Slow).workers(3);
+    let probe = placed.clone();
+    let seen = Arc::new(AtomicU64::new(0));
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let (count, sink) = (Arc::clone(&seen), Arc::clone(&got));
+    let handle = Engine::builder(0..N)
+        .transport(placed)
+        .transport_threads(2)
+        .backend(move |(x, pid): (u64, u32)| {
+            sink.lock().unwrap().push((x, pid));
+            count.fetch_add(1, Ordering::SeqCst);
+        })
+        .spawn()
+        .unwrap();
+    // Mid-run: a tenth of the items are through.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while seen.load(Ordering::SeqCst) < N / 10 {
+        assert!(Instant::now() < deadline, "the run does not progress");
+        std::thread::yield_now();
+    }
+    let pids = probe.worker_pids();
+    assert_eq!(pids.len(), 3, "{pids:?}");
+    let victim = pids[1];
+    assert!(
+        seen.load(Ordering::SeqCst) < N,
+        "the run ended before the kill"
+    );
+    // SAFETY: kill with a pid of our own unreaped child and a signal number.
+    unsafe {
+        libc::kill(victim as i32, libc::SIGKILL);
+    }
+    let report = handle.join().unwrap();
+    report.check().unwrap();
+    assert_eq!(report.processed(), N, "{report}");
+    assert_eq!(report.failed(), 0);
+    let got = got.lock().unwrap();
+    let values: BTreeSet<u64> = got.iter().map(|(x, _)| *x).collect();
+    assert_eq!(got.len() as u64, N, "an item arrived twice");
+    assert_eq!(values, (1..=N).collect(), "an item is missing");
+    assert!(gone(victim), "the killed worker was reaped");
+}
+
+/// A ticket that records its item's outcome.
+struct Record(u64, Arc<Mutex<Vec<(u64, &'static str)>>>);
+
+impl Ticket for Record {
+    fn complete(self, outcome: Outcome<'_>) {
+        let what = match outcome {
+            Outcome::Processed => "processed",
+            Outcome::Failed { .. } => "failed",
+            Outcome::Filtered => "filtered",
+            Outcome::Dropped => "dropped",
+            _ => "other",
+        };
+        self.1.lock().unwrap().push((self.0, what));
+    }
+}
+
+/// A tracked frontend of 0..n whose tickets record outcomes.
+struct Tracked(u64, u64, Arc<Mutex<Vec<(u64, &'static str)>>>);
+
+impl TrackedFrontend for Tracked {
+    type Item = u64;
+    type Ticket = Record;
+
+    fn produce(&mut self, _ctx: &StageContext) -> Result<Option<(Record, u64)>, StageError> {
+        if self.0 == self.1 {
+            return Ok(None);
+        }
+        self.0 += 1;
+        Ok(Some((Record(self.0 - 1, Arc::clone(&self.2)), self.0 - 1)))
+    }
+}
+
+/// Buffers items and writes them to a file of its worker at each flush; a flush whose buffer
+/// holds an item `x % 2500 == 1` fails and writes nothing.
+#[derive(Clone, Serialize, Deserialize)]
+struct Journal {
+    dir: PathBuf,
+    #[serde(skip)]
+    buffer: Vec<u64>,
+}
+
+impl Backend for Journal {
+    type Input = u64;
+
+    fn process(&mut self, x: u64, _: &StageContext) -> Result<(), StageError> {
+        self.buffer.push(x);
+        Ok(())
+    }
+
+    fn flush(&mut self, _: &StageContext) -> Result<(), StageError> {
+        let buffer = std::mem::take(&mut self.buffer);
+        if buffer.iter().any(|x| x % 2500 == 1) {
+            return Err(StageError::msg("the journal refuses this batch"));
+        }
+        let path = self.dir.join(format!("flushed-{}", std::process::id()));
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        for x in buffer {
+            writeln!(file, "{x}")?;
+        }
+        Ok(())
+    }
+}
+
+fn a_placed_backend_settles_only_what_its_flush_wrote() {
+    const N: u64 = 5_000;
+    let dir = std::env::temp_dir().join(format!("engine-placed-flush-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let outcomes = Arc::new(Mutex::new(Vec::new()));
+    let report = Engine::builder(Tracked(0, N, Arc::clone(&outcomes)))
+        .backend(
+            ProcBackend::new(Journal {
+                dir: dir.clone(),
+                buffer: Vec::new(),
+            })
+            .workers(2),
+        )
+        .run()
+        .unwrap();
+    report.check().unwrap();
+    let mut flushed = BTreeSet::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+        flushed.extend(text.lines().map(|l| l.parse::<u64>().unwrap()));
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+    let outcomes = outcomes.lock().unwrap();
+    assert_eq!(outcomes.len() as u64, N, "every ticket once");
+    let processed: BTreeSet<u64> = outcomes
+        .iter()
+        .filter(|(_, what)| *what == "processed")
+        .map(|(x, _)| *x)
+        .collect();
+    let failed = outcomes
+        .iter()
+        .filter(|(_, what)| *what == "failed")
+        .count() as u64;
+    assert_eq!(processed, flushed, "processed exactly what was written");
+    assert!(!processed.contains(&1) && !processed.contains(&2501));
+    assert!(failed > 0 && !processed.is_empty());
+    assert_eq!(processed.len() as u64 + failed, N);
+    let backend = report.stage_of_kind(StageKind::Backend).unwrap().counts;
+    assert_eq!(
+        (backend.output, backend.failed),
+        (processed.len() as u64, failed)
+    );
+}
+
+/// The app config of the tests.
+#[derive(Debug, Serialize, Deserialize)]
+struct Settings {
+    factor: u64,
+}
+
+/// Multiplies by the config's factor; item `wait_on` waits (up to 10 s) for the run to be
+/// stopping. Each output says whether the worker saw the stop.
+#[derive(Clone, Serialize, Deserialize)]
+struct Configured {
+    wait_on: Option<u64>,
+}
+
+impl Transport for Configured {
+    type Input = u64;
+    type Output = (u64, bool);
+
+    fn transport(&mut self, x: u64, ctx: &StageContext) -> Result<Option<(u64, bool)>, StageError> {
+        let factor = ctx.config::<Settings>()?.factor;
+        if self.wait_on == Some(x) {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !ctx.is_stopping() && Instant::now() < deadline {
+                std::thread::yield_now();
+            }
+        }
+        Ok(Some((x * factor, ctx.is_stopping())))
+    }
+}
+
+fn the_app_config_and_the_stop_state_reach_the_workers() {
+    // The config crosses once per worker; no stop: nobody sees one.
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&got);
+    let report = Engine::builder(0..300_u64)
+        .config(Settings { factor: 3 })
+        .transport(
+            ProcTransport::new(Configured { wait_on: None })
+                .workers(2)
+                .config::<Settings>(),
+        )
+        .backend(move |out: (u64, bool)| sink.lock().unwrap().push(out))
+        .run()
+        .unwrap();
+    assert_eq!(report.processed(), 300);
+    let mut first = std::mem::take(&mut *got.lock().unwrap());
+    first.sort_unstable();
+    assert_eq!(first, (0..300).map(|x| (x * 3, false)).collect::<Vec<_>>());
+
+    // A graceful stop of the engine is seen by stage code in the worker while it runs.
+    let stop = StopHandle::new();
+    let trigger = stop.clone();
+    let sink = Arc::clone(&got);
+    let report = Engine::builder((0..1_000_u64).inspect(move |x| {
+        if *x == 150 {
+            trigger.stop();
+        }
+    }))
+    .config(Settings { factor: 2 })
+    .stop_handle(&stop)
+    .transport(
+        ProcTransport::new(Configured { wait_on: Some(100) })
+            .workers(1)
+            .config::<Settings>(),
+    )
+    .backend(move |out: (u64, bool)| sink.lock().unwrap().push(out))
+    .run()
+    .unwrap();
+    report.check().unwrap();
+    let got = got.lock().unwrap();
+    assert!(got.contains(&(200, true)), "item 100 saw the stop");
+
+    // A config of another type is a clear error at setup.
+    let error = Engine::builder(0..10_u64)
+        .config(7_u32)
+        .transport(
+            ProcTransport::new(Configured { wait_on: None })
+                .workers(1)
+                .config::<Settings>(),
+        )
+        .backend(|_: (u64, bool)| {})
+        .run()
+        .unwrap_err();
+    let message = format!("{error:#}");
+    assert!(message.contains("Settings"), "{message}");
+}
+
+/// Never returns from item 5.
+#[derive(Clone, Serialize, Deserialize)]
+struct Hang;
+
+impl Transport for Hang {
+    type Input = u64;
+    type Output = u64;
+
+    fn transport(&mut self, x: u64, _: &StageContext) -> Result<Option<u64>, StageError> {
+        if x == 5 {
+            loop {
+                std::hint::spin_loop();
+            }
+        }
+        Ok(Some(x))
+    }
+}
+
+fn the_stop_deadline_frees_the_engine_from_a_hung_worker() {
+    const STOP_TIMEOUT: Duration = Duration::from_millis(500);
+    let placed = ProcTransport::new(Hang).workers(2);
+    let probe = placed.clone();
+    let handle = Engine::builder(0..10_u64)
+        .transport(placed)
+        .stop_timeout(STOP_TIMEOUT)
+        .backend(|_: u64| {})
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let pids = loop {
+        let pids = probe.worker_pids();
+        let started = handle
+            .stats()
+            .stages
+            .iter()
+            .any(|s| s.kind == StageKind::Transport && s.counts.input > 0);
+        if pids.len() == 2 && started {
+            break pids;
+        }
+        assert!(Instant::now() < deadline, "the workers do not start");
+        std::thread::yield_now();
+    };
+    let stopped = Instant::now();
+    handle.stop();
+    let report = handle.join().unwrap();
+    let took = stopped.elapsed();
+    assert!(
+        took < STOP_TIMEOUT + Duration::from_secs(1),
+        "the run took {took:?} to end"
+    );
+    report.check().unwrap();
+    assert!(
+        report.dropped() > 0,
+        "the hung batch was abandoned: {report}"
+    );
+    for pid in pids {
+        assert!(gone(pid), "worker {pid} is left behind");
+    }
+}
+
+fn main() {
+    engine_proc::init();
+    let tests: &[(&str, fn())] = &[
+        (
+            "the_same_transport_gives_the_same_results_on_threads_and_in_three_processes",
+            the_same_transport_gives_the_same_results_on_threads_and_in_three_processes,
+        ),
+        (
+            "ordered_mode_keeps_the_order_through_the_processes",
+            ordered_mode_keeps_the_order_through_the_processes,
+        ),
+        (
+            "a_worker_killed_mid_run_loses_nothing_and_runs_nothing_twice",
+            a_worker_killed_mid_run_loses_nothing_and_runs_nothing_twice,
+        ),
+        (
+            "a_placed_backend_settles_only_what_its_flush_wrote",
+            a_placed_backend_settles_only_what_its_flush_wrote,
+        ),
+        (
+            "the_app_config_and_the_stop_state_reach_the_workers",
+            the_app_config_and_the_stop_state_reach_the_workers,
+        ),
+        (
+            "the_stop_deadline_frees_the_engine_from_a_hung_worker",
+            the_stop_deadline_frees_the_engine_from_a_hung_worker,
+        ),
+    ];
+    std::process::exit(common::run_tests(tests));
+}
