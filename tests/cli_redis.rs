@@ -209,10 +209,7 @@ fn dead_letters_are_listed_shown_and_replayed_to_a_fixed_consumer() {
         rows.iter().all(|row| row.contains("deliveries=2")),
         "{listed}"
     );
-    assert!(
-        listed.contains("cannot handle \"poison 1\""),
-        "{listed}"
-    );
+    assert!(listed.contains("cannot handle \"poison 1\""), "{listed}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("3 dead letters in jobs:dead"));
     let ids: Vec<&str> = rows
         .iter()
@@ -277,4 +274,41 @@ fn dead_letters_are_listed_shown_and_replayed_to_a_fixed_consumer() {
     assert_eq!((len(&server, "jobs"), len(&server, "jobs:dead")), (0, 0));
     let out = engine(&["dlq", "list", &jobs], "");
     assert!(out.status.success() && out.stdout.is_empty(), "{out:?}");
+}
+
+#[test]
+fn rediss_with_a_password_works_and_no_log_line_shows_the_password() {
+    use engine::redis::testing::ServerOptions;
+    let password = "cli-secret-pw";
+    let server = Server::start_with(ServerOptions::new().tls(true).password(password)).unwrap();
+    let ca = server.ca_file().expect("a TLS server");
+    let url = |password: &str| {
+        format!(
+            "rediss://:{password}@127.0.0.1:{}/tls?ca={}",
+            server.port(),
+            ca.display()
+        )
+    };
+    let out = engine(
+        &["--log-level", "trace", "run", "--to", &url(password)],
+        "a\nb\n",
+    );
+    assert!(out.status.success(), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("completed: 2 processed"), "{stderr}");
+    assert!(!stderr.contains(password), "{stderr}");
+    assert_eq!(len(&server, "tls"), 2);
+
+    let wrong = "not-the-password";
+    let out = engine(&["--log-level", "trace", "run", "--to", &url(wrong)], "a\n");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("refused the credentials"), "{stderr}");
+    assert!(
+        !stderr.contains(wrong) && !stderr.contains(password),
+        "{stderr}"
+    );
+    let out = engine(&["dlq", "list", &url(wrong)], "");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(!String::from_utf8_lossy(&out.stderr).contains(wrong));
 }

@@ -2,6 +2,7 @@
 //! that a typo is an error at start, not a surprise later.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -21,7 +22,14 @@ pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Where a stream lives: the server, the stream's name, and how to read it.
 ///
-/// The form is `redis://[user:password@]host[:port]/<stream>[?key=value&...]`:
+/// The form is `redis[s]://[user:password@]host[:port]/<stream>[?key=value&...]`:
+///
+/// - `rediss://` connects with TLS (rustls). The server's certificate is checked against the
+///   system's roots, or against the CA certificate (PEM) of `ca=<path>`: what a private CA
+///   or a throwaway self-signed test certificate needs.
+/// - `user:password@` authenticates (`AUTH`; an ACL user, or `:password@` for the default
+///   user), percent-encoded. The password is never shown: [`Display`](fmt::Display),
+///   [`Debug`](fmt::Debug), [`as_str`](Self::as_str) and every error show `***` instead.
 ///
 /// - The path is the stream's name (percent-encoded if it holds `?`, `#`, `%` or spaces). It
 ///   is not a database number, as in plain Redis URLs; give that as `db=<n>`.
@@ -59,9 +67,12 @@ pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// ```
 #[derive(Clone, PartialEq, Eq)]
 pub struct StreamAddress {
+    /// The address as given, with the password replaced by `***`.
     original: String,
-    /// `user:password@`, still percent-encoded, or empty.
-    userinfo: String,
+    tls: bool,
+    ca: Option<PathBuf>,
+    username: Option<String>,
+    password: Option<String>,
     host: String,
     port: u16,
     db: i64,
@@ -87,23 +98,43 @@ impl StreamAddress {
     /// [`Error::InvalidAddress`], saying what is wrong and what the expected form is.
     pub fn parse(address: &str) -> Result<Self> {
         parse(address).map_err(|reason| Error::InvalidAddress {
-            address: address.to_owned(),
+            address: redact(address),
             reason,
         })
     }
 
-    /// The address as it was given.
+    /// The address as it was given, with the password (if any) replaced by `***`: safe to
+    /// log.
+    ///
+    /// ```
+    /// # use engine_redis::StreamAddress;
+    /// let a = StreamAddress::parse("rediss://app:s3cret@db.example/in?group=g")?;
+    /// assert_eq!(a.as_str(), "rediss://app:***@db.example/in?group=g");
+    /// # Ok::<(), engine_redis::Error>(())
+    /// ```
     pub fn as_str(&self) -> &str {
         &self.original
     }
 
-    /// The server, as `redis://host:port`, without the password: safe to log.
+    /// The server, as `redis://host:port` (`rediss://` with TLS), without the user or the
+    /// password: safe to log.
     pub fn server(&self) -> String {
+        let scheme = if self.tls { "rediss" } else { "redis" };
         if self.host.contains(':') {
-            format!("redis://[{}]:{}", self.host, self.port)
+            format!("{scheme}://[{}]:{}", self.host, self.port)
         } else {
-            format!("redis://{}:{}", self.host, self.port)
+            format!("{scheme}://{}:{}", self.host, self.port)
         }
+    }
+
+    /// Whether the connection uses TLS (`rediss://`).
+    pub fn is_tls(&self) -> bool {
+        self.tls
+    }
+
+    /// The CA certificate file the server's certificate is checked against (`ca=`), if any.
+    pub fn ca_file(&self) -> Option<&std::path::Path> {
+        self.ca.as_deref()
     }
 
     /// The stream's name.
@@ -172,17 +203,29 @@ impl StreamAddress {
         self
     }
 
-    /// The URL the `redis` crate connects to: the server and database, no stream.
-    pub(crate) fn connection_url(&self) -> String {
-        let host = if self.host.contains(':') {
-            format!("[{}]", self.host)
+    /// What the `redis` crate connects to: the server, TLS, credentials and database.
+    pub(crate) fn connection_info(&self) -> redis::ConnectionInfo {
+        use redis::{ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo};
+        let addr = if self.tls {
+            ConnectionAddr::TcpTls {
+                host: self.host.clone(),
+                port: self.port,
+                insecure: false,
+                tls_params: None,
+            }
         } else {
-            self.host.clone()
+            ConnectionAddr::Tcp(self.host.clone(), self.port)
         };
-        format!(
-            "redis://{}{}:{}/{}",
-            self.userinfo, host, self.port, self.db
-        )
+        let mut settings = RedisConnectionInfo::default().set_db(self.db);
+        if let Some(username) = &self.username {
+            settings = settings.set_username(username);
+        }
+        if let Some(password) = &self.password {
+            settings = settings.set_password(password);
+        }
+        addr.into_connection_info()
+            .expect("a connection address always converts")
+            .set_redis_settings(settings)
     }
 }
 
@@ -191,6 +234,8 @@ impl fmt::Debug for StreamAddress {
         // Not the original string: it may hold a password.
         f.debug_struct("StreamAddress")
             .field("server", &self.server())
+            .field("user", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "***"))
             .field("db", &self.db)
             .field("stream", &self.stream)
             .field("group", &self.group)
@@ -213,17 +258,36 @@ impl FromStr for StreamAddress {
     }
 }
 
-const FORM: &str = "expected redis://host[:port]/<stream>[?group=<group>]";
+const FORM: &str = "expected redis[s]://[user:password@]host[:port]/<stream>[?group=<group>]";
+
+/// `address` with the password of its `user:password@` part replaced by `***`.
+fn redact(address: &str) -> String {
+    let Some((scheme, rest)) = address.split_once("://") else {
+        return address.to_owned();
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, hostport)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
+            let hidden = if userinfo.contains(':') { ":***" } else { "" };
+            // A lone `secret@` is a password to redis-rs as well: hide it too.
+            let user = if hidden.is_empty() { "***" } else { user };
+            format!("{scheme}://{user}{hidden}@{hostport}{tail}")
+        }
+        None => address.to_owned(),
+    }
+}
 
 fn parse(address: &str) -> std::result::Result<StreamAddress, String> {
     let Some((scheme, rest)) = address.split_once("://") else {
         return Err(FORM.to_owned());
     };
-    match scheme.to_ascii_lowercase().as_str() {
-        "redis" => {}
-        "rediss" => return Err("TLS (rediss://) is not supported by this build".to_owned()),
+    let tls = match scheme.to_ascii_lowercase().as_str() {
+        "redis" => false,
+        "rediss" => true,
         other => return Err(format!("unsupported scheme {other:?}; {FORM}")),
-    }
+    };
     let rest = rest.split_once('#').map_or(rest, |(before, _)| before);
     let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
     let Some((authority, path)) = rest.split_once('/') else {
@@ -233,14 +297,24 @@ fn parse(address: &str) -> std::result::Result<StreamAddress, String> {
     if stream.is_empty() {
         return Err(format!("no stream name; {FORM}"));
     }
-    let (userinfo, hostport) = match authority.rsplit_once('@') {
-        Some((user, hostport)) => (format!("{user}@"), hostport),
-        None => (String::new(), authority),
+    let (username, password, hostport) = match authority.rsplit_once('@') {
+        Some((userinfo, hostport)) => {
+            let (user, password) = match userinfo.split_once(':') {
+                Some((user, password)) => (decode(user)?, Some(decode(password)?)),
+                None => (decode(userinfo)?, None),
+            };
+            let user = (!user.is_empty()).then_some(user);
+            (user, password.filter(|p| !p.is_empty()), hostport)
+        }
+        None => (None, None, authority),
     };
     let (host, port) = split_host_port(hostport)?;
     let mut parsed = StreamAddress {
-        original: address.to_owned(),
-        userinfo,
+        original: redact(address),
+        tls,
+        ca: None,
+        username,
+        password,
         host,
         port,
         db: 0,
@@ -271,6 +345,8 @@ fn parse(address: &str) -> std::result::Result<StreamAddress, String> {
             "consumer" => parsed.consumer = Some(name("consumer name")?),
             "dead" => parsed.dead = Some(name("stream name")?),
             "db" => parsed.db = number(key, &value)?,
+            "ca" if tls => parsed.ca = Some(PathBuf::from(name("file path")?)),
+            "ca" => return Err("`ca` is for TLS: use rediss://".to_owned()),
             "bound" if value == "none" => parsed.bound = Some(None),
             "bound" => parsed.bound = Some(Some(positive(key, &value)?)),
             "max_deliveries" => parsed.max_deliveries = Some(positive(key, &value)?),
@@ -283,7 +359,7 @@ fn parse(address: &str) -> std::result::Result<StreamAddress, String> {
             }
             other => {
                 return Err(format!(
-                    "unknown option {other:?} (known: group, consumer, dead, db, bound, \
+                    "unknown option {other:?} (known: group, consumer, dead, db, ca, bound, \
                      max_deliveries, claim_idle_ms, block_ms, remove_idle_ms)"
                 ));
             }
@@ -370,6 +446,33 @@ mod tests {
     use super::*;
 
     #[test]
+    fn tls_and_secrets() {
+        let a = StreamAddress::parse("rediss://:top%2Fsecret@127.0.0.1:7000/in?ca=/tmp/ca.pem")
+            .unwrap();
+        assert!(a.is_tls());
+        assert_eq!(a.ca_file(), Some(std::path::Path::new("/tmp/ca.pem")));
+        assert_eq!(a.server(), "rediss://127.0.0.1:7000");
+        let settings = a.connection_info().redis_settings().clone();
+        assert_eq!(
+            (settings.username(), settings.password()),
+            (None, Some("top/secret"))
+        );
+        for shown in [a.as_str().to_owned(), format!("{a:?}"), a.to_string()] {
+            assert!(!shown.contains("top"), "{shown}");
+        }
+        assert_eq!(a.as_str(), "rediss://:***@127.0.0.1:7000/in?ca=/tmp/ca.pem");
+        // A bad address with a password: the error does not show it.
+        let err = StreamAddress::parse("redis://u:hunter2@h/in?grup=x").unwrap_err();
+        assert!(!format!("{err} {err:?}").contains("hunter2"), "{err:?}");
+        assert!(
+            err.to_string().contains("redis://u:***@h/in?grup=x"),
+            "{err}"
+        );
+        let err = StreamAddress::parse("redis://hunter2@h:99999/in").unwrap_err();
+        assert!(!format!("{err} {err:?}").contains("hunter2"), "{err:?}");
+    }
+
+    #[test]
     fn parses_every_part() {
         let a = StreamAddress::parse(
             "redis://user:p%40ss@[::1]:7000/a%20b?group=g&consumer=c&dead=d&db=2&bound=10&\
@@ -380,13 +483,19 @@ mod tests {
         assert_eq!((a.group(), a.consumer()), ("g", Some("c")));
         assert_eq!(a.dead_letter_stream(), "d");
         assert_eq!(a.server(), "redis://[::1]:7000");
-        assert_eq!(a.connection_url(), "redis://user:p%40ss@[::1]:7000/2");
+        let info = a.connection_info();
+        let settings = info.redis_settings();
+        assert_eq!(
+            (settings.username(), settings.password(), settings.db()),
+            (Some("user"), Some("p@ss"), 2)
+        );
+        assert_eq!(a.as_str().matches("p%40ss").count(), 0, "{}", a.as_str());
         assert_eq!((a.bound, a.max_deliveries), (Some(Some(10)), Some(3)));
         let unbounded = StreamAddress::parse("redis://h/s?bound=none").unwrap();
         assert_eq!(unbounded.bound, Some(None));
         assert_eq!(a.claim_idle, Some(Duration::from_millis(500)));
         assert_eq!(a.block, Some(Duration::from_millis(50)));
-        assert!(!format!("{a:?}").contains("p%40ss"));
+        assert!(!format!("{a:?}").contains("p%40ss") && !format!("{a:?}").contains("p@ss"));
         assert_eq!(a.to_string(), "redis://[::1]:7000/a b");
     }
 
@@ -396,7 +505,7 @@ mod tests {
             "",
             "127.0.0.1:6379/in",
             "http://host/in",
-            "rediss://host/in",
+            "redis://host/in?ca=/etc/ca.pem",
             "redis://host",
             "redis://host/",
             "redis:///in",
@@ -428,7 +537,7 @@ mod tests {
             (a.stream(), a.group(), a.consumer()),
             ("out", "g", Some("me"))
         );
-        assert_eq!(a.connection_url(), "redis://h:6379/0");
+        assert_eq!(a.connection_info().redis_settings().password(), None);
         assert_eq!(
             "redis://h/x".parse::<StreamAddress>().unwrap().stream(),
             "x"

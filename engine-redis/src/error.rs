@@ -21,13 +21,25 @@ pub enum Error {
         /// What is wrong with it, and what the expected form is.
         reason: String,
     },
-    /// No connection could be made: nothing listens there, the host does not resolve, or the
-    /// server refused the handshake (a wrong password, a database that does not exist).
+    /// No connection could be made: nothing listens there, the host does not resolve, the TLS
+    /// handshake failed, or the server refused the handshake (a database that does not
+    /// exist).
     #[error("cannot reach the broker at {server}")]
     Unreachable {
         /// The server, as `redis://host:port`.
         server: String,
         /// Why.
+        #[source]
+        source: BoxError,
+    },
+    /// The server refused the credentials of the address (a wrong password or user, or none
+    /// where one is needed). Not retried: fix the address. The password is not in the
+    /// message.
+    #[error("the broker at {server} refused the credentials (check the user and password)")]
+    Unauthorized {
+        /// The server, as `redis://host:port`.
+        server: String,
+        /// The server's answer.
         #[source]
         source: BoxError,
     },
@@ -144,7 +156,10 @@ impl Error {
     pub(crate) fn breaks_connection(&self) -> bool {
         matches!(
             self,
-            Self::Unreachable { .. } | Self::ConnectionLost { .. } | Self::UnexpectedReply { .. }
+            Self::Unreachable { .. }
+                | Self::Unauthorized { .. }
+                | Self::ConnectionLost { .. }
+                | Self::UnexpectedReply { .. }
         )
     }
 }

@@ -31,11 +31,16 @@
 //!   once, with [`Error::Unreachable`]), and reconnects with a backoff when the server goes
 //!   away, for [`SinkOptions::retry_for`]. Blocking reads wait longer than their block time.
 //!
+//! - **TLS and auth.** `rediss://` connects with TLS (rustls, through the `redis` crate),
+//!   trusting the system's roots or the CA file of `?ca=<path>`; `user:password@` (or
+//!   `:password@`) authenticates. A refused password is [`Error::Unauthorized`]; the
+//!   password is never shown in a log line, an error or an address's `Display`/`Debug`.
+//!
 //! Items are encoded with [`engine_core::protocol::to_bytes`] (postcard) in the entry field
 //! `d` ([`PAYLOAD_FIELD`]), next to the protocol version in `v` ([`VERSION_FIELD`]); a source
 //! dead-letters an entry of another version, with a reason that names both, and goes on.
 //! Streams are named by a [`StreamAddress`]:
-//! `redis://host:port/<stream>?group=<group>`.
+//! `redis[s]://[user:password@]host:port/<stream>?group=<group>`.
 //!
 //! The broker sits behind the [`Broker`] and [`Connector`] traits; [`RedisBroker`] is the
 //! Redis implementation, and another broker (NATS JetStream) can follow without changing the

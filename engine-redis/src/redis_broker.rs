@@ -113,15 +113,14 @@ impl RedisBroker {
     ///
     /// # Errors
     ///
-    /// [`Error::Unreachable`] when no connection can be made within the connect timeout, or
-    /// the server refuses the handshake.
+    /// [`Error::Unreachable`] when no connection can be made within the connect timeout (a
+    /// TLS handshake that fails included), [`Error::Unauthorized`] when the server refuses
+    /// the credentials, [`Error::InvalidAddress`] when the CA file (`ca=`) cannot be read.
     pub fn connect(address: &StreamAddress) -> Result<Self> {
         let server = address.server();
-        let client = redis::Client::open(address.connection_url().as_str()).map_err(|err| {
-            Error::InvalidAddress {
-                address: address.server(),
-                reason: err.to_string(),
-            }
+        let client = client(address).map_err(|reason| Error::InvalidAddress {
+            address: address.as_str().to_owned(),
+            reason,
         })?;
         let mut broker = Self {
             client,
@@ -131,7 +130,9 @@ impl RedisBroker {
             connect_timeout: address.connect_timeout,
             response_timeout: address.response_timeout,
         };
-        broker.connection(address.response_timeout)?;
+        // A server that wants a password and got none answers the first command only.
+        let timeout = address.response_timeout;
+        broker.run("PING", timeout, |conn| redis::cmd("PING").exec(conn))?;
         Ok(broker)
     }
 
@@ -141,9 +142,18 @@ impl RedisBroker {
             let conn = self
                 .client
                 .get_connection_with_timeout(self.connect_timeout)
-                .map_err(|err| Error::Unreachable {
-                    server: self.server.clone(),
-                    source: Box::new(err),
+                .map_err(|err| {
+                    if is_auth_error(&err) {
+                        Error::Unauthorized {
+                            server: self.server.clone(),
+                            source: Box::new(err),
+                        }
+                    } else {
+                        Error::Unreachable {
+                            server: self.server.clone(),
+                            source: Box::new(err),
+                        }
+                    }
                 })?;
             conn.set_write_timeout(Some(self.response_timeout))
                 .map_err(|err| self.lost("connect", err))?;
@@ -293,9 +303,39 @@ return out
 /// The replay script, hashed once per process.
 static REPLAY_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(REPLAY));
 
+/// The `redis` client of `address`: TLS with the CA file of `ca=`, if any, and credentials.
+pub(crate) fn client(address: &StreamAddress) -> std::result::Result<redis::Client, String> {
+    let info = address.connection_info();
+    match address.ca_file() {
+        Some(path) => {
+            let pem = std::fs::read(path)
+                .map_err(|err| format!("cannot read the CA file {}: {err}", path.display()))?;
+            let certificates = redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(pem),
+            };
+            redis::Client::build_with_tls(info, certificates)
+        }
+        None => redis::Client::open(info),
+    }
+    .map_err(|err| err.to_string())
+}
+
+/// Whether the server refused the credentials (or wants some), when connecting.
+fn is_auth_error(err: &RedisError) -> bool {
+    err.kind() == ErrorKind::AuthenticationFailed
+        || matches!(err.code(), Some("WRONGPASS" | "NOAUTH"))
+}
+
 /// Sorts a `redis` error into the crate's errors.
 fn classify(server: &str, command: &'static str, err: RedisError) -> Error {
     let server = server.to_owned();
+    if is_auth_error(&err) {
+        return Error::Unauthorized {
+            server,
+            source: Box::new(err),
+        };
+    }
     match err.kind() {
         ErrorKind::Server(
             ServerErrorKind::BusyLoading

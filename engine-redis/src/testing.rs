@@ -76,6 +76,8 @@ const PORT_ATTEMPTS: usize = 5;
 #[derive(Debug, Clone)]
 pub struct ServerOptions {
     append_only: bool,
+    tls: bool,
+    password: Option<String>,
     ready_timeout: Duration,
     program: Option<PathBuf>,
 }
@@ -84,6 +86,8 @@ impl Default for ServerOptions {
     fn default() -> Self {
         Self {
             append_only: false,
+            tls: false,
+            password: None,
             ready_timeout: Duration::from_secs(20),
             program: None,
         }
@@ -102,6 +106,25 @@ impl ServerOptions {
     #[must_use]
     pub fn append_only(mut self, append_only: bool) -> Self {
         self.append_only = append_only;
+        self
+    }
+
+    /// Whether the server speaks TLS only (`--tls-port`), with a throwaway certificate for
+    /// `127.0.0.1` signed by a throwaway CA, both made with the `openssl` command in the
+    /// server's directory. [`Server::url`] is then `rediss://...`, and
+    /// [`Server::address`] adds `ca=<the CA file>` so that the certificate is trusted.
+    /// Clients need no certificate of their own (`--tls-auth-clients no`).
+    #[must_use]
+    pub fn tls(mut self, tls: bool) -> Self {
+        self.tls = tls;
+        self
+    }
+
+    /// A password the server requires (`--requirepass`); [`Server::url`] carries it as
+    /// `:<password>@`, so give one that needs no percent-encoding.
+    #[must_use]
+    pub fn password(mut self, password: impl Into<String>) -> Self {
+        self.password = Some(password.into());
         self
     }
 
@@ -258,6 +281,10 @@ impl Server {
             dir,
             options,
         };
+        if server.options.tls {
+            // On an error, dropping `server` removes the directory.
+            make_certificates(&server.dir)?;
+        }
         // The port is free when chosen, but another process may bind it before the server
         // does: then the server exits at once, and another port is tried.
         let mut attempts = 0;
@@ -280,8 +307,26 @@ impl Server {
     fn spawn(&mut self) -> Result<(), ServerError> {
         // A fresh log, so that an error shows this start's lines only.
         let _ = std::fs::remove_file(self.dir.join(LOG_FILE));
-        let child = Command::new(&self.program)
-            .args(["--port", &self.port.to_string()])
+        let mut command = Command::new(&self.program);
+        let port = self.port.to_string();
+        if self.options.tls {
+            let file = |name: &str| self.dir.join(name).into_os_string();
+            command
+                .args(["--port", "0", "--tls-port", &port])
+                .arg("--tls-cert-file")
+                .arg(file("server.pem"))
+                .arg("--tls-key-file")
+                .arg(file("server.key"))
+                .arg("--tls-ca-cert-file")
+                .arg(file(CA_FILE))
+                .args(["--tls-auth-clients", "no"]);
+        } else {
+            command.args(["--port", &port]);
+        }
+        if let Some(password) = &self.options.password {
+            command.args(["--requirepass", password]);
+        }
+        let child = command
             .args(["--bind", "127.0.0.1"])
             .arg("--dir")
             .arg(&self.dir)
@@ -377,9 +422,22 @@ impl Server {
         &self.dir
     }
 
-    /// The server's URL, `redis://127.0.0.1:<port>`, as the `redis` crate takes it.
+    /// The server's URL, `redis://127.0.0.1:<port>` (`rediss://` with TLS, and
+    /// `:<password>@` before the host with a password).
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.options.tls { "rediss" } else { "redis" };
+        let auth = self
+            .options
+            .password
+            .as_ref()
+            .map_or_else(String::new, |password| format!(":{password}@"));
+        format!("{scheme}://{auth}127.0.0.1:{}", self.port)
+    }
+
+    /// The CA certificate (PEM) that signed the server's certificate, with
+    /// [`ServerOptions::tls`].
+    pub fn ca_file(&self) -> Option<PathBuf> {
+        self.options.tls.then(|| self.dir.join(CA_FILE))
     }
 
     /// The URL of `stream` on this server, `redis://127.0.0.1:<port>/<stream>`, to which a
@@ -395,7 +453,12 @@ impl Server {
     /// [`Error::InvalidAddress`](crate::Error::InvalidAddress) if `stream` is not a valid URL
     /// path (percent-encode `?`, `#`, `%` and spaces).
     pub fn address(&self, stream: &str) -> crate::Result<StreamAddress> {
-        StreamAddress::parse(&self.stream_url(stream))
+        let mut url = self.stream_url(stream);
+        if let Some(ca) = self.ca_file() {
+            url.push_str("?ca=");
+            url.push_str(&ca.display().to_string());
+        }
+        StreamAddress::parse(&url)
     }
 
     /// A new connection, for the caller's own commands: 2 s to connect, 10 s for each reply.
@@ -404,7 +467,20 @@ impl Server {
     ///
     /// The `redis` crate's error if the server does not answer.
     pub fn connection(&self) -> redis::RedisResult<redis::Connection> {
-        let client = redis::Client::open(self.url())?;
+        let address = self.address("any").map_err(|err| {
+            redis::RedisError::from((
+                redis::ErrorKind::InvalidClientConfig,
+                "not a valid address",
+                err.to_string(),
+            ))
+        })?;
+        let client = crate::redis_broker::client(&address).map_err(|reason| {
+            redis::RedisError::from((
+                redis::ErrorKind::InvalidClientConfig,
+                "cannot make a client",
+                reason,
+            ))
+        })?;
         let conn = client.get_connection_with_timeout(crate::DEFAULT_CONNECT_TIMEOUT)?;
         conn.set_read_timeout(Some(crate::DEFAULT_RESPONSE_TIMEOUT))?;
         Ok(conn)
@@ -451,6 +527,83 @@ impl fmt::Debug for Server {
             .field("options", &self.options)
             .finish_non_exhaustive()
     }
+}
+
+/// The CA certificate's file name, in the server's directory.
+const CA_FILE: &str = "ca.pem";
+
+/// Makes a throwaway CA and a certificate for `127.0.0.1` signed by it, in `dir`, with the
+/// `openssl` command.
+fn make_certificates(dir: &Path) -> Result<(), ServerError> {
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n\
+         keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+    )
+    .map_err(|source| ServerError::Io {
+        action: format!("write {}", dir.join("server.ext").display()),
+        source,
+    })?;
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let steps: [&[&str]; 3] = [
+        &[
+            &["req", "-x509"][..],
+            &ec,
+            &["-keyout", "ca.key", "-out", CA_FILE, "-days", "2"],
+            &["-subj", "/CN=engine-redis test CA"],
+        ]
+        .concat(),
+        &[
+            &["req"][..],
+            &ec,
+            &["-keyout", "server.key", "-out", "server.csr"],
+            &["-subj", "/CN=127.0.0.1"],
+        ]
+        .concat(),
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            CA_FILE,
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "server.ext",
+        ],
+    ];
+    for args in steps {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|source| ServerError::Io {
+                action: "run openssl to make a test certificate (install it with \
+                         `apt-get install -y openssl`)"
+                    .to_owned(),
+                source,
+            })?;
+        if !out.status.success() {
+            return Err(ServerError::Io {
+                action: format!("make a test certificate with openssl {}", args.join(" ")),
+                source: io::Error::other(String::from_utf8_lossy(&out.stderr).into_owned()),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The first `redis-server` on `PATH` or in the usual directories.
