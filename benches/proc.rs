@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 
 use engine_core::protocol::Kind;
 use engine_core::{StageContext, StageError, Transport};
-use engine_proc::{Child, Duplex, Pool, ProcTransport, Worker};
+use engine_proc::{Child, Duplex, Pool, ProcTransport};
 use engine_threads::Engine;
 use ipc_channel::ipc::{self, IpcBytesSender, IpcOneShotServer, IpcReceiver, IpcSender};
 use serde::de::DeserializeOwned;
@@ -195,26 +195,22 @@ fn raw_child(role: &str) -> i32 {
 // ---------------------------------------------------------------------------------------
 // 1. Small tasks through a pool.
 
-/// The pool's worker: x + 1.
+/// `x + 1`: one stage for the pool and the engine alike.
+#[derive(Clone, Serialize, Deserialize)]
 struct Inc;
 
-impl Worker for Inc {
-    type Init = ();
-    type Task = u64;
+impl Transport for Inc {
+    type Input = u64;
     type Output = u64;
 
-    fn init((): ()) -> Result<Self, StageError> {
-        Ok(Inc)
-    }
-
-    fn run(&mut self, x: u64) -> Result<u64, StageError> {
-        Ok(x + 1)
+    fn transport(&mut self, x: u64, _: &StageContext) -> Result<Option<u64>, StageError> {
+        Ok(Some(x + 1))
     }
 }
 
 fn pool() {
-    let mut pool = Pool::<Inc>::builder()
-        .workers(2, ())
+    let mut pool = Pool::builder()
+        .workers(2, Inc)
         .start()
         .expect("the pool starts");
     let mut echoes: Vec<(EchoChannels, std::process::Child)> =
@@ -275,19 +271,6 @@ fn pool() {
 // ---------------------------------------------------------------------------------------
 // 2. A transport placed in worker processes.
 
-/// `x + 1` as a stage of the threaded engine.
-#[derive(Clone, Serialize, Deserialize)]
-struct Inc1;
-
-impl Transport for Inc1 {
-    type Input = u64;
-    type Output = u64;
-
-    fn transport(&mut self, x: u64, _: &StageContext) -> Result<Option<u64>, StageError> {
-        Ok(Some(x + 1))
-    }
-}
-
 /// A transport that forwards item by item and hides the batch path: the placed stage as it
 /// was before it took whole batches (one round trip per item).
 #[derive(Clone)]
@@ -344,10 +327,10 @@ fn placed_run<T: Transport<Input = u64, Output = u64> + Clone + Send + 'static>(
 }
 
 fn placed() {
-    let placed = ProcTransport::new(Inc1).workers(2);
-    let per_item = PerItem(ProcTransport::new(Inc1).workers(2));
-    let mut pool = Pool::<Inc>::builder()
-        .workers(2, ())
+    let placed = ProcTransport::new(Inc).workers(2);
+    let per_item = PerItem(ProcTransport::new(Inc).workers(2));
+    let mut pool = Pool::builder()
+        .workers(2, Inc)
         .start()
         .expect("the pool starts");
     let mut pool_run = || {
@@ -411,7 +394,7 @@ fn lone_item_latencies(n: usize) -> Vec<Duration> {
     let (tx, rx) = crossbeam_channel::bounded::<u64>(1);
     let (back_tx, back) = crossbeam_channel::bounded::<u64>(1);
     let engine = Engine::builder(rx)
-        .transport(ProcTransport::new(Inc1).workers(2))
+        .transport(ProcTransport::new(Inc).workers(2))
         .transport_threads(2)
         .backend(move |x: u64| {
             let _ = back_tx.send(x);

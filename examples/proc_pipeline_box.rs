@@ -1,6 +1,6 @@
 //! A master and its workers (DumbPipelineBox's `Master` / `Worker`): every worker process
 //! does its expensive set-up once, from serialisable arguments given to `add_worker(**kwargs)`
-//! (here `.worker(init)`), then runs tasks; `master.run(...)` yields `(task_id, result)`
+//! (here `.worker(WorkerStage::<W>::new(init))`), then runs tasks; `master.run(...)` yields `(task_id, result)`
 //! pairs as the tasks complete, and a task that fails comes back as an error value instead
 //! of taking the pool down.
 //!
@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 
 use anyhow::{Result, bail, ensure};
 use engine_core::StageError;
-use engine_proc::{Pool, TaskError, Worker};
+use engine_proc::{Pool, TaskError, Worker, WorkerStage};
 use serde::{Deserialize, Serialize};
 
 /// The arguments a worker is initialised from (DumbPipelineBox's `**kwargs`): plain data,
@@ -95,15 +95,15 @@ fn main() -> Result<()> {
     engine_proc::init();
 
     // Two workers, each set up from its own arguments.
-    let mut pool = Pool::<PrimeCounter>::builder()
-        .worker(SieveInit {
+    let mut pool = Pool::builder()
+        .worker(WorkerStage::<PrimeCounter>::new(SieveInit {
             label: "small".into(),
             limit: 50_000,
-        })
-        .worker(SieveInit {
+        }))
+        .worker(WorkerStage::<PrimeCounter>::new(SieveInit {
             label: "large".into(),
             limit: 100_000,
-        })
+        }))
         .start()?;
 
     // Results in completion order; ids are given in submission order, from 0.

@@ -14,8 +14,8 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail, ensure};
-use engine_core::StageError;
-use engine_proc::{Pool, TaskError, Worker};
+use engine_core::{StageContext, StageError, Transport};
+use engine_proc::{Pool, TaskError};
 use serde::{Deserialize, Serialize};
 
 /// How many identical workers take tasks from the queue.
@@ -38,25 +38,25 @@ enum Task {
     Slow(u64),
 }
 
-/// The worker: every process the same.
+/// The worker's code: every process the same. It is a plain [`Transport`], the same trait
+/// the threaded engine runs, so this stage could run on threads or placed in an engine too.
+#[derive(Clone, Serialize, Deserialize)]
 struct Squarer;
 
-impl Worker for Squarer {
-    type Init = ();
-    type Task = Task;
+impl Transport for Squarer {
+    type Input = Task;
     type Output = u64;
 
-    fn init((): ()) -> Result<Self, StageError> {
-        Ok(Self)
-    }
-
-    fn run(&mut self, task: Task) -> Result<u64, StageError> {
+    fn transport(&mut self, task: Task, _: &StageContext) -> Result<Option<u64>, StageError> {
         match task {
-            Task::Square(n) => n.checked_mul(n).ok_or_else(|| StageError::msg("overflow")),
+            Task::Square(n) => n
+                .checked_mul(n)
+                .map(Some)
+                .ok_or_else(|| StageError::msg("overflow")),
             Task::Slow(millis) => {
                 // The task's "work", which the timeout cuts short.
                 std::thread::sleep(Duration::from_millis(millis));
-                Ok(0)
+                Ok(Some(0))
             }
         }
     }
@@ -73,8 +73,8 @@ fn task(i: usize) -> Task {
 fn main() -> Result<()> {
     engine_proc::init();
 
-    let mut pool = Pool::<Squarer>::builder()
-        .workers(WORKERS, ())
+    let mut pool = Pool::builder()
+        .workers(WORKERS, Squarer)
         .task_timeout(TASK_TIMEOUT)
         .start()?;
     ensure!(

@@ -96,7 +96,9 @@ fn the_default_engine_is_reachable() {
 #[cfg(feature = "proc")]
 #[test]
 fn proc_is_reachable() {
-    use engine::proc::{Child, Pool, ProcBackend, ProcTransport, Router, TaskError, Worker};
+    use engine::proc::{
+        Child, Pool, ProcBackend, ProcTransport, Router, TaskError, Worker, WorkerStage,
+    };
     fn named<T: ?Sized>() -> &'static str {
         std::any::type_name::<T>()
     }
@@ -138,7 +140,7 @@ fn proc_is_reachable() {
             Ok(task)
         }
     }
-    assert!(named::<Pool<Echo>>().contains("Pool"));
+    assert!(named::<Pool<WorkerStage<Echo>>>().contains("Pool"));
     assert!(named::<ProcTransport<Stage>>().contains("ProcTransport"));
     assert!(named::<ProcBackend<Stage>>().contains("ProcBackend"));
     assert!(engine::enabled_features().contains(&"proc"));

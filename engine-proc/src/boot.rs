@@ -92,7 +92,7 @@ pub fn init() {
         Ok((entry, server)) => entry(server),
         Err(reason) => {
             tracing::error!("engine-proc worker cannot start: {reason}");
-            crate::worker::EXIT_BOOT_FAILED
+            crate::program::EXIT_BOOT_FAILED
         }
     };
     std::process::exit(code);

@@ -10,8 +10,8 @@ use serde::Serialize;
 
 use crate::boot::{self, Process, address_at, offset_of};
 use crate::error::{ExitHow, ProcError, SpawnError};
+use crate::program::{EXIT_BOOT_FAILED, INIT};
 use crate::wire::{self, Packet, RecvError, send_envelope};
-use crate::worker::{EXIT_BOOT_FAILED, INIT};
 
 /// A child's code: runs with its end of the pipe; an error is logged and makes the exit
 /// code 1. A plain `fn`, or a closure that captures nothing: it runs in the child process.

@@ -118,6 +118,9 @@ pub enum TaskError {
     /// The pool stopped before the task ran.
     #[error("the pool stopped before the task ran")]
     Cancelled,
+    /// The pool's stage filtered the task out: its `transport` returned `Ok(None)`.
+    #[error("the stage filtered the task out (no output)")]
+    Filtered,
     /// No worker is left to run the task: every worker failed to start again.
     #[error("no worker is left to run the task: {0}")]
     NoWorkers(String),

@@ -7,12 +7,14 @@
 //!   the protocol version and the worker kind. A worker that dies before connecting, or a
 //!   binary that never calls `init`, is a [`SpawnError`] within the start timeout, never a
 //!   hang.
-//! - **[`Pool`]** (DumbPipelineBox, multipro_lab's task queue): identical [`Worker`]s, each
-//!   initialised once from serialisable arguments; tasks in, `(task id, result)` out, in
-//!   completion order ([`Pool::run`]) or task order ([`Pool::map`]). A task that fails or
-//!   panics is a [`TaskError::Failed`] value. Idle workers pull adaptive batches (about a
-//!   millisecond of work each), so fast tasks travel by the thousand and slow ones one by one.
-//!   Optional per-task timeout.
+//! - **[`Pool`]** (DumbPipelineBox, multipro_lab's task queue): identical workers running
+//!   a [`Transport`](engine_core::Transport), the same trait the threaded engine runs, each
+//!   set up once per process; tasks in, `(task id, result)` out, in completion order
+//!   ([`Pool::run`]) or task order ([`Pool::map`]). A task that fails or panics is a
+//!   [`TaskError::Failed`] value. Idle workers pull adaptive batches (about a millisecond of
+//!   work each), so fast tasks travel by the thousand and slow ones one by one. Optional
+//!   per-task timeout. DumbPipelineBox's own form, a [`Worker`] built from init arguments,
+//!   runs through the [`WorkerStage`] adapter.
 //! - **[`Router`]** (multipro_lab, pymulproc's queues): a main process and named workers of
 //!   different kinds, each registering typed [`Handlers`] per message kind; any process sends
 //!   `(receiver, kind, body)` to any other or broadcasts, workers directly to each other. An
@@ -20,8 +22,11 @@
 //!   has a periodic action.
 //! - **[`Child`] and [`Duplex`]** (pymulproc's pipe): a parent and one child talking both ways
 //!   with `DO` / `FINISHED` / `DIE` envelopes.
-//! - **[`ProcTransport`] / [`ProcBackend`]**: a stage of the threaded engine runs in worker
-//!   processes with the same stage code.
+//! - **[`ProcTransport`] / [`ProcBackend`]**: a stage of the threaded engine placed in N
+//!   worker processes with the same stage code (`ProcTransport::new(stage).workers(4)`).
+//!   The engine's batches cross whole, several in flight per engine thread, and every item
+//!   comes back with its own outcome; the stage's context in the worker has the engine's
+//!   stop state and (with [`ProcTransport::config`]) its app config.
 //! - **Supervision**: a worker that crashes, aborts or is killed is noticed at once (its
 //!   channel closes; a thread waiting on it reaps it and says how it ended, [`ExitHow`]). A
 //!   pool retries its tasks on another worker up to the limit, then returns
@@ -44,31 +49,35 @@
 //! # Example
 //!
 //! ```no_run
-//! use engine_core::StageError;
-//! use engine_proc::{Pool, Worker};
+//! use engine_core::{StageContext, StageError, Transport};
+//! use engine_proc::Pool;
+//! use serde::{Deserialize, Serialize};
 //!
-//! struct Resizer { quality: u8 }
+//! /// Halves images; the same stage could run on the threaded engine.
+//! #[derive(Clone, Serialize, Deserialize)]
+//! struct Resizer {
+//!     quality: u8,
+//! }
 //!
-//! impl Worker for Resizer {
-//!     type Init = u8;
-//!     type Task = (u32, u32);
+//! impl Transport for Resizer {
+//!     type Input = (u32, u32);
 //!     type Output = (u32, u32);
 //!
-//!     fn init(quality: u8) -> Result<Self, StageError> {
-//!         Ok(Resizer { quality }) // expensive set-up happens once per process
+//!     fn setup(&mut self, _ctx: &StageContext) -> Result<(), StageError> {
+//!         Ok(()) // expensive set-up happens once per process, not per task
 //!     }
 //!
-//!     fn run(&mut self, (w, h): (u32, u32)) -> Result<(u32, u32), StageError> {
+//!     fn transport(&mut self, (w, h): (u32, u32), _: &StageContext) -> Result<Option<(u32, u32)>, StageError> {
 //!         if w == 0 || h == 0 {
 //!             return Err(StageError::msg("empty image"));
 //!         }
-//!         Ok((w / 2, h / 2))
+//!         Ok(Some((w / 2, h / 2)))
 //!     }
 //! }
 //!
 //! fn main() -> Result<(), Box<dyn std::error::Error>> {
 //!     engine_proc::init(); // first line: workers are copies of this binary
-//!     let mut pool = Pool::<Resizer>::builder().workers(2, 90).start()?;
+//!     let mut pool = Pool::builder().workers(2, Resizer { quality: 90 }).start()?;
 //!     for (id, result) in pool.run([(640, 480), (0, 10), (1024, 768)]) {
 //!         match result {
 //!             Ok(size) => println!("task {id}: {size:?}"),
@@ -87,6 +96,7 @@ mod error;
 mod node;
 mod placed;
 mod pool;
+mod program;
 mod regions;
 mod router;
 mod stage;
@@ -103,8 +113,8 @@ pub use pool::{
 };
 pub use router::{Router, RouterBuilder, RouterReport, WorkerMain, WorkerReport};
 pub use stage::{
-    InBackend, InTransport, NoConfig, PlacedInit, PortableConfig, ProcBackend, ProcTransport,
-    RemoteBackend, RemoteTransport, WithConfig,
+    NoConfig, PortableConfig, ProcBackend, ProcTransport, RemoteBackend, RemoteTransport,
+    WithConfig,
 };
 pub use wire::SHARED_MEMORY_THRESHOLD;
-pub use worker::Worker;
+pub use worker::{Worker, WorkerStage};

@@ -11,11 +11,11 @@ use engine_core::{StageContext, StageError, StopLevel};
 
 use crate::error::TaskError;
 use crate::pool::{Completion, TaskResult};
-use crate::worker::Worker;
+use crate::program::Program;
 use crate::workers::{Config, Results, Shared, State, Workers};
 
 /// The workers of one placed stage in one run, shared by the stage's engine threads.
-struct Placement<W: Worker> {
+struct Placement<W: Program> {
     workers: Workers<W>,
     /// Each engine thread's receiver of results, taken when the thread joins.
     lanes: Vec<Option<Results<W::Output>>>,
@@ -24,11 +24,11 @@ struct Placement<W: Worker> {
 }
 
 /// Where the clones of one placed stage (one per engine thread) find their workers.
-pub(crate) struct Slot<W: Worker> {
+pub(crate) struct Slot<W: Program> {
     state: Arc<Mutex<SlotState<W>>>,
 }
 
-enum SlotState<W: Worker> {
+enum SlotState<W: Program> {
     /// No run uses the stage.
     Idle,
     Running(Placement<W>),
@@ -36,7 +36,7 @@ enum SlotState<W: Worker> {
     Failed(String),
 }
 
-impl<W: Worker> Clone for Slot<W> {
+impl<W: Program> Clone for Slot<W> {
     fn clone(&self) -> Self {
         Self {
             state: Arc::clone(&self.state),
@@ -44,7 +44,7 @@ impl<W: Worker> Clone for Slot<W> {
     }
 }
 
-impl<W: Worker> Default for Slot<W> {
+impl<W: Program> Default for Slot<W> {
     fn default() -> Self {
         Self {
             state: Arc::new(Mutex::new(SlotState::Idle)),
@@ -52,7 +52,7 @@ impl<W: Worker> Default for Slot<W> {
     }
 }
 
-impl<W: Worker> fmt::Debug for Slot<W> {
+impl<W: Program> fmt::Debug for Slot<W> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = match &*lock(&self.state) {
             SlotState::Idle => "idle".to_owned(),
@@ -69,14 +69,14 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// A stop of the run reaches the workers' stage code; only a stop now kills them. A graceful
 /// stop drains through them, and they are stopped when the last thread leaves.
-fn on_stop<W: Worker>(shared: &Shared<W>, level: StopLevel) {
+fn on_stop<W: Program>(shared: &Shared<W>, level: StopLevel) {
     shared.forward_stop(level);
     if level >= StopLevel::Now {
         shared.close(State::Killing);
     }
 }
 
-impl<W: Worker> Slot<W> {
+impl<W: Program> Slot<W> {
     /// Joins the stage's workers as engine thread `ctx.index()`, starting them if this is the
     /// first thread of the run; `inits` gives each worker's arguments.
     pub(crate) fn join(
@@ -146,7 +146,7 @@ impl<W: Worker> Slot<W> {
 }
 
 /// One engine thread's connection to the stage's workers.
-pub(crate) struct Lane<W: Worker> {
+pub(crate) struct Lane<W: Program> {
     slot: Slot<W>,
     shared: Arc<Shared<W>>,
     lane: u32,
@@ -157,7 +157,7 @@ pub(crate) struct Lane<W: Worker> {
     capacity: usize,
 }
 
-impl<W: Worker> fmt::Debug for Lane<W> {
+impl<W: Program> fmt::Debug for Lane<W> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Lane")
             .field("lane", &self.lane)
@@ -167,7 +167,7 @@ impl<W: Worker> fmt::Debug for Lane<W> {
     }
 }
 
-impl<W: Worker> Drop for Lane<W> {
+impl<W: Program> Drop for Lane<W> {
     fn drop(&mut self) {
         // The last thread to leave stops the workers: they run their cleanup and exit.
         let placement = {
@@ -202,7 +202,7 @@ fn each<O>(error: &TaskError, n: usize) -> Vec<ItemOutcome<O>> {
 
 impl<I, O, W> Offload for Lane<W>
 where
-    W: Worker<Task = Vec<I>, Output = Vec<ItemOutcome<O>>>,
+    W: Program<Task = Vec<I>, Output = Vec<ItemOutcome<O>>>,
     I: Send + 'static,
 {
     type Input = I;
@@ -247,7 +247,7 @@ fn outcomes<O>(result: TaskResult<Vec<ItemOutcome<O>>>, n: usize) -> Vec<ItemOut
 
 impl<I, O, W> Lane<W>
 where
-    W: Worker<Task = Vec<I>, Output = Vec<ItemOutcome<O>>>,
+    W: Program<Task = Vec<I>, Output = Vec<ItemOutcome<O>>>,
     I: Send + 'static,
 {
     /// Runs one item through the workers and waits for it: for an engine that calls the

@@ -2,15 +2,16 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
+use std::marker::PhantomData;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::RecvTimeoutError;
 use engine_core::StopHandle;
-use engine_core::protocol::TaskId;
+use engine_core::protocol::{ProtocolError, TaskId, to_bytes};
 
 use crate::error::{SpawnError, TaskError};
-use crate::worker::Worker;
+use crate::stage::{InItem, PlacedInit, RemoteTransport};
 use crate::workers::{Config, DEPTH, Results, Workers};
 
 /// The most tasks sent to a worker in one message, by default.
@@ -45,37 +46,63 @@ pub struct PoolStats {
 }
 
 /// Builds a [`Pool`].
-pub struct PoolBuilder<W: Worker> {
-    inits: Vec<W::Init>,
+pub struct PoolBuilder<S: RemoteTransport> {
+    /// Each worker's stage, encoded.
+    stages: Vec<Vec<u8>>,
+    /// The first stage that would not encode.
+    error: Option<ProtocolError>,
+    name: String,
     config: Config,
     stop: Option<StopHandle>,
+    _stage: PhantomData<fn() -> S>,
 }
 
-impl<W: Worker> fmt::Debug for PoolBuilder<W> {
+impl<S: RemoteTransport> fmt::Debug for PoolBuilder<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PoolBuilder")
-            .field("workers", &self.inits.len())
+            .field("name", &self.name)
+            .field("workers", &self.stages.len())
             .field("config", &self.config)
             .finish_non_exhaustive()
     }
 }
 
-impl<W: Worker> PoolBuilder<W> {
-    /// Adds one worker process, initialised from `init` (DumbPipelineBox's
-    /// `add_worker(**kwargs)`). A worker started again after a death gets the same arguments.
+impl<S: RemoteTransport> PoolBuilder<S> {
+    fn encode(&mut self, stage: &S) -> Option<Vec<u8>> {
+        match to_bytes(stage) {
+            Ok(bytes) => Some(bytes),
+            Err(error) => {
+                self.error.get_or_insert(error);
+                None
+            }
+        }
+    }
+
+    /// Adds one worker process running `stage` (DumbPipelineBox's `add_worker(**kwargs)`:
+    /// each worker may get a stage value of its own). The value is sent to the worker, whose
+    /// `setup` runs once; a worker started again after a death gets the same value.
     #[must_use]
-    pub fn worker(mut self, init: W::Init) -> Self {
-        self.inits.push(init);
+    pub fn worker(mut self, stage: S) -> Self {
+        if let Some(bytes) = self.encode(&stage) {
+            self.stages.push(bytes);
+        }
         self
     }
 
-    /// Adds `n` worker processes initialised from the same arguments.
+    /// Adds `n` worker processes running the same stage value.
     #[must_use]
-    pub fn workers(mut self, n: usize, init: W::Init) -> Self
-    where
-        W::Init: Clone,
-    {
-        self.inits.extend(std::iter::repeat_n(init, n));
+    pub fn workers(mut self, n: usize, stage: S) -> Self {
+        if let Some(bytes) = self.encode(&stage) {
+            self.stages.extend(std::iter::repeat_n(bytes, n));
+        }
+        self
+    }
+
+    /// The stage's name in the workers' [`StageContext`](engine_core::StageContext) and
+    /// logs (default `"pool"`).
+    #[must_use]
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
         self
     }
 
@@ -136,9 +163,19 @@ impl<W: Worker> PoolBuilder<W> {
     /// [`SpawnError`] if a worker cannot start (it names the cause: `init` missing in
     /// `main`, a handshake failure, the worker's own `init` error); the workers already
     /// started are stopped.
-    pub fn start(self) -> Result<Pool<W>, SpawnError> {
+    pub fn start(self) -> Result<Pool<S>, SpawnError> {
+        if let Some(error) = self.error {
+            return Err(SpawnError::Protocol(error));
+        }
+        let n = self.stages.len();
+        let inits = self
+            .stages
+            .into_iter()
+            .enumerate()
+            .map(|(index, stage)| PlacedInit::new(stage, &self.name, index, n, None))
+            .collect();
         let (workers, mut results) =
-            Workers::start(self.inits, self.config, 1, self.stop.unwrap_or_default())?;
+            Workers::start(inits, self.config, 1, self.stop.unwrap_or_default())?;
         Ok(Pool {
             workers,
             results: results.pop().expect("one lane was asked for"),
@@ -158,38 +195,51 @@ impl<W: Worker> PoolBuilder<W> {
 /// noticed at once: its tasks go to another worker (up to the retry limit) and it is started
 /// again. Dropping the pool stops it gracefully and reaps every worker.
 ///
+/// Its code is a [`Transport`](engine_core::Transport), the trait the threaded engine runs:
+/// each worker process gets the stage value, runs its `setup` once (as worker `i` of `N`),
+/// `transport` per task and `cleanup` at the end. A task's result is its output; a task the
+/// stage filters out (`Ok(None)`) is [`TaskError::Filtered`]. DumbPipelineBox's form, a
+/// [`Worker`](crate::Worker) built from init arguments, is a `Transport` through
+/// [`WorkerStage`](crate::WorkerStage).
+///
 /// Workers are this same binary: `main` must call [`init`](crate::init) on its first line.
 ///
 /// ```no_run
-/// # use engine_core::StageError;
-/// # use engine_proc::{Pool, Worker};
-/// # struct Adder(u64);
-/// # impl Worker for Adder {
-/// #     type Init = u64; type Task = u64; type Output = u64;
-/// #     fn init(offset: u64) -> Result<Self, StageError> { Ok(Adder(offset)) }
-/// #     fn run(&mut self, task: u64) -> Result<u64, StageError> { Ok(task + self.0) }
-/// # }
+/// # use engine_core::{StageContext, StageError, Transport};
+/// # use engine_proc::Pool;
+/// # use serde::{Deserialize, Serialize};
+/// #[derive(Clone, Serialize, Deserialize)]
+/// struct Add(u64);
+///
+/// impl Transport for Add {
+///     type Input = u64;
+///     type Output = u64;
+///     fn transport(&mut self, x: u64, _: &StageContext) -> Result<Option<u64>, StageError> {
+///         Ok(Some(x + self.0))
+///     }
+/// }
+///
 /// fn main() -> Result<(), Box<dyn std::error::Error>> {
 ///     engine_proc::init();
-///     let mut pool = Pool::<Adder>::builder().workers(2, 1).start()?;
-///     let squares: Vec<u64> = pool.map(0..1000).collect::<Result<_, _>>()?;
-///     assert_eq!(squares[999], 1000);
+///     let mut pool = Pool::builder().workers(2, Add(1)).start()?;
+///     let plus_one: Vec<u64> = pool.map(0..1000).collect::<Result<_, _>>()?;
+///     assert_eq!(plus_one[999], 1000);
 ///     for (id, result) in pool.run([5, 6, 7]) {
 ///         println!("task {id}: {result:?}");
 ///     }
 ///     Ok(())
 /// }
 /// ```
-pub struct Pool<W: Worker> {
-    workers: Workers<W>,
-    results: Results<W::Output>,
-    ready: VecDeque<Completion<W::Output>>,
+pub struct Pool<S: RemoteTransport> {
+    workers: Workers<InItem<S>>,
+    results: Results<Option<S::Output>>,
+    ready: VecDeque<Completion<S::Output>>,
     next: TaskId,
     submitted: u64,
     received: u64,
 }
 
-impl<W: Worker> fmt::Debug for Pool<W> {
+impl<S: RemoteTransport> fmt::Debug for Pool<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Pool")
             .field("workers", &self.workers.len())
@@ -199,20 +249,23 @@ impl<W: Worker> fmt::Debug for Pool<W> {
     }
 }
 
-impl<W: Worker> Pool<W> {
+impl<S: RemoteTransport> Pool<S> {
     /// A builder; add workers with [`worker`](PoolBuilder::worker) or
     /// [`workers`](PoolBuilder::workers).
-    pub fn builder() -> PoolBuilder<W> {
+    pub fn builder() -> PoolBuilder<S> {
         PoolBuilder {
-            inits: Vec::new(),
+            stages: Vec::new(),
+            error: None,
+            name: "pool".to_owned(),
             config: Config::default(),
             stop: None,
+            _stage: PhantomData,
         }
     }
 
     /// Queues a task and returns its id. Once the pool is stopping, the task's result is
     /// [`TaskError::Cancelled`].
-    pub fn submit(&mut self, task: W::Task) -> TaskId {
+    pub fn submit(&mut self, task: S::Input) -> TaskId {
         let id = self.next;
         self.submit_from(&mut std::iter::once(task), 1);
         id
@@ -220,7 +273,7 @@ impl<W: Worker> Pool<W> {
 
     /// Queues up to `max` tasks from `tasks` under one lock, waking only drivers that wait;
     /// returns how many were taken.
-    fn submit_from(&mut self, tasks: &mut impl Iterator<Item = W::Task>, max: u64) -> u64 {
+    fn submit_from(&mut self, tasks: &mut impl Iterator<Item = S::Input>, max: u64) -> u64 {
         let taken = self.workers.shared.submit(0, &mut self.next, tasks, max);
         self.submitted += taken;
         taken
@@ -228,7 +281,7 @@ impl<W: Worker> Pool<W> {
 
     /// Submits from `tasks` until `window` are outstanding, once fewer than three quarters
     /// are: refilling in chunks keeps the lock and the wake-ups off the per-task path.
-    fn top_up(&mut self, tasks: &mut impl Iterator<Item = W::Task>, window: u64) {
+    fn top_up(&mut self, tasks: &mut impl Iterator<Item = S::Input>, window: u64) {
         if self.outstanding() < window - window / 4 {
             self.submit_from(tasks, window - self.outstanding());
         }
@@ -241,7 +294,7 @@ impl<W: Worker> Pool<W> {
 
     /// The next result, in completion order; waits for it. `None` when no task is
     /// outstanding.
-    pub fn recv(&mut self) -> Option<(TaskId, TaskResult<W::Output>)> {
+    pub fn recv(&mut self) -> Option<(TaskId, TaskResult<S::Output>)> {
         self.recv_deadline(None).ok().flatten()
     }
 
@@ -253,14 +306,14 @@ impl<W: Worker> Pool<W> {
     pub fn recv_timeout(
         &mut self,
         timeout: Duration,
-    ) -> Result<Option<Completion<W::Output>>, RecvTimeoutError> {
+    ) -> Result<Option<Completion<S::Output>>, RecvTimeoutError> {
         self.recv_deadline(Instant::now().checked_add(timeout))
     }
 
     fn recv_deadline(
         &mut self,
         deadline: Option<Instant>,
-    ) -> Result<Option<Completion<W::Output>>, RecvTimeoutError> {
+    ) -> Result<Option<Completion<S::Output>>, RecvTimeoutError> {
         if self.outstanding() == 0 {
             return Ok(None);
         }
@@ -272,7 +325,14 @@ impl<W: Worker> Pool<W> {
                     .map_err(|_| RecvTimeoutError::Disconnected)?,
                 Some(deadline) => self.results.recv_deadline(deadline)?,
             };
-            self.ready.extend(batch);
+            self.ready.extend(batch.into_iter().map(|(id, result)| {
+                let result = match result {
+                    Ok(Some(output)) => Ok(output),
+                    Ok(None) => Err(TaskError::Filtered),
+                    Err(error) => Err(error),
+                };
+                (id, result)
+            }));
         }
         let next = self.ready.pop_front();
         if next.is_some() {
@@ -284,10 +344,10 @@ impl<W: Worker> Pool<W> {
     /// Runs `tasks` and yields `(id, result)` pairs as they complete (DumbPipelineBox's
     /// `master.run(...)`). Tasks are submitted as the pool has room, so an endless iterator
     /// works; results of tasks submitted before are yielded too.
-    pub fn run<I: IntoIterator<Item = W::Task>>(
+    pub fn run<I: IntoIterator<Item = S::Input>>(
         &mut self,
         tasks: I,
-    ) -> Completed<'_, W, I::IntoIter> {
+    ) -> Completed<'_, S, I::IntoIter> {
         Completed {
             window: self.window(),
             pool: self,
@@ -298,10 +358,10 @@ impl<W: Worker> Pool<W> {
     /// Runs `tasks` and yields their results in the order of `tasks`. Other outstanding tasks
     /// must not exist (their results would be consumed); submit-and-receive and `map` are
     /// not meant to be mixed.
-    pub fn map<I: IntoIterator<Item = W::Task>>(
+    pub fn map<I: IntoIterator<Item = S::Input>>(
         &mut self,
         tasks: I,
-    ) -> Ordered<'_, W, I::IntoIter> {
+    ) -> Ordered<'_, S, I::IntoIter> {
         Ordered {
             window: self.window(),
             first: self.next.0,
@@ -345,7 +405,7 @@ impl<W: Worker> Pool<W> {
     /// Stops the pool: running tasks finish (up to the stop timeout), queued ones are
     /// cancelled, workers are told to die, and killed if they do not within the stop timeout.
     /// Returns the results not yet received, then the final counters.
-    pub fn shutdown(mut self) -> (Vec<Completion<W::Output>>, PoolStats) {
+    pub fn shutdown(mut self) -> (Vec<Completion<S::Output>>, PoolStats) {
         self.workers.shutdown();
         let mut rest = Vec::new();
         while let Some(result) = self.recv_timeout(Duration::ZERO).ok().flatten() {
@@ -364,13 +424,13 @@ impl<W: Worker> Pool<W> {
 }
 
 /// Results in completion order, from [`Pool::run`].
-pub struct Completed<'p, W: Worker, I> {
-    pool: &'p mut Pool<W>,
+pub struct Completed<'p, S: RemoteTransport, I> {
+    pool: &'p mut Pool<S>,
     tasks: I,
     window: u64,
 }
 
-impl<W: Worker, I> fmt::Debug for Completed<'_, W, I> {
+impl<S: RemoteTransport, I> fmt::Debug for Completed<'_, S, I> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Completed")
             .field("pool", &self.pool)
@@ -378,8 +438,8 @@ impl<W: Worker, I> fmt::Debug for Completed<'_, W, I> {
     }
 }
 
-impl<W: Worker, I: Iterator<Item = W::Task>> Iterator for Completed<'_, W, I> {
-    type Item = (TaskId, TaskResult<W::Output>);
+impl<S: RemoteTransport, I: Iterator<Item = S::Input>> Iterator for Completed<'_, S, I> {
+    type Item = (TaskId, TaskResult<S::Output>);
 
     fn next(&mut self) -> Option<Self::Item> {
         self.pool.top_up(&mut self.tasks, self.window);
@@ -388,15 +448,15 @@ impl<W: Worker, I: Iterator<Item = W::Task>> Iterator for Completed<'_, W, I> {
 }
 
 /// Results in submission order, from [`Pool::map`].
-pub struct Ordered<'p, W: Worker, I> {
-    pool: &'p mut Pool<W>,
+pub struct Ordered<'p, S: RemoteTransport, I> {
+    pool: &'p mut Pool<S>,
     tasks: I,
     window: u64,
     first: u64,
-    pending: BTreeMap<u64, TaskResult<W::Output>>,
+    pending: BTreeMap<u64, TaskResult<S::Output>>,
 }
 
-impl<W: Worker, I> fmt::Debug for Ordered<'_, W, I> {
+impl<S: RemoteTransport, I> fmt::Debug for Ordered<'_, S, I> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Ordered")
             .field("pool", &self.pool)
@@ -406,8 +466,8 @@ impl<W: Worker, I> fmt::Debug for Ordered<'_, W, I> {
     }
 }
 
-impl<W: Worker, I: Iterator<Item = W::Task>> Iterator for Ordered<'_, W, I> {
-    type Item = TaskResult<W::Output>;
+impl<S: RemoteTransport, I: Iterator<Item = S::Input>> Iterator for Ordered<'_, S, I> {
+    type Item = TaskResult<S::Output>;
 
     fn next(&mut self) -> Option<Self::Item> {
         loop {

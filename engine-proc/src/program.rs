@@ -1,4 +1,5 @@
-//! The worker side of a pool: the [`Worker`] trait and the loop a pool's worker process runs.
+//! The worker side of a pool or placed stage: the [`Program`] a worker process runs, and its
+//! loop.
 
 use std::any::type_name;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -74,35 +75,11 @@ fn read_inbox(inbox: IpcReceiver<Packet>) -> Receiver<Result<Frame, RecvError>> 
     rx
 }
 
-/// The code of a pool's identical workers (DumbPipelineBox's `Worker` subclass).
-///
-/// Each worker process builds one value with [`init`](Self::init) from serialisable
-/// arguments (the expensive set-up happens once per process, not per task), then runs tasks
-/// with [`run`](Self::run). A task that returns an error or panics comes back as
-/// [`TaskError::Failed`](crate::TaskError::Failed) with its message; the worker goes on.
-///
-/// ```
-/// use engine_core::StageError;
-/// use engine_proc::Worker;
-///
-/// /// Adds its configured offset to every task.
-/// struct Adder { offset: u64 }
-///
-/// impl Worker for Adder {
-///     type Init = u64;
-///     type Task = u64;
-///     type Output = u64;
-///
-///     fn init(offset: u64) -> Result<Self, StageError> {
-///         Ok(Adder { offset })
-///     }
-///
-///     fn run(&mut self, task: u64) -> Result<u64, StageError> {
-///         task.checked_add(self.offset).ok_or_else(|| StageError::msg("overflow"))
-///     }
-/// }
-/// ```
-pub trait Worker: Sized + 'static {
+/// The code a worker process runs: built once from serialisable arguments, then running
+/// tasks. Pools run [`InItem`](crate::stage::InItem) (one item of a stage per task), placed
+/// stages run [`InTransport`](crate::stage::InTransport) and
+/// [`InBackend`](crate::stage::InBackend) (one engine batch per task).
+pub(crate) trait Program: Sized + 'static {
     /// The arguments each worker process is initialised from.
     type Init: Serialize + DeserializeOwned;
     /// A task.
@@ -137,7 +114,7 @@ pub(crate) fn kind_of<W>() -> String {
 }
 
 /// The main function of a pool's worker process.
-pub(crate) fn pool_entry<W: Worker>(server: String) -> i32 {
+pub(crate) fn pool_entry<W: Program>(server: String) -> i32 {
     let conn = match boot::connect(server, &kind_of::<W>()) {
         Ok(conn) => conn,
         Err(reason) => {
@@ -208,7 +185,7 @@ pub(crate) fn pool_entry<W: Worker>(server: String) -> i32 {
     code
 }
 
-fn init_worker<W: Worker>(conn: &Connection) -> Result<W, StageError> {
+fn init_worker<W: Program>(conn: &Connection) -> Result<W, StageError> {
     let envelope = match recv_frame(&conn.inbox) {
         Ok(Frame::Message(envelope)) if envelope.kind == Kind::user(INIT) => envelope,
         Ok(other) => {
@@ -224,7 +201,7 @@ fn init_worker<W: Worker>(conn: &Connection) -> Result<W, StageError> {
 }
 
 /// Runs a batch, each task inside `catch_unwind`, and encodes the reply.
-fn run_batch<W: Worker>(
+fn run_batch<W: Program>(
     worker: &mut W,
     tasks: Vec<(TaskId, W::Task)>,
 ) -> Result<Vec<u8>, StageError> {

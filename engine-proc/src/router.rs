@@ -13,8 +13,8 @@ use engine_core::{StageError, StopHandle};
 use crate::boot::{self, Spawned, address_at, offset_of};
 use crate::error::{ExitHow, ProcError, SpawnError};
 use crate::node::{Handlers, MAIN, Node, NodeStats, WorkerInit};
+use crate::program::{EXIT_BOOT_FAILED, EXIT_CHANNEL_FAILED, INIT};
 use crate::wire::{self, Packet, RecvError, send_envelope, send_frame};
-use crate::worker::{EXIT_BOOT_FAILED, EXIT_CHANNEL_FAILED, INIT};
 
 /// A router worker's code: registers its handlers (and periodic action) on `Handlers`. A
 /// plain `fn`, or a closure that captures nothing: it runs in the worker process.

@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::placed::{Lane, Slot};
-use crate::worker::{Worker, worker_stop};
+use crate::program::{Program, worker_stop};
 use crate::workers::Config;
 
 /// Places a [`Transport`] in worker processes: the engine's transport threads hand their
@@ -184,10 +184,9 @@ impl<T: Serialize + DeserializeOwned + Any + Send + Sync> PortableConfig for Wit
     }
 }
 
-/// What a worker of a placed stage starts from.
+/// What a worker of a placed stage or a pool starts from.
 #[derive(Debug, Serialize, Deserialize)]
-#[doc(hidden)]
-pub struct PlacedInit {
+pub(crate) struct PlacedInit {
     #[serde(with = "serde_bytes")]
     stage: Vec<u8>,
     name: String,
@@ -197,6 +196,23 @@ pub struct PlacedInit {
 }
 
 impl PlacedInit {
+    /// Worker `index` of `instances` of the stage `name`, encoded as `stage`.
+    pub(crate) fn new(
+        stage: Vec<u8>,
+        name: &str,
+        index: usize,
+        instances: usize,
+        config: Option<Vec<u8>>,
+    ) -> Self {
+        Self {
+            stage,
+            name: name.to_owned(),
+            index,
+            instances,
+            config,
+        }
+    }
+
     /// The stage and its context in the worker.
     fn open<S: DeserializeOwned, C: PortableConfig>(
         self,
@@ -211,7 +227,7 @@ impl PlacedInit {
 
 /// The master's side of a placed stage: the stage to send, how to run its workers, and the
 /// connection of this engine thread.
-struct Placed<S, W: Worker> {
+struct Placed<S, W: Program> {
     stage: S,
     workers: Option<usize>,
     config: Config,
@@ -219,7 +235,7 @@ struct Placed<S, W: Worker> {
     lane: Option<Lane<W>>,
 }
 
-impl<S: Clone, W: Worker> Clone for Placed<S, W> {
+impl<S: Clone, W: Program> Clone for Placed<S, W> {
     fn clone(&self) -> Self {
         Self {
             stage: self.stage.clone(),
@@ -231,7 +247,7 @@ impl<S: Clone, W: Worker> Clone for Placed<S, W> {
     }
 }
 
-impl<S: Serialize, W: Worker<Init = PlacedInit>> Placed<S, W> {
+impl<S: Serialize, W: Program<Init = PlacedInit>> Placed<S, W> {
     fn new(stage: S) -> Self {
         Self {
             stage,
@@ -254,12 +270,8 @@ impl<S: Serialize, W: Worker<Init = PlacedInit>> Placed<S, W> {
                 let bytes = to_bytes(stage).map_err(|e| StageError::new(e).fatal())?;
                 let config = C::encode(ctx.app_config())?;
                 Ok((0..workers)
-                    .map(|index| PlacedInit {
-                        stage: bytes.clone(),
-                        name: ctx.stage().to_owned(),
-                        index,
-                        instances: workers,
-                        config: config.clone(),
+                    .map(|index| {
+                        PlacedInit::new(bytes.clone(), ctx.stage(), index, workers, config.clone())
                     })
                     .collect())
             })?;
@@ -274,7 +286,7 @@ impl<S: Serialize, W: Worker<Init = PlacedInit>> Placed<S, W> {
     }
 }
 
-impl<S, W: Worker> fmt::Debug for Placed<S, W> {
+impl<S, W: Program> fmt::Debug for Placed<S, W> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Placed")
             .field("stage", &type_name::<S>())
@@ -429,17 +441,49 @@ fn guarded<T>(f: impl FnOnce() -> Result<T, StageError>) -> Result<T, StageError
     catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|payload| Err(StageError::from_panic(payload)))
 }
 
+/// A pool's transport inside its worker process: one item per task.
+pub(crate) struct InItem<S> {
+    stage: S,
+    ctx: StageContext,
+}
+
+impl<S> fmt::Debug for InItem<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InItem")
+            .field("ctx", &self.ctx)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: RemoteTransport> Program for InItem<S> {
+    type Init = PlacedInit;
+    type Task = S::Input;
+    type Output = Option<S::Output>;
+
+    fn init(init: PlacedInit) -> Result<Self, StageError> {
+        let (mut stage, ctx) = init.open::<S, NoConfig>(StageKind::Transport)?;
+        stage.setup(&ctx)?;
+        Ok(Self { stage, ctx })
+    }
+
+    fn run(&mut self, task: S::Input) -> Result<Option<S::Output>, StageError> {
+        self.stage.transport(task, &self.ctx)
+    }
+
+    fn cleanup(&mut self) {
+        self.stage.cleanup(&self.ctx);
+    }
+}
+
 /// A placed transport inside its worker process.
-#[doc(hidden)]
-pub struct InTransport<S, C> {
+pub(crate) struct InTransport<S, C> {
     stage: S,
     ctx: StageContext,
     _config: PhantomData<fn() -> C>,
 }
 
 /// A placed backend inside its worker process.
-#[doc(hidden)]
-pub struct InBackend<S, C> {
+pub(crate) struct InBackend<S, C> {
     stage: S,
     ctx: StageContext,
     _config: PhantomData<fn() -> C>,
@@ -461,7 +505,7 @@ impl<S, C> fmt::Debug for InBackend<S, C> {
     }
 }
 
-impl<S: RemoteTransport, C: PortableConfig> Worker for InTransport<S, C> {
+impl<S: RemoteTransport, C: PortableConfig> Program for InTransport<S, C> {
     type Init = PlacedInit;
     type Task = Vec<S::Input>;
     type Output = Vec<ItemOutcome<S::Output>>;
@@ -489,7 +533,7 @@ impl<S: RemoteTransport, C: PortableConfig> Worker for InTransport<S, C> {
     }
 }
 
-impl<S: RemoteBackend, C: PortableConfig> Worker for InBackend<S, C> {
+impl<S: RemoteBackend, C: PortableConfig> Program for InBackend<S, C> {
     type Init = PlacedInit;
     type Task = Vec<S::Input>;
     type Output = Vec<ItemOutcome<()>>;

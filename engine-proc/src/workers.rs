@@ -18,8 +18,8 @@ use ipc_channel::ipc::IpcSender;
 use crate::boot::{self, Live, Spawned};
 use crate::error::{ExitHow, SpawnError, TaskError};
 use crate::pool::{Completion, DEFAULT_MAX_BATCH, TaskResult};
+use crate::program::{INIT, Program, Reply, STOP, kind_of, pool_entry};
 use crate::wire::{self, Packet, RecvError, send_envelope, send_frame};
-use crate::worker::{INIT, Reply, STOP, Worker, kind_of, pool_entry};
 
 /// How long a batch should keep a worker busy; batches grow or shrink towards it, so that
 /// fast tasks travel in large batches and slow ones one by one.
@@ -60,7 +60,7 @@ pub(crate) struct Job<T> {
 pub(crate) type Results<O> = Receiver<Vec<Completion<O>>>;
 
 /// Running workers, and the receivers of their lanes.
-pub(crate) type Started<W> = (Workers<W>, Vec<Results<<W as Worker>::Output>>);
+pub(crate) type Started<W> = (Workers<W>, Vec<Results<<W as Program>::Output>>);
 
 /// A result, with the lane it goes to.
 type Routed<O> = (u32, TaskId, TaskResult<O>);
@@ -82,7 +82,7 @@ pub(crate) struct Queue<T> {
 }
 
 /// What the owner of the workers and their drivers share.
-pub(crate) struct Shared<W: Worker> {
+pub(crate) struct Shared<W: Program> {
     queue: Mutex<Queue<W::Task>>,
     wake: Condvar,
     /// Where results go, by lane: a pool has one, a placed stage one per engine thread.
@@ -117,7 +117,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-impl<W: Worker> Shared<W> {
+impl<W: Program> Shared<W> {
     /// Sends results to their lanes.
     fn deliver(&self, results: Vec<Routed<W::Output>>) {
         if results.is_empty() {
@@ -343,14 +343,14 @@ impl<W: Worker> Shared<W> {
 }
 
 /// Running workers and their drivers. Dropping it stops them gracefully and waits for them.
-pub(crate) struct Workers<W: Worker> {
+pub(crate) struct Workers<W: Program> {
     pub(crate) shared: Arc<Shared<W>>,
     drivers: Vec<JoinHandle<()>>,
     stop: StopHandle,
     _subscription: StopSubscription,
 }
 
-impl<W: Worker> Workers<W> {
+impl<W: Program> Workers<W> {
     /// Starts one worker per init and waits until each is initialised; results go to
     /// `lanes` receivers. `stop` stops the workers: graceful lets running tasks finish, now
     /// kills at once; either is forwarded to the workers' stage code.
@@ -461,7 +461,7 @@ impl<W: Worker> Workers<W> {
     }
 }
 
-impl<W: Worker> Drop for Workers<W> {
+impl<W: Program> Drop for Workers<W> {
     fn drop(&mut self) {
         self.shutdown();
     }
@@ -476,7 +476,7 @@ struct InFlight<T> {
 /// A pool thread: starts its worker, feeds it batches, delivers results, replaces it when it
 /// dies, and stops it at the end. The worker is spawned from this thread, which outlives it,
 /// so the worker's parent-death signal fires only when the pool is gone.
-fn drive<W: Worker>(
+fn drive<W: Program>(
     shared: &Shared<W>,
     slot: usize,
     init: &[u8],
@@ -698,7 +698,7 @@ fn cancel<T, O>(inflight: &mut VecDeque<InFlight<T>>) -> Vec<Routed<O>> {
         .collect()
 }
 
-fn forget<W: Worker>(shared: &Shared<W>, slot: usize) {
+fn forget<W: Program>(shared: &Shared<W>, slot: usize) {
     let mut queue = lock(&shared.queue);
     if queue.workers[slot].take().is_some() {
         queue.live -= 1;
@@ -707,7 +707,7 @@ fn forget<W: Worker>(shared: &Shared<W>, slot: usize) {
 
 /// After a death: retries the worker's tasks elsewhere and starts another worker in the
 /// slot. `None` if none could be started (the slot is given up).
-fn replace<W: Worker>(
+fn replace<W: Program>(
     shared: &Shared<W>,
     slot: usize,
     init: &[u8],
@@ -756,7 +756,7 @@ fn replace<W: Worker>(
     None
 }
 
-fn start_worker<W: Worker>(
+fn start_worker<W: Program>(
     shared: &Shared<W>,
     slot: usize,
     init: &[u8],
@@ -810,7 +810,7 @@ fn start_worker<W: Worker>(
     Ok(worker)
 }
 
-fn send_batch<W: Worker>(
+fn send_batch<W: Program>(
     worker: &Spawned,
     jobs: &[Job<W::Task>],
 ) -> Result<(), engine_core::protocol::ProtocolError> {

@@ -32,10 +32,10 @@ impl Transport for Judge {
         if x % 1000 == 999 {
             panic!("item {x} panics");
         }
-        if x % 13 == 0 {
+        if x.is_multiple_of(13) {
             return Err(StageError::msg(format!("{x} refused")));
         }
-        Ok((x % 7 != 0).then_some(x * 2))
+        Ok((!x.is_multiple_of(7)).then_some(x * 2))
     }
 }
 

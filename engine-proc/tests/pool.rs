@@ -16,9 +16,11 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use engine_core::StageError;
 use engine_core::protocol::TaskId;
-use engine_proc::{ExitHow, Pool, SpawnError, TaskError, Worker};
+use engine_core::{StageContext, StageError, Transport};
+use engine_proc::{ExitHow, Pool, SpawnError, TaskError, Worker, WorkerStage};
+use engine_threads::Engine;
+use serde::{Deserialize, Serialize};
 
 /// Adds its offset; some inputs misbehave on purpose.
 struct Adder {
@@ -74,9 +76,9 @@ fn check(task: u64, result: &Result<u64, TaskError>) {
     }
 }
 
-fn pool(workers: usize) -> Pool<Adder> {
-    Pool::<Adder>::builder()
-        .workers(workers, 1)
+fn pool(workers: usize) -> Pool<WorkerStage<Adder>> {
+    Pool::builder()
+        .workers(workers, WorkerStage::<Adder>::new(1))
         .start()
         .expect("the pool starts")
 }
@@ -132,8 +134,8 @@ fn a_panicking_task_is_an_error_and_the_rest_succeed() {
 
 fn kill_9_mid_run_loses_and_repeats_nothing() {
     const N: u64 = 10_000;
-    let mut pool = Pool::<Adder>::builder()
-        .workers(2, 1)
+    let mut pool = Pool::builder()
+        .workers(2, WorkerStage::<Adder>::new(1))
         .max_batch(64)
         .start()
         .unwrap();
@@ -169,8 +171,8 @@ fn kill_9_mid_run_loses_and_repeats_nothing() {
 }
 
 fn a_worker_that_exits_every_time_fails_its_task_after_the_retries() {
-    let mut pool = Pool::<Adder>::builder()
-        .workers(2, 1)
+    let mut pool = Pool::builder()
+        .workers(2, WorkerStage::<Adder>::new(1))
         .retries(2)
         .start()
         .unwrap();
@@ -193,8 +195,8 @@ fn a_worker_that_exits_every_time_fails_its_task_after_the_retries() {
 }
 
 fn a_task_past_the_timeout_is_killed_and_its_worker_replaced() {
-    let mut pool = Pool::<Adder>::builder()
-        .workers(1, 1)
+    let mut pool = Pool::builder()
+        .workers(1, WorkerStage::<Adder>::new(1))
         .task_timeout(Duration::from_millis(300))
         .start()
         .unwrap();
@@ -222,9 +224,9 @@ fn a_corrupt_frame_is_reported_and_the_pool_goes_on() {
 }
 
 fn a_failing_init_is_a_clear_start_error() {
-    let error = Pool::<Adder>::builder()
-        .worker(1)
-        .worker(u64::MAX)
+    let error = Pool::builder()
+        .worker(WorkerStage::<Adder>::new(1))
+        .worker(WorkerStage::<Adder>::new(u64::MAX))
         .start()
         .unwrap_err();
     assert!(matches!(error, SpawnError::Init(_)), "{error}");
@@ -333,8 +335,8 @@ fn running(pid: u32) -> bool {
 
 /// The role of a program that forgot `init`: it starts a pool anyway.
 fn no_init_role() {
-    match Pool::<Adder>::builder()
-        .workers(1, 1)
+    match Pool::builder()
+        .workers(1, WorkerStage::<Adder>::new(1))
         .start_timeout(Duration::from_secs(20))
         .start()
     {
@@ -362,6 +364,79 @@ fn a_binary_without_init_is_a_clear_error_not_a_hang() {
     );
 }
 
+/// A transport written for the threaded engine: it remembers, from its `setup`, which worker
+/// of how many it is, filters odd numbers and halves the rest.
+#[derive(Clone, Serialize, Deserialize)]
+struct Halve {
+    #[serde(skip)]
+    me: Option<(usize, usize)>,
+}
+
+impl Transport for Halve {
+    type Input = u64;
+    type Output = (u64, usize, usize);
+
+    fn setup(&mut self, ctx: &StageContext) -> Result<(), StageError> {
+        self.me = Some((ctx.index(), ctx.instances()));
+        Ok(())
+    }
+
+    fn transport(
+        &mut self,
+        x: u64,
+        _: &StageContext,
+    ) -> Result<Option<(u64, usize, usize)>, StageError> {
+        let (index, of) = self.me.ok_or_else(|| StageError::msg("not set up"))?;
+        Ok(x.is_multiple_of(2).then_some((x / 2, index, of)))
+    }
+}
+
+fn a_transport_written_for_threads_runs_in_a_pool_as_it_is() {
+    const N: u64 = 20_000;
+    // On threads.
+    let on_threads = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = std::sync::Arc::clone(&on_threads);
+    Engine::builder(0..N)
+        .transport(Halve { me: None })
+        .backend(move |(half, _, _): (u64, usize, usize)| sink.lock().unwrap().push(half))
+        .run()
+        .unwrap();
+    // In a pool of 3 processes, each set up once as worker i of 3.
+    let mut pool = Pool::builder()
+        .workers(3, Halve { me: None })
+        .start()
+        .unwrap();
+    let mut halves = Vec::new();
+    let mut filtered = 0;
+    let mut workers = std::collections::BTreeSet::new();
+    for (id, result) in pool.run(0..N) {
+        match result {
+            Ok((half, index, of)) => {
+                assert_eq!(half, id.0 / 2, "task {id}");
+                assert_eq!(of, 3);
+                workers.insert(index);
+                halves.push(half);
+            }
+            Err(TaskError::Filtered) => {
+                assert_eq!(id.0 % 2, 1, "task {id}");
+                filtered += 1;
+            }
+            Err(other) => panic!("task {id}: {other}"),
+        }
+    }
+    assert_eq!(filtered, N / 2);
+    let mut on_threads = on_threads.lock().unwrap().clone();
+    on_threads.sort_unstable();
+    halves.sort_unstable();
+    assert_eq!(halves, on_threads, "the same outputs as on threads");
+    assert!(
+        workers.iter().all(|w| *w < 3) && !workers.is_empty(),
+        "{workers:?}"
+    );
+    let (_, stats) = pool.shutdown();
+    assert_eq!((stats.submitted, stats.completed), (N, N));
+}
+
 fn main() {
     match std::env::var("POOL_TEST_ROLE").as_deref() {
         Ok("no-init") => return no_init_role(),
@@ -371,6 +446,10 @@ fn main() {
         return master_role();
     }
     let tests: &[(&str, fn())] = &[
+        (
+            "a_transport_written_for_threads_runs_in_a_pool_as_it_is",
+            a_transport_written_for_threads_runs_in_a_pool_as_it_is,
+        ),
         (
             "results_and_errors_come_back_by_id",
             results_and_errors_come_back_by_id,
