@@ -117,6 +117,8 @@
 //! - Context: [`StageContext`], [`AppConfig`].
 //! - Stopping: [`StopHandle`], [`StopLevel`], [`install_signal_handler`].
 //! - Reporting: [`RunReport`], [`StageReport`], [`Counts`], [`RunEnd`].
+//! - Supervision: [`RestartPolicy`], [`Restart`], [`RestartTracker`], shared by the pool, the
+//!   router and the pod.
 //! - Per-item completion for broker-backed sources: [`TrackedFrontend`], [`Ticket`],
 //!   [`Outcome`].
 //! - The wire protocol between processes: [`protocol`].
@@ -134,6 +136,7 @@ mod error;
 pub mod offload;
 pub mod protocol;
 mod report;
+mod restart;
 #[cfg(unix)]
 mod signal;
 mod stage;
@@ -149,6 +152,7 @@ pub use context::{AppConfig, StageContext};
 pub use deadline::StopDeadline;
 pub use error::{BoxError, ConfigError, StageError, catch_panic};
 pub use report::{CountMismatch, Counts, RunEnd, RunReport, StageReport, ThreadReport};
+pub use restart::{Restart, RestartDecision, RestartPolicy, RestartTracker};
 #[cfg(unix)]
 pub use signal::{
     Signal, SignalError, SignalGuard, install_signal_handler, install_signal_handler_with,

@@ -6,10 +6,8 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
 
 use engine_core::StageError;
-use serde::{Deserialize, Serialize};
 
 use crate::context::BeanContext;
 
@@ -154,116 +152,12 @@ where
     }
 }
 
-/// When the pod starts a bean again after it ended.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-#[non_exhaustive]
-pub enum Restart {
-    /// Never: the bean's end is final (the default, as in the origin).
-    #[default]
-    Never,
-    /// When it failed (returned an error or panicked).
-    OnFailure,
-    /// Whenever it ended, unless the pod is stopping.
-    Always,
-}
-
-/// A bean's restart policy: when to restart, how often at most, and how long to wait.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-#[non_exhaustive]
-pub struct RestartPolicy {
-    /// When to restart.
-    pub when: Restart,
-    /// The most restarts within [`within`](Self::within); one more failure ends the bean as
-    /// failed (the supervisor lesson of Erlang and supervisord: a crash loop must stop).
-    pub max_restarts: u32,
-    /// The window for `max_restarts`.
-    #[serde(with = "humantime_serde_compat")]
-    pub within: Duration,
-    /// The wait before the first restart; doubled for each restart in a row, up to
-    /// [`max_backoff`](Self::max_backoff).
-    #[serde(with = "humantime_serde_compat")]
-    pub backoff: Duration,
-    /// The longest wait between restarts.
-    #[serde(with = "humantime_serde_compat")]
-    pub max_backoff: Duration,
-}
-
-impl Default for RestartPolicy {
-    fn default() -> Self {
-        Self {
-            when: Restart::Never,
-            max_restarts: 5,
-            within: Duration::from_secs(60),
-            backoff: Duration::from_millis(100),
-            max_backoff: Duration::from_secs(10),
-        }
-    }
-}
-
-impl RestartPolicy {
-    /// A policy restarting `when`, with the default limits.
-    pub fn new(when: Restart) -> Self {
-        Self {
-            when,
-            ..Self::default()
-        }
-    }
-
-    /// Sets the most restarts within a window.
-    #[must_use]
-    pub fn limit(mut self, max_restarts: u32, within: Duration) -> Self {
-        self.max_restarts = max_restarts;
-        self.within = within;
-        self
-    }
-
-    /// Sets the first and the longest wait between restarts.
-    #[must_use]
-    pub fn backoff(mut self, first: Duration, max: Duration) -> Self {
-        self.backoff = first;
-        self.max_backoff = max.max(first);
-        self
-    }
-
-    /// The wait before restart number `n` in a row (0-based).
-    pub(crate) fn delay(&self, n: u32) -> Duration {
-        self.backoff
-            .checked_mul(1_u32.checked_shl(n.min(31)).unwrap_or(u32::MAX))
-            .unwrap_or(self.max_backoff)
-            .min(self.max_backoff)
-    }
-}
-
-/// Durations written like `"10s"`, `"250ms"` or `"1m 30s"` in config files.
-pub(crate) mod humantime_serde_compat {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub(crate) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&humantime::format_duration(*d).to_string())
-    }
-
-    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let text = String::deserialize(d)?;
-        humantime::parse_duration(&text).map_err(serde::de::Error::custom)
-    }
-}
-
+pub use engine_core::{Restart, RestartPolicy};
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::time::Duration;
 
-    #[test]
-    fn backoff_doubles_up_to_the_maximum() {
-        let policy = RestartPolicy::new(Restart::Always)
-            .backoff(Duration::from_millis(100), Duration::from_millis(700));
-        let delays: Vec<_> = (0..5).map(|n| policy.delay(n).as_millis()).collect();
-        assert_eq!(delays, [100, 200, 400, 700, 700]);
-        assert_eq!(policy.delay(u32::MAX), Duration::from_millis(700));
-    }
+    use super::*;
 
     #[test]
     fn policies_read_from_config_text() {

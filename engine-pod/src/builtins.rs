@@ -27,7 +27,7 @@ fn world() -> String {
 #[serde(deny_unknown_fields)]
 struct SleepParams {
     /// How long to sleep (default "1h").
-    #[serde(default = "an_hour", with = "crate::bean::humantime_serde_compat")]
+    #[serde(default = "an_hour", with = "humantime_serde")]
     duration: std::time::Duration,
     /// Ignore the pod's stop request, to try the stop deadline (default false).
     #[serde(default)]

@@ -66,7 +66,7 @@ pub struct BeanStatus {
     /// How many times it was restarted.
     pub restarts: u32,
     /// Time since its current run started (zero when not running).
-    #[serde(with = "crate::bean::humantime_serde_compat")]
+    #[serde(with = "humantime_serde")]
     pub uptime: Duration,
     /// The last error, if it failed.
     pub last_error: Option<String>,

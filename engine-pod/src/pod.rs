@@ -1,7 +1,7 @@
 //! The pod: starts beans in order, supervises them (restart policies), and stops them in
 //! reverse order on a stop request, cancelling what is left at the stop deadline.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -11,7 +11,9 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::bean::{Bean, Restart, RestartPolicy};
+use engine_core::RestartDecision;
+
+use crate::bean::{Bean, RestartPolicy};
 use crate::config::PodConfig;
 use crate::context::{
     BeanContext, BeanId, BeanState, BeanStatus, PodShared, SignalEvent, Slot, Target,
@@ -262,8 +264,7 @@ async fn supervise(shared: Arc<PodShared>, id: BeanId, spec: BeanSpec) -> BeanSt
         )
     };
     let params = Arc::new(spec.params);
-    let mut recent: VecDeque<Instant> = VecDeque::new();
-    let mut in_a_row = 0_u32;
+    let mut restarts = spec.restart.tracker();
     let final_state = loop {
         // Handlers of an earlier run must not pile up: each run registers its own.
         shared.clear_handlers(id);
@@ -279,7 +280,7 @@ async fn supervise(shared: Arc<PodShared>, id: BeanId, spec: BeanSpec) -> BeanSt
             pod: Arc::clone(&shared),
             stop: stop.clone(),
         };
-        let started = Instant::now();
+        restarts.started(Instant::now());
         // The run is a task of its own, so that a panic is caught as a `JoinError`.
         // `start` itself runs in the task too, so that a panic before its future exists is
         // caught like any other.
@@ -297,35 +298,25 @@ async fn supervise(shared: Arc<PodShared>, id: BeanId, spec: BeanSpec) -> BeanSt
             tracing::error!(bean = %id, label = label.as_deref().unwrap_or(""), core = %core, error = %format!("{error:#}"), "bean failed");
             shared.update(id, |s| s.last_error = Some(format!("{error:#}")));
         }
-        let wanted = match spec.restart.when {
-            Restart::Never => false,
-            Restart::OnFailure => failed,
-            Restart::Always => true,
+        let stopping = stop.is_cancelled() || shared.stopping.is_cancelled();
+        let delay = match restarts.ended(failed, stopping, Instant::now()) {
+            RestartDecision::Restart { after } => after,
+            RestartDecision::LimitReached { restarts } => {
+                tracing::error!(bean = %id, core = %core, restarts, "restart limit reached; the bean stays down");
+                break if failed {
+                    BeanState::Failed
+                } else {
+                    BeanState::Finished
+                };
+            }
+            _ => {
+                break if failed {
+                    BeanState::Failed
+                } else {
+                    BeanState::Finished
+                };
+            }
         };
-        if !wanted || stop.is_cancelled() || shared.stopping.is_cancelled() {
-            break if failed {
-                BeanState::Failed
-            } else {
-                BeanState::Finished
-            };
-        }
-        let now = Instant::now();
-        recent.retain(|t| now.duration_since(*t) < spec.restart.within);
-        if recent.len() >= spec.restart.max_restarts as usize {
-            tracing::error!(bean = %id, core = %core, restarts = recent.len(), "restart limit reached; the bean stays down");
-            break if failed {
-                BeanState::Failed
-            } else {
-                BeanState::Finished
-            };
-        }
-        // A run that lasted longer than the first backoff resets the doubling.
-        if started.elapsed() > spec.restart.backoff.saturating_mul(2) {
-            in_a_row = 0;
-        }
-        let delay = spec.restart.delay(in_a_row);
-        in_a_row = in_a_row.saturating_add(1);
-        recent.push_back(now);
         shared.update(id, |s| {
             s.state = BeanState::Restarting;
             s.restarts += 1;

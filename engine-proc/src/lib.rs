@@ -31,7 +31,7 @@
 //!   channel closes; a thread waiting on it reaps it and says how it ended, [`ExitHow`]). A
 //!   pool retries its tasks on another worker up to the limit, then returns
 //!   [`TaskError::WorkerDied`], and starts a new worker. A router reports the crash
-//!   ([`WorkerReport`]) and, with [`RouterBuilder::restarts`], starts the worker again under
+//!   ([`WorkerReport`]) and, with [`RouterBuilder::restart`], starts the worker again under
 //!   the same name, telling every other process its new address. Workers die with their master
 //!   (`PR_SET_PDEATHSIG`), ignore SIGINT (a terminal's Ctrl-C reaches the whole process
 //!   group; the master stops them in order), and no zombie is left.
@@ -91,6 +91,7 @@
 //! Linux only: it relies on `/proc/self/exe` and `PR_SET_PDEATHSIG`.
 
 mod boot;
+mod driver;
 mod duplex;
 mod error;
 mod node;

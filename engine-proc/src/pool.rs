@@ -7,8 +7,8 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::RecvTimeoutError;
-use engine_core::StopHandle;
 use engine_core::protocol::{ProtocolError, TaskId, to_bytes};
+use engine_core::{RestartPolicy, StopHandle};
 
 use crate::error::{SpawnError, TaskError};
 use crate::stage::{InItem, PlacedInit, RemoteTransport};
@@ -43,6 +43,9 @@ pub struct PoolStats {
     pub timeouts: u64,
     /// Corrupt frames reported by workers or received from them.
     pub corrupt_frames: u64,
+    /// Worker processes replaced while well: after their task limit or above their memory
+    /// limit ([`PoolBuilder::recycle_after`], [`PoolBuilder::max_memory`]).
+    pub recycles: u64,
 }
 
 /// Builds a [`Pool`].
@@ -128,6 +131,33 @@ impl<S: RemoteTransport> PoolBuilder<S> {
     #[must_use]
     pub fn max_batch(mut self, max: usize) -> Self {
         self.config.max_batch = max.max(1);
+        self
+    }
+
+    /// When a worker that died is started again, and how often at most: the restart policy
+    /// shared with routers and the pod. The default restarts on failure, at most 10 times a
+    /// slot within 10 s, after 1 ms doubling up to 1 s; past the limit the slot stays empty,
+    /// and once every slot is, tasks fail with [`TaskError::NoWorkers`].
+    #[must_use]
+    pub fn restart(mut self, policy: RestartPolicy) -> Self {
+        self.config.restart = policy;
+        self
+    }
+
+    /// Replaces each worker after it ran `tasks` tasks (Python's `maxtasksperchild`): it is
+    /// sent no more than that, told to stop once they are all back (its stage's `cleanup`
+    /// runs), and a new process takes its place. No task is lost or run twice by it.
+    #[must_use]
+    pub fn recycle_after(mut self, tasks: u64) -> Self {
+        self.config.recycle_after = Some(tasks.max(1));
+        self
+    }
+
+    /// Replaces a worker, between batches as [`recycle_after`](Self::recycle_after) does,
+    /// once its resident memory passes `bytes` (read from `/proc` at most every 50 ms).
+    #[must_use]
+    pub fn max_memory(mut self, bytes: u64) -> Self {
+        self.config.max_memory = Some(bytes);
         self
     }
 
@@ -389,6 +419,7 @@ impl<S: RemoteTransport> Pool<S> {
             respawns: c.respawns.load(Ordering::Relaxed),
             timeouts: c.timeouts.load(Ordering::Relaxed),
             corrupt_frames: c.corrupt_frames.load(Ordering::Relaxed),
+            recycles: c.recycles.load(Ordering::Relaxed),
         }
     }
 

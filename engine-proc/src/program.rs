@@ -103,6 +103,13 @@ pub(crate) trait Program: Sized + 'static {
 
     /// Called once when the worker is told to stop (not when it is killed).
     fn cleanup(&mut self) {}
+
+    /// How many items a task holds, for recycling after a number of items: one, unless the
+    /// task is a batch.
+    fn weight(task: &Self::Task) -> u64 {
+        let _ = task;
+        1
+    }
 }
 
 /// What a worker answers to a batch: its busy time, and each task's result.

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Sender, after, never, select, unbounded};
 use engine_core::protocol::{Address, Envelope, Frame, Kind, to_bytes};
-use engine_core::{StageError, StopHandle};
+use engine_core::{RestartDecision, RestartPolicy, RestartTracker, StageError, StopHandle};
 
 use crate::boot::{self, Spawned, address_at, offset_of};
 use crate::error::{ExitHow, ProcError, SpawnError};
@@ -91,7 +91,7 @@ pub struct RouterBuilder {
     stop: Option<StopHandle>,
     stop_timeout: Duration,
     start_timeout: Duration,
-    restarts: u32,
+    restart: RestartPolicy,
 }
 
 impl fmt::Debug for RouterBuilder {
@@ -119,7 +119,7 @@ impl Router {
             stop: None,
             stop_timeout: Duration::from_secs(5),
             start_timeout: Duration::from_secs(10),
-            restarts: 0,
+            restart: RestartPolicy::default(),
         }
     }
 }
@@ -187,17 +187,20 @@ impl RouterBuilder {
         self
     }
 
-    /// How many times a worker that crashes (a signal, or an exit code other than 0) is
-    /// started again, each (default 0: a crashed worker is reported and stays gone).
+    /// When and how often a worker that ended is started again: the restart policy shared
+    /// with pools and the pod (default: never, so a crashed worker is reported and stays
+    /// gone). A crash (a signal, or an exit code other than 0) is a failure; with
+    /// [`Restart::Always`](engine_core::Restart::Always) a clean end restarts too. Past the
+    /// policy's limit, the worker stays gone.
     ///
     /// The new process has the same name and code; every other process learns its address
     /// before it can send anything, so messages to the name reach it. Messages sent to the
     /// crashed process and not yet handled are lost: router messages are not tasks (use a
-    /// [`Pool`](crate::Pool) for work that must be retried). A worker that ends cleanly
-    /// (code 0, [`Node::exit`]) is not restarted.
+    /// [`Pool`](crate::Pool) for work that must be retried). Nothing restarts once the
+    /// router stops or main calls [`Node::exit`].
     #[must_use]
-    pub fn restarts(mut self, restarts: u32) -> Self {
-        self.restarts = restarts;
+    pub fn restart(mut self, policy: RestartPolicy) -> Self {
+        self.restart = policy;
         self
     }
 
@@ -231,7 +234,7 @@ impl RouterBuilder {
             stop,
             stop_timeout,
             start_timeout,
-            restarts,
+            restart: policy,
         } = self;
         let (events_tx, events) = unbounded();
         let mut workers: Vec<(String, Spawned)> = Vec::new();
@@ -287,6 +290,16 @@ impl RouterBuilder {
 
         let mut node = Node::new(Address::Main, peers.into_iter().collect());
         let mut running = reports.len();
+        let mut trackers: Vec<RestartTracker> = reports
+            .iter()
+            .map(|_| {
+                let mut tracker = policy.tracker();
+                tracker.started(Instant::now());
+                tracker
+            })
+            .collect();
+        // Restarts waiting for their backoff: when, which worker, and how it ended.
+        let mut due: Vec<(Instant, usize, ExitHow)> = Vec::new();
         main.start(&mut node);
         let mut last_tick = Instant::now();
         while !node.exit
@@ -297,6 +310,13 @@ impl RouterBuilder {
                 .next_tick(last_tick)
                 .map(|at| after(at.saturating_duration_since(Instant::now())));
             let tick = tick.unwrap_or_else(never);
+            let restart_at = due
+                .iter()
+                .map(|(at, _, _)| *at)
+                .min()
+                .map_or_else(never, |at| {
+                    after(at.saturating_duration_since(Instant::now()))
+                });
             select! {
                 recv(events) -> event => match event {
                     Ok(Event::Packet(index, packet)) => receive(&mut main, &mut node, &mut reports[index], packet),
@@ -304,19 +324,16 @@ impl RouterBuilder {
                         let report = &mut reports[index];
                         tracing::warn!(worker = %report.name, pid = report.pid, "a worker {how} on its own");
                         node.peers.remove(&report.name);
-                        if !how.is_success() && report.restarts < restarts && !stop.is_stopping() && !node.exit {
-                            report.restarts += 1;
-                            match restart(&report.name, wanted[index].1, start_timeout, &mut node) {
-                                Ok(spawned) => {
-                                    report.pid = spawned.pid;
-                                    report.stats = None;
-                                    lives[index] = spawned.live();
-                                    let events = events_tx.clone();
-                                    forwarders.push(thread::spawn(move || forward(index, &spawned, &events)));
-                                    continue;
-                                }
-                                Err(error) => tracing::error!(worker = %report.name, "the worker could not be started again: {error}"),
+                        let stopping = stop.is_stopping() || node.exit;
+                        match trackers[index].ended(!how.is_success(), stopping, Instant::now()) {
+                            RestartDecision::Restart { after } => {
+                                due.push((Instant::now() + after, index, how));
+                                continue;
                             }
+                            RestartDecision::LimitReached { restarts } => {
+                                tracing::error!(worker = %report.name, restarts, "restart limit reached; the worker stays gone");
+                            }
+                            _ => {}
                         }
                         running -= 1;
                         report.exit = how;
@@ -328,7 +345,36 @@ impl RouterBuilder {
                     last_tick = Instant::now();
                     main.tick(&mut node);
                 }
+                recv(restart_at) -> _ => {
+                    let now = Instant::now();
+                    for (_, index, how) in take_due(&mut due, now) {
+                        let report = &mut reports[index];
+                        report.restarts += 1;
+                        match restart(&report.name, wanted[index].1, start_timeout, &mut node) {
+                            Ok(spawned) => {
+                                trackers[index].started(Instant::now());
+                                report.pid = spawned.pid;
+                                report.stats = None;
+                                lives[index] = spawned.live();
+                                let events = events_tx.clone();
+                                forwarders.push(thread::spawn(move || forward(index, &spawned, &events)));
+                            }
+                            Err(error) => {
+                                tracing::error!(worker = %report.name, "the worker could not be started again: {error}");
+                                running -= 1;
+                                report.exit = how;
+                                report.ended_early = true;
+                            }
+                        }
+                    }
+                }
             }
+        }
+        // Restarts still waiting when the router stops do not happen.
+        for (_, index, how) in due.drain(..) {
+            running -= 1;
+            reports[index].exit = how;
+            reports[index].ended_early = true;
         }
 
         // Shutdown: die to every worker, wait until the deadline, kill the rest.
@@ -521,4 +567,14 @@ pub(crate) fn router_entry(server: String) -> i32 {
         let _ = send_envelope(&conn.to_master, stats);
     }
     code
+}
+
+/// Takes the restarts that are due at `now`.
+fn take_due(
+    due: &mut Vec<(Instant, usize, ExitHow)>,
+    now: Instant,
+) -> Vec<(Instant, usize, ExitHow)> {
+    let (ready, waiting): (Vec<_>, Vec<_>) = due.drain(..).partition(|(at, _, _)| *at <= now);
+    *due = waiting;
+    ready
 }

@@ -5,10 +5,13 @@ use std::any::{Any, type_name};
 use std::fmt;
 use std::marker::PhantomData;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::time::Duration;
 
 use engine_core::offload::{ItemOutcome, Offload};
 use engine_core::protocol::{from_bytes, to_bytes};
-use engine_core::{AppConfig, Backend, StageContext, StageError, StageKind, Transport};
+use engine_core::{
+    AppConfig, Backend, RestartPolicy, StageContext, StageError, StageKind, Transport,
+};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -340,6 +343,42 @@ macro_rules! placed_stage {
                 self
             }
 
+            /// When a worker that died is started again: the restart policy shared with
+            /// pools, routers and the pod (default: on failure, at most 10 times a worker
+            /// within 10 s). Past the limit, that worker stays gone; once all are, the
+            /// stage's items fail.
+            #[must_use]
+            pub fn restart(mut self, policy: RestartPolicy) -> Self {
+                self.placed.config.restart = policy;
+                self
+            }
+
+            /// Replaces each worker once it ran `items` items, between batches (Python's
+            /// `maxtasksperchild`): the batch that reaches the count is its last, so a
+            /// worker runs at most `items` plus one batch less one. Nothing is lost or run
+            /// twice by it, and the stage's `cleanup` and a new worker's `setup` run.
+            #[must_use]
+            pub fn recycle_after(mut self, items: u64) -> Self {
+                self.placed.config.recycle_after = Some(items.max(1));
+                self
+            }
+
+            /// Replaces a worker between batches once its resident memory passes `bytes`.
+            #[must_use]
+            pub fn max_memory(mut self, bytes: u64) -> Self {
+                self.placed.config.max_memory = Some(bytes);
+                self
+            }
+
+            /// Kills a worker whose batch runs longer than `timeout` and starts another; the
+            /// batch's items fail as timed out. With a timeout, each worker has one batch at
+            /// a time. Default: none.
+            #[must_use]
+            pub fn batch_timeout(mut self, timeout: Duration) -> Self {
+                self.placed.config.task_timeout = Some(timeout);
+                self
+            }
+
             /// Sends the run's app config, of type `T`, to every worker once, where the stage
             /// reads it with [`StageContext::config`]. Without it, workers have no config.
             /// The run fails at setup with a clear error if its config is not a `T`.
@@ -531,6 +570,10 @@ impl<S: RemoteTransport, C: PortableConfig> Program for InTransport<S, C> {
     fn cleanup(&mut self) {
         self.stage.cleanup(&self.ctx);
     }
+
+    fn weight(items: &Self::Task) -> u64 {
+        items.len() as u64
+    }
 }
 
 impl<S: RemoteBackend, C: PortableConfig> Program for InBackend<S, C> {
@@ -571,5 +614,9 @@ impl<S: RemoteBackend, C: PortableConfig> Program for InBackend<S, C> {
 
     fn cleanup(&mut self) {
         self.stage.cleanup(&self.ctx);
+    }
+
+    fn weight(items: &Self::Task) -> u64 {
+        items.len() as u64
     }
 }

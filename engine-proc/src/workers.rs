@@ -9,17 +9,15 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
-use engine_core::protocol::{
-    Address, Envelope, Frame, Kind, ProtocolError, TaskId, from_bytes, to_bytes,
-};
-use engine_core::{StageError, StopHandle, StopLevel, StopSubscription};
+use engine_core::protocol::{Address, Envelope, Frame, Kind, ProtocolError, TaskId, to_bytes};
+use engine_core::{Restart, RestartPolicy, StageError, StopHandle, StopLevel, StopSubscription};
 use ipc_channel::ipc::IpcSender;
 
 use crate::boot::{self, Live, Spawned};
 use crate::error::{ExitHow, SpawnError, TaskError};
 use crate::pool::{Completion, DEFAULT_MAX_BATCH, TaskResult};
-use crate::program::{INIT, Program, Reply, STOP, kind_of, pool_entry};
-use crate::wire::{self, Packet, RecvError, send_envelope, send_frame};
+use crate::program::{INIT, Program, STOP, kind_of, pool_entry};
+use crate::wire::{self, Packet, RecvError, send_envelope};
 
 /// How long a batch should keep a worker busy; batches grow or shrink towards it, so that
 /// fast tasks travel in large batches and slow ones one by one.
@@ -36,6 +34,7 @@ pub(crate) struct Counters {
     pub(crate) respawns: AtomicU64,
     pub(crate) timeouts: AtomicU64,
     pub(crate) corrupt_frames: AtomicU64,
+    pub(crate) recycles: AtomicU64,
 }
 
 /// Where the pool is in its life.
@@ -62,8 +61,22 @@ pub(crate) type Results<O> = Receiver<Vec<Completion<O>>>;
 /// Running workers, and the receivers of their lanes.
 pub(crate) type Started<W> = (Workers<W>, Vec<Results<<W as Program>::Output>>);
 
+impl<T> Job<T> {
+    pub(crate) fn id(&self) -> TaskId {
+        self.id
+    }
+
+    pub(crate) fn lane(&self) -> u32 {
+        self.lane
+    }
+
+    pub(crate) fn task(&self) -> &T {
+        &self.task
+    }
+}
+
 /// A result, with the lane it goes to.
-type Routed<O> = (u32, TaskId, TaskResult<O>);
+pub(crate) type Routed<O> = (u32, TaskId, TaskResult<O>);
 
 pub(crate) struct Queue<T> {
     jobs: VecDeque<Job<T>>,
@@ -99,6 +112,20 @@ pub(crate) struct Config {
     pub(crate) max_batch: usize,
     pub(crate) start_timeout: Duration,
     pub(crate) stop_timeout: Duration,
+    /// When a worker that died is started again.
+    pub(crate) restart: RestartPolicy,
+    /// Replace a worker after it ran this many tasks.
+    pub(crate) recycle_after: Option<u64>,
+    /// Replace a worker whose resident memory passes this many bytes.
+    pub(crate) max_memory: Option<u64>,
+}
+
+/// The restart policy of pools and placed stages unless one is given: on failure, at most 10
+/// restarts of a slot within 10 s, the first after 1 ms and doubling up to 1 s.
+pub(crate) fn default_restart_policy() -> RestartPolicy {
+    RestartPolicy::new(Restart::OnFailure)
+        .limit(10, Duration::from_secs(10))
+        .backoff(Duration::from_millis(1), Duration::from_secs(1))
 }
 
 impl Default for Config {
@@ -109,6 +136,9 @@ impl Default for Config {
             max_batch: DEFAULT_MAX_BATCH,
             start_timeout: Duration::from_secs(10),
             stop_timeout: Duration::from_secs(5),
+            restart: default_restart_policy(),
+            recycle_after: None,
+            max_memory: None,
         }
     }
 }
@@ -119,7 +149,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl<W: Program> Shared<W> {
     /// Sends results to their lanes.
-    fn deliver(&self, results: Vec<Routed<W::Output>>) {
+    pub(crate) fn deliver(&self, results: Vec<Routed<W::Output>>) {
         if results.is_empty() {
             return;
         }
@@ -217,6 +247,36 @@ impl<W: Program> Shared<W> {
         }
     }
 
+    /// Waits up to `wait` while the workers are open; false if they closed meanwhile.
+    pub(crate) fn wait_while_open(&self, wait: Duration) -> bool {
+        let queue = lock(&self.queue);
+        let (queue, _) = self
+            .wake
+            .wait_timeout_while(queue, wait, |q| q.state == State::Open)
+            .unwrap_or_else(PoisonError::into_inner);
+        queue.state == State::Open
+    }
+
+    /// Gives a slot up for good; once every slot is given up, queued tasks fail with
+    /// `reason`, since nobody is left to run them.
+    pub(crate) fn give_up(&self, reason: &str) {
+        let orphans: Vec<Job<W::Task>> = {
+            let mut queue = lock(&self.queue);
+            queue.given_up += 1;
+            if queue.given_up == queue.workers.len() {
+                queue.jobs.drain(..).collect()
+            } else {
+                Vec::new()
+            }
+        };
+        self.deliver(
+            orphans
+                .into_iter()
+                .map(|j| (j.lane, j.id, Err(TaskError::NoWorkers(reason.to_owned()))))
+                .collect(),
+        );
+    }
+
     /// How the workers are run.
     pub(crate) fn config(&self) -> &Config {
         &self.config
@@ -241,8 +301,14 @@ impl<W: Program> Shared<W> {
         tx.send(Packet::Frame(bytes)).is_ok()
     }
 
-    /// Takes up to `max` jobs; waits for one if `block`. `None` once the pool closes.
-    fn take(&self, max: usize, block: bool) -> Option<Vec<Job<W::Task>>> {
+    /// Takes up to `max` jobs holding at most `items` items (at least one job); waits for
+    /// one if `block`. `None` once the pool closes.
+    pub(crate) fn take(
+        &self,
+        max: usize,
+        items: Option<u64>,
+        block: bool,
+    ) -> Option<Vec<Job<W::Task>>> {
         let mut queue = lock(&self.queue);
         loop {
             if queue.state != State::Open {
@@ -256,6 +322,21 @@ impl<W: Program> Shared<W> {
                 // worker does not take the tasks batched with it down too.
                 if queue.jobs.front().is_some_and(|job| job.attempts > 0) {
                     n = 1;
+                }
+                if let Some(budget) = items {
+                    // The jobs that fit the budget; the one that reaches it is the last.
+                    let mut held = 0_u64;
+                    n = queue
+                        .jobs
+                        .iter()
+                        .take(n)
+                        .take_while(|job| {
+                            let fits = held < budget;
+                            held += W::weight(&job.task);
+                            fits
+                        })
+                        .count()
+                        .max(1);
                 }
                 return Some(queue.jobs.drain(..n).collect());
             }
@@ -273,7 +354,7 @@ impl<W: Program> Shared<W> {
 
     /// Puts jobs whose worker died back at the front of the queue, or fails them when they
     /// have had their attempts (or the pool is closing).
-    fn retry(&self, jobs: impl IntoIterator<Item = Job<W::Task>>, how: ExitHow) {
+    pub(crate) fn retry(&self, jobs: impl IntoIterator<Item = Job<W::Task>>, how: ExitHow) {
         let mut failed = Vec::new();
         {
             let mut queue = lock(&self.queue);
@@ -300,7 +381,7 @@ impl<W: Program> Shared<W> {
         self.deliver(failed);
     }
 
-    fn state(&self) -> (State, Option<Instant>) {
+    pub(crate) fn state(&self) -> (State, Option<Instant>) {
         let queue = lock(&self.queue);
         (queue.state, queue.deadline)
     }
@@ -417,7 +498,7 @@ impl<W: Program> Workers<W> {
             let shared = Arc::clone(&workers.shared);
             let handle = thread::Builder::new()
                 .name(format!("engine-proc-pool-{slot}"))
-                .spawn(move || drive(&shared, slot, &init, &ready_tx))
+                .spawn(move || crate::driver::drive(&shared, slot, &init, &ready_tx))
                 .map_err(SpawnError::Io)?;
             workers.drivers.push(handle);
             started.push(ready);
@@ -468,229 +549,12 @@ impl<W: Program> Drop for Workers<W> {
 }
 
 /// What went to a worker and awaits its reply.
-struct InFlight<T> {
-    jobs: Vec<Job<T>>,
-    sent: Instant,
+pub(crate) struct InFlight<T> {
+    pub(crate) jobs: Vec<Job<T>>,
+    pub(crate) sent: Instant,
 }
 
-/// A pool thread: starts its worker, feeds it batches, delivers results, replaces it when it
-/// dies, and stops it at the end. The worker is spawned from this thread, which outlives it,
-/// so the worker's parent-death signal fires only when the pool is gone.
-fn drive<W: Program>(
-    shared: &Shared<W>,
-    slot: usize,
-    init: &[u8],
-    ready: &Sender<Result<(), SpawnError>>,
-) {
-    let mut worker = match start_worker::<W>(shared, slot, init) {
-        Ok(worker) => {
-            let _ = ready.send(Ok(()));
-            worker
-        }
-        Err(error) => {
-            let _ = ready.send(Err(error));
-            return;
-        }
-    };
-    let mut batch = 1_usize;
-    let mut inflight: VecDeque<InFlight<W::Task>> = VecDeque::new();
-    let depth = if shared.config.task_timeout.is_some() {
-        1
-    } else {
-        DEPTH
-    };
-    let max_batch = if shared.config.task_timeout.is_some() {
-        1
-    } else {
-        shared.config.max_batch
-    };
-    loop {
-        // Keep the worker fed: a batch running and one waiting.
-        let mut closed = false;
-        while inflight.len() < depth {
-            let Some(jobs) = shared.take(batch, inflight.is_empty()) else {
-                closed = true;
-                break;
-            };
-            if jobs.is_empty() {
-                break;
-            }
-            match send_batch::<W>(&worker, &jobs) {
-                Ok(()) => inflight.push_back(InFlight {
-                    jobs,
-                    sent: Instant::now(),
-                }),
-                Err(_) => {
-                    // The worker is gone; the receive below sees it.
-                    inflight.push_back(InFlight {
-                        jobs,
-                        sent: Instant::now(),
-                    });
-                    break;
-                }
-            }
-        }
-        if inflight.is_empty() {
-            if closed {
-                break;
-            }
-            continue;
-        }
-        let (state, deadline) = shared.state();
-        if state == State::Killing {
-            break;
-        }
-        let timeout = match (shared.config.task_timeout, deadline) {
-            (Some(t), Some(d)) => Some((inflight[0].sent + t).min(d)),
-            (Some(t), None) => Some(inflight[0].sent + t),
-            (None, d) => d,
-        }
-        .map(|at| at.saturating_duration_since(Instant::now()));
-        match wire::recv_packet(&worker.rx, timeout).and_then(wire::open) {
-            Ok(Frame::Message(envelope)) => match envelope.kind {
-                Kind::Finished => {
-                    let Some(done) = inflight.pop_front() else {
-                        continue;
-                    };
-                    match from_bytes::<Reply<W::Output>>(&envelope.body) {
-                        Ok((busy, results)) => {
-                            batch = next_batch(batch, done.jobs.len(), busy, max_batch);
-                            // The worker answers a batch's tasks in the order it got them.
-                            shared.deliver(
-                                done.jobs
-                                    .iter()
-                                    .zip(results)
-                                    .map(|(job, (id, r))| {
-                                        (job.lane, id, r.map_err(TaskError::Failed))
-                                    })
-                                    .collect(),
-                            );
-                        }
-                        Err(error) => {
-                            // The reply is corrupt: this worker cannot be trusted; replace it.
-                            tracing::error!(
-                                slot,
-                                "a worker's reply does not decode: {error}; replacing it"
-                            );
-                            shared
-                                .counters
-                                .corrupt_frames
-                                .fetch_add(1, Ordering::Relaxed);
-                            inflight.push_front(done);
-                            let how = worker.kill_and_wait();
-                            worker = match replace(shared, slot, init, &mut inflight, how) {
-                                Some(w) => w,
-                                None => return,
-                            };
-                        }
-                    }
-                }
-                Kind::Failed => {
-                    // The worker could not read a frame (or a batch): it says so and goes on.
-                    let error = envelope
-                        .body::<StageError>()
-                        .map_or_else(|e| e.to_string(), |e| format!("{e:#}"));
-                    tracing::warn!(
-                        slot,
-                        pid = worker.pid,
-                        "a worker reported a corrupt frame: {error}"
-                    );
-                    shared
-                        .counters
-                        .corrupt_frames
-                        .fetch_add(1, Ordering::Relaxed);
-                }
-                other => tracing::warn!(slot, "unexpected {other} message from a worker"),
-            },
-            Ok(other) => tracing::warn!(slot, "unexpected {} from a worker", other.describe()),
-            Err(RecvError::Timeout) => {
-                let (state, _) = shared.state();
-                if state != State::Open {
-                    // The stop deadline passed: what runs is abandoned.
-                    break;
-                }
-                let timed_out = inflight.pop_front().map(|f| f.jobs).unwrap_or_default();
-                let after = shared.config.task_timeout.unwrap_or_default();
-                tracing::warn!(
-                    slot,
-                    pid = worker.pid,
-                    "a task ran longer than {after:?}; killing its worker"
-                );
-                shared
-                    .counters
-                    .timeouts
-                    .fetch_add(timed_out.len() as u64, Ordering::Relaxed);
-                let how = worker.kill_and_wait();
-                // The death is counted and the replacement started before the result goes
-                // out, so that counters read after it are settled.
-                let next = replace(shared, slot, init, &mut inflight, how);
-                shared.deliver(
-                    timed_out
-                        .into_iter()
-                        .map(|j| (j.lane, j.id, Err(TaskError::TimedOut { after })))
-                        .collect(),
-                );
-                worker = match next {
-                    Some(w) => w,
-                    None => return,
-                };
-            }
-            Err(RecvError::Protocol(error)) => {
-                tracing::error!(slot, "a worker sent a corrupt frame: {error}; replacing it");
-                shared
-                    .counters
-                    .corrupt_frames
-                    .fetch_add(1, Ordering::Relaxed);
-                let how = worker.kill_and_wait();
-                worker = match replace(shared, slot, init, &mut inflight, how) {
-                    Some(w) => w,
-                    None => return,
-                };
-            }
-            Err(RecvError::Closed | RecvError::Channel(_)) => {
-                let how = worker
-                    .wait_exit(Duration::from_secs(5))
-                    .unwrap_or_else(|| worker.kill_and_wait());
-                let (state, _) = shared.state();
-                if state != State::Open {
-                    shared.deliver(cancel(&mut inflight));
-                    forget(shared, slot);
-                    return;
-                }
-                tracing::warn!(
-                    slot,
-                    pid = worker.pid,
-                    "a worker {how}; retrying its tasks and starting another"
-                );
-                worker = match replace(shared, slot, init, &mut inflight, how) {
-                    Some(w) => w,
-                    None => return,
-                };
-            }
-        }
-    }
-    // The end: what is still in flight is cancelled, the worker told to die, and killed if
-    // it does not in time.
-    shared.deliver(cancel(&mut inflight));
-    let _ = send_frame(
-        &worker.tx,
-        &Frame::Message(Envelope::new(Address::Main, Address::Main, Kind::Die)),
-    );
-    let (state, deadline) = shared.state();
-    let wait = if state == State::Killing {
-        Duration::ZERO
-    } else {
-        deadline.map_or(shared.config.stop_timeout, |d| {
-            d.saturating_duration_since(Instant::now())
-        })
-    };
-    if worker.wait_exit(wait).is_none() {
-        worker.kill_and_wait();
-    }
-    forget(shared, slot);
-}
-
-fn cancel<T, O>(inflight: &mut VecDeque<InFlight<T>>) -> Vec<Routed<O>> {
+pub(crate) fn cancel<T, O>(inflight: &mut VecDeque<InFlight<T>>) -> Vec<Routed<O>> {
     inflight
         .drain(..)
         .flat_map(|f| f.jobs)
@@ -698,65 +562,14 @@ fn cancel<T, O>(inflight: &mut VecDeque<InFlight<T>>) -> Vec<Routed<O>> {
         .collect()
 }
 
-fn forget<W: Program>(shared: &Shared<W>, slot: usize) {
+pub(crate) fn forget<W: Program>(shared: &Shared<W>, slot: usize) {
     let mut queue = lock(&shared.queue);
     if queue.workers[slot].take().is_some() {
         queue.live -= 1;
     }
 }
 
-/// After a death: retries the worker's tasks elsewhere and starts another worker in the
-/// slot. `None` if none could be started (the slot is given up).
-fn replace<W: Program>(
-    shared: &Shared<W>,
-    slot: usize,
-    init: &[u8],
-    inflight: &mut VecDeque<InFlight<W::Task>>,
-    how: ExitHow,
-) -> Option<Spawned> {
-    shared
-        .counters
-        .worker_deaths
-        .fetch_add(1, Ordering::Relaxed);
-    forget(shared, slot);
-    shared.retry(inflight.drain(..).flat_map(|f| f.jobs), how);
-    let mut last = None;
-    for attempt in 0..3_u32 {
-        if shared.state().0 != State::Open {
-            return None;
-        }
-        match start_worker::<W>(shared, slot, init) {
-            Ok(worker) => {
-                shared.counters.respawns.fetch_add(1, Ordering::Relaxed);
-                return Some(worker);
-            }
-            Err(error) => {
-                tracing::error!(slot, attempt, "cannot start a replacement worker: {error}");
-                last = Some(error.to_string());
-            }
-        }
-    }
-    // Nobody left in this slot. If no slot is left at all, queued tasks cannot run.
-    let orphans = {
-        let mut queue = lock(&shared.queue);
-        queue.given_up += 1;
-        if queue.given_up == queue.workers.len() {
-            queue.jobs.drain(..).collect()
-        } else {
-            Vec::new()
-        }
-    };
-    let reason = last.unwrap_or_default();
-    shared.deliver(
-        orphans
-            .into_iter()
-            .map(|j| (j.lane, j.id, Err(TaskError::NoWorkers(reason.clone()))))
-            .collect(),
-    );
-    None
-}
-
-fn start_worker<W: Program>(
+pub(crate) fn start_worker<W: Program>(
     shared: &Shared<W>,
     slot: usize,
     init: &[u8],
@@ -810,7 +623,7 @@ fn start_worker<W: Program>(
     Ok(worker)
 }
 
-fn send_batch<W: Program>(
+pub(crate) fn send_batch<W: Program>(
     worker: &Spawned,
     jobs: &[Job<W::Task>],
 ) -> Result<(), engine_core::protocol::ProtocolError> {
@@ -834,7 +647,7 @@ fn send_stop(tx: &IpcSender<Packet>, level: StopLevel) -> Result<(), ProtocolErr
 }
 
 /// The next batch size: about [`TARGET_BATCH_TIME`] of work, growing at most fourfold.
-fn next_batch(current: usize, done: usize, busy_nanos: u64, max: usize) -> usize {
+pub(crate) fn next_batch(current: usize, done: usize, busy_nanos: u64, max: usize) -> usize {
     let per_task = (busy_nanos / done.max(1) as u64).max(1);
     let fit = (TARGET_BATCH_TIME.as_nanos() as u64 / per_task) as usize;
     fit.clamp(1, current.saturating_mul(4).max(1)).min(max)

@@ -426,6 +426,45 @@ fn the_stop_deadline_frees_the_engine_from_a_hung_worker() {
     }
 }
 
+/// `x + 1` with the pid of its worker.
+#[derive(Clone, Serialize, Deserialize)]
+struct Where;
+
+impl Transport for Where {
+    type Input = u64;
+    type Output = (u64, u32);
+
+    fn transport(&mut self, x: u64, _: &StageContext) -> Result<Option<(u64, u32)>, StageError> {
+        Ok(Some((x + 1, std::process::id())))
+    }
+}
+
+fn a_placed_stage_recycles_its_workers_between_batches() {
+    const N: u64 = 5_000;
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&got);
+    // Batches of at most 16 items: a worker runs at most 250 + 15 items.
+    let report = Engine::builder(0..N)
+        .queue_capacity(64)
+        .transport(ProcTransport::new(Where).workers(2).recycle_after(250))
+        .transport_threads(2)
+        .backend(move |out: (u64, u32)| sink.lock().unwrap().push(out))
+        .run()
+        .unwrap();
+    report.check().unwrap();
+    assert_eq!(report.processed(), N);
+    let got = got.lock().unwrap();
+    let values: BTreeSet<u64> = got.iter().map(|(x, _)| *x).collect();
+    assert_eq!(got.len() as u64, N, "an item ran twice");
+    assert_eq!(values, (1..=N).collect(), "an item is missing");
+    let mut per_pid = std::collections::BTreeMap::<u32, u64>::new();
+    for (_, pid) in got.iter() {
+        *per_pid.entry(*pid).or_default() += 1;
+    }
+    assert!(per_pid.values().all(|n| *n < 250 + 16), "{per_pid:?}");
+    assert!(per_pid.len() as u64 >= N / (250 + 16), "{per_pid:?}");
+}
+
 fn main() {
     engine_proc::init();
     let tests: &[(&str, fn())] = &[
@@ -452,6 +491,10 @@ fn main() {
         (
             "the_stop_deadline_frees_the_engine_from_a_hung_worker",
             the_stop_deadline_frees_the_engine_from_a_hung_worker,
+        ),
+        (
+            "a_placed_stage_recycles_its_workers_between_batches",
+            a_placed_stage_recycles_its_workers_between_batches,
         ),
     ];
     std::process::exit(common::run_tests(tests));

@@ -437,6 +437,100 @@ fn a_transport_written_for_threads_runs_in_a_pool_as_it_is() {
     assert_eq!((stats.submitted, stats.completed), (N, N));
 }
 
+/// Tags each task with the pid of the worker that ran it; with `leak`, keeps that many MiB
+/// per task alive, as a leaking library would.
+#[derive(Clone, Serialize, Deserialize)]
+struct Tag {
+    leak_mib: usize,
+    #[serde(skip)]
+    leaked: Vec<Vec<u8>>,
+}
+
+impl Transport for Tag {
+    type Input = u64;
+    type Output = (u64, u32);
+
+    fn transport(&mut self, x: u64, _: &StageContext) -> Result<Option<(u64, u32)>, StageError> {
+        if self.leak_mib > 0 {
+            self.leaked.push(vec![1_u8; self.leak_mib << 20]);
+            // About a millisecond of work, so that the pool reads the worker's memory.
+            let until = Instant::now() + Duration::from_millis(1);
+            while Instant::now() < until {
+                std::hint::spin_loop();
+            }
+        }
+        Ok(Some((x, std::process::id())))
+    }
+}
+
+fn recycling_after_100_tasks_runs_every_task_once_in_new_processes() {
+    const N: u64 = 10_000;
+    let mut pool = Pool::builder()
+        .workers(
+            2,
+            Tag {
+                leak_mib: 0,
+                leaked: Vec::new(),
+            },
+        )
+        .recycle_after(100)
+        .start()
+        .unwrap();
+    let first = pool.worker_pids();
+    let mut per_pid: BTreeMap<u32, u64> = BTreeMap::new();
+    let mut seen = vec![false; N as usize];
+    for (id, result) in pool.run(0..N) {
+        let (x, pid) = result.unwrap();
+        assert_eq!(x, id.0);
+        assert!(
+            !std::mem::replace(&mut seen[x as usize], true),
+            "task {x} ran twice"
+        );
+        *per_pid.entry(pid).or_default() += 1;
+    }
+    assert!(seen.iter().all(|s| *s), "a task is missing");
+    assert!(
+        per_pid.values().all(|n| *n <= 100),
+        "a worker ran more than 100 tasks"
+    );
+    assert_eq!(
+        per_pid.len() as u64,
+        N / 100,
+        "each hundred ran in a process of its own"
+    );
+    assert!(first.iter().all(|pid| per_pid.contains_key(pid)));
+    let (_, stats) = pool.shutdown();
+    assert_eq!(stats.completed, N);
+    assert_eq!(stats.worker_deaths, 0, "recycling is not a death");
+    assert!(stats.recycles >= N / 100 - 2, "{stats:?}");
+}
+
+fn a_worker_past_its_memory_limit_is_recycled_between_batches() {
+    const N: u64 = 600;
+    let mut pool = Pool::builder()
+        .workers(
+            2,
+            Tag {
+                leak_mib: 2,
+                leaked: Vec::new(),
+            },
+        )
+        .max_memory(96 << 20)
+        .start()
+        .unwrap();
+    let mut pids = std::collections::BTreeSet::new();
+    let mut done = 0;
+    for (_, result) in pool.run(0..N) {
+        pids.insert(result.unwrap().1);
+        done += 1;
+    }
+    assert_eq!(done, N);
+    let (_, stats) = pool.shutdown();
+    assert!(stats.recycles >= 1, "{stats:?}");
+    assert_eq!(stats.worker_deaths, 0);
+    assert!(pids.len() > 2, "{pids:?}");
+}
+
 fn main() {
     match std::env::var("POOL_TEST_ROLE").as_deref() {
         Ok("no-init") => return no_init_role(),
@@ -453,6 +547,14 @@ fn main() {
         (
             "results_and_errors_come_back_by_id",
             results_and_errors_come_back_by_id,
+        ),
+        (
+            "recycling_after_100_tasks_runs_every_task_once_in_new_processes",
+            recycling_after_100_tasks_runs_every_task_once_in_new_processes,
+        ),
+        (
+            "a_worker_past_its_memory_limit_is_recycled_between_batches",
+            a_worker_past_its_memory_limit_is_recycled_between_batches,
         ),
         (
             "map_keeps_the_order_of_the_tasks",

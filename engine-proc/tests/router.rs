@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use engine_core::protocol::{Address, Kind};
-use engine_core::{StageError, StopHandle};
+use engine_core::{Restart, RestartPolicy, StageError, StopHandle};
 use engine_proc::{Child, Duplex, ExitHow, Handlers, ProcError, Router};
 
 fn to(name: &str) -> Address {
@@ -203,7 +203,7 @@ fn a_crashed_worker_is_restarted_and_its_peers_reach_the_new_process() {
     let report = Router::builder()
         .worker("phoenix", phoenix)
         .worker("relay", relay)
-        .restarts(1)
+        .restart(RestartPolicy::new(Restart::OnFailure).limit(1, Duration::from_secs(60)))
         .stop_handle(stop)
         .on("hello", move |node, pid: u32| {
             seen.borrow_mut().push(pid);

@@ -1,0 +1,440 @@
+//! A driver thread: starts its slot's worker, feeds it batches, delivers results, replaces it
+//! when it dies (under the restart policy) or when it is due for recycling, and stops it at
+//! the end. One method per event, so that each reads alone.
+//!
+//! The worker is spawned from this thread, which outlives it, so the worker's parent-death
+//! signal fires only when the pool is gone.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Sender;
+use engine_core::protocol::{Address, Envelope, Frame, Kind, from_bytes};
+use engine_core::{RestartDecision, RestartTracker, StageError};
+
+use crate::boot::Spawned;
+use crate::error::{ExitHow, SpawnError, TaskError};
+use crate::program::{Program, Reply};
+use crate::wire::{self, RecvError, send_frame};
+use crate::workers::{
+    DEPTH, InFlight, Shared, State, cancel, forget, next_batch, send_batch, start_worker,
+};
+
+/// How often at most a worker's resident memory is read, for the memory limit.
+const MEMORY_CHECK_EVERY: Duration = Duration::from_millis(50);
+
+/// What the driver does after an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// Go on.
+    Go,
+    /// The pool is stopping: stop the worker and end.
+    End,
+    /// The slot's worker is gone for good (the pool is stopping, or no worker can be started
+    /// under the restart policy): end at once.
+    Gone,
+}
+
+/// Runs slot `slot` until the pool ends; `ready` hears whether its first worker started.
+pub(crate) fn drive<W: Program>(
+    shared: &Shared<W>,
+    slot: usize,
+    init: &[u8],
+    ready: &Sender<Result<(), SpawnError>>,
+) {
+    let worker = match start_worker::<W>(shared, slot, init) {
+        Ok(worker) => {
+            let _ = ready.send(Ok(()));
+            worker
+        }
+        Err(error) => {
+            let _ = ready.send(Err(error));
+            return;
+        }
+    };
+    let mut driver = Driver::new(shared, slot, init, worker);
+    loop {
+        match driver.step() {
+            Step::Go => {}
+            Step::End => return driver.finish(),
+            Step::Gone => return,
+        }
+    }
+}
+
+/// Why a worker is replaced although it is well.
+#[derive(Debug, Clone, Copy)]
+enum Recycle {
+    Tasks(u64),
+    Memory(u64),
+}
+
+struct Driver<'a, W: Program> {
+    shared: &'a Shared<W>,
+    slot: usize,
+    init: &'a [u8],
+    worker: Spawned,
+    inflight: VecDeque<InFlight<W::Task>>,
+    /// The size of the next batch, adapted to the worker's speed.
+    batch: usize,
+    depth: usize,
+    max_batch: usize,
+    restarts: RestartTracker,
+    /// Tasks sent to the current worker.
+    sent: u64,
+    last_memory_check: Instant,
+    /// Set once the worker is due for replacement: no new batches go to it, and it is
+    /// replaced once every batch it has came back.
+    recycle: Option<Recycle>,
+}
+
+impl<'a, W: Program> Driver<'a, W> {
+    fn new(shared: &'a Shared<W>, slot: usize, init: &'a [u8], worker: Spawned) -> Self {
+        let config = shared.config();
+        let one_by_one = config.task_timeout.is_some();
+        let mut restarts = config.restart.tracker();
+        restarts.started(Instant::now());
+        Self {
+            shared,
+            slot,
+            init,
+            worker,
+            inflight: VecDeque::new(),
+            batch: 1,
+            depth: if one_by_one { 1 } else { DEPTH },
+            max_batch: if one_by_one { 1 } else { config.max_batch },
+            restarts,
+            sent: 0,
+            last_memory_check: Instant::now(),
+            recycle: None,
+        }
+    }
+
+    /// Feeds the worker, waits for one event and handles it.
+    fn step(&mut self) -> Step {
+        let closed = self.feed();
+        if self.inflight.is_empty() {
+            if let Some(reason) = self.recycle {
+                return self.recycle_now(reason);
+            }
+            return if closed { Step::End } else { Step::Go };
+        }
+        let (state, deadline) = self.shared.state();
+        if state == State::Killing {
+            return Step::End;
+        }
+        let timeout = match (self.shared.config().task_timeout, deadline) {
+            (Some(t), Some(d)) => Some((self.inflight[0].sent + t).min(d)),
+            (Some(t), None) => Some(self.inflight[0].sent + t),
+            (None, d) => d,
+        }
+        .map(|at| at.saturating_duration_since(Instant::now()));
+        match wire::recv_packet(&self.worker.rx, timeout).and_then(wire::open) {
+            Ok(Frame::Message(envelope)) => match envelope.kind {
+                Kind::Finished => self.on_reply(&envelope.body),
+                Kind::Failed => self.on_reported_corrupt(&envelope),
+                other => {
+                    tracing::warn!(slot = self.slot, "unexpected {other} message from a worker");
+                    Step::Go
+                }
+            },
+            Ok(other) => {
+                tracing::warn!(
+                    slot = self.slot,
+                    "unexpected {} from a worker",
+                    other.describe()
+                );
+                Step::Go
+            }
+            Err(RecvError::Timeout) => self.on_timeout(),
+            Err(RecvError::Protocol(error)) => self.on_corrupt(&error.to_string()),
+            Err(RecvError::Closed | RecvError::Channel(_)) => self.on_death(),
+        }
+    }
+
+    /// Keeps the worker fed: a batch running and one waiting, unless it is due for
+    /// recycling. Returns whether the pool is closed to new batches.
+    fn feed(&mut self) -> bool {
+        while self.inflight.len() < self.depth && self.recycle.is_none() {
+            // Never more than the worker has left before its replacement.
+            let left = self
+                .shared
+                .config()
+                .recycle_after
+                .map(|limit| limit.saturating_sub(self.sent));
+            if left == Some(0) {
+                self.recycle = self.shared.config().recycle_after.map(Recycle::Tasks);
+                break;
+            }
+            let Some(jobs) = self.shared.take(self.batch, left, self.inflight.is_empty()) else {
+                return true;
+            };
+            if jobs.is_empty() {
+                break;
+            }
+            self.sent += jobs.iter().map(|job| W::weight(job.task())).sum::<u64>();
+            let sent = send_batch::<W>(&self.worker, &jobs);
+            self.inflight.push_back(InFlight {
+                jobs,
+                sent: Instant::now(),
+            });
+            if sent.is_err() {
+                // The worker is gone; the receive sees it.
+                break;
+            }
+        }
+        false
+    }
+
+    fn on_reply(&mut self, body: &[u8]) -> Step {
+        let Some(done) = self.inflight.pop_front() else {
+            return Step::Go;
+        };
+        match from_bytes::<Reply<W::Output>>(body) {
+            Ok((busy, results)) => {
+                self.batch = next_batch(self.batch, done.jobs.len(), busy, self.max_batch);
+                // The worker answers a batch's tasks in the order it got them.
+                self.shared.deliver(
+                    done.jobs
+                        .iter()
+                        .zip(results)
+                        .map(|(job, (id, r))| (job.lane(), id, r.map_err(TaskError::Failed)))
+                        .collect(),
+                );
+                self.check_memory();
+                Step::Go
+            }
+            Err(error) => {
+                self.inflight.push_front(done);
+                self.on_corrupt(&format!("its reply does not decode: {error}"))
+            }
+        }
+    }
+
+    /// The worker could not read a frame (or a batch): it says so and goes on.
+    fn on_reported_corrupt(&mut self, envelope: &Envelope) -> Step {
+        let error = envelope
+            .body::<StageError>()
+            .map_or_else(|e| e.to_string(), |e| format!("{e:#}"));
+        tracing::warn!(
+            slot = self.slot,
+            pid = self.worker.pid,
+            "a worker reported a corrupt frame: {error}"
+        );
+        self.count_corrupt();
+        Step::Go
+    }
+
+    /// The worker sent something that does not decode: it cannot be trusted; replace it.
+    fn on_corrupt(&mut self, error: &str) -> Step {
+        tracing::error!(
+            slot = self.slot,
+            "a worker sent a corrupt frame: {error}; replacing it"
+        );
+        self.count_corrupt();
+        let how = self.worker.kill_and_wait();
+        self.replace(how)
+    }
+
+    fn count_corrupt(&self) {
+        self.shared
+            .counters
+            .corrupt_frames
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn on_timeout(&mut self) -> Step {
+        if self.shared.state().0 != State::Open {
+            // The stop deadline passed: what runs is abandoned.
+            return Step::End;
+        }
+        let timed_out = self
+            .inflight
+            .pop_front()
+            .map(|f| f.jobs)
+            .unwrap_or_default();
+        let after = self.shared.config().task_timeout.unwrap_or_default();
+        tracing::warn!(
+            slot = self.slot,
+            pid = self.worker.pid,
+            "a task ran longer than {after:?}; killing its worker"
+        );
+        self.shared
+            .counters
+            .timeouts
+            .fetch_add(timed_out.len() as u64, Ordering::Relaxed);
+        let how = self.worker.kill_and_wait();
+        // The death is counted and the replacement started before the result goes out, so
+        // that counters read after it are settled.
+        let step = self.replace(how);
+        self.shared.deliver(
+            timed_out
+                .into_iter()
+                .map(|j| (j.lane(), j.id(), Err(TaskError::TimedOut { after })))
+                .collect(),
+        );
+        step
+    }
+
+    fn on_death(&mut self) -> Step {
+        let how = self
+            .worker
+            .wait_exit(Duration::from_secs(5))
+            .unwrap_or_else(|| self.worker.kill_and_wait());
+        if self.shared.state().0 != State::Open {
+            self.shared.deliver(cancel(&mut self.inflight));
+            forget(self.shared, self.slot);
+            return Step::Gone;
+        }
+        tracing::warn!(
+            slot = self.slot,
+            pid = self.worker.pid,
+            "a worker {how}; retrying its tasks and starting another"
+        );
+        self.replace(how)
+    }
+
+    /// After a death: retries the worker's tasks elsewhere and starts another worker in the
+    /// slot when the restart policy allows, after its backoff.
+    fn replace(&mut self, how: ExitHow) -> Step {
+        let shared = self.shared;
+        shared
+            .counters
+            .worker_deaths
+            .fetch_add(1, Ordering::Relaxed);
+        forget(shared, self.slot);
+        shared.retry(self.inflight.drain(..).flat_map(|f| f.jobs), how);
+        let mut reason = format!("the last worker {how}");
+        loop {
+            let after = match self.restarts.ended(true, false, Instant::now()) {
+                RestartDecision::Restart { after } => after,
+                RestartDecision::LimitReached { restarts } => {
+                    reason = format!("{reason}; {restarts} restarts reached the restart limit");
+                    break;
+                }
+                _ => break,
+            };
+            if !shared.wait_while_open(after) {
+                return Step::Gone;
+            }
+            match start_worker::<W>(shared, self.slot, self.init) {
+                Ok(worker) => {
+                    shared.counters.respawns.fetch_add(1, Ordering::Relaxed);
+                    self.restarts.started(Instant::now());
+                    self.new_worker(worker);
+                    return Step::Go;
+                }
+                Err(error) => {
+                    tracing::error!(
+                        slot = self.slot,
+                        "cannot start a replacement worker: {error}"
+                    );
+                    reason = error.to_string();
+                }
+            }
+        }
+        tracing::error!(slot = self.slot, "{reason}; the slot stays empty");
+        shared.give_up(&reason);
+        Step::Gone
+    }
+
+    /// Replaces a well worker between batches: it is told to stop (its stage's cleanup
+    /// runs), and a new one takes its place. Nothing is in flight, so nothing is lost or
+    /// run twice.
+    fn recycle_now(&mut self, reason: Recycle) -> Step {
+        let shared = self.shared;
+        match reason {
+            Recycle::Tasks(n) => {
+                tracing::debug!(
+                    slot = self.slot,
+                    pid = self.worker.pid,
+                    "recycling a worker after {n} tasks"
+                );
+            }
+            Recycle::Memory(bytes) => tracing::info!(
+                slot = self.slot,
+                pid = self.worker.pid,
+                "recycling a worker whose resident memory passed {bytes} bytes"
+            ),
+        }
+        self.stop_worker(shared.config().stop_timeout);
+        forget(shared, self.slot);
+        if shared.state().0 != State::Open {
+            return Step::Gone;
+        }
+        match start_worker::<W>(shared, self.slot, self.init) {
+            Ok(worker) => {
+                shared.counters.recycles.fetch_add(1, Ordering::Relaxed);
+                self.new_worker(worker);
+                Step::Go
+            }
+            // A replacement that cannot start is a failure under the restart policy.
+            Err(error) => {
+                tracing::error!(
+                    slot = self.slot,
+                    "cannot start a recycled worker's replacement: {error}"
+                );
+                self.replace(ExitHow::Code(0))
+            }
+        }
+    }
+
+    fn new_worker(&mut self, worker: Spawned) {
+        self.worker = worker;
+        self.sent = 0;
+        self.recycle = None;
+        self.last_memory_check = Instant::now();
+    }
+
+    /// Marks the worker for recycling once its resident memory passes the limit (read at
+    /// most every [`MEMORY_CHECK_EVERY`]).
+    fn check_memory(&mut self) {
+        let Some(limit) = self.shared.config().max_memory else {
+            return;
+        };
+        if self.last_memory_check.elapsed() < MEMORY_CHECK_EVERY {
+            return;
+        }
+        self.last_memory_check = Instant::now();
+        if resident_bytes(self.worker.pid).is_some_and(|rss| rss > limit) {
+            self.recycle = Some(Recycle::Memory(limit));
+        }
+    }
+
+    /// Tells the worker to die, waits up to `wait`, then kills it.
+    fn stop_worker(&self, wait: Duration) {
+        let _ = send_frame(
+            &self.worker.tx,
+            &Frame::Message(Envelope::new(Address::Main, Address::Main, Kind::Die)),
+        );
+        if self.worker.wait_exit(wait).is_none() {
+            self.worker.kill_and_wait();
+        }
+    }
+
+    /// The end: what is still in flight is cancelled, the worker told to die, and killed if
+    /// it does not in time.
+    fn finish(mut self) {
+        self.shared.deliver(cancel(&mut self.inflight));
+        let (state, deadline) = self.shared.state();
+        let wait = if state == State::Killing {
+            Duration::ZERO
+        } else {
+            deadline.map_or(self.shared.config().stop_timeout, |d| {
+                d.saturating_duration_since(Instant::now())
+            })
+        };
+        self.stop_worker(wait);
+        forget(self.shared, self.slot);
+    }
+}
+
+/// The resident memory of process `pid`, from `/proc/<pid>/statm`.
+fn resident_bytes(pid: u32) -> Option<u64> {
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    Some(pages.saturating_mul(u64::try_from(page).ok()?))
+}
