@@ -465,6 +465,112 @@ fn a_placed_stage_recycles_its_workers_between_batches() {
     assert!(per_pid.len() as u64 >= N / (250 + 16), "{per_pid:?}");
 }
 
+fn stop_now_frees_the_engine_from_a_hung_worker_at_once() {
+    let placed = ProcTransport::new(Hang).workers(1);
+    let probe = placed.clone();
+    let handle = Engine::builder(0..10_u64)
+        .transport(placed)
+        .stop_timeout(Duration::from_secs(60))
+        .backend(|_: u64| {})
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let pids = loop {
+        let pids = probe.worker_pids();
+        let started = handle
+            .stats()
+            .stages
+            .iter()
+            .any(|s| s.kind == StageKind::Transport && s.counts.input > 0);
+        if pids.len() == 1 && started {
+            break pids;
+        }
+        assert!(Instant::now() < deadline, "the worker does not start");
+        std::thread::yield_now();
+    };
+    let stopped = Instant::now();
+    handle.stop_now();
+    let report = handle.join().unwrap();
+    let took = stopped.elapsed();
+    assert!(
+        took < Duration::from_secs(1),
+        "the run took {took:?} to end"
+    );
+    report.check().unwrap();
+    assert!(report.dropped() > 0, "{report}");
+    assert!(gone(pids[0]), "the hung worker is left behind");
+}
+
+/// Aborts its worker process on item 7, every time.
+#[derive(Clone, Serialize, Deserialize)]
+struct Crash;
+
+impl Transport for Crash {
+    type Input = u64;
+    type Output = u64;
+
+    fn transport(&mut self, x: u64, _: &StageContext) -> Result<Option<u64>, StageError> {
+        if x == 7 {
+            std::process::abort();
+        }
+        Ok(Some(x))
+    }
+}
+
+/// A ticket that records the error its item failed with.
+struct Why(u64, Arc<Mutex<Vec<(u64, String)>>>);
+
+impl Ticket for Why {
+    fn complete(self, outcome: Outcome<'_>) {
+        if let Outcome::Failed { error, .. } = outcome {
+            self.1.lock().unwrap().push((self.0, error.to_string()));
+        }
+    }
+}
+
+/// A tracked frontend of 0..n whose tickets record errors.
+struct Failures(u64, u64, Arc<Mutex<Vec<(u64, String)>>>);
+
+impl TrackedFrontend for Failures {
+    type Item = u64;
+    type Ticket = Why;
+
+    fn produce(&mut self, _ctx: &StageContext) -> Result<Option<(Why, u64)>, StageError> {
+        if self.0 == self.1 {
+            return Ok(None);
+        }
+        self.0 += 1;
+        Ok(Some((Why(self.0 - 1, Arc::clone(&self.2)), self.0 - 1)))
+    }
+}
+
+fn a_batch_whose_worker_always_dies_fails_with_how_it_died() {
+    // A queue of 4 items makes batches of one item, so only item 7 fails.
+    let failures = Arc::new(Mutex::new(Vec::new()));
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&got);
+    let report = Engine::builder(Failures(0, 20, Arc::clone(&failures)))
+        .queue_capacity(4)
+        .transport(ProcTransport::new(Crash).workers(2).retries(2))
+        .backend(move |x: u64| sink.lock().unwrap().push(x))
+        .run()
+        .unwrap();
+    report.check().unwrap();
+    let transport = report.stage_of_kind(StageKind::Transport).unwrap().counts;
+    assert_eq!((transport.input, transport.failed), (20, 1), "{report}");
+    let failures = failures.lock().unwrap();
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    let (item, error) = &failures[0];
+    assert_eq!(*item, 7);
+    assert!(
+        error.contains("SIGABRT") && error.contains("3 attempt"),
+        "the error says how the worker died and how often: {error}"
+    );
+    let mut got = got.lock().unwrap().clone();
+    got.sort_unstable();
+    assert_eq!(got, (0..20).filter(|x| *x != 7).collect::<Vec<_>>());
+}
+
 fn main() {
     engine_proc::init();
     let tests: &[(&str, fn())] = &[
@@ -495,6 +601,14 @@ fn main() {
         (
             "a_placed_stage_recycles_its_workers_between_batches",
             a_placed_stage_recycles_its_workers_between_batches,
+        ),
+        (
+            "stop_now_frees_the_engine_from_a_hung_worker_at_once",
+            stop_now_frees_the_engine_from_a_hung_worker_at_once,
+        ),
+        (
+            "a_batch_whose_worker_always_dies_fails_with_how_it_died",
+            a_batch_whose_worker_always_dies_fails_with_how_it_died,
         ),
     ];
     std::process::exit(common::run_tests(tests));
