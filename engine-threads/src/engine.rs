@@ -15,7 +15,7 @@ use engine_core::{
 use crate::builder::{Absent, EngineBuilder, Factory, Options, Present};
 use crate::error::EngineError;
 use crate::link::{AbortTrigger, Link, Sizing, abort_pair, lock};
-use crate::stats::{ConsumerProbe, StageProbe, Stats, StatsSource};
+use crate::stats::{ConsumerProbe, StageProbe, Stats, StatsSource, ThreadSnapshot};
 use crate::worker::{
     BackendStage, Consume, Event, Input, Shared, ThreadResult, ThreadStats, TransportStage, Window,
     last_resort, run_consumer, run_frontend,
@@ -73,6 +73,8 @@ impl<F: TrackedFrontend, S: sealed::Sealed<F>> Stages<F> for S {}
 pub(crate) trait LinkView: Send + Sync {
     /// Items in the channel.
     fn queued(&self) -> u64;
+    /// The most items the channel holds.
+    fn capacity(&self) -> u64;
     /// Items in the frontend slots.
     fn buffered(&self) -> u64;
     fn abandoned(&self) -> u64;
@@ -85,6 +87,10 @@ pub(crate) trait LinkView: Send + Sync {
 impl<K: Ticket, T: Send + 'static> LinkView for Link<K, T> {
     fn queued(&self) -> u64 {
         self.state().queued()
+    }
+
+    fn capacity(&self) -> u64 {
+        self.state().capacity()
     }
 
     fn buffered(&self) -> u64 {
@@ -111,7 +117,7 @@ impl<K: Ticket, T: Send + 'static> LinkView for Link<K, T> {
 }
 
 /// The frontend's probe for live stats: its slots.
-struct FrontendProbe(Arc<dyn LinkView>);
+struct FrontendProbe(Arc<dyn LinkView>, Vec<Arc<ThreadStats>>);
 
 impl StageProbe for FrontendProbe {
     fn counts(&self) -> Counts {
@@ -120,6 +126,26 @@ impl StageProbe for FrontendProbe {
 
     fn queued(&self) -> u64 {
         self.0.buffered()
+    }
+
+    fn capacity(&self) -> u64 {
+        0
+    }
+
+    fn threads(&self) -> Vec<ThreadSnapshot> {
+        self.0
+            .slot_counts()
+            .into_iter()
+            .zip(&self.1)
+            .map(|(counts, stats)| {
+                let (busy, blocked) = stats.times();
+                ThreadSnapshot {
+                    counts,
+                    busy,
+                    blocked,
+                }
+            })
+            .collect()
     }
 }
 
@@ -235,6 +261,7 @@ where
     S::Input: 'static,
 {
     move || {
+        let _span = stage_span(&ctx).entered();
         let (guard_ctx, guard_shared, guard_stats) =
             (ctx.clone(), Arc::clone(&shared), Arc::clone(&stats));
         last_resort(
@@ -250,6 +277,17 @@ where
             },
         )
     }
+}
+
+/// The span a stage thread runs in: what it logs (a failed item, say) names its stage, kind
+/// and index, so `RUST_LOG` filters and any subscriber see where it happened.
+fn stage_span(ctx: &StageContext) -> tracing::Span {
+    tracing::info_span!(
+        "stage",
+        stage = ctx.stage(),
+        kind = ctx.kind().as_str(),
+        index = ctx.index()
+    )
 }
 
 /// The input of the last stage: reordered in ordered mode.
@@ -469,7 +507,11 @@ where
     /// if a stage's setup failed or an item failed under
     /// [`ErrorPolicy::Stop`](engine_core::ErrorPolicy::Stop) (the error holds the report).
     pub fn run(self) -> Result<RunReport, EngineError> {
-        self.launch()?.coordinate()
+        let run = self.launch()?;
+        let stats = Arc::clone(&run.stats);
+        let result = run.coordinate();
+        stats.finish();
+        result
     }
 
     /// Starts the engine in the background and returns a handle to stop it, watch it and
@@ -482,7 +524,12 @@ where
         let stop = self.stop.clone();
         let run = self.launch()?;
         let stats = Arc::clone(&run.stats);
-        let coordinator = spawn("engine".to_owned(), move || run.coordinate());
+        let source = Arc::clone(&stats);
+        let coordinator = spawn("engine".to_owned(), move || {
+            let result = run.coordinate();
+            source.finish();
+            result
+        });
         match coordinator {
             Ok(coordinator) => Ok(EngineHandle {
                 stop,
@@ -548,25 +595,30 @@ where
         };
         let started = Instant::now();
         let launched = sealed::Sealed::launch(stages, &mut launcher);
+        let frontend_stats: Vec<Arc<ThreadStats>> = (0..frontend_threads)
+            .map(|_| Arc::new(ThreadStats::default()))
+            .collect();
         let launched = launched.and_then(|()| {
             (0..frontend_threads).try_for_each(|index| {
                 let ctx = launcher.context(StageKind::Frontend, index, frontend_threads);
                 let name = format!("{}-{index}", ctx.stage());
-                let (factory, slot, link, window, shared) = (
+                let (factory, slot, link, window, shared, stats) = (
                     Arc::clone(&frontend),
                     Arc::clone(&first.slots()[index]),
                     Arc::clone(&first),
                     window.clone(),
                     Arc::clone(&shared),
+                    Arc::clone(&frontend_stats[index]),
                 );
                 let events = shared.events.clone();
                 spawn(name, move || {
+                    let _span = stage_span(&ctx).entered();
                     let (guard_ctx, guard_shared, guard_slot) =
                         (ctx.clone(), Arc::clone(&shared), Arc::clone(&slot));
                     let busy = last_resort(
                         &guard_ctx,
                         &guard_shared,
-                        || run_frontend(|| factory(index), ctx, slot, link, window, shared),
+                        || run_frontend(|| factory(index), ctx, slot, link, window, shared, stats),
                         || {
                             guard_slot.close();
                             Duration::ZERO
@@ -588,7 +640,7 @@ where
         let mut probes: Vec<(Arc<str>, StageKind, Box<dyn StageProbe>)> = vec![(
             Arc::clone(&launcher.options.names[0]),
             StageKind::Frontend,
-            Box::new(FrontendProbe(Arc::clone(&first_view))),
+            Box::new(FrontendProbe(Arc::clone(&first_view), frontend_stats)),
         )];
         for stage in &launcher.consumers {
             probes.push((
@@ -613,6 +665,7 @@ where
             stats: Arc::new(StatsSource {
                 started,
                 stages: probes,
+                ended: std::sync::OnceLock::new(),
             }),
         })
     }
@@ -813,6 +866,14 @@ impl EngineHandle {
     /// A snapshot of the engine's counts, rates and queue depths.
     pub fn stats(&self) -> Stats {
         self.stats.snapshot()
+    }
+
+    /// The engine's live statistics as Prometheus metrics, for a `prometheus_client`
+    /// registry (feature `metrics`); they stay readable, with the final counts, after the run.
+    #[cfg(feature = "metrics")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+    pub fn metrics(&self) -> crate::EngineMetrics {
+        crate::EngineMetrics::new(Arc::clone(&self.stats))
     }
 
     /// Whether the run has ended (`join` will not block).

@@ -81,6 +81,8 @@ mod builder;
 mod engine;
 mod error;
 mod link;
+#[cfg(feature = "metrics")]
+mod metrics;
 mod offloaded;
 mod stats;
 mod worker;
@@ -89,4 +91,7 @@ pub use builder::{Absent, DEFAULT_QUEUE_CAPACITY, EngineBuilder, Present, Upstre
 pub use engine::{Engine, EngineHandle, Stages};
 pub use error::EngineError;
 pub use link::LINGER;
-pub use stats::{StageStats, Stats};
+#[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+pub use metrics::EngineMetrics;
+pub use stats::{StageStats, Stats, ThreadSnapshot};

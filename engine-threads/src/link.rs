@@ -11,7 +11,7 @@
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Select, Sender, TryRecvError, TrySendError};
 use engine_core::{Counts, Outcome, StopHandle, Ticket};
@@ -30,6 +30,15 @@ const BATCH_TIME: Duration = Duration::from_micros(100);
 /// How long an idle consumer waits for a frontend's partial batch to fill before taking it:
 /// the most a lone item waits in a frontend's batch.
 pub const LINGER: Duration = Duration::from_micros(100);
+
+/// Adds the time since its start to a total when dropped, whichever way a wait ends.
+struct Accrue<'a>(&'a mut Duration, Instant);
+
+impl Drop for Accrue<'_> {
+    fn drop(&mut self) {
+        *self.0 += self.1.elapsed();
+    }
+}
 
 /// The sequence number of an empty batch that only wakes a sleeping consumer.
 const NUDGE: u64 = u64::MAX;
@@ -148,11 +157,18 @@ pub(crate) struct LinkState {
     queued: AtomicU64,
     /// Items that were on their way through this link when the run was aborted.
     abandoned: AtomicU64,
+    /// The most items the channel holds.
+    capacity: u64,
 }
 
 impl LinkState {
     pub(crate) fn queued(&self) -> u64 {
         self.queued.load(Ordering::Relaxed)
+    }
+
+    /// The most items the channel holds.
+    pub(crate) fn capacity(&self) -> u64 {
+        self.capacity
     }
 
     pub(crate) fn abandoned(&self) -> u64 {
@@ -240,6 +256,7 @@ impl<K: Ticket, T: Send> Link<K, T> {
             max_batch: sizing.max_batch,
             queued: AtomicU64::new(0),
             abandoned: AtomicU64::new(0),
+            capacity: (sizing.slots * sizing.max_batch) as u64,
         });
         let slots = (0..frontends)
             .map(|_| {
@@ -280,6 +297,7 @@ impl<K: Ticket, T: Send> Link<K, T> {
             tx,
             buf: Vec::new(),
             link: Arc::clone(self),
+            blocked: Duration::ZERO,
         }
     }
 
@@ -391,8 +409,14 @@ impl<K: Ticket, T: Send> Link<K, T> {
         self.rx.is_empty()
     }
 
-    /// Sends a batch, waiting for room; on abort, gives the batch back.
-    fn send(&self, tx: &Sender<Batch<K, T>>, batch: Batch<K, T>) -> Result<(), Batch<K, T>> {
+    /// Sends a batch, waiting for room; on abort, gives the batch back. Time spent waiting
+    /// for room (backpressure) is added to `blocked`.
+    fn send(
+        &self,
+        tx: &Sender<Batch<K, T>>,
+        batch: Batch<K, T>,
+        blocked: &mut Duration,
+    ) -> Result<(), Batch<K, T>> {
         let len = batch.items.len() as u64;
         // Counted before the send so that a consumer's decrement never goes below zero.
         self.state.queued.fetch_add(len, Ordering::Relaxed);
@@ -400,6 +424,8 @@ impl<K: Ticket, T: Send> Link<K, T> {
             Ok(()) => return Ok(()),
             Err(TrySendError::Full(batch) | TrySendError::Disconnected(batch)) => batch,
         };
+        let waiting = Instant::now();
+        let _count = Accrue(blocked, waiting);
         let batch = if self.abort.is_fired() {
             batch
         } else {
@@ -442,8 +468,13 @@ impl<K: Ticket, T: Send> Link<K, T> {
     /// Sends a batch a frontend took from its slot; returns whether it was sent. The
     /// frontend counted the items as passed on when it accepted them, so on abort they are
     /// counted as abandoned in this link (dropped by the next stage).
-    pub(crate) fn send_from_slot(&self, tx: &Sender<Batch<K, T>>, batch: Batch<K, T>) -> bool {
-        match self.send(tx, batch) {
+    pub(crate) fn send_from_slot(
+        &self,
+        tx: &Sender<Batch<K, T>>,
+        batch: Batch<K, T>,
+        blocked: &mut Duration,
+    ) -> bool {
+        match self.send(tx, batch, blocked) {
             Ok(()) => true,
             Err(batch) => {
                 self.state.abandon(batch.items);
@@ -468,6 +499,8 @@ pub(crate) struct Producer<K, T> {
     tx: Sender<Batch<K, T>>,
     buf: Vec<(K, T)>,
     link: Arc<Link<K, T>>,
+    /// Time spent waiting for room in the link (backpressure).
+    blocked: Duration,
 }
 
 impl<K: Ticket, T: Send> Producer<K, T> {
@@ -511,13 +544,18 @@ impl<K: Ticket, T: Send> Producer<K, T> {
     /// On abort the items were never passed on: they count as dropped by the sending stage.
     fn send(&mut self, batch: Batch<K, T>) -> Result<usize, usize> {
         let n = batch.items.len();
-        match self.link.send(&self.tx, batch) {
+        match self.link.send(&self.tx, batch, &mut self.blocked) {
             Ok(()) => Ok(n),
             Err(batch) => {
                 batch.drop_all();
                 Err(n)
             }
         }
+    }
+
+    /// Time spent waiting for room in the link so far.
+    pub(crate) fn blocked(&self) -> Duration {
+        self.blocked
     }
 
     /// Drops the open batch (abort), completing its tickets; returns how many there were.

@@ -63,7 +63,11 @@ where
                 }
                 None => lost(&mut in_flight, at, counts),
             }
-            stats.publish(counts);
+            stats.publish(
+                counts,
+                started.elapsed().saturating_sub(waited),
+                stage.blocked(),
+            );
             continue;
         }
         let t = Instant::now();
@@ -89,7 +93,11 @@ where
         if let Some(offload) = stage.offload() {
             offload.submit(tag, items);
         }
-        stats.publish(counts);
+        stats.publish(
+            counts,
+            started.elapsed().saturating_sub(waited),
+            stage.blocked(),
+        );
     }
     // Whatever is still out comes back (a forced stop returns it at once, dropped).
     while !in_flight.is_empty() {
@@ -105,8 +113,8 @@ where
             None => lost(&mut in_flight, at, counts),
         }
     }
-    stats.publish(counts);
     *busy += started.elapsed().saturating_sub(waited);
+    stats.publish(counts, *busy, stage.blocked());
     clean && !at.shared.abort.is_fired()
 }
 

@@ -16,6 +16,8 @@ pub struct Stats {
     pub elapsed: Duration,
     /// One entry per stage, frontend first.
     pub stages: Vec<StageStats>,
+    /// Whether the run has ended: the counts are final.
+    pub finished: bool,
 }
 
 /// One stage in a [`Stats`] snapshot.
@@ -31,8 +33,25 @@ pub struct StageStats {
     /// Items waiting in the stage's input queue (for a frontend: items produced but not yet
     /// handed to the queue).
     pub queued: u64,
+    /// The most items the stage's input queue holds (0 for a frontend).
+    pub capacity: u64,
     /// Items handled per second since the start.
     pub items_per_second: f64,
+    /// Each thread of the stage: its counts, the time it worked, and the time it waited for
+    /// room in the next queue (backpressure).
+    pub threads: Vec<ThreadSnapshot>,
+}
+
+/// One thread of a stage in a [`Stats`] snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ThreadSnapshot {
+    /// The thread's counts so far.
+    pub counts: Counts,
+    /// Time spent in stage code and the engine's own work, so far.
+    pub busy: Duration,
+    /// Time spent waiting for room in a full next queue: backpressure, so far.
+    pub blocked: Duration,
 }
 
 impl StageStats {
@@ -70,6 +89,8 @@ impl fmt::Display for Stats {
 pub(crate) trait StageProbe: Send + Sync {
     fn counts(&self) -> Counts;
     fn queued(&self) -> u64;
+    fn capacity(&self) -> u64;
+    fn threads(&self) -> Vec<ThreadSnapshot>;
 }
 
 /// The consumer threads of a stage and its input queue.
@@ -86,12 +107,32 @@ impl StageProbe for ConsumerProbe {
     fn queued(&self) -> u64 {
         self.input.queued()
     }
+
+    fn capacity(&self) -> u64 {
+        self.input.capacity()
+    }
+
+    fn threads(&self) -> Vec<ThreadSnapshot> {
+        self.threads
+            .iter()
+            .map(|t| {
+                let (busy, blocked) = t.times();
+                ThreadSnapshot {
+                    counts: t.read(),
+                    busy,
+                    blocked,
+                }
+            })
+            .collect()
+    }
 }
 
 /// What the handle and the stats logger read.
 pub(crate) struct StatsSource {
     pub(crate) started: Instant,
     pub(crate) stages: Vec<(Arc<str>, StageKind, Box<dyn StageProbe>)>,
+    /// How long the run took, once it has ended.
+    pub(crate) ended: std::sync::OnceLock<Duration>,
 }
 
 impl fmt::Debug for StatsSource {
@@ -103,8 +144,14 @@ impl fmt::Debug for StatsSource {
 }
 
 impl StatsSource {
+    /// Notes that the run has ended: its counts are final.
+    pub(crate) fn finish(&self) {
+        let _ = self.ended.set(self.started.elapsed());
+    }
+
     pub(crate) fn snapshot(&self) -> Stats {
-        let elapsed = self.started.elapsed();
+        let finished = self.ended.get().copied();
+        let elapsed = finished.unwrap_or_else(|| self.started.elapsed());
         let secs = elapsed.as_secs_f64().max(1e-9);
         let stages = self
             .stages
@@ -117,11 +164,17 @@ impl StatsSource {
                     kind: *kind,
                     counts,
                     queued: probe.queued(),
+                    capacity: probe.capacity(),
                     items_per_second: handled as f64 / secs,
+                    threads: probe.threads(),
                 }
             })
             .collect();
-        Stats { elapsed, stages }
+        Stats {
+            elapsed,
+            stages,
+            finished: finished.is_some(),
+        }
     }
 }
 

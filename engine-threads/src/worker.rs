@@ -258,6 +258,7 @@ pub(crate) fn run_frontend<F>(
     link: Arc<Link<F::Ticket, F::Item>>,
     window: Option<Arc<Window>>,
     shared: Arc<Shared>,
+    stats: Arc<ThreadStats>,
 ) -> Duration
 where
     F: TrackedFrontend,
@@ -286,7 +287,7 @@ where
                 &link,
                 window.as_deref(),
                 &shared,
-                &mut blocked,
+                (&mut blocked, &stats, started),
             )
         }));
         let error = match outcome {
@@ -303,12 +304,12 @@ where
     }
     // Hand the last partial batch on, then let the channel lose this sender.
     if let Some((tx, batch)) = slot.finish() {
-        let t = Instant::now();
-        link.send_from_slot(&tx, batch);
-        blocked += t.elapsed();
+        link.send_from_slot(&tx, batch, &mut blocked);
     }
     cleanup(&ctx, || stage.cleanup(&ctx));
-    started.elapsed().saturating_sub(blocked)
+    let busy = started.elapsed().saturating_sub(blocked);
+    stats.publish_times(busy, blocked);
+    busy
 }
 
 /// The frontend's inner loop; returns `Ok` at the end of the source or a stop.
@@ -319,7 +320,7 @@ fn produce<F>(
     link: &Link<F::Ticket, F::Item>,
     window: Option<&Window>,
     shared: &Shared,
-    blocked: &mut Duration,
+    (blocked, stats, started): (&mut Duration, &ThreadStats, Instant),
 ) -> Result<(), StageError>
 where
     F: TrackedFrontend,
@@ -337,9 +338,8 @@ where
             Offer::Kept => {}
             Offer::Nudge(tx) => link.nudge(&tx),
             Offer::Send(tx, batch) => {
-                let t = Instant::now();
-                let sent = link.send_from_slot(&tx, batch);
-                *blocked += t.elapsed();
+                let sent = link.send_from_slot(&tx, batch, blocked);
+                stats.publish_times(started.elapsed().saturating_sub(*blocked), *blocked);
                 if !sent {
                     return Ok(());
                 }
@@ -370,7 +370,7 @@ where
     }
 }
 
-/// Live counts of one consumer thread, written only by that thread.
+/// Live counts and times of one stage thread, written only by that thread, after each batch.
 #[derive(Debug, Default)]
 pub(crate) struct ThreadStats {
     input: AtomicU64,
@@ -378,15 +378,36 @@ pub(crate) struct ThreadStats {
     filtered: AtomicU64,
     failed: AtomicU64,
     dropped: AtomicU64,
+    busy_nanos: AtomicU64,
+    blocked_nanos: AtomicU64,
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 impl ThreadStats {
-    pub(crate) fn publish(&self, counts: &Counts) {
+    pub(crate) fn publish(&self, counts: &Counts, busy: Duration, blocked: Duration) {
         self.input.store(counts.input, Ordering::Relaxed);
         self.output.store(counts.output, Ordering::Relaxed);
         self.filtered.store(counts.filtered, Ordering::Relaxed);
         self.failed.store(counts.failed, Ordering::Relaxed);
         self.dropped.store(counts.dropped, Ordering::Relaxed);
+        self.publish_times(busy, blocked);
+    }
+
+    /// Publishes the time the thread worked, and the time it waited for room downstream.
+    pub(crate) fn publish_times(&self, busy: Duration, blocked: Duration) {
+        self.busy_nanos.store(nanos(busy), Ordering::Relaxed);
+        self.blocked_nanos.store(nanos(blocked), Ordering::Relaxed);
+    }
+
+    /// The time the thread worked, and the time it waited for room downstream.
+    pub(crate) fn times(&self) -> (Duration, Duration) {
+        (
+            Duration::from_nanos(self.busy_nanos.load(Ordering::Relaxed)),
+            Duration::from_nanos(self.blocked_nanos.load(Ordering::Relaxed)),
+        )
     }
 
     pub(crate) fn read(&self) -> Counts {
@@ -502,6 +523,9 @@ pub(crate) trait Consume<K: Ticket> {
     /// On abort: drops held outputs, completing their tickets; returns how many.
     fn discard(&mut self, at: Here<'_>, counts: &mut Counts) -> u64;
 
+    /// Time spent waiting for room in the next queue (backpressure).
+    fn blocked(&self) -> Duration;
+
     /// The stage as an [`Offload`], if it runs its items elsewhere.
     fn offload(&mut self) -> Option<&mut dyn Offload<Input = Self::Input, Output = Self::Done>>;
 
@@ -611,6 +635,10 @@ where
 
     fn discard(&mut self, _at: Here<'_>, _counts: &mut Counts) -> u64 {
         self.out.as_mut().map_or(0, Producer::discard)
+    }
+
+    fn blocked(&self) -> Duration {
+        self.out.as_ref().map_or(Duration::ZERO, Producer::blocked)
     }
 
     fn offload(&mut self) -> Option<&mut dyn Offload<Input = S::Input, Output = S::Output>> {
@@ -768,6 +796,10 @@ where
         0
     }
 
+    fn blocked(&self) -> Duration {
+        Duration::ZERO
+    }
+
     fn offload(&mut self) -> Option<&mut dyn Offload<Input = S::Input, Output = ()>> {
         self.stage.offload()
     }
@@ -845,7 +877,7 @@ where
     let pending = input.discard_pending();
     counts.input += pending;
     counts.dropped += pending;
-    stats.publish(&counts);
+    stats.publish(&counts, busy, stage.blocked());
 
     let t = Instant::now();
     cleanup(&ctx, || stage.cleanup(&ctx));
@@ -920,7 +952,7 @@ where
             clean_end = false;
             break;
         }
-        stats.publish(counts);
+        stats.publish(counts, *busy, stage.blocked());
     }
     clean_end
 }

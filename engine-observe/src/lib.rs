@@ -1,0 +1,44 @@
+//! Seeing the engine run: Prometheus metrics served over HTTP with a live dashboard page,
+//! `engine top`, and a progress line.
+//!
+//! - **[`MetricsServer`]** serves a `prometheus_client` registry at `GET /metrics` and the
+//!   dashboard at `GET /`, on loopback unless [`allow_public`](MetricsServerBuilder::allow_public)
+//!   says otherwise. Engines put their metrics in the registry (engine-threads'
+//!   `EngineHandle::metrics`), so does a pod; a pod's status server answers the same paths
+//!   through [`respond`].
+//! - **The dashboard** ([`DASHBOARD`]) is one HTML page served from the binary, no build step
+//!   and no CDN: the stages as a row of boxes with their rates, queue fill and busy share,
+//!   the bottleneck and backpressured stages marked, and the pod's beans in a table. It reads
+//!   `/metrics` once a second.
+//! - **[`top`]** reads a metrics endpoint and shows a table that refreshes in place: per stage
+//!   the rates in and out, queue fill, busy share, bottleneck and backpressure; per bean its
+//!   state and restarts.
+//! - **[`Progress`]** draws one live line on standard error: items done, each stage's rate,
+//!   the bottleneck, and with a known total the share done and the time left.
+//!
+//! Every view reads the counters the engine keeps anyway, at its own pace: nothing is added
+//! to the path of an item.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use engine_observe::MetricsServer;
+//! use prometheus_client::registry::Registry;
+//!
+//! let server = MetricsServer::builder(Arc::new(Registry::default())).start()?;
+//! let page = engine_observe::respond(&hyper::Method::GET, "/", &Registry::default());
+//! assert_eq!(page.status(), 200);
+//! println!("dashboard on http://{}/", server.local_addr());
+//! # Ok::<(), engine_observe::ServeError>(())
+//! ```
+
+mod progress;
+mod server;
+mod snapshot;
+pub mod top;
+
+pub use progress::{Position, Progress, describe};
+pub use server::{
+    DASHBOARD, METRICS_CONTENT_TYPE, MetricsServer, MetricsServerBuilder, ServeError, respond,
+};
+pub use snapshot::{BeanSample, ParseError, Snapshot, StageRates, StageSample, bottleneck, rates};
+pub use top::{Scraper, TopError};
