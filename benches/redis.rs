@@ -6,6 +6,9 @@
 //! acknowledges, so that a stream's length is its unfinished count; the baseline does the
 //! same work). Items are postcard-encoded `u64`s on both sides; consumers sum them.
 //!
+//! The cost of each guarantee, in the same run: the deduplicating sink (each item's id
+//! checked and recorded in the append script) against the plain sink, producer only.
+//!
 //! The benchmark starts its own `redis-server` on a free loopback port (no persistence).
 //! Run with `cargo xtask bench redis`.
 
@@ -20,7 +23,9 @@ use std::time::{Duration, Instant};
 
 use engine::redis::redis::{self, Connection, Value};
 use engine::redis::testing::Server;
-use engine::redis::{StreamAddress, StreamSink, StreamSource};
+use engine::redis::{
+    DEFAULT_DEDUP_WINDOW, Delivered, EntryId, ItemId, StreamAddress, StreamSink, StreamSource,
+};
 use engine_core::{Backend, StageContext, StageError, StopHandle};
 use engine_threads::Engine;
 
@@ -40,6 +45,42 @@ fn main() {
         || assert_eq!(baseline_round(&server, next()), expected()),
     );
     harness::row("200k u64, pipelined, 2 consumers", &e, &b);
+
+    harness::header("redis: the cost of each guarantee, items/s (baseline: the plain engine)");
+    let (dedup, plain) = harness::compare(
+        ROUNDS,
+        ITEMS,
+        || sink_round(&server, next(), true),
+        || sink_round(&server, next(), false),
+    );
+    harness::row("sink: dedup vs plain, 200k u64", &dedup, &plain);
+}
+
+/// One producer engine writing [`ITEMS`] to a stream, through the plain sink or the
+/// deduplicating one (items with ids, as a `with_ids` source hands them out). The database is
+/// emptied after the round (in the background, to keep it out of the figures).
+fn sink_round(server: &RedisServer, round: u64, dedup: bool) -> u64 {
+    let stream = format!("sink-{round}");
+    let address = server.address(&stream);
+    let report = if dedup {
+        let from: std::sync::Arc<str> = std::sync::Arc::from("in");
+        let items = (0..ITEMS).map(move |n| {
+            Delivered::new(
+                ItemId::new(std::sync::Arc::clone(&from), EntryId::new(n, 0)),
+                n,
+            )
+        });
+        Engine::builder(items)
+            .backend(StreamSink::<u64>::new(address).dedup(DEFAULT_DEDUP_WINDOW))
+            .run()
+    } else {
+        Engine::builder(0..ITEMS)
+            .backend(StreamSink::<u64>::new(address))
+            .run()
+    };
+    assert_eq!(report.expect("the producer runs").processed(), ITEMS);
+    server.flush();
+    ITEMS
 }
 
 fn expected() -> u64 {
@@ -173,9 +214,12 @@ fn baseline_round(server: &RedisServer, round: u64) -> u64 {
                 let mut pipe = redis::pipe();
                 for n in chunk {
                     let bytes = engine_core::protocol::to_bytes(n).expect("encodes");
+                    // The same fields as the sink writes: the protocol version and the item.
                     pipe.cmd("XADD")
                         .arg(&stream)
                         .arg("*")
+                        .arg("v")
+                        .arg(engine_core::protocol::PROTOCOL_VERSION)
                         .arg("d")
                         .arg(bytes)
                         .ignore();
@@ -250,6 +294,14 @@ impl RedisServer {
 
     fn connection(&self) -> Connection {
         self.0.connection().expect("the server answers")
+    }
+
+    /// Empties the database, in the background.
+    fn flush(&self) {
+        redis::cmd("FLUSHDB")
+            .arg("ASYNC")
+            .exec(&mut self.connection())
+            .expect("FLUSHDB");
     }
 
     fn delete(&self, stream: &str) {

@@ -44,6 +44,11 @@ pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
 ///   in the stream; `bound=none` for no bound), `max_deliveries=<n>`, `claim_idle_ms=<ms>`, `block_ms=<ms>`,
 ///   `remove_idle_ms=<ms>` (remove consumers unseen that long with nothing pending); see
 ///   [`SinkOptions`](crate::SinkOptions) and [`SourceOptions`](crate::SourceOptions).
+/// - `partitions=<P>` (at most 1024): a keyed stream of `P` partition streams,
+///   `<stream>:p0`.. (see [`StreamSink::keyed`](crate::StreamSink::keyed) and
+///   `KeyedSource`); `lease_ms=<ms>`: how long a keyed source's lease
+///   on a partition lasts without renewal (default
+///   `DEFAULT_LEASE`).
 ///
 /// Unknown keys are an error, so that a misspelt option is not silently ignored.
 ///
@@ -86,6 +91,10 @@ pub struct StreamAddress {
     pub(crate) claim_idle: Option<Duration>,
     pub(crate) remove_idle: Option<Duration>,
     pub(crate) block: Option<Duration>,
+    /// `partitions=`: a keyed stream of that many partitions.
+    pub(crate) partitions: Option<u32>,
+    /// `lease_ms=`: how long a keyed source's lease on a partition lasts.
+    pub(crate) lease: Option<Duration>,
     pub(crate) connect_timeout: Duration,
     pub(crate) response_timeout: Duration,
 }
@@ -258,6 +267,9 @@ impl FromStr for StreamAddress {
     }
 }
 
+/// The most partitions a keyed stream may have.
+const MAX_PARTITIONS: u32 = 1024;
+
 const FORM: &str = "expected redis[s]://[user:password@]host[:port]/<stream>[?group=<group>]";
 
 /// `address` with the password of its `user:password@` part replaced by `***`.
@@ -327,6 +339,8 @@ fn parse(address: &str) -> std::result::Result<StreamAddress, String> {
         claim_idle: None,
         remove_idle: None,
         block: None,
+        partitions: None,
+        lease: None,
         connect_timeout: DEFAULT_CONNECT_TIMEOUT,
         response_timeout: DEFAULT_RESPONSE_TIMEOUT,
     };
@@ -357,10 +371,21 @@ fn parse(address: &str) -> std::result::Result<StreamAddress, String> {
             "remove_idle_ms" => {
                 parsed.remove_idle = Some(Duration::from_millis(positive(key, &value)?));
             }
+            "partitions" => {
+                let n = positive(key, &value)?;
+                parsed.partitions = Some(
+                    u32::try_from(n)
+                        .ok()
+                        .filter(|n| *n <= MAX_PARTITIONS)
+                        .ok_or_else(|| format!("`partitions` is at most {MAX_PARTITIONS}"))?,
+                );
+            }
+            "lease_ms" => parsed.lease = Some(Duration::from_millis(positive(key, &value)?)),
             other => {
                 return Err(format!(
                     "unknown option {other:?} (known: group, consumer, dead, db, ca, bound, \
-                     max_deliveries, claim_idle_ms, block_ms, remove_idle_ms)"
+                     max_deliveries, claim_idle_ms, block_ms, remove_idle_ms, partitions, \
+                     lease_ms)"
                 ));
             }
         }

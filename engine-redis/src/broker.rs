@@ -118,6 +118,31 @@ pub struct DeadLetter<'a> {
     pub reason: &'a str,
 }
 
+/// One stream's share of an append: payloads to add to `stream`, in order.
+///
+/// With `dedup_keys` (one per payload), the append is idempotent: a payload whose key was
+/// recorded within the deduplication window is skipped instead of appended (see
+/// [`Broker::append_batches`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Batch<'a> {
+    /// The stream appended to.
+    pub stream: &'a str,
+    /// The encoded items.
+    pub payloads: &'a [Vec<u8>],
+    /// The deduplication key of each payload, if the append deduplicates.
+    pub dedup_keys: Option<&'a [String]>,
+}
+
+/// What [`Broker::append_batches`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Appended {
+    /// For each batch, how many of its first payloads are done with: appended, or skipped
+    /// as duplicates.
+    pub taken: Vec<usize>,
+    /// How many payloads were skipped as duplicates, in all batches.
+    pub duplicates: usize,
+}
+
 /// What the stream stages need from a broker: append, read through a consumer group,
 /// acknowledge, reclaim what dead consumers left, and dead-letter.
 ///
@@ -137,7 +162,43 @@ pub trait Broker: Send {
     ///
     /// A connection or server error; with a bound nothing was appended, without one any
     /// prefix may have been.
-    fn append(&mut self, stream: &str, payloads: &[Vec<u8>], bound: Option<u64>) -> Result<usize>;
+    fn append(&mut self, stream: &str, payloads: &[Vec<u8>], bound: Option<u64>) -> Result<usize> {
+        let batch = Batch {
+            stream,
+            payloads,
+            dedup_keys: None,
+        };
+        let appended = self.append_batches(&[batch], bound, None)?;
+        Ok(appended.taken.first().copied().unwrap_or(0))
+    }
+
+    /// Appends each batch to its stream, in order, in one round trip, and returns how many of
+    /// each batch's first payloads were taken.
+    ///
+    /// With a `bound`, a batch is appended only while its stream holds fewer than `bound`
+    /// entries (0 taken when it is full), atomically. With a `dedup` window, each payload's
+    /// key ([`Batch::dedup_keys`]) is checked and recorded for that long in the same atomic
+    /// step as the append (`SET NX EX` and `XADD` in one script on Redis): a payload whose key
+    /// is already recorded is skipped and counted in [`Appended::duplicates`].
+    ///
+    /// # Errors
+    ///
+    /// A connection or server error; with a bound or a window nothing was appended, without
+    /// either any prefix of each batch may have been.
+    fn append_batches(
+        &mut self,
+        batches: &[Batch<'_>],
+        bound: Option<u64>,
+        dedup: Option<Duration>,
+    ) -> Result<Appended>;
+
+    /// Records `partitions` as the partition count of a keyed stream under `key`, unless a
+    /// count is recorded already, and returns the recorded count.
+    ///
+    /// # Errors
+    ///
+    /// A connection or server error, or a recorded value that is not a count.
+    fn record_partitions(&mut self, key: &str, partitions: u32) -> Result<u32>;
 
     /// Creates the consumer group at the start of the stream (and the stream) if missing.
     ///

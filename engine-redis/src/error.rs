@@ -123,6 +123,18 @@ pub enum Error {
         /// The version of this build ([`engine_core::protocol::PROTOCOL_VERSION`]).
         expected: u32,
     },
+    /// A keyed stream was given another partition count than the one recorded for it on the
+    /// server (by its first producer or consumer): items would go to partitions nobody
+    /// reads, or keys would change partitions. Give the recorded count, or use a new stream.
+    #[error("the keyed stream {stream:?} has {recorded} partitions on the server, not {given}")]
+    Partitions {
+        /// The keyed stream.
+        stream: String,
+        /// The count recorded on the server.
+        recorded: u32,
+        /// The count given.
+        given: u32,
+    },
     /// A retryable error lasted longer than the stage's retry budget.
     #[error("gave up after retrying for {waited:?}")]
     GaveUp {

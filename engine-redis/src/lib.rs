@@ -85,21 +85,29 @@
 mod address;
 mod broker;
 mod dead_letters;
+mod dedup;
+mod delivered;
 mod error;
+mod partition;
 mod redis_broker;
 mod retry;
 mod sink;
 mod source;
 pub mod testing;
+mod writer;
 
 pub use address::{
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_GROUP, DEFAULT_PORT, DEFAULT_RESPONSE_TIMEOUT, StreamAddress,
 };
 pub use broker::{
-    Broker, Claimed, Connector, DeadLetter, Delivery, EntryId, ParseEntryIdError, Pending,
+    Appended, Batch, Broker, Claimed, Connector, DeadLetter, Delivery, EntryId, ParseEntryIdError,
+    Pending,
 };
 pub use dead_letters::{DeadEntry, DeadLetters, Replayed};
+pub use dedup::{DEFAULT_DEDUP_WINDOW, DedupSink};
+pub use delivered::{Delivered, EntryTicket, ItemId, WithIds};
 pub use error::{Error, Result};
+pub use partition::{partition_of, partition_stream};
 pub use redis_broker::{PAYLOAD_FIELD, RedisBroker, VERSION_FIELD};
 pub use sink::{DEFAULT_BOUND, DEFAULT_RETRY_FOR, SinkOptions, StreamSink};
 pub use source::{

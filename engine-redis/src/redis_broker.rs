@@ -9,7 +9,9 @@ use engine_core::protocol::PROTOCOL_VERSION;
 use redis::{Connection, ErrorKind, RedisError, ServerErrorKind, Value};
 
 use crate::address::StreamAddress;
-use crate::broker::{Broker, Claimed, Connector, DeadLetter, Delivery, EntryId, Pending};
+use crate::broker::{
+    Appended, Batch, Broker, Claimed, Connector, DeadLetter, Delivery, EntryId, Pending,
+};
 use crate::error::{Error, Result};
 
 /// The field of a stream entry that holds the encoded item.
@@ -22,18 +24,47 @@ pub const VERSION_FIELD: &str = "v";
 /// How long an error recorded for a failed entry is kept, for its dead letter.
 const ERROR_TTL_SECS: u64 = 7 * 24 * 3600;
 
-/// Appends while the stream is shorter than the bound, atomically: `KEYS[1]` is the stream,
-/// `ARGV[1]` the bound, `ARGV[2]` the protocol version, the other arguments the payloads.
-/// Returns how many were appended.
-const BOUNDED_APPEND: &str = r"
-local room = tonumber(ARGV[1]) - redis.call('XLEN', KEYS[1])
-local n = #ARGV - 2
-if room < n then n = room end
-for i = 3, n + 2 do
-  redis.call('XADD', KEYS[1], '*', 'v', ARGV[2], 'd', ARGV[i])
+/// Appends batches to streams, atomically: `KEYS` are the streams; `ARGV[1]` is the bound
+/// (negative: none), `ARGV[2]` the protocol version, `ARGV[3]` the deduplication window in
+/// seconds (0: none); then for each stream the number of payloads `n`, followed by `n`
+/// payloads, or with a window `n` pairs of (deduplication key, payload). A stream at its
+/// bound takes no more. With a window, a payload whose key is set already is skipped (taken,
+/// but not appended); the key is set (`SET NX EX`) with the append otherwise; an empty key is
+/// never checked. Returns the number taken of each stream, then the number skipped.
+const APPEND: &str = r"
+local bound = tonumber(ARGV[1])
+local ttl = tonumber(ARGV[3])
+local width = 1
+if ttl > 0 then width = 2 end
+local at = 4
+local out = {}
+local skipped = 0
+for k = 1, #KEYS do
+  local n = tonumber(ARGV[at])
+  local first = at + 1
+  at = first + n * width
+  local room = n
+  if bound >= 0 then room = bound - redis.call('XLEN', KEYS[k]) end
+  local taken = 0
+  while taken < n and room > 0 do
+    local i = first + taken * width
+    local payload = ARGV[i + width - 1]
+    local fresh = true
+    if width == 2 and ARGV[i] ~= '' then
+      fresh = redis.call('SET', ARGV[i], '1', 'NX', 'EX', ttl)
+    end
+    if fresh then
+      redis.call('XADD', KEYS[k], '*', 'v', ARGV[2], 'd', payload)
+      room = room - 1
+    else
+      skipped = skipped + 1
+    end
+    taken = taken + 1
+  end
+  out[k] = taken
 end
-if n < 0 then return 0 end
-return n
+out[#KEYS + 1] = skipped
+return out
 ";
 
 /// Removes the consumers of a group that have nothing pending and have not been seen for a
@@ -95,9 +126,8 @@ pub struct RedisBroker {
 static REMOVE_IDLE_CONSUMERS_SCRIPT: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(REMOVE_IDLE_CONSUMERS));
 
-/// The bounded append script, hashed once per process.
-static BOUNDED_APPEND_SCRIPT: LazyLock<redis::Script> =
-    LazyLock::new(|| redis::Script::new(BOUNDED_APPEND));
+/// The append script, hashed once per process.
+static APPEND_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(APPEND));
 
 impl fmt::Debug for RedisBroker {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -378,17 +408,26 @@ impl Broker for RedisBroker {
         &self.server
     }
 
-    fn append(&mut self, stream: &str, payloads: &[Vec<u8>], bound: Option<u64>) -> Result<usize> {
-        if payloads.is_empty() {
-            return Ok(0);
+    fn append_batches(
+        &mut self,
+        batches: &[Batch<'_>],
+        bound: Option<u64>,
+        dedup: Option<Duration>,
+    ) -> Result<Appended> {
+        let total: usize = batches.iter().map(|batch| batch.payloads.len()).sum();
+        if total == 0 {
+            return Ok(Appended {
+                taken: vec![0; batches.len()],
+                duplicates: 0,
+            });
         }
         let timeout = self.response_timeout;
-        match bound {
-            None => {
-                let mut pipe = redis::pipe();
-                for payload in payloads {
+        if bound.is_none() && dedup.is_none() {
+            let mut pipe = redis::pipe();
+            for batch in batches {
+                for payload in batch.payloads {
                     pipe.cmd("XADD")
-                        .arg(stream)
+                        .arg(batch.stream)
                         .arg("*")
                         .arg(VERSION_FIELD)
                         .arg(PROTOCOL_VERSION)
@@ -396,26 +435,84 @@ impl Broker for RedisBroker {
                         .arg(payload.as_slice())
                         .ignore();
                 }
-                self.run("XADD", timeout, |conn| pipe.exec(conn))?;
-                Ok(payloads.len())
             }
-            Some(bound) => {
-                let mut invocation = BOUNDED_APPEND_SCRIPT.key(stream);
-                invocation.arg(bound).arg(PROTOCOL_VERSION);
-                for payload in payloads {
-                    invocation.arg(payload.as_slice());
+            self.run("XADD", timeout, |conn| pipe.exec(conn))?;
+            return Ok(Appended {
+                taken: batches.iter().map(|batch| batch.payloads.len()).collect(),
+                duplicates: 0,
+            });
+        }
+        let mut invocation = APPEND_SCRIPT.prepare_invoke();
+        let ttl_secs = dedup.map_or(0, |ttl| ttl.as_secs().max(1));
+        invocation
+            .arg(bound.map_or(-1, |bound| i64::try_from(bound).unwrap_or(i64::MAX)))
+            .arg(PROTOCOL_VERSION)
+            .arg(ttl_secs);
+        for batch in batches {
+            invocation.key(batch.stream).arg(batch.payloads.len());
+            match (dedup, batch.dedup_keys) {
+                (Some(_), Some(keys)) if keys.len() == batch.payloads.len() => {
+                    for (key, payload) in keys.iter().zip(batch.payloads) {
+                        invocation.arg(key.as_str()).arg(payload.as_slice());
+                    }
                 }
-                let added: i64 = self.run("EVALSHA (bounded XADD)", timeout, |conn| {
-                    invocation.invoke(conn)
-                })?;
-                usize::try_from(added)
-                    .ok()
-                    .filter(|added| *added <= payloads.len())
-                    .ok_or_else(|| {
-                        self.unexpected("EVALSHA (bounded XADD)", format!("{added} appended"))
-                    })
+                (Some(_), _) => {
+                    // Without keys nothing can be checked: an empty key is appended as is.
+                    for payload in batch.payloads {
+                        invocation.arg("").arg(payload.as_slice());
+                    }
+                }
+                (None, _) => {
+                    for payload in batch.payloads {
+                        invocation.arg(payload.as_slice());
+                    }
+                }
             }
         }
+        let reply: Vec<i64> =
+            self.run("EVALSHA (append)", timeout, |conn| invocation.invoke(conn))?;
+        let counts: Option<Vec<usize>> = reply.iter().map(|n| usize::try_from(*n).ok()).collect();
+        match counts {
+            Some(mut counts)
+                if counts.len() == batches.len() + 1
+                    && counts
+                        .iter()
+                        .zip(batches)
+                        .all(|(n, batch)| *n <= batch.payloads.len()) =>
+            {
+                let duplicates = counts.pop().unwrap_or(0);
+                Ok(Appended {
+                    taken: counts,
+                    duplicates,
+                })
+            }
+            _ => Err(self.unexpected("EVALSHA (append)", format!("counts {reply:?}"))),
+        }
+    }
+
+    fn record_partitions(&mut self, key: &str, partitions: u32) -> Result<u32> {
+        let timeout = self.response_timeout;
+        let (_, recorded): ((), Option<String>) = self.run("SET NX", timeout, |conn| {
+            redis::pipe()
+                .cmd("SET")
+                .arg(key)
+                .arg(partitions)
+                .arg("NX")
+                .ignore()
+                .cmd("GET")
+                .arg(key)
+                .query::<(Option<String>,)>(conn)
+                .map(|(got,)| ((), got))
+        })?;
+        recorded
+            .as_deref()
+            .and_then(|text| text.trim().parse().ok())
+            .ok_or_else(|| {
+                self.unexpected(
+                    "GET",
+                    format!("{key} holds {recorded:?}, not a partition count"),
+                )
+            })
     }
 
     fn create_group(&mut self, stream: &str, group: &str) -> Result<()> {

@@ -1,33 +1,26 @@
-//! The stream sink: a backend that appends items to a stream, one pipeline per flush, and
-//! keeps the stream's unfinished length under a bound.
+//! The stream sink: a backend that appends items to a stream (or, keyed, to the partition of
+//! each item's key), one round trip per flush, and keeps the stream's unfinished length under
+//! a bound.
 
 use std::fmt;
-use std::marker::PhantomData;
+use std::sync::Arc;
 use std::time::Duration;
 
 use engine_core::{Backend, StageContext, StageError, protocol};
 use serde::Serialize;
 
 use crate::address::StreamAddress;
-use crate::broker::{Broker, Connector};
-use crate::error::{Chain, Error, Result};
-use crate::retry::{Backoff, retrying};
+use crate::broker::Connector;
+use crate::dedup::DedupSink;
+use crate::error::{Error, Result};
+use crate::writer::Writer;
 
 /// The most unfinished entries a sink keeps in its stream, by default: about 100 MB of small
 /// items in Redis.
 pub const DEFAULT_BOUND: u64 = 1_000_000;
 
-/// How long a sink waits for room under its bound before it warns (once per wait) that the
-/// consumers may not be deleting what they finish.
-const FULL_WARN_AFTER: Duration = Duration::from_secs(30);
-
 /// How long the stages keep retrying a broker that went away, by default.
 pub const DEFAULT_RETRY_FOR: Duration = Duration::from_secs(60);
-
-/// The first pause when the stream is at its bound.
-const FULL_FIRST_DELAY: Duration = Duration::from_millis(1);
-/// The longest pause when the stream is at its bound.
-const FULL_MAX_DELAY: Duration = Duration::from_millis(20);
 
 /// The options of a [`StreamSink`].
 ///
@@ -44,8 +37,8 @@ const FULL_MAX_DELAY: Duration = Duration::from_millis(20);
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SinkOptions {
-    bound: Option<u64>,
-    retry_for: Duration,
+    pub(crate) bound: Option<u64>,
+    pub(crate) retry_for: Duration,
 }
 
 impl Default for SinkOptions {
@@ -102,13 +95,30 @@ impl SinkOptions {
     }
 }
 
+/// How an item's key is hashed: the XXH3 hash of the key's bytes.
+type KeyHash<T> = Arc<dyn Fn(&T) -> u32 + Send + Sync>;
+
 /// A [`Backend`] that appends each item to a stream, postcard-encoded
-/// ([`engine_core::protocol::to_bytes`]) in the entry's `d` field.
+/// ([`engine_core::protocol::to_bytes`]) in the entry's `d` field, next to the protocol
+/// version in `v`.
 ///
 /// `process` only encodes and buffers; [`Backend::flush`], which the threaded engine calls
-/// after every input batch, sends the buffer as one pipeline of `XADD`s (or, with a
-/// [bound](SinkOptions::bound), one call of a check-and-add script), so a broker-backed
-/// source upstream acknowledges an item only once it is in the stream.
+/// after every input batch, sends the buffer in one round trip (a pipeline of `XADD`s, or,
+/// with a [bound](SinkOptions::bound), one call of a check-and-add script), so a
+/// broker-backed source upstream acknowledges an item only once it is in the stream.
+///
+/// **Keyed.** With [`keyed`](Self::keyed) (or `partitions=<P>` in the address, which keys
+/// each item by its whole encoding), the sink hashes each item's key to one of `P` partition
+/// streams, `<stream>:p0` to `<stream>:p<P-1>` ([`partition_of`](crate::partition_of)), so
+/// that a `KeyedSource` can keep each key's items in order. Items of
+/// one key are appended in the order this sink receives them: keep that order with one
+/// backend thread (or the engine's ordered mode). The bound holds per partition stream. The
+/// partition count is recorded on the server at the first setup; a sink or source given
+/// another count fails with [`Error::Partitions`].
+///
+/// **Deduplicating.** [`dedup`](Self::dedup) turns the sink into a [`DedupSink`], which
+/// takes [`Delivered`](crate::Delivered) items and appends each id at most once within a
+/// window.
 ///
 /// Connections are made in `setup`, one per backend thread: a server that cannot be reached
 /// fails the run at the start with [`Error::Unreachable`]. Later connection losses are
@@ -129,19 +139,23 @@ impl SinkOptions {
 ///     .backend(StreamSink::<u64>::new(out).options(SinkOptions::new().bound(10_000)))
 ///     .run()?;
 /// assert_eq!(report.processed(), 1000);
+///
+/// // Keyed: 8 partitions, each account's payments in order.
+/// let payments = StreamAddress::parse("redis://127.0.0.1:6379/payments")?;
+/// let sink = StreamSink::<(String, u64)>::new(payments).keyed(8, |(account, _)| account.clone());
+/// Engine::builder(vec![("ann".to_owned(), 5), ("bob".to_owned(), 7)]).backend(sink).run()?;
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct StreamSink<T, C: Connector = StreamAddress> {
-    connector: C,
-    stream: String,
-    options: SinkOptions,
-    broker: Option<C::Broker>,
-    buffer: Vec<Vec<u8>>,
-    _items: PhantomData<fn(T)>,
+    pub(crate) writer: Writer<C>,
+    /// The partition of an item, when keyed by a function.
+    key: Option<KeyHash<T>>,
 }
 
 impl<T> StreamSink<T, StreamAddress> {
-    /// A sink to the stream of `address`, with the address's `bound=` if it has one.
+    /// A sink to the stream of `address`, with the address's `bound=` and `partitions=` if it
+    /// has them (`partitions=` alone keys each item by its whole encoding; see
+    /// [`keyed`](Self::keyed) for a key of your own).
     pub fn new(address: StreamAddress) -> Self {
         let mut options = SinkOptions::new();
         match address.bound {
@@ -150,7 +164,10 @@ impl<T> StreamSink<T, StreamAddress> {
             None => {}
         }
         let stream = address.stream().to_owned();
-        Self::with_connector(address, stream).options(options)
+        let partitions = address.partitions;
+        let mut sink = Self::with_connector(address, stream).options(options);
+        sink.writer.set_partitions(partitions);
+        sink
     }
 }
 
@@ -158,112 +175,112 @@ impl<T, C: Connector> StreamSink<T, C> {
     /// A sink to `stream` on the broker `connector` connects to.
     pub fn with_connector(connector: C, stream: impl Into<String>) -> Self {
         Self {
-            connector,
-            stream: stream.into(),
-            options: SinkOptions::new(),
-            broker: None,
-            buffer: Vec::new(),
-            _items: PhantomData,
+            writer: Writer::new(connector, stream.into(), SinkOptions::new()),
+            key: None,
         }
     }
 
     /// Replaces the options.
     #[must_use]
     pub fn options(mut self, options: SinkOptions) -> Self {
-        self.options = options;
+        self.writer.options = options;
         self
     }
 
-    /// The stream written to.
-    pub fn stream(&self) -> &str {
-        &self.stream
+    /// Writes to `partitions` partition streams (`<stream>:p<i>`; 0 is taken as 1), each
+    /// item to the partition of its key: `xxh3_64(key(&item)) % partitions`
+    /// ([`partition_of`](crate::partition_of)). Read them with a
+    /// `KeyedSource` of the same partition count.
+    #[must_use]
+    pub fn keyed<K, F>(mut self, partitions: u32, key: F) -> Self
+    where
+        K: AsRef<[u8]>,
+        F: Fn(&T) -> K + Send + Sync + 'static,
+    {
+        let partitions = partitions.max(1);
+        self.writer.set_partitions(Some(partitions));
+        self.key = Some(Arc::new(move |item: &T| {
+            crate::partition::partition_of(key(item).as_ref(), partitions)
+        }));
+        self
     }
 
-    /// Appends the buffer, waiting for room under the bound and for the broker to come back.
-    fn write_buffer(&mut self, ctx: &StageContext) -> Result<()> {
-        if self.buffer.is_empty() {
-            return Ok(());
-        }
-        let broker = match &mut self.broker {
-            Some(broker) => broker,
-            None => {
-                let connector = &self.connector;
-                let broker = retrying(
-                    "connecting",
-                    self.options.retry_for,
-                    Some(ctx.stop()),
-                    || connector.connect(),
-                )?;
-                self.broker.insert(broker)
-            }
+    /// Deduplicates: the sink takes [`Delivered`](crate::Delivered) items and appends each
+    /// id at most once within `window`; see [`DedupSink`].
+    pub fn dedup(self, window: Duration) -> DedupSink<T, C> {
+        DedupSink::new(self, window)
+    }
+
+    /// The stream written to (for a keyed stream, the name of its partitions' stream).
+    pub fn stream(&self) -> &str {
+        &self.writer.stream
+    }
+
+    /// The number of partitions, if the sink is keyed.
+    pub fn partitions(&self) -> Option<u32> {
+        self.writer.partitions()
+    }
+
+    /// How many entries this sink (this instance, on its backend thread) has appended.
+    pub fn appended(&self) -> u64 {
+        self.writer.appended
+    }
+
+    /// Encodes and buffers an item, with its deduplication key if any.
+    pub(crate) fn push(&mut self, item: &T, dedup_key: Option<String>) -> Result<()>
+    where
+        T: Serialize,
+    {
+        let bytes = protocol::to_bytes(item).map_err(|source| Error::Encode {
+            stream: self.writer.stream.clone(),
+            source,
+        })?;
+        let partition = match (&self.key, self.writer.partitions()) {
+            (_, None) => 0,
+            (Some(key), Some(_)) => key(item),
+            (None, Some(partitions)) => crate::partition::partition_of(&bytes, partitions),
         };
-        let mut written = 0;
-        let mut backoff = Backoff::new(self.options.retry_for);
-        // Waiting for room has no time limit, and polls quickly: consumers free room fast.
-        let mut full = Backoff::with_delays(Duration::MAX, FULL_FIRST_DELAY, FULL_MAX_DELAY);
-        let mut was_full = false;
-        let mut full_since = None;
-        let mut warned = false;
-        while written < self.buffer.len() {
-            match broker.append(&self.stream, &self.buffer[written..], self.options.bound) {
-                Ok(0) => {
-                    if !was_full {
-                        tracing::debug!(stream = %self.stream, "stream full; waiting for room");
-                        was_full = true;
-                    }
-                    let since = *full_since.get_or_insert_with(std::time::Instant::now);
-                    if since.elapsed() >= FULL_WARN_AFTER {
-                        tracing::warn!(
-                            stream = %self.stream,
-                            bound = self.options.bound,
-                            "the stream has been at its bound for {FULL_WARN_AFTER:?}: are its \
-                             consumers deleting what they finish? (`SinkOptions::unbounded` \
-                             for a stream read by others)"
-                        );
-                        full_since = Some(std::time::Instant::now());
-                    }
-                    backoff.reset();
-                    full.pause(Error::Aborted, Some(ctx.stop()))?;
-                }
-                Ok(n) => {
-                    written += n;
-                    was_full = false;
-                    full_since = None;
-                    full.reset();
-                    backoff.reset();
-                }
-                Err(error) if error.is_retryable() => {
-                    if !warned {
-                        tracing::warn!(
-                            stream = %self.stream,
-                            error = %Chain(&error),
-                            "append failed; retrying"
-                        );
-                        warned = true;
-                    }
-                    backoff.pause(error, Some(ctx.stop()))?;
-                }
-                Err(error) => return Err(error),
-            }
-        }
+        self.writer.push(partition, bytes, dedup_key);
         Ok(())
+    }
+
+    /// Writes the buffer (deduplicating within `dedup`, if given) and empties it.
+    pub(crate) fn flush_with(
+        &mut self,
+        dedup: Option<Duration>,
+        ctx: &StageContext,
+    ) -> Result<(), StageError> {
+        let written = self.writer.write(dedup, ctx);
+        // Written or failed, these items are done with: the engine counts a failed flush
+        // as failed items, so keeping them would write them twice.
+        self.writer.clear();
+        written.map_err(|error| StageError::new(error).fatal())
     }
 }
 
 impl<T, C: Connector> Clone for StreamSink<T, C> {
     fn clone(&self) -> Self {
-        Self::with_connector(self.connector.clone(), self.stream.clone())
-            .options(self.options.clone())
+        let mut writer = Writer::new(
+            self.writer.connector.clone(),
+            self.writer.stream.clone(),
+            self.writer.options.clone(),
+        );
+        writer.set_partitions(self.writer.partitions());
+        Self {
+            writer,
+            key: self.key.clone(),
+        }
     }
 }
 
 impl<T, C: Connector> fmt::Debug for StreamSink<T, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("StreamSink")
-            .field("connector", &self.connector)
-            .field("stream", &self.stream)
-            .field("options", &self.options)
-            .field("buffered", &self.buffer.len())
+            .field("connector", &self.writer.connector)
+            .field("stream", &self.writer.stream)
+            .field("partitions", &self.writer.partitions())
+            .field("options", &self.writer.options)
+            .field("appended", &self.writer.appended)
             .finish_non_exhaustive()
     }
 }
@@ -272,24 +289,16 @@ impl<T: Serialize, C: Connector> Backend for StreamSink<T, C> {
     type Input = T;
 
     fn setup(&mut self, _ctx: &StageContext) -> Result<(), StageError> {
-        self.broker = Some(self.connector.connect()?);
+        self.writer.connect()?;
         Ok(())
     }
 
     fn process(&mut self, item: T, _ctx: &StageContext) -> Result<(), StageError> {
-        let bytes = protocol::to_bytes(&item).map_err(|source| Error::Encode {
-            stream: self.stream.clone(),
-            source,
-        })?;
-        self.buffer.push(bytes);
+        self.push(&item, None)?;
         Ok(())
     }
 
     fn flush(&mut self, ctx: &StageContext) -> Result<(), StageError> {
-        let written = self.write_buffer(ctx);
-        // Written or failed, these items are done with: the engine counts a failed flush
-        // as failed items, so keeping them would write them twice.
-        self.buffer.clear();
-        written.map_err(|error| StageError::new(error).fatal())
+        self.flush_with(None, ctx)
     }
 }

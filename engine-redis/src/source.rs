@@ -17,6 +17,7 @@ use serde::de::DeserializeOwned;
 
 use crate::address::StreamAddress;
 use crate::broker::{Broker, Connector, DeadLetter, Delivery, EntryId};
+use crate::delivered::{EntryTicket, ItemId, WithIds};
 use crate::error::{Chain, Error, Result};
 use crate::retry::{Backoff, retrying};
 use crate::sink::DEFAULT_RETRY_FOR;
@@ -263,11 +264,11 @@ impl Settlement {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn issue(&self) {
+    pub(crate) fn issue(&self) {
         self.0.issued.fetch_add(1, Ordering::SeqCst);
     }
 
-    fn settle(&self, n: u64) {
+    pub(crate) fn settle(&self, n: u64) {
         *self.settled() += n;
         self.0.changed.notify_all();
     }
@@ -300,6 +301,7 @@ enum Completion {
 #[derive(Debug)]
 pub struct StreamTicket {
     id: EntryId,
+    stream: Arc<str>,
     completions: Sender<Completion>,
 }
 
@@ -307,6 +309,12 @@ impl StreamTicket {
     /// The entry's id.
     pub fn id(&self) -> EntryId {
         self.id
+    }
+}
+
+impl EntryTicket for StreamTicket {
+    fn item_id(&self) -> ItemId {
+        ItemId::new(Arc::clone(&self.stream), self.id)
     }
 }
 
@@ -392,6 +400,8 @@ pub struct StreamSource<T, C: Connector = StreamAddress> {
 /// A started source: its connection and what it holds.
 struct Running<B> {
     broker: B,
+    /// The stream's name, shared with the tickets for their items' ids.
+    stream: Arc<str>,
     consumer: String,
     buffer: VecDeque<Delivery>,
     completions: Sender<Completion>,
@@ -497,6 +507,27 @@ impl<T, C: Connector> StreamSource<T, C> {
         &self.stream
     }
 
+    /// Hands out each item with its stable id, as a [`Delivered`](crate::Delivered) (the
+    /// stream and the entry id), so that stage code can deduplicate its side effects, and a
+    /// [`DedupSink`](crate::DedupSink) can append each item at most once.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use engine_redis::{Delivered, StreamAddress, StreamSource};
+    /// use engine_threads::Engine;
+    ///
+    /// let address = StreamAddress::parse("redis://127.0.0.1:6379/payments")?;
+    /// let source = StreamSource::<u64>::new(address).with_ids();
+    /// Engine::builder(source)
+    ///     .backend(|paid: Delivered<u64>| println!("{} once per {}", paid.item, paid.id))
+    ///     .run()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn with_ids(self) -> WithIds<Self> {
+        WithIds::new(self)
+    }
+
     /// Connects, creates the group and starts the acknowledging thread.
     fn start(&mut self, ctx: &StageContext) -> Result<()> {
         let mut consumer = self.consumer.clone().unwrap_or_else(default_consumer);
@@ -535,6 +566,7 @@ impl<T, C: Connector> StreamSource<T, C> {
         );
         self.running = Some(Running {
             broker,
+            stream: Arc::from(self.stream.as_str()),
             consumer,
             buffer: VecDeque::new(),
             completions,
@@ -585,6 +617,7 @@ impl<T: DeserializeOwned, C: Connector> StreamSource<T, C> {
                 self.settlement.issue();
                 let ticket = StreamTicket {
                     id: delivery.id,
+                    stream: Arc::clone(&running.stream),
                     completions: running.completions.clone(),
                 };
                 Ok(Some((ticket, item)))

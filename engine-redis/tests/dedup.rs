@@ -1,0 +1,282 @@
+//! Effects at most once, against a real `redis-server`: items carry their stable ids
+//! (`StreamSource::with_ids`), and a deduplicating sink appends each id once, also when the
+//! consumer is killed after its sink wrote and before it acknowledged, 50 times in a row.
+//!
+//! The consumers are this test executable run again in a consumer role (the `consumer_role`
+//! test, selected by environment variables; it does nothing in a normal run).
+
+#![allow(
+    clippy::print_stdout,
+    reason = "a consumer process reports on its standard output"
+)]
+
+mod common;
+
+use std::collections::HashMap;
+use std::process::Command;
+use std::time::Duration;
+
+use engine_core::{Backend, StageContext, StageError};
+use engine_redis::testing::Server;
+use engine_redis::{
+    Broker, DedupSink, Delivered, EntryId, ItemId, RedisBroker, SinkOptions, SourceOptions,
+    StreamAddress, StreamSink, StreamSource,
+};
+use engine_threads::Engine;
+
+/// Environment of a consumer process: its input and output addresses, and whether it kills
+/// itself right after the first flush that appended something new.
+const ROLE_IN: &str = "ENGINE_REDIS_DEDUP_IN";
+const ROLE_OUT: &str = "ENGINE_REDIS_DEDUP_OUT";
+const ROLE_DIE: &str = "ENGINE_REDIS_DEDUP_DIE";
+/// How many items a dying consumer's life reads at a time.
+const BATCH: usize = 20;
+const LIVES: usize = 50;
+const ITEMS: u64 = 20_000;
+
+/// A sink that SIGKILLs its own process right after a flush that appended new entries: after
+/// its sink wrote, before the source could acknowledge.
+#[derive(Clone)]
+struct DieAfterWrite {
+    sink: DedupSink<u64>,
+    /// Whether to die; otherwise a plain deduplicating sink.
+    die: bool,
+}
+
+impl Backend for DieAfterWrite {
+    type Input = Delivered<u64>;
+
+    fn setup(&mut self, ctx: &StageContext) -> Result<(), StageError> {
+        self.sink.setup(ctx)
+    }
+
+    fn process(&mut self, item: Delivered<u64>, ctx: &StageContext) -> Result<(), StageError> {
+        self.sink.process(item, ctx)
+    }
+
+    fn flush(&mut self, ctx: &StageContext) -> Result<(), StageError> {
+        self.sink.flush(ctx)?;
+        if self.die && self.sink.appended() > 0 {
+            println!("duplicates skipped: {}", self.sink.duplicates());
+            // SAFETY: `kill` and `getpid` have no memory-safety preconditions.
+            unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+        }
+        Ok(())
+    }
+}
+
+/// The consumer role: does nothing unless this executable was started as a consumer.
+#[test]
+fn consumer_role() {
+    let Ok(input) = std::env::var(ROLE_IN) else {
+        return;
+    };
+    let output = std::env::var(ROLE_OUT).expect("a consumer is given its output");
+    let die = std::env::var(ROLE_DIE).is_ok();
+    let input = StreamAddress::parse(&input).expect("valid input");
+    let output = StreamAddress::parse(&output).expect("valid output");
+    // One consumer name for every life: each life first takes back what the last one left
+    // pending, as a restarted consumer does.
+    let source = StreamSource::<u64>::new(input.with_consumer("c"))
+        .options(
+            SourceOptions::new()
+                .batch(BATCH)
+                .block(Duration::from_millis(20)),
+        )
+        .with_ids();
+    let sink = StreamSink::<u64>::new(output)
+        .options(SinkOptions::new().unbounded())
+        .dedup(Duration::from_secs(600));
+    let engine = Engine::builder(source)
+        .transport(|d: Delivered<u64>| d.map(|n| n * 10))
+        .backend(DieAfterWrite { sink, die })
+        .build()
+        .expect("the consumer's engine builds");
+    let _signals =
+        engine_core::install_signal_handler(engine.stop_handle()).expect("signal handler");
+    let report = engine.run().expect("the consumer runs");
+    println!("consumer: {report}");
+}
+
+/// Runs `command` to its end, with its output; kills it and fails after `timeout`.
+fn within(timeout: Duration, mut command: Command) -> std::process::Output {
+    let mut child = command
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("the consumer starts");
+    let deadline = std::time::Instant::now() + timeout;
+    while child
+        .try_wait()
+        .expect("the consumer can be waited for")
+        .is_none()
+    {
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("the consumer's output");
+            panic!("the consumer did not die within {timeout:?}: {out:?}");
+        }
+        // Polling a child process: no event to wait on without blocking for good.
+        std::thread::park_timeout(Duration::from_millis(5));
+    }
+    child.wait_with_output().expect("the consumer's output")
+}
+
+fn consumer(server: &Server, die: bool) -> Command {
+    let mut command = Command::new(std::env::current_exe().expect("the test executable"));
+    command
+        .args([
+            "consumer_role",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(ROLE_IN, common::url(server, "in", "block_ms=20"))
+        .env(ROLE_OUT, server.stream_url("out"))
+        .env("RUST_LOG", "warn");
+    if die {
+        command.env(ROLE_DIE, "1");
+    }
+    command
+}
+
+#[test]
+fn a_dedup_sink_appends_each_id_once_within_its_window() {
+    let server = Server::start().unwrap();
+    let address = server.address("once").unwrap();
+    let ids: Vec<ItemId> = (0..100)
+        .map(|n| ItemId::new("in", EntryId::new(n, 0)))
+        .collect();
+    let items = |range: std::ops::Range<usize>| -> Vec<Delivered<u64>> {
+        ids[range]
+            .iter()
+            .map(|id| Delivered::new(id.clone(), id.entry().ms))
+            .collect()
+    };
+    for bound in [
+        SinkOptions::new().bound(1000),
+        SinkOptions::new().unbounded(),
+    ] {
+        let stream = format!("once-{}", bound.get_bound().is_some());
+        let sink = StreamSink::<u64>::new(address.clone().with_stream(stream.as_str()))
+            .options(bound)
+            .dedup(Duration::from_secs(60));
+        // The first 60, then 40..100: 40..60 are delivered twice.
+        Engine::builder(items(0..60))
+            .backend(sink.clone())
+            .run()
+            .unwrap();
+        let report = Engine::builder(items(40..100)).backend(sink).run().unwrap();
+        assert_eq!(report.processed(), 60, "a duplicate counts as written");
+        let mut conn = server.connection().unwrap();
+        let got: Vec<u64> = common::items(&mut conn, &stream);
+        assert_eq!(
+            got,
+            (0..100).collect::<Vec<u64>>(),
+            "each id once, in order"
+        );
+    }
+    // A plain sink appends everything; the window is per output stream.
+    let plain = StreamSink::<u64>::new(address.with_stream("plain"));
+    Engine::builder(vec![1_u64, 1])
+        .backend(plain)
+        .run()
+        .unwrap();
+    let mut conn = server.connection().unwrap();
+    assert_eq!(common::len(&mut conn, "plain"), 2);
+}
+
+#[test]
+fn items_carry_their_stream_and_entry_ids() {
+    let server = Server::start().unwrap();
+    let address = StreamAddress::parse(&common::url(&server, "ids", "block_ms=20")).unwrap();
+    let mut broker = RedisBroker::connect(&address).unwrap();
+    let payloads: Vec<Vec<u8>> = (0..10_u64)
+        .map(|n| engine_core::protocol::to_bytes(&n).unwrap())
+        .collect();
+    broker.append("ids", &payloads, None).unwrap();
+    let mut conn = server.connection().unwrap();
+    let written: Vec<String> = common::entries(&mut conn, "ids")
+        .into_iter()
+        .map(|entry| entry.id)
+        .collect();
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let engine = Engine::builder(StreamSource::<u64>::new(address).with_ids())
+        .backend(move |d: Delivered<u64>| {
+            let _ = tx.send((d.id.to_string(), d.item));
+        })
+        .build()
+        .unwrap();
+    let stop = engine.stop_handle().clone();
+    let handle = engine.spawn().unwrap();
+    let got: Vec<(String, u64)> = (0..10)
+        .map(|_| rx.recv_timeout(Duration::from_secs(30)).expect("an item"))
+        .collect();
+    stop.stop();
+    handle.join().unwrap();
+    let expected: Vec<(String, u64)> = written
+        .iter()
+        .zip(0..)
+        .map(|(id, n)| (format!("ids/{id}"), n))
+        .collect();
+    assert_eq!(got, expected);
+}
+
+#[test]
+fn a_consumer_killed_between_write_and_acknowledgement_50_times_repeats_nothing() {
+    let _heavy = common::heavy();
+    let server = Server::start().unwrap();
+    let address = server.address("in").unwrap();
+    Engine::builder(0..ITEMS)
+        .backend(StreamSink::<u64>::new(address))
+        .run()
+        .unwrap();
+    let mut conn = server.connection().unwrap();
+    let mut skipped_lives = 0;
+    for life in 0..LIVES {
+        let out = within(Duration::from_secs(30), consumer(&server, true));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            out.status.code(),
+            None,
+            "life {life} was killed by its own SIGKILL after a write: {out:?}"
+        );
+        // Each life after the first had the last one's written items delivered again, and
+        // skipped them.
+        let skipped: u64 = stdout
+            .lines()
+            .find_map(|line| line.split("duplicates skipped: ").nth(1))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or_else(|| panic!("life {life} reports its duplicates: {out:?}"));
+        if skipped > 0 {
+            skipped_lives += 1;
+        }
+        assert!(
+            common::pending(&mut conn, "in", "engine") > 0,
+            "life {life}"
+        );
+    }
+    assert!(
+        skipped_lives >= LIVES - 1,
+        "redelivered items were skipped in {skipped_lives} lives"
+    );
+    // A last consumer runs to the end, gracefully.
+    let mut last = consumer(&server, false)
+        .spawn()
+        .expect("the consumer starts");
+    common::wait_until("every item is through", Duration::from_secs(60), || {
+        common::len(&mut conn, "in") == 0 && common::pending(&mut conn, "in", "engine") == 0
+    });
+    let pid = i32::try_from(last.id()).expect("a pid");
+    // SAFETY: `kill` has no memory-safety preconditions; the pid is our unreaped child.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    assert!(last.wait().unwrap().success());
+
+    let got: Vec<u64> = common::items(&mut conn, "out");
+    let mut times: HashMap<u64, usize> = HashMap::new();
+    for n in &got {
+        *times.entry(*n).or_default() += 1;
+    }
+    assert_eq!(got.len() as u64, ITEMS, "each item exactly once");
+    assert!(times.values().all(|&n| n == 1));
+    assert!((0..ITEMS).all(|n| times.contains_key(&(n * 10))));
+}
