@@ -68,6 +68,11 @@ pub use engine_pod as pod;
 #[doc(inline)]
 pub use engine_redis as redis;
 
+#[cfg(feature = "observe")]
+#[cfg_attr(docsrs, doc(cfg(feature = "observe")))]
+#[doc(inline)]
+pub use engine_observe as observe;
+
 /// The default engine, like os-m3-engine's `create()`: lines from standard input, logged by a
 /// [`LogTransport`](engine_ootb::LogTransport), then by a [`LogBackend`](engine_ootb::LogBackend).
 ///
@@ -103,7 +108,7 @@ pub mod prelude {
 }
 
 /// The cargo features this build of the crate was compiled with, among `threads`, `ootb`,
-/// `proc` and `pod`.
+/// `proc`, `pod`, `redis` and `observe`.
 pub fn enabled_features() -> Vec<&'static str> {
     let mut features = Vec::new();
     if cfg!(feature = "threads") {
@@ -120,6 +125,9 @@ pub fn enabled_features() -> Vec<&'static str> {
     }
     if cfg!(feature = "redis") {
         features.push("redis");
+    }
+    if cfg!(feature = "observe") {
+        features.push("observe");
     }
     features
 }

@@ -25,6 +25,9 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
+#[cfg(all(feature = "observe", feature = "ootb"))]
+mod observe;
+
 /// Staged, concurrent data processing: frontend -> transport -> backend, on threads, in worker
 /// processes, or in a pod of beans.
 #[derive(Debug, Parser)]
@@ -49,6 +52,19 @@ enum Command {
     Run(RunArgs),
     /// Print the version, the protocol version and the engines compiled into this build.
     Info,
+    /// A live table of a running engine's or pod's stages and beans, read from its metrics
+    /// endpoint (`engine run --metrics-addr`, or a pod's status server); `q` or Ctrl-C quits.
+    #[cfg(feature = "observe")]
+    Top {
+        /// The metrics endpoint: `host:port` (e.g. `127.0.0.1:9464`) or an `http://` URL.
+        addr: String,
+        /// How often the table refreshes.
+        #[arg(long, default_value = "250ms", value_parser = parse_duration)]
+        interval: Duration,
+        /// Print the table once and exit (also what happens when stdout is not a terminal).
+        #[arg(long)]
+        once: bool,
+    },
     /// The bean pod: run beans from a config file or the command line.
     #[cfg(feature = "pod")]
     Pod {
@@ -103,6 +119,9 @@ enum PodCommand {
     Run(engine::pod::cli::RunArgs),
     /// List the built-in beans.
     Beans,
+    /// Drive a running pod through its status bean: `status`, `stop ID`, `restart ID`,
+    /// `signal NAME [--label L]`, `shutdown`.
+    Ctl(engine::pod::cli::CtlArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -119,6 +138,28 @@ struct RunArgs {
     /// Log the engine's statistics at this interval (e.g. `500ms`, `10s`, `1m`).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     stats_interval: Option<Duration>,
+    /// Serve Prometheus metrics at `http://ADDR/metrics` and a live dashboard at
+    /// `http://ADDR/` while the run lasts (e.g. `127.0.0.1:9464`; loopback only unless
+    /// `--metrics-public`).
+    #[cfg(feature = "observe")]
+    #[arg(long, value_name = "ADDR")]
+    metrics_addr: Option<std::net::SocketAddr>,
+    /// Allow `--metrics-addr` beyond loopback.
+    #[cfg(feature = "observe")]
+    #[arg(long)]
+    metrics_public: bool,
+    /// Keep serving the final metrics this long after the run ends, for a last scrape.
+    #[cfg(feature = "observe")]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    metrics_linger: Option<Duration>,
+    /// Show the progress line on standard error even when it is not a terminal.
+    #[cfg(feature = "observe")]
+    #[arg(long, overrides_with = "no_progress")]
+    progress: bool,
+    /// Never show the progress line (by default it shows when standard error is a terminal).
+    #[cfg(feature = "observe")]
+    #[arg(long, overrides_with = "progress")]
+    no_progress: bool,
     /// Read lines from a Redis stream instead of standard input, through a consumer group:
     /// `redis://host:port/<stream>?group=<group>` (group `engine` by default). Runs until
     /// Ctrl-C.
@@ -162,6 +203,22 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Some(Command::Run(args)) => run(&args),
+        #[cfg(feature = "observe")]
+        Some(Command::Top {
+            addr,
+            interval,
+            once,
+        }) => match engine::observe::top::run(&addr, interval, once) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err @ engine::observe::TopError::BadAddress(_)) => {
+                eprintln!("error: {err}");
+                ExitCode::from(2)
+            }
+            Err(err) => {
+                eprintln!("error: {err}");
+                ExitCode::FAILURE
+            }
+        },
         #[cfg(feature = "redis")]
         Some(Command::Dlq { command }) => match dlq(&command) {
             Ok(code) => code,
@@ -180,6 +237,16 @@ fn main() -> ExitCode {
 /// when it was aborted (a second Ctrl-C), 1 when a stage failed.
 #[cfg(all(feature = "threads", feature = "ootb"))]
 fn run(args: &RunArgs) -> ExitCode {
+    #[cfg(feature = "observe")]
+    if let Some(addr) = args.metrics_addr
+        && !addr.ip().is_loopback()
+        && !args.metrics_public
+    {
+        eprintln!(
+            "error: --metrics-addr {addr} is not a loopback address; add --metrics-public to serve metrics beyond this machine"
+        );
+        return ExitCode::from(2);
+    }
     match try_run(args) {
         Ok(report) => {
             eprintln!("{report}");
@@ -222,8 +289,58 @@ macro_rules! run_engine {
         let engine = builder.build()?;
         #[cfg(unix)]
         let _signals = engine::core::install_signal_handler(engine.stop_handle())?;
-        engine.run()
+        run_observed!(args, engine)
     }};
+}
+
+/// Runs a built engine, with the metrics server and the progress line the options ask for.
+#[cfg(all(feature = "threads", feature = "ootb", feature = "observe"))]
+macro_rules! run_observed {
+    ($args:expr, $engine:expr) => {{
+        let args: &RunArgs = $args;
+        let handle = $engine.spawn()?;
+        let observed = match observe::Observed::start(&observe_options(args), &handle) {
+            Ok(observed) => observed,
+            Err(err) => {
+                handle.stop_now();
+                let _ = handle.join();
+                return Err(err);
+            }
+        };
+        let report = handle.join();
+        observed.finish();
+        report
+    }};
+}
+
+/// Runs a built engine.
+#[cfg(all(feature = "threads", feature = "ootb", not(feature = "observe")))]
+macro_rules! run_observed {
+    ($args:expr, $engine:expr) => {{
+        let _ = $args;
+        $engine.run()
+    }};
+}
+
+/// What `engine run` shows while it runs.
+#[cfg(all(feature = "threads", feature = "ootb", feature = "observe"))]
+fn observe_options(args: &RunArgs) -> observe::Options {
+    observe::Options {
+        metrics_addr: args.metrics_addr,
+        metrics_public: args.metrics_public,
+        metrics_linger: args.metrics_linger.unwrap_or_default(),
+        progress: if args.progress {
+            Some(true)
+        } else if args.no_progress {
+            Some(false)
+        } else {
+            None
+        },
+        #[cfg(feature = "redis")]
+        stdin: args.from.is_none(),
+        #[cfg(not(feature = "redis"))]
+        stdin: true,
+    }
 }
 
 #[cfg(all(feature = "threads", feature = "ootb"))]
@@ -323,6 +440,7 @@ fn pod(command: &PodCommand, global_level: Option<&str>) -> ExitCode {
             engine::pod::cli::init_logging(&engine::pod::cli::log_level(&args));
             engine::pod::cli::run(&registry, &args)
         }
+        PodCommand::Ctl(args) => engine::pod::cli::ctl(args),
     }
 }
 

@@ -104,6 +104,18 @@ fn value(v: &Value) -> f64 {
 }
 
 impl Snapshot {
+    /// A snapshot of `stages` (no beans), taken `at`: how a program builds one from an
+    /// engine's own statistics.
+    pub fn new(at: Instant, elapsed: Duration, running: bool, stages: Vec<StageSample>) -> Self {
+        Self {
+            at,
+            elapsed,
+            running,
+            stages,
+            beans: Vec::new(),
+        }
+    }
+
     /// Reads the metrics an engine (`engine_*`) and a pod (`engine_bean_*`) serve, from the
     /// Prometheus or OpenMetrics text of a scrape taken `at`.
     ///

@@ -15,7 +15,7 @@ use engine_core::{
 use crate::builder::{Absent, EngineBuilder, Factory, Options, Present};
 use crate::error::EngineError;
 use crate::link::{AbortTrigger, Link, Sizing, abort_pair, lock};
-use crate::stats::{ConsumerProbe, StageProbe, Stats, StatsSource, ThreadSnapshot};
+use crate::stats::{ConsumerProbe, StageProbe, Stats, StatsReader, StatsSource, ThreadSnapshot};
 use crate::worker::{
     BackendStage, Consume, Event, Input, Shared, ThreadResult, ThreadStats, TransportStage, Window,
     last_resort, run_consumer, run_frontend,
@@ -866,6 +866,12 @@ impl EngineHandle {
     /// A snapshot of the engine's counts, rates and queue depths.
     pub fn stats(&self) -> Stats {
         self.stats.snapshot()
+    }
+
+    /// A reader of the same snapshots for another thread (a progress line, a metrics
+    /// server), which stays valid after [`join`](Self::join) with the final counts.
+    pub fn stats_reader(&self) -> StatsReader {
+        StatsReader(Arc::clone(&self.stats))
     }
 
     /// The engine's live statistics as Prometheus metrics, for a `prometheus_client`

@@ -94,4 +94,4 @@ pub use link::LINGER;
 #[cfg(feature = "metrics")]
 #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
 pub use metrics::EngineMetrics;
-pub use stats::{StageStats, Stats, ThreadSnapshot};
+pub use stats::{StageStats, Stats, StatsReader, ThreadSnapshot};

@@ -5,7 +5,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeCounterValue, EncodeMetric};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
@@ -80,11 +80,11 @@ fn thread_labels(stage: &StageStats, thread: usize) -> ThreadLabels {
 }
 
 /// Writes one counter family with a value per stage thread.
-fn per_thread(
+fn per_thread<V: EncodeCounterValue>(
     encoder: &mut DescriptorEncoder<'_>,
     stats: &Stats,
     (name, help): (&str, &str),
-    value: impl Fn(&crate::stats::ThreadSnapshot) -> f64,
+    value: impl Fn(&crate::stats::ThreadSnapshot) -> V,
 ) -> fmt::Result {
     let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
     for stage in &stats.stages {
@@ -101,7 +101,7 @@ fn per_stage(
     encoder: &mut DescriptorEncoder<'_>,
     stats: &Stats,
     (name, help): (&str, &str),
-    value: impl Fn(&StageStats) -> f64,
+    value: impl Fn(&StageStats) -> i64,
 ) -> fmt::Result {
     let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
     for stage in &stats.stages {
@@ -165,7 +165,7 @@ impl Collector for EngineMetrics {
                 "engine_queue_depth",
                 "Items waiting in the stage's input queue.",
             ),
-            |s| s.queued as f64,
+            |s| s.queued as i64,
         )?;
         per_stage(
             &mut encoder,
@@ -174,13 +174,13 @@ impl Collector for EngineMetrics {
                 "engine_queue_capacity",
                 "The most items the stage's input queue holds.",
             ),
-            |s| s.capacity as f64,
+            |s| s.capacity as i64,
         )?;
         per_stage(
             &mut encoder,
             &stats,
             ("engine_stage_threads", "Threads of the stage."),
-            |s| s.threads.len() as f64,
+            |s| s.threads.len() as i64,
         )?;
         let elapsed = encoder.encode_descriptor(
             "engine_elapsed_seconds",

@@ -85,6 +85,19 @@ impl fmt::Display for Stats {
     }
 }
 
+/// Reads a run's [`Stats`] from any thread, during the run and after it (then the counts are
+/// final); from [`EngineHandle::stats_reader`](crate::EngineHandle::stats_reader). Cloning is
+/// cheap.
+#[derive(Debug, Clone)]
+pub struct StatsReader(pub(crate) Arc<StatsSource>);
+
+impl StatsReader {
+    /// A snapshot of the run's counts, rates, queue depths and thread times.
+    pub fn read(&self) -> Stats {
+        self.0.snapshot()
+    }
+}
+
 /// Reads the live counts of one stage.
 pub(crate) trait StageProbe: Send + Sync {
     fn counts(&self) -> Counts;

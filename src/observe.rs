@@ -1,0 +1,127 @@
+//! What `engine run` shows while it runs: the metrics server (`--metrics-addr`) and the
+//! progress line on a terminal.
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use engine::observe::{MetricsServer, Position, Progress, Snapshot, StageSample};
+use engine::threads::{EngineHandle, Stats};
+use prometheus_client::registry::Registry;
+
+/// The observing options of `engine run`.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Options {
+    pub(crate) metrics_addr: Option<SocketAddr>,
+    pub(crate) metrics_public: bool,
+    pub(crate) metrics_linger: Duration,
+    /// `Some(true)` for `--progress`, `Some(false)` for `--no-progress`, `None` to show it on
+    /// a terminal.
+    pub(crate) progress: Option<bool>,
+    /// Whether the input is standard input (whose position in a file gives the progress).
+    pub(crate) stdin: bool,
+}
+
+/// The views of one run, until [`finish`](Self::finish).
+pub(crate) struct Observed {
+    server: Option<MetricsServer>,
+    progress: Option<Progress>,
+    linger: Duration,
+    stop: engine::core::StopHandle,
+}
+
+impl Observed {
+    /// Starts the metrics server and the progress line the options ask for.
+    pub(crate) fn start(options: &Options, handle: &EngineHandle) -> anyhow::Result<Self> {
+        let server = match options.metrics_addr {
+            Some(addr) => {
+                let mut registry = Registry::default();
+                registry.register_collector(Box::new(handle.metrics()));
+                let server = MetricsServer::builder(Arc::new(registry))
+                    .addr(addr)
+                    .allow_public(options.metrics_public)
+                    .start()?;
+                eprintln!(
+                    "metrics on http://{0}/metrics, dashboard on http://{0}/",
+                    server.local_addr()
+                );
+                Some(server)
+            }
+            None => None,
+        };
+        let show = options
+            .progress
+            .unwrap_or_else(|| std::io::stderr().is_terminal());
+        let progress = show.then(|| {
+            let stats = handle.stats_reader();
+            let stdin = options.stdin;
+            Progress::start(Duration::from_millis(200), move || {
+                (
+                    snapshot(&stats.read()),
+                    stdin.then(stdin_position).flatten(),
+                )
+            })
+        });
+        Ok(Self {
+            server,
+            progress,
+            linger: options.metrics_linger,
+            stop: handle.stop_handle().clone(),
+        })
+    }
+
+    /// Clears the progress line, and keeps serving the final metrics for the linger time,
+    /// or until Ctrl-C.
+    pub(crate) fn finish(mut self) {
+        if let Some(progress) = self.progress.take() {
+            progress.finish();
+        }
+        if self.server.is_some() && !self.linger.is_zero() && !self.stop.is_stopping() {
+            let _ = self
+                .stop
+                .wait_for_level(engine::core::StopLevel::Graceful, Some(self.linger));
+        }
+    }
+}
+
+/// An engine's statistics as what the progress line reads.
+fn snapshot(stats: &Stats) -> Snapshot {
+    let stages = stats
+        .stages
+        .iter()
+        .map(|stage| {
+            let mut s = StageSample::new(stage.name.clone(), stage.kind.as_str());
+            s.threads = stage.threads.len() as u64;
+            s.items_in = stage.counts.input as f64;
+            s.items_out = stage.counts.output as f64;
+            s.filtered = stage.counts.filtered as f64;
+            s.failed = stage.counts.failed as f64;
+            s.dropped = stage.counts.dropped as f64;
+            s.busy_seconds = stage.threads.iter().map(|t| t.busy.as_secs_f64()).sum();
+            s.blocked_seconds = stage.threads.iter().map(|t| t.blocked.as_secs_f64()).sum();
+            s.queue_depth = stage.queued as f64;
+            s.queue_capacity = stage.capacity as f64;
+            s
+        })
+        .collect();
+    Snapshot::new(Instant::now(), stats.elapsed, !stats.finished, stages)
+}
+
+/// How far through its file standard input is, when it is a regular file: the file's offset
+/// against its length, read from `/proc`, so the reader pays nothing.
+fn stdin_position() -> Option<Position> {
+    let meta = std::fs::metadata("/proc/self/fd/0").ok()?;
+    if !meta.is_file() {
+        return None;
+    }
+    let info = std::fs::read_to_string("/proc/self/fdinfo/0").ok()?;
+    let done = info
+        .lines()
+        .find_map(|l| l.strip_prefix("pos:"))
+        .and_then(|p| p.trim().parse().ok())?;
+    Some(Position {
+        done,
+        total: meta.len(),
+    })
+}
