@@ -29,9 +29,32 @@ pub trait Bean: Send + Sync + 'static {
     /// Starts one run of the bean.
     fn start(&self, ctx: BeanContext) -> BeanFuture;
 
-    /// Whether the bean runs on a thread of its own (see [`blocking`]).
-    fn is_blocking(&self) -> bool {
+    /// Whether the bean marks itself ready ([`BeanContext::mark_ready`]): then it shows as
+    /// `starting` until it does, [`BeanContext::wait_ready`] waits for that, and `/ready`
+    /// answers 503 meanwhile. The built-in servers do, once they have bound their address.
+    /// The default is no: the bean counts as ready while it runs.
+    fn declares_readiness(&self) -> bool {
         false
+    }
+}
+
+impl<B: Bean + ?Sized> Bean for Box<B> {
+    fn start(&self, ctx: BeanContext) -> BeanFuture {
+        (**self).start(ctx)
+    }
+
+    fn declares_readiness(&self) -> bool {
+        (**self).declares_readiness()
+    }
+}
+
+impl<B: Bean + ?Sized> Bean for Arc<B> {
+    fn start(&self, ctx: BeanContext) -> BeanFuture {
+        (**self).start(ctx)
+    }
+
+    fn declares_readiness(&self) -> bool {
+        (**self).declares_readiness()
     }
 }
 
@@ -105,7 +128,8 @@ impl<F> fmt::Debug for BlockingBean<F> {
 
 /// Makes a bean of a blocking function, run on its own thread (not on tokio's pool, so it
 /// cannot starve async beans). It should return when
-/// [`BeanContext::is_stopping`] turns true; if it does not return by the pod's stop
+/// [`BeanContext::is_stopping`] turns true (or block on
+/// [`BeanContext::stop_handle`]`().wait()`); if it does not return by the pod's stop
 /// deadline, the pod abandons the thread and ends anyway.
 ///
 /// ```
@@ -145,10 +169,6 @@ where
                 Err(StageError::msg("the bean's thread ended without a result"))
             })
         })
-    }
-
-    fn is_blocking(&self) -> bool {
-        true
     }
 }
 

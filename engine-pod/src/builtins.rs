@@ -67,7 +67,7 @@ pub(crate) fn register(registry: &mut Registry) {
     registry.register_typed("stdin", |_: crate::builtin::StdinParams| {
         crate::builtin::StdinReader::new()
     });
-    // The status of every bean as JSON over HTTP (`GET /status`).
+    // The status of every bean as JSON over HTTP (`GET /status`), `/ready`, the control API.
     registry.register("status", |config| {
         // Checked here so that a bad parameter fails before anything starts.
         crate::config::params::<crate::status::StatusParams>(&config.core, &config.params)?;
@@ -75,17 +75,16 @@ pub(crate) fn register(registry: &mut Registry) {
     });
     // The default threaded engine (stdin -> log transport -> log backend) as a bean.
     registry.register_typed("engine", |params: EngineParams| {
-        crate::engine_bean::engine_bean(move |_ctx, stop| {
+        crate::engine_bean::engine_bean(move |_ctx| {
             let mut builder = engine_threads::Engine::builder(engine_ootb::StdinFrontend::new())
                 .transport(engine_ootb::LogTransport::<String>::new())
                 .backend(engine_ootb::LogBackend::<String>::new())
                 .transport_threads(params.transport_threads)
-                .backend_threads(params.backend_threads)
-                .stop_handle(&stop);
+                .backend_threads(params.backend_threads);
             if let Some(items) = params.queue_size {
                 builder = builder.queue_capacity(items);
             }
-            builder.run()
+            builder
         })
     });
     // Sleeps, ending early on a stop unless told to ignore it: for trying stop deadlines and

@@ -5,7 +5,12 @@
 //! ```text
 //! engine pod run -c pod.toml
 //! engine pod run hello:name=Ozzy tcp_server:port=9000
+//! engine pod ctl --addr 127.0.0.1:9100 status
 //! ```
+//!
+//! `ctl` drives a running pod through its status bean's control API: `status`, `ready`,
+//! `stop ID`, `restart ID`, `signal NAME [--label L | --id N] [--payload JSON]`, `shutdown`;
+//! exit 0 when done, 1 when refused or unreachable, 2 for bad options.
 //!
 //! Settings come from the config file, then `ENGINE_POD_*` environment variables, then the
 //! options, each overriding the one before.
@@ -17,9 +22,12 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+pub use crate::ctl::{CtlArgs, CtlCommand, ctl};
+
 use crate::config::{ConfigError, PodFile, parse_bean_arg, parse_duration};
 use crate::pod::PodReport;
 use crate::registry::Registry;
+use crate::token::ControlToken;
 
 /// Options of `run`.
 #[derive(Debug, Clone, Default, Args)]
@@ -37,6 +45,10 @@ pub struct RunArgs {
     /// How long to wait for beans after SIGINT/SIGTERM before cancelling them (e.g. `10s`).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub stop_wait_time: Option<Duration>,
+    /// The token the status bean's control API asks for (overrides the file and
+    /// ENGINE_POD_CONTROL_TOKEN); needed to bind the status bean beyond loopback.
+    #[arg(long, value_name = "TOKEN")]
+    pub control_token: Option<String>,
     /// Beans to run after those of the file: `core` or `core:key=value,key=value`.
     #[arg(value_name = "BEAN")]
     pub beans: Vec<String>,
@@ -56,6 +68,8 @@ enum PodCommand {
     Run(RunArgs),
     /// List the registered beans.
     Beans,
+    /// Drive a running pod through its status bean's control API.
+    Ctl(CtlArgs),
 }
 
 /// The effective config: the file, then the environment, then the options.
@@ -80,6 +94,15 @@ pub fn load(
     }
     if let Some(wait) = args.stop_wait_time {
         file.pod.stop_wait_time = Some(wait);
+    }
+    if let Some(token) = &args.control_token {
+        file.pod.control_token =
+            Some(
+                ControlToken::new(token.clone()).ok_or_else(|| ConfigError::Override {
+                    name: "--control-token".to_owned(),
+                    message: "an empty token protects nothing".to_owned(),
+                })?,
+            );
     }
     for arg in &args.beans {
         file.beans.push(parse_bean_arg(arg)?);
@@ -106,8 +129,16 @@ pub fn render(file: &PodFile) -> String {
             humantime::format_duration(wait)
         );
     }
+    if file.pod.control_token.is_some() {
+        // The secret is not printed.
+        out += "control_token = \"***\"\n";
+    }
     for bean in &file.beans {
         let mut table = bean.params.clone();
+        if let Some(token) = table.get_mut("token") {
+            // A status bean's token is a secret too.
+            *token = "***".into();
+        }
         table.insert("core".to_owned(), bean.core.clone().into());
         if let Some(label) = &bean.label {
             table.insert("label".to_owned(), label.clone().into());
@@ -176,7 +207,7 @@ enum RunError {
     Signals(engine_core::SignalError),
 }
 
-/// The whole command line for a program's `main`: parses `PROGRAM run ...` (or `beans`) from
+/// The whole command line for a program's `main`: parses `PROGRAM run ...` (or `beans`, `ctl`) from
 /// the process arguments, sets up logging to standard error at the effective log level, and
 /// runs. A program registers its beans, then returns this from `main`:
 ///
@@ -205,6 +236,7 @@ pub fn main(registry: &Registry) -> ExitCode {
             init_logging(&log_level(&args));
             run(registry, &args)
         }
+        PodCommand::Ctl(args) => ctl(&args),
     }
 }
 

@@ -12,6 +12,10 @@
 //! restart = "on-failure"     # or a table: { when = "always", max_restarts = 3, within = "1m" }
 //! port = 9000                # every other key is a parameter of the bean
 //! ```
+//!
+//! `control_token = "..."` (or `ENGINE_POD_CONTROL_TOKEN`, or `--control-token`) is the token
+//! the status bean's control API asks for; a status bean bound to another address than
+//! loopback does not start without one.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -20,9 +24,10 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::bean::{Restart, RestartPolicy};
+use crate::token::ControlToken;
 
 /// The environment variables that override the file: `ENGINE_POD_LOG_LEVEL`,
-/// `ENGINE_POD_DEBUG`, `ENGINE_POD_STOP_WAIT_TIME`.
+/// `ENGINE_POD_DEBUG`, `ENGINE_POD_STOP_WAIT_TIME`, `ENGINE_POD_CONTROL_TOKEN`.
 pub const ENV_PREFIX: &str = "ENGINE_POD_";
 
 /// Pod-wide settings.
@@ -37,6 +42,8 @@ pub struct PodConfig {
     /// How long the pod waits for beans to end after a stop request before cancelling them;
     /// `None` waits as long as they take (the origin's default).
     pub stop_wait_time: Option<Duration>,
+    /// The token the control API asks for (default none: loopback only, no token).
+    pub control_token: Option<ControlToken>,
 }
 
 impl Default for PodConfig {
@@ -45,6 +52,7 @@ impl Default for PodConfig {
             log_level: "info".to_owned(),
             debug: false,
             stop_wait_time: None,
+            control_token: None,
         }
     }
 }
@@ -166,6 +174,7 @@ struct RawFile {
     log_level: Option<String>,
     debug: Option<bool>,
     stop_wait_time: Option<String>,
+    control_token: Option<String>,
     #[serde(default)]
     beans: Vec<toml::Table>,
 }
@@ -225,6 +234,12 @@ impl PodFile {
                     })?,
                 );
         }
+        if let Some(token) = raw.control_token {
+            pod.control_token = Some(ControlToken::new(token).ok_or(ConfigError::Syntax {
+                path: None,
+                message: "control_token: an empty token protects nothing".to_owned(),
+            })?);
+        }
         let beans = raw
             .beans
             .into_iter()
@@ -256,6 +271,12 @@ impl PodFile {
                 "DEBUG" => self.pod.debug = parse_bool(&value).map_err(bad)?,
                 "STOP_WAIT_TIME" => {
                     self.pod.stop_wait_time = Some(parse_duration(&value).map_err(bad)?);
+                }
+                "CONTROL_TOKEN" => {
+                    self.pod.control_token = Some(
+                        ControlToken::new(value)
+                            .ok_or_else(|| bad("an empty token protects nothing".to_owned()))?,
+                    );
                 }
                 _ => {}
             }

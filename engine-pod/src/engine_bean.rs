@@ -1,100 +1,131 @@
-//! A threaded engine as a bean: the engine runs on a thread of its own, and the pod's stop
-//! request drains it (a graceful stop); cancelling the bean at the stop deadline aborts it.
+//! A threaded engine as a bean: the engine runs on a thread of its own under the bean's stop
+//! handle (a child of the pod's), so the pod's stop drains it and the pod's stop deadline
+//! aborts it, with no wiring by the user.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
-use engine_core::{RunReport, StageError, StopHandle};
-use engine_threads::EngineError;
+use engine_core::{RunReport, StageError, StopHandle, TrackedFrontend};
+use engine_threads::{EngineBuilder, EngineError, Stages};
 
 use crate::bean::{Bean, BeanFuture};
 use crate::context::BeanContext;
 
-type Runner = dyn Fn(BeanContext, StopHandle) -> Result<RunReport, EngineError> + Send + Sync;
+type Runner = dyn Fn(&BeanContext) -> Result<RunReport, EngineError> + Send + Sync;
 
 /// A bean that runs a threaded engine; see [`engine_bean`].
-pub struct EngineBean(Arc<Runner>);
+pub struct EngineBean {
+    run: Arc<Runner>,
+    last: LastReport,
+}
 
 impl fmt::Debug for EngineBean {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("EngineBean")
+        f.debug_struct("EngineBean").finish_non_exhaustive()
     }
 }
 
-/// Makes a bean of a function that builds and runs a threaded engine under the given stop
-/// handle (pass it to [`EngineBuilder::stop_handle`](engine_threads::EngineBuilder::stop_handle)).
-/// The run's report is logged when it ends; a stage failure fails the bean.
+/// The report of an [`EngineBean`]'s last run, as a cloneable handle.
+#[derive(Debug, Clone, Default)]
+pub struct LastReport(Arc<Mutex<Option<RunReport>>>);
+
+impl LastReport {
+    /// The report of the last run that ended, if any.
+    pub fn get(&self) -> Option<RunReport> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn set(&self, report: RunReport) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Some(report);
+    }
+}
+
+/// Makes a bean of a function that builds a threaded engine; the bean runs it on a thread of
+/// its own under the run's stop handle ([`BeanContext::stop_handle`], a child of the pod's),
+/// set on the builder by the bean itself, so the pod's stop always reaches the engine: a
+/// graceful stop drains it, the stop deadline aborts it. (A `stop_handle` set by `build` is
+/// replaced.) The run's report is logged when it ends and kept in
+/// [`EngineBean::last_report`]; a stage failure fails the bean.
 ///
 /// ```
 /// use engine_pod::{BeanSpec, Pod, PodConfig, engine_bean};
 /// use engine_threads::Engine;
 ///
 /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
-/// let mut pod = Pod::new(PodConfig::default());
-/// pod.add(BeanSpec::new("numbers", engine_bean(|_ctx, stop| {
+/// let bean = engine_bean(|_ctx| {
 ///     Engine::builder(0..1000_u64)
 ///         .transport(|x: u64| x * 2)
 ///         .backend(|_: u64| {})
-///         .stop_handle(&stop)
-///         .run()
-/// })));
+/// });
+/// let report = bean.last_report();
+/// let mut pod = Pod::new(PodConfig::default());
+/// pod.add(BeanSpec::new("numbers", bean));
 /// assert!(pod.start().wait().await.is_success());
+/// assert_eq!(report.get().expect("the run ended").processed(), 1000);
 /// # });
 /// ```
-pub fn engine_bean(
-    run: impl Fn(BeanContext, StopHandle) -> Result<RunReport, EngineError> + Send + Sync + 'static,
-) -> EngineBean {
-    EngineBean(Arc::new(run))
+pub fn engine_bean<F, T, B>(
+    build: impl Fn(&BeanContext) -> EngineBuilder<F, T, B> + Send + Sync + 'static,
+) -> EngineBean
+where
+    F: TrackedFrontend + 'static,
+    F::Item: Send + 'static,
+    (T, B): Stages<F>,
+{
+    EngineBean {
+        run: Arc::new(move |ctx: &BeanContext| build(ctx).stop_handle(ctx.stop_handle()).run()),
+        last: LastReport::default(),
+    }
+}
+
+impl EngineBean {
+    /// A handle on the report of the last run.
+    pub fn last_report(&self) -> LastReport {
+        self.last.clone()
+    }
 }
 
 impl Bean for EngineBean {
     fn start(&self, ctx: BeanContext) -> BeanFuture {
-        let run = Arc::clone(&self.0);
-        let stop = StopHandle::new();
+        let run = Arc::clone(&self.run);
+        let last = self.last.clone();
         let (tx, rx) = tokio::sync::oneshot::channel();
         let id = ctx.id();
-        let spawned = {
-            let (ctx, stop) = (ctx.clone(), stop.clone());
-            std::thread::Builder::new()
-                .name(format!("bean-{id}-engine"))
-                .spawn(move || {
-                    let result =
-                        engine_core::catch_panic(|| run(ctx, stop).map_err(StageError::new));
-                    let _ = tx.send(result);
-                })
-        };
+        let stop = ctx.stop_handle().clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("bean-{id}-engine"))
+            .spawn(move || {
+                let result = engine_core::catch_panic(|| run(&ctx).map_err(StageError::new));
+                let _ = tx.send(result);
+            });
         Box::pin(async move {
             spawned.map_err(StageError::new)?;
-            // Aborts the engine if the pod cancels this bean at its stop deadline.
-            let _abort_on_cancel = AbortOnDrop(stop.clone());
-            let mut rx = rx;
-            let result = tokio::select! {
-                result = &mut rx => result,
-                () = ctx.stopping() => {
-                    stop.stop();
-                    rx.await
-                }
-            };
+            // Aborts the engine if the bean's future is dropped before the engine ended.
+            let mut abort_on_cancel = AbortOnDrop(Some(stop));
+            let result = rx.await;
+            abort_on_cancel.0 = None;
             let report = result.unwrap_or_else(|_| {
                 Err(StageError::msg(
                     "the engine's thread ended without a result",
                 ))
             })?;
             tracing::info!(bean = %id, "engine ended\n{report}");
+            last.set(report);
             Ok(())
         })
-    }
-
-    fn is_blocking(&self) -> bool {
-        true
     }
 }
 
 /// Stops an engine at once when dropped before the engine ended.
-struct AbortOnDrop(StopHandle);
+struct AbortOnDrop(Option<StopHandle>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
-        self.0.stop_now();
+        if let Some(stop) = &self.0 {
+            stop.stop_now();
+        }
     }
 }

@@ -37,10 +37,18 @@ mod builtins;
 pub mod cli;
 mod config;
 mod context;
+mod control;
+mod ctl;
+mod driver;
 mod engine_bean;
 mod pod;
 mod registry;
+mod shared;
+mod state;
 mod status;
+mod stop;
+mod supervise;
+mod token;
 
 pub use bean::{
     Bean, BeanFuture, BeanResult, BlockingBean, FnBean, IntoBeanResult, Restart, RestartPolicy,
@@ -52,8 +60,11 @@ pub use builtin::{
     TcpServerError, TcpServerParams,
 };
 pub use config::{BeanConfig, ConfigError, ENV_PREFIX, PodConfig, PodFile, parse_bean_arg};
-pub use context::{BeanContext, BeanId, BeanState, BeanStatus, SignalEvent, Target};
-pub use engine_bean::{EngineBean, engine_bean};
+pub use context::BeanContext;
+pub use ctl::{ControlClient, CtlError};
+pub use engine_bean::{EngineBean, LastReport, engine_bean};
 pub use pod::{BeanSpec, Pod, PodHandle, PodReport};
 pub use registry::{BeanFactory, Registry};
-pub use status::{StatusAddr, StatusParams, StatusServer};
+pub use state::{BeanId, BeanState, BeanStatus, ControlError, ReadyError, SignalEvent, Target};
+pub use status::{StatusAddr, StatusError, StatusParams, StatusServer};
+pub use token::ControlToken;

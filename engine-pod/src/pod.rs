@@ -1,31 +1,28 @@
-//! The pod: starts beans in order, supervises them (restart policies), and stops them in
-//! reverse order on a stop request, cancelling what is left at the stop deadline.
+//! The pod: starts beans in order, supervises them (restart policies), and stops them all on
+//! a stop request, cancelling what is left at the stop deadline.
 
-use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
-use engine_core::{StageError, StopHandle, StopLevel};
-use tokio::sync::{Notify, watch};
+use engine_core::StopHandle;
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
-
-use engine_core::RestartDecision;
 
 use crate::bean::{Bean, RestartPolicy};
 use crate::config::PodConfig;
-use crate::context::{
-    BeanContext, BeanId, BeanState, BeanStatus, PodShared, SignalEvent, Slot, Target,
-};
+use crate::driver::Driver;
+use crate::shared::{PodShared, Slot};
+use crate::state::{BeanId, BeanState, BeanStatus, ControlError, SignalEvent, Target};
 
 /// A bean with its label, parameters and restart policy, ready to be added to a pod.
 pub struct BeanSpec {
-    bean: Arc<dyn Bean>,
-    core: String,
-    label: Option<String>,
-    params: toml::Table,
-    restart: RestartPolicy,
+    pub(crate) bean: Arc<dyn Bean>,
+    pub(crate) core: String,
+    pub(crate) label: Option<String>,
+    pub(crate) params: toml::Table,
+    pub(crate) restart: RestartPolicy,
+    pub(crate) declares_readiness: bool,
 }
 
 impl fmt::Debug for BeanSpec {
@@ -52,6 +49,7 @@ impl BeanSpec {
             label: None,
             params: toml::Table::new(),
             restart: RestartPolicy::default(),
+            declares_readiness: false,
         }
     }
 
@@ -62,7 +60,7 @@ impl BeanSpec {
         self
     }
 
-    /// Sets the parameters, read with [`BeanContext::params`].
+    /// Sets the parameters, read with [`BeanContext::params`](crate::BeanContext::params).
     #[must_use]
     pub fn params(mut self, params: toml::Table) -> Self {
         self.params = params;
@@ -73,6 +71,16 @@ impl BeanSpec {
     #[must_use]
     pub fn restart(mut self, policy: RestartPolicy) -> Self {
         self.restart = policy;
+        self
+    }
+
+    /// Declares that the bean marks itself ready
+    /// ([`BeanContext::mark_ready`](crate::BeanContext::mark_ready)): it shows as
+    /// `starting` until it does, and `/ready` waits for it. For beans made of closures;
+    /// a type says so with [`Bean::declares_readiness`].
+    #[must_use]
+    pub fn declares_readiness(mut self) -> Self {
+        self.declares_readiness = true;
         self
     }
 }
@@ -134,9 +142,10 @@ impl Pod {
         self
     }
 
-    /// Runs under `stop`: a graceful stop of it stops the pod (beans' `"stop"` handlers, then
-    /// their stop tokens, in reverse order), `stop_now` cancels every bean at once. Pass the
-    /// same handle to [`engine_core::install_signal_handler`] for SIGINT/SIGTERM.
+    /// Runs under `stop`, the root of every bean's stop handle: a graceful stop of it sends
+    /// the `"stop"` signal to the beans' handlers, then reaches every bean's handle;
+    /// `stop_now` cancels every bean at once. Pass the same handle to
+    /// [`engine_core::install_signal_handler`] for SIGINT/SIGTERM.
     #[must_use]
     pub fn with_stop_handle(mut self, stop: &StopHandle) -> Self {
         self.stop = Some(stop.clone());
@@ -156,39 +165,46 @@ impl Pod {
     /// If called outside a tokio runtime.
     pub fn start(self) -> PodHandle {
         let stop = self.stop.unwrap_or_default();
-        let mut slots = Vec::with_capacity(self.beans.len());
-        for (i, spec) in self.beans.iter().enumerate() {
-            let (done, _) = watch::channel(None);
-            slots.push(Slot {
-                id: BeanId(i as u64 + 1),
-                label: spec.label.as_deref().map(Arc::from),
-                core: Arc::from(spec.core.as_str()),
-                state: BeanState::Pending,
-                restarts: 0,
-                started: None,
-                last_error: None,
-                stop: CancellationToken::new(),
-                done,
-            });
-        }
-        let shared = Arc::new(PodShared {
-            config: self.config,
-            slots: Mutex::new(slots),
-            handlers: Mutex::new(HashMap::new()),
-            stop: stop.clone(),
-            stopping: CancellationToken::new(),
+        let (commands_tx, commands) = mpsc::unbounded_channel();
+        let mut subscription = None;
+        let shared = Arc::new_cyclic(|weak: &std::sync::Weak<PodShared>| {
+            // Registered before any bean's handle exists, so that it runs before the stop
+            // reaches them: handlers hear "stop" while their bean's handle still runs.
+            let weak = weak.clone();
+            subscription = Some(stop.on_stop(move |_| {
+                if let Some(shared) = weak.upgrade() {
+                    shared.send_stop_signal();
+                    shared.wake.notify_one();
+                }
+            }));
+            let slots = self
+                .beans
+                .iter()
+                .enumerate()
+                .map(|(i, spec)| Slot {
+                    id: BeanId(i as u64 + 1),
+                    label: spec.label.as_deref().map(Arc::from),
+                    core: Arc::from(spec.core.as_str()),
+                    state: BeanState::Pending,
+                    declares_readiness: spec.declares_readiness || spec.bean.declares_readiness(),
+                    restarts: 0,
+                    started: None,
+                    address: None,
+                    last_error: None,
+                    stop: stop.child(),
+                    run: None,
+                    run_no: 0,
+                    restart_requested: false,
+                })
+                .collect();
+            PodShared::new(self.config, slots, stop.clone(), commands_tx)
         });
-        let changed = Arc::new(Notify::new());
-        let subscription = {
-            let changed = Arc::clone(&changed);
-            stop.on_stop(move |_| changed.notify_one())
-        };
-        let mut tasks = Vec::with_capacity(self.beans.len());
+        let subscription = subscription.expect("set while the pod was made");
+        let mut driver = Driver::new(Arc::clone(&shared), commands, subscription);
         for (i, spec) in self.beans.into_iter().enumerate() {
-            let id = BeanId(i as u64 + 1);
-            tasks.push((id, tokio::spawn(supervise(Arc::clone(&shared), id, spec))));
+            driver.spawn(BeanId(i as u64 + 1), spec);
         }
-        let driver = tokio::spawn(drive(Arc::clone(&shared), tasks, changed, subscription));
+        let driver = tokio::spawn(driver.run());
         PodHandle { shared, driver }
     }
 }
@@ -198,14 +214,6 @@ impl Pod {
 pub struct PodHandle {
     shared: Arc<PodShared>,
     driver: JoinHandle<PodReport>,
-}
-
-impl fmt::Debug for PodShared {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PodShared")
-            .field("config", &self.config)
-            .finish_non_exhaustive()
-    }
 }
 
 impl PodHandle {
@@ -219,7 +227,7 @@ impl PodHandle {
         self.shared.stop.stop_now();
     }
 
-    /// The pod's stop handle.
+    /// The pod's stop handle, the root of every bean's.
     pub fn stop_handle(&self) -> &StopHandle {
         &self.shared.stop
     }
@@ -239,6 +247,39 @@ impl PodHandle {
         self.shared.dispatch(&target, &event)
     }
 
+    /// Asks bean `id` to stop for good; see
+    /// [`BeanContext::stop_bean`](crate::BeanContext::stop_bean).
+    ///
+    /// # Errors
+    ///
+    /// As [`BeanContext::stop_bean`](crate::BeanContext::stop_bean).
+    pub fn stop_bean(&self, id: BeanId) -> Result<(), ControlError> {
+        self.shared.stop_bean(id)
+    }
+
+    /// Restarts bean `id`; see [`BeanContext::restart_bean`](crate::BeanContext::restart_bean).
+    ///
+    /// # Errors
+    ///
+    /// As [`BeanContext::restart_bean`](crate::BeanContext::restart_bean).
+    pub fn restart_bean(&self, id: BeanId) -> Result<(), ControlError> {
+        self.shared.restart_bean(id)
+    }
+
+    /// Waits until `check` holds for the beans' status, or `deadline` passes; returns
+    /// whether it holds. For tests and tools that watch a pod from outside.
+    pub async fn wait_status(
+        &self,
+        deadline: Instant,
+        mut check: impl FnMut(&[BeanStatus]) -> bool,
+    ) -> bool {
+        let wait = self.shared.wait_until(|slots| {
+            let status: Vec<BeanStatus> = slots.iter().map(Slot::status).collect();
+            check(&status).then_some(())
+        });
+        tokio::time::timeout_at(deadline.into(), wait).await.is_ok()
+    }
+
     /// Waits until every bean has ended, and returns the report.
     ///
     /// # Panics
@@ -249,235 +290,5 @@ impl PodHandle {
             Ok(report) => report,
             Err(err) => std::panic::resume_unwind(err.into_panic()),
         }
-    }
-}
-
-/// Runs one bean under its restart policy until it ends for good.
-async fn supervise(shared: Arc<PodShared>, id: BeanId, spec: BeanSpec) -> BeanState {
-    let (label, core, stop) = {
-        let slots = shared.slots();
-        let slot = &slots[id.0 as usize - 1];
-        (
-            slot.label.clone(),
-            Arc::clone(&slot.core),
-            slot.stop.clone(),
-        )
-    };
-    let params = Arc::new(spec.params);
-    let mut restarts = spec.restart.tracker();
-    let final_state = loop {
-        // Handlers of an earlier run must not pile up: each run registers its own.
-        shared.clear_handlers(id);
-        shared.update(id, |s| {
-            s.state = BeanState::Running;
-            s.started = Some(Instant::now());
-        });
-        let ctx = BeanContext {
-            id,
-            label: label.clone(),
-            core: Arc::clone(&core),
-            params: Arc::clone(&params),
-            pod: Arc::clone(&shared),
-            stop: stop.clone(),
-        };
-        restarts.started(Instant::now());
-        // The run is a task of its own, so that a panic is caught as a `JoinError`.
-        // `start` itself runs in the task too, so that a panic before its future exists is
-        // caught like any other.
-        let bean = Arc::clone(&spec.bean);
-        let run = tokio::spawn(async move { bean.start(ctx).await });
-        // Cancelling the supervisor (at the stop deadline) cancels the run with it.
-        let _cancel_with_supervisor = AbortOnDrop(run.abort_handle());
-        let result = match run.await {
-            Ok(result) => result,
-            Err(err) if err.is_panic() => Err(StageError::from_panic(err.into_panic())),
-            Err(_) => Err(StageError::msg("the bean's task was cancelled")),
-        };
-        let failed = result.is_err();
-        if let Err(error) = &result {
-            tracing::error!(bean = %id, label = label.as_deref().unwrap_or(""), core = %core, error = %format!("{error:#}"), "bean failed");
-            shared.update(id, |s| s.last_error = Some(format!("{error:#}")));
-        }
-        let stopping = stop.is_cancelled() || shared.stopping.is_cancelled();
-        let delay = match restarts.ended(failed, stopping, Instant::now()) {
-            RestartDecision::Restart { after } => after,
-            RestartDecision::LimitReached { restarts } => {
-                tracing::error!(bean = %id, core = %core, restarts, "restart limit reached; the bean stays down");
-                break if failed {
-                    BeanState::Failed
-                } else {
-                    BeanState::Finished
-                };
-            }
-            _ => {
-                break if failed {
-                    BeanState::Failed
-                } else {
-                    BeanState::Finished
-                };
-            }
-        };
-        shared.update(id, |s| {
-            s.state = BeanState::Restarting;
-            s.restarts += 1;
-        });
-        tracing::warn!(bean = %id, core = %core, delay = ?delay, "restarting bean");
-        tokio::select! {
-            () = tokio::time::sleep(delay) => {}
-            () = stop.cancelled() => break if failed { BeanState::Failed } else { BeanState::Finished },
-            () = shared.stopping.cancelled() => break if failed { BeanState::Failed } else { BeanState::Finished },
-        }
-    };
-    finish(&shared, id, final_state);
-    final_state
-}
-
-/// Aborts a task when dropped.
-struct AbortOnDrop(tokio::task::AbortHandle);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-fn finish(shared: &PodShared, id: BeanId, state: BeanState) {
-    shared.update(id, |s| {
-        s.state = state;
-        s.started = None;
-        s.done.send_replace(Some(state));
-    });
-}
-
-/// Waits for the beans, handles a stop request, and builds the report.
-async fn drive(
-    shared: Arc<PodShared>,
-    tasks: Vec<(BeanId, JoinHandle<BeanState>)>,
-    changed: Arc<Notify>,
-    _subscription: engine_core::StopSubscription,
-) -> PodReport {
-    let mut tasks: Vec<(BeanId, Option<JoinHandle<BeanState>>)> =
-        tasks.into_iter().map(|(id, t)| (id, Some(t))).collect();
-    // Phase 1: until every bean ends or a stop is requested.
-    loop {
-        if tasks
-            .iter()
-            .all(|(_, t)| t.as_ref().is_none_or(JoinHandle::is_finished))
-        {
-            return report(&shared, false);
-        }
-        if shared.stop.is_stopping() {
-            break;
-        }
-        tokio::select! {
-            () = changed.notified() => {}
-            () = any_finished(&mut tasks) => {}
-        }
-    }
-    // Phase 2: the origin's stop: signal handlers first, then each bean's stop token, in
-    // reverse start order, each waited for until the shared deadline.
-    tracing::info!("stopping the pod");
-    shared.stopping.cancel();
-    let event = SignalEvent {
-        name: "stop".to_owned(),
-        from: None,
-        payload: serde_json::Value::Null,
-    };
-    shared.dispatch(&Target::All, &event);
-    let deadline = shared
-        .config
-        .stop_wait_time
-        .and_then(|wait| tokio::time::Instant::now().checked_add(wait));
-    let mut forced = false;
-    for (id, task) in tasks.iter_mut().rev() {
-        let Some(handle) = task.as_mut() else {
-            continue;
-        };
-        let token = {
-            let slots = shared.slots();
-            slots[id.0 as usize - 1].stop.clone()
-        };
-        shared.update(*id, |s| {
-            if !s.state.is_final() {
-                s.state = BeanState::Stopping;
-            }
-        });
-        token.cancel();
-        if shared.stop.is_stopped_now() {
-            forced = true;
-            break;
-        }
-        let ended = tokio::select! {
-            _ = &mut *handle => true,
-            () = sleep_until(deadline) => false,
-            () = stopped_now(&shared.stop, &changed) => false,
-        };
-        if ended {
-            *task = None;
-        } else {
-            forced = true;
-            break;
-        }
-    }
-    if forced {
-        // Phase 3: cancel what is left. Every bean is asked to stop first (a blocking bean or a
-        // sub-task may watch its token); then the tasks are aborted. A blocking bean's thread
-        // is abandoned: it cannot keep the pod (or the process) alive past the deadline.
-        for slot in shared.slots().iter() {
-            slot.stop.cancel();
-        }
-        for (id, task) in &mut tasks {
-            if let Some(handle) = task.take()
-                && !handle.is_finished()
-            {
-                handle.abort();
-                // The task may have finished meanwhile; aborting it then does nothing.
-                let _ = handle.await;
-                shared.update(*id, |s| {
-                    if !s.state.is_final() {
-                        tracing::warn!(bean = %id, "bean cancelled at the stop deadline");
-                        s.state = BeanState::Cancelled;
-                        s.started = None;
-                        s.done.send_replace(Some(BeanState::Cancelled));
-                    }
-                });
-            }
-        }
-    }
-    report(&shared, forced)
-}
-
-async fn any_finished(tasks: &mut [(BeanId, Option<JoinHandle<BeanState>>)]) {
-    // Bean ends are rare; waiting on each in turn keeps this simple.
-    for (_, task) in tasks.iter_mut() {
-        if let Some(handle) = task
-            && !handle.is_finished()
-        {
-            let _ = handle.await;
-            *task = None;
-            return;
-        }
-    }
-    std::future::pending::<()>().await;
-}
-
-async fn sleep_until(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn stopped_now(stop: &StopHandle, changed: &Notify) {
-    while stop.level() != StopLevel::Now {
-        changed.notified().await;
-    }
-}
-
-fn report(shared: &PodShared, forced: bool) -> PodReport {
-    PodReport {
-        beans: shared.status(),
-        stopped: shared.stop.is_stopping(),
-        forced,
     }
 }

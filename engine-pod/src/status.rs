@@ -1,6 +1,6 @@
-//! The status bean: serves the status of every bean as JSON over HTTP (hyper), on loopback by
-//! default. `GET /status` answers `[{"id":1,"label":...,"core":...,"state":"running",
-//! "restarts":0,"uptime":"1m 3s","last_error":null}, ...]`.
+//! The status bean: the status of every bean as JSON, a readiness probe and the control API
+//! over HTTP (hyper; see the `control` module for the routes), on loopback by default. A
+//! bind to another address needs a control token.
 
 use std::convert::Infallible;
 use std::fmt;
@@ -8,16 +8,22 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use engine_core::StageError;
-use http_body_util::Full;
-use hyper::body::{Bytes, Incoming};
-use hyper::{Method, Request, Response, StatusCode};
 use serde::Deserialize;
 use tokio::sync::watch;
 
 use crate::bean::{Bean, BeanFuture};
 use crate::context::BeanContext;
+use crate::token::ControlToken;
 
 /// Parameters of the status bean.
+///
+/// ```toml
+/// [[beans]]
+/// core = "status"
+/// host = "127.0.0.1"   # the default; another address needs a token
+/// port = 9100          # default 0: any free port, logged and shown in the status
+/// token = "s3cret"     # default: the pod's control_token, if any
+/// ```
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 #[non_exhaustive]
@@ -26,6 +32,10 @@ pub struct StatusParams {
     pub host: String,
     /// The port (default 0: any free port, logged at start).
     pub port: u16,
+    /// The token every request but `GET /ready` must carry (`Authorization: Bearer TOKEN`);
+    /// default the pod's [`control_token`](crate::PodConfig::control_token). With a token,
+    /// requests without it are refused with 401, even on loopback.
+    pub token: Option<ControlToken>,
 }
 
 impl Default for StatusParams {
@@ -33,8 +43,20 @@ impl Default for StatusParams {
         Self {
             host: "127.0.0.1".to_owned(),
             port: 0,
+            token: None,
         }
     }
+}
+
+/// Why the status bean did not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StatusError {
+    /// It was asked to listen on an address other than loopback, without a token.
+    #[error(
+        "the status server would listen on {0}, beyond loopback, without a control token; set `token` on the bean, control_token in the config, ENGINE_POD_CONTROL_TOKEN or --control-token"
+    )]
+    NoToken(SocketAddr),
 }
 
 /// The status bean; registered as `status`.
@@ -50,6 +72,7 @@ impl Default for StatusParams {
 /// let handle = pod.start();
 /// let addr = addr.get().await.expect("listening");
 /// assert!(addr.ip().is_loopback());
+/// assert_eq!(handle.status()[0].address, Some(addr));
 /// handle.stop();
 /// handle.wait().await;
 /// # });
@@ -111,65 +134,73 @@ impl Bean for StatusServer {
             // A restarted bean may listen elsewhere: forget the last address.
             bound.send_replace(None);
             let params: StatusParams = ctx.params()?;
+            let token = params
+                .token
+                .or_else(|| ctx.pod_config().control_token.clone());
             let wanted = format!("{}:{}", params.host, params.port);
-            let listener = tokio::net::TcpListener::bind(&wanted)
+            let resolved = tokio::net::lookup_host(&wanted)
                 .await
-                .map_err(|err| StageError::msg(format!("cannot listen on {wanted}: {err}")))?;
+                .map_err(|err| StageError::msg(format!("cannot resolve {wanted}: {err}")))?
+                .next()
+                .ok_or_else(|| StageError::msg(format!("{wanted} has no address")))?;
+            // Checked before binding: nothing listens beyond loopback without a token.
+            if token.is_none() && !resolved.ip().is_loopback() {
+                return Err(StageError::new(StatusError::NoToken(resolved)));
+            }
+            let listener = tokio::net::TcpListener::bind(resolved)
+                .await
+                .map_err(|err| StageError::msg(format!("cannot listen on {resolved}: {err}")))?;
             let addr = listener.local_addr().map_err(StageError::new)?;
             bound.send_replace(Some(addr));
-            tracing::info!(bean = %ctx.id(), %addr, "status server listening (GET /status)");
-            let mut connections = tokio::task::JoinSet::new();
-            loop {
-                let (stream, _peer) = tokio::select! {
-                    accepted = listener.accept() => match accepted {
-                        Ok(accepted) => accepted,
-                        Err(err) => {
-                            tracing::warn!(bean = %ctx.id(), error = %err, "accept failed");
-                            continue;
-                        }
-                    },
-                    () = ctx.stopping() => break,
-                };
-                let ctx = ctx.clone();
-                connections.spawn(async move {
-                    let service = hyper::service::service_fn(move |request| {
-                        let ctx = ctx.clone();
-                        async move { Ok::<_, Infallible>(answer(&ctx, &request)) }
-                    });
-                    let io = hyper_util::rt::TokioIo::new(stream);
-                    if let Err(err) = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(io, service)
-                        .await
-                    {
-                        tracing::debug!(error = %err, "status connection ended");
-                    }
-                });
-            }
-            connections.shutdown().await;
+            ctx.mark_listening(addr);
+            tracing::info!(bean = %ctx.id(), %addr, token = token.is_some(), "status server listening (GET /status, /ready; control API)");
+            serve(listener, ctx, token.map(Arc::new)).await;
             Ok(())
         })
     }
+
+    fn declares_readiness(&self) -> bool {
+        true
+    }
 }
 
-fn answer(ctx: &BeanContext, request: &Request<Incoming>) -> Response<Full<Bytes>> {
-    let (status, body) = match (request.method(), request.uri().path()) {
-        (&Method::GET, "/status") => match serde_json::to_vec(&ctx.beans()) {
-            Ok(json) => (StatusCode::OK, json),
-            Err(err) => (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                err.to_string().into_bytes(),
-            ),
-        },
-        (&Method::GET, _) => (StatusCode::NOT_FOUND, b"not found; try /status\n".to_vec()),
-        _ => (StatusCode::METHOD_NOT_ALLOWED, b"GET only\n".to_vec()),
-    };
-    let mut response = Response::new(Full::new(Bytes::from(body)));
-    *response.status_mut() = status;
-    if status == StatusCode::OK {
-        response.headers_mut().insert(
-            hyper::header::CONTENT_TYPE,
-            hyper::header::HeaderValue::from_static("application/json"),
-        );
+/// Serves connections until the bean is asked to stop.
+async fn serve(
+    listener: tokio::net::TcpListener,
+    ctx: BeanContext,
+    token: Option<Arc<ControlToken>>,
+) {
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        let (stream, _peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    tracing::warn!(bean = %ctx.id(), error = %err, "accept failed");
+                    continue;
+                }
+            },
+            () = ctx.stopping() => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+        };
+        let (ctx, token) = (ctx.clone(), token.clone());
+        connections.spawn(async move {
+            let service = hyper::service::service_fn(move |request| {
+                let (ctx, token) = (ctx.clone(), token.clone());
+                async move {
+                    Ok::<_, Infallible>(
+                        crate::control::answer(&ctx, token.as_deref(), request).await,
+                    )
+                }
+            });
+            let io = hyper_util::rt::TokioIo::new(stream);
+            if let Err(err) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(io, service)
+                .await
+            {
+                tracing::debug!(error = %err, "status connection ended");
+            }
+        });
     }
-    response
+    connections.shutdown().await;
 }

@@ -1,5 +1,5 @@
 //! The pod's promises, in process: lifecycle, ids and labels, lookup and waiting, named
-//! signals, stop order and deadline, restart policies, failures logged and reported.
+//! signals, stop handlers and deadline, restart policies, failures logged and reported.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -125,47 +125,54 @@ async fn beans_find_each_other_by_label_wait_for_each_other_and_signal_by_label(
 }
 
 #[tokio::test]
-async fn a_stop_runs_stop_handlers_then_stops_beans_in_reverse_start_order() {
+async fn a_stop_runs_stop_handlers_before_any_bean_sees_it_then_stops_every_bean() {
     let log = Arc::new(Mutex::new(Vec::new()));
     let mut pod = Pod::new(config(Some(Duration::from_secs(10))));
     for _ in 0..3 {
         pod.add(BeanSpec::new("waiter", waiter(Arc::clone(&log))));
     }
-    let stop_signals = Arc::new(Mutex::new(0));
-    {
-        let stop_signals = Arc::clone(&stop_signals);
+    // Each handler records whether any bean's stop handle was stopping when it ran.
+    let seen_stopping = Arc::new(Mutex::new(Vec::new()));
+    let (registered_tx, mut registered) = tokio::sync::mpsc::unbounded_channel();
+    for _ in 0..2 {
+        let (seen_stopping, registered_tx) = (Arc::clone(&seen_stopping), registered_tx.clone());
         pod.add(BeanSpec::new(
             "handler",
             bean_fn(move |ctx: BeanContext| {
-                let stop_signals = Arc::clone(&stop_signals);
+                let (seen_stopping, registered_tx) =
+                    (Arc::clone(&seen_stopping), registered_tx.clone());
                 async move {
-                    ctx.on_signal("stop", move |_| *stop_signals.lock().unwrap() += 1);
+                    let me = ctx.clone();
+                    ctx.on_signal("stop", move |_| {
+                        seen_stopping.lock().unwrap().push(me.is_stopping());
+                    });
+                    registered_tx.send(()).unwrap();
                     ctx.stopping().await;
                 }
             }),
         ));
     }
     let handle = pod.start();
-    // Wait until the three waiters run.
-    timeout(PATIENCE, async {
-        while log.lock().unwrap().len() < 3 {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await
-    .unwrap();
+    for _ in 0..2 {
+        timeout(PATIENCE, registered.recv()).await.unwrap().unwrap();
+    }
+    let stop = handle.stop_handle().clone();
     handle.stop();
+    // Every bean's handle is a child of the pod's: all of them stop with it.
+    assert!(stop.is_stopping());
     let report = timeout(PATIENCE, handle.wait()).await.unwrap();
     assert!(report.stopped && !report.forced, "{report:?}");
-    assert_eq!(*stop_signals.lock().unwrap(), 1);
-    let stops: Vec<String> = log
+    assert_eq!(*seen_stopping.lock().unwrap(), [false, false]);
+    let mut stops: Vec<String> = log
         .lock()
         .unwrap()
         .iter()
         .filter(|l| l.starts_with("stop"))
         .cloned()
         .collect();
-    assert_eq!(stops, ["stop 3", "stop 2", "stop 1"]);
+    stops.sort();
+    assert_eq!(stops, ["stop 1", "stop 2", "stop 3"]);
+    assert!(report.beans.iter().all(|b| b.state == BeanState::Finished));
 }
 
 #[tokio::test]
@@ -301,33 +308,27 @@ async fn status_shows_running_beans_with_uptime() {
 }
 
 #[tokio::test]
-async fn an_engine_bean_drains_its_engine_when_the_pod_stops() {
-    let (report_tx, report_rx) = std::sync::mpsc::channel();
+async fn an_engine_bean_drains_its_engine_when_the_pod_stops_with_no_stop_wiring() {
     let (running_tx, mut running) = tokio::sync::mpsc::unbounded_channel::<()>();
     let mut pod = Pod::new(config(Some(Duration::from_secs(10))));
-    pod.add(BeanSpec::new(
-        "numbers",
-        engine_pod::engine_bean(move |_ctx, stop| {
-            let running_tx = running_tx.clone();
-            let report = engine_threads::Engine::builder(0_u64..)
-                .transport(|x: u64| x)
-                .backend(move |_: u64| {
-                    let _ = running_tx.send(());
-                })
-                .stop_handle(&stop)
-                .run();
-            if let Ok(report) = &report {
-                report_tx.send(report.clone()).unwrap();
-            }
-            report
-        }),
-    ));
+    // The builder has no stop handle: the bean sets the pod's.
+    let bean = engine_pod::engine_bean(move |_ctx| {
+        let running_tx = running_tx.clone();
+        engine_threads::Engine::builder(0_u64..)
+            .transport(|x: u64| x)
+            .backend(move |_: u64| {
+                let _ = running_tx.send(());
+            })
+    });
+    let last = bean.last_report();
+    pod.add(BeanSpec::new("numbers", bean));
     let handle = pod.start();
     running.recv().await.unwrap();
     handle.stop();
     let report = timeout(PATIENCE, handle.wait()).await.unwrap();
     assert_eq!(report.beans[0].state, BeanState::Finished, "{report:?}");
-    let run = report_rx.recv().unwrap();
+    assert!(!report.forced, "{report:?}");
+    let run = last.get().expect("the engine's report");
     run.check().unwrap();
     assert_eq!(run.end, engine_core::RunEnd::Stopped);
     assert_eq!(run.dropped(), 0);

@@ -8,12 +8,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, Semaphore, mpsc};
 use tokio::task::JoinSet;
-use tokio_util::sync::CancellationToken;
 
 use crate::bean::{Bean, BeanFuture};
 use crate::builtin::guarded;
 use crate::config::ConfigError;
-use crate::context::{BeanContext, BeanId};
+use crate::context::BeanContext;
+use crate::state::BeanId;
+use crate::stop::RunStop;
 
 /// The most consumers a flow may have: more would only be a typo (and tasks, and memory).
 const MAX_CONSUMERS: usize = 65_536;
@@ -194,7 +195,7 @@ impl<T> fmt::Debug for FlowSendError<T> {
 /// The producer's end of a flow's queue.
 pub struct Producer<T> {
     tx: mpsc::Sender<T>,
-    closed: CancellationToken,
+    closed: Arc<RunStop>,
     counters: Arc<Counters>,
 }
 
@@ -225,12 +226,12 @@ impl<T: Send> Producer<T> {
     /// [`produce`](Flow::produce) has returned (a clone of the producer kept beyond it can
     /// send no more). An item sent successfully is consumed.
     pub async fn send(&self, item: T) -> Result<(), FlowSendError<T>> {
-        if self.closed.is_cancelled() {
+        if self.closed.is_stopping() {
             return Err(FlowSendError(item));
         }
         tokio::select! {
             biased;
-            () = self.closed.cancelled() => Err(FlowSendError(item)),
+            () = self.closed.stopping() => Err(FlowSendError(item)),
             permit = self.tx.reserve() => match permit {
                 Ok(permit) => {
                     permit.send(item);
@@ -246,12 +247,12 @@ impl<T: Send> Producer<T> {
 impl<T> Producer<T> {
     /// Whether sends fail now (the flow is stopping or its producer has ended).
     pub fn is_closed(&self) -> bool {
-        self.closed.is_cancelled()
+        self.closed.is_stopping()
     }
 
     /// Resolves when sends start failing.
     pub async fn closed(&self) {
-        self.closed.cancelled().await;
+        self.closed.stopping().await;
     }
 }
 
@@ -309,9 +310,9 @@ impl<F: Flow> Bean for PcFlow<F> {
             params.check(ctx.core())?;
             let (tx, rx) = mpsc::channel(params.queue_size);
             let queue = Arc::new(Mutex::new(rx));
-            // Cancelled on a stop or when the producer ends: sends fail from then on, and the
-            // consumers close the queue and drain it.
-            let closed = ctx.stop_token().child_token();
+            // Stopped with the bean or when the producer ends (a child of the run's stop
+            // handle): sends fail from then on, and the consumers close the queue and drain it.
+            let closed = RunStop::new(ctx.stop_handle().child());
             let mut consumers = JoinSet::new();
             for _ in 0..params.consumer_num {
                 consumers.spawn(consume_all(
@@ -328,7 +329,7 @@ impl<F: Flow> Bean for PcFlow<F> {
                 counters,
             };
             let produced = guarded(|| flow.produce(ctx.clone(), producer)).await;
-            closed.cancel();
+            closed.handle().stop();
             while let Some(joined) = consumers.join_next().await {
                 if let Err(error) = joined {
                     // Consume panics are caught, so this is a cancellation or a bug.
@@ -344,7 +345,7 @@ impl<F: Flow> Bean for PcFlow<F> {
 async fn consume_all<F: Flow>(
     flow: Arc<F>,
     queue: Arc<Mutex<mpsc::Receiver<F::Item>>>,
-    closed: CancellationToken,
+    closed: Arc<RunStop>,
     counters: Arc<Counters>,
     ctx: BeanContext,
 ) {
@@ -355,7 +356,7 @@ async fn consume_all<F: Flow>(
             tokio::select! {
                 biased;
                 item = rx.recv() => item,
-                () = closed.cancelled() => {
+                () = closed.stopping() => {
                     // Closing refuses new sends but keeps what is queued; `recv` then returns
                     // the queued items (and those of sends already under way), then `None`.
                     rx.close();

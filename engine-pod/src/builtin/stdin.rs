@@ -11,7 +11,8 @@ use tokio::sync::mpsc;
 
 use crate::bean::{Bean, BeanFuture};
 use crate::config::ConfigError;
-use crate::context::{BeanContext, Target};
+use crate::context::BeanContext;
+use crate::state::Target;
 
 /// How many lines the stdin thread reads ahead of the bean.
 const STDIN_LINES_AHEAD: usize = 64;

@@ -16,7 +16,8 @@ use tokio::sync::watch;
 use tokio::task::{JoinError, JoinSet};
 
 use crate::bean::{Bean, BeanFuture};
-use crate::context::{BeanContext, BeanId};
+use crate::context::BeanContext;
+use crate::state::BeanId;
 
 /// How long the accept loop waits after an error that is not about one connection (such as
 /// running out of file descriptors), so that it does not spin while the cause lasts.
@@ -209,7 +210,8 @@ impl Drop for MarkDown {
 /// A TCP server bean, with [`TcpServerParams`] as parameters.
 ///
 /// It binds with `SO_REUSEADDR` at each start (a bind error fails the bean with the address
-/// in the message), logs `listening` with the address, runs each connection through its
+/// in the message), marks itself ready with its address (see
+/// [`BeanContext::wait_ready`]), logs `listening` with the address, runs each connection through its
 /// [`ConnectionHandler`] in a task of its own, and on a stop stops accepting and waits for
 /// the open connections, which see the bean's stop.
 ///
@@ -283,15 +285,20 @@ impl Bean for TcpServer {
             let listener = listen(&params).await?;
             let addr = listener.local_addr()?;
             bound.send_replace(Bound::Listening(addr));
+            ctx.mark_listening(addr);
             tracing::info!(bean = %ctx.id(), %addr, "listening");
             serve(listener, handler, ctx).await;
             Ok(())
         })
     }
+
+    fn declares_readiness(&self) -> bool {
+        true
+    }
 }
 
-/// Resolves the host and binds a listening socket.
-async fn listen(params: &TcpServerParams) -> Result<TcpListener, TcpServerError> {
+/// Resolves the host and binds a listening socket (with `SO_REUSEADDR`).
+pub(crate) async fn listen(params: &TcpServerParams) -> Result<TcpListener, TcpServerError> {
     let addr = match params.host.parse::<IpAddr>() {
         Ok(ip) => SocketAddr::new(ip, params.port),
         Err(_) => tokio::net::lookup_host((params.host.as_str(), params.port))

@@ -1,0 +1,303 @@
+//! What every bean's context shares: the slots of the beans (state, stop handles), the signal
+//! handlers, and the pod's stop handle, with the operations on them.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use engine_core::StopHandle;
+use tokio::sync::{Notify, mpsc, watch};
+
+use crate::config::PodConfig;
+use crate::state::{BeanId, BeanState, BeanStatus, ControlError, SignalEvent, Target};
+
+pub(crate) type Handler = Arc<dyn Fn(&SignalEvent) + Send + Sync>;
+
+/// What the pod's driver is asked to do from outside its loop.
+#[derive(Debug)]
+pub(crate) enum Command {
+    /// Start again a bean that ended for good.
+    Respawn(BeanId),
+}
+
+/// One bean's entry in the pod.
+pub(crate) struct Slot {
+    pub(crate) id: BeanId,
+    pub(crate) label: Option<Arc<str>>,
+    pub(crate) core: Arc<str>,
+    pub(crate) state: BeanState,
+    pub(crate) declares_readiness: bool,
+    pub(crate) restarts: u32,
+    pub(crate) started: Option<Instant>,
+    pub(crate) address: Option<SocketAddr>,
+    pub(crate) last_error: Option<String>,
+    /// The bean's stop: a child of the pod's.
+    pub(crate) stop: StopHandle,
+    /// The current run's stop, a child of the bean's, while a run goes on.
+    pub(crate) run: Option<StopHandle>,
+    /// Counts the runs, so that a context of an ended run cannot mark a later one ready.
+    pub(crate) run_no: u64,
+    /// Set by a restart request: the run's end starts the next run at once.
+    pub(crate) restart_requested: bool,
+}
+
+impl Slot {
+    pub(crate) fn status(&self) -> BeanStatus {
+        let uptime = match (
+            self.state.is_up() || self.state == BeanState::Stopping,
+            self.started,
+        ) {
+            (true, Some(t)) => t.elapsed(),
+            _ => Duration::ZERO,
+        };
+        BeanStatus {
+            id: self.id,
+            label: self.label.as_deref().map(str::to_owned),
+            core: self.core.to_string(),
+            state: self.state,
+            declares_readiness: self.declares_readiness,
+            restarts: self.restarts,
+            uptime,
+            uptime_secs: uptime.as_secs_f64(),
+            address: self.address,
+            last_error: self.last_error.clone(),
+        }
+    }
+
+    fn matches(&self, target: &Target) -> bool {
+        match target {
+            Target::All => true,
+            Target::Label(label) => self.label.as_deref() == Some(label.as_str()),
+            Target::Id(id) => self.id == *id,
+        }
+    }
+}
+
+/// What every bean's context shares.
+pub(crate) struct PodShared {
+    pub(crate) config: PodConfig,
+    pub(crate) slots: Mutex<Vec<Slot>>,
+    handlers: Mutex<HashMap<BeanId, Vec<(String, Handler)>>>,
+    /// The pod's stop handle: the root of every bean's.
+    pub(crate) stop: StopHandle,
+    /// Bumped after every change of a slot, for waiters.
+    changed: watch::Sender<u64>,
+    /// Wakes the driver when the pod's stop level rises.
+    pub(crate) wake: Notify,
+    /// Whether the `"stop"` signal went out.
+    stop_sent: AtomicBool,
+    pub(crate) commands: mpsc::UnboundedSender<Command>,
+}
+
+impl fmt::Debug for PodShared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PodShared")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PodShared {
+    pub(crate) fn new(
+        config: PodConfig,
+        slots: Vec<Slot>,
+        stop: StopHandle,
+        commands: mpsc::UnboundedSender<Command>,
+    ) -> Self {
+        Self {
+            config,
+            slots: Mutex::new(slots),
+            handlers: Mutex::new(HashMap::new()),
+            stop,
+            changed: watch::Sender::new(0),
+            wake: Notify::new(),
+            stop_sent: AtomicBool::new(false),
+            commands,
+        }
+    }
+
+    pub(crate) fn slots(&self) -> MutexGuard<'_, Vec<Slot>> {
+        self.slots.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn handlers(&self) -> MutexGuard<'_, HashMap<BeanId, Vec<(String, Handler)>>> {
+        self.handlers.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn add_handler(&self, id: BeanId, name: &str, handler: Handler) {
+        self.handlers()
+            .entry(id)
+            .or_default()
+            .push((name.to_owned(), handler));
+    }
+
+    pub(crate) fn clear_handlers(&self, id: BeanId) {
+        self.handlers().remove(&id);
+    }
+
+    pub(crate) fn status(&self) -> Vec<BeanStatus> {
+        self.slots().iter().map(Slot::status).collect()
+    }
+
+    pub(crate) fn bean(&self, id: BeanId) -> Option<BeanStatus> {
+        let slots = self.slots();
+        index(id).and_then(|i| slots.get(i)).map(Slot::status)
+    }
+
+    /// Changes bean `id` (slots are stored in id order, id 1 first) and tells the waiters.
+    pub(crate) fn update<T>(&self, id: BeanId, f: impl FnOnce(&mut Slot) -> T) -> Option<T> {
+        let out = {
+            let mut slots = self.slots();
+            index(id).and_then(|i| slots.get_mut(i)).map(f)
+        };
+        self.changed.send_modify(|n| *n = n.wrapping_add(1));
+        out
+    }
+
+    /// Changes every bean and tells the waiters.
+    pub(crate) fn update_all(&self, mut f: impl FnMut(&mut Slot)) {
+        self.slots().iter_mut().for_each(&mut f);
+        self.changed.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Waits until `check` over the slots gives an answer.
+    pub(crate) async fn wait_until<T>(&self, mut check: impl FnMut(&[Slot]) -> Option<T>) -> T {
+        let mut changed = self.changed.subscribe();
+        loop {
+            if let Some(answer) = check(&self.slots()) {
+                return answer;
+            }
+            // The sender lives as long as `self`: this cannot fail while we wait.
+            let _ = changed.changed().await;
+        }
+    }
+
+    /// The ids of the beans `target` names.
+    pub(crate) fn ids(&self, target: &Target) -> Vec<BeanId> {
+        self.slots()
+            .iter()
+            .filter(|s| s.matches(target))
+            .map(|s| s.id)
+            .collect()
+    }
+
+    /// Calls the handlers of `name` registered by the beans `target` names; returns how many
+    /// handlers ran. A panicking handler is logged and does not stop the others.
+    pub(crate) fn dispatch(&self, target: &Target, event: &SignalEvent) -> usize {
+        let ids = self.ids(target);
+        let handlers: Vec<(BeanId, Handler)> = {
+            let all = self.handlers();
+            ids.iter()
+                .flat_map(|id| {
+                    all.get(id)
+                        .into_iter()
+                        .flatten()
+                        .filter(|(n, _)| *n == event.name)
+                        .map(|(_, h)| (*id, Arc::clone(h)))
+                })
+                .collect()
+        };
+        for (id, handler) in &handlers {
+            let call = std::panic::AssertUnwindSafe(|| handler(event));
+            if let Err(payload) = std::panic::catch_unwind(call) {
+                tracing::error!(
+                    bean = %id,
+                    signal = %event.name,
+                    error = %engine_core::StageError::from_panic(payload),
+                    "a signal handler panicked"
+                );
+            }
+        }
+        handlers.len()
+    }
+
+    /// Sends the pod's `"stop"` signal to every bean, once.
+    pub(crate) fn send_stop_signal(&self) {
+        if self.stop_sent.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        tracing::info!("stopping the pod");
+        let event = SignalEvent {
+            name: "stop".to_owned(),
+            from: None,
+            payload: serde_json::Value::Null,
+        };
+        self.dispatch(&Target::All, &event);
+    }
+
+    /// Marks run `run_no` of bean `id` ready (and listening on `address`, if given).
+    pub(crate) fn mark_ready(&self, id: BeanId, run_no: u64, address: Option<SocketAddr>) {
+        self.update(id, |s| {
+            if s.run_no != run_no {
+                return;
+            }
+            if address.is_some() {
+                s.address = address;
+            }
+            if s.state.is_up() {
+                s.state = BeanState::Ready;
+            }
+        });
+    }
+
+    /// Asks bean `id` to stop for good: its own stop handle, not the pod's.
+    pub(crate) fn stop_bean(&self, id: BeanId) -> Result<(), ControlError> {
+        let stop = self
+            .update(id, |s| {
+                if s.state.is_final() {
+                    return Err(ControlError::NotRunning { id, state: s.state });
+                }
+                s.restart_requested = false;
+                if s.state != BeanState::Pending {
+                    s.state = BeanState::Stopping;
+                }
+                Ok(s.stop.clone())
+            })
+            .unwrap_or(Err(ControlError::NoSuchBean(id)))?;
+        // Outside the lock: the handle's callbacks may look at the pod.
+        stop.stop();
+        Ok(())
+    }
+
+    /// Ends the current run of bean `id` and starts it again at once; a bean that ended for
+    /// good is started again by the driver.
+    pub(crate) fn restart_bean(&self, id: BeanId) -> Result<(), ControlError> {
+        if self.stop.is_stopping() {
+            return Err(ControlError::PodStopping);
+        }
+        let run = self
+            .update(id, |s| {
+                if s.stop.is_stopping() && !s.state.is_final() {
+                    return Err(ControlError::NotRunning { id, state: s.state });
+                }
+                if s.state.is_final() {
+                    return Ok(None);
+                }
+                s.restart_requested = true;
+                Ok(Some(s.run.clone()))
+            })
+            .unwrap_or(Err(ControlError::NoSuchBean(id)))?;
+        match run {
+            // Outside the lock: the handle's callbacks may look at the pod.
+            Some(Some(run)) => {
+                run.stop();
+            }
+            // Not started yet, or waiting for its restart: it starts soon anyway.
+            Some(None) => {}
+            // The driver lives as long as a bean does; a pod that ended has no one to start.
+            None => self
+                .commands
+                .send(Command::Respawn(id))
+                .map_err(|_| ControlError::PodStopping)?,
+        }
+        Ok(())
+    }
+}
+
+/// The position of bean `id` in the slots.
+pub(crate) fn index(id: BeanId) -> Option<usize> {
+    usize::try_from(id.0).ok()?.checked_sub(1)
+}
