@@ -47,7 +47,11 @@ impl Transport for WordCount {
         if line.contains("poison") {
             return Err(StageError::msg(format!("line {n} is poisoned")));
         }
-        Ok(Some((n, line.split_whitespace().count(), std::process::id())))
+        Ok(Some((
+            n,
+            line.split_whitespace().count(),
+            std::process::id(),
+        )))
     }
 }
 
@@ -94,8 +98,12 @@ fn main() -> anyhow::Result<()> {
     // On threads.
     let (threads, on_threads, main_only) = run(WordCount, &lines)?;
     // In 4 worker processes: the one line that changes.
-    let (placed, in_processes, workers) =
-        run(ProcTransport::new(WordCount).workers(4).config::<Settings>(), &lines)?;
+    let (placed, in_processes, workers) = run(
+        ProcTransport::new(WordCount)
+            .workers(4)
+            .config::<Settings>(),
+        &lines,
+    )?;
 
     println!("{placed}");
     ensure!(on_threads == in_processes, "the outputs differ");
@@ -104,7 +112,10 @@ fn main() -> anyhow::Result<()> {
             threads.stage_of_kind(kind).context("a stage")?.counts,
             placed.stage_of_kind(kind).context("a stage")?.counts,
         );
-        ensure!(a == b, "{kind} counts differ: {a:?} on threads, {b:?} placed");
+        ensure!(
+            a == b,
+            "{kind} counts differ: {a:?} on threads, {b:?} placed"
+        );
     }
     ensure!(
         main_only == BTreeSet::from([std::process::id()]),

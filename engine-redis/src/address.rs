@@ -46,9 +46,9 @@ pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
 ///   [`SinkOptions`](crate::SinkOptions) and [`SourceOptions`](crate::SourceOptions).
 /// - `partitions=<P>` (at most 1024): a keyed stream of `P` partition streams,
 ///   `<stream>:p0`.. (see [`StreamSink::keyed`](crate::StreamSink::keyed) and
-///   `KeyedSource`); `lease_ms=<ms>`: how long a keyed source's lease
+///   [`KeyedSource`](crate::KeyedSource)); `lease_ms=<ms>`: how long a keyed source's lease
 ///   on a partition lasts without renewal (default
-///   `DEFAULT_LEASE`).
+///   [`DEFAULT_LEASE`](crate::DEFAULT_LEASE)).
 ///
 /// Unknown keys are an error, so that a misspelt option is not silently ignored.
 ///

@@ -143,6 +143,34 @@ pub struct Appended {
     pub duplicates: usize,
 }
 
+/// One heartbeat of a keyed consumer: what [`Broker::beat`] sends.
+#[derive(Debug, Clone, Copy)]
+pub struct Beat<'a> {
+    /// The set of live consumers of the group.
+    pub members: &'a str,
+    /// The lease key of each partition, in partition order.
+    pub leases: &'a [String],
+    /// This consumer.
+    pub consumer: &'a str,
+    /// How long a lease, and this consumer's membership, last without another beat.
+    pub ttl: Duration,
+    /// Partitions whose leases this consumer gives up (if it holds them), first.
+    pub release: &'a [u32],
+    /// Whether the consumer leaves: gives up every lease and its membership, and takes none.
+    pub leave: bool,
+}
+
+/// What a [`Broker::beat`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Leases {
+    /// How many consumers of the group are live (this one included).
+    pub live: u32,
+    /// The fair share: `ceil(partitions / live)`.
+    pub fair: u32,
+    /// The partitions this consumer holds after the beat, renewed or newly taken.
+    pub held: Vec<u32>,
+}
+
 /// What the stream stages need from a broker: append, read through a consumer group,
 /// acknowledge, reclaim what dead consumers left, and dead-letter.
 ///
@@ -221,6 +249,32 @@ pub trait Broker: Send {
         count: usize,
         block: Duration,
     ) -> Result<Vec<Delivery>>;
+
+    /// Reads up to `count` new entries from each of `streams` in one request, waiting up to
+    /// `block` for the first, and returns them with the index of their stream. The entries
+    /// become pending for `consumer` until settled.
+    ///
+    /// # Errors
+    ///
+    /// A connection or server error, or a reply that is not a list of entries.
+    fn read_streams(
+        &mut self,
+        streams: &[&str],
+        group: &str,
+        consumer: &str,
+        count: usize,
+        block: Duration,
+    ) -> Result<Vec<(usize, Vec<Delivery>)>>;
+
+    /// One heartbeat of a keyed consumer, as one atomic step: gives up the leases of
+    /// [`Beat::release`], renews this consumer's membership and the leases it holds, counts
+    /// the live consumers, and takes free leases up to the fair share. With
+    /// [`Beat::leave`], gives up everything instead.
+    ///
+    /// # Errors
+    ///
+    /// A connection or server error, or a reply that cannot be read.
+    fn beat(&mut self, beat: &Beat<'_>) -> Result<Leases>;
 
     /// Settles entries: acknowledges and deletes the `finished` ones, so that the stream's
     /// length counts only unfinished entries, and records the error of each `failed` one

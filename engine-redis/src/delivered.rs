@@ -59,7 +59,7 @@ impl fmt::Display for ItemId {
 
 /// An item with the stable id of the stream entry it came from, as handed out by a source
 /// made with [`StreamSource::with_ids`](crate::StreamSource::with_ids) (or
-/// `KeyedSource::with_ids`).
+/// [`KeyedSource::with_ids`](crate::KeyedSource::with_ids)).
 ///
 /// Stage code reads [`id`](Self::id) to deduplicate its own side effects; a
 /// [`DedupSink`](crate::DedupSink) takes `Delivered` items and appends each id at most once
@@ -118,7 +118,7 @@ pub trait EntryTicket {
 
 /// A source whose items carry their stable ids: `Delivered<T>` instead of `T`. Made by
 /// [`StreamSource::with_ids`](crate::StreamSource::with_ids) and
-/// `KeyedSource::with_ids`; acknowledgement, healing and
+/// [`KeyedSource::with_ids`](crate::KeyedSource::with_ids); acknowledgement, healing and
 /// dead letters are the inner source's.
 #[derive(Debug)]
 pub struct WithIds<F>(F);

@@ -88,6 +88,8 @@ mod dead_letters;
 mod dedup;
 mod delivered;
 mod error;
+mod keyed_source;
+mod lease;
 mod partition;
 mod redis_broker;
 mod retry;
@@ -100,13 +102,15 @@ pub use address::{
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_GROUP, DEFAULT_PORT, DEFAULT_RESPONSE_TIMEOUT, StreamAddress,
 };
 pub use broker::{
-    Appended, Batch, Broker, Claimed, Connector, DeadLetter, Delivery, EntryId, ParseEntryIdError,
-    Pending,
+    Appended, Batch, Beat, Broker, Claimed, Connector, DeadLetter, Delivery, EntryId, Leases,
+    ParseEntryIdError, Pending,
 };
 pub use dead_letters::{DeadEntry, DeadLetters, Replayed};
 pub use dedup::{DEFAULT_DEDUP_WINDOW, DedupSink};
 pub use delivered::{Delivered, EntryTicket, ItemId, WithIds};
 pub use error::{Error, Result};
+pub use keyed_source::{KeyedSource, KeyedTicket};
+pub use lease::{DEFAULT_LEASE, Ownership};
 pub use partition::{partition_of, partition_stream};
 pub use redis_broker::{PAYLOAD_FIELD, RedisBroker, VERSION_FIELD};
 pub use sink::{DEFAULT_BOUND, DEFAULT_RETRY_FOR, SinkOptions, StreamSink};

@@ -6,7 +6,7 @@
 //! byte for byte, so every producer, on any machine and in any version, sends a key to the
 //! same partition. Consumers of a group share the partitions through leases
 //! (`<stream>:p<i>:lease:<group>`) and a member set (`<stream>:members:<group>`); see
-//! `KeyedSource`.
+//! [`KeyedSource`](crate::KeyedSource).
 
 /// The partition of the key `key` among `partitions` (at least 1).
 ///
@@ -33,6 +33,17 @@ pub fn partition_of(key: &[u8], partitions: u32) -> u32 {
 /// ```
 pub fn partition_stream(stream: &str, index: u32) -> String {
     format!("{stream}:p{index}")
+}
+
+/// The key holding the lease of partition `index` of `stream` for `group`.
+pub(crate) fn lease_key(stream: &str, index: u32, group: &str) -> String {
+    format!("{stream}:p{index}:lease:{group}")
+}
+
+/// The sorted set of the live consumers of `group` on the keyed stream `stream`, each scored
+/// with the server time (ms) at which it is presumed dead unless it beats again.
+pub(crate) fn members_key(stream: &str, group: &str) -> String {
+    format!("{stream}:members:{group}")
 }
 
 /// The key recording the partition count of a keyed stream, set by the first producer or

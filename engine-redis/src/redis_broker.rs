@@ -10,7 +10,8 @@ use redis::{Connection, ErrorKind, RedisError, ServerErrorKind, Value};
 
 use crate::address::StreamAddress;
 use crate::broker::{
-    Appended, Batch, Broker, Claimed, Connector, DeadLetter, Delivery, EntryId, Pending,
+    Appended, Batch, Beat, Broker, Claimed, Connector, DeadLetter, Delivery, EntryId, Leases,
+    Pending,
 };
 use crate::error::{Error, Result};
 
@@ -66,6 +67,56 @@ end
 out[#KEYS + 1] = skipped
 return out
 ";
+
+/// One heartbeat of a keyed consumer: `KEYS[1]` is the member set, the other keys the
+/// partitions' leases; `ARGV[1]` the consumer, `ARGV[2]` the lease time in ms, `ARGV[3]` 1 to
+/// leave, the other arguments the partitions to give up. Members are scored with the server
+/// time at which they are presumed dead. Returns `live, fair, held partitions...`.
+const BEAT: &str = r"
+local me = ARGV[1]
+local ttl = tonumber(ARGV[2])
+for i = 4, #ARGV do
+  local key = KEYS[tonumber(ARGV[i]) + 2]
+  if key and redis.call('GET', key) == me then redis.call('DEL', key) end
+end
+if ARGV[3] == '1' then
+  redis.call('ZREM', KEYS[1], me)
+  for k = 2, #KEYS do
+    if redis.call('GET', KEYS[k]) == me then redis.call('DEL', KEYS[k]) end
+  end
+  return {0, 0}
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', KEYS[1], now + ttl, me)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+redis.call('PEXPIRE', KEYS[1], ttl * 10)
+local live = redis.call('ZCARD', KEYS[1])
+local partitions = #KEYS - 1
+local fair = math.ceil(partitions / live)
+local held = {}
+local free = {}
+for k = 2, #KEYS do
+  local owner = redis.call('GET', KEYS[k])
+  if owner == me then
+    redis.call('PEXPIRE', KEYS[k], ttl)
+    held[#held + 1] = k - 2
+  elseif not owner then
+    free[#free + 1] = k - 2
+  end
+end
+for _, i in ipairs(free) do
+  if #held >= fair then break end
+  redis.call('SET', KEYS[i + 2], me, 'PX', ttl)
+  held[#held + 1] = i
+end
+local out = {live, fair}
+for _, i in ipairs(held) do out[#out + 1] = i end
+return out
+";
+
+/// The heartbeat script, hashed once per process.
+static BEAT_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(BEAT));
 
 /// Removes the consumers of a group that have nothing pending and have not been seen for a
 /// while, atomically (a consumer cannot read between the check and the removal, so no
@@ -566,6 +617,67 @@ impl Broker for RedisBroker {
         parse_read(reply).map_err(|reason| self.unexpected("XREADGROUP", reason))
     }
 
+    fn read_streams(
+        &mut self,
+        streams: &[&str],
+        group: &str,
+        consumer: &str,
+        count: usize,
+        block: Duration,
+    ) -> Result<Vec<(usize, Vec<Delivery>)>> {
+        if streams.is_empty() {
+            return Ok(Vec::new());
+        }
+        let timeout = block + self.response_timeout;
+        let block_ms = u64::try_from(block.as_millis()).unwrap_or(u64::MAX).max(1);
+        let reply: Value = self.run("XREADGROUP", timeout, |conn| {
+            let mut cmd = redis::cmd("XREADGROUP");
+            cmd.arg("GROUP")
+                .arg(group)
+                .arg(consumer)
+                .arg("COUNT")
+                .arg(count.max(1))
+                .arg("BLOCK")
+                .arg(block_ms)
+                .arg("STREAMS")
+                .arg(streams);
+            for _ in streams {
+                cmd.arg(">");
+            }
+            cmd.query(conn)
+        })?;
+        parse_read_streams(reply, streams).map_err(|reason| self.unexpected("XREADGROUP", reason))
+    }
+
+    fn beat(&mut self, beat: &Beat<'_>) -> Result<Leases> {
+        let timeout = self.response_timeout;
+        let mut invocation = BEAT_SCRIPT.key(beat.members);
+        for lease in beat.leases {
+            invocation.key(lease.as_str());
+        }
+        let ttl_ms = u64::try_from(beat.ttl.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        invocation
+            .arg(beat.consumer)
+            .arg(ttl_ms)
+            .arg(u8::from(beat.leave));
+        for partition in beat.release {
+            invocation.arg(*partition);
+        }
+        let reply: Vec<i64> =
+            self.run("EVALSHA (beat)", timeout, |conn| invocation.invoke(conn))?;
+        let numbers: Option<Vec<u32>> = reply.iter().map(|n| u32::try_from(*n).ok()).collect();
+        match numbers.as_deref() {
+            Some([live, fair, held @ ..]) => Ok(Leases {
+                live: *live,
+                fair: *fair,
+                held: held.to_vec(),
+            }),
+            _ => Err(self.unexpected("EVALSHA (beat)", format!("{reply:?}"))),
+        }
+    }
+
     fn settle(
         &mut self,
         stream: &str,
@@ -804,6 +916,46 @@ fn parse_read(reply: Value) -> Parsed<Vec<Delivery>> {
             let mut out = Vec::new();
             for (_, entries) in streams {
                 out.extend(parse_entries(entries, 1)?);
+            }
+            Ok(out)
+        }
+        other => Err(format!("expected a list of streams, got {}", kind(&other))),
+    }
+}
+
+/// Reads the reply of `XREADGROUP` on several streams, with the index of each stream among
+/// `names`.
+fn parse_read_streams(reply: Value, names: &[&str]) -> Parsed<Vec<(usize, Vec<Delivery>)>> {
+    let index = |name: &Value| -> Parsed<usize> {
+        let name = match name {
+            Value::BulkString(bytes) => bytes.as_slice(),
+            Value::SimpleString(text) => text.as_bytes(),
+            _ => return Err("a stream name is not a string".to_owned()),
+        };
+        names
+            .iter()
+            .position(|n| n.as_bytes() == name)
+            .ok_or_else(|| "a stream that was not asked for".to_owned())
+    };
+    match reply {
+        Value::Nil => Ok(Vec::new()),
+        Value::Array(streams) => {
+            let mut out = Vec::new();
+            for stream in streams {
+                let Value::Array(pair) = stream else {
+                    return Err("a stream is not a [name, entries] pair".to_owned());
+                };
+                let mut pair = pair.into_iter();
+                let name = pair.next().ok_or("a stream has no name")?;
+                let entries = pair.next().ok_or("a stream has no entries")?;
+                out.push((index(&name)?, parse_entries(entries, 1)?));
+            }
+            Ok(out)
+        }
+        Value::Map(streams) => {
+            let mut out = Vec::new();
+            for (name, entries) in streams {
+                out.push((index(&name)?, parse_entries(entries, 1)?));
             }
             Ok(out)
         }

@@ -110,7 +110,7 @@ type KeyHash<T> = Arc<dyn Fn(&T) -> u32 + Send + Sync>;
 /// **Keyed.** With [`keyed`](Self::keyed) (or `partitions=<P>` in the address, which keys
 /// each item by its whole encoding), the sink hashes each item's key to one of `P` partition
 /// streams, `<stream>:p0` to `<stream>:p<P-1>` ([`partition_of`](crate::partition_of)), so
-/// that a `KeyedSource` can keep each key's items in order. Items of
+/// that a [`KeyedSource`](crate::KeyedSource) can keep each key's items in order. Items of
 /// one key are appended in the order this sink receives them: keep that order with one
 /// backend thread (or the engine's ordered mode). The bound holds per partition stream. The
 /// partition count is recorded on the server at the first setup; a sink or source given
@@ -190,7 +190,7 @@ impl<T, C: Connector> StreamSink<T, C> {
     /// Writes to `partitions` partition streams (`<stream>:p<i>`; 0 is taken as 1), each
     /// item to the partition of its key: `xxh3_64(key(&item)) % partitions`
     /// ([`partition_of`](crate::partition_of)). Read them with a
-    /// `KeyedSource` of the same partition count.
+    /// [`KeyedSource`](crate::KeyedSource) of the same partition count.
     #[must_use]
     pub fn keyed<K, F>(mut self, partitions: u32, key: F) -> Self
     where

@@ -68,6 +68,7 @@ pub struct SourceOptions {
     retry_for: Duration,
     drain_timeout: Duration,
     remove_idle: Option<Duration>,
+    pub(crate) lease: Duration,
 }
 
 impl Default for SourceOptions {
@@ -81,6 +82,7 @@ impl Default for SourceOptions {
             retry_for: DEFAULT_RETRY_FOR,
             drain_timeout: Duration::from_secs(30),
             remove_idle: Some(DEFAULT_REMOVE_IDLE_CONSUMERS),
+            lease: crate::lease::DEFAULT_LEASE,
         }
     }
 }
@@ -172,6 +174,16 @@ impl SourceOptions {
         self
     }
 
+    /// How long a [`KeyedSource`](crate::KeyedSource)'s lease on a partition lasts without
+    /// renewal (default [`DEFAULT_LEASE`](crate::DEFAULT_LEASE); at least 10 ms; a plain
+    /// source has no leases). The lease is renewed every third of this; a consumer that dies
+    /// loses its partitions this long after its last renewal.
+    #[must_use]
+    pub fn lease(mut self, ttl: Duration) -> Self {
+        self.lease = ttl.max(Duration::from_millis(10));
+        self
+    }
+
     /// Never removes idle consumers from the group.
     #[must_use]
     pub fn keep_idle_consumers(mut self) -> Self {
@@ -182,6 +194,43 @@ impl SourceOptions {
     /// How long an idle consumer with nothing pending stays in the group, if it is removed.
     pub fn get_remove_idle(&self) -> Option<Duration> {
         self.remove_idle
+    }
+
+    pub(crate) fn get_batch(&self) -> usize {
+        self.batch
+    }
+
+    pub(crate) fn get_block(&self) -> Duration {
+        self.block
+    }
+
+    pub(crate) fn get_retry_for(&self) -> Duration {
+        self.retry_for
+    }
+
+    pub(crate) fn get_drain_timeout(&self) -> Duration {
+        self.drain_timeout
+    }
+
+    /// The options of `address`'s tuning keys, over the defaults.
+    pub(crate) fn from_address(address: &StreamAddress) -> Self {
+        let mut options = Self::new();
+        if let Some(n) = address.max_deliveries {
+            options = options.max_deliveries(n);
+        }
+        if let Some(idle) = address.claim_idle {
+            options = options.claim_idle(idle);
+        }
+        if let Some(block) = address.block {
+            options = options.block(block);
+        }
+        if let Some(idle) = address.remove_idle {
+            options = options.remove_consumers_idle_for(idle);
+        }
+        if let Some(lease) = address.lease {
+            options = options.lease(lease);
+        }
+        options
     }
 
     fn sweep_interval(&self) -> Duration {
@@ -394,6 +443,8 @@ pub struct StreamSource<T, C: Connector = StreamAddress> {
     options: SourceOptions,
     settlement: Settlement,
     running: Option<Running<C::Broker>>,
+    /// The partition count of the address, if it names a keyed stream.
+    keyed: Option<u32>,
     _items: PhantomData<fn() -> T>,
 }
 
@@ -422,20 +473,13 @@ struct Running<B> {
 impl<T> StreamSource<T, StreamAddress> {
     /// A source reading the stream of `address` through its group, with the address's
     /// tuning keys (`max_deliveries=`, `claim_idle_ms=`, `block_ms=`) if it has them.
+    ///
+    /// An address with `partitions=` names a keyed stream: read it with a
+    /// [`KeyedSource`](crate::KeyedSource); this source fails its setup with
+    /// [`Error::InvalidAddress`].
     pub fn new(address: StreamAddress) -> Self {
-        let mut options = SourceOptions::new();
-        if let Some(n) = address.max_deliveries {
-            options = options.max_deliveries(n);
-        }
-        if let Some(idle) = address.claim_idle {
-            options = options.claim_idle(idle);
-        }
-        if let Some(block) = address.block {
-            options = options.block(block);
-        }
-        if let Some(idle) = address.remove_idle {
-            options = options.remove_consumers_idle_for(idle);
-        }
+        let options = SourceOptions::from_address(&address);
+        let keyed = address.partitions;
         let (stream, group) = (address.stream().to_owned(), address.group().to_owned());
         let consumer = address.consumer().map(str::to_owned);
         let dead = address.dead_letter_stream();
@@ -443,6 +487,7 @@ impl<T> StreamSource<T, StreamAddress> {
             .options(options)
             .dead_letter_stream(dead);
         source.consumer = consumer;
+        source.keyed = keyed;
         source
     }
 }
@@ -464,6 +509,7 @@ impl<T, C: Connector> StreamSource<T, C> {
             options: SourceOptions::new(),
             settlement: Settlement::new(),
             running: None,
+            keyed: None,
             _items: PhantomData,
         }
     }
@@ -530,6 +576,14 @@ impl<T, C: Connector> StreamSource<T, C> {
 
     /// Connects, creates the group and starts the acknowledging thread.
     fn start(&mut self, ctx: &StageContext) -> Result<()> {
+        if let Some(partitions) = self.keyed {
+            return Err(Error::InvalidAddress {
+                address: self.stream.clone(),
+                reason: format!(
+                    "the stream is keyed (partitions={partitions}): read it with a KeyedSource"
+                ),
+            });
+        }
         let mut consumer = self.consumer.clone().unwrap_or_else(default_consumer);
         if ctx.instances() > 1 {
             consumer = format!("{consumer}-{}", ctx.index());
@@ -592,21 +646,7 @@ impl<T: DeserializeOwned, C: Connector> StreamSource<T, C> {
         delivery: Delivery,
         ctx: &StageContext,
     ) -> Result<Option<TrackedItem<Self>>, StageError> {
-        let expected = protocol::PROTOCOL_VERSION;
-        let decoded = match (&delivery.version, &delivery.payload) {
-            (Some(found), _) if found.trim() != expected.to_string() => Err(Error::OtherVersion {
-                stream: self.stream.clone(),
-                id: delivery.id.to_string(),
-                found: found.clone(),
-                expected,
-            }),
-            (_, None) => Err(self.bad_entry(
-                delivery.id,
-                format!("the entry has no `{}` field", crate::PAYLOAD_FIELD),
-            )),
-            (_, Some(bytes)) => protocol::from_bytes::<T>(bytes)
-                .map_err(|e| self.bad_entry(delivery.id, Chain(&e).to_string())),
-        };
+        let decoded = decode::<T>(&self.stream, &delivery);
         let running = self
             .running
             .as_mut()
@@ -637,14 +677,6 @@ impl<T: DeserializeOwned, C: Connector> StreamSource<T, C> {
                 self.bury(&[letter], ctx).map_err(fatal)?;
                 Err(StageError::new(error))
             }
-        }
-    }
-
-    fn bad_entry(&self, id: EntryId, reason: String) -> Error {
-        Error::BadEntry {
-            stream: self.stream.clone(),
-            id: id.to_string(),
-            reason,
         }
     }
 
@@ -1096,13 +1128,41 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// Decodes the item of an entry of `stream`, checking its protocol version.
+///
+/// An entry without a version field (written by hand, or by a build older than versioned
+/// entries) is taken for the current version: it is handed out if it decodes.
+pub(crate) fn decode<T: DeserializeOwned>(stream: &str, delivery: &Delivery) -> Result<T> {
+    let expected = protocol::PROTOCOL_VERSION;
+    let bad_entry = |reason: String| Error::BadEntry {
+        stream: stream.to_owned(),
+        id: delivery.id.to_string(),
+        reason,
+    };
+    match (&delivery.version, &delivery.payload) {
+        (Some(found), _) if found.trim() != expected.to_string() => Err(Error::OtherVersion {
+            stream: stream.to_owned(),
+            id: delivery.id.to_string(),
+            found: found.clone(),
+            expected,
+        }),
+        (_, None) => Err(bad_entry(format!(
+            "the entry has no `{}` field",
+            crate::PAYLOAD_FIELD
+        ))),
+        (_, Some(bytes)) => {
+            protocol::from_bytes::<T>(bytes).map_err(|e| bad_entry(Chain(&e).to_string()))
+        }
+    }
+}
+
 /// A source that cannot go on: the run should end rather than retry for ever.
-fn fatal(error: Error) -> StageError {
+pub(crate) fn fatal(error: Error) -> StageError {
     StageError::new(error).fatal()
 }
 
 /// A consumer name unique to this process: host, process id and start time.
-fn default_consumer() -> String {
+pub(crate) fn default_consumer() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .map(|host| host.trim().to_owned())

@@ -910,6 +910,7 @@ where
             break;
         }
         let started = Instant::now();
+        let blocked_before = stage.blocked();
         let seq = batch.seq;
         let mut items = batch.items.into_iter();
         let mut current: Option<K> = None;
@@ -941,7 +942,8 @@ where
             }
         };
         let took = started.elapsed();
-        *busy += took;
+        // Time spent waiting for room downstream is backpressure, not work.
+        *busy += took.saturating_sub(stage.blocked().saturating_sub(blocked_before));
         input.link.state().observe(len, took);
         let go_on = match end {
             BatchEnd::Done => stage.end_batch(seq, input.link.is_empty(), at, counts),

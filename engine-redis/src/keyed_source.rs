@@ -1,0 +1,706 @@
+//! The keyed source: reads the partitions of a keyed stream that this consumer holds leases
+//! on, so that each partition is read by one live consumer at a time, in order.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use engine_core::{Outcome, StageContext, StageError, Ticket, TrackedFrontend, TrackedItem};
+use serde::de::DeserializeOwned;
+
+use crate::address::StreamAddress;
+use crate::broker::{Broker, Connector, DeadLetter, Delivery, EntryId};
+use crate::delivered::{EntryTicket, ItemId, WithIds};
+use crate::error::{Chain, Error, Result};
+use crate::lease::{Keeper, Leave, OnOwnership, Ownership, Table};
+use crate::partition::partition_stream;
+use crate::retry::{Backoff, retrying};
+use crate::source::{Settlement, SourceOptions, decode, default_consumer, fatal};
+use crate::writer::check_partitions;
+
+/// What became of an entry of a keyed stream, for the acknowledging thread.
+#[derive(Debug)]
+struct Completion {
+    partition: u32,
+    id: EntryId,
+    /// `None` when finished; otherwise the error to record, if any.
+    unfinished: Option<Option<String>>,
+}
+
+/// The ticket of an item of a [`KeyedSource`]: acknowledges the entry in its partition
+/// stream once the item is [finished](Outcome::is_finished).
+#[derive(Debug)]
+pub struct KeyedTicket {
+    partition: u32,
+    id: EntryId,
+    stream: Arc<str>,
+    completions: Sender<Completion>,
+}
+
+impl KeyedTicket {
+    /// The partition the item came from.
+    pub fn partition(&self) -> u32 {
+        self.partition
+    }
+}
+
+impl EntryTicket for KeyedTicket {
+    fn item_id(&self) -> ItemId {
+        ItemId::new(Arc::clone(&self.stream), self.id)
+    }
+}
+
+impl Ticket for KeyedTicket {
+    fn complete(self, outcome: Outcome<'_>) {
+        let unfinished = if outcome.is_finished() {
+            None
+        } else if let Outcome::Failed { stage, error, .. } = outcome {
+            Some(Some(format!("{stage}: {error:#}")))
+        } else {
+            Some(None)
+        };
+        // If the source is gone the entry stays pending for the partition's next owner.
+        let _ = self.completions.send(Completion {
+            partition: self.partition,
+            id: self.id,
+            unfinished,
+        });
+    }
+}
+
+/// A [`TrackedFrontend`] that reads a keyed stream (written by a
+/// [keyed](crate::StreamSink::keyed) sink): its `P` partition streams `<stream>:p<i>`,
+/// shared by the consumers of a group so that each partition is read by exactly one live
+/// consumer at a time, and each key's items are handed out in the order they were written.
+///
+/// - **Leases.** A partition is owned through a lease on the server (the key
+///   `<stream>:p<i>:lease:<group>`, set with `PX`), which a keeper thread renews every third
+///   of the [lease time](SourceOptions::lease) in one script that also renews this
+///   consumer's membership (`<stream>:members:<group>`, scored with its expiry) and counts
+///   the live consumers. Entries of a partition are handed out only while its lease is
+///   surely held (90% of the lease time after the last renewal was sent).
+/// - **Fair shares.** Each consumer aims for `ceil(P / live consumers)` partitions: it takes
+///   free leases up to that share, and above it gives one partition up at a time, between
+///   batches: it reads no more from it, and releases the lease only once every entry it read
+///   from it is finished and acknowledged. So adding a consumer rebalances the partitions
+///   without processing any item twice.
+/// - **Takeover.** A consumer that dies loses its leases when they run out (the lease time
+///   after its last heartbeat); a survivor with room takes the partition and first claims
+///   every entry pending in it (`XAUTOCLAIM` from the start, in id order), delivering them
+///   again before any new entry. Items the dead consumer had processed but not acknowledged
+///   are processed again (at-least-once; a [`DedupSink`](crate::DedupSink) removes the
+///   repeats).
+/// - **Order.** Within a partition, entries are handed out in stream order. The engine must
+///   keep that order up to the last stage: with several transport threads, build it with
+///   `ordered(true)` (`engine_threads::EngineBuilder::ordered`, one backend thread), or use
+///   one transport thread. A keyed source never hands out a partition's entries while
+///   another consumer may: a pipeline that holds an item for longer than the lease time
+///   while the server is unreachable is the one case where two owners can overlap.
+/// - **Acknowledgement and dead letters** are as for a [`StreamSource`](crate::StreamSource):
+///   entries are acknowledged and deleted once finished; an entry delivered more than
+///   [`max_deliveries`](SourceOptions::max_deliveries) times, of another protocol version, or
+///   that does not decode, goes to the partition's dead-letter stream,
+///   `<stream>:p<i>:dead` (so `engine dlq ... redis://host/<stream>:p<i>` reads it). There is
+///   no idle sweep: the owner of a partition claims its pending entries when it takes it.
+///
+/// [`on_ownership`](Self::on_ownership) reports each partition taken, given up or lost.
+///
+/// # Examples
+///
+/// ```no_run
+/// use engine_redis::{KeyedSource, StreamAddress};
+/// use engine_threads::Engine;
+///
+/// let address = StreamAddress::parse("redis://127.0.0.1:6379/payments?partitions=8")?;
+/// let source = KeyedSource::<(String, u64)>::new(address);
+/// let engine = Engine::builder(source)
+///     .transport(|(account, amount): (String, u64)| format!("{account}: {amount}"))
+///     .transport_threads(4)
+///     .ordered(true) // Each account's payments reach the backend in order.
+///     .backend(|line: String| println!("{line}"))
+///     .build()?;
+/// let _signals = engine_core::install_signal_handler(engine.stop_handle())?;
+/// engine.run()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct KeyedSource<T, C: Connector = StreamAddress> {
+    connector: C,
+    stream: String,
+    group: String,
+    partitions: Option<u32>,
+    consumer: Option<String>,
+    options: SourceOptions,
+    settlement: Settlement,
+    on_ownership: Option<OnOwnership>,
+    running: Option<Running<C::Broker>>,
+    _items: PhantomData<fn() -> T>,
+}
+
+/// A started keyed source.
+struct Running<B> {
+    broker: B,
+    consumer: String,
+    /// The partition streams, and their names shared with the tickets.
+    streams: Vec<String>,
+    names: Vec<Arc<str>>,
+    dead: Vec<String>,
+    table: Arc<Table>,
+    buffer: VecDeque<(u32, Delivery)>,
+    completions: Sender<Completion>,
+    acker: Option<JoinHandle<()>>,
+    keeper: Option<(Sender<Leave>, JoinHandle<()>)>,
+    read_backoff: Option<Backoff>,
+}
+
+impl<T> KeyedSource<T, StreamAddress> {
+    /// A source reading the keyed stream of `address` (its `partitions=` partitions) through
+    /// its group, with the address's tuning keys (`lease_ms=`, `max_deliveries=`,
+    /// `block_ms=`). Without `partitions=` (or [`partitions`](Self::partitions)), the setup
+    /// fails with [`Error::InvalidAddress`].
+    pub fn new(address: StreamAddress) -> Self {
+        let options = SourceOptions::from_address(&address);
+        let (stream, group) = (address.stream().to_owned(), address.group().to_owned());
+        let consumer = address.consumer().map(str::to_owned);
+        let partitions = address.partitions;
+        let mut source = Self::with_connector(address, stream, group).options(options);
+        source.partitions = partitions;
+        source.consumer = consumer;
+        source
+    }
+}
+
+impl<T, C: Connector> KeyedSource<T, C> {
+    /// A source reading the keyed stream `stream` through `group` on the broker `connector`
+    /// connects to; give the partition count with [`partitions`](Self::partitions).
+    pub fn with_connector(
+        connector: C,
+        stream: impl Into<String>,
+        group: impl Into<String>,
+    ) -> Self {
+        Self {
+            connector,
+            stream: stream.into(),
+            group: group.into(),
+            partitions: None,
+            consumer: None,
+            options: SourceOptions::new(),
+            settlement: Settlement::new(),
+            on_ownership: None,
+            running: None,
+            _items: PhantomData,
+        }
+    }
+
+    /// The stream's partition count (0 is taken as 1); it must be the producers'.
+    #[must_use]
+    pub fn partitions(mut self, partitions: u32) -> Self {
+        self.partitions = Some(partitions.max(1));
+        self
+    }
+
+    /// Replaces the options.
+    #[must_use]
+    pub fn options(mut self, options: SourceOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// Reads as the consumer `name` (default: from the host, the process id and the start
+    /// time). With several frontend threads, `-<thread>` is appended: each thread is a
+    /// consumer with a share of its own.
+    #[must_use]
+    pub fn consumer(mut self, name: impl Into<String>) -> Self {
+        self.consumer = Some(name.into());
+        self
+    }
+
+    /// Counts this source's items in `settlement`, shared with other sources.
+    #[must_use]
+    pub fn with_settlement(mut self, settlement: &Settlement) -> Self {
+        self.settlement = settlement.clone();
+        self
+    }
+
+    /// The settlement of this source's items.
+    pub fn settlement(&self) -> Settlement {
+        self.settlement.clone()
+    }
+
+    /// Calls `f` (on the keeper thread) each time this consumer takes, gives up or loses a
+    /// partition: to log ownership, or check it.
+    #[must_use]
+    pub fn on_ownership(mut self, f: impl Fn(&Ownership) + Send + Sync + 'static) -> Self {
+        self.on_ownership = Some(Arc::new(f));
+        self
+    }
+
+    /// Hands out each item with its stable id (its partition stream and entry id), as for
+    /// [`StreamSource::with_ids`](crate::StreamSource::with_ids).
+    pub fn with_ids(self) -> WithIds<Self> {
+        WithIds::new(self)
+    }
+
+    /// Connects, creates the group on every partition, and starts the acknowledging and
+    /// keeper threads.
+    fn start(&mut self, ctx: &StageContext) -> Result<()> {
+        let Some(partitions) = self.partitions else {
+            return Err(Error::InvalidAddress {
+                address: self.stream.clone(),
+                reason: "a keyed source needs the partition count (partitions=<P>)".to_owned(),
+            });
+        };
+        let mut consumer = self.consumer.clone().unwrap_or_else(default_consumer);
+        if ctx.instances() > 1 {
+            consumer = format!("{consumer}-{}", ctx.index());
+        }
+        let mut broker = self.connector.connect()?;
+        check_partitions(&mut broker, &self.stream, partitions)?;
+        let streams: Vec<String> = (0..partitions)
+            .map(|i| partition_stream(&self.stream, i))
+            .collect();
+        for stream in &streams {
+            broker.create_group(stream, &self.group)?;
+        }
+        let table = Arc::new(Table::new(partitions));
+        let (completions, rx) = crossbeam_channel::unbounded();
+        let acker = Acker {
+            broker: self.connector.connect()?,
+            streams: streams.clone(),
+            group: self.group.clone(),
+            completions: rx,
+            table: Arc::clone(&table),
+            settlement: self.settlement.clone(),
+            retry_for: self.options.get_retry_for(),
+        };
+        let (stop, stopped) = crossbeam_channel::bounded(1);
+        let keeper = Keeper::parts(
+            self.connector.connect()?,
+            &self.stream,
+            &self.group,
+            consumer.clone(),
+        )
+        .finish(
+            partitions,
+            self.options.lease,
+            Arc::clone(&table),
+            stopped,
+            self.on_ownership.clone(),
+        );
+        let spawn_error = |source: std::io::Error| Error::Unreachable {
+            server: broker.server().to_owned(),
+            source: Box::new(source),
+        };
+        let acker = std::thread::Builder::new()
+            .name(format!("{}-acks", ctx.stage()))
+            .spawn(move || acker.run())
+            .map_err(spawn_error)?;
+        let keeper = std::thread::Builder::new()
+            .name(format!("{}-leases", ctx.stage()))
+            .spawn(move || keeper.run())
+            .map_err(spawn_error)?;
+        tracing::debug!(stream = %self.stream, group = %self.group, consumer = %consumer, partitions, "reading the keyed stream");
+        self.running = Some(Running {
+            broker,
+            consumer,
+            names: streams.iter().map(|s| Arc::from(s.as_str())).collect(),
+            dead: streams.iter().map(|s| format!("{s}:dead")).collect(),
+            streams,
+            table,
+            buffer: VecDeque::new(),
+            completions,
+            acker: Some(acker),
+            keeper: Some((stop, keeper)),
+            read_backoff: None,
+        });
+        Ok(())
+    }
+}
+
+/// What the frontend does next.
+enum Next {
+    /// Claim the pending entries of a newly taken partition.
+    TakeOver(u32),
+    /// Read new entries from these partitions.
+    Read(Vec<u32>),
+    /// Nothing to read: wait for the keeper.
+    Wait,
+}
+
+impl<T: DeserializeOwned, C: Connector> KeyedSource<T, C> {
+    fn running(&mut self) -> &mut Running<C::Broker> {
+        self.running.as_mut().expect("the source is started")
+    }
+
+    /// Chooses what to do, from the table.
+    fn next(&mut self) -> Next {
+        let running = self.running();
+        let now = Instant::now();
+        let slots = running.table.lock();
+        let mut read = Vec::new();
+        for (i, slot) in slots.iter().enumerate() {
+            let partition = u32::try_from(i).expect("few partitions");
+            if !slot.owned(now) {
+                continue;
+            }
+            if slot.fresh {
+                // Only once nothing of ours is outstanding there: what is pending is then
+                // exactly what nobody is working on.
+                if slot.outstanding == 0 {
+                    return Next::TakeOver(partition);
+                }
+            } else if !slot.releasing {
+                read.push(partition);
+            }
+        }
+        if read.is_empty() {
+            Next::Wait
+        } else {
+            Next::Read(read)
+        }
+    }
+
+    /// Claims every entry pending in `partition`, in id order, and queues them first.
+    fn take_over(&mut self, partition: u32, ctx: &StageContext) -> Result<()> {
+        let (retry_for, count, limit) = (
+            self.options.get_retry_for(),
+            self.options.get_batch(),
+            self.options.get_max_deliveries(),
+        );
+        let group = self.group.clone();
+        let running = self.running();
+        let stream = running.streams[partition as usize].clone();
+        let mut from = EntryId::ZERO;
+        let mut claimed = Vec::new();
+        loop {
+            let (broker, consumer) = (&mut running.broker, &running.consumer);
+            let pass = retrying("claiming a partition", retry_for, Some(ctx.stop()), || {
+                broker.claim(&stream, &group, consumer, Duration::ZERO, from, count)
+            })?;
+            claimed.extend(pass.deliveries);
+            match pass.next {
+                Some(next) => from = next,
+                None => break,
+            }
+        }
+        let (dead, live): (Vec<_>, Vec<_>) = claimed
+            .into_iter()
+            .partition(|delivery| delivery.deliveries > limit);
+        if !live.is_empty() {
+            tracing::info!(stream = %stream, entries = live.len(), "took over the pending entries of a partition");
+        }
+        {
+            let mut slots = running.table.lock();
+            let slot = &mut slots[partition as usize];
+            slot.outstanding += live.len() as u64;
+            slot.fresh = false;
+        }
+        running
+            .buffer
+            .extend(live.into_iter().map(|delivery| (partition, delivery)));
+        let reasons: Vec<String> = dead
+            .iter()
+            .map(|d| {
+                format!(
+                    "delivered {} times (limit {limit}) without being finished",
+                    d.deliveries
+                )
+            })
+            .collect();
+        let letters: Vec<DeadLetter<'_>> = dead
+            .iter()
+            .zip(&reasons)
+            .map(|(delivery, reason)| DeadLetter {
+                id: delivery.id,
+                payload: delivery.payload.as_deref(),
+                version: delivery.version.as_deref(),
+                deliveries: delivery.deliveries,
+                reason,
+            })
+            .collect();
+        self.bury(partition, &letters, ctx)
+    }
+
+    /// Sends entries of `partition` to its dead-letter stream.
+    fn bury(
+        &mut self,
+        partition: u32,
+        letters: &[DeadLetter<'_>],
+        ctx: &StageContext,
+    ) -> Result<()> {
+        if letters.is_empty() {
+            return Ok(());
+        }
+        let (retry_for, group) = (self.options.get_retry_for(), self.group.clone());
+        let running = self.running();
+        let (stream, dead) = (
+            &running.streams[partition as usize],
+            &running.dead[partition as usize],
+        );
+        for letter in letters {
+            tracing::warn!(stream = %stream, id = %letter.id, reason = letter.reason, dead_letter_stream = %dead, "entry moved to the dead-letter stream");
+        }
+        let broker = &mut running.broker;
+        retrying("dead-lettering", retry_for, Some(ctx.stop()), || {
+            broker.dead_letter(stream, &group, dead, letters)
+        })
+    }
+
+    /// Reads new entries from `partitions`, in one request.
+    fn read(&mut self, partitions: &[u32], ctx: &StageContext) -> Result<(), StageError> {
+        let (count, block, retry_for) = (
+            self.options.get_batch(),
+            self.options.get_block(),
+            self.options.get_retry_for(),
+        );
+        let group = self.group.clone();
+        let running = self.running();
+        let streams: Vec<&str> = partitions
+            .iter()
+            .map(|p| running.streams[*p as usize].as_str())
+            .collect();
+        match running
+            .broker
+            .read_streams(&streams, &group, &running.consumer, count, block)
+        {
+            Ok(read) => {
+                if running.read_backoff.take().is_some() {
+                    tracing::info!(stream = %self.stream, "reading: the broker is back");
+                }
+                let running = self.running();
+                let mut slots = running.table.lock();
+                for (index, deliveries) in read {
+                    let partition = partitions[index];
+                    slots[partition as usize].outstanding += deliveries.len() as u64;
+                    running
+                        .buffer
+                        .extend(deliveries.into_iter().map(|d| (partition, d)));
+                }
+                Ok(())
+            }
+            Err(error) if error.is_retryable() => {
+                // The lost reply may have delivered entries: claim them again, once the
+                // pipeline holds nothing of these partitions.
+                {
+                    let mut slots = running.table.lock();
+                    for p in partitions {
+                        slots[*p as usize].fresh = true;
+                    }
+                }
+                let backoff = running.read_backoff.get_or_insert_with(|| {
+                    tracing::warn!(error = %Chain(&error), "reading: retrying");
+                    Backoff::new(retry_for)
+                });
+                match backoff.pause(error, Some(ctx.stop())) {
+                    Ok(()) | Err(Error::Aborted) => Ok(()),
+                    Err(error) => Err(fatal(error)),
+                }
+            }
+            Err(error) => Err(fatal(error)),
+        }
+    }
+
+    /// Hands one delivery out, or dead-letters it; `None` when its partition is no longer
+    /// owned (it stays pending for the next owner).
+    fn hand_out(
+        &mut self,
+        partition: u32,
+        delivery: Delivery,
+        ctx: &StageContext,
+    ) -> Result<Option<TrackedItem<Self>>, StageError> {
+        let running = self.running();
+        {
+            let mut slots = running.table.lock();
+            let slot = &mut slots[partition as usize];
+            if !slot.owned(Instant::now()) {
+                slot.outstanding = slot.outstanding.saturating_sub(1);
+                return Ok(None);
+            }
+        }
+        let stream = Arc::clone(&running.names[partition as usize]);
+        match decode::<T>(&stream, &delivery) {
+            Ok(item) => {
+                self.settlement.issue();
+                let running = self.running();
+                let ticket = KeyedTicket {
+                    partition,
+                    id: delivery.id,
+                    stream,
+                    completions: running.completions.clone(),
+                };
+                Ok(Some((ticket, item)))
+            }
+            Err(error) => {
+                let reason = match &error {
+                    Error::BadEntry { reason, .. } => reason.clone(),
+                    other => other.to_string(),
+                };
+                let letter = DeadLetter {
+                    id: delivery.id,
+                    payload: delivery.payload.as_deref(),
+                    version: delivery.version.as_deref(),
+                    deliveries: delivery.deliveries,
+                    reason: &reason,
+                };
+                self.bury(partition, &[letter], ctx).map_err(fatal)?;
+                self.running().table.settled(partition, 1);
+                Err(StageError::new(error))
+            }
+        }
+    }
+}
+
+impl<T: DeserializeOwned, C: Connector> TrackedFrontend for KeyedSource<T, C> {
+    type Item = T;
+    type Ticket = KeyedTicket;
+
+    fn setup(&mut self, ctx: &StageContext) -> Result<(), StageError> {
+        self.start(ctx)?;
+        Ok(())
+    }
+
+    fn produce(&mut self, ctx: &StageContext) -> Result<Option<TrackedItem<Self>>, StageError> {
+        if self.running.is_none() {
+            self.start(ctx)?;
+        }
+        loop {
+            if let Some((partition, delivery)) = self.running().buffer.pop_front() {
+                match self.hand_out(partition, delivery, ctx)? {
+                    Some(item) => return Ok(Some(item)),
+                    None => continue,
+                }
+            }
+            if ctx.is_stopping() {
+                return Ok(None);
+            }
+            match self.next() {
+                Next::TakeOver(partition) => match self.take_over(partition, ctx) {
+                    Err(Error::Aborted) => return Ok(None),
+                    other => other.map_err(fatal)?,
+                },
+                Next::Read(partitions) => self.read(&partitions, ctx)?,
+                Next::Wait => {
+                    let block = self.options.get_block();
+                    let running = self.running();
+                    let slots = running.table.lock();
+                    // Woken by the keeper (a partition taken) or the acknowledging thread (a
+                    // partition with nothing outstanding); the block time bounds a stop.
+                    let _ = running
+                        .table
+                        .changed
+                        .wait_timeout(slots, block)
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                }
+            }
+        }
+    }
+
+    fn stop_grace(&self) -> Duration {
+        self.options
+            .get_block()
+            .saturating_add(self.options.get_drain_timeout())
+    }
+
+    fn cleanup(&mut self, _ctx: &StageContext) {
+        let Some(mut running) = self.running.take() else {
+            return;
+        };
+        let settled = self.settlement.wait(self.options.get_drain_timeout());
+        drop(running.completions);
+        if let Some(acker) = running.acker.take()
+            && settled
+        {
+            let _ = acker.join();
+        }
+        if let Some((stop, keeper)) = running.keeper.take() {
+            let leave = if settled { Leave::Clean } else { Leave::Dirty };
+            if !settled {
+                tracing::warn!(stream = %self.stream, outstanding = self.settlement.outstanding(), "items still in the pipeline at cleanup; the leases are left to run out");
+            }
+            let _ = stop.send(leave);
+            let _ = keeper.join();
+        }
+    }
+}
+
+impl<T, C: Connector> fmt::Debug for KeyedSource<T, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyedSource")
+            .field("connector", &self.connector)
+            .field("stream", &self.stream)
+            .field("group", &self.group)
+            .field("partitions", &self.partitions)
+            .field("consumer", &self.consumer)
+            .field("options", &self.options)
+            .field("started", &self.running.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Settles the completions of a keyed source, per partition stream, on its own connection.
+struct Acker<B> {
+    broker: B,
+    streams: Vec<String>,
+    group: String,
+    completions: Receiver<Completion>,
+    table: Arc<Table>,
+    settlement: Settlement,
+    retry_for: Duration,
+}
+
+/// The most completions settled in one round.
+const MAX_SETTLE_BATCH: usize = 8192;
+
+impl<B: Broker> Acker<B> {
+    fn run(mut self) {
+        let partitions = self.streams.len();
+        let mut finished: Vec<Vec<EntryId>> = vec![Vec::new(); partitions];
+        let mut failed: Vec<Vec<(EntryId, String)>> = vec![Vec::new(); partitions];
+        let mut counts = vec![0_u64; partitions];
+        loop {
+            let first = match self.completions.recv_timeout(Duration::from_secs(3600)) {
+                Ok(first) => first,
+                Err(RecvTimeoutError::Timeout) => continue,
+                Err(RecvTimeoutError::Disconnected) => return,
+            };
+            let mut next = Some(first);
+            let mut n = 0;
+            while let Some(completion) = next {
+                let p = completion.partition as usize;
+                match completion.unfinished {
+                    None => finished[p].push(completion.id),
+                    Some(Some(reason)) => failed[p].push((completion.id, reason)),
+                    Some(None) => {}
+                }
+                counts[p] += 1;
+                n += 1;
+                next = if n < MAX_SETTLE_BATCH {
+                    self.completions.try_recv().ok()
+                } else {
+                    None
+                };
+            }
+            for p in 0..partitions {
+                if counts[p] == 0 {
+                    continue;
+                }
+                let (broker, stream, group) = (&mut self.broker, &self.streams[p], &self.group);
+                let (done, bad) = (&finished[p], &failed[p]);
+                if let Err(error) = retrying("acknowledging", self.retry_for, None, || {
+                    broker.settle(stream, group, done, bad)
+                }) {
+                    tracing::error!(stream = %stream, entries = done.len(), error = %Chain(&error), "cannot acknowledge entries; they will be delivered again");
+                }
+                finished[p].clear();
+                failed[p].clear();
+                self.table
+                    .settled(u32::try_from(p).expect("few partitions"), counts[p]);
+                counts[p] = 0;
+            }
+            self.settlement.settle(n as u64);
+        }
+    }
+}
