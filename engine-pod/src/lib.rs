@@ -1,10 +1,29 @@
 //! The bean pod: long-running components ("beans") on tokio, with ids and labels, a context
 //! to find each other, named signals, SIGINT/SIGTERM handling with a stop wait time, restart
-//! policies, a status view, a TOML config file, and a registry behind the `run` command line.
+//! policies, readiness, a status and control API (`engine pod ctl`), an HTTP app adapter, a
+//! TOML config file, and a registry behind the `run` command line.
 //!
 //! This is the Rust form of os-aio-pod. A bean is an async function of its [`BeanContext`]
-//! ([`bean_fn`]), a blocking function on its own thread ([`blocking`]), or any type
-//! implementing [`Bean`].
+//! ([`bean_fn`]), a blocking function on its own thread ([`blocking`]), a threaded engine
+//! ([`engine_bean`]), or any type implementing [`Bean`].
+//!
+//! - **One stop tree.** The pod's [`StopHandle`](engine_core::StopHandle) is the root; each
+//!   bean's handle is a child of it, and each run's a child of the bean's
+//!   ([`BeanContext::stop_handle`]). A pod stop first sends the `"stop"` signal to the
+//!   handlers, then reaches every bean; at the stop wait time what is left is cancelled.
+//! - **Readiness.** A bean that [declares readiness](Bean::declares_readiness) shows as
+//!   `starting` until it calls [`BeanContext::mark_ready`]; others
+//!   [`wait_ready`](BeanContext::wait_ready) for it. The built-in servers ([`TcpServer`],
+//!   [`StatusServer`], `HttpServer`) are ready once bound, with their address in the status.
+//! - **Status and control.** The [`StatusServer`] bean serves `GET /status`, `GET /ready`
+//!   (200 or 503, for probes) and a control API (stop or restart one bean, signal a label,
+//!   stop the pod), on loopback unless a [`ControlToken`] is set; [`ControlClient`] and
+//!   `engine pod ctl` drive it.
+//! - **HTTP apps** (feature `http`, on by default). `HttpServer` hosts an axum `Router` or any
+//!   tower service, with the context in every request's extensions and a graceful shutdown
+//!   with the pod. The feature is on by default because hosting an HTTP API next to one's
+//!   beans is what the pod is for (the origin's own motivating case) and the facade's `pod`
+//!   feature then needs no second switch; `default-features = false` leaves axum out.
 //!
 //! ```
 //! use engine_pod::{BeanContext, BeanSpec, Pod, PodConfig, Target, bean_fn};
@@ -50,10 +69,18 @@ mod stop;
 mod supervise;
 mod token;
 
+/// The axum that [`HttpServer`] serves, re-exported so that an app's `Router` is of the same
+/// version.
+#[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+pub use axum;
 pub use bean::{
     Bean, BeanFuture, BeanResult, BlockingBean, FnBean, IntoBeanResult, Restart, RestartPolicy,
     bean_fn, blocking,
 };
+#[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+pub use builtin::HttpServer;
 pub use builtin::{
     BoundAddr, ConnectionFuture, ConnectionHandler, Echo, Flow, FlowSendError, FlowStats, PcFlow,
     PcFlowParams, Producer, Simple, SimpleServer, StdinError, StdinParams, StdinReader, TcpServer,

@@ -1,6 +1,8 @@
-//! The built-in beans: the simple server scaffold, a TCP server, the producer / consumers
-//! flow, and a stdin line reader.
+//! The built-in beans: the simple server scaffold, a TCP server, the HTTP app adapter, the
+//! producer / consumers flow, and a stdin line reader.
 
+#[cfg(feature = "http")]
+mod http;
 mod pcflow;
 mod simple;
 mod stdin;
@@ -15,6 +17,8 @@ use engine_core::StageError;
 
 use crate::bean::{BeanFuture, BeanResult};
 
+#[cfg(feature = "http")]
+pub use http::HttpServer;
 pub use pcflow::{Flow, FlowSendError, FlowStats, PcFlow, PcFlowParams, Producer};
 pub use simple::{Simple, SimpleServer};
 pub use stdin::{StdinError, StdinParams, StdinReader};

@@ -152,7 +152,7 @@ impl ConnectionHandler for Echo {
 
 /// Where a server is in binding its address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Bound {
+pub(crate) enum Bound {
     /// Not bound yet (the bean has not started or is binding).
     Pending,
     /// Listening on this address.
@@ -161,8 +161,8 @@ enum Bound {
     Down,
 }
 
-/// The address a [`TcpServer`] listens on, as a cloneable handle: useful with port 0, where
-/// the system picks the port.
+/// The address a [`TcpServer`] (or an `HttpServer`) listens on, as a cloneable handle:
+/// useful with port 0, where the system picks the port.
 #[derive(Clone)]
 pub struct BoundAddr {
     rx: watch::Receiver<Bound>,
@@ -177,6 +177,12 @@ impl fmt::Debug for BoundAddr {
 }
 
 impl BoundAddr {
+    pub(crate) fn new(bound: &watch::Sender<Bound>) -> Self {
+        Self {
+            rx: bound.subscribe(),
+        }
+    }
+
     /// Waits until the server has bound its address and returns it; `None` if binding failed,
     /// the server's run has ended, or the server is gone. The wait lasts as long as the bean
     /// has not started: guard it with a timeout where the bean may never start.
@@ -199,7 +205,7 @@ impl BoundAddr {
 }
 
 /// Marks the server down when its run ends, even when the run's future is dropped.
-struct MarkDown(Arc<watch::Sender<Bound>>);
+pub(crate) struct MarkDown(pub(crate) Arc<watch::Sender<Bound>>);
 
 impl Drop for MarkDown {
     fn drop(&mut self) {
@@ -242,7 +248,10 @@ impl Drop for MarkDown {
 pub struct TcpServer {
     handler: Arc<dyn ConnectionHandler>,
     bound: Arc<watch::Sender<Bound>>,
+    on_start: Option<Arc<OnStart>>,
 }
+
+type OnStart = dyn Fn(&BeanContext) + Send + Sync;
 
 impl fmt::Debug for TcpServer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -263,14 +272,29 @@ impl TcpServer {
         Self {
             handler: Arc::new(handler),
             bound: Arc::new(watch::Sender::new(Bound::Pending)),
+            on_start: None,
         }
+    }
+
+    /// Calls `f` with the bean's context at each start, before the server binds: where the
+    /// server registers its signal handlers ([`BeanContext::on_signal`]).
+    ///
+    /// ```
+    /// use engine_pod::{BeanContext, TcpServer};
+    ///
+    /// let _server = TcpServer::echo().on_start(|ctx: &BeanContext| {
+    ///     ctx.on_signal("hello", |event| tracing::info!(payload = %event.payload, "hello"));
+    /// });
+    /// ```
+    #[must_use]
+    pub fn on_start(mut self, f: impl Fn(&BeanContext) + Send + Sync + 'static) -> Self {
+        self.on_start = Some(Arc::new(f));
+        self
     }
 
     /// A handle on the address the server listens on.
     pub fn local_addr(&self) -> BoundAddr {
-        BoundAddr {
-            rx: self.bound.subscribe(),
-        }
+        BoundAddr::new(&self.bound)
     }
 }
 
@@ -278,8 +302,12 @@ impl Bean for TcpServer {
     fn start(&self, ctx: BeanContext) -> BeanFuture {
         let handler = Arc::clone(&self.handler);
         let bound = Arc::clone(&self.bound);
+        let on_start = self.on_start.clone();
         Box::pin(async move {
             bound.send_replace(Bound::Pending);
+            if let Some(on_start) = on_start {
+                on_start(&ctx);
+            }
             let _down = MarkDown(Arc::clone(&bound));
             let params: TcpServerParams = ctx.params()?;
             let listener = listen(&params).await?;
