@@ -194,6 +194,11 @@ impl<'a, W: Program> Driver<'a, W> {
         match from_bytes::<Reply<W::Output>>(body) {
             Ok((busy, results)) => {
                 self.batch = next_batch(self.batch, done.jobs.len(), busy, self.max_batch);
+                let slot = &self.shared.slots[self.slot];
+                slot.tasks
+                    .fetch_add(done.jobs.len() as u64, Ordering::Relaxed);
+                let failed = results.iter().filter(|(_, r)| r.is_err()).count() as u64;
+                slot.failed.fetch_add(failed, Ordering::Relaxed);
                 // The worker answers a batch's tasks in the order it got them.
                 self.shared.deliver(
                     done.jobs
@@ -264,6 +269,11 @@ impl<'a, W: Program> Driver<'a, W> {
             .counters
             .timeouts
             .fetch_add(timed_out.len() as u64, Ordering::Relaxed);
+        let slot = &self.shared.slots[self.slot];
+        slot.tasks
+            .fetch_add(timed_out.len() as u64, Ordering::Relaxed);
+        slot.failed
+            .fetch_add(timed_out.len() as u64, Ordering::Relaxed);
         let how = self.worker.kill_and_wait();
         // The death is counted and the replacement started before the result goes out, so
         // that counters read after it are settled.
@@ -303,6 +313,9 @@ impl<'a, W: Program> Driver<'a, W> {
             .counters
             .worker_deaths
             .fetch_add(1, Ordering::Relaxed);
+        shared.slots[self.slot]
+            .deaths
+            .fetch_add(1, Ordering::Relaxed);
         forget(shared, self.slot);
         shared.retry(self.inflight.drain(..).flat_map(|f| f.jobs), how);
         let mut reason = format!("the last worker {how}");
@@ -321,6 +334,9 @@ impl<'a, W: Program> Driver<'a, W> {
             match start_worker::<W>(shared, self.slot, self.init) {
                 Ok(worker) => {
                     shared.counters.respawns.fetch_add(1, Ordering::Relaxed);
+                    shared.slots[self.slot]
+                        .respawns
+                        .fetch_add(1, Ordering::Relaxed);
                     self.restarts.started(Instant::now());
                     self.new_worker(worker);
                     return Step::Go;
@@ -366,6 +382,9 @@ impl<'a, W: Program> Driver<'a, W> {
         match start_worker::<W>(shared, self.slot, self.init) {
             Ok(worker) => {
                 shared.counters.recycles.fetch_add(1, Ordering::Relaxed);
+                shared.slots[self.slot]
+                    .recycles
+                    .fetch_add(1, Ordering::Relaxed);
                 self.new_worker(worker);
                 Step::Go
             }

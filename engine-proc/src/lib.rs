@@ -90,10 +90,14 @@
 //!
 //! Linux only: it relies on `/proc/self/exe` and `PR_SET_PDEATHSIG`.
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 mod boot;
 mod driver;
 mod duplex;
 mod error;
+#[cfg(feature = "metrics")]
+mod metrics;
 mod node;
 mod placed;
 mod pool;
@@ -108,6 +112,9 @@ mod workers;
 pub use boot::init;
 pub use duplex::{Child, ChildMain, Duplex};
 pub use error::{ExitHow, ProcError, SpawnError, TaskError};
+#[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+pub use metrics::WorkerMetrics;
 pub use node::{Handlers, Node, NodeStats};
 pub use pool::{
     Completed, Completion, DEFAULT_MAX_BATCH, Ordered, Pool, PoolBuilder, PoolStats, TaskResult,

@@ -136,6 +136,12 @@ impl<W: Program> Slot<W> {
         })
     }
 
+    /// The stage's workers' metrics (none while no run uses it).
+    #[cfg(feature = "metrics")]
+    pub(crate) fn metrics(&self) -> crate::WorkerMetrics {
+        crate::WorkerMetrics::new(std::sync::Arc::new(self.clone()))
+    }
+
     /// The pids of the live workers (none when no run uses the stage).
     pub(crate) fn pids(&self) -> Vec<u32> {
         match &*lock(&self.state) {
@@ -264,5 +270,18 @@ where
             }
         }
         ItemOutcome::Failed(StageError::msg("the worker processes are gone").fatal())
+    }
+}
+
+#[cfg(feature = "metrics")]
+impl<W: Program> crate::metrics::SlotSource for Slot<W> {
+    fn read(&self) -> (String, Vec<crate::workers::SlotSnapshot>) {
+        match &*lock(&self.state) {
+            SlotState::Running(placement) => {
+                let shared = &placement.workers.shared;
+                (shared.config().name.clone(), shared.slot_snapshots())
+            }
+            _ => (String::new(), Vec::new()),
+        }
     }
 }

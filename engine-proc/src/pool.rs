@@ -54,7 +54,6 @@ pub struct PoolBuilder<S: RemoteTransport> {
     stages: Vec<Vec<u8>>,
     /// The first stage that would not encode.
     error: Option<ProtocolError>,
-    name: String,
     config: Config,
     stop: Option<StopHandle>,
     _stage: PhantomData<fn() -> S>,
@@ -63,7 +62,7 @@ pub struct PoolBuilder<S: RemoteTransport> {
 impl<S: RemoteTransport> fmt::Debug for PoolBuilder<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PoolBuilder")
-            .field("name", &self.name)
+            .field("name", &self.config.name)
             .field("workers", &self.stages.len())
             .field("config", &self.config)
             .finish_non_exhaustive()
@@ -105,7 +104,7 @@ impl<S: RemoteTransport> PoolBuilder<S> {
     /// logs (default `"pool"`).
     #[must_use]
     pub fn name(mut self, name: impl Into<String>) -> Self {
-        self.name = name.into();
+        self.config.name = name.into();
         self
     }
 
@@ -202,7 +201,7 @@ impl<S: RemoteTransport> PoolBuilder<S> {
             .stages
             .into_iter()
             .enumerate()
-            .map(|(index, stage)| PlacedInit::new(stage, &self.name, index, n, None))
+            .map(|(index, stage)| PlacedInit::new(stage, &self.config.name, index, n, None))
             .collect();
         let (workers, mut results) =
             Workers::start(inits, self.config, 1, self.stop.unwrap_or_default())?;
@@ -286,7 +285,6 @@ impl<S: RemoteTransport> Pool<S> {
         PoolBuilder {
             stages: Vec::new(),
             error: None,
-            name: "pool".to_owned(),
             config: Config::default(),
             stop: None,
             _stage: PhantomData,
@@ -421,6 +419,16 @@ impl<S: RemoteTransport> Pool<S> {
             corrupt_frames: c.corrupt_frames.load(Ordering::Relaxed),
             recycles: c.recycles.load(Ordering::Relaxed),
         }
+    }
+
+    /// The pool's worker processes as Prometheus metrics (feature `metrics`): per worker,
+    /// tasks, failures, deaths, respawns, recycles, and whether it is up.
+    #[cfg(feature = "metrics")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+    pub fn metrics(&self) -> crate::WorkerMetrics {
+        crate::WorkerMetrics::new(
+            self.workers.shared.clone() as std::sync::Arc<dyn crate::metrics::SlotSource>
+        )
     }
 
     /// The process ids of the live workers.

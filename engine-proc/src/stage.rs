@@ -267,17 +267,19 @@ impl<S: Serialize, W: Program<Init = PlacedInit>> Placed<S, W> {
     fn setup<C: PortableConfig>(&mut self, ctx: &StageContext) -> Result<(), StageError> {
         let workers = self.workers.unwrap_or(ctx.instances()).max(1);
         let stage = &self.stage;
-        let lane = self
-            .slot
-            .join(ctx, workers, self.config.clone(), |workers| {
-                let bytes = to_bytes(stage).map_err(|e| StageError::new(e).fatal())?;
-                let config = C::encode(ctx.app_config())?;
-                Ok((0..workers)
-                    .map(|index| {
-                        PlacedInit::new(bytes.clone(), ctx.stage(), index, workers, config.clone())
-                    })
-                    .collect())
-            })?;
+        let config = Config {
+            name: ctx.stage().to_owned(),
+            ..self.config.clone()
+        };
+        let lane = self.slot.join(ctx, workers, config, |workers| {
+            let bytes = to_bytes(stage).map_err(|e| StageError::new(e).fatal())?;
+            let config = C::encode(ctx.app_config())?;
+            Ok((0..workers)
+                .map(|index| {
+                    PlacedInit::new(bytes.clone(), ctx.stage(), index, workers, config.clone())
+                })
+                .collect())
+        })?;
         self.lane = Some(lane);
         Ok(())
     }
@@ -407,6 +409,16 @@ macro_rules! placed_stage {
             /// The process ids of the live workers (none outside a run).
             pub fn worker_pids(&self) -> Vec<u32> {
                 self.placed.slot.pids()
+            }
+
+            /// The stage's worker processes as Prometheus metrics (feature `metrics`): per
+            /// worker, batches, failures, deaths, respawns, recycles, and whether it is up.
+            /// Take it from the value given to the engine (or a clone), before or during the
+            /// run; it shows the workers of the run in progress.
+            #[cfg(feature = "metrics")]
+            #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+            pub fn metrics(&self) -> crate::WorkerMetrics {
+                self.placed.slot.metrics()
             }
         }
     };

@@ -37,6 +37,29 @@ pub(crate) struct Counters {
     pub(crate) recycles: AtomicU64,
 }
 
+/// The counters of one worker slot (the processes that held it, one after another), for
+/// metrics. Updated per batch or event, never per task.
+#[derive(Debug, Default)]
+pub(crate) struct SlotCounters {
+    pub(crate) tasks: AtomicU64,
+    pub(crate) failed: AtomicU64,
+    pub(crate) deaths: AtomicU64,
+    pub(crate) respawns: AtomicU64,
+    pub(crate) recycles: AtomicU64,
+}
+
+/// One worker slot, as metrics show it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SlotSnapshot {
+    pub(crate) tasks: u64,
+    pub(crate) failed: u64,
+    pub(crate) deaths: u64,
+    pub(crate) respawns: u64,
+    pub(crate) recycles: u64,
+    /// Whether a live process holds the slot.
+    pub(crate) up: bool,
+}
+
 /// Where the pool is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum State {
@@ -101,7 +124,16 @@ pub(crate) struct Shared<W: Program> {
     /// Where results go, by lane: a pool has one, a placed stage one per engine thread.
     results: Vec<Sender<Vec<Completion<W::Output>>>>,
     pub(crate) counters: Counters,
+    /// Per worker slot, for metrics.
+    pub(crate) slots: Vec<SlotCounters>,
     config: Config,
+}
+
+#[cfg(feature = "metrics")]
+impl<W: Program> crate::metrics::SlotSource for Shared<W> {
+    fn read(&self) -> (String, Vec<SlotSnapshot>) {
+        (self.config.name.clone(), self.slot_snapshots())
+    }
 }
 
 /// How the workers are run.
@@ -118,6 +150,8 @@ pub(crate) struct Config {
     pub(crate) recycle_after: Option<u64>,
     /// Replace a worker whose resident memory passes this many bytes.
     pub(crate) max_memory: Option<u64>,
+    /// The pool's or stage's name, for metrics.
+    pub(crate) name: String,
 }
 
 /// The restart policy of pools and placed stages unless one is given: on failure, at most 10
@@ -139,6 +173,7 @@ impl Default for Config {
             restart: default_restart_policy(),
             recycle_after: None,
             max_memory: None,
+            name: "pool".to_owned(),
         }
     }
 }
@@ -275,6 +310,27 @@ impl<W: Program> Shared<W> {
                 .map(|j| (j.lane, j.id, Err(TaskError::NoWorkers(reason.to_owned()))))
                 .collect(),
         );
+    }
+
+    /// Every slot's counters, and whether a live process holds it.
+    pub(crate) fn slot_snapshots(&self) -> Vec<SlotSnapshot> {
+        let up: Vec<bool> = lock(&self.queue)
+            .workers
+            .iter()
+            .map(Option::is_some)
+            .collect();
+        self.slots
+            .iter()
+            .zip(up)
+            .map(|(c, up)| SlotSnapshot {
+                tasks: c.tasks.load(Ordering::Relaxed),
+                failed: c.failed.load(Ordering::Relaxed),
+                deaths: c.deaths.load(Ordering::Relaxed),
+                respawns: c.respawns.load(Ordering::Relaxed),
+                recycles: c.recycles.load(Ordering::Relaxed),
+                up,
+            })
+            .collect()
     }
 
     /// How the workers are run.
@@ -479,6 +535,7 @@ impl<W: Program> Workers<W> {
             wake: Condvar::new(),
             results: senders,
             counters: Counters::default(),
+            slots: (0..inits.len()).map(|_| SlotCounters::default()).collect(),
             config,
         });
         let subscription = {

@@ -531,6 +531,39 @@ fn a_worker_past_its_memory_limit_is_recycled_between_batches() {
     assert!(pids.len() > 2, "{pids:?}");
 }
 
+/// The pool's metrics: per worker, the tasks it ran and its recycles.
+#[cfg(feature = "metrics")]
+fn the_pools_metrics_count_tasks_and_recycles_per_worker() {
+    let mut pool = Pool::builder()
+        .name("tagger")
+        .workers(
+            2,
+            Tag {
+                leak_mib: 0,
+                leaked: Vec::new(),
+            },
+        )
+        .recycle_after(10)
+        .start()
+        .unwrap();
+    let mut registry = prometheus_client::registry::Registry::default();
+    registry.register_collector(Box::new(pool.metrics()));
+    assert_eq!(pool.run(0..100).filter(|(_, r)| r.is_ok()).count(), 100);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    let sum = |metric: &str| -> u64 {
+        text.lines()
+            .filter(|l| l.starts_with(metric) && l.contains("pool=\"tagger\""))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+            .sum()
+    };
+    assert_eq!(sum("engine_worker_tasks_total"), 100, "{text}");
+    assert_eq!(sum("engine_worker_deaths_total"), 0, "{text}");
+    assert!(sum("engine_worker_recycles_total") >= 8, "{text}");
+    // A slot may be between two processes at the moment of the scrape.
+    assert!(sum("engine_worker_up") <= 2, "{text}");
+}
+
 fn main() {
     match std::env::var("POOL_TEST_ROLE").as_deref() {
         Ok("no-init") => return no_init_role(),
@@ -540,6 +573,11 @@ fn main() {
         return master_role();
     }
     let tests: &[(&str, fn())] = &[
+        #[cfg(feature = "metrics")]
+        (
+            "the_pools_metrics_count_tasks_and_recycles_per_worker",
+            the_pools_metrics_count_tasks_and_recycles_per_worker,
+        ),
         (
             "a_transport_written_for_threads_runs_in_a_pool_as_it_is",
             a_transport_written_for_threads_runs_in_a_pool_as_it_is,
