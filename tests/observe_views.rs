@@ -137,9 +137,6 @@ fn engine_top_names_the_slow_backend_as_the_bottleneck_and_quits_on_q() {
         .find(|l| l.starts_with("transport"))
         .unwrap_or_else(|| panic!("{screen}"));
     assert!(transport.contains("backpressured"), "{screen}");
-    if std::env::var_os("ENGINE_TEST_SHOW").is_some() {
-        std::fs::write("/tmp/top-screen.txt", &screen).unwrap();
-    }
     let backend = screen.lines().find(|l| l.starts_with("backend")).unwrap();
     assert!(backend.contains("bottleneck"), "{screen}");
     // It refreshes in place: the elapsed time in the head line moves on.
@@ -238,11 +235,6 @@ fn the_dashboard_shows_every_stage_with_live_rates_in_a_browser() {
     }
     assert!(first.contains("bottleneck"), "{first}");
     let rate = rate_of(&first, "backend").unwrap_or_else(|| panic!("{first}"));
-    if std::env::var_os("ENGINE_TEST_SHOW").is_some() {
-        std::fs::write("/tmp/dashboard-dom.html", &first).unwrap();
-        let snap = Scraper::new(&server.local_addr().to_string()).unwrap().scrape().unwrap();
-        std::fs::write("/tmp/dashboard-snap.txt", format!("{snap:#?}")).unwrap();
-    }
     assert!(rate.ends_with("/s"), "{rate}");
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
