@@ -20,7 +20,7 @@ use engine::threads::{Engine, EngineHandle};
 use prometheus_client::registry::Registry;
 
 const ITEMS: u64 = 10_000_000;
-const ROUNDS: usize = 5;
+const ROUNDS: usize = 9;
 
 fn expected(items: u64) -> u64 {
     (1..=items).fold(0_u64, u64::wrapping_add)
