@@ -142,9 +142,9 @@ impl Pod {
         self
     }
 
-    /// Runs under `stop`, the root of every bean's stop handle: a graceful stop of it sends
-    /// the `"stop"` signal to the beans' handlers, then reaches every bean's handle;
-    /// `stop_now` cancels every bean at once. Pass the same handle to
+    /// Runs under `stop`: the pod's own handle, the root of every bean's, is a child of it.
+    /// A graceful stop of it sends the `"stop"` signal to the beans' handlers, then reaches
+    /// every bean's handle; `stop_now` cancels every bean at once. Pass the same handle to
     /// [`engine_core::install_signal_handler`] for SIGINT/SIGTERM.
     #[must_use]
     pub fn with_stop_handle(mut self, stop: &StopHandle) -> Self {
@@ -164,7 +164,9 @@ impl Pod {
     ///
     /// If called outside a tokio runtime.
     pub fn start(self) -> PodHandle {
-        let stop = self.stop.unwrap_or_default();
+        // The pod's own handle, a child of the given one: only the pod holds it, so that it
+        // is gone before the beans' handles are (see `PodShared::stop`).
+        let stop = self.stop.unwrap_or_default().child();
         let (commands_tx, commands) = mpsc::unbounded_channel();
         let mut subscription = None;
         let shared = Arc::new_cyclic(|weak: &std::sync::Weak<PodShared>| {
@@ -227,7 +229,8 @@ impl PodHandle {
         self.shared.stop.stop_now();
     }
 
-    /// The pod's stop handle, the root of every bean's.
+    /// The pod's stop handle: the root of every bean's, a child of the one given to
+    /// [`Pod::with_stop_handle`].
     pub fn stop_handle(&self) -> &StopHandle {
         &self.shared.stop
     }

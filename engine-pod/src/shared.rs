@@ -78,11 +78,14 @@ impl Slot {
 
 /// What every bean's context shares.
 pub(crate) struct PodShared {
+    /// The pod's stop handle: the root of every bean's, and a child of the handle given to
+    /// `Pod::with_stop_handle`. Declared first so that it is dropped before the beans'
+    /// handles: a child whose parent is gone leaves at once, instead of scanning the
+    /// parent's list of children (10,000 beans would make that quadratic).
+    pub(crate) stop: StopHandle,
     pub(crate) config: PodConfig,
     pub(crate) slots: Mutex<Vec<Slot>>,
     handlers: Mutex<HashMap<BeanId, Vec<(String, Handler)>>>,
-    /// The pod's stop handle: the root of every bean's.
-    pub(crate) stop: StopHandle,
     /// Bumped after every change of a slot, for waiters.
     changed: watch::Sender<u64>,
     /// Wakes the driver when the pod's stop level rises.
@@ -108,10 +111,10 @@ impl PodShared {
         commands: mpsc::UnboundedSender<Command>,
     ) -> Self {
         Self {
+            stop,
             config,
             slots: Mutex::new(slots),
             handlers: Mutex::new(HashMap::new()),
-            stop,
             changed: watch::Sender::new(0),
             wake: Notify::new(),
             stop_sent: AtomicBool::new(false),
