@@ -29,17 +29,18 @@ fn start(extra: &[&str]) -> (Child, String, BufReader<ChildStderr>) {
         .expect("the engine binary runs");
     let mut stderr = BufReader::new(child.stderr.take().expect("piped"));
     let mut line = String::new();
-    loop {
+    let addr = loop {
         line.clear();
-        assert!(
-            stderr.read_line(&mut line).expect("stderr") > 0,
-            "the engine ended before it served metrics"
-        );
-        if let Some(rest) = line.strip_prefix("metrics on http://") {
-            let addr = rest.split('/').next().expect("an address").to_owned();
-            return (child, addr, stderr);
+        if stderr.read_line(&mut line).expect("stderr") == 0 {
+            let _ = child.kill();
+            let status = child.wait();
+            panic!("the engine ended ({status:?}) before it served metrics");
         }
-    }
+        if let Some(rest) = line.strip_prefix("metrics on http://") {
+            break rest.split('/').next().expect("an address").to_owned();
+        }
+    };
+    (child, addr, stderr)
 }
 
 /// Scrapes until `done` holds for the snapshot, within 20 s.
