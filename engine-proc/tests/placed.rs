@@ -384,6 +384,29 @@ impl Transport for Hang {
     }
 }
 
+/// Waits until the placed stage has `workers` workers and its transport has taken input;
+/// returns their pids.
+fn running(
+    handle: &engine_threads::EngineHandle,
+    probe: &ProcTransport<Hang>,
+    workers: usize,
+) -> Vec<u32> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let pids = probe.worker_pids();
+        let started = handle
+            .stats()
+            .stages
+            .iter()
+            .any(|s| s.kind == StageKind::Transport && s.counts.input > 0);
+        if pids.len() == workers && started {
+            return pids;
+        }
+        assert!(Instant::now() < deadline, "the workers do not start");
+        std::thread::yield_now();
+    }
+}
+
 fn the_stop_deadline_frees_the_engine_from_a_hung_worker() {
     const STOP_TIMEOUT: Duration = Duration::from_millis(500);
     let placed = ProcTransport::new(Hang).workers(2);
@@ -394,20 +417,7 @@ fn the_stop_deadline_frees_the_engine_from_a_hung_worker() {
         .backend(|_: u64| {})
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let pids = loop {
-        let pids = probe.worker_pids();
-        let started = handle
-            .stats()
-            .stages
-            .iter()
-            .any(|s| s.kind == StageKind::Transport && s.counts.input > 0);
-        if pids.len() == 2 && started {
-            break pids;
-        }
-        assert!(Instant::now() < deadline, "the workers do not start");
-        std::thread::yield_now();
-    };
+    let pids = running(&handle, &probe, 2);
     let stopped = Instant::now();
     handle.stop();
     let report = handle.join().unwrap();
@@ -474,20 +484,7 @@ fn stop_now_frees_the_engine_from_a_hung_worker_at_once() {
         .backend(|_: u64| {})
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let pids = loop {
-        let pids = probe.worker_pids();
-        let started = handle
-            .stats()
-            .stages
-            .iter()
-            .any(|s| s.kind == StageKind::Transport && s.counts.input > 0);
-        if pids.len() == 1 && started {
-            break pids;
-        }
-        assert!(Instant::now() < deadline, "the worker does not start");
-        std::thread::yield_now();
-    };
+    let pids = running(&handle, &probe, 1);
     let stopped = Instant::now();
     handle.stop_now();
     let report = handle.join().unwrap();

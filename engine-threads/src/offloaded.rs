@@ -51,17 +51,9 @@ where
             }
         }
         if in_flight.len() >= capacity || (!in_flight.is_empty() && !input.has_ready()) {
-            let t = Instant::now();
-            let done = finished(stage, true);
-            waited += t.elapsed();
-            match done {
-                Some(done) => {
-                    if !settle(stage, &mut in_flight, done, input, at, counts) {
-                        clean = false;
-                        break 'run;
-                    }
-                }
-                None => lost(&mut in_flight, at, counts),
+            if !settle_next(stage, &mut in_flight, input, at, counts, &mut waited) {
+                clean = false;
+                break 'run;
             }
             stats.publish(
                 counts,
@@ -101,21 +93,39 @@ where
     }
     // Whatever is still out comes back (a forced stop returns it at once, dropped).
     while !in_flight.is_empty() {
-        let t = Instant::now();
-        let done = finished(stage, true);
-        waited += t.elapsed();
-        match done {
-            Some(done) => {
-                if !settle(stage, &mut in_flight, done, input, at, counts) {
-                    clean = false;
-                }
-            }
-            None => lost(&mut in_flight, at, counts),
+        if !settle_next(stage, &mut in_flight, input, at, counts, &mut waited) {
+            clean = false;
         }
     }
     *busy += started.elapsed().saturating_sub(waited);
     stats.publish(counts, *busy, stage.blocked());
     clean && !at.shared.abort.is_fired()
+}
+
+/// Waits for the next batch to come back and settles it; false if the run should stop taking
+/// input. The wait is added to `waited`.
+fn settle_next<K, S>(
+    stage: &mut S,
+    in_flight: &mut Vec<InFlight<K>>,
+    input: &Input<K, S::Input>,
+    at: Here<'_>,
+    counts: &mut Counts,
+    waited: &mut Duration,
+) -> bool
+where
+    K: Ticket,
+    S: Consume<K>,
+{
+    let t = Instant::now();
+    let done = finished(stage, true);
+    *waited += t.elapsed();
+    match done {
+        Some(done) => settle(stage, in_flight, done, input, at, counts),
+        None => {
+            lost(in_flight, at, counts);
+            true
+        }
+    }
 }
 
 fn finished<K: Ticket, S: Consume<K>>(stage: &mut S, wait: bool) -> Option<Finished<S::Done>> {
