@@ -55,12 +55,13 @@ impl Transport for WordCount {
     }
 }
 
+/// What a run gave: its report, the sorted `(line, words)` outputs, and the processes the
+/// transport ran in.
+type Outcome = (RunReport, Vec<(usize, usize)>, BTreeSet<u32>);
+
 /// Runs the lines through `transport` on 2 engine threads; returns the report, the sorted
 /// `(line, words)` outputs and the processes the transport ran in.
-fn run<T>(
-    transport: T,
-    lines: &[(usize, String)],
-) -> anyhow::Result<(RunReport, Vec<(usize, usize)>, BTreeSet<u32>)>
+fn run<T>(transport: T, lines: &[(usize, String)]) -> anyhow::Result<Outcome>
 where
     T: Transport<Input = (usize, String), Output = (usize, usize, u32)> + Clone + Send + 'static,
 {
