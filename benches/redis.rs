@@ -6,7 +6,11 @@
 //! acknowledges, so that a stream's length is its unfinished count; the baseline does the
 //! same work). Items are postcard-encoded `u64`s on both sides; consumers sum them.
 //!
-//! The cost of each guarantee, in the same run: the deduplicating sink (each item's id
+//! The cost of each guarantee, in the same run: the keyed path (a keyed sink hashing each
+//! item to one of 8 partitions, two `KeyedSource` consumers holding 4 partition leases each)
+//! against the unkeyed path, both with consumers that stay up across rounds (so that a round
+//! times the steady flow, not the start of the consumers or the rebalance); and the
+//! deduplicating sink (each item's id
 //! checked and recorded in the append script) against the plain sink, producer only.
 //!
 //! The benchmark starts its own `redis-server` on a free loopback port (no persistence).
@@ -24,7 +28,8 @@ use std::time::{Duration, Instant};
 use engine::redis::redis::{self, Connection, Value};
 use engine::redis::testing::Server;
 use engine::redis::{
-    DEFAULT_DEDUP_WINDOW, Delivered, EntryId, ItemId, StreamAddress, StreamSink, StreamSource,
+    DEFAULT_DEDUP_WINDOW, Delivered, EntryId, ItemId, KeyedSource, StreamAddress, StreamSink,
+    StreamSource,
 };
 use engine_core::{Backend, StageContext, StageError, StopHandle};
 use engine_threads::Engine;
@@ -54,6 +59,119 @@ fn main() {
         || sink_round(&server, next(), false),
     );
     harness::row("sink: dedup vs plain, 200k u64", &dedup, &plain);
+
+    let keyed = Steady::start(&server, "steady-keyed", true);
+    let unkeyed = Steady::start(&server, "steady", false);
+    let (k, u) = harness::compare(ROUNDS, ITEMS, || keyed.round(), || unkeyed.round());
+    harness::row("keyed (8 partitions) vs unkeyed, 2 consumers", &k, &u);
+    keyed.stop();
+    unkeyed.stop();
+}
+
+/// Two consumer engines that stay up across rounds, on a keyed stream (8 partitions) or a
+/// plain one; each round one producer writes [`ITEMS`] and waits until the consumers have
+/// them all.
+struct Steady {
+    address: StreamAddress,
+    keyed: bool,
+    stop: StopHandle,
+    consumers: Vec<engine_threads::EngineHandle>,
+    sum: Sum,
+    rounds: AtomicU64,
+}
+
+impl Steady {
+    fn start(server: &RedisServer, stream: &str, keyed: bool) -> Self {
+        let address: StreamAddress = if keyed {
+            format!(
+                "{}?block_ms=100&partitions=8&lease_ms=1000",
+                server.0.stream_url(stream)
+            )
+            .parse()
+            .expect("a valid address")
+        } else {
+            server.address(stream)
+        };
+        let sum = Sum {
+            sum: Arc::new(AtomicU64::new(0)),
+            count: Arc::new(AtomicU64::new(0)),
+        };
+        let stop = StopHandle::new();
+        let consumers = (0..CONSUMERS)
+            .map(|i| {
+                let address = address.clone().with_consumer(format!("c{i}"));
+                if keyed {
+                    Engine::builder(KeyedSource::<u64>::new(address))
+                        .backend(sum.clone())
+                        .stop_handle(&stop)
+                        .spawn()
+                } else {
+                    Engine::builder(StreamSource::<u64>::new(address))
+                        .backend(sum.clone())
+                        .stop_handle(&stop)
+                        .spawn()
+                }
+                .expect("a consumer starts")
+            })
+            .collect();
+        if keyed {
+            // Until the two consumers hold 4 partitions each.
+            let mut conn = server.connection();
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                let owners: Vec<Option<String>> = (0..8)
+                    .map(|p| {
+                        redis::cmd("GET")
+                            .arg(format!("{stream}:p{p}:lease:engine"))
+                            .query(&mut conn)
+                            .expect("GET")
+                    })
+                    .collect();
+                let of = |c: &str| owners.iter().filter(|o| o.as_deref() == Some(c)).count();
+                if of("c0") == 4 && of("c1") == 4 {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "the partitions did not balance");
+                thread::park_timeout(Duration::from_millis(10));
+            }
+        }
+        Self {
+            address,
+            keyed,
+            stop,
+            consumers,
+            sum,
+            rounds: AtomicU64::new(0),
+        }
+    }
+
+    fn round(&self) -> u64 {
+        let round = self.rounds.fetch_add(1, Ordering::SeqCst) + 1;
+        let sink = StreamSink::<u64>::new(self.address.clone());
+        let producer = if self.keyed {
+            Engine::builder(0..ITEMS)
+                .backend(sink.keyed(8, |n: &u64| n.to_le_bytes()))
+                .spawn()
+        } else {
+            Engine::builder(0..ITEMS).backend(sink).spawn()
+        };
+        let report = producer.expect("the producer starts").join();
+        assert_eq!(report.expect("the producer runs").processed(), ITEMS);
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while self.sum.count.load(Ordering::Acquire) < round * ITEMS {
+            assert!(Instant::now() < deadline, "the consumers did not finish");
+            thread::park_timeout(Duration::from_micros(200));
+        }
+        assert_eq!(self.sum.sum.load(Ordering::SeqCst), round * expected());
+        round
+    }
+
+    fn stop(self) {
+        self.stop.stop();
+        for consumer in self.consumers {
+            consumer.join().expect("a consumer runs");
+        }
+    }
 }
 
 /// One producer engine writing [`ITEMS`] to a stream, through the plain sink or the
@@ -64,9 +182,17 @@ fn sink_round(server: &RedisServer, round: u64, dedup: bool) -> u64 {
     let address = server.address(&stream);
     let report = if dedup {
         let from: std::sync::Arc<str> = std::sync::Arc::from("in");
+        // Ids of entries written now, as a source hands them out.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("after 1970")
+            .as_millis() as u64;
         let items = (0..ITEMS).map(move |n| {
             Delivered::new(
-                ItemId::new(std::sync::Arc::clone(&from), EntryId::new(n, 0)),
+                ItemId::new(
+                    std::sync::Arc::clone(&from),
+                    EntryId::new(now + n / 1000, n % 1000),
+                ),
                 n,
             )
         });

@@ -118,19 +118,30 @@ pub struct DeadLetter<'a> {
     pub reason: &'a str,
 }
 
+/// Where an appended item's id is recorded, so that it is appended once: the id set of its
+/// source stream for one time bucket (a minute of entry ids), which expires as a whole.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DedupKey {
+    /// The key of the set of ids.
+    pub set: std::sync::Arc<str>,
+    /// The item's entry id in its source stream.
+    pub id: EntryId,
+    /// When the set may be forgotten, in milliseconds since the Unix epoch.
+    pub expire_at_ms: u64,
+}
+
 /// One stream's share of an append: payloads to add to `stream`, in order.
 ///
-/// With `dedup_keys` (one per payload), the append is idempotent: a payload whose key was
-/// recorded within the deduplication window is skipped instead of appended (see
-/// [`Broker::append_batches`]).
+/// With `dedup_keys` (one per payload), the append is idempotent: a payload whose id is
+/// recorded already is skipped instead of appended (see [`Broker::append_batches`]).
 #[derive(Debug, Clone, Copy)]
 pub struct Batch<'a> {
     /// The stream appended to.
     pub stream: &'a str,
     /// The encoded items.
     pub payloads: &'a [Vec<u8>],
-    /// The deduplication key of each payload, if the append deduplicates.
-    pub dedup_keys: Option<&'a [String]>,
+    /// Where the id of each payload is recorded, if the append deduplicates.
+    pub dedup_keys: Option<&'a [DedupKey]>,
 }
 
 /// What [`Broker::append_batches`] did.
@@ -196,7 +207,7 @@ pub trait Broker: Send {
             payloads,
             dedup_keys: None,
         };
-        let appended = self.append_batches(&[batch], bound, None)?;
+        let appended = self.append_batches(&[batch], bound)?;
         Ok(appended.taken.first().copied().unwrap_or(0))
     }
 
@@ -204,21 +215,17 @@ pub trait Broker: Send {
     /// each batch's first payloads were taken.
     ///
     /// With a `bound`, a batch is appended only while its stream holds fewer than `bound`
-    /// entries (0 taken when it is full), atomically. With a `dedup` window, each payload's
-    /// key ([`Batch::dedup_keys`]) is checked and recorded for that long in the same atomic
-    /// step as the append (`SET NX EX` and `XADD` in one script on Redis): a payload whose key
-    /// is already recorded is skipped and counted in [`Appended::duplicates`].
+    /// entries (0 taken when it is full), atomically. A batch with
+    /// [`dedup_keys`](Batch::dedup_keys) deduplicates: each payload's id is checked and
+    /// recorded in its set in the same atomic step as the append (`SMISMEMBER`, `XADD` and `SADD` in one
+    /// script on Redis, the sets expiring at their `expire_at_ms`): a payload whose id is
+    /// recorded already is skipped and counted in [`Appended::duplicates`].
     ///
     /// # Errors
     ///
     /// A connection or server error; with a bound or a window nothing was appended, without
     /// either any prefix of each batch may have been.
-    fn append_batches(
-        &mut self,
-        batches: &[Batch<'_>],
-        bound: Option<u64>,
-        dedup: Option<Duration>,
-    ) -> Result<Appended>;
+    fn append_batches(&mut self, batches: &[Batch<'_>], bound: Option<u64>) -> Result<Appended>;
 
     /// Records `partitions` as the partition count of a keyed stream under `key`, unless a
     /// count is recorded already, and returns the recorded count.

@@ -1,15 +1,17 @@
 //! The deduplicating sink: appends each delivered item at most once within a window, checking
 //! and recording its id in the same server-side script as the append.
 
+use std::collections::HashSet;
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use engine_core::{Backend, StageContext, StageError};
 use serde::Serialize;
 
 use crate::address::StreamAddress;
-use crate::broker::Connector;
-use crate::delivered::Delivered;
+use crate::broker::{Connector, DedupKey};
+use crate::delivered::{Delivered, ItemId};
 use crate::sink::StreamSink;
 
 /// How long a [`DedupSink`] remembers the ids it appended, by default: one day.
@@ -19,21 +21,24 @@ pub const DEFAULT_DEDUP_WINDOW: Duration = Duration::from_secs(24 * 3600);
 /// [`StreamSink::dedup`].
 ///
 /// In the same server-side script as the append, each item's id ([`ItemId`](crate::ItemId):
-/// its source stream and entry id) is checked and recorded with `SET NX EX` under
-/// `<stream>:seen:<source stream>/<entry id>`; an item whose id is recorded already is
-/// skipped (it counts as written, so the source acknowledges it). So an item that a consumer
-/// wrote and then died before acknowledging, and that is delivered again, appears downstream
-/// once.
+/// its source stream and entry id) is checked and recorded (`SMISMEMBER`, `SADD`) in the id set of its
+/// source stream and minute, the set `<stream>:seen:<source stream>:<minute>` (the minute
+/// of the entry id's timestamp); an item whose id is recorded already is skipped (it counts
+/// as written, so the source acknowledges it). So an item that a consumer wrote and then
+/// died before acknowledging, and that is delivered again, appears downstream once.
 ///
-/// **The window.** This holds while the id is remembered: for `window` after the first
-/// append ([`DEFAULT_DEDUP_WINDOW`], a day, is far longer than any redelivery, which comes
-/// within the claim idle time or the lease time). An item delivered again after the window
-/// is appended again. The ids are kept per output stream, so two sinks to different streams
-/// each append an item once.
+/// **The window.** This holds while the id is remembered: each set expires `window` after
+/// the end of its minute, so an id is remembered for at least `window` after its entry was
+/// written to the source stream, and at most a minute more ([`DEFAULT_DEDUP_WINDOW`], a
+/// day, is far longer than any redelivery, which comes within the claim idle time or the
+/// lease time). An item delivered again after that is appended again. The entry ids come
+/// from the source's server clock, the expiry from this server's; keep them within a few
+/// seconds of each other. The ids are kept per output stream, so two sinks to different
+/// streams each append an item once.
 ///
-/// **The cost.** One key per item in Redis for the window (about 100 bytes with its
-/// expiry: some 10 GB per 100 million items a day), and the append always runs as a script
-/// (a `SET` next to each `XADD`); see the README's cost table for the measured rate.
+/// **The cost.** One set member per item in Redis for the window (some 50-70 bytes: about
+/// 6 GB per 100 million items a day), and the append always runs as a script (one `HMGET` and one `HSET`
+/// per flush next to the `XADD`s); see the README's cost table for the measured rate.
 ///
 /// # Examples
 ///
@@ -53,13 +58,22 @@ pub const DEFAULT_DEDUP_WINDOW: Duration = Duration::from_secs(24 * 3600);
 pub struct DedupSink<T, C: Connector = StreamAddress> {
     inner: StreamSink<T, C>,
     window: Duration,
+    /// The set of the last item's source stream and minute, reused while they stay the same.
+    last_set: Option<(Arc<str>, u64, Arc<str>)>,
+    /// The ids buffered since the last flush: a repeat within one flush is dropped here.
+    buffered: HashSet<ItemId>,
 }
+
+/// The time bucket of the id sets, in ms: a minute.
+const BUCKET_MS: u64 = 60_000;
 
 impl<T, C: Connector> DedupSink<T, C> {
     pub(crate) fn new(inner: StreamSink<T, C>, window: Duration) -> Self {
         Self {
             inner,
             window: window.max(Duration::from_secs(1)),
+            last_set: None,
+            buffered: HashSet::new(),
         }
     }
 
@@ -78,9 +92,29 @@ impl<T, C: Connector> DedupSink<T, C> {
         self.inner.writer.duplicates
     }
 
-    /// The key that records `id` as appended to this sink's stream.
-    fn seen_key(&self, id: &crate::ItemId) -> String {
-        format!("{}:seen:{id}", self.inner.writer.stream)
+    /// Where `id` is recorded as appended to this sink's stream.
+    fn seen_key(&mut self, id: &ItemId) -> DedupKey {
+        let bucket = id.entry().ms / BUCKET_MS;
+        let set = match &self.last_set {
+            Some((stream, b, set)) if *b == bucket && **stream == *id.stream() => Arc::clone(set),
+            _ => {
+                let set: Arc<str> = Arc::from(format!(
+                    "{}:seen:{}:{bucket}",
+                    self.inner.writer.stream,
+                    id.stream()
+                ));
+                self.last_set = Some((Arc::from(id.stream()), bucket, Arc::clone(&set)));
+                set
+            }
+        };
+        let window_ms = u64::try_from(self.window.as_millis()).unwrap_or(u64::MAX);
+        DedupKey {
+            set,
+            id: id.entry(),
+            expire_at_ms: (bucket + 1)
+                .saturating_mul(BUCKET_MS)
+                .saturating_add(window_ms),
+        }
     }
 }
 
@@ -89,6 +123,8 @@ impl<T, C: Connector> Clone for DedupSink<T, C> {
         Self {
             inner: self.inner.clone(),
             window: self.window,
+            last_set: None,
+            buffered: HashSet::new(),
         }
     }
 }
@@ -111,12 +147,18 @@ impl<T: Serialize, C: Connector> Backend for DedupSink<T, C> {
     }
 
     fn process(&mut self, delivered: Delivered<T>, _ctx: &StageContext) -> Result<(), StageError> {
+        if self.buffered.contains(&delivered.id) {
+            self.inner.writer.duplicates += 1;
+            return Ok(());
+        }
         let key = self.seen_key(&delivered.id);
         self.inner.push(&delivered.item, Some(key))?;
+        self.buffered.insert(delivered.id);
         Ok(())
     }
 
     fn flush(&mut self, ctx: &StageContext) -> Result<(), StageError> {
-        self.inner.flush_with(Some(self.window), ctx)
+        self.buffered.clear();
+        self.inner.flush_with(true, ctx)
     }
 }

@@ -84,8 +84,8 @@ impl Ticket for KeyedTicket {
 ///   the live consumers. Entries of a partition are handed out only while its lease is
 ///   surely held (90% of the lease time after the last renewal was sent).
 /// - **Fair shares.** Each consumer aims for `ceil(P / live consumers)` partitions: it takes
-///   free leases up to that share, and above it gives one partition up at a time, between
-///   batches: it reads no more from it, and releases the lease only once every entry it read
+///   free leases up to that share, and gives up what is above it between batches: it reads
+///   no more from such a partition, and releases the lease only once every entry it read
 ///   from it is finished and acknowledged. So adding a consumer rebalances the partitions
 ///   without processing any item twice.
 /// - **Takeover.** A consumer that dies loses its leases when they run out (the lease time

@@ -266,10 +266,14 @@ impl<B: Broker> Keeper<B> {
             .filter(|slot| slot.held && slot.releasing)
             .count();
         let fair = leases.fair as usize;
-        // One partition at a time above the fair share is given up, between batches.
-        if held > fair
-            && releasing == 0
-            && let Some(slot) = slots.iter_mut().rev().find(|slot| slot.held)
+        // What is above the fair share is given up, each partition between batches: once
+        // everything read from it is settled (at a later beat).
+        let excess = held.saturating_sub(fair).saturating_sub(releasing);
+        for slot in slots
+            .iter_mut()
+            .rev()
+            .filter(|slot| slot.held && !slot.releasing)
+            .take(excess)
         {
             slot.releasing = true;
         }

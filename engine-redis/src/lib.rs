@@ -102,8 +102,8 @@ pub use address::{
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_GROUP, DEFAULT_PORT, DEFAULT_RESPONSE_TIMEOUT, StreamAddress,
 };
 pub use broker::{
-    Appended, Batch, Beat, Broker, Claimed, Connector, DeadLetter, Delivery, EntryId, Leases,
-    ParseEntryIdError, Pending,
+    Appended, Batch, Beat, Broker, Claimed, Connector, DeadLetter, DedupKey, Delivery, EntryId,
+    Leases, ParseEntryIdError, Pending,
 };
 pub use dead_letters::{DeadEntry, DeadLetters, Replayed};
 pub use dedup::{DEFAULT_DEDUP_WINDOW, DedupSink};

@@ -10,7 +10,7 @@ use engine_core::{Backend, StageContext, StageError, protocol};
 use serde::Serialize;
 
 use crate::address::StreamAddress;
-use crate::broker::Connector;
+use crate::broker::{Connector, DedupKey};
 use crate::dedup::DedupSink;
 use crate::error::{Error, Result};
 use crate::writer::Writer;
@@ -227,7 +227,7 @@ impl<T, C: Connector> StreamSink<T, C> {
     }
 
     /// Encodes and buffers an item, with its deduplication key if any.
-    pub(crate) fn push(&mut self, item: &T, dedup_key: Option<String>) -> Result<()>
+    pub(crate) fn push(&mut self, item: &T, dedup_key: Option<DedupKey>) -> Result<()>
     where
         T: Serialize,
     {
@@ -244,12 +244,8 @@ impl<T, C: Connector> StreamSink<T, C> {
         Ok(())
     }
 
-    /// Writes the buffer (deduplicating within `dedup`, if given) and empties it.
-    pub(crate) fn flush_with(
-        &mut self,
-        dedup: Option<Duration>,
-        ctx: &StageContext,
-    ) -> Result<(), StageError> {
+    /// Writes the buffer (deduplicating, if `dedup`) and empties it.
+    pub(crate) fn flush_with(&mut self, dedup: bool, ctx: &StageContext) -> Result<(), StageError> {
         let written = self.writer.write(dedup, ctx);
         // Written or failed, these items are done with: the engine counts a failed flush
         // as failed items, so keeping them would write them twice.
@@ -299,6 +295,6 @@ impl<T: Serialize, C: Connector> Backend for StreamSink<T, C> {
     }
 
     fn flush(&mut self, ctx: &StageContext) -> Result<(), StageError> {
-        self.flush_with(None, ctx)
+        self.flush_with(false, ctx)
     }
 }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use engine_core::StageContext;
 
-use crate::broker::{Batch, Broker, Connector};
+use crate::broker::{Batch, Broker, Connector, DedupKey};
 use crate::error::{Chain, Error, Result};
 use crate::partition::{partition_stream, partitions_key};
 use crate::retry::{Backoff, retrying};
@@ -31,7 +31,7 @@ pub(crate) struct Writer<C: Connector> {
     streams: Vec<String>,
     broker: Option<C::Broker>,
     payloads: Vec<Vec<Vec<u8>>>,
-    dedup_keys: Vec<Vec<String>>,
+    dedup_keys: Vec<Vec<DedupKey>>,
     /// Entries appended by this instance, and payloads skipped as duplicates.
     pub(crate) appended: u64,
     pub(crate) duplicates: u64,
@@ -85,7 +85,7 @@ impl<C: Connector> Writer<C> {
 
     /// Buffers one encoded item for partition `partition` (0 when not keyed), with its
     /// deduplication key if the sink deduplicates.
-    pub(crate) fn push(&mut self, partition: u32, payload: Vec<u8>, dedup_key: Option<String>) {
+    pub(crate) fn push(&mut self, partition: u32, payload: Vec<u8>, dedup_key: Option<DedupKey>) {
         let i = partition as usize;
         self.payloads[i].push(payload);
         if let Some(key) = dedup_key {
@@ -100,7 +100,7 @@ impl<C: Connector> Writer<C> {
     }
 
     /// Appends the buffers, waiting for room under the bound and for the broker to come back.
-    pub(crate) fn write(&mut self, dedup: Option<Duration>, ctx: &StageContext) -> Result<()> {
+    pub(crate) fn write(&mut self, dedup: bool, ctx: &StageContext) -> Result<()> {
         if self.payloads.iter().all(Vec::is_empty) {
             return Ok(());
         }
@@ -131,14 +131,14 @@ impl<C: Connector> Writer<C> {
                     batches.push(Batch {
                         stream,
                         payloads: &payloads[from..],
-                        dedup_keys: dedup.map(|_| &self.dedup_keys[i][from..]),
+                        dedup_keys: dedup.then(|| &self.dedup_keys[i][from..]),
                     });
                 }
             }
             if batches.is_empty() {
                 return Ok(());
             }
-            match broker.append_batches(&batches, self.options.bound, dedup) {
+            match broker.append_batches(&batches, self.options.bound) {
                 Ok(appended) => {
                     let taken: usize = appended.taken.iter().sum();
                     self.duplicates += appended.duplicates as u64;

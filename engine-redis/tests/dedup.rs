@@ -143,13 +143,18 @@ fn consumer(server: &Server, die: bool) -> Command {
 fn a_dedup_sink_appends_each_id_once_within_its_window() {
     let server = Server::start().unwrap();
     let address = server.address("once").unwrap();
+    // Entry ids of entries written now: the window counts from their timestamps.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
     let ids: Vec<ItemId> = (0..100)
-        .map(|n| ItemId::new("in", EntryId::new(n, 0)))
+        .map(|n| ItemId::new("in", EntryId::new(now, n)))
         .collect();
     let items = |range: std::ops::Range<usize>| -> Vec<Delivered<u64>> {
         ids[range]
             .iter()
-            .map(|id| Delivered::new(id.clone(), id.entry().ms))
+            .map(|id| Delivered::new(id.clone(), id.entry().seq))
             .collect()
     };
     for bound in [
@@ -175,6 +180,15 @@ fn a_dedup_sink_appends_each_id_once_within_its_window() {
             "each id once, in order"
         );
     }
+    // Twice in one flush: once.
+    let twice = vec![items(0..1)[0].clone(), items(0..1)[0].clone()];
+    let sink = StreamSink::<u64>::new(address.clone().with_stream("twice"));
+    Engine::builder(twice)
+        .backend(sink.dedup(Duration::from_secs(60)))
+        .run()
+        .unwrap();
+    let mut conn = server.connection().unwrap();
+    assert_eq!(common::len(&mut conn, "twice"), 1);
     // A plain sink appends everything; the window is per output stream.
     let plain = StreamSink::<u64>::new(address.with_stream("plain"));
     Engine::builder(vec![1_u64, 1])
