@@ -8,7 +8,11 @@
 //! With the `redis` feature, `--from redis://host:port/<stream>?group=<group>` reads lines from
 //! a Redis stream (through a consumer group) instead of standard input, and `--to
 //! redis://host:port/<stream>` appends them to a stream instead of logging them. A bad address
-//! is a usage error (exit code 2). `engine dlq list|show ID|replay [--all|ID...]
+//! is a usage error (exit code 2). With `?partitions=<P>`, the stream is keyed: `--to` sends
+//! each line to the partition of its key (`--key line`, the default, or `--key field:N`, the
+//! N-th whitespace-separated field), and `--from` reads with a keyed source (each partition
+//! owned by one consumer at a time, lines of a key in order; ordered mode is on, so
+//! `--backend-threads` must be 1). `engine dlq list|show ID|replay [--all|ID...]
 //! redis://host:port/<stream>` lists the dead letters of a stream, shows one, and moves chosen
 //! ones back to the stream for another try.
 
@@ -172,6 +176,45 @@ struct RunArgs {
     #[cfg(feature = "redis")]
     #[arg(long, value_name = "URL", value_parser = parse_stream_address)]
     to: Option<Box<engine::redis::StreamAddress>>,
+    /// The key of each line for a keyed `--to` stream (`?partitions=<P>`): `line` (the whole
+    /// line) or `field:N` (the N-th whitespace-separated field, from 1; a line with fewer
+    /// fields has the empty key).
+    #[cfg(feature = "redis")]
+    #[arg(long, value_name = "KEY", value_parser = parse_key, default_value = "line")]
+    key: LineKey,
+}
+
+/// The key of a line, for a keyed stream.
+#[cfg(feature = "redis")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LineKey {
+    /// The whole line.
+    Line,
+    /// The N-th whitespace-separated field (0-based here).
+    Field(usize),
+}
+
+#[cfg(feature = "redis")]
+impl LineKey {
+    fn of(self, line: &str) -> &str {
+        match self {
+            Self::Line => line,
+            Self::Field(n) => line.split_whitespace().nth(n).unwrap_or(""),
+        }
+    }
+}
+
+/// Parses `--key`; an error is a usage error (exit code 2).
+#[cfg(feature = "redis")]
+fn parse_key(text: &str) -> Result<LineKey, String> {
+    match text.split_once(':') {
+        None if text == "line" => Ok(LineKey::Line),
+        Some(("field", n)) => match n.parse::<usize>() {
+            Ok(n) if n >= 1 => Ok(LineKey::Field(n - 1)),
+            _ => Err(format!("`field:N` needs a field number from 1, not {n:?}")),
+        },
+        _ => Err(format!("expected `line` or `field:N`, not {text:?}")),
+    }
 }
 
 /// Parses `--from`/`--to`; an error is a usage error (exit code 2).
@@ -273,13 +316,17 @@ fn run(args: &RunArgs) -> ExitCode {
 /// transport), applies the options, runs it under Ctrl-C handling, and returns the report.
 #[cfg(all(feature = "threads", feature = "ootb"))]
 macro_rules! run_engine {
-    ($args:expr, $frontend:expr, $backend:expr) => {{
+    ($args:expr, $frontend:expr, $backend:expr) => {
+        run_engine!($args, $frontend, $backend, false)
+    };
+    ($args:expr, $frontend:expr, $backend:expr, $ordered:expr) => {{
         let args: &RunArgs = $args;
         let mut builder = engine::threads::Engine::builder($frontend)
             .transport(engine::ootb::LogTransport::<String>::new())
             .backend($backend)
             .transport_threads(args.transport_threads)
-            .backend_threads(args.backend_threads);
+            .backend_threads(args.backend_threads)
+            .ordered($ordered);
         if let Some(items) = args.queue_size {
             builder = builder.queue_capacity(items);
         }
@@ -353,13 +400,38 @@ fn try_run(args: &RunArgs) -> anyhow::Result<engine::core::RunReport> {
     );
     #[cfg(feature = "redis")]
     {
-        use engine::redis::{StreamSink, StreamSource};
+        use engine::redis::{KeyedSource, StreamSink, StreamSource};
         let log = || engine::ootb::LogBackend::<String>::new();
         let stdin = engine::ootb::StdinFrontend::new;
-        let sink = |to: &engine::redis::StreamAddress| StreamSink::<String>::new(to.clone());
+        let key = args.key;
+        let sink = |to: &engine::redis::StreamAddress| {
+            let sink = StreamSink::<String>::new(to.clone());
+            match to.partitions() {
+                Some(partitions) => sink.keyed(partitions, move |line: &String| {
+                    key.of(line).as_bytes().to_vec()
+                }),
+                None => sink,
+            }
+        };
         let report = match (&args.from, &args.to) {
             (None, None) => run_engine!(args, stdin(), log()),
             (None, Some(to)) => run_engine!(args, stdin(), sink(to)),
+            (Some(from), to) if from.partitions().is_some() => {
+                // Lines of a key reach the backend in the order of their partition.
+                let source = KeyedSource::<String>::new((**from).clone());
+                let settlement = source.settlement();
+                let report = match to {
+                    None => run_engine!(args, source, log(), true),
+                    Some(to) => run_engine!(args, source, sink(to), true),
+                };
+                if settlement.outstanding() != 0 {
+                    tracing::warn!(
+                        outstanding = settlement.outstanding(),
+                        "some acknowledgements were not sent; those lines will be delivered again"
+                    );
+                }
+                report
+            }
             (Some(from), to) => {
                 let source = StreamSource::<String>::new((**from).clone());
                 let settlement = source.settlement();

@@ -101,6 +101,9 @@ fn lines_go_from_stdin_to_a_stream_and_from_stream_to_stream() {
             &format!("{}?block_ms=50", server.stream_url("in")),
         ])
         .args(["--to", &server.stream_url("out")])
+        // The log transport logs every line: at info, more than a pipe holds before the
+        // output is read at the end.
+        .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -311,4 +314,74 @@ fn rediss_with_a_password_works_and_no_log_line_shows_the_password() {
     let out = engine(&["dlq", "list", &url(wrong)], "");
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert!(!String::from_utf8_lossy(&out.stderr).contains(wrong));
+}
+
+#[test]
+fn keyed_lines_keep_their_order_per_key_from_stream_to_stream() {
+    let server = Server::start().unwrap();
+    // 20 users, 25 lines each, interleaved; the key is the first field.
+    let input: String = (0..25)
+        .flat_map(|n| (0..20).map(move |user| format!("user{user} {n}\n")))
+        .collect();
+    let keyed = format!("{}?partitions=4", server.stream_url("keyed"));
+    let out = engine(&["run", "--to", &keyed, "--key", "field:1"], &input);
+    assert!(out.status.success(), "{out:?}");
+    // Each user's lines are all in one partition, in order.
+    let mut partition_of: std::collections::HashMap<String, usize> = Default::default();
+    let mut total = 0;
+    for p in 0..4 {
+        let lines = lines(&server, &format!("keyed:p{p}"));
+        total += lines.len();
+        for line in lines {
+            let user = line.split(' ').next().unwrap().to_owned();
+            assert_eq!(*partition_of.entry(user).or_insert(p), p, "{line}");
+        }
+    }
+    assert_eq!(total, 500);
+    assert!(
+        partition_of
+            .values()
+            .collect::<std::collections::HashSet<_>>()
+            .len()
+            > 1
+    );
+
+    // A keyed source with two transport threads (ordered mode), until SIGINT.
+    let from = format!("{keyed}&block_ms=50&lease_ms=500");
+    let child = Command::new(env!("CARGO_BIN_EXE_engine"))
+        .args(["run", "--from", &from, "--to", &server.stream_url("out")])
+        .args(["--transport-threads", "2"])
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the engine runs");
+    wait_until("the lines are through", || {
+        lines(&server, "out").len() >= 500
+    });
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+    let out = child.wait_with_output().expect("the engine ends");
+    assert!(out.status.success(), "{out:?}");
+    let mut next: std::collections::HashMap<String, u32> = Default::default();
+    let got = lines(&server, "out");
+    assert_eq!(got.len(), 500);
+    for line in got {
+        let (user, n) = line.split_once(' ').unwrap();
+        let expected = next.entry(user.to_owned()).or_insert(0);
+        assert_eq!(n.parse::<u32>().unwrap(), *expected, "{user} out of order");
+        *expected += 1;
+    }
+
+    // A bad key is a usage error; a keyed source with several backend threads cannot keep
+    // the order, and says so.
+    let bad = engine(&["run", "--to", &keyed, "--key", "field:0"], "");
+    assert_eq!(bad.status.code(), Some(2), "{bad:?}");
+    let threads = engine(&["run", "--from", &from, "--backend-threads", "2"], "");
+    assert_eq!(threads.status.code(), Some(1), "{threads:?}");
+    assert!(String::from_utf8_lossy(&threads.stderr).contains("ordered"));
 }

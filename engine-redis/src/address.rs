@@ -151,6 +151,17 @@ impl StreamAddress {
         &self.stream
     }
 
+    /// The partition count of a keyed stream (`partitions=`), if the address names one.
+    ///
+    /// ```
+    /// let address = engine_redis::StreamAddress::parse("redis://h/in?partitions=8")?;
+    /// assert_eq!(address.partitions(), Some(8));
+    /// # Ok::<(), engine_redis::Error>(())
+    /// ```
+    pub fn partitions(&self) -> Option<u32> {
+        self.partitions
+    }
+
     /// The consumer group sources read through.
     pub fn group(&self) -> &str {
         &self.group
