@@ -10,8 +10,8 @@
 //! item to one of 8 partitions, two `KeyedSource` consumers holding 4 partition leases each)
 //! against the unkeyed path, both with consumers that stay up across rounds (so that a round
 //! times the steady flow, not the start of the consumers or the rebalance); and the
-//! deduplicating sink (each item's id
-//! checked and recorded in the append script) against the plain sink, producer only.
+//! deduplicating sink (each item's id checked and recorded in the append script) against the
+//! plain sink: producer only, and relaying one stream to another through two consumers.
 //!
 //! The benchmark starts its own `redis-server` on a free loopback port (no persistence).
 //! Run with `cargo xtask bench redis`.
@@ -28,8 +28,8 @@ use std::time::{Duration, Instant};
 use engine::redis::redis::{self, Connection, Value};
 use engine::redis::testing::Server;
 use engine::redis::{
-    DEFAULT_DEDUP_WINDOW, Delivered, EntryId, ItemId, KeyedSource, StreamAddress, StreamSink,
-    StreamSource,
+    DEFAULT_DEDUP_WINDOW, Delivered, EntryId, ItemId, KeyedSource, SinkOptions, StreamAddress,
+    StreamSink, StreamSource,
 };
 use engine_core::{Backend, StageContext, StageError, StopHandle};
 use engine_threads::Engine;
@@ -66,6 +66,92 @@ fn main() {
     harness::row("keyed (8 partitions) vs unkeyed, 2 consumers", &k, &u);
     keyed.stop();
     unkeyed.stop();
+
+    let dedup = Relay::start(&server, "relay-dedup", true);
+    let plain = Relay::start(&server, "relay-plain", false);
+    let (d, p) = harness::compare(ROUNDS, ITEMS, || dedup.round(), || plain.round());
+    harness::row("relay in->out: dedup vs plain sink, 2 consumers", &d, &p);
+    dedup.stop();
+    plain.stop();
+}
+
+/// Two consumer engines that stay up across rounds, relaying a stream to another: a source
+/// with ids into a deduplicating sink, or a plain source into a plain sink. Each round one
+/// producer writes [`ITEMS`] and waits until the output stream holds them all.
+struct Relay {
+    input: StreamAddress,
+    output: String,
+    conn: std::sync::Mutex<Connection>,
+    stop: StopHandle,
+    consumers: Vec<engine_threads::EngineHandle>,
+    rounds: AtomicU64,
+}
+
+impl Relay {
+    fn start(server: &RedisServer, stream: &str, dedup: bool) -> Self {
+        let input = server.address(stream);
+        let output = format!("{stream}-out");
+        let out = server.address(&output);
+        let stop = StopHandle::new();
+        let consumers = (0..CONSUMERS)
+            .map(|i| {
+                let source = StreamSource::<u64>::new(input.clone().with_consumer(format!("c{i}")));
+                // Nobody reads the output: no bound.
+                let sink =
+                    StreamSink::<u64>::new(out.clone()).options(SinkOptions::new().unbounded());
+                if dedup {
+                    Engine::builder(source.with_ids())
+                        .backend(sink.dedup(DEFAULT_DEDUP_WINDOW))
+                        .stop_handle(&stop)
+                        .spawn()
+                } else {
+                    Engine::builder(source)
+                        .backend(sink)
+                        .stop_handle(&stop)
+                        .spawn()
+                }
+                .expect("a consumer starts")
+            })
+            .collect();
+        Self {
+            input,
+            output,
+            conn: std::sync::Mutex::new(server.connection()),
+            stop,
+            consumers,
+            rounds: AtomicU64::new(0),
+        }
+    }
+
+    fn round(&self) -> u64 {
+        let round = self.rounds.fetch_add(1, Ordering::SeqCst) + 1;
+        let report = Engine::builder(0..ITEMS)
+            .backend(StreamSink::<u64>::new(self.input.clone()))
+            .run()
+            .expect("the producer runs");
+        assert_eq!(report.processed(), ITEMS);
+        let mut conn = self.conn.lock().expect("one round at a time");
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let len: u64 = redis::cmd("XLEN")
+                .arg(&self.output)
+                .query(&mut *conn)
+                .expect("XLEN");
+            if len >= round * ITEMS {
+                assert_eq!(len, round * ITEMS, "each item once");
+                return round;
+            }
+            assert!(Instant::now() < deadline, "the consumers did not finish");
+            thread::park_timeout(Duration::from_millis(1));
+        }
+    }
+
+    fn stop(self) {
+        self.stop.stop();
+        for consumer in self.consumers {
+            consumer.join().expect("a consumer runs");
+        }
+    }
 }
 
 /// Two consumer engines that stay up across rounds, on a keyed stream (8 partitions) or a
