@@ -6,21 +6,27 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::Sender;
 use engine_core::{Outcome, StageContext, StageError, Ticket, TrackedFrontend, TrackedItem};
 use serde::de::DeserializeOwned;
 
 use crate::address::StreamAddress;
-use crate::broker::{Broker, Connector, DeadLetter, Delivery, EntryId};
+use crate::broker::{Broker, Connector, Delivery, EntryId};
 use crate::delivered::{EntryTicket, ItemId, WithIds};
-use crate::error::{Chain, Error, Result};
+use crate::error::{Error, Result};
 use crate::lease::{Keeper, Leave, OnOwnership, Ownership, Table};
 use crate::partition::partition_stream;
-use crate::retry::{Backoff, retrying};
-use crate::source::{Settlement, SourceOptions, decode, default_consumer, fatal};
+use crate::retry::Backoff;
+use crate::source::{Settlement, SourceOptions, default_consumer, fatal};
 use crate::writer::check_partitions;
+
+mod acker;
+mod read;
+
+use acker::Acker;
+use read::Next;
 
 /// What became of an entry of a keyed stream, for the acknowledging thread.
 #[derive(Debug)]
@@ -320,239 +326,6 @@ impl<T, C: Connector> KeyedSource<T, C> {
     }
 }
 
-/// What the frontend does next.
-enum Next {
-    /// Claim the pending entries of a newly taken partition.
-    TakeOver(u32),
-    /// Read new entries from these partitions.
-    Read(Vec<u32>),
-    /// Nothing to read: wait for the keeper.
-    Wait,
-}
-
-impl<T: DeserializeOwned, C: Connector> KeyedSource<T, C> {
-    fn running(&mut self) -> &mut Running<C::Broker> {
-        self.running.as_mut().expect("the source is started")
-    }
-
-    /// Chooses what to do, from the table.
-    fn next(&mut self) -> Next {
-        let running = self.running();
-        let now = Instant::now();
-        let slots = running.table.lock();
-        let mut read = Vec::new();
-        for (i, slot) in slots.iter().enumerate() {
-            let partition = u32::try_from(i).expect("few partitions");
-            if !slot.owned(now) {
-                continue;
-            }
-            if slot.fresh {
-                // Only once nothing of ours is outstanding there: what is pending is then
-                // exactly what nobody is working on.
-                if slot.outstanding == 0 {
-                    return Next::TakeOver(partition);
-                }
-            } else if !slot.releasing {
-                read.push(partition);
-            }
-        }
-        if read.is_empty() {
-            Next::Wait
-        } else {
-            Next::Read(read)
-        }
-    }
-
-    /// Claims every entry pending in `partition`, in id order, and queues them first.
-    fn take_over(&mut self, partition: u32, ctx: &StageContext) -> Result<()> {
-        let (retry_for, count, limit) = (
-            self.options.get_retry_for(),
-            self.options.get_batch(),
-            self.options.get_max_deliveries(),
-        );
-        let group = self.group.clone();
-        let running = self.running();
-        let stream = running.streams[partition as usize].clone();
-        let mut from = EntryId::ZERO;
-        let mut claimed = Vec::new();
-        loop {
-            let (broker, consumer) = (&mut running.broker, &running.consumer);
-            let pass = retrying("claiming a partition", retry_for, Some(ctx.stop()), || {
-                broker.claim(&stream, &group, consumer, Duration::ZERO, from, count)
-            })?;
-            claimed.extend(pass.deliveries);
-            match pass.next {
-                Some(next) => from = next,
-                None => break,
-            }
-        }
-        let (dead, live): (Vec<_>, Vec<_>) = claimed
-            .into_iter()
-            .partition(|delivery| delivery.deliveries > limit);
-        if !live.is_empty() {
-            tracing::info!(stream = %stream, entries = live.len(), "took over the pending entries of a partition");
-        }
-        {
-            let mut slots = running.table.lock();
-            let slot = &mut slots[partition as usize];
-            slot.outstanding += live.len() as u64;
-            slot.fresh = false;
-        }
-        running
-            .buffer
-            .extend(live.into_iter().map(|delivery| (partition, delivery)));
-        let reasons: Vec<String> = dead
-            .iter()
-            .map(|d| {
-                format!(
-                    "delivered {} times (limit {limit}) without being finished",
-                    d.deliveries
-                )
-            })
-            .collect();
-        let letters: Vec<DeadLetter<'_>> = dead
-            .iter()
-            .zip(&reasons)
-            .map(|(delivery, reason)| DeadLetter {
-                id: delivery.id,
-                payload: delivery.payload.as_deref(),
-                version: delivery.version.as_deref(),
-                deliveries: delivery.deliveries,
-                reason,
-            })
-            .collect();
-        self.bury(partition, &letters, ctx)
-    }
-
-    /// Sends entries of `partition` to its dead-letter stream.
-    fn bury(
-        &mut self,
-        partition: u32,
-        letters: &[DeadLetter<'_>],
-        ctx: &StageContext,
-    ) -> Result<()> {
-        if letters.is_empty() {
-            return Ok(());
-        }
-        let (retry_for, group) = (self.options.get_retry_for(), self.group.clone());
-        let running = self.running();
-        let (stream, dead) = (
-            &running.streams[partition as usize],
-            &running.dead[partition as usize],
-        );
-        for letter in letters {
-            tracing::warn!(stream = %stream, id = %letter.id, reason = letter.reason, dead_letter_stream = %dead, "entry moved to the dead-letter stream");
-        }
-        let broker = &mut running.broker;
-        retrying("dead-lettering", retry_for, Some(ctx.stop()), || {
-            broker.dead_letter(stream, &group, dead, letters)
-        })
-    }
-
-    /// Reads new entries from `partitions`, in one request.
-    fn read(&mut self, partitions: &[u32], ctx: &StageContext) -> Result<(), StageError> {
-        let (count, block, retry_for) = (
-            self.options.get_batch(),
-            self.options.get_block(),
-            self.options.get_retry_for(),
-        );
-        let group = self.group.clone();
-        let running = self.running();
-        let streams: Vec<&str> = partitions
-            .iter()
-            .map(|p| running.streams[*p as usize].as_str())
-            .collect();
-        match running
-            .broker
-            .read_streams(&streams, &group, &running.consumer, count, block)
-        {
-            Ok(read) => {
-                if running.read_backoff.take().is_some() {
-                    tracing::info!(stream = %self.stream, "reading: the broker is back");
-                }
-                let running = self.running();
-                let mut slots = running.table.lock();
-                for (index, deliveries) in read {
-                    let partition = partitions[index];
-                    slots[partition as usize].outstanding += deliveries.len() as u64;
-                    running
-                        .buffer
-                        .extend(deliveries.into_iter().map(|d| (partition, d)));
-                }
-                Ok(())
-            }
-            Err(error) if error.is_retryable() => {
-                // The lost reply may have delivered entries: claim them again, once the
-                // pipeline holds nothing of these partitions.
-                {
-                    let mut slots = running.table.lock();
-                    for p in partitions {
-                        slots[*p as usize].fresh = true;
-                    }
-                }
-                let backoff = running.read_backoff.get_or_insert_with(|| {
-                    tracing::warn!(error = %Chain(&error), "reading: retrying");
-                    Backoff::new(retry_for)
-                });
-                match backoff.pause(error, Some(ctx.stop())) {
-                    Ok(()) | Err(Error::Aborted) => Ok(()),
-                    Err(error) => Err(fatal(error)),
-                }
-            }
-            Err(error) => Err(fatal(error)),
-        }
-    }
-
-    /// Hands one delivery out, or dead-letters it; `None` when its partition is no longer
-    /// owned (it stays pending for the next owner).
-    fn hand_out(
-        &mut self,
-        partition: u32,
-        delivery: Delivery,
-        ctx: &StageContext,
-    ) -> Result<Option<TrackedItem<Self>>, StageError> {
-        let running = self.running();
-        {
-            let mut slots = running.table.lock();
-            let slot = &mut slots[partition as usize];
-            if !slot.owned(Instant::now()) {
-                slot.outstanding = slot.outstanding.saturating_sub(1);
-                return Ok(None);
-            }
-        }
-        let stream = Arc::clone(&running.names[partition as usize]);
-        match decode::<T>(&stream, &delivery) {
-            Ok(item) => {
-                self.settlement.issue();
-                let running = self.running();
-                let ticket = KeyedTicket {
-                    partition,
-                    id: delivery.id,
-                    stream,
-                    completions: running.completions.clone(),
-                };
-                Ok(Some((ticket, item)))
-            }
-            Err(error) => {
-                let reason = match &error {
-                    Error::BadEntry { reason, .. } => reason.clone(),
-                    other => other.to_string(),
-                };
-                let letter = DeadLetter {
-                    id: delivery.id,
-                    payload: delivery.payload.as_deref(),
-                    version: delivery.version.as_deref(),
-                    deliveries: delivery.deliveries,
-                    reason: &reason,
-                };
-                self.bury(partition, &[letter], ctx).map_err(fatal)?;
-                self.running().table.settled(partition, 1);
-                Err(StageError::new(error))
-            }
-        }
-    }
-}
-
 impl<T: DeserializeOwned, C: Connector> TrackedFrontend for KeyedSource<T, C> {
     type Item = T;
     type Ticket = KeyedTicket;
@@ -637,70 +410,5 @@ impl<T, C: Connector> fmt::Debug for KeyedSource<T, C> {
             .field("options", &self.options)
             .field("started", &self.running.is_some())
             .finish_non_exhaustive()
-    }
-}
-
-/// Settles the completions of a keyed source, per partition stream, on its own connection.
-struct Acker<B> {
-    broker: B,
-    streams: Vec<String>,
-    group: String,
-    completions: Receiver<Completion>,
-    table: Arc<Table>,
-    settlement: Settlement,
-    retry_for: Duration,
-}
-
-/// The most completions settled in one round.
-const MAX_SETTLE_BATCH: usize = 8192;
-
-impl<B: Broker> Acker<B> {
-    fn run(mut self) {
-        let partitions = self.streams.len();
-        let mut finished: Vec<Vec<EntryId>> = vec![Vec::new(); partitions];
-        let mut failed: Vec<Vec<(EntryId, String)>> = vec![Vec::new(); partitions];
-        let mut counts = vec![0_u64; partitions];
-        loop {
-            let first = match self.completions.recv_timeout(Duration::from_secs(3600)) {
-                Ok(first) => first,
-                Err(RecvTimeoutError::Timeout) => continue,
-                Err(RecvTimeoutError::Disconnected) => return,
-            };
-            let mut next = Some(first);
-            let mut n = 0;
-            while let Some(completion) = next {
-                let p = completion.partition as usize;
-                match completion.unfinished {
-                    None => finished[p].push(completion.id),
-                    Some(Some(reason)) => failed[p].push((completion.id, reason)),
-                    Some(None) => {}
-                }
-                counts[p] += 1;
-                n += 1;
-                next = if n < MAX_SETTLE_BATCH {
-                    self.completions.try_recv().ok()
-                } else {
-                    None
-                };
-            }
-            for p in 0..partitions {
-                if counts[p] == 0 {
-                    continue;
-                }
-                let (broker, stream, group) = (&mut self.broker, &self.streams[p], &self.group);
-                let (done, bad) = (&finished[p], &failed[p]);
-                if let Err(error) = retrying("acknowledging", self.retry_for, None, || {
-                    broker.settle(stream, group, done, bad)
-                }) {
-                    tracing::error!(stream = %stream, entries = done.len(), error = %Chain(&error), "cannot acknowledge entries; they will be delivered again");
-                }
-                finished[p].clear();
-                failed[p].clear();
-                self.table
-                    .settled(u32::try_from(p).expect("few partitions"), counts[p]);
-                counts[p] = 0;
-            }
-            self.settlement.settle(n as u64);
-        }
     }
 }

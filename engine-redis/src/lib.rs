@@ -31,6 +31,17 @@
 //!   once, with [`Error::Unreachable`]), and reconnects with a backoff when the server goes
 //!   away, for [`SinkOptions::retry_for`]. Blocking reads wait longer than their block time.
 //!
+//! - **Order per key.** A [keyed](StreamSink::keyed) sink hashes each item's key (XXH3) to
+//!   one of `P` partition streams, `<stream>:p<i>` ([`partition_of`]); a [`KeyedSource`]
+//!   reads only the partitions it holds a lease on, renewed by a heartbeat, each consumer
+//!   aiming for `ceil(P / live consumers)`. A dead consumer's partitions, pending entries
+//!   first, move to the survivors when its leases run out ([`DEFAULT_LEASE`]); a new one
+//!   gets its share from owners that give partitions up only once all they read from them
+//!   is acknowledged.
+//! - **Effects at most once.** [`StreamSource::with_ids`] hands out [`Delivered`] items
+//!   carrying their stable [`ItemId`] (stream and entry id); a [`DedupSink`]
+//!   ([`StreamSink::dedup`]) records each id in the same script as the append, so an item
+//!   delivered again within the window is appended once.
 //! - **TLS and auth.** `rediss://` connects with TLS (rustls, through the `redis` crate),
 //!   trusting the system's roots or the CA file of `?ca=<path>`; `user:password@` (or
 //!   `:password@`) authenticates. A refused password is [`Error::Unauthorized`]; the

@@ -1,0 +1,251 @@
+//! How a keyed source reads: what to do next, taking a partition over (its pending entries
+//! first), reading the owned partitions, and handing entries out while the lease holds.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use engine_core::{StageContext, StageError, TrackedItem};
+use serde::de::DeserializeOwned;
+
+use super::{KeyedSource, KeyedTicket, Running};
+use crate::broker::{Broker, Connector, DeadLetter, Delivery, EntryId};
+use crate::error::{Chain, Error, Result};
+use crate::retry::{Backoff, retrying};
+use crate::source::{decode, fatal};
+
+/// What the frontend does next.
+pub(super) enum Next {
+    /// Claim the pending entries of a newly taken partition.
+    TakeOver(u32),
+    /// Read new entries from these partitions.
+    Read(Vec<u32>),
+    /// Nothing to read: wait for the keeper.
+    Wait,
+}
+
+impl<T: DeserializeOwned, C: Connector> KeyedSource<T, C> {
+    pub(super) fn running(&mut self) -> &mut Running<C::Broker> {
+        self.running.as_mut().expect("the source is started")
+    }
+
+    /// Chooses what to do, from the table.
+    pub(super) fn next(&mut self) -> Next {
+        let running = self.running();
+        let now = Instant::now();
+        let slots = running.table.lock();
+        let mut read = Vec::new();
+        for (i, slot) in slots.iter().enumerate() {
+            let partition = u32::try_from(i).expect("few partitions");
+            if !slot.owned(now) {
+                continue;
+            }
+            if slot.fresh {
+                // Only once nothing of ours is outstanding there: what is pending is then
+                // exactly what nobody is working on.
+                if slot.outstanding == 0 {
+                    return Next::TakeOver(partition);
+                }
+            } else if !slot.releasing {
+                read.push(partition);
+            }
+        }
+        if read.is_empty() {
+            Next::Wait
+        } else {
+            Next::Read(read)
+        }
+    }
+
+    /// Claims every entry pending in `partition`, in id order, and queues them first.
+    pub(super) fn take_over(&mut self, partition: u32, ctx: &StageContext) -> Result<()> {
+        let (retry_for, count, limit) = (
+            self.options.get_retry_for(),
+            self.options.get_batch(),
+            self.options.get_max_deliveries(),
+        );
+        let group = self.group.clone();
+        let running = self.running();
+        let stream = running.streams[partition as usize].clone();
+        let mut from = EntryId::ZERO;
+        let mut claimed = Vec::new();
+        loop {
+            let (broker, consumer) = (&mut running.broker, &running.consumer);
+            let pass = retrying("claiming a partition", retry_for, Some(ctx.stop()), || {
+                broker.claim(&stream, &group, consumer, Duration::ZERO, from, count)
+            })?;
+            claimed.extend(pass.deliveries);
+            match pass.next {
+                Some(next) => from = next,
+                None => break,
+            }
+        }
+        let (dead, live): (Vec<_>, Vec<_>) = claimed
+            .into_iter()
+            .partition(|delivery| delivery.deliveries > limit);
+        if !live.is_empty() {
+            tracing::info!(stream = %stream, entries = live.len(), "took over the pending entries of a partition");
+        }
+        {
+            let mut slots = running.table.lock();
+            let slot = &mut slots[partition as usize];
+            slot.outstanding += live.len() as u64;
+            slot.fresh = false;
+        }
+        running
+            .buffer
+            .extend(live.into_iter().map(|delivery| (partition, delivery)));
+        let reasons: Vec<String> = dead
+            .iter()
+            .map(|d| {
+                format!(
+                    "delivered {} times (limit {limit}) without being finished",
+                    d.deliveries
+                )
+            })
+            .collect();
+        let letters: Vec<DeadLetter<'_>> = dead
+            .iter()
+            .zip(&reasons)
+            .map(|(delivery, reason)| DeadLetter {
+                id: delivery.id,
+                payload: delivery.payload.as_deref(),
+                version: delivery.version.as_deref(),
+                deliveries: delivery.deliveries,
+                reason,
+            })
+            .collect();
+        self.bury(partition, &letters, ctx)
+    }
+
+    /// Sends entries of `partition` to its dead-letter stream.
+    fn bury(
+        &mut self,
+        partition: u32,
+        letters: &[DeadLetter<'_>],
+        ctx: &StageContext,
+    ) -> Result<()> {
+        if letters.is_empty() {
+            return Ok(());
+        }
+        let (retry_for, group) = (self.options.get_retry_for(), self.group.clone());
+        let running = self.running();
+        let (stream, dead) = (
+            &running.streams[partition as usize],
+            &running.dead[partition as usize],
+        );
+        for letter in letters {
+            tracing::warn!(stream = %stream, id = %letter.id, reason = letter.reason, dead_letter_stream = %dead, "entry moved to the dead-letter stream");
+        }
+        let broker = &mut running.broker;
+        retrying("dead-lettering", retry_for, Some(ctx.stop()), || {
+            broker.dead_letter(stream, &group, dead, letters)
+        })
+    }
+
+    /// Reads new entries from `partitions`, in one request.
+    pub(super) fn read(
+        &mut self,
+        partitions: &[u32],
+        ctx: &StageContext,
+    ) -> Result<(), StageError> {
+        let (count, block, retry_for) = (
+            self.options.get_batch(),
+            self.options.get_block(),
+            self.options.get_retry_for(),
+        );
+        let group = self.group.clone();
+        let running = self.running();
+        let streams: Vec<&str> = partitions
+            .iter()
+            .map(|p| running.streams[*p as usize].as_str())
+            .collect();
+        match running
+            .broker
+            .read_streams(&streams, &group, &running.consumer, count, block)
+        {
+            Ok(read) => {
+                if running.read_backoff.take().is_some() {
+                    tracing::info!(stream = %self.stream, "reading: the broker is back");
+                }
+                let running = self.running();
+                let mut slots = running.table.lock();
+                for (index, deliveries) in read {
+                    let partition = partitions[index];
+                    slots[partition as usize].outstanding += deliveries.len() as u64;
+                    running
+                        .buffer
+                        .extend(deliveries.into_iter().map(|d| (partition, d)));
+                }
+                Ok(())
+            }
+            Err(error) if error.is_retryable() => {
+                // The lost reply may have delivered entries: claim them again, once the
+                // pipeline holds nothing of these partitions.
+                {
+                    let mut slots = running.table.lock();
+                    for p in partitions {
+                        slots[*p as usize].fresh = true;
+                    }
+                }
+                let backoff = running.read_backoff.get_or_insert_with(|| {
+                    tracing::warn!(error = %Chain(&error), "reading: retrying");
+                    Backoff::new(retry_for)
+                });
+                match backoff.pause(error, Some(ctx.stop())) {
+                    Ok(()) | Err(Error::Aborted) => Ok(()),
+                    Err(error) => Err(fatal(error)),
+                }
+            }
+            Err(error) => Err(fatal(error)),
+        }
+    }
+
+    /// Hands one delivery out, or dead-letters it; `None` when its partition is no longer
+    /// owned (it stays pending for the next owner).
+    pub(super) fn hand_out(
+        &mut self,
+        partition: u32,
+        delivery: Delivery,
+        ctx: &StageContext,
+    ) -> Result<Option<TrackedItem<Self>>, StageError> {
+        let running = self.running();
+        {
+            let mut slots = running.table.lock();
+            let slot = &mut slots[partition as usize];
+            if !slot.owned(Instant::now()) {
+                slot.outstanding = slot.outstanding.saturating_sub(1);
+                return Ok(None);
+            }
+        }
+        let stream = Arc::clone(&running.names[partition as usize]);
+        match decode::<T>(&stream, &delivery) {
+            Ok(item) => {
+                self.settlement.issue();
+                let running = self.running();
+                let ticket = KeyedTicket {
+                    partition,
+                    id: delivery.id,
+                    stream,
+                    completions: running.completions.clone(),
+                };
+                Ok(Some((ticket, item)))
+            }
+            Err(error) => {
+                let reason = match &error {
+                    Error::BadEntry { reason, .. } => reason.clone(),
+                    other => other.to_string(),
+                };
+                let letter = DeadLetter {
+                    id: delivery.id,
+                    payload: delivery.payload.as_deref(),
+                    version: delivery.version.as_deref(),
+                    deliveries: delivery.deliveries,
+                    reason: &reason,
+                };
+                self.bury(partition, &[letter], ctx).map_err(fatal)?;
+                self.running().table.settled(partition, 1);
+                Err(StageError::new(error))
+            }
+        }
+    }
+}
