@@ -385,6 +385,13 @@ fn observe_options(args: &RunArgs) -> observe::Options {
         },
         #[cfg(feature = "redis")]
         stdin: args.from.is_none(),
+        #[cfg(feature = "redis")]
+        streams: args
+            .from
+            .iter()
+            .chain(&args.to)
+            .map(|address| (**address).clone())
+            .collect(),
         #[cfg(not(feature = "redis"))]
         stdin: true,
     }

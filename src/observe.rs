@@ -21,6 +21,9 @@ pub(crate) struct Options {
     pub(crate) progress: Option<bool>,
     /// Whether the input is standard input (whose position in a file gives the progress).
     pub(crate) stdin: bool,
+    /// The Redis streams read or written, whose consumer groups the metrics show.
+    #[cfg(feature = "redis")]
+    pub(crate) streams: Vec<engine::redis::StreamAddress>,
 }
 
 /// The views of one run, until [`finish`](Self::finish).
@@ -38,6 +41,11 @@ impl Observed {
             Some(addr) => {
                 let mut registry = Registry::default();
                 registry.register_collector(Box::new(handle.metrics()));
+                #[cfg(feature = "redis")]
+                for stream in &options.streams {
+                    registry
+                        .register_collector(Box::new(engine::redis::StreamMetrics::new(stream)));
+                }
                 let server = MetricsServer::builder(Arc::new(registry))
                     .addr(addr)
                     .allow_public(options.metrics_public)

@@ -101,6 +101,8 @@ mod delivered;
 mod error;
 mod keyed_source;
 mod lease;
+#[cfg(feature = "metrics")]
+mod metrics;
 mod partition;
 mod redis_broker;
 mod retry;
@@ -122,6 +124,8 @@ pub use delivered::{Delivered, EntryTicket, ItemId, WithIds};
 pub use error::{Error, Result};
 pub use keyed_source::{KeyedSource, KeyedTicket};
 pub use lease::{DEFAULT_LEASE, Ownership};
+#[cfg(feature = "metrics")]
+pub use metrics::StreamMetrics;
 pub use partition::{partition_of, partition_stream};
 pub use redis_broker::{PAYLOAD_FIELD, RedisBroker, VERSION_FIELD};
 pub use sink::{DEFAULT_BOUND, DEFAULT_RETRY_FOR, SinkOptions, StreamSink};

@@ -364,6 +364,29 @@ impl RedisBroker {
 pub(crate) type Fields = Vec<(String, Vec<u8>)>;
 
 impl RedisBroker {
+    /// `XINFO GROUPS` of `stream` (no groups if the stream does not exist), and the length
+    /// of `dead_stream`.
+    pub(crate) fn group_info(
+        &mut self,
+        stream: &str,
+        dead_stream: &str,
+    ) -> Result<(Vec<redis::streams::StreamInfoGroup>, u64)> {
+        let timeout = self.response_timeout;
+        let groups: Option<redis::streams::StreamInfoGroupsReply> =
+            self.run("XINFO", timeout, |conn| {
+                match redis::cmd("XINFO").arg("GROUPS").arg(stream).query(conn) {
+                    Ok(reply) => Ok(Some(reply)),
+                    // No such stream yet: no groups.
+                    Err(err) if err.code() == Some("ERR") => Ok(None),
+                    Err(err) => Err(err),
+                }
+            })?;
+        let dead: u64 = self.run("XLEN", timeout, |conn| {
+            redis::cmd("XLEN").arg(dead_stream).query(conn)
+        })?;
+        Ok((groups.map(|g| g.groups).unwrap_or_default(), dead))
+    }
+
     /// Up to `count` entries of `stream` with ids above `after` (or from the start), in
     /// order, with all their fields.
     pub(crate) fn range(
