@@ -12,6 +12,13 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use crate::address::StreamAddress;
 use crate::redis_broker::RedisBroker;
 
+/// A group's gauge: its name, its help, and how to read it from `XINFO GROUPS`.
+type GroupGauge = (
+    &'static str,
+    &'static str,
+    fn(&redis::streams::StreamInfoGroup) -> i64,
+);
+
 /// A stream's consumer groups, for a `prometheus_client` registry: at each scrape it asks the
 /// server, over a connection of its own.
 ///
@@ -80,7 +87,7 @@ impl Collector for StreamMetrics {
         let Some((groups, dead)) = info else {
             return Ok(());
         };
-        let per_group: [(&str, &str, fn(&redis::streams::StreamInfoGroup) -> i64); 3] = [
+        let per_group: [GroupGauge; 3] = [
             (
                 "engine_redis_pending",
                 "Entries delivered to the group and not acknowledged.",
