@@ -35,7 +35,7 @@ pub struct WorkerReport {
     pub exit: ExitHow,
     /// Whether it ended before the router told it to (a crash, a kill, its own `exit`).
     pub ended_early: bool,
-    /// How many times it was started again after a crash (see [`RouterBuilder::restarts`]);
+    /// How many times it was started again after a crash (see [`RouterBuilder::restart`]);
     /// `pid`, `exit` and `stats` are those of its last process.
     pub restarts: u32,
     /// Its counters, if it sent them before it ended.
