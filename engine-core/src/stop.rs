@@ -1,6 +1,7 @@
 //! The stop handle every engine shares: cloneable, thread-safe, two levels (graceful, now),
 //! waitable, with callbacks so that engines can wake blocked threads or async tasks.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
@@ -43,12 +44,17 @@ impl fmt::Display for StopLevel {
 
 type Listener = Arc<dyn Fn(StopLevel) + Send + Sync>;
 
+/// The registered callbacks by id. Ids only grow, so the map calls them in registration
+/// order, and dropping one subscription costs a lookup, not a scan of the list: a handle with
+/// 10,000 children (a pod of 10,000 beans) would make a scan quadratic.
+type Listeners = BTreeMap<u64, Listener>;
+
 struct Inner {
     level: AtomicU8,
     next_id: AtomicU64,
     // The listeners and the condition variable share this mutex, so that a level change, the
     // list of listeners to call and the wake-up of waiters are one atomic step.
-    listeners: Mutex<Vec<(u64, Listener)>>,
+    listeners: Mutex<Listeners>,
     changed: Condvar,
     // Threads blocked in `wait_for_level`, for diagnostics and tests.
     waiters: AtomicUsize,
@@ -61,14 +67,14 @@ impl Inner {
         Self {
             level: AtomicU8::new(StopLevel::Running as u8),
             next_id: AtomicU64::new(0),
-            listeners: Mutex::new(Vec::new()),
+            listeners: Mutex::new(BTreeMap::new()),
             changed: Condvar::new(),
             waiters: AtomicUsize::new(0),
             _parent: parent,
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Vec<(u64, Listener)>> {
+    fn lock(&self) -> MutexGuard<'_, Listeners> {
         // A panicking listener is called outside the lock, so poisoning can only come from a
         // panic in this module's own short critical sections; the list stays consistent.
         self.listeners
@@ -210,25 +216,35 @@ impl StopHandle {
 
     /// With the lock held: stores the level if it is higher, wakes waiters, and returns the
     /// listeners to call once the lock is released (`None` if nothing changed).
-    fn raise_locked(
-        &self,
-        guard: MutexGuard<'_, Vec<(u64, Listener)>>,
-        level: StopLevel,
-    ) -> Option<Vec<Listener>> {
+    fn raise_locked(&self, guard: MutexGuard<'_, Listeners>, level: StopLevel) -> Option<Due> {
         let old = self.inner.level.load(Ordering::Acquire);
         if old >= level as u8 {
             return None;
         }
         self.inner.level.store(level as u8, Ordering::Release);
-        let listeners = guard.iter().map(|(_, f)| Arc::clone(f)).collect();
+        let listeners = if guard.len() == 1 {
+            Due::One(guard.values().next().map(Arc::clone).expect("one listener"))
+        } else {
+            Due::Many(guard.values().map(Arc::clone).collect())
+        };
+        // Waiters count themselves under the lock before they block, so this count is
+        // exact: with none, the wake-up (a system call) is skipped. A pod stop raises two
+        // handles per bean, nearly always with nobody blocked on them.
+        let waiters = self.inner.waiters.load(Ordering::Relaxed);
         drop(guard);
-        self.inner.changed.notify_all();
+        if waiters > 0 {
+            self.inner.changed.notify_all();
+        }
         Some(listeners)
     }
 
     /// Calls every listener, even when one panics; the first panic is then resumed in the
     /// caller, so a bug in a callback is not silent but cannot keep the others from running.
-    fn notify(listeners: &[Listener], level: StopLevel) {
+    fn notify(listeners: &Due, level: StopLevel) {
+        let listeners = match listeners {
+            Due::One(listener) => std::slice::from_ref(listener),
+            Due::Many(listeners) => listeners.as_slice(),
+        };
         let mut first_panic = None;
         for listener in listeners {
             if let Err(payload) = catch_unwind(AssertUnwindSafe(|| listener(level))) {
@@ -331,12 +347,13 @@ impl StopHandle {
         &self,
         callback: impl Fn(StopLevel) + Send + Sync + 'static,
     ) -> StopSubscription {
-        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let callback: Listener = Arc::new(callback);
-        let current = {
+        let (id, current) = {
             let mut guard = self.inner.lock();
-            guard.push((id, Arc::clone(&callback)));
-            self.level()
+            // Taken under the lock, so that ids follow the order of registration.
+            let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+            guard.insert(id, Arc::clone(&callback));
+            (id, self.level())
         };
         if current > StopLevel::Running {
             callback(current);
@@ -397,6 +414,13 @@ impl fmt::Debug for StopHandle {
     }
 }
 
+/// The listeners to call after a level change, taken out of the lock: a lone one (a child
+/// handle's usual case) without a heap allocation.
+enum Due {
+    One(Listener),
+    Many(Vec<Listener>),
+}
+
 /// Counts a thread as waiting while it lives.
 struct Waiting<'a>(&'a AtomicUsize);
 
@@ -423,7 +447,9 @@ impl StopSubscription {
 impl Drop for StopSubscription {
     fn drop(&mut self) {
         if let Some(inner) = self.inner.upgrade() {
-            inner.lock().retain(|(id, _)| *id != self.id);
+            // Dropped outside the lock: the callback may hold the last handle of a child.
+            let removed = inner.lock().remove(&self.id);
+            drop(removed);
         }
     }
 }
@@ -521,6 +547,48 @@ mod tests {
             *calls.lock().unwrap(),
             [StopLevel::Graceful, StopLevel::Now]
         );
+    }
+
+    #[test]
+    fn callbacks_run_in_registration_order_around_dropped_ones() {
+        let stop = StopHandle::new();
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let subs: Vec<_> = (0..10)
+            .map(|i| {
+                let calls = Arc::clone(&calls);
+                stop.on_stop(move |_| calls.lock().unwrap().push(i))
+            })
+            .collect();
+        let mut kept = Vec::new();
+        for (i, sub) in subs.into_iter().enumerate() {
+            if i % 3 == 0 {
+                drop(sub);
+            } else {
+                kept.push(sub);
+            }
+        }
+        assert_eq!(stop.subscriber_count(), 6);
+        stop.stop();
+        assert_eq!(*calls.lock().unwrap(), [1, 2, 4, 5, 7, 8]);
+    }
+
+    #[test]
+    fn many_children_leave_their_parent_in_any_order() {
+        let parent = StopHandle::new();
+        let mut children: Vec<_> = (0..2000).map(|_| parent.child()).collect();
+        assert_eq!(parent.subscriber_count(), 2000);
+        // Every other child first, then the rest from the back.
+        let mut i = 0;
+        children.retain(|_| {
+            i += 1;
+            i % 2 == 0
+        });
+        assert_eq!(parent.subscriber_count(), 1000);
+        let last = children.pop().expect("a child");
+        children.clear();
+        assert_eq!(parent.subscriber_count(), 1);
+        parent.stop();
+        assert!(last.is_stopping());
     }
 
     #[test]

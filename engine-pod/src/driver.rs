@@ -38,12 +38,14 @@ impl Driver {
         shared: Arc<PodShared>,
         commands: mpsc::UnboundedReceiver<Command>,
         subscription: StopSubscription,
+        beans: usize,
     ) -> Self {
         Self {
             shared,
             tasks: JoinSet::new(),
-            ids: HashMap::new(),
-            ended: HashMap::new(),
+            // Sized once: growing them while 10,000 beans end moves every spec again and again.
+            ids: HashMap::with_capacity(beans),
+            ended: HashMap::with_capacity(beans),
             respawn_wanted: HashSet::new(),
             commands,
             deadline: None,
@@ -55,9 +57,8 @@ impl Driver {
 
     /// Starts the supervisor of bean `id`.
     pub(crate) fn spawn(&mut self, id: BeanId, spec: BeanSpec) {
-        let handle = self
-            .tasks
-            .spawn(supervise(Arc::clone(&self.shared), id, spec));
+        let fut = supervise(Arc::clone(&self.shared), id, spec);
+        let handle = self.tasks.spawn(fut);
         self.ids.insert(handle.id(), id);
     }
 
@@ -74,7 +75,14 @@ impl Driver {
             }
             let deadline = self.deadline;
             tokio::select! {
-                Some(joined) = self.tasks.join_next_with_id() => self.on_end(joined),
+                Some(joined) = self.tasks.join_next_with_id() => {
+                    self.on_end(joined);
+                    // Beans often end together (a pod stop): take every end there is before
+                    // waiting again.
+                    while let Some(joined) = self.tasks.try_join_next_with_id() {
+                        self.on_end(joined);
+                    }
+                }
                 Some(command) = self.commands.recv() => self.on_command(command),
                 () = self.shared.wake.notified() => {}
                 () = sleep_until(deadline), if deadline.is_some() => {

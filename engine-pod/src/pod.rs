@@ -20,7 +20,8 @@ pub struct BeanSpec {
     pub(crate) bean: Arc<dyn Bean>,
     pub(crate) core: String,
     pub(crate) label: Option<String>,
-    pub(crate) params: toml::Table,
+    /// Shared with every run's context; beans without parameters share one empty table.
+    pub(crate) params: Arc<toml::Table>,
     pub(crate) restart: RestartPolicy,
     pub(crate) declares_readiness: bool,
 }
@@ -47,7 +48,7 @@ impl BeanSpec {
             bean,
             core: core.into(),
             label: None,
-            params: toml::Table::new(),
+            params: no_params(),
             restart: RestartPolicy::default(),
             declares_readiness: false,
         }
@@ -63,7 +64,7 @@ impl BeanSpec {
     /// Sets the parameters, read with [`BeanContext::params`](crate::BeanContext::params).
     #[must_use]
     pub fn params(mut self, params: toml::Table) -> Self {
-        self.params = params;
+        self.params = Arc::new(params);
         self
     }
 
@@ -83,6 +84,14 @@ impl BeanSpec {
         self.declares_readiness = true;
         self
     }
+}
+
+/// The parameters of a bean given none: one table for every such bean, so that a pod of
+/// 10,000 beans makes none.
+fn no_params() -> Arc<toml::Table> {
+    static EMPTY: std::sync::LazyLock<Arc<toml::Table>> =
+        std::sync::LazyLock::new(|| Arc::new(toml::Table::new()));
+    Arc::clone(&EMPTY)
 }
 
 /// A pod of beans, built in code or from a config file through a
@@ -202,7 +211,12 @@ impl Pod {
             PodShared::new(self.config, slots, stop.clone(), commands_tx)
         });
         let subscription = subscription.expect("set while the pod was made");
-        let mut driver = Driver::new(Arc::clone(&shared), commands, subscription);
+        let mut driver = Driver::new(
+            Arc::clone(&shared),
+            commands,
+            subscription,
+            self.beans.len(),
+        );
         for (i, spec) in self.beans.into_iter().enumerate() {
             driver.spawn(BeanId(i as u64 + 1), spec);
         }

@@ -3,33 +3,37 @@
 //! bean's. Async code waits on a view, which only follows its handle and is never stopped on
 //! its own.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use engine_core::{StopHandle, StopSubscription};
 use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 
 /// A stop handle with an async "stopping" future, for one run of a bean: one subscription to
-/// the handle, shared by every clone of the run's context.
+/// the handle, shared by every clone of the run's context. The waiters wait on a `Notify`
+/// inside it (no token of its own to allocate per run).
 pub(crate) struct RunStop {
     handle: StopHandle,
-    view: CancellationToken,
-    _subscription: StopSubscription,
+    notify: Notify,
+    subscription: OnceLock<StopSubscription>,
 }
 
 impl RunStop {
     pub(crate) fn new(handle: StopHandle) -> Arc<Self> {
-        let view = CancellationToken::new();
-        let subscription = {
-            let view = view.clone();
-            // Called at once if the handle is already stopping.
-            handle.on_stop(move |_| view.cancel())
-        };
-        Arc::new(Self {
+        let run = Arc::new(Self {
             handle,
-            view,
-            _subscription: subscription,
-        })
+            notify: Notify::new(),
+            subscription: OnceLock::new(),
+        });
+        let weak = Arc::downgrade(&run);
+        // Called at once if the handle is already stopping, which wakes nobody yet: a
+        // waiter checks the level after it has enabled its wake-up.
+        let subscription = run.handle.on_stop(move |_| {
+            if let Some(run) = weak.upgrade() {
+                run.notify.notify_waiters();
+            }
+        });
+        let _ = run.subscription.set(subscription);
+        run
     }
 
     pub(crate) fn handle(&self) -> &StopHandle {
@@ -37,7 +41,16 @@ impl RunStop {
     }
 
     pub(crate) async fn stopping(&self) {
-        self.view.cancelled().await;
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            // Enabled before the check: a stop after the check wakes this waiter.
+            notified.as_mut().enable();
+            if self.handle.is_stopping() {
+                return;
+            }
+            notified.await;
+        }
     }
 
     pub(crate) fn is_stopping(&self) -> bool {
