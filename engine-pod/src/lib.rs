@@ -19,6 +19,10 @@
 //!   (200 or 503, for probes) and a control API (stop or restart one bean, signal a label,
 //!   stop the pod), on loopback unless a [`ControlToken`] is set; [`ControlClient`] and
 //!   `engine pod ctl` drive it.
+//! - **Async code and engines.** [`feed`] gives a frontend fed from async code, [`deliver`]
+//!   a backend that hands items to async code, over bounded `flume` channels: backpressure
+//!   reaches the async sender, and dropping it ends the run. [`Call`] carries a reply with an
+//!   item ([`Feed::call`]), so an HTTP handler awaits its item's result.
 //! - **HTTP apps** (feature `http`, on by default). `HttpServer` hosts an axum `Router` or any
 //!   tower service, with the context in every request's extensions and a graceful shutdown
 //!   with the pod. The feature is on by default because hosting an HTTP API next to one's
@@ -51,6 +55,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod bean;
+mod bridge;
 mod builtin;
 mod builtins;
 pub mod cli;
@@ -77,6 +82,10 @@ pub use axum;
 pub use bean::{
     Bean, BeanFuture, BeanResult, BlockingBean, FnBean, IntoBeanResult, Restart, RestartPolicy,
     bean_fn, blocking,
+};
+pub use bridge::{
+    Call, CallError, DeliverBackend, DeliverError, Deliveries, Feed, FeedClosed, FeedError,
+    FeedFrontend, deliver, feed,
 };
 #[cfg(feature = "http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
