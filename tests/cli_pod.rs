@@ -1,6 +1,7 @@
 //! `engine pod ctl` against a running `engine pod run`, both the real binary: status, stop,
 //! restart and signal by label; a token refuses requests without it (exit 1, nothing
-//! changed); bad options exit 2.
+//! changed); bad options exit 2. `engine top --once` against the pod's status server lists
+//! its beans.
 
 #![cfg(all(unix, feature = "pod"))]
 
@@ -222,4 +223,36 @@ fn ctl_without_a_pod_fails_with_1() {
         .output()
         .expect("ctl runs");
     assert_eq!(out.status.code(), Some(2), "{out:?}");
+}
+
+#[test]
+fn top_once_against_the_pods_status_server_lists_the_beans() {
+    let pod = RunningPod::start(&["status", "sleep:label=sleepers"]);
+    pod.until(&[], |rows| rows.len() == 2 && rows[1][3] == "running");
+    let out = Command::new(env!("CARGO_BIN_EXE_engine"))
+        .args(["top", "--once", &pod.addr])
+        .output()
+        .expect("top runs");
+    let table = stdout(&out);
+    assert!(out.status.success(), "{out:?}");
+    // BEAN LABEL CORE STATE RESTARTS UPTIME
+    let rows: Vec<Vec<&str>> = table
+        .lines()
+        .skip_while(|l| !l.starts_with("BEAN"))
+        .skip(1)
+        .take_while(|l| !l.trim().is_empty())
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows.len(), 2, "{table}");
+    assert_eq!(&rows[0][..3], ["1", "status", "ready"], "{table}");
+    assert_eq!(
+        &rows[1][..5],
+        ["2", "sleepers", "sleep", "running", "0"],
+        "{table}"
+    );
+
+    let out = pod.ctl(&["shutdown"]);
+    assert!(out.status.success(), "{out:?}");
+    let (status, log) = pod.finish();
+    assert!(status.success(), "{status:?} {log}");
 }

@@ -16,6 +16,11 @@
 //! - **[`Progress`]** draws one live line on standard error: items done, each stage's rate,
 //!   the bottleneck, and with a known total the share done and the time left.
 //!
+//! Features: `top` and `progress` (both default) add `engine top` (crossterm, an HTTP client)
+//! and the progress line (indicatif), with the scrape reader they share (`snapshot`);
+//! without them the crate is the metrics server and the dashboard alone (prometheus-client
+//! and hyper), which is what a pod's status bean needs.
+//!
 //! Every view reads the counters the engine keeps anyway, at its own pace: nothing is added
 //! to the path of an item.
 //!
@@ -31,14 +36,26 @@
 //! # Ok::<(), engine_observe::ServeError>(())
 //! ```
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+#[cfg(feature = "progress")]
 mod progress;
 mod server;
+#[cfg(feature = "snapshot")]
 mod snapshot;
+#[cfg(feature = "top")]
+#[cfg_attr(docsrs, doc(cfg(feature = "top")))]
 pub mod top;
 
+#[cfg(feature = "progress")]
+#[cfg_attr(docsrs, doc(cfg(feature = "progress")))]
 pub use progress::{Position, Progress, describe};
 pub use server::{
     DASHBOARD, METRICS_CONTENT_TYPE, MetricsServer, MetricsServerBuilder, ServeError, respond,
 };
+#[cfg(feature = "snapshot")]
+#[cfg_attr(docsrs, doc(cfg(feature = "snapshot")))]
 pub use snapshot::{BeanSample, ParseError, Snapshot, StageRates, StageSample, bottleneck, rates};
+#[cfg(feature = "top")]
+#[cfg_attr(docsrs, doc(cfg(feature = "top")))]
 pub use top::{Scraper, TopError};

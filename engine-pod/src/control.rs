@@ -5,6 +5,8 @@
 //! | --- | --- |
 //! | `GET /status` | every bean's [`BeanStatus`](crate::BeanStatus), as JSON |
 //! | `GET /ready` | 200 when every bean that declares readiness is ready, 503 otherwise |
+//! | `GET /metrics` | the beans' metrics ([`PodMetrics`](crate::PodMetrics)), OpenMetrics text |
+//! | `GET /` | the dashboard page (`engine_observe::DASHBOARD`), which reads `/metrics` |
 //! | `POST /beans/{id}/stop` | stops one bean for good |
 //! | `POST /beans/{id}/restart` | ends its run and starts it again |
 //! | `POST /signal` with `{"name": N, "label": L, "id": I, "payload": P}` | sends a named signal to a label, a bean, or (neither) every bean; answers `{"handlers": n}` |
@@ -44,6 +46,7 @@ pub(crate) struct SignalRequest {
 pub(crate) async fn answer(
     ctx: &BeanContext,
     token: Option<&ControlToken>,
+    registry: &prometheus_client::registry::Registry,
     request: Request<Incoming>,
 ) -> Response<Full<Bytes>> {
     let (method, path) = (request.method().clone(), request.uri().path().to_owned());
@@ -57,6 +60,9 @@ pub(crate) async fn answer(
             .headers_mut()
             .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         return response;
+    }
+    if method == Method::GET && matches!(path.as_str(), "/metrics" | "/" | "/index.html") {
+        return engine_observe::respond(&method, &path, registry);
     }
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let (status, body) = match (&method, segments.as_slice()) {
@@ -75,13 +81,13 @@ pub(crate) async fn answer(
         }
         (&Method::GET, ["signal" | "stop"])
         | (&Method::GET, ["beans", _, "stop" | "restart"])
-        | (&Method::POST, ["status" | "ready"]) => (
+        | (&Method::POST, ["status" | "ready" | "metrics"]) => (
             StatusCode::METHOD_NOT_ALLOWED,
             json!({"error": format!("{method} is not allowed on {path}")}),
         ),
         _ => (
             StatusCode::NOT_FOUND,
-            json!({"error": format!("no {path}; try /status, /ready, /beans/ID/stop, /beans/ID/restart, /signal or /stop")}),
+            json!({"error": format!("no {path}; try /status, /ready, /metrics, /, /beans/ID/stop, /beans/ID/restart, /signal or /stop")}),
         ),
     };
     json_response(status, &body)

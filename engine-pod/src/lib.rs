@@ -18,7 +18,10 @@
 //! - **Status and control.** The [`StatusServer`] bean serves `GET /status`, `GET /ready`
 //!   (200 or 503, for probes) and a control API (stop or restart one bean, signal a label,
 //!   stop the pod), on loopback unless a [`ControlToken`] is set; [`ControlClient`] and
-//!   `engine pod ctl` drive it.
+//!   `engine pod ctl` drive it. It also serves the beans' metrics at `GET /metrics`
+//!   ([`PodMetrics`]: state, restarts, uptime per bean; `engine top` reads them) and the
+//!   dashboard page at `GET /`; [`PodHandle::metrics`] registers the same into a program's
+//!   own registry.
 //! - **Async code and engines.** [`feed`] gives a frontend fed from async code, [`deliver`]
 //!   a backend that hands items to async code, over bounded `flume` channels: backpressure
 //!   reaches the async sender, and dropping it ends the run. [`Call`] carries a reply with an
@@ -65,6 +68,7 @@ mod control;
 mod ctl;
 mod driver;
 mod engine_bean;
+mod metrics;
 mod pod;
 mod registry;
 mod shared;
@@ -99,6 +103,7 @@ pub use config::{BeanConfig, ConfigError, ENV_PREFIX, PodConfig, PodFile, parse_
 pub use context::BeanContext;
 pub use ctl::{ControlClient, CtlError};
 pub use engine_bean::{EngineBean, LastReport, engine_bean};
+pub use metrics::PodMetrics;
 pub use pod::{BeanSpec, Pod, PodHandle, PodReport};
 pub use registry::{BeanFactory, Registry};
 pub use state::{BeanId, BeanState, BeanStatus, ControlError, ReadyError, SignalEvent, Target};

@@ -249,6 +249,13 @@ impl PodHandle {
         &self.shared.stop
     }
 
+    /// The beans' metrics (state, restarts, uptime), as a `prometheus_client` collector to
+    /// register into a program's own registry; the status bean serves the same at
+    /// `GET /metrics`. See [`PodMetrics`](crate::PodMetrics).
+    pub fn metrics(&self) -> crate::metrics::PodMetrics {
+        crate::metrics::PodMetrics::new(Arc::clone(&self.shared))
+    }
+
     /// The status of every bean: id, label, core, state, restarts, uptime.
     pub fn status(&self) -> Vec<BeanStatus> {
         self.shared.status()

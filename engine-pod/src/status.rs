@@ -1,6 +1,6 @@
-//! The status bean: the status of every bean as JSON, a readiness probe and the control API
-//! over HTTP (hyper; see the `control` module for the routes), on loopback by default. A
-//! bind to another address needs a control token.
+//! The status bean: the status of every bean as JSON, a readiness probe, the beans' metrics
+//! with the dashboard page, and the control API over HTTP (hyper; see the `control` module
+//! for the routes), on loopback by default. A bind to another address needs a control token.
 
 use std::convert::Infallible;
 use std::fmt;
@@ -153,8 +153,12 @@ impl Bean for StatusServer {
             let addr = listener.local_addr().map_err(StageError::new)?;
             bound.send_replace(Some(addr));
             ctx.mark_listening(addr);
-            tracing::info!(bean = %ctx.id(), %addr, token = token.is_some(), "status server listening (GET /status, /ready; control API)");
-            serve(listener, ctx, token.map(Arc::new)).await;
+            tracing::info!(bean = %ctx.id(), %addr, token = token.is_some(), "status server listening (GET /status, /ready, /metrics, / (dashboard); control API)");
+            let mut registry = prometheus_client::registry::Registry::default();
+            registry.register_collector(Box::new(crate::metrics::PodMetrics::new(Arc::clone(
+                &ctx.pod,
+            ))));
+            serve(listener, ctx, token.map(Arc::new), Arc::new(registry)).await;
             Ok(())
         })
     }
@@ -169,6 +173,7 @@ async fn serve(
     listener: tokio::net::TcpListener,
     ctx: BeanContext,
     token: Option<Arc<ControlToken>>,
+    registry: Arc<prometheus_client::registry::Registry>,
 ) {
     let mut connections = tokio::task::JoinSet::new();
     loop {
@@ -183,13 +188,13 @@ async fn serve(
             () = ctx.stopping() => break,
             Some(_) = connections.join_next(), if !connections.is_empty() => continue,
         };
-        let (ctx, token) = (ctx.clone(), token.clone());
+        let (ctx, token, registry) = (ctx.clone(), token.clone(), Arc::clone(&registry));
         connections.spawn(async move {
             let service = hyper::service::service_fn(move |request| {
-                let (ctx, token) = (ctx.clone(), token.clone());
+                let (ctx, token, registry) = (ctx.clone(), token.clone(), Arc::clone(&registry));
                 async move {
                     Ok::<_, Infallible>(
-                        crate::control::answer(&ctx, token.as_deref(), request).await,
+                        crate::control::answer(&ctx, token.as_deref(), &registry, request).await,
                     )
                 }
             });
