@@ -7,10 +7,12 @@ use std::sync::Mutex;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 
 use crate::address::StreamAddress;
 use crate::redis_broker::RedisBroker;
+use crate::source::Settlement;
 
 /// A group's gauge: its name, its help, and how to read it from `XINFO GROUPS`.
 type GroupGauge = (
@@ -31,6 +33,8 @@ type GroupGauge = (
 pub struct StreamMetrics {
     address: StreamAddress,
     broker: Mutex<Option<RedisBroker>>,
+    /// The local sources' counts, if this process reads the stream.
+    settlement: Option<Settlement>,
 }
 
 impl fmt::Debug for StreamMetrics {
@@ -48,7 +52,18 @@ impl StreamMetrics {
         Self {
             address: address.clone(),
             broker: Mutex::new(None),
+            settlement: None,
         }
+    }
+
+    /// Adds the counts of this process's sources of the stream, through their settlement
+    /// ([`StreamSource::settlement`](crate::StreamSource::settlement)):
+    /// `engine_redis_reclaimed` (entries taken over from dead consumers) and
+    /// `engine_redis_dead_lettered` (entries this process moved to the dead-letter stream).
+    #[must_use]
+    pub fn with_source(mut self, settlement: &Settlement) -> Self {
+        self.settlement = Some(settlement.clone());
+        self
     }
 
     fn read(&self) -> Option<(Vec<redis::streams::StreamInfoGroup>, u64)> {
@@ -76,6 +91,26 @@ impl StreamMetrics {
 impl Collector for StreamMetrics {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> fmt::Result {
         let stream = self.address.stream().to_owned();
+        if let Some(settlement) = &self.settlement {
+            let labels = [("stream", stream.clone())];
+            let local: [(&str, &str, u64); 2] = [
+                (
+                    "engine_redis_reclaimed",
+                    "Entries this process's sources took over from other consumers.",
+                    settlement.reclaimed(),
+                ),
+                (
+                    "engine_redis_dead_lettered",
+                    "Entries this process's sources moved to the dead-letter stream.",
+                    settlement.dead_lettered(),
+                ),
+            ];
+            for (name, help, value) in local {
+                let mut family =
+                    encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+                ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
+            }
+        }
         let info = self.read();
         let up = encoder.encode_descriptor(
             "engine_redis_up",

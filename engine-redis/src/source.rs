@@ -265,6 +265,10 @@ pub struct Settlement(Arc<Tally>);
 #[derive(Default)]
 struct Tally {
     issued: AtomicU64,
+    /// Entries this source took over from other consumers' pending lists.
+    reclaimed: AtomicU64,
+    /// Entries this source moved to the dead-letter stream.
+    dead_lettered: AtomicU64,
     settled: Mutex<u64>,
     changed: Condvar,
 }
@@ -273,6 +277,17 @@ impl Settlement {
     /// A settlement with nothing handed out.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// How many entries the sources of this settlement took over from other (dead)
+    /// consumers' pending lists.
+    pub fn reclaimed(&self) -> u64 {
+        self.0.reclaimed.load(Ordering::Relaxed)
+    }
+
+    /// How many entries the sources of this settlement moved to the dead-letter stream.
+    pub fn dead_lettered(&self) -> u64 {
+        self.0.dead_lettered.load(Ordering::Relaxed)
     }
 
     /// How many items were handed out and are not settled yet.
@@ -700,7 +715,7 @@ impl<T: DeserializeOwned, C: Connector> StreamSource<T, C> {
             &self.dead_stream,
             &mut running.recover,
         );
-        retrying(
+        let buried = retrying(
             "dead-lettering",
             self.options.retry_for,
             Some(ctx.stop()),
@@ -709,7 +724,14 @@ impl<T: DeserializeOwned, C: Connector> StreamSource<T, C> {
                 *recover |= buried.is_err();
                 buried
             },
-        )
+        );
+        if buried.is_ok() {
+            self.settlement
+                .0
+                .dead_lettered
+                .fetch_add(letters.len() as u64, Ordering::Relaxed);
+        }
+        buried
     }
 
     /// Claims entries left pending too long (by dead consumers, mostly); dead-letters those
@@ -753,6 +775,10 @@ impl<T: DeserializeOwned, C: Connector> StreamSource<T, C> {
         for delivery in &claimed {
             tracing::debug!(stream = %self.stream, id = %delivery.id, deliveries = delivery.deliveries, "claimed a pending entry");
         }
+        self.settlement
+            .0
+            .reclaimed
+            .fetch_add(claimed.len() as u64, Ordering::Relaxed);
         self.take_over(claimed, ctx)?;
         if complete && let Some(idle) = self.options.remove_idle {
             self.remove_idle_consumers(idle);

@@ -209,6 +209,9 @@ fn a_poison_item_ends_in_the_dead_letter_stream_after_the_limit() {
             Ok(_) => {
                 // Stopped gracefully: the last acknowledgements are sent when `join` returns.
                 assert_eq!(settlement.outstanding(), 0);
+                // This run took the poison over from the failed runs' consumers and buried it.
+                assert_eq!(settlement.dead_lettered(), 1);
+                assert!(settlement.reclaimed() >= 1);
                 break;
             }
             Err(other) => panic!("unexpected error: {other}"),
