@@ -369,6 +369,11 @@ macro_rules! run_observed {
     }};
 }
 
+/// The counts of `--from`'s source, for the metrics.
+#[cfg(all(feature = "redis", feature = "observe"))]
+static SOURCE_SETTLEMENT: std::sync::OnceLock<engine::redis::Settlement> =
+    std::sync::OnceLock::new();
+
 /// What `engine run` shows while it runs.
 #[cfg(all(feature = "threads", feature = "ootb", feature = "observe"))]
 fn observe_options(args: &RunArgs) -> observe::Options {
@@ -392,6 +397,8 @@ fn observe_options(args: &RunArgs) -> observe::Options {
             .chain(&args.to)
             .map(|address| (**address).clone())
             .collect(),
+        #[cfg(feature = "redis")]
+        source: SOURCE_SETTLEMENT.get().cloned(),
         #[cfg(not(feature = "redis"))]
         stdin: true,
     }
@@ -442,6 +449,8 @@ fn try_run(args: &RunArgs) -> anyhow::Result<engine::core::RunReport> {
             (Some(from), to) => {
                 let source = StreamSource::<String>::new((**from).clone());
                 let settlement = source.settlement();
+                #[cfg(feature = "observe")]
+                let _ = SOURCE_SETTLEMENT.set(settlement.clone());
                 let report = match to {
                     None => run_engine!(args, source, log()),
                     Some(to) => run_engine!(args, source, sink(to)),

@@ -24,6 +24,9 @@ pub(crate) struct Options {
     /// The Redis streams read or written, whose consumer groups the metrics show.
     #[cfg(feature = "redis")]
     pub(crate) streams: Vec<engine::redis::StreamAddress>,
+    /// The counts of the Redis source of `--from`, if any (the first of `streams`).
+    #[cfg(feature = "redis")]
+    pub(crate) source: Option<engine::redis::Settlement>,
 }
 
 /// The views of one run, until [`finish`](Self::finish).
@@ -42,9 +45,12 @@ impl Observed {
                 let mut registry = Registry::default();
                 registry.register_collector(Box::new(handle.metrics()));
                 #[cfg(feature = "redis")]
-                for stream in &options.streams {
-                    registry
-                        .register_collector(Box::new(engine::redis::StreamMetrics::new(stream)));
+                for (i, stream) in options.streams.iter().enumerate() {
+                    let mut metrics = engine::redis::StreamMetrics::new(stream);
+                    if let (0, Some(source)) = (i, &options.source) {
+                        metrics = metrics.with_source(source);
+                    }
+                    registry.register_collector(Box::new(metrics));
                 }
                 let server = MetricsServer::builder(Arc::new(registry))
                     .addr(addr)
