@@ -1,6 +1,8 @@
 //! The pod: starting and cleanly stopping 10,000 beans (time per bean, memory per bean)
-//! against the same number of plain tokio tasks doing the same wait, and TCP echo throughput of
-//! the built-in server against a hand-written tokio echo server.
+//! against the same number of plain tokio tasks doing the same wait, TCP echo throughput of
+//! the built-in server against a hand-written tokio echo server, and HTTP requests through the
+//! adapter bean (`HttpServer`) against the same axum app served by `axum::serve`, from a
+//! hand-written HTTP/1.1 client over keep-alive connections on loopback.
 //!
 //! Run with `cargo xtask bench pod`.
 
@@ -12,7 +14,9 @@ use std::time::{Duration, Instant};
 
 use std::net::SocketAddr;
 
-use engine_pod::{BeanContext, BeanSpec, Pod, PodConfig, TcpServer, bean_fn};
+use engine_pod::axum::Router;
+use engine_pod::axum::routing::get;
+use engine_pod::{BeanContext, BeanSpec, HttpServer, Pod, PodConfig, TcpServer, bean_fn};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -169,6 +173,116 @@ fn echo() {
     assert!(report.is_success());
 }
 
+/// Requests per round, spread over `HTTP_CONNECTIONS` keep-alive connections.
+const HTTP_REQUESTS: usize = 20_000;
+const HTTP_CONNECTIONS: usize = 8;
+/// A round that takes longer than this is a broken server, not a slow one.
+const HTTP_ROUND_LIMIT: Duration = Duration::from_secs(60);
+
+/// The app both servers serve.
+fn app() -> Router {
+    Router::new().route("/", get(|| async { "hello from the pod\n" }))
+}
+
+/// Reads one HTTP/1.1 response with a `content-length` from `stream`, keeping what follows
+/// it in `buf`; returns the body's length.
+async fn read_response(stream: &mut TcpStream, buf: &mut Vec<u8>) -> usize {
+    let mut chunk = [0_u8; 4096];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = std::str::from_utf8(&buf[..end]).expect("an ASCII head");
+            assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+            let length: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (name, value) = l.split_once(':')?;
+                    name.eq_ignore_ascii_case("content-length")
+                        .then(|| value.trim().parse().ok())?
+                })
+                .expect("a content-length");
+            let total = end + 4 + length;
+            while buf.len() < total {
+                let n = stream.read(&mut chunk).await.expect("reads");
+                assert!(n > 0, "the server closed mid-response");
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            buf.drain(..total);
+            return length;
+        }
+        let n = stream.read(&mut chunk).await.expect("reads");
+        assert!(n > 0, "the server closed the connection");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// `HTTP_REQUESTS` GETs over `HTTP_CONNECTIONS` keep-alive connections, one request in flight
+/// per connection; returns the bytes of body read.
+async fn http_round(addr: SocketAddr) -> usize {
+    let clients: Vec<_> = (0..HTTP_CONNECTIONS)
+        .map(|_| {
+            tokio::spawn(async move {
+                let mut stream = TcpStream::connect(addr).await.expect("connects");
+                stream.set_nodelay(true).expect("nodelay");
+                let request = format!("GET / HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+                let mut buf = Vec::with_capacity(4096);
+                let mut body = 0;
+                for _ in 0..HTTP_REQUESTS / HTTP_CONNECTIONS {
+                    stream.write_all(request.as_bytes()).await.expect("writes");
+                    body += read_response(&mut stream, &mut buf).await;
+                }
+                body
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for client in clients {
+        total += client.await.expect("client");
+    }
+    total
+}
+
+fn http() {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let (pod_addr, handle, plain_addr) = runtime.block_on(async {
+        let server = HttpServer::new(app());
+        let addr = server.local_addr();
+        let mut pod = Pod::new(PodConfig::default());
+        pod.add(BeanSpec::new("http", server));
+        let handle = pod.start();
+        let pod_addr = addr.get().await.expect("the adapter bean listens");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("binds");
+        let plain_addr = listener.local_addr().expect("address");
+        tokio::spawn(async move {
+            engine_pod::axum::serve(listener, app())
+                .await
+                .expect("axum serves");
+        });
+        (pod_addr, handle, plain_addr)
+    });
+    let round = |addr| {
+        runtime.block_on(async {
+            tokio::time::timeout(HTTP_ROUND_LIMIT, http_round(addr))
+                .await
+                .expect("a round within its time limit")
+        })
+    };
+    harness::header("pod: HTTP GETs, 8 keep-alive connections x 2,500 requests (requests/s)");
+    let (engine, baseline) = harness::compare(
+        ROUNDS,
+        HTTP_REQUESTS as u64,
+        || round(pod_addr),
+        || round(plain_addr),
+    );
+    harness::row(
+        "HttpServer bean vs axum::serve, same app",
+        &engine,
+        &baseline,
+    );
+    handle.stop();
+    let report = runtime.block_on(handle.wait());
+    assert!(report.is_success());
+}
+
 fn main() {
     let only = std::env::args().nth(1).filter(|a| !a.starts_with('-'));
     let run = |name: &str| only.as_deref().is_none_or(|o| o == name);
@@ -177,6 +291,9 @@ fn main() {
     }
     if run("echo") {
         echo();
+    }
+    if run("http") {
+        http();
     }
 }
 
