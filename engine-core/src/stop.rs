@@ -44,10 +44,59 @@ impl fmt::Display for StopLevel {
 
 type Listener = Arc<dyn Fn(StopLevel) + Send + Sync>;
 
-/// The registered callbacks by id. Ids only grow, so the map calls them in registration
-/// order, and dropping one subscription costs a lookup, not a scan of the list: a handle with
-/// 10,000 children (a pod of 10,000 beans) would make a scan quadratic.
-type Listeners = BTreeMap<u64, Listener>;
+/// The registered callbacks, in registration order (ids only grow, and are taken under the
+/// lock). A few (a child handle's usual one or two) sit in a small vector; past
+/// [`FEW`](Listeners::FEW) they move to a map by id, so that dropping one subscription costs a
+/// lookup, not a scan of the list: a handle with 10,000 children (a pod of 10,000 beans)
+/// would make a scan quadratic.
+enum Listeners {
+    Few(Vec<(u64, Listener)>),
+    Many(BTreeMap<u64, Listener>),
+}
+
+impl Listeners {
+    const FEW: usize = 8;
+
+    fn insert(&mut self, id: u64, listener: Listener) {
+        match self {
+            Self::Few(few) if few.len() < Self::FEW => few.push((id, listener)),
+            Self::Few(few) => {
+                let mut many: BTreeMap<u64, Listener> = few.drain(..).collect();
+                many.insert(id, listener);
+                *self = Self::Many(many);
+            }
+            Self::Many(many) => {
+                many.insert(id, listener);
+            }
+        }
+    }
+
+    fn remove(&mut self, id: u64) -> Option<Listener> {
+        match self {
+            Self::Few(few) => {
+                let at = few.iter().position(|(i, _)| *i == id)?;
+                Some(few.remove(at).1)
+            }
+            Self::Many(many) => many.remove(&id),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Self::Few(few) => few.len(),
+            Self::Many(many) => many.len(),
+        }
+    }
+
+    /// The listeners to call, in registration order.
+    fn due(&self) -> Due {
+        match self {
+            Self::Few(few) if few.len() == 1 => Due::One(Arc::clone(&few[0].1)),
+            Self::Few(few) => Due::Many(few.iter().map(|(_, f)| Arc::clone(f)).collect()),
+            Self::Many(many) => Due::Many(many.values().map(Arc::clone).collect()),
+        }
+    }
+}
 
 struct Inner {
     level: AtomicU8,
@@ -67,7 +116,7 @@ impl Inner {
         Self {
             level: AtomicU8::new(StopLevel::Running as u8),
             next_id: AtomicU64::new(0),
-            listeners: Mutex::new(BTreeMap::new()),
+            listeners: Mutex::new(Listeners::Few(Vec::new())),
             changed: Condvar::new(),
             waiters: AtomicUsize::new(0),
             _parent: parent,
@@ -222,11 +271,7 @@ impl StopHandle {
             return None;
         }
         self.inner.level.store(level as u8, Ordering::Release);
-        let listeners = if guard.len() == 1 {
-            Due::One(guard.values().next().map(Arc::clone).expect("one listener"))
-        } else {
-            Due::Many(guard.values().map(Arc::clone).collect())
-        };
+        let listeners = guard.due();
         // Waiters count themselves under the lock before they block, so this count is
         // exact: with none, the wake-up (a system call) is skipped. A pod stop raises two
         // handles per bean, nearly always with nobody blocked on them.
@@ -448,7 +493,7 @@ impl Drop for StopSubscription {
     fn drop(&mut self) {
         if let Some(inner) = self.inner.upgrade() {
             // Dropped outside the lock: the callback may hold the last handle of a child.
-            let removed = inner.lock().remove(&self.id);
+            let removed = inner.lock().remove(self.id);
             drop(removed);
         }
     }
