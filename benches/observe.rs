@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use engine::observe::{MetricsServer, Progress, Scraper, Snapshot, StageSample};
+use engine::observe::{MetricsServer, Progress, Scraper};
 use engine::threads::{Engine, EngineHandle};
 
 use prometheus_client::registry::Registry;
@@ -103,28 +103,11 @@ fn with_metrics() -> Duration {
     })
 }
 
-/// The engine's stats as the progress line reads them.
-fn snapshot(handle: &engine::threads::StatsReader) -> Snapshot {
-    let stats = handle.read();
-    let stages = stats
-        .stages
-        .iter()
-        .map(|stage| {
-            let mut s = StageSample::new(stage.name.clone(), stage.kind.as_str());
-            s.items_out = stage.counts.output as f64;
-            s.threads = stage.threads.len() as u64;
-            s.busy_seconds = stage.threads.iter().map(|t| t.busy.as_secs_f64()).sum();
-            s
-        })
-        .collect();
-    Snapshot::new(Instant::now(), stats.elapsed, !stats.finished, stages)
-}
-
 /// Draws the progress line (every 200 ms, as `engine run` does).
 fn with_progress() -> Duration {
     watched(|_, reader, done| {
         let progress = Progress::start(Duration::from_millis(200), move || {
-            (snapshot(&reader), None)
+            (engine::snapshot_of(&reader.read()), None)
         });
         while !done.load(Ordering::SeqCst) {
             thread::sleep(Duration::from_millis(5)); // Idle until the run ends.

@@ -73,6 +73,46 @@ pub use engine_redis as redis;
 #[doc(inline)]
 pub use engine_observe as observe;
 
+/// A threaded engine's statistics as what `engine top` and the progress line read
+/// ([`observe::Snapshot`]), for a view of one's own.
+///
+/// ```
+/// let handle = engine::threads::Engine::builder(0..10_u64).backend(|_: u64| {}).spawn()?;
+/// let reader = handle.stats_reader();
+/// handle.join()?;
+/// let snapshot = engine::snapshot_of(&reader.read());
+/// assert_eq!(snapshot.stages.last().map(|s| s.items_out), Some(10.0));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[cfg(all(feature = "threads", feature = "observe"))]
+#[cfg_attr(docsrs, doc(cfg(all(feature = "threads", feature = "observe"))))]
+pub fn snapshot_of(stats: &threads::Stats) -> observe::Snapshot {
+    let stages = stats
+        .stages
+        .iter()
+        .map(|stage| {
+            let mut s = observe::StageSample::new(stage.name.clone(), stage.kind.as_str());
+            s.threads = stage.threads.len() as u64;
+            s.items_in = stage.counts.input as f64;
+            s.items_out = stage.counts.output as f64;
+            s.filtered = stage.counts.filtered as f64;
+            s.failed = stage.counts.failed as f64;
+            s.dropped = stage.counts.dropped as f64;
+            s.busy_seconds = stage.threads.iter().map(|t| t.busy.as_secs_f64()).sum();
+            s.blocked_seconds = stage.threads.iter().map(|t| t.blocked.as_secs_f64()).sum();
+            s.queue_depth = stage.queued as f64;
+            s.queue_capacity = stage.capacity as f64;
+            s
+        })
+        .collect();
+    observe::Snapshot::new(
+        std::time::Instant::now(),
+        stats.elapsed,
+        !stats.finished,
+        stages,
+    )
+}
+
 /// The default engine, like os-m3-engine's `create()`: lines from standard input, logged by a
 /// [`LogTransport`](engine_ootb::LogTransport), then by a [`LogBackend`](engine_ootb::LogBackend).
 ///

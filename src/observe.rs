@@ -4,10 +4,10 @@
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use engine::observe::{MetricsServer, Position, Progress, Snapshot, StageSample};
-use engine::threads::{EngineHandle, Stats};
+use engine::observe::{MetricsServer, Position, Progress};
+use engine::threads::EngineHandle;
 use prometheus_client::registry::Registry;
 
 /// The observing options of `engine run`.
@@ -72,7 +72,7 @@ impl Observed {
             let stdin = options.stdin;
             Progress::start(Duration::from_millis(200), move || {
                 (
-                    snapshot(&stats.read()),
+                    engine::snapshot_of(&stats.read()),
                     stdin.then(stdin_position).flatten(),
                 )
             })
@@ -97,29 +97,6 @@ impl Observed {
                 .wait_for_level(engine::core::StopLevel::Graceful, Some(self.linger));
         }
     }
-}
-
-/// An engine's statistics as what the progress line reads.
-fn snapshot(stats: &Stats) -> Snapshot {
-    let stages = stats
-        .stages
-        .iter()
-        .map(|stage| {
-            let mut s = StageSample::new(stage.name.clone(), stage.kind.as_str());
-            s.threads = stage.threads.len() as u64;
-            s.items_in = stage.counts.input as f64;
-            s.items_out = stage.counts.output as f64;
-            s.filtered = stage.counts.filtered as f64;
-            s.failed = stage.counts.failed as f64;
-            s.dropped = stage.counts.dropped as f64;
-            s.busy_seconds = stage.threads.iter().map(|t| t.busy.as_secs_f64()).sum();
-            s.blocked_seconds = stage.threads.iter().map(|t| t.blocked.as_secs_f64()).sum();
-            s.queue_depth = stage.queued as f64;
-            s.queue_capacity = stage.capacity as f64;
-            s
-        })
-        .collect();
-    Snapshot::new(Instant::now(), stats.elapsed, !stats.finished, stages)
 }
 
 /// How far through its file standard input is, when it is a regular file: the file's offset

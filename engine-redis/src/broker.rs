@@ -82,6 +82,19 @@ pub struct Delivery {
     pub deliveries: u64,
 }
 
+impl Delivery {
+    /// This entry as a dead letter, dead for `reason`.
+    pub fn dead_letter<'a>(&'a self, reason: &'a str) -> DeadLetter<'a> {
+        DeadLetter {
+            id: self.id,
+            payload: self.payload.as_deref(),
+            version: self.version.as_deref(),
+            deliveries: self.deliveries,
+            reason,
+        }
+    }
+}
+
 /// What one pass of [`Broker::claim`] returned.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Claimed {

@@ -151,6 +151,15 @@ pub enum Error {
 }
 
 impl Error {
+    /// What a dead letter says of an entry this error made unreadable: a bad entry's own
+    /// reason, or the error.
+    pub(crate) fn dead_letter_reason(&self) -> String {
+        match self {
+            Self::BadEntry { reason, .. } => reason.clone(),
+            other => other.to_string(),
+        }
+    }
+
     /// Whether trying again (after a reconnect or a short wait) can succeed.
     ///
     /// ```

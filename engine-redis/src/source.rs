@@ -678,17 +678,8 @@ impl<T: DeserializeOwned, C: Connector> StreamSource<T, C> {
                 Ok(Some((ticket, item)))
             }
             Err(error) => {
-                let reason = match &error {
-                    Error::BadEntry { reason, .. } => reason.clone(),
-                    other => other.to_string(),
-                };
-                let letter = DeadLetter {
-                    id: delivery.id,
-                    payload: delivery.payload.as_deref(),
-                    version: delivery.version.as_deref(),
-                    deliveries: delivery.deliveries,
-                    reason: &reason,
-                };
+                let reason = error.dead_letter_reason();
+                let letter = delivery.dead_letter(&reason);
                 self.bury(&[letter], ctx).map_err(fatal)?;
                 Err(StageError::new(error))
             }
@@ -895,13 +886,7 @@ impl<T: DeserializeOwned, C: Connector> StreamSource<T, C> {
         let letters: Vec<DeadLetter<'_>> = dead
             .iter()
             .zip(&reasons)
-            .map(|(delivery, reason)| DeadLetter {
-                id: delivery.id,
-                payload: delivery.payload.as_deref(),
-                version: delivery.version.as_deref(),
-                deliveries: delivery.deliveries,
-                reason,
-            })
+            .map(|(delivery, reason)| delivery.dead_letter(reason))
             .collect();
         self.bury(&letters, ctx)
     }
