@@ -129,7 +129,7 @@ pub fn snapshot_of(stats: &threads::Stats) -> observe::Snapshot {
 #[cfg(all(feature = "threads", feature = "ootb"))]
 #[cfg_attr(docsrs, doc(cfg(all(feature = "threads", feature = "ootb"))))]
 pub fn default_engine() -> threads::EngineBuilder<
-    engine_core::Untracked<ootb::StdinFrontend>,
+    engine_core::plumbing::Untracked<ootb::StdinFrontend>,
     threads::Present<ootb::LogTransport<String>>,
     threads::Present<ootb::LogBackend<String>>,
 > {

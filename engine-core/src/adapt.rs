@@ -7,8 +7,9 @@
 //!
 //! A plain closure `FnMut(A) -> B` always maps, whatever `B` is: a closure returning an
 //! `Option` or a `Result` passes the `Option` or `Result` on as an item. To filter or to fail,
-//! wrap it in [`filter_map`], [`try_map`] or [`try_filter_map`]; a mismatch shows up as a type
-//! error at the next stage, never at run time.
+//! wrap it in [`filter_map`], [`try_map`] or [`try_filter_map`], and to emit many outputs per
+//! input in [`flat_map`]; a mismatch shows up as a type error at the next stage, never at run
+//! time.
 //!
 //! The fallible forms accept any error that converts into a boxed error: every
 //! `std::error::Error`, `anyhow::Error`, `String`, `&str` and [`StageError`] itself.
@@ -46,7 +47,8 @@ pub mod markers {
 /// # Examples
 ///
 /// ```
-/// use engine_core::{IntoFrontend, StageContext, StageKind, TrackedFrontend};
+/// use engine_core::plumbing::TrackedFrontend;
+/// use engine_core::{IntoFrontend, StageContext, StageKind};
 ///
 /// let ctx = StageContext::standalone("numbers", StageKind::Frontend);
 /// let mut frontend = vec![1, 2].into_frontend();
@@ -323,6 +325,68 @@ where
     #[inline]
     fn transport(&mut self, item: A, _ctx: &StageContext) -> Result<Option<B>, StageError> {
         (self.0)(item).map_err(StageError::from_boxed)
+    }
+}
+
+closure_stage!(
+    /// A transport from a closure `FnMut(A) -> I` where `I: IntoIterator<Item = B>`. Made by
+    /// [`flat_map`].
+    FlatMapFn
+);
+
+/// A transport that passes on every item of what the closure returns: one input, any number
+/// of outputs (none counts the input as filtered).
+///
+/// Engines call [`Transport::transport_each`] for it; [`Transport::transport`] serves only
+/// the inputs that give at most one output and fails the others, since it can return only
+/// one.
+///
+/// # Examples
+///
+/// ```
+/// use engine_core::{StageContext, StageKind, Transport, flat_map};
+///
+/// let ctx = StageContext::standalone("words", StageKind::Transport);
+/// let mut words = flat_map(|line: &str| line.split_whitespace().map(str::to_owned).collect::<Vec<_>>());
+/// let mut out = Vec::new();
+/// words.transport_each("to be or", &ctx, &mut out).unwrap();
+/// assert_eq!(out, ["to", "be", "or"]);
+/// assert!(words.emits_many());
+/// ```
+pub fn flat_map<A, I: IntoIterator, F: FnMut(A) -> I>(f: F) -> FlatMapFn<F, A> {
+    FlatMapFn(f, PhantomData)
+}
+
+impl<A, I: IntoIterator, F: FnMut(A) -> I> Transport for FlatMapFn<F, A> {
+    type Input = A;
+    type Output = I::Item;
+
+    fn transport(&mut self, item: A, _ctx: &StageContext) -> Result<Option<I::Item>, StageError> {
+        let mut outputs = (self.0)(item).into_iter();
+        let first = outputs.next();
+        match outputs.count() {
+            0 => Ok(first),
+            more => Err(StageError::msg(format!(
+                "a flat_map transport gave {} outputs for one item through `transport`, which \
+                 returns one; call `transport_each`",
+                more + 1
+            ))),
+        }
+    }
+
+    fn emits_many(&self) -> bool {
+        true
+    }
+
+    #[inline]
+    fn transport_each(
+        &mut self,
+        item: A,
+        _ctx: &StageContext,
+        out: &mut Vec<I::Item>,
+    ) -> Result<(), StageError> {
+        out.extend((self.0)(item));
+        Ok(())
     }
 }
 

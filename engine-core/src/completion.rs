@@ -55,14 +55,15 @@ impl Outcome<'_> {
 /// Engines complete every ticket they were given, also on a forced stop (with
 /// [`Outcome::Dropped`]). A ticket that is never completed (only when the process dies) is
 /// simply not acknowledged, which is what at-least-once delivery needs; a ticket type may add a
-/// `Drop` implementation if it must learn of that case too. A transport that turns one item
-/// into several is not covered yet: when one is added, its tickets will need splitting.
+/// `Drop` implementation if it must learn of that case too. When a transport turns one item
+/// into several (a [`flat_map`](crate::flat_map)), the engine [`split`](Self::split)s the
+/// item's ticket, one part per output.
 ///
 /// # Examples
 ///
 /// ```
 /// use std::sync::mpsc;
-/// use engine_core::{Outcome, Ticket};
+/// use engine_core::plumbing::{Outcome, Ticket};
 ///
 /// /// Acknowledges a message id on a channel once the item is finished.
 /// struct Ack { id: u64, acks: mpsc::Sender<u64> }
@@ -83,11 +84,36 @@ impl Outcome<'_> {
 pub trait Ticket: Send + 'static {
     /// Reports what became of the item. Called once, from whichever thread finished the item.
     fn complete(self, outcome: Outcome<'_>);
+
+    /// Splits the ticket of an item that a transport turned into `parts` outputs (at least
+    /// two) into one ticket per output. The item is finished once every part is, and its
+    /// outcome is the first unfinished part's outcome, or processed.
+    ///
+    /// The default cannot split and hands the ticket back: the engine then fails the item
+    /// with an error saying that this source's items cannot be expanded. The empty ticket
+    /// `()` splits for free.
+    ///
+    /// # Errors
+    ///
+    /// The ticket itself, when this ticket type cannot be split.
+    fn split(self, parts: usize) -> Result<Vec<Self>, Self>
+    where
+        Self: Sized,
+    {
+        let _ = parts;
+        Err(self)
+    }
 }
 
 impl Ticket for () {
     #[inline(always)]
     fn complete(self, _outcome: Outcome<'_>) {}
+
+    #[inline]
+    fn split(self, parts: usize) -> Result<Vec<Self>, Self> {
+        // A vector of a zero-sized type does not allocate.
+        Ok(vec![(); parts])
+    }
 }
 
 /// A frontend whose items carry a [`Ticket`].
@@ -131,6 +157,30 @@ pub trait TrackedFrontend {
     }
 }
 
+/// A boxed tracked frontend is a tracked frontend, so a broker source can be chosen at run
+/// time.
+impl<S: TrackedFrontend + ?Sized> TrackedFrontend for Box<S> {
+    type Item = S::Item;
+    type Ticket = S::Ticket;
+
+    fn setup(&mut self, ctx: &StageContext) -> Result<(), StageError> {
+        (**self).setup(ctx)
+    }
+
+    #[inline]
+    fn produce(&mut self, ctx: &StageContext) -> Result<Option<TrackedItem<S>>, StageError> {
+        (**self).produce(ctx)
+    }
+
+    fn cleanup(&mut self, ctx: &StageContext) {
+        (**self).cleanup(ctx);
+    }
+
+    fn stop_grace(&self) -> Duration {
+        (**self).stop_grace()
+    }
+}
+
 /// An item of a [`TrackedFrontend`] with its ticket.
 pub type TrackedItem<F> = (<F as TrackedFrontend>::Ticket, <F as TrackedFrontend>::Item);
 
@@ -139,7 +189,8 @@ pub type TrackedItem<F> = (<F as TrackedFrontend>::Ticket, <F as TrackedFrontend
 /// # Examples
 ///
 /// ```
-/// use engine_core::{IntoFrontend, StageContext, StageKind, TrackedFrontend, Untracked};
+/// use engine_core::plumbing::{TrackedFrontend, Untracked};
+/// use engine_core::{IntoFrontend, StageContext, StageKind};
 ///
 /// let ctx = StageContext::standalone("f", StageKind::Frontend);
 /// let mut frontend = [5].into_frontend(); // An `Untracked<IterFrontend<_>>`.

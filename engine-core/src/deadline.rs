@@ -6,6 +6,7 @@ use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
+use crate::plumbing::lock;
 use crate::stop::StopHandle;
 
 impl StopHandle {
@@ -38,7 +39,7 @@ impl StopHandle {
                 .name("engine-stop-deadline".into())
                 .spawn(move || {
                     let (cancelled, wake) = &*cancel;
-                    let guard = cancelled.lock().unwrap_or_else(PoisonError::into_inner);
+                    let guard = lock(cancelled);
                     let (guard, _) = wake
                         .wait_timeout_while(guard, after, |cancelled| !*cancelled)
                         .unwrap_or_else(PoisonError::into_inner);
@@ -68,7 +69,7 @@ pub struct StopDeadline {
 impl Drop for StopDeadline {
     fn drop(&mut self) {
         let (cancelled, wake) = &*self.cancel;
-        *cancelled.lock().unwrap_or_else(PoisonError::into_inner) = true;
+        *lock(cancelled) = true;
         wake.notify_all();
         if let Some(thread) = self.thread.take() {
             // A stop callback run by the timer thread may itself drop this guard; a thread

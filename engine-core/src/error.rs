@@ -246,7 +246,8 @@ impl<'de> Deserialize<'de> for StageError {
 /// The error `f` returned, or the panic as an error.
 ///
 /// ```
-/// use engine_core::{StageError, catch_panic};
+/// use engine_core::StageError;
+/// use engine_core::plumbing::catch_panic;
 ///
 /// assert_eq!(catch_panic(|| Ok::<_, StageError>(1)).unwrap(), 1);
 /// let err = catch_panic(|| -> Result<(), StageError> { panic!("boom") }).unwrap_err();

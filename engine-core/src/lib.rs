@@ -9,8 +9,9 @@
 //!
 //! Stages need no boilerplate: any [`IntoIterator`] is a frontend, any `FnMut(A) -> B` a
 //! transport and any `FnMut(A)` a backend (see [`IntoFrontend`], [`IntoTransport`],
-//! [`IntoBackend`], and [`filter_map`], [`try_map`], [`try_iter`] for the filtering and
-//! fallible forms).
+//! [`IntoBackend`], and [`filter_map`], [`try_map`], [`flat_map`], [`try_iter`] for the
+//! filtering, fallible and expanding forms). A boxed stage (`Box<dyn Transport<..> + Send>`)
+//! is a stage too, so stages can be chosen at run time.
 //!
 //! This crate runs nothing by itself; the engines do. It has few dependencies and changes
 //! rarely.
@@ -22,10 +23,10 @@
 //!
 //! ```
 //! use engine_core::{
-//!     Backend, Counts, IntoBackend, IntoFrontend, IntoTransport, Outcome, RunEnd, RunReport,
-//!     StageContext, StageError, StageKind, StageReport, StopHandle, Ticket, TrackedFrontend,
-//!     Transport,
+//!     Backend, Counts, IntoBackend, IntoFrontend, IntoTransport, RunEnd, RunReport, StageContext,
+//!     StageError, StageKind, StageReport, StopHandle, Transport,
 //! };
+//! use engine_core::plumbing::{Outcome, Ticket, TrackedFrontend};
 //!
 //! /// Keeps the even numbers, halved.
 //! struct Halve;
@@ -119,10 +120,11 @@
 //! - Reporting: [`RunReport`], [`StageReport`], [`Counts`], [`RunEnd`].
 //! - Supervision: [`RestartPolicy`], [`Restart`], [`RestartTracker`], shared by the pool, the
 //!   router and the pod.
-//! - Per-item completion for broker-backed sources: [`TrackedFrontend`], [`Ticket`],
-//!   [`Outcome`].
 //! - The wire protocol between processes: [`protocol`].
-//! - Plumbing for stages that run their items in other processes: [`offload`].
+//! - Plumbing for engine authors and broker-backed sources, which stage code never names:
+//!   per-item completion ([`plumbing::TrackedFrontend`], [`plumbing::Ticket`]), stages that
+//!   run their items in other processes ([`plumbing::offload`]), the shared lock and batch
+//!   sizing helpers: [`plumbing`].
 //! - Errors: [`StageError`], [`ConfigError`], [`SignalError`], [`CountMismatch`],
 //!   [`protocol::ProtocolError`].
 
@@ -133,7 +135,7 @@ mod completion;
 mod context;
 mod deadline;
 mod error;
-pub mod offload;
+pub mod plumbing;
 pub mod protocol;
 mod report;
 mod restart;
@@ -143,14 +145,12 @@ mod stage;
 mod stop;
 
 pub use adapt::{
-    FilterMapFn, ForEachFn, IntoBackend, IntoFrontend, IntoTransport, IterFrontend, MapFn,
-    TryFilterMapFn, TryForEachFn, TryIterFrontend, TryMapFn, filter_map, markers, try_filter_map,
-    try_iter, try_map,
+    FilterMapFn, FlatMapFn, ForEachFn, IntoBackend, IntoFrontend, IntoTransport, IterFrontend,
+    MapFn, TryFilterMapFn, TryForEachFn, TryIterFrontend, TryMapFn, filter_map, flat_map,
+    try_filter_map, try_iter, try_map,
 };
-pub use completion::{Outcome, Ticket, TrackedFrontend, TrackedItem, Untracked};
 pub use context::{AppConfig, StageContext};
-pub use deadline::StopDeadline;
-pub use error::{BoxError, ConfigError, StageError, catch_panic};
+pub use error::{BoxError, ConfigError, StageError};
 pub use report::{CountMismatch, Counts, RunEnd, RunReport, StageReport, ThreadReport};
 pub use restart::{Restart, RestartDecision, RestartPolicy, RestartTracker};
 #[cfg(unix)]

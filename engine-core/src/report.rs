@@ -42,10 +42,14 @@ pub struct Counts {
     pub failed: u64,
     /// Items abandoned by a forced stop.
     pub dropped: u64,
+    /// Outputs beyond one per input, from a transport that emits many
+    /// ([`flat_map`](crate::flat_map)): an input that gave `k` outputs adds `k - 1`.
+    #[serde(default)]
+    pub expanded: u64,
 }
 
 impl Counts {
-    /// Whether `input == output + filtered + failed + dropped`.
+    /// Whether `input + expanded == output + filtered + failed + dropped`.
     ///
     /// ```
     /// # use engine_core::Counts;
@@ -57,7 +61,7 @@ impl Counts {
     /// ```
     pub fn is_balanced(&self) -> bool {
         // Wide arithmetic: the sum of four u64 counters cannot overflow a u128.
-        u128::from(self.input) == self.accounted()
+        u128::from(self.input) + u128::from(self.expanded) == self.accounted()
     }
 
     fn accounted(&self) -> u128 {
@@ -75,6 +79,7 @@ impl AddAssign for Counts {
         self.filtered = self.filtered.saturating_add(other.filtered);
         self.failed = self.failed.saturating_add(other.failed);
         self.dropped = self.dropped.saturating_add(other.dropped);
+        self.expanded = self.expanded.saturating_add(other.expanded);
     }
 }
 

@@ -4,13 +4,14 @@
 use std::fmt;
 use std::io;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, PoisonError};
 use std::thread::{self, JoinHandle};
 
 use signal_hook::consts::signal::{SIGINT, SIGTERM};
 use signal_hook::iterator::{Handle, Signals};
 
+use crate::plumbing::lock;
 use crate::stop::{StopHandle, StopLevel};
 
 /// A termination signal the handler reacts to.
@@ -111,7 +112,7 @@ pub fn install_signal_handler_with(
     stop: &StopHandle,
     mut on_signal: impl FnMut(Signal, StopLevel) + Send + 'static,
 ) -> Result<SignalGuard, SignalError> {
-    let mut guards = GUARDS.lock().unwrap_or_else(PoisonError::into_inner);
+    let mut guards = lock(&GUARDS);
     if !guards.1 {
         // signal-hook does not restore the default disposition when the last handler is
         // unregistered (the signal would then be ignored), so a conditional default action is
@@ -179,7 +180,7 @@ impl Drop for SignalGuard {
         // Restore the default action before closing, so that a signal arriving meanwhile is
         // never lost: it either reaches this guard or terminates the process.
         {
-            let mut guards = GUARDS.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut guards = lock(&GUARDS);
             guards.0 = guards.0.saturating_sub(1);
             if guards.0 == 0 {
                 DEFAULT_ACTION.store(true, Ordering::SeqCst);

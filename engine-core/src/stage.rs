@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::context::StageContext;
 use crate::error::StageError;
-use crate::offload::Offload;
+use crate::plumbing::Offload;
 
 /// Which of the three stages a piece of code is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -185,6 +185,32 @@ pub trait Transport {
         ctx: &StageContext,
     ) -> Result<Option<Self::Output>, StageError>;
 
+    /// Whether this transport can turn one input into several outputs (a
+    /// [`flat_map`](crate::flat_map) transport). Engines then call
+    /// [`transport_each`](Self::transport_each) instead of [`transport`](Self::transport).
+    /// The default is `false`; override it together with `transport_each`.
+    fn emits_many(&self) -> bool {
+        false
+    }
+
+    /// Maps one item to any number of outputs, pushed onto `out` (which the engine hands over
+    /// empty). No output counts the item as filtered; `k` outputs count one input and `k`
+    /// outputs. The default pushes what [`transport`](Self::transport) returns.
+    ///
+    /// # Errors
+    ///
+    /// As [`transport`](Self::transport): the item fails, and outputs already pushed for it
+    /// are discarded.
+    fn transport_each(
+        &mut self,
+        item: Self::Input,
+        ctx: &StageContext,
+        out: &mut Vec<Self::Output>,
+    ) -> Result<(), StageError> {
+        out.extend(self.transport(item, ctx)?);
+        Ok(())
+    }
+
     /// Called once per instance after the last item. Not called if this instance's own `setup`
     /// failed.
     fn cleanup(&mut self, ctx: &StageContext) {
@@ -195,7 +221,7 @@ pub trait Transport {
     /// runs them in worker processes) returns itself here, after its `setup`, and engines that
     /// move items in batches hand it whole batches instead of calling
     /// [`transport`](Self::transport) per item. Stage code never overrides this; the default
-    /// is `None`. See [`offload`](crate::offload).
+    /// is `None`. See [`plumbing::offload`](crate::plumbing::offload).
     fn offload(&mut self) -> Option<&mut dyn Offload<Input = Self::Input, Output = Self::Output>> {
         None
     }
@@ -277,10 +303,118 @@ pub trait Backend {
     }
 
     /// Plumbing: a backend whose items run somewhere else returns itself here, as
-    /// [`Transport::offload`] does. An item it reports [`Done`](crate::offload::ItemOutcome::Done)
+    /// [`Transport::offload`] does. An item it reports [`Done`](crate::plumbing::ItemOutcome::Done)
     /// has been processed and flushed where it ran. The default is `None`.
     fn offload(&mut self) -> Option<&mut dyn Offload<Input = Self::Input, Output = ()>> {
         None
+    }
+}
+
+/// A boxed frontend is a frontend, so one can be chosen at run time:
+/// `Box<dyn Frontend<Item = String> + Send>`.
+impl<S: Frontend + ?Sized> Frontend for Box<S> {
+    type Item = S::Item;
+
+    fn setup(&mut self, ctx: &StageContext) -> Result<(), StageError> {
+        (**self).setup(ctx)
+    }
+
+    #[inline]
+    fn produce(&mut self, ctx: &StageContext) -> Result<Option<S::Item>, StageError> {
+        (**self).produce(ctx)
+    }
+
+    fn cleanup(&mut self, ctx: &StageContext) {
+        (**self).cleanup(ctx);
+    }
+
+    fn stop_grace(&self) -> Duration {
+        (**self).stop_grace()
+    }
+}
+
+/// A boxed transport is a transport, so one can be chosen at run time:
+/// `Box<dyn Transport<Input = String, Output = String> + Send>`.
+///
+/// ```
+/// use engine_core::{IntoTransport, StageContext, StageKind, Transport, filter_map};
+///
+/// type Step = Box<dyn Transport<Input = u32, Output = u32> + Send>;
+/// let choose = |double: bool| -> Step {
+///     if double {
+///         Box::new((|x: u32| x * 2).into_transport())
+///     } else {
+///         Box::new(filter_map(|x: u32| (x > 1).then_some(x)))
+///     }
+/// };
+/// let ctx = StageContext::standalone("step", StageKind::Transport);
+/// assert_eq!(choose(true).transport(3, &ctx).unwrap(), Some(6));
+/// assert_eq!(choose(false).transport(1, &ctx).unwrap(), None);
+/// ```
+impl<S: Transport + ?Sized> Transport for Box<S> {
+    type Input = S::Input;
+    type Output = S::Output;
+
+    fn setup(&mut self, ctx: &StageContext) -> Result<(), StageError> {
+        (**self).setup(ctx)
+    }
+
+    #[inline]
+    fn transport(
+        &mut self,
+        item: S::Input,
+        ctx: &StageContext,
+    ) -> Result<Option<S::Output>, StageError> {
+        (**self).transport(item, ctx)
+    }
+
+    fn emits_many(&self) -> bool {
+        (**self).emits_many()
+    }
+
+    #[inline]
+    fn transport_each(
+        &mut self,
+        item: S::Input,
+        ctx: &StageContext,
+        out: &mut Vec<S::Output>,
+    ) -> Result<(), StageError> {
+        (**self).transport_each(item, ctx, out)
+    }
+
+    fn cleanup(&mut self, ctx: &StageContext) {
+        (**self).cleanup(ctx);
+    }
+
+    fn offload(&mut self) -> Option<&mut dyn Offload<Input = S::Input, Output = S::Output>> {
+        (**self).offload()
+    }
+}
+
+/// A boxed backend is a backend, so one can be chosen at run time:
+/// `Box<dyn Backend<Input = String> + Send>`.
+impl<S: Backend + ?Sized> Backend for Box<S> {
+    type Input = S::Input;
+
+    fn setup(&mut self, ctx: &StageContext) -> Result<(), StageError> {
+        (**self).setup(ctx)
+    }
+
+    #[inline]
+    fn process(&mut self, item: S::Input, ctx: &StageContext) -> Result<(), StageError> {
+        (**self).process(item, ctx)
+    }
+
+    fn flush(&mut self, ctx: &StageContext) -> Result<(), StageError> {
+        (**self).flush(ctx)
+    }
+
+    fn cleanup(&mut self, ctx: &StageContext) {
+        (**self).cleanup(ctx);
+    }
+
+    fn offload(&mut self) -> Option<&mut dyn Offload<Input = S::Input, Output = ()>> {
+        (**self).offload()
     }
 }
 

@@ -1,6 +1,7 @@
 //! The stop handle every engine shares: cloneable, thread-safe, two levels (graceful, now),
 //! waitable, with callbacks so that engines can wake blocked threads or async tasks.
 
+use crate::plumbing::lock;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
@@ -126,9 +127,7 @@ impl Inner {
     fn lock(&self) -> MutexGuard<'_, Listeners> {
         // A panicking listener is called outside the lock, so poisoning can only come from a
         // panic in this module's own short critical sections; the list stays consistent.
-        self.listeners
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        lock(&self.listeners)
     }
 }
 

@@ -160,7 +160,7 @@ where
         let (tx, rx) = tokio::sync::oneshot::channel();
         let name = format!("bean-{}", ctx.id());
         let spawned = std::thread::Builder::new().name(name).spawn(move || {
-            let result = engine_core::catch_panic(|| f(ctx).into_bean_result());
+            let result = engine_core::plumbing::catch_panic(|| f(ctx).into_bean_result());
             let _ = tx.send(result);
         });
         Box::pin(async move {

@@ -5,7 +5,9 @@
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use engine_core::{RunReport, StageError, StopHandle, TrackedFrontend};
+use engine_core::{RunReport, StageError, StopHandle};
+
+use engine_core::plumbing::TrackedFrontend;
 use engine_threads::{EngineBuilder, EngineError, Stages};
 
 use crate::bean::{Bean, BeanFuture};
@@ -98,7 +100,8 @@ impl Bean for EngineBean {
         let spawned = std::thread::Builder::new()
             .name(format!("bean-{id}-engine"))
             .spawn(move || {
-                let result = engine_core::catch_panic(|| run(&ctx).map_err(StageError::new));
+                let result =
+                    engine_core::plumbing::catch_panic(|| run(&ctx).map_err(StageError::new));
                 let _ = tx.send(result);
             });
         Box::pin(async move {

@@ -5,7 +5,7 @@ use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use engine_core::offload::{Finished, ItemOutcome, Offload};
+use engine_core::plumbing::{Finished, ItemOutcome, Offload};
 use engine_core::protocol::TaskId;
 use engine_core::{StageContext, StageError, StopLevel};
 

@@ -204,7 +204,7 @@ fn init_worker<W: Program>(conn: &Connection) -> Result<W, StageError> {
         Err(error) => return Err(StageError::new(error)),
     };
     let init = envelope.body::<W::Init>().map_err(StageError::new)?;
-    engine_core::catch_panic(|| W::init(init))
+    engine_core::plumbing::catch_panic(|| W::init(init))
 }
 
 /// Runs a batch, each task inside `catch_unwind`, and encodes the reply.

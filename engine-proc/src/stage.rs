@@ -7,7 +7,7 @@ use std::marker::PhantomData;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::Duration;
 
-use engine_core::offload::{ItemOutcome, Offload};
+use engine_core::plumbing::{ItemOutcome, Offload};
 use engine_core::protocol::{from_bytes, to_bytes};
 use engine_core::{
     AppConfig, Backend, RestartPolicy, StageContext, StageError, StageKind, Transport,
@@ -442,6 +442,11 @@ impl<S: RemoteTransport, C: PortableConfig> Transport for ProcTransport<S, C> {
     ) -> Result<Option<S::Output>, StageError> {
         match self.placed.lane()?.call(item) {
             ItemOutcome::Done(output) => Ok(Some(output)),
+            ItemOutcome::Many(outputs) if outputs.len() <= 1 => Ok(outputs.into_iter().next()),
+            ItemOutcome::Many(outputs) => Err(StageError::msg(format!(
+                "the placed transport gave {} outputs for one item to a caller that takes one",
+                outputs.len()
+            ))),
             ItemOutcome::Filtered => Ok(None),
             ItemOutcome::Failed(error) => Err(error),
             ItemOutcome::Dropped => Err(StageError::msg("the run was stopped").fatal()),
@@ -469,7 +474,7 @@ impl<S: RemoteBackend, C: PortableConfig> Backend for ProcBackend<S, C> {
 
     fn process(&mut self, item: S::Input, _ctx: &StageContext) -> Result<(), StageError> {
         match self.placed.lane()?.call(item) {
-            ItemOutcome::Done(()) | ItemOutcome::Filtered => Ok(()),
+            ItemOutcome::Done(()) | ItemOutcome::Many(_) | ItemOutcome::Filtered => Ok(()),
             ItemOutcome::Failed(error) => Err(error),
             ItemOutcome::Dropped => Err(StageError::msg("the run was stopped").fatal()),
         }
@@ -573,6 +578,16 @@ impl<S: RemoteTransport, C: PortableConfig> Program for InTransport<S, C> {
 
     fn run(&mut self, items: Vec<S::Input>) -> Result<Self::Output, StageError> {
         let (stage, ctx) = (&mut self.stage, &self.ctx);
+        if stage.emits_many() {
+            return Ok(items
+                .into_iter()
+                .map(|item| {
+                    let mut outputs = Vec::new();
+                    let result = guarded(|| stage.transport_each(item, ctx, &mut outputs));
+                    ItemOutcome::of_many(result.map(|()| outputs))
+                })
+                .collect());
+        }
         Ok(items
             .into_iter()
             .map(|item| ItemOutcome::of(guarded(|| stage.transport(item, ctx))))

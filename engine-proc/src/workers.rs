@@ -9,6 +9,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
+use engine_core::plumbing::fit_batch;
 use engine_core::protocol::{Address, Envelope, Frame, Kind, ProtocolError, TaskId, to_bytes};
 use engine_core::{Restart, RestartPolicy, StageError, StopHandle, StopLevel, StopSubscription};
 use ipc_channel::ipc::IpcSender;
@@ -705,7 +706,6 @@ fn send_stop(tx: &IpcSender<Packet>, level: StopLevel) -> Result<(), ProtocolErr
 
 /// The next batch size: about [`TARGET_BATCH_TIME`] of work, growing at most fourfold.
 pub(crate) fn next_batch(current: usize, done: usize, busy_nanos: u64, max: usize) -> usize {
-    let per_task = (busy_nanos / done.max(1) as u64).max(1);
-    let fit = (TARGET_BATCH_TIME.as_nanos() as u64 / per_task) as usize;
-    fit.clamp(1, current.saturating_mul(4).max(1)).min(max)
+    let took = Duration::from_nanos(busy_nanos);
+    fit_batch(done.max(1), took, TARGET_BATCH_TIME, max).min(current.saturating_mul(4).max(1))
 }

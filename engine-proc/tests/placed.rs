@@ -12,10 +12,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use engine_core::{
-    Backend, Outcome, RunReport, StageContext, StageError, StageKind, StopHandle, Ticket,
-    TrackedFrontend, Transport,
-};
+use engine_core::{Backend, RunReport, StageContext, StageError, StageKind, StopHandle, Transport};
+
+use engine_core::plumbing::{Outcome, Ticket, TrackedFrontend};
 use engine_proc::{ProcBackend, ProcTransport};
 use engine_threads::Engine;
 use serde::{Deserialize, Serialize};

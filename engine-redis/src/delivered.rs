@@ -6,7 +6,9 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use engine_core::{StageContext, StageError, TrackedFrontend, TrackedItem};
+use engine_core::{StageContext, StageError};
+
+use engine_core::plumbing::{TrackedFrontend, TrackedItem};
 
 use crate::broker::EntryId;
 

@@ -9,7 +9,8 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crossbeam_channel::Sender;
-use engine_core::{Outcome, StageContext, StageError, Ticket, TrackedFrontend, TrackedItem};
+use engine_core::plumbing::{Outcome, Ticket, TrackedFrontend, TrackedItem};
+use engine_core::{StageContext, StageError};
 use serde::de::DeserializeOwned;
 
 use crate::address::StreamAddress;

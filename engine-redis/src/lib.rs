@@ -1,13 +1,13 @@
 //! Stages on several machines, connected through Redis Streams.
 //!
 //! A [`StreamSink`] is a [`Backend`](engine_core::Backend) that appends items to a stream; a
-//! [`StreamSource`] is a [`TrackedFrontend`](engine_core::TrackedFrontend) that reads a
+//! [`StreamSource`] is a [`TrackedFrontend`](engine_core::plumbing::TrackedFrontend) that reads a
 //! stream through a consumer group. Put a sink at the end of one machine's pipeline and
 //! sources at the start of several others, and the stream spreads the items over them, with
 //! at-least-once delivery:
 //!
 //! - **Acknowledged when finished.** A source acknowledges an entry (`XACK`, then `XDEL`)
-//!   only once its item is [finished](engine_core::Outcome::is_finished): processed,
+//!   only once its item is [finished](engine_core::plumbing::Outcome::is_finished): processed,
 //!   filtered, or failed under the skip policy. A sink writes its buffer in
 //!   [`Backend::flush`](engine_core::Backend::flush), before the engine settles the tickets,
 //!   so an item is acknowledged upstream only once it is in the next stream. An item dropped

@@ -10,9 +10,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use engine_core::{
-    Outcome, StageContext, StageError, Ticket, TrackedFrontend, TrackedItem, protocol,
-};
+use engine_core::plumbing::{Outcome, Ticket, TrackedFrontend, TrackedItem};
+use engine_core::{StageContext, StageError, protocol};
 use serde::de::DeserializeOwned;
 
 use crate::address::StreamAddress;
@@ -245,7 +244,7 @@ impl SourceOptions {
 ///
 /// The threaded engine waits for a source's cleanup (which sends the last acknowledgements)
 /// before `run` returns, through the source's
-/// [`stop_grace`](engine_core::TrackedFrontend::stop_grace); the settlement is for watching
+/// [`stop_grace`](engine_core::plumbing::TrackedFrontend::stop_grace); the settlement is for watching
 /// progress, and for an engine that does not wait for its frontends. Cloning shares the
 /// counts; sources given the same settlement ([`StreamSource::with_settlement`]) share it.
 ///
@@ -432,7 +431,7 @@ impl Ticket for StreamTicket {
 ///
 /// It never ends by itself: it ends when the run is stopped, within one
 /// [`block`](SourceOptions::block) time, and its cleanup sends the last acknowledgements. Its
-/// [`stop_grace`](engine_core::TrackedFrontend::stop_grace) tells the engine to wait for
+/// [`stop_grace`](engine_core::plumbing::TrackedFrontend::stop_grace) tells the engine to wait for
 /// that, so they are sent when `run` returns.
 ///
 /// # Examples

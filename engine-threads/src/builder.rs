@@ -10,8 +10,10 @@ use std::time::Duration;
 
 use engine_core::{
     AppConfig, ErrorPolicy, IntoBackend, IntoFrontend, IntoTransport, RunReport, StopHandle,
-    TrackedFrontend, Transport,
+    Transport,
 };
+
+use engine_core::plumbing::TrackedFrontend;
 
 use crate::engine::{Engine, EngineHandle};
 use crate::error::EngineError;

@@ -7,9 +7,10 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
+use engine_core::plumbing::{StopDeadline, Ticket, TrackedFrontend};
 use engine_core::{
-    Backend, Counts, RunEnd, RunReport, StageContext, StageKind, StageReport, StopDeadline,
-    StopHandle, StopLevel, StopSubscription, ThreadReport, Ticket, TrackedFrontend, Transport,
+    Backend, Counts, RunEnd, RunReport, StageContext, StageKind, StageReport, StopHandle,
+    StopLevel, StopSubscription, ThreadReport, Transport,
 };
 
 use crate::builder::{Absent, EngineBuilder, Factory, Options, Present};
@@ -356,11 +357,7 @@ impl<K: Ticket, I> Launcher<K, I> {
                     Some(_) => input,
                     None => last_input(input, &window),
                 };
-                let make = move || TransportStage {
-                    stage: factory(index),
-                    out,
-                    ordered,
-                };
+                let make = move || TransportStage::new(factory(index), out, ordered);
                 consumer_body(make, ctx, input, stats, shared)
             },
         )

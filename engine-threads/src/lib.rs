@@ -54,7 +54,7 @@
 //! the other threads, which take it after at most [`LINGER`] when they are idle. On a stop,
 //! the engine does not wait for a frontend stuck in `produce`: the run ends as soon as what
 //! was accepted has drained, and an item that `produce` returns later is not accepted (its
-//! [ticket](engine_core::Ticket) completes as dropped) and the thread runs its `cleanup` and
+//! [ticket](engine_core::plumbing::Ticket) completes as dropped) and the thread runs its `cleanup` and
 //! ends. A frontend whose reads end in a known time and whose `cleanup` must finish before
 //! the program exits (a broker source sending its last acknowledgements) says so with
 //! [`stop_grace`](engine_core::Frontend::stop_grace): after a graceful stop has drained, the

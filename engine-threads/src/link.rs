@@ -14,7 +14,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Select, Sender, TryRecvError, TrySendError};
-use engine_core::{Counts, Outcome, StopHandle, Ticket};
+use engine_core::plumbing::{Outcome, Ticket, fit_batch};
+use engine_core::{Counts, StopHandle};
 
 /// The most items in one batch.
 pub(crate) const MAX_BATCH: usize = 1024;
@@ -197,8 +198,7 @@ impl LinkState {
         if items == 0 {
             return;
         }
-        let per_item = (took.as_nanos() / items as u128).max(1);
-        let target = (BATCH_TIME.as_nanos() / per_item).clamp(1, self.max_batch as u128) as usize;
+        let target = fit_batch(items, took, BATCH_TIME, self.max_batch);
         self.target.store(target, Ordering::Relaxed);
     }
 }

@@ -11,8 +11,9 @@
 
 use std::time::{Duration, Instant};
 
-use engine_core::offload::{Finished, ItemOutcome};
-use engine_core::{Counts, StageError, Ticket};
+use engine_core::plumbing::Ticket;
+use engine_core::plumbing::{Finished, ItemOutcome};
+use engine_core::{Counts, StageError};
 
 use crate::worker::{Consume, Flow, Here, Input, ThreadStats};
 

@@ -12,10 +12,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Select, Sender};
-use engine_core::offload::{ItemOutcome, Offload};
+use engine_core::plumbing::{ItemOutcome, Offload};
+use engine_core::plumbing::{Outcome, Ticket, TrackedFrontend};
 use engine_core::{
-    Backend, Counts, ErrorPolicy, Outcome, StageContext, StageError, StageKind, StopHandle, Ticket,
-    TrackedFrontend, Transport,
+    Backend, Counts, ErrorPolicy, StageContext, StageError, StageKind, StopHandle, Transport,
 };
 
 use crate::link::{Abort, Batch, FrontSlot, Link, Offer, Producer, complete, drop_items, lock};
@@ -547,7 +547,9 @@ fn settle_not_done<K: Ticket, D>(
     counts: &mut Counts,
 ) -> Flow {
     match outcome {
-        ItemOutcome::Done(_) => unreachable!("done items are settled by their stage"),
+        ItemOutcome::Done(_) | ItemOutcome::Many(_) => {
+            unreachable!("done items are settled by their stage")
+        }
         ItemOutcome::Filtered => {
             complete(ticket, Outcome::Filtered);
             counts.filtered += 1;
@@ -575,10 +577,58 @@ pub(crate) struct Here<'a> {
 /// A transport thread's stage: the transport and where its outputs go.
 #[derive(Debug)]
 pub(crate) struct TransportStage<S: Transport, K> {
-    pub(crate) stage: S,
+    stage: S,
     /// `None` when the transport is the last stage.
-    pub(crate) out: Option<Producer<K, S::Output>>,
-    pub(crate) ordered: bool,
+    out: Option<Producer<K, S::Output>>,
+    ordered: bool,
+    /// Whether the stage emits many outputs per input (read once, at setup).
+    many: bool,
+    /// The outputs of one input of a stage that emits many, reused between items.
+    outputs: Vec<S::Output>,
+}
+
+impl<S: Transport, K: Ticket> TransportStage<S, K>
+where
+    S::Output: Send,
+{
+    pub(crate) fn new(stage: S, out: Option<Producer<K, S::Output>>, ordered: bool) -> Self {
+        Self {
+            stage,
+            out,
+            ordered,
+            many: false,
+            outputs: Vec::new(),
+        }
+    }
+
+    /// Passes on the outputs of one input of a stage that emits many, each with its own part
+    /// of the input's ticket. A ticket that cannot be split is handed back with the error
+    /// that fails the item.
+    fn pass_on_many(&mut self, ticket: K, counts: &mut Counts) -> Result<(), (K, StageError)> {
+        let mut outputs = std::mem::take(&mut self.outputs);
+        match outputs.len() {
+            0 | 1 => self.pass_on(ticket, outputs.pop(), counts),
+            k => match ticket.split(k) {
+                Ok(parts) => {
+                    counts.expanded += (k - 1) as u64;
+                    for (part, output) in parts.into_iter().zip(outputs.drain(..)) {
+                        self.pass_on(part, Some(output), counts);
+                    }
+                }
+                Err(ticket) => {
+                    outputs.clear();
+                    self.outputs = outputs;
+                    let error = StageError::msg(format!(
+                        "the transport gave {k} outputs for one item, and this source's \
+                         completion tickets cannot be split"
+                    ));
+                    return Err((ticket, error));
+                }
+            },
+        }
+        self.outputs = outputs;
+        Ok(())
+    }
 }
 
 impl<S, K> Consume<K> for TransportStage<S, K>
@@ -592,7 +642,9 @@ where
     type Done = S::Output;
 
     fn setup(&mut self, ctx: &StageContext) -> Result<(), StageError> {
-        self.stage.setup(ctx)
+        self.stage.setup(ctx)?;
+        self.many = self.stage.emits_many();
+        Ok(())
     }
 
     fn cleanup(&mut self, ctx: &StageContext) {
@@ -607,6 +659,17 @@ where
         ctx: &StageContext,
         counts: &mut Counts,
     ) -> Result<(), StageError> {
+        if self.many {
+            self.outputs.clear();
+            self.stage.transport_each(item, ctx, &mut self.outputs)?;
+            let ticket = current.take().expect("the current item's ticket is set");
+            return self
+                .pass_on_many(ticket, counts)
+                .map_err(|(ticket, error)| {
+                    *current = Some(ticket);
+                    error
+                });
+        }
         let output = self.stage.transport(item, ctx)?;
         let ticket = current.take().expect("the current item's ticket is set");
         self.pass_on(ticket, output, counts);
@@ -656,6 +719,16 @@ where
             ItemOutcome::Done(output) => {
                 self.pass_on(ticket, Some(output), counts);
                 Flow::Continue
+            }
+            ItemOutcome::Many(outputs) => {
+                self.outputs = outputs;
+                match self.pass_on_many(ticket, counts) {
+                    Ok(()) => Flow::Continue,
+                    Err((ticket, error)) => {
+                        counts.failed += 1;
+                        at.shared.item_failed(at.ctx, error, Some(ticket))
+                    }
+                }
             }
             other => settle_not_done(ticket, other, at, counts),
         }

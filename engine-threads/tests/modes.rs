@@ -6,9 +6,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{Collect, PATIENCE, spin, wait_until};
-use engine_core::{
-    Outcome, RunEnd, StageContext, StageError, StageKind, Ticket, TrackedFrontend, filter_map,
-};
+use engine_core::plumbing::{Outcome, Ticket, TrackedFrontend};
+use engine_core::{RunEnd, StageContext, StageError, StageKind, filter_map};
 use engine_threads::{Engine, EngineError};
 
 /// A transport that takes longer on some items, so that threads overtake each other.

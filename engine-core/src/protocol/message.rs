@@ -275,7 +275,7 @@ mod tests {
             die.result::<u32>(),
             Err(ProtocolError::UnexpectedFrame { .. })
         ));
-        let panic = crate::catch_panic(|| -> Result<u32, StageError> { panic!("at 4") });
+        let panic = crate::plumbing::catch_panic(|| -> Result<u32, StageError> { panic!("at 4") });
         let reply = die.reply_with_result(&panic).unwrap();
         let back = reply.result::<u32>().unwrap().unwrap_err();
         assert!(back.is_panic());

@@ -4,7 +4,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use engine_core::{StageContext, StageError, TrackedItem};
+use engine_core::{StageContext, StageError};
+
+use engine_core::plumbing::TrackedItem;
 use serde::de::DeserializeOwned;
 
 use super::{KeyedSource, KeyedTicket, Running};

@@ -1,5 +1,5 @@
-//! Plumbing for stages whose items run somewhere else (worker processes): whole batches go
-//! out, one outcome per item comes back later.
+//! Stages whose items run somewhere else (worker processes): whole batches go out, one
+//! outcome per item comes back later.
 //!
 //! Stage authors never need this module. A stage that hands its work to other processes
 //! (engine-proc's `ProcTransport` and `ProcBackend`) returns itself from
@@ -19,6 +19,9 @@ pub enum ItemOutcome<O> {
     /// The item was handled: a transport's output, or `()` for a backend whose flush covering
     /// the item has succeeded.
     Done(O),
+    /// A transport that [emits many](crate::Transport::emits_many) gave these outputs for
+    /// the item (none counts it as filtered).
+    Many(Vec<O>),
     /// A transport filtered the item out.
     Filtered,
     /// The stage failed on the item (an error or a panic), or could not run it at all (its
@@ -34,6 +37,17 @@ impl<O> ItemOutcome<O> {
         match result {
             Ok(Some(output)) => Self::Done(output),
             Ok(None) => Self::Filtered,
+            Err(error) => Self::Failed(error),
+        }
+    }
+}
+
+impl<O> ItemOutcome<O> {
+    /// The outcome of one call of [`Transport::transport_each`](crate::Transport::transport_each):
+    /// the outputs it pushed, or its error.
+    pub fn of_many(result: Result<Vec<O>, StageError>) -> Self {
+        match result {
+            Ok(outputs) => Self::Many(outputs),
             Err(error) => Self::Failed(error),
         }
     }
