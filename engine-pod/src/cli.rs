@@ -25,8 +25,8 @@ use clap::{Args, Parser, Subcommand};
 pub use crate::ctl::{CtlArgs, CtlCommand, ctl};
 
 use crate::config::{ConfigError, PodFile, parse_bean_arg, parse_duration};
-use crate::pod::PodReport;
 use crate::registry::Registry;
+use crate::state::PodReport;
 use crate::token::ControlToken;
 
 /// Options of `run`.

@@ -9,51 +9,51 @@ use engine_core::StopHandle;
 use serde::de::DeserializeOwned;
 
 use crate::config::{ConfigError, PodConfig};
+use crate::run::Run;
 use crate::shared::{PodShared, index};
 use crate::state::{BeanId, BeanState, BeanStatus, ControlError, ReadyError, SignalEvent, Target};
-use crate::stop::RunStop;
 
-/// A bean's handle on the pod, given to each run of the bean. Cloning it is cheap.
+/// A bean's handle on the pod, given to each run of the bean. Cloning it is cheap (one
+/// reference count).
 #[derive(Clone)]
 pub struct BeanContext {
-    pub(crate) id: BeanId,
-    pub(crate) label: Option<Arc<str>>,
-    pub(crate) core: Arc<str>,
-    pub(crate) params: Arc<toml::Table>,
-    pub(crate) pod: Arc<PodShared>,
-    pub(crate) stop: Arc<RunStop>,
-    pub(crate) run_no: u64,
+    pub(crate) run: Arc<Run>,
 }
 
 impl fmt::Debug for BeanContext {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BeanContext")
-            .field("id", &self.id)
-            .field("label", &self.label)
-            .field("core", &self.core)
+            .field("id", &self.run.id)
+            .field("label", &self.run.label)
+            .field("core", &self.run.core)
             .finish_non_exhaustive()
     }
 }
 
 impl BeanContext {
+    /// The pod this bean runs in.
+    fn pod(&self) -> &PodShared {
+        &self.run.pod
+    }
+
     /// This bean's id.
     pub fn id(&self) -> BeanId {
-        self.id
+        self.run.id
     }
 
     /// This bean's label, if any.
     pub fn label(&self) -> Option<&str> {
-        self.label.as_deref()
+        self.run.label.as_deref()
     }
 
     /// The name this bean was made from.
     pub fn core(&self) -> &str {
-        &self.core
+        &self.run.core
     }
 
     /// The pod's config.
     pub fn pod_config(&self) -> &PodConfig {
-        &self.pod.config
+        &self.pod().config
     }
 
     /// This bean's parameters (every key of its `[[beans]]` table but `core`, `label` and
@@ -63,34 +63,34 @@ impl BeanContext {
     ///
     /// [`ConfigError::Params`] naming the bean and the key that did not fit.
     pub fn params<T: DeserializeOwned>(&self) -> Result<T, ConfigError> {
-        crate::config::params(&self.core, &self.params)
+        crate::config::params(&self.run.core, &self.run.params)
     }
 
     /// This bean's parameters as written.
     pub fn raw_params(&self) -> &toml::Table {
-        &self.params
+        &self.run.params
     }
 
     /// The status of every bean, in id order.
     pub fn beans(&self) -> Vec<BeanStatus> {
-        self.pod.status()
+        self.pod().status()
     }
 
     /// The status of bean `id`.
     pub fn bean(&self, id: BeanId) -> Option<BeanStatus> {
-        self.pod.bean(id)
+        self.pod().bean(id)
     }
 
     /// The ids of the beans labelled `label`.
     pub fn beans_labelled(&self, label: &str) -> Vec<BeanId> {
-        self.pod.ids(&Target::Label(label.to_owned()))
+        self.pod().ids(&Target::Label(label.to_owned()))
     }
 
     /// Waits until bean `id` has ended for good and returns its final state (`None` if there
     /// is no such bean).
     pub async fn wait_for(&self, id: BeanId) -> Option<BeanState> {
         let i = index(id)?;
-        self.pod
+        self.pod()
             .wait_until(|slots| match slots.get(i) {
                 None => Some(None),
                 Some(slot) if slot.state.is_final() => Some(Some(slot.state)),
@@ -103,13 +103,14 @@ impl BeanContext {
     /// `ready`, and whoever waits in [`wait_ready`](Self::wait_ready) goes on. A restarted
     /// bean starts again as `starting`.
     pub fn mark_ready(&self) {
-        self.pod.mark_ready(self.id, self.run_no, None);
+        self.pod().mark_ready(self.run.id, self.run.run_no, None);
     }
 
     /// Marks this run ready and listening on `addr`, which the status view shows: what a
     /// server bean calls once it has bound its address.
     pub fn mark_listening(&self, addr: SocketAddr) {
-        self.pod.mark_ready(self.id, self.run_no, Some(addr));
+        self.pod()
+            .mark_ready(self.run.id, self.run.run_no, Some(addr));
     }
 
     /// Waits until every bean `target` names is ready: [`BeanState::Ready`], or running for
@@ -140,11 +141,11 @@ impl BeanContext {
     /// of them ended for good before it was ready.
     pub async fn wait_ready(&self, target: impl Into<Target>) -> Result<(), ReadyError> {
         let target = target.into();
-        let ids = self.pod.ids(&target);
+        let ids = self.pod().ids(&target);
         if ids.is_empty() {
             return Err(ReadyError::NoSuchBean(target));
         }
-        self.pod
+        self.pod()
             .wait_until(|slots| {
                 let mut all_ready = true;
                 for slot in ids.iter().filter_map(|id| slots.get(index(*id)?)) {
@@ -167,28 +168,28 @@ impl BeanContext {
     /// runs on the thread that stopped the pod (the signal thread for SIGTERM), which may be
     /// outside the tokio runtime.
     pub fn on_signal(&self, name: &str, handler: impl Fn(&SignalEvent) + Send + Sync + 'static) {
-        self.pod.add_handler(self.id, name, Arc::new(handler));
+        self.pod().add_handler(self.run.id, name, Arc::new(handler));
     }
 
     /// Sends the named signal to the beans `target` names; returns how many handlers ran.
     pub fn send_signal(&self, name: &str, target: Target, payload: serde_json::Value) -> usize {
         let event = SignalEvent {
             name: name.to_owned(),
-            from: Some(self.id),
+            from: Some(self.run.id),
             payload,
         };
-        self.pod.dispatch(&target, &event)
+        self.pod().dispatch(&target, &event)
     }
 
     /// Resolves when this bean is asked to stop: the pod stops, or the bean alone is stopped
     /// or restarted.
     pub async fn stopping(&self) {
-        self.stop.stopping().await;
+        self.run.stopping().await;
     }
 
     /// Whether this bean is asked to stop.
     pub fn is_stopping(&self) -> bool {
-        self.stop.is_stopping()
+        self.run.is_stopping()
     }
 
     /// This run's stop handle, a child of the bean's, itself a child of the pod's. Hand it
@@ -196,12 +197,12 @@ impl BeanContext {
     /// [`child`](StopHandle::child) of it for a sub-task; a blocking bean can
     /// [`wait`](StopHandle::wait) on it.
     pub fn stop_handle(&self) -> &StopHandle {
-        self.stop.handle()
+        self.run.stop_handle()
     }
 
     /// Asks the whole pod to stop gracefully, as SIGTERM would.
     pub fn stop_pod(&self) {
-        self.pod.stop.stop();
+        self.pod().stop.stop();
     }
 
     /// Asks bean `id` to stop for good, as `engine pod ctl stop ID` does; the other beans go
@@ -211,7 +212,7 @@ impl BeanContext {
     ///
     /// [`ControlError::NoSuchBean`], or [`ControlError::NotRunning`] for a bean that ended.
     pub fn stop_bean(&self, id: BeanId) -> Result<(), ControlError> {
-        self.pod.stop_bean(id)
+        self.pod().stop_bean(id)
     }
 
     /// Ends the current run of bean `id` (through its stop handle) and starts it again at
@@ -223,6 +224,6 @@ impl BeanContext {
     /// [`ControlError::NoSuchBean`], [`ControlError::NotRunning`] for a bean being stopped,
     /// or [`ControlError::PodStopping`].
     pub fn restart_bean(&self, id: BeanId) -> Result<(), ControlError> {
-        self.pod.restart_bean(id)
+        self.pod().restart_bean(id)
     }
 }

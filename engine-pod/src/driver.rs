@@ -1,28 +1,31 @@
-//! The pod's driver: notices each bean's end as it happens (a `JoinSet` of supervisors),
-//! starts ended beans again on request, and on a stop waits for the beans until the stop
-//! deadline, then cancels what is left. One method per event.
+//! The pod's driver: notices each bean's end as it happens (each supervisor reports its own
+//! end on the pod's command channel, also when it is cancelled), starts ended beans again on
+//! request, and on a stop waits for the beans until the stop deadline, then cancels what is
+//! left. One method per event.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use engine_core::StopSubscription;
 use tokio::sync::mpsc;
-use tokio::task::{JoinError, JoinSet};
+use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
-use crate::pod::{BeanSpec, PodReport};
-use crate::shared::{Command, PodShared};
-use crate::state::{BeanId, BeanState};
+use crate::shared::{Command, PodShared, index};
+use crate::spec::BeanSpec;
+use crate::state::{BeanId, BeanState, PodReport};
 use crate::supervise::supervise;
 
 /// The driver's state; [`run`](Self::run) is its loop.
 pub(crate) struct Driver {
     shared: Arc<PodShared>,
-    tasks: JoinSet<BeanSpec>,
-    ids: HashMap<tokio::task::Id, BeanId>,
-    /// The specs of beans that ended for good, kept to start them again on request.
-    ended: HashMap<BeanId, BeanSpec>,
-    /// Beans asked to start again before their end was joined.
+    /// The running supervisors, by bean index, to cancel them at the deadline.
+    tasks: Vec<Option<AbortHandle>>,
+    /// How many supervisors have not reported their end yet.
+    live: usize,
+    /// The specs of beans that ended for good, by bean index, to start them again on request.
+    ended: Vec<Option<BeanSpec>>,
+    /// Beans asked to start again before their end was noticed.
     respawn_wanted: HashSet<BeanId>,
     commands: mpsc::UnboundedReceiver<Command>,
     /// When the stop started: beans still running then are cancelled at the deadline.
@@ -38,14 +41,13 @@ impl Driver {
         shared: Arc<PodShared>,
         commands: mpsc::UnboundedReceiver<Command>,
         subscription: StopSubscription,
-        beans: usize,
     ) -> Self {
+        let beans = shared.slots().len();
         Self {
             shared,
-            tasks: JoinSet::new(),
-            // Sized once: growing them while 10,000 beans end moves every spec again and again.
-            ids: HashMap::with_capacity(beans),
-            ended: HashMap::with_capacity(beans),
+            tasks: std::iter::repeat_with(|| None).take(beans).collect(),
+            live: 0,
+            ended: std::iter::repeat_with(|| None).take(beans).collect(),
             respawn_wanted: HashSet::new(),
             commands,
             deadline: None,
@@ -57,14 +59,18 @@ impl Driver {
 
     /// Starts the supervisor of bean `id`.
     pub(crate) fn spawn(&mut self, id: BeanId, spec: BeanSpec) {
-        let fut = supervise(Arc::clone(&self.shared), id, spec);
-        let handle = self.tasks.spawn(fut);
-        self.ids.insert(handle.id(), id);
+        let task = tokio::spawn(supervise(Arc::clone(&self.shared), id, spec));
+        if let Some(slot) = index(id).and_then(|i| self.tasks.get_mut(i)) {
+            *slot = Some(task.abort_handle());
+        }
+        self.live += 1;
     }
 
     /// Runs until every bean has ended, and reports.
     pub(crate) async fn run(mut self) -> PodReport {
-        while !self.tasks.is_empty() {
+        // Beans often end together (a pod stop): each wake-up takes every end there is.
+        let mut commands = Vec::with_capacity(64);
+        while self.live > 0 {
             if self.shared.stop.is_stopped_now() && !self.forced {
                 self.on_stop_request();
                 self.force().await;
@@ -75,15 +81,12 @@ impl Driver {
             }
             let deadline = self.deadline;
             tokio::select! {
-                Some(joined) = self.tasks.join_next_with_id() => {
-                    self.on_end(joined);
-                    // Beans often end together (a pod stop): take every end there is before
-                    // waiting again.
-                    while let Some(joined) = self.tasks.try_join_next_with_id() {
-                        self.on_end(joined);
+                // The pod holds a sender as long as the driver runs: never closed here.
+                _ = self.commands.recv_many(&mut commands, 1024) => {
+                    for command in commands.drain(..) {
+                        self.on_command(command);
                     }
                 }
-                Some(command) = self.commands.recv() => self.on_command(command),
                 () = self.shared.wake.notified() => {}
                 () = sleep_until(deadline), if deadline.is_some() => {
                     tracing::warn!("the stop wait time is over; cancelling the beans left");
@@ -98,49 +101,50 @@ impl Driver {
         }
     }
 
-    /// A supervisor ended: its bean ended for good (or was cancelled).
-    fn on_end(&mut self, joined: Result<(tokio::task::Id, BeanSpec), JoinError>) {
-        match joined {
-            Ok((task, spec)) => {
-                let Some(id) = self.ids.remove(&task) else {
-                    return;
-                };
-                tracing::debug!(bean = %id, "bean ended for good");
-                if self.respawn_wanted.remove(&id) && !self.stopping {
-                    self.respawn(id, spec);
-                } else {
-                    self.ended.insert(id, spec);
-                }
-            }
-            Err(err) => {
-                if let Some(id) = self.ids.remove(&err.id()) {
-                    self.cancelled(id);
-                }
-            }
-        }
-    }
-
-    /// A request from a context or the control API.
+    /// A request from a context or the control API, or a supervisor's end.
     fn on_command(&mut self, command: Command) {
         match command {
-            Command::Respawn(id) if !self.stopping => match self.ended.remove(&id) {
-                Some(spec) => self.respawn(id, spec),
-                None => {
-                    self.respawn_wanted.insert(id);
+            Command::Ended(id, spec) => self.on_end(id, spec),
+            Command::Respawn(id) if !self.stopping => {
+                match index(id).and_then(|i| self.ended.get_mut(i)?.take()) {
+                    Some(spec) => self.respawn(id, spec),
+                    None => {
+                        self.respawn_wanted.insert(id);
+                    }
                 }
-            },
+            }
             Command::Respawn(id) => {
                 tracing::info!(bean = %id, "not restarting a bean: the pod is stopping");
             }
         }
     }
 
-    /// The pod's stop handle was stopped: every bean's handle is stopping too; wait for
-    /// them until the deadline.
+    /// A supervisor ended: its bean ended for good (`spec` given) or was cancelled.
+    fn on_end(&mut self, id: BeanId, spec: Option<BeanSpec>) {
+        self.live -= 1;
+        let Some(i) = index(id) else { return };
+        if let Some(task) = self.tasks.get_mut(i) {
+            *task = None;
+        }
+        let Some(spec) = spec else {
+            self.cancelled(id);
+            return;
+        };
+        tracing::debug!(bean = %id, "bean ended for good");
+        if self.respawn_wanted.remove(&id) && !self.stopping {
+            self.respawn(id, spec);
+        } else if let Some(ended) = self.ended.get_mut(i) {
+            *ended = Some(spec);
+        }
+    }
+
+    /// The pod's stop handle was stopped: the stop reaches every bean; wait for them until
+    /// the deadline.
     fn on_stop_request(&mut self) {
         self.stopping = true;
         // Sent by the handle's callback already, unless the pod started stopped.
         self.shared.send_stop_signal();
+        self.shared.reach_beans();
         self.shared.update_all(|s| {
             if !s.state.is_final() {
                 s.state = BeanState::Stopping;
@@ -153,19 +157,30 @@ impl Driver {
             .and_then(|wait| Instant::now().checked_add(wait));
     }
 
-    /// Cancels every bean left: each is stopped now first (a blocking bean or a sub-task may
-    /// watch its handle), then the tasks are aborted. A blocking bean's thread is abandoned:
-    /// it cannot keep the pod (or the process) alive past the deadline.
+    /// Cancels every bean left: each bean's handle is stopped now first (a blocking bean or
+    /// a sub-task may watch it), then the supervisors are aborted, each reporting its end. A
+    /// blocking bean's thread is abandoned: it cannot keep the pod (or the process) alive
+    /// past the deadline.
     async fn force(&mut self) {
         self.forced = true;
         self.deadline = None;
-        let handles: Vec<_> = self.shared.slots().iter().map(|s| s.stop.clone()).collect();
+        let handles: Vec<_> = self
+            .shared
+            .slots()
+            .iter()
+            .filter_map(|s| s.stop.clone())
+            .collect();
         for handle in handles {
             handle.stop_now();
         }
-        self.tasks.abort_all();
-        while let Some(joined) = self.tasks.join_next_with_id().await {
-            self.on_end(joined);
+        for task in self.tasks.iter().flatten() {
+            task.abort();
+        }
+        while self.live > 0 {
+            match self.commands.recv().await {
+                Some(command) => self.on_command(command),
+                None => break,
+            }
         }
     }
 
@@ -175,7 +190,7 @@ impl Driver {
                 tracing::warn!(bean = %id, "bean cancelled at the stop deadline");
                 s.state = BeanState::Cancelled;
                 s.started = None;
-                s.run = None;
+                s.run = std::sync::Weak::new();
             }
         });
     }
@@ -183,9 +198,9 @@ impl Driver {
     /// Starts an ended bean again, with a new stop handle (its last one may be stopped).
     fn respawn(&mut self, id: BeanId, spec: BeanSpec) {
         tracing::info!(bean = %id, "starting an ended bean again on request");
-        let root = self.shared.stop.clone();
         self.shared.update(id, |s| {
-            s.stop = root.child();
+            s.stop = None;
+            s.stop_requested = false;
             s.restarts += 1;
             s.last_error = None;
             s.state = BeanState::Pending;

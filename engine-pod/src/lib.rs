@@ -71,7 +71,9 @@ mod engine_bean;
 mod metrics;
 mod pod;
 mod registry;
+mod run;
 mod shared;
+mod spec;
 mod state;
 mod status;
 mod stop;
@@ -104,8 +106,11 @@ pub use context::BeanContext;
 pub use ctl::{ControlClient, CtlError};
 pub use engine_bean::{EngineBean, LastReport, engine_bean};
 pub use metrics::PodMetrics;
-pub use pod::{BeanSpec, Pod, PodHandle, PodReport};
+pub use pod::{Pod, PodHandle};
 pub use registry::{BeanFactory, Registry};
-pub use state::{BeanId, BeanState, BeanStatus, ControlError, ReadyError, SignalEvent, Target};
+pub use spec::BeanSpec;
+pub use state::{
+    BeanId, BeanState, BeanStatus, ControlError, PodReport, ReadyError, SignalEvent, Target,
+};
 pub use status::{StatusAddr, StatusError, StatusParams, StatusServer};
 pub use token::ControlToken;

@@ -1,7 +1,6 @@
 //! The pod: starts beans in order, supervises them (restart policies), and stops them all on
 //! a stop request, cancelling what is left at the stop deadline.
 
-use std::fmt;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -9,90 +8,11 @@ use engine_core::StopHandle;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::bean::{Bean, RestartPolicy};
 use crate::config::PodConfig;
 use crate::driver::Driver;
 use crate::shared::{PodShared, Slot};
-use crate::state::{BeanId, BeanState, BeanStatus, ControlError, SignalEvent, Target};
-
-/// A bean with its label, parameters and restart policy, ready to be added to a pod.
-pub struct BeanSpec {
-    pub(crate) bean: Arc<dyn Bean>,
-    pub(crate) core: String,
-    pub(crate) label: Option<String>,
-    /// Shared with every run's context; beans without parameters share one empty table.
-    pub(crate) params: Arc<toml::Table>,
-    pub(crate) restart: RestartPolicy,
-    pub(crate) declares_readiness: bool,
-}
-
-impl fmt::Debug for BeanSpec {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("BeanSpec")
-            .field("core", &self.core)
-            .field("label", &self.label)
-            .field("restart", &self.restart)
-            .finish_non_exhaustive()
-    }
-}
-
-impl BeanSpec {
-    /// A bean named `core` (the name the status view shows).
-    pub fn new(core: impl Into<String>, bean: impl Bean) -> Self {
-        Self::from_arc(core, Arc::new(bean))
-    }
-
-    /// A bean already shared.
-    pub fn from_arc(core: impl Into<String>, bean: Arc<dyn Bean>) -> Self {
-        Self {
-            bean,
-            core: core.into(),
-            label: None,
-            params: no_params(),
-            restart: RestartPolicy::default(),
-            declares_readiness: false,
-        }
-    }
-
-    /// Sets the label.
-    #[must_use]
-    pub fn label(mut self, label: impl Into<String>) -> Self {
-        self.label = Some(label.into());
-        self
-    }
-
-    /// Sets the parameters, read with [`BeanContext::params`](crate::BeanContext::params).
-    #[must_use]
-    pub fn params(mut self, params: toml::Table) -> Self {
-        self.params = Arc::new(params);
-        self
-    }
-
-    /// Sets the restart policy.
-    #[must_use]
-    pub fn restart(mut self, policy: RestartPolicy) -> Self {
-        self.restart = policy;
-        self
-    }
-
-    /// Declares that the bean marks itself ready
-    /// ([`BeanContext::mark_ready`](crate::BeanContext::mark_ready)): it shows as
-    /// `starting` until it does, and `/ready` waits for it. For beans made of closures;
-    /// a type says so with [`Bean::declares_readiness`].
-    #[must_use]
-    pub fn declares_readiness(mut self) -> Self {
-        self.declares_readiness = true;
-        self
-    }
-}
-
-/// The parameters of a bean given none: one table for every such bean, so that a pod of
-/// 10,000 beans makes none.
-fn no_params() -> Arc<toml::Table> {
-    static EMPTY: std::sync::LazyLock<Arc<toml::Table>> =
-        std::sync::LazyLock::new(|| Arc::new(toml::Table::new()));
-    Arc::clone(&EMPTY)
-}
+use crate::spec::BeanSpec;
+use crate::state::{BeanId, BeanStatus, ControlError, PodReport, SignalEvent, Target};
 
 /// A pod of beans, built in code or from a config file through a
 /// [`Registry`](crate::Registry).
@@ -114,25 +34,6 @@ pub struct Pod {
     config: PodConfig,
     beans: Vec<BeanSpec>,
     stop: Option<StopHandle>,
-}
-
-/// How a pod ended.
-#[derive(Debug, Clone, PartialEq)]
-#[non_exhaustive]
-pub struct PodReport {
-    /// Every bean's final status.
-    pub beans: Vec<BeanStatus>,
-    /// Whether a stop was requested.
-    pub stopped: bool,
-    /// Whether beans had to be cancelled (stop deadline or second stop).
-    pub forced: bool,
-}
-
-impl PodReport {
-    /// Whether no bean failed.
-    pub fn is_success(&self) -> bool {
-        self.beans.iter().all(|b| b.state != BeanState::Failed)
-    }
 }
 
 impl Pod {
@@ -185,40 +86,20 @@ impl Pod {
             subscription = Some(stop.on_stop(move |_| {
                 if let Some(shared) = weak.upgrade() {
                     shared.send_stop_signal();
+                    shared.reach_beans();
                     shared.wake.notify_one();
                 }
             }));
-            let slots = self
-                .beans
-                .iter()
-                .enumerate()
-                .map(|(i, spec)| Slot {
-                    id: BeanId(i as u64 + 1),
-                    label: spec.label.as_deref().map(Arc::from),
-                    core: Arc::from(spec.core.as_str()),
-                    state: BeanState::Pending,
-                    declares_readiness: spec.declares_readiness || spec.bean.declares_readiness(),
-                    restarts: 0,
-                    started: None,
-                    address: None,
-                    last_error: None,
-                    stop: stop.child(),
-                    run: None,
-                    run_no: 0,
-                    restart_requested: false,
-                })
+            let slots = (1..)
+                .zip(&self.beans)
+                .map(|(id, spec)| Slot::new(BeanId(id), spec))
                 .collect();
             PodShared::new(self.config, slots, stop.clone(), commands_tx)
         });
         let subscription = subscription.expect("set while the pod was made");
-        let mut driver = Driver::new(
-            Arc::clone(&shared),
-            commands,
-            subscription,
-            self.beans.len(),
-        );
-        for (i, spec) in self.beans.into_iter().enumerate() {
-            driver.spawn(BeanId(i as u64 + 1), spec);
+        let mut driver = Driver::new(Arc::clone(&shared), commands, subscription);
+        for (id, spec) in (1..).zip(self.beans) {
+            driver.spawn(BeanId(id), spec);
         }
         let driver = tokio::spawn(driver.run());
         PodHandle { shared, driver }

@@ -10,7 +10,8 @@ use serde::de::DeserializeOwned;
 
 use crate::bean::Bean;
 use crate::config::{BeanConfig, ConfigError, PodFile};
-use crate::pod::{BeanSpec, Pod};
+use crate::pod::Pod;
+use crate::spec::BeanSpec;
 
 /// Makes a bean from its config (checking its parameters early, so that a bad config fails
 /// before anything starts).

@@ -5,13 +5,16 @@ use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use engine_core::StopHandle;
+use engine_core::plumbing::lock;
 use tokio::sync::{Notify, mpsc, watch};
 
 use crate::config::PodConfig;
+use crate::run::Run;
+use crate::spec::BeanSpec;
 use crate::state::{BeanId, BeanState, BeanStatus, ControlError, SignalEvent, Target};
 
 pub(crate) type Handler = Arc<dyn Fn(&SignalEvent) + Send + Sync>;
@@ -21,6 +24,9 @@ pub(crate) type Handler = Arc<dyn Fn(&SignalEvent) + Send + Sync>;
 pub(crate) enum Command {
     /// Start again a bean that ended for good.
     Respawn(BeanId),
+    /// A bean's supervisor ended: with the spec when the bean ended for good, without when
+    /// the supervisor was cancelled.
+    Ended(BeanId, Option<BeanSpec>),
 }
 
 /// One bean's entry in the pod.
@@ -34,10 +40,13 @@ pub(crate) struct Slot {
     pub(crate) started: Option<Instant>,
     pub(crate) address: Option<SocketAddr>,
     pub(crate) last_error: Option<String>,
-    /// The bean's stop: a child of the pod's.
-    pub(crate) stop: StopHandle,
-    /// The current run's stop, a child of the bean's, while a run goes on.
-    pub(crate) run: Option<StopHandle>,
+    /// The bean's stop handle, a child of the pod's, made when first asked for (by a run's
+    /// handle, a stop of the bean, a restart's wait): most beans never need one.
+    pub(crate) stop: Option<StopHandle>,
+    /// Set when the bean alone was asked to stop.
+    pub(crate) stop_requested: bool,
+    /// The current run, while one goes on.
+    pub(crate) run: Weak<Run>,
     /// Counts the runs, so that a context of an ended run cannot mark a later one ready.
     pub(crate) run_no: u64,
     /// Set by a restart request: the run's end starts the next run at once.
@@ -45,6 +54,44 @@ pub(crate) struct Slot {
 }
 
 impl Slot {
+    /// A bean not started yet.
+    pub(crate) fn new(id: BeanId, spec: &BeanSpec) -> Self {
+        Self {
+            id,
+            label: spec.label.clone(),
+            core: Arc::clone(&spec.core),
+            state: BeanState::Pending,
+            declares_readiness: spec.readiness_declared(),
+            restarts: 0,
+            started: None,
+            address: None,
+            last_error: None,
+            stop: None,
+            stop_requested: false,
+            run: Weak::new(),
+            run_no: 0,
+            restart_requested: false,
+        }
+    }
+
+    /// Whether the bean alone was asked to stop (the pod's stop is asked separately).
+    pub(crate) fn stop_requested(&self) -> bool {
+        self.stop_requested || self.stop.as_ref().is_some_and(StopHandle::is_stopping)
+    }
+
+    /// The bean's stop handle, made a child of `pod` if it has none yet.
+    pub(crate) fn stop_handle(&mut self, pod: &StopHandle) -> &StopHandle {
+        let requested = self.stop_requested;
+        self.stop.get_or_insert_with(|| {
+            let stop = pod.child();
+            if requested {
+                // A new handle has no callbacks yet: stopping it under the lock calls none.
+                stop.stop();
+            }
+            stop
+        })
+    }
+
     pub(crate) fn status(&self) -> BeanStatus {
         let uptime = match (
             self.state.is_up() || self.state == BeanState::Stopping,
@@ -95,6 +142,11 @@ pub(crate) struct PodShared {
     pub(crate) wake: Notify,
     /// Whether the `"stop"` signal went out.
     stop_sent: AtomicBool,
+    /// Whether the pod's stop reached the beans (after the `"stop"` signal went out).
+    reached: AtomicBool,
+    /// Wakes every run when the pod's stop reaches the beans: one wake-up for the pod, not
+    /// one stop handle per bean.
+    pub(crate) beans_stopping: Notify,
     pub(crate) commands: mpsc::UnboundedSender<Command>,
 }
 
@@ -122,16 +174,37 @@ impl PodShared {
             waiting: AtomicUsize::new(0),
             wake: Notify::new(),
             stop_sent: AtomicBool::new(false),
+            reached: AtomicBool::new(false),
+            beans_stopping: Notify::new(),
             commands,
         }
     }
 
     pub(crate) fn slots(&self) -> MutexGuard<'_, Vec<Slot>> {
-        self.slots.lock().unwrap_or_else(PoisonError::into_inner)
+        lock(&self.slots)
     }
 
     fn handlers(&self) -> MutexGuard<'_, HashMap<BeanId, Vec<(String, Handler)>>> {
-        self.handlers.lock().unwrap_or_else(PoisonError::into_inner)
+        lock(&self.handlers)
+    }
+
+    /// Whether the pod's stop has reached the beans.
+    pub(crate) fn stop_reached_beans(&self) -> bool {
+        self.reached.load(Ordering::Acquire)
+    }
+
+    /// Lets the pod's stop reach every bean's run, once: after the `"stop"` signal, so that
+    /// the handlers hear it while their bean still runs.
+    pub(crate) fn reach_beans(&self) {
+        if !self.reached.swap(true, Ordering::AcqRel) {
+            self.beans_stopping.notify_waiters();
+        }
+    }
+
+    /// Bean `id`'s stop handle (made now if it has none): a child of the pod's.
+    pub(crate) fn bean_stop_handle(&self, id: BeanId) -> StopHandle {
+        self.update(id, |s| s.stop_handle(&self.stop).clone())
+            .unwrap_or_else(|| self.stop.child())
     }
 
     pub(crate) fn add_handler(&self, id: BeanId, name: &str, handler: Handler) {
@@ -216,6 +289,10 @@ impl PodShared {
     /// Calls the handlers of `name` registered by the beans `target` names; returns how many
     /// handlers ran. A panicking handler is logged and does not stop the others.
     pub(crate) fn dispatch(&self, target: &Target, event: &SignalEvent) -> usize {
+        if self.handlers().is_empty() {
+            // No handler anywhere (a pod of 10,000 plain beans stopping): no list of ids.
+            return 0;
+        }
         let ids = self.ids(target);
         let handlers: Vec<(BeanId, Handler)> = {
             let all = self.handlers();
@@ -272,22 +349,29 @@ impl PodShared {
         });
     }
 
-    /// Asks bean `id` to stop for good: its own stop handle, not the pod's.
+    /// Asks bean `id` to stop for good: its own stop handle (if it has one) and its run, not
+    /// the pod.
     pub(crate) fn stop_bean(&self, id: BeanId) -> Result<(), ControlError> {
-        let stop = self
+        let (stop, run) = self
             .update(id, |s| {
                 if s.state.is_final() {
                     return Err(ControlError::NotRunning { id, state: s.state });
                 }
                 s.restart_requested = false;
+                s.stop_requested = true;
                 if s.state != BeanState::Pending {
                     s.state = BeanState::Stopping;
                 }
-                Ok(s.stop.clone())
+                Ok((s.stop.clone(), s.run.upgrade()))
             })
             .unwrap_or(Err(ControlError::NoSuchBean(id)))?;
         // Outside the lock: the handle's callbacks may look at the pod.
-        stop.stop();
+        if let Some(stop) = stop {
+            stop.stop();
+        }
+        if let Some(run) = run {
+            run.end();
+        }
         Ok(())
     }
 
@@ -299,21 +383,19 @@ impl PodShared {
         }
         let run = self
             .update(id, |s| {
-                if s.stop.is_stopping() && !s.state.is_final() {
+                if s.stop_requested() && !s.state.is_final() {
                     return Err(ControlError::NotRunning { id, state: s.state });
                 }
                 if s.state.is_final() {
                     return Ok(None);
                 }
                 s.restart_requested = true;
-                Ok(Some(s.run.clone()))
+                Ok(Some(s.run.upgrade()))
             })
             .unwrap_or(Err(ControlError::NoSuchBean(id)))?;
         match run {
             // Outside the lock: the handle's callbacks may look at the pod.
-            Some(Some(run)) => {
-                run.stop();
-            }
+            Some(Some(run)) => run.end(),
             // Not started yet, or waiting for its restart: it starts soon anyway.
             Some(None) => {}
             // The driver lives as long as a bean does; a pod that ended has no one to start.

@@ -209,3 +209,22 @@ pub enum ControlError {
     #[error("the pod is stopping")]
     PodStopping,
 }
+
+/// How a pod ended.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct PodReport {
+    /// Every bean's final status.
+    pub beans: Vec<BeanStatus>,
+    /// Whether a stop was requested.
+    pub stopped: bool,
+    /// Whether beans had to be cancelled (stop deadline or second stop).
+    pub forced: bool,
+}
+
+impl PodReport {
+    /// Whether no bean failed.
+    pub fn is_success(&self) -> bool {
+        self.beans.iter().all(|b| b.state != BeanState::Failed)
+    }
+}
