@@ -113,8 +113,9 @@
 //!
 //! # Contents
 //!
-//! - Stages: [`Frontend`], [`Transport`], [`Backend`], [`StageKind`], [`ErrorPolicy`], and
-//!   the closure and iterator adapters.
+//! - Stages: [`Frontend`], [`Transport`], [`Backend`], [`StageKind`], [`ErrorPolicy`], the
+//!   closure and iterator adapters, and stages chosen at run time: [`BoxFrontend`],
+//!   [`BoxTransport`], [`BoxBackend`], [`box_frontend`].
 //! - Context: [`StageContext`], [`AppConfig`].
 //! - Stopping: [`StopHandle`], [`StopLevel`], [`install_signal_handler`].
 //! - Reporting: [`RunReport`], [`StageReport`], [`Counts`], [`RunEnd`].
@@ -131,6 +132,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod adapt;
+mod boxed;
 mod completion;
 mod context;
 mod deadline;
@@ -149,6 +151,7 @@ pub use adapt::{
     MapFn, TryFilterMapFn, TryForEachFn, TryIterFrontend, TryMapFn, filter_map, flat_map,
     try_filter_map, try_iter, try_map,
 };
+pub use boxed::{BoxBackend, BoxFrontend, BoxTransport, box_frontend};
 pub use context::{AppConfig, StageContext};
 pub use error::{BoxError, ConfigError, StageError};
 pub use report::{CountMismatch, Counts, RunEnd, RunReport, StageReport, ThreadReport};

@@ -26,6 +26,7 @@ pub use offload::{Finished, ItemOutcome, Offload};
 pub use sync::lock;
 
 pub use crate::adapt::markers;
+pub use crate::boxed::AnyTicket;
 pub use crate::completion::{Outcome, Ticket, TrackedFrontend, TrackedItem, Untracked};
 pub use crate::deadline::StopDeadline;
 pub use crate::error::catch_panic;
