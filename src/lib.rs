@@ -128,24 +128,43 @@ pub fn snapshot_of(stats: &threads::Stats) -> observe::Snapshot {
 /// ```
 #[cfg(all(feature = "threads", feature = "ootb"))]
 #[cfg_attr(docsrs, doc(cfg(all(feature = "threads", feature = "ootb"))))]
-pub fn default_engine() -> threads::EngineBuilder<
-    engine_core::plumbing::Untracked<ootb::StdinFrontend>,
-    threads::Present<ootb::LogTransport<String>>,
-    threads::Present<ootb::LogBackend<String>>,
-> {
+pub fn default_engine() -> DefaultEngineBuilder {
     threads::Engine::builder(ootb::StdinFrontend::new())
         .transport(ootb::LogTransport::new())
         .backend(ootb::LogBackend::new())
 }
 
-/// What nearly every program needs to write stages: `use engine::prelude::*;`.
+/// What nearly every program needs to write stages and run them: `use engine::prelude::*;`.
+///
+/// ```
+/// use engine::prelude::*;
+///
+/// let report = Engine::builder(1..=10_u64)
+///     .transport(|n: u64| n * 2)
+///     .backend(|_n: u64| {})
+///     .run()?;
+/// assert_eq!(report.processed(), 10);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub mod prelude {
     #[doc(no_inline)]
     pub use engine_core::{
         AppConfig, Backend, ErrorPolicy, Frontend, RunReport, StageContext, StageError, StopHandle,
         Transport,
     };
+    #[cfg(feature = "threads")]
+    #[doc(no_inline)]
+    pub use engine_threads::{Engine, EngineError};
 }
+
+/// The builder [`default_engine`] returns, by name, to store or return it.
+#[cfg(all(feature = "threads", feature = "ootb"))]
+#[cfg_attr(docsrs, doc(cfg(all(feature = "threads", feature = "ootb"))))]
+pub type DefaultEngineBuilder = threads::EngineBuilder<
+    engine_core::plumbing::Untracked<ootb::StdinFrontend>,
+    threads::Present<ootb::LogTransport<String>>,
+    threads::Present<ootb::LogBackend<String>>,
+>;
 
 /// The cargo features this build of the crate was compiled with, among `threads`, `ootb`,
 /// `proc`, `pod`, `redis` and `observe`.
