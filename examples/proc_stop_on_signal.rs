@@ -68,7 +68,7 @@ fn main() -> Result<()> {
     let pongs = Rc::new(RefCell::new(BTreeMap::<(u32, String), u32>::new()));
     let gave_up = Rc::new(RefCell::new(false));
 
-    let mut router = Router::builder().stop_handle(stop.clone());
+    let mut router = Router::builder().stop_handle(&stop);
     for name in WORKERS {
         router = router.worker(name, ponger);
     }

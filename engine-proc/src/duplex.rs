@@ -110,7 +110,8 @@ impl Duplex {
     }
 
     /// Sends raw bytes as if they were a frame: for tests of how the other end takes
-    /// corrupt input.
+    /// corrupt input. Only with the `testing` feature.
+    #[cfg(feature = "testing")]
     #[doc(hidden)]
     pub fn send_raw_frame(&self, bytes: Vec<u8>) -> Result<(), ProcError> {
         self.tx

@@ -146,3 +146,42 @@ pub enum ProcError {
     #[error("the channel failed: {0}")]
     Channel(String),
 }
+
+/// Why [`Pool::recv_timeout`](crate::Pool::recv_timeout) returned no result.
+///
+/// ```no_run
+/// # use std::time::Duration;
+/// # use engine_proc::{Pool, RecvTimeoutError};
+/// # fn wait(pool: &mut Pool<engine_proc::WorkerStage<Echo>>) {
+/// match pool.recv_timeout(Duration::from_millis(100)) {
+///     Ok(Some((id, result))) => println!("task {id}: {result:?}"),
+///     Ok(None) => println!("nothing outstanding"),
+///     Err(RecvTimeoutError::Timeout) => println!("still running"),
+///     Err(RecvTimeoutError::Disconnected) => println!("the pool's workers are gone"),
+/// }
+/// # }
+/// # struct Echo;
+/// # impl engine_proc::Worker for Echo {
+/// #     type Init = (); type Task = u8; type Output = u8;
+/// #     fn init(_: ()) -> Result<Self, engine_core::StageError> { Ok(Echo) }
+/// #     fn run(&mut self, t: u8) -> Result<u8, engine_core::StageError> { Ok(t) }
+/// # }
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RecvTimeoutError {
+    /// No result came within the timeout; tasks are still outstanding.
+    #[error("no result within the timeout")]
+    Timeout,
+    /// No result can come any more: the pool's drivers are gone.
+    #[error("the pool's results channel is closed")]
+    Disconnected,
+}
+
+impl From<crossbeam_channel::RecvTimeoutError> for RecvTimeoutError {
+    fn from(error: crossbeam_channel::RecvTimeoutError) -> Self {
+        match error {
+            crossbeam_channel::RecvTimeoutError::Timeout => Self::Timeout,
+            crossbeam_channel::RecvTimeoutError::Disconnected => Self::Disconnected,
+        }
+    }
+}

@@ -111,7 +111,7 @@ mod workers;
 
 pub use boot::init;
 pub use duplex::{Child, ChildMain, Duplex};
-pub use error::{ExitHow, ProcError, SpawnError, TaskError};
+pub use error::{ExitHow, ProcError, RecvTimeoutError, SpawnError, TaskError};
 #[cfg(feature = "metrics")]
 #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
 pub use metrics::WorkerMetrics;

@@ -265,6 +265,8 @@ impl Node {
     }
 
     /// Sends raw bytes as if they were a frame: for tests of how peers take corrupt input.
+    /// Only with the `testing` feature.
+    #[cfg(feature = "testing")]
     #[doc(hidden)]
     pub fn send_raw_frame(&mut self, to: &str, bytes: Vec<u8>) -> Result<(), ProcError> {
         let tx = self

@@ -6,11 +6,10 @@ use std::marker::PhantomData;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::RecvTimeoutError;
 use engine_core::protocol::{ProtocolError, TaskId, to_bytes};
 use engine_core::{RestartPolicy, StopHandle};
 
-use crate::error::{SpawnError, TaskError};
+use crate::error::{RecvTimeoutError, SpawnError, TaskError};
 use crate::stage::{InItem, PlacedInit, RemoteTransport};
 use crate::workers::{Config, DEPTH, Results, Workers};
 
@@ -180,8 +179,8 @@ impl<S: RemoteTransport> PoolBuilder<S> {
     /// Queued tasks come back as [`TaskError::Cancelled`]. Pass it to
     /// [`install_signal_handler`](engine_core::install_signal_handler) for SIGINT/SIGTERM.
     #[must_use]
-    pub fn stop_handle(mut self, stop: StopHandle) -> Self {
-        self.stop = Some(stop);
+    pub fn stop_handle(mut self, stop: &StopHandle) -> Self {
+        self.stop = Some(stop.clone());
         self
     }
 
@@ -330,7 +329,8 @@ impl<S: RemoteTransport> Pool<S> {
     ///
     /// # Errors
     ///
-    /// [`RecvTimeoutError::Timeout`] if nothing came in time.
+    /// [`RecvTimeoutError::Timeout`] if nothing came in time,
+    /// [`RecvTimeoutError::Disconnected`] if nothing can come any more.
     pub fn recv_timeout(
         &mut self,
         timeout: Duration,
@@ -455,7 +455,8 @@ impl<S: RemoteTransport> Pool<S> {
 
     /// Sends raw bytes to the first live worker as if they were a frame: for tests of what a
     /// corrupt frame does (the worker reports it, the pool counts it, and both go on).
-    /// Returns false if no worker is live.
+    /// Returns false if no worker is live. Only with the `testing` feature.
+    #[cfg(feature = "testing")]
     #[doc(hidden)]
     pub fn inject_raw_frame(&self, bytes: Vec<u8>) -> bool {
         self.workers.shared.inject_raw_frame(bytes)

@@ -175,8 +175,8 @@ impl RouterBuilder {
     /// [`install_signal_handler`](engine_core::install_signal_handler)): every worker is told
     /// to die, and killed if it has not within the stop timeout.
     #[must_use]
-    pub fn stop_handle(mut self, stop: StopHandle) -> Self {
-        self.stop = Some(stop);
+    pub fn stop_handle(mut self, stop: &StopHandle) -> Self {
+        self.stop = Some(stop.clone());
         self
     }
 

@@ -350,6 +350,7 @@ impl<W: Program> Shared<W> {
     }
 
     /// Sends raw bytes to the first live worker as if they were a frame; false if none is.
+    #[cfg(feature = "testing")]
     pub(crate) fn inject_raw_frame(&self, bytes: Vec<u8>) -> bool {
         let queue = lock(&self.queue);
         let Some((_, tx, _)) = queue.workers.iter().flatten().next() else {

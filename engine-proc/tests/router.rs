@@ -204,7 +204,7 @@ fn a_crashed_worker_is_restarted_and_its_peers_reach_the_new_process() {
         .worker("phoenix", phoenix)
         .worker("relay", relay)
         .restart(RestartPolicy::new(Restart::OnFailure).limit(1, Duration::from_secs(60)))
-        .stop_handle(stop)
+        .stop_handle(&stop)
         .on("hello", move |node, pid: u32| {
             seen.borrow_mut().push(pid);
             if seen.borrow().len() == 1 {
@@ -244,7 +244,7 @@ fn a_stop_tells_every_worker_to_die() {
     let report = Router::builder()
         .worker("b", doubler)
         .worker("c", patient)
-        .stop_handle(stop)
+        .stop_handle(&stop)
         .on_start(|node| Ok(node.send(&to("b"), "work", &1_u64)?))
         .on("done", move |_, _: (u64, String)| {
             trigger.stop();
