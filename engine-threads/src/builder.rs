@@ -8,19 +8,18 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use engine_core::plumbing::{TrackedFrontend, lock};
 use engine_core::{
-    AppConfig, ErrorPolicy, IntoBackend, IntoFrontend, IntoTransport, RunReport, StopHandle,
-    Transport,
+    AppConfig, ErrorPolicy, IntoBackend, IntoFrontend, IntoTransport, RunReport, StageContext,
+    StopHandle, Transport,
 };
-
-use engine_core::plumbing::TrackedFrontend;
 
 use crate::engine::{Engine, EngineHandle};
 use crate::error::EngineError;
-use crate::link::lock;
 
-/// Makes one stage instance per thread, on that thread, from the thread's index.
-pub(crate) type Factory<S> = Arc<dyn Fn(usize) -> S + Send + Sync>;
+/// Makes one stage instance per thread, on that thread, from the thread's context
+/// ([`StageContext::index`] is the thread's index).
+pub(crate) type Factory<S> = Arc<dyn Fn(&StageContext) -> S + Send + Sync>;
 
 /// The default capacity of each queue, in items.
 pub const DEFAULT_QUEUE_CAPACITY: usize = 4096;
@@ -33,6 +32,16 @@ pub struct Absent;
 pub struct Present<S> {
     pub(crate) factory: Factory<S>,
     pub(crate) threads: usize,
+}
+
+impl<S> Present<S> {
+    /// A stage on one thread, until its thread count is set.
+    fn new(factory: Factory<S>) -> Self {
+        Self {
+            factory,
+            threads: 1,
+        }
+    }
 }
 
 impl<S> fmt::Debug for Present<S> {
@@ -153,20 +162,40 @@ impl<F: TrackedFrontend> EngineBuilder<F, Absent, Absent> {
     }
 }
 
-/// One instance of a stage given by value, cloned for each thread.
+/// A factory that clones a stage given by value, once per thread: the `.transport(x)` and
+/// `.backend(x)` shorthand, made through the same factory as `*_with`.
 fn cloner<S: 'static, X>(stage: X, convert: fn(X) -> S) -> Factory<S>
 where
     X: Clone + Send + 'static,
 {
     // The prototype sits behind a mutex so that a `Send` stage needs not be `Sync`.
     let prototype = Mutex::new(stage);
-    Arc::new(move |_| convert(lock(&prototype).clone()))
+    Arc::new(move |_: &StageContext| convert(lock(&prototype).clone()))
 }
 
 impl<F: TrackedFrontend, B> EngineBuilder<F, Absent, B> {
-    /// Adds a transport, cloned once per transport thread. Closures `FnMut(A) -> B` are
-    /// transports; see [`engine_core::filter_map`] and [`engine_core::try_map`] for the
-    /// filtering and fallible forms.
+    /// Adds a transport, cloned once per transport thread: shorthand for
+    /// [`transport_with`](Self::transport_with) with a factory that clones it. Closures
+    /// `FnMut(A) -> B` are transports; [`filter_map`](Self::filter_map),
+    /// [`try_map`](Self::try_map) and [`flat_map`](Self::flat_map) are the filtering,
+    /// fallible and expanding forms.
+    ///
+    /// A stage that is not `Clone` (a boxed [`BoxTransport`](engine_core::BoxTransport)
+    /// chosen at run time, a stage holding a connection) goes through
+    /// [`transport_with`](Self::transport_with).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use engine_threads::Engine;
+    ///
+    /// let report = Engine::builder(1..=10_u64)
+    ///     .transport(|n: u64| n * 10)
+    ///     .transport_threads(2)
+    ///     .run()?;
+    /// assert_eq!(report.processed(), 10);
+    /// # Ok::<(), engine_threads::EngineError>(())
+    /// ```
     pub fn transport<M, X>(self, transport: X) -> EngineBuilder<F, Present<X::Transport>, B>
     where
         X: IntoTransport<M> + Clone + Send + 'static,
@@ -176,35 +205,99 @@ impl<F: TrackedFrontend, B> EngineBuilder<F, Absent, B> {
         self.with_transport(factory)
     }
 
-    /// Adds a transport made by `factory(thread_index)` on each transport thread.
+    /// Adds a transport made by `factory(ctx)` on each transport thread, with that thread's
+    /// [`StageContext`] (`ctx.index()` is the thread's index, `ctx.instances()` the number of
+    /// threads).
+    ///
+    /// This is THE way to give each thread its own state (a connection, a buffer, a
+    /// counter), as rayon's `map_init` does: the stage is made on its own thread, before its
+    /// `setup`, so it needs neither `Send` nor `Clone`. It is also how a stage chosen at run
+    /// time is given: the factory returns a [`BoxTransport`](engine_core::BoxTransport).
+    ///
+    /// # Examples
+    ///
+    /// Each thread tags its outputs with its own index:
+    ///
+    /// ```
+    /// use std::sync::{Arc, Mutex};
+    /// use engine_core::StageContext;
+    /// use engine_threads::Engine;
+    ///
+    /// let seen = Arc::new(Mutex::new(Vec::new()));
+    /// let sink = Arc::clone(&seen);
+    /// let report = Engine::builder(0..100_u64)
+    ///     .transport_with(|ctx: &StageContext| {
+    ///         let thread = ctx.index();
+    ///         move |n: u64| (thread, n)
+    ///     })
+    ///     .transport_threads(2)
+    ///     .backend(move |(thread, _n): (usize, u64)| sink.lock().unwrap().push(thread))
+    ///     .run()?;
+    /// assert_eq!(report.processed(), 100);
+    /// assert!(seen.lock().unwrap().iter().all(|&thread| thread < 2));
+    /// # Ok::<(), engine_threads::EngineError>(())
+    /// ```
+    ///
+    /// A transport chosen at run time, boxed:
+    ///
+    /// ```
+    /// use engine_core::{BoxTransport, filter_map};
+    /// use engine_threads::Engine;
+    ///
+    /// let keep_odd = std::env::args().count() > 0; // A flag, say.
+    /// let report = Engine::builder(1..=10_u64)
+    ///     .transport_with(move |_| -> BoxTransport<u64, u64> {
+    ///         if keep_odd {
+    ///             Box::new(filter_map(|n: u64| (n % 2 == 1).then_some(n)))
+    ///         } else {
+    ///             Box::new(filter_map(Some))
+    ///         }
+    ///     })
+    ///     .backend(|_n: u64| {})
+    ///     .run()?;
+    /// assert_eq!(report.processed(), 5);
+    /// # Ok::<(), engine_threads::EngineError>(())
+    /// ```
     pub fn transport_with<M, X, G>(self, factory: G) -> EngineBuilder<F, Present<X::Transport>, B>
     where
-        G: Fn(usize) -> X + Send + Sync + 'static,
+        G: Fn(&StageContext) -> X + Send + Sync + 'static,
         X: IntoTransport<M>,
         X::Transport: Transport<Input = F::Item> + 'static,
     {
-        self.with_transport(Arc::new(move |index| factory(index).into_transport()))
+        self.with_transport(Arc::new(move |ctx: &StageContext| {
+            factory(ctx).into_transport()
+        }))
     }
 
-    fn with_transport<S>(self, factory: Factory<S>) -> EngineBuilder<F, Present<S>, B> {
+    pub(crate) fn with_transport<S>(self, factory: Factory<S>) -> EngineBuilder<F, Present<S>, B> {
         EngineBuilder {
             frontend: self.frontend,
             frontend_threads: self.frontend_threads,
-            stages: (
-                Present {
-                    factory,
-                    threads: 1,
-                },
-                self.stages.1,
-            ),
+            stages: (Present::new(factory), self.stages.1),
             options: self.options,
         }
     }
 }
 
 impl<F: TrackedFrontend, T: Upstream<F::Item>> EngineBuilder<F, T, Absent> {
-    /// Adds a backend, cloned once per backend thread. Closures `FnMut(A)` and
-    /// `FnMut(A) -> Result<(), E>` are backends.
+    /// Adds a backend, cloned once per backend thread: shorthand for
+    /// [`backend_with`](Self::backend_with) with a factory that clones it. Closures
+    /// `FnMut(A)` and `FnMut(A) -> Result<(), E>` are backends;
+    /// [`for_each`](Self::for_each) and [`try_for_each`](Self::try_for_each) name the two
+    /// forms.
+    ///
+    /// A backend that is not `Clone` (a boxed [`BoxBackend`](engine_core::BoxBackend), a
+    /// backend holding a connection) goes through [`backend_with`](Self::backend_with).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use engine_threads::Engine;
+    ///
+    /// let report = Engine::builder(1..=10_u64).backend(|_n: u64| {}).run()?;
+    /// assert_eq!(report.processed(), 10);
+    /// # Ok::<(), engine_threads::EngineError>(())
+    /// ```
     pub fn backend<M, X>(self, backend: X) -> EngineBuilder<F, T, Present<X::Backend>>
     where
         X: IntoBackend<M> + Clone + Send + 'static,
@@ -214,27 +307,60 @@ impl<F: TrackedFrontend, T: Upstream<F::Item>> EngineBuilder<F, T, Absent> {
         self.with_backend(factory)
     }
 
-    /// Adds a backend made by `factory(thread_index)` on each backend thread.
+    /// Adds a backend made by `factory(ctx)` on each backend thread, with that thread's
+    /// [`StageContext`]: THE way to give each backend thread its own state, as for
+    /// [`transport_with`](Self::transport_with). The backend needs neither `Send` nor
+    /// `Clone`; a backend chosen at run time is a [`BoxBackend`](engine_core::BoxBackend)
+    /// returned by the factory.
+    ///
+    /// # Examples
+    ///
+    /// Each thread sums its share and adds it to the total at its cleanup:
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use std::sync::atomic::{AtomicU64, Ordering};
+    /// use engine_core::{Backend, StageContext, StageError};
+    /// use engine_threads::Engine;
+    ///
+    /// struct Sum(u64, Arc<AtomicU64>);
+    ///
+    /// impl Backend for Sum {
+    ///     type Input = u64;
+    ///     fn process(&mut self, n: u64, _: &StageContext) -> Result<(), StageError> {
+    ///         self.0 += n;
+    ///         Ok(())
+    ///     }
+    ///     fn cleanup(&mut self, _: &StageContext) {
+    ///         self.1.fetch_add(self.0, Ordering::SeqCst);
+    ///     }
+    /// }
+    ///
+    /// let total = Arc::new(AtomicU64::new(0));
+    /// let shared = Arc::clone(&total);
+    /// Engine::builder(1..=100_u64)
+    ///     .backend_with(move |_: &StageContext| Sum(0, Arc::clone(&shared)))
+    ///     .backend_threads(3)
+    ///     .run()?;
+    /// assert_eq!(total.load(Ordering::SeqCst), 5050);
+    /// # Ok::<(), engine_threads::EngineError>(())
+    /// ```
     pub fn backend_with<M, X, G>(self, factory: G) -> EngineBuilder<F, T, Present<X::Backend>>
     where
-        G: Fn(usize) -> X + Send + Sync + 'static,
+        G: Fn(&StageContext) -> X + Send + Sync + 'static,
         X: IntoBackend<M>,
         X::Backend: engine_core::Backend<Input = T::Output> + 'static,
     {
-        self.with_backend(Arc::new(move |index| factory(index).into_backend()))
+        self.with_backend(Arc::new(move |ctx: &StageContext| {
+            factory(ctx).into_backend()
+        }))
     }
 
-    fn with_backend<S>(self, factory: Factory<S>) -> EngineBuilder<F, T, Present<S>> {
+    pub(crate) fn with_backend<S>(self, factory: Factory<S>) -> EngineBuilder<F, T, Present<S>> {
         EngineBuilder {
             frontend: self.frontend,
             frontend_threads: self.frontend_threads,
-            stages: (
-                self.stages.0,
-                Present {
-                    factory,
-                    threads: 1,
-                },
-            ),
+            stages: (self.stages.0, Present::new(factory)),
             options: self.options,
         }
     }
@@ -385,7 +511,27 @@ where
 /// Entry points, on [`Engine`].
 impl Engine<(), Absent, Absent> {
     /// A builder whose one frontend thread runs `frontend`: a [`Frontend`], a
-    /// [`TrackedFrontend`], or any `IntoIterator` (whose iterator is the source).
+    /// [`TrackedFrontend`], or any `IntoIterator` (whose iterator is the source). The
+    /// frontend is moved to its thread, so it must be `Send`, and need not be `Clone`: a
+    /// frontend chosen at run time is given here as a
+    /// [`BoxFrontend`](engine_core::BoxFrontend).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use engine_core::{BoxFrontend, box_frontend};
+    /// use engine_threads::Engine;
+    ///
+    /// let from_a_list = std::env::args().count() > 100; // A flag, say.
+    /// let numbers: BoxFrontend<u64> = if from_a_list {
+    ///     box_frontend(vec![1, 2, 3])
+    /// } else {
+    ///     box_frontend(1..=10_u64)
+    /// };
+    /// let report = Engine::builder(numbers).backend(|_n: u64| {}).run()?;
+    /// assert_eq!(report.processed(), 10);
+    /// # Ok::<(), engine_threads::EngineError>(())
+    /// ```
     ///
     /// [`Frontend`]: engine_core::Frontend
     pub fn builder<M, X>(frontend: X) -> EngineBuilder<X::Frontend>
@@ -395,7 +541,7 @@ impl Engine<(), Absent, Absent> {
     {
         let frontend = Mutex::new(Some(frontend.into_frontend()));
         EngineBuilder::new(
-            Arc::new(move |_| {
+            Arc::new(move |_: &StageContext| {
                 lock(&frontend)
                     .take()
                     .expect("a builder's single frontend is taken by its one thread")
@@ -404,16 +550,37 @@ impl Engine<(), Absent, Absent> {
         )
     }
 
-    /// A builder with `threads` frontend threads, each running `factory(thread_index)`, made
-    /// on its own thread.
+    /// A builder with `threads` frontend threads, each running `factory(ctx)`, made on its
+    /// own thread with that thread's [`StageContext`] (`ctx.index()` is the thread's index).
+    /// As for [`EngineBuilder::transport_with`], this is THE way to give each frontend
+    /// thread its own state, or its own share of the source; the frontend needs neither
+    /// `Send` nor `Clone`.
+    ///
+    /// # Examples
+    ///
+    /// Two threads, each producing its own share:
+    ///
+    /// ```
+    /// use engine_core::StageContext;
+    /// use engine_threads::Engine;
+    ///
+    /// let report = Engine::builder_with(2, |ctx: &StageContext| {
+    ///     let from = ctx.index() as u64 * 500;
+    ///     from..from + 500
+    /// })
+    /// .backend(|_n: u64| {})
+    /// .run()?;
+    /// assert_eq!(report.processed(), 1000);
+    /// # Ok::<(), engine_threads::EngineError>(())
+    /// ```
     pub fn builder_with<M, X, G>(threads: usize, factory: G) -> EngineBuilder<X::Frontend>
     where
-        G: Fn(usize) -> X + Send + Sync + 'static,
+        G: Fn(&StageContext) -> X + Send + Sync + 'static,
         X: IntoFrontend<M>,
         X::Frontend: 'static,
     {
         EngineBuilder::new(
-            Arc::new(move |index| factory(index).into_frontend()),
+            Arc::new(move |ctx: &StageContext| factory(ctx).into_frontend()),
             threads,
         )
     }

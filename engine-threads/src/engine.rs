@@ -7,7 +7,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
-use engine_core::plumbing::{StopDeadline, Ticket, TrackedFrontend};
+use engine_core::plumbing::{StopDeadline, Ticket, TrackedFrontend, lock};
 use engine_core::{
     Backend, Counts, RunEnd, RunReport, StageContext, StageKind, StageReport, StopHandle,
     StopLevel, StopSubscription, ThreadReport, Transport,
@@ -15,7 +15,7 @@ use engine_core::{
 
 use crate::builder::{Absent, EngineBuilder, Factory, Options, Present};
 use crate::error::EngineError;
-use crate::link::{AbortTrigger, Link, Sizing, abort_pair, lock};
+use crate::link::{AbortTrigger, Link, Sizing, abort_pair};
 use crate::stats::{ConsumerProbe, StageProbe, Stats, StatsReader, StatsSource, ThreadSnapshot};
 use crate::worker::{
     BackendStage, Consume, Event, Input, Shared, ThreadResult, ThreadStats, TransportStage, Window,
@@ -200,7 +200,7 @@ impl<K0, I0> Launcher<K0, I0> {
         kind: StageKind,
         threads: usize,
         input: &Arc<Link<K, I>>,
-        make: impl Fn(usize, Input<K, I>, StageContext, Arc<ThreadStats>, Arc<Shared>) -> R,
+        make: impl Fn(Input<K, I>, StageContext, Arc<ThreadStats>, Arc<Shared>) -> R,
     ) -> Result<(), EngineError>
     where
         K: Ticket,
@@ -218,7 +218,6 @@ impl<K0, I0> Launcher<K0, I0> {
             let stats = Arc::new(ThreadStats::default());
             let ctx = self.context(kind, index, threads);
             let body = make(
-                index,
                 Input::new(Arc::clone(input)),
                 ctx,
                 Arc::clone(&stats),
@@ -250,7 +249,7 @@ fn spawn<R: Send + 'static>(
 
 /// A consumer thread's body, with the last-resort guard.
 fn consumer_body<K, S>(
-    make: impl FnOnce() -> S + Send + 'static,
+    make: impl FnOnce(&StageContext) -> S + Send + 'static,
     ctx: StageContext,
     input: Input<K, S::Input>,
     stats: Arc<ThreadStats>,
@@ -316,11 +315,11 @@ impl<K: Ticket, I> Launcher<K, I> {
             StageKind::Backend,
             backend.threads,
             input,
-            |index, input, ctx, stats, shared| {
+            |input, ctx, stats, shared| {
                 let factory = Arc::clone(&factory);
                 let input = last_input(input, &window);
                 consumer_body(
-                    move || BackendStage::new(factory(index)),
+                    move |ctx: &StageContext| BackendStage::new(factory(ctx)),
                     ctx,
                     input,
                     stats,
@@ -350,14 +349,15 @@ impl<K: Ticket, I> Launcher<K, I> {
             StageKind::Transport,
             transport.threads,
             input,
-            |index, input, ctx, stats, shared| {
+            |input, ctx, stats, shared| {
                 let factory = Arc::clone(&factory);
                 let out = out.map(|link| link.producer());
                 let input = match out {
                     Some(_) => input,
                     None => last_input(input, &window),
                 };
-                let make = move || TransportStage::new(factory(index), out, ordered);
+                let make =
+                    move |ctx: &StageContext| TransportStage::new(factory(ctx), out, ordered);
                 consumer_body(make, ctx, input, stats, shared)
             },
         )
@@ -615,7 +615,7 @@ where
                     let busy = last_resort(
                         &guard_ctx,
                         &guard_shared,
-                        || run_frontend(|| factory(index), ctx, slot, link, window, shared, stats),
+                        || run_frontend(|ctx| factory(ctx), ctx, slot, link, window, shared, stats),
                         || {
                             guard_slot.close();
                             Duration::ZERO

@@ -10,11 +10,11 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Select, Sender, TryRecvError, TrySendError};
-use engine_core::plumbing::{Outcome, Ticket, fit_batch};
+use engine_core::plumbing::{Outcome, Ticket, fit_batch, lock};
 use engine_core::{Counts, StopHandle};
 
 /// The most items in one batch.
@@ -135,14 +135,6 @@ impl Abort {
     pub(crate) fn receiver(&self) -> &Receiver<()> {
         &self.rx
     }
-}
-
-/// Locks a mutex whose data stays consistent even if a holder panicked (only engine code runs
-/// under these locks, and it does not panic between updates).
-pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The state of a link that both sides read.

@@ -13,12 +13,12 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Select, Sender};
 use engine_core::plumbing::{ItemOutcome, Offload};
-use engine_core::plumbing::{Outcome, Ticket, TrackedFrontend};
+use engine_core::plumbing::{Outcome, Ticket, TrackedFrontend, lock};
 use engine_core::{
     Backend, Counts, ErrorPolicy, StageContext, StageError, StageKind, StopHandle, Transport,
 };
 
-use crate::link::{Abort, Batch, FrontSlot, Link, Offer, Producer, complete, drop_items, lock};
+use crate::link::{Abort, Batch, FrontSlot, Link, Offer, Producer, complete, drop_items};
 
 /// What went wrong in a stage, for the error the run returns.
 #[derive(Debug)]
@@ -252,7 +252,7 @@ impl Window {
 /// A frontend thread: make the stage, produce until the source ends or the run stops. Returns
 /// the time spent outside blocking sends.
 pub(crate) fn run_frontend<F>(
-    make: impl FnOnce() -> F,
+    make: impl FnOnce(&StageContext) -> F,
     ctx: StageContext,
     slot: Arc<FrontSlot<F::Ticket, F::Item>>,
     link: Arc<Link<F::Ticket, F::Item>>,
@@ -267,7 +267,7 @@ where
     let started = Instant::now();
     let mut blocked = Duration::ZERO;
     let mut stage = match guarded(|| {
-        let mut stage = make();
+        let mut stage = make(&ctx);
         stage.setup(&ctx).map(|()| stage)
     }) {
         Ok(stage) => stage,
@@ -378,6 +378,7 @@ pub(crate) struct ThreadStats {
     filtered: AtomicU64,
     failed: AtomicU64,
     dropped: AtomicU64,
+    expanded: AtomicU64,
     busy_nanos: AtomicU64,
     blocked_nanos: AtomicU64,
 }
@@ -393,6 +394,7 @@ impl ThreadStats {
         self.filtered.store(counts.filtered, Ordering::Relaxed);
         self.failed.store(counts.failed, Ordering::Relaxed);
         self.dropped.store(counts.dropped, Ordering::Relaxed);
+        self.expanded.store(counts.expanded, Ordering::Relaxed);
         self.publish_times(busy, blocked);
     }
 
@@ -417,6 +419,7 @@ impl ThreadStats {
         counts.filtered = self.filtered.load(Ordering::Relaxed);
         counts.failed = self.failed.load(Ordering::Relaxed);
         counts.dropped = self.dropped.load(Ordering::Relaxed);
+        counts.expanded = self.expanded.load(Ordering::Relaxed);
         counts
     }
 }
@@ -906,7 +909,7 @@ enum BatchEnd {
 /// A transport or backend thread: make the stage, consume batches until the input ends or the
 /// run aborts.
 pub(crate) fn run_consumer<K, S>(
-    make: impl FnOnce() -> S,
+    make: impl FnOnce(&StageContext) -> S,
     ctx: StageContext,
     mut input: Input<K, S::Input>,
     stats: Arc<ThreadStats>,
@@ -920,7 +923,7 @@ where
     let mut busy = Duration::ZERO;
     let t = Instant::now();
     let setup = guarded(|| {
-        let mut stage = make();
+        let mut stage = make(&ctx);
         stage.setup(&ctx).map(|()| stage)
     });
     busy += t.elapsed();

@@ -272,8 +272,8 @@ fn a_panicking_stage_factory_fails_the_run_instead_of_hanging_it() {
     let (done_tx, done) = crossbeam_channel::bounded(1);
     std::thread::spawn(move || {
         let result = Engine::builder(0..1_000_000_u64)
-            .transport_with(|index| {
-                assert!(index != 1, "no transport for thread 1");
+            .transport_with(|ctx: &engine_core::StageContext| {
+                assert!(ctx.index() != 1, "no transport for thread 1");
                 |x: u64| x
             })
             .transport_threads(2)

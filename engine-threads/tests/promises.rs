@@ -15,9 +15,10 @@ use engine_core::{
 };
 use engine_threads::{Engine, EngineError};
 
-/// Frontend thread `i` of `threads` yields its share of `0..n`.
-fn share(i: usize, threads: usize, n: u64) -> impl Iterator<Item = u64> {
-    (0..n).filter(move |x| *x % threads as u64 == i as u64)
+/// Frontend thread `ctx.index()` of `ctx.instances()` yields its share of `0..n`.
+fn share(ctx: &StageContext, n: u64) -> impl Iterator<Item = u64> + use<> {
+    let (i, threads) = (ctx.index() as u64, ctx.instances() as u64);
+    (0..n).filter(move |x| *x % threads == i)
 }
 
 // Promise 1: nothing is lost. Counts add up for 1..N threads per stage, with and without a
@@ -30,14 +31,15 @@ fn every_item_is_accounted_for_with_any_thread_counts_and_shape() {
             for backends in [1, 3] {
                 // Transport and backend: odd numbers are filtered out, even ones halved.
                 let sink = Collect::default();
-                let report = Engine::builder_with(frontends, move |i| share(i, frontends, N))
-                    .transport(filter_map(|x: u64| x.is_multiple_of(2).then_some(x / 2)))
-                    .transport_threads(transports)
-                    .backend(sink.clone())
-                    .backend_threads(backends)
-                    .queue_capacity(64)
-                    .run()
-                    .unwrap();
+                let report =
+                    Engine::builder_with(frontends, move |ctx: &StageContext| share(ctx, N))
+                        .transport(filter_map(|x: u64| x.is_multiple_of(2).then_some(x / 2)))
+                        .transport_threads(transports)
+                        .backend(sink.clone())
+                        .backend_threads(backends)
+                        .queue_capacity(64)
+                        .run()
+                        .unwrap();
                 report.check().unwrap();
                 assert_eq!(report.end, RunEnd::Completed);
                 assert_eq!(report.produced(), N);
@@ -51,7 +53,7 @@ fn every_item_is_accounted_for_with_any_thread_counts_and_shape() {
             let seen = Arc::new(Mutex::new(Vec::new()));
             let report = {
                 let seen = Arc::clone(&seen);
-                Engine::builder_with(frontends, move |i| share(i, frontends, N))
+                Engine::builder_with(frontends, move |ctx: &StageContext| share(ctx, N))
                     .transport(move |x: u64| seen.lock().unwrap().push(x))
                     .transport_threads(transports)
                     .run()
@@ -65,7 +67,7 @@ fn every_item_is_accounted_for_with_any_thread_counts_and_shape() {
         }
         // Backend only.
         let sink = Collect::default();
-        let report = Engine::builder_with(frontends, move |i| share(i, frontends, N))
+        let report = Engine::builder_with(frontends, move |ctx: &StageContext| share(ctx, N))
             .backend(sink.clone())
             .backend_threads(2)
             .run()
