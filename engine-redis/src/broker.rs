@@ -131,15 +131,16 @@ pub struct DeadLetter<'a> {
     pub reason: &'a str,
 }
 
-/// Where an appended item's id is recorded, so that it is appended once: the id set of its
-/// source stream for one time bucket (a minute of entry ids), which expires as a whole.
+/// Where an appended item's id is recorded, so that it is appended once: the ids of its
+/// source stream for one time bucket (a minute of entry ids), kept under one key that
+/// expires as a whole.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DedupKey {
-    /// The key of the set of ids.
+    /// The key the ids are recorded under (on Redis, a hash of bitmaps).
     pub set: std::sync::Arc<str>,
     /// The item's entry id in its source stream.
     pub id: EntryId,
-    /// When the set may be forgotten, in milliseconds since the Unix epoch.
+    /// When the key may be forgotten, in milliseconds since the Unix epoch.
     pub expire_at_ms: u64,
 }
 
@@ -230,9 +231,10 @@ pub trait Broker: Send {
     /// With a `bound`, a batch is appended only while its stream holds fewer than `bound`
     /// entries (0 taken when it is full), atomically. A batch with
     /// [`dedup_keys`](Batch::dedup_keys) deduplicates: each payload's id is checked and
-    /// recorded in its set in the same atomic step as the append (`SMISMEMBER`, `XADD` and `SADD` in one
-    /// script on Redis, the sets expiring at their `expire_at_ms`): a payload whose id is
-    /// recorded already is skipped and counted in [`Appended::duplicates`].
+    /// recorded under its key in the same atomic step as the append (`HMGET`, `XADD` and
+    /// `HSET` in one script on Redis, the keys expiring at their `expire_at_ms`): a payload
+    /// whose id is recorded already, or comes twice, is skipped and counted in
+    /// [`Appended::duplicates`].
     ///
     /// # Errors
     ///

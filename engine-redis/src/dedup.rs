@@ -1,7 +1,6 @@
 //! The deduplicating sink: appends each delivered item at most once within a window, checking
 //! and recording its id in the same server-side script as the append.
 
-use std::collections::HashSet;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,13 +20,15 @@ pub const DEFAULT_DEDUP_WINDOW: Duration = Duration::from_secs(24 * 3600);
 /// [`StreamSink::dedup`].
 ///
 /// In the same server-side script as the append, each item's id ([`ItemId`](crate::ItemId):
-/// its source stream and entry id) is checked and recorded (`SMISMEMBER`, `SADD`) in the id set of its
-/// source stream and minute, the set `<stream>:seen:<source stream>:<minute>` (the minute
-/// of the entry id's timestamp); an item whose id is recorded already is skipped (it counts
-/// as written, so the source acknowledges it). So an item that a consumer wrote and then
-/// died before acknowledging, and that is delivered again, appears downstream once.
+/// its source stream and entry id) is checked and recorded in the id hash of its source
+/// stream and minute, `<stream>:dedup:<source stream>:<minute>` (the minute of the entry id's
+/// timestamp): a field per millisecond of entry ids, a bitmap with one bit per sequence
+/// number. An item whose id is recorded already (by an earlier flush, by another consumer,
+/// or earlier in the same flush) is skipped (it counts as written, so the source
+/// acknowledges it). So an item that a consumer wrote and then died before acknowledging,
+/// and that is delivered again, appears downstream once.
 ///
-/// **The window.** This holds while the id is remembered: each set expires `window` after
+/// **The window.** This holds while the id is remembered: each hash expires `window` after
 /// the end of its minute, so an id is remembered for at least `window` after its entry was
 /// written to the source stream, and at most a minute more ([`DEFAULT_DEDUP_WINDOW`], a
 /// day, is far longer than any redelivery, which comes within the claim idle time or the
@@ -36,9 +37,12 @@ pub const DEFAULT_DEDUP_WINDOW: Duration = Duration::from_secs(24 * 3600);
 /// seconds of each other. The ids are kept per output stream, so two sinks to different
 /// streams each append an item once.
 ///
-/// **The cost.** One set member per item in Redis for the window (some 50-70 bytes: about
-/// 6 GB per 100 million items a day), and the append always runs as a script (one `HMGET` and one `HSET`
-/// per flush next to the `XADD`s); see the README's cost table for the measured rate.
+/// **The cost.** In Redis, for the window, one hash field per millisecond of source entry
+/// ids that has items (some 50-70 bytes), holding one bit per entry of that millisecond: a
+/// busy stream costs a bit or two per item, a sparse one (an entry per millisecond or less)
+/// about what a set member per item would. The append always runs as a script: one `HMGET`
+/// and one `HSET` per flush and id hash next to the `XADD`s; see the README's cost table for
+/// the measured rate.
 ///
 /// # Examples
 ///
@@ -58,13 +62,12 @@ pub const DEFAULT_DEDUP_WINDOW: Duration = Duration::from_secs(24 * 3600);
 pub struct DedupSink<T, C: Connector = StreamAddress> {
     inner: StreamSink<T, C>,
     window: Duration,
-    /// The set of the last item's source stream and minute, reused while they stay the same.
+    /// The hash of the last item's source stream and minute, reused while they stay the
+    /// same.
     last_set: Option<(Arc<str>, u64, Arc<str>)>,
-    /// The ids buffered since the last flush: a repeat within one flush is dropped here.
-    buffered: HashSet<ItemId>,
 }
 
-/// The time bucket of the id sets, in ms: a minute.
+/// The time bucket of the id hashes, in ms: a minute.
 const BUCKET_MS: u64 = 60_000;
 
 impl<T, C: Connector> DedupSink<T, C> {
@@ -73,7 +76,6 @@ impl<T, C: Connector> DedupSink<T, C> {
             inner,
             window: window.max(Duration::from_secs(1)),
             last_set: None,
-            buffered: HashSet::new(),
         }
     }
 
@@ -99,7 +101,7 @@ impl<T, C: Connector> DedupSink<T, C> {
             Some((stream, b, set)) if *b == bucket && **stream == *id.stream() => Arc::clone(set),
             _ => {
                 let set: Arc<str> = Arc::from(format!(
-                    "{}:seen:{}:{bucket}",
+                    "{}:dedup:{}:{bucket}",
                     self.inner.writer.stream,
                     id.stream()
                 ));
@@ -124,7 +126,6 @@ impl<T, C: Connector> Clone for DedupSink<T, C> {
             inner: self.inner.clone(),
             window: self.window,
             last_set: None,
-            buffered: HashSet::new(),
         }
     }
 }
@@ -147,18 +148,13 @@ impl<T: Serialize, C: Connector> Backend for DedupSink<T, C> {
     }
 
     fn process(&mut self, delivered: Delivered<T>, _ctx: &StageContext) -> Result<(), StageError> {
-        if self.buffered.contains(&delivered.id) {
-            self.inner.writer.duplicates += 1;
-            return Ok(());
-        }
+        // A repeat within one flush is found by the script, like any other.
         let key = self.seen_key(&delivered.id);
         self.inner.push(&delivered.item, Some(key))?;
-        self.buffered.insert(delivered.id);
         Ok(())
     }
 
     fn flush(&mut self, ctx: &StageContext) -> Result<(), StageError> {
-        self.buffered.clear();
         self.inner.flush_with(true, ctx)
     }
 }

@@ -5,7 +5,6 @@ use std::fmt;
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use engine_core::protocol::PROTOCOL_VERSION;
 use redis::{Connection, ErrorKind, RedisError, ServerErrorKind, Value};
 
 use crate::address::StreamAddress;
@@ -14,6 +13,8 @@ use crate::broker::{
     Pending,
 };
 use crate::error::{Error, Result};
+
+mod append;
 
 /// The field of a stream entry that holds the encoded item.
 pub const PAYLOAD_FIELD: &str = "d";
@@ -24,114 +25,6 @@ pub const VERSION_FIELD: &str = "v";
 
 /// How long an error recorded for a failed entry is kept, for its dead letter.
 const ERROR_TTL_SECS: u64 = 7 * 24 * 3600;
-
-/// Appends batches to streams, atomically: `KEYS` are the streams; `ARGV[1]` is the bound
-/// (negative: none), `ARGV[2]` the protocol version, `ARGV[3]` 1 to deduplicate.
-///
-/// With deduplication, `ARGV[4]` is the number `m` of id sets, each followed by its key, its
-/// expiry (ms since the epoch), its number of ids `c` and the `c` ids, in the order of their
-/// items. Then for each stream: the number of payloads `n`; with deduplication, the number
-/// of runs and each run as (set number, length), set 0 for payloads without ids; then the
-/// `n` payloads. The ids of a set are looked up with one `SMISMEMBER` (in chunks) and the
-/// new ones added with one `SADD`, not one call per item.
-///
-/// A stream at its bound takes no more. A payload whose id is in its set already is skipped
-/// (taken, but not appended). Each set then expires at its time. Returns the number taken
-/// of each stream, then the number skipped.
-const APPEND: &str = r"
-local bound = tonumber(ARGV[1])
-local dedup = ARGV[3] == '1'
-local at = 4
-local sets, expiries, ids, present, cursor, added = {}, {}, {}, {}, {}, {}
-if dedup then
-  local m = tonumber(ARGV[4])
-  at = 5
-  for j = 1, m do
-    sets[j] = ARGV[at]
-    expiries[j] = ARGV[at + 1]
-    local c = tonumber(ARGV[at + 2])
-    local first = at + 3
-    ids[j] = first
-    at = first + c
-    local flags = {}
-    for s = 0, c - 1, 4000 do
-      local e = math.min(s + 3999, c - 1)
-      local got = redis.call('SMISMEMBER', sets[j], unpack(ARGV, first + s, first + e))
-      for t = 1, #got do flags[s + t] = got[t] end
-    end
-    present[j] = flags
-    cursor[j] = 1
-    added[j] = {}
-  end
-end
-local out = {}
-local skipped = 0
-for k = 1, #KEYS do
-  local n = tonumber(ARGV[at])
-  at = at + 1
-  local runs = {}
-  if dedup then
-    local q = tonumber(ARGV[at])
-    at = at + 1
-    for r = 1, q do
-      runs[r] = {tonumber(ARGV[at]), tonumber(ARGV[at + 1])}
-      at = at + 2
-    end
-  else
-    runs[1] = {0, n}
-  end
-  local first = at
-  at = first + n
-  local room = n
-  if bound >= 0 then room = bound - redis.call('XLEN', KEYS[k]) end
-  local taken = 0
-  local r = 1
-  local left = 0
-  if runs[1] then left = runs[1][2] end
-  while taken < n and room > 0 do
-    while left == 0 do
-      r = r + 1
-      left = runs[r][2]
-    end
-    local j = runs[r][1]
-    local fresh = true
-    if j > 0 then
-      local pos = cursor[j]
-      cursor[j] = pos + 1
-      if present[j][pos] == 1 then
-        fresh = false
-      else
-        local list = added[j]
-        list[#list + 1] = ARGV[ids[j] + pos - 1]
-      end
-    end
-    if fresh then
-      redis.call('XADD', KEYS[k], '*', 'v', ARGV[2], 'd', ARGV[first + taken])
-      room = room - 1
-    else
-      skipped = skipped + 1
-    end
-    taken = taken + 1
-    left = left - 1
-  end
-  -- The ids of the payloads not taken are passed over, for the next stream's items.
-  if runs[r] and runs[r][1] > 0 then cursor[runs[r][1]] = cursor[runs[r][1]] + left end
-  for rest = r + 1, #runs do
-    local j = runs[rest][1]
-    if j > 0 then cursor[j] = cursor[j] + runs[rest][2] end
-  end
-  out[k] = taken
-end
-for j = 1, #sets do
-  local list = added[j]
-  for c = 1, #list, 4000 do
-    redis.call('SADD', sets[j], unpack(list, c, math.min(c + 3999, #list)))
-  end
-  redis.call('PEXPIREAT', sets[j], expiries[j])
-end
-out[#KEYS + 1] = skipped
-return out
-";
 
 /// One heartbeat of a keyed consumer: `KEYS[1]` is the member set, the other keys the
 /// partitions' leases; `ARGV[1]` the consumer, `ARGV[2]` the lease time in ms, `ARGV[3]` 1 to
@@ -241,9 +134,6 @@ pub struct RedisBroker {
 /// The consumer removal script, hashed once per process.
 static REMOVE_IDLE_CONSUMERS_SCRIPT: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(REMOVE_IDLE_CONSUMERS));
-
-/// The append script, hashed once per process.
-static APPEND_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(APPEND));
 
 impl fmt::Debug for RedisBroker {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -472,61 +362,6 @@ return out
 /// The replay script, hashed once per process.
 static REPLAY_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(REPLAY));
 
-/// The arguments of the append script with deduplication: the id sets with their ids, then
-/// each batch with its runs of items per set and its payloads.
-fn append_dedup_args(invocation: &mut redis::ScriptInvocation<'_>, batches: &[Batch<'_>]) {
-    // The id sets, numbered from 1 in the order first seen; consecutive items mostly share
-    // one. Each holds its expiry and ids, in the order of their items.
-    let mut sets: Vec<(&str, u64, Vec<String>)> = Vec::new();
-    let mut runs: Vec<Vec<(usize, usize)>> = Vec::with_capacity(batches.len());
-    for batch in batches {
-        let keys = batch.dedup_keys.unwrap_or(&[]);
-        let mut batch_runs: Vec<(usize, usize)> = Vec::new();
-        for i in 0..batch.payloads.len() {
-            let number = match keys.get(i) {
-                None => 0,
-                Some(key) => {
-                    let set: &str = &key.set;
-                    let i = match sets.iter().rposition(|(s, ..)| *s == set) {
-                        Some(i) => i,
-                        None => {
-                            sets.push((set, key.expire_at_ms, Vec::new()));
-                            sets.len() - 1
-                        }
-                    };
-                    sets[i].1 = sets[i].1.max(key.expire_at_ms);
-                    sets[i].2.push(key.id.to_string());
-                    i + 1
-                }
-            };
-            match batch_runs.last_mut() {
-                Some((n, len)) if *n == number => *len += 1,
-                _ => batch_runs.push((number, 1)),
-            }
-        }
-        runs.push(batch_runs);
-    }
-    invocation.arg(sets.len());
-    for (set, expire_at, ids) in &sets {
-        invocation.arg(*set).arg(*expire_at).arg(ids.len());
-        for id in ids {
-            invocation.arg(id.as_str());
-        }
-    }
-    for (batch, batch_runs) in batches.iter().zip(&runs) {
-        invocation
-            .key(batch.stream)
-            .arg(batch.payloads.len())
-            .arg(batch_runs.len());
-        for (number, len) in batch_runs {
-            invocation.arg(*number).arg(*len);
-        }
-        for payload in batch.payloads {
-            invocation.arg(payload.as_slice());
-        }
-    }
-}
-
 /// The `redis` client of `address`: TLS with the CA file of `ca=`, if any, and credentials.
 pub(crate) fn client(address: &StreamAddress) -> std::result::Result<redis::Client, String> {
     let info = address.connection_info();
@@ -603,69 +438,7 @@ impl Broker for RedisBroker {
     }
 
     fn append_batches(&mut self, batches: &[Batch<'_>], bound: Option<u64>) -> Result<Appended> {
-        let total: usize = batches.iter().map(|batch| batch.payloads.len()).sum();
-        if total == 0 {
-            return Ok(Appended {
-                taken: vec![0; batches.len()],
-                duplicates: 0,
-            });
-        }
-        let timeout = self.response_timeout;
-        let dedup = batches.iter().any(|batch| batch.dedup_keys.is_some());
-        if bound.is_none() && !dedup {
-            let mut pipe = redis::pipe();
-            for batch in batches {
-                for payload in batch.payloads {
-                    pipe.cmd("XADD")
-                        .arg(batch.stream)
-                        .arg("*")
-                        .arg(VERSION_FIELD)
-                        .arg(PROTOCOL_VERSION)
-                        .arg(PAYLOAD_FIELD)
-                        .arg(payload.as_slice())
-                        .ignore();
-                }
-            }
-            self.run("XADD", timeout, |conn| pipe.exec(conn))?;
-            return Ok(Appended {
-                taken: batches.iter().map(|batch| batch.payloads.len()).collect(),
-                duplicates: 0,
-            });
-        }
-        let mut invocation = APPEND_SCRIPT.prepare_invoke();
-        invocation
-            .arg(bound.map_or(-1, |bound| i64::try_from(bound).unwrap_or(i64::MAX)))
-            .arg(PROTOCOL_VERSION)
-            .arg(u8::from(dedup));
-        if dedup {
-            append_dedup_args(&mut invocation, batches);
-        } else {
-            for batch in batches {
-                invocation.key(batch.stream).arg(batch.payloads.len());
-                for payload in batch.payloads {
-                    invocation.arg(payload.as_slice());
-                }
-            }
-        }
-        let reply: Vec<i64> =
-            self.run("EVALSHA (append)", timeout, |conn| invocation.invoke(conn))?;
-        let counts: Option<Vec<usize>> = reply.iter().map(|n| usize::try_from(*n).ok()).collect();
-        match counts {
-            Some(mut counts)
-                if counts.len() == batches.len() + 1
-                    && counts
-                        .iter()
-                        .zip(batches)
-                        .all(|(n, batch)| *n <= batch.payloads.len()) =>
-            {
-                let duplicates = counts.pop().unwrap_or(0);
-                Ok(Appended {
-                    taken: counts,
-                    duplicates,
-                })
-            }
-            _ => Err(self.unexpected("EVALSHA (append)", format!("counts {reply:?}"))),
-        }
+        self.append_all(batches, bound)
     }
 
     fn record_partitions(&mut self, key: &str, partitions: u32) -> Result<u32> {

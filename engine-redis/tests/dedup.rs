@@ -19,8 +19,8 @@ use std::time::Duration;
 use engine_core::{Backend, StageContext, StageError};
 use engine_redis::testing::Server;
 use engine_redis::{
-    Broker, DedupSink, Delivered, EntryId, ItemId, RedisBroker, SinkOptions, SourceOptions,
-    StreamAddress, StreamSink, StreamSource,
+    Batch, Broker, DedupKey, DedupSink, Delivered, EntryId, ItemId, RedisBroker, SinkOptions,
+    SourceOptions, StreamAddress, StreamSink, StreamSource,
 };
 use engine_threads::Engine;
 
@@ -293,4 +293,69 @@ fn a_consumer_killed_between_write_and_acknowledgement_50_times_repeats_nothing(
     assert_eq!(got.len() as u64, ITEMS, "each item exactly once");
     assert!(times.values().all(|&n| n == 1));
     assert!((0..ITEMS).all(|n| times.contains_key(&(n * 10))));
+}
+
+/// The append script's bookkeeping, through the broker: ids of one millisecond share a
+/// bitmap, an id with a large sequence number has a field of its own, a repeat within one
+/// call is skipped, and a bound stops a run part way without recording what it left.
+#[test]
+fn the_append_script_records_exactly_the_ids_it_appended() {
+    let server = Server::start().unwrap();
+    let address = server.address("script").unwrap();
+    let mut broker = RedisBroker::connect(&address).unwrap();
+    let mut conn = server.connection().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let hash: std::sync::Arc<str> = std::sync::Arc::from("script:dedup:in:0");
+    let expire_at_ms = now + 60_000;
+    let key = |ms: u64, seq: u64| DedupKey {
+        set: std::sync::Arc::clone(&hash),
+        id: EntryId::new(ms, seq),
+        expire_at_ms,
+    };
+    // Each payload is its id's `ms offset * 100_000 + seq`, to see which ones were appended.
+    let mut append = |stream: &str, ids: &[(u64, u64)], bound: Option<u64>| {
+        let keys: Vec<DedupKey> = ids.iter().map(|&(ms, seq)| key(now + ms, seq)).collect();
+        let payloads: Vec<Vec<u8>> = ids
+            .iter()
+            .map(|&(ms, seq)| engine_core::protocol::to_bytes(&(ms * 100_000 + seq)).unwrap())
+            .collect();
+        let batch = Batch {
+            stream,
+            payloads: &payloads,
+            dedup_keys: Some(&keys),
+        };
+        broker.append_batches(&[batch], bound).unwrap()
+    };
+    let first: Vec<(u64, u64)> = (0..21).map(|seq| (0, seq)).collect();
+    let appended = append("a", &first, None);
+    assert_eq!((appended.taken, appended.duplicates), (vec![21], 0));
+    // 10..=20 again, 21..=30 new, 25 twice, a large sequence number twice, another ms.
+    let mut second: Vec<(u64, u64)> = (10..31).map(|seq| (0, seq)).collect();
+    second.extend([(0, 25), (0, 5000), (0, 5000), (1, 3)]);
+    let appended = append("a", &second, None);
+    assert_eq!((appended.taken, appended.duplicates), (vec![25], 13));
+    let got: Vec<u64> = common::items(&mut conn, "a");
+    let mut expected: Vec<u64> = (0..31).collect();
+    expected.extend([5000, 100_003]);
+    assert_eq!(got, expected, "each id once, in order");
+    // A bound of 5: two duplicates (taking no room) and five new ones are taken, and the
+    // five left over are not recorded, so they are appended later.
+    let mut third = vec![(0, 0), (0, 1)];
+    third.extend((100..110).map(|seq| (2, seq)));
+    let appended = append("b", &third, Some(5));
+    assert_eq!((appended.taken, appended.duplicates), (vec![7], 2));
+    let rest: Vec<(u64, u64)> = (105..110).map(|seq| (2, seq)).collect();
+    let appended = append("c", &rest, None);
+    assert_eq!((appended.taken, appended.duplicates), (vec![5], 0));
+    let again = append("c", &rest, None);
+    assert_eq!((again.taken, again.duplicates), (vec![5], 5));
+    // The ids are kept until the window's end.
+    let expires: i64 = engine_redis::redis::cmd("PEXPIRETIME")
+        .arg(&*hash)
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(expires, i64::try_from(expire_at_ms).unwrap());
 }
