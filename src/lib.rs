@@ -169,24 +169,15 @@ pub type DefaultEngineBuilder = threads::EngineBuilder<
 /// The cargo features this build of the crate was compiled with, among `threads`, `ootb`,
 /// `proc`, `pod`, `redis` and `observe`.
 pub fn enabled_features() -> Vec<&'static str> {
-    let mut features = Vec::new();
-    if cfg!(feature = "threads") {
-        features.push("threads");
-    }
-    if cfg!(feature = "ootb") {
-        features.push("ootb");
-    }
-    if cfg!(feature = "proc") {
-        features.push("proc");
-    }
-    if cfg!(feature = "pod") {
-        features.push("pod");
-    }
-    if cfg!(feature = "redis") {
-        features.push("redis");
-    }
-    if cfg!(feature = "observe") {
-        features.push("observe");
-    }
-    features
+    [
+        ("threads", cfg!(feature = "threads")),
+        ("ootb", cfg!(feature = "ootb")),
+        ("proc", cfg!(feature = "proc")),
+        ("pod", cfg!(feature = "pod")),
+        ("redis", cfg!(feature = "redis")),
+        ("observe", cfg!(feature = "observe")),
+    ]
+    .into_iter()
+    .filter_map(|(name, enabled)| enabled.then_some(name))
+    .collect()
 }

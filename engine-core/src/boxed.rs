@@ -9,13 +9,12 @@
 //! ticket costs one allocation per item.
 
 use std::fmt;
-use std::time::Duration;
 
 use crate::adapt::IntoFrontend;
 use crate::completion::{Outcome, Ticket, TrackedFrontend};
 use crate::context::StageContext;
 use crate::error::StageError;
-use crate::stage::{Backend, Transport};
+use crate::stage::{Backend, Transport, forward_frontend_hooks};
 
 /// A frontend of items `T` chosen at run time, made by [`box_frontend`].
 pub type BoxFrontend<T> = Box<dyn TrackedFrontend<Item = T, Ticket = AnyTicket> + Send>;
@@ -112,9 +111,7 @@ impl<F: TrackedFrontend> TrackedFrontend for Erased<F> {
     type Item = F::Item;
     type Ticket = AnyTicket;
 
-    fn setup(&mut self, ctx: &StageContext) -> Result<(), StageError> {
-        self.0.setup(ctx)
-    }
+    forward_frontend_hooks!(|self| self.0);
 
     #[inline]
     fn produce(&mut self, ctx: &StageContext) -> Result<Option<(AnyTicket, F::Item)>, StageError> {
@@ -122,14 +119,6 @@ impl<F: TrackedFrontend> TrackedFrontend for Erased<F> {
             .0
             .produce(ctx)?
             .map(|(ticket, item)| (AnyTicket::new(ticket), item)))
-    }
-
-    fn cleanup(&mut self, ctx: &StageContext) {
-        self.0.cleanup(ctx);
-    }
-
-    fn stop_grace(&self) -> Duration {
-        self.0.stop_grace()
     }
 }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use crate::context::StageContext;
 use crate::error::StageError;
-use crate::stage::{ErrorPolicy, Frontend};
+use crate::stage::{ErrorPolicy, Frontend, forward_frontend_hooks};
 
 /// What became of one item, as reported to its [`Ticket`].
 #[derive(Debug, Clone, Copy)]
@@ -163,21 +163,11 @@ impl<S: TrackedFrontend + ?Sized> TrackedFrontend for Box<S> {
     type Item = S::Item;
     type Ticket = S::Ticket;
 
-    fn setup(&mut self, ctx: &StageContext) -> Result<(), StageError> {
-        (**self).setup(ctx)
-    }
+    forward_frontend_hooks!(|self| (**self));
 
     #[inline]
     fn produce(&mut self, ctx: &StageContext) -> Result<Option<TrackedItem<S>>, StageError> {
         (**self).produce(ctx)
-    }
-
-    fn cleanup(&mut self, ctx: &StageContext) {
-        (**self).cleanup(ctx);
-    }
-
-    fn stop_grace(&self) -> Duration {
-        (**self).stop_grace()
     }
 }
 
@@ -216,21 +206,11 @@ impl<F: Frontend> TrackedFrontend for Untracked<F> {
     type Item = F::Item;
     type Ticket = ();
 
-    fn setup(&mut self, ctx: &StageContext) -> Result<(), StageError> {
-        self.0.setup(ctx)
-    }
+    forward_frontend_hooks!(|self| self.0);
 
     #[inline]
     fn produce(&mut self, ctx: &StageContext) -> Result<Option<((), F::Item)>, StageError> {
         Ok(self.0.produce(ctx)?.map(|item| ((), item)))
-    }
-
-    fn cleanup(&mut self, ctx: &StageContext) {
-        self.0.cleanup(ctx);
-    }
-
-    fn stop_grace(&self) -> Duration {
-        self.0.stop_grace()
     }
 }
 

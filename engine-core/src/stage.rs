@@ -310,26 +310,35 @@ pub trait Backend {
     }
 }
 
+/// The lifecycle hooks of a frontend adapter (`setup`, `cleanup`, `stop_grace`), forwarded to
+/// the frontend it wraps: `forward_frontend_hooks!(|self| self.0)`.
+macro_rules! forward_frontend_hooks {
+    (|$this:ident| $inner:expr) => {
+        fn setup(&mut $this, ctx: &$crate::StageContext) -> Result<(), $crate::StageError> {
+            $inner.setup(ctx)
+        }
+
+        fn cleanup(&mut $this, ctx: &$crate::StageContext) {
+            $inner.cleanup(ctx);
+        }
+
+        fn stop_grace(&$this) -> std::time::Duration {
+            $inner.stop_grace()
+        }
+    };
+}
+pub(crate) use forward_frontend_hooks;
+
 /// A boxed frontend is a frontend, so one can be chosen at run time:
 /// `Box<dyn Frontend<Item = String> + Send>`.
 impl<S: Frontend + ?Sized> Frontend for Box<S> {
     type Item = S::Item;
 
-    fn setup(&mut self, ctx: &StageContext) -> Result<(), StageError> {
-        (**self).setup(ctx)
-    }
+    forward_frontend_hooks!(|self| (**self));
 
     #[inline]
     fn produce(&mut self, ctx: &StageContext) -> Result<Option<S::Item>, StageError> {
         (**self).produce(ctx)
-    }
-
-    fn cleanup(&mut self, ctx: &StageContext) {
-        (**self).cleanup(ctx);
-    }
-
-    fn stop_grace(&self) -> Duration {
-        (**self).stop_grace()
     }
 }
 

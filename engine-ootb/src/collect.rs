@@ -1,8 +1,9 @@
 //! A backend that collects every item into one shared vector.
 
 use std::fmt;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 
+use engine_core::plumbing::lock;
 use engine_core::{Backend, StageContext, StageError};
 
 /// A backend that pushes every item into a shared vector.
@@ -165,12 +166,6 @@ impl<T> fmt::Debug for Collected<T> {
             .field("len", &self.len())
             .finish()
     }
-}
-
-/// Locks the vector. A push cannot leave it half-changed, so a panic elsewhere while the lock
-/// was held (which poisons it) does not make its contents wrong.
-fn lock<T>(items: &Mutex<Vec<T>>) -> MutexGuard<'_, Vec<T>> {
-    items.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 #[cfg(test)]

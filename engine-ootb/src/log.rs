@@ -30,64 +30,101 @@ fn log_item<T: fmt::Debug>(level: Level, ctx: &StageContext, item: &T) {
     }
 }
 
-/// A transport that logs each item through `tracing` and passes it on unchanged.
-///
-/// Each item is logged as an event at the chosen level (INFO unless set with
-/// [`with_level`](Self::with_level)) with the fields `stage` (the stage's name), `thread` (the
-/// instance index) and `item` (the item's `Debug` form). The item is formatted only if a
-/// subscriber wants the event.
-///
-/// Cloning copies the level; engines clone a transport once per thread.
-///
-/// # Examples
-///
-/// ```
-/// use engine_core::{StageContext, StageKind, Transport};
-/// use engine_ootb::LogTransport;
-///
-/// let ctx = StageContext::standalone("log", StageKind::Transport);
-/// let mut log = LogTransport::new().with_level(tracing::Level::DEBUG);
-/// assert_eq!(log.transport(vec![1, 2], &ctx)?, Some(vec![1, 2]));
-/// # Ok::<(), engine_core::StageError>(())
-/// ```
-pub struct LogTransport<T> {
-    level: Level,
-    // A function pointer type, so that the transport is `Send` and `Sync` whatever `T` is.
-    items: PhantomData<fn(T) -> T>,
-}
-
-impl<T> LogTransport<T> {
-    /// A transport logging at INFO.
-    ///
-    /// ```
-    /// # use engine_ootb::LogTransport;
-    /// assert_eq!(LogTransport::<u32>::new().level(), tracing::Level::INFO);
-    /// ```
-    pub fn new() -> Self {
-        Self {
-            level: Level::INFO,
-            items: PhantomData,
+/// Declares a logging stage: the struct with its level, `new`, `with_level`, `level`, and
+/// `Clone`, `Default` and `Debug` whatever the item type.
+macro_rules! log_stage {
+    ($(#[$doc:meta])* $name:ident, $items:ty, $level_doc:literal) => {
+        $(#[$doc])*
+        pub struct $name<T> {
+            level: Level,
+            // A function pointer type, so that the stage is `Send` and `Sync` whatever `T` is.
+            items: PhantomData<$items>,
         }
-    }
 
-    /// Sets the level the items are logged at.
+        impl<T> $name<T> {
+            #[doc = concat!("A ", $level_doc, " logging at INFO.")]
+            ///
+            /// ```
+            #[doc = concat!("# use engine_ootb::", stringify!($name), ";")]
+            #[doc = concat!("assert_eq!(", stringify!($name), "::<u32>::new().level(), tracing::Level::INFO);")]
+            /// ```
+            pub fn new() -> Self {
+                Self {
+                    level: Level::INFO,
+                    items: PhantomData,
+                }
+            }
+
+            /// Sets the level the items are logged at.
+            ///
+            /// ```
+            #[doc = concat!("# use engine_ootb::", stringify!($name), ";")]
+            #[doc = concat!("let log = ", stringify!($name), "::<u32>::new().with_level(tracing::Level::TRACE);")]
+            /// assert_eq!(log.level(), tracing::Level::TRACE);
+            /// ```
+            #[must_use]
+            pub fn with_level(mut self, level: Level) -> Self {
+                self.level = level;
+                self
+            }
+
+            /// The level the items are logged at.
+            pub fn level(&self) -> Level {
+                self.level
+            }
+        }
+
+        impl<T> Clone for $name<T> {
+            fn clone(&self) -> Self {
+                Self {
+                    level: self.level,
+                    items: PhantomData,
+                }
+            }
+        }
+
+        impl<T> Default for $name<T> {
+            #[doc = concat!("The same as [`", stringify!($name), "::new`].")]
+            fn default() -> Self {
+                Self::new()
+            }
+        }
+
+        impl<T> fmt::Debug for $name<T> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.debug_struct(stringify!($name))
+                    .field("level", &self.level)
+                    .finish()
+            }
+        }
+    };
+}
+
+log_stage!(
+    /// A transport that logs each item through `tracing` and passes it on unchanged.
+    ///
+    /// Each item is logged as an event at the chosen level (INFO unless set with
+    /// [`with_level`](Self::with_level)) with the fields `stage` (the stage's name), `thread` (the
+    /// instance index) and `item` (the item's `Debug` form). The item is formatted only if a
+    /// subscriber wants the event.
+    ///
+    /// Cloning copies the level; engines clone a transport once per thread.
+    ///
+    /// # Examples
     ///
     /// ```
-    /// # use engine_ootb::LogTransport;
-    /// let log = LogTransport::<u32>::new().with_level(tracing::Level::TRACE);
-    /// assert_eq!(log.level(), tracing::Level::TRACE);
+    /// use engine_core::{StageContext, StageKind, Transport};
+    /// use engine_ootb::LogTransport;
+    ///
+    /// let ctx = StageContext::standalone("log", StageKind::Transport);
+    /// let mut log = LogTransport::new().with_level(tracing::Level::DEBUG);
+    /// assert_eq!(log.transport(vec![1, 2], &ctx)?, Some(vec![1, 2]));
+    /// # Ok::<(), engine_core::StageError>(())
     /// ```
-    #[must_use]
-    pub fn with_level(mut self, level: Level) -> Self {
-        self.level = level;
-        self
-    }
-
-    /// The level the items are logged at.
-    pub fn level(&self) -> Level {
-        self.level
-    }
-}
+    LogTransport,
+    fn(T) -> T,
+    "transport"
+);
 
 impl<T: fmt::Debug> Transport for LogTransport<T> {
     type Input = T;
@@ -99,86 +136,29 @@ impl<T: fmt::Debug> Transport for LogTransport<T> {
     }
 }
 
-impl<T> Clone for LogTransport<T> {
-    fn clone(&self) -> Self {
-        Self {
-            level: self.level,
-            items: PhantomData,
-        }
-    }
-}
-
-impl<T> Default for LogTransport<T> {
-    /// The same as [`LogTransport::new`].
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl<T> fmt::Debug for LogTransport<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("LogTransport")
-            .field("level", &self.level)
-            .finish()
-    }
-}
-
-/// A backend that logs each item through `tracing`.
-///
-/// Items are logged as by [`LogTransport`]: at the chosen level (INFO unless set with
-/// [`with_level`](Self::with_level)), with the fields `stage`, `thread` and `item`.
-///
-/// Cloning copies the level; engines clone a backend once per thread.
-///
-/// # Examples
-///
-/// ```
-/// use engine_core::{Backend, StageContext, StageKind};
-/// use engine_ootb::LogBackend;
-///
-/// let ctx = StageContext::standalone("log", StageKind::Backend);
-/// let mut log = LogBackend::new().with_level(tracing::Level::WARN);
-/// log.process("a line", &ctx)?;
-/// # Ok::<(), engine_core::StageError>(())
-/// ```
-pub struct LogBackend<T> {
-    level: Level,
-    // A function pointer type, so that the backend is `Send` and `Sync` whatever `T` is.
-    items: PhantomData<fn(T)>,
-}
-
-impl<T> LogBackend<T> {
-    /// A backend logging at INFO.
+log_stage!(
+    /// A backend that logs each item through `tracing`.
+    ///
+    /// Items are logged as by [`LogTransport`]: at the chosen level (INFO unless set with
+    /// [`with_level`](Self::with_level)), with the fields `stage`, `thread` and `item`.
+    ///
+    /// Cloning copies the level; engines clone a backend once per thread.
+    ///
+    /// # Examples
     ///
     /// ```
-    /// # use engine_ootb::LogBackend;
-    /// assert_eq!(LogBackend::<u32>::new().level(), tracing::Level::INFO);
-    /// ```
-    pub fn new() -> Self {
-        Self {
-            level: Level::INFO,
-            items: PhantomData,
-        }
-    }
-
-    /// Sets the level the items are logged at.
+    /// use engine_core::{Backend, StageContext, StageKind};
+    /// use engine_ootb::LogBackend;
     ///
+    /// let ctx = StageContext::standalone("log", StageKind::Backend);
+    /// let mut log = LogBackend::new().with_level(tracing::Level::WARN);
+    /// log.process("a line", &ctx)?;
+    /// # Ok::<(), engine_core::StageError>(())
     /// ```
-    /// # use engine_ootb::LogBackend;
-    /// let log = LogBackend::<u32>::new().with_level(tracing::Level::ERROR);
-    /// assert_eq!(log.level(), tracing::Level::ERROR);
-    /// ```
-    #[must_use]
-    pub fn with_level(mut self, level: Level) -> Self {
-        self.level = level;
-        self
-    }
-
-    /// The level the items are logged at.
-    pub fn level(&self) -> Level {
-        self.level
-    }
-}
+    LogBackend,
+    fn(T),
+    "backend"
+);
 
 impl<T: fmt::Debug> Backend for LogBackend<T> {
     type Input = T;
@@ -186,30 +166,6 @@ impl<T: fmt::Debug> Backend for LogBackend<T> {
     fn process(&mut self, item: T, ctx: &StageContext) -> Result<(), StageError> {
         log_item(self.level, ctx, &item);
         Ok(())
-    }
-}
-
-impl<T> Clone for LogBackend<T> {
-    fn clone(&self) -> Self {
-        Self {
-            level: self.level,
-            items: PhantomData,
-        }
-    }
-}
-
-impl<T> Default for LogBackend<T> {
-    /// The same as [`LogBackend::new`].
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl<T> fmt::Debug for LogBackend<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("LogBackend")
-            .field("level", &self.level)
-            .finish()
     }
 }
 
