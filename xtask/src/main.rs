@@ -3,6 +3,7 @@
 //! - `cargo xtask ci`: exactly what CI runs: format check, clippy with warnings denied, the
 //!   workspace tests, the docs with warnings denied, and every example (each checks its own
 //!   result and exits non-zero when it is wrong).
+//! - `cargo xtask tidy`: the house rules alone (file length, a `//!` line atop every file).
 //! - `cargo xtask bench [NAME...]`: the benchmarks in `benches/` (all, or those named), each
 //!   printing the engine's figures next to a hand-written baseline and their ratio.
 
@@ -19,6 +20,8 @@ use std::{env, fs, thread};
 
 use anyhow::{Context, Result, bail};
 
+mod tidy;
+
 /// How long one example may run before it counts as hung.
 const EXAMPLE_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -29,6 +32,7 @@ fn main() -> Result<()> {
         .with_context(|| format!("cannot enter the project root {}", root.display()))?;
     match args.first().map(String::as_str) {
         Some("ci") => ci(&root),
+        Some("tidy") => tidy::tidy(&root),
         Some("bench") => bench(&root, &args[1..]),
         Some("-h" | "--help" | "help") | None => {
             println!("{}", usage());
@@ -41,7 +45,8 @@ fn main() -> Result<()> {
 fn usage() -> &'static str {
     "usage: cargo xtask <command>\n\n\
      commands:\n  \
-     ci            fmt check, clippy -D warnings, tests, docs -D warnings, run every example\n  \
+     ci            fmt check, clippy -D warnings, tests, docs -D warnings, every example\n  \
+     tidy          house rules: no source file over 600 lines, a `//!` line atop each\n  \
      bench [NAME]  run the benchmarks in benches/ (all, or the ones named)"
 }
 
