@@ -12,7 +12,7 @@ use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::thread;
 use std::time::Duration;
 
@@ -27,6 +27,16 @@ const ENV_SERVER: &str = "ENGINE_PROC_SERVER";
 const ENV_ENTRY: &str = "ENGINE_PROC_ENTRY";
 const ENV_PARENT: &str = "ENGINE_PROC_PARENT";
 const ENV_EXE: &str = "ENGINE_PROC_EXE";
+
+/// The test that worker processes are started as, in a libtest binary that invoked
+/// `test_support!`.
+static TEST_ENTRY: OnceLock<String> = OnceLock::new();
+
+/// Starts worker processes as the test `name` from now on (see `test_support!`).
+#[cfg(feature = "testing")]
+pub(crate) fn set_test_entry(name: String) {
+    let _ = TEST_ENTRY.set(name);
+}
 
 /// A worker's main function: given the one-shot server's name, it connects and runs; its
 /// return value is the process's exit code.
@@ -313,12 +323,30 @@ pub(crate) fn spawn(
         .ok_or_else(|| SpawnError::Io(io::Error::other("cannot read /proc/self/exe")))?;
     let mut command = Command::new("/proc/self/exe");
     command
-        .args(std::env::args_os().skip(1))
         .env(ENV_SERVER, &name)
         .env(ENV_ENTRY, offset.to_string())
         .env(ENV_PARENT, std::process::id().to_string())
         .env(ENV_EXE, exe)
         .stdin(Stdio::null());
+    match TEST_ENTRY.get() {
+        // A libtest binary: the worker runs only the test that calls `init`.
+        Some(test) => {
+            command.args([
+                test.as_str(),
+                "--exact",
+                "--test-threads=1",
+                "--nocapture",
+                "-q",
+            ]);
+            let shown = std::env::args().any(|a| a == "--nocapture" || a == "--show-output");
+            if !shown {
+                command.stdout(Stdio::null());
+            }
+        }
+        None => {
+            command.args(std::env::args_os().skip(1));
+        }
+    }
     if let Some(arg0) = std::env::args_os().next() {
         command.arg0(arg0);
     }

@@ -105,6 +105,10 @@ mod program;
 mod regions;
 mod router;
 mod stage;
+#[cfg(feature = "testing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
+#[doc(hidden)]
+pub mod testing;
 mod wire;
 mod worker;
 mod workers;

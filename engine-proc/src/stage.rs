@@ -453,6 +453,26 @@ impl<S: RemoteTransport, C: PortableConfig> Transport for ProcTransport<S, C> {
         }
     }
 
+    fn emits_many(&self) -> bool {
+        self.placed.stage.emits_many()
+    }
+
+    fn transport_each(
+        &mut self,
+        item: S::Input,
+        _ctx: &StageContext,
+        out: &mut Vec<S::Output>,
+    ) -> Result<(), StageError> {
+        match self.placed.lane()?.call(item) {
+            ItemOutcome::Done(output) => out.push(output),
+            ItemOutcome::Many(outputs) => out.extend(outputs),
+            ItemOutcome::Filtered => {}
+            ItemOutcome::Failed(error) => return Err(error),
+            ItemOutcome::Dropped => return Err(StageError::msg("the run was stopped").fatal()),
+        }
+        Ok(())
+    }
+
     fn cleanup(&mut self, _ctx: &StageContext) {
         self.placed.lane = None;
     }
