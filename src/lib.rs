@@ -140,10 +140,10 @@ pub fn default_engine() -> DefaultEngineBuilder {
 /// use engine::prelude::*;
 ///
 /// let report = Engine::builder(1..=10_u64)
-///     .transport(|n: u64| n * 2)
-///     .backend(|_n: u64| {})
+///     .filter_map(|n: u64| n.is_multiple_of(2).then_some(n))
+///     .for_each(|_n: u64| {})
 ///     .run()?;
-/// assert_eq!(report.processed(), 10);
+/// assert_eq!(report.processed(), 5);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub mod prelude {
