@@ -3,7 +3,7 @@
 //! the lease time.
 
 use std::fmt;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
@@ -101,7 +101,7 @@ impl Table {
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, Vec<Slot>> {
         // Each update is one step; a panic elsewhere leaves the table consistent.
-        self.slots.lock().unwrap_or_else(PoisonError::into_inner)
+        engine_core::plumbing::lock(&self.slots)
     }
 
     /// Counts `n` entries of `partition` as settled.

@@ -88,8 +88,8 @@
 //! that every item is processed exactly once, and `cargo xtask bench redis` for throughput
 //! against a hand-written loop.
 //!
-//! [`testing::Server`] starts a throwaway `redis-server` on a free port, for tests, benchmarks
-//! and examples.
+//! With the `testing` feature, `testing::Server` starts a throwaway `redis-server` on a free
+//! port, for tests, benchmarks and examples.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -108,6 +108,8 @@ mod redis_broker;
 mod retry;
 mod sink;
 mod source;
+#[cfg(feature = "testing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod testing;
 mod writer;
 

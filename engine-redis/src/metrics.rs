@@ -67,10 +67,7 @@ impl StreamMetrics {
     }
 
     fn read(&self) -> Option<(Vec<redis::streams::StreamInfoGroup>, u64)> {
-        let mut broker = self
-            .broker
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut broker = engine_core::plumbing::lock(&self.broker);
         if broker.is_none() {
             *broker = RedisBroker::connect(&self.address).ok();
         }

@@ -256,6 +256,7 @@ pub(crate) type Fields = Vec<(String, Vec<u8>)>;
 impl RedisBroker {
     /// `XINFO GROUPS` of `stream` (no groups if the stream does not exist), and the length
     /// of `dead_stream`.
+    #[cfg(feature = "metrics")]
     pub(crate) fn group_info(
         &mut self,
         stream: &str,

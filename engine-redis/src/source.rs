@@ -10,7 +10,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use engine_core::plumbing::{Outcome, Ticket, TrackedFrontend, TrackedItem};
+use engine_core::plumbing::{Outcome, Ticket, TrackedFrontend, TrackedItem, lock};
 use engine_core::{StageContext, StageError, protocol};
 use serde::de::DeserializeOwned;
 
@@ -321,10 +321,7 @@ impl Settlement {
     }
 
     fn settled(&self) -> MutexGuard<'_, u64> {
-        self.0
-            .settled
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        lock(&self.0.settled)
     }
 
     pub(crate) fn issue(&self) {
@@ -1131,11 +1128,6 @@ impl<B: Broker> Acker<B> {
             );
         }
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    // The sets stay consistent whatever panicked while holding them: each step is one call.
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Decodes the item of an entry of `stream`, checking its protocol version.
