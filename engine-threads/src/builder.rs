@@ -14,86 +14,12 @@ use engine_core::{
     StopHandle, Transport,
 };
 
-use crate::engine::{Engine, EngineHandle};
+use crate::engine::Engine;
 use crate::error::EngineError;
-
-/// Makes one stage instance per thread, on that thread, from the thread's context
-/// ([`StageContext::index`] is the thread's index).
-pub(crate) type Factory<S> = Arc<dyn Fn(&StageContext) -> S + Send + Sync>;
-
-/// The default capacity of each queue, in items.
-pub const DEFAULT_QUEUE_CAPACITY: usize = 4096;
-
-/// Marks a builder without a transport or without a backend.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Absent;
-
-/// A transport or backend given to the builder, with its thread count.
-pub struct Present<S> {
-    pub(crate) factory: Factory<S>,
-    pub(crate) threads: usize,
-}
-
-impl<S> Present<S> {
-    /// A stage on one thread, until its thread count is set.
-    fn new(factory: Factory<S>) -> Self {
-        Self {
-            factory,
-            threads: 1,
-        }
-    }
-}
-
-impl<S> fmt::Debug for Present<S> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Present")
-            .field("threads", &self.threads)
-            .finish_non_exhaustive()
-    }
-}
-
-/// What the item type is after the transport slot: the transport's output, or the frontend's
-/// item when there is no transport.
-pub trait Upstream<Item> {
-    /// The type of the items the backend receives.
-    type Output;
-}
-
-impl<Item> Upstream<Item> for Absent {
-    type Output = Item;
-}
-
-impl<Item, T: Transport> Upstream<Item> for Present<T> {
-    type Output = T::Output;
-}
-
-/// The options every engine has, whatever its stages.
-#[derive(Clone)]
-pub(crate) struct Options {
-    pub(crate) names: [Arc<str>; 3],
-    pub(crate) transport_queue: usize,
-    pub(crate) backend_queue: usize,
-    pub(crate) config: AppConfig,
-    pub(crate) policy: ErrorPolicy,
-    pub(crate) ordered: bool,
-    pub(crate) stop: StopHandle,
-    pub(crate) stop_timeout: Option<Duration>,
-    pub(crate) stats_interval: Option<Duration>,
-}
-
-impl fmt::Debug for Options {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Options")
-            .field("names", &self.names)
-            .field("transport_queue", &self.transport_queue)
-            .field("backend_queue", &self.backend_queue)
-            .field("policy", &self.policy)
-            .field("ordered", &self.ordered)
-            .field("stop_timeout", &self.stop_timeout)
-            .field("stats_interval", &self.stats_interval)
-            .finish_non_exhaustive()
-    }
-}
+use crate::factory::{Absent, Factory, Present, Upstream, cloner};
+use crate::handle::EngineHandle;
+use crate::plan::{Options, Plan};
+use crate::stages::Stages;
 
 /// Builds an [`Engine`]: a frontend (required), then a transport, a backend or both.
 ///
@@ -123,54 +49,48 @@ impl fmt::Debug for Options {
 /// engine_threads::Engine::builder(0..10_u32).run();
 /// ```
 pub struct EngineBuilder<F, T = Absent, B = Absent> {
-    pub(crate) frontend: Factory<F>,
-    pub(crate) frontend_threads: usize,
-    /// The transport and the backend, each [`Absent`] or [`Present`].
-    pub(crate) stages: (T, B),
-    pub(crate) options: Options,
+    plan: Plan<F, T, B>,
 }
 
 impl<F, T: fmt::Debug, B: fmt::Debug> fmt::Debug for EngineBuilder<F, T, B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("EngineBuilder")
-            .field("frontend_threads", &self.frontend_threads)
-            .field("transport", &self.stages.0)
-            .field("backend", &self.stages.1)
-            .field("options", &self.options)
-            .finish_non_exhaustive()
+            .field("plan", &self.plan)
+            .finish()
     }
 }
 
 impl<F: TrackedFrontend> EngineBuilder<F, Absent, Absent> {
-    pub(crate) fn new(frontend: Factory<F>, frontend_threads: usize) -> Self {
+    fn new(frontend: Factory<F>, frontend_threads: usize) -> Self {
         Self {
-            frontend,
-            frontend_threads,
-            stages: (Absent, Absent),
-            options: Options {
-                names: ["frontend".into(), "transport".into(), "backend".into()],
-                transport_queue: DEFAULT_QUEUE_CAPACITY,
-                backend_queue: DEFAULT_QUEUE_CAPACITY,
-                config: AppConfig::none(),
-                policy: ErrorPolicy::default(),
-                ordered: false,
-                stop: StopHandle::new(),
-                stop_timeout: None,
-                stats_interval: None,
+            plan: Plan {
+                frontend,
+                frontend_threads,
+                stages: (Absent, Absent),
+                options: Options::new(),
             },
         }
     }
 }
 
-/// A factory that clones a stage given by value, once per thread: the `.transport(x)` and
-/// `.backend(x)` shorthand, made through the same factory as `*_with`.
-fn cloner<S: 'static, X>(stage: X, convert: fn(X) -> S) -> Factory<S>
-where
-    X: Clone + Send + 'static,
-{
-    // The prototype sits behind a mutex so that a `Send` stage needs not be `Sync`.
-    let prototype = Mutex::new(stage);
-    Arc::new(move |_: &StageContext| convert(lock(&prototype).clone()))
+impl<F, T, B> EngineBuilder<F, T, B> {
+    /// The same plan with other stages, made from these.
+    fn map_stages<T2, B2>(self, f: impl FnOnce((T, B)) -> (T2, B2)) -> EngineBuilder<F, T2, B2> {
+        let Plan {
+            frontend,
+            frontend_threads,
+            stages,
+            options,
+        } = self.plan;
+        EngineBuilder {
+            plan: Plan {
+                frontend,
+                frontend_threads,
+                stages: f(stages),
+                options,
+            },
+        }
+    }
 }
 
 impl<F: TrackedFrontend, B> EngineBuilder<F, Absent, B> {
@@ -269,13 +189,8 @@ impl<F: TrackedFrontend, B> EngineBuilder<F, Absent, B> {
         }))
     }
 
-    pub(crate) fn with_transport<S>(self, factory: Factory<S>) -> EngineBuilder<F, Present<S>, B> {
-        EngineBuilder {
-            frontend: self.frontend,
-            frontend_threads: self.frontend_threads,
-            stages: (Present::new(factory), self.stages.1),
-            options: self.options,
-        }
+    fn with_transport<S>(self, factory: Factory<S>) -> EngineBuilder<F, Present<S>, B> {
+        self.map_stages(|(_, backend)| (Present::new(factory), backend))
     }
 }
 
@@ -356,13 +271,8 @@ impl<F: TrackedFrontend, T: Upstream<F::Item>> EngineBuilder<F, T, Absent> {
         }))
     }
 
-    pub(crate) fn with_backend<S>(self, factory: Factory<S>) -> EngineBuilder<F, T, Present<S>> {
-        EngineBuilder {
-            frontend: self.frontend,
-            frontend_threads: self.frontend_threads,
-            stages: (self.stages.0, Present::new(factory)),
-            options: self.options,
-        }
+    fn with_backend<S>(self, factory: Factory<S>) -> EngineBuilder<F, T, Present<S>> {
+        self.map_stages(|(transport, _)| (transport, Present::new(factory)))
     }
 }
 
@@ -370,7 +280,7 @@ impl<F, X: Transport, B> EngineBuilder<F, Present<X>, B> {
     /// The number of transport threads (default 1).
     #[must_use]
     pub fn transport_threads(mut self, threads: usize) -> Self {
-        self.stages.0.threads = threads;
+        self.plan.stages.0.threads = threads;
         self
     }
 }
@@ -379,7 +289,7 @@ impl<F, T, X: engine_core::Backend> EngineBuilder<F, T, Present<X>> {
     /// The number of backend threads (default 1).
     #[must_use]
     pub fn backend_threads(mut self, threads: usize) -> Self {
-        self.stages.1.threads = threads;
+        self.plan.stages.1.threads = threads;
         self
     }
 }
@@ -390,8 +300,8 @@ impl<F, T, B> EngineBuilder<F, T, B> {
     /// the hands of each thread next to it.
     #[must_use]
     pub fn queue_capacity(mut self, items: usize) -> Self {
-        self.options.transport_queue = items;
-        self.options.backend_queue = items;
+        self.plan.options.transport_queue = items;
+        self.plan.options.backend_queue = items;
         self
     }
 
@@ -399,14 +309,14 @@ impl<F, T, B> EngineBuilder<F, T, B> {
     /// no transport).
     #[must_use]
     pub fn transport_queue_capacity(mut self, items: usize) -> Self {
-        self.options.transport_queue = items;
+        self.plan.options.transport_queue = items;
         self
     }
 
     /// The capacity of the queue in front of the backend, after a transport.
     #[must_use]
     pub fn backend_queue_capacity(mut self, items: usize) -> Self {
-        self.options.backend_queue = items;
+        self.plan.options.backend_queue = items;
         self
     }
 
@@ -414,21 +324,21 @@ impl<F, T, B> EngineBuilder<F, T, B> {
     /// [`StageContext::config`](engine_core::StageContext::config).
     #[must_use]
     pub fn config<C: Any + Send + Sync>(mut self, config: C) -> Self {
-        self.options.config = AppConfig::new(config);
+        self.plan.options.config = AppConfig::new(config);
         self
     }
 
     /// Shares an existing [`AppConfig`] with every stage.
     #[must_use]
     pub fn app_config(mut self, config: AppConfig) -> Self {
-        self.options.config = config;
+        self.plan.options.config = config;
         self
     }
 
     /// What to do when a stage fails on an item (default [`ErrorPolicy::Skip`]).
     #[must_use]
     pub fn error_policy(mut self, policy: ErrorPolicy) -> Self {
-        self.options.policy = policy;
+        self.plan.options.policy = policy;
         self
     }
 
@@ -437,7 +347,7 @@ impl<F, T, B> EngineBuilder<F, T, B> {
     /// thread in the last stage.
     #[must_use]
     pub fn ordered(mut self, ordered: bool) -> Self {
-        self.options.ordered = ordered;
+        self.plan.options.ordered = ordered;
         self
     }
 
@@ -446,14 +356,14 @@ impl<F, T, B> EngineBuilder<F, T, B> {
     /// rest of the program.
     #[must_use]
     pub fn stop_handle(mut self, stop: &StopHandle) -> Self {
-        self.options.stop = stop.clone();
+        self.plan.options.stop = stop.clone();
         self
     }
 
     /// After a graceful stop, aborts the run if it has not drained within `timeout`.
     #[must_use]
     pub fn stop_timeout(mut self, timeout: Duration) -> Self {
-        self.options.stop_timeout = Some(timeout);
+        self.plan.options.stop_timeout = Some(timeout);
         self
     }
 
@@ -461,14 +371,14 @@ impl<F, T, B> EngineBuilder<F, T, B> {
     /// `interval` while it runs.
     #[must_use]
     pub fn stats_interval(mut self, interval: Duration) -> Self {
-        self.options.stats_interval = Some(interval);
+        self.plan.options.stats_interval = Some(interval);
         self
     }
 
     /// Names the stages in logs and the report (default `frontend`, `transport`, `backend`).
     #[must_use]
     pub fn names(mut self, frontend: &str, transport: &str, backend: &str) -> Self {
-        self.options.names = [frontend.into(), transport.into(), backend.into()];
+        self.plan.options.names = [frontend.into(), transport.into(), backend.into()];
         self
     }
 }
@@ -477,7 +387,7 @@ impl<F, T, B> EngineBuilder<F, T, B>
 where
     F: TrackedFrontend + 'static,
     F::Item: Send + 'static,
-    (T, B): crate::engine::Stages<F>,
+    (T, B): Stages<F>,
 {
     /// Checks the options and builds the engine.
     ///
@@ -486,7 +396,7 @@ where
     /// [`EngineError::InvalidOption`] for a thread count or queue capacity of zero, or for
     /// ordered mode with several frontend threads or several threads in the last stage.
     pub fn build(self) -> Result<Engine<F, T, B>, EngineError> {
-        Engine::new(self)
+        Engine::new(self.plan)
     }
 
     /// Builds and runs the engine on this thread until it ends; see [`Engine::run`].

@@ -10,7 +10,8 @@ use engine_core::plumbing::TrackedFrontend;
 use engine_core::plumbing::markers::Closure;
 use engine_core::{BoxError, FilterMapFn, FlatMapFn, ForEachFn, TryForEachFn, TryMapFn};
 
-use crate::builder::{Absent, EngineBuilder, Present, Upstream};
+use crate::builder::EngineBuilder;
+use crate::factory::{Absent, Present, Upstream};
 
 impl<F: TrackedFrontend, B> EngineBuilder<F, Absent, B>
 where

@@ -77,22 +77,38 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+// The API: building, running and watching an engine.
 mod builder;
 mod closures;
 mod engine;
 mod error;
-mod link;
+mod factory;
+mod handle;
 #[cfg(feature = "metrics")]
 mod metrics;
-mod offloaded;
+mod plan;
+mod stages;
 mod stats;
-mod worker;
 
-pub use builder::{Absent, DEFAULT_QUEUE_CAPACITY, EngineBuilder, Present, Upstream};
-pub use engine::{Engine, EngineHandle, Stages};
+// The machinery: starting and coordinating a run, the threads' loops, the queues.
+mod consumer;
+mod counters;
+mod frontend;
+mod input;
+mod launch;
+mod link;
+mod run;
+mod shared;
+
+pub use builder::EngineBuilder;
+pub use engine::Engine;
 pub use error::EngineError;
+pub use factory::{Absent, Present, Upstream};
+pub use handle::EngineHandle;
 pub use link::LINGER;
 #[cfg(feature = "metrics")]
 #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
 pub use metrics::EngineMetrics;
+pub use plan::DEFAULT_QUEUE_CAPACITY;
+pub use stages::Stages;
 pub use stats::{StageStats, Stats, StatsReader, ThreadSnapshot};

@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 
 use engine_core::{Counts, StageKind};
 
-use crate::worker::ThreadStats;
+use crate::counters::ThreadStats;
+use crate::link::LinkView;
 
 /// A snapshot of a running engine, from [`EngineHandle::stats`](crate::EngineHandle::stats).
 #[derive(Debug, Clone, PartialEq)]
@@ -109,7 +110,7 @@ pub(crate) trait StageProbe: Send + Sync {
 /// The consumer threads of a stage and its input queue.
 pub(crate) struct ConsumerProbe {
     pub(crate) threads: Vec<Arc<ThreadStats>>,
-    pub(crate) input: Arc<dyn crate::engine::LinkView>,
+    pub(crate) input: Arc<dyn LinkView>,
 }
 
 impl StageProbe for ConsumerProbe {
@@ -126,16 +127,45 @@ impl StageProbe for ConsumerProbe {
     }
 
     fn threads(&self) -> Vec<ThreadSnapshot> {
-        self.threads
-            .iter()
-            .map(|t| {
-                let (busy, blocked) = t.times();
-                ThreadSnapshot {
-                    counts: t.read(),
-                    busy,
-                    blocked,
-                }
-            })
+        self.threads.iter().map(|t| snapshot(t, t.read())).collect()
+    }
+}
+
+/// A snapshot of a thread with these counts (a frontend thread's live in its slot).
+fn snapshot(thread: &ThreadStats, counts: Counts) -> ThreadSnapshot {
+    let (busy, blocked) = thread.times();
+    ThreadSnapshot {
+        counts,
+        busy,
+        blocked,
+    }
+}
+
+/// The frontend threads of a run, whose counts live in their slots of the first link.
+pub(crate) struct FrontendProbe {
+    pub(crate) slots: Arc<dyn LinkView>,
+    pub(crate) threads: Vec<Arc<ThreadStats>>,
+}
+
+impl StageProbe for FrontendProbe {
+    fn counts(&self) -> Counts {
+        self.slots.slot_counts().into_iter().sum()
+    }
+
+    fn queued(&self) -> u64 {
+        self.slots.buffered()
+    }
+
+    fn capacity(&self) -> u64 {
+        0
+    }
+
+    fn threads(&self) -> Vec<ThreadSnapshot> {
+        self.slots
+            .slot_counts()
+            .into_iter()
+            .zip(&self.threads)
+            .map(|(counts, stats)| snapshot(stats, counts))
             .collect()
     }
 }

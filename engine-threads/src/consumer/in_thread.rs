@@ -1,0 +1,101 @@
+//! The consumer loop of a stage that runs its items on this thread: batch after batch, item
+//! after item, with one `catch_unwind` per batch.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::time::Instant;
+
+use engine_core::StageError;
+use engine_core::plumbing::{Outcome, Ticket};
+
+use super::{Consume, Consumer, settle};
+use crate::link::{Batch, drop_items};
+use crate::shared::Flow;
+
+/// How the items of a batch ended, inside the `catch_unwind`.
+enum BatchEnd {
+    Done,
+    Failed(StageError),
+    Aborted,
+}
+
+impl<K: Ticket, S: Consume<K>> Consumer<'_, K, S> {
+    /// Consumes batches until the input ends or the run aborts; returns whether the input
+    /// ended without an abort.
+    pub(super) fn run_in_thread(&mut self) -> bool {
+        while let Some(batch) = self.input.recv() {
+            self.counts.input += batch.items.len() as u64;
+            if self.at.shared.abort.is_fired() {
+                self.counts.dropped += batch.drop_all();
+                return false;
+            }
+            if !self.run_batch(batch) {
+                return false;
+            }
+            self.publish();
+        }
+        true
+    }
+
+    /// Runs one batch through the stage and hands its outputs on if they should go now;
+    /// returns false if the run should stop taking input (the batch's rest is dropped).
+    fn run_batch(&mut self, batch: Batch<K, S::Input>) -> bool {
+        let started = Instant::now();
+        let blocked_before = self.stage.blocked();
+        let (seq, len) = (batch.seq, batch.items.len());
+        let mut items = batch.items.into_iter();
+        let done = self.consume_items(&mut items);
+        let took = started.elapsed();
+        // Time spent waiting for room downstream is backpressure, not work.
+        let blocked = self.stage.blocked().saturating_sub(blocked_before);
+        self.busy += took.saturating_sub(blocked);
+        let link = self.input.link();
+        link.state().observe(len, took);
+        let idle = link.is_empty();
+        let go_on = done && self.stage.end_batch(seq, idle, self.at, &mut self.counts);
+        if !go_on {
+            self.counts.dropped += drop_items(items);
+        }
+        go_on
+    }
+
+    /// Consumes the items of a batch; after an item's failure or panic (counted, its ticket
+    /// completed, the policy applied), goes on with the next item. Returns false if the run
+    /// was aborted or the policy stops it.
+    fn consume_items(&mut self, items: &mut impl Iterator<Item = (K, S::Input)>) -> bool {
+        let mut current: Option<K> = None;
+        loop {
+            let outcome = catch_unwind(AssertUnwindSafe(|| {
+                for (ticket, item) in &mut *items {
+                    if self.at.shared.abort.is_fired() {
+                        drop(item);
+                        settle(ticket, Outcome::Dropped, &mut self.counts.dropped);
+                        return BatchEnd::Aborted;
+                    }
+                    current = Some(ticket);
+                    let consumed =
+                        self.stage
+                            .consume(item, &mut current, self.at.ctx, &mut self.counts);
+                    if let Err(error) = consumed {
+                        return BatchEnd::Failed(error);
+                    }
+                }
+                BatchEnd::Done
+            }));
+            let error = match outcome {
+                Ok(BatchEnd::Done) => return true,
+                Ok(BatchEnd::Aborted) => return false,
+                Ok(BatchEnd::Failed(error)) => error,
+                Err(payload) => StageError::from_panic(payload),
+            };
+            self.counts.failed += 1;
+            if self
+                .at
+                .shared
+                .item_failed(self.at.ctx, error, current.take())
+                == Flow::Stop
+            {
+                return false;
+            }
+        }
+    }
+}

@@ -1,0 +1,208 @@
+//! The consumer threads (transports and backends): one loop for both, driving a stage through
+//! [`Consume`], with its items run on the thread ([`in_thread`]) or elsewhere
+//! ([`offloaded`]).
+//!
+//! Panics are caught once per batch rather than once per item: the loop over a batch runs
+//! inside `catch_unwind`, the ticket of the item being handled waits outside it, and after a
+//! panic the loop resumes with the next item of the same batch. The happy path pays nothing.
+
+mod backend;
+mod in_thread;
+mod offloaded;
+mod transport;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use engine_core::plumbing::{ItemOutcome, Offload, Outcome, Ticket};
+use engine_core::{Counts, StageContext, StageError};
+
+pub(crate) use backend::BackendStage;
+pub(crate) use transport::TransportStage;
+
+use crate::counters::{ThreadResult, ThreadStats};
+use crate::input::Input;
+use crate::link::complete;
+use crate::shared::{Flow, Shared, cleanup, guarded};
+
+/// A transport or a backend, as the consumer loop drives it.
+pub(crate) trait Consume<K: Ticket> {
+    type Input: Send;
+    /// What an item gives back when the stage runs it elsewhere.
+    type Done;
+
+    fn setup(&mut self, ctx: &StageContext) -> Result<(), StageError>;
+
+    fn cleanup(&mut self, ctx: &StageContext);
+
+    /// Handles one item. Its ticket is in `current` while stage code runs, so that a panic
+    /// can still complete it; on success the ticket is taken and completed or passed on.
+    fn consume(
+        &mut self,
+        item: Self::Input,
+        current: &mut Option<K>,
+        ctx: &StageContext,
+        counts: &mut Counts,
+    ) -> Result<(), StageError>;
+
+    /// After input batch `seq`: hands outputs on if they should go now (always when `idle`,
+    /// the input being empty). Returns false if the run was aborted meanwhile.
+    fn end_batch(&mut self, seq: u64, idle: bool, at: Here<'_>, counts: &mut Counts) -> bool;
+
+    /// At the end of the input: hands every remaining output on.
+    fn finish(&mut self, at: Here<'_>, counts: &mut Counts);
+
+    /// On abort: drops held outputs, completing their tickets; returns how many.
+    fn discard(&mut self, at: Here<'_>, counts: &mut Counts) -> u64;
+
+    /// Time spent waiting for room in the next queue (backpressure).
+    fn blocked(&self) -> Duration;
+
+    /// The stage as an [`Offload`], if it runs its items elsewhere.
+    fn offload(&mut self) -> Option<&mut dyn Offload<Input = Self::Input, Output = Self::Done>>;
+
+    /// Settles one item that ran elsewhere, from its outcome.
+    fn settle_item(
+        &mut self,
+        ticket: K,
+        outcome: ItemOutcome<Self::Done>,
+        at: Here<'_>,
+        counts: &mut Counts,
+    ) -> Flow;
+}
+
+/// Settles an offloaded item whose outcome is not `Done`, as any stage does.
+fn settle_not_done<K: Ticket, D>(
+    ticket: K,
+    outcome: ItemOutcome<D>,
+    at: Here<'_>,
+    counts: &mut Counts,
+) -> Flow {
+    match outcome {
+        ItemOutcome::Done(_) | ItemOutcome::Many(_) => {
+            unreachable!("done items are settled by their stage")
+        }
+        ItemOutcome::Filtered => {
+            settle(ticket, Outcome::Filtered, &mut counts.filtered);
+            Flow::Continue
+        }
+        ItemOutcome::Failed(error) => {
+            counts.failed += 1;
+            at.shared.item_failed(at.ctx, error, Some(ticket))
+        }
+        ItemOutcome::Dropped => {
+            settle(ticket, Outcome::Dropped, &mut counts.dropped);
+            Flow::Continue
+        }
+    }
+}
+
+/// Where a consumer runs: its context and what the run shares.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Here<'a> {
+    pub(crate) ctx: &'a StageContext,
+    pub(crate) shared: &'a Shared,
+}
+
+/// Completes the ticket of an item the stage is done with, and counts it.
+#[inline]
+fn settle<K: Ticket>(ticket: K, outcome: Outcome<'_>, count: &mut u64) {
+    complete(ticket, outcome);
+    *count += 1;
+}
+
+/// A consumer thread at work: its stage, its input, where it runs, and what it counted.
+struct Consumer<'a, K: Ticket, S: Consume<K>> {
+    stage: S,
+    input: Input<K, S::Input>,
+    at: Here<'a>,
+    stats: &'a ThreadStats,
+    counts: Counts,
+    busy: Duration,
+}
+
+impl<K: Ticket, S: Consume<K>> Consumer<'_, K, S> {
+    /// Publishes the counts and times so far, for the live statistics.
+    fn publish(&self) {
+        self.stats
+            .publish(&self.counts, self.busy, self.stage.blocked());
+    }
+
+    /// After the loop: hands the last outputs on (or drops them after an abort), drops what
+    /// the reorder buffer still holds, and publishes the final counts.
+    fn end(&mut self, clean_end: bool) {
+        if clean_end && !self.at.shared.abort.is_fired() {
+            self.stage.finish(self.at, &mut self.counts);
+        } else {
+            self.counts.dropped += self.stage.discard(self.at, &mut self.counts);
+        }
+        let pending = self.input.discard_pending();
+        self.counts.input += pending;
+        self.counts.dropped += pending;
+        self.publish();
+    }
+}
+
+/// Makes the stage on this thread and sets it up; a failure fails the run.
+fn make_stage<K: Ticket, S: Consume<K>>(
+    make: impl FnOnce(&StageContext) -> S,
+    ctx: &StageContext,
+    shared: &Shared,
+) -> Option<S> {
+    let setup = guarded(|| {
+        let mut stage = make(ctx);
+        stage.setup(ctx).map(|()| stage)
+    });
+    setup.map_err(|error| shared.fail(ctx, error, true)).ok()
+}
+
+/// A transport or backend thread: make the stage, consume batches until the input ends or the
+/// run aborts, clean up.
+pub(crate) fn run_consumer<K, S>(
+    make: impl FnOnce(&StageContext) -> S,
+    ctx: StageContext,
+    input: Input<K, S::Input>,
+    stats: Arc<ThreadStats>,
+    shared: Arc<Shared>,
+) -> ThreadResult
+where
+    K: Ticket,
+    S: Consume<K>,
+{
+    let t = Instant::now();
+    let stage = make_stage(make, &ctx, &shared);
+    let busy = t.elapsed();
+    let Some(stage) = stage else {
+        shared.done();
+        return ThreadResult {
+            counts: Counts::default(),
+            busy,
+        };
+    };
+    let mut consumer = Consumer {
+        stage,
+        input,
+        at: Here {
+            ctx: &ctx,
+            shared: &shared,
+        },
+        stats: &stats,
+        counts: Counts::default(),
+        busy,
+    };
+    let clean_end = if consumer.stage.offload().is_some() {
+        consumer.run_offloaded()
+    } else {
+        consumer.run_in_thread()
+    };
+    consumer.end(clean_end);
+
+    let t = Instant::now();
+    cleanup(&ctx, || consumer.stage.cleanup(&ctx));
+    consumer.busy += t.elapsed();
+    shared.done();
+    ThreadResult {
+        counts: consumer.counts,
+        busy: consumer.busy,
+    }
+}

@@ -1,0 +1,214 @@
+//! A transport thread's stage: the transport, and where its outputs go (the next link, or
+//! settled at once when the transport is the last stage); one input may give many outputs.
+
+use std::time::Duration;
+
+use engine_core::plumbing::{ItemOutcome, Offload, Outcome, Ticket};
+use engine_core::{Counts, StageContext, StageError, Transport};
+
+use super::{Consume, Here, settle, settle_not_done};
+use crate::link::Producer;
+use crate::shared::Flow;
+
+/// A transport thread's stage: the transport and where its outputs go.
+#[derive(Debug)]
+pub(crate) struct TransportStage<S: Transport, K> {
+    stage: S,
+    /// `None` when the transport is the last stage.
+    out: Option<Producer<K, S::Output>>,
+    ordered: bool,
+    /// Whether the stage emits many outputs per input (read once, at setup).
+    many: bool,
+    /// The outputs of one input of a stage that emits many, reused between items.
+    outputs: Vec<S::Output>,
+}
+
+impl<S: Transport, K: Ticket> TransportStage<S, K>
+where
+    S::Output: Send,
+{
+    pub(crate) fn new(stage: S, out: Option<Producer<K, S::Output>>, ordered: bool) -> Self {
+        Self {
+            stage,
+            out,
+            ordered,
+            many: false,
+            outputs: Vec::new(),
+        }
+    }
+
+    /// Passes on the outputs of one input of a stage that emits many, each with its own part
+    /// of the input's ticket. A ticket that cannot be split is handed back with the error
+    /// that fails the item.
+    fn pass_on_many(&mut self, ticket: K, counts: &mut Counts) -> Result<(), (K, StageError)> {
+        let mut outputs = std::mem::take(&mut self.outputs);
+        match outputs.len() {
+            0 | 1 => self.pass_on(ticket, outputs.pop(), counts),
+            k => match ticket.split(k) {
+                Ok(parts) => {
+                    counts.expanded += (k - 1) as u64;
+                    for (part, output) in parts.into_iter().zip(outputs.drain(..)) {
+                        self.pass_on(part, Some(output), counts);
+                    }
+                }
+                Err(ticket) => {
+                    outputs.clear();
+                    self.outputs = outputs;
+                    let error = StageError::msg(format!(
+                        "the transport gave {k} outputs for one item, and this source's \
+                         completion tickets cannot be split"
+                    ));
+                    return Err((ticket, error));
+                }
+            },
+        }
+        self.outputs = outputs;
+        Ok(())
+    }
+}
+
+impl<S, K> Consume<K> for TransportStage<S, K>
+where
+    S: Transport,
+    S::Input: Send,
+    S::Output: Send,
+    K: Ticket,
+{
+    type Input = S::Input;
+    type Done = S::Output;
+
+    fn setup(&mut self, ctx: &StageContext) -> Result<(), StageError> {
+        self.stage.setup(ctx)?;
+        self.many = self.stage.emits_many();
+        Ok(())
+    }
+
+    fn cleanup(&mut self, ctx: &StageContext) {
+        self.stage.cleanup(ctx);
+    }
+
+    #[inline]
+    fn consume(
+        &mut self,
+        item: S::Input,
+        current: &mut Option<K>,
+        ctx: &StageContext,
+        counts: &mut Counts,
+    ) -> Result<(), StageError> {
+        if self.many {
+            self.outputs.clear();
+            self.stage.transport_each(item, ctx, &mut self.outputs)?;
+            let ticket = current.take().expect("the current item's ticket is set");
+            return self
+                .pass_on_many(ticket, counts)
+                .map_err(|(ticket, error)| {
+                    *current = Some(ticket);
+                    error
+                });
+        }
+        let output = self.stage.transport(item, ctx)?;
+        let ticket = current.take().expect("the current item's ticket is set");
+        self.pass_on(ticket, output, counts);
+        Ok(())
+    }
+
+    fn end_batch(&mut self, seq: u64, idle: bool, _at: Here<'_>, counts: &mut Counts) -> bool {
+        let Some(out) = &mut self.out else {
+            return true;
+        };
+        let sent = if self.ordered {
+            out.flush_ordered(seq)
+        } else if idle || out.wants_flush() {
+            out.flush()
+        } else {
+            return true;
+        };
+        record_send(sent, counts)
+    }
+
+    fn finish(&mut self, _at: Here<'_>, counts: &mut Counts) {
+        if let Some(out) = &mut self.out {
+            record_send(out.flush(), counts);
+        }
+    }
+
+    fn discard(&mut self, _at: Here<'_>, _counts: &mut Counts) -> u64 {
+        self.out.as_mut().map_or(0, Producer::discard)
+    }
+
+    fn blocked(&self) -> Duration {
+        self.out.as_ref().map_or(Duration::ZERO, Producer::blocked)
+    }
+
+    fn offload(&mut self) -> Option<&mut dyn Offload<Input = S::Input, Output = S::Output>> {
+        self.stage.offload()
+    }
+
+    fn settle_item(
+        &mut self,
+        ticket: K,
+        outcome: ItemOutcome<S::Output>,
+        at: Here<'_>,
+        counts: &mut Counts,
+    ) -> Flow {
+        match outcome {
+            ItemOutcome::Done(output) => {
+                self.pass_on(ticket, Some(output), counts);
+                Flow::Continue
+            }
+            ItemOutcome::Many(outputs) => {
+                self.outputs = outputs;
+                match self.pass_on_many(ticket, counts) {
+                    Ok(()) => Flow::Continue,
+                    Err((ticket, error)) => {
+                        counts.failed += 1;
+                        at.shared.item_failed(at.ctx, error, Some(ticket))
+                    }
+                }
+            }
+            other => settle_not_done(ticket, other, at, counts),
+        }
+    }
+}
+
+impl<S, K> TransportStage<S, K>
+where
+    S: Transport,
+    S::Output: Send,
+    K: Ticket,
+{
+    /// Passes an item's output on (or settles it at the last stage), or counts it filtered.
+    #[inline]
+    fn pass_on(&mut self, ticket: K, output: Option<S::Output>, counts: &mut Counts) {
+        match (output, &mut self.out) {
+            (Some(output), Some(out)) => {
+                out.push(ticket, output);
+                // Unordered, a batch never exceeds what the next queue allows; ordered, the
+                // output of one input batch travels as one batch (see `EngineBuilder::ordered`).
+                if !self.ordered && out.is_at_max() {
+                    record_send(out.flush(), counts);
+                }
+            }
+            (Some(output), None) => {
+                drop(output);
+                settle(ticket, Outcome::Processed, &mut counts.output);
+            }
+            (None, _) => {
+                settle(ticket, Outcome::Filtered, &mut counts.filtered);
+            }
+        }
+    }
+}
+
+fn record_send(sent: Result<usize, usize>, counts: &mut Counts) -> bool {
+    match sent {
+        Ok(n) => {
+            counts.output += n as u64;
+            true
+        }
+        Err(n) => {
+            counts.dropped += n as u64;
+            false
+        }
+    }
+}

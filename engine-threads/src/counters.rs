@@ -1,0 +1,68 @@
+//! Live counts and times of one stage thread, published after each batch for the live
+//! statistics, and what a consumer thread hands back when it ends.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use engine_core::Counts;
+
+/// Live counts and times of one stage thread, written only by that thread, after each batch.
+#[derive(Debug, Default)]
+pub(crate) struct ThreadStats {
+    input: AtomicU64,
+    output: AtomicU64,
+    filtered: AtomicU64,
+    failed: AtomicU64,
+    dropped: AtomicU64,
+    expanded: AtomicU64,
+    busy_nanos: AtomicU64,
+    blocked_nanos: AtomicU64,
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+impl ThreadStats {
+    pub(crate) fn publish(&self, counts: &Counts, busy: Duration, blocked: Duration) {
+        self.input.store(counts.input, Ordering::Relaxed);
+        self.output.store(counts.output, Ordering::Relaxed);
+        self.filtered.store(counts.filtered, Ordering::Relaxed);
+        self.failed.store(counts.failed, Ordering::Relaxed);
+        self.dropped.store(counts.dropped, Ordering::Relaxed);
+        self.expanded.store(counts.expanded, Ordering::Relaxed);
+        self.publish_times(busy, blocked);
+    }
+
+    /// Publishes the time the thread worked, and the time it waited for room downstream.
+    pub(crate) fn publish_times(&self, busy: Duration, blocked: Duration) {
+        self.busy_nanos.store(nanos(busy), Ordering::Relaxed);
+        self.blocked_nanos.store(nanos(blocked), Ordering::Relaxed);
+    }
+
+    /// The time the thread worked, and the time it waited for room downstream.
+    pub(crate) fn times(&self) -> (Duration, Duration) {
+        (
+            Duration::from_nanos(self.busy_nanos.load(Ordering::Relaxed)),
+            Duration::from_nanos(self.blocked_nanos.load(Ordering::Relaxed)),
+        )
+    }
+
+    pub(crate) fn read(&self) -> Counts {
+        let mut counts = Counts::default();
+        counts.input = self.input.load(Ordering::Relaxed);
+        counts.output = self.output.load(Ordering::Relaxed);
+        counts.filtered = self.filtered.load(Ordering::Relaxed);
+        counts.failed = self.failed.load(Ordering::Relaxed);
+        counts.dropped = self.dropped.load(Ordering::Relaxed);
+        counts.expanded = self.expanded.load(Ordering::Relaxed);
+        counts
+    }
+}
+
+/// What a consumer thread did.
+#[derive(Debug)]
+pub(crate) struct ThreadResult {
+    pub(crate) counts: Counts,
+    pub(crate) busy: Duration,
+}

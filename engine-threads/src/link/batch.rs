@@ -1,0 +1,48 @@
+//! A batch of items with their completion tickets, and completing the tickets of items the
+//! engine gives up.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use crossbeam_channel::Sender;
+use engine_core::plumbing::{Outcome, Ticket};
+
+/// Items with their completion tickets, in frontend order within the batch.
+#[derive(Debug)]
+pub(crate) struct Batch<K, T> {
+    /// The batch's place in frontend order (ordered mode only; 0 otherwise).
+    pub(crate) seq: u64,
+    pub(crate) items: Vec<(K, T)>,
+}
+
+impl<K: Ticket, T> Batch<K, T> {
+    /// Completes every ticket as dropped and returns how many items there were.
+    pub(crate) fn drop_all(self) -> u64 {
+        drop_items(self.items)
+    }
+}
+
+/// The sending side of a link's channel.
+pub(crate) type BatchSender<K, T> = Sender<Batch<K, T>>;
+
+/// Completes the tickets of abandoned items and counts them.
+pub(crate) fn drop_items<K: Ticket, T>(items: impl IntoIterator<Item = (K, T)>) -> u64 {
+    let mut n = 0;
+    for (ticket, item) in items {
+        drop(item);
+        complete(ticket, Outcome::Dropped);
+        n += 1;
+    }
+    n
+}
+
+/// Completes a ticket. A panic in the ticket's own code is a bug in the ticket, not a failure
+/// of the item: it is logged and does not disturb the engine's counts.
+#[inline]
+pub(crate) fn complete<K: Ticket>(ticket: K, outcome: Outcome<'_>) {
+    if let Err(payload) = catch_unwind(AssertUnwindSafe(|| ticket.complete(outcome))) {
+        tracing::error!(
+            error = %engine_core::StageError::from_panic(payload),
+            "a completion ticket panicked"
+        );
+    }
+}

@@ -1,0 +1,297 @@
+//! The bounded queue between two stages: batches of items on a crossbeam channel, frontend
+//! slots that idle consumers can empty, and the abort signal that wakes every blocked thread.
+//!
+//! Items travel in batches so that the cost of a channel operation is shared by many items.
+//! A producer hands a batch on when it is full, when a consumer is waiting (so a lone item is
+//! not held back), or before it would wait itself. Frontend threads are special: a frontend may
+//! block inside `produce` for as long as its source is silent, so its open batch lives in a
+//! [`FrontSlot`] under a mutex, where a consumer about to wait, or the engine at a stop, can
+//! take it. No item ever sits in a buffer that only a blocked thread can reach.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Select, Sender, TryRecvError, TrySendError};
+use engine_core::plumbing::{Ticket, lock};
+
+mod abort;
+mod batch;
+mod producer;
+mod sizing;
+mod slot;
+mod view;
+
+pub(crate) use abort::{Abort, AbortTrigger, abort_pair};
+pub(crate) use batch::{Batch, complete, drop_items};
+pub(crate) use producer::Producer;
+pub(crate) use sizing::{LinkState, Sizing};
+pub(crate) use slot::{FrontSlot, Offer};
+pub(crate) use view::LinkView;
+
+/// The most items in one batch.
+pub(crate) const MAX_BATCH: usize = 1024;
+
+/// How long an idle consumer waits for a frontend's partial batch to fill before taking it:
+/// the most a lone item waits in a frontend's batch.
+pub const LINGER: Duration = Duration::from_micros(100);
+
+/// Adds the time since its start to a total when dropped, whichever way a wait ends.
+struct Accrue<'a>(&'a mut Duration, Instant);
+
+impl Drop for Accrue<'_> {
+    fn drop(&mut self) {
+        *self.0 += self.1.elapsed();
+    }
+}
+
+/// The sequence number of an empty batch that only wakes a sleeping consumer.
+const NUDGE: u64 = u64::MAX;
+
+/// What a wait on the channel gave.
+enum Waited<B> {
+    Batch(B),
+    /// A frontend put a first item in its slot while this consumer slept.
+    Nudge,
+    TimedOut,
+    /// Every producer is done.
+    Disconnected,
+    Aborted,
+}
+
+/// A queue between two stages.
+#[derive(Debug)]
+pub(crate) struct Link<K, T> {
+    tx: Mutex<Option<Sender<Batch<K, T>>>>,
+    rx: Receiver<Batch<K, T>>,
+    state: Arc<LinkState>,
+    /// The open batches of the frontend threads feeding this link (first link only).
+    slots: Vec<Arc<FrontSlot<K, T>>>,
+    abort: Abort,
+}
+
+impl<K: Ticket, T: Send> Link<K, T> {
+    /// A link sized by `sizing`; `frontends` is the number of frontend slots (0 when the
+    /// producers are transport threads).
+    pub(crate) fn new(sizing: Sizing, frontends: usize, abort: Abort) -> Arc<Self> {
+        let (tx, rx) = crossbeam_channel::bounded(sizing.slots);
+        let state = Arc::new(LinkState::new(sizing));
+        let slots = (0..frontends)
+            .map(|_| Arc::new(FrontSlot::new(tx.clone())))
+            .collect();
+        Arc::new(Self {
+            tx: Mutex::new(Some(tx)),
+            rx,
+            state,
+            slots,
+            abort,
+        })
+    }
+
+    pub(crate) fn state(&self) -> &Arc<LinkState> {
+        &self.state
+    }
+
+    pub(crate) fn slots(&self) -> &[Arc<FrontSlot<K, T>>] {
+        &self.slots
+    }
+
+    /// A producer handle for a transport thread.
+    pub(crate) fn producer(self: &Arc<Self>) -> Producer<K, T> {
+        let tx = lock(&self.tx)
+            .clone()
+            .expect("producers are made before the link is sealed");
+        Producer::new(tx, Arc::clone(self))
+    }
+
+    /// Drops the link's own sender, so that the channel disconnects once every producer is
+    /// done. Called once all producer handles exist.
+    pub(crate) fn seal(&self) {
+        lock(&self.tx).take();
+    }
+
+    /// Waits for the next batch. `None` means the end of the stream (every producer is done
+    /// and every frontend slot is closed and empty) or an abort.
+    ///
+    /// With nothing queued, a consumer takes a frontend's partial batch after lingering
+    /// [`LINGER`] for it to fill, so items are batched under load and still reach the next
+    /// stage promptly when input is slow. With nothing anywhere it blocks without a timeout.
+    pub(crate) fn recv(&self) -> Option<Batch<K, T>> {
+        loop {
+            match self.rx.try_recv() {
+                Ok(batch) if batch.seq == NUDGE => {}
+                Ok(batch) => return Some(self.took(batch)),
+                Err(TryRecvError::Disconnected) => return self.steal(),
+                Err(TryRecvError::Empty) => {}
+            }
+            if self.abort.is_fired() {
+                return None;
+            }
+            if !self.slots_have_items() {
+                // Announce the sleep before the last look, so that a frontend pushing its
+                // first item after that look (under the slot's lock) sees it and nudges.
+                self.state.sleeping.fetch_add(1, Ordering::SeqCst);
+                let waited = if self.slots_have_items() {
+                    Waited::Nudge
+                } else {
+                    self.wait(None)
+                };
+                self.state.sleeping.fetch_sub(1, Ordering::SeqCst);
+                match waited {
+                    Waited::Batch(batch) => return Some(batch),
+                    Waited::Nudge | Waited::TimedOut => continue,
+                    Waited::Disconnected => return self.steal(),
+                    Waited::Aborted => return None,
+                }
+            }
+            match self.wait(Some(LINGER)) {
+                Waited::Batch(batch) => return Some(batch),
+                Waited::Nudge => {}
+                Waited::TimedOut => {
+                    if let Some(batch) = self.steal() {
+                        return Some(batch);
+                    }
+                }
+                Waited::Disconnected => return self.steal(),
+                Waited::Aborted => return None,
+            }
+        }
+    }
+
+    fn wait(&self, timeout: Option<Duration>) -> Waited<Batch<K, T>> {
+        let mut select = Select::new();
+        let data = select.recv(&self.rx);
+        let abort = select.recv(self.abort.receiver());
+        let op = match timeout {
+            None => select.select(),
+            Some(timeout) => match select.select_timeout(timeout) {
+                Ok(op) => op,
+                Err(_) => return Waited::TimedOut,
+            },
+        };
+        match op.index() {
+            i if i == data => match op.recv(&self.rx) {
+                Ok(batch) if batch.seq == NUDGE => Waited::Nudge,
+                Ok(batch) => Waited::Batch(self.took(batch)),
+                Err(_) => Waited::Disconnected,
+            },
+            i if i == abort => {
+                let _ = op.recv(self.abort.receiver());
+                Waited::Aborted
+            }
+            _ => unreachable!("only two operations were selected"),
+        }
+    }
+
+    fn slots_have_items(&self) -> bool {
+        self.slots.iter().any(|slot| slot.buffered() > 0)
+    }
+
+    fn took(&self, batch: Batch<K, T>) -> Batch<K, T> {
+        self.state
+            .queued
+            .fetch_sub(batch.items.len() as u64, Ordering::Relaxed);
+        batch
+    }
+
+    fn steal(&self) -> Option<Batch<K, T>> {
+        let batch = self.slots.iter().find_map(|slot| slot.take())?;
+        // This consumer may have swallowed nudges meant for others (one per slot that got a
+        // first item); if items are left in some slot and a consumer sleeps, wake it.
+        if self.state.has_sleepers()
+            && self.slots_have_items()
+            && let Some(tx) = self.slots.iter().find_map(|slot| slot.sender())
+        {
+            self.nudge(&tx);
+        }
+        Some(batch)
+    }
+
+    /// Whether nothing is queued in the channel.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.rx.is_empty()
+    }
+
+    /// Sends a batch, waiting for room; on abort, gives the batch back. Time spent waiting
+    /// for room (backpressure) is added to `blocked`.
+    pub(super) fn send(
+        &self,
+        tx: &Sender<Batch<K, T>>,
+        batch: Batch<K, T>,
+        blocked: &mut Duration,
+    ) -> Result<(), Batch<K, T>> {
+        let len = batch.items.len() as u64;
+        // Counted before the send so that a consumer's decrement never goes below zero.
+        self.state.queued.fetch_add(len, Ordering::Relaxed);
+        let batch = match tx.try_send(batch) {
+            Ok(()) => return Ok(()),
+            Err(TrySendError::Full(batch) | TrySendError::Disconnected(batch)) => batch,
+        };
+        let waiting = Instant::now();
+        let _count = Accrue(blocked, waiting);
+        let batch = if self.abort.is_fired() {
+            batch
+        } else {
+            let mut select = Select::new();
+            let data = select.send(tx);
+            let abort = select.recv(self.abort.receiver());
+            let op = select.select();
+            match op.index() {
+                i if i == data => match op.send(tx, batch) {
+                    Ok(()) => return Ok(()),
+                    Err(err) => err.into_inner(),
+                },
+                i if i == abort => {
+                    let _ = op.recv(self.abort.receiver());
+                    batch
+                }
+                _ => unreachable!("only two operations were selected"),
+            }
+        };
+        self.state.queued.fetch_sub(len, Ordering::Relaxed);
+        Err(batch)
+    }
+
+    /// After an abort, once every consumer has left: drops what is left in the channel and
+    /// the slots, counting it as abandoned in this link. Waits until no producer is left (the
+    /// slots are closed, and a frontend caught in a send gives up at the abort), so that no
+    /// batch arrives after the count.
+    pub(crate) fn drain_abandoned(&self) {
+        while let Ok(batch) = self.rx.recv() {
+            let batch = self.took(batch);
+            self.state.abandon(batch.items);
+        }
+        for slot in &self.slots {
+            if let Some(batch) = slot.take() {
+                self.state.abandon(batch.items);
+            }
+        }
+    }
+
+    /// Sends a batch a frontend took from its slot; returns whether it was sent. The
+    /// frontend counted the items as passed on when it accepted them, so on abort they are
+    /// counted as abandoned in this link (dropped by the next stage).
+    pub(crate) fn send_from_slot(
+        &self,
+        tx: &Sender<Batch<K, T>>,
+        batch: Batch<K, T>,
+        blocked: &mut Duration,
+    ) -> bool {
+        match self.send(tx, batch, blocked) {
+            Ok(()) => true,
+            Err(batch) => {
+                self.state.abandon(batch.items);
+                false
+            }
+        }
+    }
+
+    /// Wakes a sleeping consumer to come and linger on a slot that just got its first item.
+    /// A full channel needs no nudge: its consumers are not asleep.
+    pub(crate) fn nudge(&self, tx: &Sender<Batch<K, T>>) {
+        let _ = tx.try_send(Batch {
+            seq: NUDGE,
+            items: Vec::new(),
+        });
+    }
+}

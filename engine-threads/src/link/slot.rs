@@ -1,0 +1,149 @@
+//! A frontend thread's open batch, under a mutex, where idle consumers and the coordinator can
+//! reach it while the frontend is blocked in `produce`.
+
+use std::sync::Mutex;
+
+use crossbeam_channel::Sender;
+use engine_core::Counts;
+use engine_core::plumbing::{Ticket, lock};
+
+use super::batch::{Batch, BatchSender};
+use super::sizing::LinkState;
+
+/// A frontend thread's open batch, reachable by consumers and by the coordinator.
+#[derive(Debug)]
+pub(crate) struct FrontSlot<K, T> {
+    inner: Mutex<SlotInner<K, T>>,
+}
+
+#[derive(Debug)]
+struct SlotInner<K, T> {
+    buf: Vec<(K, T)>,
+    /// `None` once the slot is closed.
+    sender: Option<Sender<Batch<K, T>>>,
+    /// The frontend thread's counts, kept here so that they are exact whenever the slot is
+    /// read, even if the thread is stuck in `produce`.
+    counts: Counts,
+    next_seq: u64,
+    closed: bool,
+}
+
+/// What became of an item offered to a slot.
+pub(crate) enum Offer<K, T> {
+    /// Accepted and buffered.
+    Kept,
+    /// Accepted as the slot's first item while a consumer sleeps: nudge it with this sender.
+    Nudge(Sender<Batch<K, T>>),
+    /// Accepted; the batch is full and must now be sent with this sender.
+    Send(Sender<Batch<K, T>>, Batch<K, T>),
+    /// The slot was closed by a stop: the item was not accepted.
+    Closed(K, T),
+}
+
+impl<K: Ticket, T: Send> FrontSlot<K, T> {
+    /// An open, empty slot that sends with `sender`.
+    pub(super) fn new(sender: BatchSender<K, T>) -> Self {
+        Self {
+            inner: Mutex::new(SlotInner {
+                buf: Vec::new(),
+                sender: Some(sender),
+                counts: Counts::default(),
+                next_seq: 0,
+                closed: false,
+            }),
+        }
+    }
+
+    /// Offers a produced item.
+    #[inline]
+    pub(crate) fn offer(&self, state: &LinkState, ticket: K, item: T) -> Offer<K, T> {
+        let mut inner = lock(&self.inner);
+        if inner.closed {
+            return Offer::Closed(ticket, item);
+        }
+        inner.counts.input += 1;
+        inner.counts.output += 1;
+        if inner.buf.capacity() == 0 {
+            inner.buf.reserve_exact(state.max_batch);
+        }
+        inner.buf.push((ticket, item));
+        let len = inner.buf.len();
+        if state.is_full(len) {
+            let batch = inner.take_batch();
+            return Offer::Send(inner.sender(), batch);
+        }
+        // Read under the lock: see `Link::recv`.
+        if len == 1 && state.has_sleepers() {
+            return Offer::Nudge(inner.sender());
+        }
+        Offer::Kept
+    }
+
+    /// Counts a failed `produce` call; returns false if the slot is already closed.
+    pub(crate) fn count_failure(&self) -> bool {
+        let mut inner = lock(&self.inner);
+        if inner.closed {
+            return false;
+        }
+        inner.counts.input += 1;
+        inner.counts.failed += 1;
+        true
+    }
+
+    /// Takes the open batch, if it has items.
+    pub(crate) fn take(&self) -> Option<Batch<K, T>> {
+        let mut inner = lock(&self.inner);
+        (!inner.buf.is_empty()).then(|| inner.take_batch())
+    }
+
+    /// Closes the slot: no item is accepted any more, and the channel loses this sender. What
+    /// is buffered stays for consumers to take. Returns whether it was open.
+    pub(crate) fn close(&self) -> bool {
+        let mut inner = lock(&self.inner);
+        inner.sender = None;
+        !std::mem::replace(&mut inner.closed, true)
+    }
+
+    /// Closes the slot at the end of its frontend thread, returning the last partial batch and
+    /// a sender to send it with (unless the coordinator closed the slot first, leaving the
+    /// batch for consumers to take).
+    pub(crate) fn finish(&self) -> Option<(BatchSender<K, T>, Batch<K, T>)> {
+        let mut inner = lock(&self.inner);
+        inner.closed = true;
+        let sender = inner.sender.take()?;
+        (!inner.buf.is_empty()).then(|| (sender, inner.take_batch()))
+    }
+
+    pub(crate) fn counts(&self) -> Counts {
+        lock(&self.inner).counts
+    }
+
+    /// The sequence number of the next batch taken from the slot.
+    pub(crate) fn next_seq(&self) -> u64 {
+        lock(&self.inner).next_seq
+    }
+
+    /// A sender, while the slot is open.
+    pub(super) fn sender(&self) -> Option<BatchSender<K, T>> {
+        lock(&self.inner).sender.clone()
+    }
+
+    pub(crate) fn buffered(&self) -> usize {
+        lock(&self.inner).buf.len()
+    }
+}
+
+impl<K, T> SlotInner<K, T> {
+    fn take_batch(&mut self) -> Batch<K, T> {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        Batch {
+            seq,
+            items: std::mem::take(&mut self.buf),
+        }
+    }
+
+    fn sender(&self) -> Sender<Batch<K, T>> {
+        self.sender.clone().expect("an open slot has its sender")
+    }
+}
