@@ -12,14 +12,16 @@ use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, after, bounded, select};
+use engine_core::plumbing::lock;
 use engine_core::protocol::{Address, Frame, Hello, ProtocolError};
 use ipc_channel::ipc::{self, IpcOneShotServer, IpcReceiver, IpcSender};
 
+use crate::codes::EXIT_BOOT_FAILED;
 use crate::error::{ExitHow, SpawnError};
 use crate::wire::{Packet, recv_frame, send_frame};
 
@@ -102,7 +104,7 @@ pub fn init() {
         Ok((entry, server)) => entry(server),
         Err(reason) => {
             tracing::error!("engine-proc worker cannot start: {reason}");
-            crate::program::EXIT_BOOT_FAILED
+            EXIT_BOOT_FAILED
         }
     };
     std::process::exit(code);
@@ -281,10 +283,6 @@ impl Live {
             }
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Blocks until the child `pid` has ended, without reaping it.

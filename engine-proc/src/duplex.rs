@@ -9,8 +9,8 @@ use ipc_channel::ipc::{IpcReceiver, IpcSender};
 use serde::Serialize;
 
 use crate::boot::{self, Process, address_at, offset_of};
+use crate::codes::{EXIT_BOOT_FAILED, INIT};
 use crate::error::{ExitHow, ProcError, SpawnError};
-use crate::program::{EXIT_BOOT_FAILED, INIT};
 use crate::wire::{self, Packet, RecvError, send_envelope};
 
 /// A child's code: runs with its end of the pipe; an error is logged and makes the exit

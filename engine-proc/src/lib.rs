@@ -93,6 +93,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod boot;
+mod codes;
 mod driver;
 mod duplex;
 mod error;

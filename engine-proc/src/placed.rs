@@ -3,9 +3,9 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 
-use engine_core::plumbing::{Finished, ItemOutcome, Offload};
+use engine_core::plumbing::{Finished, ItemOutcome, Offload, lock};
 use engine_core::protocol::TaskId;
 use engine_core::{StageContext, StageError, StopLevel};
 
@@ -61,10 +61,6 @@ impl<W: Program> fmt::Debug for Slot<W> {
         };
         f.debug_struct("Slot").field("state", &state).finish()
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// A stop of the run reaches the workers' stage code; only a stop now kills them. A graceful

@@ -2,12 +2,12 @@
 //! loop.
 
 use std::any::type_name;
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::OnceLock;
 use std::thread;
 use std::time::Instant;
 
 use crossbeam_channel::Receiver;
+use engine_core::plumbing::catch_panic;
 use engine_core::protocol::{Address, Envelope, Frame, Kind, TaskId, from_bytes, to_bytes};
 use engine_core::{StageError, StopHandle, StopLevel};
 use ipc_channel::ipc::IpcReceiver;
@@ -15,19 +15,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::boot::{self, Connection};
+use crate::codes::{EXIT_BOOT_FAILED, EXIT_CHANNEL_FAILED, EXIT_INIT_FAILED, INIT, STOP};
 use crate::wire::{Packet, RecvError, recv_frame, send_envelope};
-
-/// Exit code of a worker whose bootstrap failed (bad environment, no master).
-pub(crate) const EXIT_BOOT_FAILED: i32 = 86;
-/// Exit code of a worker whose [`Worker::init`] failed.
-pub(crate) const EXIT_INIT_FAILED: i32 = 87;
-/// Exit code of a worker whose channel to the master failed.
-pub(crate) const EXIT_CHANNEL_FAILED: i32 = 88;
-
-/// The kind of the message that carries a worker's init arguments.
-pub(crate) const INIT: &str = "engine.init";
-/// The kind of the message that tells a worker the run's stop level.
-pub(crate) const STOP: &str = "engine.stop";
 
 /// This worker process's view of the master's stop handle.
 static WORKER_STOP: OnceLock<StopHandle> = OnceLock::new();
@@ -186,8 +175,11 @@ pub(crate) fn pool_entry<W: Program>(server: String) -> i32 {
             other => tracing::warn!("pool worker: unexpected {other} message"),
         }
     };
-    if catch_unwind(AssertUnwindSafe(|| worker.cleanup())).is_err() {
-        tracing::error!("pool worker: cleanup panicked");
+    if let Err(error) = catch_panic(|| {
+        worker.cleanup();
+        Ok(())
+    }) {
+        tracing::error!("pool worker: cleanup {error:#}");
     }
     code
 }
@@ -204,7 +196,7 @@ fn init_worker<W: Program>(conn: &Connection) -> Result<W, StageError> {
         Err(error) => return Err(StageError::new(error)),
     };
     let init = envelope.body::<W::Init>().map_err(StageError::new)?;
-    engine_core::plumbing::catch_panic(|| W::init(init))
+    catch_panic(|| W::init(init))
 }
 
 /// Runs a batch, each task inside `catch_unwind`, and encodes the reply.
@@ -215,11 +207,7 @@ fn run_batch<W: Program>(
     let started = Instant::now();
     let results: Vec<(TaskId, Result<W::Output, StageError>)> = tasks
         .into_iter()
-        .map(|(id, task)| {
-            let result = catch_unwind(AssertUnwindSafe(|| worker.run(task)))
-                .unwrap_or_else(|payload| Err(StageError::from_panic(payload)));
-            (id, result)
-        })
+        .map(|(id, task)| (id, catch_panic(|| worker.run(task))))
         .collect();
     let busy = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
     match to_bytes(&(busy, &results)) {

@@ -16,9 +16,10 @@
 //! speed, never correctness.
 
 use std::ptr::NonNull;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Mutex, PoisonError};
 
+use engine_core::plumbing::lock;
 use engine_core::protocol::ProtocolError;
 use ipc_channel::ipc::IpcSharedMemory;
 
@@ -92,7 +93,7 @@ impl Lease {
 
 /// A region holding `body`, to send; and the lease on it.
 pub(crate) fn lease(body: &[u8]) -> (IpcSharedMemory, Lease) {
-    let mut kept = KEPT.lock().unwrap_or_else(PoisonError::into_inner);
+    let mut kept = lock(&KEPT);
     let free = smallest_free(&kept, body.len());
     let Some(index) = free.or_else(|| make_room(&mut kept, body.len())) else {
         drop(kept);

@@ -11,9 +11,9 @@ use engine_core::protocol::{Address, Envelope, Frame, Kind, to_bytes};
 use engine_core::{RestartDecision, RestartPolicy, RestartTracker, StageError, StopHandle};
 
 use crate::boot::{self, Spawned, address_at, offset_of};
+use crate::codes::{EXIT_BOOT_FAILED, EXIT_CHANNEL_FAILED, INIT};
 use crate::error::{ExitHow, ProcError, SpawnError};
 use crate::node::{Handlers, MAIN, Node, NodeStats, WorkerInit};
-use crate::program::{EXIT_BOOT_FAILED, EXIT_CHANNEL_FAILED, INIT};
 use crate::wire::{self, Packet, RecvError, send_envelope, send_frame};
 
 /// A router worker's code: registers its handlers (and periodic action) on `Handlers`. A

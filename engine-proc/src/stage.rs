@@ -4,10 +4,9 @@
 use std::any::{Any, type_name};
 use std::fmt;
 use std::marker::PhantomData;
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::Duration;
 
-use engine_core::plumbing::{ItemOutcome, Offload};
+use engine_core::plumbing::{ItemOutcome, Offload, catch_panic};
 use engine_core::protocol::{from_bytes, to_bytes};
 use engine_core::{
     AppConfig, Backend, RestartPolicy, StageContext, StageError, StageKind, Transport,
@@ -512,11 +511,6 @@ impl<S: RemoteBackend, C: PortableConfig> Backend for ProcBackend<S, C> {
     }
 }
 
-/// Runs stage code on one item, turning a panic into an error.
-fn guarded<T>(f: impl FnOnce() -> Result<T, StageError>) -> Result<T, StageError> {
-    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|payload| Err(StageError::from_panic(payload)))
-}
-
 /// A pool's transport inside its worker process: one item per task.
 pub(crate) struct InItem<S> {
     stage: S,
@@ -603,14 +597,14 @@ impl<S: RemoteTransport, C: PortableConfig> Program for InTransport<S, C> {
                 .into_iter()
                 .map(|item| {
                     let mut outputs = Vec::new();
-                    let result = guarded(|| stage.transport_each(item, ctx, &mut outputs));
+                    let result = catch_panic(|| stage.transport_each(item, ctx, &mut outputs));
                     ItemOutcome::of_many(result.map(|()| outputs))
                 })
                 .collect());
         }
         Ok(items
             .into_iter()
-            .map(|item| ItemOutcome::of(guarded(|| stage.transport(item, ctx))))
+            .map(|item| ItemOutcome::of(catch_panic(|| stage.transport(item, ctx))))
             .collect())
     }
 
@@ -642,13 +636,13 @@ impl<S: RemoteBackend, C: PortableConfig> Program for InBackend<S, C> {
         let (stage, ctx) = (&mut self.stage, &self.ctx);
         let mut outcomes: Vec<ItemOutcome<()>> = items
             .into_iter()
-            .map(|item| match guarded(|| stage.process(item, ctx)) {
+            .map(|item| match catch_panic(|| stage.process(item, ctx)) {
                 Ok(()) => ItemOutcome::Done(()),
                 Err(error) => ItemOutcome::Failed(error),
             })
             .collect();
         // What was processed is settled only once it is flushed.
-        if let Err(error) = guarded(|| stage.flush(ctx)) {
+        if let Err(error) = catch_panic(|| stage.flush(ctx)) {
             let message = format!("{error:#}");
             for outcome in &mut outcomes {
                 if matches!(outcome, ItemOutcome::Done(())) {

@@ -4,20 +4,21 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
-use engine_core::plumbing::fit_batch;
+use engine_core::plumbing::{fit_batch, lock};
 use engine_core::protocol::{Address, Envelope, Frame, Kind, ProtocolError, TaskId, to_bytes};
 use engine_core::{Restart, RestartPolicy, StageError, StopHandle, StopLevel, StopSubscription};
 use ipc_channel::ipc::IpcSender;
 
 use crate::boot::{self, Live, Spawned};
+use crate::codes::{INIT, STOP};
 use crate::error::{ExitHow, SpawnError, TaskError};
 use crate::pool::{Completion, DEFAULT_MAX_BATCH, TaskResult};
-use crate::program::{INIT, Program, STOP, kind_of, pool_entry};
+use crate::program::{Program, kind_of, pool_entry};
 use crate::wire::{self, Packet, RecvError, send_envelope};
 
 /// How long a batch should keep a worker busy; batches grow or shrink towards it, so that
@@ -177,10 +178,6 @@ impl Default for Config {
             name: "pool".to_owned(),
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl<W: Program> Shared<W> {
