@@ -9,13 +9,57 @@ use engine_core::plumbing::{Outcome, TrackedFrontend};
 use engine_core::{StageContext, StageError};
 
 use crate::counters::ThreadStats;
+use crate::factory::Factory;
 use crate::input::Window;
 use crate::link::{FrontSlot, Link, Offer, complete};
-use crate::shared::{Flow, Shared, cleanup, guarded};
+use crate::shared::{Event, Flow, Shared, cleanup, guarded, last_resort, stage_span};
 
-/// A frontend thread: make the stage, produce until the source ends or the run stops. Returns
-/// the time spent outside blocking sends.
-pub(crate) fn run_frontend<F>(
+/// What a frontend thread needs, moved to it.
+pub(crate) struct FrontendThread<F: TrackedFrontend> {
+    pub(crate) index: usize,
+    pub(crate) factory: Factory<F>,
+    pub(crate) link: Arc<Link<F::Ticket, F::Item>>,
+    pub(crate) window: Option<Arc<Window>>,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) stats: Arc<ThreadStats>,
+}
+
+impl<F> FrontendThread<F>
+where
+    F: TrackedFrontend,
+    F::Item: Send + 'static,
+{
+    /// The thread's body, with the last-resort guard; tells the coordinator when it ends.
+    pub(crate) fn run(self, ctx: StageContext) {
+        let _span = stage_span(&ctx).entered();
+        let Self {
+            index,
+            factory,
+            link,
+            window,
+            shared,
+            stats,
+        } = self;
+        let slot = Arc::clone(&link.slots()[index]);
+        let (guard_ctx, guard_shared, guard_slot) =
+            (ctx.clone(), Arc::clone(&shared), Arc::clone(&slot));
+        let events = shared.events.clone();
+        let busy = last_resort(
+            &guard_ctx,
+            &guard_shared,
+            || work(|ctx| factory(ctx), ctx, slot, link, window, shared, stats),
+            || {
+                guard_slot.close();
+                Duration::ZERO
+            },
+        );
+        let _ = events.send(Event::FrontendDone { index, busy });
+    }
+}
+
+/// What a frontend thread does, inside its guard: make the stage, produce until the source
+/// ends or the run stops. Returns the time spent outside blocking sends.
+fn work<F>(
     make: impl FnOnce(&StageContext) -> F,
     ctx: StageContext,
     slot: Arc<FrontSlot<F::Ticket, F::Item>>,

@@ -5,7 +5,7 @@ use std::fmt;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender};
 use engine_core::plumbing::{Ticket, TrackedFrontend};
@@ -14,15 +14,15 @@ use engine_core::{
 };
 
 use crate::consumer::{BackendStage, Consume, TransportStage, run_consumer};
-use crate::counters::{ThreadResult, ThreadStats};
+use crate::counters::ThreadStats;
 use crate::error::EngineError;
 use crate::factory::{Factory, Present};
-use crate::frontend::run_frontend;
+use crate::frontend::FrontendThread;
 use crate::input::{Input, Window};
 use crate::link::{Abort, AbortTrigger, Link, LinkView, Sizing, abort_pair};
 use crate::plan::{Options, Plan};
 use crate::run::{ConsumerStage, Run};
-use crate::shared::{Event, Shared, last_resort};
+use crate::shared::{Event, Shared};
 use crate::stages::{self, Stages};
 use crate::stats::{ConsumerProbe, FrontendProbe, StageProbe, StatsSource};
 
@@ -263,7 +263,7 @@ impl<K: Ticket, I: Send + 'static> Launcher<K, I> {
             };
             let (make, shared) = (per_thread(), Arc::clone(&self.shared));
             let thread_stats = Arc::clone(&stats);
-            let body = move || consumer_body(make, ctx, input, thread_stats, shared);
+            let body = move || run_consumer(make, ctx, input, thread_stats, shared);
             stage
                 .handles
                 .push(spawn(format!("{}-{index}", stage.name), body)?);
@@ -342,49 +342,6 @@ impl<K: Ticket, I: Send + 'static> Launcher<K, I> {
     }
 }
 
-/// What a frontend thread needs, moved to it.
-struct FrontendThread<F: TrackedFrontend> {
-    index: usize,
-    factory: Factory<F>,
-    link: Arc<Link<F::Ticket, F::Item>>,
-    window: Option<Arc<Window>>,
-    shared: Arc<Shared>,
-    stats: Arc<ThreadStats>,
-}
-
-impl<F> FrontendThread<F>
-where
-    F: TrackedFrontend,
-    F::Item: Send + 'static,
-{
-    /// The thread's body, with the last-resort guard; tells the coordinator when it ends.
-    fn run(self, ctx: StageContext) {
-        let _span = stage_span(&ctx).entered();
-        let Self {
-            index,
-            factory,
-            link,
-            window,
-            shared,
-            stats,
-        } = self;
-        let slot = Arc::clone(&link.slots()[index]);
-        let (guard_ctx, guard_shared, guard_slot) =
-            (ctx.clone(), Arc::clone(&shared), Arc::clone(&slot));
-        let events = shared.events.clone();
-        let busy = last_resort(
-            &guard_ctx,
-            &guard_shared,
-            || run_frontend(|ctx| factory(ctx), ctx, slot, link, window, shared, stats),
-            || {
-                guard_slot.close();
-                Duration::ZERO
-            },
-        );
-        let _ = events.send(Event::FrontendDone { index, busy });
-    }
-}
-
 /// Starts a named thread.
 pub(crate) fn spawn<R: Send + 'static>(
     name: String,
@@ -397,44 +354,4 @@ pub(crate) fn spawn<R: Send + 'static>(
             thread: name,
             source,
         })
-}
-
-/// A consumer thread's body, with the last-resort guard.
-fn consumer_body<K, S>(
-    make: impl FnOnce(&StageContext) -> S,
-    ctx: StageContext,
-    input: Input<K, S::Input>,
-    stats: Arc<ThreadStats>,
-    shared: Arc<Shared>,
-) -> ThreadResult
-where
-    K: Ticket,
-    S: Consume<K>,
-{
-    let _span = stage_span(&ctx).entered();
-    let (guard_ctx, guard_shared, guard_stats) =
-        (ctx.clone(), Arc::clone(&shared), Arc::clone(&stats));
-    last_resort(
-        &guard_ctx,
-        &guard_shared,
-        || run_consumer(make, ctx, input, stats, shared),
-        || {
-            guard_shared.done();
-            ThreadResult {
-                counts: guard_stats.read(),
-                busy: Duration::ZERO,
-            }
-        },
-    )
-}
-
-/// The span a stage thread runs in: what it logs (a failed item, say) names its stage, kind
-/// and index, so `RUST_LOG` filters and any subscriber see where it happened.
-fn stage_span(ctx: &StageContext) -> tracing::Span {
-    tracing::info_span!(
-        "stage",
-        stage = ctx.stage(),
-        kind = ctx.kind().as_str(),
-        index = ctx.index()
-    )
 }

@@ -194,3 +194,14 @@ pub(crate) fn cleanup(ctx: &StageContext, f: impl FnOnce()) {
         );
     }
 }
+
+/// The span a stage thread runs in: what it logs (a failed item, say) names its stage, kind
+/// and index, so `RUST_LOG` filters and any subscriber see where it happened.
+pub(crate) fn stage_span(ctx: &StageContext) -> tracing::Span {
+    tracing::info_span!(
+        "stage",
+        stage = ctx.stage(),
+        kind = ctx.kind().as_str(),
+        index = ctx.index()
+    )
+}

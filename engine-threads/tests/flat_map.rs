@@ -346,12 +346,9 @@ impl Transport for Elsewhere {
     type Input = u64;
     type Output = u64;
 
-    fn transport(&mut self, x: u64, _ctx: &StageContext) -> Result<Option<u64>, StageError> {
-        Ok(Some(x))
-    }
-
-    fn emits_many(&self) -> bool {
-        true
+    /// Never called: the engine hands an offloading stage whole batches.
+    fn transport(&mut self, _x: u64, _ctx: &StageContext) -> Result<Option<u64>, StageError> {
+        Err(StageError::msg("this stage runs its items elsewhere"))
     }
 
     fn offload(&mut self) -> Option<&mut dyn Offload<Input = u64, Output = u64>> {

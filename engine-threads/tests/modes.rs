@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::{Collect, PATIENCE, spin, wait_until};
 use engine_core::plumbing::{Outcome, Ticket, TrackedFrontend};
-use engine_core::{RunEnd, StageContext, StageError, StageKind, filter_map};
+use engine_core::{RunEnd, RunReport, StageContext, StageError, StageKind, filter_map};
 use engine_threads::{Engine, EngineError};
 
 /// A transport that takes longer on some items, so that threads overtake each other.
@@ -475,39 +475,64 @@ impl TrackedFrontend for DurableSource {
     }
 }
 
-#[test]
-fn a_buffering_backend_has_its_items_settled_only_after_its_flush() {
-    const N: u64 = 20_000;
+/// What a run of `N` items through a [`Buffered`] backend gave: its report, what the sink
+/// wrote, and what each ticket heard.
+struct BufferedRun {
+    report: RunReport,
+    written: Vec<u64>,
+    outcomes: Vec<(u64, &'static str)>,
+}
+
+const BUFFERED_ITEMS: u64 = 20_000;
+
+/// Runs `BUFFERED_ITEMS` items through a buffering backend on `threads` threads, whose every
+/// third flush fails if it is `flaky`.
+fn run_buffered(threads: usize, flaky: bool) -> BufferedRun {
     let written = Arc::new(Mutex::new(Vec::new()));
     let outcomes = Arc::new(Mutex::new(Vec::new()));
     let sink_written = Arc::clone(&written);
-    let report = Engine::builder(DurableSource(
+    let source = DurableSource(
         0,
-        N,
+        BUFFERED_ITEMS,
         Arc::clone(&written),
         Arc::clone(&outcomes),
-    ))
-    .backend_with(move |_| Buffered {
-        buffer: Vec::new(),
-        written: Arc::clone(&sink_written),
-        flushes: 0,
-        flaky: false,
-    })
-    .backend_threads(2)
-    .queue_capacity(256)
-    .run()
-    .unwrap();
+    );
+    let report = Engine::builder(source)
+        .backend_with(move |_: &StageContext| Buffered {
+            buffer: Vec::new(),
+            written: Arc::clone(&sink_written),
+            flushes: 0,
+            flaky,
+        })
+        .backend_threads(threads)
+        .queue_capacity(256)
+        .run()
+        .unwrap();
     report.check().unwrap();
-    assert_eq!(report.processed(), N);
-    let mut written = written.lock().unwrap().clone();
+    let written = written.lock().unwrap().clone();
+    let outcomes = outcomes.lock().unwrap().clone();
+    BufferedRun {
+        report,
+        written,
+        outcomes,
+    }
+}
+
+#[test]
+fn a_buffering_backend_has_its_items_settled_only_after_its_flush() {
+    let BufferedRun {
+        report,
+        mut written,
+        outcomes,
+    } = run_buffered(2, false);
+    assert_eq!(report.processed(), BUFFERED_ITEMS);
     written.sort_unstable();
     assert_eq!(
         written,
-        (0..N).collect::<Vec<_>>(),
+        (0..BUFFERED_ITEMS).collect::<Vec<_>>(),
         "the last buffer was flushed too"
     );
-    let outcomes = outcomes.lock().unwrap();
-    assert_eq!(outcomes.len() as u64, N);
+    assert_eq!(outcomes.len() as u64, BUFFERED_ITEMS);
     assert!(
         outcomes.iter().all(|(_, what)| *what == "processed"),
         "{outcomes:?}"
@@ -516,33 +541,16 @@ fn a_buffering_backend_has_its_items_settled_only_after_its_flush() {
 
 #[test]
 fn a_failed_flush_fails_every_item_it_covered_and_the_counts_still_add_up() {
-    const N: u64 = 20_000;
-    let written = Arc::new(Mutex::new(Vec::new()));
-    let outcomes = Arc::new(Mutex::new(Vec::new()));
-    let sink_written = Arc::clone(&written);
-    let report = Engine::builder(DurableSource(
-        0,
-        N,
-        Arc::clone(&written),
-        Arc::clone(&outcomes),
-    ))
-    .backend_with(move |_| Buffered {
-        buffer: Vec::new(),
-        written: Arc::clone(&sink_written),
-        flushes: 0,
-        flaky: true,
-    })
-    .queue_capacity(256)
-    .run()
-    .unwrap();
-    report.check().unwrap();
-    let written = written.lock().unwrap().len() as u64;
-    let outcomes = outcomes.lock().unwrap();
+    let BufferedRun {
+        report,
+        written,
+        outcomes,
+    } = run_buffered(1, true);
     let failed = outcomes.iter().filter(|(_, w)| *w == "failed").count() as u64;
     let processed = outcomes.iter().filter(|(_, w)| *w == "processed").count() as u64;
     assert!(failed > 0, "some flushes failed");
-    assert_eq!(processed, written);
-    assert_eq!(processed + failed, N, "{outcomes:?}");
+    assert_eq!(processed, written.len() as u64);
+    assert_eq!(processed + failed, BUFFERED_ITEMS, "{outcomes:?}");
     assert_eq!(report.processed(), processed);
     assert_eq!(report.failed(), failed);
 }

@@ -23,7 +23,7 @@ pub(crate) use transport::TransportStage;
 use crate::counters::{ThreadResult, ThreadStats};
 use crate::input::Input;
 use crate::link::complete;
-use crate::shared::{Flow, Shared, cleanup, guarded};
+use crate::shared::{Flow, Shared, cleanup, guarded, last_resort, stage_span};
 
 /// A transport or a backend, as the consumer loop drives it.
 pub(crate) trait Consume<K: Ticket> {
@@ -156,8 +156,9 @@ fn make_stage<K: Ticket, S: Consume<K>>(
     setup.map_err(|error| shared.fail(ctx, error, true)).ok()
 }
 
-/// A transport or backend thread: make the stage, consume batches until the input ends or the
-/// run aborts, clean up.
+/// A transport or backend thread's body: make the stage, consume batches until the input
+/// ends or the run aborts, clean up. Should anything escape (a panic in an item's `Drop`,
+/// say), the run fails and the thread still reports what it counted.
 pub(crate) fn run_consumer<K, S>(
     make: impl FnOnce(&StageContext) -> S,
     ctx: StageContext,
@@ -169,8 +170,35 @@ where
     K: Ticket,
     S: Consume<K>,
 {
+    let _span = stage_span(&ctx).entered();
+    last_resort(
+        &ctx,
+        &shared,
+        || work(make, &ctx, input, &stats, &shared),
+        || {
+            shared.done();
+            ThreadResult {
+                counts: stats.read(),
+                busy: Duration::ZERO,
+            }
+        },
+    )
+}
+
+/// What a consumer thread does, inside its guard.
+fn work<K, S>(
+    make: impl FnOnce(&StageContext) -> S,
+    ctx: &StageContext,
+    input: Input<K, S::Input>,
+    stats: &ThreadStats,
+    shared: &Shared,
+) -> ThreadResult
+where
+    K: Ticket,
+    S: Consume<K>,
+{
     let t = Instant::now();
-    let stage = make_stage(make, &ctx, &shared);
+    let stage = make_stage(make, ctx, shared);
     let busy = t.elapsed();
     let Some(stage) = stage else {
         shared.done();
@@ -182,11 +210,8 @@ where
     let mut consumer = Consumer {
         stage,
         input,
-        at: Here {
-            ctx: &ctx,
-            shared: &shared,
-        },
-        stats: &stats,
+        at: Here { ctx, shared },
+        stats,
         counts: Counts::default(),
         busy,
     };
@@ -198,7 +223,7 @@ where
     consumer.end(clean_end);
 
     let t = Instant::now();
-    cleanup(&ctx, || consumer.stage.cleanup(&ctx));
+    cleanup(ctx, || consumer.stage.cleanup(ctx));
     consumer.busy += t.elapsed();
     shared.done();
     ThreadResult {
