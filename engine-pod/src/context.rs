@@ -13,11 +13,12 @@ use crate::run::Run;
 use crate::shared::{PodShared, index};
 use crate::state::{BeanId, BeanState, BeanStatus, ControlError, ReadyError, SignalEvent, Target};
 
-/// A bean's handle on the pod, given to each run of the bean. Cloning it is cheap (one
-/// reference count).
+/// A bean's handle on the pod, given to each run of the bean. Cloning it is cheap (two
+/// reference counts).
 #[derive(Clone)]
 pub struct BeanContext {
     pub(crate) run: Arc<Run>,
+    pub(crate) pod: Arc<PodShared>,
 }
 
 impl fmt::Debug for BeanContext {
@@ -33,7 +34,7 @@ impl fmt::Debug for BeanContext {
 impl BeanContext {
     /// The pod this bean runs in.
     fn pod(&self) -> &PodShared {
-        &self.run.pod
+        &self.pod
     }
 
     /// This bean's id.
@@ -184,12 +185,12 @@ impl BeanContext {
     /// Resolves when this bean is asked to stop: the pod stops, or the bean alone is stopped
     /// or restarted.
     pub async fn stopping(&self) {
-        self.run.stopping().await;
+        self.run.stopping(&self.pod.beans).await;
     }
 
     /// Whether this bean is asked to stop.
     pub fn is_stopping(&self) -> bool {
-        self.run.is_stopping()
+        self.run.is_stopping(&self.pod.beans)
     }
 
     /// This run's stop handle, a child of the bean's, itself a child of the pod's. Hand it
@@ -197,7 +198,8 @@ impl BeanContext {
     /// [`child`](StopHandle::child) of it for a sub-task; a blocking bean can
     /// [`wait`](StopHandle::wait) on it.
     pub fn stop_handle(&self) -> &StopHandle {
-        self.run.stop_handle()
+        self.run
+            .stop_handle(|| self.pod.bean_stop_handle(self.run.id))
     }
 
     /// Asks the whole pod to stop gracefully, as SIGTERM would.

@@ -19,12 +19,12 @@ use crate::supervise::supervise;
 /// The driver's state; [`run`](Self::run) is its loop.
 pub(crate) struct Driver {
     shared: Arc<PodShared>,
+    /// Every bean's spec, by bean index: each supervisor runs a clone.
+    specs: Vec<BeanSpec>,
     /// The running supervisors, by bean index, to cancel them at the deadline.
     tasks: Vec<Option<AbortHandle>>,
     /// How many supervisors have not reported their end yet.
     live: usize,
-    /// The specs of beans that ended for good, by bean index, to start them again on request.
-    ended: Vec<Option<BeanSpec>>,
     /// Beans asked to start again before their end was noticed.
     respawn_wanted: HashSet<BeanId>,
     commands: mpsc::UnboundedReceiver<Command>,
@@ -41,13 +41,13 @@ impl Driver {
         shared: Arc<PodShared>,
         commands: mpsc::UnboundedReceiver<Command>,
         subscription: StopSubscription,
+        specs: Vec<BeanSpec>,
     ) -> Self {
-        let beans = shared.slots().len();
         Self {
             shared,
-            tasks: std::iter::repeat_with(|| None).take(beans).collect(),
+            tasks: std::iter::repeat_with(|| None).take(specs.len()).collect(),
+            specs,
             live: 0,
-            ended: std::iter::repeat_with(|| None).take(beans).collect(),
             respawn_wanted: HashSet::new(),
             commands,
             deadline: None,
@@ -57,12 +57,21 @@ impl Driver {
         }
     }
 
-    /// Starts the supervisor of bean `id`.
-    pub(crate) fn spawn(&mut self, id: BeanId, spec: BeanSpec) {
-        let task = tokio::spawn(supervise(Arc::clone(&self.shared), id, spec));
-        if let Some(slot) = index(id).and_then(|i| self.tasks.get_mut(i)) {
-            *slot = Some(task.abort_handle());
+    /// Starts every bean's supervisor, in id order.
+    pub(crate) fn spawn_all(&mut self) {
+        for id in (1..=self.specs.len() as u64).map(BeanId) {
+            self.spawn(id);
         }
+    }
+
+    /// Starts the supervisor of bean `id`.
+    fn spawn(&mut self, id: BeanId) {
+        let Some(i) = index(id).filter(|i| *i < self.specs.len()) else {
+            return;
+        };
+        let spec = self.specs[i].clone();
+        let task = tokio::spawn(supervise(Arc::clone(&self.shared), id, spec));
+        self.tasks[i] = Some(task.abort_handle());
         self.live += 1;
     }
 
@@ -104,13 +113,14 @@ impl Driver {
     /// A request from a context or the control API, or a supervisor's end.
     fn on_command(&mut self, command: Command) {
         match command {
-            Command::Ended(id, spec) => self.on_end(id, spec),
+            Command::Ended { id, cancelled } => self.on_end(id, cancelled),
             Command::Respawn(id) if !self.stopping => {
-                match index(id).and_then(|i| self.ended.get_mut(i)?.take()) {
-                    Some(spec) => self.respawn(id, spec),
-                    None => {
-                        self.respawn_wanted.insert(id);
-                    }
+                let running = index(id).and_then(|i| self.tasks.get(i)?.as_ref());
+                if running.is_some() {
+                    // Its end is not noticed yet: started again once it is.
+                    self.respawn_wanted.insert(id);
+                } else {
+                    self.respawn(id);
                 }
             }
             Command::Respawn(id) => {
@@ -119,22 +129,19 @@ impl Driver {
         }
     }
 
-    /// A supervisor ended: its bean ended for good (`spec` given) or was cancelled.
-    fn on_end(&mut self, id: BeanId, spec: Option<BeanSpec>) {
+    /// A supervisor ended: its bean ended for good, or it was cancelled.
+    fn on_end(&mut self, id: BeanId, cancelled: bool) {
         self.live -= 1;
-        let Some(i) = index(id) else { return };
-        if let Some(task) = self.tasks.get_mut(i) {
+        if let Some(task) = index(id).and_then(|i| self.tasks.get_mut(i)) {
             *task = None;
         }
-        let Some(spec) = spec else {
+        if cancelled {
             self.cancelled(id);
             return;
-        };
+        }
         tracing::debug!(bean = %id, "bean ended for good");
         if self.respawn_wanted.remove(&id) && !self.stopping {
-            self.respawn(id, spec);
-        } else if let Some(ended) = self.ended.get_mut(i) {
-            *ended = Some(spec);
+            self.respawn(id);
         }
     }
 
@@ -144,7 +151,7 @@ impl Driver {
         self.stopping = true;
         // Sent by the handle's callback already, unless the pod started stopped.
         self.shared.send_stop_signal();
-        self.shared.reach_beans();
+        self.shared.beans.reach();
         self.shared.update_all(|s| {
             if !s.state.is_final() {
                 s.state = BeanState::Stopping;
@@ -196,7 +203,7 @@ impl Driver {
     }
 
     /// Starts an ended bean again, with a new stop handle (its last one may be stopped).
-    fn respawn(&mut self, id: BeanId, spec: BeanSpec) {
+    fn respawn(&mut self, id: BeanId) {
         tracing::info!(bean = %id, "starting an ended bean again on request");
         self.shared.update(id, |s| {
             s.stop = None;
@@ -205,7 +212,7 @@ impl Driver {
             s.last_error = None;
             s.state = BeanState::Pending;
         });
-        self.spawn(id, spec);
+        self.spawn(id);
     }
 }
 

@@ -86,21 +86,22 @@ impl Pod {
             subscription = Some(stop.on_stop(move |_| {
                 if let Some(shared) = weak.upgrade() {
                     shared.send_stop_signal();
-                    shared.reach_beans();
+                    shared.beans.reach();
                     shared.wake.notify_one();
                 }
             }));
             let slots = (1..)
                 .zip(&self.beans)
-                .map(|(id, spec)| Slot::new(BeanId(id), spec))
+                .map(|(id, spec)| {
+                    let (label, core) = (spec.label.clone(), Arc::clone(&spec.core));
+                    Slot::new(BeanId(id), label, core, spec.readiness_declared())
+                })
                 .collect();
             PodShared::new(self.config, slots, stop.clone(), commands_tx)
         });
         let subscription = subscription.expect("set while the pod was made");
-        let mut driver = Driver::new(Arc::clone(&shared), commands, subscription);
-        for (id, spec) in (1..).zip(self.beans) {
-            driver.spawn(BeanId(id), spec);
-        }
+        let mut driver = Driver::new(Arc::clone(&shared), commands, subscription, self.beans);
+        driver.spawn_all();
         let driver = tokio::spawn(driver.run());
         PodHandle { shared, driver }
     }

@@ -1,11 +1,12 @@
-//! One run of a bean: what every clone of its context shares (one allocation per run), and
-//! the run's stop.
+//! One run of a bean: what every clone of its context holds of it (one allocation per run),
+//! and the run's stop.
 //!
-//! A run is asked to stop in three ways: the pod stops (one pod-wide wake-up reaches every
-//! run), its bean is stopped or restarted (the pod tells the run directly), or someone stops
-//! the run's [`StopHandle`]. That handle, a child of the bean's, itself a child of the pod's,
-//! is made the first time the run asks for it ([`Run::stop_handle`]): a bean that never
-//! hands it on costs no stop handle, and a pod stop does not walk 10,000 of them.
+//! A run is asked to stop in three ways: the pod's stop reaches the beans (one pod-wide
+//! wake-up, [`BeansStop`], reaches every run), its bean is stopped or restarted (the pod tells
+//! the run directly, [`Run::end`]), or someone stops the run's [`StopHandle`]. That handle, a
+//! child of the bean's, itself a child of the pod's, is made the first time it is asked for
+//! ([`Run::stop_handle`]): a bean that never hands it on costs no stop handle, and a pod stop
+//! does not walk 10,000 of them.
 
 use std::future::Future;
 use std::pin::pin;
@@ -16,8 +17,35 @@ use std::task::Poll;
 use engine_core::{StopHandle, StopSubscription};
 use tokio::sync::Notify;
 
-use crate::shared::PodShared;
 use crate::state::BeanId;
+
+/// The pod's stop as the beans' runs hear it: set (once) after the `"stop"` signal went out,
+/// so that the handlers hear it while their bean still runs.
+pub(crate) struct BeansStop {
+    reached: AtomicBool,
+    wake: Notify,
+}
+
+impl BeansStop {
+    pub(crate) fn new() -> Self {
+        Self {
+            reached: AtomicBool::new(false),
+            wake: Notify::new(),
+        }
+    }
+
+    /// Whether the pod's stop has reached the beans.
+    pub(crate) fn reached(&self) -> bool {
+        self.reached.load(Ordering::Acquire)
+    }
+
+    /// Lets the pod's stop reach every run, once.
+    pub(crate) fn reach(&self) {
+        if !self.reached.swap(true, Ordering::AcqRel) {
+            self.wake.notify_waiters();
+        }
+    }
+}
 
 /// What the contexts of one run share.
 pub(crate) struct Run {
@@ -27,7 +55,6 @@ pub(crate) struct Run {
     pub(crate) label: Option<Arc<str>>,
     pub(crate) core: Arc<str>,
     pub(crate) params: Arc<toml::Table>,
-    pub(crate) pod: Arc<PodShared>,
     /// Set when this run alone is asked to end: its bean was stopped or restarted.
     ended: AtomicBool,
     /// Wakes this run's waiters when it alone is asked to end.
@@ -41,7 +68,6 @@ pub(crate) struct Run {
 impl Run {
     /// A run of bean `id`; `ended` for a bean already asked to stop.
     pub(crate) fn new(
-        pod: Arc<PodShared>,
         id: BeanId,
         run_no: u64,
         names: (Option<Arc<str>>, Arc<str>),
@@ -55,7 +81,6 @@ impl Run {
             label,
             core,
             params,
-            pod,
             ended: AtomicBool::new(ended),
             wake: Notify::new(),
             handle: OnceLock::new(),
@@ -63,25 +88,25 @@ impl Run {
         }
     }
 
-    /// Whether this run is asked to stop: the stop reached the pod's beans, this run was
+    /// Whether this run is asked to stop: the pod's stop reached the beans, this run was
     /// asked to end, or its handle was stopped.
-    pub(crate) fn is_stopping(&self) -> bool {
-        self.pod.stop_reached_beans()
+    pub(crate) fn is_stopping(&self, pod: &BeansStop) -> bool {
+        pod.reached()
             || self.ended.load(Ordering::Acquire)
             || self.handle.get().is_some_and(StopHandle::is_stopping)
     }
 
     /// Resolves when this run is asked to stop.
-    pub(crate) async fn stopping(&self) {
+    pub(crate) async fn stopping(&self, pod: &BeansStop) {
         loop {
             // Made before the check: a wake-up after the check reaches them.
-            let mut pod = pin!(self.pod.beans_stopping.notified());
+            let mut all = pin!(pod.wake.notified());
             let mut own = pin!(self.wake.notified());
-            if self.is_stopping() {
+            if self.is_stopping(pod) {
                 return;
             }
             std::future::poll_fn(|cx| {
-                if pod.as_mut().poll(cx).is_ready() || own.as_mut().poll(cx).is_ready() {
+                if all.as_mut().poll(cx).is_ready() || own.as_mut().poll(cx).is_ready() {
                     Poll::Ready(())
                 } else {
                     Poll::Pending
@@ -100,11 +125,10 @@ impl Run {
         self.wake.notify_waiters();
     }
 
-    /// The run's stop handle, a child of the bean's; made on the first call.
-    pub(crate) fn stop_handle(self: &Arc<Self>) -> &StopHandle {
-        let handle = self
-            .handle
-            .get_or_init(|| self.pod.bean_stop_handle(self.id).child());
+    /// The run's stop handle, a child of the bean's (`bean` gives that); made on the first
+    /// call.
+    pub(crate) fn stop_handle(self: &Arc<Self>, bean: impl FnOnce() -> StopHandle) -> &StopHandle {
+        let handle = self.handle.get_or_init(|| bean().child());
         self.subscription.get_or_init(|| {
             let run = Arc::downgrade(self);
             handle.on_stop(move |_| {
@@ -124,52 +148,48 @@ impl Run {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::PodConfig;
 
-    fn pod() -> Arc<PodShared> {
-        let (commands, _) = tokio::sync::mpsc::unbounded_channel();
-        Arc::new(PodShared::new(
-            PodConfig::default(),
-            Vec::new(),
-            StopHandle::new(),
-            commands,
-        ))
-    }
-
-    fn run(pod: &Arc<PodShared>, ended: bool) -> Arc<Run> {
+    fn run(ended: bool) -> Arc<Run> {
         let names = (None, Arc::from("test"));
         let params = Arc::new(toml::Table::new());
-        Arc::new(Run::new(
-            Arc::clone(pod),
-            BeanId(1),
-            1,
-            names,
-            params,
-            ended,
-        ))
+        Arc::new(Run::new(BeanId(1), 1, names, params, ended))
+    }
+
+    /// Waits on `run` in a task; returns it.
+    fn waiter(run: &Arc<Run>, pod: &Arc<BeansStop>) -> tokio::task::JoinHandle<()> {
+        let (run, pod) = (Arc::clone(run), Arc::clone(pod));
+        tokio::spawn(async move { run.stopping(&pod).await })
     }
 
     #[tokio::test]
-    async fn a_run_hears_its_own_end_and_the_pods_stop() {
-        let pod = pod();
-        let one = run(&pod, false);
-        let waiter = tokio::spawn({
-            let one = Arc::clone(&one);
-            async move { one.stopping().await }
-        });
+    async fn a_run_hears_its_end_the_pods_stop_and_its_handles() {
+        let pod = Arc::new(BeansStop::new());
+        let one = run(false);
+        let waiting = waiter(&one, &pod);
         one.end();
-        waiter.await.unwrap();
-        assert!(one.is_stopping());
-        // A run made for a bean already stopped starts stopping.
-        run(&pod, true).stopping().await;
+        waiting.await.unwrap();
+        assert!(one.is_stopping(&pod));
+        // A run made for a bean already stopped starts stopping, and so does its handle.
+        let stopped = run(true);
+        stopped.stopping(&pod).await;
+        assert!(stopped.stop_handle(StopHandle::new).is_stopping());
 
-        let two = run(&pod, false);
-        let waiter = tokio::spawn({
-            let two = Arc::clone(&two);
-            async move { two.stopping().await }
-        });
-        pod.reach_beans();
-        waiter.await.unwrap();
-        assert!(two.is_stopping());
+        // Someone stopping the run's handle itself.
+        let bean = StopHandle::new();
+        let two = run(false);
+        let waiting = waiter(&two, &pod);
+        two.stop_handle(|| bean.clone()).stop();
+        waiting.await.unwrap();
+        assert!(!bean.is_stopping(), "the bean's handle is the parent");
+
+        let three = run(false);
+        let handle = three.stop_handle(|| bean.clone()).clone();
+        let waiting = waiter(&three, &pod);
+        pod.reach();
+        waiting.await.unwrap();
+        assert!(three.is_stopping(&pod) && !handle.is_stopping());
+        // Ending a run stops its handle, and only its.
+        three.end();
+        assert!(handle.is_stopping() && !bean.is_stopping());
     }
 }

@@ -13,8 +13,7 @@ use engine_core::plumbing::lock;
 use tokio::sync::{Notify, mpsc, watch};
 
 use crate::config::PodConfig;
-use crate::run::Run;
-use crate::spec::BeanSpec;
+use crate::run::{BeansStop, Run};
 use crate::state::{BeanId, BeanState, BeanStatus, ControlError, SignalEvent, Target};
 
 pub(crate) type Handler = Arc<dyn Fn(&SignalEvent) + Send + Sync>;
@@ -24,9 +23,14 @@ pub(crate) type Handler = Arc<dyn Fn(&SignalEvent) + Send + Sync>;
 pub(crate) enum Command {
     /// Start again a bean that ended for good.
     Respawn(BeanId),
-    /// A bean's supervisor ended: with the spec when the bean ended for good, without when
-    /// the supervisor was cancelled.
-    Ended(BeanId, Option<BeanSpec>),
+    /// A bean's supervisor ended: the bean ended for good, or (`cancelled`) its supervisor
+    /// was cancelled.
+    Ended {
+        /// The bean.
+        id: BeanId,
+        /// Whether the supervisor was cancelled.
+        cancelled: bool,
+    },
 }
 
 /// One bean's entry in the pod.
@@ -55,13 +59,18 @@ pub(crate) struct Slot {
 
 impl Slot {
     /// A bean not started yet.
-    pub(crate) fn new(id: BeanId, spec: &BeanSpec) -> Self {
+    pub(crate) fn new(
+        id: BeanId,
+        label: Option<Arc<str>>,
+        core: Arc<str>,
+        declares_readiness: bool,
+    ) -> Self {
         Self {
             id,
-            label: spec.label.clone(),
-            core: Arc::clone(&spec.core),
+            label,
+            core,
             state: BeanState::Pending,
-            declares_readiness: spec.readiness_declared(),
+            declares_readiness,
             restarts: 0,
             started: None,
             address: None,
@@ -142,11 +151,9 @@ pub(crate) struct PodShared {
     pub(crate) wake: Notify,
     /// Whether the `"stop"` signal went out.
     stop_sent: AtomicBool,
-    /// Whether the pod's stop reached the beans (after the `"stop"` signal went out).
-    reached: AtomicBool,
-    /// Wakes every run when the pod's stop reaches the beans: one wake-up for the pod, not
-    /// one stop handle per bean.
-    pub(crate) beans_stopping: Notify,
+    /// The pod's stop as the beans' runs hear it: one wake-up for the pod, not one stop
+    /// handle per bean.
+    pub(crate) beans: BeansStop,
     pub(crate) commands: mpsc::UnboundedSender<Command>,
 }
 
@@ -174,8 +181,7 @@ impl PodShared {
             waiting: AtomicUsize::new(0),
             wake: Notify::new(),
             stop_sent: AtomicBool::new(false),
-            reached: AtomicBool::new(false),
-            beans_stopping: Notify::new(),
+            beans: BeansStop::new(),
             commands,
         }
     }
@@ -186,19 +192,6 @@ impl PodShared {
 
     fn handlers(&self) -> MutexGuard<'_, HashMap<BeanId, Vec<(String, Handler)>>> {
         lock(&self.handlers)
-    }
-
-    /// Whether the pod's stop has reached the beans.
-    pub(crate) fn stop_reached_beans(&self) -> bool {
-        self.reached.load(Ordering::Acquire)
-    }
-
-    /// Lets the pod's stop reach every bean's run, once: after the `"stop"` signal, so that
-    /// the handlers hear it while their bean still runs.
-    pub(crate) fn reach_beans(&self) {
-        if !self.reached.swap(true, Ordering::AcqRel) {
-            self.beans_stopping.notify_waiters();
-        }
     }
 
     /// Bean `id`'s stop handle (made now if it has none): a child of the pod's.

@@ -7,6 +7,9 @@ use std::sync::Arc;
 use crate::bean::{Bean, RestartPolicy};
 
 /// A bean with its label, parameters and restart policy, ready to be added to a pod.
+///
+/// Cloning it is cheap: the bean and its names and parameters are shared.
+#[derive(Clone)]
 pub struct BeanSpec {
     pub(crate) bean: Arc<dyn Bean>,
     pub(crate) core: Arc<str>,

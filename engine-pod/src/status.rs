@@ -156,7 +156,7 @@ impl Bean for StatusServer {
             tracing::info!(bean = %ctx.id(), %addr, token = token.is_some(), "status server listening (GET /status, /ready, /metrics, / (dashboard); control API)");
             let mut registry = prometheus_client::registry::Registry::default();
             registry.register_collector(Box::new(crate::metrics::PodMetrics::new(Arc::clone(
-                &ctx.run.pod,
+                &ctx.pod,
             ))));
             serve(listener, ctx, token.map(Arc::new), Arc::new(registry)).await;
             Ok(())

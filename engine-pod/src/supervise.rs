@@ -1,14 +1,14 @@
 //! One bean's supervisor: runs the bean under its restart policy until it ends for good,
-//! then reports its end to the pod's driver (also when it is cancelled, from its drop).
+//! then reports its end to the pod's driver (also when it is cancelled: from its drop).
 //!
 //! A run is driven in the supervisor's own task, a panic caught at each poll (`guarded`):
 //! one task per bean, not two, which halves what starting and stopping 10,000 beans costs
 //! the scheduler. Aborting the supervisor (at the stop deadline) drops the run with it.
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use engine_core::{RestartDecision, RestartTracker};
+use engine_core::{Restart, RestartDecision, RestartTracker};
 
 use crate::bean::BeanResult;
 use crate::context::BeanContext;
@@ -27,72 +27,71 @@ enum Next {
     Done,
 }
 
-/// Runs bean `id` until it ends for good, then gives its spec back to the driver (so that
-/// it can start the bean again on request).
-pub(crate) async fn supervise(shared: Arc<PodShared>, id: BeanId, spec: BeanSpec) {
-    let mut notice = EndNotice {
-        shared: Arc::clone(&shared),
-        id,
-        spec: None,
-    };
-    let supervisor = Supervisor {
-        declares: spec.readiness_declared(),
-        restarts: spec.restart.tracker(),
-        shared,
-        id,
-        spec,
-    };
-    notice.spec = Some(supervisor.run().await);
-}
-
-/// Tells the driver that a supervisor ended, when dropped: with the spec after the bean's
-/// end, without it when the supervisor was cancelled (or panicked).
-struct EndNotice {
+/// Runs bean `id` until it ends for good, and tells the driver.
+pub(crate) fn supervise(
     shared: Arc<PodShared>,
     id: BeanId,
-    spec: Option<BeanSpec>,
-}
-
-impl Drop for EndNotice {
-    fn drop(&mut self) {
-        // The driver is gone only once every supervisor has reported: nobody to tell then.
-        let _ = self
-            .shared
-            .commands
-            .send(Command::Ended(self.id, self.spec.take()));
+    spec: BeanSpec,
+) -> impl Future<Output = ()> + Send + 'static {
+    // Not an `async fn` itself: that would hold the supervisor twice.
+    Supervisor {
+        shared,
+        id,
+        declares: spec.readiness_declared(),
+        spec,
+        restarts: None,
+        done: false,
     }
+    .run()
 }
 
-/// One bean's supervisor; [`run`](Self::run) is its loop.
+/// One bean's supervisor; [`run`](Self::run) is its loop. Dropped, it tells the driver that
+/// it ended, and whether it was cancelled before the bean ended.
+///
+/// Its future is what every bean's task holds, so it is kept small: the restart history is
+/// made (and boxed) only when a policy may restart the bean.
 struct Supervisor {
     shared: Arc<PodShared>,
     id: BeanId,
     spec: BeanSpec,
     declares: bool,
-    restarts: RestartTracker,
+    restarts: Option<Box<RestartTracker>>,
+    /// Set once the bean ended for good.
+    done: bool,
+}
+
+impl Drop for Supervisor {
+    fn drop(&mut self) {
+        let (id, cancelled) = (self.id, !self.done);
+        // The driver is gone only once every supervisor has reported: nobody to tell then.
+        let _ = self.shared.commands.send(Command::Ended { id, cancelled });
+    }
 }
 
 impl Supervisor {
-    async fn run(mut self) -> BeanSpec {
+    async fn run(mut self) {
         loop {
             let result = self.run_once().await;
             match self.end_run(&result) {
                 Next::Now => {
-                    tracing::info!(bean = %self.id, core = %self.spec.core, "restarting bean on request");
+                    let core = &self.spec.core;
+                    tracing::info!(bean = %self.id, %core, "restarting bean on request");
                 }
                 Next::After(delay) => {
-                    tracing::warn!(bean = %self.id, core = %self.spec.core, delay = ?delay, "restarting bean");
+                    let core = &self.spec.core;
+                    tracing::warn!(bean = %self.id, %core, ?delay, "restarting bean");
                     // Boxed: the timer is only needed on this path, and kept out of the
                     // supervisor's own future it keeps every bean's task small.
                     if !Box::pin(self.backoff(delay)).await {
                         let state = final_state(&result);
                         self.shared.update(self.id, |s| finish(s, state));
-                        return self.spec;
+                        break;
                     }
                 }
-                Next::Done => return self.spec,
+                Next::Done => break,
             }
         }
+        self.done = true;
     }
 
     /// One run of the bean, from its start to its end.
@@ -101,10 +100,10 @@ impl Supervisor {
         // Held while the run goes on, so that the pod can tell it to end even after the
         // bean let go of its context.
         let _run = Arc::clone(&ctx.run);
-        let bean = &self.spec.bean;
-        let result = crate::builtin::guarded(|| bean.start(ctx)).await;
+        let spec = &self.spec;
+        let result = crate::builtin::guarded(|| spec.bean.start(ctx)).await;
         if let Err(error) = &result {
-            tracing::error!(bean = %self.id, core = %self.spec.core, error = %format!("{error:#}"), "bean failed");
+            tracing::error!(bean = %self.id, core = %spec.core, error = %format!("{error:#}"), "bean failed");
         }
         result
     }
@@ -112,10 +111,8 @@ impl Supervisor {
     /// Sets the slot up for a new run and makes the run's context.
     fn begin_run(&mut self) -> BeanContext {
         let now = Instant::now();
-        self.restarts.started(now);
         let (id, declares) = (self.id, self.declares);
-        let shared = &self.shared;
-        let spec = &self.spec;
+        let (shared, spec) = (&self.shared, &self.spec);
         let run = shared
             .update(id, |s| {
                 s.run_no += 1;
@@ -131,40 +128,42 @@ impl Supervisor {
                 let names = (spec.label.clone(), Arc::clone(&spec.core));
                 let params = Arc::clone(&spec.params);
                 let ended = s.stop_requested();
-                let run = Run::new(Arc::clone(shared), id, s.run_no, names, params, ended);
-                let run = Arc::new(run);
+                let run = Arc::new(Run::new(id, s.run_no, names, params, ended));
                 s.run = Arc::downgrade(&run);
                 run
             })
             .expect("the bean's slot");
         if run.run_no > 1 {
             // Handlers of an earlier run must not pile up: each run registers its own.
-            self.shared.clear_handlers(id);
+            shared.clear_handlers(id);
         }
-        BeanContext { run }
+        BeanContext {
+            run,
+            pod: Arc::clone(shared),
+        }
     }
 
     /// Records the end of a run in the slot and decides, in the same step, what comes next:
     /// a bean that ends for good is marked so at once (one lock per run's end).
     fn end_run(&mut self, result: &BeanResult) -> Next {
-        let failed = result.is_err();
-        let (id, restarts, pod_stopping) = (self.id, &mut self.restarts, &self.shared.stop);
-        self.shared
+        let id = self.id;
+        let shared = Arc::clone(&self.shared);
+        shared
             .update(id, |s| {
                 if let Err(error) = result {
                     s.last_error = Some(format!("{error:#}"));
                 }
-                s.run = std::sync::Weak::new();
+                s.run = Weak::new();
                 s.address = None;
                 let restart_requested = std::mem::take(&mut s.restart_requested);
                 // The pod's level is set before any bean hears of it: a bean that ended on
                 // the pod's "stop" signal is not restarted.
-                let stopping = pod_stopping.is_stopping() || s.stop_requested();
+                let stopping = shared.stop.is_stopping() || s.stop_requested();
                 if restart_requested && !stopping {
                     s.restarts += 1;
                     return Next::Now;
                 }
-                match restarts.ended(failed, stopping, Instant::now()) {
+                match self.decide(result.is_err(), stopping, s.started) {
                     RestartDecision::Restart { after } => {
                         s.state = BeanState::Restarting;
                         s.restarts += 1;
@@ -180,6 +179,27 @@ impl Supervisor {
                 }
             })
             .expect("the bean's slot")
+    }
+
+    /// What the restart policy says of a run started at `started` that ended now.
+    fn decide(
+        &mut self,
+        failed: bool,
+        stopping: bool,
+        started: Option<Instant>,
+    ) -> RestartDecision {
+        let policy = self.spec.restart;
+        if stopping || policy.when == Restart::Never {
+            // Nothing restarts then: no history to keep.
+            return RestartDecision::Stay;
+        }
+        let tracker = self
+            .restarts
+            .get_or_insert_with(|| Box::new(policy.tracker()));
+        if let Some(at) = started {
+            tracker.started(at);
+        }
+        tracker.ended(failed, stopping, Instant::now())
     }
 
     /// Waits `delay` before a restart; false if the bean was asked to stop meanwhile.
@@ -209,5 +229,23 @@ fn final_state(result: &BeanResult) -> BeanState {
 fn finish(slot: &mut Slot, state: BeanState) {
     slot.state = state;
     slot.started = None;
-    slot.run = std::sync::Weak::new();
+    slot.run = Weak::new();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every bean's task holds this future: it is kept small (it was 1,000 bytes).
+    #[test]
+    fn a_supervisors_future_is_small() {
+        let (commands, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let config = crate::config::PodConfig::default();
+        let stop = engine_core::StopHandle::new();
+        let shared = Arc::new(PodShared::new(config, Vec::new(), stop, commands));
+        let spec = BeanSpec::new("x", crate::bean::bean_fn(|_ctx| async {}));
+        let fut = supervise(shared, BeanId(1), spec);
+        let size = std::mem::size_of_val(&fut);
+        assert!(size <= 400, "{size} bytes");
+    }
 }
