@@ -14,12 +14,13 @@ use engine_core::protocol::{Address, Envelope, Frame, Kind, from_bytes};
 use engine_core::{RestartDecision, RestartTracker, StageError};
 
 use crate::boot::Spawned;
+use crate::config::{DEPTH, next_batch};
+use crate::counters::Event;
 use crate::error::{ExitHow, SpawnError, TaskError};
 use crate::program::{Program, Reply};
+use crate::shared::{Shared, State};
 use crate::wire::{self, RecvError, send_frame};
-use crate::workers::{
-    DEPTH, InFlight, Shared, State, cancel, forget, next_batch, send_batch, start_worker,
-};
+use crate::worker_io::{InFlight, cancel, send_batch, start_worker};
 
 /// How often at most a worker's resident memory is read, for the memory limit.
 const MEMORY_CHECK_EVERY: Duration = Duration::from_millis(50);
@@ -194,11 +195,8 @@ impl<'a, W: Program> Driver<'a, W> {
         match from_bytes::<Reply<W::Output>>(body) {
             Ok((busy, results)) => {
                 self.batch = next_batch(self.batch, done.jobs.len(), busy, self.max_batch);
-                let slot = &self.shared.slots[self.slot];
-                slot.tasks
-                    .fetch_add(done.jobs.len() as u64, Ordering::Relaxed);
                 let failed = results.iter().filter(|(_, r)| r.is_err()).count() as u64;
-                slot.failed.fetch_add(failed, Ordering::Relaxed);
+                self.shared.slots[self.slot].batch(done.jobs.len() as u64, failed);
                 // The worker answers a batch's tasks in the order it got them.
                 self.shared.deliver(
                     done.jobs
@@ -269,11 +267,8 @@ impl<'a, W: Program> Driver<'a, W> {
             .counters
             .timeouts
             .fetch_add(timed_out.len() as u64, Ordering::Relaxed);
-        let slot = &self.shared.slots[self.slot];
-        slot.tasks
-            .fetch_add(timed_out.len() as u64, Ordering::Relaxed);
-        slot.failed
-            .fetch_add(timed_out.len() as u64, Ordering::Relaxed);
+        let n = timed_out.len() as u64;
+        self.shared.slots[self.slot].batch(n, n);
         let how = self.worker.kill_and_wait();
         // The death is counted and the replacement started before the result goes out, so
         // that counters read after it are settled.
@@ -294,7 +289,7 @@ impl<'a, W: Program> Driver<'a, W> {
             .unwrap_or_else(|| self.worker.kill_and_wait());
         if self.shared.state().0 != State::Open {
             self.shared.deliver(cancel(&mut self.inflight));
-            forget(self.shared, self.slot);
+            self.shared.forget(self.slot);
             return Step::Gone;
         }
         tracing::warn!(
@@ -311,12 +306,8 @@ impl<'a, W: Program> Driver<'a, W> {
         let shared = self.shared;
         shared
             .counters
-            .worker_deaths
-            .fetch_add(1, Ordering::Relaxed);
-        shared.slots[self.slot]
-            .deaths
-            .fetch_add(1, Ordering::Relaxed);
-        forget(shared, self.slot);
+            .count(&shared.slots[self.slot], Event::Death);
+        shared.forget(self.slot);
         shared.retry(self.inflight.drain(..).flat_map(|f| f.jobs), how);
         let mut reason = format!("the last worker {how}");
         loop {
@@ -333,10 +324,9 @@ impl<'a, W: Program> Driver<'a, W> {
             }
             match start_worker::<W>(shared, self.slot, self.init) {
                 Ok(worker) => {
-                    shared.counters.respawns.fetch_add(1, Ordering::Relaxed);
-                    shared.slots[self.slot]
-                        .respawns
-                        .fetch_add(1, Ordering::Relaxed);
+                    shared
+                        .counters
+                        .count(&shared.slots[self.slot], Event::Respawn);
                     self.restarts.started(Instant::now());
                     self.new_worker(worker);
                     return Step::Go;
@@ -375,16 +365,15 @@ impl<'a, W: Program> Driver<'a, W> {
             ),
         }
         self.stop_worker(shared.config().stop_timeout);
-        forget(shared, self.slot);
+        shared.forget(self.slot);
         if shared.state().0 != State::Open {
             return Step::Gone;
         }
         match start_worker::<W>(shared, self.slot, self.init) {
             Ok(worker) => {
-                shared.counters.recycles.fetch_add(1, Ordering::Relaxed);
-                shared.slots[self.slot]
-                    .recycles
-                    .fetch_add(1, Ordering::Relaxed);
+                shared
+                    .counters
+                    .count(&shared.slots[self.slot], Event::Recycle);
                 self.new_worker(worker);
                 Step::Go
             }
@@ -445,7 +434,7 @@ impl<'a, W: Program> Driver<'a, W> {
             })
         };
         self.stop_worker(wait);
-        forget(self.shared, self.slot);
+        self.shared.forget(self.slot);
     }
 }
 

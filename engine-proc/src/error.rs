@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use engine_core::StageError;
 use engine_core::protocol::ProtocolError;
+use engine_core::protocol::TaskId;
 use serde::{Deserialize, Serialize};
 
 /// How a worker process ended.
@@ -185,3 +186,9 @@ impl From<crossbeam_channel::RecvTimeoutError> for RecvTimeoutError {
         }
     }
 }
+
+/// A task's outcome as the pool delivers it.
+pub type TaskResult<O> = Result<O, TaskError>;
+
+/// A task's id and outcome.
+pub type Completion<O> = (TaskId, TaskResult<O>);

@@ -94,6 +94,8 @@
 
 mod boot;
 mod codes;
+mod config;
+mod counters;
 mod driver;
 mod duplex;
 mod error;
@@ -105,6 +107,7 @@ mod pool;
 mod program;
 mod regions;
 mod router;
+mod shared;
 mod stage;
 #[cfg(feature = "testing")]
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
@@ -112,18 +115,20 @@ mod stage;
 pub mod testing;
 mod wire;
 mod worker;
+mod worker_io;
 mod workers;
 
 pub use boot::init;
+pub use config::DEFAULT_MAX_BATCH;
 pub use duplex::{Child, ChildMain, Duplex};
-pub use error::{ExitHow, ProcError, RecvTimeoutError, SpawnError, TaskError};
+pub use error::{
+    Completion, ExitHow, ProcError, RecvTimeoutError, SpawnError, TaskError, TaskResult,
+};
 #[cfg(feature = "metrics")]
 #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
 pub use metrics::WorkerMetrics;
 pub use node::{Handlers, Node, NodeStats};
-pub use pool::{
-    Completed, Completion, DEFAULT_MAX_BATCH, Ordered, Pool, PoolBuilder, PoolStats, TaskResult,
-};
+pub use pool::{Completed, Ordered, Pool, PoolBuilder, PoolStats};
 pub use router::{Router, RouterBuilder, RouterReport, WorkerMain, WorkerReport};
 pub use stage::{
     NoConfig, PortableConfig, ProcBackend, ProcTransport, RemoteBackend, RemoteTransport,

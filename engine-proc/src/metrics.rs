@@ -10,7 +10,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 
-use crate::workers::SlotSnapshot;
+use crate::counters::SlotSnapshot;
 
 /// Where worker metrics come from: a pool's workers, or a placed stage's current ones.
 pub(crate) trait SlotSource: Send + Sync + 'static {

@@ -9,10 +9,11 @@ use engine_core::plumbing::{Finished, ItemOutcome, Offload, lock};
 use engine_core::protocol::TaskId;
 use engine_core::{StageContext, StageError, StopLevel};
 
-use crate::error::TaskError;
-use crate::pool::{Completion, TaskResult};
+use crate::config::Config;
+use crate::error::{Completion, TaskError, TaskResult};
 use crate::program::Program;
-use crate::workers::{Config, Results, Shared, State, Workers};
+use crate::shared::{Results, Shared, State};
+use crate::workers::Workers;
 
 /// The workers of one placed stage in one run, shared by the stage's engine threads.
 struct Placement<W: Program> {
@@ -271,7 +272,7 @@ where
 
 #[cfg(feature = "metrics")]
 impl<W: Program> crate::metrics::SlotSource for Slot<W> {
-    fn read(&self) -> (String, Vec<crate::workers::SlotSnapshot>) {
+    fn read(&self) -> (String, Vec<crate::counters::SlotSnapshot>) {
         match &*lock(&self.state) {
             SlotState::Running(placement) => {
                 let shared = &placement.workers.shared;

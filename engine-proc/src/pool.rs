@@ -9,18 +9,11 @@ use std::time::{Duration, Instant};
 use engine_core::protocol::{ProtocolError, TaskId, to_bytes};
 use engine_core::{RestartPolicy, StopHandle};
 
-use crate::error::{RecvTimeoutError, SpawnError, TaskError};
+use crate::config::{Config, DEPTH};
+use crate::error::{Completion, RecvTimeoutError, SpawnError, TaskError, TaskResult};
+use crate::shared::Results;
 use crate::stage::{InItem, PlacedInit, RemoteTransport};
-use crate::workers::{Config, DEPTH, Results, Workers};
-
-/// The most tasks sent to a worker in one message, by default.
-pub const DEFAULT_MAX_BATCH: usize = 1024;
-
-/// A task's outcome as the pool delivers it.
-pub type TaskResult<O> = Result<O, TaskError>;
-
-/// A task's id and outcome.
-pub type Completion<O> = (TaskId, TaskResult<O>);
+use crate::workers::Workers;
 
 /// Live counters of a pool.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -124,7 +117,7 @@ impl<S: RemoteTransport> PoolBuilder<S> {
         self
     }
 
-    /// The most tasks sent to a worker in one message (default [`DEFAULT_MAX_BATCH`]).
+    /// The most tasks sent to a worker in one message (default [`DEFAULT_MAX_BATCH`](crate::DEFAULT_MAX_BATCH)).
     /// Batches adapt below it: about a millisecond of work each, so slow tasks go one by one.
     #[must_use]
     pub fn max_batch(mut self, max: usize) -> Self {

@@ -14,9 +14,9 @@ use engine_core::{
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::config::Config;
 use crate::placed::{Lane, Slot};
 use crate::program::{Program, worker_stop};
-use crate::workers::Config;
 
 /// Places a [`Transport`] in worker processes: the engine's transport threads hand their
 /// batches to `N` worker processes and pass each item's output on when it comes back.

@@ -1,0 +1,438 @@
+//! What the owner of a pool's or placed stage's workers and their driver threads share: the
+//! queue of jobs, where the pool is in its life, the live workers, and the lanes results go
+//! to.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::{Condvar, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+use engine_core::StopLevel;
+use engine_core::plumbing::lock;
+use engine_core::protocol::TaskId;
+use ipc_channel::ipc::IpcSender;
+
+use crate::boot::{Live, Spawned};
+use crate::config::Config;
+#[cfg(feature = "metrics")]
+use crate::counters::SlotSnapshot;
+use crate::counters::{Counters, SlotCounters};
+use crate::error::{Completion, ExitHow, TaskError, TaskResult};
+use crate::program::Program;
+use crate::wire::Packet;
+use crate::worker_io::send_stop;
+
+/// Where the pool is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum State {
+    Open,
+    /// No new batches; what runs finishes until `deadline`, then workers are told to die.
+    Closing,
+    /// Workers are killed now.
+    Killing,
+}
+
+/// A queued task, and the lane its result goes to.
+pub(crate) struct Job<T> {
+    id: TaskId,
+    task: T,
+    attempts: u32,
+    lane: u32,
+}
+
+/// The receiving end of a lane: results in batches.
+pub(crate) type Results<O> = Receiver<Vec<Completion<O>>>;
+
+impl<T> Job<T> {
+    pub(crate) fn id(&self) -> TaskId {
+        self.id
+    }
+
+    pub(crate) fn lane(&self) -> u32 {
+        self.lane
+    }
+
+    pub(crate) fn task(&self) -> &T {
+        &self.task
+    }
+}
+
+/// A result, with the lane it goes to.
+pub(crate) type Routed<O> = (u32, TaskId, TaskResult<O>);
+
+pub(crate) struct Queue<T> {
+    jobs: VecDeque<Job<T>>,
+    state: State,
+    deadline: Option<Instant>,
+    /// Drivers with a live worker.
+    live: usize,
+    /// Drivers waiting for jobs.
+    waiting: usize,
+    /// Slots whose worker could not be started again: given up for good.
+    given_up: usize,
+    /// Pids and inboxes of live workers, by slot, for killing at once.
+    workers: Vec<Option<(u32, IpcSender<Packet>, Live)>>,
+    /// The stop level forwarded to the workers.
+    stop_level: StopLevel,
+}
+
+/// What the owner of the workers and their drivers share.
+pub(crate) struct Shared<W: Program> {
+    queue: Mutex<Queue<W::Task>>,
+    wake: Condvar,
+    /// Where results go, by lane: a pool has one, a placed stage one per engine thread.
+    results: Vec<Sender<Vec<Completion<W::Output>>>>,
+    pub(crate) counters: Counters,
+    /// Per worker slot, for metrics.
+    pub(crate) slots: Vec<SlotCounters>,
+    config: Config,
+}
+
+#[cfg(feature = "metrics")]
+impl<W: Program> crate::metrics::SlotSource for Shared<W> {
+    fn read(&self) -> (String, Vec<SlotSnapshot>) {
+        (self.config.name.clone(), self.slot_snapshots())
+    }
+}
+
+impl<W: Program> Shared<W> {
+    /// Nothing queued, no worker live yet, `slots` slots, results to `results`.
+    pub(crate) fn new(
+        slots: usize,
+        results: Vec<Sender<Vec<Completion<W::Output>>>>,
+        config: Config,
+    ) -> Self {
+        Self {
+            queue: Mutex::new(Queue {
+                jobs: VecDeque::new(),
+                state: State::Open,
+                deadline: None,
+                live: 0,
+                waiting: 0,
+                given_up: 0,
+                workers: (0..slots).map(|_| None).collect(),
+                stop_level: StopLevel::Running,
+            }),
+            wake: Condvar::new(),
+            results,
+            counters: Counters::default(),
+            slots: (0..slots).map(|_| SlotCounters::default()).collect(),
+            config,
+        }
+    }
+}
+
+impl<W: Program> Shared<W> {
+    /// Sends results to their lanes.
+    pub(crate) fn deliver(&self, results: Vec<Routed<W::Output>>) {
+        if results.is_empty() {
+            return;
+        }
+        let failed = results.iter().filter(|(_, _, r)| r.is_err()).count() as u64;
+        self.counters
+            .completed
+            .fetch_add(results.len() as u64, Ordering::Relaxed);
+        self.counters.failed.fetch_add(failed, Ordering::Relaxed);
+        if let [only] = self.results.as_slice() {
+            let _ = only.send(results.into_iter().map(|(_, id, r)| (id, r)).collect());
+            return;
+        }
+        let mut by_lane: Vec<Vec<Completion<W::Output>>> =
+            self.results.iter().map(|_| Vec::new()).collect();
+        for (lane, id, result) in results {
+            if let Some(lane) = by_lane.get_mut(lane as usize) {
+                lane.push((id, result));
+            }
+        }
+        for (tx, results) in self.results.iter().zip(by_lane) {
+            if !results.is_empty() {
+                let _ = tx.send(results);
+            }
+        }
+    }
+
+    /// Queues up to `max` tasks from `tasks` for `lane` under one lock, numbering them from
+    /// `next`, and wakes only drivers that wait; returns how many were taken. Once the
+    /// workers are stopping, or none is left, the tasks' results are errors at once.
+    pub(crate) fn submit(
+        &self,
+        lane: u32,
+        next: &mut TaskId,
+        tasks: &mut impl Iterator<Item = W::Task>,
+        max: u64,
+    ) -> u64 {
+        let mut queue = lock(&self.queue);
+        // Why tasks are refused: the workers are stopping, or none is left.
+        let refused: Option<fn() -> TaskError> = if queue.state != State::Open {
+            Some(|| TaskError::Cancelled)
+        } else if queue.given_up == queue.workers.len() {
+            Some(|| TaskError::NoWorkers("every worker failed to restart".into()))
+        } else {
+            None
+        };
+        let mut taken = 0;
+        let mut refusals = Vec::new();
+        for task in tasks
+            .by_ref()
+            .take(usize::try_from(max).unwrap_or(usize::MAX))
+        {
+            let id = *next;
+            *next = id.next();
+            taken += 1;
+            match &refused {
+                Some(error) => refusals.push((lane, id, Err(error()))),
+                None => queue.jobs.push_back(Job {
+                    id,
+                    task,
+                    attempts: 0,
+                    lane,
+                }),
+            }
+        }
+        let waiting = queue.waiting;
+        drop(queue);
+        self.deliver(refusals);
+        if refused.is_none() {
+            // Each waiting driver takes a batch: wake as many as there are tasks, at most.
+            for _ in 0..taken.min(waiting as u64) {
+                self.wake.notify_one();
+            }
+        }
+        taken
+    }
+
+    /// Tells every live worker, and every worker started later, that the run is stopping at
+    /// `level`, so that stage code there sees it in its context.
+    pub(crate) fn forward_stop(&self, level: StopLevel) {
+        let inboxes: Vec<IpcSender<Packet>> = {
+            let mut queue = lock(&self.queue);
+            if level <= queue.stop_level {
+                return;
+            }
+            queue.stop_level = level;
+            queue
+                .workers
+                .iter()
+                .flatten()
+                .map(|(_, tx, _)| tx.clone())
+                .collect()
+        };
+        for tx in inboxes {
+            let _ = send_stop(&tx, level);
+        }
+    }
+
+    /// Waits up to `wait` while the workers are open; false if they closed meanwhile.
+    pub(crate) fn wait_while_open(&self, wait: Duration) -> bool {
+        let queue = lock(&self.queue);
+        let (queue, _) = self
+            .wake
+            .wait_timeout_while(queue, wait, |q| q.state == State::Open)
+            .unwrap_or_else(PoisonError::into_inner);
+        queue.state == State::Open
+    }
+
+    /// Gives a slot up for good; once every slot is given up, queued tasks fail with
+    /// `reason`, since nobody is left to run them.
+    pub(crate) fn give_up(&self, reason: &str) {
+        let orphans: Vec<Job<W::Task>> = {
+            let mut queue = lock(&self.queue);
+            queue.given_up += 1;
+            if queue.given_up == queue.workers.len() {
+                queue.jobs.drain(..).collect()
+            } else {
+                Vec::new()
+            }
+        };
+        self.deliver(
+            orphans
+                .into_iter()
+                .map(|j| (j.lane, j.id, Err(TaskError::NoWorkers(reason.to_owned()))))
+                .collect(),
+        );
+    }
+
+    /// Every slot's counters, and whether a live process holds it.
+    #[cfg(feature = "metrics")]
+    pub(crate) fn slot_snapshots(&self) -> Vec<SlotSnapshot> {
+        let up: Vec<bool> = lock(&self.queue)
+            .workers
+            .iter()
+            .map(Option::is_some)
+            .collect();
+        self.slots
+            .iter()
+            .zip(up)
+            .map(|(c, up)| c.snapshot(up))
+            .collect()
+    }
+
+    /// How the workers are run.
+    pub(crate) fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The pids of the live workers.
+    pub(crate) fn pids(&self) -> Vec<u32> {
+        lock(&self.queue)
+            .workers
+            .iter()
+            .flatten()
+            .map(|(pid, _, _)| *pid)
+            .collect()
+    }
+
+    /// Sends raw bytes to the first live worker as if they were a frame; false if none is.
+    #[cfg(feature = "testing")]
+    pub(crate) fn inject_raw_frame(&self, bytes: Vec<u8>) -> bool {
+        let queue = lock(&self.queue);
+        let Some((_, tx, _)) = queue.workers.iter().flatten().next() else {
+            return false;
+        };
+        tx.send(Packet::Frame(bytes)).is_ok()
+    }
+
+    /// Takes up to `max` jobs holding at most `items` items (at least one job); waits for
+    /// one if `block`. `None` once the pool closes.
+    pub(crate) fn take(
+        &self,
+        max: usize,
+        items: Option<u64>,
+        block: bool,
+    ) -> Option<Vec<Job<W::Task>>> {
+        let mut queue = lock(&self.queue);
+        loop {
+            if queue.state != State::Open {
+                return None;
+            }
+            if !queue.jobs.is_empty() {
+                // Leave a fair share for the other workers when the queue is short.
+                let share = queue.jobs.len().div_ceil(queue.live.max(1));
+                let mut n = max.min(share).max(1);
+                // A task whose worker died runs alone, so that one task that kills its
+                // worker does not take the tasks batched with it down too.
+                if queue.jobs.front().is_some_and(|job| job.attempts > 0) {
+                    n = 1;
+                }
+                if let Some(budget) = items {
+                    // The jobs that fit the budget; the one that reaches it is the last.
+                    let mut held = 0_u64;
+                    n = queue
+                        .jobs
+                        .iter()
+                        .take(n)
+                        .take_while(|job| {
+                            let fits = held < budget;
+                            held += W::weight(&job.task);
+                            fits
+                        })
+                        .count()
+                        .max(1);
+                }
+                return Some(queue.jobs.drain(..n).collect());
+            }
+            if !block {
+                return Some(Vec::new());
+            }
+            queue.waiting += 1;
+            queue = self
+                .wake
+                .wait(queue)
+                .unwrap_or_else(PoisonError::into_inner);
+            queue.waiting -= 1;
+        }
+    }
+
+    /// Puts jobs whose worker died back at the front of the queue, or fails them when they
+    /// have had their attempts (or the pool is closing).
+    pub(crate) fn retry(&self, jobs: impl IntoIterator<Item = Job<W::Task>>, how: ExitHow) {
+        let mut failed = Vec::new();
+        {
+            let mut queue = lock(&self.queue);
+            for mut job in jobs {
+                job.attempts += 1;
+                if queue.state != State::Open {
+                    failed.push((job.lane, job.id, Err(TaskError::Cancelled)));
+                } else if job.attempts > self.config.retries {
+                    failed.push((
+                        job.lane,
+                        job.id,
+                        Err(TaskError::WorkerDied {
+                            how,
+                            attempts: job.attempts,
+                        }),
+                    ));
+                } else {
+                    self.counters.retried.fetch_add(1, Ordering::Relaxed);
+                    queue.jobs.push_front(job);
+                }
+            }
+        }
+        self.wake.notify_all();
+        self.deliver(failed);
+    }
+
+    pub(crate) fn state(&self) -> (State, Option<Instant>) {
+        let queue = lock(&self.queue);
+        (queue.state, queue.deadline)
+    }
+
+    /// Moves the pool to `state` (never back), cancelling queued jobs and killing workers as
+    /// needed.
+    pub(crate) fn close(&self, state: State) {
+        let (cancelled, pids) = {
+            let mut queue = lock(&self.queue);
+            if state <= queue.state {
+                return;
+            }
+            queue.state = state;
+            if queue.deadline.is_none() {
+                queue.deadline = Some(Instant::now() + self.config.stop_timeout);
+            }
+            let cancelled: Vec<_> = queue
+                .jobs
+                .drain(..)
+                .map(|job| (job.lane, job.id, Err(TaskError::Cancelled)))
+                .collect();
+            let pids: Vec<Live> = if state == State::Killing {
+                queue
+                    .workers
+                    .iter()
+                    .flatten()
+                    .map(|(_, _, live)| live.clone())
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            (cancelled, pids)
+        };
+        self.wake.notify_all();
+        self.deliver(cancelled);
+        for live in pids {
+            live.signal(libc::SIGKILL);
+        }
+    }
+
+    /// Records the new worker of `slot` as live, tells it the stop level if the run is
+    /// stopping already, and wakes the drivers.
+    pub(crate) fn register(&self, slot: usize, worker: &Spawned) {
+        let mut queue = lock(&self.queue);
+        queue.workers[slot] = Some((worker.pid, worker.tx.clone(), worker.live()));
+        queue.live += 1;
+        let stop_level = queue.stop_level;
+        drop(queue);
+        if stop_level > StopLevel::Running {
+            let _ = send_stop(&worker.tx, stop_level);
+        }
+        self.wake.notify_all();
+    }
+
+    /// Forgets the worker of `slot`: it is gone, or going.
+    pub(crate) fn forget(&self, slot: usize) {
+        let mut queue = lock(&self.queue);
+        if queue.workers[slot].take().is_some() {
+            queue.live -= 1;
+        }
+    }
+}

@@ -1,0 +1,103 @@
+//! One pool worker process as its driver talks to it: started and initialised, sent batches,
+//! told the run's stop level.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use engine_core::protocol::{Address, Envelope, Frame, Kind, ProtocolError, TaskId, to_bytes};
+use engine_core::{StageError, StopLevel};
+use ipc_channel::ipc::IpcSender;
+
+use crate::boot::{self, Spawned};
+use crate::codes::{INIT, STOP};
+use crate::error::{ExitHow, SpawnError, TaskError};
+use crate::program::{Program, kind_of, pool_entry};
+use crate::shared::{Job, Routed, Shared};
+use crate::wire::{self, Packet, RecvError, send_envelope};
+
+/// What went to a worker and awaits its reply.
+pub(crate) struct InFlight<T> {
+    pub(crate) jobs: Vec<Job<T>>,
+    pub(crate) sent: Instant,
+}
+
+/// Cancels what is in flight: each job's result is [`TaskError::Cancelled`].
+pub(crate) fn cancel<T, O>(inflight: &mut VecDeque<InFlight<T>>) -> Vec<Routed<O>> {
+    inflight
+        .drain(..)
+        .flat_map(|f| f.jobs)
+        .map(|job| (job.lane(), job.id(), Err(TaskError::Cancelled)))
+        .collect()
+}
+
+/// Starts the worker process of `slot` and initialises it with `init`; it is live once this
+/// returns.
+pub(crate) fn start_worker<W: Program>(
+    shared: &Shared<W>,
+    slot: usize,
+    init: &[u8],
+) -> Result<Spawned, SpawnError> {
+    let worker = boot::spawn(
+        pool_entry::<W>,
+        &kind_of::<W>(),
+        shared.config().start_timeout,
+    )?;
+    let envelope = Envelope::new(
+        Address::named(worker.pid.to_string()),
+        Address::Main,
+        Kind::user(INIT),
+    )
+    .with_raw_body(init.to_vec());
+    if let Err(e) = send_envelope(&worker.tx, envelope) {
+        worker.kill_and_wait();
+        return Err(SpawnError::Protocol(e));
+    }
+    let outcome = match wire::recv_frame(&worker.rx) {
+        Ok(Frame::Message(e)) if e.kind == Kind::Finished => Ok(()),
+        Ok(Frame::Message(e)) if e.kind == Kind::Failed => Err(SpawnError::Init(
+            e.body::<StageError>().unwrap_or_else(StageError::new),
+        )),
+        Ok(other) => Err(SpawnError::Protocol(
+            engine_core::protocol::ProtocolError::UnexpectedFrame {
+                expected: "the worker's init result",
+                found: other.describe(),
+            },
+        )),
+        Err(RecvError::Protocol(e)) => Err(SpawnError::Protocol(e)),
+        Err(_) => Err(SpawnError::ExitedEarly {
+            how: worker
+                .wait_exit(Duration::from_secs(5))
+                .unwrap_or(ExitHow::Unknown),
+        }),
+    };
+    if let Err(error) = outcome {
+        worker.kill_and_wait();
+        return Err(error);
+    }
+    shared.register(slot, &worker);
+    Ok(worker)
+}
+
+/// Sends a batch of jobs to the worker, as one message.
+pub(crate) fn send_batch<W: Program>(
+    worker: &Spawned,
+    jobs: &[Job<W::Task>],
+) -> Result<(), engine_core::protocol::ProtocolError> {
+    let tasks: Vec<(TaskId, &W::Task)> = jobs.iter().map(|j| (j.id(), j.task())).collect();
+    let body = to_bytes(&tasks)?;
+    let envelope = Envelope::new(
+        Address::named(worker.pid.to_string()),
+        Address::Main,
+        Kind::Do,
+    )
+    .with_task(jobs[0].id())
+    .with_raw_body(body);
+    send_envelope(&worker.tx, envelope)
+}
+
+/// Tells a worker the run's stop level.
+pub(crate) fn send_stop(tx: &IpcSender<Packet>, level: StopLevel) -> Result<(), ProtocolError> {
+    let envelope =
+        Envelope::new(Address::Main, Address::Main, Kind::user(STOP)).with_body(&level)?;
+    send_envelope(tx, envelope)
+}
