@@ -32,125 +32,120 @@ where
     /// The thread's body, with the last-resort guard; tells the coordinator when it ends.
     pub(crate) fn run(self, ctx: StageContext) {
         let _span = stage_span(&ctx).entered();
-        let Self {
-            index,
-            factory,
-            link,
-            window,
-            shared,
-            stats,
-        } = self;
-        let slot = Arc::clone(&link.slots()[index]);
-        let (guard_ctx, guard_shared, guard_slot) =
-            (ctx.clone(), Arc::clone(&shared), Arc::clone(&slot));
-        let events = shared.events.clone();
+        let (index, shared) = (self.index, Arc::clone(&self.shared));
+        let slot = Arc::clone(&self.link.slots()[index]);
         let busy = last_resort(
-            &guard_ctx,
-            &guard_shared,
-            || work(|ctx| factory(ctx), ctx, slot, link, window, shared, stats),
+            &ctx,
+            &shared,
+            || self.work(&ctx),
             || {
-                guard_slot.close();
+                slot.close();
                 Duration::ZERO
             },
         );
-        let _ = events.send(Event::FrontendDone { index, busy });
+        let _ = shared.events.send(Event::FrontendDone { index, busy });
+    }
+
+    /// What the thread does, inside its guard: make the stage, produce until the source ends
+    /// or the run stops, hand the last batch on, clean up. Returns the time spent outside
+    /// blocking sends.
+    fn work(self, ctx: &StageContext) -> Duration {
+        let started = Instant::now();
+        let slot = Arc::clone(&self.link.slots()[self.index]);
+        let stage = guarded(|| {
+            let mut stage = (self.factory)(ctx);
+            stage.setup(ctx).map(|()| stage)
+        });
+        let stage = match stage {
+            Ok(stage) => stage,
+            Err(error) => {
+                self.shared.fail(ctx, error, true);
+                slot.close();
+                return started.elapsed();
+            }
+        };
+        self.shared.note_stop_grace(stage.stop_grace());
+        let mut producing = Producing {
+            stage,
+            ctx,
+            slot: &slot,
+            link: &self.link,
+            window: self.window.as_deref(),
+            shared: &self.shared,
+            stats: &self.stats,
+            started,
+            blocked: Duration::ZERO,
+        };
+        producing.produce_all();
+        producing.finish()
     }
 }
 
-/// What a frontend thread does, inside its guard: make the stage, produce until the source
-/// ends or the run stops. Returns the time spent outside blocking sends.
-fn work<F>(
-    make: impl FnOnce(&StageContext) -> F,
-    ctx: StageContext,
-    slot: Arc<FrontSlot<F::Ticket, F::Item>>,
-    link: Arc<Link<F::Ticket, F::Item>>,
-    window: Option<Arc<Window>>,
-    shared: Arc<Shared>,
-    stats: Arc<ThreadStats>,
-) -> Duration
+/// A frontend thread producing: its stage, its slot, and the time it waited.
+struct Producing<'a, F: TrackedFrontend> {
+    stage: F,
+    ctx: &'a StageContext,
+    slot: &'a FrontSlot<F::Ticket, F::Item>,
+    link: &'a Link<F::Ticket, F::Item>,
+    window: Option<&'a Window>,
+    shared: &'a Shared,
+    stats: &'a ThreadStats,
+    started: Instant,
+    /// Time spent waiting for room downstream (or for the ordered window).
+    blocked: Duration,
+}
+
+impl<F> Producing<'_, F>
 where
     F: TrackedFrontend,
     F::Item: Send,
 {
-    let started = Instant::now();
-    let mut blocked = Duration::ZERO;
-    let mut stage = match guarded(|| {
-        let mut stage = make(&ctx);
-        stage.setup(&ctx).map(|()| stage)
-    }) {
-        Ok(stage) => stage,
-        Err(error) => {
-            shared.fail(&ctx, error, true);
-            slot.close();
-            return started.elapsed();
-        }
-    };
-    shared.note_stop_grace(stage.stop_grace());
-    loop {
-        let outcome = catch_unwind(AssertUnwindSafe(|| {
-            produce(
-                &mut stage,
-                &ctx,
-                &slot,
-                &link,
-                window.as_deref(),
-                &shared,
-                (&mut blocked, &stats, started),
-            )
-        }));
-        let error = match outcome {
-            Ok(Ok(())) => break,
-            Ok(Err(error)) => error,
-            Err(payload) => StageError::from_panic(payload),
-        };
-        if !slot.count_failure() {
-            break;
-        }
-        if shared.item_failed::<F::Ticket>(&ctx, error, None) == Flow::Stop {
-            break;
+    /// Produces until the source ends or the run stops; a failed or panicking `produce` is
+    /// counted and handled by the policy, and producing goes on.
+    fn produce_all(&mut self) {
+        loop {
+            let outcome = catch_unwind(AssertUnwindSafe(|| self.produce()));
+            let error = match outcome {
+                Ok(Ok(())) => return,
+                Ok(Err(error)) => error,
+                Err(payload) => StageError::from_panic(payload),
+            };
+            if !self.slot.count_failure() {
+                return;
+            }
+            if self.shared.item_failed::<F::Ticket>(self.ctx, error, None) == Flow::Stop {
+                return;
+            }
         }
     }
-    // Hand the last partial batch on, then let the channel lose this sender.
-    if let Some((tx, batch)) = slot.finish() {
-        link.send_from_slot(&tx, batch, &mut blocked);
-    }
-    cleanup(&ctx, || stage.cleanup(&ctx));
-    let busy = started.elapsed().saturating_sub(blocked);
-    stats.publish_times(busy, blocked);
-    busy
-}
 
-/// The frontend's inner loop; returns `Ok` at the end of the source or a stop.
-fn produce<F>(
-    stage: &mut F,
-    ctx: &StageContext,
-    slot: &FrontSlot<F::Ticket, F::Item>,
-    link: &Link<F::Ticket, F::Item>,
-    window: Option<&Window>,
-    shared: &Shared,
-    (blocked, stats, started): (&mut Duration, &ThreadStats, Instant),
-) -> Result<(), StageError>
-where
-    F: TrackedFrontend,
-    F::Item: Send,
-{
-    let state = link.state();
-    loop {
-        if shared.stop.is_stopping() {
-            return Ok(());
+    /// The inner loop; returns `Ok` at the end of the source or a stop.
+    fn produce(&mut self) -> Result<(), StageError> {
+        while !self.shared.stop.is_stopping() {
+            let Some((ticket, item)) = self.stage.produce(self.ctx)? else {
+                return Ok(());
+            };
+            if !self.offer(ticket, item) || !self.admitted() {
+                return Ok(());
+            }
         }
-        let Some((ticket, item)) = stage.produce(ctx)? else {
-            return Ok(());
-        };
-        match slot.offer(state, ticket, item) {
-            Offer::Kept => {}
-            Offer::Nudge(tx) => link.nudge(&tx),
+        Ok(())
+    }
+
+    /// Offers an item to the slot, sending the batch when it is full; false if producing
+    /// should end.
+    fn offer(&mut self, ticket: F::Ticket, item: F::Item) -> bool {
+        match self.slot.offer(self.link.state(), ticket, item) {
+            Offer::Kept => true,
+            Offer::Nudge(tx) => {
+                self.link.nudge(&tx);
+                true
+            }
             Offer::Send(tx, batch) => {
-                let sent = link.send_from_slot(&tx, batch, blocked);
-                stats.publish_times(started.elapsed().saturating_sub(*blocked), *blocked);
-                if !sent {
-                    return Ok(());
-                }
+                let sent = self.link.send_from_slot(&tx, batch, &mut self.blocked);
+                let busy = self.started.elapsed().saturating_sub(self.blocked);
+                self.stats.publish_times(busy, self.blocked);
+                sent
             }
             Offer::Closed(ticket, item) => {
                 // The run stopped while `produce` was running: the item came too late to be
@@ -158,22 +153,37 @@ where
                 drop(item);
                 complete(ticket, Outcome::Dropped);
                 tracing::debug!(
-                    stage = ctx.stage(),
-                    thread = ctx.index(),
+                    stage = self.ctx.stage(),
+                    thread = self.ctx.index(),
                     "an item produced after the stop was not accepted"
                 );
-                return Ok(());
+                false
             }
         }
-        // Ordered mode: stay within the window of what the sink has delivered, whoever takes
-        // the batches (this thread or an idle consumer), so the reorder buffer stays bounded.
-        if let Some(window) = window {
-            let t = Instant::now();
-            let admitted = window.admit(slot.next_seq(), &shared.abort);
-            *blocked += t.elapsed();
-            if !admitted {
-                return Ok(());
-            }
+    }
+
+    /// Ordered mode: stays within the window of what the sink has delivered, whoever takes
+    /// the batches (this thread or an idle consumer), so the reorder buffer stays bounded.
+    /// False on abort.
+    fn admitted(&mut self) -> bool {
+        let Some(window) = self.window else {
+            return true;
+        };
+        let t = Instant::now();
+        let admitted = window.admit(self.slot.next_seq(), &self.shared.abort);
+        self.blocked += t.elapsed();
+        admitted
+    }
+
+    /// Hands the last partial batch on (then the channel loses this sender), cleans up, and
+    /// returns the busy time.
+    fn finish(mut self) -> Duration {
+        if let Some((tx, batch)) = self.slot.finish() {
+            self.link.send_from_slot(&tx, batch, &mut self.blocked);
         }
+        cleanup(self.ctx, || self.stage.cleanup(self.ctx));
+        let busy = self.started.elapsed().saturating_sub(self.blocked);
+        self.stats.publish_times(busy, self.blocked);
+        busy
     }
 }

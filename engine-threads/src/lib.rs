@@ -18,6 +18,23 @@
 //! # Ok::<(), engine_threads::EngineError>(())
 //! ```
 //!
+//! The closure forms name what a closure does, and need no type annotations:
+//! [`filter_map`](EngineBuilder::filter_map), [`try_map`](EngineBuilder::try_map) and
+//! [`flat_map`](EngineBuilder::flat_map) transports (one input to any number of outputs),
+//! [`for_each`](EngineBuilder::for_each) and [`try_for_each`](EngineBuilder::try_for_each)
+//! backends.
+//!
+//! ```
+//! use engine_threads::Engine;
+//!
+//! let report = Engine::builder(["a b", "", "c"])
+//!     .flat_map(|line| line.split_whitespace().map(str::to_owned).collect::<Vec<_>>())
+//!     .for_each(|_word| {})
+//!     .run()?;
+//! assert_eq!(report.processed(), 3); // "a", "b" and "c"; the empty line is filtered.
+//! # Ok::<(), engine_threads::EngineError>(())
+//! ```
+//!
 //! # Promises
 //!
 //! 1. **No item is lost silently.** The [`RunReport`](engine_core::RunReport) accounts for
@@ -44,10 +61,15 @@
 //!
 //! # Threads and stopping
 //!
-//! Each thread makes its own stage instance: stages given by value are cloned per thread,
-//! stages given through a factory ([`Engine::builder_with`], `transport_with`,
-//! `backend_with`) are made on the thread itself, so they need not be `Send`. `setup` and
-//! `cleanup` run once per thread, on that thread.
+//! Each thread makes its own stage instance. The one way to give each thread its own state
+//! is a factory that receives the thread's [`StageContext`](engine_core::StageContext)
+//! ([`Engine::builder_with`], [`EngineBuilder::transport_with`],
+//! [`EngineBuilder::backend_with`], as rayon's `map_init`): the stage is made on its thread,
+//! so it need not be `Send` or `Clone`. `.transport(x)` and `.backend(x)` are the shorthand
+//! that clones `x` through the same factory. Stages chosen at run time are boxed: a
+//! [`BoxFrontend`](engine_core::BoxFrontend) goes to [`Engine::builder`] by value, and a
+//! [`BoxTransport`](engine_core::BoxTransport) or [`BoxBackend`](engine_core::BoxBackend) is
+//! what the factory returns. `setup` and `cleanup` run once per thread, on that thread.
 //!
 //! A frontend may block in `produce` for as long as its source is silent (a pipe with no
 //! data, a socket). Its produced items never wait behind it: its open batch is reachable by

@@ -110,92 +110,106 @@ fn per_stage(
     Ok(())
 }
 
+/// The run report's counts as metrics: name, help, and how to read each.
+const COUNTS: [CountMetric; 5] = [
+    ("engine_items_in", "Items a stage thread received.", |c| {
+        c.input
+    }),
+    (
+        "engine_items_out",
+        "Items a stage thread passed on (or processed, at the last stage).",
+        |c| c.output,
+    ),
+    (
+        "engine_items_filtered",
+        "Items a stage thread filtered out.",
+        |c| c.filtered,
+    ),
+    (
+        "engine_items_failed",
+        "Items a stage thread failed on.",
+        |c| c.failed,
+    ),
+    (
+        "engine_items_dropped",
+        "Items a stage thread dropped at a forced stop.",
+        |c| c.dropped,
+    ),
+];
+
+/// Writes the per-thread families: the counts, and the busy and blocked times.
+fn encode_threads(encoder: &mut DescriptorEncoder<'_>, stats: &Stats) -> fmt::Result {
+    for (name, help, read) in COUNTS {
+        per_thread(encoder, stats, (name, help), |t| read(&t.counts) as f64)?;
+    }
+    per_thread(
+        encoder,
+        stats,
+        ("engine_busy_seconds", "Time a stage thread spent working."),
+        |t| t.busy.as_secs_f64(),
+    )?;
+    per_thread(
+        encoder,
+        stats,
+        (
+            "engine_blocked_seconds",
+            "Time a stage thread waited for room in a full next queue (backpressure).",
+        ),
+        |t| t.blocked.as_secs_f64(),
+    )
+}
+
+/// Writes the per-stage families: queue depth and capacity, threads.
+fn encode_stages(encoder: &mut DescriptorEncoder<'_>, stats: &Stats) -> fmt::Result {
+    per_stage(
+        encoder,
+        stats,
+        (
+            "engine_queue_depth",
+            "Items waiting in the stage's input queue.",
+        ),
+        |s| s.queued as i64,
+    )?;
+    per_stage(
+        encoder,
+        stats,
+        (
+            "engine_queue_capacity",
+            "The most items the stage's input queue holds.",
+        ),
+        |s| s.capacity as i64,
+    )?;
+    per_stage(
+        encoder,
+        stats,
+        ("engine_stage_threads", "Threads of the stage."),
+        |s| s.threads.len() as i64,
+    )
+}
+
+/// Writes the run's own gauges: elapsed time, and whether it still runs.
+fn encode_run(encoder: &mut DescriptorEncoder<'_>, stats: &Stats) -> fmt::Result {
+    let elapsed = encoder.encode_descriptor(
+        "engine_elapsed_seconds",
+        "Time since the engine started.",
+        None,
+        MetricType::Gauge,
+    )?;
+    ConstGauge::new(stats.elapsed.as_secs_f64()).encode(elapsed)?;
+    let running = encoder.encode_descriptor(
+        "engine_running",
+        "1 while the run lasts, 0 once it has ended.",
+        None,
+        MetricType::Gauge,
+    )?;
+    ConstGauge::new(i64::from(!stats.finished)).encode(running)
+}
+
 impl Collector for EngineMetrics {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> fmt::Result {
         let stats = self.source.snapshot();
-        let counts: [CountMetric; 5] = [
-            ("engine_items_in", "Items a stage thread received.", |c| {
-                c.input
-            }),
-            (
-                "engine_items_out",
-                "Items a stage thread passed on (or processed, at the last stage).",
-                |c| c.output,
-            ),
-            (
-                "engine_items_filtered",
-                "Items a stage thread filtered out.",
-                |c| c.filtered,
-            ),
-            (
-                "engine_items_failed",
-                "Items a stage thread failed on.",
-                |c| c.failed,
-            ),
-            (
-                "engine_items_dropped",
-                "Items a stage thread dropped at a forced stop.",
-                |c| c.dropped,
-            ),
-        ];
-        for (name, help, read) in counts {
-            per_thread(&mut encoder, &stats, (name, help), |t| {
-                read(&t.counts) as f64
-            })?;
-        }
-        per_thread(
-            &mut encoder,
-            &stats,
-            ("engine_busy_seconds", "Time a stage thread spent working."),
-            |t| t.busy.as_secs_f64(),
-        )?;
-        per_thread(
-            &mut encoder,
-            &stats,
-            (
-                "engine_blocked_seconds",
-                "Time a stage thread waited for room in a full next queue (backpressure).",
-            ),
-            |t| t.blocked.as_secs_f64(),
-        )?;
-        per_stage(
-            &mut encoder,
-            &stats,
-            (
-                "engine_queue_depth",
-                "Items waiting in the stage's input queue.",
-            ),
-            |s| s.queued as i64,
-        )?;
-        per_stage(
-            &mut encoder,
-            &stats,
-            (
-                "engine_queue_capacity",
-                "The most items the stage's input queue holds.",
-            ),
-            |s| s.capacity as i64,
-        )?;
-        per_stage(
-            &mut encoder,
-            &stats,
-            ("engine_stage_threads", "Threads of the stage."),
-            |s| s.threads.len() as i64,
-        )?;
-        let elapsed = encoder.encode_descriptor(
-            "engine_elapsed_seconds",
-            "Time since the engine started.",
-            None,
-            MetricType::Gauge,
-        )?;
-        ConstGauge::new(stats.elapsed.as_secs_f64()).encode(elapsed)?;
-        let running = encoder.encode_descriptor(
-            "engine_running",
-            "1 while the run lasts, 0 once it has ended.",
-            None,
-            MetricType::Gauge,
-        )?;
-        ConstGauge::new(i64::from(!stats.finished)).encode(running)?;
-        Ok(())
+        encode_threads(&mut encoder, &stats)?;
+        encode_stages(&mut encoder, &stats)?;
+        encode_run(&mut encoder, &stats)
     }
 }
