@@ -295,7 +295,7 @@ impl<F, T, X: engine_core::Backend> EngineBuilder<F, T, Present<X>> {
 }
 
 impl<F, T, B> EngineBuilder<F, T, B> {
-    /// The capacity of every queue, in items (default [`DEFAULT_QUEUE_CAPACITY`]). Memory is
+    /// The capacity of every queue, in items (default [`DEFAULT_QUEUE_CAPACITY`](crate::DEFAULT_QUEUE_CAPACITY)). Memory is
     /// bounded by the capacities: a queue holds at most this many items, plus one batch in
     /// the hands of each thread next to it.
     #[must_use]

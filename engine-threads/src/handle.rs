@@ -9,7 +9,7 @@ use engine_core::{RunReport, StopHandle};
 use crate::error::EngineError;
 use crate::stats::{Stats, StatsReader, StatsSource};
 
-/// A running engine, from [`Engine::spawn`].
+/// A running engine, from [`Engine::spawn`](crate::Engine::spawn).
 #[derive(Debug)]
 pub struct EngineHandle {
     pub(crate) stop: StopHandle,
@@ -61,7 +61,7 @@ impl EngineHandle {
     ///
     /// # Errors
     ///
-    /// As [`Engine::run`].
+    /// As [`Engine::run`](crate::Engine::run).
     ///
     /// # Panics
     ///
