@@ -36,15 +36,17 @@ use std::fmt;
 use std::io;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::StreamAddress;
 
-/// How to install `redis-server`, for the error when it is missing.
-const INSTALL_HINT: &str = "install it with `apt-get install -y redis-server` (Debian/Ubuntu) \
-                            or `brew install redis` (macOS), or put it on PATH";
+mod error;
+mod tls;
+
+pub use error::ServerError;
+use tls::{CA_FILE, make_certificates};
 
 /// Directories searched after `PATH`: where packages install `redis-server`.
 const USUAL_DIRS: [&str; 3] = ["/usr/bin", "/usr/sbin", "/usr/local/bin"];
@@ -142,65 +144,6 @@ impl ServerOptions {
         self.program = Some(program.into());
         self
     }
-}
-
-/// Why a [`Server`] could not start.
-///
-/// `Debug` shows the same message as `Display`, followed by its causes, so that an
-/// `unwrap()` in a test says how to install `redis-server` too.
-#[derive(thiserror::Error)]
-#[non_exhaustive]
-pub enum ServerError {
-    /// No `redis-server` executable was found.
-    #[error("redis-server is not installed (looked for {}); {INSTALL_HINT}", list(.searched))]
-    NotInstalled {
-        /// Where it was looked for.
-        searched: Vec<PathBuf>,
-    },
-    /// A file system or process operation failed.
-    #[error("cannot {action}")]
-    Io {
-        /// What was being done.
-        action: String,
-        /// Why it failed.
-        #[source]
-        source: io::Error,
-    },
-    /// The server exited before it answered.
-    #[error("redis-server exited at start ({status}); the end of its log:\n{log}")]
-    Exited {
-        /// How it exited.
-        status: ExitStatus,
-        /// The last lines of its log.
-        log: String,
-    },
-    /// The server did not answer `PING` in time.
-    #[error("redis-server did not answer on 127.0.0.1:{port} within {timeout:?}: {last}")]
-    NotReady {
-        /// The port it was started on.
-        port: u16,
-        /// How long it was given.
-        timeout: Duration,
-        /// The last connection error.
-        last: String,
-    },
-}
-
-impl fmt::Debug for ServerError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{self}")?;
-        let mut source = std::error::Error::source(self);
-        while let Some(cause) = source {
-            write!(f, ": {cause}")?;
-            source = cause.source();
-        }
-        Ok(())
-    }
-}
-
-fn list(paths: &[PathBuf]) -> String {
-    let names: Vec<_> = paths.iter().map(|p| p.display().to_string()).collect();
-    names.join(", ")
 }
 
 /// A throwaway `redis-server` on a free port of `127.0.0.1`, in a temporary directory of its
@@ -529,83 +472,6 @@ impl fmt::Debug for Server {
     }
 }
 
-/// The CA certificate's file name, in the server's directory.
-const CA_FILE: &str = "ca.pem";
-
-/// Makes a throwaway CA and a certificate for `127.0.0.1` signed by it, in `dir`, with the
-/// `openssl` command.
-fn make_certificates(dir: &Path) -> Result<(), ServerError> {
-    std::fs::write(
-        dir.join("server.ext"),
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n\
-         keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
-    )
-    .map_err(|source| ServerError::Io {
-        action: format!("write {}", dir.join("server.ext").display()),
-        source,
-    })?;
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    let steps: [&[&str]; 3] = [
-        &[
-            &["req", "-x509"][..],
-            &ec,
-            &["-keyout", "ca.key", "-out", CA_FILE, "-days", "2"],
-            &["-subj", "/CN=engine-redis test CA"],
-        ]
-        .concat(),
-        &[
-            &["req"][..],
-            &ec,
-            &["-keyout", "server.key", "-out", "server.csr"],
-            &["-subj", "/CN=127.0.0.1"],
-        ]
-        .concat(),
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            CA_FILE,
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "server.pem",
-            "-days",
-            "2",
-            "-extfile",
-            "server.ext",
-        ],
-    ];
-    for args in steps {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|source| ServerError::Io {
-                action: "run openssl to make a test certificate (install it with \
-                         `apt-get install -y openssl`)"
-                    .to_owned(),
-                source,
-            })?;
-        if !out.status.success() {
-            return Err(ServerError::Io {
-                action: format!("make a test certificate with openssl {}", args.join(" ")),
-                source: io::Error::other(String::from_utf8_lossy(&out.stderr).into_owned()),
-            });
-        }
-    }
-    Ok(())
-}
-
 /// The first `redis-server` on `PATH` or in the usual directories.
 fn find_program() -> Result<PathBuf, ServerError> {
     let path = std::env::var_os("PATH").unwrap_or_default();
@@ -622,42 +488,4 @@ fn find_program() -> Result<PathBuf, ServerError> {
 /// A port nothing listens on right now.
 fn free_port() -> io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_missing_redis_server_says_how_to_install_it() {
-        let missing = std::env::temp_dir().join("no-such-dir-for-engine-redis/redis-server");
-        let err = Server::start_with(ServerOptions::new().program(&missing)).unwrap_err();
-        assert!(
-            matches!(&err, ServerError::NotInstalled { searched } if searched == &[missing]),
-            "{err}"
-        );
-        for message in [err.to_string(), format!("{err:?}")] {
-            assert!(
-                message.contains("apt-get install -y redis-server"),
-                "{message}"
-            );
-            assert!(
-                message.contains("no-such-dir-for-engine-redis"),
-                "{message}"
-            );
-        }
-    }
-
-    #[test]
-    fn an_io_error_shows_its_cause_in_debug() {
-        let err = ServerError::Io {
-            action: "start redis-server".to_owned(),
-            source: io::Error::new(io::ErrorKind::PermissionDenied, "permission denied"),
-        };
-        assert_eq!(err.to_string(), "cannot start redis-server");
-        assert_eq!(
-            format!("{err:?}"),
-            "cannot start redis-server: permission denied"
-        );
-    }
 }
