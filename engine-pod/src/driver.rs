@@ -151,7 +151,7 @@ impl Driver {
         self.stopping = true;
         // Sent by the handle's callback already, unless the pod started stopped.
         self.shared.send_stop_signal();
-        self.shared.beans.reach();
+        self.shared.reach_beans();
         self.shared.update_all(|s| {
             if !s.state.is_final() {
                 s.state = BeanState::Stopping;

@@ -86,7 +86,7 @@ impl Pod {
             subscription = Some(stop.on_stop(move |_| {
                 if let Some(shared) = weak.upgrade() {
                     shared.send_stop_signal();
-                    shared.beans.reach();
+                    shared.reach_beans();
                     shared.wake.notify_one();
                 }
             }));

@@ -1,18 +1,15 @@
 //! One run of a bean: what every clone of its context holds of it (one allocation per run),
 //! and the run's stop.
 //!
-//! A run is asked to stop in three ways: the pod's stop reaches the beans (one pod-wide
-//! wake-up, [`BeansStop`], reaches every run), its bean is stopped or restarted (the pod tells
-//! the run directly, [`Run::end`]), or someone stops the run's [`StopHandle`]. That handle, a
+//! A run is asked to stop in three ways: the pod's stop reaches the beans ([`BeansStop`], one
+//! flag for the pod, and the pod wakes each run), its bean is stopped or restarted (the pod
+//! tells the run directly, [`Run::end`]), or someone stops the run's [`StopHandle`]. That handle, a
 //! child of the bean's, itself a child of the pod's, is made the first time it is asked for
 //! ([`Run::stop_handle`]): a bean that never hands it on costs no stop handle, and a pod stop
 //! does not walk 10,000 of them.
 
-use std::future::Future;
-use std::pin::pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::task::Poll;
 
 use engine_core::{StopHandle, StopSubscription};
 use tokio::sync::Notify;
@@ -23,14 +20,12 @@ use crate::state::BeanId;
 /// so that the handlers hear it while their bean still runs.
 pub(crate) struct BeansStop {
     reached: AtomicBool,
-    wake: Notify,
 }
 
 impl BeansStop {
     pub(crate) fn new() -> Self {
         Self {
             reached: AtomicBool::new(false),
-            wake: Notify::new(),
         }
     }
 
@@ -39,11 +34,10 @@ impl BeansStop {
         self.reached.load(Ordering::Acquire)
     }
 
-    /// Lets the pod's stop reach every run, once.
-    pub(crate) fn reach(&self) {
-        if !self.reached.swap(true, Ordering::AcqRel) {
-            self.wake.notify_waiters();
-        }
+    /// Lets the pod's stop reach the beans; true for the call that did. The caller then wakes
+    /// every run ([`Run::wake`]): a run made later sees the flag.
+    pub(crate) fn reach(&self) -> bool {
+        !self.reached.swap(true, Ordering::AcqRel)
     }
 }
 
@@ -57,7 +51,8 @@ pub(crate) struct Run {
     pub(crate) params: Arc<toml::Table>,
     /// Set when this run alone is asked to end: its bean was stopped or restarted.
     ended: AtomicBool,
-    /// Wakes this run's waiters when it alone is asked to end.
+    /// Wakes this run's waiters: one wait list per run, as a cancellation token has, not one
+    /// for the pod that 10,000 runs would contend for.
     wake: Notify,
     /// The run's stop handle, made when first asked for.
     handle: OnceLock<StopHandle>,
@@ -99,20 +94,12 @@ impl Run {
     /// Resolves when this run is asked to stop.
     pub(crate) async fn stopping(&self, pod: &BeansStop) {
         loop {
-            // Made before the check: a wake-up after the check reaches them.
-            let mut all = pin!(pod.wake.notified());
-            let mut own = pin!(self.wake.notified());
+            // Made before the check: a wake-up after the check reaches it.
+            let woken = self.wake.notified();
             if self.is_stopping(pod) {
                 return;
             }
-            std::future::poll_fn(|cx| {
-                if all.as_mut().poll(cx).is_ready() || own.as_mut().poll(cx).is_ready() {
-                    Poll::Ready(())
-                } else {
-                    Poll::Pending
-                }
-            })
-            .await;
+            woken.await;
         }
     }
 
@@ -122,6 +109,11 @@ impl Run {
         if let Some(handle) = self.handle.get() {
             handle.stop();
         }
+        self.wake();
+    }
+
+    /// Wakes whoever waits in [`stopping`](Self::stopping), to look again.
+    pub(crate) fn wake(&self) {
         self.wake.notify_waiters();
     }
 
@@ -185,7 +177,8 @@ mod tests {
         let three = run(false);
         let handle = three.stop_handle(|| bean.clone()).clone();
         let waiting = waiter(&three, &pod);
-        pod.reach();
+        assert!(pod.reach() && !pod.reach(), "once");
+        three.wake();
         waiting.await.unwrap();
         assert!(three.is_stopping(&pod) && !handle.is_stopping());
         // Ending a run stops its handle, and only its.

@@ -151,8 +151,8 @@ pub(crate) struct PodShared {
     pub(crate) wake: Notify,
     /// Whether the `"stop"` signal went out.
     stop_sent: AtomicBool,
-    /// The pod's stop as the beans' runs hear it: one wake-up for the pod, not one stop
-    /// handle per bean.
+    /// The pod's stop as the beans' runs hear it: one flag for the pod, not one stop handle
+    /// per bean.
     pub(crate) beans: BeansStop,
     pub(crate) commands: mpsc::UnboundedSender<Command>,
 }
@@ -192,6 +192,23 @@ impl PodShared {
 
     fn handlers(&self) -> MutexGuard<'_, HashMap<BeanId, Vec<(String, Handler)>>> {
         lock(&self.handlers)
+    }
+
+    /// Lets the pod's stop reach every bean's run, once: after the `"stop"` signal, so that
+    /// the handlers hear it while their bean still runs.
+    pub(crate) fn reach_beans(&self) {
+        if !self.beans.reach() {
+            return;
+        }
+        let runs: Vec<Arc<Run>> = self
+            .slots()
+            .iter()
+            .filter_map(|s| s.run.upgrade())
+            .collect();
+        // Outside the lock: the woken runs' ends take it.
+        for run in runs {
+            run.wake();
+        }
     }
 
     /// Bean `id`'s stop handle (made now if it has none): a child of the pod's.
