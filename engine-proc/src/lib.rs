@@ -99,11 +99,13 @@ mod counters;
 mod driver;
 mod duplex;
 mod error;
+mod in_worker;
 #[cfg(feature = "metrics")]
 mod metrics;
 mod node;
 mod placed;
 mod pool;
+mod portable;
 mod program;
 mod regions;
 mod router;
@@ -129,10 +131,8 @@ pub use error::{
 pub use metrics::WorkerMetrics;
 pub use node::{Handlers, Node, NodeStats};
 pub use pool::{Completed, Ordered, Pool, PoolBuilder, PoolStats};
+pub use portable::{NoConfig, PortableConfig, WithConfig};
 pub use router::{Router, RouterBuilder, RouterReport, WorkerMain, WorkerReport};
-pub use stage::{
-    NoConfig, PortableConfig, ProcBackend, ProcTransport, RemoteBackend, RemoteTransport,
-    WithConfig,
-};
+pub use stage::{ProcBackend, ProcTransport, RemoteBackend, RemoteTransport};
 pub use wire::SHARED_MEMORY_THRESHOLD;
 pub use worker::{Worker, WorkerStage};

@@ -11,8 +11,9 @@ use engine_core::{RestartPolicy, StopHandle};
 
 use crate::config::{Config, DEPTH};
 use crate::error::{Completion, RecvTimeoutError, SpawnError, TaskError, TaskResult};
+use crate::in_worker::{InItem, PlacedInit};
 use crate::shared::Results;
-use crate::stage::{InItem, PlacedInit, RemoteTransport};
+use crate::stage::RemoteTransport;
 use crate::workers::Workers;
 
 /// Live counters of a pool.

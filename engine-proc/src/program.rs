@@ -65,9 +65,9 @@ fn read_inbox(inbox: IpcReceiver<Packet>) -> Receiver<Result<Frame, RecvError>> 
 }
 
 /// The code a worker process runs: built once from serialisable arguments, then running
-/// tasks. Pools run [`InItem`](crate::stage::InItem) (one item of a stage per task), placed
-/// stages run [`InTransport`](crate::stage::InTransport) and
-/// [`InBackend`](crate::stage::InBackend) (one engine batch per task).
+/// tasks. Pools run [`InItem`](crate::in_worker::InItem) (one item of a stage per task), placed
+/// stages run [`InTransport`](crate::in_worker::InTransport) and
+/// [`InBackend`](crate::in_worker::InBackend) (one engine batch per task).
 pub(crate) trait Program: Sized + 'static {
     /// The arguments each worker process is initialised from.
     type Init: Serialize + DeserializeOwned;

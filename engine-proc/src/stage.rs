@@ -3,20 +3,19 @@
 
 use std::any::{Any, type_name};
 use std::fmt;
-use std::marker::PhantomData;
 use std::time::Duration;
 
-use engine_core::plumbing::{ItemOutcome, Offload, catch_panic};
-use engine_core::protocol::{from_bytes, to_bytes};
-use engine_core::{
-    AppConfig, Backend, RestartPolicy, StageContext, StageError, StageKind, Transport,
-};
+use engine_core::plumbing::{ItemOutcome, Offload};
+use engine_core::protocol::to_bytes;
+use engine_core::{Backend, RestartPolicy, StageContext, StageError, Transport};
+use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
+use crate::in_worker::{InBackend, InTransport, PlacedInit};
 use crate::placed::{Lane, Slot};
-use crate::program::{Program, worker_stop};
+use crate::portable::{NoConfig, PortableConfig, WithConfig};
+use crate::program::Program;
 
 /// Places a [`Transport`] in worker processes: the engine's transport threads hand their
 /// batches to `N` worker processes and pass each item's output on when it comes back.
@@ -120,113 +119,6 @@ impl<S> RemoteBackend for S where
 {
 }
 
-/// Which app config a placed stage's workers receive: [`NoConfig`], or [`WithConfig<T>`]
-/// (set with [`ProcTransport::config`]).
-pub trait PortableConfig: 'static {
-    /// Encodes the run's config for the workers.
-    ///
-    /// # Errors
-    ///
-    /// The run's config is not of the named type, or does not encode.
-    fn encode(config: &AppConfig) -> Result<Option<Vec<u8>>, StageError>;
-
-    /// Decodes it in a worker.
-    ///
-    /// # Errors
-    ///
-    /// The bytes do not decode.
-    fn decode(bytes: Option<&[u8]>) -> Result<AppConfig, StageError>;
-}
-
-/// The workers of a placed stage get no app config (the default).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct NoConfig;
-
-/// The workers of a placed stage get the run's app config, of type `T`.
-pub struct WithConfig<T>(PhantomData<fn() -> T>);
-
-impl<T> fmt::Debug for WithConfig<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "WithConfig<{}>", type_name::<T>())
-    }
-}
-
-impl PortableConfig for NoConfig {
-    fn encode(config: &AppConfig) -> Result<Option<Vec<u8>>, StageError> {
-        if config.is_set() {
-            tracing::debug!(
-                "the app config is not sent to the worker processes: name its type with \
-                 `.config::<T>()` on the placed stage to send it"
-            );
-        }
-        Ok(None)
-    }
-
-    fn decode(_: Option<&[u8]>) -> Result<AppConfig, StageError> {
-        Ok(AppConfig::none())
-    }
-}
-
-impl<T: Serialize + DeserializeOwned + Any + Send + Sync> PortableConfig for WithConfig<T> {
-    fn encode(config: &AppConfig) -> Result<Option<Vec<u8>>, StageError> {
-        let value = config.get::<T>().map_err(|e| {
-            StageError::msg(format!(
-                "the placed stage needs the app config for its workers: {e}"
-            ))
-            .fatal()
-        })?;
-        Ok(Some(to_bytes(value).map_err(StageError::new)?))
-    }
-
-    fn decode(bytes: Option<&[u8]>) -> Result<AppConfig, StageError> {
-        let bytes = bytes.ok_or_else(|| StageError::msg("the app config did not arrive"))?;
-        Ok(AppConfig::new(
-            from_bytes::<T>(bytes).map_err(StageError::new)?,
-        ))
-    }
-}
-
-/// What a worker of a placed stage or a pool starts from.
-#[derive(Debug, Serialize, Deserialize)]
-pub(crate) struct PlacedInit {
-    #[serde(with = "serde_bytes")]
-    stage: Vec<u8>,
-    name: String,
-    index: usize,
-    instances: usize,
-    config: Option<Vec<u8>>,
-}
-
-impl PlacedInit {
-    /// Worker `index` of `instances` of the stage `name`, encoded as `stage`.
-    pub(crate) fn new(
-        stage: Vec<u8>,
-        name: &str,
-        index: usize,
-        instances: usize,
-        config: Option<Vec<u8>>,
-    ) -> Self {
-        Self {
-            stage,
-            name: name.to_owned(),
-            index,
-            instances,
-            config,
-        }
-    }
-
-    /// The stage and its context in the worker.
-    fn open<S: DeserializeOwned, C: PortableConfig>(
-        self,
-        kind: StageKind,
-    ) -> Result<(S, StageContext), StageError> {
-        let stage = from_bytes::<S>(&self.stage).map_err(StageError::new)?;
-        let ctx = StageContext::new(self.name, kind, self.index, self.instances, worker_stop())
-            .with_config(C::decode(self.config.as_deref())?);
-        Ok((stage, ctx))
-    }
-}
-
 /// The master's side of a placed stage: the stage to send, how to run its workers, and the
 /// connection of this engine thread.
 struct Placed<S, W: Program> {
@@ -234,7 +126,16 @@ struct Placed<S, W: Program> {
     workers: Option<usize>,
     config: Config,
     slot: Slot<W>,
-    lane: Option<Lane<W>>,
+    joined: Joined<W>,
+}
+
+/// Whether this engine thread is connected to the stage's workers. Only `setup`, which
+/// receives the thread's context, connects it ([`Placed::join`]); `cleanup` leaves.
+enum Joined<W: Program> {
+    /// Not set up (or cleaned up): a clone waiting for its engine thread.
+    No,
+    /// Set up: this thread's lane to the workers.
+    Yes(Lane<W>),
 }
 
 impl<S: Clone, W: Program> Clone for Placed<S, W> {
@@ -244,7 +145,7 @@ impl<S: Clone, W: Program> Clone for Placed<S, W> {
             workers: self.workers,
             config: self.config.clone(),
             slot: self.slot.clone(),
-            lane: None,
+            joined: Joined::No,
         }
     }
 }
@@ -259,11 +160,12 @@ impl<S: Serialize, W: Program<Init = PlacedInit>> Placed<S, W> {
                 ..Config::default()
             },
             slot: Slot::default(),
-            lane: None,
+            joined: Joined::No,
         }
     }
 
-    fn setup<C: PortableConfig>(&mut self, ctx: &StageContext) -> Result<(), StageError> {
+    /// Connects this engine thread to the stage's workers (starting them if it is the first).
+    fn join<C: PortableConfig>(&mut self, ctx: &StageContext) -> Result<(), StageError> {
         let workers = self.workers.unwrap_or(ctx.instances()).max(1);
         let stage = &self.stage;
         let config = Config {
@@ -279,14 +181,42 @@ impl<S: Serialize, W: Program<Init = PlacedInit>> Placed<S, W> {
                 })
                 .collect())
         })?;
-        self.lane = Some(lane);
+        self.joined = Joined::Yes(lane);
         Ok(())
     }
+}
 
-    fn lane(&mut self) -> Result<&mut Lane<W>, StageError> {
-        self.lane
-            .as_mut()
-            .ok_or_else(|| StageError::msg("the placed stage was not set up").fatal())
+impl<S, W: Program> Placed<S, W> {
+    /// Disconnects this engine thread; the last to leave stops the workers.
+    fn leave(&mut self) {
+        self.joined = Joined::No;
+    }
+
+    /// This engine thread's lane, once set up.
+    fn lane(&mut self) -> Option<&mut Lane<W>> {
+        match &mut self.joined {
+            Joined::Yes(lane) => Some(lane),
+            Joined::No => None,
+        }
+    }
+
+    /// Runs one item through the workers and waits for its outputs: for an engine that calls
+    /// the stage per item rather than offloading its batches.
+    fn call<I, O>(&mut self, item: I) -> Result<Vec<O>, StageError>
+    where
+        W: Program<Task = Vec<I>, Output = Vec<ItemOutcome<O>>>,
+        I: Send + 'static,
+    {
+        let lane = self
+            .lane()
+            .ok_or_else(|| StageError::msg("the placed stage was not set up").fatal())?;
+        match lane.call(item) {
+            ItemOutcome::Done(output) => Ok(vec![output]),
+            ItemOutcome::Many(outputs) => Ok(outputs),
+            ItemOutcome::Filtered => Ok(Vec::new()),
+            ItemOutcome::Failed(error) => Err(error),
+            ItemOutcome::Dropped => Err(StageError::msg("the run was stopped").fatal()),
+        }
     }
 }
 
@@ -400,7 +330,7 @@ macro_rules! placed_stage {
                         workers,
                         config,
                         slot: Slot::default(),
-                        lane: None,
+                        joined: Joined::No,
                     },
                 }
             }
@@ -431,7 +361,7 @@ impl<S: RemoteTransport, C: PortableConfig> Transport for ProcTransport<S, C> {
     type Output = S::Output;
 
     fn setup(&mut self, ctx: &StageContext) -> Result<(), StageError> {
-        self.placed.setup::<C>(ctx)
+        self.placed.join::<C>(ctx)
     }
 
     fn transport(
@@ -439,16 +369,12 @@ impl<S: RemoteTransport, C: PortableConfig> Transport for ProcTransport<S, C> {
         item: S::Input,
         _ctx: &StageContext,
     ) -> Result<Option<S::Output>, StageError> {
-        match self.placed.lane()?.call(item) {
-            ItemOutcome::Done(output) => Ok(Some(output)),
-            ItemOutcome::Many(outputs) if outputs.len() <= 1 => Ok(outputs.into_iter().next()),
-            ItemOutcome::Many(outputs) => Err(StageError::msg(format!(
-                "the placed transport gave {} outputs for one item to a caller that takes one",
-                outputs.len()
+        let mut outputs = self.placed.call(item)?;
+        match outputs.len() {
+            0 | 1 => Ok(outputs.pop()),
+            n => Err(StageError::msg(format!(
+                "the placed transport gave {n} outputs for one item to a caller that takes one"
             ))),
-            ItemOutcome::Filtered => Ok(None),
-            ItemOutcome::Failed(error) => Err(error),
-            ItemOutcome::Dropped => Err(StageError::msg("the run was stopped").fatal()),
         }
     }
 
@@ -462,24 +388,17 @@ impl<S: RemoteTransport, C: PortableConfig> Transport for ProcTransport<S, C> {
         _ctx: &StageContext,
         out: &mut Vec<S::Output>,
     ) -> Result<(), StageError> {
-        match self.placed.lane()?.call(item) {
-            ItemOutcome::Done(output) => out.push(output),
-            ItemOutcome::Many(outputs) => out.extend(outputs),
-            ItemOutcome::Filtered => {}
-            ItemOutcome::Failed(error) => return Err(error),
-            ItemOutcome::Dropped => return Err(StageError::msg("the run was stopped").fatal()),
-        }
+        out.extend(self.placed.call(item)?);
         Ok(())
     }
 
     fn cleanup(&mut self, _ctx: &StageContext) {
-        self.placed.lane = None;
+        self.placed.leave();
     }
 
     fn offload(&mut self) -> Option<&mut dyn Offload<Input = S::Input, Output = S::Output>> {
         self.placed
-            .lane
-            .as_mut()
+            .lane()
             .map(|lane| lane as &mut dyn Offload<Input = S::Input, Output = S::Output>)
     }
 }
@@ -488,176 +407,20 @@ impl<S: RemoteBackend, C: PortableConfig> Backend for ProcBackend<S, C> {
     type Input = S::Input;
 
     fn setup(&mut self, ctx: &StageContext) -> Result<(), StageError> {
-        self.placed.setup::<C>(ctx)
+        self.placed.join::<C>(ctx)
     }
 
     fn process(&mut self, item: S::Input, _ctx: &StageContext) -> Result<(), StageError> {
-        match self.placed.lane()?.call(item) {
-            ItemOutcome::Done(()) | ItemOutcome::Many(_) | ItemOutcome::Filtered => Ok(()),
-            ItemOutcome::Failed(error) => Err(error),
-            ItemOutcome::Dropped => Err(StageError::msg("the run was stopped").fatal()),
-        }
+        self.placed.call(item).map(drop)
     }
 
     fn cleanup(&mut self, _ctx: &StageContext) {
-        self.placed.lane = None;
+        self.placed.leave();
     }
 
     fn offload(&mut self) -> Option<&mut dyn Offload<Input = S::Input, Output = ()>> {
         self.placed
-            .lane
-            .as_mut()
+            .lane()
             .map(|lane| lane as &mut dyn Offload<Input = S::Input, Output = ()>)
-    }
-}
-
-/// A pool's transport inside its worker process: one item per task.
-pub(crate) struct InItem<S> {
-    stage: S,
-    ctx: StageContext,
-}
-
-impl<S> fmt::Debug for InItem<S> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("InItem")
-            .field("ctx", &self.ctx)
-            .finish_non_exhaustive()
-    }
-}
-
-impl<S: RemoteTransport> Program for InItem<S> {
-    type Init = PlacedInit;
-    type Task = S::Input;
-    type Output = Option<S::Output>;
-
-    fn init(init: PlacedInit) -> Result<Self, StageError> {
-        let (mut stage, ctx) = init.open::<S, NoConfig>(StageKind::Transport)?;
-        stage.setup(&ctx)?;
-        Ok(Self { stage, ctx })
-    }
-
-    fn run(&mut self, task: S::Input) -> Result<Option<S::Output>, StageError> {
-        self.stage.transport(task, &self.ctx)
-    }
-
-    fn cleanup(&mut self) {
-        self.stage.cleanup(&self.ctx);
-    }
-}
-
-/// A placed transport inside its worker process.
-pub(crate) struct InTransport<S, C> {
-    stage: S,
-    ctx: StageContext,
-    _config: PhantomData<fn() -> C>,
-}
-
-/// A placed backend inside its worker process.
-pub(crate) struct InBackend<S, C> {
-    stage: S,
-    ctx: StageContext,
-    _config: PhantomData<fn() -> C>,
-}
-
-impl<S, C> fmt::Debug for InTransport<S, C> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("InTransport")
-            .field("ctx", &self.ctx)
-            .finish_non_exhaustive()
-    }
-}
-
-impl<S, C> fmt::Debug for InBackend<S, C> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("InBackend")
-            .field("ctx", &self.ctx)
-            .finish_non_exhaustive()
-    }
-}
-
-impl<S: RemoteTransport, C: PortableConfig> Program for InTransport<S, C> {
-    type Init = PlacedInit;
-    type Task = Vec<S::Input>;
-    type Output = Vec<ItemOutcome<S::Output>>;
-
-    fn init(init: PlacedInit) -> Result<Self, StageError> {
-        let (mut stage, ctx) = init.open::<S, C>(StageKind::Transport)?;
-        stage.setup(&ctx)?;
-        Ok(Self {
-            stage,
-            ctx,
-            _config: PhantomData,
-        })
-    }
-
-    fn run(&mut self, items: Vec<S::Input>) -> Result<Self::Output, StageError> {
-        let (stage, ctx) = (&mut self.stage, &self.ctx);
-        if stage.emits_many() {
-            return Ok(items
-                .into_iter()
-                .map(|item| {
-                    let mut outputs = Vec::new();
-                    let result = catch_panic(|| stage.transport_each(item, ctx, &mut outputs));
-                    ItemOutcome::of_many(result.map(|()| outputs))
-                })
-                .collect());
-        }
-        Ok(items
-            .into_iter()
-            .map(|item| ItemOutcome::of(catch_panic(|| stage.transport(item, ctx))))
-            .collect())
-    }
-
-    fn cleanup(&mut self) {
-        self.stage.cleanup(&self.ctx);
-    }
-
-    fn weight(items: &Self::Task) -> u64 {
-        items.len() as u64
-    }
-}
-
-impl<S: RemoteBackend, C: PortableConfig> Program for InBackend<S, C> {
-    type Init = PlacedInit;
-    type Task = Vec<S::Input>;
-    type Output = Vec<ItemOutcome<()>>;
-
-    fn init(init: PlacedInit) -> Result<Self, StageError> {
-        let (mut stage, ctx) = init.open::<S, C>(StageKind::Backend)?;
-        stage.setup(&ctx)?;
-        Ok(Self {
-            stage,
-            ctx,
-            _config: PhantomData,
-        })
-    }
-
-    fn run(&mut self, items: Vec<S::Input>) -> Result<Self::Output, StageError> {
-        let (stage, ctx) = (&mut self.stage, &self.ctx);
-        let mut outcomes: Vec<ItemOutcome<()>> = items
-            .into_iter()
-            .map(|item| match catch_panic(|| stage.process(item, ctx)) {
-                Ok(()) => ItemOutcome::Done(()),
-                Err(error) => ItemOutcome::Failed(error),
-            })
-            .collect();
-        // What was processed is settled only once it is flushed.
-        if let Err(error) = catch_panic(|| stage.flush(ctx)) {
-            let message = format!("{error:#}");
-            for outcome in &mut outcomes {
-                if matches!(outcome, ItemOutcome::Done(())) {
-                    *outcome = ItemOutcome::Failed(StageError::msg(&message));
-                }
-            }
-        }
-        Ok(outcomes)
-    }
-
-    fn cleanup(&mut self) {
-        self.stage.cleanup(&self.ctx);
-    }
-
-    fn weight(items: &Self::Task) -> u64 {
-        items.len() as u64
     }
 }
