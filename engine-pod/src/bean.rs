@@ -171,21 +171,3 @@ where
         })
     }
 }
-
-pub use engine_core::{Restart, RestartPolicy};
-#[cfg(test)]
-mod tests {
-    use std::time::Duration;
-
-    use super::*;
-
-    #[test]
-    fn policies_read_from_config_text() {
-        let policy: RestartPolicy =
-            toml::from_str("when = \"on-failure\"\nmax_restarts = 3\nwithin = \"1m\"").unwrap();
-        assert_eq!(policy.when, Restart::OnFailure);
-        assert_eq!(policy.max_restarts, 3);
-        assert_eq!(policy.within, Duration::from_secs(60));
-        assert!(toml::from_str::<RestartPolicy>("whenn = \"always\"").is_err());
-    }
-}

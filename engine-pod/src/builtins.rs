@@ -1,4 +1,4 @@
-//! The registration of the built-in beans under their config names.
+//! The registration of the built-in beans under their config names: `Registry::with_builtins`.
 
 use serde::Deserialize;
 
@@ -58,7 +58,22 @@ impl Default for EngineParams {
 }
 
 /// Registers every built-in bean.
-pub(crate) fn register(registry: &mut Registry) {
+impl Registry {
+    /// A registry holding the built-in beans (see [`builtin_names`](Self::builtin_names)).
+    pub fn with_builtins() -> Self {
+        let mut registry = Self::new();
+        register(&mut registry);
+        registry
+    }
+
+    /// The names of the built-in beans.
+    pub fn builtin_names() -> Vec<String> {
+        Self::with_builtins().names()
+    }
+}
+
+/// Registers every built-in bean.
+fn register(registry: &mut Registry) {
     // A TCP server echoing what each connection sends (host, port, backlog).
     registry.register_typed("tcp_server", |_: crate::builtin::TcpServerParams| {
         crate::builtin::TcpServer::echo()

@@ -23,8 +23,8 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::bean::{Restart, RestartPolicy};
 use crate::token::ControlToken;
+use engine_core::{Restart, RestartPolicy};
 
 /// The environment variables that override the file: `ENGINE_POD_LOG_LEVEL`,
 /// `ENGINE_POD_DEBUG`, `ENGINE_POD_STOP_WAIT_TIME`, `ENGINE_POD_CONTROL_TOKEN`.
@@ -429,6 +429,16 @@ mod tests {
         assert_eq!(file.beans[0].restart.when, Restart::Always);
         assert_eq!(file.beans[0].params["n"].as_integer(), Some(3));
         assert_eq!(file.beans[1].restart.max_restarts, 2);
+    }
+
+    #[test]
+    fn policies_read_from_config_text() {
+        let policy: RestartPolicy =
+            toml::from_str("when = \"on-failure\"\nmax_restarts = 3\nwithin = \"1m\"").unwrap();
+        assert_eq!(policy.when, Restart::OnFailure);
+        assert_eq!(policy.max_restarts, 3);
+        assert_eq!(policy.within, Duration::from_secs(60));
+        assert!(toml::from_str::<RestartPolicy>("whenn = \"always\"").is_err());
     }
 
     #[test]

@@ -68,6 +68,7 @@ mod control;
 mod ctl;
 mod driver;
 mod engine_bean;
+mod guard;
 mod metrics;
 mod pod;
 mod registry;
@@ -86,8 +87,7 @@ mod token;
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub use axum;
 pub use bean::{
-    Bean, BeanFuture, BeanResult, BlockingBean, FnBean, IntoBeanResult, Restart, RestartPolicy,
-    bean_fn, blocking,
+    Bean, BeanFuture, BeanResult, BlockingBean, FnBean, IntoBeanResult, bean_fn, blocking,
 };
 pub use bridge::{
     Call, CallError, DeliverBackend, DeliverError, Deliveries, Feed, FeedClosed, FeedError,
@@ -105,6 +105,8 @@ pub use config::{BeanConfig, ConfigError, ENV_PREFIX, PodConfig, PodFile, parse_
 pub use context::BeanContext;
 pub use ctl::{ControlClient, CtlError};
 pub use engine_bean::{EngineBean, LastReport, engine_bean};
+/// Restart policies, shared with the engines' pools and routers.
+pub use engine_core::{Restart, RestartPolicy};
 pub use metrics::PodMetrics;
 pub use pod::{Pod, PodHandle};
 pub use registry::{BeanFactory, Registry};

@@ -59,13 +59,6 @@ impl Registry {
         Self::default()
     }
 
-    /// A registry holding the built-in beans (see [`builtin_names`](Self::builtin_names)).
-    pub fn with_builtins() -> Self {
-        let mut registry = Self::new();
-        crate::builtins::register(&mut registry);
-        registry
-    }
-
     /// Registers a factory under `name` (replacing any previous one).
     pub fn register<B: Bean>(
         &mut self,
@@ -98,11 +91,6 @@ impl Registry {
     /// The registered names, sorted.
     pub fn names(&self) -> Vec<String> {
         self.factories.keys().cloned().collect()
-    }
-
-    /// The names of the built-in beans.
-    pub fn builtin_names() -> Vec<String> {
-        Self::with_builtins().names()
     }
 
     /// Makes the bean of one config table.

@@ -4,7 +4,9 @@
 use std::fmt;
 use std::sync::Arc;
 
-use crate::bean::{Bean, RestartPolicy};
+use engine_core::RestartPolicy;
+
+use crate::bean::Bean;
 
 /// A bean with its label, parameters and restart policy, ready to be added to a pod.
 ///

@@ -101,7 +101,7 @@ impl Supervisor {
         // bean let go of its context.
         let _run = Arc::clone(&ctx.run);
         let spec = &self.spec;
-        let result = crate::builtin::guarded(|| spec.bean.start(ctx)).await;
+        let result = crate::guard::guarded(|| spec.bean.start(ctx)).await;
         if let Err(error) = &result {
             tracing::error!(bean = %self.id, core = %spec.core, error = %format!("{error:#}"), "bean failed");
         }

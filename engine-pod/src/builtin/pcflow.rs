@@ -10,9 +10,9 @@ use tokio::sync::{Mutex, Semaphore, mpsc};
 use tokio::task::JoinSet;
 
 use crate::bean::{Bean, BeanFuture};
-use crate::builtin::guarded;
 use crate::config::ConfigError;
 use crate::context::BeanContext;
+use crate::guard::guarded;
 use crate::state::BeanId;
 use crate::stop::RunStop;
 

@@ -5,8 +5,8 @@ use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::bean::{Bean, BeanFuture};
-use crate::builtin::guarded;
 use crate::context::BeanContext;
+use crate::guard::guarded;
 
 /// A server in three steps, run by the [`Simple`] bean: [`startup`](Self::startup), then
 /// [`run`](Self::run), then [`cleanup`](Self::cleanup), which always runs.
