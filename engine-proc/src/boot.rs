@@ -18,10 +18,11 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, after, bounded, select};
 use engine_core::plumbing::lock;
-use engine_core::protocol::{Address, Frame, Hello, ProtocolError};
+use engine_core::protocol::{Address, Frame, Hello, Kind, ProtocolError};
 use ipc_channel::ipc::{self, IpcOneShotServer, IpcReceiver, IpcSender};
+use serde::de::DeserializeOwned;
 
-use crate::codes::EXIT_BOOT_FAILED;
+use crate::codes::{EXIT_BOOT_FAILED, INIT};
 use crate::error::{ExitHow, SpawnError};
 use crate::wire::{Packet, recv_frame, send_frame};
 
@@ -205,6 +206,23 @@ pub(crate) fn connect(server: String, kind: &str) -> Result<Connection, String> 
         Ok(other) => Err(format!("expected a welcome, got {}", other.describe())),
         Err(e) => Err(format!("no welcome from the master: {e}")),
     }
+}
+
+/// The worker side of a start: connects as `kind`, then reads the master's first message,
+/// which carries the worker's init arguments.
+pub(crate) fn connect_with_init<T: DeserializeOwned>(
+    server: String,
+    kind: &str,
+) -> Result<(Connection, T), String> {
+    let conn = connect(server, kind)?;
+    let init = match recv_frame(&conn.inbox) {
+        Ok(Frame::Message(e)) if e.kind == Kind::user(INIT) => e
+            .body::<T>()
+            .map_err(|e| format!("bad init arguments: {e}"))?,
+        Ok(other) => return Err(format!("expected init arguments, got {}", other.describe())),
+        Err(e) => return Err(format!("no init arguments: {e}")),
+    };
+    Ok((conn, init))
 }
 
 /// The master side of a running worker process.

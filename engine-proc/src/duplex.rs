@@ -230,19 +230,12 @@ impl Drop for Child {
 
 /// The main function of a child process.
 pub(crate) fn duplex_entry(server: String) -> i32 {
-    let conn = match boot::connect(server, KIND) {
-        Ok(conn) => conn,
+    let (conn, offset) = match boot::connect_with_init::<isize>(server, KIND) {
+        Ok(started) => started,
         Err(reason) => {
             tracing::error!("child process cannot start: {reason}");
             return EXIT_BOOT_FAILED;
         }
-    };
-    let offset = match wire::recv_frame(&conn.inbox) {
-        Ok(Frame::Message(e)) if e.kind == Kind::user(INIT) => e.body::<isize>(),
-        _ => return EXIT_BOOT_FAILED,
-    };
-    let Ok(offset) = offset else {
-        return EXIT_BOOT_FAILED;
     };
     // SAFETY: the parent computed the offset of a `ChildMain` of this same binary (the
     // handshake and the executable's identity were checked at start).
