@@ -1,0 +1,211 @@
+//! How a stream source takes entries back: the sweep for entries left pending by dead
+//! consumers, its own pending list after a lost connection, dead letters for entries
+//! delivered too often, and the removal of idle consumers.
+
+use std::time::{Duration, Instant};
+
+use engine_core::StageContext;
+use engine_core::plumbing::lock;
+use serde::de::DeserializeOwned;
+
+use super::StreamSource;
+use crate::broker::{Broker, Connector, DeadLetter, Delivery, EntryId};
+use crate::error::{Chain, Result};
+use crate::retry::retrying;
+
+impl<T: DeserializeOwned, C: Connector> StreamSource<T, C> {
+    /// Claims entries left pending too long (by dead consumers, mostly); dead-letters those
+    /// delivered too often. After a complete pass, removes consumers idle for too long.
+    pub(super) fn sweep(&mut self, ctx: &StageContext) -> Result<()> {
+        let running = self.running.as_mut().expect("a source sweeps once started");
+        let (broker, stream, group, consumer, in_flight, recover) = (
+            &mut running.broker,
+            &self.stream,
+            &self.group,
+            &running.consumer,
+            &running.in_flight,
+            &mut running.recover,
+        );
+        let (idle, from, count) = (self.options.claim_idle, running.cursor, self.options.batch);
+        let (next, claimed) =
+            retrying("claiming", self.options.retry_for, Some(ctx.stop()), || {
+                // The set stays locked while the claim runs, so that an entry the acknowledging
+                // thread settles meanwhile is either not claimed or still known as ours.
+                let in_flight = lock(in_flight);
+                let claimed = broker.claim(stream, group, consumer, idle, from, count);
+                // Entries claimed in a reply that was lost are pending for us: read them again.
+                *recover |= claimed.is_err();
+                let claimed = claimed?;
+                let fresh: Vec<Delivery> = claimed
+                    .deliveries
+                    .into_iter()
+                    // Ours, and still in the pipeline: the claim only refreshed it.
+                    .filter(|delivery| !in_flight.contains(&delivery.id))
+                    .collect();
+                Ok((claimed.next, fresh))
+            })?;
+        let complete = next.is_none();
+        match next {
+            Some(next) => running.cursor = next,
+            None => {
+                running.cursor = EntryId::ZERO;
+                running.next_sweep = Instant::now() + self.options.sweep_interval();
+            }
+        }
+        for delivery in &claimed {
+            tracing::debug!(stream = %self.stream, id = %delivery.id, deliveries = delivery.deliveries, "claimed a pending entry");
+        }
+        self.settlement.add_reclaimed(claimed.len() as u64);
+        self.take_over(claimed, ctx)?;
+        if complete && let Some(idle) = self.options.remove_idle {
+            self.remove_idle_consumers(idle);
+        }
+        Ok(())
+    }
+
+    /// Reads this consumer's own pending list again and takes over what is not in the
+    /// pipeline: entries delivered in a reply that was lost when the connection broke (the
+    /// server logged the delivery, then died before it answered), or left by an earlier run
+    /// under the same consumer name. Runs at the start and after every connection error,
+    /// before any new entry is read, so healing takes no longer than the reconnect.
+    pub(super) fn recover_own(&mut self, ctx: &StageContext) -> Result<()> {
+        let mut after = None;
+        loop {
+            let running = self
+                .running
+                .as_mut()
+                .expect("a source recovers once started");
+            let (broker, stream, group, consumer, in_flight) = (
+                &mut running.broker,
+                &self.stream,
+                &self.group,
+                &running.consumer,
+                &running.in_flight,
+            );
+            let count = self.options.batch;
+            let (listed, last, lost) = retrying(
+                "re-reading pending entries",
+                self.options.retry_for,
+                Some(ctx.stop()),
+                || {
+                    // Locked while listing: an entry settled meanwhile is either not listed
+                    // or still known as in the pipeline.
+                    let in_flight = lock(in_flight);
+                    let rows = broker.own_pending(stream, group, consumer, after, count)?;
+                    let last = rows.last().map(|row| row.id);
+                    let listed = rows.len();
+                    let lost: Vec<_> = rows
+                        .into_iter()
+                        .filter(|row| !in_flight.contains(&row.id))
+                        .collect();
+                    Ok((listed, last, lost))
+                },
+            )?;
+            if !lost.is_empty() {
+                let ids: Vec<EntryId> = lost.iter().map(|row| row.id).collect();
+                // Claimed only if nobody touched them since they were listed.
+                let min_idle = lost.iter().map(|row| row.idle).min().unwrap_or_default();
+                let mut deliveries = retrying(
+                    "re-reading pending entries",
+                    self.options.retry_for,
+                    Some(ctx.stop()),
+                    || broker.claim_ids(stream, group, consumer, min_idle, &ids),
+                )?;
+                for delivery in &mut deliveries {
+                    if let Some(row) = lost.iter().find(|row| row.id == delivery.id) {
+                        delivery.deliveries = row.deliveries + 1;
+                    }
+                }
+                if !deliveries.is_empty() {
+                    tracing::info!(
+                        stream = %self.stream,
+                        consumer = %running.consumer,
+                        entries = deliveries.len(),
+                        "took back entries delivered to this consumer and never handed out"
+                    );
+                }
+                self.take_over(deliveries, ctx)?;
+            }
+            match last {
+                Some(last) if listed >= count => after = Some(last),
+                _ => return Ok(()),
+            }
+        }
+    }
+
+    /// Queues claimed entries to be handed out, and dead-letters those delivered more than
+    /// the limit.
+    fn take_over(&mut self, claimed: Vec<Delivery>, ctx: &StageContext) -> Result<()> {
+        let running = self
+            .running
+            .as_mut()
+            .expect("a source takes over once started");
+        let (dead, live): (Vec<_>, Vec<_>) = claimed
+            .into_iter()
+            .partition(|delivery| delivery.deliveries > self.options.max_deliveries);
+        running.buffer.extend(live);
+        if dead.is_empty() {
+            return Ok(());
+        }
+        let mut reasons = Vec::with_capacity(dead.len());
+        for delivery in &dead {
+            let broker = &mut running.broker;
+            let last = retrying(
+                "reading errors",
+                self.options.retry_for,
+                Some(ctx.stop()),
+                || broker.last_error(&self.stream, delivery.id),
+            )?;
+            let limit = self.options.max_deliveries;
+            reasons.push(match last {
+                Some(error) => format!(
+                    "delivered {} times (limit {limit}); last error: {error}",
+                    delivery.deliveries
+                ),
+                None => format!(
+                    "delivered {} times (limit {limit}) without being finished; no error was \
+                     recorded (a consumer stopped or crashed with it)",
+                    delivery.deliveries
+                ),
+            });
+        }
+        let letters: Vec<DeadLetter<'_>> = dead
+            .iter()
+            .zip(&reasons)
+            .map(|(delivery, reason)| delivery.dead_letter(reason))
+            .collect();
+        self.bury(&letters, ctx)
+    }
+
+    /// Removes consumers unseen for `idle` with nothing pending. Best effort: a failure is
+    /// logged, and the next complete sweep tries again.
+    fn remove_idle_consumers(&mut self, idle: Duration) {
+        let running = self.running.as_mut().expect("a source sweeps once started");
+        match running.broker.remove_idle_consumers(
+            &self.stream,
+            &self.group,
+            &running.consumer,
+            idle,
+        ) {
+            Ok(removed) => {
+                for name in removed {
+                    tracing::info!(
+                        stream = %self.stream,
+                        group = %self.group,
+                        consumer = %name,
+                        idle = ?idle,
+                        "removed a consumer idle with nothing pending"
+                    );
+                }
+            }
+            Err(error) => {
+                running.recover = true;
+                tracing::warn!(
+                    stream = %self.stream,
+                    error = %Chain(&error),
+                    "cannot remove idle consumers"
+                );
+            }
+        }
+    }
+}
