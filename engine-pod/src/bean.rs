@@ -157,17 +157,24 @@ where
 {
     fn start(&self, ctx: BeanContext) -> BeanFuture {
         let f = Arc::clone(&self.0);
-        let (tx, rx) = tokio::sync::oneshot::channel();
         let name = format!("bean-{}", ctx.id());
-        let spawned = std::thread::Builder::new().name(name).spawn(move || {
-            let result = engine_core::plumbing::catch_panic(|| f(ctx).into_bean_result());
-            let _ = tx.send(result);
-        });
-        Box::pin(async move {
-            spawned.map_err(StageError::new)?;
-            rx.await.unwrap_or_else(|_| {
-                Err(StageError::msg("the bean's thread ended without a result"))
-            })
-        })
+        Box::pin(on_thread(name, move || f(ctx).into_bean_result()))
+    }
+}
+
+/// Runs `f` on a new thread named `name`, its panic caught; resolves to what it returned.
+/// Dropping the future abandons the thread, which is then left to end on its own.
+pub(crate) fn on_thread<T: Send + 'static>(
+    name: String,
+    f: impl FnOnce() -> Result<T, StageError> + Send + 'static,
+) -> impl Future<Output = Result<T, StageError>> + Send + 'static {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let spawned = std::thread::Builder::new().name(name).spawn(move || {
+        let _ = tx.send(engine_core::plumbing::catch_panic(f));
+    });
+    async move {
+        spawned.map_err(StageError::new)?;
+        rx.await
+            .unwrap_or_else(|_| Err(StageError::msg("the thread ended without a result")))
     }
 }

@@ -15,6 +15,28 @@ use engine_core::{Backend, Frontend, StageContext, StageError};
 use flume::{RecvTimeoutError, SendTimeoutError};
 use tokio::sync::oneshot;
 
+/// `Clone` (without `T: Clone`: clones share the channel) and `Debug` (how many items are
+/// queued) for the bridge's channel ends, each a newtype of one `flume` end.
+macro_rules! channel_end {
+    ($($name:ident),*) => {$(
+        impl<T> Clone for $name<T> {
+            fn clone(&self) -> Self {
+                Self(self.0.clone())
+            }
+        }
+
+        impl<T> fmt::Debug for $name<T> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.debug_struct(stringify!($name))
+                    .field("queued", &self.0.len())
+                    .finish_non_exhaustive()
+            }
+        }
+    )*};
+}
+
+channel_end!(Feed, FeedFrontend, Deliveries);
+
 /// How often a blocked engine thread looks at its stop handle.
 const STOP_POLL: Duration = Duration::from_millis(20);
 
@@ -75,20 +97,6 @@ pub fn deliver<T>(capacity: usize) -> (DeliverBackend<T>, Deliveries<T>) {
 /// ends when every clone is dropped.
 pub struct Feed<T>(flume::Sender<T>);
 
-impl<T> Clone for Feed<T> {
-    fn clone(&self) -> Self {
-        Self(self.0.clone())
-    }
-}
-
-impl<T> fmt::Debug for Feed<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Feed")
-            .field("queued", &self.0.len())
-            .finish_non_exhaustive()
-    }
-}
-
 /// An item the engine no longer takes (its frontend is gone: the run ended), handed back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("the engine takes no more items")]
@@ -143,20 +151,6 @@ pub enum FeedError<T> {
 /// when every [`Feed`] is dropped and the channel is empty, or at a stop. Cloneable (the
 /// channel is multi-consumer), for several frontend threads or a bean's runs.
 pub struct FeedFrontend<T>(flume::Receiver<T>);
-
-impl<T> Clone for FeedFrontend<T> {
-    fn clone(&self) -> Self {
-        Self(self.0.clone())
-    }
-}
-
-impl<T> fmt::Debug for FeedFrontend<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("FeedFrontend")
-            .field("queued", &self.0.len())
-            .finish_non_exhaustive()
-    }
-}
 
 impl<T> Frontend for FeedFrontend<T> {
     type Item = T;
@@ -242,20 +236,6 @@ impl<T> Backend for DeliverBackend<T> {
 
 /// The async side of a [`deliver`]: receives what the engine's backends hand over.
 pub struct Deliveries<T>(flume::Receiver<T>);
-
-impl<T> Clone for Deliveries<T> {
-    fn clone(&self) -> Self {
-        Self(self.0.clone())
-    }
-}
-
-impl<T> fmt::Debug for Deliveries<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Deliveries")
-            .field("queued", &self.0.len())
-            .finish_non_exhaustive()
-    }
-}
 
 impl<T> Deliveries<T> {
     /// The next item; `None` once every [`DeliverBackend`] (and clone) is gone or cleaned up

@@ -3,14 +3,14 @@
 //! aborts it, with no wiring by the user.
 
 use std::fmt;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 
+use engine_core::plumbing::{TrackedFrontend, lock};
 use engine_core::{RunReport, StageError, StopHandle};
 
-use engine_core::plumbing::TrackedFrontend;
 use engine_threads::{EngineBuilder, EngineError, Stages};
 
-use crate::bean::{Bean, BeanFuture};
+use crate::bean::{Bean, BeanFuture, on_thread};
 use crate::context::BeanContext;
 
 type Runner = dyn Fn(&BeanContext) -> Result<RunReport, EngineError> + Send + Sync;
@@ -34,14 +34,11 @@ pub struct LastReport(Arc<Mutex<Option<RunReport>>>);
 impl LastReport {
     /// The report of the last run that ended, if any.
     pub fn get(&self) -> Option<RunReport> {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        lock(&self.0).clone()
     }
 
     fn set(&self, report: RunReport) {
-        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Some(report);
+        *lock(&self.0) = Some(report);
     }
 }
 
@@ -94,27 +91,16 @@ impl Bean for EngineBean {
     fn start(&self, ctx: BeanContext) -> BeanFuture {
         let run = Arc::clone(&self.run);
         let last = self.last.clone();
-        let (tx, rx) = tokio::sync::oneshot::channel();
         let id = ctx.id();
         let stop = ctx.stop_handle().clone();
-        let spawned = std::thread::Builder::new()
-            .name(format!("bean-{id}-engine"))
-            .spawn(move || {
-                let result =
-                    engine_core::plumbing::catch_panic(|| run(&ctx).map_err(StageError::new));
-                let _ = tx.send(result);
-            });
+        let name = format!("bean-{id}-engine");
+        let ended = on_thread(name, move || run(&ctx).map_err(StageError::new));
         Box::pin(async move {
-            spawned.map_err(StageError::new)?;
             // Aborts the engine if the bean's future is dropped before the engine ended.
             let mut abort_on_cancel = AbortOnDrop(Some(stop));
-            let result = rx.await;
+            let report = ended.await;
             abort_on_cancel.0 = None;
-            let report = result.unwrap_or_else(|_| {
-                Err(StageError::msg(
-                    "the engine's thread ended without a result",
-                ))
-            })?;
+            let report = report?;
             tracing::info!(bean = %id, "engine ended\n{report}");
             last.set(report);
             Ok(())

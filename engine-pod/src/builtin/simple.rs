@@ -2,7 +2,9 @@
 //! the pod's `"stop"` signal.
 
 use std::fmt;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
+
+use engine_core::plumbing::lock;
 
 use crate::bean::{Bean, BeanFuture};
 use crate::context::BeanContext;
@@ -112,7 +114,7 @@ struct EndOfRun(CurrentRun);
 
 impl Drop for EndOfRun {
     fn drop(&mut self) {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner).take();
+        lock(&self.0).take();
     }
 }
 
@@ -126,10 +128,7 @@ impl<S: SimpleServer> Bean for Simple<S> {
                 let server = Arc::clone(&server);
                 let current = Arc::clone(&current);
                 ctx.on_signal("stop", move |_| {
-                    let ctx = current
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .clone();
+                    let ctx = lock(&current).clone();
                     if let Some(ctx) = ctx {
                         server.on_stop(&ctx);
                     }

@@ -2,9 +2,11 @@
 //! send each one to other beans as a named signal.
 
 use std::fmt;
-use std::io::{self, BufRead};
-use std::sync::{Arc, OnceLock, PoisonError};
+use std::io;
+use std::sync::{Arc, OnceLock};
 
+use engine_core::plumbing::lock;
+use engine_core::{Frontend, StageContext, StageError, StageKind};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt};
 use tokio::sync::mpsc;
@@ -171,10 +173,14 @@ impl Output {
     }
 
     /// Logs a line (as read, with its end of line if any) and sends it on.
-    fn line(&self, ctx: &BeanContext, bytes: &[u8]) {
+    fn bytes(&self, ctx: &BeanContext, bytes: &[u8]) {
         let bytes = bytes.strip_suffix(b"\n").unwrap_or(bytes);
         let bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
-        let line = String::from_utf8_lossy(bytes).into_owned();
+        self.line(ctx, String::from_utf8_lossy(bytes).into_owned());
+    }
+
+    /// Logs a line (without its end of line) and sends it on.
+    fn line(&self, ctx: &BeanContext, line: String) {
         tracing::info!(bean = %ctx.id(), %line, "read a line");
         if let Some((name, target)) = &self.signal {
             let handled = ctx.send_signal(name, target.clone(), serde_json::Value::String(line));
@@ -191,13 +197,13 @@ async fn read_held(
     out: &Output,
     slot: &std::sync::Mutex<Option<Held>>,
 ) -> Result<(), StdinError> {
-    let taken = slot.lock().unwrap_or_else(PoisonError::into_inner).take();
+    let taken = lock(slot).take();
     let Some(mut held) = taken else {
         tracing::debug!(bean = %ctx.id(), "the input was read to its end by an earlier run");
         return Ok(());
     };
     let give_back = |held: Held| {
-        *slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(held);
+        *lock(slot) = Some(held);
     };
     loop {
         // A cancelled `read_until` keeps what it read in `partial`, so nothing is lost when
@@ -214,13 +220,13 @@ async fn read_held(
             }
             Some(Ok(0)) => {
                 if !held.partial.is_empty() {
-                    out.line(ctx, &held.partial);
+                    out.bytes(ctx, &held.partial);
                 }
                 return Ok(());
             }
             Some(Ok(_)) => {
                 // A line, or the last bytes of the input without an end of line.
-                out.line(ctx, &held.partial);
+                out.bytes(ctx, &held.partial);
                 held.partial.clear();
             }
             Some(Err(error)) if error.kind() == io::ErrorKind::Interrupted => {}
@@ -232,8 +238,8 @@ async fn read_held(
     }
 }
 
-/// A line of stdin, or the error that ended the reading.
-type StdinLine = io::Result<Vec<u8>>;
+/// A line of stdin (without its end of line), or the error that ended the reading.
+type StdinLine = Result<String, StageError>;
 
 /// The lines of the process's stdin, read by a thread started at the first use.
 type StdinFeed = tokio::sync::Mutex<mpsc::Receiver<StdinLine>>;
@@ -254,22 +260,15 @@ fn stdin_feed() -> Result<&'static StdinFeed, StdinError> {
 }
 
 /// The stdin thread: sends lines until the end of stdin, a read error, or no one listens.
+/// engine-ootb's stdin frontend reads them (retrying interrupted reads, replacing invalid
+/// UTF-8 with a warning), as it does for `engine run`.
 fn read_stdin_lines(tx: &mpsc::Sender<StdinLine>) {
-    let mut stdin = io::stdin().lock();
-    loop {
-        let mut line = Vec::new();
-        match stdin.read_until(b'\n', &mut line) {
-            Ok(0) => return,
-            Ok(_) => {
-                if tx.blocking_send(Ok(line)).is_err() {
-                    return;
-                }
-            }
-            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
-            Err(error) => {
-                let _ = tx.blocking_send(Err(error));
-                return;
-            }
+    let mut lines = engine_ootb::StdinFrontend::new();
+    let ctx = StageContext::standalone("stdin", StageKind::Frontend);
+    while let Some(line) = lines.produce(&ctx).transpose() {
+        let failed = line.is_err();
+        if tx.blocking_send(line).is_err() || failed {
+            return;
         }
     }
 }
@@ -290,8 +289,8 @@ async fn read_stdin(ctx: &BeanContext, out: &Output) -> Result<(), StdinError> {
         };
         match next {
             None => return Ok(()),
-            Some(Ok(line)) => out.line(ctx, &line),
-            Some(Err(error)) => return Err(StdinError::Read(error)),
+            Some(Ok(line)) => out.line(ctx, line),
+            Some(Err(error)) => return Err(StdinError::Read(io::Error::other(error))),
         }
     }
 }
