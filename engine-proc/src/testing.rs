@@ -18,18 +18,32 @@
 /// Needs the `testing` feature: `engine-proc = { version = "…", features = ["testing"] }`
 /// under `[dev-dependencies]`.
 ///
-/// ```ignore
+/// ```no_run
 /// // tests/square.rs: a plain libtest file.
-/// use engine_proc::{Pool, WorkerStage};
+/// use engine_core::{StageContext, StageError, Transport};
+/// use engine_proc::Pool;
+/// use serde::{Deserialize, Serialize};
 ///
 /// engine_proc::test_support!();
 ///
+/// #[derive(Clone, Serialize, Deserialize)]
+/// struct Square;
+///
+/// impl Transport for Square {
+///     type Input = u64;
+///     type Output = u64;
+///     fn transport(&mut self, x: u64, _: &StageContext) -> Result<Option<u64>, StageError> {
+///         Ok(Some(x * x))
+///     }
+/// }
+///
 /// #[test]
 /// fn a_pool_squares() {
-///     let mut pool = Pool::builder().workers(2, WorkerStage::<Square>::new(())).start().unwrap();
+///     let mut pool = Pool::builder().workers(2, Square).start().unwrap();
 ///     let squares: Vec<u64> = pool.map(0..100).collect::<Result<_, _>>().unwrap();
 ///     assert_eq!(squares[9], 81);
 /// }
+/// # fn main() {}
 /// ```
 #[macro_export]
 macro_rules! test_support {
