@@ -322,13 +322,9 @@ impl<'a, W: Program> Driver<'a, W> {
             if !shared.wait_while_open(after) {
                 return Step::Gone;
             }
-            match start_worker::<W>(shared, self.slot, self.init) {
-                Ok(worker) => {
-                    shared
-                        .counters
-                        .count(&shared.slots[self.slot], Event::Respawn);
+            match self.start_again(Event::Respawn) {
+                Ok(()) => {
                     self.restarts.started(Instant::now());
-                    self.new_worker(worker);
                     return Step::Go;
                 }
                 Err(error) => {
@@ -369,14 +365,8 @@ impl<'a, W: Program> Driver<'a, W> {
         if shared.state().0 != State::Open {
             return Step::Gone;
         }
-        match start_worker::<W>(shared, self.slot, self.init) {
-            Ok(worker) => {
-                shared
-                    .counters
-                    .count(&shared.slots[self.slot], Event::Recycle);
-                self.new_worker(worker);
-                Step::Go
-            }
+        match self.start_again(Event::Recycle) {
+            Ok(()) => Step::Go,
             // A replacement that cannot start is a failure under the restart policy.
             Err(error) => {
                 tracing::error!(
@@ -388,11 +378,16 @@ impl<'a, W: Program> Driver<'a, W> {
         }
     }
 
-    fn new_worker(&mut self, worker: Spawned) {
-        self.worker = worker;
+    /// Starts a new worker in the slot, in place of a dead one (`Event::Respawn`) or a well
+    /// one (`Event::Recycle`), and counts it.
+    fn start_again(&mut self, event: Event) -> Result<(), SpawnError> {
+        let shared = self.shared;
+        self.worker = start_worker::<W>(shared, self.slot, self.init)?;
+        shared.counters.count(&shared.slots[self.slot], event);
         self.sent = 0;
         self.recycle = None;
         self.last_memory_check = Instant::now();
+        Ok(())
     }
 
     /// Marks the worker for recycling once its resident memory passes the limit (read at

@@ -44,9 +44,7 @@ pub struct RouterBuilder {
     workers: Vec<(String, WorkerMain)>,
     main: Handlers,
     stop: Option<StopHandle>,
-    stop_timeout: Duration,
-    start_timeout: Duration,
-    restart: RestartPolicy,
+    settings: Settings,
 }
 
 impl fmt::Debug for RouterBuilder {
@@ -72,9 +70,7 @@ impl Router {
             workers: Vec::new(),
             main: Handlers::default(),
             stop: None,
-            stop_timeout: Duration::from_secs(5),
-            start_timeout: Duration::from_secs(10),
-            restart: RestartPolicy::default(),
+            settings: Settings::default(),
         }
     }
 }
@@ -131,7 +127,7 @@ impl RouterBuilder {
     /// How long workers get to exit once told to (default 5 s).
     #[must_use]
     pub fn stop_timeout(mut self, timeout: Duration) -> Self {
-        self.stop_timeout = timeout;
+        self.settings.stop_timeout = timeout;
         self
     }
 
@@ -148,14 +144,14 @@ impl RouterBuilder {
     /// router stops or main calls [`Node::exit`].
     #[must_use]
     pub fn restart(mut self, policy: RestartPolicy) -> Self {
-        self.restart = policy;
+        self.settings.restart = policy;
         self
     }
 
     /// How long a worker may take to start (default 10 s).
     #[must_use]
     pub fn start_timeout(mut self, timeout: Duration) -> Self {
-        self.start_timeout = timeout;
+        self.settings.start_timeout = timeout;
         self
     }
 
@@ -169,12 +165,7 @@ impl RouterBuilder {
     /// error.
     pub fn run(self) -> Result<RouterReport, ProcError> {
         check_names(&self.workers)?;
-        let settings = Settings {
-            stop_timeout: self.stop_timeout,
-            start_timeout: self.start_timeout,
-            restart: self.restart,
-        };
-        Ok(MainLoop::start(self.workers, self.main, self.stop, settings)?.run())
+        Ok(MainLoop::start(self.workers, self.main, self.stop, self.settings)?.run())
     }
 }
 

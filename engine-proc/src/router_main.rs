@@ -28,9 +28,22 @@ enum Event {
 /// How a router runs, as its builder set it.
 #[derive(Debug, Clone)]
 pub(crate) struct Settings {
+    /// How long workers get to exit once told to.
     pub(crate) stop_timeout: Duration,
+    /// How long a worker may take to start.
     pub(crate) start_timeout: Duration,
+    /// When a worker that ended is started again.
     pub(crate) restart: RestartPolicy,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            stop_timeout: Duration::from_secs(5),
+            start_timeout: Duration::from_secs(10),
+            restart: RestartPolicy::default(),
+        }
+    }
 }
 
 /// The main process of a running router.
