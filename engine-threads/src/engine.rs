@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Instant;
 
 use engine_core::plumbing::TrackedFrontend;
 use engine_core::{RunReport, StopHandle};
@@ -9,8 +10,9 @@ use engine_core::{RunReport, StopHandle};
 use crate::error::EngineError;
 use crate::factory::Absent;
 use crate::handle::EngineHandle;
-use crate::launch::{launch, spawn};
+use crate::launch::{Launcher, Signals, spawn};
 use crate::plan::Plan;
+use crate::run::Run;
 use crate::stages::{self, Stages};
 
 /// A built engine, ready to [`run`](Self::run) or [`spawn`](Self::spawn).
@@ -72,7 +74,7 @@ where
     /// if a stage's setup failed or an item failed under
     /// [`ErrorPolicy::Stop`](engine_core::ErrorPolicy::Stop) (the error holds the report).
     pub fn run(self) -> Result<RunReport, EngineError> {
-        let run = launch(self.plan, self.stop)?;
+        let run = self.start()?;
         let stats = Arc::clone(run.stats());
         let result = run.coordinate();
         stats.finish();
@@ -87,7 +89,7 @@ where
     /// [`EngineError::Spawn`] if a thread cannot be started.
     pub fn spawn(self) -> Result<EngineHandle, EngineError> {
         let stop = self.stop.clone();
-        let run = launch(self.plan, self.stop)?;
+        let run = self.start()?;
         let stats = Arc::clone(run.stats());
         let source = Arc::clone(&stats);
         let coordinator = spawn("engine".to_owned(), move || {
@@ -106,5 +108,30 @@ where
                 Err(err)
             }
         }
+    }
+
+    /// Starts every thread of the run, the last stage first; the [`Run`] it returns
+    /// coordinates the run to its end.
+    fn start(self) -> Result<Run, EngineError> {
+        let threads = stages::threads::<F, _>(&self.plan.stages);
+        let Plan {
+            frontend,
+            frontend_threads,
+            stages,
+            options,
+        } = self.plan;
+        let signals = Signals::new(&self.stop);
+        let shared = signals.shared(&self.stop, &options);
+        let mut launcher = Launcher::new(options, shared, frontend_threads, threads);
+        let started = Instant::now();
+        let launched =
+            stages::launch(stages, &mut launcher).and_then(|()| launcher.frontends(&frontend));
+        if let Err(err) = launched {
+            // Threads already started end on the abort; none has run stage code for long.
+            self.stop.stop_now();
+            launcher.abandon();
+            return Err(err);
+        }
+        Ok(launcher.into_run(signals, started))
     }
 }

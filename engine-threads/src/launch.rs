@@ -20,47 +20,14 @@ use crate::factory::{Factory, Present};
 use crate::frontend::FrontendThread;
 use crate::input::{Input, Window};
 use crate::link::{Abort, AbortTrigger, Link, LinkView, Sizing, abort_pair};
-use crate::plan::{Options, Plan};
+use crate::plan::Options;
 use crate::run::{ConsumerStage, Run};
 use crate::shared::{Event, Shared};
-use crate::stages::{self, Stages};
 use crate::stats::{ConsumerProbe, FrontendProbe, StageProbe, StatsSource};
-
-/// Starts every thread of a run; the [`Run`] it returns coordinates the run to its end.
-pub(crate) fn launch<F, T, B>(plan: Plan<F, T, B>, stop: StopHandle) -> Result<Run, EngineError>
-where
-    F: TrackedFrontend + 'static,
-    F::Item: Send + 'static,
-    (T, B): Stages<F>,
-{
-    let threads = stages::threads::<F, _>(&plan.stages);
-    let Plan {
-        frontend,
-        frontend_threads,
-        stages,
-        options,
-    } = plan;
-    let signals = Signals::new(&stop);
-    let shared = signals.shared(&stop, &options);
-    let mut launcher = Launcher::new(options, shared, frontend_threads, threads);
-    let started = Instant::now();
-    let frontend_stats: Vec<Arc<ThreadStats>> = (0..frontend_threads)
-        .map(|_| Arc::new(ThreadStats::default()))
-        .collect();
-    let launched = stages::launch(stages, &mut launcher)
-        .and_then(|()| launcher.frontends(&frontend, &frontend_stats));
-    if let Err(err) = launched {
-        // Threads already started end on the abort; none has run stage code for long.
-        stop.stop_now();
-        launcher.first.close_slots();
-        return Err(err);
-    }
-    Ok(launcher.into_run(signals, started, frontend_stats))
-}
 
 /// How the run hears of a stop: the abort signal that wakes blocked threads, and the
 /// coordinator's events.
-struct Signals {
+pub(crate) struct Signals {
     trigger: Arc<AbortTrigger>,
     abort: Abort,
     events_tx: Sender<Event>,
@@ -70,7 +37,7 @@ struct Signals {
 
 impl Signals {
     /// Subscribes to `stop`: an abort fires the signal, and any stop tells the coordinator.
-    fn new(stop: &StopHandle) -> Self {
+    pub(crate) fn new(stop: &StopHandle) -> Self {
         let (trigger, abort) = abort_pair(stop);
         let trigger = Arc::new(trigger);
         let (events_tx, events) = crossbeam_channel::unbounded();
@@ -94,7 +61,7 @@ impl Signals {
     }
 
     /// What every stage thread shares.
-    fn shared(&self, stop: &StopHandle, options: &Options) -> Arc<Shared> {
+    pub(crate) fn shared(&self, stop: &StopHandle, options: &Options) -> Arc<Shared> {
         Arc::new(Shared {
             stop: stop.clone(),
             abort: self.abort.clone(),
@@ -115,6 +82,8 @@ pub struct Launcher<K, I> {
     /// The queue after the frontend.
     first: Arc<Link<K, I>>,
     frontend_threads: usize,
+    /// The frontend threads' times, once they are started.
+    frontend_stats: Vec<Arc<ThreadStats>>,
     /// Ordered mode's window.
     window: Option<Arc<Window>>,
 }
@@ -127,7 +96,7 @@ impl<K, I> fmt::Debug for Launcher<K, I> {
 
 impl<K: Ticket, I: Send + 'static> Launcher<K, I> {
     /// A launcher with the first link, sized for the stage after the frontend.
-    fn new(
+    pub(crate) fn new(
         options: Options,
         shared: Arc<Shared>,
         frontend_threads: usize,
@@ -151,8 +120,14 @@ impl<K: Ticket, I: Send + 'static> Launcher<K, I> {
             consumers: Vec::new(),
             first,
             frontend_threads,
+            frontend_stats: Vec::new(),
             window,
         }
+    }
+
+    /// After a failed start: closes the frontend slots, so that nothing more is accepted.
+    pub(crate) fn abandon(&self) {
+        self.first.close_slots();
     }
 
     /// The queue after the frontend.
@@ -275,15 +250,14 @@ impl<K: Ticket, I: Send + 'static> Launcher<K, I> {
     }
 
     /// Starts the frontend threads, each making its frontend with `factory` on its thread.
-    fn frontends<F>(
-        &self,
-        factory: &Factory<F>,
-        stats: &[Arc<ThreadStats>],
-    ) -> Result<(), EngineError>
+    pub(crate) fn frontends<F>(&mut self, factory: &Factory<F>) -> Result<(), EngineError>
     where
         F: TrackedFrontend<Ticket = K, Item = I> + 'static,
     {
         let threads = self.frontend_threads;
+        self.frontend_stats = (0..threads)
+            .map(|_| Arc::new(ThreadStats::default()))
+            .collect();
         (0..threads).try_for_each(|index| {
             let ctx = self.context(StageKind::Frontend, index, threads);
             let name = format!("{}-{index}", ctx.stage());
@@ -293,23 +267,18 @@ impl<K: Ticket, I: Send + 'static> Launcher<K, I> {
                 link: Arc::clone(&self.first),
                 window: self.window.clone(),
                 shared: Arc::clone(&self.shared),
-                stats: Arc::clone(&stats[index]),
+                stats: Arc::clone(&self.frontend_stats[index]),
             };
             spawn(name, move || thread.run(ctx)).map(drop)
         })
     }
 
     /// The started run: the probes for the live statistics, and what the coordinator needs.
-    fn into_run(
-        self,
-        signals: Signals,
-        started: Instant,
-        frontend_stats: Vec<Arc<ThreadStats>>,
-    ) -> Run {
+    pub(crate) fn into_run(self, signals: Signals, started: Instant) -> Run {
         let first = Arc::clone(&self.first) as Arc<dyn LinkView>;
         let front: Box<dyn StageProbe> = Box::new(FrontendProbe {
             slots: Arc::clone(&first),
-            threads: frontend_stats,
+            threads: self.frontend_stats,
         });
         let mut probes = vec![(
             Arc::clone(&self.options.names[0]),
