@@ -214,31 +214,22 @@ impl PodFile {
     /// # Ok::<(), engine_pod::ConfigError>(())
     /// ```
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
-        let raw: RawFile = toml::from_str(text).map_err(|err| ConfigError::Syntax {
+        let syntax = |message: String| ConfigError::Syntax {
             path: None,
-            message: err.to_string().trim_end().to_owned(),
-        })?;
+            message,
+        };
+        let raw: RawFile =
+            toml::from_str(text).map_err(|err| syntax(err.to_string().trim_end().to_owned()))?;
         let mut pod = PodConfig::default();
-        if let Some(level) = raw.log_level {
-            pod.log_level = level;
-        }
-        if let Some(debug) = raw.debug {
-            pod.debug = debug;
-        }
+        pod.log_level = raw.log_level.unwrap_or(pod.log_level);
+        pod.debug = raw.debug.unwrap_or(pod.debug);
         if let Some(wait) = raw.stop_wait_time {
-            pod.stop_wait_time =
-                Some(
-                    parse_duration(&wait).map_err(|message| ConfigError::Syntax {
-                        path: None,
-                        message: format!("stop_wait_time: {message}"),
-                    })?,
-                );
+            let wait = parse_duration(&wait).map_err(|m| syntax(format!("stop_wait_time: {m}")))?;
+            pod.stop_wait_time = Some(wait);
         }
         if let Some(token) = raw.control_token {
-            pod.control_token = Some(ControlToken::new(token).ok_or(ConfigError::Syntax {
-                path: None,
-                message: "control_token: an empty token protects nothing".to_owned(),
-            })?);
+            let empty = || syntax("control_token: an empty token protects nothing".to_owned());
+            pod.control_token = Some(ControlToken::new(token).ok_or_else(empty)?);
         }
         let beans = raw
             .beans

@@ -171,13 +171,7 @@ impl Driver {
     async fn force(&mut self) {
         self.forced = true;
         self.deadline = None;
-        let handles: Vec<_> = self
-            .shared
-            .slots()
-            .iter()
-            .filter_map(|s| s.stop.clone())
-            .collect();
-        for handle in handles {
+        for handle in self.shared.collect_slots(|s| s.stop.clone()) {
             handle.stop_now();
         }
         for task in self.tasks.iter().flatten() {

@@ -200,13 +200,8 @@ impl PodShared {
         if !self.beans.reach() {
             return;
         }
-        let runs: Vec<Arc<Run>> = self
-            .slots()
-            .iter()
-            .filter_map(|s| s.run.upgrade())
-            .collect();
-        // Outside the lock: the woken runs' ends take it.
-        for run in runs {
+        // Woken outside the lock: the woken runs' ends take it.
+        for run in self.collect_slots(|s| s.run.upgrade()) {
             run.wake();
         }
     }
@@ -287,13 +282,14 @@ impl PodShared {
         }
     }
 
+    /// What `f` takes from each slot, to act on after the lock is released.
+    pub(crate) fn collect_slots<T>(&self, f: impl FnMut(&Slot) -> Option<T>) -> Vec<T> {
+        self.slots().iter().filter_map(f).collect()
+    }
+
     /// The ids of the beans `target` names.
     pub(crate) fn ids(&self, target: &Target) -> Vec<BeanId> {
-        self.slots()
-            .iter()
-            .filter(|s| s.matches(target))
-            .map(|s| s.id)
-            .collect()
+        self.collect_slots(|s| s.matches(target).then_some(s.id))
     }
 
     /// Calls the handlers of `name` registered by the beans `target` names; returns how many

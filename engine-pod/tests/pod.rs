@@ -1,6 +1,7 @@
 //! The pod's promises, in process: lifecycle, ids and labels, lookup and waiting, named
 //! signals, stop handlers and deadline, restart policies, failures logged and reported.
 
+use std::sync::atomic::Ordering::SeqCst;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -10,6 +11,8 @@ use engine_pod::{
     bean_fn, blocking,
 };
 use tokio::time::timeout;
+
+mod common;
 
 /// A guard against hangs: tests wait on events, and only fail through this.
 const PATIENCE: Duration = Duration::from_secs(20);
@@ -228,17 +231,7 @@ async fn a_second_stop_cancels_at_once() {
 
 #[tokio::test]
 async fn restart_policies_honour_their_limit() {
-    let runs = Arc::new(Mutex::new(0_u32));
-    let failing = {
-        let runs = Arc::clone(&runs);
-        bean_fn(move |_ctx: BeanContext| {
-            let runs = Arc::clone(&runs);
-            async move {
-                *runs.lock().unwrap() += 1;
-                Err::<(), _>(StageError::msg("always fails"))
-            }
-        })
-    };
+    let (failing, runs) = common::failing("always fails");
     let policy = RestartPolicy::new(Restart::OnFailure)
         .limit(3, Duration::from_secs(60))
         .backoff(Duration::from_millis(1), Duration::from_millis(4));
@@ -266,7 +259,7 @@ async fn restart_policies_honour_their_limit() {
     pod.add(BeanSpec::new("flaky", flaky).restart(policy));
     let report = timeout(PATIENCE, pod.start().wait()).await.unwrap();
     assert!(!report.is_success());
-    assert_eq!(*runs.lock().unwrap(), 4, "one run and three restarts");
+    assert_eq!(runs.load(SeqCst), 4, "one run and three restarts");
     let failing = &report.beans[0];
     assert_eq!((failing.state, failing.restarts), (BeanState::Failed, 3));
     assert_eq!(failing.last_error.as_deref(), Some("always fails"));

@@ -1,14 +1,16 @@
 //! One stop mechanism: every bean's stop handle is a child of the pod's, each run's a child
 //! of the bean's; the pod notices any bean's end at once, whatever the start order.
 
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering::SeqCst;
 use std::time::{Duration, Instant};
 
-use engine_core::{StageError, StopHandle};
+use engine_core::StopHandle;
 use engine_pod::{
     BeanContext, BeanId, BeanSpec, BeanState, Pod, PodConfig, Restart, RestartPolicy, bean_fn,
 };
 use tokio::time::timeout;
+
+mod common;
 
 const PATIENCE: Duration = Duration::from_secs(20);
 
@@ -20,17 +22,7 @@ async fn a_later_beans_end_and_restart_are_handled_while_an_earlier_bean_runs_on
         "forever",
         bean_fn(|ctx: BeanContext| async move { ctx.stopping().await }),
     ));
-    let runs = Arc::new(Mutex::new(0_u32));
-    let failing = {
-        let runs = Arc::clone(&runs);
-        bean_fn(move |_ctx: BeanContext| {
-            let runs = Arc::clone(&runs);
-            async move {
-                *runs.lock().unwrap() += 1;
-                Err::<(), _>(StageError::msg("fails at once"))
-            }
-        })
-    };
+    let (failing, runs) = common::failing("fails at once");
     let policy = RestartPolicy::new(Restart::OnFailure)
         .limit(1, Duration::from_secs(60))
         .backoff(Duration::from_millis(1), Duration::from_millis(1));
@@ -60,7 +52,7 @@ async fn a_later_beans_end_and_restart_are_handled_while_an_earlier_bean_runs_on
         })
         .await;
     assert!(again, "{:?}", handle.status());
-    assert_eq!(*runs.lock().unwrap(), 4);
+    assert_eq!(runs.load(SeqCst), 4);
     assert_eq!(handle.status()[0].state, BeanState::Running);
 
     handle.stop();
