@@ -1,23 +1,18 @@
 //! The stream source: a tracked frontend that reads a stream through a consumer group and
 //! acknowledges each entry only once the pipeline has finished with it.
 
-use std::collections::{HashSet, VecDeque};
 use std::fmt;
 use std::marker::PhantomData;
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crossbeam_channel::Sender;
-use engine_core::plumbing::{TrackedFrontend, TrackedItem, lock};
+use engine_core::plumbing::{TrackedFrontend, TrackedItem};
 use engine_core::{StageContext, StageError, protocol};
 use serde::de::DeserializeOwned;
 
 use crate::address::StreamAddress;
-use crate::broker::{Broker, Connector, DeadLetter, Delivery, EntryId};
+use crate::broker::{Connector, Delivery};
 use crate::delivered::WithIds;
 use crate::error::{Chain, Error, Result};
-use crate::retry::{Backoff, retrying};
 
 /// How many times an entry may be delivered before it goes to the dead-letter stream, by
 /// default.
@@ -40,12 +35,13 @@ pub const DEFAULT_BATCH: usize = 512;
 
 mod acker;
 mod options;
-mod recover;
+mod running;
 mod settlement;
 mod ticket;
 
 use acker::Acker;
 pub use options::SourceOptions;
+use running::Running;
 pub use settlement::Settlement;
 use ticket::Completion;
 pub use ticket::StreamTicket;
@@ -106,6 +102,15 @@ const MAX_SETTLE_BATCH: usize = 8192;
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct StreamSource<T, C: Connector = StreamAddress> {
+    config: Config<C>,
+    /// The connection and what it holds, from the first setup on: made in one place,
+    /// [`Running::start`], from the configuration and the stage context.
+    running: Option<Running<C::Broker>>,
+    _items: PhantomData<fn() -> T>,
+}
+
+/// What a source is given before it starts.
+struct Config<C> {
     connector: C,
     stream: String,
     group: String,
@@ -113,32 +118,8 @@ pub struct StreamSource<T, C: Connector = StreamAddress> {
     dead_stream: String,
     options: SourceOptions,
     settlement: Settlement,
-    running: Option<Running<C::Broker>>,
     /// The partition count of the address, if it names a keyed stream.
     keyed: Option<u32>,
-    _items: PhantomData<fn() -> T>,
-}
-
-/// A started source: its connection and what it holds.
-struct Running<B> {
-    broker: B,
-    /// The stream's name, shared with the tickets for their items' ids.
-    stream: Arc<str>,
-    consumer: String,
-    buffer: VecDeque<Delivery>,
-    completions: Sender<Completion>,
-    acker: Option<JoinHandle<()>>,
-    /// Entries handed to the pipeline and not settled yet, which a sweep must not hand out
-    /// again.
-    in_flight: Arc<Mutex<HashSet<EntryId>>>,
-    next_sweep: Instant,
-    cursor: EntryId,
-    /// Whether the source's own pending list must be read again before new entries: at the
-    /// start, and after any error on the connection (a reply may have been lost with entries
-    /// in it).
-    recover: bool,
-    /// The backoff of failing reads, until one succeeds.
-    read_backoff: Option<Backoff>,
 }
 
 impl<T> StreamSource<T, StreamAddress> {
@@ -157,8 +138,8 @@ impl<T> StreamSource<T, StreamAddress> {
         let mut source = Self::with_connector(address, stream, group)
             .options(options)
             .dead_letter_stream(dead);
-        source.consumer = consumer;
-        source.keyed = keyed;
+        source.config.consumer = consumer;
+        source.config.keyed = keyed;
         source
     }
 }
@@ -172,15 +153,17 @@ impl<T, C: Connector> StreamSource<T, C> {
     ) -> Self {
         let stream = stream.into();
         Self {
-            connector,
-            dead_stream: format!("{stream}:dead"),
-            stream,
-            group: group.into(),
-            consumer: None,
-            options: SourceOptions::new(),
-            settlement: Settlement::new(),
+            config: Config {
+                connector,
+                dead_stream: format!("{stream}:dead"),
+                stream,
+                group: group.into(),
+                consumer: None,
+                options: SourceOptions::new(),
+                settlement: Settlement::new(),
+                keyed: None,
+            },
             running: None,
-            keyed: None,
             _items: PhantomData,
         }
     }
@@ -188,7 +171,7 @@ impl<T, C: Connector> StreamSource<T, C> {
     /// Replaces the options.
     #[must_use]
     pub fn options(mut self, options: SourceOptions) -> Self {
-        self.options = options;
+        self.config.options = options;
         self
     }
 
@@ -196,32 +179,32 @@ impl<T, C: Connector> StreamSource<T, C> {
     /// the start time). With several frontend threads, `-<thread>` is appended.
     #[must_use]
     pub fn consumer(mut self, name: impl Into<String>) -> Self {
-        self.consumer = Some(name.into());
+        self.config.consumer = Some(name.into());
         self
     }
 
     /// Sends dead letters to `stream` (default `<stream>:dead`).
     #[must_use]
     pub fn dead_letter_stream(mut self, stream: impl Into<String>) -> Self {
-        self.dead_stream = stream.into();
+        self.config.dead_stream = stream.into();
         self
     }
 
     /// Counts this source's items in `settlement`, shared with other sources.
     #[must_use]
     pub fn with_settlement(mut self, settlement: &Settlement) -> Self {
-        self.settlement = settlement.clone();
+        self.config.settlement = settlement.clone();
         self
     }
 
     /// The settlement of this source's items: wait on it before the program exits.
     pub fn settlement(&self) -> Settlement {
-        self.settlement.clone()
+        self.config.settlement.clone()
     }
 
     /// The stream read.
     pub fn stream(&self) -> &str {
-        &self.stream
+        &self.config.stream
     }
 
     /// Hands out each item with its stable id, as a [`Delivered`](crate::Delivered) (the
@@ -244,139 +227,6 @@ impl<T, C: Connector> StreamSource<T, C> {
     pub fn with_ids(self) -> WithIds<Self> {
         WithIds::new(self)
     }
-
-    /// Connects, creates the group and starts the acknowledging thread.
-    fn start(&mut self, ctx: &StageContext) -> Result<()> {
-        if let Some(partitions) = self.keyed {
-            return Err(Error::InvalidAddress {
-                address: self.stream.clone(),
-                reason: format!(
-                    "the stream is keyed (partitions={partitions}): read it with a KeyedSource"
-                ),
-            });
-        }
-        let mut consumer = self.consumer.clone().unwrap_or_else(default_consumer);
-        if ctx.instances() > 1 {
-            consumer = format!("{consumer}-{}", ctx.index());
-        }
-        let mut broker = self.connector.connect()?;
-        broker.create_group(&self.stream, &self.group)?;
-        let acks = self.connector.connect()?;
-        let (completions, rx) = crossbeam_channel::unbounded();
-        let in_flight = Arc::new(Mutex::new(HashSet::new()));
-        let acker = Acker {
-            broker: acks,
-            stream: self.stream.clone(),
-            group: self.group.clone(),
-            completions: rx,
-            in_flight: Arc::clone(&in_flight),
-            settlement: self.settlement.clone(),
-            retry_for: self.options.retry_for,
-            consumer: consumer.clone(),
-            heartbeat: (self.options.claim_idle / 3).max(Duration::from_millis(10)),
-        };
-        let acker = std::thread::Builder::new()
-            .name(format!("{}-acks", ctx.stage()))
-            .spawn(move || acker.run())
-            .map_err(|source| Error::Unreachable {
-                server: broker.server().to_owned(),
-                source: Box::new(source),
-            })?;
-        tracing::debug!(
-            stream = %self.stream,
-            group = %self.group,
-            consumer = %consumer,
-            server = broker.server(),
-            "reading the stream"
-        );
-        self.running = Some(Running {
-            broker,
-            stream: Arc::from(self.stream.as_str()),
-            consumer,
-            buffer: VecDeque::new(),
-            completions,
-            acker: Some(acker),
-            in_flight,
-            next_sweep: Instant::now(),
-            cursor: EntryId::ZERO,
-            recover: true,
-            read_backoff: None,
-        });
-        Ok(())
-    }
-}
-
-impl<T: DeserializeOwned, C: Connector> StreamSource<T, C> {
-    /// Hands one delivery to the pipeline, or dead-letters it if it was written with another
-    /// protocol version or does not decode.
-    ///
-    /// An entry without a version field (written by hand, or by a build older than versioned
-    /// entries) is taken for the current version: it is handed out if it decodes.
-    fn hand_out(
-        &mut self,
-        delivery: Delivery,
-        ctx: &StageContext,
-    ) -> Result<Option<TrackedItem<Self>>, StageError> {
-        let decoded = decode::<T>(&self.stream, &delivery);
-        let running = self
-            .running
-            .as_mut()
-            .expect("a source hands out once started");
-        match decoded {
-            Ok(item) => {
-                lock(&running.in_flight).insert(delivery.id);
-                self.settlement.issue();
-                let ticket = StreamTicket {
-                    id: delivery.id,
-                    stream: Arc::clone(&running.stream),
-                    completions: running.completions.clone(),
-                };
-                Ok(Some((ticket, item)))
-            }
-            Err(error) => {
-                let reason = error.dead_letter_reason();
-                let letter = delivery.dead_letter(&reason);
-                self.bury(&[letter], ctx).map_err(fatal)?;
-                Err(StageError::new(error))
-            }
-        }
-    }
-
-    /// Sends entries to the dead-letter stream.
-    fn bury(&mut self, letters: &[DeadLetter<'_>], ctx: &StageContext) -> Result<()> {
-        let running = self.running.as_mut().expect("a source buries once started");
-        for letter in letters {
-            tracing::warn!(
-                stream = %self.stream,
-                id = %letter.id,
-                deliveries = letter.deliveries,
-                reason = letter.reason,
-                dead_letter_stream = %self.dead_stream,
-                "entry moved to the dead-letter stream"
-            );
-        }
-        let (broker, stream, group, dead, recover) = (
-            &mut running.broker,
-            &self.stream,
-            &self.group,
-            &self.dead_stream,
-            &mut running.recover,
-        );
-        let buried = retrying(
-            "dead-lettering",
-            self.options.retry_for,
-            Some(ctx.stop()),
-            || {
-                let buried = broker.dead_letter(stream, group, dead, letters);
-                *recover |= buried.is_err();
-                buried
-            },
-        );
-        if buried.is_ok() {
-            self.settlement.add_dead_lettered(letters.len() as u64);
-        }
-        buried
-    }
 }
 
 impl<T: DeserializeOwned, C: Connector> TrackedFrontend for StreamSource<T, C> {
@@ -384,98 +234,32 @@ impl<T: DeserializeOwned, C: Connector> TrackedFrontend for StreamSource<T, C> {
     type Ticket = StreamTicket;
 
     fn setup(&mut self, ctx: &StageContext) -> Result<(), StageError> {
-        self.start(ctx)?;
+        self.running = Some(Running::start(&self.config, ctx)?);
         Ok(())
     }
 
     fn produce(&mut self, ctx: &StageContext) -> Result<Option<TrackedItem<Self>>, StageError> {
-        if self.running.is_none() {
-            self.start(ctx)?;
-        }
-        loop {
-            let running = self.running.as_mut().expect("started above");
-            if let Some(delivery) = running.buffer.pop_front() {
-                return self.hand_out(delivery, ctx);
-            }
-            if ctx.is_stopping() {
-                return Ok(None);
-            }
-            if Instant::now() >= running.next_sweep {
-                match self.sweep(ctx) {
-                    Err(Error::Aborted) => return Ok(None),
-                    other => other.map_err(fatal)?,
-                }
-                continue;
-            }
-            // After the sweep (whose claims are handed out first, so that they are known as
-            // in the pipeline), before any new entry.
-            if running.recover {
-                match self.recover_own(ctx) {
-                    Err(Error::Aborted) => return Ok(None),
-                    other => other.map_err(fatal)?,
-                }
-                self.running.as_mut().expect("started above").recover = false;
-                continue;
-            }
-            let (broker, stream, group, consumer) = (
-                &mut running.broker,
-                &self.stream,
-                &self.group,
-                &running.consumer,
-            );
-            let (count, block) = (self.options.batch, self.options.block);
-            // One attempt at a time: after a failure, the own pending list is read again
-            // (the lost reply may have delivered entries) before the next read of new ones.
-            match broker.read(stream, group, consumer, count, block) {
-                Ok(deliveries) => {
-                    if running.read_backoff.take().is_some() {
-                        tracing::info!(stream = %self.stream, "reading: the broker is back");
-                    }
-                    running.buffer.extend(deliveries);
-                }
-                Err(error) if error.is_retryable() => {
-                    running.recover = true;
-                    let retry_for = self.options.retry_for;
-                    let backoff = running.read_backoff.get_or_insert_with(|| {
-                        tracing::warn!(error = %Chain(&error), "reading: retrying");
-                        Backoff::new(retry_for)
-                    });
-                    match backoff.pause(error, Some(ctx.stop())) {
-                        Ok(()) => {}
-                        Err(Error::Aborted) => return Ok(None),
-                        Err(error) => return Err(fatal(error)),
-                    }
-                }
-                Err(error) => return Err(fatal(error)),
-            }
-        }
+        let cfg = &self.config;
+        let running = match &mut self.running {
+            Some(running) => running,
+            None => self.running.insert(Running::start(cfg, ctx)?),
+        };
+        running.produce(cfg, ctx)
     }
 
     /// A read ends within the [`block`](SourceOptions::block) time, and `cleanup` waits up
     /// to the [`drain_timeout`](SourceOptions::drain_timeout) for the last acknowledgements:
     /// an engine waits that long after a stop, so that they are sent when `run` returns.
     fn stop_grace(&self) -> Duration {
-        self.options
+        self.config
+            .options
             .block
-            .saturating_add(self.options.drain_timeout)
+            .saturating_add(self.config.options.drain_timeout)
     }
 
     fn cleanup(&mut self, _ctx: &StageContext) {
-        let Some(mut running) = self.running.take() else {
-            return;
-        };
-        let settled = self.settlement.wait(self.options.drain_timeout);
-        drop(running.completions);
-        if !settled {
-            tracing::warn!(
-                stream = %self.stream,
-                outstanding = self.settlement.outstanding(),
-                "items still in the pipeline at cleanup; they will be delivered again"
-            );
-            return;
-        }
-        if let Some(acker) = running.acker.take() {
-            let _ = acker.join();
+        if let Some(running) = self.running.take() {
+            running.finish(&self.config);
         }
     }
 }
@@ -483,12 +267,12 @@ impl<T: DeserializeOwned, C: Connector> TrackedFrontend for StreamSource<T, C> {
 impl<T, C: Connector> fmt::Debug for StreamSource<T, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("StreamSource")
-            .field("connector", &self.connector)
-            .field("stream", &self.stream)
-            .field("group", &self.group)
-            .field("consumer", &self.consumer)
-            .field("dead_stream", &self.dead_stream)
-            .field("options", &self.options)
+            .field("connector", &self.config.connector)
+            .field("stream", &self.config.stream)
+            .field("group", &self.config.group)
+            .field("consumer", &self.config.consumer)
+            .field("dead_stream", &self.config.dead_stream)
+            .field("options", &self.config.options)
             .field("started", &self.running.is_some())
             .finish_non_exhaustive()
     }

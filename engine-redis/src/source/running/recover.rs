@@ -6,29 +6,28 @@ use std::time::{Duration, Instant};
 
 use engine_core::StageContext;
 use engine_core::plumbing::lock;
-use serde::de::DeserializeOwned;
 
-use super::StreamSource;
-use crate::broker::{Broker, Connector, DeadLetter, Delivery, EntryId};
+use super::super::Config;
+use super::Running;
+use crate::broker::{Broker, DeadLetter, Delivery, EntryId};
 use crate::error::{Chain, Result};
 use crate::retry::retrying;
 
-impl<T: DeserializeOwned, C: Connector> StreamSource<T, C> {
+impl<B: Broker + 'static> Running<B> {
     /// Claims entries left pending too long (by dead consumers, mostly); dead-letters those
     /// delivered too often. After a complete pass, removes consumers idle for too long.
-    pub(super) fn sweep(&mut self, ctx: &StageContext) -> Result<()> {
-        let running = self.running.as_mut().expect("a source sweeps once started");
+    pub(super) fn sweep<C>(&mut self, cfg: &Config<C>, ctx: &StageContext) -> Result<()> {
         let (broker, stream, group, consumer, in_flight, recover) = (
-            &mut running.broker,
-            &self.stream,
-            &self.group,
-            &running.consumer,
-            &running.in_flight,
-            &mut running.recover,
+            &mut self.broker,
+            &cfg.stream,
+            &cfg.group,
+            &self.consumer,
+            &self.in_flight,
+            &mut self.recover,
         );
-        let (idle, from, count) = (self.options.claim_idle, running.cursor, self.options.batch);
+        let (idle, from, count) = (cfg.options.claim_idle, self.cursor, cfg.options.batch);
         let (next, claimed) =
-            retrying("claiming", self.options.retry_for, Some(ctx.stop()), || {
+            retrying("claiming", cfg.options.retry_for, Some(ctx.stop()), || {
                 // The set stays locked while the claim runs, so that an entry the acknowledging
                 // thread settles meanwhile is either not claimed or still known as ours.
                 let in_flight = lock(in_flight);
@@ -46,19 +45,19 @@ impl<T: DeserializeOwned, C: Connector> StreamSource<T, C> {
             })?;
         let complete = next.is_none();
         match next {
-            Some(next) => running.cursor = next,
+            Some(next) => self.cursor = next,
             None => {
-                running.cursor = EntryId::ZERO;
-                running.next_sweep = Instant::now() + self.options.sweep_interval();
+                self.cursor = EntryId::ZERO;
+                self.next_sweep = Instant::now() + cfg.options.sweep_interval();
             }
         }
         for delivery in &claimed {
-            tracing::debug!(stream = %self.stream, id = %delivery.id, deliveries = delivery.deliveries, "claimed a pending entry");
+            tracing::debug!(stream = %cfg.stream, id = %delivery.id, deliveries = delivery.deliveries, "claimed a pending entry");
         }
-        self.settlement.add_reclaimed(claimed.len() as u64);
-        self.take_over(claimed, ctx)?;
-        if complete && let Some(idle) = self.options.remove_idle {
-            self.remove_idle_consumers(idle);
+        cfg.settlement.add_reclaimed(claimed.len() as u64);
+        self.take_over(cfg, claimed, ctx)?;
+        if complete && let Some(idle) = cfg.options.remove_idle {
+            self.remove_idle_consumers(cfg, idle);
         }
         Ok(())
     }
@@ -68,24 +67,20 @@ impl<T: DeserializeOwned, C: Connector> StreamSource<T, C> {
     /// server logged the delivery, then died before it answered), or left by an earlier run
     /// under the same consumer name. Runs at the start and after every connection error,
     /// before any new entry is read, so healing takes no longer than the reconnect.
-    pub(super) fn recover_own(&mut self, ctx: &StageContext) -> Result<()> {
+    pub(super) fn recover_own<C>(&mut self, cfg: &Config<C>, ctx: &StageContext) -> Result<()> {
         let mut after = None;
         loop {
-            let running = self
-                .running
-                .as_mut()
-                .expect("a source recovers once started");
             let (broker, stream, group, consumer, in_flight) = (
-                &mut running.broker,
-                &self.stream,
-                &self.group,
-                &running.consumer,
-                &running.in_flight,
+                &mut self.broker,
+                &cfg.stream,
+                &cfg.group,
+                &self.consumer,
+                &self.in_flight,
             );
-            let count = self.options.batch;
+            let count = cfg.options.batch;
             let (listed, last, lost) = retrying(
                 "re-reading pending entries",
-                self.options.retry_for,
+                cfg.options.retry_for,
                 Some(ctx.stop()),
                 || {
                     // Locked while listing: an entry settled meanwhile is either not listed
@@ -107,7 +102,7 @@ impl<T: DeserializeOwned, C: Connector> StreamSource<T, C> {
                 let min_idle = lost.iter().map(|row| row.idle).min().unwrap_or_default();
                 let mut deliveries = retrying(
                     "re-reading pending entries",
-                    self.options.retry_for,
+                    cfg.options.retry_for,
                     Some(ctx.stop()),
                     || broker.claim_ids(stream, group, consumer, min_idle, &ids),
                 )?;
@@ -118,13 +113,13 @@ impl<T: DeserializeOwned, C: Connector> StreamSource<T, C> {
                 }
                 if !deliveries.is_empty() {
                     tracing::info!(
-                        stream = %self.stream,
-                        consumer = %running.consumer,
+                        stream = %cfg.stream,
+                        consumer = %self.consumer,
                         entries = deliveries.len(),
                         "took back entries delivered to this consumer and never handed out"
                     );
                 }
-                self.take_over(deliveries, ctx)?;
+                self.take_over(cfg, deliveries, ctx)?;
             }
             match last {
                 Some(last) if listed >= count => after = Some(last),
@@ -135,28 +130,29 @@ impl<T: DeserializeOwned, C: Connector> StreamSource<T, C> {
 
     /// Queues claimed entries to be handed out, and dead-letters those delivered more than
     /// the limit.
-    fn take_over(&mut self, claimed: Vec<Delivery>, ctx: &StageContext) -> Result<()> {
-        let running = self
-            .running
-            .as_mut()
-            .expect("a source takes over once started");
+    fn take_over<C>(
+        &mut self,
+        cfg: &Config<C>,
+        claimed: Vec<Delivery>,
+        ctx: &StageContext,
+    ) -> Result<()> {
         let (dead, live): (Vec<_>, Vec<_>) = claimed
             .into_iter()
-            .partition(|delivery| delivery.deliveries > self.options.max_deliveries);
-        running.buffer.extend(live);
+            .partition(|delivery| delivery.deliveries > cfg.options.max_deliveries);
+        self.buffer.extend(live);
         if dead.is_empty() {
             return Ok(());
         }
         let mut reasons = Vec::with_capacity(dead.len());
         for delivery in &dead {
-            let broker = &mut running.broker;
+            let broker = &mut self.broker;
             let last = retrying(
                 "reading errors",
-                self.options.retry_for,
+                cfg.options.retry_for,
                 Some(ctx.stop()),
-                || broker.last_error(&self.stream, delivery.id),
+                || broker.last_error(&cfg.stream, delivery.id),
             )?;
-            let limit = self.options.max_deliveries;
+            let limit = cfg.options.max_deliveries;
             reasons.push(match last {
                 Some(error) => format!(
                     "delivered {} times (limit {limit}); last error: {error}",
@@ -174,24 +170,21 @@ impl<T: DeserializeOwned, C: Connector> StreamSource<T, C> {
             .zip(&reasons)
             .map(|(delivery, reason)| delivery.dead_letter(reason))
             .collect();
-        self.bury(&letters, ctx)
+        self.bury(cfg, &letters, ctx)
     }
 
     /// Removes consumers unseen for `idle` with nothing pending. Best effort: a failure is
     /// logged, and the next complete sweep tries again.
-    fn remove_idle_consumers(&mut self, idle: Duration) {
-        let running = self.running.as_mut().expect("a source sweeps once started");
-        match running.broker.remove_idle_consumers(
-            &self.stream,
-            &self.group,
-            &running.consumer,
-            idle,
-        ) {
+    fn remove_idle_consumers<C>(&mut self, cfg: &Config<C>, idle: Duration) {
+        match self
+            .broker
+            .remove_idle_consumers(&cfg.stream, &cfg.group, &self.consumer, idle)
+        {
             Ok(removed) => {
                 for name in removed {
                     tracing::info!(
-                        stream = %self.stream,
-                        group = %self.group,
+                        stream = %cfg.stream,
+                        group = %cfg.group,
                         consumer = %name,
                         idle = ?idle,
                         "removed a consumer idle with nothing pending"
@@ -199,9 +192,9 @@ impl<T: DeserializeOwned, C: Connector> StreamSource<T, C> {
                 }
             }
             Err(error) => {
-                running.recover = true;
+                self.recover = true;
                 tracing::warn!(
-                    stream = %self.stream,
+                    stream = %cfg.stream,
                     error = %Chain(&error),
                     "cannot remove idle consumers"
                 );
