@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, Result, bail, ensure};
+use anyhow::{Context as _, Result, ensure};
 use engine::pod::axum::routing::{get, post};
 use engine::pod::axum::{Extension, Json, Router};
 use engine::pod::{
@@ -78,25 +78,23 @@ fn api(served: Arc<AtomicU64>) -> Router {
         )
 }
 
-/// One HTTP/1.1 request (`Connection: close`), returning the status code and the body. The
-/// example keeps to the facade's dependencies; a program would use an HTTP client crate.
+/// One HTTP/1.1 request with no body, on a connection of its own: the status code and the
+/// body. The example keeps to the facade's dependencies; a program would use an HTTP client
+/// crate.
 async fn http(addr: SocketAddr, method: &str, path: &str) -> Result<(u16, String)> {
     let mut stream = TcpStream::connect(addr).await?;
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    );
-    stream.write_all(request.as_bytes()).await?;
+    let head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0");
+    stream
+        .write_all(format!("{head}\r\nConnection: close\r\n\r\n").as_bytes())
+        .await?;
     let mut response = String::new();
     stream.read_to_string(&mut response).await?;
-    let (head, body) = response
+    // "HTTP/1.1 200 OK", headers, an empty line, the body.
+    let code = response.get(9..12).and_then(|code| code.parse().ok());
+    let body = response
         .split_once("\r\n\r\n")
-        .context("no end of headers")?;
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .context("no status code")?;
-    Ok((code, body.to_owned()))
+        .map(|(_, body)| body.to_owned());
+    code.zip(body).context("not an HTTP response")
 }
 
 /// Sends a line to the echo server and checks it comes back.
@@ -169,16 +167,14 @@ fn main() -> Result<()> {
         Ok(handle.wait().await)
     })?;
 
+    // A graceful stop: every bean, the status bean too, finished.
     for bean in &report.beans {
-        println!(
-            "{} {:?} {:?}: {}",
-            bean.id, bean.label, bean.core, bean.state
-        );
+        println!("bean {} ({}): {}", bean.id, bean.core, bean.state);
     }
-    ensure!(report.is_success(), "{report:?}");
-    ensure!(report.stopped && !report.forced, "{report:?}");
-    if !report.beans.iter().all(|b| b.state == BeanState::Finished) {
-        bail!("not every bean finished: {report:?}");
-    }
+    let all_finished = report.beans.iter().all(|b| b.state == BeanState::Finished);
+    ensure!(
+        all_finished && report.stopped && !report.forced,
+        "{report:?}"
+    );
     Ok(())
 }

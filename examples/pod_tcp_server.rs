@@ -103,17 +103,21 @@ fn main() -> Result<()> {
         Ok(handle.wait().await)
     })?;
 
-    for bean in &report.beans {
-        println!(
-            "{} {:?} {:?}: {:?}",
-            bean.id, bean.label, bean.core, bean.state
-        );
-    }
-    ensure!(report.is_success(), "{report:?}");
-    ensure!(report.stopped && !report.forced, "{report:?}");
-    ensure!(report.beans.len() == 2);
+    let finished = report
+        .beans
+        .iter()
+        .filter(|b| b.state == BeanState::Finished);
+    println!("{} of 2 servers finished", finished.count());
     ensure!(
-        report.beans.iter().all(|b| b.state == BeanState::Finished),
+        report.stopped && !report.forced && report.is_success(),
+        "{report:?}"
+    );
+    ensure!(
+        report
+            .beans
+            .iter()
+            .map(|b| b.state)
+            .eq([BeanState::Finished; 2]),
         "{report:?}"
     );
     ensure!(
