@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use redis::{RedisError, Value};
 
-use super::parse::{parse_autoclaim, parse_entries, parse_pending, parse_read, parse_read_streams};
+use super::parse::{parse_autoclaim, parse_entries, parse_pending, parse_read_streams};
 use super::{PAYLOAD_FIELD, RedisBroker, VERSION_FIELD};
 use crate::broker::{
     Appended, Batch, Beat, Broker, Claimed, DeadLetter, Delivery, EntryId, Leases, Pending,
@@ -161,23 +161,11 @@ impl Broker for RedisBroker {
         count: usize,
         block: Duration,
     ) -> Result<Vec<Delivery>> {
-        let timeout = block + self.response_timeout;
-        let block_ms = u64::try_from(block.as_millis()).unwrap_or(u64::MAX).max(1);
-        let reply: Value = self.run("XREADGROUP", timeout, |conn| {
-            redis::cmd("XREADGROUP")
-                .arg("GROUP")
-                .arg(group)
-                .arg(consumer)
-                .arg("COUNT")
-                .arg(count.max(1))
-                .arg("BLOCK")
-                .arg(block_ms)
-                .arg("STREAMS")
-                .arg(stream)
-                .arg(">")
-                .query(conn)
-        })?;
-        parse_read(reply).map_err(|reason| self.unexpected("XREADGROUP", reason))
+        let read = self.read_streams(&[stream], group, consumer, count, block)?;
+        Ok(read
+            .into_iter()
+            .flat_map(|(_, deliveries)| deliveries)
+            .collect())
     }
 
     fn read_streams(

@@ -11,35 +11,8 @@ use crate::broker::{Delivery, EntryId, Pending};
 /// A reply read, or why it could not be.
 type Parsed<T> = std::result::Result<T, String>;
 
-/// Reads the reply of `XREADGROUP` on one stream: nil, or `[[stream, [entry...]]]` (RESP2),
-/// or `{stream: [entry...]}` (RESP3).
-pub(super) fn parse_read(reply: Value) -> Parsed<Vec<Delivery>> {
-    match reply {
-        Value::Nil => Ok(Vec::new()),
-        Value::Array(streams) => {
-            let mut out = Vec::new();
-            for stream in streams {
-                let Value::Array(pair) = stream else {
-                    return Err("a stream is not a [name, entries] pair".to_owned());
-                };
-                let entries = pair.into_iter().nth(1).ok_or("a stream has no entries")?;
-                out.extend(parse_entries(entries, 1)?);
-            }
-            Ok(out)
-        }
-        Value::Map(streams) => {
-            let mut out = Vec::new();
-            for (_, entries) in streams {
-                out.extend(parse_entries(entries, 1)?);
-            }
-            Ok(out)
-        }
-        other => Err(format!("expected a list of streams, got {}", kind(&other))),
-    }
-}
-
-/// Reads the reply of `XREADGROUP` on several streams, with the index of each stream among
-/// `names`.
+/// Reads the reply of `XREADGROUP` on several streams (nil, or `[[stream, [entry...]]...]`
+/// in RESP2, `{stream: [entry...]}` in RESP3), with the index of each stream among `names`.
 pub(super) fn parse_read_streams(
     reply: Value,
     names: &[&str],
@@ -241,6 +214,15 @@ fn kind(value: &Value) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The deliveries of a reply on the one stream `in`.
+    fn parse_read(reply: Value) -> Parsed<Vec<Delivery>> {
+        let read = parse_read_streams(reply, &["in"])?;
+        Ok(read
+            .into_iter()
+            .flat_map(|(_, deliveries)| deliveries)
+            .collect())
+    }
 
     fn bulk(s: &[u8]) -> Value {
         Value::BulkString(s.to_vec())
