@@ -15,8 +15,8 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::process::{Child, ChildStdout, Command, Stdio};
+use std::io::{BufReader, Read, Write};
+use std::process::{Child, ChildStdout, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -105,14 +105,8 @@ struct Consumer {
 
 impl Consumer {
     fn spawn(server: &Server, tag: u64, query: &str, stall_after: Option<u64>) -> Self {
-        let mut command = Command::new(std::env::current_exe().expect("the test executable"));
+        let mut command = common::role("consumer_role");
         command
-            .args([
-                "consumer_role",
-                "--exact",
-                "--nocapture",
-                "--test-threads=1",
-            ])
             .env(ROLE_IN, common::url(server, "in", query))
             .env(ROLE_OUT, server.stream_url("out"))
             .env(ROLE_TAG, tag.to_string())
@@ -131,18 +125,7 @@ impl Consumer {
 
     /// Waits for the consumer to say `line`.
     fn expect_line(&mut self, line: &str) {
-        let mut got = String::new();
-        loop {
-            got.clear();
-            let n = self
-                .stdout
-                .read_line(&mut got)
-                .expect("read the consumer's output");
-            assert!(n > 0, "the consumer exited before saying {line:?}");
-            if got.trim_end().ends_with(line) {
-                return;
-            }
-        }
+        common::expect_line(&mut self.stdout, line);
     }
 
     /// Stops the consumer gracefully (SIGTERM) and checks that it exits successfully.

@@ -126,14 +126,8 @@ fn within(timeout: Duration, mut command: Command) -> std::process::Output {
 }
 
 fn consumer(server: &Server, die: bool) -> Command {
-    let mut command = Command::new(std::env::current_exe().expect("the test executable"));
+    let mut command = common::role("consumer_role");
     command
-        .args([
-            "consumer_role",
-            "--exact",
-            "--nocapture",
-            "--test-threads=1",
-        ])
         .env(ROLE_IN, common::url(server, "in", "block_ms=20"))
         .env(ROLE_OUT, server.stream_url("out"))
         .env("RUST_LOG", "warn");

@@ -18,9 +18,9 @@ mod common;
 
 use std::collections::{BTreeSet, HashMap};
 use std::fs::OpenOptions;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdout, Command, Stdio};
+use std::process::{Child, ChildStdout, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -119,14 +119,8 @@ impl Consumer {
             "partitions={PARTITIONS}&lease_ms={}&block_ms=20",
             LEASE.as_millis()
         );
-        let mut command = Command::new(std::env::current_exe().expect("the test executable"));
+        let mut command = common::role("consumer_role");
         command
-            .args([
-                "consumer_role",
-                "--exact",
-                "--nocapture",
-                "--test-threads=1",
-            ])
             .env(ROLE_IN, common::url(server, "in", &query))
             .env(ROLE_OUT, server.stream_url("out"))
             .env(ROLE_TAG, tag.to_string())
@@ -142,19 +136,9 @@ impl Consumer {
         Self { child, stdout }
     }
 
+    /// Waits for the consumer to say `line`.
     fn expect_line(&mut self, line: &str) {
-        let mut got = String::new();
-        loop {
-            got.clear();
-            let n = self
-                .stdout
-                .read_line(&mut got)
-                .expect("the consumer's output");
-            assert!(n > 0, "the consumer exited before saying {line:?}");
-            if got.trim_end().ends_with(line) {
-                return;
-            }
-        }
+        common::expect_line(&mut self.stdout, line);
     }
 
     fn stop(mut self) {

@@ -8,7 +8,9 @@
 )]
 
 use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
+use std::process::{ChildStdout, Command};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -102,5 +104,32 @@ pub fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> 
         assert!(Instant::now() < deadline, "timed out waiting until {what}");
         // Polling an external process's state: yield, do not sleep as synchronisation.
         std::thread::park_timeout(Duration::from_millis(20));
+    }
+}
+
+/// This test executable run again in a role: only the test `role` (which does nothing in a
+/// normal run), its output shown. The role's environment is the caller's to add.
+pub fn role(role: &str) -> Command {
+    let mut command = Command::new(std::env::current_exe().expect("the test executable"));
+    command.args([role, "--exact", "--nocapture", "--test-threads=1"]);
+    command
+}
+
+/// Reads a role process's output until a line that ends with `line`.
+///
+/// # Panics
+///
+/// If the process ends its output first.
+pub fn expect_line(stdout: &mut BufReader<ChildStdout>, line: &str) {
+    let mut got = String::new();
+    loop {
+        got.clear();
+        let n = stdout
+            .read_line(&mut got)
+            .expect("read the consumer's output");
+        assert!(n > 0, "the consumer exited before saying {line:?}");
+        if got.trim_end().ends_with(line) {
+            return;
+        }
     }
 }
