@@ -1,8 +1,8 @@
 //! Project automation, run as `cargo xtask <command>` from anywhere in the workspace.
 //!
-//! - `cargo xtask ci`: exactly what CI runs: format check, clippy with warnings denied, the
-//!   workspace tests, the docs with warnings denied, and every example (each checks its own
-//!   result and exits non-zero when it is wrong).
+//! - `cargo xtask ci`: exactly what CI runs: the house rules (`tidy`), format check, clippy
+//!   with warnings denied, the workspace tests, the docs with warnings denied, and every
+//!   example (each checks its own result and exits non-zero when it is wrong).
 //! - `cargo xtask tidy`: the house rules alone (file length, a `//!` line atop every file).
 //! - `cargo xtask bench [NAME...]`: the benchmarks in `benches/` (all, or those named), each
 //!   printing the engine's figures next to a hand-written baseline and their ratio.
@@ -45,7 +45,7 @@ fn main() -> Result<()> {
 fn usage() -> &'static str {
     "usage: cargo xtask <command>\n\n\
      commands:\n  \
-     ci            fmt check, clippy -D warnings, tests, docs -D warnings, every example\n  \
+     ci            tidy, fmt check, clippy -D warnings, tests, docs -D warnings, every example\n  \
      tidy          house rules: no source file over 600 lines, a `//!` line atop each\n  \
      bench [NAME]  run the benchmarks in benches/ (all, or the ones named)"
 }
@@ -81,6 +81,8 @@ fn run(what: &str, command: &mut Command) -> Result<()> {
 
 fn ci(root: &Path) -> Result<()> {
     let started = Instant::now();
+    eprintln!("\n==> tidy");
+    tidy::tidy(root)?;
     run(
         "cargo fmt --all -- --check",
         cargo().args(["fmt", "--all", "--", "--check"]),
