@@ -3,8 +3,8 @@
 
 mod common;
 
-use common::Collect;
-use engine_core::plumbing::{Outcome, Ticket, TrackedFrontend};
+use common::{Collect, Ids};
+use engine_core::plumbing::{Outcome, Ticket};
 use engine_core::{
     BoxBackend, BoxFrontend, BoxTransport, Frontend, IntoTransport, StageContext, StageError,
     box_frontend, filter_map, flat_map,
@@ -95,26 +95,10 @@ impl Ticket for Acked {
     }
 }
 
-/// A tracked source of three items.
-struct Acking(u64, std::sync::mpsc::Sender<bool>);
-
-impl TrackedFrontend for Acking {
-    type Item = u64;
-    type Ticket = Acked;
-
-    fn produce(&mut self, _ctx: &StageContext) -> Result<Option<(Acked, u64)>, StageError> {
-        if self.0 == 3 {
-            return Ok(None);
-        }
-        self.0 += 1;
-        Ok(Some((Acked(self.1.clone()), self.0)))
-    }
-}
-
 #[test]
 fn a_boxed_tracked_frontend_keeps_its_tickets_through_a_flat_map() {
     let (tx, acks) = std::sync::mpsc::channel();
-    let frontend: BoxFrontend<u64> = box_frontend(Acking(0, tx));
+    let frontend: BoxFrontend<u64> = box_frontend(Ids::new(3, move |_| Acked(tx.clone())));
     let report = Engine::builder(frontend)
         .transport_with(|_: &StageContext| transport(Step::Expand))
         .backend(|_x: u64| {})

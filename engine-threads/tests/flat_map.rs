@@ -7,8 +7,8 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use common::Collect;
-use engine_core::plumbing::{Finished, ItemOutcome, Offload, Outcome, Ticket, TrackedFrontend};
+use common::{Collect, Ids};
+use engine_core::plumbing::{Finished, ItemOutcome, Offload, Outcome, Ticket};
 use engine_core::{Counts, RunEnd, RunReport, StageContext, StageError, Transport};
 use engine_threads::Engine;
 
@@ -162,29 +162,6 @@ impl Ticket for Whole {
     }
 }
 
-/// A tracked source of the ids `0..n`, each with its ticket.
-struct Source<K>(std::vec::IntoIter<(K, u64)>);
-
-impl<K> Source<K> {
-    fn new(n: u64, ticket: impl Fn(u64) -> K) -> Self {
-        Self(
-            (0..n)
-                .map(|id| (ticket(id), id))
-                .collect::<Vec<_>>()
-                .into_iter(),
-        )
-    }
-}
-
-impl<K: Ticket> TrackedFrontend for Source<K> {
-    type Item = u64;
-    type Ticket = K;
-
-    fn produce(&mut self, _ctx: &StageContext) -> Result<Option<(K, u64)>, StageError> {
-        Ok(self.0.next())
-    }
-}
-
 /// Gives `x % 5` copies of `x`.
 fn fives(x: u64) -> Vec<u64> {
     vec![x; (x % 5) as usize]
@@ -194,7 +171,8 @@ fn fives(x: u64) -> Vec<u64> {
 fn a_split_ticket_completes_once_after_all_its_parts_with_processed() {
     const N: u64 = 2_000;
     let heard = Heard::default();
-    let source = Source::new(N, |id| Parted::new(id, &heard));
+    let tickets = Arc::clone(&heard);
+    let source = Ids::new(N, move |id| Parted::new(id, &tickets));
     let sink = Collect::default();
     let report = Engine::builder(source)
         .flat_map(fives)
@@ -222,9 +200,10 @@ fn a_split_ticket_completes_once_after_all_its_parts_with_processed() {
 fn a_ticket_that_cannot_split_fails_its_item_with_a_clear_error_and_the_counts_balance() {
     const N: u64 = 99;
     let heard = Heard::default();
-    let source = Source::new(N, |id| Whole {
+    let tickets = Arc::clone(&heard);
+    let source = Ids::new(N, move |id| Whole {
         id,
-        heard: Arc::clone(&heard),
+        heard: Arc::clone(&tickets),
     });
     let sink = Collect::default();
     let report = Engine::builder(source)
@@ -386,7 +365,8 @@ impl Offload for Elsewhere {
 fn an_offloaded_stage_that_emits_many_splits_tickets_and_the_counts_balance() {
     const N: u64 = 1_000;
     let heard = Heard::default();
-    let source = Source::new(N, |id| Parted::new(id, &heard));
+    let tickets = Arc::clone(&heard);
+    let source = Ids::new(N, move |id| Parted::new(id, &tickets));
     let sink = Collect::default();
     let report = Engine::builder(source)
         .transport(Elsewhere::default())

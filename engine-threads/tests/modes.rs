@@ -5,8 +5,8 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{Collect, PATIENCE, spin, wait_until};
-use engine_core::plumbing::{Outcome, Ticket, TrackedFrontend};
+use common::{Collect, Ids, PATIENCE, spin, wait_until};
+use engine_core::plumbing::{Outcome, Ticket};
 use engine_core::{RunEnd, RunReport, StageContext, StageError, StageKind, filter_map};
 use engine_threads::{Engine, EngineError};
 
@@ -192,27 +192,20 @@ impl Ticket for Record {
     }
 }
 
-/// A tracked frontend of 0..n whose tickets record outcomes.
-struct Tracked(u64, u64, Arc<Mutex<Vec<(u64, &'static str)>>>);
-
-impl TrackedFrontend for Tracked {
-    type Item = u64;
-    type Ticket = Record;
-
-    fn produce(&mut self, _ctx: &StageContext) -> Result<Option<(Record, u64)>, StageError> {
-        if self.0 == self.1 {
-            return Ok(None);
-        }
-        self.0 += 1;
-        Ok(Some((Record(self.0 - 1, Arc::clone(&self.2)), self.0 - 1)))
-    }
+/// The ids `0..n`, each with a ticket that records its outcome in `outcomes`.
+fn recorded(
+    n: u64,
+    outcomes: &Arc<Mutex<Vec<(u64, &'static str)>>>,
+) -> Ids<impl FnMut(u64) -> Record + use<>> {
+    let outcomes = Arc::clone(outcomes);
+    Ids::new(n, move |id| Record(id, Arc::clone(&outcomes)))
 }
 
 #[test]
 fn every_ticket_is_completed_once_with_its_items_outcome() {
     const N: u64 = 3_000;
     let outcomes = Arc::new(Mutex::new(Vec::new()));
-    let report = Engine::builder(Tracked(0, N, Arc::clone(&outcomes)))
+    let report = Engine::builder(recorded(N, &outcomes))
         .transport(filter_map(|x: u64| x.is_multiple_of(2).then_some(x)))
         .transport_threads(2)
         .backend(|x: u64| -> Result<(), StageError> {
@@ -244,7 +237,7 @@ fn tickets_of_abandoned_items_complete_as_dropped() {
     let outcomes = Arc::new(Mutex::new(Vec::new()));
     let (open, gate) = crossbeam_channel::bounded::<()>(0);
     let (started_tx, started) = crossbeam_channel::bounded::<()>(1);
-    let handle = Engine::builder(Tracked(0, 1_000_000, Arc::clone(&outcomes)))
+    let handle = Engine::builder(recorded(1_000_000, &outcomes))
         .transport(|x: u64| x)
         .backend(move |_: u64| {
             let _ = started_tx.try_send(());
@@ -309,25 +302,9 @@ impl Ticket for Grumpy {
     }
 }
 
-/// A tracked frontend of 0..n with grumpy tickets.
-struct GrumpySource(u64, u64);
-
-impl TrackedFrontend for GrumpySource {
-    type Item = u64;
-    type Ticket = Grumpy;
-
-    fn produce(&mut self, _ctx: &StageContext) -> Result<Option<(Grumpy, u64)>, StageError> {
-        if self.0 == self.1 {
-            return Ok(None);
-        }
-        self.0 += 1;
-        Ok(Some((Grumpy, self.0 - 1)))
-    }
-}
-
 #[test]
 fn a_panicking_ticket_disturbs_neither_the_run_nor_its_counts() {
-    let report = Engine::builder(GrumpySource(0, 100))
+    let report = Engine::builder(Ids::new(100, |_| Grumpy))
         .transport(filter_map(|x: u64| x.is_multiple_of(2).then_some(x)))
         .backend(|x: u64| -> Result<(), StageError> {
             if x == 10 {
@@ -453,28 +430,6 @@ impl Ticket for Durable {
     }
 }
 
-/// A tracked frontend of 0..n whose tickets check durability.
-struct DurableSource(
-    u64,
-    u64,
-    Arc<Mutex<Vec<u64>>>,
-    Arc<Mutex<Vec<(u64, &'static str)>>>,
-);
-
-impl TrackedFrontend for DurableSource {
-    type Item = u64;
-    type Ticket = Durable;
-
-    fn produce(&mut self, _ctx: &StageContext) -> Result<Option<(Durable, u64)>, StageError> {
-        if self.0 == self.1 {
-            return Ok(None);
-        }
-        self.0 += 1;
-        let ticket = Durable(self.0 - 1, Arc::clone(&self.2), Arc::clone(&self.3));
-        Ok(Some((ticket, self.0 - 1)))
-    }
-}
-
 /// What a run of `N` items through a [`Buffered`] backend gave: its report, what the sink
 /// wrote, and what each ticket heard.
 struct BufferedRun {
@@ -491,12 +446,14 @@ fn run_buffered(threads: usize, flaky: bool) -> BufferedRun {
     let written = Arc::new(Mutex::new(Vec::new()));
     let outcomes = Arc::new(Mutex::new(Vec::new()));
     let sink_written = Arc::clone(&written);
-    let source = DurableSource(
-        0,
-        BUFFERED_ITEMS,
-        Arc::clone(&written),
-        Arc::clone(&outcomes),
-    );
+    let (ticket_written, ticket_outcomes) = (Arc::clone(&written), Arc::clone(&outcomes));
+    let source = Ids::new(BUFFERED_ITEMS, move |id| {
+        Durable(
+            id,
+            Arc::clone(&ticket_written),
+            Arc::clone(&ticket_outcomes),
+        )
+    });
     let report = Engine::builder(source)
         .backend_with(move |_: &StageContext| Buffered {
             buffer: Vec::new(),

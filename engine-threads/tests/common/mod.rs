@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use engine_core::plumbing::{Ticket, TrackedFrontend};
 use engine_core::{Backend, StageContext, StageError};
 
 /// The longest any test waits for something that should happen at once.
@@ -73,5 +74,36 @@ pub(crate) fn spin(d: Duration) {
     let t = Instant::now();
     while t.elapsed() < d {
         std::hint::spin_loop();
+    }
+}
+
+/// A tracked source of the ids `0..n`, each produced with the ticket `ticket(id)`.
+pub(crate) struct Ids<F> {
+    next: u64,
+    end: u64,
+    ticket: F,
+}
+
+impl<F> Ids<F> {
+    pub(crate) fn new(n: u64, ticket: F) -> Self {
+        Self {
+            next: 0,
+            end: n,
+            ticket,
+        }
+    }
+}
+
+impl<K: Ticket, F: FnMut(u64) -> K> TrackedFrontend for Ids<F> {
+    type Item = u64;
+    type Ticket = K;
+
+    fn produce(&mut self, _ctx: &StageContext) -> Result<Option<(K, u64)>, StageError> {
+        if self.next == self.end {
+            return Ok(None);
+        }
+        let id = self.next;
+        self.next += 1;
+        Ok(Some(((self.ticket)(id), id)))
     }
 }
