@@ -140,7 +140,9 @@ impl Driver {
             return;
         }
         tracing::debug!(bean = %id, "bean ended for good");
-        if self.respawn_wanted.remove(&id) && !self.stopping {
+        // Checked for emptiness first: no hashing for each of 10,000 ends.
+        let wanted = !self.respawn_wanted.is_empty() && self.respawn_wanted.remove(&id);
+        if wanted && !self.stopping {
             self.respawn(id);
         }
     }
