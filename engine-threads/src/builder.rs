@@ -74,21 +74,10 @@ impl<F: TrackedFrontend> EngineBuilder<F, Absent, Absent> {
 }
 
 impl<F, T, B> EngineBuilder<F, T, B> {
-    /// The same plan with other stages, made from these.
+    /// The same builder with other stages, made from these.
     fn map_stages<T2, B2>(self, f: impl FnOnce((T, B)) -> (T2, B2)) -> EngineBuilder<F, T2, B2> {
-        let Plan {
-            frontend,
-            frontend_threads,
-            stages,
-            options,
-        } = self.plan;
         EngineBuilder {
-            plan: Plan {
-                frontend,
-                frontend_threads,
-                stages: f(stages),
-                options,
-            },
+            plan: self.plan.map_stages(f),
         }
     }
 }

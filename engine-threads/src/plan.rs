@@ -79,6 +79,16 @@ impl<F, T: fmt::Debug, B: fmt::Debug> fmt::Debug for Plan<F, T, B> {
 }
 
 impl<F, T, B> Plan<F, T, B> {
+    /// The same plan with other stages, made from these.
+    pub(crate) fn map_stages<T2, B2>(self, f: impl FnOnce((T, B)) -> (T2, B2)) -> Plan<F, T2, B2> {
+        Plan {
+            frontend: self.frontend,
+            frontend_threads: self.frontend_threads,
+            stages: f(self.stages),
+            options: self.options,
+        }
+    }
+
     /// Checks the thread counts (`transport` and `backend`: those of the stages present) and
     /// the options.
     pub(crate) fn check(

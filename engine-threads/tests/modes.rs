@@ -59,6 +59,14 @@ fn ordered_mode_with_the_transport_as_last_stage_or_no_transport() {
     assert_eq!(sink.items(), (0..N).collect::<Vec<_>>());
 }
 
+/// Asserts that `err` is about the builder option `option`.
+fn assert_invalid(err: &EngineError, option: &str) {
+    assert!(
+        matches!(err, EngineError::InvalidOption { option: o, .. } if *o == option),
+        "{err}"
+    );
+}
+
 #[test]
 fn ordered_mode_needs_one_frontend_and_one_last_thread() {
     let err = Engine::builder_with(2, |_| 0..10_u64)
@@ -66,16 +74,7 @@ fn ordered_mode_needs_one_frontend_and_one_last_thread() {
         .ordered(true)
         .build()
         .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            EngineError::InvalidOption {
-                option: "ordered",
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert_invalid(&err, "ordered");
     let err = Engine::builder(0..10_u64)
         .transport(|x: u64| x)
         .transport_threads(3)
@@ -106,30 +105,18 @@ fn zero_threads_or_capacity_are_clear_errors() {
         .backend_threads(0)
         .run()
         .unwrap_err();
-    assert!(matches!(
-        err,
-        EngineError::InvalidOption {
-            option: "backend_threads",
-            ..
-        }
-    ));
+    assert_invalid(&err, "backend_threads");
     let err = Engine::builder(0..10_u64)
         .backend(|_: u64| {})
         .queue_capacity(0)
         .run()
         .unwrap_err();
-    assert!(matches!(
-        err,
-        EngineError::InvalidOption {
-            option: "queue_capacity",
-            ..
-        }
-    ));
+    assert_invalid(&err, "queue_capacity");
     let err = Engine::builder_with(0, |_| 0..10_u64)
         .backend(|_: u64| {})
         .run()
         .unwrap_err();
-    assert!(matches!(err, EngineError::InvalidOption { .. }));
+    assert_invalid(&err, "builder_with");
 }
 
 #[test]
@@ -370,16 +357,7 @@ fn a_zero_or_endless_stats_interval_is_a_clear_error() {
             .stats_interval(interval)
             .build()
             .unwrap_err();
-        assert!(
-            matches!(
-                err,
-                EngineError::InvalidOption {
-                    option: "stats_interval",
-                    ..
-                }
-            ),
-            "{err}"
-        );
+        assert_invalid(&err, "stats_interval");
     }
 }
 
