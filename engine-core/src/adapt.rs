@@ -47,8 +47,8 @@ pub mod markers {
 /// # Examples
 ///
 /// ```
-/// use engine_core::plumbing::TrackedFrontend;
-/// use engine_core::{IntoFrontend, StageContext, StageKind};
+/// use engine::core::plumbing::TrackedFrontend;
+/// use engine::core::{IntoFrontend, StageContext, StageKind};
 ///
 /// let ctx = StageContext::standalone("numbers", StageKind::Frontend);
 /// let mut frontend = vec![1, 2].into_frontend();
@@ -110,7 +110,7 @@ impl<I: Iterator> Frontend for IterFrontend<I> {
 /// # Examples
 ///
 /// ```
-/// use engine_core::{Frontend, StageContext, StageKind, try_iter};
+/// use engine::core::{Frontend, StageContext, StageKind, try_iter};
 ///
 /// let ctx = StageContext::standalone("lines", StageKind::Frontend);
 /// let mut frontend = try_iter(["1", "x"].map(str::parse::<u8>));
@@ -149,7 +149,7 @@ where
 /// # Examples
 ///
 /// ```
-/// use engine_core::{IntoTransport, StageContext, StageKind, Transport};
+/// use engine::core::{IntoTransport, StageContext, StageKind, Transport};
 ///
 /// let ctx = StageContext::standalone("double", StageKind::Transport);
 /// let mut transport = (|x: u32| x * 2).into_transport();
@@ -225,7 +225,7 @@ closure_stage!(
 /// # Examples
 ///
 /// ```
-/// use engine_core::{StageContext, StageKind, Transport, filter_map};
+/// use engine::core::{StageContext, StageKind, Transport, filter_map};
 ///
 /// let ctx = StageContext::standalone("even", StageKind::Transport);
 /// let mut even = filter_map(|x: u32| x.is_multiple_of(2).then_some(x));
@@ -256,7 +256,7 @@ closure_stage!(
 /// # Examples
 ///
 /// ```
-/// use engine_core::{StageContext, StageKind, Transport, try_map};
+/// use engine::core::{StageContext, StageKind, Transport, try_map};
 ///
 /// let ctx = StageContext::standalone("parse", StageKind::Transport);
 /// let mut parse = try_map(|s: String| s.parse::<u8>());
@@ -296,7 +296,7 @@ closure_stage!(
 /// # Examples
 ///
 /// ```
-/// use engine_core::{StageContext, StageKind, StageError, Transport, try_filter_map};
+/// use engine::core::{StageContext, StageKind, StageError, Transport, try_filter_map};
 ///
 /// let ctx = StageContext::standalone("parse", StageKind::Transport);
 /// let mut parse = try_filter_map(|s: &str| -> Result<Option<u8>, StageError> {
@@ -344,7 +344,7 @@ closure_stage!(
 /// # Examples
 ///
 /// ```
-/// use engine_core::{StageContext, StageKind, Transport, flat_map};
+/// use engine::core::{StageContext, StageKind, Transport, flat_map};
 ///
 /// let ctx = StageContext::standalone("words", StageKind::Transport);
 /// let mut words = flat_map(|line: &str| line.split_whitespace().map(str::to_owned).collect::<Vec<_>>());
@@ -396,7 +396,7 @@ impl<A, I: IntoIterator, F: FnMut(A) -> I> Transport for FlatMapFn<F, A> {
 /// # Examples
 ///
 /// ```
-/// use engine_core::{Backend, IntoBackend, StageContext, StageKind};
+/// use engine::core::{Backend, IntoBackend, StageContext, StageKind};
 ///
 /// let ctx = StageContext::standalone("print", StageKind::Backend);
 /// let mut seen = Vec::new();

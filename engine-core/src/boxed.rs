@@ -32,8 +32,8 @@ pub type BoxBackend<A> = Box<dyn Backend<Input = A> + Send>;
 /// # Examples
 ///
 /// ```
-/// use engine_core::{BoxFrontend, StageContext, StageKind, box_frontend};
-/// use engine_core::plumbing::TrackedFrontend;
+/// use engine::core::{BoxFrontend, StageContext, StageKind, box_frontend};
+/// use engine::core::plumbing::TrackedFrontend;
 ///
 /// let counting = true;
 /// let mut numbers: BoxFrontend<u32> = if counting {
@@ -47,7 +47,7 @@ pub type BoxBackend<A> = Box<dyn Backend<Input = A> + Send>;
 ///     seen.push(n);
 /// }
 /// assert_eq!(seen, [1, 2, 3]);
-/// # Ok::<(), engine_core::StageError>(())
+/// # Ok::<(), engine::core::StageError>(())
 /// ```
 pub fn box_frontend<M, X>(frontend: X) -> BoxFrontend<<X::Frontend as TrackedFrontend>::Item>
 where

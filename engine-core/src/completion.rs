@@ -63,7 +63,7 @@ impl Outcome<'_> {
 ///
 /// ```
 /// use std::sync::mpsc;
-/// use engine_core::plumbing::{Outcome, Ticket};
+/// use engine::core::plumbing::{Outcome, Ticket};
 ///
 /// /// Acknowledges a message id on a channel once the item is finished.
 /// struct Ack { id: u64, acks: mpsc::Sender<u64> }
@@ -179,8 +179,8 @@ pub type TrackedItem<F> = (<F as TrackedFrontend>::Ticket, <F as TrackedFrontend
 /// # Examples
 ///
 /// ```
-/// use engine_core::plumbing::{TrackedFrontend, Untracked};
-/// use engine_core::{IntoFrontend, StageContext, StageKind};
+/// use engine::core::plumbing::{TrackedFrontend, Untracked};
+/// use engine::core::{IntoFrontend, StageContext, StageKind};
 ///
 /// let ctx = StageContext::standalone("f", StageKind::Frontend);
 /// let mut frontend = [5].into_frontend(); // An `Untracked<IterFrontend<_>>`.

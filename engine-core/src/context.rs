@@ -21,7 +21,7 @@ use crate::stop::StopHandle;
 /// # Examples
 ///
 /// ```
-/// use engine_core::AppConfig;
+/// use engine::core::AppConfig;
 ///
 /// struct Settings { greeting: String }
 ///
@@ -109,7 +109,7 @@ impl fmt::Debug for AppConfig {
 /// # Examples
 ///
 /// ```
-/// use engine_core::{AppConfig, StageContext, StageKind, StopHandle};
+/// use engine::core::{AppConfig, StageContext, StageKind, StopHandle};
 ///
 /// let stop = StopHandle::new();
 /// let ctx = StageContext::new("parse", StageKind::Transport, 1, 4, stop.clone())
@@ -156,7 +156,7 @@ impl StageContext {
     /// out): instance 0 of 1, no config, and a stop handle of its own that nothing else stops.
     ///
     /// ```
-    /// # use engine_core::{StageContext, StageKind};
+    /// # use engine::core::{StageContext, StageKind};
     /// let ctx = StageContext::standalone("probe", StageKind::Backend);
     /// assert_eq!((ctx.index(), ctx.instances(), ctx.is_stopping()), (0, 1, false));
     /// ```

@@ -22,7 +22,7 @@ impl StopHandle {
     ///
     /// ```
     /// # use std::time::Duration;
-    /// # use engine_core::{StopHandle, StopLevel};
+    /// # use engine::core::{StopHandle, StopLevel};
     /// let stop = StopHandle::new();
     /// stop.stop();
     /// let deadline = stop.stop_now_after(Duration::from_millis(10))?;

@@ -24,7 +24,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// # Examples
 ///
 /// ```
-/// use engine_core::StageError;
+/// use engine::core::StageError;
 ///
 /// fn parse(line: &str) -> Result<u64, StageError> {
 ///     let n: u64 = line.trim().parse()?;
@@ -64,7 +64,7 @@ impl StageError {
     /// `String`, `&str`, or another `StageError` (which keeps its panic and fatal marks).
     ///
     /// ```
-    /// # use engine_core::StageError;
+    /// # use engine::core::StageError;
     /// assert_eq!(StageError::from_boxed("no such user").to_string(), "no such user");
     /// ```
     pub fn from_boxed(error: impl Into<BoxError>) -> Self {
@@ -81,7 +81,7 @@ impl StageError {
     /// is lost for good), and the run ends as failed.
     ///
     /// ```
-    /// # use engine_core::StageError;
+    /// # use engine::core::StageError;
     /// let err = StageError::msg("socket closed").fatal();
     /// assert!(err.is_fatal());
     /// assert_eq!(err.to_string(), "socket closed");
@@ -105,7 +105,7 @@ impl StageError {
     /// panic's message.
     ///
     /// ```
-    /// # use engine_core::StageError;
+    /// # use engine::core::StageError;
     /// let payload = std::panic::catch_unwind(|| panic!("bad item {}", 7)).unwrap_err();
     /// let err = StageError::from_panic(payload);
     /// assert!(err.is_panic());
@@ -140,7 +140,7 @@ impl StageError {
     /// Returns the wrapped error if it is of type `E`.
     ///
     /// ```
-    /// # use engine_core::StageError;
+    /// # use engine::core::StageError;
     /// let err = StageError::new(std::io::Error::other("disk full"));
     /// assert!(err.downcast_ref::<std::io::Error>().is_some());
     /// assert!(err.fatal().downcast_ref::<std::io::Error>().is_some());
@@ -246,8 +246,8 @@ impl<'de> Deserialize<'de> for StageError {
 /// The error `f` returned, or the panic as an error.
 ///
 /// ```
-/// use engine_core::StageError;
-/// use engine_core::plumbing::catch_panic;
+/// use engine::core::StageError;
+/// use engine::core::plumbing::catch_panic;
 ///
 /// assert_eq!(catch_panic(|| Ok::<_, StageError>(1)).unwrap(), 1);
 /// let err = catch_panic(|| -> Result<(), StageError> { panic!("boom") }).unwrap_err();

@@ -22,11 +22,11 @@
 //! the way an engine drives them on one thread:
 //!
 //! ```
-//! use engine_core::{
+//! use engine::core::{
 //!     Backend, Counts, IntoBackend, IntoFrontend, IntoTransport, RunEnd, RunReport, StageContext,
 //!     StageError, StageKind, StageReport, StopHandle, Transport,
 //! };
-//! use engine_core::plumbing::{Outcome, Ticket, TrackedFrontend};
+//! use engine::core::plumbing::{Outcome, Ticket, TrackedFrontend};
 //!
 //! /// Keeps the even numbers, halved.
 //! struct Halve;
@@ -96,7 +96,7 @@
 //! function does:
 //!
 //! ```
-//! use engine_core::{Backend, IntoBackend, IntoTransport, Transport};
+//! use engine::core::{Backend, IntoBackend, IntoTransport, Transport};
 //!
 //! fn connect<T: Transport, B: Backend<Input = T::Output>>(_: T, _: B) {}
 //!
@@ -106,7 +106,7 @@
 //! A backend of `u64` after a transport that outputs `String` is a compile error:
 //!
 //! ```compile_fail,E0271
-//! # use engine_core::{Backend, IntoBackend, IntoTransport, Transport};
+//! # use engine::core::{Backend, IntoBackend, IntoTransport, Transport};
 //! # fn connect<T: Transport, B: Backend<Input = T::Output>>(_: T, _: B) {}
 //! connect((|x: u32| x.to_string()).into_transport(), (|n: u64| drop(n)).into_backend());
 //! ```

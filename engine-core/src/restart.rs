@@ -36,7 +36,7 @@ pub enum Restart {
 ///
 /// ```
 /// use std::time::Duration;
-/// use engine_core::{Restart, RestartPolicy};
+/// use engine::core::{Restart, RestartPolicy};
 ///
 /// let policy = RestartPolicy::new(Restart::OnFailure)
 ///     .limit(3, Duration::from_secs(60))
@@ -108,7 +108,7 @@ impl RestartPolicy {
     ///
     /// ```
     /// # use std::time::Duration;
-    /// # use engine_core::{Restart, RestartPolicy};
+    /// # use engine::core::{Restart, RestartPolicy};
     /// let policy = RestartPolicy::new(Restart::Always)
     ///     .backoff(Duration::from_millis(100), Duration::from_millis(700));
     /// let waits: Vec<u128> = (0..5).map(|n| policy.delay(n).as_millis()).collect();
@@ -156,7 +156,7 @@ pub enum RestartDecision {
 ///
 /// ```
 /// use std::time::{Duration, Instant};
-/// use engine_core::{Restart, RestartDecision, RestartPolicy};
+/// use engine::core::{Restart, RestartDecision, RestartPolicy};
 ///
 /// let policy = RestartPolicy::new(Restart::OnFailure)
 ///     .limit(2, Duration::from_secs(60))

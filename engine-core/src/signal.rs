@@ -88,7 +88,7 @@ static GUARDS: Mutex<(usize, bool)> = Mutex::new((0, false));
 ///
 /// ```
 /// use std::time::Duration;
-/// use engine_core::{StopHandle, StopLevel, install_signal_handler};
+/// use engine::core::{StopHandle, StopLevel, install_signal_handler};
 ///
 /// let stop = StopHandle::new();
 /// let guard = install_signal_handler(&stop)?;

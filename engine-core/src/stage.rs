@@ -60,7 +60,7 @@ impl fmt::Display for StageKind {
 /// # Examples
 ///
 /// ```
-/// use engine_core::{Frontend, StageContext, StageError, StageKind};
+/// use engine::core::{Frontend, StageContext, StageError, StageKind};
 ///
 /// /// Counts down from `from` to 1.
 /// struct Countdown { from: u32 }
@@ -135,7 +135,7 @@ pub trait Frontend {
 /// # Examples
 ///
 /// ```
-/// use engine_core::{StageContext, StageError, StageKind, Transport};
+/// use engine::core::{StageContext, StageError, StageKind, Transport};
 ///
 /// /// Parses lines as numbers and drops blank lines.
 /// struct Parse;
@@ -235,7 +235,7 @@ pub trait Transport {
 /// # Examples
 ///
 /// ```
-/// use engine_core::{Backend, StageContext, StageError, StageKind};
+/// use engine::core::{Backend, StageContext, StageError, StageKind};
 ///
 /// /// Sums what it receives.
 /// #[derive(Default)]
@@ -346,7 +346,7 @@ impl<S: Frontend + ?Sized> Frontend for Box<S> {
 /// `Box<dyn Transport<Input = String, Output = String> + Send>`.
 ///
 /// ```
-/// use engine_core::{IntoTransport, StageContext, StageKind, Transport, filter_map};
+/// use engine::core::{IntoTransport, StageContext, StageKind, Transport, filter_map};
 ///
 /// type Step = Box<dyn Transport<Input = u32, Output = u32> + Send>;
 /// let choose = |double: bool| -> Step {

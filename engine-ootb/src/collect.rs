@@ -18,8 +18,8 @@ use engine_core::{Backend, StageContext, StageError};
 /// # Examples
 ///
 /// ```
-/// use engine_core::{Backend, StageContext, StageKind};
-/// use engine_ootb::CollectBackend;
+/// use engine::core::{Backend, StageContext, StageKind};
+/// use engine::ootb::CollectBackend;
 ///
 /// let ctx = StageContext::standalone("collect", StageKind::Backend);
 /// let backend = CollectBackend::new();
@@ -29,7 +29,7 @@ use engine_core::{Backend, StageContext, StageError};
 /// second.process("b", &ctx)?;
 /// assert_eq!(collected.take(), ["a", "b"]);
 /// assert!(collected.is_empty());
-/// # Ok::<(), engine_core::StageError>(())
+/// # Ok::<(), engine::core::StageError>(())
 /// ```
 pub struct CollectBackend<T> {
     items: Arc<Mutex<Vec<T>>>,
@@ -39,7 +39,7 @@ impl<T> CollectBackend<T> {
     /// A backend with a new, empty vector.
     ///
     /// ```
-    /// # use engine_ootb::CollectBackend;
+    /// # use engine::ootb::CollectBackend;
     /// assert!(CollectBackend::<u32>::new().collected().is_empty());
     /// ```
     pub fn new() -> Self {
@@ -51,14 +51,14 @@ impl<T> CollectBackend<T> {
     /// A handle on the shared vector, to read what this backend and its clones collected.
     ///
     /// ```
-    /// use engine_core::{Backend, StageContext, StageKind};
-    /// use engine_ootb::CollectBackend;
+    /// use engine::core::{Backend, StageContext, StageKind};
+    /// use engine::ootb::CollectBackend;
     ///
     /// let ctx = StageContext::standalone("collect", StageKind::Backend);
     /// let mut backend = CollectBackend::new();
     /// backend.process(7_u8, &ctx)?;
     /// assert_eq!(backend.collected().snapshot(), [7]);
-    /// # Ok::<(), engine_core::StageError>(())
+    /// # Ok::<(), engine::core::StageError>(())
     /// ```
     pub fn collected(&self) -> Collected<T> {
         Collected {
@@ -107,8 +107,8 @@ impl<T> fmt::Debug for CollectBackend<T> {
 /// # Examples
 ///
 /// ```
-/// use engine_core::{Backend, StageContext, StageKind};
-/// use engine_ootb::CollectBackend;
+/// use engine::core::{Backend, StageContext, StageKind};
+/// use engine::ootb::CollectBackend;
 ///
 /// let ctx = StageContext::standalone("collect", StageKind::Backend);
 /// let mut backend = CollectBackend::new();
@@ -119,7 +119,7 @@ impl<T> fmt::Debug for CollectBackend<T> {
 /// assert_eq!(collected.snapshot(), [1, 2]);
 /// assert_eq!(collected.take(), [1, 2]);
 /// assert_eq!(collected.len(), 0);
-/// # Ok::<(), engine_core::StageError>(())
+/// # Ok::<(), engine::core::StageError>(())
 /// ```
 pub struct Collected<T> {
     items: Arc<Mutex<Vec<T>>>,

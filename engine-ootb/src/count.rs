@@ -15,8 +15,8 @@ use engine_core::{Backend, StageContext, StageError};
 /// # Examples
 ///
 /// ```
-/// use engine_core::{Backend, StageContext, StageKind};
-/// use engine_ootb::CountBackend;
+/// use engine::core::{Backend, StageContext, StageKind};
+/// use engine::ootb::CountBackend;
 ///
 /// let ctx = StageContext::standalone("count", StageKind::Backend);
 /// let counter = CountBackend::new();
@@ -25,7 +25,7 @@ use engine_core::{Backend, StageContext, StageError};
 /// second.process("b", &ctx)?;
 /// second.process("c", &ctx)?;
 /// assert_eq!(counter.count(), 3);
-/// # Ok::<(), engine_core::StageError>(())
+/// # Ok::<(), engine::core::StageError>(())
 /// ```
 pub struct CountBackend<T> {
     count: Arc<AtomicU64>,
@@ -37,7 +37,7 @@ impl<T> CountBackend<T> {
     /// A backend with a new counter at zero.
     ///
     /// ```
-    /// # use engine_ootb::CountBackend;
+    /// # use engine::ootb::CountBackend;
     /// assert_eq!(CountBackend::<String>::new().count(), 0);
     /// ```
     pub fn new() -> Self {

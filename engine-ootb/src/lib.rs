@@ -20,8 +20,8 @@
 //! way an engine drives them on one thread:
 //!
 //! ```
-//! use engine_core::{Backend, Frontend, StageContext, StageKind, Transport};
-//! use engine_ootb::{CollectBackend, CountBackend, LogTransport, StdinFrontend};
+//! use engine::core::{Backend, Frontend, StageContext, StageKind, Transport};
+//! use engine::ootb::{CollectBackend, CountBackend, LogTransport, StdinFrontend};
 //!
 //! let f_ctx = StageContext::standalone("lines", StageKind::Frontend);
 //! let t_ctx = StageContext::standalone("log", StageKind::Transport);
@@ -45,7 +45,7 @@
 //! assert_eq!(collected.take(), ["first", "second", "", "last"]);
 //! assert_eq!(count.count(), 4);
 //! assert_eq!(frontend.lines_read(), 4);
-//! # Ok::<(), engine_core::StageError>(())
+//! # Ok::<(), engine::core::StageError>(())
 //! ```
 
 #![cfg_attr(docsrs, feature(doc_cfg))]

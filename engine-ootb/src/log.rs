@@ -45,7 +45,7 @@ macro_rules! log_stage {
             #[doc = concat!("A ", $level_doc, " logging at INFO.")]
             ///
             /// ```
-            #[doc = concat!("# use engine_ootb::", stringify!($name), ";")]
+            #[doc = concat!("# use engine::ootb::", stringify!($name), ";")]
             #[doc = concat!("assert_eq!(", stringify!($name), "::<u32>::new().level(), tracing::Level::INFO);")]
             /// ```
             pub fn new() -> Self {
@@ -58,7 +58,7 @@ macro_rules! log_stage {
             /// Sets the level the items are logged at.
             ///
             /// ```
-            #[doc = concat!("# use engine_ootb::", stringify!($name), ";")]
+            #[doc = concat!("# use engine::ootb::", stringify!($name), ";")]
             #[doc = concat!("let log = ", stringify!($name), "::<u32>::new().with_level(tracing::Level::TRACE);")]
             /// assert_eq!(log.level(), tracing::Level::TRACE);
             /// ```
@@ -113,13 +113,13 @@ log_stage!(
     /// # Examples
     ///
     /// ```
-    /// use engine_core::{StageContext, StageKind, Transport};
-    /// use engine_ootb::LogTransport;
+    /// use engine::core::{StageContext, StageKind, Transport};
+    /// use engine::ootb::LogTransport;
     ///
     /// let ctx = StageContext::standalone("log", StageKind::Transport);
     /// let mut log = LogTransport::new().with_level(tracing::Level::DEBUG);
     /// assert_eq!(log.transport(vec![1, 2], &ctx)?, Some(vec![1, 2]));
-    /// # Ok::<(), engine_core::StageError>(())
+    /// # Ok::<(), engine::core::StageError>(())
     /// ```
     LogTransport,
     fn(T) -> T,
@@ -147,13 +147,13 @@ log_stage!(
     /// # Examples
     ///
     /// ```
-    /// use engine_core::{Backend, StageContext, StageKind};
-    /// use engine_ootb::LogBackend;
+    /// use engine::core::{Backend, StageContext, StageKind};
+    /// use engine::ootb::LogBackend;
     ///
     /// let ctx = StageContext::standalone("log", StageKind::Backend);
     /// let mut log = LogBackend::new().with_level(tracing::Level::WARN);
     /// log.process("a line", &ctx)?;
-    /// # Ok::<(), engine_core::StageError>(())
+    /// # Ok::<(), engine::core::StageError>(())
     /// ```
     LogBackend,
     fn(T),

@@ -49,8 +49,8 @@ use engine_core::{Frontend, StageContext, StageError};
 /// # Examples
 ///
 /// ```
-/// use engine_core::{Frontend, StageContext, StageKind};
-/// use engine_ootb::StdinFrontend;
+/// use engine::core::{Frontend, StageContext, StageKind};
+/// use engine::ootb::StdinFrontend;
 ///
 /// let ctx = StageContext::standalone("lines", StageKind::Frontend);
 /// let mut lines = StdinFrontend::from_reader(&b"one\r\n\ntwo"[..]);
@@ -59,14 +59,14 @@ use engine_core::{Frontend, StageContext, StageError};
 /// assert_eq!(lines.produce(&ctx)?.as_deref(), Some("two"));
 /// assert_eq!(lines.produce(&ctx)?, None);
 /// assert_eq!(lines.lines_read(), 3);
-/// # Ok::<(), engine_core::StageError>(())
+/// # Ok::<(), engine::core::StageError>(())
 /// ```
 ///
 /// Lossy and strict handling of invalid UTF-8:
 ///
 /// ```
-/// use engine_core::{Frontend, StageContext, StageKind};
-/// use engine_ootb::{InvalidUtf8, StdinFrontend};
+/// use engine::core::{Frontend, StageContext, StageKind};
+/// use engine::ootb::{InvalidUtf8, StdinFrontend};
 ///
 /// let ctx = StageContext::standalone("lines", StageKind::Frontend);
 /// let input: &[u8] = b"a\xffb\nnext\n";
@@ -80,7 +80,7 @@ use engine_core::{Frontend, StageContext, StageError};
 /// assert_eq!(err.downcast_ref::<InvalidUtf8>().map(InvalidUtf8::line), Some(1));
 /// assert!(!err.is_fatal());
 /// assert_eq!(strict.produce(&ctx)?.as_deref(), Some("next"));
-/// # Ok::<(), engine_core::StageError>(())
+/// # Ok::<(), engine::core::StageError>(())
 /// ```
 pub struct StdinFrontend {
     source: Source,
@@ -111,7 +111,7 @@ impl StdinFrontend {
     /// A frontend reading the process's standard input, lossy about invalid UTF-8.
     ///
     /// ```
-    /// use engine_ootb::StdinFrontend;
+    /// use engine::ootb::StdinFrontend;
     ///
     /// let lines = StdinFrontend::new();
     /// assert_eq!(lines.lines_read(), 0);
@@ -124,13 +124,13 @@ impl StdinFrontend {
     /// A frontend reading `reader`, lossy about invalid UTF-8.
     ///
     /// ```
-    /// use engine_core::{Frontend, StageContext, StageKind};
-    /// use engine_ootb::StdinFrontend;
+    /// use engine::core::{Frontend, StageContext, StageKind};
+    /// use engine::ootb::StdinFrontend;
     ///
     /// let ctx = StageContext::standalone("lines", StageKind::Frontend);
     /// let mut lines = StdinFrontend::from_reader(std::io::Cursor::new("hello\n"));
     /// assert_eq!(lines.produce(&ctx)?.as_deref(), Some("hello"));
-    /// # Ok::<(), engine_core::StageError>(())
+    /// # Ok::<(), engine::core::StageError>(())
     /// ```
     pub fn from_reader<R: BufRead + Send + 'static>(reader: R) -> Self {
         Self::with_source(Source::Reader(Box::new(reader)))
@@ -149,8 +149,8 @@ impl StdinFrontend {
     /// U+FFFD in place of each invalid sequence (`false`, the default).
     ///
     /// ```
-    /// use engine_core::{Frontend, StageContext, StageKind};
-    /// use engine_ootb::StdinFrontend;
+    /// use engine::core::{Frontend, StageContext, StageKind};
+    /// use engine::ootb::StdinFrontend;
     ///
     /// let ctx = StageContext::standalone("lines", StageKind::Frontend);
     /// let mut lines = StdinFrontend::from_reader(&b"\xc3\x28\n"[..]).strict(true);
@@ -166,7 +166,7 @@ impl StdinFrontend {
     /// Whether invalid UTF-8 is an error; see [`strict`](Self::strict).
     ///
     /// ```
-    /// # use engine_ootb::StdinFrontend;
+    /// # use engine::ootb::StdinFrontend;
     /// assert!(StdinFrontend::new().strict(true).is_strict());
     /// ```
     pub fn is_strict(&self) -> bool {
@@ -176,14 +176,14 @@ impl StdinFrontend {
     /// How many lines were read so far, including lines returned as errors for invalid UTF-8.
     ///
     /// ```
-    /// use engine_core::{Frontend, StageContext, StageKind};
-    /// use engine_ootb::StdinFrontend;
+    /// use engine::core::{Frontend, StageContext, StageKind};
+    /// use engine::ootb::StdinFrontend;
     ///
     /// let ctx = StageContext::standalone("lines", StageKind::Frontend);
     /// let mut lines = StdinFrontend::from_reader(&b"a\nb\n"[..]);
     /// while lines.produce(&ctx)?.is_some() {}
     /// assert_eq!(lines.lines_read(), 2);
-    /// # Ok::<(), engine_core::StageError>(())
+    /// # Ok::<(), engine::core::StageError>(())
     /// ```
     pub fn lines_read(&self) -> u64 {
         self.lines_read
@@ -278,8 +278,8 @@ fn strip_newline(bytes: &mut Vec<u8>) {
 /// # Examples
 ///
 /// ```
-/// use engine_core::{Frontend, StageContext, StageKind};
-/// use engine_ootb::{InvalidUtf8, StdinFrontend};
+/// use engine::core::{Frontend, StageContext, StageKind};
+/// use engine::ootb::{InvalidUtf8, StdinFrontend};
 ///
 /// let ctx = StageContext::standalone("lines", StageKind::Frontend);
 /// let mut lines = StdinFrontend::from_reader(&b"ok\nb\xffd\r\n"[..]).strict(true);
@@ -290,7 +290,7 @@ fn strip_newline(bytes: &mut Vec<u8>) {
 /// assert_eq!(invalid.as_bytes(), b"b\xffd");
 /// assert_eq!(invalid.utf8_error().valid_up_to(), 1);
 /// assert_eq!(err.to_string(), "line 2 of the input is not valid UTF-8");
-/// # Ok::<(), engine_core::StageError>(())
+/// # Ok::<(), engine::core::StageError>(())
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InvalidUtf8 {
@@ -317,8 +317,8 @@ impl InvalidUtf8 {
     /// Takes the line's bytes, without the newline.
     ///
     /// ```
-    /// use engine_core::{Frontend, StageContext, StageKind};
-    /// use engine_ootb::{InvalidUtf8, StdinFrontend};
+    /// use engine::core::{Frontend, StageContext, StageKind};
+    /// use engine::ootb::{InvalidUtf8, StdinFrontend};
     ///
     /// let ctx = StageContext::standalone("lines", StageKind::Frontend);
     /// let mut lines = StdinFrontend::from_reader(&b"\xff\n"[..]).strict(true);

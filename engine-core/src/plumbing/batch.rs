@@ -15,7 +15,7 @@ use std::time::Duration;
 ///
 /// ```
 /// use std::time::Duration;
-/// use engine_core::plumbing::fit_batch;
+/// use engine::core::plumbing::fit_batch;
 ///
 /// let target = Duration::from_millis(1);
 /// // 100 items in 10 µs: 0.1 µs each, so 10,000 fit in a millisecond.

@@ -13,7 +13,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 ///
 /// ```
 /// use std::sync::{Arc, Mutex};
-/// use engine_core::plumbing::lock;
+/// use engine::core::plumbing::lock;
 ///
 /// let shared = Arc::new(Mutex::new(1));
 /// let poisoner = Arc::clone(&shared);

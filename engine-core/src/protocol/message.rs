@@ -32,7 +32,7 @@ impl Address {
     /// own broadcast.
     ///
     /// ```
-    /// # use engine_core::protocol::Address;
+    /// # use engine::core::protocol::Address;
     /// let me = Address::named("a");
     /// assert!(Address::Broadcast.is_for(&me));
     /// assert!(Address::named("a").is_for(&me));
@@ -182,7 +182,7 @@ impl Envelope {
     /// another process.
     ///
     /// ```
-    /// # use engine_core::protocol::{Address, Envelope, Kind};
+    /// # use engine::core::protocol::{Address, Envelope, Kind};
     /// let w1 = Address::named("w1");
     /// let note = Envelope::new(Address::Broadcast, w1.clone(), Kind::user("reload"));
     /// assert!(note.is_for(&Address::named("w2")));
@@ -203,8 +203,8 @@ impl Envelope {
     /// [`ProtocolError::Encode`] if the value cannot be serialised.
     ///
     /// ```
-    /// # use engine_core::StageError;
-    /// # use engine_core::protocol::{Address, Envelope, Kind, TaskId};
+    /// # use engine::core::StageError;
+    /// # use engine::core::protocol::{Address, Envelope, Kind, TaskId};
     /// let task = Envelope::new(Address::named("w"), Address::Main, Kind::Do).with_task(TaskId(9));
     /// let ok = task.reply_with_result(&Ok::<u32, StageError>(3))?;
     /// assert_eq!(ok.kind, Kind::Finished);
@@ -212,7 +212,7 @@ impl Envelope {
     /// let failed = task.reply_with_result(&Err::<u32, _>(StageError::msg("no such file")))?;
     /// assert_eq!(failed.kind, Kind::Failed);
     /// assert_eq!(failed.result::<u32>()?.unwrap_err().to_string(), "no such file");
-    /// # Ok::<(), engine_core::protocol::ProtocolError>(())
+    /// # Ok::<(), engine::core::protocol::ProtocolError>(())
     /// ```
     pub fn reply_with_result<T: Serialize>(
         &self,

@@ -20,7 +20,7 @@
 //! # Examples
 //!
 //! ```
-//! use engine_core::protocol::{Address, Envelope, Frame, Kind, TaskId};
+//! use engine::core::protocol::{Address, Envelope, Frame, Kind, TaskId};
 //!
 //! let request = Envelope::new(Address::Main, Address::named("resizer"), Kind::Do)
 //!     .with_task(TaskId(7))
@@ -32,7 +32,7 @@
 //! assert_eq!(received.body::<(u32, u32)>()?, (640, 480));
 //!
 //! assert!(Frame::decode(&bytes[..bytes.len() - 1]).is_err());
-//! # Ok::<(), engine_core::protocol::ProtocolError>(())
+//! # Ok::<(), engine::core::protocol::ProtocolError>(())
 //! ```
 
 mod message;
@@ -88,7 +88,7 @@ impl Hello {
     /// [`ProtocolError::WrongWorkerKind`] if the worker runs other code than expected.
     ///
     /// ```
-    /// # use engine_core::protocol::{Address, Hello, ProtocolError};
+    /// # use engine::core::protocol::{Address, Hello, ProtocolError};
     /// let mut hello = Hello::new("resizer", Address::named("w1"));
     /// assert!(hello.check("resizer").is_ok());
     /// assert!(matches!(hello.check("mailer"), Err(ProtocolError::WrongWorkerKind { .. })));

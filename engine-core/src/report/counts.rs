@@ -49,7 +49,7 @@ impl Counts {
     /// Whether `input + expanded == output + filtered + failed + dropped`.
     ///
     /// ```
-    /// # use engine_core::Counts;
+    /// # use engine::core::Counts;
     /// let mut counts = Counts::default();
     /// (counts.input, counts.output, counts.filtered, counts.failed) = (10, 6, 2, 1);
     /// assert!(!counts.is_balanced());

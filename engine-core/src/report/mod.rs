@@ -157,7 +157,7 @@ pub enum CountMismatch {
 ///
 /// ```
 /// use std::time::Duration;
-/// use engine_core::{Counts, RunEnd, RunReport, StageKind, StageReport, ThreadReport};
+/// use engine::core::{Counts, RunEnd, RunReport, StageKind, StageReport, ThreadReport};
 ///
 /// let mut produced = Counts::default();
 /// (produced.input, produced.output) = (10, 10);
@@ -180,7 +180,7 @@ pub enum CountMismatch {
 /// assert_eq!(report.processed(), 9);
 /// assert_eq!(report.failed(), 1);
 /// println!("{report}");
-/// # Ok::<(), engine_core::CountMismatch>(())
+/// # Ok::<(), engine::core::CountMismatch>(())
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]

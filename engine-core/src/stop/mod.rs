@@ -102,7 +102,7 @@ impl Inner {
 ///
 /// ```
 /// use std::thread;
-/// use engine_core::{StopHandle, StopLevel};
+/// use engine::core::{StopHandle, StopLevel};
 ///
 /// let stop = StopHandle::new();
 /// let worker = {
@@ -176,7 +176,7 @@ impl StopHandle {
     /// handle do not turn one Ctrl-C into two steps.
     ///
     /// ```
-    /// # use engine_core::{StopHandle, StopLevel};
+    /// # use engine::core::{StopHandle, StopLevel};
     /// let stop = StopHandle::new();
     /// assert_eq!(stop.escalate(), StopLevel::Graceful);
     /// assert_eq!(stop.escalate(), StopLevel::Now);
@@ -264,7 +264,7 @@ impl StopHandle {
     ///
     /// ```
     /// # use std::time::Duration;
-    /// # use engine_core::{StopHandle, StopLevel};
+    /// # use engine::core::{StopHandle, StopLevel};
     /// let stop = StopHandle::new();
     /// stop.stop();
     /// // Graceful is not Now: this times out.
@@ -322,7 +322,7 @@ impl StopHandle {
     ///
     /// ```
     /// # use std::sync::{Arc, atomic::{AtomicU8, Ordering}};
-    /// # use engine_core::{StopHandle, StopLevel};
+    /// # use engine::core::{StopHandle, StopLevel};
     /// let stop = StopHandle::new();
     /// let seen = Arc::new(AtomicU8::new(0));
     /// let sub = {
@@ -360,7 +360,7 @@ impl StopHandle {
     /// a pod or one run of an engine inside a long-lived program.
     ///
     /// ```
-    /// # use engine_core::{StopHandle, StopLevel};
+    /// # use engine::core::{StopHandle, StopLevel};
     /// let parent = StopHandle::new();
     /// let child = parent.child();
     /// child.stop();
