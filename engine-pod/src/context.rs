@@ -193,7 +193,8 @@ impl BeanContext {
         self.run.is_stopping(&self.pod.beans)
     }
 
-    /// This run's stop handle, a child of the bean's, itself a child of the pod's. Hand it
+    /// This run's stop handle, a child of the bean's, itself a child of the pod's (made on
+    /// the first call; [`stopping`](Self::stopping) needs none). Hand it
     /// to an engine ([`engine_threads::EngineBuilder::stop_handle`]) or take a
     /// [`child`](StopHandle::child) of it for a sub-task; a blocking bean can
     /// [`wait`](StopHandle::wait) on it.

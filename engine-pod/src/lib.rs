@@ -9,8 +9,10 @@
 //!
 //! - **One stop tree.** The pod's [`StopHandle`](engine_core::StopHandle) is the root; each
 //!   bean's handle is a child of it, and each run's a child of the bean's
-//!   ([`BeanContext::stop_handle`]). A pod stop first sends the `"stop"` signal to the
-//!   handlers, then reaches every bean; at the stop wait time what is left is cancelled.
+//!   ([`BeanContext::stop_handle`]; made when first asked for, so that a bean that only
+//!   awaits [`BeanContext::stopping`] costs no handle). A pod stop first sends the `"stop"`
+//!   signal to the handlers, then reaches every bean; at the stop wait time what is left is
+//!   cancelled.
 //! - **Readiness.** A bean that [declares readiness](Bean::declares_readiness) shows as
 //!   `starting` until it calls [`BeanContext::mark_ready`]; others
 //!   [`wait_ready`](BeanContext::wait_ready) for it. The built-in servers ([`TcpServer`],
