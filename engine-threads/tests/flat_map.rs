@@ -397,3 +397,64 @@ fn an_offloaded_stage_that_emits_many_splits_tickets_and_the_counts_balance() {
         }
     }
 }
+
+/// A backend that runs its items "elsewhere" and, wrongly, gives outputs for item 3.
+#[derive(Default)]
+struct ConfusedSink {
+    done: VecDeque<Finished<()>>,
+}
+
+impl Clone for ConfusedSink {
+    /// A fresh instance, with nothing in flight.
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
+
+impl engine_core::Backend for ConfusedSink {
+    type Input = u64;
+
+    /// Never called: the engine hands an offloading stage whole batches.
+    fn process(&mut self, _x: u64, _ctx: &StageContext) -> Result<(), StageError> {
+        Err(StageError::msg("this stage runs its items elsewhere"))
+    }
+
+    fn offload(&mut self) -> Option<&mut dyn Offload<Input = u64, Output = ()>> {
+        Some(self)
+    }
+}
+
+impl Offload for ConfusedSink {
+    type Input = u64;
+    type Output = ();
+
+    fn capacity(&self) -> usize {
+        1
+    }
+
+    fn submit(&mut self, tag: u64, items: Vec<u64>) {
+        let outcomes = items
+            .into_iter()
+            .map(|x| match x {
+                3 => ItemOutcome::Many(vec![(), ()]),
+                _ => ItemOutcome::Done(()),
+            })
+            .collect();
+        self.done.push_back((tag, outcomes));
+    }
+
+    fn finished(&mut self, _wait: bool) -> Option<Finished<()>> {
+        self.done.pop_front()
+    }
+}
+
+#[test]
+fn an_offloaded_backend_that_gives_outputs_fails_just_that_item() {
+    let report = Engine::builder(0..10_u64)
+        .backend(ConfusedSink::default())
+        .run()
+        .expect("the run completes");
+    report.check().expect("the counts add up");
+    let backend = counts(&report, "backend");
+    assert_eq!((backend.input, backend.output, backend.failed), (10, 9, 1));
+}

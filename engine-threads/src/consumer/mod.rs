@@ -79,8 +79,13 @@ fn settle_not_done<K: Ticket, D>(
     counts: &mut Counts,
 ) -> Flow {
     match outcome {
-        ItemOutcome::Done(_) | ItemOutcome::Many(_) => {
-            unreachable!("done items are settled by their stage")
+        ItemOutcome::Done(_) => unreachable!("done items are settled by their stage"),
+        // Only a transport may give many outputs, and it settles them itself: from a backend
+        // this is a bug in the offloading stage, which fails the item rather than the thread.
+        ItemOutcome::Many(_) => {
+            counts.failed += 1;
+            let error = StageError::msg("the offloaded backend gave outputs for an item");
+            at.shared.item_failed(at.ctx, error, Some(ticket))
         }
         ItemOutcome::Filtered => {
             settle(ticket, Outcome::Filtered, &mut counts.filtered);
