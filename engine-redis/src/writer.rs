@@ -104,37 +104,27 @@ impl<C: Connector> Writer<C> {
         if self.payloads.iter().all(Vec::is_empty) {
             return Ok(());
         }
-        if self.broker.is_none() {
-            let connector = &self.connector;
-            let broker = retrying(
+        let connector = &self.connector;
+        let broker = match &mut self.broker {
+            Some(broker) => broker,
+            None => self.broker.insert(retrying(
                 "connecting",
                 self.options.retry_for,
                 Some(ctx.stop()),
                 || connector.connect(),
-            )?;
-            self.broker = Some(broker);
-        }
-        let broker = self.broker.as_mut().expect("connected just above");
+            )?),
+        };
         let mut written = vec![0_usize; self.streams.len()];
         let mut backoff = Backoff::new(self.options.retry_for);
-        // Waiting for room has no time limit, and polls quickly: consumers free room fast.
-        let mut full = Backoff::with_delays(Duration::MAX, FULL_FIRST_DELAY, FULL_MAX_DELAY);
-        let mut full_since = None;
+        let mut full = FullWait::new();
         let mut warned = false;
         loop {
-            let mut batches = Vec::new();
-            let mut targets = Vec::new();
-            for (i, stream) in self.streams.iter().enumerate() {
-                let (payloads, from) = (&self.payloads[i], written[i]);
-                if from < payloads.len() {
-                    targets.push(i);
-                    batches.push(Batch {
-                        stream,
-                        payloads: &payloads[from..],
-                        dedup_keys: dedup.then(|| &self.dedup_keys[i][from..]),
-                    });
-                }
-            }
+            let (targets, batches) = unwritten(
+                &self.streams,
+                &self.payloads,
+                dedup.then_some(self.dedup_keys.as_slice()),
+                &written,
+            );
             if batches.is_empty() {
                 return Ok(());
             }
@@ -148,25 +138,10 @@ impl<C: Connector> Writer<C> {
                     }
                     backoff.reset();
                     if taken > 0 {
-                        full_since = None;
                         full.reset();
-                        continue;
+                    } else {
+                        full.pause(&self.stream, self.options.bound, ctx)?;
                     }
-                    let since = *full_since.get_or_insert_with(|| {
-                        tracing::debug!(stream = %self.stream, "stream full; waiting for room");
-                        Instant::now()
-                    });
-                    if since.elapsed() >= FULL_WARN_AFTER {
-                        tracing::warn!(
-                            stream = %self.stream,
-                            bound = self.options.bound,
-                            "the stream has been at its bound for {FULL_WARN_AFTER:?}: are its \
-                             consumers deleting what they finish? (`SinkOptions::unbounded` \
-                             for a stream read by others)"
-                        );
-                        full_since = Some(Instant::now());
-                    }
-                    full.pause(Error::Aborted, Some(ctx.stop()))?;
                 }
                 Err(error) if error.is_retryable() => {
                     if !warned {
@@ -182,6 +157,71 @@ impl<C: Connector> Writer<C> {
                 Err(error) => return Err(error),
             }
         }
+    }
+}
+
+/// What is left to append after `written` payloads of each stream: the streams' numbers
+/// and their batches.
+fn unwritten<'a>(
+    streams: &'a [String],
+    payloads: &'a [Vec<Vec<u8>>],
+    dedup_keys: Option<&'a [Vec<DedupKey>]>,
+    written: &[usize],
+) -> (Vec<usize>, Vec<Batch<'a>>) {
+    let mut targets = Vec::new();
+    let mut batches = Vec::new();
+    for (i, stream) in streams.iter().enumerate() {
+        let (payloads, from) = (&payloads[i], written[i]);
+        if from < payloads.len() {
+            targets.push(i);
+            batches.push(Batch {
+                stream,
+                payloads: &payloads[from..],
+                dedup_keys: dedup_keys.map(|keys| &keys[i][from..]),
+            });
+        }
+    }
+    (targets, batches)
+}
+
+/// Waiting for room under the bound: no time limit, quick polls (consumers free room fast),
+/// and a warning every [`FULL_WARN_AFTER`] of waiting.
+struct FullWait {
+    backoff: Backoff,
+    since: Option<Instant>,
+}
+
+impl FullWait {
+    fn new() -> Self {
+        Self {
+            backoff: Backoff::with_delays(Duration::MAX, FULL_FIRST_DELAY, FULL_MAX_DELAY),
+            since: None,
+        }
+    }
+
+    /// There is room again.
+    fn reset(&mut self) {
+        self.since = None;
+        self.backoff.reset();
+    }
+
+    /// Pauses before the next try of a stream at its bound.
+    fn pause(&mut self, stream: &str, bound: Option<u64>, ctx: &StageContext) -> Result<()> {
+        let since = *self.since.get_or_insert_with(|| {
+            tracing::debug!(stream = %stream, "stream full; waiting for room");
+            Instant::now()
+        });
+        if since.elapsed() >= FULL_WARN_AFTER {
+            tracing::warn!(
+                stream = %stream,
+                bound = bound,
+                "the stream has been at its bound for {FULL_WARN_AFTER:?}: are its \
+                 consumers deleting what they finish? (`SinkOptions::unbounded` \
+                 for a stream read by others)"
+            );
+            self.since = Some(Instant::now());
+        }
+        self.backoff.pause(Error::Aborted, Some(ctx.stop()))
     }
 }
 
