@@ -26,14 +26,14 @@
 //!
 //! ```
 //! use std::sync::Arc;
-//! use engine_observe::MetricsServer;
+//! use engine::observe::MetricsServer;
 //! use prometheus_client::registry::Registry;
 //!
 //! let server = MetricsServer::builder(Arc::new(Registry::default())).start()?;
-//! let page = engine_observe::respond(&hyper::Method::GET, "/", &Registry::default());
+//! let page = engine::observe::respond(&hyper::Method::GET, "/", &Registry::default());
 //! assert_eq!(page.status(), 200);
 //! println!("dashboard on http://{}/", server.local_addr());
-//! # Ok::<(), engine_observe::ServeError>(())
+//! # Ok::<(), engine::observe::ServeError>(())
 //! ```
 
 #![cfg_attr(docsrs, feature(doc_cfg))]

@@ -149,7 +149,7 @@ impl MetricsServerBuilder {
 ///
 /// ```
 /// use std::sync::Arc;
-/// use engine_observe::MetricsServer;
+/// use engine::observe::MetricsServer;
 /// use prometheus_client::metrics::counter::Counter;
 /// use prometheus_client::registry::Registry;
 ///
@@ -159,7 +159,7 @@ impl MetricsServerBuilder {
 /// served.inc();
 /// let server = MetricsServer::builder(Arc::new(registry)).start()?;
 /// assert!(server.local_addr().ip().is_loopback());
-/// # Ok::<(), engine_observe::ServeError>(())
+/// # Ok::<(), engine::observe::ServeError>(())
 /// ```
 pub struct MetricsServer {
     addr: SocketAddr,
