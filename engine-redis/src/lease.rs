@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
-use crate::broker::{Beat, Broker};
+use crate::broker::{Beat, Broker, Leases};
 use crate::error::Chain;
 use crate::partition::{lease_key, members_key};
 
@@ -191,21 +191,7 @@ impl<B: Broker> Keeper<B> {
     /// Gives up the partitions that are above the fair share and have nothing outstanding,
     /// renews the rest, and takes free ones up to the fair share.
     fn beat(&mut self) {
-        {
-            let mut slots = self.table.lock();
-            for (i, slot) in slots.iter_mut().enumerate() {
-                if slot.held && slot.releasing && slot.outstanding == 0 {
-                    slot.held = false;
-                    slot.releasing = false;
-                    self.to_release
-                        .push(u32::try_from(i).expect("few partitions"));
-                    self.report(Ownership::Released {
-                        partition: u32::try_from(i).expect("few partitions"),
-                        at: SystemTime::now(),
-                    });
-                }
-            }
-        }
+        self.release_settled();
         let sent = Instant::now();
         let beat = Beat {
             members: &self.members,
@@ -224,10 +210,37 @@ impl<B: Broker> Keeper<B> {
             }
         };
         self.to_release.clear();
+        let mut slots = self.table.lock();
+        self.apply(&mut slots, &leases, sent);
+        give_up_excess(&mut slots, leases.fair as usize);
+        drop(slots);
+        self.table.changed.notify_all();
+    }
+
+    /// Marks for release the partitions being given up that have nothing outstanding any
+    /// more: the next beat gives them up on the server.
+    fn release_settled(&mut self) {
+        let mut slots = self.table.lock();
+        for (i, slot) in slots.iter_mut().enumerate() {
+            if slot.held && slot.releasing && slot.outstanding == 0 {
+                slot.held = false;
+                slot.releasing = false;
+                self.to_release
+                    .push(u32::try_from(i).expect("few partitions"));
+                self.report(Ownership::Released {
+                    partition: u32::try_from(i).expect("few partitions"),
+                    at: SystemTime::now(),
+                });
+            }
+        }
+    }
+
+    /// Takes in what the server says this consumer holds after the beat sent at `sent`:
+    /// renewed, newly acquired, and lost partitions.
+    fn apply(&self, slots: &mut [Slot], leases: &Leases, sent: Instant) {
         // Most of the lease time, counted from before the request: the server set the expiry
         // later than that.
         let valid_until = sent + self.ttl.mul_f64(0.9);
-        let mut slots = self.table.lock();
         for (i, slot) in slots.iter_mut().enumerate() {
             let partition = u32::try_from(i).expect("few partitions");
             let now_held = leases.held.contains(&partition);
@@ -260,25 +273,6 @@ impl<B: Broker> Keeper<B> {
                 slot.releasing = false;
             }
         }
-        let held = slots.iter().filter(|slot| slot.held).count();
-        let releasing = slots
-            .iter()
-            .filter(|slot| slot.held && slot.releasing)
-            .count();
-        let fair = leases.fair as usize;
-        // What is above the fair share is given up, each partition between batches: once
-        // everything read from it is settled (at a later beat).
-        let excess = held.saturating_sub(fair).saturating_sub(releasing);
-        for slot in slots
-            .iter_mut()
-            .rev()
-            .filter(|slot| slot.held && !slot.releasing)
-            .take(excess)
-        {
-            slot.releasing = true;
-        }
-        drop(slots);
-        self.table.changed.notify_all();
     }
 
     /// After a failed beat: reports the leases that ran out meanwhile.
@@ -367,5 +361,25 @@ fn system_time(at: Instant) -> SystemTime {
         SystemTime::now() - (now - at)
     } else {
         SystemTime::now() + (at - now)
+    }
+}
+
+/// Marks for release what is above the fair share `fair` (not counting what is being
+/// released already), each partition between batches: once everything read from it is
+/// settled (at a later beat).
+fn give_up_excess(slots: &mut [Slot], fair: usize) {
+    let held = slots.iter().filter(|slot| slot.held).count();
+    let releasing = slots
+        .iter()
+        .filter(|slot| slot.held && slot.releasing)
+        .count();
+    let excess = held.saturating_sub(fair).saturating_sub(releasing);
+    for slot in slots
+        .iter_mut()
+        .rev()
+        .filter(|slot| slot.held && !slot.releasing)
+        .take(excess)
+    {
+        slot.releasing = true;
     }
 }
