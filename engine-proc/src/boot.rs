@@ -89,7 +89,9 @@ pub fn init() {
     let parent = std::env::var_os(ENV_PARENT);
     let exe = std::env::var_os(ENV_EXE);
     // SAFETY: `init` runs first in `main`, before the program starts threads of its own
-    // (documented above), so nothing reads the environment concurrently.
+    // (documented above), or, in a test binary's worker, in the one test libtest runs while
+    // its main thread waits for it (`test_support!`), so nothing reads the environment
+    // concurrently.
     unsafe {
         for name in [ENV_SERVER, ENV_ENTRY, ENV_PARENT, ENV_EXE] {
             std::env::remove_var(name);

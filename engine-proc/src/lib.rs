@@ -42,6 +42,9 @@
 //!   `IpcSharedMemory` region beside its frame instead of through the socket; a sender fills
 //!   its regions again once their receiver has copied the body out, so a stream of large
 //!   bodies costs one copy on each side.
+//! - **Testing**: with the `testing` feature, `test_support!` at the top of a test file lets
+//!   ordinary `#[test]`s start workers (every worker runs only the entry test the macro adds),
+//!   and the hooks that feed workers corrupt frames exist.
 //!
 //! Every frame is an [`engine_core::protocol::Frame`]; decoding never panics, and a corrupt
 //! frame is a typed error that leaves the pool or router running.

@@ -3,14 +3,16 @@
 //! `main` of its own: every worker process is this binary started as the one test the macro
 //! adds.
 
-use std::sync::{Arc, Mutex};
-
-use engine_core::{RunReport, StageContext, StageError, StageKind, Transport};
+use engine_core::{StageContext, StageError, Transport};
 use engine_proc::{Pool, ProcTransport, TaskError};
-use engine_threads::Engine;
 use serde::{Deserialize, Serialize};
 
 engine_proc::test_support!();
+
+#[path = "common/compare.rs"]
+mod compare;
+
+use compare::{collect, counts};
 
 /// Squares, with the pid of the process it ran in; refuses 13, filters multiples of 10.
 #[derive(Clone, Serialize, Deserialize)]
@@ -58,32 +60,6 @@ fn a_pool_runs_its_tasks_in_worker_processes_from_a_plain_test() {
     // A filtered task is an error to the caller, not a failure of the worker.
     assert_eq!(stats.failed, 1, "13");
     assert_eq!(stats.worker_deaths, 0);
-}
-
-/// Runs 0..n through `transport` on 2 threads; the sorted outputs and the report.
-fn collect<T>(transport: T, n: u64) -> (RunReport, Vec<T::Output>)
-where
-    T: Transport<Input = u64> + Clone + Send + 'static,
-    T::Output: Ord + Send + 'static,
-{
-    let got = Arc::new(Mutex::new(Vec::new()));
-    let sink = Arc::clone(&got);
-    let report = Engine::builder(0..n)
-        .transport(transport)
-        .transport_threads(2)
-        .backend(move |x: T::Output| sink.lock().unwrap().push(x))
-        .run()
-        .unwrap();
-    report.check().unwrap();
-    let mut got = std::mem::take(&mut *got.lock().unwrap());
-    got.sort_unstable();
-    (report, got)
-}
-
-/// The counts of the transport and the backend, to compare two runs.
-fn counts(report: &RunReport) -> [engine_core::Counts; 2] {
-    [StageKind::Transport, StageKind::Backend]
-        .map(|kind| report.stage_of_kind(kind).unwrap().counts)
 }
 
 #[test]

@@ -12,9 +12,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use engine_core::{Backend, RunReport, StageContext, StageError, StageKind, StopHandle, Transport};
-
+use common::compare::{collect, counts};
 use engine_core::plumbing::{Outcome, Ticket, TrackedFrontend};
+use engine_core::{Backend, StageContext, StageError, StageKind, StopHandle, Transport};
 use engine_proc::{ProcBackend, ProcTransport};
 use engine_threads::Engine;
 use serde::{Deserialize, Serialize};
@@ -38,38 +38,13 @@ impl Transport for Judge {
     }
 }
 
-/// Runs 0..n through `transport` on 2 threads and collects what the backend got.
-fn collect<T>(transport: T, n: u64) -> (RunReport, Vec<u64>)
-where
-    T: Transport<Input = u64, Output = u64> + Clone + Send + 'static,
-{
-    let got = Arc::new(Mutex::new(Vec::new()));
-    let sink = Arc::clone(&got);
-    let report = Engine::builder(0..n)
-        .transport(transport)
-        .transport_threads(2)
-        .backend(move |x: u64| sink.lock().unwrap().push(x))
-        .run()
-        .unwrap();
-    report.check().unwrap();
-    let mut got = std::mem::take(&mut *got.lock().unwrap());
-    got.sort_unstable();
-    (report, got)
-}
-
 fn the_same_transport_gives_the_same_results_on_threads_and_in_three_processes() {
     const N: u64 = 200_000;
     let (threads, on_threads) = collect(Judge, N);
     let (placed, in_processes) = collect(ProcTransport::new(Judge).workers(3), N);
     assert_eq!(on_threads.len(), in_processes.len());
     assert!(on_threads == in_processes, "the outputs differ");
-    for kind in [StageKind::Transport, StageKind::Backend] {
-        assert_eq!(
-            threads.stage_of_kind(kind).unwrap().counts,
-            placed.stage_of_kind(kind).unwrap().counts,
-            "{kind} counts"
-        );
-    }
+    assert_eq!(counts(&threads), counts(&placed));
     let transport = placed.stage_of_kind(StageKind::Transport).unwrap().counts;
     let panics = (0..N).filter(|x| x % 1000 == 999).count() as u64;
     let refused = (0..N).filter(|x| x % 1000 != 999 && x % 13 == 0).count() as u64;

@@ -3,6 +3,8 @@
 
 #![allow(clippy::print_stdout, reason = "a test runner reports")]
 
+pub(crate) mod compare;
+
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::Instant;
 
