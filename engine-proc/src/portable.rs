@@ -10,7 +10,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 /// Which app config a placed stage's workers receive: [`NoConfig`], or [`WithConfig<T>`]
-/// (set with [`ProcTransport::config`]).
+/// (set with [`ProcTransport::config`](crate::ProcTransport::config)).
 pub trait PortableConfig: 'static {
     /// Encodes the run's config for the workers.
     ///

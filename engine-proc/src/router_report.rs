@@ -15,8 +15,9 @@ pub struct WorkerReport {
     pub exit: ExitHow,
     /// Whether it ended before the router told it to (a crash, a kill, its own `exit`).
     pub ended_early: bool,
-    /// How many times it was started again after a crash (see [`RouterBuilder::restart`]);
-    /// `pid`, `exit` and `stats` are those of its last process.
+    /// How many times it was started again after a crash (see
+    /// [`RouterBuilder::restart`](crate::RouterBuilder::restart)); `pid`, `exit` and `stats`
+    /// are those of its last process.
     pub restarts: u32,
     /// Its counters, if it sent them before it ended.
     pub stats: Option<NodeStats>,
