@@ -135,6 +135,15 @@ impl Ticket for KeyedTicket {
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct KeyedSource<T, C: Connector = StreamAddress> {
+    config: Config<C>,
+    /// The connections, threads and buffer, from the first setup on: made in one place,
+    /// [`Running::start`], from the configuration and the stage context.
+    running: Option<Running<C::Broker>>,
+    _items: PhantomData<fn() -> T>,
+}
+
+/// What a keyed source is given before it starts.
+struct Config<C> {
     connector: C,
     stream: String,
     group: String,
@@ -143,8 +152,97 @@ pub struct KeyedSource<T, C: Connector = StreamAddress> {
     options: SourceOptions,
     settlement: Settlement,
     on_ownership: Option<OnOwnership>,
-    running: Option<Running<C::Broker>>,
-    _items: PhantomData<fn() -> T>,
+}
+
+impl<T> KeyedSource<T, StreamAddress> {
+    /// A source reading the keyed stream of `address` (its `partitions=` partitions) through
+    /// its group, with the address's tuning keys (`lease_ms=`, `max_deliveries=`,
+    /// `block_ms=`). Without `partitions=` (or [`partitions`](Self::partitions)), the setup
+    /// fails with [`Error::InvalidAddress`].
+    pub fn new(address: StreamAddress) -> Self {
+        let options = SourceOptions::from_address(&address);
+        let (stream, group) = (address.stream().to_owned(), address.group().to_owned());
+        let consumer = address.consumer().map(str::to_owned);
+        let partitions = address.partitions;
+        let mut source = Self::with_connector(address, stream, group).options(options);
+        source.config.partitions = partitions;
+        source.config.consumer = consumer;
+        source
+    }
+}
+
+impl<T, C: Connector> KeyedSource<T, C> {
+    /// A source reading the keyed stream `stream` through `group` on the broker `connector`
+    /// connects to; give the partition count with [`partitions`](Self::partitions).
+    pub fn with_connector(
+        connector: C,
+        stream: impl Into<String>,
+        group: impl Into<String>,
+    ) -> Self {
+        Self {
+            config: Config {
+                connector,
+                stream: stream.into(),
+                group: group.into(),
+                partitions: None,
+                consumer: None,
+                options: SourceOptions::new(),
+                settlement: Settlement::new(),
+                on_ownership: None,
+            },
+            running: None,
+            _items: PhantomData,
+        }
+    }
+
+    /// The stream's partition count (0 is taken as 1); it must be the producers'.
+    #[must_use]
+    pub fn partitions(mut self, partitions: u32) -> Self {
+        self.config.partitions = Some(partitions.max(1));
+        self
+    }
+
+    /// Replaces the options.
+    #[must_use]
+    pub fn options(mut self, options: SourceOptions) -> Self {
+        self.config.options = options;
+        self
+    }
+
+    /// Reads as the consumer `name` (default: from the host, the process id and the start
+    /// time). With several frontend threads, `-<thread>` is appended: each thread is a
+    /// consumer with a share of its own.
+    #[must_use]
+    pub fn consumer(mut self, name: impl Into<String>) -> Self {
+        self.config.consumer = Some(name.into());
+        self
+    }
+
+    /// Counts this source's items in `settlement`, shared with other sources.
+    #[must_use]
+    pub fn with_settlement(mut self, settlement: &Settlement) -> Self {
+        self.config.settlement = settlement.clone();
+        self
+    }
+
+    /// The settlement of this source's items.
+    pub fn settlement(&self) -> Settlement {
+        self.config.settlement.clone()
+    }
+
+    /// Calls `f` (on the keeper thread) each time this consumer takes, gives up or loses a
+    /// partition: to log ownership, or check it.
+    #[must_use]
+    pub fn on_ownership(mut self, f: impl Fn(&Ownership) + Send + Sync + 'static) -> Self {
+        self.config.on_ownership = Some(Arc::new(f));
+        self
+    }
+
+    /// Hands out each item with its stable id (its partition stream and entry id), as for
+    /// [`StreamSource::with_ids`](crate::StreamSource::with_ids).
+    pub fn with_ids(self) -> WithIds<Self> {
+        WithIds::new(self)
+    }
 }
 
 /// A started keyed source.
@@ -163,139 +261,52 @@ struct Running<B> {
     read_backoff: Option<Backoff>,
 }
 
-impl<T> KeyedSource<T, StreamAddress> {
-    /// A source reading the keyed stream of `address` (its `partitions=` partitions) through
-    /// its group, with the address's tuning keys (`lease_ms=`, `max_deliveries=`,
-    /// `block_ms=`). Without `partitions=` (or [`partitions`](Self::partitions)), the setup
-    /// fails with [`Error::InvalidAddress`].
-    pub fn new(address: StreamAddress) -> Self {
-        let options = SourceOptions::from_address(&address);
-        let (stream, group) = (address.stream().to_owned(), address.group().to_owned());
-        let consumer = address.consumer().map(str::to_owned);
-        let partitions = address.partitions;
-        let mut source = Self::with_connector(address, stream, group).options(options);
-        source.partitions = partitions;
-        source.consumer = consumer;
-        source
-    }
-}
-
-impl<T, C: Connector> KeyedSource<T, C> {
-    /// A source reading the keyed stream `stream` through `group` on the broker `connector`
-    /// connects to; give the partition count with [`partitions`](Self::partitions).
-    pub fn with_connector(
-        connector: C,
-        stream: impl Into<String>,
-        group: impl Into<String>,
-    ) -> Self {
-        Self {
-            connector,
-            stream: stream.into(),
-            group: group.into(),
-            partitions: None,
-            consumer: None,
-            options: SourceOptions::new(),
-            settlement: Settlement::new(),
-            on_ownership: None,
-            running: None,
-            _items: PhantomData,
-        }
-    }
-
-    /// The stream's partition count (0 is taken as 1); it must be the producers'.
-    #[must_use]
-    pub fn partitions(mut self, partitions: u32) -> Self {
-        self.partitions = Some(partitions.max(1));
-        self
-    }
-
-    /// Replaces the options.
-    #[must_use]
-    pub fn options(mut self, options: SourceOptions) -> Self {
-        self.options = options;
-        self
-    }
-
-    /// Reads as the consumer `name` (default: from the host, the process id and the start
-    /// time). With several frontend threads, `-<thread>` is appended: each thread is a
-    /// consumer with a share of its own.
-    #[must_use]
-    pub fn consumer(mut self, name: impl Into<String>) -> Self {
-        self.consumer = Some(name.into());
-        self
-    }
-
-    /// Counts this source's items in `settlement`, shared with other sources.
-    #[must_use]
-    pub fn with_settlement(mut self, settlement: &Settlement) -> Self {
-        self.settlement = settlement.clone();
-        self
-    }
-
-    /// The settlement of this source's items.
-    pub fn settlement(&self) -> Settlement {
-        self.settlement.clone()
-    }
-
-    /// Calls `f` (on the keeper thread) each time this consumer takes, gives up or loses a
-    /// partition: to log ownership, or check it.
-    #[must_use]
-    pub fn on_ownership(mut self, f: impl Fn(&Ownership) + Send + Sync + 'static) -> Self {
-        self.on_ownership = Some(Arc::new(f));
-        self
-    }
-
-    /// Hands out each item with its stable id (its partition stream and entry id), as for
-    /// [`StreamSource::with_ids`](crate::StreamSource::with_ids).
-    pub fn with_ids(self) -> WithIds<Self> {
-        WithIds::new(self)
-    }
-
+impl<B: Broker + 'static> Running<B> {
     /// Connects, creates the group on every partition, and starts the acknowledging and
     /// keeper threads.
-    fn start(&mut self, ctx: &StageContext) -> Result<()> {
-        let Some(partitions) = self.partitions else {
+    fn start<C: Connector<Broker = B>>(cfg: &Config<C>, ctx: &StageContext) -> Result<Self> {
+        let Some(partitions) = cfg.partitions else {
             return Err(Error::InvalidAddress {
-                address: self.stream.clone(),
+                address: cfg.stream.clone(),
                 reason: "a keyed source needs the partition count (partitions=<P>)".to_owned(),
             });
         };
-        let mut consumer = self.consumer.clone().unwrap_or_else(default_consumer);
+        let mut consumer = cfg.consumer.clone().unwrap_or_else(default_consumer);
         if ctx.instances() > 1 {
             consumer = format!("{consumer}-{}", ctx.index());
         }
-        let mut broker = self.connector.connect()?;
-        check_partitions(&mut broker, &self.stream, partitions)?;
+        let mut broker = cfg.connector.connect()?;
+        check_partitions(&mut broker, &cfg.stream, partitions)?;
         let streams: Vec<String> = (0..partitions)
-            .map(|i| partition_stream(&self.stream, i))
+            .map(|i| partition_stream(&cfg.stream, i))
             .collect();
         for stream in &streams {
-            broker.create_group(stream, &self.group)?;
+            broker.create_group(stream, &cfg.group)?;
         }
         let table = Arc::new(Table::new(partitions));
         let (completions, rx) = crossbeam_channel::unbounded();
         let acker = Acker {
-            broker: self.connector.connect()?,
+            broker: cfg.connector.connect()?,
             streams: streams.clone(),
-            group: self.group.clone(),
+            group: cfg.group.clone(),
             completions: rx,
             table: Arc::clone(&table),
-            settlement: self.settlement.clone(),
-            retry_for: self.options.get_retry_for(),
+            settlement: cfg.settlement.clone(),
+            retry_for: cfg.options.get_retry_for(),
         };
         let (stop, stopped) = crossbeam_channel::bounded(1);
         let keeper = Keeper::parts(
-            self.connector.connect()?,
-            &self.stream,
-            &self.group,
+            cfg.connector.connect()?,
+            &cfg.stream,
+            &cfg.group,
             consumer.clone(),
         )
         .finish(
             partitions,
-            self.options.lease,
+            cfg.options.lease,
             Arc::clone(&table),
             stopped,
-            self.on_ownership.clone(),
+            cfg.on_ownership.clone(),
         );
         let spawn_error = |source: std::io::Error| Error::Unreachable {
             server: broker.server().to_owned(),
@@ -309,8 +320,8 @@ impl<T, C: Connector> KeyedSource<T, C> {
             .name(format!("{}-leases", ctx.stage()))
             .spawn(move || keeper.run())
             .map_err(spawn_error)?;
-        tracing::debug!(stream = %self.stream, group = %self.group, consumer = %consumer, partitions, "reading the keyed stream");
-        self.running = Some(Running {
+        tracing::debug!(stream = %cfg.stream, group = %cfg.group, consumer = %consumer, partitions, "reading the keyed stream");
+        Ok(Self {
             broker,
             consumer,
             names: streams.iter().map(|s| Arc::from(s.as_str())).collect(),
@@ -322,27 +333,19 @@ impl<T, C: Connector> KeyedSource<T, C> {
             acker: Some(acker),
             keeper: Some((stop, keeper)),
             read_backoff: None,
-        });
-        Ok(())
-    }
-}
-
-impl<T: DeserializeOwned, C: Connector> TrackedFrontend for KeyedSource<T, C> {
-    type Item = T;
-    type Ticket = KeyedTicket;
-
-    fn setup(&mut self, ctx: &StageContext) -> Result<(), StageError> {
-        self.start(ctx)?;
-        Ok(())
+        })
     }
 
-    fn produce(&mut self, ctx: &StageContext) -> Result<Option<TrackedItem<Self>>, StageError> {
-        if self.running.is_none() {
-            self.start(ctx)?;
-        }
+    /// The next item: what is buffered, else the pending entries of a newly taken
+    /// partition, else a read of the partitions held; `None` when the run stops.
+    fn produce<T: DeserializeOwned, C>(
+        &mut self,
+        cfg: &Config<C>,
+        ctx: &StageContext,
+    ) -> Result<Option<(KeyedTicket, T)>, StageError> {
         loop {
-            if let Some((partition, delivery)) = self.running().buffer.pop_front() {
-                match self.hand_out(partition, delivery, ctx)? {
+            if let Some((partition, delivery)) = self.buffer.pop_front() {
+                match self.hand_out(cfg, partition, delivery, ctx)? {
                     Some(item) => return Ok(Some(item)),
                     None => continue,
                 }
@@ -351,18 +354,17 @@ impl<T: DeserializeOwned, C: Connector> TrackedFrontend for KeyedSource<T, C> {
                 return Ok(None);
             }
             match self.next() {
-                Next::TakeOver(partition) => match self.take_over(partition, ctx) {
+                Next::TakeOver(partition) => match self.take_over(cfg, partition, ctx) {
                     Err(Error::Aborted) => return Ok(None),
                     other => other.map_err(fatal)?,
                 },
-                Next::Read(partitions) => self.read(&partitions, ctx)?,
+                Next::Read(partitions) => self.read(cfg, &partitions, ctx)?,
                 Next::Wait => {
-                    let block = self.options.get_block();
-                    let running = self.running();
-                    let slots = running.table.lock();
+                    let block = cfg.options.get_block();
+                    let slots = self.table.lock();
                     // Woken by the keeper (a partition taken) or the acknowledging thread (a
                     // partition with nothing outstanding); the block time bounds a stop.
-                    let _ = running
+                    let _ = self
                         .table
                         .changed
                         .wait_timeout(slots, block)
@@ -372,27 +374,21 @@ impl<T: DeserializeOwned, C: Connector> TrackedFrontend for KeyedSource<T, C> {
         }
     }
 
-    fn stop_grace(&self) -> Duration {
-        self.options
-            .get_block()
-            .saturating_add(self.options.get_drain_timeout())
-    }
-
-    fn cleanup(&mut self, _ctx: &StageContext) {
-        let Some(mut running) = self.running.take() else {
-            return;
-        };
-        let settled = self.settlement.wait(self.options.get_drain_timeout());
-        drop(running.completions);
-        if let Some(acker) = running.acker.take()
+    /// Waits for the items still in the pipeline to be settled, for at most the drain
+    /// timeout, then for the last acknowledgements, and leaves: cleanly (giving the leases
+    /// up) when everything was settled.
+    fn finish<C>(mut self, cfg: &Config<C>) {
+        let settled = cfg.settlement.wait(cfg.options.get_drain_timeout());
+        drop(self.completions);
+        if let Some(acker) = self.acker.take()
             && settled
         {
             let _ = acker.join();
         }
-        if let Some((stop, keeper)) = running.keeper.take() {
+        if let Some((stop, keeper)) = self.keeper.take() {
             let leave = if settled { Leave::Clean } else { Leave::Dirty };
             if !settled {
-                tracing::warn!(stream = %self.stream, outstanding = self.settlement.outstanding(), "items still in the pipeline at cleanup; the leases are left to run out");
+                tracing::warn!(stream = %cfg.stream, outstanding = cfg.settlement.outstanding(), "items still in the pipeline at cleanup; the leases are left to run out");
             }
             let _ = stop.send(leave);
             let _ = keeper.join();
@@ -400,15 +396,47 @@ impl<T: DeserializeOwned, C: Connector> TrackedFrontend for KeyedSource<T, C> {
     }
 }
 
+impl<T: DeserializeOwned, C: Connector> TrackedFrontend for KeyedSource<T, C> {
+    type Item = T;
+    type Ticket = KeyedTicket;
+
+    fn setup(&mut self, ctx: &StageContext) -> Result<(), StageError> {
+        self.running = Some(Running::start(&self.config, ctx)?);
+        Ok(())
+    }
+
+    fn produce(&mut self, ctx: &StageContext) -> Result<Option<TrackedItem<Self>>, StageError> {
+        let cfg = &self.config;
+        let running = match &mut self.running {
+            Some(running) => running,
+            None => self.running.insert(Running::start(cfg, ctx)?),
+        };
+        running.produce(cfg, ctx)
+    }
+
+    fn stop_grace(&self) -> Duration {
+        self.config
+            .options
+            .get_block()
+            .saturating_add(self.config.options.get_drain_timeout())
+    }
+
+    fn cleanup(&mut self, _ctx: &StageContext) {
+        if let Some(running) = self.running.take() {
+            running.finish(&self.config);
+        }
+    }
+}
+
 impl<T, C: Connector> fmt::Debug for KeyedSource<T, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("KeyedSource")
-            .field("connector", &self.connector)
-            .field("stream", &self.stream)
-            .field("group", &self.group)
-            .field("partitions", &self.partitions)
-            .field("consumer", &self.consumer)
-            .field("options", &self.options)
+            .field("connector", &self.config.connector)
+            .field("stream", &self.config.stream)
+            .field("group", &self.config.group)
+            .field("partitions", &self.config.partitions)
+            .field("consumer", &self.config.consumer)
+            .field("options", &self.config.options)
             .field("started", &self.running.is_some())
             .finish_non_exhaustive()
     }

@@ -6,11 +6,10 @@ use std::time::{Duration, Instant};
 
 use engine_core::{StageContext, StageError};
 
-use engine_core::plumbing::TrackedItem;
 use serde::de::DeserializeOwned;
 
-use super::{KeyedSource, KeyedTicket, Running};
-use crate::broker::{Broker, Connector, DeadLetter, Delivery, EntryId};
+use super::{Config, KeyedTicket, Running};
+use crate::broker::{Broker, DeadLetter, Delivery, EntryId};
 use crate::error::{Chain, Error, Result};
 use crate::retry::{Backoff, retrying};
 use crate::source::{decode, fatal};
@@ -25,16 +24,11 @@ pub(super) enum Next {
     Wait,
 }
 
-impl<T: DeserializeOwned, C: Connector> KeyedSource<T, C> {
-    pub(super) fn running(&mut self) -> &mut Running<C::Broker> {
-        self.running.as_mut().expect("the source is started")
-    }
-
+impl<B: Broker + 'static> Running<B> {
     /// Chooses what to do, from the table.
     pub(super) fn next(&mut self) -> Next {
-        let running = self.running();
         let now = Instant::now();
-        let slots = running.table.lock();
+        let slots = self.table.lock();
         let mut read = Vec::new();
         for (i, slot) in slots.iter().enumerate() {
             let partition = u32::try_from(i).expect("few partitions");
@@ -59,19 +53,23 @@ impl<T: DeserializeOwned, C: Connector> KeyedSource<T, C> {
     }
 
     /// Claims every entry pending in `partition`, in id order, and queues them first.
-    pub(super) fn take_over(&mut self, partition: u32, ctx: &StageContext) -> Result<()> {
+    pub(super) fn take_over<C>(
+        &mut self,
+        cfg: &Config<C>,
+        partition: u32,
+        ctx: &StageContext,
+    ) -> Result<()> {
         let (retry_for, count, limit) = (
-            self.options.get_retry_for(),
-            self.options.get_batch(),
-            self.options.get_max_deliveries(),
+            cfg.options.get_retry_for(),
+            cfg.options.get_batch(),
+            cfg.options.get_max_deliveries(),
         );
-        let group = self.group.clone();
-        let running = self.running();
-        let stream = running.streams[partition as usize].clone();
+        let group = cfg.group.clone();
+        let stream = self.streams[partition as usize].clone();
         let mut from = EntryId::ZERO;
         let mut claimed = Vec::new();
         loop {
-            let (broker, consumer) = (&mut running.broker, &running.consumer);
+            let (broker, consumer) = (&mut self.broker, &self.consumer);
             let pass = retrying("claiming a partition", retry_for, Some(ctx.stop()), || {
                 broker.claim(&stream, &group, consumer, Duration::ZERO, from, count)
             })?;
@@ -88,13 +86,12 @@ impl<T: DeserializeOwned, C: Connector> KeyedSource<T, C> {
             tracing::info!(stream = %stream, entries = live.len(), "took over the pending entries of a partition");
         }
         {
-            let mut slots = running.table.lock();
+            let mut slots = self.table.lock();
             let slot = &mut slots[partition as usize];
             slot.outstanding += live.len() as u64;
             slot.fresh = false;
         }
-        running
-            .buffer
+        self.buffer
             .extend(live.into_iter().map(|delivery| (partition, delivery)));
         let reasons: Vec<String> = dead
             .iter()
@@ -110,12 +107,13 @@ impl<T: DeserializeOwned, C: Connector> KeyedSource<T, C> {
             .zip(&reasons)
             .map(|(delivery, reason)| delivery.dead_letter(reason))
             .collect();
-        self.bury(partition, &letters, ctx)
+        self.bury(cfg, partition, &letters, ctx)
     }
 
     /// Sends entries of `partition` to its dead-letter stream.
-    fn bury(
+    fn bury<C>(
         &mut self,
+        cfg: &Config<C>,
         partition: u32,
         letters: &[DeadLetter<'_>],
         ctx: &StageContext,
@@ -123,53 +121,50 @@ impl<T: DeserializeOwned, C: Connector> KeyedSource<T, C> {
         if letters.is_empty() {
             return Ok(());
         }
-        let (retry_for, group) = (self.options.get_retry_for(), self.group.clone());
-        let running = self.running();
+        let (retry_for, group) = (cfg.options.get_retry_for(), cfg.group.clone());
         let (stream, dead) = (
-            &running.streams[partition as usize],
-            &running.dead[partition as usize],
+            &self.streams[partition as usize],
+            &self.dead[partition as usize],
         );
         for letter in letters {
             tracing::warn!(stream = %stream, id = %letter.id, reason = letter.reason, dead_letter_stream = %dead, "entry moved to the dead-letter stream");
         }
-        let broker = &mut running.broker;
+        let broker = &mut self.broker;
         retrying("dead-lettering", retry_for, Some(ctx.stop()), || {
             broker.dead_letter(stream, &group, dead, letters)
         })
     }
 
     /// Reads new entries from `partitions`, in one request.
-    pub(super) fn read(
+    pub(super) fn read<C>(
         &mut self,
+        cfg: &Config<C>,
         partitions: &[u32],
         ctx: &StageContext,
     ) -> Result<(), StageError> {
         let (count, block, retry_for) = (
-            self.options.get_batch(),
-            self.options.get_block(),
-            self.options.get_retry_for(),
+            cfg.options.get_batch(),
+            cfg.options.get_block(),
+            cfg.options.get_retry_for(),
         );
-        let group = self.group.clone();
-        let running = self.running();
+        let group = cfg.group.clone();
         let streams: Vec<&str> = partitions
             .iter()
-            .map(|p| running.streams[*p as usize].as_str())
+            .map(|p| self.streams[*p as usize].as_str())
             .collect();
-        match running
+        match self
             .broker
-            .read_streams(&streams, &group, &running.consumer, count, block)
+            .read_streams(&streams, &group, &self.consumer, count, block)
         {
             Ok(read) => {
-                if running.read_backoff.take().is_some() {
-                    tracing::info!(stream = %self.stream, "reading: the broker is back");
+                if self.read_backoff.take().is_some() {
+                    tracing::info!(stream = %cfg.stream, "reading: the broker is back");
                 }
-                let running = self.running();
-                let mut slots = running.table.lock();
+                let mut slots = self.table.lock();
                 for (index, deliveries) in read {
                     let partition = partitions[index];
                     slots[partition as usize].outstanding += deliveries.len() as u64;
-                    running
-                        .buffer
+                    self.buffer
                         .extend(deliveries.into_iter().map(|d| (partition, d)));
                 }
                 Ok(())
@@ -178,12 +173,12 @@ impl<T: DeserializeOwned, C: Connector> KeyedSource<T, C> {
                 // The lost reply may have delivered entries: claim them again, once the
                 // pipeline holds nothing of these partitions.
                 {
-                    let mut slots = running.table.lock();
+                    let mut slots = self.table.lock();
                     for p in partitions {
                         slots[*p as usize].fresh = true;
                     }
                 }
-                let backoff = running.read_backoff.get_or_insert_with(|| {
+                let backoff = self.read_backoff.get_or_insert_with(|| {
                     tracing::warn!(error = %Chain(&error), "reading: retrying");
                     Backoff::new(retry_for)
                 });
@@ -198,39 +193,38 @@ impl<T: DeserializeOwned, C: Connector> KeyedSource<T, C> {
 
     /// Hands one delivery out, or dead-letters it; `None` when its partition is no longer
     /// owned (it stays pending for the next owner).
-    pub(super) fn hand_out(
+    pub(super) fn hand_out<T: DeserializeOwned, C>(
         &mut self,
+        cfg: &Config<C>,
         partition: u32,
         delivery: Delivery,
         ctx: &StageContext,
-    ) -> Result<Option<TrackedItem<Self>>, StageError> {
-        let running = self.running();
+    ) -> Result<Option<(KeyedTicket, T)>, StageError> {
         {
-            let mut slots = running.table.lock();
+            let mut slots = self.table.lock();
             let slot = &mut slots[partition as usize];
             if !slot.owned(Instant::now()) {
                 slot.outstanding = slot.outstanding.saturating_sub(1);
                 return Ok(None);
             }
         }
-        let stream = Arc::clone(&running.names[partition as usize]);
+        let stream = Arc::clone(&self.names[partition as usize]);
         match decode::<T>(&stream, &delivery) {
             Ok(item) => {
-                self.settlement.issue();
-                let running = self.running();
+                cfg.settlement.issue();
                 let ticket = KeyedTicket {
                     partition,
                     id: delivery.id,
                     stream,
-                    completions: running.completions.clone(),
+                    completions: self.completions.clone(),
                 };
                 Ok(Some((ticket, item)))
             }
             Err(error) => {
                 let reason = error.dead_letter_reason();
                 let letter = delivery.dead_letter(&reason);
-                self.bury(partition, &[letter], ctx).map_err(fatal)?;
-                self.running().table.settled(partition, 1);
+                self.bury(cfg, partition, &[letter], ctx).map_err(fatal)?;
+                self.table.settled(partition, 1);
                 Err(StageError::new(error))
             }
         }
