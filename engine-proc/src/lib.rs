@@ -108,6 +108,7 @@ mod metrics;
 mod node;
 mod placed;
 mod pool;
+mod pool_results;
 mod portable;
 mod program;
 mod regions;
@@ -136,7 +137,8 @@ pub use error::{
 #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
 pub use metrics::WorkerMetrics;
 pub use node::{Handlers, Node, NodeStats};
-pub use pool::{Completed, Ordered, Pool, PoolBuilder, PoolStats};
+pub use pool::{Pool, PoolBuilder, PoolStats};
+pub use pool_results::{Completed, Ordered};
 pub use portable::{NoConfig, PortableConfig, WithConfig};
 pub use router::{Router, RouterBuilder};
 pub use router_report::{RouterReport, WorkerReport};

@@ -1,6 +1,6 @@
 //! The pool: identical worker processes, tasks in, `(task id, result)` out.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::fmt;
 use std::marker::PhantomData;
 use std::sync::atomic::Ordering;
@@ -12,6 +12,7 @@ use engine_core::{RestartPolicy, StopHandle};
 use crate::config::{Config, DEPTH};
 use crate::error::{Completion, RecvTimeoutError, SpawnError, TaskError, TaskResult};
 use crate::in_worker::{InItem, PlacedInit};
+use crate::pool_results::{Completed, Ordered};
 use crate::shared::Results;
 use crate::stage::RemoteTransport;
 use crate::workers::Workers;
@@ -302,10 +303,15 @@ impl<S: RemoteTransport> Pool<S> {
 
     /// Submits from `tasks` until `window` are outstanding, once fewer than three quarters
     /// are: refilling in chunks keeps the lock and the wake-ups off the per-task path.
-    fn top_up(&mut self, tasks: &mut impl Iterator<Item = S::Input>, window: u64) {
+    pub(crate) fn top_up(&mut self, tasks: &mut impl Iterator<Item = S::Input>, window: u64) {
         if self.outstanding() < window - window / 4 {
             self.submit_from(tasks, window - self.outstanding());
         }
+    }
+
+    /// The id the next submitted task gets.
+    pub(crate) fn next_id(&self) -> TaskId {
+        self.next
     }
 
     /// How many submitted tasks have not been received yet.
@@ -370,11 +376,7 @@ impl<S: RemoteTransport> Pool<S> {
         &mut self,
         tasks: I,
     ) -> Completed<'_, S, I::IntoIter> {
-        Completed {
-            window: self.window(),
-            pool: self,
-            tasks: tasks.into_iter(),
-        }
+        Completed::new(self, tasks.into_iter())
     }
 
     /// Runs `tasks` and yields their results in the order of `tasks`. Other outstanding tasks
@@ -384,17 +386,11 @@ impl<S: RemoteTransport> Pool<S> {
         &mut self,
         tasks: I,
     ) -> Ordered<'_, S, I::IntoIter> {
-        Ordered {
-            window: self.window(),
-            first: self.next.0,
-            pending: BTreeMap::new(),
-            pool: self,
-            tasks: tasks.into_iter(),
-        }
+        Ordered::new(self, tasks.into_iter())
     }
 
     /// How many tasks `run` and `map` keep outstanding.
-    fn window(&self) -> u64 {
+    pub(crate) fn window(&self) -> u64 {
         let workers = self.workers.len() as u64;
         (workers * (DEPTH as u64 + 2) * self.workers.shared.config().max_batch as u64).max(64)
     }
@@ -454,64 +450,5 @@ impl<S: RemoteTransport> Pool<S> {
     #[doc(hidden)]
     pub fn inject_raw_frame(&self, bytes: Vec<u8>) -> bool {
         self.workers.shared.inject_raw_frame(bytes)
-    }
-}
-
-/// Results in completion order, from [`Pool::run`].
-pub struct Completed<'p, S: RemoteTransport, I> {
-    pool: &'p mut Pool<S>,
-    tasks: I,
-    window: u64,
-}
-
-impl<S: RemoteTransport, I> fmt::Debug for Completed<'_, S, I> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Completed")
-            .field("pool", &self.pool)
-            .finish_non_exhaustive()
-    }
-}
-
-impl<S: RemoteTransport, I: Iterator<Item = S::Input>> Iterator for Completed<'_, S, I> {
-    type Item = (TaskId, TaskResult<S::Output>);
-
-    fn next(&mut self) -> Option<Self::Item> {
-        self.pool.top_up(&mut self.tasks, self.window);
-        self.pool.recv()
-    }
-}
-
-/// Results in submission order, from [`Pool::map`].
-pub struct Ordered<'p, S: RemoteTransport, I> {
-    pool: &'p mut Pool<S>,
-    tasks: I,
-    window: u64,
-    first: u64,
-    pending: BTreeMap<u64, TaskResult<S::Output>>,
-}
-
-impl<S: RemoteTransport, I> fmt::Debug for Ordered<'_, S, I> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Ordered")
-            .field("pool", &self.pool)
-            .field("next", &self.first)
-            .field("held", &self.pending.len())
-            .finish_non_exhaustive()
-    }
-}
-
-impl<S: RemoteTransport, I: Iterator<Item = S::Input>> Iterator for Ordered<'_, S, I> {
-    type Item = TaskResult<S::Output>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        loop {
-            if let Some(result) = self.pending.remove(&self.first) {
-                self.first += 1;
-                return Some(result);
-            }
-            self.pool.top_up(&mut self.tasks, self.window);
-            let (id, result) = self.pool.recv()?;
-            self.pending.insert(id.0, result);
-        }
     }
 }
