@@ -6,7 +6,7 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 use engine_core::plumbing::{Outcome, Ticket, TrackedFrontend, TrackedItem};
@@ -20,7 +20,7 @@ use crate::error::{Error, Result};
 use crate::lease::{Keeper, Leave, OnOwnership, Ownership, Table};
 use crate::partition::partition_stream;
 use crate::retry::Backoff;
-use crate::source::{Settlement, SourceOptions, default_consumer, fatal};
+use crate::source::{Settlement, SourceOptions, default_consumer, fatal, remove_idle_consumers};
 use crate::writer::check_partitions;
 
 mod acker;
@@ -259,6 +259,8 @@ struct Running<B> {
     acker: Option<JoinHandle<()>>,
     keeper: Option<(Sender<Leave>, JoinHandle<()>)>,
     read_backoff: Option<Backoff>,
+    /// When to remove the consumers unseen for a while with nothing pending, next.
+    next_idle_sweep: Instant,
 }
 
 impl<B: Broker + 'static> Running<B> {
@@ -333,6 +335,7 @@ impl<B: Broker + 'static> Running<B> {
             acker: Some(acker),
             keeper: Some((stop, keeper)),
             read_backoff: None,
+            next_idle_sweep: Instant::now(),
         })
     }
 
@@ -353,6 +356,12 @@ impl<B: Broker + 'static> Running<B> {
             if ctx.is_stopping() {
                 return Ok(None);
             }
+            if let Some(idle) = cfg.options.remove_idle
+                && Instant::now() >= self.next_idle_sweep
+            {
+                self.remove_idle_consumers(cfg, idle);
+                self.next_idle_sweep = Instant::now() + cfg.options.sweep_interval();
+            }
             match self.next() {
                 Next::TakeOver(partition) => match self.take_over(cfg, partition, ctx) {
                     Err(Error::Aborted) => return Ok(None),
@@ -371,6 +380,15 @@ impl<B: Broker + 'static> Running<B> {
                         .unwrap_or_else(std::sync::PoisonError::into_inner);
                 }
             }
+        }
+    }
+
+    /// Removes, from the group of every partition, the consumers unseen for `idle` with
+    /// nothing pending there, as a plain source does after each sweep: consumers of
+    /// processes that are gone do not stay in the groups for ever.
+    fn remove_idle_consumers<C>(&mut self, cfg: &Config<C>, idle: Duration) {
+        for stream in &self.streams {
+            remove_idle_consumers(&mut self.broker, stream, &cfg.group, &self.consumer, idle);
         }
     }
 

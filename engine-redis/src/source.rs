@@ -42,6 +42,7 @@ mod ticket;
 use acker::Acker;
 pub use options::SourceOptions;
 use running::Running;
+pub(crate) use running::remove_idle_consumers;
 pub use settlement::Settlement;
 use ticket::Completion;
 pub use ticket::StreamTicket;

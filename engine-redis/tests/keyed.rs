@@ -345,3 +345,52 @@ fn keys_stay_in_order_across_a_kill_and_a_rebalance() {
     );
     let _: PathBuf = logs;
 }
+
+#[test]
+fn a_keyed_source_removes_consumers_long_idle_with_nothing_pending() {
+    let server = Server::start().unwrap();
+    let mut conn = server.connection().unwrap();
+    let partitions: Vec<String> = (0..2).map(|p| format!("ghosts:p{p}")).collect();
+    for stream in &partitions {
+        redis::cmd("XGROUP")
+            .arg(&["CREATE", stream, "engine", "0", "MKSTREAM"])
+            .exec(&mut conn)
+            .unwrap();
+        redis::cmd("XGROUP")
+            .arg(&["CREATECONSUMER", stream, "engine", "gone"])
+            .exec(&mut conn)
+            .unwrap();
+    }
+    let created = Instant::now();
+    let idle = Duration::from_millis(300);
+    let source = KeyedSource::<u64>::new(server.address("ghosts").unwrap().with_consumer("live"))
+        .partitions(2)
+        .options(
+            engine_redis::SourceOptions::new()
+                .block(Duration::from_millis(20))
+                .lease(Duration::from_millis(300))
+                .sweep_every(Duration::from_millis(20))
+                .remove_consumers_idle_for(idle),
+        );
+    let engine = Engine::builder(source)
+        .backend(|_: u64| {})
+        .build()
+        .unwrap();
+    let stop = engine.stop_handle().clone();
+    let handle = engine.spawn().unwrap();
+    wait_until(
+        "the idle consumer is removed from every partition",
+        WAIT,
+        || {
+            partitions
+                .iter()
+                .all(|stream| !common::consumers(&mut conn, stream, "engine").contains_key("gone"))
+        },
+    );
+    assert!(
+        created.elapsed() >= idle,
+        "removed before it was idle long enough"
+    );
+    stop.stop();
+    handle.join().unwrap();
+}

@@ -133,7 +133,9 @@ impl SourceOptions {
     /// [`DEFAULT_REMOVE_IDLE_CONSUMERS`], one hour), so that consumers of processes that
     /// are gone do not stay in the group for ever. The check and the removal are one atomic
     /// step on the server, so a consumer with pending entries is never removed; a live
-    /// consumer removed while idle is created again by its next read.
+    /// consumer removed while idle is created again by its next read. A
+    /// [`KeyedSource`](crate::KeyedSource) does the same in the group of every partition, at
+    /// the start and then every [`sweep_every`](Self::sweep_every).
     #[must_use]
     pub fn remove_consumers_idle_for(mut self, idle: Duration) -> Self {
         self.remove_idle = Some(idle);

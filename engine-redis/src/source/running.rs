@@ -14,9 +14,11 @@ use serde::de::DeserializeOwned;
 use super::{Acker, Completion, Config, StreamTicket, decode, default_consumer, fatal};
 
 mod recover;
+
 use crate::broker::{Broker, Connector, DeadLetter, Delivery, EntryId};
 use crate::error::{Chain, Error, Result};
 use crate::retry::{Backoff, retrying};
+pub(crate) use recover::remove_idle_consumers;
 
 /// A started source: its connection and what it holds.
 pub(super) struct Running<B> {

@@ -176,29 +176,48 @@ impl<B: Broker + 'static> Running<B> {
     /// Removes consumers unseen for `idle` with nothing pending. Best effort: a failure is
     /// logged, and the next complete sweep tries again.
     fn remove_idle_consumers<C>(&mut self, cfg: &Config<C>, idle: Duration) {
-        match self
-            .broker
-            .remove_idle_consumers(&cfg.stream, &cfg.group, &self.consumer, idle)
-        {
-            Ok(removed) => {
-                for name in removed {
-                    tracing::info!(
-                        stream = %cfg.stream,
-                        group = %cfg.group,
-                        consumer = %name,
-                        idle = ?idle,
-                        "removed a consumer idle with nothing pending"
-                    );
-                }
-            }
-            Err(error) => {
-                self.recover = true;
-                tracing::warn!(
-                    stream = %cfg.stream,
-                    error = %Chain(&error),
-                    "cannot remove idle consumers"
+        let removed = remove_idle_consumers(
+            &mut self.broker,
+            &cfg.stream,
+            &cfg.group,
+            &self.consumer,
+            idle,
+        );
+        // The reply may have been lost with the connection.
+        self.recover |= !removed;
+    }
+}
+
+/// Removes the consumers of `group` on `stream` unseen for `idle` with nothing pending (not
+/// `consumer`, this one), and logs them. Best effort: a failure is logged and returns false,
+/// and the next sweep tries again.
+pub(crate) fn remove_idle_consumers<B: Broker>(
+    broker: &mut B,
+    stream: &str,
+    group: &str,
+    consumer: &str,
+    idle: Duration,
+) -> bool {
+    match broker.remove_idle_consumers(stream, group, consumer, idle) {
+        Ok(removed) => {
+            for name in removed {
+                tracing::info!(
+                    stream = %stream,
+                    group = %group,
+                    consumer = %name,
+                    idle = ?idle,
+                    "removed a consumer idle with nothing pending"
                 );
             }
+            true
+        }
+        Err(error) => {
+            tracing::warn!(
+                stream = %stream,
+                error = %Chain(&error),
+                "cannot remove idle consumers"
+            );
+            false
         }
     }
 }
