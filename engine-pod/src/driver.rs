@@ -1,14 +1,15 @@
-//! The pod's driver: notices each bean's end as it happens (each supervisor reports its own
-//! end on the pod's command channel, also when it is cancelled), starts ended beans again on
-//! request, and on a stop waits for the beans until the stop deadline, then cancels what is
-//! left. One method per event.
+//! The pod's driver: starts ended beans again on request, and on a stop waits for the beans
+//! until the stop deadline, then cancels what is left. One method per event.
+//!
+//! Each bean's end is recorded by its own supervisor in its slot at once (the status shows
+//! it, restarts follow the policy); the driver only hears when the last supervisor ended, so
+//! 10,000 beans ending wake it once, not 10,000 times.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 
 use engine_core::StopSubscription;
 use tokio::sync::mpsc;
-use tokio::task::AbortHandle;
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::shared::{Command, PodShared, index};
@@ -21,12 +22,8 @@ pub(crate) struct Driver {
     shared: Arc<PodShared>,
     /// Every bean's spec, by bean index: each supervisor runs a clone.
     specs: Vec<BeanSpec>,
-    /// The running supervisors, by bean index, to cancel them at the deadline.
-    tasks: Vec<Option<AbortHandle>>,
-    /// How many supervisors have not reported their end yet.
-    live: usize,
-    /// Beans asked to start again before their end was noticed.
-    respawn_wanted: HashSet<BeanId>,
+    /// The latest supervisor of each bean, by bean index, to cancel it at the deadline.
+    tasks: Vec<Option<JoinHandle<()>>>,
     commands: mpsc::UnboundedReceiver<Command>,
     /// When the stop started: beans still running then are cancelled at the deadline.
     deadline: Option<Instant>,
@@ -47,8 +44,6 @@ impl Driver {
             shared,
             tasks: std::iter::repeat_with(|| None).take(specs.len()).collect(),
             specs,
-            live: 0,
-            respawn_wanted: HashSet::new(),
             commands,
             deadline: None,
             stopping: false,
@@ -70,33 +65,28 @@ impl Driver {
             return;
         };
         let spec = self.specs[i].clone();
-        let task = tokio::spawn(supervise(Arc::clone(&self.shared), id, spec));
-        self.tasks[i] = Some(task.abort_handle());
-        self.live += 1;
+        self.tasks[i] = Some(tokio::spawn(supervise(Arc::clone(&self.shared), id, spec)));
     }
 
     /// Runs until every bean has ended, and reports.
     pub(crate) async fn run(mut self) -> PodReport {
-        // Beans often end together (a pod stop): each wake-up takes every end there is.
-        let mut commands = Vec::with_capacity(64);
-        while self.live > 0 {
-            if self.shared.stop.is_stopped_now() && !self.forced {
+        let shared = Arc::clone(&self.shared);
+        while shared.supervisors_live() {
+            if shared.stop.is_stopped_now() && !self.forced {
                 self.on_stop_request();
                 self.force().await;
                 break;
             }
-            if self.shared.stop.is_stopping() && !self.stopping {
+            if shared.stop.is_stopping() && !self.stopping {
                 self.on_stop_request();
             }
             let deadline = self.deadline;
             tokio::select! {
                 // The pod holds a sender as long as the driver runs: never closed here.
-                _ = self.commands.recv_many(&mut commands, 1024) => {
-                    for command in commands.drain(..) {
-                        self.on_command(command);
-                    }
-                }
-                () = self.shared.wake.notified() => {}
+                Some(command) = self.commands.recv() => self.on_command(command).await,
+                // The stop level rose, or the last supervisor ended (a permit is kept if it
+                // happens between two waits).
+                () = shared.wake.notified() => {}
                 () = sleep_until(deadline), if deadline.is_some() => {
                     tracing::warn!("the stop wait time is over; cancelling the beans left");
                     self.force().await;
@@ -104,47 +94,34 @@ impl Driver {
             }
         }
         PodReport {
-            beans: self.shared.status(),
-            stopped: self.shared.stop.is_stopping(),
+            beans: shared.status(),
+            stopped: shared.stop.is_stopping(),
             forced: self.forced,
         }
     }
 
-    /// A request from a context or the control API, or a supervisor's end.
-    fn on_command(&mut self, command: Command) {
+    /// A request from a context or the control API.
+    async fn on_command(&mut self, command: Command) {
         match command {
-            Command::Ended { id, cancelled } => self.on_end(id, cancelled),
-            Command::Respawn(id) if !self.stopping => {
-                let running = index(id).and_then(|i| self.tasks.get(i)?.as_ref());
-                if running.is_some() {
-                    // Its end is not noticed yet: started again once it is.
-                    self.respawn_wanted.insert(id);
-                } else {
-                    self.respawn(id);
-                }
-            }
+            Command::Respawn(id) if !self.stopping => self.on_respawn(id).await,
             Command::Respawn(id) => {
                 tracing::info!(bean = %id, "not restarting a bean: the pod is stopping");
             }
         }
     }
 
-    /// A supervisor ended: its bean ended for good, or it was cancelled.
-    fn on_end(&mut self, id: BeanId, cancelled: bool) {
-        self.live -= 1;
-        if let Some(task) = index(id).and_then(|i| self.tasks.get_mut(i)) {
-            *task = None;
-        }
-        if cancelled {
-            self.cancelled(id);
+    /// Starts bean `id` again if it (still) ended for good.
+    async fn on_respawn(&mut self, id: BeanId) {
+        let ended = self.shared.update(id, |s| s.state.is_final());
+        let Some(i) = index(id).filter(|_| ended == Some(true)) else {
+            // Started again by an earlier request, or no such bean.
             return;
+        };
+        if let Some(task) = self.tasks[i].take() {
+            // Its state is final: the supervisor is returning, if it has not returned yet.
+            let _ = task.await;
         }
-        tracing::debug!(bean = %id, "bean ended for good");
-        // Checked for emptiness first: no hashing for each of 10,000 ends.
-        let wanted = !self.respawn_wanted.is_empty() && self.respawn_wanted.remove(&id);
-        if wanted && !self.stopping {
-            self.respawn(id);
-        }
+        self.respawn(id);
     }
 
     /// The pod's stop handle was stopped: the stop reaches every bean; wait for them until
@@ -167,9 +144,9 @@ impl Driver {
     }
 
     /// Cancels every bean left: each bean's handle is stopped now first (a blocking bean or
-    /// a sub-task may watch it), then the supervisors are aborted, each reporting its end. A
-    /// blocking bean's thread is abandoned: it cannot keep the pod (or the process) alive
-    /// past the deadline.
+    /// a sub-task may watch it), then the supervisors are aborted, each marking its bean
+    /// cancelled as it is dropped. A blocking bean's thread is abandoned: it cannot keep the
+    /// pod (or the process) alive past the deadline.
     async fn force(&mut self) {
         self.forced = true;
         self.deadline = None;
@@ -179,23 +156,10 @@ impl Driver {
         for task in self.tasks.iter().flatten() {
             task.abort();
         }
-        while self.live > 0 {
-            match self.commands.recv().await {
-                Some(command) => self.on_command(command),
-                None => break,
-            }
+        for task in self.tasks.iter_mut().filter_map(Option::take) {
+            // Cancelled, or ended just before: either way it is gone.
+            let _ = task.await;
         }
-    }
-
-    fn cancelled(&self, id: BeanId) {
-        self.shared.update(id, |s| {
-            if !s.state.is_final() {
-                tracing::warn!(bean = %id, "bean cancelled at the stop deadline");
-                s.state = BeanState::Cancelled;
-                s.started = None;
-                s.run = std::sync::Weak::new();
-            }
-        });
     }
 
     /// Starts an ended bean again, with a new stop handle (its last one may be stopped).

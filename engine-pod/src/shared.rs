@@ -23,14 +23,6 @@ pub(crate) type Handler = Arc<dyn Fn(&SignalEvent) + Send + Sync>;
 pub(crate) enum Command {
     /// Start again a bean that ended for good.
     Respawn(BeanId),
-    /// A bean's supervisor ended: the bean ended for good, or (`cancelled`) its supervisor
-    /// was cancelled.
-    Ended {
-        /// The bean.
-        id: BeanId,
-        /// Whether the supervisor was cancelled.
-        cancelled: bool,
-    },
 }
 
 /// One bean's entry in the pod.
@@ -147,8 +139,11 @@ pub(crate) struct PodShared {
     /// How many wait in `wait_until`: without waiters, a change tells nobody (a watch
     /// notification takes eight locks, which 10,000 beans starting and stopping feel).
     waiting: AtomicUsize,
-    /// Wakes the driver when the pod's stop level rises.
+    /// Wakes the driver when the pod's stop level rises, or the last supervisor ended.
     pub(crate) wake: Notify,
+    /// How many supervisors have not ended yet. Each counts itself down as it ends, and
+    /// only the last one wakes the driver: 10,000 beans ending wake it once.
+    live: AtomicUsize,
     /// Whether the `"stop"` signal went out.
     stop_sent: AtomicBool,
     /// The pod's stop as the beans' runs hear it: one flag for the pod, not one stop handle
@@ -180,6 +175,7 @@ impl PodShared {
             changed: watch::Sender::new(0),
             waiting: AtomicUsize::new(0),
             wake: Notify::new(),
+            live: AtomicUsize::new(0),
             stop_sent: AtomicBool::new(false),
             beans: BeansStop::new(),
             commands,
@@ -280,6 +276,23 @@ impl PodShared {
             // The sender lives as long as `self`: this cannot fail while we wait.
             let _ = changed.changed().await;
         }
+    }
+
+    /// Counts a supervisor starting.
+    pub(crate) fn supervisor_started(&self) {
+        self.live.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Counts a supervisor ending; the last one wakes the driver.
+    pub(crate) fn supervisor_ended(&self) {
+        if self.live.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Whether a supervisor has not ended yet.
+    pub(crate) fn supervisors_live(&self) -> bool {
+        self.live.load(Ordering::Acquire) > 0
     }
 
     /// What `f` takes from each slot, to act on after the lock is released.

@@ -1,5 +1,6 @@
 //! One bean's supervisor: runs the bean under its restart policy until it ends for good,
-//! then reports its end to the pod's driver (also when it is cancelled: from its drop).
+//! recording each end in the bean's slot at once (a cancelled supervisor too, from its drop),
+//! and counts itself out of the pod's live supervisors.
 //!
 //! A run is driven in the supervisor's own task, a panic caught at each poll (`guarded`):
 //! one task per bean, not two, which halves what starting and stopping 10,000 beans costs
@@ -13,7 +14,7 @@ use engine_core::{Restart, RestartDecision, RestartTracker};
 use crate::bean::BeanResult;
 use crate::context::BeanContext;
 use crate::run::Run;
-use crate::shared::{Command, PodShared, Slot};
+use crate::shared::{PodShared, Slot};
 use crate::spec::BeanSpec;
 use crate::state::{BeanId, BeanState};
 
@@ -27,12 +28,14 @@ enum Next {
     Done,
 }
 
-/// Runs bean `id` until it ends for good, and tells the driver.
+/// Runs bean `id` until it ends for good.
 pub(crate) fn supervise(
     shared: Arc<PodShared>,
     id: BeanId,
     spec: BeanSpec,
 ) -> impl Future<Output = ()> + Send + 'static {
+    // Counted before the task exists, so that the count cannot reach zero early.
+    shared.supervisor_started();
     // Not an `async fn` itself: that would hold the supervisor twice.
     Supervisor {
         shared,
@@ -45,8 +48,8 @@ pub(crate) fn supervise(
     .run()
 }
 
-/// One bean's supervisor; [`run`](Self::run) is its loop. Dropped, it tells the driver that
-/// it ended, and whether it was cancelled before the bean ended.
+/// One bean's supervisor; [`run`](Self::run) is its loop. Dropped before the bean ended (at
+/// the stop deadline), it marks the bean cancelled; dropped at all, it counts itself out.
 ///
 /// Its future is what every bean's task holds, so it is kept small: the restart history is
 /// made (and boxed) only when a policy may restart the bean.
@@ -62,9 +65,18 @@ struct Supervisor {
 
 impl Drop for Supervisor {
     fn drop(&mut self) {
-        let (id, cancelled) = (self.id, !self.done);
-        // The driver is gone only once every supervisor has reported: nobody to tell then.
-        let _ = self.shared.commands.send(Command::Ended { id, cancelled });
+        if !self.done {
+            let id = self.id;
+            self.shared.update(id, |s| {
+                if !s.state.is_final() {
+                    tracing::warn!(bean = %id, "bean cancelled at the stop deadline");
+                    s.state = BeanState::Cancelled;
+                    s.started = None;
+                    s.run = Weak::new();
+                }
+            });
+        }
+        self.shared.supervisor_ended();
     }
 }
 
