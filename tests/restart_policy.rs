@@ -73,7 +73,7 @@ fn a_router_worker_is_restarted_up_to_the_limit_then_stays_gone() {
     let report = Router::builder()
         .worker("crasher", crasher)
         .restart(policy())
-        .stop_handle(stop)
+        .stop_handle(&stop)
         .run()
         .unwrap();
     let crasher = report.worker("crasher").unwrap();
