@@ -61,6 +61,7 @@ where
 {
     type Input = S::Input;
     type Done = ();
+    type Out = ();
 
     fn setup(&mut self, ctx: &StageContext) -> Result<(), StageError> {
         self.stage.setup(ctx)
@@ -71,15 +72,13 @@ where
     }
 
     #[inline]
-    fn consume(
-        &mut self,
-        item: S::Input,
-        current: &mut Option<K>,
-        ctx: &StageContext,
-        counts: &mut Counts,
-    ) -> Result<(), StageError> {
-        self.stage.process(item, ctx)?;
-        let ticket = current.take().expect("the current item's ticket is set");
+    fn run(&mut self, item: S::Input, ctx: &StageContext) -> Result<(), StageError> {
+        self.stage.process(item, ctx)
+    }
+
+    /// Processed: counted at once, settled at the next successful flush.
+    #[inline]
+    fn pass(&mut self, ticket: K, (): (), counts: &mut Counts) -> Result<(), (K, StageError)> {
         self.unflushed.push(ticket);
         counts.output += 1;
         Ok(())

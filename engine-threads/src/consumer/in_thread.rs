@@ -72,10 +72,15 @@ impl<K: Ticket, S: Consume<K>> Consumer<'_, K, S> {
                         return BatchEnd::Aborted;
                     }
                     current = Some(ticket);
-                    let consumed =
-                        self.stage
-                            .consume(item, &mut current, self.at.ctx, &mut self.counts);
-                    if let Err(error) = consumed {
+                    let out = match self.stage.run(item, self.at.ctx) {
+                        Ok(out) => out,
+                        Err(error) => return BatchEnd::Failed(error),
+                    };
+                    let ticket = current
+                        .take()
+                        .expect("the item's ticket was set just above");
+                    if let Err((ticket, error)) = self.stage.pass(ticket, out, &mut self.counts) {
+                        current = Some(ticket);
                         return BatchEnd::Failed(error);
                     }
                 }

@@ -35,15 +35,21 @@ pub(crate) trait Consume<K: Ticket> {
 
     fn cleanup(&mut self, ctx: &StageContext);
 
-    /// Handles one item. Its ticket is in `current` while stage code runs, so that a panic
-    /// can still complete it; on success the ticket is taken and completed or passed on.
-    fn consume(
+    /// What the stage's code gives for one item, for [`pass`](Self::pass).
+    type Out;
+
+    /// Runs the stage's code on one item. Its ticket waits in the loop meanwhile, so that an
+    /// error or a panic can still complete it.
+    fn run(&mut self, item: Self::Input, ctx: &StageContext) -> Result<Self::Out, StageError>;
+
+    /// Passes on what [`run`](Self::run) gave, with the item's ticket (or settles the
+    /// item). A ticket that cannot go on comes back with the error that fails the item.
+    fn pass(
         &mut self,
-        item: Self::Input,
-        current: &mut Option<K>,
-        ctx: &StageContext,
+        ticket: K,
+        out: Self::Out,
         counts: &mut Counts,
-    ) -> Result<(), StageError>;
+    ) -> Result<(), (K, StageError)>;
 
     /// After input batch `seq`: hands outputs on if they should go now (always when `idle`,
     /// the input being empty). Returns false if the run was aborted meanwhile.

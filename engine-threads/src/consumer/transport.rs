@@ -10,6 +10,13 @@ use super::{Consume, Here, settle, settle_not_done};
 use crate::link::Producer;
 use crate::shared::Flow;
 
+/// What a transport gave for one input: at most one output, or (from a transport that emits
+/// many) outputs waiting in the stage's buffer.
+pub(crate) enum Transported<O> {
+    One(Option<O>),
+    Many,
+}
+
 /// A transport thread's stage: the transport and where its outputs go.
 #[derive(Debug)]
 pub(crate) struct TransportStage<S: Transport, K> {
@@ -76,6 +83,7 @@ where
 {
     type Input = S::Input;
     type Done = S::Output;
+    type Out = Transported<S::Output>;
 
     fn setup(&mut self, ctx: &StageContext) -> Result<(), StageError> {
         self.stage.setup(ctx)?;
@@ -88,28 +96,33 @@ where
     }
 
     #[inline]
-    fn consume(
+    fn run(
         &mut self,
         item: S::Input,
-        current: &mut Option<K>,
         ctx: &StageContext,
-        counts: &mut Counts,
-    ) -> Result<(), StageError> {
+    ) -> Result<Transported<S::Output>, StageError> {
         if self.many {
             self.outputs.clear();
             self.stage.transport_each(item, ctx, &mut self.outputs)?;
-            let ticket = current.take().expect("the current item's ticket is set");
-            return self
-                .pass_on_many(ticket, counts)
-                .map_err(|(ticket, error)| {
-                    *current = Some(ticket);
-                    error
-                });
+            return Ok(Transported::Many);
         }
-        let output = self.stage.transport(item, ctx)?;
-        let ticket = current.take().expect("the current item's ticket is set");
-        self.pass_on(ticket, output, counts);
-        Ok(())
+        self.stage.transport(item, ctx).map(Transported::One)
+    }
+
+    #[inline]
+    fn pass(
+        &mut self,
+        ticket: K,
+        out: Transported<S::Output>,
+        counts: &mut Counts,
+    ) -> Result<(), (K, StageError)> {
+        match out {
+            Transported::One(output) => {
+                self.pass_on(ticket, output, counts);
+                Ok(())
+            }
+            Transported::Many => self.pass_on_many(ticket, counts),
+        }
     }
 
     fn end_batch(&mut self, seq: u64, idle: bool, _at: Here<'_>, counts: &mut Counts) -> bool {
