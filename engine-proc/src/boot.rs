@@ -77,7 +77,7 @@ pub(crate) fn address_at(offset: isize) -> usize {
 /// ```no_run
 /// # #[allow(clippy::needless_doctest_main)]
 /// fn main() {
-///     engine_proc::init();
+///     engine::proc::init();
 ///     // ... the program: pools, routers, engines with process-backed stages.
 /// }
 /// ```

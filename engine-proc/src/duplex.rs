@@ -124,10 +124,10 @@ impl Duplex {
 /// and reaps it; for a graceful end, tell it to finish and call [`wait`](Self::wait).
 ///
 /// ```no_run
-/// use engine_core::protocol::Kind;
-/// use engine_proc::{Child, Duplex};
+/// use engine::core::protocol::Kind;
+/// use engine::proc::{Child, Duplex};
 ///
-/// fn doubler(pipe: &mut Duplex) -> Result<(), engine_core::StageError> {
+/// fn doubler(pipe: &mut Duplex) -> Result<(), engine::core::StageError> {
 ///     loop {
 ///         let message = pipe.recv()?;
 ///         match message.kind {
@@ -138,7 +138,7 @@ impl Duplex {
 /// }
 ///
 /// fn main() -> Result<(), Box<dyn std::error::Error>> {
-///     engine_proc::init();
+///     engine::proc::init();
 ///     let child = Child::spawn(doubler)?;
 ///     child.duplex().send(Kind::Do, &21_u64)?;
 ///     assert_eq!(child.duplex().recv()?.body::<u64>()?, 42);

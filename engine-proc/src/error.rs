@@ -152,8 +152,8 @@ pub enum ProcError {
 ///
 /// ```no_run
 /// # use std::time::Duration;
-/// # use engine_proc::{Pool, RecvTimeoutError};
-/// # fn wait(pool: &mut Pool<engine_proc::WorkerStage<Echo>>) {
+/// # use engine::proc::{Pool, RecvTimeoutError};
+/// # fn wait(pool: &mut Pool<engine::proc::WorkerStage<Echo>>) {
 /// match pool.recv_timeout(Duration::from_millis(100)) {
 ///     Ok(Some((id, result))) => println!("task {id}: {result:?}"),
 ///     Ok(None) => println!("nothing outstanding"),
@@ -162,10 +162,10 @@ pub enum ProcError {
 /// }
 /// # }
 /// # struct Echo;
-/// # impl engine_proc::Worker for Echo {
+/// # impl engine::proc::Worker for Echo {
 /// #     type Init = (); type Task = u8; type Output = u8;
-/// #     fn init(_: ()) -> Result<Self, engine_core::StageError> { Ok(Echo) }
-/// #     fn run(&mut self, t: u8) -> Result<u8, engine_core::StageError> { Ok(t) }
+/// #     fn init(_: ()) -> Result<Self, engine::core::StageError> { Ok(Echo) }
+/// #     fn run(&mut self, t: u8) -> Result<u8, engine::core::StageError> { Ok(t) }
 /// # }
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

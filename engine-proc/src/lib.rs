@@ -52,8 +52,8 @@
 //! # Example
 //!
 //! ```no_run
-//! use engine_core::{StageContext, StageError, Transport};
-//! use engine_proc::Pool;
+//! use engine::core::{StageContext, StageError, Transport};
+//! use engine::proc::Pool;
 //! use serde::{Deserialize, Serialize};
 //!
 //! /// Halves images; the same stage could run on the threaded engine.
@@ -79,7 +79,7 @@
 //! }
 //!
 //! fn main() -> Result<(), Box<dyn std::error::Error>> {
-//!     engine_proc::init(); // first line: workers are copies of this binary
+//!     engine::proc::init(); // first line: workers are copies of this binary
 //!     let mut pool = Pool::builder().workers(2, Resizer { quality: 90 }).start()?;
 //!     for (id, result) in pool.run([(640, 480), (0, 10), (1024, 768)]) {
 //!         match result {

@@ -228,8 +228,8 @@ impl<S: RemoteTransport> PoolBuilder<S> {
 /// Workers are this same binary: `main` must call [`init`](crate::init) on its first line.
 ///
 /// ```no_run
-/// # use engine_core::{StageContext, StageError, Transport};
-/// # use engine_proc::Pool;
+/// # use engine::core::{StageContext, StageError, Transport};
+/// # use engine::proc::Pool;
 /// # use serde::{Deserialize, Serialize};
 /// #[derive(Clone, Serialize, Deserialize)]
 /// struct Add(u64);
@@ -243,7 +243,7 @@ impl<S: RemoteTransport> PoolBuilder<S> {
 /// }
 ///
 /// fn main() -> Result<(), Box<dyn std::error::Error>> {
-///     engine_proc::init();
+///     engine::proc::init();
 ///     let mut pool = Pool::builder().workers(2, Add(1)).start()?;
 ///     let plus_one: Vec<u64> = pool.map(0..1000).collect::<Result<_, _>>()?;
 ///     assert_eq!(plus_one[999], 1000);

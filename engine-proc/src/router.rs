@@ -17,8 +17,8 @@ use crate::router_worker::WorkerMain;
 /// Builds and runs a router.
 ///
 /// ```no_run
-/// use engine_core::protocol::Address;
-/// use engine_proc::{Handlers, Router};
+/// use engine::core::protocol::Address;
+/// use engine::proc::{Handlers, Router};
 ///
 /// /// A worker that answers "ping" with "pong".
 /// fn ponger(handlers: &mut Handlers) {
@@ -26,7 +26,7 @@ use crate::router_worker::WorkerMain;
 /// }
 ///
 /// fn main() -> Result<(), Box<dyn std::error::Error>> {
-///     engine_proc::init();
+///     engine::proc::init();
 ///     let report = Router::builder()
 ///         .worker("ponger", ponger)
 ///         .on_start(|node| node.send(&Address::named("ponger"), "ping", &1_u32).map_err(Into::into))

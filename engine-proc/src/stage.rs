@@ -42,9 +42,9 @@ use crate::program::Program;
 /// that they share the workers.
 ///
 /// ```no_run
-/// use engine_core::{StageContext, StageError, Transport};
-/// use engine_proc::ProcTransport;
-/// use engine_threads::Engine;
+/// use engine::core::{StageContext, StageError, Transport};
+/// use engine::proc::ProcTransport;
+/// use engine::threads::Engine;
 /// use serde::{Deserialize, Serialize};
 ///
 /// #[derive(Clone, Serialize, Deserialize)]
@@ -59,7 +59,7 @@ use crate::program::Program;
 /// }
 ///
 /// fn main() -> Result<(), Box<dyn std::error::Error>> {
-///     engine_proc::init(); // first line: workers are copies of this binary
+///     engine::proc::init(); // first line: workers are copies of this binary
 ///     let report = Engine::builder(0..1_000_000_u64)
 ///         .transport(ProcTransport::new(Square).workers(4))
 ///         .backend(|_: u64| {})

@@ -20,11 +20,11 @@
 ///
 /// ```no_run
 /// // tests/square.rs: a plain libtest file.
-/// use engine_core::{StageContext, StageError, Transport};
-/// use engine_proc::Pool;
+/// use engine::core::{StageContext, StageError, Transport};
+/// use engine::proc::Pool;
 /// use serde::{Deserialize, Serialize};
 ///
-/// engine_proc::test_support!();
+/// engine::proc::test_support!();
 ///
 /// #[derive(Clone, Serialize, Deserialize)]
 /// struct Square;

@@ -20,8 +20,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// also a stage of the threaded engine is better written as a `Transport` directly.
 ///
 /// ```
-/// use engine_core::StageError;
-/// use engine_proc::Worker;
+/// use engine::core::StageError;
+/// use engine::proc::Worker;
 ///
 /// /// Adds its configured offset to every task.
 /// struct Adder { offset: u64 }
@@ -70,8 +70,8 @@ pub trait Worker: Sized + 'static {
 /// per worker process) builds the worker with [`Worker::init`].
 ///
 /// ```
-/// # use engine_core::StageError;
-/// # use engine_proc::{Pool, Worker, WorkerStage};
+/// # use engine::core::StageError;
+/// # use engine::proc::{Pool, Worker, WorkerStage};
 /// # struct Adder(u64);
 /// # impl Worker for Adder {
 /// #     type Init = u64; type Task = u64; type Output = u64;
