@@ -20,7 +20,9 @@ use crate::error::{Error, Result};
 use crate::lease::{Keeper, Leave, OnOwnership, Ownership, Table};
 use crate::partition::partition_stream;
 use crate::retry::Backoff;
-use crate::source::{Settlement, SourceOptions, default_consumer, fatal, remove_idle_consumers};
+use crate::source::{
+    Settlement, SourceOptions, default_consumer, fatal, remove_idle_consumers, started,
+};
 use crate::writer::check_partitions;
 
 mod acker;
@@ -425,18 +427,11 @@ impl<T: DeserializeOwned, C: Connector> TrackedFrontend for KeyedSource<T, C> {
 
     fn produce(&mut self, ctx: &StageContext) -> Result<Option<TrackedItem<Self>>, StageError> {
         let cfg = &self.config;
-        let running = match &mut self.running {
-            Some(running) => running,
-            None => self.running.insert(Running::start(cfg, ctx)?),
-        };
-        running.produce(cfg, ctx)
+        started(&mut self.running, || Running::start(cfg, ctx))?.produce(cfg, ctx)
     }
 
     fn stop_grace(&self) -> Duration {
-        self.config
-            .options
-            .get_block()
-            .saturating_add(self.config.options.get_drain_timeout())
+        self.config.options.stop_grace()
     }
 
     fn cleanup(&mut self, _ctx: &StageContext) {

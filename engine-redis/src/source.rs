@@ -241,21 +241,14 @@ impl<T: DeserializeOwned, C: Connector> TrackedFrontend for StreamSource<T, C> {
 
     fn produce(&mut self, ctx: &StageContext) -> Result<Option<TrackedItem<Self>>, StageError> {
         let cfg = &self.config;
-        let running = match &mut self.running {
-            Some(running) => running,
-            None => self.running.insert(Running::start(cfg, ctx)?),
-        };
-        running.produce(cfg, ctx)
+        started(&mut self.running, || Running::start(cfg, ctx))?.produce(cfg, ctx)
     }
 
     /// A read ends within the [`block`](SourceOptions::block) time, and `cleanup` waits up
     /// to the [`drain_timeout`](SourceOptions::drain_timeout) for the last acknowledgements:
     /// an engine waits that long after a stop, so that they are sent when `run` returns.
     fn stop_grace(&self) -> Duration {
-        self.config
-            .options
-            .block
-            .saturating_add(self.config.options.drain_timeout)
+        self.config.options.stop_grace()
     }
 
     fn cleanup(&mut self, _ctx: &StageContext) {
@@ -304,6 +297,17 @@ pub(crate) fn decode<T: DeserializeOwned>(stream: &str, delivery: &Delivery) -> 
         (_, Some(bytes)) => {
             protocol::from_bytes::<T>(bytes).map_err(|e| bad_entry(Chain(&e).to_string()))
         }
+    }
+}
+
+/// The running state, started (once, by a `produce` after a failed setup) if it is not.
+pub(crate) fn started<R>(
+    running: &mut Option<R>,
+    start: impl FnOnce() -> Result<R>,
+) -> Result<&mut R> {
+    match running {
+        Some(running) => Ok(running),
+        None => Ok(running.insert(start()?)),
     }
 }
 

@@ -201,6 +201,12 @@ impl SourceOptions {
         options
     }
 
+    /// How long an engine waits for a stopped source: a read ends within the block time,
+    /// and the cleanup waits up to the drain timeout for the last acknowledgements.
+    pub(crate) fn stop_grace(&self) -> Duration {
+        self.block.saturating_add(self.drain_timeout)
+    }
+
     pub(crate) fn sweep_interval(&self) -> Duration {
         self.sweep_every
             .unwrap_or(self.claim_idle / 2)
