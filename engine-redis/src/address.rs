@@ -59,7 +59,7 @@ pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// # Examples
 ///
 /// ```
-/// use engine_redis::StreamAddress;
+/// use engine::redis::StreamAddress;
 ///
 /// let address = StreamAddress::parse("redis://127.0.0.1:6379/in?group=workers")?;
 /// assert_eq!(address.stream(), "in");
@@ -72,7 +72,7 @@ pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
 ///
 /// assert!(StreamAddress::parse("redis://localhost:6379").is_err()); // No stream.
 /// assert!(StreamAddress::parse("redis://localhost/in?grup=x").is_err()); // Unknown key.
-/// # Ok::<(), engine_redis::Error>(())
+/// # Ok::<(), engine::redis::Error>(())
 /// ```
 #[derive(Clone, PartialEq, Eq)]
 pub struct StreamAddress {
@@ -120,10 +120,10 @@ impl StreamAddress {
     /// log.
     ///
     /// ```
-    /// # use engine_redis::StreamAddress;
+    /// # use engine::redis::StreamAddress;
     /// let a = StreamAddress::parse("rediss://app:s3cret@db.example/in?group=g")?;
     /// assert_eq!(a.as_str(), "rediss://app:***@db.example/in?group=g");
-    /// # Ok::<(), engine_redis::Error>(())
+    /// # Ok::<(), engine::redis::Error>(())
     /// ```
     pub fn as_str(&self) -> &str {
         &self.original
@@ -158,9 +158,9 @@ impl StreamAddress {
     /// The partition count of a keyed stream (`partitions=`), if the address names one.
     ///
     /// ```
-    /// let address = engine_redis::StreamAddress::parse("redis://h/in?partitions=8")?;
+    /// let address = engine::redis::StreamAddress::parse("redis://h/in?partitions=8")?;
     /// assert_eq!(address.partitions(), Some(8));
-    /// # Ok::<(), engine_redis::Error>(())
+    /// # Ok::<(), engine::redis::Error>(())
     /// ```
     pub fn partitions(&self) -> Option<u32> {
         self.partitions
@@ -187,10 +187,10 @@ impl StreamAddress {
     /// for it, unless one was given).
     ///
     /// ```
-    /// # use engine_redis::StreamAddress;
+    /// # use engine::redis::StreamAddress;
     /// let out = StreamAddress::parse("redis://127.0.0.1/in")?.with_stream("out");
     /// assert_eq!((out.stream(), out.dead_letter_stream().as_str()), ("out", "out:dead"));
-    /// # Ok::<(), engine_redis::Error>(())
+    /// # Ok::<(), engine::redis::Error>(())
     /// ```
     #[must_use]
     pub fn with_stream(mut self, stream: impl Into<String>) -> Self {

@@ -13,7 +13,7 @@ use crate::error::Result;
 /// # Examples
 ///
 /// ```
-/// use engine_redis::EntryId;
+/// use engine::redis::EntryId;
 ///
 /// let id: EntryId = "1700000000000-3".parse().unwrap();
 /// assert_eq!(id, EntryId::new(1_700_000_000_000, 3));

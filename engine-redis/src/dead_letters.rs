@@ -77,7 +77,7 @@ pub struct Replayed {
 /// # Examples
 ///
 /// ```no_run
-/// use engine_redis::{DeadLetters, StreamAddress};
+/// use engine::redis::{DeadLetters, StreamAddress};
 ///
 /// let address = StreamAddress::parse("redis://127.0.0.1:6379/jobs")?;
 /// let mut letters = DeadLetters::connect(&address)?;
@@ -86,7 +86,7 @@ pub struct Replayed {
 /// }
 /// let replayed = letters.replay_all()?;
 /// println!("{} entries back in `jobs`", replayed.len());
-/// # Ok::<(), engine_redis::Error>(())
+/// # Ok::<(), engine::redis::Error>(())
 /// ```
 pub struct DeadLetters {
     broker: RedisBroker,

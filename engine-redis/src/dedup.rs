@@ -48,8 +48,8 @@ pub const DEFAULT_DEDUP_WINDOW: Duration = Duration::from_secs(24 * 3600);
 ///
 /// ```no_run
 /// use std::time::Duration;
-/// use engine_redis::{Delivered, StreamAddress, StreamSink, StreamSource};
-/// use engine_threads::Engine;
+/// use engine::redis::{Delivered, StreamAddress, StreamSink, StreamSource};
+/// use engine::threads::Engine;
 ///
 /// let input = StreamAddress::parse("redis://127.0.0.1:6379/orders")?;
 /// let output = StreamAddress::parse("redis://127.0.0.1:6379/invoices")?;

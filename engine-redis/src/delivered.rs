@@ -20,7 +20,7 @@ use crate::broker::EntryId;
 /// # Examples
 ///
 /// ```
-/// use engine_redis::{EntryId, ItemId};
+/// use engine::redis::{EntryId, ItemId};
 ///
 /// let id = ItemId::new("in", EntryId::new(1_700_000_000_000, 3));
 /// assert_eq!(id.to_string(), "in/1700000000000-3");
@@ -70,7 +70,7 @@ impl fmt::Display for ItemId {
 /// # Examples
 ///
 /// ```
-/// use engine_redis::{Delivered, EntryId, ItemId};
+/// use engine::redis::{Delivered, EntryId, ItemId};
 ///
 /// let delivered = Delivered::new(ItemId::new("in", EntryId::new(5, 0)), 21_u64);
 /// let doubled = delivered.map(|n| n * 2);

@@ -163,7 +163,7 @@ impl Error {
     /// Whether trying again (after a reconnect or a short wait) can succeed.
     ///
     /// ```
-    /// let err = engine_redis::StreamAddress::parse("http://x").unwrap_err();
+    /// let err = engine::redis::StreamAddress::parse("http://x").unwrap_err();
     /// assert!(!err.is_retryable());
     /// ```
     pub fn is_retryable(&self) -> bool {

@@ -121,8 +121,8 @@ impl Ticket for KeyedTicket {
 /// # Examples
 ///
 /// ```no_run
-/// use engine_redis::{KeyedSource, StreamAddress};
-/// use engine_threads::Engine;
+/// use engine::redis::{KeyedSource, StreamAddress};
+/// use engine::threads::Engine;
 ///
 /// let address = StreamAddress::parse("redis://127.0.0.1:6379/payments?partitions=8")?;
 /// let source = KeyedSource::<(String, u64)>::new(address);
@@ -132,7 +132,7 @@ impl Ticket for KeyedTicket {
 ///     .ordered(true) // Each account's payments reach the backend in order.
 ///     .backend(|line: String| println!("{line}"))
 ///     .build()?;
-/// let _signals = engine_core::install_signal_handler(engine.stop_handle())?;
+/// let _signals = engine::core::install_signal_handler(engine.stop_handle())?;
 /// engine.run()?;
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```

@@ -63,8 +63,8 @@
 //! second engine, and the consumers share the numbers through the group `adders`:
 //!
 //! ```no_run
-//! use engine_redis::{SinkOptions, StreamAddress, StreamSink, StreamSource};
-//! use engine_threads::Engine;
+//! use engine::redis::{SinkOptions, StreamAddress, StreamSink, StreamSource};
+//! use engine::threads::Engine;
 //!
 //! let address = StreamAddress::parse("redis://127.0.0.1:6379/numbers?group=adders")?;
 //!
@@ -78,7 +78,7 @@
 //!     .transport(|n: u64| n * 2)
 //!     .backend(|n: u64| println!("{n}"))
 //!     .build()?;
-//! let _signals = engine_core::install_signal_handler(engine.stop_handle())?;
+//! let _signals = engine::core::install_signal_handler(engine.stop_handle())?;
 //! let report = engine.run()?;
 //! eprintln!("{report}");
 //! # Ok::<(), Box<dyn std::error::Error>>(())

@@ -13,7 +13,7 @@
 /// # Examples
 ///
 /// ```
-/// use engine_redis::partition_of;
+/// use engine::redis::partition_of;
 ///
 /// let p = partition_of(b"account-17", 8);
 /// assert!(p < 8);
@@ -29,7 +29,7 @@ pub fn partition_of(key: &[u8], partitions: u32) -> u32 {
 /// The name of partition `index` of the keyed stream `stream`: `<stream>:p<index>`.
 ///
 /// ```
-/// assert_eq!(engine_redis::partition_stream("in", 3), "in:p3");
+/// assert_eq!(engine::redis::partition_stream("in", 3), "in:p3");
 /// ```
 pub fn partition_stream(stream: &str, index: u32) -> String {
     format!("{stream}:p{index}")

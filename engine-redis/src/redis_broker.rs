@@ -35,12 +35,12 @@ pub const VERSION_FIELD: &str = "v";
 /// # Examples
 ///
 /// ```no_run
-/// use engine_redis::{Broker, RedisBroker, StreamAddress};
+/// use engine::redis::{Broker, RedisBroker, StreamAddress};
 ///
 /// let address = StreamAddress::parse("redis://127.0.0.1:6379/in")?;
 /// let mut broker = RedisBroker::connect(&address)?;
-/// broker.append("in", &[engine_core::protocol::to_bytes("hello").unwrap()], None)?;
-/// # Ok::<(), engine_redis::Error>(())
+/// broker.append("in", &[engine::core::protocol::to_bytes("hello").unwrap()], None)?;
+/// # Ok::<(), engine::redis::Error>(())
 /// ```
 pub struct RedisBroker {
     client: redis::Client,

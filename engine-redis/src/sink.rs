@@ -28,11 +28,11 @@ pub const DEFAULT_RETRY_FOR: Duration = Duration::from_secs(60);
 ///
 /// ```
 /// use std::time::Duration;
-/// use engine_redis::SinkOptions;
+/// use engine::redis::SinkOptions;
 ///
 /// let options = SinkOptions::new().bound(10_000).retry_for(Duration::from_secs(5));
 /// assert_eq!(options.get_bound(), Some(10_000));
-/// assert_eq!(SinkOptions::default().get_bound(), Some(engine_redis::DEFAULT_BOUND));
+/// assert_eq!(SinkOptions::default().get_bound(), Some(engine::redis::DEFAULT_BOUND));
 /// assert_eq!(SinkOptions::new().unbounded().get_bound(), None);
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,8 +131,8 @@ type KeyHash<T> = Arc<dyn Fn(&T) -> u32 + Send + Sync>;
 /// # Examples
 ///
 /// ```no_run
-/// use engine_redis::{SinkOptions, StreamAddress, StreamSink};
-/// use engine_threads::Engine;
+/// use engine::redis::{SinkOptions, StreamAddress, StreamSink};
+/// use engine::threads::Engine;
 ///
 /// let out = StreamAddress::parse("redis://127.0.0.1:6379/numbers")?;
 /// let report = Engine::builder(0..1000_u64)

@@ -91,13 +91,13 @@ const MAX_SETTLE_BATCH: usize = 8192;
 /// # Examples
 ///
 /// ```no_run
-/// use engine_redis::{StreamAddress, StreamSource};
-/// use engine_threads::Engine;
+/// use engine::redis::{StreamAddress, StreamSource};
+/// use engine::threads::Engine;
 ///
 /// let address = StreamAddress::parse("redis://127.0.0.1:6379/numbers?group=adders")?;
 /// let source = StreamSource::<u64>::new(address);
 /// let engine = Engine::builder(source).backend(|n: u64| println!("{n}")).build()?;
-/// let _signals = engine_core::install_signal_handler(engine.stop_handle())?; // Ctrl-C stops.
+/// let _signals = engine::core::install_signal_handler(engine.stop_handle())?; // Ctrl-C stops.
 /// let report = engine.run()?; // After a stop: the last acknowledgements are sent.
 /// eprintln!("{report}");
 /// # Ok::<(), Box<dyn std::error::Error>>(())
@@ -215,8 +215,8 @@ impl<T, C: Connector> StreamSource<T, C> {
     /// # Examples
     ///
     /// ```no_run
-    /// use engine_redis::{Delivered, StreamAddress, StreamSource};
-    /// use engine_threads::Engine;
+    /// use engine::redis::{Delivered, StreamAddress, StreamSource};
+    /// use engine::threads::Engine;
     ///
     /// let address = StreamAddress::parse("redis://127.0.0.1:6379/payments")?;
     /// let source = StreamSource::<u64>::new(address).with_ids();

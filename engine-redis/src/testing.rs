@@ -15,9 +15,9 @@
 //! # Examples
 //!
 //! ```no_run
-//! use engine_redis::testing::Server;
-//! use engine_redis::{StreamSink, StreamSource};
-//! use engine_threads::Engine;
+//! use engine::redis::testing::Server;
+//! use engine::redis::{StreamSink, StreamSource};
+//! use engine::threads::Engine;
 //!
 //! let server = Server::start()?;
 //! let address = server.address("numbers")?;
@@ -26,7 +26,7 @@
 //!     .run()?;
 //!
 //! let mut conn = server.connection()?;
-//! let len: usize = engine_redis::redis::cmd("XLEN").arg("numbers").query(&mut conn)?;
+//! let len: usize = engine::redis::redis::cmd("XLEN").arg("numbers").query(&mut conn)?;
 //! assert_eq!(len, 100);
 //! // Dropping the server kills it and removes its directory.
 //! # Ok::<(), Box<dyn std::error::Error>>(())
@@ -66,14 +66,14 @@ const PORT_ATTEMPTS: usize = 5;
 ///
 /// ```no_run
 /// use std::time::Duration;
-/// use engine_redis::testing::{Server, ServerOptions};
+/// use engine::redis::testing::{Server, ServerOptions};
 ///
 /// let server = Server::start_with(
 ///     ServerOptions::new()
 ///         .append_only(true)
 ///         .ready_timeout(Duration::from_secs(5)),
 /// )?;
-/// # Ok::<(), engine_redis::testing::ServerError>(())
+/// # Ok::<(), engine::redis::testing::ServerError>(())
 /// ```
 #[derive(Debug, Clone)]
 pub struct ServerOptions {
@@ -155,16 +155,16 @@ impl ServerOptions {
 /// # Examples
 ///
 /// ```no_run
-/// use engine_redis::testing::{Server, ServerOptions};
+/// use engine::redis::testing::{Server, ServerOptions};
 ///
 /// let mut server = Server::start_with(ServerOptions::new().append_only(true))?;
 /// let mut conn = server.connection()?;
-/// engine_redis::redis::cmd("SET").arg("k").arg("v").exec(&mut conn)?;
+/// engine::redis::redis::cmd("SET").arg("k").arg("v").exec(&mut conn)?;
 ///
 /// // A crash and a restart on the same port: the append-only file keeps the key.
 /// server.restart()?;
 /// let mut conn = server.connection()?;
-/// let v: String = engine_redis::redis::cmd("GET").arg("k").query(&mut conn)?;
+/// let v: String = engine::redis::redis::cmd("GET").arg("k").query(&mut conn)?;
 /// assert_eq!(v, "v");
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```

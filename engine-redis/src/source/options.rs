@@ -16,7 +16,7 @@ use crate::sink::DEFAULT_RETRY_FOR;
 ///
 /// ```
 /// use std::time::Duration;
-/// use engine_redis::SourceOptions;
+/// use engine::redis::SourceOptions;
 ///
 /// let options = SourceOptions::new()
 ///     .max_deliveries(3)

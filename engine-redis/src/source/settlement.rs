@@ -21,7 +21,7 @@ use engine_core::plumbing::lock;
 ///
 /// ```
 /// use std::time::Duration;
-/// use engine_redis::Settlement;
+/// use engine::redis::Settlement;
 ///
 /// let settlement = Settlement::new();
 /// assert_eq!(settlement.outstanding(), 0);
