@@ -31,7 +31,7 @@ use crate::stages::Stages;
 /// # Examples
 ///
 /// ```
-/// use engine_threads::Engine;
+/// use engine::threads::Engine;
 ///
 /// let report = Engine::builder(1..=1000_u64)
 ///     .transport(|n: u64| n * 2)
@@ -40,13 +40,13 @@ use crate::stages::Stages;
 ///     .queue_capacity(256)
 ///     .run()?;
 /// assert_eq!(report.processed(), 1000);
-/// # Ok::<(), engine_threads::EngineError>(())
+/// # Ok::<(), engine::threads::EngineError>(())
 /// ```
 ///
 /// A pipeline needs a transport or a backend: without either, `run` does not exist.
 ///
 /// ```compile_fail
-/// engine_threads::Engine::builder(0..10_u32).run();
+/// engine::threads::Engine::builder(0..10_u32).run();
 /// ```
 pub struct EngineBuilder<F, T = Absent, B = Absent> {
     plan: Plan<F, T, B>,
@@ -96,14 +96,14 @@ impl<F: TrackedFrontend, B> EngineBuilder<F, Absent, B> {
     /// # Examples
     ///
     /// ```
-    /// use engine_threads::Engine;
+    /// use engine::threads::Engine;
     ///
     /// let report = Engine::builder(1..=10_u64)
     ///     .transport(|n: u64| n * 10)
     ///     .transport_threads(2)
     ///     .run()?;
     /// assert_eq!(report.processed(), 10);
-    /// # Ok::<(), engine_threads::EngineError>(())
+    /// # Ok::<(), engine::threads::EngineError>(())
     /// ```
     pub fn transport<M, X>(self, transport: X) -> EngineBuilder<F, Present<X::Transport>, B>
     where
@@ -129,8 +129,8 @@ impl<F: TrackedFrontend, B> EngineBuilder<F, Absent, B> {
     ///
     /// ```
     /// use std::sync::{Arc, Mutex};
-    /// use engine_core::StageContext;
-    /// use engine_threads::Engine;
+    /// use engine::core::StageContext;
+    /// use engine::threads::Engine;
     ///
     /// let seen = Arc::new(Mutex::new(Vec::new()));
     /// let sink = Arc::clone(&seen);
@@ -144,14 +144,14 @@ impl<F: TrackedFrontend, B> EngineBuilder<F, Absent, B> {
     ///     .run()?;
     /// assert_eq!(report.processed(), 100);
     /// assert!(seen.lock().unwrap().iter().all(|&thread| thread < 2));
-    /// # Ok::<(), engine_threads::EngineError>(())
+    /// # Ok::<(), engine::threads::EngineError>(())
     /// ```
     ///
     /// A transport chosen at run time, boxed:
     ///
     /// ```
-    /// use engine_core::{BoxTransport, filter_map};
-    /// use engine_threads::Engine;
+    /// use engine::core::{BoxTransport, filter_map};
+    /// use engine::threads::Engine;
     ///
     /// let keep_odd = std::env::args().count() > 0; // A flag, say.
     /// let report = Engine::builder(1..=10_u64)
@@ -165,7 +165,7 @@ impl<F: TrackedFrontend, B> EngineBuilder<F, Absent, B> {
     ///     .backend(|_n: u64| {})
     ///     .run()?;
     /// assert_eq!(report.processed(), 5);
-    /// # Ok::<(), engine_threads::EngineError>(())
+    /// # Ok::<(), engine::threads::EngineError>(())
     /// ```
     pub fn transport_with<M, X, G>(self, factory: G) -> EngineBuilder<F, Present<X::Transport>, B>
     where
@@ -196,11 +196,11 @@ impl<F: TrackedFrontend, T: Upstream<F::Item>> EngineBuilder<F, T, Absent> {
     /// # Examples
     ///
     /// ```
-    /// use engine_threads::Engine;
+    /// use engine::threads::Engine;
     ///
     /// let report = Engine::builder(1..=10_u64).backend(|_n: u64| {}).run()?;
     /// assert_eq!(report.processed(), 10);
-    /// # Ok::<(), engine_threads::EngineError>(())
+    /// # Ok::<(), engine::threads::EngineError>(())
     /// ```
     pub fn backend<M, X>(self, backend: X) -> EngineBuilder<F, T, Present<X::Backend>>
     where
@@ -224,8 +224,8 @@ impl<F: TrackedFrontend, T: Upstream<F::Item>> EngineBuilder<F, T, Absent> {
     /// ```
     /// use std::sync::Arc;
     /// use std::sync::atomic::{AtomicU64, Ordering};
-    /// use engine_core::{Backend, StageContext, StageError};
-    /// use engine_threads::Engine;
+    /// use engine::core::{Backend, StageContext, StageError};
+    /// use engine::threads::Engine;
     ///
     /// struct Sum(u64, Arc<AtomicU64>);
     ///
@@ -247,7 +247,7 @@ impl<F: TrackedFrontend, T: Upstream<F::Item>> EngineBuilder<F, T, Absent> {
     ///     .backend_threads(3)
     ///     .run()?;
     /// assert_eq!(total.load(Ordering::SeqCst), 5050);
-    /// # Ok::<(), engine_threads::EngineError>(())
+    /// # Ok::<(), engine::threads::EngineError>(())
     /// ```
     pub fn backend_with<M, X, G>(self, factory: G) -> EngineBuilder<F, T, Present<X::Backend>>
     where
@@ -418,8 +418,8 @@ impl Engine<(), Absent, Absent> {
     /// # Examples
     ///
     /// ```
-    /// use engine_core::{BoxFrontend, box_frontend};
-    /// use engine_threads::Engine;
+    /// use engine::core::{BoxFrontend, box_frontend};
+    /// use engine::threads::Engine;
     ///
     /// let from_a_list = std::env::args().count() > 100; // A flag, say.
     /// let numbers: BoxFrontend<u64> = if from_a_list {
@@ -429,7 +429,7 @@ impl Engine<(), Absent, Absent> {
     /// };
     /// let report = Engine::builder(numbers).backend(|_n: u64| {}).run()?;
     /// assert_eq!(report.processed(), 10);
-    /// # Ok::<(), engine_threads::EngineError>(())
+    /// # Ok::<(), engine::threads::EngineError>(())
     /// ```
     ///
     /// [`Frontend`]: engine_core::Frontend
@@ -460,8 +460,8 @@ impl Engine<(), Absent, Absent> {
     /// Two threads, each producing its own share:
     ///
     /// ```
-    /// use engine_core::StageContext;
-    /// use engine_threads::Engine;
+    /// use engine::core::StageContext;
+    /// use engine::threads::Engine;
     ///
     /// let report = Engine::builder_with(2, |ctx: &StageContext| {
     ///     let from = ctx.index() as u64 * 500;
@@ -470,7 +470,7 @@ impl Engine<(), Absent, Absent> {
     /// .backend(|_n: u64| {})
     /// .run()?;
     /// assert_eq!(report.processed(), 1000);
-    /// # Ok::<(), engine_threads::EngineError>(())
+    /// # Ok::<(), engine::threads::EngineError>(())
     /// ```
     pub fn builder_with<M, X, G>(threads: usize, factory: G) -> EngineBuilder<X::Frontend>
     where

@@ -23,7 +23,7 @@ where
     /// # Examples
     ///
     /// ```
-    /// use engine_threads::Engine;
+    /// use engine::threads::Engine;
     ///
     /// let report = Engine::builder(1..=10_u64)
     ///     .filter_map(|n| (n % 2 == 0).then_some(n * 10))
@@ -33,7 +33,7 @@ where
     /// assert_eq!((transport.input, transport.output, transport.filtered), (10, 5, 5));
     /// assert_eq!(report.processed(), 5);
     /// report.check().expect("the counts add up");
-    /// # Ok::<(), engine_threads::EngineError>(())
+    /// # Ok::<(), engine::threads::EngineError>(())
     /// ```
     pub fn filter_map<O, G>(self, f: G) -> EngineBuilder<F, Present<FilterMapFn<G, F::Item>>, B>
     where
@@ -48,7 +48,7 @@ where
     /// # Examples
     ///
     /// ```
-    /// use engine_threads::Engine;
+    /// use engine::threads::Engine;
     ///
     /// let report = Engine::builder(["1", "2", "x", "4"])
     ///     .try_map(|s| s.parse::<u32>())
@@ -57,7 +57,7 @@ where
     /// let transport = report.stage("transport").expect("a transport stage").counts;
     /// assert_eq!((transport.input, transport.output, transport.failed), (4, 3, 1));
     /// report.check().expect("the counts add up");
-    /// # Ok::<(), engine_threads::EngineError>(())
+    /// # Ok::<(), engine::threads::EngineError>(())
     /// ```
     pub fn try_map<O, E, G>(self, f: G) -> EngineBuilder<F, Present<TryMapFn<G, F::Item>>, B>
     where
@@ -82,7 +82,7 @@ where
     /// Three inputs giving 0, 1 and 4 outputs:
     ///
     /// ```
-    /// use engine_threads::Engine;
+    /// use engine::threads::Engine;
     ///
     /// let report = Engine::builder([0_usize, 1, 4])
     ///     .flat_map(|n| vec![n; n])
@@ -95,7 +95,7 @@ where
     /// assert_eq!(transport.expanded, 3);
     /// assert_eq!(report.processed(), 5);
     /// report.check().expect("the counts add up");
-    /// # Ok::<(), engine_threads::EngineError>(())
+    /// # Ok::<(), engine::threads::EngineError>(())
     /// ```
     pub fn flat_map<I, G>(self, f: G) -> EngineBuilder<F, Present<FlatMapFn<G, F::Item>>, B>
     where
@@ -117,7 +117,7 @@ where
     /// ```
     /// use std::sync::Arc;
     /// use std::sync::atomic::{AtomicU64, Ordering};
-    /// use engine_threads::Engine;
+    /// use engine::threads::Engine;
     ///
     /// let sum = Arc::new(AtomicU64::new(0));
     /// let total = Arc::clone(&sum);
@@ -131,7 +131,7 @@ where
     /// let backend = report.stage("backend").expect("a backend stage").counts;
     /// assert_eq!((backend.input, backend.output), (100, 100));
     /// report.check().expect("the counts add up");
-    /// # Ok::<(), engine_threads::EngineError>(())
+    /// # Ok::<(), engine::threads::EngineError>(())
     /// ```
     pub fn for_each<G>(self, f: G) -> EngineBuilder<F, T, Present<ForEachFn<G, T::Output>>>
     where
@@ -146,7 +146,7 @@ where
     /// # Examples
     ///
     /// ```
-    /// use engine_threads::Engine;
+    /// use engine::threads::Engine;
     ///
     /// let report = Engine::builder(1..=10_u64)
     ///     .try_for_each(|n| if n == 7 { Err("seven") } else { Ok(()) })
@@ -154,7 +154,7 @@ where
     /// let backend = report.stage("backend").expect("a backend stage").counts;
     /// assert_eq!((backend.input, backend.output, backend.failed), (10, 9, 1));
     /// report.check().expect("the counts add up");
-    /// # Ok::<(), engine_threads::EngineError>(())
+    /// # Ok::<(), engine::threads::EngineError>(())
     /// ```
     pub fn try_for_each<E, G>(
         self,

@@ -23,12 +23,12 @@ use crate::stages::{self, Stages};
 /// # Examples
 ///
 /// ```
-/// use engine_threads::Engine;
+/// use engine::threads::Engine;
 ///
 /// let engine = Engine::builder(0..100_u64).backend(|_n: u64| {}).build()?;
 /// let handle = engine.spawn()?;
 /// assert_eq!(handle.join()?.processed(), 100);
-/// # Ok::<(), engine_threads::EngineError>(())
+/// # Ok::<(), engine::threads::EngineError>(())
 /// ```
 pub struct Engine<F, T = Absent, B = Absent> {
     plan: Plan<F, T, B>,

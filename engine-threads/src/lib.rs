@@ -6,7 +6,7 @@
 //! by bounded queues, so memory stays bounded whatever the speed of each stage.
 //!
 //! ```
-//! use engine_threads::Engine;
+//! use engine::threads::Engine;
 //!
 //! let report = Engine::builder(1..=10_000_u64)   // Any iterator is a frontend.
 //!     .transport(|n: u64| n + 1)                 // Any `FnMut(A) -> B` a transport.
@@ -15,7 +15,7 @@
 //!     .run()?;
 //! assert_eq!(report.processed(), 10_000);
 //! report.check().expect("every item is accounted for");
-//! # Ok::<(), engine_threads::EngineError>(())
+//! # Ok::<(), engine::threads::EngineError>(())
 //! ```
 //!
 //! The closure forms name what a closure does, and need no type annotations:
@@ -25,14 +25,14 @@
 //! backends.
 //!
 //! ```
-//! use engine_threads::Engine;
+//! use engine::threads::Engine;
 //!
 //! let report = Engine::builder(["a b", "", "c"])
 //!     .flat_map(|line| line.split_whitespace().map(str::to_owned).collect::<Vec<_>>())
 //!     .for_each(|_word| {})
 //!     .run()?;
 //! assert_eq!(report.processed(), 3); // "a", "b" and "c"; the empty line is filtered.
-//! # Ok::<(), engine_threads::EngineError>(())
+//! # Ok::<(), engine::threads::EngineError>(())
 //! ```
 //!
 //! # Promises

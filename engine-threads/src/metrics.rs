@@ -31,7 +31,7 @@ use crate::stats::{StageStats, Stats, StatsSource};
 /// [`Registry::register_collector`]: prometheus_client::registry::Registry::register_collector
 ///
 /// ```
-/// use engine_threads::Engine;
+/// use engine::threads::Engine;
 /// use prometheus_client::registry::Registry;
 ///
 /// let handle = Engine::builder(0..1000_u64).backend(|_: u64| {}).spawn()?;
