@@ -21,7 +21,7 @@ use crate::lease::{Keeper, Leave, OnOwnership, Ownership, Table};
 use crate::partition::partition_stream;
 use crate::retry::Backoff;
 use crate::source::{
-    Settlement, SourceOptions, default_consumer, fatal, remove_idle_consumers, started,
+    Settlement, SourceOptions, consumer_frontend, default_consumer, fatal, remove_idle_consumers,
 };
 use crate::writer::check_partitions;
 
@@ -416,30 +416,7 @@ impl<B: Broker + 'static> Running<B> {
     }
 }
 
-impl<T: DeserializeOwned, C: Connector> TrackedFrontend for KeyedSource<T, C> {
-    type Item = T;
-    type Ticket = KeyedTicket;
-
-    fn setup(&mut self, ctx: &StageContext) -> Result<(), StageError> {
-        self.running = Some(Running::start(&self.config, ctx)?);
-        Ok(())
-    }
-
-    fn produce(&mut self, ctx: &StageContext) -> Result<Option<TrackedItem<Self>>, StageError> {
-        let cfg = &self.config;
-        started(&mut self.running, || Running::start(cfg, ctx))?.produce(cfg, ctx)
-    }
-
-    fn stop_grace(&self) -> Duration {
-        self.config.options.stop_grace()
-    }
-
-    fn cleanup(&mut self, _ctx: &StageContext) {
-        if let Some(running) = self.running.take() {
-            running.finish(&self.config);
-        }
-    }
-}
+consumer_frontend!(KeyedSource, KeyedTicket);
 
 impl<T, C: Connector> fmt::Debug for KeyedSource<T, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -230,33 +230,7 @@ impl<T, C: Connector> StreamSource<T, C> {
     }
 }
 
-impl<T: DeserializeOwned, C: Connector> TrackedFrontend for StreamSource<T, C> {
-    type Item = T;
-    type Ticket = StreamTicket;
-
-    fn setup(&mut self, ctx: &StageContext) -> Result<(), StageError> {
-        self.running = Some(Running::start(&self.config, ctx)?);
-        Ok(())
-    }
-
-    fn produce(&mut self, ctx: &StageContext) -> Result<Option<TrackedItem<Self>>, StageError> {
-        let cfg = &self.config;
-        started(&mut self.running, || Running::start(cfg, ctx))?.produce(cfg, ctx)
-    }
-
-    /// A read ends within the [`block`](SourceOptions::block) time, and `cleanup` waits up
-    /// to the [`drain_timeout`](SourceOptions::drain_timeout) for the last acknowledgements:
-    /// an engine waits that long after a stop, so that they are sent when `run` returns.
-    fn stop_grace(&self) -> Duration {
-        self.config.options.stop_grace()
-    }
-
-    fn cleanup(&mut self, _ctx: &StageContext) {
-        if let Some(running) = self.running.take() {
-            running.finish(&self.config);
-        }
-    }
-}
+consumer_frontend!(StreamSource, StreamTicket);
 
 impl<T, C: Connector> fmt::Debug for StreamSource<T, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -299,6 +273,47 @@ pub(crate) fn decode<T: DeserializeOwned>(stream: &str, delivery: &Delivery) -> 
         }
     }
 }
+
+/// The [`TrackedFrontend`] of a stream consumer (`StreamSource`, `KeyedSource`): its running
+/// state is made in one place, `Running::start(&config, ctx)` of the module it is used in, at
+/// setup or by the first `produce` after a failed setup, and `cleanup` finishes it.
+macro_rules! consumer_frontend {
+    ($source:ident, $ticket:ty) => {
+        impl<T: DeserializeOwned, C: Connector> TrackedFrontend for $source<T, C> {
+            type Item = T;
+            type Ticket = $ticket;
+
+            fn setup(&mut self, ctx: &StageContext) -> Result<(), StageError> {
+                self.running = Some(Running::start(&self.config, ctx)?);
+                Ok(())
+            }
+
+            fn produce(
+                &mut self,
+                ctx: &StageContext,
+            ) -> Result<Option<TrackedItem<Self>>, StageError> {
+                let cfg = &self.config;
+                $crate::source::started(&mut self.running, || Running::start(cfg, ctx))?
+                    .produce(cfg, ctx)
+            }
+
+            /// A read ends within the [`block`](SourceOptions::block) time, and `cleanup`
+            /// waits up to the [`drain_timeout`](SourceOptions::drain_timeout) for the last
+            /// acknowledgements: an engine waits that long after a stop, so that they are sent
+            /// when `run` returns.
+            fn stop_grace(&self) -> Duration {
+                self.config.options.stop_grace()
+            }
+
+            fn cleanup(&mut self, _ctx: &StageContext) {
+                if let Some(running) = self.running.take() {
+                    running.finish(&self.config);
+                }
+            }
+        }
+    };
+}
+pub(crate) use consumer_frontend;
 
 /// The running state, started (once, by a `produce` after a failed setup) if it is not.
 pub(crate) fn started<R>(
