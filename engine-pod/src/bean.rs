@@ -89,7 +89,7 @@ impl<F> fmt::Debug for FnBean<F> {
 /// Makes a bean of an async function of its context.
 ///
 /// ```
-/// use engine_pod::{BeanContext, bean_fn};
+/// use engine::pod::{BeanContext, bean_fn};
 ///
 /// async fn hello(ctx: BeanContext) {
 ///     tracing::info!(id = %ctx.id(), "hello world!");
@@ -133,7 +133,7 @@ impl<F> fmt::Debug for BlockingBean<F> {
 /// deadline, the pod abandons the thread and ends anyway.
 ///
 /// ```
-/// use engine_pod::{BeanContext, blocking};
+/// use engine::pod::{BeanContext, blocking};
 ///
 /// let _bean = blocking(|ctx: BeanContext| {
 ///     while !ctx.is_stopping() {

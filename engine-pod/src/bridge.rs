@@ -45,8 +45,8 @@ const STOP_POLL: Duration = Duration::from_millis(20);
 /// channel at most (0: each send waits for the frontend to take its item).
 ///
 /// ```
-/// use engine_pod::feed;
-/// use engine_threads::Engine;
+/// use engine::pod::feed;
+/// use engine::threads::Engine;
 ///
 /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
 /// let (tx, frontend) = feed::<u64>(16);
@@ -71,8 +71,8 @@ pub fn feed<T>(capacity: usize) -> (Feed<T>, FeedFrontend<T>) {
 /// so the engine.
 ///
 /// ```
-/// use engine_pod::deliver;
-/// use engine_threads::Engine;
+/// use engine::pod::deliver;
+/// use engine::threads::Engine;
 ///
 /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
 /// let (backend, results) = deliver::<u64>(16);
@@ -337,8 +337,8 @@ impl<T, R> Feed<Call<T, R>> {
     /// channel, as [`send`](Self::send)).
     ///
     /// ```
-    /// use engine_pod::{Call, feed};
-    /// use engine_threads::Engine;
+    /// use engine::pod::{Call, feed};
+    /// use engine::threads::Engine;
     ///
     /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
     /// let (calls, frontend) = feed::<Call<u64, u64>>(8);

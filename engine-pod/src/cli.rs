@@ -212,7 +212,7 @@ enum RunError {
 /// runs. A program registers its beans, then returns this from `main`:
 ///
 /// ```no_run
-/// use engine_pod::{BeanContext, Registry, bean_fn, cli};
+/// use engine::pod::{BeanContext, Registry, bean_fn, cli};
 ///
 /// fn main() -> std::process::ExitCode {
 ///     let mut registry = Registry::with_builtins();

@@ -206,12 +206,12 @@ impl PodFile {
     /// [`ConfigError::Syntax`] or [`ConfigError::Bean`].
     ///
     /// ```
-    /// use engine_pod::PodFile;
+    /// use engine::pod::PodFile;
     ///
     /// let file = PodFile::parse("stop_wait_time = \"2s\"\n[[beans]]\ncore = \"echo\"\nport = 7")?;
     /// assert_eq!(file.pod.stop_wait_time, Some(std::time::Duration::from_secs(2)));
     /// assert_eq!(file.beans[0].params["port"].as_integer(), Some(7));
-    /// # Ok::<(), engine_pod::ConfigError>(())
+    /// # Ok::<(), engine::pod::ConfigError>(())
     /// ```
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
         let syntax = |message: String| ConfigError::Syntax {

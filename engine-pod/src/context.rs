@@ -118,7 +118,7 @@ impl BeanContext {
     /// a bean that declares no readiness. The beans are those `target` names when called.
     ///
     /// ```
-    /// use engine_pod::{BeanContext, BeanSpec, Pod, PodConfig, TcpServer, bean_fn};
+    /// use engine::pod::{BeanContext, BeanSpec, Pod, PodConfig, TcpServer, bean_fn};
     ///
     /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
     /// let mut pod = Pod::new(PodConfig::default());
@@ -128,9 +128,9 @@ impl BeanContext {
     ///     let server = ctx.bean(ctx.beans_labelled("echo")[0]).expect("the server");
     ///     let addr = server.address.expect("a bound server shows its address");
     ///     // Bound: the first try connects.
-    ///     tokio::net::TcpStream::connect(addr).await.map_err(engine_core::StageError::new)?;
+    ///     tokio::net::TcpStream::connect(addr).await.map_err(engine::core::StageError::new)?;
     ///     ctx.stop_pod();
-    ///     Ok::<_, engine_core::StageError>(())
+    ///     Ok::<_, engine::core::StageError>(())
     /// })));
     /// assert!(pod.run().await.is_success());
     /// # });

@@ -54,7 +54,7 @@ pub enum CtlError {
 /// A client of a pod's control API (the status bean).
 ///
 /// ```no_run
-/// use engine_pod::{BeanId, ControlClient, Target};
+/// use engine::pod::{BeanId, ControlClient, Target};
 ///
 /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
 /// let client = ControlClient::new("127.0.0.1:9100".parse()?, None);

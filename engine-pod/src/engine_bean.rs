@@ -50,8 +50,8 @@ impl LastReport {
 /// [`EngineBean::last_report`]; a stage failure fails the bean.
 ///
 /// ```
-/// use engine_pod::{BeanSpec, Pod, PodConfig, engine_bean};
-/// use engine_threads::Engine;
+/// use engine::pod::{BeanSpec, Pod, PodConfig, engine_bean};
+/// use engine::threads::Engine;
 ///
 /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
 /// let bean = engine_bean(|_ctx| {

@@ -35,7 +35,7 @@
 //!   feature then needs no second switch; `default-features = false` leaves axum out.
 //!
 //! ```
-//! use engine_pod::{BeanContext, BeanSpec, Pod, PodConfig, Target, bean_fn};
+//! use engine::pod::{BeanContext, BeanSpec, Pod, PodConfig, Target, bean_fn};
 //!
 //! # tokio::runtime::Runtime::new().unwrap().block_on(async {
 //! let mut pod = Pod::new(PodConfig::default());

@@ -40,7 +40,7 @@ const STATES: [BeanState; 9] = [
 /// the beans pay nothing between scrapes.
 ///
 /// ```
-/// use engine_pod::{BeanContext, BeanSpec, Pod, PodConfig, bean_fn};
+/// use engine::pod::{BeanContext, BeanSpec, Pod, PodConfig, bean_fn};
 /// use prometheus_client::registry::Registry;
 ///
 /// # tokio::runtime::Runtime::new().unwrap().block_on(async {

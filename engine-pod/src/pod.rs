@@ -18,7 +18,7 @@ use crate::state::{BeanId, BeanStatus, ControlError, PodReport, SignalEvent, Tar
 /// [`Registry`](crate::Registry).
 ///
 /// ```
-/// use engine_pod::{BeanContext, BeanSpec, Pod, PodConfig, bean_fn};
+/// use engine::pod::{BeanContext, BeanSpec, Pod, PodConfig, bean_fn};
 ///
 /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
 /// let mut pod = Pod::new(PodConfig::default());

@@ -20,7 +20,7 @@ pub type BeanFactory = Arc<dyn Fn(&BeanConfig) -> Result<Arc<dyn Bean>, ConfigEr
 /// Named bean factories.
 ///
 /// ```
-/// use engine_pod::{BeanContext, PodFile, Registry, bean_fn};
+/// use engine::pod::{BeanContext, PodFile, Registry, bean_fn};
 ///
 /// #[derive(serde::Deserialize)]
 /// #[serde(deny_unknown_fields)]
@@ -38,7 +38,7 @@ pub type BeanFactory = Arc<dyn Fn(&BeanConfig) -> Result<Arc<dyn Bean>, ConfigEr
 ///
 /// let bad = PodFile::parse("[[beans]]\ncore = \"hello\"\nnmae = \"Ozzy\"")?;
 /// assert!(registry.build(bad).unwrap_err().to_string().contains("unknown field `nmae`"));
-/// # Ok::<(), engine_pod::ConfigError>(())
+/// # Ok::<(), engine::pod::ConfigError>(())
 /// ```
 #[derive(Clone, Default)]
 pub struct Registry {

@@ -62,7 +62,7 @@ pub enum StatusError {
 /// The status bean; registered as `status`.
 ///
 /// ```
-/// use engine_pod::{BeanSpec, Pod, PodConfig, StatusServer};
+/// use engine::pod::{BeanSpec, Pod, PodConfig, StatusServer};
 ///
 /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
 /// let server = StatusServer::new();

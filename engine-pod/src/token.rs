@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 /// The token the control API asks for (`Authorization: Bearer TOKEN`). Shown as `***`.
 ///
 /// ```
-/// use engine_pod::ControlToken;
+/// use engine::pod::ControlToken;
 ///
 /// let token = ControlToken::new("s3cret").expect("not empty");
 /// assert!(token.matches("s3cret") && !token.matches("s3cre"));

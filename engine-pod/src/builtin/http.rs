@@ -45,7 +45,7 @@ type MakeApp = dyn Fn(&BeanContext) -> Router + Send + Sync;
 ///
 /// ```
 /// use axum::{Extension, Router, routing::get};
-/// use engine_pod::{BeanContext, BeanSpec, HttpServer, Pod, PodConfig};
+/// use engine::pod::{BeanContext, BeanSpec, HttpServer, Pod, PodConfig};
 ///
 /// async fn beans(Extension(ctx): Extension<BeanContext>) -> String {
 ///     format!("{} beans", ctx.beans().len())
@@ -87,7 +87,7 @@ impl HttpServer {
     ///
     /// ```
     /// use axum::{Router, extract::State, routing::get};
-    /// use engine_pod::{BeanContext, HttpServer};
+    /// use engine::pod::{BeanContext, HttpServer};
     ///
     /// async fn me(State(ctx): State<BeanContext>) -> String {
     ///     format!("bean {}", ctx.id())

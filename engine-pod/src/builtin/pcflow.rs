@@ -28,7 +28,7 @@ const MAX_CONSUMERS: usize = 65_536;
 /// use std::sync::Arc;
 /// use std::sync::atomic::{AtomicU64, Ordering};
 ///
-/// use engine_pod::{BeanContext, BeanFuture, BeanSpec, Flow, PcFlow, Pod, PodConfig, Producer};
+/// use engine::pod::{BeanContext, BeanFuture, BeanSpec, Flow, PcFlow, Pod, PodConfig, Producer};
 ///
 /// #[derive(Default)]
 /// struct Sum(AtomicU64);

@@ -22,7 +22,7 @@ use crate::guard::guarded;
 /// use std::sync::Arc;
 /// use std::sync::atomic::{AtomicBool, Ordering};
 ///
-/// use engine_pod::{BeanContext, BeanFuture, BeanSpec, Pod, PodConfig, Simple, SimpleServer};
+/// use engine::pod::{BeanContext, BeanFuture, BeanSpec, Pod, PodConfig, Simple, SimpleServer};
 ///
 /// #[derive(Default)]
 /// struct Ticker {

@@ -82,7 +82,7 @@ enum Source {
 /// error keeps the reader for the next start.
 ///
 /// ```
-/// use engine_pod::{BeanSpec, Pod, PodConfig, StdinReader};
+/// use engine::pod::{BeanSpec, Pod, PodConfig, StdinReader};
 ///
 /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
 /// let input: &[u8] = b"first line\nsecond line\n";

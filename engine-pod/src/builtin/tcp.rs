@@ -100,7 +100,7 @@ pub type ConnectionFuture = Pin<Box<dyn Future<Output = io::Result<()>> + Send +
 /// ```
 /// use std::net::SocketAddr;
 ///
-/// use engine_pod::{BeanContext, TcpServer};
+/// use engine::pod::{BeanContext, TcpServer};
 /// use tokio::io::AsyncWriteExt;
 /// use tokio::net::TcpStream;
 ///
@@ -222,7 +222,7 @@ impl Drop for MarkDown {
 /// the open connections, which see the bean's stop.
 ///
 /// ```
-/// use engine_pod::{BeanSpec, Pod, PodConfig, TcpServer};
+/// use engine::pod::{BeanSpec, Pod, PodConfig, TcpServer};
 /// use tokio::io::{AsyncReadExt, AsyncWriteExt};
 ///
 /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
@@ -280,7 +280,7 @@ impl TcpServer {
     /// server registers its signal handlers ([`BeanContext::on_signal`]).
     ///
     /// ```
-    /// use engine_pod::{BeanContext, TcpServer};
+    /// use engine::pod::{BeanContext, TcpServer};
     ///
     /// let _server = TcpServer::echo().on_start(|ctx: &BeanContext| {
     ///     ctx.on_signal("hello", |event| tracing::info!(payload = %event.payload, "hello"));
