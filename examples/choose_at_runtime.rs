@@ -78,7 +78,9 @@ fn transport(step: Step) -> BoxTransport<String, String> {
             (!line.trim().is_empty()).then_some(line)
         })),
         Step::Words => Box::new(flat_map(|line: String| {
-            line.split_whitespace().map(str::to_owned).collect::<Vec<_>>()
+            line.split_whitespace()
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
         })),
     }
 }
@@ -93,8 +95,13 @@ fn backend(sink: Sink, found: &Found) -> BoxBackend<String> {
             (move |line: String| found.lock().expect("not poisoned").push(line)).into_backend(),
         ),
         Sink::Length => Box::new(
-            (move |line: String| found.lock().expect("not poisoned").push(line.len().to_string()))
-                .into_backend(),
+            (move |line: String| {
+                found
+                    .lock()
+                    .expect("not poisoned")
+                    .push(line.len().to_string())
+            })
+            .into_backend(),
         ),
     }
 }
@@ -132,7 +139,10 @@ fn run(source: Source, step: Step, sink: Sink) -> anyhow::Result<()> {
     // Two transport and two backend threads: the order is not kept, the multiset is.
     got.sort();
     want.sort();
-    ensure!(got == want, "{source:?} -> {step:?} -> {sink:?}: {got:?} != {want:?}");
+    ensure!(
+        got == want,
+        "{source:?} -> {step:?} -> {sink:?}: {got:?} != {want:?}"
+    );
     println!(
         "{source:?} -> {step:?} -> {sink:?}: {} lines in, {} items out, {} filtered",
         report.produced(),
