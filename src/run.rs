@@ -99,7 +99,9 @@ fn parse_key(text: &str) -> Result<LineKey, String> {
 
 /// Parses `--from`/`--to`; an error is a usage error (exit code 2).
 #[cfg(feature = "redis")]
-pub(crate) fn parse_stream_address(text: &str) -> Result<Box<engine::redis::StreamAddress>, String> {
+pub(crate) fn parse_stream_address(
+    text: &str,
+) -> Result<Box<engine::redis::StreamAddress>, String> {
     engine::redis::StreamAddress::parse(text)
         .map(Box::new)
         .map_err(|err| err.to_string())
@@ -195,9 +197,9 @@ fn backend(args: &RunArgs) -> BoxBackend<String> {
         let sink = engine::redis::StreamSink::<String>::new((**to).clone());
         let key = args.key;
         return match to.partitions() {
-            Some(partitions) => Box::new(
-                sink.keyed(partitions, move |line: &String| key.of(line).as_bytes().to_vec()),
-            ),
+            Some(partitions) => Box::new(sink.keyed(partitions, move |line: &String| {
+                key.of(line).as_bytes().to_vec()
+            })),
             None => Box::new(sink),
         };
     }
@@ -348,4 +350,3 @@ pub(crate) fn run(_args: &RunArgs) -> ExitCode {
     );
     ExitCode::from(2)
 }
-
