@@ -8,6 +8,8 @@
 //! Each run checks its result against the same computation done with plain iterators. With no
 //! flags, it runs every combination of source, transport and sink, and checks each.
 
+#![allow(clippy::print_stdout, reason = "an example shows its results")]
+
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, ensure};
