@@ -60,7 +60,7 @@ const MAX_SETTLE_BATCH: usize = 8192;
 ///   dropped by an abort, or failed under `ErrorPolicy::Stop`, stays pending and is
 ///   delivered again; the error is recorded for its dead letter.
 /// - **Healing.** At the start and after any error on its connection, the source reads its
-///   own pending list again ([`Broker::own_pending`], then [`Broker::claim_ids`] for what is
+///   own pending list again ([`Broker::own_pending`](crate::Broker::own_pending), then [`Broker::claim_ids`](crate::Broker::claim_ids) for what is
 ///   not in its pipeline) before it reads new entries, so entries delivered in a reply that
 ///   never arrived are handed out as soon as the connection is back.
 /// - **Redelivery.** A sweep (`XAUTOCLAIM`), at the start and then every

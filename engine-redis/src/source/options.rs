@@ -10,7 +10,7 @@ use super::{
 use crate::address::StreamAddress;
 use crate::sink::DEFAULT_RETRY_FOR;
 
-/// The options of a [`StreamSource`].
+/// The options of a [`StreamSource`](crate::StreamSource).
 ///
 /// # Examples
 ///
@@ -80,7 +80,7 @@ impl SourceOptions {
     /// min-idle-time; default [`DEFAULT_CLAIM_IDLE`]).
     ///
     /// A live source says every third of this time that it still works on the items it
-    /// handed to its pipeline ([`Broker::keep_alive`]), so a slow pipeline does not get its
+    /// handed to its pipeline ([`Broker::keep_alive`](crate::Broker::keep_alive)), so a slow pipeline does not get its
     /// items taken over; entries it read but has not handed out yet (at most one read's
     /// [`batch`](Self::batch)) are not covered, so keep it well above what the pipeline
     /// takes to accept one batch.

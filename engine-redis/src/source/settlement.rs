@@ -15,7 +15,7 @@ use engine_core::plumbing::lock;
 /// before `run` returns, through the source's
 /// [`stop_grace`](engine_core::plumbing::TrackedFrontend::stop_grace); the settlement is for watching
 /// progress, and for an engine that does not wait for its frontends. Cloning shares the
-/// counts; sources given the same settlement ([`StreamSource::with_settlement`]) share it.
+/// counts; sources given the same settlement ([`StreamSource::with_settlement`](crate::StreamSource::with_settlement)) share it.
 ///
 /// # Examples
 ///

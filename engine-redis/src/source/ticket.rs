@@ -20,7 +20,7 @@ pub(super) enum Completion {
     Released(EntryId),
 }
 
-/// The ticket of an item of a [`StreamSource`]: acknowledges the entry when the item is
+/// The ticket of an item of a [`StreamSource`](crate::StreamSource): acknowledges the entry when the item is
 /// [finished](Outcome::is_finished), and otherwise leaves it pending to be delivered again.
 ///
 /// Acknowledgements are batched: the ticket hands the entry's id to the source's

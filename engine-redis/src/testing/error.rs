@@ -11,7 +11,7 @@ use std::time::Duration;
 const INSTALL_HINT: &str = "install it with `apt-get install -y redis-server` (Debian/Ubuntu) \
                             or `brew install redis` (macOS), or put it on PATH";
 
-/// Why a [`Server`] could not start.
+/// Why a [`Server`](crate::testing::Server) could not start.
 ///
 /// `Debug` shows the same message as `Display`, followed by its causes, so that an
 /// `unwrap()` in a test says how to install `redis-server` too.
