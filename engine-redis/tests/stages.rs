@@ -227,7 +227,11 @@ fn a_poison_item_ends_in_the_dead_letter_stream_after_the_limit() {
         engine_core::protocol::from_bytes::<u64>(&payload).unwrap(),
         13
     );
-    assert_eq!(letter.get::<u64>("deliveries"), Some(4));
+    // Past the limit of 3. Usually 4, but with a claim as soon as the entry is idle (1 ms, far
+    // below any real setting) the run that buries it may count one delivery more: its sweep
+    // can claim the entry its own start-up read of its pending list just took.
+    let deliveries = letter.get::<u64>("deliveries").unwrap();
+    assert!((4..=5).contains(&deliveries), "deliveries {deliveries}");
     assert_eq!(letter.get::<String>("stream").as_deref(), Some("jobs"));
     let reason: String = letter.get("reason").unwrap();
     assert!(reason.contains("poison item 13"), "{reason}");
