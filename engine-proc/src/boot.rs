@@ -356,7 +356,7 @@ pub(crate) fn spawn(
                 "--nocapture",
                 "-q",
             ]);
-            let shown = std::env::args().any(|a| a == "--nocapture" || a == "--show-output");
+            let shown = std::env::args_os().any(|a| a == "--nocapture" || a == "--show-output");
             if !shown {
                 command.stdout(Stdio::null());
             }

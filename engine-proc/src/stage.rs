@@ -126,16 +126,9 @@ struct Placed<S, W: Program> {
     workers: Option<usize>,
     config: Config,
     slot: Slot<W>,
-    joined: Joined<W>,
-}
-
-/// Whether this engine thread is connected to the stage's workers. Only `setup`, which
-/// receives the thread's context, connects it ([`Placed::join`]); `cleanup` leaves.
-enum Joined<W: Program> {
-    /// Not set up (or cleaned up): a clone waiting for its engine thread.
-    No,
-    /// Set up: this thread's lane to the workers.
-    Yes(Lane<W>),
+    /// This engine thread's lane to the stage's workers: `None` until `setup`, which receives
+    /// the thread's context, connects it ([`Placed::join`]), and after `cleanup` leaves.
+    lane: Option<Lane<W>>,
 }
 
 impl<S: Clone, W: Program> Clone for Placed<S, W> {
@@ -145,7 +138,7 @@ impl<S: Clone, W: Program> Clone for Placed<S, W> {
             workers: self.workers,
             config: self.config.clone(),
             slot: self.slot.clone(),
-            joined: Joined::No,
+            lane: None,
         }
     }
 }
@@ -160,7 +153,7 @@ impl<S: Serialize, W: Program<Init = PlacedInit>> Placed<S, W> {
                 ..Config::default()
             },
             slot: Slot::default(),
-            joined: Joined::No,
+            lane: None,
         }
     }
 
@@ -181,7 +174,7 @@ impl<S: Serialize, W: Program<Init = PlacedInit>> Placed<S, W> {
                 })
                 .collect())
         })?;
-        self.joined = Joined::Yes(lane);
+        self.lane = Some(lane);
         Ok(())
     }
 }
@@ -189,20 +182,18 @@ impl<S: Serialize, W: Program<Init = PlacedInit>> Placed<S, W> {
 impl<S, W: Program> Placed<S, W> {
     /// Disconnects this engine thread; the last to leave stops the workers.
     fn leave(&mut self) {
-        self.joined = Joined::No;
+        self.lane = None;
     }
 
     /// This engine thread's lane, once set up.
     fn lane(&mut self) -> Option<&mut Lane<W>> {
-        match &mut self.joined {
-            Joined::Yes(lane) => Some(lane),
-            Joined::No => None,
-        }
+        self.lane.as_mut()
     }
 
-    /// Runs one item through the workers and waits for its outputs: for an engine that calls
-    /// the stage per item rather than offloading its batches.
-    fn call<I, O>(&mut self, item: I) -> Result<Vec<O>, StageError>
+    /// Runs one item through the workers and waits for its outcome: for an engine that calls
+    /// the stage per item rather than offloading its batches. A failed or dropped item is the
+    /// error; what comes back is done, many or filtered.
+    fn call<I, O>(&mut self, item: I) -> Result<ItemOutcome<O>, StageError>
     where
         W: Program<Task = Vec<I>, Output = Vec<ItemOutcome<O>>>,
         I: Send + 'static,
@@ -211,11 +202,9 @@ impl<S, W: Program> Placed<S, W> {
             .lane()
             .ok_or_else(|| StageError::msg("the placed stage was not set up").fatal())?;
         match lane.call(item) {
-            ItemOutcome::Done(output) => Ok(vec![output]),
-            ItemOutcome::Many(outputs) => Ok(outputs),
-            ItemOutcome::Filtered => Ok(Vec::new()),
             ItemOutcome::Failed(error) => Err(error),
             ItemOutcome::Dropped => Err(StageError::msg("the run was stopped").fatal()),
+            settled => Ok(settled),
         }
     }
 }
@@ -330,7 +319,7 @@ macro_rules! placed_stage {
                         workers,
                         config,
                         slot: Slot::default(),
-                        joined: Joined::No,
+                        lane: None,
                     },
                 }
             }
@@ -369,12 +358,14 @@ impl<S: RemoteTransport, C: PortableConfig> Transport for ProcTransport<S, C> {
         item: S::Input,
         _ctx: &StageContext,
     ) -> Result<Option<S::Output>, StageError> {
-        let mut outputs = self.placed.call(item)?;
-        match outputs.len() {
-            0 | 1 => Ok(outputs.pop()),
-            n => Err(StageError::msg(format!(
-                "the placed transport gave {n} outputs for one item to a caller that takes one"
+        match self.placed.call(item)? {
+            ItemOutcome::Done(output) => Ok(Some(output)),
+            ItemOutcome::Many(mut outputs) if outputs.len() <= 1 => Ok(outputs.pop()),
+            ItemOutcome::Many(outputs) => Err(StageError::msg(format!(
+                "the placed transport gave {} outputs for one item to a caller that takes one",
+                outputs.len()
             ))),
+            _ => Ok(None),
         }
     }
 
@@ -388,7 +379,11 @@ impl<S: RemoteTransport, C: PortableConfig> Transport for ProcTransport<S, C> {
         _ctx: &StageContext,
         out: &mut Vec<S::Output>,
     ) -> Result<(), StageError> {
-        out.extend(self.placed.call(item)?);
+        match self.placed.call(item)? {
+            ItemOutcome::Done(output) => out.push(output),
+            ItemOutcome::Many(outputs) => out.extend(outputs),
+            _ => {}
+        }
         Ok(())
     }
 

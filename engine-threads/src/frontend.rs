@@ -5,14 +5,14 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use engine_core::plumbing::{Outcome, TrackedFrontend};
+use engine_core::plumbing::{Outcome, TrackedFrontend, catch_panic};
 use engine_core::{StageContext, StageError};
 
 use crate::counters::ThreadStats;
 use crate::factory::Factory;
 use crate::input::Window;
 use crate::link::{FrontSlot, Link, Offer, complete};
-use crate::shared::{Event, Flow, Shared, cleanup, guarded, last_resort, stage_span};
+use crate::shared::{Event, Flow, Shared, cleanup, last_resort, stage_span};
 
 /// What a frontend thread needs, moved to it.
 pub(crate) struct FrontendThread<F: TrackedFrontend> {
@@ -52,7 +52,7 @@ where
     fn work(self, ctx: &StageContext) -> Duration {
         let started = Instant::now();
         let slot = Arc::clone(&self.link.slots()[self.index]);
-        let stage = guarded(|| {
+        let stage = catch_panic(|| {
             let mut stage = (self.factory)(ctx);
             stage.setup(ctx).map(|()| stage)
         });

@@ -151,14 +151,18 @@ impl<K: Ticket, I: Send + 'static> Launcher<K, I> {
         self.consumers.swap(n - 2, n - 1);
     }
 
-    fn context(&self, kind: StageKind, index: usize, instances: usize) -> StageContext {
-        let name = match kind {
+    /// The name of the stage of this kind.
+    fn name(&self, kind: StageKind) -> &Arc<str> {
+        match kind {
             StageKind::Frontend => &self.options.names[0],
             StageKind::Transport => &self.options.names[1],
             StageKind::Backend => &self.options.names[2],
-        };
+        }
+    }
+
+    fn context(&self, kind: StageKind, index: usize, instances: usize) -> StageContext {
         StageContext::new(
-            Arc::clone(name),
+            Arc::clone(self.name(kind)),
             kind,
             index,
             instances,
@@ -223,7 +227,7 @@ impl<K: Ticket, I: Send + 'static> Launcher<K, I> {
         M: FnOnce(&StageContext) -> S + Send + 'static,
     {
         let mut stage = ConsumerStage {
-            name: Arc::clone(self.context(kind, 0, threads).stage_name()),
+            name: Arc::clone(self.name(kind)),
             kind,
             input: Arc::clone(input) as Arc<dyn LinkView>,
             handles: Vec::new(),

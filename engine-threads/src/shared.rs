@@ -176,11 +176,6 @@ pub(crate) fn last_resort<R>(
     }
 }
 
-/// Runs `f`, turning a panic into an error.
-pub(crate) fn guarded<T>(f: impl FnOnce() -> Result<T, StageError>) -> Result<T, StageError> {
-    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|payload| Err(StageError::from_panic(payload)))
-}
-
 /// Runs a stage's cleanup, logging a panic instead of spreading it.
 pub(crate) fn cleanup(ctx: &StageContext, f: impl FnOnce()) {
     if let Err(payload) = catch_unwind(AssertUnwindSafe(f)) {

@@ -3,12 +3,12 @@
 
 use std::time::Duration;
 
-use engine_core::plumbing::{ItemOutcome, Offload, Outcome, Ticket};
+use engine_core::plumbing::{ItemOutcome, Offload, Outcome, Ticket, catch_panic};
 use engine_core::{Backend, Counts, StageContext, StageError};
 
 use super::{Consume, Here, settle, settle_not_done};
 use crate::link::complete;
-use crate::shared::{Flow, guarded};
+use crate::shared::Flow;
 
 /// A backend thread's stage, and the tickets of the items processed since its last flush.
 #[derive(Debug)]
@@ -33,7 +33,7 @@ impl<S: Backend, K: Ticket> BackendStage<S, K> {
         if self.unflushed.is_empty() {
             return true;
         }
-        match guarded(|| self.stage.flush(at.ctx)) {
+        match catch_panic(|| self.stage.flush(at.ctx)) {
             Ok(()) => {
                 for ticket in self.unflushed.drain(..) {
                     complete(ticket, Outcome::Processed);

@@ -14,7 +14,7 @@ mod transport;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use engine_core::plumbing::{ItemOutcome, Offload, Outcome, Ticket};
+use engine_core::plumbing::{ItemOutcome, Offload, Outcome, Ticket, catch_panic};
 use engine_core::{Counts, StageContext, StageError};
 
 pub(crate) use backend::BackendStage;
@@ -23,7 +23,7 @@ pub(crate) use transport::TransportStage;
 use crate::counters::{ThreadResult, ThreadStats};
 use crate::input::Input;
 use crate::link::complete;
-use crate::shared::{Flow, Shared, cleanup, guarded, last_resort, stage_span};
+use crate::shared::{Flow, Shared, cleanup, last_resort, stage_span};
 
 /// A transport or a backend, as the consumer loop drives it.
 pub(crate) trait Consume<K: Ticket> {
@@ -89,9 +89,8 @@ fn settle_not_done<K: Ticket, D>(
         // Only a transport may give many outputs, and it settles them itself: from a backend
         // this is a bug in the offloading stage, which fails the item rather than the thread.
         ItemOutcome::Many(_) => {
-            counts.failed += 1;
             let error = StageError::msg("the offloaded backend gave outputs for an item");
-            at.shared.item_failed(at.ctx, error, Some(ticket))
+            settle_not_done(ticket, ItemOutcome::<D>::Failed(error), at, counts)
         }
         ItemOutcome::Filtered => {
             settle(ticket, Outcome::Filtered, &mut counts.filtered);
@@ -160,7 +159,7 @@ fn make_stage<K: Ticket, S: Consume<K>>(
     ctx: &StageContext,
     shared: &Shared,
 ) -> Option<S> {
-    let setup = guarded(|| {
+    let setup = catch_panic(|| {
         let mut stage = make(ctx);
         stage.setup(ctx).map(|()| stage)
     });

@@ -174,8 +174,7 @@ where
                 match self.pass_on_many(ticket, counts) {
                     Ok(()) => Flow::Continue,
                     Err((ticket, error)) => {
-                        counts.failed += 1;
-                        at.shared.item_failed(at.ctx, error, Some(ticket))
+                        settle_not_done(ticket, ItemOutcome::<S::Output>::Failed(error), at, counts)
                     }
                 }
             }
