@@ -74,7 +74,11 @@ unsafe fn fill(base: NonNull<u8>, body: &[u8]) {
     unsafe { std::ptr::copy_nonoverlapping(body.as_ptr(), base.as_ptr().add(HEADER), body.len()) }
 }
 
-static KEPT: Mutex<Vec<Region>> = Mutex::new(Vec::new());
+/// The regions a process keeps.
+struct Kept(Mutex<Vec<Region>>);
+
+/// This process's kept regions.
+static KEPT: Kept = Kept::new();
 
 /// A kept region filled for one send, until its receiver clears the flag.
 pub(crate) struct Lease {
@@ -93,24 +97,34 @@ impl Lease {
 
 /// A region holding `body`, to send; and the lease on it.
 pub(crate) fn lease(body: &[u8]) -> (IpcSharedMemory, Lease) {
-    let mut kept = lock(&KEPT);
-    let free = smallest_free(&kept, body.len());
-    let Some(index) = free.or_else(|| make_room(&mut kept, body.len())) else {
-        drop(kept);
-        let region = Region::new(body.len());
+    KEPT.lease(body)
+}
+
+impl Kept {
+    const fn new() -> Self {
+        Self(Mutex::new(Vec::new()))
+    }
+
+    fn lease(&self, body: &[u8]) -> (IpcSharedMemory, Lease) {
+        let mut kept = lock(&self.0);
+        let free = smallest_free(&kept, body.len());
+        let Some(index) = free.or_else(|| make_room(&mut kept, body.len())) else {
+            drop(kept);
+            let region = Region::new(body.len());
+            region.flag().store(1, Ordering::Relaxed);
+            // SAFETY: the region is new, with room for the body, and ours.
+            unsafe { fill(region.base, body) };
+            return (region.shm, Lease { base: None });
+        };
+        let region = &kept[index];
         region.flag().store(1, Ordering::Relaxed);
-        // SAFETY: the region is new, with room for the body, and ours.
-        unsafe { fill(region.base, body) };
-        return (region.shm, Lease { base: None });
-    };
-    let region = &kept[index];
-    region.flag().store(1, Ordering::Relaxed);
-    let (base, shm) = (region.base, region.shm.clone());
-    drop(kept);
-    // SAFETY: the region has room for the body, its flag is ours, and a kept region whose
-    // flag is set is never dropped (see `make_room`), so `base` stays mapped.
-    unsafe { fill(base, body) };
-    (shm, Lease { base: Some(base) })
+        let (base, shm) = (region.base, region.shm.clone());
+        drop(kept);
+        // SAFETY: the region has room for the body, its flag is ours, and a kept region whose
+        // flag is set is never dropped (see `make_room`), so `base` stays mapped.
+        unsafe { fill(base, body) };
+        (shm, Lease { base: Some(base) })
+    }
 }
 
 /// The index of the smallest kept region that is free and has room for `len` bytes.
@@ -170,12 +184,16 @@ fn bad_region(found: String) -> ProtocolError {
 mod tests {
     use super::*;
 
+    // Each test leases from a pool of its own: a region freed in one test must not be taken
+    // by a test running beside it before the first reads its flag.
+
     #[test]
     fn a_region_is_filled_again_once_its_body_was_taken() {
+        let kept = Kept::new();
         let body = vec![7u8; 100_000];
-        let (first, first_lease) = lease(&body);
+        let (first, first_lease) = kept.lease(&body);
         assert!(first_lease.base.is_some(), "a region of 128 KiB is kept");
-        let (second, second_lease) = lease(&body);
+        let (second, second_lease) = kept.lease(&body);
         assert_ne!(
             first_lease.base, second_lease.base,
             "a busy region is not lent twice"
@@ -183,7 +201,7 @@ mod tests {
         assert_eq!(take(first, body.len() as u64).unwrap(), body);
         // The first region is free again: the next body goes there.
         let other = vec![9u8; 90_000];
-        let (third, lease) = lease(&other);
+        let (third, lease) = kept.lease(&other);
         assert!(lease.base.is_some());
         assert_eq!(take(third, other.len() as u64).unwrap(), other);
         assert_eq!(take(second, body.len() as u64).unwrap(), body);
@@ -191,8 +209,9 @@ mod tests {
 
     #[test]
     fn a_length_beyond_the_region_is_a_protocol_error_and_frees_the_region() {
+        let kept = Kept::new();
         let body = vec![1u8; 70_000];
-        let (region, _) = lease(&body);
+        let (region, _) = kept.lease(&body);
         let copy = region.clone();
         assert!(take(region, u64::MAX).is_err());
         assert_eq!(
@@ -203,8 +222,9 @@ mod tests {
 
     #[test]
     fn a_failed_send_gives_the_region_back() {
+        let kept = Kept::new();
         let body = vec![3u8; 200_000];
-        let (region, lease) = lease(&body);
+        let (region, lease) = kept.lease(&body);
         assert_eq!(
             flag_at(NonNull::from(&region[..]).cast()).load(Ordering::Acquire),
             1

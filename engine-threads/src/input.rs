@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crossbeam_channel::{Receiver, Select, Sender};
 use engine_core::plumbing::Ticket;
 
-use crate::link::{Abort, Batch, Link};
+use crate::link::{Abort, Batch, Link, Polled};
 
 /// Ordered mode: how far the sink has delivered, so that the frontend stays within a window
 /// of it and the sink's reorder buffer stays bounded.
@@ -102,6 +102,26 @@ impl<K: Ticket, T: Send> Input<K, T> {
             }
             let batch = self.link.recv()?;
             order.pending.insert(batch.seq, batch);
+        }
+    }
+
+    /// Takes a batch without waiting (in ordered mode, only the next in sequence).
+    pub(crate) fn try_recv(&mut self) -> Polled<Batch<K, T>> {
+        let Some(order) = &mut self.order else {
+            return self.link.try_recv();
+        };
+        loop {
+            if let Some(batch) = order.pending.remove(&order.next) {
+                order.next += 1;
+                order.window.advance(order.next);
+                return Polled::Ready(batch);
+            }
+            match self.link.try_recv() {
+                Polled::Ready(batch) => {
+                    order.pending.insert(batch.seq, batch);
+                }
+                other => return other,
+            }
         }
     }
 

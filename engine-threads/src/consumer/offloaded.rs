@@ -15,7 +15,7 @@ use engine_core::StageError;
 use engine_core::plumbing::{Finished, ItemOutcome, Ticket};
 
 use super::{Consume, Consumer};
-use crate::link::Batch;
+use crate::link::{Batch, Polled};
 use crate::shared::Flow;
 
 /// A batch in flight: its tag, its place in frontend order, and its items' tickets.
@@ -59,6 +59,12 @@ impl<K: Ticket, S: Consume<K>> Consumer<'_, K, S> {
 
     /// Submits input batches and settles what comes back until the input ends; false if the
     /// run should stop taking input.
+    ///
+    /// With batches in flight, the thread only takes input that is already queued, and
+    /// otherwise waits for a batch to come back: it never blocks on its input while results of
+    /// its own wait to be settled. (A look at the queue followed by a blocking receive could
+    /// lose the race for the batch it saw to another thread of the stage, and then wait for
+    /// input that, in ordered mode, only its own unsettled results could let in.)
     fn offload_all(&mut self, flights: &mut Flights<K>, started: Instant) -> bool {
         loop {
             while let Some(done) = self.finished(false) {
@@ -66,21 +72,23 @@ impl<K: Ticket, S: Consume<K>> Consumer<'_, K, S> {
                     return false;
                 }
             }
-            let full = flights.in_flight.len() >= flights.capacity;
-            if full || (!flights.in_flight.is_empty() && !self.input.has_ready()) {
-                if !self.settle_next(flights) {
-                    return false;
-                }
-            } else {
+            let next = if flights.in_flight.len() >= flights.capacity {
+                Polled::Empty
+            } else if flights.in_flight.is_empty() {
                 let t = Instant::now();
                 let batch = self.input.recv();
                 flights.waited += t.elapsed();
-                let Some(batch) = batch else {
-                    return true;
-                };
-                if !self.submit(flights, batch) {
-                    return false;
-                }
+                batch.map_or(Polled::Ended, Polled::Ready)
+            } else {
+                self.input.try_recv()
+            };
+            let go_on = match next {
+                Polled::Ready(batch) => self.submit(flights, batch),
+                Polled::Empty => self.settle_next(flights),
+                Polled::Ended => return true,
+            };
+            if !go_on {
+                return false;
             }
             let busy = self.busy + started.elapsed().saturating_sub(flights.waited);
             self.stats.publish(&self.counts, busy, self.stage.blocked());
@@ -161,16 +169,158 @@ impl<K: Ticket, S: Consume<K>> Consumer<'_, K, S> {
     }
 
     /// The stage says nothing is in flight while the engine holds tickets: a bug in the
-    /// stage. The items fail rather than hang the run.
+    /// stage. The items fail rather than hang the run, and each batch still ends, so that in
+    /// ordered mode the sink does not wait for its place in the sequence.
     fn lost(&mut self, flights: &mut Flights<K>) {
-        let tickets: Vec<K> = flights
-            .in_flight
-            .drain(..)
-            .flat_map(|f| f.tickets)
-            .collect();
-        let n = tickets.len();
-        self.counts.failed += n as u64;
-        let error = StageError::msg("the offloading stage lost these items");
-        let _ = self.at.shared.items_failed(self.at.ctx, error, n, tickets);
+        for flight in std::mem::take(&mut flights.in_flight) {
+            let n = flight.tickets.len();
+            self.counts.failed += n as u64;
+            let error = StageError::msg("the offloading stage lost these items");
+            let flow = self
+                .at
+                .shared
+                .items_failed(self.at.ctx, error, n, flight.tickets);
+            if flow == Flow::Continue {
+                let idle = !self.input.has_ready();
+                self.stage
+                    .end_batch(flight.seq, idle, self.at, &mut self.counts);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::sync::Arc;
+    use std::sync::Mutex;
+    use std::sync::atomic::AtomicU64;
+    use std::thread;
+
+    use crossbeam_channel::{Receiver, Sender};
+    use engine_core::plumbing::Offload;
+    use engine_core::{ErrorPolicy, StageContext, StageKind, StopHandle, Transport};
+
+    use super::*;
+    use crate::consumer::{TransportStage, run_consumer};
+    use crate::counters::ThreadStats;
+    use crate::input::Input;
+    use crate::link::{Link, Sizing, abort_pair};
+    use crate::shared::Shared;
+
+    /// A transport that runs its items "elsewhere": a batch comes back only when the engine
+    /// waits for it, and `submit` holds the engine thread until the test lets it go.
+    struct Remote {
+        submitted: Sender<u64>,
+        gate: Receiver<()>,
+        held: VecDeque<(u64, Vec<u64>)>,
+    }
+
+    impl Transport for Remote {
+        type Input = u64;
+        type Output = u64;
+
+        fn transport(&mut self, x: u64, _: &StageContext) -> Result<Option<u64>, StageError> {
+            Ok(Some(x))
+        }
+
+        fn offload(&mut self) -> Option<&mut dyn Offload<Input = u64, Output = u64>> {
+            Some(self)
+        }
+    }
+
+    impl Offload for Remote {
+        type Input = u64;
+        type Output = u64;
+
+        fn capacity(&self) -> usize {
+            4
+        }
+
+        fn submit(&mut self, tag: u64, items: Vec<u64>) {
+            self.held.push_back((tag, items));
+            self.submitted.send(tag).expect("the test waits for the submit");
+            self.gate.recv().expect("the test opens the gate");
+        }
+
+        fn finished(&mut self, wait: bool) -> Option<Finished<u64>> {
+            if !wait {
+                return None;
+            }
+            let (tag, items) = self.held.pop_front()?;
+            Some((tag, items.into_iter().map(ItemOutcome::Done).collect()))
+        }
+    }
+
+    /// The interleaving behind the ordered-mode hang through worker processes: a thread with a
+    /// batch in flight sees its input non-empty, and by the time it receives, another thread
+    /// of the stage has taken what it saw. Here the queue holds only a nudge, which makes it
+    /// look non-empty as that lost batch did. The thread must settle its batch rather than
+    /// sleep on its input: in ordered mode nothing else comes until that batch is settled.
+    #[test]
+    fn a_thread_with_a_batch_in_flight_settles_it_even_when_the_input_it_saw_is_gone() {
+        let stop = StopHandle::new();
+        let (_trigger, abort) = abort_pair(&stop);
+        let link = Link::new(
+            Sizing {
+                max_batch: 16,
+                slots: 4,
+            },
+            0,
+            abort.clone(),
+        );
+        let mut producer = link.producer();
+        link.seal();
+        let (events, _events_rx) = crossbeam_channel::unbounded();
+        let shared = Arc::new(Shared {
+            stop,
+            abort,
+            policy: ErrorPolicy::Skip,
+            failure: Mutex::new(None),
+            events,
+            stop_grace: AtomicU64::new(0),
+        });
+        let stats = Arc::new(ThreadStats::default());
+        let (submitted_tx, submitted) = crossbeam_channel::unbounded();
+        let (gate, gate_rx) = crossbeam_channel::unbounded();
+        let remote = Remote {
+            submitted: submitted_tx,
+            gate: gate_rx,
+            held: VecDeque::new(),
+        };
+        let ctx = StageContext::standalone("remote", StageKind::Transport);
+        let input = Input::new(Arc::clone(&link));
+        let thread = thread::spawn({
+            let (stats, shared) = (Arc::clone(&stats), Arc::clone(&shared));
+            move || {
+                let make = move |_: &StageContext| TransportStage::new(remote, None, false);
+                run_consumer::<(), _>(make, ctx, input, stats, shared)
+            }
+        });
+
+        for x in 0..3 {
+            producer.push((), x);
+        }
+        assert_eq!(producer.flush(), Ok(3));
+        submitted
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the batch is submitted");
+        producer.nudge();
+        gate.send(()).expect("the engine thread waits at the gate");
+
+        // Nothing else arrives: the batch in flight must be settled without more input.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while stats.read().output < 3 && Instant::now() < deadline {
+            thread::yield_now();
+        }
+        let settled = stats.read().output;
+        drop(producer);
+        let result = thread.join().expect("the consumer thread ends");
+        assert_eq!(
+            settled, 3,
+            "the thread slept on its input with its batch in flight"
+        );
+        assert_eq!(result.counts.input, 3);
+        assert_eq!(result.counts.output, 3);
     }
 }

@@ -29,6 +29,7 @@ pub(crate) use sizing::{LinkState, Sizing};
 pub(crate) use slot::{FrontSlot, Offer};
 pub(crate) use view::LinkView;
 
+
 /// The most items in one batch.
 pub(crate) const MAX_BATCH: usize = 1024;
 
@@ -57,6 +58,16 @@ enum Waited<B> {
     /// Every producer is done.
     Disconnected,
     Aborted,
+}
+
+/// What a look at a queue without waiting gave.
+#[derive(Debug)]
+pub(crate) enum Polled<B> {
+    Ready(B),
+    /// Nothing is queued now.
+    Empty,
+    /// The stream ended, or the run was aborted.
+    Ended,
 }
 
 /// A queue between two stages.
@@ -154,6 +165,29 @@ impl<K: Ticket, T: Send> Link<K, T> {
                 }
                 Waited::Disconnected => return self.steal(),
                 Waited::Aborted => return None,
+            }
+        }
+    }
+
+    /// Takes a queued batch without waiting. A consumer with work in flight elsewhere uses it:
+    /// another consumer may take the batch it saw queued, and it must not then block on its
+    /// input while its own results wait to be settled.
+    pub(crate) fn try_recv(&self) -> Polled<Batch<K, T>> {
+        loop {
+            match self.rx.try_recv() {
+                // The nudge was for a sleeping consumer to come for a frontend's first items:
+                // this consumer, awake, takes them instead.
+                Ok(batch) if batch.seq == NUDGE => {
+                    if let Some(batch) = self.steal() {
+                        return Polled::Ready(batch);
+                    }
+                }
+                Ok(batch) => return Polled::Ready(self.took(batch)),
+                Err(TryRecvError::Empty) if self.abort.is_fired() => return Polled::Ended,
+                Err(TryRecvError::Empty) => return Polled::Empty,
+                Err(TryRecvError::Disconnected) => {
+                    return self.steal().map_or(Polled::Ended, Polled::Ready);
+                }
             }
         }
     }

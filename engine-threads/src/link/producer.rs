@@ -83,6 +83,12 @@ impl<K: Ticket, T: Send> Producer<K, T> {
         self.blocked
     }
 
+    /// Puts a nudge in the channel, as a frontend does for a sleeping consumer.
+    #[cfg(test)]
+    pub(crate) fn nudge(&self) {
+        self.link.nudge(&self.tx);
+    }
+
     /// Drops the open batch (abort), completing its tickets; returns how many there were.
     pub(crate) fn discard(&mut self) -> u64 {
         drop_items(std::mem::take(&mut self.buf))
