@@ -364,6 +364,23 @@ impl<F, T, B> EngineBuilder<F, T, B> {
         self
     }
 
+    /// Logs one warning when the run makes no progress for `after` while items it admitted
+    /// are not settled: what each stage thread waits on (its input, room downstream, the
+    /// ordered window, a batch from its workers, or its own code) and, in ordered mode, the
+    /// oldest batch the sink still waits for. It repeats at most once a minute. `None` turns
+    /// the report off; the default is 30 seconds. The threads mark their waits only where
+    /// they block, so the report costs nothing on the hot path.
+    ///
+    /// # Errors
+    ///
+    /// A zero interval makes [`run`](Self::run) fail with
+    /// [`EngineError::InvalidOption`](crate::EngineError).
+    #[must_use]
+    pub fn stall_report(mut self, after: Option<Duration>) -> Self {
+        self.plan.options.stall_after = after;
+        self
+    }
+
     /// Names the stages in logs and the report (default `frontend`, `transport`, `backend`).
     #[must_use]
     pub fn names(mut self, frontend: &str, transport: &str, backend: &str) -> Self {

@@ -1,10 +1,12 @@
 //! Live counts and times of one stage thread, published after each batch for the live
 //! statistics, and what a consumer thread hands back when it ends.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::Duration;
 
 use engine_core::Counts;
+
+use crate::stall::Wait;
 
 /// Live counts and times of one stage thread, written only by that thread, after each batch.
 #[derive(Debug, Default)]
@@ -17,6 +19,8 @@ pub(crate) struct ThreadStats {
     expanded: AtomicU64,
     busy_nanos: AtomicU64,
     blocked_nanos: AtomicU64,
+    /// What the thread waits on now ([`Wait`]), for the stall report.
+    wait: AtomicU8,
 }
 
 fn nanos(d: Duration) -> u64 {
@@ -24,6 +28,17 @@ fn nanos(d: Duration) -> u64 {
 }
 
 impl ThreadStats {
+    /// Marks what the thread waits on now.
+    #[inline]
+    pub(crate) fn set_wait(&self, wait: Wait) {
+        self.wait.store(wait as u8, Ordering::Relaxed);
+    }
+
+    /// What the thread waits on now.
+    pub(crate) fn wait(&self) -> Wait {
+        Wait::from_u8(self.wait.load(Ordering::Relaxed))
+    }
+
     pub(crate) fn publish(&self, counts: &Counts, busy: Duration, blocked: Duration) {
         self.input.store(counts.input, Ordering::Relaxed);
         self.output.store(counts.output, Ordering::Relaxed);

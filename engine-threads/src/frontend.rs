@@ -34,6 +34,7 @@ where
         let _span = stage_span(&ctx).entered();
         let (index, shared) = (self.index, Arc::clone(&self.shared));
         let slot = Arc::clone(&self.link.slots()[index]);
+        crate::stall::enter(&self.stats);
         let busy = last_resort(
             &ctx,
             &shared,
@@ -43,6 +44,7 @@ where
                 Duration::ZERO
             },
         );
+        crate::stall::leave();
         let _ = shared.events.send(Event::FrontendDone { index, busy });
     }
 

@@ -9,6 +9,7 @@ use crossbeam_channel::{Receiver, Select, Sender};
 use engine_core::plumbing::Ticket;
 
 use crate::link::{Abort, Batch, Link, Polled};
+use crate::stall::{self, Wait};
 
 /// Ordered mode: how far the sink has delivered, so that the frontend stays within a window
 /// of it and the sink's reorder buffer stays bounded.
@@ -31,6 +32,11 @@ impl Window {
         })
     }
 
+    /// The next batch the sink waits for: the oldest not yet delivered.
+    pub(crate) fn delivered(&self) -> u64 {
+        self.delivered.load(Ordering::SeqCst)
+    }
+
     pub(crate) fn advance(&self, delivered: u64) {
         self.delivered.store(delivered, Ordering::SeqCst);
         let _ = self.progress_tx.try_send(());
@@ -42,6 +48,7 @@ impl Window {
             if abort.is_fired() {
                 return false;
             }
+            let _waiting = stall::waiting(Wait::Window);
             let mut select = Select::new();
             let progress = select.recv(&self.progress_rx);
             select.recv(abort.receiver());

@@ -304,6 +304,7 @@ impl<K: Ticket, I: Send + 'static> Launcher<K, I> {
             started,
             options: self.options,
             frontend_threads: self.frontend_threads,
+            window: self.window,
             first,
             consumers: self.consumers,
             stats: Arc::new(StatsSource {

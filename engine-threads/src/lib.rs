@@ -121,6 +121,7 @@ mod launch;
 mod link;
 mod run;
 mod shared;
+mod stall;
 
 pub use builder::EngineBuilder;
 pub use engine::Engine;

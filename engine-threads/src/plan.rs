@@ -25,6 +25,8 @@ pub(crate) struct Options {
     pub(crate) stop: StopHandle,
     pub(crate) stop_timeout: Option<Duration>,
     pub(crate) stats_interval: Option<Duration>,
+    /// After how long without progress a stall is reported (`None`: never).
+    pub(crate) stall_after: Option<Duration>,
 }
 
 impl fmt::Debug for Options {
@@ -37,6 +39,7 @@ impl fmt::Debug for Options {
             .field("ordered", &self.ordered)
             .field("stop_timeout", &self.stop_timeout)
             .field("stats_interval", &self.stats_interval)
+            .field("stall_after", &self.stall_after)
             .finish_non_exhaustive()
     }
 }
@@ -54,6 +57,7 @@ impl Options {
             stop: StopHandle::new(),
             stop_timeout: None,
             stats_interval: None,
+            stall_after: Some(crate::stall::DEFAULT_STALL_AFTER),
         }
     }
 }
@@ -118,13 +122,18 @@ impl<F, T, B> Plan<F, T, B> {
                 "ordered mode needs exactly one thread in the last stage",
             );
         }
-        if let Some(interval) = options.stats_interval
-            && (interval.is_zero() || Instant::now().checked_add(interval).is_none())
-        {
-            return Err(EngineError::invalid(
-                "stats_interval",
-                format!("{interval:?} is not a usable interval"),
-            ));
+        for (option, interval) in [
+            ("stats_interval", options.stats_interval),
+            ("stall_report", options.stall_after),
+        ] {
+            if let Some(interval) = interval
+                && (interval.is_zero() || Instant::now().checked_add(interval).is_none())
+            {
+                return Err(EngineError::invalid(
+                    option,
+                    format!("{interval:?} is not a usable interval"),
+                ));
+            }
         }
         Ok(())
     }

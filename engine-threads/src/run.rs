@@ -11,9 +11,11 @@ use engine_core::{RunEnd, RunReport, StageKind, StageReport, StopSubscription, T
 
 use crate::counters::{ThreadResult, ThreadStats};
 use crate::error::EngineError;
+use crate::input::Window;
 use crate::link::{AbortTrigger, LinkView};
 use crate::plan::Options;
 use crate::shared::{Event, Shared};
+use crate::stall::StallWatch;
 use crate::stats::{Stats, StatsSource};
 
 /// A consumer stage being started or run.
@@ -34,6 +36,8 @@ pub(crate) struct Run {
     pub(crate) started: Instant,
     pub(crate) options: Options,
     pub(crate) frontend_threads: usize,
+    /// Ordered mode's window, for the stall report.
+    pub(crate) window: Option<Arc<Window>>,
     pub(crate) first: Arc<dyn LinkView>,
     pub(crate) consumers: Vec<ConsumerStage>,
     pub(crate) stats: Arc<StatsSource>,
@@ -50,6 +54,7 @@ struct Coordinator {
     deadline: Option<StopDeadline>,
     next_stats: Option<Instant>,
     last_stats: Option<Stats>,
+    stall: Option<StallWatch>,
     /// After a graceful stop has drained the pipeline: until when the frontends' cleanups
     /// are waited for (their longest `stop_grace`).
     grace_until: Option<Instant>,
@@ -91,6 +96,7 @@ impl Coordinator {
             deadline: None,
             next_stats: next_stats(&run.options),
             last_stats: None,
+            stall: run.options.stall_after.map(StallWatch::new),
             grace_until: None,
             run,
         }
@@ -122,7 +128,14 @@ impl Coordinator {
 
     /// The next event, or a timeout when the statistics are due or the grace ends.
     fn next_event(&self) -> Result<Event, RecvTimeoutError> {
-        match self.next_stats.into_iter().chain(self.grace_until).min() {
+        let stall = self.stall.as_ref().map(StallWatch::due);
+        match self
+            .next_stats
+            .into_iter()
+            .chain(self.grace_until)
+            .chain(stall)
+            .min()
+        {
             None => self
                 .run
                 .events
@@ -144,9 +157,19 @@ impl Coordinator {
         }
     }
 
-    /// Logs the statistics when they are due; otherwise the grace ended, which `is_over`
-    /// sees.
+    /// Logs the statistics and checks for a stall when they are due; otherwise the grace
+    /// ended, which `is_over` sees.
     fn on_timeout(&mut self) {
+        if let Some(stall) = &mut self.stall
+            && stall.due() <= Instant::now()
+        {
+            let next_seq = self.run.window.as_ref().map(|w| w.delivered());
+            stall.check(
+                &self.run.stats.snapshot(),
+                &self.run.stats.waits(),
+                next_seq,
+            );
+        }
         if self.next_stats.is_none_or(|at| Instant::now() < at) {
             return;
         }

@@ -8,6 +8,7 @@ use engine_core::{Counts, StageKind};
 
 use crate::counters::ThreadStats;
 use crate::link::LinkView;
+use crate::stall::{ThreadWait, Wait};
 
 /// A snapshot of a running engine, from [`EngineHandle::stats`](crate::EngineHandle::stats).
 #[derive(Debug, Clone, PartialEq)]
@@ -105,6 +106,8 @@ pub(crate) trait StageProbe: Send + Sync {
     fn queued(&self) -> u64;
     fn capacity(&self) -> u64;
     fn threads(&self) -> Vec<ThreadSnapshot>;
+    /// What each thread waits on now.
+    fn waits(&self) -> Vec<Wait>;
 }
 
 /// The consumer threads of a stage and its input queue.
@@ -128,6 +131,10 @@ impl StageProbe for ConsumerProbe {
 
     fn threads(&self) -> Vec<ThreadSnapshot> {
         self.threads.iter().map(|t| snapshot(t, t.read())).collect()
+    }
+
+    fn waits(&self) -> Vec<Wait> {
+        self.threads.iter().map(|t| t.wait()).collect()
     }
 }
 
@@ -168,6 +175,10 @@ impl StageProbe for FrontendProbe {
             .map(|(counts, stats)| snapshot(stats, counts))
             .collect()
     }
+
+    fn waits(&self) -> Vec<Wait> {
+        self.threads.iter().map(|t| t.wait()).collect()
+    }
 }
 
 /// What the handle and the stats logger read.
@@ -190,6 +201,25 @@ impl StatsSource {
     /// Notes that the run has ended: its counts are final.
     pub(crate) fn finish(&self) {
         let _ = self.ended.set(self.started.elapsed());
+    }
+
+    /// What every thread of the run waits on now, frontend first.
+    pub(crate) fn waits(&self) -> Vec<ThreadWait> {
+        self.stages
+            .iter()
+            .flat_map(|(name, kind, probe)| {
+                probe
+                    .waits()
+                    .into_iter()
+                    .enumerate()
+                    .map(|(index, wait)| ThreadWait {
+                        stage: Arc::clone(name),
+                        kind: *kind,
+                        index,
+                        wait,
+                    })
+            })
+            .collect()
     }
 
     pub(crate) fn snapshot(&self) -> Stats {

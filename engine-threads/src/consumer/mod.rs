@@ -181,7 +181,8 @@ where
     S: Consume<K>,
 {
     let _span = stage_span(&ctx).entered();
-    last_resort(
+    crate::stall::enter(&stats);
+    let result = last_resort(
         &ctx,
         &shared,
         || work(make, &ctx, input, &stats, &shared),
@@ -192,7 +193,9 @@ where
                 busy: Duration::ZERO,
             }
         },
-    )
+    );
+    crate::stall::leave();
+    result
 }
 
 /// What a consumer thread does, inside its guard.

@@ -17,6 +17,7 @@ use engine_core::plumbing::{Finished, ItemOutcome, Ticket};
 use super::{Consume, Consumer};
 use crate::link::{Batch, Polled};
 use crate::shared::Flow;
+use crate::stall::{self, Wait};
 
 /// A batch in flight: its tag, its place in frontend order, and its items' tickets.
 struct InFlight<K> {
@@ -120,7 +121,10 @@ impl<K: Ticket, S: Consume<K>> Consumer<'_, K, S> {
     /// taking input.
     fn settle_next(&mut self, flights: &mut Flights<K>) -> bool {
         let t = Instant::now();
-        let done = self.finished(true);
+        let done = {
+            let _waiting = stall::waiting(Wait::Worker);
+            self.finished(true)
+        };
         flights.waited += t.elapsed();
         match done {
             Some(done) => self.settle(flights, done),
@@ -239,7 +243,9 @@ mod tests {
 
         fn submit(&mut self, tag: u64, items: Vec<u64>) {
             self.held.push_back((tag, items));
-            self.submitted.send(tag).expect("the test waits for the submit");
+            self.submitted
+                .send(tag)
+                .expect("the test waits for the submit");
             self.gate.recv().expect("the test opens the gate");
         }
 

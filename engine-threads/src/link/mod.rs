@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Select, Sender, TryRecvError, TrySendError};
 use engine_core::plumbing::{Ticket, lock};
 
+use crate::stall::{self, Wait};
+
 mod abort;
 mod batch;
 mod producer;
@@ -28,7 +30,6 @@ pub(crate) use producer::Producer;
 pub(crate) use sizing::{LinkState, Sizing};
 pub(crate) use slot::{FrontSlot, Offer};
 pub(crate) use view::LinkView;
-
 
 /// The most items in one batch.
 pub(crate) const MAX_BATCH: usize = 1024;
@@ -193,6 +194,7 @@ impl<K: Ticket, T: Send> Link<K, T> {
     }
 
     fn wait(&self, timeout: Option<Duration>) -> Waited<Batch<K, T>> {
+        let _waiting = stall::waiting(Wait::Input);
         let mut select = Select::new();
         let data = select.recv(&self.rx);
         let abort = select.recv(self.abort.receiver());
@@ -266,6 +268,7 @@ impl<K: Ticket, T: Send> Link<K, T> {
         let batch = if self.abort.is_fired() {
             batch
         } else {
+            let _waiting = stall::waiting(Wait::Room);
             let mut select = Select::new();
             let data = select.send(tx);
             let abort = select.recv(self.abort.receiver());
