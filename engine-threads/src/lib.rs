@@ -100,6 +100,9 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 // The API: building, running and watching an engine.
+#[cfg(feature = "async")]
+#[cfg_attr(docsrs, doc(cfg(feature = "async")))]
+pub mod async_stage;
 mod builder;
 mod closures;
 mod engine;
@@ -123,6 +126,9 @@ mod run;
 mod shared;
 mod stall;
 
+#[cfg(feature = "async")]
+#[cfg_attr(docsrs, doc(cfg(feature = "async")))]
+pub use async_stage::{Async, AsyncBackend, AsyncError, AsyncSink, AsyncStage, AsyncTransport};
 pub use builder::EngineBuilder;
 pub use engine::Engine;
 pub use error::EngineError;

@@ -73,6 +73,13 @@ pub trait Offload {
     /// How many batches the engine keeps in flight through this instance at most.
     fn capacity(&self) -> usize;
 
+    /// Whether another batch may be submitted now, below [`capacity`](Self::capacity): a
+    /// stage whose bound is in items rather than batches (an async stage's concurrency) says
+    /// no while it holds as many items as it allows. The default is yes.
+    fn has_room(&self) -> bool {
+        true
+    }
+
     /// Hands a batch over under `tag`. Returns at once: the outcome comes from
     /// [`finished`](Self::finished).
     fn submit(&mut self, tag: u64, items: Vec<Self::Input>);
@@ -89,6 +96,10 @@ impl<T: Offload + ?Sized> Offload for &mut T {
 
     fn capacity(&self) -> usize {
         (**self).capacity()
+    }
+
+    fn has_room(&self) -> bool {
+        (**self).has_room()
     }
 
     fn submit(&mut self, tag: u64, items: Vec<T::Input>) {

@@ -73,7 +73,9 @@ impl<K: Ticket, S: Consume<K>> Consumer<'_, K, S> {
                     return false;
                 }
             }
-            let next = if flights.in_flight.len() >= flights.capacity {
+            let full = flights.in_flight.len() >= flights.capacity
+                || self.stage.offload().is_some_and(|o| !o.has_room());
+            let next = if full && !flights.in_flight.is_empty() {
                 Polled::Empty
             } else if flights.in_flight.is_empty() {
                 let t = Instant::now();

@@ -1,0 +1,271 @@
+//! One engine thread's side of an async stage: it spawns each batch as one task that drives
+//! the batch's futures at once (within the stage's permits), and receives the batches back.
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender};
+use engine_core::plumbing::{Finished, ItemOutcome, Offload};
+use engine_core::{StageError, StopLevel, StopSubscription};
+use futures_util::FutureExt;
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use tokio::runtime::Handle;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+/// The work on one item, as a future that owns what it needs.
+pub(crate) type ItemFuture<O> =
+    Pin<Box<dyn Future<Output = Result<Option<O>, StageError>> + Send + 'static>>;
+
+/// Makes an item's future.
+pub(crate) type Call<I, O> = Arc<dyn Fn(I) -> ItemFuture<O> + Send + Sync>;
+
+/// What the threads of one async stage share in one run: the permits that bound its items in
+/// flight, and the items its threads hold.
+#[derive(Debug)]
+pub(crate) struct Gate {
+    permits: Semaphore,
+    concurrency: usize,
+    /// Items submitted by the stage's threads and not yet back.
+    held: AtomicUsize,
+    /// Futures running now (holding a permit).
+    running: AtomicUsize,
+}
+
+impl Gate {
+    pub(crate) fn new(concurrency: usize) -> Self {
+        Self {
+            permits: Semaphore::new(concurrency),
+            concurrency,
+            held: AtomicUsize::new(0),
+            running: AtomicUsize::new(0),
+        }
+    }
+
+    /// Futures running now.
+    pub(crate) fn running(&self) -> usize {
+        self.running.load(Ordering::Relaxed)
+    }
+}
+
+/// One engine thread's side of an async stage.
+pub(crate) struct Lane<I, O> {
+    call: Call<I, O>,
+    handle: Handle,
+    gate: Arc<Gate>,
+    timeout: Option<Duration>,
+    tx: Sender<Finished<O>>,
+    rx: Receiver<Finished<O>>,
+    /// Batches out.
+    out: usize,
+    cancel: CancellationToken,
+    _stop_now: StopSubscription,
+}
+
+impl<I: Send + 'static, O: Send + 'static> Lane<I, O> {
+    pub(crate) fn new(
+        call: Call<I, O>,
+        handle: Handle,
+        gate: Arc<Gate>,
+        timeout: Option<Duration>,
+        stop: &engine_core::StopHandle,
+    ) -> Self {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let cancel = CancellationToken::new();
+        let on_stop = cancel.clone();
+        let _stop_now = stop.on_stop(move |level| {
+            if level >= StopLevel::Now {
+                on_stop.cancel();
+            }
+        });
+        Self {
+            call,
+            handle,
+            gate,
+            timeout,
+            tx,
+            rx,
+            out: 0,
+            cancel,
+            _stop_now,
+        }
+    }
+
+    /// Runs one item and waits for it: for an engine that calls the stage per item.
+    pub(crate) fn call_one(&self, item: I) -> Result<Option<O>, StageError> {
+        if Handle::try_current().is_ok() {
+            return Err(StageError::msg(
+                "an async stage called item by item from inside a runtime; run it in the \
+                 threaded engine, which hands it batches",
+            ));
+        }
+        let outcome = self.handle.block_on(run_item(
+            (self.call)(item),
+            Arc::clone(&self.gate),
+            self.timeout,
+        ));
+        match outcome {
+            ItemOutcome::Done(output) => Ok(Some(output)),
+            ItemOutcome::Failed(error) => Err(error),
+            _ => Ok(None),
+        }
+    }
+}
+
+impl<I: Send + 'static, O: Send + 'static> Offload for Lane<I, O> {
+    type Input = I;
+    type Output = O;
+
+    fn capacity(&self) -> usize {
+        // The bound is in items (see `has_room`): a batch per item at most.
+        self.gate.concurrency.max(1)
+    }
+
+    fn has_room(&self) -> bool {
+        self.gate.held.load(Ordering::Relaxed) < self.gate.concurrency
+    }
+
+    fn submit(&mut self, tag: u64, items: Vec<I>) {
+        self.out += 1;
+        self.gate.held.fetch_add(items.len(), Ordering::Relaxed);
+        let reply = Reply {
+            tx: self.tx.clone(),
+            tag,
+            n: items.len(),
+            gate: Arc::clone(&self.gate),
+            sent: false,
+        };
+        let futures: Vec<ItemFuture<O>> = items.into_iter().map(|item| (self.call)(item)).collect();
+        let batch = drive(
+            futures,
+            Arc::clone(&self.gate),
+            self.timeout,
+            self.cancel.clone(),
+        );
+        self.handle.spawn(async move {
+            let mut reply = reply;
+            let outcomes = batch.await;
+            reply.send(outcomes);
+        });
+    }
+
+    fn finished(&mut self, wait: bool) -> Option<Finished<O>> {
+        if self.out == 0 {
+            return None;
+        }
+        let done = if wait {
+            self.rx.recv().ok()
+        } else {
+            self.rx.try_recv().ok()
+        };
+        if done.is_some() {
+            self.out -= 1;
+        }
+        done
+    }
+}
+
+/// Sends a batch's outcomes back once; a task dropped before it finished (its runtime shut
+/// down) sends its items as failed.
+struct Reply<O> {
+    tx: Sender<Finished<O>>,
+    tag: u64,
+    n: usize,
+    gate: Arc<Gate>,
+    sent: bool,
+}
+
+impl<O> Reply<O> {
+    fn send(&mut self, outcomes: Vec<ItemOutcome<O>>) {
+        self.sent = true;
+        self.gate.held.fetch_sub(self.n, Ordering::Relaxed);
+        let _ = self.tx.send((self.tag, outcomes));
+    }
+}
+
+impl<O> Drop for Reply<O> {
+    fn drop(&mut self) {
+        if !self.sent {
+            let outcomes = (0..self.n)
+                .map(|_| {
+                    ItemOutcome::Failed(
+                        StageError::msg("the async stage's runtime shut down before the item ran")
+                            .fatal(),
+                    )
+                })
+                .collect();
+            self.send(outcomes);
+        }
+    }
+}
+
+/// Drives a batch's futures at once; a stop now abandons those still running (dropped).
+async fn drive<O: Send + 'static>(
+    futures: Vec<ItemFuture<O>>,
+    gate: Arc<Gate>,
+    timeout: Option<Duration>,
+    cancel: CancellationToken,
+) -> Vec<ItemOutcome<O>> {
+    let mut outcomes: Vec<Option<ItemOutcome<O>>> = (0..futures.len()).map(|_| None).collect();
+    let mut running: FuturesUnordered<_> = futures
+        .into_iter()
+        .enumerate()
+        .map(|(i, future)| run_item(future, Arc::clone(&gate), timeout).map(move |o| (i, o)))
+        .collect();
+    loop {
+        tokio::select! {
+            biased;
+            () = cancel.cancelled() => break,
+            next = running.next() => match next {
+                Some((i, outcome)) => outcomes[i] = Some(outcome),
+                None => break,
+            },
+        }
+    }
+    outcomes
+        .into_iter()
+        .map(|o| o.unwrap_or(ItemOutcome::Dropped))
+        .collect()
+}
+
+/// Runs one item's future within a permit, catching its panic and bounding its time.
+async fn run_item<O>(
+    future: ItemFuture<O>,
+    gate: Arc<Gate>,
+    timeout: Option<Duration>,
+) -> ItemOutcome<O> {
+    let _permit = gate
+        .permits
+        .acquire()
+        .await
+        .expect("the stage's semaphore is never closed");
+    gate.running.fetch_add(1, Ordering::Relaxed);
+    let _running = Running(&gate);
+    let guarded = AssertUnwindSafe(future).catch_unwind();
+    let result = match timeout {
+        None => Ok(guarded.await),
+        Some(limit) => tokio::time::timeout(limit, guarded)
+            .await
+            .map_err(|_| limit),
+    };
+    match result {
+        Ok(Ok(result)) => ItemOutcome::of(result),
+        Ok(Err(payload)) => ItemOutcome::Failed(StageError::from_panic(payload)),
+        Err(limit) => ItemOutcome::Failed(StageError::msg(format!(
+            "the item's future did not finish within its timeout of {limit:?}"
+        ))),
+    }
+}
+
+/// Counts a future out of the running ones, however it ends.
+struct Running<'a>(&'a Gate);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.running.fetch_sub(1, Ordering::Relaxed);
+    }
+}
