@@ -208,7 +208,7 @@ impl Steady {
                 let owners: Vec<Option<String>> = (0..8)
                     .map(|p| {
                         redis::cmd("GET")
-                            .arg(format!("{stream}:p{p}:lease:engine"))
+                            .arg(format!("{{{stream}:p{p}}}:lease:engine"))
                             .query(&mut conn)
                             .expect("GET")
                     })

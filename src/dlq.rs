@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Subcommand;
 
-/// `engine dlq ...`: the dead-letter stream of `redis://host:port/<stream>` (`<stream>:dead`,
+/// `engine dlq ...`: the dead-letter stream of `redis://host:port/<stream>` (`{<stream>}:dead`,
 /// or the address's `dead=`).
 #[derive(Debug, Subcommand)]
 pub(crate) enum DlqCommand {

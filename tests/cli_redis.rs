@@ -179,14 +179,14 @@ fn bury_poison_with_a_buggy_consumer(server: &Server) {
             .spawn()
             .expect("the buggy consumer starts");
         wait_until("the run fails or the poison is buried", || {
-            handle.is_finished() || len(server, "jobs:dead") == 3
+            handle.is_finished() || len(server, "{jobs}:dead") == 3
         });
         stop.stop();
         if handle.join().is_err() {
             // A failed run ends without waiting for its cleanup: let it record the errors.
             assert!(settlement.wait(Duration::from_secs(60)));
         }
-        if len(server, "jobs:dead") == 3 {
+        if len(server, "{jobs}:dead") == 3 {
             return;
         }
     }
@@ -213,7 +213,7 @@ fn dead_letters_are_listed_shown_and_replayed_to_a_fixed_consumer() {
         "{listed}"
     );
     assert!(listed.contains("cannot handle \"poison 1\""), "{listed}");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("3 dead letters in jobs:dead"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("3 dead letters in {jobs}:dead"));
     let ids: Vec<&str> = rows
         .iter()
         .map(|row| row.split('\t').next().expect("an id"))
@@ -237,7 +237,7 @@ fn dead_letters_are_listed_shown_and_replayed_to_a_fixed_consumer() {
     let out = engine(&["dlq", "replay", ids[0], &jobs], "");
     assert!(out.status.success(), "{out:?}");
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1);
-    assert_eq!((len(&server, "jobs"), len(&server, "jobs:dead")), (1, 2));
+    assert_eq!((len(&server, "jobs"), len(&server, "{jobs}:dead")), (1, 2));
     let out = engine(&["dlq", "replay", ids[0], &jobs], "");
     assert_eq!(out.status.code(), Some(1), "already replayed: {out:?}");
     for usage in [
@@ -250,7 +250,7 @@ fn dead_letters_are_listed_shown_and_replayed_to_a_fixed_consumer() {
     let out = engine(&["dlq", "replay", "--all", &jobs], "");
     assert!(out.status.success(), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("replayed 2 dead letters"));
-    assert_eq!((len(&server, "jobs"), len(&server, "jobs:dead")), (3, 0));
+    assert_eq!((len(&server, "jobs"), len(&server, "{jobs}:dead")), (3, 0));
 
     // A fixed consumer processes them.
     let child = Command::new(env!("CARGO_BIN_EXE_engine"))
@@ -274,7 +274,7 @@ fn dead_letters_are_listed_shown_and_replayed_to_a_fixed_consumer() {
     let mut done = lines(&server, "done");
     done.sort();
     assert_eq!(done, ["poison 1", "poison 2", "poison 3"]);
-    assert_eq!((len(&server, "jobs"), len(&server, "jobs:dead")), (0, 0));
+    assert_eq!((len(&server, "jobs"), len(&server, "{jobs}:dead")), (0, 0));
     let out = engine(&["dlq", "list", &jobs], "");
     assert!(out.status.success() && out.stdout.is_empty(), "{out:?}");
 }

@@ -24,6 +24,10 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a reply may take by default (beyond the blocking time of a blocking read).
 pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long writes wait for replicas by default, with `replicas=` (`WAIT`), before their
+/// batch fails.
+pub const DEFAULT_REPLICAS_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Where a stream lives: the server, the stream's name, and how to read it.
 ///
 /// The form is `redis[s]://[user:password@]host[:port]/<stream>[?key=value&...]`:
@@ -42,7 +46,8 @@ pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// - `consumer=<name>`: this reader's consumer name in the group (default: made from the
 ///   process id and a start time, so that each process is a consumer of its own). With
 ///   several frontend threads, `-<thread>` is appended.
-/// - `dead=<stream>`: the dead-letter stream (default `<stream>:dead`).
+/// - `dead=<stream>`: the dead-letter stream (default `{<stream>}:dead`, in the stream's
+///   hash slot).
 /// - `db=<n>`: the database number (default 0).
 /// - Tuning, for the command line: `bound=<n>` (a sink keeps at most `n` unfinished entries
 ///   in the stream; `bound=none` for no bound), `max_deliveries=<n>`, `claim_idle_ms=<ms>`, `block_ms=<ms>`,
@@ -53,6 +58,13 @@ pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
 ///   [`KeyedSource`](crate::KeyedSource)); `lease_ms=<ms>`: how long a keyed source's lease
 ///   on a partition lasts without renewal (default
 ///   [`DEFAULT_LEASE`](crate::DEFAULT_LEASE)).
+/// - `replicas=<n>`: durability. Every write (a sink's batch, a source's acknowledgements,
+///   dead letters) counts as done only once `n` replicas confirm it (`WAIT`), within
+///   `replicas_timeout_ms=<ms>` (default [`DEFAULT_REPLICAS_TIMEOUT`]); a write that is not
+///   confirmed in time fails with [`Error::NotReplicated`](crate::Error::NotReplicated), and
+///   a sink's batch that failed so is not acknowledged upstream. A server with fewer
+///   connected replicas is [`Error::TooFewReplicas`](crate::Error::TooFewReplicas) at the
+///   start. See [`with_replicas`](Self::with_replicas).
 ///
 /// Unknown keys are an error, so that a misspelt option is not silently ignored.
 ///
@@ -64,7 +76,7 @@ pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// let address = StreamAddress::parse("redis://127.0.0.1:6379/in?group=workers")?;
 /// assert_eq!(address.stream(), "in");
 /// assert_eq!(address.group(), "workers");
-/// assert_eq!(address.dead_letter_stream(), "in:dead");
+/// assert_eq!(address.dead_letter_stream(), "{in}:dead");
 /// assert_eq!(address.server(), "redis://127.0.0.1:6379");
 ///
 /// let defaults = StreamAddress::parse("redis://localhost/jobs%3Anew")?;
@@ -99,6 +111,10 @@ pub struct StreamAddress {
     pub(crate) partitions: Option<u32>,
     /// `lease_ms=`: how long a keyed source's lease on a partition lasts.
     pub(crate) lease: Option<Duration>,
+    /// `replicas=`: how many replicas must confirm each write; 0 for none.
+    pub(crate) replicas: u32,
+    /// `replicas_timeout_ms=`: how long a write waits for them.
+    pub(crate) replicas_timeout: Duration,
     pub(crate) connect_timeout: Duration,
     pub(crate) response_timeout: Duration,
 }
@@ -176,11 +192,12 @@ impl StreamAddress {
         self.consumer.as_deref()
     }
 
-    /// The dead-letter stream: the `dead=` key, or `<stream>:dead`.
+    /// The dead-letter stream: the `dead=` key, or `{<stream>}:dead` (in the stream's hash
+    /// slot: braces around the name, unless it has braces of its own).
     pub fn dead_letter_stream(&self) -> String {
         self.dead
             .clone()
-            .unwrap_or_else(|| format!("{}:dead", self.stream))
+            .unwrap_or_else(|| crate::keys::dead_letter_stream(&self.stream))
     }
 
     /// The same server and options with another stream (and the default dead-letter stream
@@ -189,7 +206,7 @@ impl StreamAddress {
     /// ```
     /// # use engine::redis::StreamAddress;
     /// let out = StreamAddress::parse("redis://127.0.0.1/in")?.with_stream("out");
-    /// assert_eq!((out.stream(), out.dead_letter_stream().as_str()), ("out", "out:dead"));
+    /// assert_eq!((out.stream(), out.dead_letter_stream().as_str()), ("out", "{out}:dead"));
     /// # Ok::<(), engine::redis::Error>(())
     /// ```
     #[must_use]
@@ -225,6 +242,39 @@ impl StreamAddress {
         self.connect_timeout = connect.max(at_least);
         self.response_timeout = response.max(at_least);
         self
+    }
+
+    /// The same address with durability: every write counts as done only once `replicas`
+    /// replicas confirm it (Redis `WAIT`), within `timeout` (a zero duration is taken as one
+    /// millisecond); 0 replicas for none, the default.
+    ///
+    /// Redis replicates asynchronously: without this, a write the master confirmed can be
+    /// missing on the replica that takes over after a failover. With it, what a sink
+    /// reported as written, and what a source acknowledged, is on `replicas` replicas too.
+    /// Each batch costs one more round trip, and waits for the slowest of those replicas.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use engine::redis::StreamAddress;
+    ///
+    /// let a = StreamAddress::parse("redis://h/in?replicas=1&replicas_timeout_ms=500")?;
+    /// assert_eq!(a.replicas(), Some((1, Duration::from_millis(500))));
+    /// let b = StreamAddress::parse("redis://h/in")?.with_replicas(2, Duration::from_secs(1));
+    /// assert_eq!(b.replicas(), Some((2, Duration::from_secs(1))));
+    /// assert_eq!(StreamAddress::parse("redis://h/in")?.replicas(), None);
+    /// # Ok::<(), engine::redis::Error>(())
+    /// ```
+    #[must_use]
+    pub fn with_replicas(mut self, replicas: u32, timeout: Duration) -> Self {
+        self.replicas = replicas;
+        self.replicas_timeout = timeout.max(Duration::from_millis(1));
+        self
+    }
+
+    /// How many replicas must confirm each write, and how long a write waits for them; `None`
+    /// without durability.
+    pub fn replicas(&self) -> Option<(u32, Duration)> {
+        (self.replicas > 0).then_some((self.replicas, self.replicas_timeout))
     }
 
     /// What the `redis` crate connects to: the server, TLS, credentials and database.
@@ -264,6 +314,7 @@ impl fmt::Debug for StreamAddress {
             .field("stream", &self.stream)
             .field("group", &self.group)
             .field("consumer", &self.consumer)
+            .field("replicas", &self.replicas)
             .finish_non_exhaustive()
     }
 }

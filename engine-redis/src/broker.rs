@@ -136,7 +136,9 @@ pub struct DeadLetter<'a> {
 /// expires as a whole.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DedupKey {
-    /// The key the ids are recorded under (on Redis, a hash of bitmaps).
+    /// The name the ids are recorded under, relative to the stream appended to: on Redis,
+    /// a hash of bitmaps at the key `{<stream>}:<set>`, in the stream's hash slot (so that
+    /// a keyed stream's partition and its records share a slot).
     pub set: std::sync::Arc<str>,
     /// The item's entry id in its source stream.
     pub id: EntryId,
@@ -344,6 +346,24 @@ pub trait Broker: Send {
         after: Option<EntryId>,
         count: usize,
     ) -> Result<Vec<Pending>>;
+
+    /// Lists the entries of `group` pending for at least `min_idle`, whoever they are pending
+    /// for, in id order, from the first id above `after` (or from the start), at most
+    /// `count` of them, each with the consumer it is pending for. Nothing is claimed: the
+    /// caller chooses what to [`claim_ids`](Self::claim_ids), leaving out what it still
+    /// works on itself.
+    ///
+    /// # Errors
+    ///
+    /// A connection or server error, or a reply that cannot be read.
+    fn idle_pending(
+        &mut self,
+        stream: &str,
+        group: &str,
+        min_idle: Duration,
+        after: Option<EntryId>,
+        count: usize,
+    ) -> Result<Vec<(String, Pending)>>;
 
     /// Claims `ids` for `consumer` (delivering them again, which counts a delivery), except
     /// those idle for less than `min_idle` (someone else touched them since they were

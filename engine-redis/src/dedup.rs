@@ -100,11 +100,9 @@ impl<T, C: Connector> DedupSink<T, C> {
         let set = match &self.last_set {
             Some((stream, b, set)) if *b == bucket && **stream == *id.stream() => Arc::clone(set),
             _ => {
-                let set: Arc<str> = Arc::from(format!(
-                    "{}:dedup:{}:{bucket}",
-                    self.inner.writer.stream,
-                    id.stream()
-                ));
+                // Relative to the stream (or partition) appended to: the broker keeps it in
+                // that stream's hash slot, `{<stream>}:dedup:<source>:<bucket>`.
+                let set: Arc<str> = Arc::from(format!("dedup:{}:{bucket}", id.stream()));
                 self.last_set = Some((Arc::from(id.stream()), bucket, Arc::clone(&set)));
                 set
             }

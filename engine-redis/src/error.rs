@@ -135,6 +135,37 @@ pub enum Error {
         /// The count given.
         given: u32,
     },
+    /// A write was not confirmed by as many replicas as the address asks for (`replicas=`)
+    /// within its timeout. A sink's batch that failed so is not acknowledged upstream (its
+    /// items are delivered again); the write itself may or may not survive a failover. Not
+    /// retried: a replica that is down or far behind needs attention.
+    #[error(
+        "only {confirmed} of {wanted} replicas of the broker at {server} confirmed {command} \
+         within {timeout:?}"
+    )]
+    NotReplicated {
+        /// The server, as `redis://host:port`.
+        server: String,
+        /// The write that was not confirmed.
+        command: &'static str,
+        /// How many replicas had to confirm it.
+        wanted: u32,
+        /// How many did.
+        confirmed: u32,
+        /// How long the write waited.
+        timeout: std::time::Duration,
+    },
+    /// The address asks more replicas to confirm each write (`replicas=`) than the server
+    /// has connected: every write would fail. Lower `replicas=`, or add replicas.
+    #[error("replicas={wanted} but the broker at {server} has {connected} connected replicas")]
+    TooFewReplicas {
+        /// The server, as `redis://host:port`.
+        server: String,
+        /// How many replicas the address asks for.
+        wanted: u32,
+        /// How many the server has connected.
+        connected: u32,
+    },
     /// A retryable error lasted longer than the stage's retry budget.
     #[error("gave up after retrying for {waited:?}")]
     GaveUp {

@@ -87,9 +87,9 @@ impl Ticket for KeyedTicket {
 /// consumer at a time, and each key's items are handed out in the order they were written.
 ///
 /// - **Leases.** A partition is owned through a lease on the server (the key
-///   `<stream>:p<i>:lease:<group>`, set with `PX`), which a keeper thread renews every third
+///   `{<stream>:p<i>}:lease:<group>`, set with `PX`), which a keeper thread renews every third
 ///   of the [lease time](SourceOptions::lease) in one script that also renews this
-///   consumer's membership (`<stream>:members:<group>`, scored with its expiry) and counts
+///   consumer's membership (`{<stream>}:members:<group>`, scored with its expiry) and counts
 ///   the live consumers. Entries of a partition are handed out only while its lease is
 ///   surely held (90% of the lease time after the last renewal was sent).
 /// - **Fair shares.** Each consumer aims for `ceil(P / live consumers)` partitions: it takes
@@ -113,7 +113,7 @@ impl Ticket for KeyedTicket {
 ///   entries are acknowledged and deleted once finished; an entry delivered more than
 ///   [`max_deliveries`](SourceOptions::max_deliveries) times, of another protocol version, or
 ///   that does not decode, goes to the partition's dead-letter stream,
-///   `<stream>:p<i>:dead` (so `engine dlq ... redis://host/<stream>:p<i>` reads it). There is
+///   `{<stream>:p<i>}:dead` (so `engine dlq ... redis://host/<stream>:p<i>` reads it). There is
 ///   no idle sweep: the owner of a partition claims its pending entries when it takes it.
 ///
 /// [`on_ownership`](Self::on_ownership) reports each partition taken, given up or lost.
@@ -329,7 +329,10 @@ impl<B: Broker + 'static> Running<B> {
             broker,
             consumer,
             names: streams.iter().map(|s| Arc::from(s.as_str())).collect(),
-            dead: streams.iter().map(|s| format!("{s}:dead")).collect(),
+            dead: streams
+                .iter()
+                .map(|s| crate::keys::dead_letter_stream(s))
+                .collect(),
             streams,
             table,
             buffer: VecDeque::new(),

@@ -21,7 +21,7 @@
 //!   Consumers unseen for [an hour](DEFAULT_REMOVE_IDLE_CONSUMERS) with nothing pending are
 //!   removed from the group ([`SourceOptions::remove_consumers_idle_for`]).
 //! - **Dead letters.** An entry delivered more than [`SourceOptions::max_deliveries`] times,
-//!   or one that does not decode, goes to the dead-letter stream (`<stream>:dead`) with the
+//!   or one that does not decode, goes to the dead-letter stream (`{<stream>}:dead`) with the
 //!   reason, and is acknowledged, instead of looping for ever. [`DeadLetters`] lists them and
 //!   moves chosen ones back to the stream (`engine dlq list|show|replay`).
 //! - **Backpressure.** A sink appends only while the stream holds fewer unfinished entries
@@ -46,6 +46,19 @@
 //!   trusting the system's roots or the CA file of `?ca=<path>`; `user:password@` (or
 //!   `:password@`) authenticates. A refused password is [`Error::Unauthorized`]; the
 //!   password is never shown in a log line, an error or an address's `Display`/`Debug`.
+//!
+//! - **Durability.** Redis replicates asynchronously, so a failover can lose writes the
+//!   master confirmed. With `replicas=N` ([`StreamAddress::with_replicas`]) every write
+//!   waits until `N` replicas confirm it (`WAIT`): a sink's batch is reported written, and
+//!   so acknowledged upstream, only then, and a source's acknowledgements are replicated
+//!   before the next batch. A write not confirmed in time fails with
+//!   [`Error::NotReplicated`] instead of hanging; its batch is not acknowledged upstream.
+//!   Without it (the default), at-least-once and order per key hold while the master
+//!   lives; a failover can lose what the master confirmed last, including items a sink
+//!   reported written (and a source then acknowledged upstream), and undo acknowledgements
+//!   (repeats). With it, an item a sink reported written survives the failover of its
+//!   master to a confirming replica; acknowledgements lost with a failover still mean
+//!   repeats, which a [`DedupSink`] absorbs.
 //!
 //! Items are encoded with [`engine_core::protocol::to_bytes`] (postcard) in the entry field
 //! `d` ([`PAYLOAD_FIELD`]), next to the protocol version in `v` ([`VERSION_FIELD`]); a source
@@ -100,10 +113,12 @@ mod dedup;
 mod delivered;
 mod error;
 mod keyed_source;
+mod keys;
 mod lease;
 #[cfg(feature = "metrics")]
 mod metrics;
 mod partition;
+mod reason;
 mod redis_broker;
 mod retry;
 mod sink;
@@ -114,7 +129,8 @@ pub mod testing;
 mod writer;
 
 pub use address::{
-    DEFAULT_CONNECT_TIMEOUT, DEFAULT_GROUP, DEFAULT_PORT, DEFAULT_RESPONSE_TIMEOUT, StreamAddress,
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_GROUP, DEFAULT_PORT, DEFAULT_REPLICAS_TIMEOUT,
+    DEFAULT_RESPONSE_TIMEOUT, StreamAddress,
 };
 pub use broker::{
     Appended, Batch, Beat, Broker, Claimed, Connector, DeadLetter, DedupKey, Delivery, EntryId,

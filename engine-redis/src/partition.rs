@@ -5,8 +5,10 @@
 //! `<stream>:p<P-1>`. An item goes to partition `xxh3_64(key) % P`: XXH3 is specified
 //! byte for byte, so every producer, on any machine and in any version, sends a key to the
 //! same partition. Consumers of a group share the partitions through leases
-//! (`<stream>:p<i>:lease:<group>`) and a member set (`<stream>:members:<group>`); see
-//! [`KeyedSource`](crate::KeyedSource).
+//! (`{<stream>:p<i>}:lease:<group>`, in the partition's hash slot) and a member set
+//! (`{<stream>}:members:<group>`); see [`KeyedSource`](crate::KeyedSource).
+
+use crate::keys::key_of;
 
 /// The partition of the key `key` among `partitions` (at least 1).
 ///
@@ -37,19 +39,19 @@ pub fn partition_stream(stream: &str, index: u32) -> String {
 
 /// The key holding the lease of partition `index` of `stream` for `group`.
 pub(crate) fn lease_key(stream: &str, index: u32, group: &str) -> String {
-    format!("{stream}:p{index}:lease:{group}")
+    key_of(&partition_stream(stream, index), &format!("lease:{group}"))
 }
 
 /// The sorted set of the live consumers of `group` on the keyed stream `stream`, each scored
 /// with the server time (ms) at which it is presumed dead unless it beats again.
 pub(crate) fn members_key(stream: &str, group: &str) -> String {
-    format!("{stream}:members:{group}")
+    key_of(stream, &format!("members:{group}"))
 }
 
 /// The key recording the partition count of a keyed stream, set by the first producer or
 /// consumer, so that a producer and a consumer that disagree find out.
 pub(crate) fn partitions_key(stream: &str) -> String {
-    format!("{stream}:partitions")
+    key_of(stream, "partitions")
 }
 
 #[cfg(test)]

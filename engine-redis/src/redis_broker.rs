@@ -50,6 +50,8 @@ pub struct RedisBroker {
     read_timeout: Option<Duration>,
     connect_timeout: Duration,
     response_timeout: Duration,
+    /// How many replicas must confirm each write, and for how long a write waits for them.
+    replicas: Option<(u32, Duration)>,
 }
 
 impl fmt::Debug for RedisBroker {
@@ -82,11 +84,73 @@ impl RedisBroker {
             read_timeout: None,
             connect_timeout: address.connect_timeout,
             response_timeout: address.response_timeout,
+            replicas: address.replicas(),
         };
         // A server that wants a password and got none answers the first command only.
         let timeout = address.response_timeout;
         broker.run("PING", timeout, |conn| redis::cmd("PING").exec(conn))?;
+        if let Some((wanted, _)) = broker.replicas {
+            let connected = broker.connected_replicas()?;
+            if connected < wanted {
+                return Err(Error::TooFewReplicas {
+                    server: broker.server,
+                    wanted,
+                    connected,
+                });
+            }
+        }
         Ok(broker)
+    }
+
+    /// How many replicas the server has connected (`INFO replication`).
+    fn connected_replicas(&mut self) -> Result<u32> {
+        let timeout = self.response_timeout;
+        let info: String = self.run("INFO", timeout, |conn| {
+            redis::cmd("INFO").arg("replication").query(conn)
+        })?;
+        let connected = info
+            .lines()
+            .find_map(|line| line.trim().strip_prefix("connected_slaves:"))
+            .and_then(|n| n.trim().parse().ok());
+        connected.ok_or_else(|| self.unexpected("INFO", "no count of connected replicas"))
+    }
+
+    /// With durability (`replicas=`), waits until the replicas confirm the writes sent so far
+    /// on this connection (`WAIT`); without, returns at once.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotReplicated`] when fewer replicas confirm within the timeout; a
+    /// connection error.
+    pub(crate) fn confirm(&mut self, command: &'static str) -> Result<()> {
+        let Some((wanted, timeout)) = self.replicas else {
+            return Ok(());
+        };
+        let timeout_ms = u64::try_from(timeout.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let read_timeout = self.response_timeout + timeout;
+        let confirmed: i64 = self.run("WAIT", read_timeout, |conn| {
+            redis::cmd("WAIT").arg(wanted).arg(timeout_ms).query(conn)
+        })?;
+        let confirmed = u32::try_from(confirmed).unwrap_or(0);
+        if confirmed >= wanted {
+            return Ok(());
+        }
+        tracing::warn!(
+            server = %self.server,
+            command,
+            wanted,
+            confirmed,
+            "a write was not confirmed by enough replicas in time"
+        );
+        Err(Error::NotReplicated {
+            server: self.server.clone(),
+            command,
+            wanted,
+            confirmed,
+            timeout,
+        })
     }
 
     /// The connection, made again if the last one broke, with the given read timeout.

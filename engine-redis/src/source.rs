@@ -12,7 +12,7 @@ use serde::de::DeserializeOwned;
 use crate::address::StreamAddress;
 use crate::broker::{Connector, Delivery};
 use crate::delivered::WithIds;
-use crate::error::{Chain, Error, Result};
+use crate::error::{Error, Result};
 
 /// How many times an entry may be delivered before it goes to the dead-letter stream, by
 /// default.
@@ -156,7 +156,7 @@ impl<T, C: Connector> StreamSource<T, C> {
         Self {
             config: Config {
                 connector,
-                dead_stream: format!("{stream}:dead"),
+                dead_stream: crate::keys::dead_letter_stream(&stream),
                 stream,
                 group: group.into(),
                 consumer: None,
@@ -264,13 +264,9 @@ pub(crate) fn decode<T: DeserializeOwned>(stream: &str, delivery: &Delivery) -> 
             found: found.clone(),
             expected,
         }),
-        (_, None) => Err(bad_entry(format!(
-            "the entry has no `{}` field",
-            crate::PAYLOAD_FIELD
-        ))),
-        (_, Some(bytes)) => {
-            protocol::from_bytes::<T>(bytes).map_err(|e| bad_entry(Chain(&e).to_string()))
-        }
+        (_, None) => Err(bad_entry(crate::reason::no_payload(crate::PAYLOAD_FIELD))),
+        (_, Some(bytes)) => protocol::from_bytes::<T>(bytes)
+            .map_err(|error| bad_entry(crate::reason::decode_failed(&error))),
     }
 }
 

@@ -82,6 +82,7 @@ pub struct ServerOptions {
     password: Option<String>,
     ready_timeout: Duration,
     program: Option<PathBuf>,
+    replica_of: Option<u16>,
 }
 
 impl Default for ServerOptions {
@@ -92,6 +93,7 @@ impl Default for ServerOptions {
             password: None,
             ready_timeout: Duration::from_secs(20),
             program: None,
+            replica_of: None,
         }
     }
 }
@@ -135,6 +137,15 @@ impl ServerOptions {
     #[must_use]
     pub fn ready_timeout(mut self, timeout: Duration) -> Self {
         self.ready_timeout = timeout;
+        self
+    }
+
+    /// Starts the server as a replica of the server on `port` of `127.0.0.1`
+    /// (`--replicaof`); it follows that master from then on. With a password, the master is
+    /// given the same one (`--masterauth`). Plain connections only (no TLS).
+    #[must_use]
+    pub fn replica_of(mut self, port: u16) -> Self {
+        self.replica_of = Some(port);
         self
     }
 
@@ -267,7 +278,10 @@ impl Server {
             command.args(["--port", &port]);
         }
         if let Some(password) = &self.options.password {
-            command.args(["--requirepass", password]);
+            command.args(["--requirepass", password, "--masterauth", password]);
+        }
+        if let Some(master) = self.options.replica_of {
+            command.args(["--replicaof", "127.0.0.1", &master.to_string()]);
         }
         let child = command
             .args(["--bind", "127.0.0.1"])

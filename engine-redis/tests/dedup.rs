@@ -339,20 +339,23 @@ fn the_append_script_records_exactly_the_ids_it_appended() {
     let mut expected: Vec<u64> = (0..31).collect();
     expected.extend([5000, 100_003]);
     assert_eq!(got, expected, "each id once, in order");
-    // A bound of 5: two duplicates (taking no room) and five new ones are taken, and the
-    // five left over are not recorded, so they are appended later.
+    // Room for five more: two duplicates (taking no room) and five new ones are taken, and
+    // the five left over are not recorded, so they are appended later.
     let mut third = vec![(0, 0), (0, 1)];
     third.extend((100..110).map(|seq| (2, seq)));
-    let appended = append("b", &third, Some(5));
+    let appended = append("a", &third, Some(33 + 5));
     assert_eq!((appended.taken, appended.duplicates), (vec![7], 2));
     let rest: Vec<(u64, u64)> = (105..110).map(|seq| (2, seq)).collect();
-    let appended = append("c", &rest, None);
+    let appended = append("a", &rest, None);
     assert_eq!((appended.taken, appended.duplicates), (vec![5], 0));
-    let again = append("c", &rest, None);
+    let again = append("a", &rest, None);
     assert_eq!((again.taken, again.duplicates), (vec![5], 5));
-    // The ids are kept until the window's end.
+    // The records of another stream are its own.
+    let elsewhere = append("b", &rest, None);
+    assert_eq!((elsewhere.taken, elsewhere.duplicates), (vec![5], 0));
+    // The ids are kept until the window's end, in the stream's hash slot.
     let expires: i64 = engine_redis::redis::cmd("PEXPIRETIME")
-        .arg(&*hash)
+        .arg(format!("{{a}}:{hash}"))
         .query(&mut conn)
         .unwrap();
     assert_eq!(expires, i64::try_from(expire_at_ms).unwrap());

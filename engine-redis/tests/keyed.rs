@@ -162,7 +162,7 @@ impl Drop for Consumer {
 /// The owner of each partition's lease, per the server.
 fn owners(conn: &mut redis::Connection) -> Vec<Option<String>> {
     (0..PARTITIONS)
-        .map(|p| conn.get(format!("in:p{p}:lease:engine")).expect("GET"))
+        .map(|p| conn.get(format!("{{in:p{p}}}:lease:engine")).expect("GET"))
         .collect()
 }
 

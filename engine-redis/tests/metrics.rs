@@ -46,7 +46,7 @@ fn the_lag_and_pending_metrics_match_xinfo_groups() {
         .query(&mut conn)
         .unwrap();
     redis::cmd("XADD")
-        .arg(&["jobs:dead", "*", "reason", "poison"][..])
+        .arg(&["{jobs}:dead", "*", "reason", "poison"][..])
         .exec(&mut conn)
         .unwrap();
 

@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::{
-    DEFAULT_CONNECT_TIMEOUT, DEFAULT_GROUP, DEFAULT_PORT, DEFAULT_RESPONSE_TIMEOUT, StreamAddress,
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_GROUP, DEFAULT_PORT, DEFAULT_REPLICAS_TIMEOUT,
+    DEFAULT_RESPONSE_TIMEOUT, StreamAddress,
 };
 
 /// The most partitions a keyed stream may have.
@@ -74,6 +75,8 @@ pub(super) fn parse(address: &str) -> std::result::Result<StreamAddress, String>
         block: None,
         partitions: None,
         lease: None,
+        replicas: 0,
+        replicas_timeout: DEFAULT_REPLICAS_TIMEOUT,
         connect_timeout: DEFAULT_CONNECT_TIMEOUT,
         response_timeout: DEFAULT_RESPONSE_TIMEOUT,
     };
@@ -108,7 +111,7 @@ fn set_option(
 ) -> std::result::Result<(), String> {
     let name = |what: &str| {
         if value.is_empty() {
-            Err(format!("`{key}` needs a {what}"))
+            Err(format!("{key} needs a {what}"))
         } else {
             Ok(value.clone())
         }
@@ -120,7 +123,7 @@ fn set_option(
         "dead" => parsed.dead = Some(name("stream name")?),
         "db" => parsed.db = number(key, &value)?,
         "ca" if parsed.tls => parsed.ca = Some(PathBuf::from(name("file path")?)),
-        "ca" => return Err("`ca` is for TLS: use rediss://".to_owned()),
+        "ca" => return Err("ca is for TLS: use rediss://".to_owned()),
         "bound" if value == "none" => parsed.bound = Some(None),
         "bound" => parsed.bound = Some(Some(positive(key, &value)?)),
         "max_deliveries" => parsed.max_deliveries = Some(positive(key, &value)?),
@@ -133,15 +136,20 @@ fn set_option(
                 u32::try_from(n)
                     .ok()
                     .filter(|n| *n <= MAX_PARTITIONS)
-                    .ok_or_else(|| format!("`partitions` is at most {MAX_PARTITIONS}"))?,
+                    .ok_or_else(|| format!("partitions is at most {MAX_PARTITIONS}"))?,
             );
         }
         "lease_ms" => parsed.lease = Some(millis(&value)?),
+        "replicas" => {
+            parsed.replicas = u32::try_from(number(key, &value)?)
+                .map_err(|_| format!("{key} is too large ({value})"))?;
+        }
+        "replicas_timeout_ms" => parsed.replicas_timeout = millis(&value)?,
         other => {
             return Err(format!(
                 "unknown option {other:?} (known: group, consumer, dead, db, ca, bound, \
                  max_deliveries, claim_idle_ms, block_ms, remove_idle_ms, partitions, \
-                 lease_ms)"
+                 lease_ms, replicas, replicas_timeout_ms)"
             ));
         }
     }
@@ -152,7 +160,7 @@ fn split_host_port(hostport: &str) -> std::result::Result<(String, u16), String>
     let (host, port) = if let Some(rest) = hostport.strip_prefix('[') {
         // An IPv6 literal: `[::1]:6379`.
         let Some((host, after)) = rest.split_once(']') else {
-            return Err("unclosed `[` in the host".to_owned());
+            return Err("unclosed [ in the host".to_owned());
         };
         let port = match after {
             "" => None,
@@ -188,7 +196,7 @@ fn number(key: &str, value: &str) -> std::result::Result<i64, String> {
         .parse()
         .ok()
         .filter(|n: &i64| *n >= 0)
-        .ok_or_else(|| format!("`{key}` must be a number, not {value:?}"))
+        .ok_or_else(|| format!("{key} must be a number, not {value:?}"))
 }
 
 fn positive(key: &str, value: &str) -> std::result::Result<u64, String> {
@@ -196,7 +204,7 @@ fn positive(key: &str, value: &str) -> std::result::Result<u64, String> {
         .parse()
         .ok()
         .filter(|n: &u64| *n > 0)
-        .ok_or_else(|| format!("`{key}` must be a positive number, not {value:?}"))
+        .ok_or_else(|| format!("{key} must be a positive number, not {value:?}"))
 }
 
 /// Percent-decodes `text` as UTF-8.

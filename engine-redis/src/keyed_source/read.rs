@@ -95,12 +95,7 @@ impl<B: Broker + 'static> Running<B> {
             .extend(live.into_iter().map(|delivery| (partition, delivery)));
         let reasons: Vec<String> = dead
             .iter()
-            .map(|d| {
-                format!(
-                    "delivered {} times (limit {limit}) without being finished",
-                    d.deliveries
-                )
-            })
+            .map(|d| crate::reason::delivered_too_often(d.deliveries, limit, None))
             .collect();
         let letters: Vec<DeadLetter<'_>> = dead
             .iter()

@@ -9,18 +9,21 @@ use engine_core::protocol::PROTOCOL_VERSION;
 use super::{PAYLOAD_FIELD, RedisBroker, VERSION_FIELD};
 use crate::broker::{Appended, Batch, DedupKey};
 use crate::error::Result;
+use crate::keys::key_of;
 
-/// Appends batches to streams, atomically: `KEYS` are the streams; `ARGV[1]` is the bound
-/// (negative: none), `ARGV[2]` the protocol version, `ARGV[3]` 1 to deduplicate.
+/// Appends batches to streams, atomically: `KEYS` are the streams, then (with
+/// deduplication) the id hashes; `ARGV[1]` is the bound (negative: none), `ARGV[2]` the
+/// protocol version, `ARGV[3]` 1 to deduplicate.
 ///
-/// With deduplication, `ARGV[4]` is the number `m` of id hashes, each followed by its key,
-/// its expiry (ms since the epoch), its number of fields `f` and the `f` field names. Then
-/// for each stream: the number of payloads `n`; with deduplication, the number of runs and
-/// each run as (hash number, field number, first bit, length), hash 0 for payloads without
-/// ids; then the `n` payloads. The item of a run's `i`-th payload (from 0) is bit
-/// `first + i` of its field: a field is a bitmap, bit `b` in byte `b / 8` (from 0), value
-/// `2^(b % 8)`. The fields are read with one `HMGET` per hash (in chunks) and the changed
-/// ones written back with one `HSET`, not one call per item.
+/// With deduplication, `ARGV[4]` is the number `m` of id hashes (the last `m` keys), each
+/// followed by its expiry (ms since the epoch), its number of fields `f` and the `f` field
+/// names. Then for each stream: the number of payloads `n`; with deduplication, the number
+/// of runs and each run as (hash number, field number, first bit, length), hash 0 for
+/// payloads without ids; then the `n` payloads. The item of a run's `i`-th payload (from 0)
+/// is bit `first + i` of its field: a field is a bitmap, bit `b` in byte `b / 8` (from 0),
+/// value `2^(b % 8)`. The fields are read with one `HMGET` per hash (in chunks) and the
+/// changed ones written back with one `HSET`, not one call per item. The script builds no
+/// key name: every key it touches is in `KEYS`, as Redis Cluster requires.
 ///
 /// A stream at its bound takes no more. A payload whose bit is set already (by an earlier
 /// call or an earlier payload of this one) is skipped (taken, but not appended). Each hash
@@ -56,15 +59,17 @@ local bound = tonumber(ARGV[1])
 local version = ARGV[2]
 local dedup = ARGV[3] == '1'
 local at = 4
+local streams = #KEYS
 local hashes, expiries, names, maps, dirty = {}, {}, {}, {}, {}
 if dedup then
   local m = tonumber(ARGV[4])
+  streams = #KEYS - m
   at = 5
   for j = 1, m do
-    hashes[j] = ARGV[at]
-    expiries[j] = ARGV[at + 1]
-    local f = tonumber(ARGV[at + 2])
-    local first = at + 3
+    hashes[j] = KEYS[streams + j]
+    expiries[j] = ARGV[at]
+    local f = tonumber(ARGV[at + 1])
+    local first = at + 2
     local fields, bitmaps = {}, {}
     for s = 0, f - 1, 4000 do
       local e = math.min(s + 3999, f - 1)
@@ -80,7 +85,7 @@ if dedup then
 end
 local out = {}
 local skipped = 0
-for k = 1, #KEYS do
+for k = 1, streams do
   local stream = KEYS[k]
   local n = tonumber(ARGV[at])
   at = at + 1
@@ -156,7 +161,7 @@ for j = 1, #hashes do
   end
   redis.call('PEXPIREAT', hashes[j], expiries[j])
 end
-out[#KEYS + 1] = skipped
+out[streams + 1] = skipped
 return out
 ";
 
@@ -199,6 +204,7 @@ impl RedisBroker {
                 }
             }
             self.run("XADD", timeout, |conn| pipe.exec(conn))?;
+            self.confirm("XADD")?;
             return Ok(Appended {
                 taken: batches.iter().map(|batch| batch.payloads.len()).collect(),
                 duplicates: 0,
@@ -221,6 +227,7 @@ impl RedisBroker {
         }
         let reply: Vec<i64> =
             self.run("EVALSHA (append)", timeout, |conn| invocation.invoke(conn))?;
+        self.confirm("EVALSHA (append)")?;
         let counts: Option<Vec<usize>> = reply.iter().map(|n| usize::try_from(*n).ok()).collect();
         match counts {
             Some(mut counts)
@@ -244,7 +251,9 @@ impl RedisBroker {
 /// One id hash of a deduplicating append: its key, expiry and fields, numbered from 1 in the
 /// order first seen.
 struct IdHash<'a> {
-    key: &'a str,
+    /// The stream the hash goes with, and its name relative to it ([`DedupKey::set`]).
+    stream: &'a str,
+    set: &'a str,
     expire_at_ms: u64,
     fields: Vec<String>,
     /// The number of each field, by name.
@@ -281,7 +290,7 @@ impl<'a> DedupArgs<'a> {
             for i in 0..batch.payloads.len() {
                 let (hash, field, bit) = match keys.get(i) {
                     None => (0, 0, 0),
-                    Some(key) => args.place(key),
+                    Some(key) => args.place(batch.stream, key),
                 };
                 match runs.last_mut() {
                     Some((h, f, first, len))
@@ -299,13 +308,18 @@ impl<'a> DedupArgs<'a> {
     }
 
     /// The hash number, field number and bit of an item's id.
-    fn place(&mut self, key: &'a DedupKey) -> (usize, usize, u64) {
+    fn place(&mut self, stream: &'a str, key: &'a DedupKey) -> (usize, usize, u64) {
         let set: &str = &key.set;
-        let h = match self.hashes.iter().rposition(|hash| hash.key == set) {
+        let h = match self
+            .hashes
+            .iter()
+            .rposition(|hash| hash.set == set && hash.stream == stream)
+        {
             Some(h) => h,
             None => {
                 self.hashes.push(IdHash {
-                    key: set,
+                    stream,
+                    set,
                     expire_at_ms: key.expire_at_ms,
                     fields: Vec::new(),
                     numbers: HashMap::new(),
@@ -332,10 +346,14 @@ impl<'a> DedupArgs<'a> {
     }
 
     fn push_to(&self, invocation: &mut redis::ScriptInvocation<'_>, batches: &[Batch<'_>]) {
+        // The streams' keys first, then the hashes'.
+        for batch in batches {
+            invocation.key(batch.stream);
+        }
         invocation.arg(self.hashes.len());
         for hash in &self.hashes {
             invocation
-                .arg(hash.key)
+                .key(key_of(hash.stream, hash.set))
                 .arg(hash.expire_at_ms)
                 .arg(hash.fields.len());
             for field in &hash.fields {
@@ -343,10 +361,7 @@ impl<'a> DedupArgs<'a> {
             }
         }
         for (batch, runs) in batches.iter().zip(&self.runs) {
-            invocation
-                .key(batch.stream)
-                .arg(batch.payloads.len())
-                .arg(runs.len());
+            invocation.arg(batch.payloads.len()).arg(runs.len());
             for (hash, field, first, len) in runs {
                 invocation.arg(*hash).arg(*field).arg(*first).arg(*len);
             }

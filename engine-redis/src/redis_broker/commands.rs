@@ -6,12 +6,15 @@ use std::time::Duration;
 
 use redis::{RedisError, Value};
 
-use super::parse::{parse_autoclaim, parse_entries, parse_pending, parse_read_streams};
+use super::parse::{
+    parse_autoclaim, parse_entries, parse_pending, parse_pending_owners, parse_read_streams,
+};
 use super::{PAYLOAD_FIELD, RedisBroker, VERSION_FIELD};
 use crate::broker::{
     Appended, Batch, Beat, Broker, Claimed, DeadLetter, Delivery, EntryId, Leases, Pending,
 };
 use crate::error::{Error, Result};
+use crate::keys::error_key;
 
 /// How long an error recorded for a failed entry is kept, for its dead letter.
 const ERROR_TTL_SECS: u64 = 7 * 24 * 3600;
@@ -254,7 +257,8 @@ impl Broker for RedisBroker {
                 .ignore();
         }
         let timeout = self.response_timeout;
-        self.run("XACK", timeout, |conn| pipe.exec(conn))
+        self.run("XACK", timeout, |conn| pipe.exec(conn))?;
+        self.confirm("XACK")
     }
 
     fn claim(
@@ -326,6 +330,31 @@ impl Broker for RedisBroker {
                 .query(conn)
         })?;
         parse_pending(reply).map_err(|reason| self.unexpected("XPENDING", reason))
+    }
+
+    fn idle_pending(
+        &mut self,
+        stream: &str,
+        group: &str,
+        min_idle: Duration,
+        after: Option<EntryId>,
+        count: usize,
+    ) -> Result<Vec<(String, Pending)>> {
+        let timeout = self.response_timeout;
+        let start = after.map_or_else(|| "-".to_owned(), |id| format!("({id}"));
+        let min_idle_ms = u64::try_from(min_idle.as_millis()).unwrap_or(u64::MAX);
+        let reply: Value = self.run("XPENDING", timeout, |conn| {
+            redis::cmd("XPENDING")
+                .arg(stream)
+                .arg(group)
+                .arg("IDLE")
+                .arg(min_idle_ms)
+                .arg(start)
+                .arg("+")
+                .arg(count.max(1))
+                .query(conn)
+        })?;
+        parse_pending_owners(reply).map_err(|reason| self.unexpected("XPENDING", reason))
     }
 
     fn claim_ids(
@@ -436,11 +465,7 @@ impl Broker for RedisBroker {
         let keys: Vec<String> = letters.iter().map(|l| error_key(stream, l.id)).collect();
         pipe.cmd("DEL").arg(&keys).ignore();
         let timeout = self.response_timeout;
-        self.run("XADD (dead letter)", timeout, |conn| pipe.exec(conn))
+        self.run("XADD (dead letter)", timeout, |conn| pipe.exec(conn))?;
+        self.confirm("XADD (dead letter)")
     }
-}
-
-/// The key holding the last recorded error of an entry.
-fn error_key(stream: &str, id: EntryId) -> String {
-    format!("{stream}:error:{id}")
 }

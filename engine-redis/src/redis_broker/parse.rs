@@ -166,6 +166,15 @@ fn payload_of(fields: impl IntoIterator<Item = Value>) -> (Option<Vec<u8>>, Opti
 
 /// Reads the reply of the extended `XPENDING`: `[[id, consumer, idle, deliveries] ...]`.
 pub(super) fn parse_pending(reply: Value) -> Parsed<Vec<Pending>> {
+    Ok(parse_pending_owners(reply)?
+        .into_iter()
+        .map(|(_, pending)| pending)
+        .collect())
+}
+
+/// Reads the reply of the extended `XPENDING` with the consumer of each row:
+/// `[[id, consumer, idle ms, deliveries] ...]`.
+pub(super) fn parse_pending_owners(reply: Value) -> Parsed<Vec<(String, Pending)>> {
     let Value::Array(rows) = reply else {
         return Err(format!("expected an array, got {}", kind(&reply)));
     };
@@ -178,15 +187,21 @@ pub(super) fn parse_pending(reply: Value) -> Parsed<Vec<Pending>> {
                 .first()
                 .and_then(id_of)
                 .ok_or("a pending row has no id")?;
+            let consumer = match row.get(1) {
+                Some(Value::BulkString(bytes)) => String::from_utf8_lossy(bytes).into_owned(),
+                Some(Value::SimpleString(text)) => text.clone(),
+                _ => return Err("a pending row has no consumer".to_owned()),
+            };
             let number = |at: usize, what: &str| match row.get(at) {
                 Some(Value::Int(n)) => u64::try_from(*n).map_err(|_| format!("a negative {what}")),
                 _ => Err(format!("a pending row has no {what}")),
             };
-            Ok(Pending {
+            let pending = Pending {
                 id,
                 idle: Duration::from_millis(number(2, "idle time")?),
                 deliveries: number(3, "delivery count")?,
-            })
+            };
+            Ok((consumer, pending))
         })
         .collect()
 }

@@ -230,7 +230,15 @@ impl<B: Broker + 'static> Running<B> {
                 if self.read_backoff.take().is_some() {
                     tracing::info!(stream = %cfg.stream, "reading: the broker is back");
                 }
-                self.buffer.extend(deliveries);
+                // An entry handed out already can come back as new when the server lost its
+                // delivery (a restart from an older snapshot): the pipeline still has it, and
+                // its completion settles this delivery too.
+                let in_flight = lock(&self.in_flight);
+                self.buffer.extend(
+                    deliveries
+                        .into_iter()
+                        .filter(|delivery| !in_flight.contains(&delivery.id)),
+                );
                 Ok(())
             }
             Err(error) if error.is_retryable() => {

@@ -37,6 +37,8 @@ struct Tally {
     reclaimed: AtomicU64,
     /// Entries this source moved to the dead-letter stream.
     dead_lettered: AtomicU64,
+    /// Entries this source took back from its own pending list.
+    recovered: AtomicU64,
     settled: Mutex<u64>,
     changed: Condvar,
 }
@@ -56,6 +58,14 @@ impl Settlement {
     /// How many entries the sources of this settlement moved to the dead-letter stream.
     pub fn dead_lettered(&self) -> u64 {
         self.0.dead_lettered.load(Ordering::Relaxed)
+    }
+
+    /// How many entries the sources of this settlement took back from their own pending
+    /// lists when they (re)connected: entries delivered to them in a reply that was lost, or
+    /// left by an earlier run under the same consumer name. Entries still in the pipeline
+    /// are never taken back, so none of these is a repeat of an item being worked on.
+    pub fn recovered(&self) -> u64 {
+        self.0.recovered.load(Ordering::Relaxed)
     }
 
     /// How many items were handed out and are not settled yet.
@@ -96,6 +106,11 @@ impl Settlement {
     /// Counts `n` entries taken over from other consumers.
     pub(crate) fn add_reclaimed(&self, n: u64) {
         self.0.reclaimed.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counts `n` entries taken back from the own pending list.
+    pub(crate) fn add_recovered(&self, n: u64) {
+        self.0.recovered.fetch_add(n, Ordering::Relaxed);
     }
 
     /// Counts `n` entries moved to the dead-letter stream.

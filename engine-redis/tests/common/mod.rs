@@ -133,3 +133,12 @@ pub fn expect_line(stdout: &mut BufReader<ChildStdout>, line: &str) {
         }
     }
 }
+
+/// Checks that a reason or message the crate wrote reads plainly: no Rust type path (`::`)
+/// and no backtick.
+pub fn assert_plain(reason: &str) {
+    assert!(
+        !reason.contains("::") && !reason.contains('`'),
+        "not plain words: {reason}"
+    );
+}

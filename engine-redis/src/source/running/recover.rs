@@ -16,41 +16,66 @@ use crate::retry::retrying;
 impl<B: Broker + 'static> Running<B> {
     /// Claims entries left pending too long (by dead consumers, mostly); dead-letters those
     /// delivered too often. After a complete pass, removes consumers idle for too long.
+    ///
+    /// The idle entries are listed first, with their owners, and only those this source is
+    /// not working on itself are claimed: `XAUTOCLAIM` would also claim (and count a
+    /// delivery of) an item of its own pipeline whose keep-alive was late.
     pub(super) fn sweep<C>(&mut self, cfg: &Config<C>, ctx: &StageContext) -> Result<()> {
-        let (broker, stream, group, consumer, in_flight, recover) = (
+        let (broker, stream, group, consumer, in_flight) = (
             &mut self.broker,
             &cfg.stream,
             &cfg.group,
             &self.consumer,
             &self.in_flight,
-            &mut self.recover,
         );
-        let (idle, from, count) = (cfg.options.claim_idle, self.cursor, cfg.options.batch);
-        let (next, claimed) =
+        let (idle, count) = (cfg.options.claim_idle, cfg.options.batch);
+        let after = (self.cursor != EntryId::ZERO).then_some(self.cursor);
+        let (listed, last, stale) =
             retrying("claiming", cfg.options.retry_for, Some(ctx.stop()), || {
-                // The set stays locked while the claim runs, so that an entry the acknowledging
-                // thread settles meanwhile is either not claimed or still known as ours.
+                // Locked while listing: an entry settled meanwhile is either not listed or
+                // still known as in the pipeline.
                 let in_flight = lock(in_flight);
-                let claimed = broker.claim(stream, group, consumer, idle, from, count);
-                // Entries claimed in a reply that was lost are pending for us: read them again.
-                *recover |= claimed.is_err();
-                let claimed = claimed?;
-                let fresh: Vec<Delivery> = claimed
-                    .deliveries
+                let rows = broker.idle_pending(stream, group, idle, after, count)?;
+                let last = rows.last().map(|(_, row)| row.id);
+                let listed = rows.len();
+                let stale: Vec<_> = rows
                     .into_iter()
-                    // Ours, and still in the pipeline: the claim only refreshed it.
-                    .filter(|delivery| !in_flight.contains(&delivery.id))
+                    .filter(|(owner, row)| owner != consumer || !in_flight.contains(&row.id))
+                    .map(|(_, row)| row)
                     .collect();
-                Ok((claimed.next, fresh))
+                Ok((listed, last, stale))
             })?;
-        let complete = next.is_none();
-        match next {
-            Some(next) => self.cursor = next,
-            None => {
+        let claimed = if stale.is_empty() {
+            Vec::new()
+        } else {
+            let ids: Vec<EntryId> = stale.iter().map(|row| row.id).collect();
+            let recover = &mut self.recover;
+            let mut claimed =
+                retrying("claiming", cfg.options.retry_for, Some(ctx.stop()), || {
+                    let claimed = broker.claim_ids(stream, group, consumer, idle, &ids);
+                    // Entries claimed in a reply that was lost are pending for us: read them
+                    // again.
+                    *recover |= claimed.is_err();
+                    claimed
+                })?;
+            for delivery in &mut claimed {
+                if let Some(row) = stale.iter().find(|row| row.id == delivery.id) {
+                    delivery.deliveries = row.deliveries + 1;
+                }
+            }
+            claimed
+        };
+        let complete = match last {
+            Some(last) if listed >= count => {
+                self.cursor = last;
+                false
+            }
+            _ => {
                 self.cursor = EntryId::ZERO;
                 self.next_sweep = Instant::now() + cfg.options.sweep_interval();
+                true
             }
-        }
+        };
         for delivery in &claimed {
             tracing::debug!(stream = %cfg.stream, id = %delivery.id, deliveries = delivery.deliveries, "claimed a pending entry");
         }
@@ -70,12 +95,13 @@ impl<B: Broker + 'static> Running<B> {
     pub(super) fn recover_own<C>(&mut self, cfg: &Config<C>, ctx: &StageContext) -> Result<()> {
         let mut after = None;
         loop {
-            let (broker, stream, group, consumer, in_flight) = (
+            let (broker, stream, group, consumer, in_flight, buffer) = (
                 &mut self.broker,
                 &cfg.stream,
                 &cfg.group,
                 &self.consumer,
                 &self.in_flight,
+                &self.buffer,
             );
             let count = cfg.options.batch;
             let (listed, last, lost) = retrying(
@@ -91,7 +117,9 @@ impl<B: Broker + 'static> Running<B> {
                     let listed = rows.len();
                     let lost: Vec<_> = rows
                         .into_iter()
+                        // Still in the pipeline, or about to be handed out: not lost.
                         .filter(|row| !in_flight.contains(&row.id))
+                        .filter(|row| !buffer.iter().any(|queued| queued.id == row.id))
                         .collect();
                     Ok((listed, last, lost))
                 },
@@ -119,6 +147,7 @@ impl<B: Broker + 'static> Running<B> {
                         "took back entries delivered to this consumer and never handed out"
                     );
                 }
+                cfg.settlement.add_recovered(deliveries.len() as u64);
                 self.take_over(cfg, deliveries, ctx)?;
             }
             match last {
@@ -152,18 +181,11 @@ impl<B: Broker + 'static> Running<B> {
                 Some(ctx.stop()),
                 || broker.last_error(&cfg.stream, delivery.id),
             )?;
-            let limit = cfg.options.max_deliveries;
-            reasons.push(match last {
-                Some(error) => format!(
-                    "delivered {} times (limit {limit}); last error: {error}",
-                    delivery.deliveries
-                ),
-                None => format!(
-                    "delivered {} times (limit {limit}) without being finished; no error was \
-                     recorded (a consumer stopped or crashed with it)",
-                    delivery.deliveries
-                ),
-            });
+            reasons.push(crate::reason::delivered_too_often(
+                delivery.deliveries,
+                cfg.options.max_deliveries,
+                last.as_deref(),
+            ));
         }
         let letters: Vec<DeadLetter<'_>> = dead
             .iter()
