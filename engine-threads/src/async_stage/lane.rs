@@ -6,7 +6,7 @@ use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use engine_core::plumbing::{Finished, ItemOutcome, Offload};
@@ -14,7 +14,9 @@ use engine_core::{StageError, StopLevel, StopSubscription};
 use futures_util::FutureExt;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::runtime::Handle;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, SemaphorePermit};
+
+use super::adaptive::Aimd;
 use tokio_util::sync::CancellationToken;
 
 /// The work on one item, as a future that owns what it needs.
@@ -24,31 +26,46 @@ pub(crate) type ItemFuture<O> =
 /// Makes an item's future.
 pub(crate) type Call<I, O> = Arc<dyn Fn(I) -> ItemFuture<O> + Send + Sync>;
 
-/// What the threads of one async stage share in one run: the permits that bound its items in
-/// flight, and the items its threads hold.
+/// What the threads of one async stage share: the permits that bound its items in flight,
+/// the items its threads hold, and, when adaptive, how the limit moves.
 #[derive(Debug)]
 pub(crate) struct Gate {
     permits: Semaphore,
-    concurrency: usize,
+    /// The most futures of the stage at once: fixed, or moved by `adaptive`.
+    limit: AtomicUsize,
     /// Items submitted by the stage's threads and not yet back.
     held: AtomicUsize,
     /// Futures running now (holding a permit).
     running: AtomicUsize,
+    adaptive: Option<Aimd>,
 }
 
 impl Gate {
-    pub(crate) fn new(concurrency: usize) -> Self {
+    /// A gate for at most `concurrency` futures at once; if `adaptive`, the limit starts low
+    /// and is found between 1 and `concurrency`.
+    pub(crate) fn new(concurrency: usize, adaptive: bool) -> Self {
+        let start = if adaptive {
+            Aimd::start(concurrency)
+        } else {
+            concurrency
+        };
         Self {
-            permits: Semaphore::new(concurrency),
-            concurrency,
+            permits: Semaphore::new(start),
+            limit: AtomicUsize::new(start),
             held: AtomicUsize::new(0),
             running: AtomicUsize::new(0),
+            adaptive: adaptive.then(|| Aimd::new(concurrency)),
         }
     }
 
     /// Futures running now.
     pub(crate) fn running(&self) -> usize {
         self.running.load(Ordering::Relaxed)
+    }
+
+    /// The most futures allowed at once now.
+    pub(crate) fn limit(&self) -> usize {
+        self.limit.load(Ordering::Relaxed)
     }
 }
 
@@ -122,11 +139,11 @@ impl<I: Send + 'static, O: Send + 'static> Offload for Lane<I, O> {
 
     fn capacity(&self) -> usize {
         // The bound is in items (see `has_room`): a batch per item at most.
-        self.gate.concurrency.max(1)
+        self.gate.limit().max(1)
     }
 
     fn has_room(&self) -> bool {
-        self.gate.held.load(Ordering::Relaxed) < self.gate.concurrency
+        self.gate.held.load(Ordering::Relaxed) < self.gate.limit()
     }
 
     fn submit(&mut self, tag: u64, items: Vec<I>) {
@@ -238,13 +255,14 @@ async fn run_item<O>(
     gate: Arc<Gate>,
     timeout: Option<Duration>,
 ) -> ItemOutcome<O> {
-    let _permit = gate
+    let permit = gate
         .permits
         .acquire()
         .await
         .expect("the stage's semaphore is never closed");
-    gate.running.fetch_add(1, Ordering::Relaxed);
-    let _running = Running(&gate);
+    let running = gate.running.fetch_add(1, Ordering::Relaxed) + 1;
+    let _running = Running(&gate, Some(permit));
+    let started = Instant::now();
     let guarded = AssertUnwindSafe(future).catch_unwind();
     let result = match timeout {
         None => Ok(guarded.await),
@@ -252,20 +270,37 @@ async fn run_item<O>(
             .await
             .map_err(|_| limit),
     };
-    match result {
+    let outcome = match result {
         Ok(Ok(result)) => ItemOutcome::of(result),
         Ok(Err(payload)) => ItemOutcome::Failed(StageError::from_panic(payload)),
         Err(limit) => ItemOutcome::Failed(StageError::msg(format!(
             "the item's future did not finish within its timeout of {limit:?}"
         ))),
+    };
+    if let Some(aimd) = &gate.adaptive {
+        let failed = matches!(outcome, ItemOutcome::Failed(_));
+        aimd.record(
+            started.elapsed(),
+            failed,
+            running,
+            &gate.limit,
+            &gate.permits,
+        );
     }
+    outcome
 }
 
-/// Counts a future out of the running ones, however it ends.
-struct Running<'a>(&'a Gate);
+/// Counts a future out of the running ones, however it ends, and gives its permit back (or,
+/// after an adaptive cut, removes it).
+struct Running<'a>(&'a Gate, Option<SemaphorePermit<'a>>);
 
 impl Drop for Running<'_> {
     fn drop(&mut self) {
         self.0.running.fetch_sub(1, Ordering::Relaxed);
+        if let Some(permit) = self.1.take()
+            && self.0.adaptive.as_ref().is_some_and(Aimd::take_back)
+        {
+            permit.forget();
+        }
     }
 }

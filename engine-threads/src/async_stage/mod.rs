@@ -51,6 +51,7 @@
 //! - Async stages: waiting (HTTP, databases, brokers), hundreds or thousands of items in
 //!   flight, async clients (reqwest, sqlx, tonic) without `block_on`.
 
+mod adaptive;
 mod closures;
 mod lane;
 mod settings;

@@ -131,6 +131,8 @@ impl Drop for OwnRuntime {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Limits {
     pub(crate) concurrency: usize,
+    /// Whether the limit is found between 1 and `concurrency` (AIMD).
+    pub(crate) adaptive: bool,
     pub(crate) timeout: Option<Duration>,
 }
 

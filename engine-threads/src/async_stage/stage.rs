@@ -126,6 +126,7 @@ impl Default for Shared {
         Self {
             limits: Limits {
                 concurrency: DEFAULT_CONCURRENCY,
+                adaptive: false,
                 timeout: None,
             },
             runtime: RuntimeChoice::own(DEFAULT_RUNTIME_THREADS),
@@ -156,10 +157,10 @@ impl Shared {
             .runtime
             .handle()
             .map_err(|e| StageError::new(e).fatal())?;
-        let gate = Arc::clone(
-            self.gate
-                .get_or_init(|| Arc::new(Gate::new(self.limits.concurrency))),
-        );
+        let gate =
+            Arc::clone(self.gate.get_or_init(|| {
+                Arc::new(Gate::new(self.limits.concurrency, self.limits.adaptive))
+            }));
         let mut stage = make(ctx);
         setup(&mut stage, ctx)?;
         let stage = Arc::new(stage);
@@ -186,7 +187,29 @@ macro_rules! settings {
         /// (default 256). Zero fails the run at once with [`AsyncError::ZeroConcurrency`](super::AsyncError).
         #[must_use]
         pub fn concurrency(self, k: usize) -> Self {
-            self.with(|s| s.limits.concurrency = k)
+            self.with(|s| {
+                s.limits.concurrency = k;
+                s.limits.adaptive = false;
+            })
+        }
+
+        /// Lets the stage find its own limit, between 1 and `max`: it starts low, raises the
+        /// limit by one while the latency of its items holds, and cuts it by a tenth when the
+        /// latency rises or items fail (AIMD). [`concurrency_limit`](Self::concurrency_limit)
+        /// reads where it stands. Zero fails the run at once with
+        /// [`AsyncError::ZeroConcurrency`](super::AsyncError).
+        #[must_use]
+        pub fn adaptive(self, max: usize) -> Self {
+            self.with(|s| {
+                s.limits.concurrency = max;
+                s.limits.adaptive = true;
+            })
+        }
+
+        /// The stage's limit of futures at once now: the fixed concurrency, or where an
+        /// adaptive stage stands (0 before the first run).
+        pub fn concurrency_limit(&self) -> usize {
+            self.shared.gate.get().map_or(0, |gate| gate.limit())
         }
 
         /// Fails an item whose future has not finished after `limit` (default: no limit).
