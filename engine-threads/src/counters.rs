@@ -2,9 +2,11 @@
 //! statistics, and what a consumer thread hands back when it ends.
 
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use engine_core::Counts;
+use engine_core::plumbing::InFlight;
 
 use crate::stall::Wait;
 
@@ -21,6 +23,8 @@ pub(crate) struct ThreadStats {
     blocked_nanos: AtomicU64,
     /// What the thread waits on now ([`Wait`]), for the stall report.
     wait: AtomicU8,
+    /// What the thread's stage runs at once, if it says (an async stage).
+    in_flight: OnceLock<Arc<dyn InFlight>>,
 }
 
 fn nanos(d: Duration) -> u64 {
@@ -32,6 +36,18 @@ impl ThreadStats {
     #[inline]
     pub(crate) fn set_wait(&self, wait: Wait) {
         self.wait.store(wait as u8, Ordering::Relaxed);
+    }
+
+    /// Notes where to read what the thread's stage runs at once.
+    pub(crate) fn watch_in_flight(&self, in_flight: Arc<dyn InFlight>) {
+        let _ = self.in_flight.set(in_flight);
+    }
+
+    /// Items the thread's stage runs now and its limit, if it says.
+    pub(crate) fn in_flight(&self) -> Option<(u64, u64)> {
+        self.in_flight
+            .get()
+            .map(|f| (f.running() as u64, f.limit() as u64))
     }
 
     /// What the thread waits on now.

@@ -26,6 +26,7 @@ use crate::stats::{StageStats, Stats, StatsSource};
 /// | `engine_blocked_seconds` | counter, per thread | time a thread waited for room in a full next queue: backpressure |
 /// | `engine_queue_depth`, `engine_queue_capacity` | gauge | items in the stage's input queue, and the most it holds |
 /// | `engine_stage_threads` | gauge | threads of the stage |
+/// | `engine_stage_in_flight`, `engine_stage_concurrency_limit` | gauge | an async stage's futures running now, and the most it allows now (fixed or adaptive); only for async stages |
 /// | `engine_elapsed_seconds`, `engine_running` | gauge, no labels | time since the start; 1 while the run lasts, 0 after |
 ///
 /// [`Registry::register_collector`]: prometheus_client::registry::Registry::register_collector
@@ -184,6 +185,36 @@ fn encode_stages(encoder: &mut DescriptorEncoder<'_>, stats: &Stats) -> fmt::Res
         stats,
         ("engine_stage_threads", "Threads of the stage."),
         |s| s.threads.len() as i64,
+    )?;
+    if !stats.stages.iter().any(|s| s.concurrency_limit > 0) {
+        return Ok(());
+    }
+    let limited = Stats {
+        stages: stats
+            .stages
+            .iter()
+            .filter(|s| s.concurrency_limit > 0)
+            .cloned()
+            .collect(),
+        ..stats.clone()
+    };
+    per_stage(
+        encoder,
+        &limited,
+        (
+            "engine_stage_in_flight",
+            "Futures of an async stage running now.",
+        ),
+        |s| s.in_flight as i64,
+    )?;
+    per_stage(
+        encoder,
+        &limited,
+        (
+            "engine_stage_concurrency_limit",
+            "The most futures an async stage runs at once now (fixed or adaptive).",
+        ),
+        |s| s.concurrency_limit as i64,
     )
 }
 

@@ -39,6 +39,11 @@ pub struct StageStats {
     pub capacity: u64,
     /// Items handled per second since the start.
     pub items_per_second: f64,
+    /// Items the stage runs at once now (an async stage's futures; 0 for others).
+    pub in_flight: u64,
+    /// The most items the stage runs at once now (an async stage's fixed or adaptive limit;
+    /// 0 for others).
+    pub concurrency_limit: u64,
     /// Each thread of the stage: its counts, the time it worked, and the time it waited for
     /// room in the next queue (backpressure).
     pub threads: Vec<ThreadSnapshot>,
@@ -108,6 +113,10 @@ pub(crate) trait StageProbe: Send + Sync {
     fn threads(&self) -> Vec<ThreadSnapshot>;
     /// What each thread waits on now.
     fn waits(&self) -> Vec<Wait>;
+    /// Items the stage runs at once and its limit, if its threads say.
+    fn in_flight(&self) -> (u64, u64) {
+        (0, 0)
+    }
 }
 
 /// The consumer threads of a stage and its input queue.
@@ -135,6 +144,14 @@ impl StageProbe for ConsumerProbe {
 
     fn waits(&self) -> Vec<Wait> {
         self.threads.iter().map(|t| t.wait()).collect()
+    }
+
+    fn in_flight(&self) -> (u64, u64) {
+        // The threads of a stage share one limit: any of them tells.
+        self.threads
+            .iter()
+            .find_map(|t| t.in_flight())
+            .unwrap_or((0, 0))
     }
 }
 
@@ -239,6 +256,8 @@ impl StatsSource {
                     queued: probe.queued(),
                     capacity: probe.capacity(),
                     items_per_second: handled as f64 / secs,
+                    in_flight: probe.in_flight().0,
+                    concurrency_limit: probe.in_flight().1,
                     threads: probe.threads(),
                 }
             })

@@ -385,3 +385,41 @@ fn an_async_backend_settles_each_item_when_its_future_finished() {
     assert_eq!(report.processed(), 1_000);
     assert_eq!(sum.load(Ordering::SeqCst), 500_500);
 }
+
+#[test]
+fn the_statistics_show_the_futures_in_flight_and_the_limit() {
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let started = Arc::new(AtomicU64::new(0));
+    let handle = Engine::builder(0..5_000_u64)
+        .transport(gated(&gate, &started))
+        .backend(|_: u64| {})
+        .spawn()
+        .unwrap();
+    wait_for("1,000 futures in flight", || {
+        let stats = handle.stats();
+        let transport = &stats.stages[1];
+        transport.in_flight == 1_000 && transport.concurrency_limit == 1_000
+    });
+    #[cfg(feature = "metrics")]
+    {
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register_collector(Box::new(handle.metrics()));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        assert!(
+            text.contains(r#"engine_stage_in_flight{stage="transport",kind="transport"} 1000"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                r#"engine_stage_concurrency_limit{stage="transport",kind="transport"} 1000"#
+            ),
+            "{text}"
+        );
+        assert!(!text.contains(r#"engine_stage_in_flight{stage="backend""#));
+    }
+    gate.add_permits(usize::MAX >> 4);
+    let report = handle.join().unwrap();
+    assert_eq!(report.processed(), 5_000);
+    assert_eq!(report.dropped(), 0);
+}

@@ -22,7 +22,7 @@ pub mod offload;
 mod sync;
 
 pub use batch::fit_batch;
-pub use offload::{Finished, ItemOutcome, Offload};
+pub use offload::{Finished, InFlight, ItemOutcome, Offload};
 pub use sync::lock;
 
 pub use crate::adapt::markers;

@@ -9,6 +9,9 @@
 //! [`ItemOutcome`] when the batch comes back. An engine that knows nothing of offloading
 //! calls the stage per item, as for any other stage.
 
+use std::fmt;
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use crate::error::StageError;
@@ -53,6 +56,15 @@ impl<O> ItemOutcome<O> {
     }
 }
 
+/// What a stage runs at once, read live by the engine's statistics (see
+/// [`Offload::in_flight`]).
+pub trait InFlight: fmt::Debug + Send + Sync {
+    /// Items running now.
+    fn running(&self) -> usize;
+    /// The most items allowed to run at once now.
+    fn limit(&self) -> usize;
+}
+
 /// A batch that came back: the tag it was submitted under, and one outcome per item in the
 /// order the items were submitted.
 pub type Finished<O> = (u64, Vec<ItemOutcome<O>>);
@@ -80,6 +92,12 @@ pub trait Offload {
         true
     }
 
+    /// A live view of the items this stage runs at once and its limit (an async stage's), for
+    /// the engine's statistics; read whenever they are, from any thread. The default is none.
+    fn in_flight(&self) -> Option<Arc<dyn InFlight>> {
+        None
+    }
+
     /// Hands a batch over under `tag`. Returns at once: the outcome comes from
     /// [`finished`](Self::finished).
     fn submit(&mut self, tag: u64, items: Vec<Self::Input>);
@@ -100,6 +118,10 @@ impl<T: Offload + ?Sized> Offload for &mut T {
 
     fn has_room(&self) -> bool {
         (**self).has_room()
+    }
+
+    fn in_flight(&self) -> Option<Arc<dyn InFlight>> {
+        (**self).in_flight()
     }
 
     fn submit(&mut self, tag: u64, items: Vec<T::Input>) {

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
-use engine_core::plumbing::{Finished, ItemOutcome, Offload};
+use engine_core::plumbing::{Finished, InFlight, ItemOutcome, Offload};
 use engine_core::{StageError, StopLevel, StopSubscription};
 use futures_util::FutureExt;
 use futures_util::stream::{FuturesUnordered, StreamExt};
@@ -66,6 +66,16 @@ impl Gate {
     /// The most futures allowed at once now.
     pub(crate) fn limit(&self) -> usize {
         self.limit.load(Ordering::Relaxed)
+    }
+}
+
+impl InFlight for Gate {
+    fn running(&self) -> usize {
+        Gate::running(self)
+    }
+
+    fn limit(&self) -> usize {
+        Gate::limit(self)
     }
 }
 
@@ -144,6 +154,10 @@ impl<I: Send + 'static, O: Send + 'static> Offload for Lane<I, O> {
 
     fn has_room(&self) -> bool {
         self.gate.held.load(Ordering::Relaxed) < self.gate.limit()
+    }
+
+    fn in_flight(&self) -> Option<Arc<dyn InFlight>> {
+        Some(Arc::clone(&self.gate) as Arc<dyn InFlight>)
     }
 
     fn submit(&mut self, tag: u64, items: Vec<I>) {

@@ -41,6 +41,9 @@ impl<K: Ticket, S: Consume<K>> Consumer<'_, K, S> {
     pub(super) fn run_offloaded(&mut self) -> bool {
         let started = Instant::now();
         let capacity = self.stage.offload().map_or(1, |o| o.capacity().max(1));
+        if let Some(in_flight) = self.stage.offload().and_then(|o| o.in_flight()) {
+            self.stats.watch_in_flight(in_flight);
+        }
         let mut flights = Flights {
             in_flight: Vec::with_capacity(capacity),
             capacity,
