@@ -2,10 +2,12 @@
 //! the batch's futures at once (within the stage's permits), and receives the batches back.
 
 use std::future::Future;
+use std::future::poll_fn;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
@@ -130,11 +132,9 @@ impl<I: Send + 'static, O: Send + 'static> Lane<I, O> {
                  threaded engine, which hands it batches",
             ));
         }
-        let outcome = self.handle.block_on(run_item(
-            (self.call)(item),
-            Arc::clone(&self.gate),
-            self.timeout,
-        ));
+        let outcome = self
+            .handle
+            .block_on(run_item((self.call)(item), &self.gate, self.timeout));
         match outcome {
             ItemOutcome::Done(output) => Ok(Some(output)),
             ItemOutcome::Failed(error) => Err(error),
@@ -153,7 +153,9 @@ impl<I: Send + 'static, O: Send + 'static> Offload for Lane<I, O> {
     }
 
     fn has_room(&self) -> bool {
-        self.gate.held.load(Ordering::Relaxed) < self.gate.limit()
+        // Two batches out keep the thread's pipeline full (one runs while the other comes
+        // back), whatever the limit; beyond them, the items held stay within the limit.
+        self.out < 2 || self.gate.held.load(Ordering::Relaxed) < self.gate.limit()
     }
 
     fn in_flight(&self) -> Option<Arc<dyn InFlight>> {
@@ -235,26 +237,40 @@ impl<O> Drop for Reply<O> {
 }
 
 /// Drives a batch's futures at once; a stop now abandons those still running (dropped).
+///
+/// Each item is polled once as it comes: one that is ready at once (a permit free, its
+/// future done at its first poll) costs no slot among the running ones.
 async fn drive<O: Send + 'static>(
     futures: Vec<ItemFuture<O>>,
     gate: Arc<Gate>,
     timeout: Option<Duration>,
     cancel: CancellationToken,
 ) -> Vec<ItemOutcome<O>> {
-    let mut outcomes: Vec<Option<ItemOutcome<O>>> = (0..futures.len()).map(|_| None).collect();
-    let mut running: FuturesUnordered<_> = futures
-        .into_iter()
-        .enumerate()
-        .map(|(i, future)| run_item(future, Arc::clone(&gate), timeout).map(move |o| (i, o)))
-        .collect();
-    loop {
-        tokio::select! {
-            biased;
-            () = cancel.cancelled() => break,
-            next = running.next() => match next {
-                Some((i, outcome)) => outcomes[i] = Some(outcome),
-                None => break,
-            },
+    let gate = &*gate;
+    let mut outcomes: Vec<Option<ItemOutcome<O>>> = Vec::with_capacity(futures.len());
+    let mut running = FuturesUnordered::new();
+    for (i, future) in futures.into_iter().enumerate() {
+        let mut item = Box::pin(run_item(future, gate, timeout));
+        match poll_fn(|cx| Poll::Ready(item.as_mut().poll(cx))).await {
+            Poll::Ready(outcome) => outcomes.push(Some(outcome)),
+            Poll::Pending => {
+                outcomes.push(None);
+                running.push(item.map(move |outcome| (i, outcome)));
+            }
+        }
+    }
+    if !running.is_empty() {
+        let cancelled = cancel.cancelled();
+        tokio::pin!(cancelled);
+        loop {
+            tokio::select! {
+                biased;
+                () = &mut cancelled => break,
+                next = running.next() => match next {
+                    Some((i, outcome)) => outcomes[i] = Some(outcome),
+                    None => break,
+                },
+            }
         }
     }
     outcomes
@@ -266,7 +282,7 @@ async fn drive<O: Send + 'static>(
 /// Runs one item's future within a permit, catching its panic and bounding its time.
 async fn run_item<O>(
     future: ItemFuture<O>,
-    gate: Arc<Gate>,
+    gate: &Gate,
     timeout: Option<Duration>,
 ) -> ItemOutcome<O> {
     let permit = gate
@@ -275,8 +291,8 @@ async fn run_item<O>(
         .await
         .expect("the stage's semaphore is never closed");
     let running = gate.running.fetch_add(1, Ordering::Relaxed) + 1;
-    let _running = Running(&gate, Some(permit));
-    let started = Instant::now();
+    let _running = Running(gate, Some(permit));
+    let started = gate.adaptive.as_ref().map(|_| Instant::now());
     let guarded = AssertUnwindSafe(future).catch_unwind();
     let result = match timeout {
         None => Ok(guarded.await),
@@ -291,7 +307,7 @@ async fn run_item<O>(
             "the item's future did not finish within its timeout of {limit:?}"
         ))),
     };
-    if let Some(aimd) = &gate.adaptive {
+    if let (Some(aimd), Some(started)) = (&gate.adaptive, started) {
         let failed = matches!(outcome, ItemOutcome::Failed(_));
         aimd.record(
             started.elapsed(),
