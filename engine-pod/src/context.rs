@@ -37,6 +37,16 @@ impl BeanContext {
         &self.pod
     }
 
+    /// The pod's tokio runtime, for code of the bean that runs on threads of its own and wants
+    /// its futures on the pod's runtime rather than a second one: an async stage of an
+    /// [`engine_bean`](crate::engine_bean), say (`Async::map(f).runtime(ctx.runtime())`).
+    pub fn runtime(&self) -> tokio::runtime::Handle {
+        self.pod
+            .runtime
+            .clone()
+            .expect("a pod is started inside a tokio runtime")
+    }
+
     /// This bean's id.
     pub fn id(&self) -> BeanId {
         self.run.id

@@ -49,6 +49,10 @@ impl LastReport {
 /// replaced.) The run's report is logged when it ends and kept in
 /// [`EngineBean::last_report`]; a stage failure fails the bean.
 ///
+/// An async stage of the engine runs on the pod's runtime when given
+/// [`BeanContext::runtime`]: `Async::map(f).runtime(ctx.runtime())`, so the pod builds no
+/// second runtime.
+///
 /// ```
 /// use engine::pod::{BeanSpec, Pod, PodConfig, engine_bean};
 /// use engine::threads::Engine;

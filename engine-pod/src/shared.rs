@@ -150,6 +150,8 @@ pub(crate) struct PodShared {
     /// per bean.
     pub(crate) beans: BeansStop,
     pub(crate) commands: mpsc::UnboundedSender<Command>,
+    /// The runtime the pod was started on (none only in unit tests that make this by hand).
+    pub(crate) runtime: Option<tokio::runtime::Handle>,
 }
 
 impl fmt::Debug for PodShared {
@@ -179,6 +181,7 @@ impl PodShared {
             stop_sent: AtomicBool::new(false),
             beans: BeansStop::new(),
             commands,
+            runtime: tokio::runtime::Handle::try_current().ok(),
         }
     }
 
