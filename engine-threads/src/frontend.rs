@@ -137,12 +137,12 @@ where
     /// Offers an item to the slot, sending the batch when it is full; false if producing
     /// should end.
     fn offer(&mut self, ticket: F::Ticket, item: F::Item) -> bool {
-        match self.slot.offer(self.link.state(), ticket, item) {
+        let link = self.link;
+        match self
+            .slot
+            .offer(link.state(), ticket, item, || link.wants_items())
+        {
             Offer::Kept => true,
-            Offer::Nudge(tx) => {
-                self.link.nudge(&tx);
-                true
-            }
             Offer::Send(tx, batch) => {
                 let sent = self.link.send_from_slot(&tx, batch, &mut self.blocked);
                 let busy = self.started.elapsed().saturating_sub(self.blocked);

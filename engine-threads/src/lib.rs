@@ -73,7 +73,7 @@
 //!
 //! A frontend may block in `produce` for as long as its source is silent (a pipe with no
 //! data, a socket). Its produced items never wait behind it: its open batch is reachable by
-//! the other threads, which take it after at most [`LINGER`] when they are idle. On a stop,
+//! the other threads, and an idle one takes it at once. On a stop,
 //! the engine does not wait for a frontend stuck in `produce`: the run ends as soon as what
 //! was accepted has drained, and an item that `produce` returns later is not accepted (its
 //! [ticket](engine_core::plumbing::Ticket) completes as dropped) and the thread runs its `cleanup` and
@@ -134,7 +134,6 @@ pub use engine::Engine;
 pub use error::EngineError;
 pub use factory::{Absent, Present, Upstream};
 pub use handle::EngineHandle;
-pub use link::LINGER;
 #[cfg(feature = "metrics")]
 #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
 pub use metrics::EngineMetrics;

@@ -1,8 +1,11 @@
 //! One engine thread's side of an async stage: it spawns each batch as one task that drives
 //! the batch's futures at once (within the stage's permits), and receives the batches back.
+//!
+//! The futures are the stage's own types, never boxed: an item whose future is ready at its
+//! first poll reuses the allocation of the one before, so a light async stage costs little
+//! more than a blocking one; only futures that wait get a slot among the running ones.
 
-use std::future::Future;
-use std::future::poll_fn;
+use std::future::{Future, poll_fn};
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -12,21 +15,62 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use engine_core::plumbing::{Finished, InFlight, ItemOutcome, Offload};
-use engine_core::{StageError, StopLevel, StopSubscription};
+use engine_core::{StageContext, StageError, StopLevel, StopSubscription};
 use futures_util::FutureExt;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::runtime::Handle;
 use tokio::sync::{Semaphore, SemaphorePermit};
-
-use super::adaptive::Aimd;
 use tokio_util::sync::CancellationToken;
 
-/// The work on one item, as a future that owns what it needs.
-pub(crate) type ItemFuture<O> =
-    Pin<Box<dyn Future<Output = Result<Option<O>, StageError>> + Send + 'static>>;
+use super::adaptive::Aimd;
+use super::{AsyncBackend, AsyncTransport};
 
-/// Makes an item's future.
-pub(crate) type Call<I, O> = Arc<dyn Fn(I) -> ItemFuture<O> + Send + Sync>;
+/// The work of an async stage on one item, whichever kind the stage is.
+pub(crate) trait Work: Send + Sync + 'static {
+    type Input: Send + 'static;
+    type Output: Send + 'static;
+
+    fn call(
+        &self,
+        item: Self::Input,
+        ctx: &StageContext,
+    ) -> impl Future<Output = Result<Option<Self::Output>, StageError>> + Send;
+}
+
+/// An async transport as [`Work`].
+#[derive(Debug)]
+pub(crate) struct Transporting<S>(pub(crate) S);
+
+impl<S: AsyncTransport> Work for Transporting<S> {
+    type Input = S::Input;
+    type Output = S::Output;
+
+    fn call(
+        &self,
+        item: S::Input,
+        ctx: &StageContext,
+    ) -> impl Future<Output = Result<Option<S::Output>, StageError>> + Send {
+        self.0.transport(item, ctx)
+    }
+}
+
+/// An async backend as [`Work`].
+#[derive(Debug)]
+pub(crate) struct Consuming<S>(pub(crate) S);
+
+impl<S: AsyncBackend> Work for Consuming<S> {
+    type Input = S::Input;
+    type Output = ();
+
+    fn call(
+        &self,
+        item: S::Input,
+        ctx: &StageContext,
+    ) -> impl Future<Output = Result<Option<()>, StageError>> + Send {
+        let consumed = self.0.consume(item, ctx);
+        async move { consumed.await.map(Some) }
+    }
+}
 
 /// What the threads of one async stage share: the permits that bound its items in flight,
 /// the items its threads hold, and, when adaptive, how the limit moves.
@@ -37,8 +81,6 @@ pub(crate) struct Gate {
     limit: AtomicUsize,
     /// Items submitted by the stage's threads and not yet back.
     held: AtomicUsize,
-    /// Futures running now (holding a permit).
-    running: AtomicUsize,
     adaptive: Option<Aimd>,
 }
 
@@ -55,14 +97,14 @@ impl Gate {
             permits: Semaphore::new(start),
             limit: AtomicUsize::new(start),
             held: AtomicUsize::new(0),
-            running: AtomicUsize::new(0),
             adaptive: adaptive.then(|| Aimd::new(concurrency)),
         }
     }
 
-    /// Futures running now.
+    /// Futures running now: the permits out.
     pub(crate) fn running(&self) -> usize {
-        self.running.load(Ordering::Relaxed)
+        self.limit()
+            .saturating_sub(self.permits.available_permits())
     }
 
     /// The most futures allowed at once now.
@@ -82,37 +124,39 @@ impl InFlight for Gate {
 }
 
 /// One engine thread's side of an async stage.
-pub(crate) struct Lane<I, O> {
-    call: Call<I, O>,
+pub(crate) struct Lane<W: Work> {
+    work: Arc<W>,
+    ctx: Arc<StageContext>,
     handle: Handle,
     gate: Arc<Gate>,
     timeout: Option<Duration>,
-    tx: Sender<Finished<O>>,
-    rx: Receiver<Finished<O>>,
+    tx: Sender<Finished<W::Output>>,
+    rx: Receiver<Finished<W::Output>>,
     /// Batches out.
     out: usize,
     cancel: CancellationToken,
     _stop_now: StopSubscription,
 }
 
-impl<I: Send + 'static, O: Send + 'static> Lane<I, O> {
+impl<W: Work> Lane<W> {
     pub(crate) fn new(
-        call: Call<I, O>,
+        work: W,
+        ctx: &StageContext,
         handle: Handle,
         gate: Arc<Gate>,
         timeout: Option<Duration>,
-        stop: &engine_core::StopHandle,
     ) -> Self {
         let (tx, rx) = crossbeam_channel::unbounded();
         let cancel = CancellationToken::new();
         let on_stop = cancel.clone();
-        let _stop_now = stop.on_stop(move |level| {
+        let _stop_now = ctx.stop().on_stop(move |level| {
             if level >= StopLevel::Now {
                 on_stop.cancel();
             }
         });
         Self {
-            call,
+            work: Arc::new(work),
+            ctx: Arc::new(ctx.clone()),
             handle,
             gate,
             timeout,
@@ -124,17 +168,23 @@ impl<I: Send + 'static, O: Send + 'static> Lane<I, O> {
         }
     }
 
+    /// The stage's value.
+    pub(crate) fn work(&self) -> &W {
+        &self.work
+    }
+
     /// Runs one item and waits for it: for an engine that calls the stage per item.
-    pub(crate) fn call_one(&self, item: I) -> Result<Option<O>, StageError> {
+    pub(crate) fn call_one(&self, item: W::Input) -> Result<Option<W::Output>, StageError> {
         if Handle::try_current().is_ok() {
             return Err(StageError::msg(
                 "an async stage called item by item from inside a runtime; run it in the \
                  threaded engine, which hands it batches",
             ));
         }
+        let future = self.work.call(item, &self.ctx);
         let outcome = self
             .handle
-            .block_on(run_item((self.call)(item), &self.gate, self.timeout));
+            .block_on(run_item(future, &self.gate, self.timeout));
         match outcome {
             ItemOutcome::Done(output) => Ok(Some(output)),
             ItemOutcome::Failed(error) => Err(error),
@@ -143,9 +193,9 @@ impl<I: Send + 'static, O: Send + 'static> Lane<I, O> {
     }
 }
 
-impl<I: Send + 'static, O: Send + 'static> Offload for Lane<I, O> {
-    type Input = I;
-    type Output = O;
+impl<W: Work> Offload for Lane<W> {
+    type Input = W::Input;
+    type Output = W::Output;
 
     fn capacity(&self) -> usize {
         // The bound is in items (see `has_room`): a batch per item at most.
@@ -162,7 +212,7 @@ impl<I: Send + 'static, O: Send + 'static> Offload for Lane<I, O> {
         Some(Arc::clone(&self.gate) as Arc<dyn InFlight>)
     }
 
-    fn submit(&mut self, tag: u64, items: Vec<I>) {
+    fn submit(&mut self, tag: u64, items: Vec<W::Input>) {
         self.out += 1;
         self.gate.held.fetch_add(items.len(), Ordering::Relaxed);
         let reply = Reply {
@@ -172,9 +222,10 @@ impl<I: Send + 'static, O: Send + 'static> Offload for Lane<I, O> {
             gate: Arc::clone(&self.gate),
             sent: false,
         };
-        let futures: Vec<ItemFuture<O>> = items.into_iter().map(|item| (self.call)(item)).collect();
         let batch = drive(
-            futures,
+            Arc::clone(&self.work),
+            Arc::clone(&self.ctx),
+            items,
             Arc::clone(&self.gate),
             self.timeout,
             self.cancel.clone(),
@@ -186,7 +237,7 @@ impl<I: Send + 'static, O: Send + 'static> Offload for Lane<I, O> {
         });
     }
 
-    fn finished(&mut self, wait: bool) -> Option<Finished<O>> {
+    fn finished(&mut self, wait: bool) -> Option<Finished<W::Output>> {
         if self.out == 0 {
             return None;
         }
@@ -238,27 +289,42 @@ impl<O> Drop for Reply<O> {
 
 /// Drives a batch's futures at once; a stop now abandons those still running (dropped).
 ///
-/// Each item is polled once as it comes: one that is ready at once (a permit free, its
-/// future done at its first poll) costs no slot among the running ones.
-async fn drive<O: Send + 'static>(
-    futures: Vec<ItemFuture<O>>,
+/// Each item is polled once as it comes, in a box that the item before left free if its
+/// future was ready at once; only a future that waits keeps its box and joins the running
+/// ones.
+async fn drive<W: Work>(
+    work: Arc<W>,
+    ctx: Arc<StageContext>,
+    items: Vec<W::Input>,
     gate: Arc<Gate>,
     timeout: Option<Duration>,
     cancel: CancellationToken,
-) -> Vec<ItemOutcome<O>> {
-    let gate = &*gate;
-    let mut outcomes: Vec<Option<ItemOutcome<O>>> = Vec::with_capacity(futures.len());
+) -> Vec<ItemOutcome<W::Output>> {
+    let (work, ctx, gate) = (&*work, &*ctx, &*gate);
+    let mut outcomes: Vec<Option<ItemOutcome<W::Output>>> = Vec::with_capacity(items.len());
     let mut running = FuturesUnordered::new();
-    for (i, future) in futures.into_iter().enumerate() {
-        let mut item = Box::pin(run_item(future, gate, timeout));
-        match poll_fn(|cx| Poll::Ready(item.as_mut().poll(cx))).await {
-            Poll::Ready(outcome) => outcomes.push(Some(outcome)),
+    let mut spare = None;
+    for (i, item) in items.into_iter().enumerate() {
+        let future = run_item(work.call(item, ctx), gate, timeout);
+        let mut boxed = match spare.take() {
+            Some(mut boxed) => {
+                Pin::set(&mut boxed, future);
+                boxed
+            }
+            None => Box::pin(future),
+        };
+        match poll_fn(|cx| Poll::Ready(boxed.as_mut().poll(cx))).await {
+            Poll::Ready(outcome) => {
+                outcomes.push(Some(outcome));
+                spare = Some(boxed);
+            }
             Poll::Pending => {
                 outcomes.push(None);
-                running.push(item.map(move |outcome| (i, outcome)));
+                running.push(boxed.map(move |outcome| (i, outcome)));
             }
         }
     }
+    drop(spare);
     if !running.is_empty() {
         let cancelled = cancel.cancelled();
         tokio::pin!(cancelled);
@@ -281,7 +347,7 @@ async fn drive<O: Send + 'static>(
 
 /// Runs one item's future within a permit, catching its panic and bounding its time.
 async fn run_item<O>(
-    future: ItemFuture<O>,
+    future: impl Future<Output = Result<Option<O>, StageError>>,
     gate: &Gate,
     timeout: Option<Duration>,
 ) -> ItemOutcome<O> {
@@ -290,9 +356,11 @@ async fn run_item<O>(
         .acquire()
         .await
         .expect("the stage's semaphore is never closed");
-    let running = gate.running.fetch_add(1, Ordering::Relaxed) + 1;
-    let _running = Running(gate, Some(permit));
-    let started = gate.adaptive.as_ref().map(|_| Instant::now());
+    let _permit = Held(gate, Some(permit));
+    let started = gate
+        .adaptive
+        .as_ref()
+        .map(|_| (Instant::now(), gate.running()));
     let guarded = AssertUnwindSafe(future).catch_unwind();
     let result = match timeout {
         None => Ok(guarded.await),
@@ -307,7 +375,7 @@ async fn run_item<O>(
             "the item's future did not finish within its timeout of {limit:?}"
         ))),
     };
-    if let (Some(aimd), Some(started)) = (&gate.adaptive, started) {
+    if let (Some(aimd), Some((started, running))) = (&gate.adaptive, started) {
         let failed = matches!(outcome, ItemOutcome::Failed(_));
         aimd.record(
             started.elapsed(),
@@ -320,13 +388,12 @@ async fn run_item<O>(
     outcome
 }
 
-/// Counts a future out of the running ones, however it ends, and gives its permit back (or,
-/// after an adaptive cut, removes it).
-struct Running<'a>(&'a Gate, Option<SemaphorePermit<'a>>);
+/// A future's permit: given back when it ends, however it ends (or, after an adaptive cut,
+/// removed).
+struct Held<'a>(&'a Gate, Option<SemaphorePermit<'a>>);
 
-impl Drop for Running<'_> {
+impl Drop for Held<'_> {
     fn drop(&mut self) {
-        self.0.running.fetch_sub(1, Ordering::Relaxed);
         if let Some(permit) = self.1.take()
             && self.0.adaptive.as_ref().is_some_and(Aimd::take_back)
         {

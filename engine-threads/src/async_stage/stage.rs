@@ -10,7 +10,7 @@ use engine_core::{Backend, StageContext, StageError, Transport};
 use tokio::runtime::Handle;
 
 use super::closures::{AsyncFilterMap, AsyncForEach, AsyncMap, AsyncTryForEach, AsyncTryMap};
-use super::lane::{Call, Gate, ItemFuture, Lane};
+use super::lane::{Consuming, Gate, Lane, Transporting, Work};
 use super::settings::{DEFAULT_CONCURRENCY, DEFAULT_RUNTIME_THREADS, Limits, RuntimeChoice};
 use super::{AsyncBackend, AsyncTransport};
 
@@ -138,18 +138,11 @@ impl Default for Shared {
 impl Shared {
     /// Starts one engine thread's side: checks the settings, finds the runtime, makes and
     /// sets up the thread's stage value.
-    fn start<S, I, O>(
+    fn start<W: Work>(
         &self,
         ctx: &StageContext,
-        make: &(dyn Fn(&StageContext) -> S + Send + Sync),
-        setup: impl FnOnce(&mut S, &StageContext) -> Result<(), StageError>,
-        call: impl Fn(&Arc<S>, &Arc<StageContext>, I) -> ItemFuture<O> + Send + Sync + 'static,
-    ) -> Result<Running<S, I, O>, StageError>
-    where
-        S: Send + Sync + 'static,
-        I: Send + 'static,
-        O: Send + 'static,
-    {
+        make: impl FnOnce(&StageContext) -> Result<W, StageError>,
+    ) -> Result<Lane<W>, StageError> {
         self.limits
             .check()
             .map_err(|e| StageError::new(e).fatal())?;
@@ -161,23 +154,9 @@ impl Shared {
             Arc::clone(self.gate.get_or_init(|| {
                 Arc::new(Gate::new(self.limits.concurrency, self.limits.adaptive))
             }));
-        let mut stage = make(ctx);
-        setup(&mut stage, ctx)?;
-        let stage = Arc::new(stage);
-        let item_ctx = Arc::new(ctx.clone());
-        let caller = Arc::clone(&stage);
-        let call: Call<I, O> = Arc::new(move |item| call(&caller, &item_ctx, item));
-        Ok(Running {
-            stage,
-            lane: Lane::new(call, handle, gate, self.limits.timeout, ctx.stop()),
-        })
+        let work = make(ctx)?;
+        Ok(Lane::new(work, ctx, handle, gate, self.limits.timeout))
     }
-}
-
-/// One engine thread's stage value and its lane, between `setup` and `cleanup`.
-struct Running<S, I, O> {
-    stage: Arc<S>,
-    lane: Lane<I, O>,
 }
 
 /// The settings both kinds of async stage share.
@@ -256,7 +235,7 @@ macro_rules! settings {
 pub struct AsyncStage<S: AsyncTransport> {
     make: Arc<dyn Fn(&StageContext) -> S + Send + Sync>,
     shared: Arc<Shared>,
-    running: Option<Running<S, S::Input, S::Output>>,
+    running: Option<Lane<Transporting<S>>>,
 }
 
 impl<S: AsyncTransport> AsyncStage<S> {
@@ -288,16 +267,12 @@ impl<S: AsyncTransport> Transport for AsyncStage<S> {
     type Output = S::Output;
 
     fn setup(&mut self, ctx: &StageContext) -> Result<(), StageError> {
-        let running = self.shared.start(
-            ctx,
-            &*self.make,
-            S::setup,
-            |stage: &Arc<S>, ctx: &Arc<StageContext>, item| -> ItemFuture<S::Output> {
-                let (stage, ctx) = (Arc::clone(stage), Arc::clone(ctx));
-                Box::pin(async move { stage.transport(item, &ctx).await })
-            },
-        )?;
-        self.running = Some(running);
+        let lane = self.shared.start(ctx, |ctx| {
+            let mut stage = (self.make)(ctx);
+            stage.setup(ctx)?;
+            Ok(Transporting(stage))
+        })?;
+        self.running = Some(lane);
         Ok(())
     }
 
@@ -309,20 +284,19 @@ impl<S: AsyncTransport> Transport for AsyncStage<S> {
         self.running
             .as_ref()
             .ok_or_else(|| StageError::msg("the async stage was not set up").fatal())?
-            .lane
             .call_one(item)
     }
 
     fn cleanup(&mut self, ctx: &StageContext) {
-        if let Some(running) = self.running.take() {
-            running.stage.cleanup(ctx);
+        if let Some(lane) = self.running.take() {
+            lane.work().0.cleanup(ctx);
         }
     }
 
     fn offload(&mut self) -> Option<&mut dyn Offload<Input = S::Input, Output = S::Output>> {
         self.running
             .as_mut()
-            .map(|r| &mut r.lane as &mut dyn Offload<Input = S::Input, Output = S::Output>)
+            .map(|lane| lane as &mut dyn Offload<Input = S::Input, Output = S::Output>)
     }
 }
 
@@ -331,7 +305,7 @@ impl<S: AsyncTransport> Transport for AsyncStage<S> {
 pub struct AsyncSink<S: AsyncBackend> {
     make: Arc<dyn Fn(&StageContext) -> S + Send + Sync>,
     shared: Arc<Shared>,
-    running: Option<Running<S, S::Input, ()>>,
+    running: Option<Lane<Consuming<S>>>,
 }
 
 impl<S: AsyncBackend> AsyncSink<S> {
@@ -362,16 +336,12 @@ impl<S: AsyncBackend> Backend for AsyncSink<S> {
     type Input = S::Input;
 
     fn setup(&mut self, ctx: &StageContext) -> Result<(), StageError> {
-        let running = self.shared.start(
-            ctx,
-            &*self.make,
-            S::setup,
-            |stage: &Arc<S>, ctx: &Arc<StageContext>, item| -> ItemFuture<()> {
-                let (stage, ctx) = (Arc::clone(stage), Arc::clone(ctx));
-                Box::pin(async move { stage.consume(item, &ctx).await.map(Some) })
-            },
-        )?;
-        self.running = Some(running);
+        let lane = self.shared.start(ctx, |ctx| {
+            let mut stage = (self.make)(ctx);
+            stage.setup(ctx)?;
+            Ok(Consuming(stage))
+        })?;
+        self.running = Some(lane);
         Ok(())
     }
 
@@ -379,20 +349,19 @@ impl<S: AsyncBackend> Backend for AsyncSink<S> {
         self.running
             .as_ref()
             .ok_or_else(|| StageError::msg("the async stage was not set up").fatal())?
-            .lane
             .call_one(item)
             .map(drop)
     }
 
     fn cleanup(&mut self, ctx: &StageContext) {
-        if let Some(running) = self.running.take() {
-            running.stage.cleanup(ctx);
+        if let Some(lane) = self.running.take() {
+            lane.work().0.cleanup(ctx);
         }
     }
 
     fn offload(&mut self) -> Option<&mut dyn Offload<Input = S::Input, Output = ()>> {
         self.running
             .as_mut()
-            .map(|r| &mut r.lane as &mut dyn Offload<Input = S::Input, Output = ()>)
+            .map(|lane| lane as &mut dyn Offload<Input = S::Input, Output = ()>)
     }
 }

@@ -8,7 +8,7 @@ use engine_core::StageError;
 use engine_core::plumbing::{Outcome, Ticket};
 
 use super::{Consume, Consumer, settle};
-use crate::link::{Batch, drop_items};
+use crate::link::{Batch, Polled, drop_items};
 use crate::shared::Flow;
 
 /// How the items of a batch ended, inside the `catch_unwind`.
@@ -22,7 +22,7 @@ impl<K: Ticket, S: Consume<K>> Consumer<'_, K, S> {
     /// Consumes batches until the input ends or the run aborts; returns whether the input
     /// ended without an abort.
     pub(super) fn run_in_thread(&mut self) -> bool {
-        while let Some(batch) = self.input.recv() {
+        while let Some(batch) = self.next_batch() {
             self.counts.input += batch.items.len() as u64;
             if self.at.shared.abort.is_fired() {
                 self.counts.dropped += batch.drop_all();
@@ -34,6 +34,23 @@ impl<K: Ticket, S: Consume<K>> Consumer<'_, K, S> {
             self.publish();
         }
         true
+    }
+
+    /// The next batch: what is there, or else, once the outputs this thread holds have gone
+    /// on, the next to arrive. `None` at the end of the input, on abort, or if handing the
+    /// outputs on failed (an abort).
+    fn next_batch(&mut self) -> Option<Batch<K, S::Input>> {
+        match self.input.try_recv() {
+            Polled::Ready(batch) => Some(batch),
+            Polled::Ended => None,
+            Polled::Empty => {
+                if !self.stage.before_wait(&mut self.counts) {
+                    return None;
+                }
+                self.publish();
+                self.input.recv()
+            }
+        }
     }
 
     /// Runs one batch through the stage and hands its outputs on if they should go now;

@@ -55,6 +55,14 @@ pub(crate) trait Consume<K: Ticket> {
     /// the input being empty). Returns false if the run was aborted meanwhile.
     fn end_batch(&mut self, seq: u64, idle: bool, at: Here<'_>, counts: &mut Counts) -> bool;
 
+    /// Before the thread sleeps on its input: hands on what it holds, so that no output waits
+    /// on a thread that waits itself. Returns false if the run was aborted meanwhile. The
+    /// default holds nothing between batches (a backend settles at the end of each).
+    fn before_wait(&mut self, counts: &mut Counts) -> bool {
+        let _ = counts;
+        true
+    }
+
     /// At the end of the input: hands every remaining output on.
     fn finish(&mut self, at: Here<'_>, counts: &mut Counts);
 

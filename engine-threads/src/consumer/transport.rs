@@ -139,6 +139,14 @@ where
         record_send(sent, counts)
     }
 
+    fn before_wait(&mut self, counts: &mut Counts) -> bool {
+        match &mut self.out {
+            // Ordered, every input batch's outputs went on at its end.
+            Some(out) if !self.ordered => record_send(out.flush(), counts),
+            _ => true,
+        }
+    }
+
     fn finish(&mut self, _at: Here<'_>, counts: &mut Counts) {
         if let Some(out) = &mut self.out {
             record_send(out.flush(), counts);

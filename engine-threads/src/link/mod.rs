@@ -1,12 +1,18 @@
 //! The bounded queue between two stages: batches of items on a crossbeam channel, frontend
 //! slots that idle consumers can empty, and the abort signal that wakes every blocked thread.
 //!
-//! Items travel in batches so that the cost of a channel operation is shared by many items.
-//! A producer hands a batch on when it is full, when a consumer is waiting (so a lone item is
-//! not held back), or before it would wait itself. Frontend threads are special: a frontend may
-//! block inside `produce` for as long as its source is silent, so its open batch lives in a
-//! [`FrontSlot`] under a mutex, where a consumer about to wait, or the engine at a stop, can
-//! take it. No item ever sits in a buffer that only a blocked thread can reach.
+//! Items travel in batches so that the cost of a channel operation is shared by many items,
+//! and they batch only when they are already queued (natural batching, as in LMAX's
+//! disruptor): no timer ever holds an item. A consumer takes whatever is there, a whole queued
+//! batch or, with nothing queued, a frontend's open batch however small. A producer hands its
+//! batch on when it is full, when a consumer sleeps with nothing queued for it, or before it
+//! would wait itself. So under load batches fill while consumers are busy, and a lone item
+//! crosses at once.
+//!
+//! Frontend threads are special: a frontend may block inside `produce` for as long as its
+//! source is silent, so its open batch lives in a [`FrontSlot`] under a mutex, where a consumer
+//! about to sleep, or the engine at a stop, can take it. No item ever sits in a buffer that
+//! only a blocked thread can reach.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -34,10 +40,6 @@ pub(crate) use view::LinkView;
 /// The most items in one batch.
 pub(crate) const MAX_BATCH: usize = 1024;
 
-/// How long an idle consumer waits for a frontend's partial batch to fill before taking it:
-/// the most a lone item waits in a frontend's batch.
-pub const LINGER: Duration = Duration::from_micros(100);
-
 /// Adds the time since its start to a total when dropped, whichever way a wait ends.
 struct Accrue<'a>(&'a mut Duration, Instant);
 
@@ -47,18 +49,22 @@ impl Drop for Accrue<'_> {
     }
 }
 
-/// The sequence number of an empty batch that only wakes a sleeping consumer.
+/// The sequence number of an empty batch that only wakes a sleeping consumer (tests use it to
+/// make a queue look non-empty).
+#[cfg(test)]
 const NUDGE: u64 = u64::MAX;
 
-/// What a wait on the channel gave.
-enum Waited<B> {
-    Batch(B),
-    /// A frontend put a first item in its slot while this consumer slept.
-    Nudge,
-    TimedOut,
-    /// Every producer is done.
-    Disconnected,
-    Aborted,
+/// Whether a batch is a nudge, with no items to deliver.
+#[cfg(test)]
+fn is_nudge<K, T>(batch: &Batch<K, T>) -> bool {
+    batch.seq == NUDGE && batch.items.is_empty()
+}
+
+/// Outside tests nothing sends nudges.
+#[cfg(not(test))]
+#[inline(always)]
+fn is_nudge<K, T>(_: &Batch<K, T>) -> bool {
+    false
 }
 
 /// What a look at a queue without waiting gave.
@@ -125,67 +131,44 @@ impl<K: Ticket, T: Send> Link<K, T> {
     /// Waits for the next batch. `None` means the end of the stream (every producer is done
     /// and every frontend slot is closed and empty) or an abort.
     ///
-    /// With nothing queued, a consumer takes a frontend's partial batch after lingering
-    /// [`LINGER`] for it to fill, so items are batched under load and still reach the next
-    /// stage promptly when input is slow. With nothing anywhere it blocks without a timeout.
+    /// Takes a queued batch, else a frontend's open batch however small; with nothing
+    /// anywhere, sleeps until a producer hands a batch on. Nothing waits on a timer.
     pub(crate) fn recv(&self) -> Option<Batch<K, T>> {
         loop {
-            match self.rx.try_recv() {
-                Ok(batch) if batch.seq == NUDGE => {}
-                Ok(batch) => return Some(self.took(batch)),
-                Err(TryRecvError::Disconnected) => return self.steal(),
-                Err(TryRecvError::Empty) => {}
+            match self.try_recv() {
+                Polled::Ready(batch) => return Some(batch),
+                Polled::Ended => return None,
+                Polled::Empty => {}
             }
-            if self.abort.is_fired() {
-                return None;
-            }
-            if !self.slots_have_items() {
-                // Announce the sleep before the last look, so that a frontend pushing its
-                // first item after that look (under the slot's lock) sees it and nudges.
-                self.state.sleeping.fetch_add(1, Ordering::SeqCst);
-                let waited = if self.slots_have_items() {
-                    Waited::Nudge
-                } else {
-                    self.wait(None)
-                };
-                self.state.sleeping.fetch_sub(1, Ordering::SeqCst);
-                match waited {
-                    Waited::Batch(batch) => return Some(batch),
-                    Waited::Nudge | Waited::TimedOut => continue,
-                    Waited::Disconnected => return self.steal(),
-                    Waited::Aborted => return None,
-                }
-            }
-            match self.wait(Some(LINGER)) {
-                Waited::Batch(batch) => return Some(batch),
-                Waited::Nudge => {}
-                Waited::TimedOut => {
-                    if let Some(batch) = self.steal() {
-                        return Some(batch);
-                    }
-                }
-                Waited::Disconnected => return self.steal(),
-                Waited::Aborted => return None,
+            // Announce the sleep before the last look, so that a producer that adds to its
+            // batch after that look (a frontend: under its slot's lock) sees the sleeper and
+            // hands its batch on.
+            self.state.sleeping.fetch_add(1, Ordering::SeqCst);
+            let polled = match self.try_recv() {
+                Polled::Empty => self.wait(),
+                other => other,
+            };
+            self.state.sleeping.fetch_sub(1, Ordering::SeqCst);
+            match polled {
+                Polled::Ready(batch) => return Some(batch),
+                Polled::Ended => return None,
+                Polled::Empty => {}
             }
         }
     }
 
-    /// Takes a queued batch without waiting. A consumer with work in flight elsewhere uses it:
-    /// another consumer may take the batch it saw queued, and it must not then block on its
-    /// input while its own results wait to be settled.
+    /// Takes a queued batch, or else a frontend's open batch, without waiting. A consumer with
+    /// work in flight elsewhere uses it: another consumer may take the batch it saw queued,
+    /// and it must not then block on its input while its own results wait to be settled.
     pub(crate) fn try_recv(&self) -> Polled<Batch<K, T>> {
         loop {
             match self.rx.try_recv() {
-                // The nudge was for a sleeping consumer to come for a frontend's first items:
-                // this consumer, awake, takes them instead.
-                Ok(batch) if batch.seq == NUDGE => {
-                    if let Some(batch) = self.steal() {
-                        return Polled::Ready(batch);
-                    }
-                }
+                Ok(batch) if is_nudge(&batch) => {}
                 Ok(batch) => return Polled::Ready(self.took(batch)),
                 Err(TryRecvError::Empty) if self.abort.is_fired() => return Polled::Ended,
-                Err(TryRecvError::Empty) => return Polled::Empty,
+                Err(TryRecvError::Empty) => {
+                    return self.steal().map_or(Polled::Empty, Polled::Ready);
+                }
                 Err(TryRecvError::Disconnected) => {
                     return self.steal().map_or(Polled::Ended, Polled::Ready);
                 }
@@ -193,34 +176,26 @@ impl<K: Ticket, T: Send> Link<K, T> {
         }
     }
 
-    fn wait(&self, timeout: Option<Duration>) -> Waited<Batch<K, T>> {
+    /// Sleeps until a batch arrives (`Empty` after a nudge), the stream ends or the run is
+    /// aborted.
+    fn wait(&self) -> Polled<Batch<K, T>> {
         let _waiting = stall::waiting(Wait::Input);
         let mut select = Select::new();
         let data = select.recv(&self.rx);
         let abort = select.recv(self.abort.receiver());
-        let op = match timeout {
-            None => select.select(),
-            Some(timeout) => match select.select_timeout(timeout) {
-                Ok(op) => op,
-                Err(_) => return Waited::TimedOut,
-            },
-        };
+        let op = select.select();
         match op.index() {
             i if i == data => match op.recv(&self.rx) {
-                Ok(batch) if batch.seq == NUDGE => Waited::Nudge,
-                Ok(batch) => Waited::Batch(self.took(batch)),
-                Err(_) => Waited::Disconnected,
+                Ok(batch) if is_nudge(&batch) => Polled::Empty,
+                Ok(batch) => Polled::Ready(self.took(batch)),
+                Err(_) => self.steal().map_or(Polled::Ended, Polled::Ready),
             },
             i if i == abort => {
                 let _ = op.recv(self.abort.receiver());
-                Waited::Aborted
+                Polled::Ended
             }
             _ => unreachable!("only two operations were selected"),
         }
-    }
-
-    fn slots_have_items(&self) -> bool {
-        self.slots.iter().any(|slot| slot.buffered() > 0)
     }
 
     fn took(&self, batch: Batch<K, T>) -> Batch<K, T> {
@@ -230,17 +205,16 @@ impl<K: Ticket, T: Send> Link<K, T> {
         batch
     }
 
+    /// Takes a frontend's open batch, if one has items.
     fn steal(&self) -> Option<Batch<K, T>> {
-        let batch = self.slots.iter().find_map(|slot| slot.take())?;
-        // This consumer may have swallowed nudges meant for others (one per slot that got a
-        // first item); if items are left in some slot and a consumer sleeps, wake it.
-        if self.state.has_sleepers()
-            && self.slots_have_items()
-            && let Some(tx) = self.slots.iter().find_map(|slot| slot.sender())
-        {
-            self.nudge(&tx);
-        }
-        Some(batch)
+        self.slots.iter().find_map(|slot| slot.take())
+    }
+
+    /// Whether a consumer sleeps with nothing queued for it: a producer then hands its batch
+    /// on, however small.
+    #[inline]
+    pub(crate) fn wants_items(&self) -> bool {
+        self.state.has_sleepers() && self.rx.is_empty()
     }
 
     /// Whether nothing is queued in the channel.
@@ -323,8 +297,9 @@ impl<K: Ticket, T: Send> Link<K, T> {
         }
     }
 
-    /// Wakes a sleeping consumer to come and linger on a slot that just got its first item.
-    /// A full channel needs no nudge: its consumers are not asleep.
+    /// Puts an empty batch in the channel that wakes a sleeping consumer and gives it
+    /// nothing: tests use it to make a queue look non-empty.
+    #[cfg(test)]
     pub(crate) fn nudge(&self, tx: &Sender<Batch<K, T>>) {
         let _ = tx.try_send(Batch {
             seq: NUDGE,

@@ -43,10 +43,11 @@ impl<K: Ticket, T: Send> Producer<K, T> {
         self.buf.len() >= self.link.state().max_batch
     }
 
-    /// Whether the open batch should go now: it is full, or a consumer is asleep waiting.
+    /// Whether the open batch should go now: it is full, or a consumer sleeps with nothing
+    /// queued for it.
     pub(crate) fn wants_flush(&self) -> bool {
         !self.buf.is_empty()
-            && (self.link.state().is_full(self.buf.len()) || self.link.state().has_sleepers())
+            && (self.link.state().is_full(self.buf.len()) || self.link.wants_items())
     }
 
     /// Sends the open batch, if it has items. `Ok(n)`: `n` items sent; `Err(n)`: `n` items
@@ -83,7 +84,7 @@ impl<K: Ticket, T: Send> Producer<K, T> {
         self.blocked
     }
 
-    /// Puts a nudge in the channel, as a frontend does for a sleeping consumer.
+    /// Puts a nudge (an empty batch that delivers nothing) in the channel.
     #[cfg(test)]
     pub(crate) fn nudge(&self) {
         self.link.nudge(&self.tx);

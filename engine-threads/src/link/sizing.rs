@@ -20,7 +20,8 @@ const BATCH_TIME: Duration = Duration::from_micros(100);
 /// The state of a link that both sides read.
 #[derive(Debug)]
 pub(crate) struct LinkState {
-    /// Consumers blocked until something arrives (not lingering on a partial batch).
+    /// Consumers asleep until something arrives, having found nothing queued and no open
+    /// frontend batch with items.
     pub(super) sleeping: AtomicUsize,
     /// The batch size producers aim for, set by consumers from their speed.
     target: AtomicUsize,

@@ -32,9 +32,8 @@ struct SlotInner<K, T> {
 pub(crate) enum Offer<K, T> {
     /// Accepted and buffered.
     Kept,
-    /// Accepted as the slot's first item while a consumer sleeps: nudge it with this sender.
-    Nudge(Sender<Batch<K, T>>),
-    /// Accepted; the batch is full and must now be sent with this sender.
+    /// Accepted; the batch is full, or a consumer sleeps with nothing queued, and the batch
+    /// must now be sent with this sender.
     Send(Sender<Batch<K, T>>, Batch<K, T>),
     /// The slot was closed by a stop: the item was not accepted.
     Closed(K, T),
@@ -54,9 +53,16 @@ impl<K: Ticket, T: Send> FrontSlot<K, T> {
         }
     }
 
-    /// Offers a produced item.
+    /// Offers a produced item. `wanted` says whether a consumer sleeps with nothing queued
+    /// for it; it is asked under the slot's lock, after the item is in (see `Link::recv`).
     #[inline]
-    pub(crate) fn offer(&self, state: &LinkState, ticket: K, item: T) -> Offer<K, T> {
+    pub(crate) fn offer(
+        &self,
+        state: &LinkState,
+        ticket: K,
+        item: T,
+        wanted: impl FnOnce() -> bool,
+    ) -> Offer<K, T> {
         let mut inner = lock(&self.inner);
         if inner.closed {
             return Offer::Closed(ticket, item);
@@ -67,14 +73,9 @@ impl<K: Ticket, T: Send> FrontSlot<K, T> {
             inner.buf.reserve_exact(state.max_batch);
         }
         inner.buf.push((ticket, item));
-        let len = inner.buf.len();
-        if state.is_full(len) {
+        if state.is_full(inner.buf.len()) || wanted() {
             let batch = inner.take_batch();
             return Offer::Send(inner.sender(), batch);
-        }
-        // Read under the lock: see `Link::recv`.
-        if len == 1 && state.has_sleepers() {
-            return Offer::Nudge(inner.sender());
         }
         Offer::Kept
     }
@@ -121,11 +122,6 @@ impl<K: Ticket, T: Send> FrontSlot<K, T> {
     /// The sequence number of the next batch taken from the slot.
     pub(crate) fn next_seq(&self) -> u64 {
         lock(&self.inner).next_seq
-    }
-
-    /// A sender, while the slot is open.
-    pub(super) fn sender(&self) -> Option<BatchSender<K, T>> {
-        lock(&self.inner).sender.clone()
     }
 
     pub(crate) fn buffered(&self) -> usize {
