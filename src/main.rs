@@ -73,6 +73,14 @@ enum Command {
         /// Print the table once and exit (also what happens when stdout is not a terminal).
         #[arg(long)]
         once: bool,
+        /// The pod's control token, if its status server asks for one.
+        #[arg(
+            long,
+            value_name = "TOKEN",
+            env = "ENGINE_POD_CONTROL_TOKEN",
+            hide_env_values = true
+        )]
+        token: Option<String>,
     },
     /// The bean pod: run beans from a config file or the command line.
     #[cfg(feature = "pod")]
@@ -127,7 +135,8 @@ fn main() -> ExitCode {
             addr,
             interval,
             once,
-        }) => match engine::observe::top::run(&addr, interval, once) {
+            token,
+        }) => match engine::observe::top::run(&addr, token.as_deref(), interval, once) {
             Ok(()) => ExitCode::SUCCESS,
             Err(err @ engine::observe::TopError::BadAddress(_)) => {
                 eprintln!("error: {err}");

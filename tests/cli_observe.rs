@@ -1,6 +1,7 @@
 //! `engine run --metrics-addr` and `engine top`: the metrics of a run fed from a pipe rise as
 //! lines are written and equal the report's counts once it ends; `engine top --once` shows the
-//! stages; a non-loopback address is refused; the progress line stays off a pipe.
+//! stages; `HEAD` answers as `GET` without the body; a non-loopback address is refused; the
+//! progress line stays off a pipe.
 
 #![cfg(feature = "observe")]
 
@@ -159,4 +160,52 @@ fn top_of_a_bad_address_is_a_usage_error() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2), "{out:?}");
+}
+
+/// One raw HTTP/1.1 exchange, the connection closed after it: the status line and every byte
+/// after the headers.
+fn raw(addr: &str, method: &str, path: &str) -> (String, String) {
+    let mut stream = std::net::TcpStream::connect(addr).expect("the server listens");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).expect("a whole answer");
+    let (head, body) = answer.split_once("\r\n\r\n").expect("headers");
+    (
+        head.lines().next().unwrap_or("").to_owned(),
+        body.to_owned(),
+    )
+}
+
+#[test]
+fn head_answers_every_get_route_without_a_body_and_the_page_carries_the_stages() {
+    let (mut child, addr, _stderr) = start(&[]);
+    let scraper = Scraper::new(&addr).unwrap();
+    let stdin = child.stdin.take().expect("piped");
+    scrape_until(&scraper, "the stages", |s| s.stages.len() == 3);
+    for path in ["/metrics", "/", "/index.html"] {
+        let (status, body) = raw(&addr, "GET", path);
+        assert!(
+            status.contains(" 200 ") && !body.is_empty(),
+            "GET {path}: {status}"
+        );
+        let (status, body) = raw(&addr, "HEAD", path);
+        assert!(status.contains(" 200 "), "HEAD {path}: {status}");
+        assert_eq!(body, "", "HEAD {path} has no body");
+    }
+    // The page as served already holds the stages, for its first paint.
+    let (_, page) = raw(&addr, "GET", "/");
+    for stage in ["frontend", "transport", "backend"] {
+        assert!(page.contains(&format!("stage=\\\"{stage}\\\"")), "{stage}");
+    }
+    let (status, _) = raw(&addr, "POST", "/metrics");
+    assert!(status.contains(" 405 "), "{status}");
+    drop(stdin);
+    assert!(child.wait().unwrap().success());
 }

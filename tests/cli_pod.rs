@@ -1,7 +1,8 @@
 //! `engine pod ctl` against a running `engine pod run`, both the real binary: status, stop,
 //! restart and signal by label; a token refuses requests without it (exit 1, nothing
 //! changed); bad options exit 2. `engine top --once` against the pod's status server lists
-//! its beans.
+//! its beans, with the pod's token given by `--token` or `ENGINE_POD_CONTROL_TOKEN`, and says
+//! "unauthorized" without it.
 
 #![cfg(all(unix, feature = "pod"))]
 
@@ -22,9 +23,19 @@ struct RunningPod {
 impl RunningPod {
     /// Starts `engine pod run` with `args`, waits for its status server's address.
     fn start(args: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_engine"))
-            .args(["pod", "run"])
-            .args(args)
+        Self::start_with(args, None)
+    }
+
+    /// Starts `engine pod run` with `args` and `ENGINE_POD_CONTROL_TOKEN` set to `token` if
+    /// given (unset if not), waits for its status server's address.
+    fn start_with(args: &[&str], token: Option<&str>) -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_engine"));
+        command.args(["pod", "run"]).args(args);
+        match token {
+            Some(token) => command.env("ENGINE_POD_CONTROL_TOKEN", token),
+            None => command.env_remove("ENGINE_POD_CONTROL_TOKEN"),
+        };
+        let mut child = command
             .stderr(Stdio::piped())
             .spawn()
             .expect("the engine binary runs");
@@ -173,7 +184,7 @@ fn ctl_lists_stops_restarts_and_signals_beans_of_a_running_pod() {
 
 #[test]
 fn with_a_token_ctl_without_it_is_refused_and_nothing_changes() {
-    let pod = RunningPod::start(&["--control-token", "s3cret", "status", "sleep"]);
+    let pod = RunningPod::start(&["--token", "s3cret", "status", "sleep"]);
     let token = ["--token", "s3cret"];
     pod.until(&token, |rows| rows.len() == 2 && rows[1][3] == "running");
     for args in [
@@ -187,7 +198,8 @@ fn with_a_token_ctl_without_it_is_refused_and_nothing_changes() {
         let out = pod.ctl(args);
         assert_eq!(out.status.code(), Some(1), "{args:?}: {out:?}");
         assert!(
-            String::from_utf8_lossy(&out.stderr).contains("asks for a control token"),
+            String::from_utf8_lossy(&out.stderr)
+                .contains("unauthorized: pass --token or ENGINE_POD_CONTROL_TOKEN"),
             "{out:?}"
         );
     }
@@ -255,4 +267,80 @@ fn top_once_against_the_pods_status_server_lists_the_beans() {
     assert!(out.status.success(), "{out:?}");
     let (status, log) = pod.finish();
     assert!(status.success(), "{status:?} {log}");
+}
+
+/// `engine top --once` against `addr`, with `args`, and `ENGINE_POD_CONTROL_TOKEN` set to
+/// `env_token` if given (unset if not).
+fn top(addr: &str, args: &[&str], env_token: Option<&str>) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_engine"));
+    command.args(["top", "--once", addr]).args(args);
+    match env_token {
+        Some(token) => command.env("ENGINE_POD_CONTROL_TOKEN", token),
+        None => command.env_remove("ENGINE_POD_CONTROL_TOKEN"),
+    };
+    command.output().expect("top runs")
+}
+
+#[test]
+fn top_and_ctl_read_a_pod_with_a_token_given_each_way() {
+    // The pod takes its token from the environment.
+    let pod = RunningPod::start_with(&["status", "sleep:label=sleepers"], Some("s3cret"));
+    let token = ["--token", "s3cret"];
+    pod.until(&token, |rows| rows.len() == 2 && rows[1][3] == "running");
+
+    // Without a token, or with a wrong one: a clear message and exit 1.
+    for (args, env) in [
+        (&[][..], None),
+        (&["--token", "wrong"][..], None),
+        (&[][..], Some("wrong")),
+    ] {
+        let out = top(&pod.addr, args, env);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?} {env:?}: {out:?}");
+        assert!(
+            stderr.contains("unauthorized:")
+                && stderr.contains("--token or ENGINE_POD_CONTROL_TOKEN"),
+            "{stderr}"
+        );
+        assert!(!stderr.contains("s3cret"), "{stderr}");
+    }
+    let out = top(&pod.addr, &[], None);
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("unauthorized: pass --token or ENGINE_POD_CONTROL_TOKEN"),
+        "{out:?}"
+    );
+
+    // With --token, or from the environment: the table of beans.
+    for (args, env) in [(&token[..], None), (&[][..], Some("s3cret"))] {
+        let out = top(&pod.addr, args, env);
+        assert!(out.status.success(), "{args:?} {env:?}: {out:?}");
+        let table = stdout(&out);
+        assert!(
+            table.contains("BEAN") && table.contains("sleepers"),
+            "{table}"
+        );
+    }
+
+    // ctl takes `--control-token` as another name for `--token`.
+    let out = pod.ctl(&["--control-token", "s3cret", "shutdown"]);
+    assert!(out.status.success(), "{out:?}");
+    let (status, log) = pod.finish();
+    assert!(status.success(), "{status:?} {log}");
+    assert!(!log.contains("s3cret"), "the token is never logged: {log}");
+}
+
+#[test]
+fn a_status_bean_beyond_loopback_without_a_token_ends_the_pod_at_start_with_2() {
+    let started = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_engine"))
+        .args(["pod", "run", "status:host=0.0.0.0", "sleep"])
+        .env_remove("ENGINE_POD_CONTROL_TOKEN")
+        .output()
+        .expect("the pod runs");
+    let took = started.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("control_token"), "{stderr}");
+    assert!(took < Duration::from_secs(1), "took {took:?}");
 }

@@ -1,7 +1,7 @@
 //! The views of a running engine, tested as a person would use them: `engine top` and the
 //! progress line in a real terminal (tmux), and the dashboard page in a real browser
-//! (headless Chromium). Both programs must be installed (`.ci/run` installs them); a missing
-//! one fails the test, it is never skipped.
+//! (headless Chromium), also a pod's page behind its token. Both programs must be installed
+//! (`.ci/run` installs them); a missing one fails the test, it is never skipped.
 
 #![cfg(feature = "observe")]
 
@@ -16,6 +16,11 @@ use prometheus_client::registry::Registry;
 /// An engine whose backend is deliberately slow, and which gets slower as it runs (so its
 /// rate changes from one look to the next), served on a loopback metrics server.
 fn slow_engine() -> (EngineHandle, MetricsServer) {
+    slow_engine_with(|_| {})
+}
+
+/// As [`slow_engine`], with more in the registry.
+fn slow_engine_with(more: impl FnOnce(&mut Registry)) -> (EngineHandle, MetricsServer) {
     let started = Instant::now();
     let handle = Engine::builder(0_u64..)
         .transport(|x: u64| x)
@@ -31,6 +36,7 @@ fn slow_engine() -> (EngineHandle, MetricsServer) {
         .unwrap();
     let mut registry = Registry::default();
     registry.register_collector(Box::new(handle.metrics()));
+    more(&mut registry);
     let server = MetricsServer::builder(Arc::new(registry)).start().unwrap();
     (handle, server)
 }
@@ -139,6 +145,9 @@ fn engine_top_names_the_slow_backend_as_the_bottleneck_and_quits_on_q() {
     assert!(transport.contains("backpressured"), "{screen}");
     let backend = screen.lines().find(|l| l.starts_with("backend")).unwrap();
     assert!(backend.contains("bottleneck"), "{screen}");
+    // Each stage's recent rate out, as a sparkline.
+    assert!(screen.contains("OUT TREND"), "{screen}");
+    assert!(backend.chars().any(|c| "▁▂▃▄▅▆▇█".contains(c)), "{screen}");
     // It refreshes in place: the elapsed time in the head line moves on.
     let first = screen.lines().next().unwrap_or_default().to_owned();
     tmux.wait_for("top", "a refresh", |s| {
@@ -199,22 +208,46 @@ fn the_progress_line_shows_and_updates_on_a_terminal() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// Loads the dashboard in headless Chromium and returns the DOM it rendered.
-fn dump_dom(url: &str) -> String {
+/// Runs headless Chromium on `url` with a profile of its own (no cookies from an earlier
+/// run), doing `what` (`--dump-dom`, `--screenshot=FILE`); returns its standard output.
+fn chromium(url: &str, what: &str) -> String {
+    chromium_for(url, what, Some(3000))
+}
+
+/// As [`chromium`], letting the page run `budget_ms` of virtual time after it loads (`None`:
+/// the DOM as the load left it, before the page's first read of `/metrics`, which it makes a
+/// second after).
+fn chromium_for(url: &str, what: &str, budget_ms: Option<u32>) -> String {
+    static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let profile =
+        std::env::temp_dir().join(format!("engine-chromium-{}-{run}", std::process::id()));
     let out = Command::new("chromium")
         .args([
             "--headless",
             "--no-sandbox",
             "--disable-gpu",
             "--disable-dev-shm-usage",
-            "--virtual-time-budget=3000",
-            "--dump-dom",
-            url,
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--hide-scrollbars",
+            "--window-size=1400,1000",
         ])
+        .args(budget_ms.map(|ms| format!("--virtual-time-budget={ms}")))
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args([what, url])
         .output()
         .expect("chromium is installed (apt-get install -y chromium)");
+    let _ = std::fs::remove_dir_all(&profile);
     assert!(out.status.success(), "{out:?}");
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Loads the dashboard in headless Chromium and returns the DOM it rendered.
+fn dump_dom(url: &str) -> String {
+    chromium(url, "--dump-dom")
 }
 
 /// The rate shown in a stage's box.
@@ -226,29 +259,201 @@ fn rate_of(dom: &str, stage: &str) -> Option<String> {
     Some(rest[rate..rate + end].to_owned())
 }
 
+/// Worker processes and a Redis stream as their collectors report them (engine-proc's
+/// `WorkerMetrics`, engine-redis' `StreamMetrics`), with counts that move as time passes: one
+/// worker of the placed stage `double` died once and was started again.
+#[derive(Debug)]
+struct WorkersAndStream {
+    started: Instant,
+}
+
+impl prometheus_client::collector::Collector for WorkersAndStream {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder<'_>,
+    ) -> std::fmt::Result {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::MetricType;
+        use prometheus_client::metrics::counter::ConstCounter;
+        use prometheus_client::metrics::gauge::ConstGauge;
+        let ms = self.started.elapsed().as_millis() as u64;
+        let workers = [("0", ms * 3, 0), ("1", ms * 2, 1)];
+        for (name, read) in [
+            ("engine_worker_tasks", 0),
+            ("engine_worker_deaths", 1),
+            ("engine_worker_respawns", 1),
+        ] {
+            let mut family =
+                encoder.encode_descriptor(name, "worker counts", None, MetricType::Counter)?;
+            for (worker, tasks, deaths) in workers {
+                let labels = [("pool", "double"), ("worker", worker)];
+                let value = if read == 0 { tasks } else { deaths };
+                ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        let mut up =
+            encoder.encode_descriptor("engine_worker_up", "up", None, MetricType::Gauge)?;
+        for (worker, ..) in workers {
+            let labels = [("pool", "double"), ("worker", worker)];
+            ConstGauge::new(1).encode(up.encode_family(&labels)?)?;
+        }
+        let up = encoder.encode_descriptor("engine_redis_up", "up", None, MetricType::Gauge)?;
+        ConstGauge::new(1).encode(up)?;
+        for (name, value) in [
+            ("engine_redis_lag", 5000 - (ms as i64 / 2).min(4000)),
+            ("engine_redis_pending", 64),
+        ] {
+            let mut family = encoder.encode_descriptor(name, "group", None, MetricType::Gauge)?;
+            let labels = [("stream", "orders"), ("group", "engine")];
+            ConstGauge::new(value).encode(family.encode_family(&labels)?)?;
+        }
+        let mut dead = encoder.encode_descriptor(
+            "engine_redis_dead_letters",
+            "dead",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(2).encode(dead.encode_family(&[("stream", "orders")])?)?;
+        Ok(())
+    }
+}
+
+/// The `points` of every chart line drawn for `stage`, in order.
+fn chart_points(dom: &str, stage: &str) -> Vec<String> {
+    let marker = format!("data-chart=\"{stage}\"");
+    dom.match_indices(&marker)
+        .flat_map(|(at, _)| {
+            let cell = &dom[at..];
+            let cell = &cell[..cell.find("</svg>").unwrap_or(cell.len())];
+            cell.split("points=\"")
+                .skip(1)
+                .map(|p| p[..p.find('"').unwrap_or(0)].to_owned())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
 #[test]
-fn the_dashboard_shows_every_stage_with_live_rates_in_a_browser() {
-    let (handle, server) = slow_engine();
+fn the_dashboard_shows_every_stage_with_live_rates_and_charts_in_a_browser() {
+    let (handle, server) = slow_engine_with(|registry| {
+        registry.register_collector(Box::new(WorkersAndStream {
+            started: Instant::now(),
+        }));
+    });
     let url = format!("http://{}/", server.local_addr());
+
+    // The first paint: the page as loaded, before it reads /metrics, shows the stages.
+    let first_paint = chromium_for(&url, "--dump-dom", None);
+    for stage in ["frontend", "transport", "backend"] {
+        assert!(
+            first_paint.contains(&format!("data-stage=\"{stage}\"")),
+            "{first_paint}"
+        );
+    }
+
     let first = dump_dom(&url);
     for stage in ["frontend", "transport", "backend"] {
         assert!(
             first.contains(&format!("data-stage=\"{stage}\"")),
             "{first}"
         );
+        // Three charts per stage (rate in and out, queue fill, busy share), each drawn.
+        let lines = chart_points(&first, stage);
+        assert_eq!(lines.len(), 4, "{stage}: {lines:?}");
+        assert!(lines.iter().all(|p| p.split(' ').count() >= 2), "{lines:?}");
     }
     assert!(first.contains("bottleneck"), "{first}");
+    // The worker processes and the Redis stream, each in its panel.
+    assert!(!first.contains("id=\"workers-panel\" hidden"), "{first}");
+    assert_eq!(first.matches("data-pool=\"double\"").count(), 2, "{first}");
+    assert!(first.contains("● up"), "{first}");
+    assert!(!first.contains("id=\"redis-panel\" hidden"), "{first}");
+    assert!(first.contains("data-stream=\"orders\""), "{first}");
     let rate = rate_of(&first, "backend").unwrap_or_else(|| panic!("{first}"));
     assert!(rate.ends_with("/s"), "{rate}");
+    let drawn = chart_points(&first, "backend");
     let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
+    let (mut rate_moved, mut chart_moved) = (false, false);
+    while !(rate_moved && chart_moved) {
         let again = dump_dom(&url);
-        let now = rate_of(&again, "backend").unwrap_or_else(|| panic!("{again}"));
-        if now != rate {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the rate stayed {rate}");
+        rate_moved |= rate_of(&again, "backend").unwrap_or_else(|| panic!("{again}")) != rate;
+        chart_moved |= chart_points(&again, "backend") != drawn;
+        assert!(
+            Instant::now() < deadline,
+            "the rate stayed {rate} or the charts stayed {drawn:?}"
+        );
     }
+    let shot = std::env::temp_dir().join(format!("engine-dashboard-{}.png", std::process::id()));
+    chromium(&url, &format!("--screenshot={}", shot.display()));
+    let png = std::fs::read(&shot).expect("a screenshot");
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 10_000,
+        "{} bytes",
+        png.len()
+    );
+    eprintln!("dashboard screenshot: {}", shot.display());
     handle.stop_now();
     handle.join().unwrap();
+}
+
+/// `engine pod run` with a status bean, a sleeping bean and `--token s3cret`; its address.
+#[cfg(feature = "pod")]
+#[allow(
+    clippy::zombie_processes,
+    reason = "the child is handed to the caller, who kills and waits for it"
+)]
+fn pod_with_a_token() -> (std::process::Child, String) {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_engine"))
+        .args([
+            "pod",
+            "run",
+            "--token",
+            "s3cret",
+            "status",
+            "sleep:label=sleepers",
+        ])
+        .env_remove("ENGINE_POD_CONTROL_TOKEN")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the engine binary runs");
+    let mut stderr = BufReader::new(child.stderr.take().expect("piped"));
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(
+            stderr.read_line(&mut line).unwrap_or(0) > 0,
+            "the pod ended before it listened"
+        );
+        if line.contains("status server listening")
+            && let Some(rest) = line.split("addr=").nth(1)
+        {
+            let addr = rest
+                .split_whitespace()
+                .next()
+                .expect("an address")
+                .to_owned();
+            // The rest of the log is not read: a thread drains it so the pod never blocks.
+            std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+            return (child, addr);
+        }
+    }
+}
+
+#[cfg(feature = "pod")]
+#[test]
+fn a_browser_opens_a_pods_dashboard_with_the_token_given_once_in_the_address() {
+    let (mut child, addr) = pod_with_a_token();
+    // Without the token: the login form, and no beans.
+    let dom = dump_dom(&format!("http://{addr}/"));
+    assert!(dom.contains("action=\"/login\""), "{dom}");
+    assert!(!dom.contains("sleepers"), "{dom}");
+    // With `?token=`: the server swaps it for a cookie and sends the browser back to `/`,
+    // where the dashboard shows the pod's beans; the token is nowhere in the page.
+    let dom = dump_dom(&format!("http://{addr}/?token=s3cret"));
+    assert!(dom.contains("<title>engine dashboard</title>"), "{dom}");
+    assert!(dom.contains("sleepers") && dom.contains("running"), "{dom}");
+    assert!(!dom.contains("s3cret"), "{dom}");
+    let _ = child.kill();
+    let _ = child.wait();
 }

@@ -8,11 +8,16 @@
 //!   through [`respond`].
 //! - **The dashboard** ([`DASHBOARD`]) is one HTML page served from the binary, no build step
 //!   and no CDN: the stages as a row of boxes with their rates, queue fill and busy share,
-//!   the bottleneck and backpressured stages marked, and the pod's beans in a table. It reads
-//!   `/metrics` once a second.
+//!   the bottleneck and backpressured stages marked; per stage, charts of the last 5 minutes
+//!   (rate in and out, queue fill, busy share); the worker processes of pools and placed
+//!   stages, the Redis streams' groups (lag, pending, dead letters) and the pod's beans with
+//!   their state changes, when the metrics have them; and a list of events (deaths,
+//!   respawns, new dead letters, bean state changes). It comes with the metrics of the moment
+//!   in it, so its first paint shows the pipeline, then reads `/metrics` once a second.
 //! - **[`top`]** reads a metrics endpoint and shows a table that refreshes in place: per stage
-//!   the rates in and out, queue fill, busy share, bottleneck and backpressure; per bean its
-//!   state and restarts.
+//!   the rates in and out with a sparkline of the rate out, queue fill, busy share,
+//!   bottleneck and backpressure; per bean its state and restarts. It sends a pod's token
+//!   ([`Scraper::with_token`]).
 //! - **[`Progress`]** draws one live line on standard error: items done, each stage's rate,
 //!   the bottleneck, and with a known total the share done and the time left.
 //!

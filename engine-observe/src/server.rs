@@ -15,8 +15,34 @@ use hyper_util::rt::TokioIo;
 use prometheus_client::registry::Registry;
 use tokio::sync::oneshot;
 
-/// The dashboard page: no build step, no CDN; it reads `/metrics` once a second.
+/// The dashboard page: no build step, no CDN; it reads `/metrics` once a second and draws the
+/// last 5 minutes. Served as is, it shows the pipeline after its first read; [`respond`]
+/// serves it with the metrics of the moment in it, so that the first paint shows them.
 pub const DASHBOARD: &str = include_str!("dashboard.html");
+
+/// Where [`respond`] puts the metrics of the moment into the page: a JavaScript string.
+const FIRST_SCRAPE: &str = "\"__ENGINE_FIRST_SCRAPE__\"";
+
+/// `text` as a JavaScript string literal that is safe inside a `<script>` element: no `<`,
+/// `>` or `&` (so no `</script>`), no line breaks.
+fn js_string(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '<' | '>' | '&' | '\u{2028}' | '\u{2029}' => {
+                out.push_str(&format!("\\u{:04x}", u32::from(c)));
+            }
+            c if c.is_control() => out.push_str(&format!("\\u{:04x}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
 
 /// The content type of `/metrics`.
 pub const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -48,7 +74,8 @@ pub enum ServeError {
 }
 
 /// Answers one request of the metrics server: `/metrics`, `/` (the dashboard), or 404. A pod's
-/// status server answers the same paths with it.
+/// status server answers the same paths with it. `HEAD` answers as `GET` does: the HTTP
+/// server (hyper) leaves the body out.
 pub fn respond(method: &Method, path: &str, registry: &Registry) -> Response<Full<Bytes>> {
     let reply = |status: StatusCode, content_type: &str, body: String| {
         Response::builder()
@@ -58,12 +85,17 @@ pub fn respond(method: &Method, path: &str, registry: &Registry) -> Response<Ful
             .body(Full::new(Bytes::from(body)))
             .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
     };
-    if method != Method::GET {
-        return reply(
+    if method != Method::GET && method != Method::HEAD {
+        let mut response = reply(
             StatusCode::METHOD_NOT_ALLOWED,
             "text/plain",
-            "only GET\n".into(),
+            "only GET and HEAD\n".into(),
         );
+        response.headers_mut().insert(
+            "allow",
+            hyper::header::HeaderValue::from_static("GET, HEAD"),
+        );
+        return response;
     }
     match path {
         "/metrics" => {
@@ -77,11 +109,15 @@ pub fn respond(method: &Method, path: &str, registry: &Registry) -> Response<Ful
                 ),
             }
         }
-        "/" | "/index.html" => reply(
-            StatusCode::OK,
-            "text/html; charset=utf-8",
-            DASHBOARD.to_owned(),
-        ),
+        "/" | "/index.html" => {
+            // The first paint shows the metrics of this moment; without them, the first read.
+            let mut text = String::new();
+            let page = match prometheus_client::encoding::text::encode(&mut text, registry) {
+                Ok(()) => DASHBOARD.replacen(FIRST_SCRAPE, &js_string(&text), 1),
+                Err(_) => DASHBOARD.to_owned(),
+            };
+            reply(StatusCode::OK, "text/html; charset=utf-8", page)
+        }
         _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
     }
 }
@@ -235,5 +271,47 @@ async fn serve(listener: TcpListener, registry: Arc<Registry>, mut stopped: ones
                 tracing::debug!("a metrics connection ended: {error}");
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+    use prometheus_client::metrics::counter::Counter;
+
+    fn body(response: Response<Full<Bytes>>) -> String {
+        let bytes = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("a runtime")
+            .block_on(response.into_body().collect())
+            .expect("a full body")
+            .to_bytes();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    #[test]
+    fn the_page_carries_the_metrics_of_the_moment_safely() {
+        let mut registry = Registry::default();
+        let counter: Counter = Counter::default();
+        registry.register("items", "Items </script><b>", counter.clone());
+        counter.inc_by(7);
+        let page = body(respond(&Method::GET, "/", &registry));
+        assert!(!page.contains(FIRST_SCRAPE), "the placeholder is filled");
+        assert!(page.contains("items_total 7"), "{page}");
+        assert_eq!(page.matches("</script>").count(), 1, "only the page's own");
+        assert!(page.len() < 60 * 1024);
+        assert_eq!(js_string("a\"b\\c\n<"), r#""a\"b\\c\n\u003c""#);
+    }
+
+    #[test]
+    fn head_is_get_and_other_methods_are_refused() {
+        let registry = Registry::default();
+        for path in ["/", "/metrics"] {
+            assert_eq!(respond(&Method::HEAD, path, &registry).status(), 200);
+        }
+        let post = respond(&Method::POST, "/metrics", &registry);
+        assert_eq!(post.status(), 405);
+        assert_eq!(post.headers()["allow"], "GET, HEAD");
     }
 }

@@ -1,7 +1,9 @@
 //! `engine top`: a live table of a running engine's stages and a pod's beans, read from its
-//! `/metrics` and refreshed in place (the engine's `vector top`).
+//! `/metrics` and refreshed in place (the engine's `vector top`), with a sparkline of each
+//! stage's recent rate.
 
-use std::fmt::Write as _;
+use std::collections::{HashMap, VecDeque};
+use std::fmt::{self, Write as _};
 use std::io::{self, IsTerminal, Write};
 use std::time::{Duration, Instant};
 
@@ -30,6 +32,12 @@ pub enum TopError {
         /// Why it failed.
         reason: String,
     },
+    /// The server asks for a token that was not given, or refused the one given.
+    #[error("{}", unauthorized(*.token_given))]
+    Unauthorized {
+        /// Whether a token was sent.
+        token_given: bool,
+    },
     /// What came back is not metrics.
     #[error(transparent)]
     Parse(#[from] ParseError),
@@ -38,12 +46,31 @@ pub enum TopError {
     Terminal(#[from] io::Error),
 }
 
-/// Reads `/metrics` of an engine's or pod's metrics server.
-#[derive(Debug)]
+fn unauthorized(token_given: bool) -> &'static str {
+    if token_given {
+        "unauthorized: the token was refused; pass the pod's token with --token or ENGINE_POD_CONTROL_TOKEN"
+    } else {
+        "unauthorized: pass --token or ENGINE_POD_CONTROL_TOKEN"
+    }
+}
+
+/// Reads `/metrics` of an engine's or pod's metrics server, sending a token if the server
+/// asks for one (a pod's status server with a control token).
 pub struct Scraper {
     url: String,
+    token: Option<String>,
     runtime: tokio::runtime::Runtime,
     client: Client<HttpConnector, Empty<Bytes>>,
+}
+
+impl fmt::Debug for Scraper {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The token is a secret: only whether there is one shows.
+        f.debug_struct("Scraper")
+            .field("url", &self.url)
+            .field("token", &self.token.as_ref().map(|_| "***"))
+            .finish_non_exhaustive()
+    }
 }
 
 impl Scraper {
@@ -71,9 +98,27 @@ impl Scraper {
         let client = Client::builder(TokioExecutor::new()).build_http();
         Ok(Self {
             url,
+            token: None,
             runtime,
             client,
         })
+    }
+
+    /// Sends `token` with every scrape (`Authorization: Bearer TOKEN`), as a pod's status
+    /// server with a control token asks; an empty token sends none.
+    ///
+    /// ```
+    /// use engine::observe::Scraper;
+    ///
+    /// let scraper = Scraper::new("127.0.0.1:9100")?.with_token("s3cret");
+    /// assert!(!format!("{scraper:?}").contains("s3cret"));
+    /// # Ok::<(), engine::observe::TopError>(())
+    /// ```
+    #[must_use]
+    pub fn with_token(mut self, token: impl Into<String>) -> Self {
+        let token = token.into();
+        self.token = (!token.is_empty()).then_some(token);
+        self
     }
 
     /// The URL it reads.
@@ -86,18 +131,32 @@ impl Scraper {
     /// # Errors
     ///
     /// [`TopError::Fetch`] if the server cannot be reached or answers with an error,
-    /// [`TopError::Parse`] if the answer is not metrics.
+    /// [`TopError::Unauthorized`] if it asks for a token, [`TopError::Parse`] if the answer
+    /// is not metrics.
     pub fn scrape(&self) -> Result<Snapshot, TopError> {
         let fetch = |reason: String| TopError::Fetch {
             url: self.url.clone(),
             reason,
         };
-        let uri: hyper::Uri = self.url.parse().map_err(|e| fetch(format!("{e}")))?;
+        let mut request = hyper::Request::get(&self.url);
+        if let Some(token) = &self.token {
+            request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let request = request
+            .body(Empty::new())
+            // The message names the URL only: the header holds the token.
+            .map_err(|_| fetch("the token is not a valid header value".into()))?;
         let text = self.runtime.block_on(async {
-            let response = tokio::time::timeout(Duration::from_secs(2), self.client.get(uri))
-                .await
-                .map_err(|_| fetch("no answer within 2 s".into()))?
-                .map_err(|e| fetch(e.to_string()))?;
+            let response =
+                tokio::time::timeout(Duration::from_secs(2), self.client.request(request))
+                    .await
+                    .map_err(|_| fetch("no answer within 2 s".into()))?
+                    .map_err(|e| fetch(e.to_string()))?;
+            if response.status() == hyper::StatusCode::UNAUTHORIZED {
+                return Err(TopError::Unauthorized {
+                    token_given: self.token.is_some(),
+                });
+            }
             if !response.status().is_success() {
                 return Err(fetch(format!("the server answered {}", response.status())));
             }
@@ -132,9 +191,83 @@ fn duration(d: Duration) -> String {
     }
 }
 
-/// The table `engine top` shows for `now`, with rates since `before` (or since the start).
+/// How many rates a stage's sparkline shows.
+const SPARK_WIDTH: usize = 16;
+
+/// The bars of a sparkline, lowest to highest.
+const BARS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
+
+/// The last rates out of each stage, which `engine top` draws as a sparkline per stage.
+#[derive(Debug, Default)]
+pub struct RateHistory {
+    stages: HashMap<(String, String), VecDeque<f64>>,
+}
+
+impl RateHistory {
+    /// An empty history.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds one look's rates, keeping the last few of each stage.
+    pub fn record(&mut self, rates: &[StageRates]) {
+        for r in rates {
+            let kept = self
+                .stages
+                .entry((r.name.clone(), r.kind.clone()))
+                .or_default();
+            if kept.len() == SPARK_WIDTH {
+                kept.pop_front();
+            }
+            kept.push_back(r.out_per_second);
+        }
+    }
+
+    /// The stage's rates out as a sparkline, oldest first, scaled to the highest of them,
+    /// padded on the left to a fixed width.
+    ///
+    /// ```
+    /// use engine::observe::top::RateHistory;
+    ///
+    /// let history = RateHistory::new();
+    /// assert_eq!(history.sparkline("parse", "transport").chars().count(), 16);
+    /// ```
+    pub fn sparkline(&self, name: &str, kind: &str) -> String {
+        let rates = self
+            .stages
+            .get(&(name.to_owned(), kind.to_owned()))
+            .cloned()
+            .unwrap_or_default();
+        let top = rates.iter().copied().fold(0.0_f64, f64::max);
+        let mut line = " ".repeat(SPARK_WIDTH - rates.len());
+        for rate in rates {
+            let level = if top > 0.0 {
+                ((rate / top) * (BARS.len() - 1) as f64).round() as usize
+            } else {
+                0
+            };
+            line.push(BARS[level.min(BARS.len() - 1)]);
+        }
+        line
+    }
+}
+
+/// The table `engine top` shows for `now`, with rates since `before` (or since the start);
+/// its sparklines hold this one look ([`render_with`] keeps them across looks).
 pub fn render(source: &str, before: Option<&Snapshot>, now: &Snapshot) -> Vec<String> {
+    render_with(source, before, now, &mut RateHistory::new())
+}
+
+/// The table `engine top` shows for `now`, with rates since `before` (or since the start),
+/// recorded into `history`, whose sparklines it shows.
+pub fn render_with(
+    source: &str,
+    before: Option<&Snapshot>,
+    now: &Snapshot,
+    history: &mut RateHistory,
+) -> Vec<String> {
     let rates: Vec<StageRates> = rates(before, now);
+    history.record(&rates);
     let worst = bottleneck(&rates).map(|r| (r.name.clone(), r.kind.clone()));
     let mut lines = Vec::new();
     let mut head = format!(
@@ -149,8 +282,8 @@ pub fn render(source: &str, before: Option<&Snapshot>, now: &Snapshot) -> Vec<St
     lines.push(String::new());
     if !rates.is_empty() {
         lines.push(format!(
-            "{:<16} {:<10} {:>3} {:>10} {:>10} {:>6} {:>5}  {}",
-            "STAGE", "KIND", "THR", "IN", "OUT", "QUEUE", "BUSY", "STATE"
+            "{:<16} {:<10} {:>3} {:>10} {:>10} {:<16} {:>6} {:>5}  {}",
+            "STAGE", "KIND", "THR", "IN", "OUT", "OUT TREND", "QUEUE", "BUSY", "STATE"
         ));
         for (r, s) in rates.iter().zip(&now.stages) {
             let queue = if s.queue_capacity > 0.0 {
@@ -166,12 +299,13 @@ pub fn render(source: &str, before: Option<&Snapshot>, now: &Snapshot) -> Vec<St
                 state.push("backpressured");
             }
             lines.push(format!(
-                "{:<16} {:<10} {:>3} {:>10} {:>10} {:>6} {:>4.0}%  {}",
+                "{:<16} {:<10} {:>3} {:>10} {:>10} {} {:>6} {:>4.0}%  {}",
                 truncate(&r.name, 16),
                 r.kind,
                 s.threads.max(1),
                 rate(r.in_per_second),
                 rate(r.out_per_second),
+                history.sparkline(&r.name, &r.kind),
                 queue,
                 100.0 * r.busy,
                 state.join(", ")
@@ -245,15 +379,25 @@ fn quits(key: &KeyEvent) -> bool {
             || (key.code == KeyCode::Char('c') && key.modifiers.contains(KeyModifiers::CONTROL)))
 }
 
-/// Runs `engine top` against `addr`, refreshing every `interval` until `q`, Esc or Ctrl-C.
-/// When standard output is not a terminal, or with `once`, prints the table once and returns.
+/// Runs `engine top` against `addr`, sending `token` if given, refreshing every `interval`
+/// until `q`, Esc or Ctrl-C. When standard output is not a terminal, or with `once`, prints
+/// the table once and returns.
 ///
 /// # Errors
 ///
-/// [`TopError`] for a bad address, a terminal that cannot be driven, or (printing once) a
-/// scrape that fails. While the table runs, a failed scrape is shown and retried.
-pub fn run(addr: &str, interval: Duration, once: bool) -> Result<(), TopError> {
-    let scraper = Scraper::new(addr)?;
+/// [`TopError`] for a bad address, a terminal that cannot be driven, a server that asks for
+/// a token ([`TopError::Unauthorized`], at once), or (printing once) a scrape that fails.
+/// While the table runs, another failed scrape is shown and retried.
+pub fn run(
+    addr: &str,
+    token: Option<&str>,
+    interval: Duration,
+    once: bool,
+) -> Result<(), TopError> {
+    let mut scraper = Scraper::new(addr)?;
+    if let Some(token) = token {
+        scraper = scraper.with_token(token);
+    }
     if once || !io::stdout().is_terminal() {
         let now = scraper.scrape()?;
         let mut out = io::stdout().lock();
@@ -264,13 +408,16 @@ pub fn run(addr: &str, interval: Duration, once: bool) -> Result<(), TopError> {
     }
     let screen = Screen::enter()?;
     let mut before: Option<Snapshot> = None;
+    let mut history = RateHistory::new();
     loop {
         let started = Instant::now();
         match scraper.scrape() {
             Ok(now) => {
-                screen.draw(&render(addr, before.as_ref(), &now))?;
+                screen.draw(&render_with(addr, before.as_ref(), &now, &mut history))?;
                 before = Some(now);
             }
+            // Retrying cannot help: the token is given at start.
+            Err(error @ TopError::Unauthorized { .. }) => return Err(error),
             Err(error) => screen.draw(&[
                 format!("engine top - {addr}"),
                 String::new(),
@@ -331,6 +478,34 @@ mod tests {
         );
         let double = lines.iter().find(|l| l.starts_with("double")).unwrap();
         assert!(double.contains("backpressured"), "{double}");
+    }
+
+    #[test]
+    fn the_sparkline_of_a_stage_follows_its_rate() {
+        let mut history = RateHistory::new();
+        let mut before = None;
+        let start = Instant::now();
+        let mut lines = Vec::new();
+        // The sink's rate rises look after look: 100, 200, 300, 400 items a second, drawn
+        // as levels 2, 4, 5 and 7 of 0 to 7.
+        for (i, total) in [100.0, 300.0, 600.0, 1000.0].into_iter().enumerate() {
+            let mut sink = stage("sink", "backend", 0.0, 0.0);
+            sink.items_out = total;
+            let now = Snapshot {
+                at: start + Duration::from_secs(i as u64 + 1),
+                elapsed: Duration::from_secs(i as u64 + 1),
+                running: true,
+                stages: vec![sink],
+                beans: Vec::new(),
+            };
+            lines = render_with("x", before.as_ref(), &now, &mut history);
+            before = Some(now);
+        }
+        let spark = history.sparkline("sink", "backend");
+        assert_eq!(spark.trim_start(), "▃▅▆█", "{spark:?}");
+        let row = lines.iter().find(|l| l.starts_with("sink")).unwrap();
+        assert!(row.contains("▃▅▆█"), "{row}");
+        assert!(lines.iter().any(|l| l.contains("OUT TREND")), "{lines:?}");
     }
 
     #[test]

@@ -88,6 +88,15 @@ fn register(registry: &mut Registry) {
         crate::config::params::<crate::status::StatusParams>(&config.core, &config.params)?;
         Ok(crate::status::StatusServer::new())
     });
+    // Nothing listens beyond loopback without a token: the pod does not start at all.
+    registry.check_with_pod("status", |config, pod| {
+        let params =
+            crate::config::params::<crate::status::StatusParams>(&config.core, &config.params)
+                .map_err(|err| err.to_string())?;
+        params
+            .check_bind(pod.control_token.as_ref())
+            .map_err(|err| err.to_string())
+    });
     // The default threaded engine (stdin -> log transport -> log backend) as a bean.
     registry.register_typed("engine", |params: EngineParams| {
         crate::engine_bean::engine_bean(move |_ctx| {

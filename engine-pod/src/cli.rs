@@ -45,9 +45,10 @@ pub struct RunArgs {
     /// How long to wait for beans after SIGINT/SIGTERM before cancelling them (e.g. `10s`).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub stop_wait_time: Option<Duration>,
-    /// The token the status bean's control API asks for (overrides the file and
-    /// ENGINE_POD_CONTROL_TOKEN); needed to bind the status bean beyond loopback.
-    #[arg(long, value_name = "TOKEN")]
+    /// The token the status bean's control API and views ask for (overrides the file's
+    /// `control_token` and ENGINE_POD_CONTROL_TOKEN); needed to bind the status bean beyond
+    /// loopback. `--control-token` is another name for it.
+    #[arg(long = "token", visible_alias = "control-token", value_name = "TOKEN")]
     pub control_token: Option<String>,
     /// Beans to run after those of the file: `core` or `core:key=value,key=value`.
     #[arg(value_name = "BEAN")]
@@ -99,7 +100,7 @@ pub fn load(
         file.pod.control_token =
             Some(
                 ControlToken::new(token.clone()).ok_or_else(|| ConfigError::Override {
-                    name: "--control-token".to_owned(),
+                    name: "--token".to_owned(),
                     message: "an empty token protects nothing".to_owned(),
                 })?,
             );
@@ -297,5 +298,24 @@ mod tests {
         assert!(text.contains("stop_wait_time = \"1s\""), "{text}");
         assert!(text.contains("name = \"you\""), "{text}");
         assert!(load(&RunArgs::default(), []).is_err());
+    }
+
+    #[test]
+    fn the_token_option_is_token_or_control_token() {
+        for name in ["--token", "--control-token"] {
+            let cli = PodCli::try_parse_from(["pod", "run", name, "s3cret", "hello"]).unwrap();
+            let PodCommand::Run(args) = cli.command else {
+                panic!("not run");
+            };
+            let file = load(&args, []).unwrap();
+            assert!(file.pod.control_token.unwrap().matches("s3cret"));
+        }
+        let env = [("ENGINE_POD_CONTROL_TOKEN".to_owned(), "from-env".to_owned())];
+        let args = RunArgs {
+            beans: vec!["hello".to_owned()],
+            ..RunArgs::default()
+        };
+        let file = load(&args, env).unwrap();
+        assert!(file.pod.control_token.unwrap().matches("from-env"));
     }
 }

@@ -13,7 +13,7 @@
 //! port = 9000                # every other key is a parameter of the bean
 //! ```
 //!
-//! `control_token = "..."` (or `ENGINE_POD_CONTROL_TOKEN`, or `--control-token`) is the token
+//! `control_token = "..."` (or `ENGINE_POD_CONTROL_TOKEN`, or `--token`) is the token
 //! the status bean's control API asks for; a status bean bound to another address than
 //! loopback does not start without one.
 

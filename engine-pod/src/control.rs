@@ -7,24 +7,30 @@
 //! | `GET /ready` | 200 when every bean that declares readiness is ready, 503 otherwise |
 //! | `GET /metrics` | the beans' metrics ([`PodMetrics`](crate::PodMetrics)), OpenMetrics text |
 //! | `GET /` | the dashboard page (`engine_observe::DASHBOARD`), which reads `/metrics` |
+//! | `GET /?token=T` | swaps a right token for the session cookie; either way, back to `/` without it |
+//! | `GET /login`, `POST /login` | a form that takes the token and sets the session cookie |
 //! | `POST /beans/{id}/stop` | stops one bean for good |
 //! | `POST /beans/{id}/restart` | ends its run and starts it again |
 //! | `POST /signal` with `{"name": N, "label": L, "id": I, "payload": P}` | sends a named signal to a label, a bean, or (neither) every bean; answers `{"handlers": n}` |
 //! | `POST /stop` | stops the pod gracefully |
 //!
+//! `HEAD` answers every `GET` route, without the body.
+//!
 //! With a token set, every request but `GET /ready` (for probes) needs
-//! `Authorization: Bearer TOKEN`; without it the answer is 401 and nothing changes.
+//! `Authorization: Bearer TOKEN`, or for the views (`/`, `/metrics`, `/status`) the session
+//! cookie a browser got from `/?token=` or `/login` (see the `access` module); without it the
+//! answer is 401 (the login form, for the page) and nothing changes.
 
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
-use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue, WWW_AUTHENTICATE};
+use hyper::header::{CONTENT_TYPE, HeaderValue, WWW_AUTHENTICATE};
 use hyper::{Method, Request, Response, StatusCode};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::access::{Access, login_page, param};
 use crate::context::BeanContext;
 use crate::state::{BeanId, ControlError, Target};
-use crate::token::ControlToken;
 
 /// The largest request body read (a signal's payload).
 const MAX_BODY: usize = 64 * 1024;
@@ -45,13 +51,33 @@ pub(crate) struct SignalRequest {
 /// Answers one request.
 pub(crate) async fn answer(
     ctx: &BeanContext,
-    token: Option<&ControlToken>,
+    access: &Access,
     registry: &prometheus_client::registry::Registry,
     request: Request<Incoming>,
 ) -> Response<Full<Bytes>> {
     let (method, path) = (request.method().clone(), request.uri().path().to_owned());
-    let probe = method == Method::GET && path == "/ready";
-    if !probe && !authorized(token, &request) {
+    // HEAD is GET without the body: hyper leaves the body of a HEAD answer out.
+    let read = method == Method::GET || method == Method::HEAD;
+    let page = read && matches!(path.as_str(), "/" | "/index.html");
+    // A token in the address is swapped for the session cookie and taken out of the address.
+    if page && let Some(given) = request.uri().query().and_then(|q| param(q, "token")) {
+        return access.redirect(&path, access.matches(&given));
+    }
+    if path == "/login" {
+        return login(access, request).await;
+    }
+    let probe = read && path == "/ready";
+    let view = read && matches!(path.as_str(), "/" | "/index.html" | "/metrics" | "/status");
+    let headers = request.headers();
+    let allowed =
+        access.is_open() || probe || access.bearer(headers) || (view && access.session(headers));
+    if !allowed {
+        if page {
+            return login_page(
+                StatusCode::UNAUTHORIZED,
+                "This pod asks for its control token.",
+            );
+        }
         let mut response = json_response(
             StatusCode::UNAUTHORIZED,
             &json!({"error": "a valid control token is needed (Authorization: Bearer TOKEN)"}),
@@ -61,9 +87,14 @@ pub(crate) async fn answer(
             .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         return response;
     }
-    if method == Method::GET && matches!(path.as_str(), "/metrics" | "/" | "/index.html") {
+    if read && matches!(path.as_str(), "/metrics" | "/" | "/index.html") {
         return engine_observe::respond(&method, &path, registry);
     }
+    let method = if method == Method::HEAD {
+        Method::GET
+    } else {
+        method
+    };
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let (status, body) = match (&method, segments.as_slice()) {
         (&Method::GET, ["status"]) => (StatusCode::OK, json!(ctx.beans())),
@@ -93,16 +124,38 @@ pub(crate) async fn answer(
     json_response(status, &body)
 }
 
-fn authorized(token: Option<&ControlToken>, request: &Request<Incoming>) -> bool {
-    let Some(token) = token else {
-        return true;
-    };
-    request
-        .headers()
-        .get(AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "))
-        .is_some_and(|given| token.matches(given.trim()))
+/// `GET /login`: the form; `POST /login` with the form's `token`: the session cookie and
+/// the dashboard, or the form again.
+async fn login(access: &Access, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    match *request.method() {
+        _ if access.is_open() => access.redirect("/", false),
+        Method::GET | Method::HEAD => login_page(
+            StatusCode::OK,
+            "Give the pod's control token to open the dashboard.",
+        ),
+        Method::POST => {
+            let body = Limited::new(request.into_body(), MAX_BODY)
+                .collect()
+                .await
+                .map(|body| body.to_bytes())
+                .unwrap_or_default();
+            let given = std::str::from_utf8(&body)
+                .ok()
+                .and_then(|form| param(form, "token"));
+            if given.is_some_and(|given| access.matches(&given)) {
+                access.redirect("/", true)
+            } else {
+                login_page(
+                    StatusCode::UNAUTHORIZED,
+                    "That is not this pod's control token; try again.",
+                )
+            }
+        }
+        _ => json_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &json!({"error": "only GET and POST on /login"}),
+        ),
+    }
 }
 
 fn ready(ctx: &BeanContext) -> (StatusCode, serde_json::Value) {

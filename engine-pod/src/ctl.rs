@@ -36,7 +36,9 @@ pub enum CtlError {
         message: String,
     },
     /// The server refused the request: no token, or a wrong one.
-    #[error("refused: the pod asks for a control token (--token or ENGINE_POD_CONTROL_TOKEN)")]
+    #[error(
+        "unauthorized: pass --token or ENGINE_POD_CONTROL_TOKEN (the pod asks for its control token)"
+    )]
     Unauthorized,
     /// The server answered with an error.
     #[error("{status}: {message}")]
@@ -241,9 +243,10 @@ pub struct CtlArgs {
     /// The status bean's address (`HOST:PORT`, as its log line shows).
     #[arg(long, value_name = "ADDR", env = "ENGINE_POD_CONTROL_ADDR")]
     pub addr: String,
-    /// The control token, if the pod asks for one.
+    /// The control token, if the pod asks for one (`--control-token` is another name for it).
     #[arg(
         long,
+        visible_alias = "control-token",
         value_name = "TOKEN",
         env = "ENGINE_POD_CONTROL_TOKEN",
         hide_env_values = true

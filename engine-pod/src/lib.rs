@@ -59,6 +59,7 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod access;
 mod bean;
 mod bridge;
 mod builtin;

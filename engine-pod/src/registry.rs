@@ -9,13 +9,17 @@ use std::sync::Arc;
 use serde::de::DeserializeOwned;
 
 use crate::bean::Bean;
-use crate::config::{BeanConfig, ConfigError, PodFile};
+use crate::config::{BeanConfig, ConfigError, PodConfig, PodFile};
 use crate::pod::Pod;
 use crate::spec::BeanSpec;
 
 /// Makes a bean from its config (checking its parameters early, so that a bad config fails
 /// before anything starts).
 pub type BeanFactory = Arc<dyn Fn(&BeanConfig) -> Result<Arc<dyn Bean>, ConfigError> + Send + Sync>;
+
+/// Checks a bean's config against the pod's settings before anything starts (a status bean
+/// beyond loopback needs the pod's token); the error says what to change.
+pub(crate) type PodCheck = Arc<dyn Fn(&BeanConfig, &PodConfig) -> Result<(), String> + Send + Sync>;
 
 /// Named bean factories.
 ///
@@ -43,6 +47,8 @@ pub type BeanFactory = Arc<dyn Fn(&BeanConfig) -> Result<Arc<dyn Bean>, ConfigEr
 #[derive(Clone, Default)]
 pub struct Registry {
     factories: BTreeMap<String, BeanFactory>,
+    /// Checks of built-in beans that need the pod's settings, by name.
+    checks: BTreeMap<String, PodCheck>,
 }
 
 impl fmt::Debug for Registry {
@@ -68,6 +74,19 @@ impl Registry {
         let factory: BeanFactory =
             Arc::new(move |config| factory(config).map(|bean| Arc::new(bean) as Arc<dyn Bean>));
         self.factories.insert(name.to_owned(), factory);
+        // A bean registered in place of a built-in one brings its own rules.
+        self.checks.remove(name);
+        self
+    }
+
+    /// Adds a check of the beans registered as `name` against the pod's settings, run by
+    /// [`build`](Self::build) before anything starts.
+    pub(crate) fn check_with_pod(
+        &mut self,
+        name: &str,
+        check: impl Fn(&BeanConfig, &PodConfig) -> Result<(), String> + Send + Sync + 'static,
+    ) -> &mut Self {
+        self.checks.insert(name.to_owned(), Arc::new(check));
         self
     }
 
@@ -116,15 +135,29 @@ impl Registry {
         Ok(spec)
     }
 
-    /// Makes a pod of a whole config, checking every bean before anything starts.
+    /// Makes a pod of a whole config, checking every bean before anything starts: its
+    /// parameters, and for a built-in bean that needs them, the pod's settings (a status
+    /// bean beyond loopback needs a `control_token`).
     ///
     /// # Errors
     ///
-    /// The first bean's error, as [`make`](Self::make).
+    /// The first bean's error, as [`make`](Self::make), or [`ConfigError::Bean`] saying what
+    /// to change.
     pub fn build(&self, file: PodFile) -> Result<Pod, ConfigError> {
-        let mut pod = Pod::new(file.pod);
+        let mut specs = Vec::with_capacity(file.beans.len());
         for (i, config) in file.beans.iter().enumerate() {
-            pod.add(self.make(i + 1, config)?);
+            specs.push(self.make(i + 1, config)?);
+            if let Some(check) = self.checks.get(&config.core) {
+                check(config, &file.pod).map_err(|message| ConfigError::Bean {
+                    index: i + 1,
+                    core: config.core.clone(),
+                    message,
+                })?;
+            }
+        }
+        let mut pod = Pod::new(file.pod);
+        for spec in specs {
+            pod.add(spec);
         }
         Ok(pod)
     }

@@ -48,13 +48,45 @@ impl Default for StatusParams {
     }
 }
 
+impl StatusParams {
+    /// Checks, before anything starts, that these parameters can be served with the pod's
+    /// `control_token`: an address beyond loopback needs a token. A host name that does not
+    /// resolve now is left to the bean's start, which says so.
+    ///
+    /// ```
+    /// use engine::pod::{ControlToken, StatusParams};
+    ///
+    /// let mut params = StatusParams::default();
+    /// assert!(params.check_bind(None).is_ok());
+    /// params.host = "0.0.0.0".into();
+    /// assert!(params.check_bind(None).unwrap_err().to_string().contains("control_token"));
+    /// assert!(params.check_bind(ControlToken::new("s3cret").as_ref()).is_ok());
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`StatusError::NoToken`] for an address beyond loopback with no token, neither the
+    /// bean's nor `pod_token`.
+    pub fn check_bind(&self, pod_token: Option<&ControlToken>) -> Result<(), StatusError> {
+        use std::net::ToSocketAddrs;
+        if self.token.is_some() || pod_token.is_some() {
+            return Ok(());
+        }
+        let addrs = (self.host.as_str(), self.port).to_socket_addrs();
+        match addrs.into_iter().flatten().find(|a| !a.ip().is_loopback()) {
+            Some(addr) => Err(StatusError::NoToken(addr)),
+            None => Ok(()),
+        }
+    }
+}
+
 /// Why the status bean did not start.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StatusError {
     /// It was asked to listen on an address other than loopback, without a token.
     #[error(
-        "the status server would listen on {0}, beyond loopback, without a control token; set `token` on the bean, control_token in the config, ENGINE_POD_CONTROL_TOKEN or --control-token"
+        "the status server would listen on {0}, beyond loopback, without a control token; set control_token in the config (or ENGINE_POD_CONTROL_TOKEN, or --token), or `token` on the bean, or listen on 127.0.0.1"
     )]
     NoToken(SocketAddr),
 }
@@ -158,7 +190,8 @@ impl Bean for StatusServer {
             registry.register_collector(Box::new(crate::metrics::PodMetrics::new(Arc::clone(
                 &ctx.pod,
             ))));
-            serve(listener, ctx, token.map(Arc::new), Arc::new(registry)).await;
+            let access = Arc::new(crate::access::Access::new(token, addr.port()));
+            serve(listener, ctx, access, Arc::new(registry)).await;
             Ok(())
         })
     }
@@ -172,7 +205,7 @@ impl Bean for StatusServer {
 async fn serve(
     listener: tokio::net::TcpListener,
     ctx: BeanContext,
-    token: Option<Arc<ControlToken>>,
+    access: Arc<crate::access::Access>,
     registry: Arc<prometheus_client::registry::Registry>,
 ) {
     let mut connections = tokio::task::JoinSet::new();
@@ -188,13 +221,14 @@ async fn serve(
             () = ctx.stopping() => break,
             Some(_) = connections.join_next(), if !connections.is_empty() => continue,
         };
-        let (ctx, token, registry) = (ctx.clone(), token.clone(), Arc::clone(&registry));
+        let (ctx, access, registry) = (ctx.clone(), Arc::clone(&access), Arc::clone(&registry));
         connections.spawn(async move {
             let service = hyper::service::service_fn(move |request| {
-                let (ctx, token, registry) = (ctx.clone(), token.clone(), Arc::clone(&registry));
+                let (ctx, access, registry) =
+                    (ctx.clone(), Arc::clone(&access), Arc::clone(&registry));
                 async move {
                     Ok::<_, Infallible>(
-                        crate::control::answer(&ctx, token.as_deref(), &registry, request).await,
+                        crate::control::answer(&ctx, &access, &registry, request).await,
                     )
                 }
             });

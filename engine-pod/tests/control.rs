@@ -196,3 +196,189 @@ async fn the_status_bean_does_not_listen_beyond_loopback_without_a_token() {
     let error = report.beans[0].last_error.clone().unwrap();
     assert!(error.contains("without a control token"), "{error}");
 }
+
+/// One raw HTTP/1.1 exchange (the connection closed after it): the status code, the headers
+/// (names lowercase) and every byte after them.
+async fn raw(
+    addr: std::net::SocketAddr,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, Vec<(String, String)>, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut request =
+        format!("{method} {target} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n");
+    for (name, value) in headers {
+        request += &format!("{name}: {value}\r\n");
+    }
+    if !body.is_empty() {
+        request += &format!(
+            "content-type: application/x-www-form-urlencoded\r\ncontent-length: {}\r\n",
+            body.len()
+        );
+    }
+    request += "\r\n";
+    request += body;
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).await.unwrap();
+        answer
+    };
+    let answer = timeout(PATIENCE, exchange).await.expect("an answer");
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let (head, rest) = answer.split_once("\r\n\r\n").expect("a whole answer");
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers = lines
+        .filter_map(|l| l.split_once(": "))
+        .map(|(n, v)| (n.to_ascii_lowercase(), v.to_owned()))
+        .collect();
+    (status, headers, rest.to_owned())
+}
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
+}
+
+#[tokio::test]
+async fn a_browser_gives_the_token_once_and_gets_a_cookie_that_opens_the_views_only() {
+    let mut config = PodConfig::default();
+    config.control_token = ControlToken::new("s3 cr/et");
+    let (handle, addr, _poked) = pod(config, toml::Table::new()).await;
+
+    // Without the token, the page is the login form, which holds no token.
+    let (status, headers, page) = raw(addr, "GET", "/", &[], "").await;
+    assert_eq!(status, 401);
+    assert!(
+        header(&headers, "content-type")
+            .unwrap()
+            .starts_with("text/html")
+    );
+    assert!(
+        page.contains("action=\"/login\"") && !page.contains("s3"),
+        "{page}"
+    );
+    assert_eq!(raw(addr, "GET", "/metrics", &[], "").await.0, 401);
+
+    // A wrong token in the address: back to the page without it, and no cookie.
+    let (status, headers, _) = raw(addr, "GET", "/?token=wrong", &[], "").await;
+    assert_eq!((status, header(&headers, "location")), (303, Some("/")));
+    assert_eq!(header(&headers, "set-cookie"), None);
+
+    // The right one (percent-encoded): a cookie that is not the token, and an address without it.
+    let (status, headers, _) = raw(addr, "GET", "/?token=s3%20cr%2Fet", &[], "").await;
+    assert_eq!((status, header(&headers, "location")), (303, Some("/")));
+    let set_cookie = header(&headers, "set-cookie").expect("a cookie").to_owned();
+    assert!(set_cookie.contains("HttpOnly") && set_cookie.contains("SameSite=Strict"));
+    assert!(!set_cookie.contains("s3"), "{set_cookie}");
+    let cookie = set_cookie.split(';').next().unwrap().to_owned();
+    let with_cookie = [("cookie", cookie.as_str())];
+
+    // The cookie opens the page, the metrics and the status, and nothing that acts.
+    let (status, _, page) = raw(addr, "GET", "/", &with_cookie, "").await;
+    assert!(status == 200 && page.contains("<title>engine dashboard</title>"));
+    assert!(!page.contains("s3 cr"), "the token is never in the page");
+    let (status, _, metrics) = raw(addr, "GET", "/metrics", &with_cookie, "").await;
+    assert!(
+        status == 200 && metrics.contains("engine_bean_state"),
+        "{metrics}"
+    );
+    assert_eq!(raw(addr, "GET", "/status", &with_cookie, "").await.0, 200);
+    assert_eq!(
+        raw(addr, "POST", "/beans/2/stop", &with_cookie, "").await.0,
+        401
+    );
+    assert_eq!(raw(addr, "POST", "/stop", &with_cookie, "").await.0, 401);
+    assert!(handle.status().iter().all(|b| b.state == BeanState::Ready));
+
+    // The login form: a wrong token shows it again, the right one sets the cookie.
+    let (status, _, form) = raw(addr, "GET", "/login", &[], "").await;
+    assert!(status == 200 && form.contains("name=\"token\""), "{form}");
+    let (status, headers, _) = raw(addr, "POST", "/login", &[], "token=nope").await;
+    assert_eq!((status, header(&headers, "set-cookie")), (401, None));
+    let (status, headers, _) = raw(addr, "POST", "/login", &[], "token=s3+cr%2Fet").await;
+    assert_eq!((status, header(&headers, "location")), (303, Some("/")));
+    let cookie = header(&headers, "set-cookie")
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        raw(addr, "GET", "/metrics", &[("cookie", &cookie)], "")
+            .await
+            .0,
+        200
+    );
+
+    handle.stop();
+    timeout(PATIENCE, handle.wait()).await.unwrap();
+}
+
+#[tokio::test]
+async fn head_answers_every_get_route_without_a_body() {
+    let (handle, addr, _poked) = pod(PodConfig::default(), toml::Table::new()).await;
+    for path in [
+        "/",
+        "/index.html",
+        "/metrics",
+        "/status",
+        "/ready",
+        "/login",
+    ] {
+        let method = if path == "/login" { "GET" } else { "HEAD" };
+        let (_, get_headers, get_body) = raw(addr, "GET", path, &[], "").await;
+        let (status, headers, body) = raw(addr, method, path, &[], "").await;
+        if path == "/login" {
+            // Without a token there is nothing to log in to: back to the dashboard.
+            assert_eq!(status, 303);
+            continue;
+        }
+        assert_eq!(status, 200, "HEAD {path}");
+        assert_eq!(body, "", "HEAD {path} has no body");
+        assert!(!get_body.is_empty(), "GET {path}");
+        assert_eq!(
+            header(&headers, "content-type"),
+            header(&get_headers, "content-type"),
+            "HEAD {path}"
+        );
+    }
+    handle.stop();
+    timeout(PATIENCE, handle.wait()).await.unwrap();
+}
+
+#[test]
+fn a_config_with_a_status_bean_beyond_loopback_and_no_token_does_not_build() {
+    let registry = engine_pod::Registry::with_builtins();
+    let public = "[[beans]]\ncore = \"status\"\nhost = \"0.0.0.0\"\n";
+    let Err(error) = registry.build(engine_pod::PodFile::parse(public).unwrap()) else {
+        panic!("refused before anything starts");
+    };
+    let message = error.to_string();
+    assert!(
+        message.contains("control_token") && message.contains("0.0.0.0"),
+        "{message}"
+    );
+    // A token, the pod's or the bean's, or loopback: it builds.
+    for text in [
+        format!("control_token = \"s3cret\"\n{public}"),
+        format!("{public}token = \"s3cret\"\n"),
+        "[[beans]]\ncore = \"status\"\n".to_owned(),
+    ] {
+        let file = engine_pod::PodFile::parse(&text).unwrap();
+        assert!(registry.build(file).is_ok(), "{text}");
+    }
+}
