@@ -145,6 +145,7 @@ mod restart;
 mod signal;
 mod stage;
 mod stop;
+mod waiting;
 
 pub use adapt::{
     FilterMapFn, FlatMapFn, ForEachFn, IntoBackend, IntoFrontend, IntoTransport, IterFrontend,
@@ -162,3 +163,4 @@ pub use signal::{
 };
 pub use stage::{Backend, ErrorPolicy, Frontend, StageKind, Transport};
 pub use stop::{StopHandle, StopLevel, StopSubscription};
+pub use waiting::waiting_for_input;

@@ -195,7 +195,10 @@ impl StdinFrontend {
         loop {
             // After an interruption `line` keeps what was read so far, so reading again
             // appends the rest of the line.
-            match self.source.read_until(b'\n', &mut line) {
+            // A read that blocks waits for the source, which the engine counts as waiting
+            // for input, not work.
+            let read = engine_core::waiting_for_input(|| self.source.read_until(b'\n', &mut line));
+            match read {
                 Ok(_) => break,
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
                 Err(err) => return Err(err),

@@ -25,6 +25,9 @@ pub(crate) struct ThreadStats {
     wait: AtomicU8,
     /// What the thread's stage runs at once, if it says (an async stage).
     in_flight: OnceLock<Arc<dyn InFlight>>,
+    /// Time spent waiting for input, in nanoseconds: in a marked read of a frontend's source
+    /// ([`engine_core::waiting_for_input`]), or on a consumer's empty input queue.
+    waited_input: AtomicU64,
 }
 
 fn nanos(d: Duration) -> u64 {
@@ -36,6 +39,17 @@ impl ThreadStats {
     #[inline]
     pub(crate) fn set_wait(&self, wait: Wait) {
         self.wait.store(wait as u8, Ordering::Relaxed);
+    }
+
+    /// Adds time the thread waited for input.
+    pub(crate) fn add_input_wait(&self, waited: Duration) {
+        self.waited_input
+            .fetch_add(nanos(waited), Ordering::Relaxed);
+    }
+
+    /// Time the thread waited for input so far.
+    pub(crate) fn waited_input(&self) -> Duration {
+        Duration::from_nanos(self.waited_input.load(Ordering::Relaxed))
     }
 
     /// Notes where to read what the thread's stage runs at once.
@@ -96,4 +110,16 @@ impl ThreadStats {
 pub(crate) struct ThreadResult {
     pub(crate) counts: Counts,
     pub(crate) busy: Duration,
+}
+
+/// A frontend's marked reads ([`engine_core::waiting_for_input`]) count here.
+impl engine_core::plumbing::WaitSink for ThreadStats {
+    fn begin_input_wait(&self) {
+        self.set_wait(Wait::Input);
+    }
+
+    fn end_input_wait(&self, waited: Duration) {
+        self.add_input_wait(waited);
+        self.set_wait(Wait::Working);
+    }
 }

@@ -282,7 +282,7 @@ impl<K: Ticket, I: Send + 'static> Launcher<K, I> {
         let first = Arc::clone(&self.first) as Arc<dyn LinkView>;
         let front: Box<dyn StageProbe> = Box::new(FrontendProbe {
             slots: Arc::clone(&first),
-            threads: self.frontend_stats,
+            threads: self.frontend_stats.clone(),
         });
         let mut probes = vec![(
             Arc::clone(&self.options.names[0]),
@@ -305,6 +305,7 @@ impl<K: Ticket, I: Send + 'static> Launcher<K, I> {
             options: self.options,
             frontend_threads: self.frontend_threads,
             window: self.window,
+            frontend_stats: self.frontend_stats,
             first,
             consumers: self.consumers,
             stats: Arc::new(StatsSource {

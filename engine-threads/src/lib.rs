@@ -35,6 +35,10 @@
 //! # Ok::<(), engine::threads::EngineError>(())
 //! ```
 //!
+//! **Async stages** (feature `async`) are for I/O-bound work: each item's work is a future,
+//! up to K of them in flight per stage on a tokio runtime, under every promise below; see
+//! [`async_stage`] and [`Async`].
+//!
 //! # Promises
 //!
 //! 1. **No item is lost silently.** The [`RunReport`](engine_core::RunReport) accounts for

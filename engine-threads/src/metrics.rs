@@ -24,6 +24,7 @@ use crate::stats::{StageStats, Stats, StatsSource};
 /// | `engine_items_in`, `_out`, `_filtered`, `_failed`, `_dropped` | counter, per thread | the run report's counts |
 /// | `engine_busy_seconds` | counter, per thread | time a thread spent working |
 /// | `engine_blocked_seconds` | counter, per thread | time a thread waited for room in a full next queue: backpressure |
+/// | `engine_waiting_input_seconds` | counter, per thread | time a thread waited for input: an empty input queue, or a frontend's marked read of its source ([`waiting_for_input`](engine_core::waiting_for_input)); not in `engine_busy_seconds` |
 /// | `engine_queue_depth`, `engine_queue_capacity` | gauge | items in the stage's input queue, and the most it holds |
 /// | `engine_stage_threads` | gauge | threads of the stage |
 /// | `engine_stage_in_flight`, `engine_stage_concurrency_limit` | gauge | an async stage's futures running now, and the most it allows now (fixed or adaptive); only for async stages |
@@ -157,6 +158,15 @@ fn encode_threads(encoder: &mut DescriptorEncoder<'_>, stats: &Stats) -> fmt::Re
             "Time a stage thread waited for room in a full next queue (backpressure).",
         ),
         |t| t.blocked.as_secs_f64(),
+    )?;
+    per_thread(
+        encoder,
+        stats,
+        (
+            "engine_waiting_input_seconds",
+            "Time a stage thread waited for input (not counted as busy).",
+        ),
+        |t| t.waiting_for_input.as_secs_f64(),
     )
 }
 

@@ -36,6 +36,8 @@ pub(crate) struct Run {
     pub(crate) started: Instant,
     pub(crate) options: Options,
     pub(crate) frontend_threads: usize,
+    /// The frontend threads' live statistics (their marked waits for input).
+    pub(crate) frontend_stats: Vec<Arc<ThreadStats>>,
     /// Ordered mode's window, for the stall report.
     pub(crate) window: Option<Arc<Window>>,
     pub(crate) first: Arc<dyn LinkView>,
@@ -246,7 +248,12 @@ impl Run {
         let mut front = StageReport::new(&*self.options.names[0], StageKind::Frontend);
         for (index, counts) in self.first.slot_counts().into_iter().enumerate() {
             front.counts += counts;
-            let busy = busy[index].unwrap_or(elapsed);
+            // Time in marked reads of the source is waiting, not work.
+            let waited = self
+                .frontend_stats
+                .get(index)
+                .map_or(Duration::ZERO, |s| s.waited_input());
+            let busy = busy[index].unwrap_or(elapsed).saturating_sub(waited);
             front = front.with_thread(ThreadReport::new(index, counts.input, busy));
         }
         front

@@ -82,33 +82,41 @@ thread_local! {
     static CURRENT: RefCell<Option<Arc<ThreadStats>>> = const { RefCell::new(None) };
 }
 
-/// Makes `stats` the current thread's, for the marks of [`waiting`].
+/// Makes `stats` the current thread's, for the marks of [`waiting`] and of the stage's own
+/// [`waiting_for_input`](engine_core::waiting_for_input).
 pub(crate) fn enter(stats: &Arc<ThreadStats>) {
     CURRENT.with(|current| *current.borrow_mut() = Some(Arc::clone(stats)));
+    engine_core::plumbing::set_wait_sink(Some(Arc::clone(stats) as _));
 }
 
 /// Marks the current thread as ended and forgets its stats.
 pub(crate) fn leave() {
+    engine_core::plumbing::set_wait_sink(None);
     if let Some(stats) = CURRENT.with(|current| current.borrow_mut().take()) {
         stats.set_wait(Wait::Ended);
     }
 }
 
-/// Marks the current stage thread as waiting until the guard is dropped.
+/// Marks the current stage thread as waiting until the guard is dropped; a wait for input
+/// also counts its time.
 pub(crate) fn waiting(wait: Wait) -> Waiting {
     let stats = CURRENT.with(|current| current.borrow().clone());
     if let Some(stats) = &stats {
         stats.set_wait(wait);
     }
-    Waiting(stats)
+    let since = (wait == Wait::Input && stats.is_some()).then(Instant::now);
+    Waiting(stats, since)
 }
 
-/// Clears a wait mark when dropped.
-pub(crate) struct Waiting(Option<Arc<ThreadStats>>);
+/// Clears a wait mark when dropped (and counts a wait for input).
+pub(crate) struct Waiting(Option<Arc<ThreadStats>>, Option<Instant>);
 
 impl Drop for Waiting {
     fn drop(&mut self) {
         if let Some(stats) = &self.0 {
+            if let Some(since) = self.1 {
+                stats.add_input_wait(since.elapsed());
+            }
             stats.set_wait(Wait::Working);
         }
     }

@@ -59,6 +59,10 @@ pub struct ThreadSnapshot {
     pub busy: Duration,
     /// Time spent waiting for room in a full next queue: backpressure, so far.
     pub blocked: Duration,
+    /// Time spent waiting for input, so far: on an empty input queue, or (a frontend) in a
+    /// read of its source marked with [`waiting_for_input`](engine_core::waiting_for_input).
+    /// Not counted in `busy`.
+    pub waiting_for_input: Duration,
 }
 
 impl StageStats {
@@ -162,6 +166,7 @@ fn snapshot(thread: &ThreadStats, counts: Counts) -> ThreadSnapshot {
         counts,
         busy,
         blocked,
+        waiting_for_input: thread.waited_input(),
     }
 }
 
@@ -189,7 +194,13 @@ impl StageProbe for FrontendProbe {
             .slot_counts()
             .into_iter()
             .zip(&self.threads)
-            .map(|(counts, stats)| snapshot(stats, counts))
+            .map(|(counts, stats)| {
+                // A frontend publishes its time outside sends; its marked reads of its source
+                // are waiting, not work.
+                let mut thread = snapshot(stats, counts);
+                thread.busy = thread.busy.saturating_sub(thread.waiting_for_input);
+                thread
+            })
             .collect()
     }
 

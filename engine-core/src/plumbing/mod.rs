@@ -30,3 +30,11 @@ pub use crate::boxed::AnyTicket;
 pub use crate::completion::{Outcome, Ticket, TrackedFrontend, TrackedItem, Untracked};
 pub use crate::deadline::StopDeadline;
 pub use crate::error::catch_panic;
+pub use crate::waiting::WaitSink;
+
+/// Installs `sink` as the current thread's [`WaitSink`] (an engine's stage thread, at its
+/// start), or removes it (`None`, at its end): [`waiting_for_input`](crate::waiting_for_input)
+/// on this thread then reports to it.
+pub fn set_wait_sink(sink: Option<std::sync::Arc<dyn WaitSink>>) {
+    crate::waiting::set_wait_sink(sink);
+}
