@@ -30,8 +30,16 @@ pub const DEFAULT_REPLICAS_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Where a stream lives: the server, the stream's name, and how to read it.
 ///
-/// The form is `redis[s]://[user:password@]host[:port]/<stream>[?key=value&...]`:
+/// The form is `redis[s]://[user:password@]host[:port]/<stream>[?key=value&...]`, or for a
+/// Redis Cluster `redis[s]+cluster://[user:password@]host[:port],host[:port].../<stream>...`:
 ///
+/// - `redis+cluster://` names a Redis Cluster by one or more of its nodes (seeds; the
+///   others are found from them). Every key of a stream, or of one partition of a keyed
+///   stream, lives in one hash slot, and a keyed stream's partitions are spread evenly over
+///   the masters (see [`KeyedSource`](crate::KeyedSource)). A seed that is not a cluster
+///   node is [`Error::NotACluster`](crate::Error::NotACluster), and a cluster with slots no
+///   master serves is [`Error::SlotsUncovered`](crate::Error::SlotsUncovered), at the start.
+///   A cluster has database 0 only.
 /// - `rediss://` connects with TLS (rustls). The server's certificate is checked against the
 ///   system's roots, or against the CA certificate (PEM) of `ca=<path>`: what a private CA
 ///   or a throwaway self-signed test certificate needs.
@@ -94,8 +102,10 @@ pub struct StreamAddress {
     ca: Option<PathBuf>,
     username: Option<String>,
     password: Option<String>,
-    host: String,
-    port: u16,
+    /// The server's host and port; for a cluster, every seed node.
+    nodes: Vec<(String, u16)>,
+    /// `redis+cluster://`: the nodes are seeds of a Redis Cluster.
+    cluster: bool,
     db: i64,
     stream: String,
     group: String,
@@ -145,15 +155,33 @@ impl StreamAddress {
         &self.original
     }
 
-    /// The server, as `redis://host:port` (`rediss://` with TLS), without the user or the
+    /// The server, as `redis://host:port` (`rediss://` with TLS), or a cluster, as
+    /// `redis+cluster://host:port,host:port` (its seed nodes), without the user or the
     /// password: safe to log.
     pub fn server(&self) -> String {
-        let scheme = if self.tls { "rediss" } else { "redis" };
-        if self.host.contains(':') {
-            format!("{scheme}://[{}]:{}", self.host, self.port)
-        } else {
-            format!("{scheme}://{}:{}", self.host, self.port)
-        }
+        let scheme = match (self.tls, self.cluster) {
+            (false, false) => "redis",
+            (true, false) => "rediss",
+            (false, true) => "redis+cluster",
+            (true, true) => "rediss+cluster",
+        };
+        let nodes: Vec<String> = self.nodes.iter().map(|(h, p)| host_port(h, *p)).collect();
+        format!("{scheme}://{}", nodes.join(","))
+    }
+
+    /// Whether the address names a Redis Cluster by its seed nodes (`redis+cluster://`).
+    ///
+    /// ```
+    /// use engine::redis::StreamAddress;
+    ///
+    /// let a = StreamAddress::parse("redis+cluster://h1:7000,h2:7001,h3/orders?partitions=12")?;
+    /// assert!(a.is_cluster());
+    /// assert_eq!(a.server(), "redis+cluster://h1:7000,h2:7001,h3:6379");
+    /// assert!(!StreamAddress::parse("redis://h1/orders")?.is_cluster());
+    /// # Ok::<(), engine::redis::Error>(())
+    /// ```
+    pub fn is_cluster(&self) -> bool {
+        self.cluster
     }
 
     /// Whether the connection uses TLS (`rediss://`).
@@ -277,18 +305,46 @@ impl StreamAddress {
         (self.replicas > 0).then_some((self.replicas, self.replicas_timeout))
     }
 
-    /// What the `redis` crate connects to: the server, TLS, credentials and database.
+    /// What the `redis` crate connects to: the server (a cluster's first seed node), TLS,
+    /// credentials and database.
     pub(crate) fn connection_info(&self) -> redis::ConnectionInfo {
+        self.node_infos()
+            .into_iter()
+            .next()
+            .expect("an address has at least one node")
+    }
+
+    /// Each node of the address as an address of its own, of one server (no cluster).
+    pub(crate) fn seeds(&self) -> Vec<Self> {
+        self.nodes
+            .iter()
+            .map(|node| Self {
+                nodes: vec![node.clone()],
+                cluster: false,
+                ..self.clone()
+            })
+            .collect()
+    }
+
+    /// What the `redis` crate connects to, for each node of the address.
+    pub(crate) fn node_infos(&self) -> Vec<redis::ConnectionInfo> {
+        self.nodes
+            .iter()
+            .map(|(host, port)| self.node_info(host, *port))
+            .collect()
+    }
+
+    fn node_info(&self, host: &str, port: u16) -> redis::ConnectionInfo {
         use redis::{ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo};
         let addr = if self.tls {
             ConnectionAddr::TcpTls {
-                host: self.host.clone(),
-                port: self.port,
+                host: host.to_owned(),
+                port,
                 insecure: false,
                 tls_params: None,
             }
         } else {
-            ConnectionAddr::Tcp(self.host.clone(), self.port)
+            ConnectionAddr::Tcp(host.to_owned(), port)
         };
         let mut settings = RedisConnectionInfo::default().set_db(self.db);
         if let Some(username) = &self.username {
@@ -300,6 +356,15 @@ impl StreamAddress {
         addr.into_connection_info()
             .expect("a connection address always converts")
             .set_redis_settings(settings)
+    }
+}
+
+/// `host:port`, with brackets around an IPv6 host.
+pub(crate) fn host_port(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
     }
 }
 

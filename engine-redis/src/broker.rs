@@ -252,6 +252,21 @@ pub trait Broker: Send {
     /// A connection or server error, or a recorded value that is not a count.
     fn record_partitions(&mut self, key: &str, partitions: u32) -> Result<u32>;
 
+    /// The partition streams of the keyed stream `stream` with `partitions` partitions, in
+    /// partition order: by default `<stream>:p<i>` ([`partition_stream`](crate::partition_stream)).
+    /// A broker of several nodes may name them so that they spread over its nodes, and must
+    /// then give every producer and consumer the same names (on a Redis Cluster, a
+    /// placement recorded on the server; see [`KeyedSource`](crate::KeyedSource)).
+    ///
+    /// # Errors
+    ///
+    /// A connection or server error, or a recorded placement that cannot be read.
+    fn partition_streams(&mut self, stream: &str, partitions: u32) -> Result<Vec<String>> {
+        Ok((0..partitions)
+            .map(|i| crate::partition::partition_stream(stream, i))
+            .collect())
+    }
+
     /// Creates the consumer group at the start of the stream (and the stream) if missing.
     ///
     /// # Errors

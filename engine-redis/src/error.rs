@@ -166,6 +166,25 @@ pub enum Error {
         /// How many the server has connected.
         connected: u32,
     },
+    /// A seed node of a cluster address (`redis+cluster://`) is a plain server, not a node
+    /// of a Redis Cluster: the address mixes the two. Name the cluster's nodes only, or use
+    /// `redis://` for a plain server.
+    #[error("{node} in the cluster address {server} is not a Redis Cluster node")]
+    NotACluster {
+        /// The cluster address's seeds, as `redis+cluster://host:port,...`.
+        server: String,
+        /// The plain server, as `redis://host:port`.
+        node: String,
+    },
+    /// Some hash slots of the cluster have no master: keys there can be neither read nor
+    /// written. Assign them (`redis-cli --cluster fix`) before starting.
+    #[error("{uncovered} of the 16384 slots of the cluster {server} have no master")]
+    SlotsUncovered {
+        /// The cluster, as `redis+cluster://host:port,...`.
+        server: String,
+        /// How many slots no master serves.
+        uncovered: u32,
+    },
     /// A retryable error lasted longer than the stage's retry budget.
     #[error("gave up after retrying for {waited:?}")]
     GaveUp {

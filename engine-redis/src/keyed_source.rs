@@ -18,7 +18,6 @@ use crate::broker::{Broker, Connector, Delivery, EntryId};
 use crate::delivered::{EntryTicket, ItemId, WithIds};
 use crate::error::{Error, Result};
 use crate::lease::{Keeper, Leave, OnOwnership, Ownership, Table};
-use crate::partition::partition_stream;
 use crate::retry::Backoff;
 use crate::source::{
     Settlement, SourceOptions, consumer_frontend, default_consumer, fatal, remove_idle_consumers,
@@ -281,9 +280,7 @@ impl<B: Broker + 'static> Running<B> {
         }
         let mut broker = cfg.connector.connect()?;
         check_partitions(&mut broker, &cfg.stream, partitions)?;
-        let streams: Vec<String> = (0..partitions)
-            .map(|i| partition_stream(&cfg.stream, i))
-            .collect();
+        let streams = broker.partition_streams(&cfg.stream, partitions)?;
         for stream in &streams {
             broker.create_group(stream, &cfg.group)?;
         }
@@ -306,7 +303,7 @@ impl<B: Broker + 'static> Running<B> {
             consumer.clone(),
         )
         .finish(
-            partitions,
+            &streams,
             cfg.options.lease,
             Arc::clone(&table),
             stopped,

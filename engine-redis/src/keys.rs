@@ -45,8 +45,7 @@ pub(crate) fn error_key(stream: &str, id: EntryId) -> String {
 
 /// The slot Redis Cluster puts `key` in: CRC16 (XMODEM) of its hash tag, or of the whole
 /// key, modulo 16384.
-#[cfg(test)]
-fn slot(key: &str) -> u16 {
+pub(crate) fn slot(key: &str) -> u16 {
     let hashed = hash_tag(key).unwrap_or(key);
     let mut crc: u16 = 0;
     for byte in hashed.bytes() {
@@ -88,7 +87,7 @@ mod tests {
             for key in [
                 dead_letter_stream(&partition),
                 error_key(&partition, id),
-                lease_key(stream, 3, "engine"),
+                lease_key(&partition, "engine"),
                 key_of(&partition, "dedup:src:1"),
             ] {
                 assert_eq!(slot(&key), slot(&partition), "{key} and {partition}");

@@ -329,17 +329,19 @@ pub(crate) struct KeeperParts<B> {
 }
 
 impl<B> KeeperParts<B> {
+    /// The keeper of the partition streams `partitions`.
     pub(crate) fn finish(
         self,
-        partitions: u32,
+        partitions: &[String],
         ttl: Duration,
         table: Arc<Table>,
         stop: Receiver<Leave>,
         on_ownership: Option<OnOwnership>,
     ) -> Keeper<B> {
         Keeper {
-            leases: (0..partitions)
-                .map(|i| lease_key(&self.stream, i, &self.group))
+            leases: partitions
+                .iter()
+                .map(|partition| lease_key(partition, &self.group))
                 .collect(),
             broker: self.broker,
             stream: self.stream,

@@ -47,6 +47,13 @@
 //!   `:password@`) authenticates. A refused password is [`Error::Unauthorized`]; the
 //!   password is never shown in a log line, an error or an address's `Display`/`Debug`.
 //!
+//! - **Redis Cluster.** `redis+cluster://h1:7000,h2:7001/<stream>` (and `rediss+cluster://`)
+//!   names a cluster by seed nodes. Every key of a stream, or of one partition of a keyed
+//!   stream, is in one hash slot, and every script declares its keys; a keyed stream's
+//!   partitions are named so that they spread evenly over the masters (the names are
+//!   recorded on the server, `{<stream>}:placement`, so every producer and consumer agrees);
+//!   redirections are followed, and an error that may come from a failover makes the next
+//!   command start again from the seeds.
 //! - **Durability.** Redis replicates asynchronously, so a failover can lose writes the
 //!   master confirmed. With `replicas=N` ([`StreamAddress::with_replicas`]) every write
 //!   waits until `N` replicas confirm it (`WAIT`): a sink's batch is reported written, and

@@ -37,9 +37,9 @@ pub fn partition_stream(stream: &str, index: u32) -> String {
     format!("{stream}:p{index}")
 }
 
-/// The key holding the lease of partition `index` of `stream` for `group`.
-pub(crate) fn lease_key(stream: &str, index: u32, group: &str) -> String {
-    key_of(&partition_stream(stream, index), &format!("lease:{group}"))
+/// The key holding the lease of the partition stream `partition` for `group`, in its slot.
+pub(crate) fn lease_key(partition: &str, group: &str) -> String {
+    key_of(partition, &format!("lease:{group}"))
 }
 
 /// The sorted set of the live consumers of `group` on the keyed stream `stream`, each scored

@@ -4,7 +4,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use redis::{Connection, ErrorKind, RedisError, ServerErrorKind};
+use redis::{ErrorKind, RedisError, ServerErrorKind};
 
 use crate::address::StreamAddress;
 use crate::broker::Connector;
@@ -12,8 +12,12 @@ use crate::error::{Error, Result};
 
 mod admin;
 mod append;
+mod cluster;
 mod commands;
+mod conn;
 mod parse;
+
+use conn::{Client, Conn};
 
 /// The field of a stream entry that holds the encoded item.
 pub const PAYLOAD_FIELD: &str = "d";
@@ -22,7 +26,12 @@ pub const PAYLOAD_FIELD: &str = "d";
 /// ([`engine_core::protocol::PROTOCOL_VERSION`], in decimal), next to the item.
 pub const VERSION_FIELD: &str = "v";
 
-/// A connection to a Redis server, for the stream stages.
+/// A connection to a Redis server or a Redis Cluster, for the stream stages.
+///
+/// An address `redis+cluster://` connects with the `redis` crate's cluster client, which
+/// follows `MOVED` and `ASK` redirections; an error that may come from a change of the
+/// cluster's layout (a failover, a node gone) drops the whole connection, so the next
+/// command starts from the seed nodes with a fresh slot map.
 ///
 /// Each command runs on one synchronous connection; an error that breaks it (the server went
 /// away, a reply timed out) drops the connection, and the next command connects again. The
@@ -43,15 +52,17 @@ pub const VERSION_FIELD: &str = "v";
 /// # Ok::<(), engine::redis::Error>(())
 /// ```
 pub struct RedisBroker {
-    client: redis::Client,
+    client: Client,
     server: String,
-    conn: Option<Connection>,
+    conn: Option<Conn>,
     /// The read timeout the connection's socket has now.
     read_timeout: Option<Duration>,
     connect_timeout: Duration,
     response_timeout: Duration,
     /// How many replicas must confirm each write, and for how long a write waits for them.
     replicas: Option<(u32, Duration)>,
+    /// Which of several partitions a blocking read on a cluster waits on next.
+    turn: usize,
 }
 
 impl fmt::Debug for RedisBroker {
@@ -64,19 +75,28 @@ impl fmt::Debug for RedisBroker {
 }
 
 impl RedisBroker {
-    /// Connects to the server of `address`, once.
+    /// Connects to the server of `address`, or its cluster, once.
     ///
     /// # Errors
     ///
     /// [`Error::Unreachable`] when no connection can be made within the connect timeout (a
     /// TLS handshake that fails included), [`Error::Unauthorized`] when the server refuses
-    /// the credentials, [`Error::InvalidAddress`] when the CA file (`ca=`) cannot be read.
+    /// the credentials, [`Error::InvalidAddress`] when the CA file (`ca=`) cannot be read,
+    /// [`Error::TooFewReplicas`] when `replicas=` asks for more replicas than a master has.
+    /// For a cluster, [`Error::NotACluster`] when a seed node answers but is not a cluster
+    /// node, [`Error::SlotsUncovered`] when some slots have no master.
     pub fn connect(address: &StreamAddress) -> Result<Self> {
         let server = address.server();
-        let client = client(address).map_err(|reason| Error::InvalidAddress {
+        let invalid = |reason| Error::InvalidAddress {
             address: address.as_str().to_owned(),
             reason,
-        })?;
+        };
+        let client = if address.is_cluster() {
+            cluster::check_seeds(address)?;
+            Client::Cluster(cluster::client(address).map_err(invalid)?)
+        } else {
+            Client::Single(client(address).map_err(invalid)?)
+        };
         let mut broker = Self {
             client,
             server,
@@ -85,12 +105,21 @@ impl RedisBroker {
             connect_timeout: address.connect_timeout,
             response_timeout: address.response_timeout,
             replicas: address.replicas(),
+            turn: 0,
         };
         // A server that wants a password and got none answers the first command only.
         let timeout = address.response_timeout;
         broker.run("PING", timeout, |conn| redis::cmd("PING").exec(conn))?;
+        let fewest_replicas = if address.is_cluster() {
+            Some(broker.check_slots()?)
+        } else {
+            None
+        };
         if let Some((wanted, _)) = broker.replicas {
-            let connected = broker.connected_replicas()?;
+            let connected = match fewest_replicas {
+                Some(fewest) => fewest,
+                None => broker.connected_replicas()?,
+            };
             if connected < wanted {
                 return Err(Error::TooFewReplicas {
                     server: broker.server,
@@ -116,13 +145,14 @@ impl RedisBroker {
     }
 
     /// With durability (`replicas=`), waits until the replicas confirm the writes sent so far
-    /// on this connection (`WAIT`); without, returns at once.
+    /// on this connection (`WAIT`), on a cluster on the connection to the master of `key`
+    /// (a key written); without, returns at once.
     ///
     /// # Errors
     ///
     /// [`Error::NotReplicated`] when fewer replicas confirm within the timeout; a
     /// connection error.
-    pub(crate) fn confirm(&mut self, command: &'static str) -> Result<()> {
+    pub(crate) fn confirm(&mut self, command: &'static str, key: &str) -> Result<()> {
         let Some((wanted, timeout)) = self.replicas else {
             return Ok(());
         };
@@ -130,9 +160,10 @@ impl RedisBroker {
             .unwrap_or(u64::MAX)
             .max(1);
         let read_timeout = self.response_timeout + timeout;
-        let confirmed: i64 = self.run("WAIT", read_timeout, |conn| {
-            redis::cmd("WAIT").arg(wanted).arg(timeout_ms).query(conn)
-        })?;
+        let mut wait = redis::cmd("WAIT");
+        wait.arg(wanted).arg(timeout_ms);
+        let confirmed: i64 =
+            self.run("WAIT", read_timeout, |conn| conn.on_master_of(key, &wait))?;
         let confirmed = u32::try_from(confirmed).unwrap_or(0);
         if confirmed >= wanted {
             return Ok(());
@@ -154,24 +185,21 @@ impl RedisBroker {
     }
 
     /// The connection, made again if the last one broke, with the given read timeout.
-    fn connection(&mut self, read_timeout: Duration) -> Result<&mut Connection> {
+    fn connection(&mut self, read_timeout: Duration) -> Result<&mut Conn> {
         if self.conn.is_none() {
-            let conn = self
-                .client
-                .get_connection_with_timeout(self.connect_timeout)
-                .map_err(|err| {
-                    if is_auth_error(&err) {
-                        Error::Unauthorized {
-                            server: self.server.clone(),
-                            source: Box::new(err),
-                        }
-                    } else {
-                        Error::Unreachable {
-                            server: self.server.clone(),
-                            source: Box::new(err),
-                        }
+            let conn = self.client.connect(self.connect_timeout).map_err(|err| {
+                if is_auth_error(&err) {
+                    Error::Unauthorized {
+                        server: self.server.clone(),
+                        source: Box::new(err),
                     }
-                })?;
+                } else {
+                    Error::Unreachable {
+                        server: self.server.clone(),
+                        source: Box::new(err),
+                    }
+                }
+            })?;
             conn.set_write_timeout(Some(self.response_timeout))
                 .map_err(|err| self.lost("connect", err))?;
             self.read_timeout = None;
@@ -194,22 +222,30 @@ impl RedisBroker {
             .expect("the connection was made just above"))
     }
 
-    /// Runs `f` on the connection; drops the connection when the error broke it.
+    /// Runs `f` on the connection; drops the connection when the error broke it, or, on a
+    /// cluster, when it may come from a change of layout (the next command then starts from
+    /// a fresh slot map).
     fn run<T>(
         &mut self,
         command: &'static str,
         read_timeout: Duration,
-        f: impl FnOnce(&mut Connection) -> redis::RedisResult<T>,
+        f: impl FnOnce(&mut Conn) -> redis::RedisResult<T>,
     ) -> Result<T> {
         let conn = self.connection(read_timeout)?;
+        let cluster = conn.is_cluster();
         let result = f(conn);
         result.map_err(|err| {
-            let err = classify(&self.server, command, err);
-            if err.breaks_connection() {
+            let err = classify(&self.server, command, err, cluster);
+            if err.breaks_connection() || (cluster && err.is_retryable()) {
                 self.conn = None;
             }
             err
         })
+    }
+
+    /// Whether the connection is to a cluster.
+    pub(crate) fn is_cluster(&self) -> bool {
+        matches!(self.client, Client::Cluster(_))
     }
 
     fn lost(&self, command: &'static str, err: RedisError) -> Error {
@@ -258,12 +294,29 @@ fn is_auth_error(err: &RedisError) -> bool {
         || matches!(err.code(), Some("WRONGPASS" | "NOAUTH"))
 }
 
-/// Sorts a `redis` error into the crate's errors.
-fn classify(server: &str, command: &'static str, err: RedisError) -> Error {
+/// Sorts a `redis` error into the crate's errors; `cluster` when it came from a cluster
+/// connection, where a redirection the client gave up following, a write to a master that
+/// became a replica, and a slot map that cannot be made right now are passing states.
+fn classify(server: &str, command: &'static str, err: RedisError, cluster: bool) -> Error {
     let server = server.to_owned();
     if is_auth_error(&err) {
         return Error::Unauthorized {
             server,
+            source: Box::new(err),
+        };
+    }
+    let passing = cluster
+        && match err.kind() {
+            ErrorKind::Server(
+                ServerErrorKind::Moved | ServerErrorKind::Ask | ServerErrorKind::ReadOnly,
+            ) => true,
+            ErrorKind::Client => !err.to_string().contains("routed"),
+            _ => false,
+        };
+    if passing {
+        return Error::ConnectionLost {
+            server,
+            command,
             source: Box::new(err),
         };
     }

@@ -12,6 +12,9 @@
 //! append-only file and syncs it before replying, so that [`Server::restart`] (which kills
 //! the process at once, as a crash would) loses nothing that was acknowledged.
 //!
+//! [`Cluster::start`] starts a throwaway Redis Cluster of such servers (3 masters with a
+//! replica each by default), whose nodes can be killed and started again.
+//!
 //! # Examples
 //!
 //! ```no_run
@@ -42,9 +45,11 @@ use std::time::{Duration, Instant};
 
 use crate::StreamAddress;
 
+mod cluster;
 mod error;
 mod tls;
 
+pub use cluster::{Cluster, ClusterOptions};
 pub use error::ServerError;
 use tls::{CA_FILE, make_certificates};
 
@@ -83,6 +88,8 @@ pub struct ServerOptions {
     ready_timeout: Duration,
     program: Option<PathBuf>,
     replica_of: Option<u16>,
+    /// A node of a Redis Cluster, with this node timeout (see [`Cluster`]).
+    cluster_node_timeout: Option<Duration>,
 }
 
 impl Default for ServerOptions {
@@ -94,6 +101,7 @@ impl Default for ServerOptions {
             ready_timeout: Duration::from_secs(20),
             program: None,
             replica_of: None,
+            cluster_node_timeout: None,
         }
     }
 }
@@ -183,6 +191,8 @@ pub struct Server {
     child: Option<Child>,
     program: PathBuf,
     port: u16,
+    /// The cluster bus port of a cluster node (0 otherwise).
+    bus_port: u16,
     dir: PathBuf,
     options: ServerOptions,
 }
@@ -215,7 +225,7 @@ impl Server {
                     searched: vec![program.clone()],
                 });
             }
-            None => find_program()?,
+            None => find_program("redis-server")?,
         };
         let dir = std::env::temp_dir().join(format!(
             "engine-redis-server-{}-{}",
@@ -232,6 +242,7 @@ impl Server {
             child: None,
             program,
             port: 0,
+            bus_port: 0,
             dir,
             options,
         };
@@ -244,10 +255,16 @@ impl Server {
         let mut attempts = 0;
         loop {
             attempts += 1;
-            server.port = free_port().map_err(|source| ServerError::Io {
-                action: "find a free port".to_owned(),
-                source,
-            })?;
+            let port = || {
+                free_port().map_err(|source| ServerError::Io {
+                    action: "find a free port".to_owned(),
+                    source,
+                })
+            };
+            server.port = port()?;
+            if server.options.cluster_node_timeout.is_some() {
+                server.bus_port = port()?;
+            }
             match server.spawn() {
                 Err(ServerError::Exited { log, .. })
                     if attempts < PORT_ATTEMPTS && log.contains("in use") => {}
@@ -282,6 +299,16 @@ impl Server {
         }
         if let Some(master) = self.options.replica_of {
             command.args(["--replicaof", "127.0.0.1", &master.to_string()]);
+        }
+        if let Some(timeout) = self.options.cluster_node_timeout {
+            // The bus port is chosen (not the default port + 10000, which may not exist), and
+            // a replica may always take over, however long its master was gone.
+            command
+                .args(["--cluster-enabled", "yes"])
+                .args(["--cluster-config-file", "nodes.conf"])
+                .args(["--cluster-node-timeout", &timeout.as_millis().to_string()])
+                .args(["--cluster-port", &self.bus_port.to_string()])
+                .args(["--cluster-replica-validity-factor", "0"]);
         }
         let child = command
             .args(["--bind", "127.0.0.1"])
@@ -458,8 +485,14 @@ impl Server {
         self.spawn()
     }
 
+    /// Starts the process again after [`kill`](Self::kill), on the same ports and directory.
+    pub(crate) fn start_again(&mut self) -> Result<(), ServerError> {
+        self.kill();
+        self.spawn()
+    }
+
     /// Kills and reaps the process, if it runs.
-    fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             // An error means it already exited; `wait` reaps it either way.
             let _ = child.kill();
@@ -486,12 +519,12 @@ impl fmt::Debug for Server {
     }
 }
 
-/// The first `redis-server` on `PATH` or in the usual directories.
-fn find_program() -> Result<PathBuf, ServerError> {
+/// The first program `name` on `PATH` or in the usual directories.
+fn find_program(name: &str) -> Result<PathBuf, ServerError> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     let searched: Vec<PathBuf> = std::env::split_paths(&path)
         .chain(USUAL_DIRS.iter().map(PathBuf::from))
-        .map(|dir| dir.join("redis-server"))
+        .map(|dir| dir.join(name))
         .collect();
     match searched.iter().find(|path| path.is_file()) {
         Some(found) => Ok(found.clone()),

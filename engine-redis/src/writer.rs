@@ -78,6 +78,8 @@ impl<C: Connector> Writer<C> {
         let mut broker = self.connector.connect()?;
         if let Some(partitions) = self.partitions() {
             check_partitions(&mut broker, &self.stream, partitions)?;
+            // On a cluster, the partitions have names that spread them over the masters.
+            self.streams = broker.partition_streams(&self.stream, partitions)?;
         }
         self.broker = Some(broker);
         Ok(())

@@ -12,7 +12,8 @@ use super::{
 /// The most partitions a keyed stream may have.
 const MAX_PARTITIONS: u32 = 1024;
 
-const FORM: &str = "expected redis[s]://[user:password@]host[:port]/<stream>[?group=<group>]";
+const FORM: &str = "expected redis[s]://[user:password@]host[:port]/<stream>[?group=<group>] \
+                    or redis[s]+cluster://[user:password@]host[:port],host[:port].../<stream>";
 
 /// `address` with the password of its `user:password@` part replaced by `***`.
 pub(super) fn redact(address: &str) -> String {
@@ -39,9 +40,11 @@ pub(super) fn parse(address: &str) -> std::result::Result<StreamAddress, String>
     let Some((scheme, rest)) = address.split_once("://") else {
         return Err(FORM.to_owned());
     };
-    let tls = match scheme.to_ascii_lowercase().as_str() {
-        "redis" => false,
-        "rediss" => true,
+    let (tls, cluster) = match scheme.to_ascii_lowercase().as_str() {
+        "redis" => (false, false),
+        "rediss" => (true, false),
+        "redis+cluster" => (false, true),
+        "rediss+cluster" => (true, true),
         other => return Err(format!("unsupported scheme {other:?}; {FORM}")),
     };
     let rest = rest.split_once('#').map_or(rest, |(before, _)| before);
@@ -53,16 +56,24 @@ pub(super) fn parse(address: &str) -> std::result::Result<StreamAddress, String>
     if stream.is_empty() {
         return Err(format!("no stream name; {FORM}"));
     }
-    let (username, password, hostport) = credentials(authority)?;
-    let (host, port) = split_host_port(hostport)?;
+    let (username, password, hostports) = credentials(authority)?;
+    let nodes = hostports
+        .split(',')
+        .map(split_host_port)
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    if nodes.len() > 1 && !cluster {
+        return Err(format!(
+            "several nodes are a Redis Cluster's seeds: use {scheme}+cluster://"
+        ));
+    }
     let mut parsed = StreamAddress {
         original: redact(address),
         tls,
         ca: None,
         username,
         password,
-        host,
-        port,
+        nodes,
+        cluster,
         db: 0,
         stream,
         group: DEFAULT_GROUP.to_owned(),
@@ -83,6 +94,9 @@ pub(super) fn parse(address: &str) -> std::result::Result<StreamAddress, String>
     for pair in query.split('&').filter(|pair| !pair.is_empty()) {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
         set_option(&mut parsed, key, decode(value)?)?;
+    }
+    if parsed.cluster && parsed.db != 0 {
+        return Err("a Redis Cluster has database 0 only".to_owned());
     }
     Ok(parsed)
 }
@@ -313,6 +327,58 @@ mod tests {
             assert!(matches!(err, Error::InvalidAddress { .. }), "{bad}");
             assert!(!err.to_string().is_empty());
         }
+    }
+
+    #[test]
+    fn cluster_addresses() {
+        let a = StreamAddress::parse(
+            "rediss+cluster://app:s3cret@h1:7000,[::1]:7001,h3/orders?partitions=12&ca=/tmp/c",
+        )
+        .unwrap();
+        assert!(a.is_cluster() && a.is_tls());
+        assert_eq!(a.server(), "rediss+cluster://h1:7000,[::1]:7001,h3:6379");
+        assert_eq!((a.stream(), a.partitions()), ("orders", Some(12)));
+        let infos = a.node_infos();
+        assert_eq!(infos.len(), 3);
+        for info in &infos {
+            let settings = info.redis_settings();
+            assert_eq!(
+                (settings.username(), settings.password()),
+                (Some("app"), Some("s3cret"))
+            );
+        }
+        for shown in [a.as_str().to_owned(), format!("{a:?}"), a.to_string()] {
+            assert!(!shown.contains("s3cret"), "{shown}");
+        }
+        assert_eq!(
+            a.as_str(),
+            "rediss+cluster://app:***@h1:7000,[::1]:7001,h3/orders?partitions=12&ca=/tmp/c"
+        );
+        assert_eq!(
+            a.to_string(),
+            "rediss+cluster://h1:7000,[::1]:7001,h3:6379/orders"
+        );
+        let one = StreamAddress::parse("redis+cluster://h1/s").unwrap();
+        assert!(one.is_cluster() && !one.is_tls());
+        for bad in [
+            "redis://h1,h2/s",
+            "rediss://h1:1,h2:2/s",
+            "redis+cluster://h1,/s",
+            "redis+cluster://,h1/s",
+            "redis+cluster://h1:0,h2/s",
+            "redis+cluster://h1/s?db=1",
+            "redis+cluster:///s",
+            "redis+cluster://h1,h2",
+            "redis+sentinel://h1/s",
+        ] {
+            let err = StreamAddress::parse(bad).unwrap_err();
+            assert!(matches!(err, Error::InvalidAddress { .. }), "{bad}");
+        }
+        let err = StreamAddress::parse("redis+cluster://u:hunter2@h1,h2:x/s").unwrap_err();
+        assert!(!format!("{err} {err:?}").contains("hunter2"), "{err:?}");
+        assert!(err.to_string().contains("\"x\" is not a port"), "{err}");
+        let err = StreamAddress::parse("redis://u:hunter2@h1,h2/s").unwrap_err();
+        assert!(err.to_string().contains("redis+cluster://"), "{err}");
     }
 
     #[test]

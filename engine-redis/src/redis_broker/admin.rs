@@ -77,7 +77,7 @@ impl RedisBroker {
         }
         let moved: Vec<String> =
             self.run("EVALSHA (replay)", timeout, |conn| invocation.invoke(conn))?;
-        self.confirm("EVALSHA (replay)")?;
+        self.confirm("EVALSHA (replay)", stream)?;
         let mut out = Vec::with_capacity(moved.len() / 2);
         for pair in moved.chunks(2) {
             match (

@@ -9,7 +9,7 @@ use engine_core::protocol::PROTOCOL_VERSION;
 use super::{PAYLOAD_FIELD, RedisBroker, VERSION_FIELD};
 use crate::broker::{Appended, Batch, DedupKey};
 use crate::error::Result;
-use crate::keys::key_of;
+use crate::keys::{key_of, slot};
 
 /// Appends batches to streams, atomically: `KEYS` are the streams, then (with
 /// deduplication) the id hashes; `ARGV[1]` is the bound (negative: none), `ARGV[2]` the
@@ -174,12 +174,54 @@ static APPEND_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::
 const BITMAP_SEQS: u64 = 4096;
 
 impl RedisBroker {
-    /// [`Broker::append_batches`](crate::Broker::append_batches) on Redis.
+    /// [`Broker::append_batches`](crate::Broker::append_batches) on Redis: in one call on one
+    /// server; on a cluster, one call per hash slot, in turn.
+    ///
+    /// On a cluster, a retryable error after some slots were written returns what was
+    /// taken so far (the rest 0), so that the caller retries only the rest.
     pub(super) fn append_all(
         &mut self,
         batches: &[Batch<'_>],
         bound: Option<u64>,
     ) -> Result<Appended> {
+        if !self.is_cluster() {
+            return self.append_slot(batches, bound);
+        }
+        let mut groups: Vec<(u16, Vec<usize>)> = Vec::new();
+        for (i, batch) in batches.iter().enumerate() {
+            let slot = slot(batch.stream);
+            match groups.iter_mut().find(|(s, _)| *s == slot) {
+                Some((_, members)) => members.push(i),
+                None => groups.push((slot, vec![i])),
+            }
+        }
+        if groups.len() <= 1 {
+            return self.append_slot(batches, bound);
+        }
+        let mut out = Appended {
+            taken: vec![0; batches.len()],
+            duplicates: 0,
+        };
+        let mut written = false;
+        for (_, members) in groups {
+            let group: Vec<Batch<'_>> = members.iter().map(|i| batches[*i]).collect();
+            match self.append_slot(&group, bound) {
+                Ok(appended) => {
+                    for (i, taken) in members.iter().zip(appended.taken) {
+                        out.taken[*i] = taken;
+                    }
+                    out.duplicates += appended.duplicates;
+                    written = true;
+                }
+                Err(error) if written && error.is_retryable() => return Ok(out),
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Appends batches of streams in one hash slot (or on one server), in one call.
+    fn append_slot(&mut self, batches: &[Batch<'_>], bound: Option<u64>) -> Result<Appended> {
         let total: usize = batches.iter().map(|batch| batch.payloads.len()).sum();
         if total == 0 {
             return Ok(Appended {
@@ -204,7 +246,7 @@ impl RedisBroker {
                 }
             }
             self.run("XADD", timeout, |conn| pipe.exec(conn))?;
-            self.confirm("XADD")?;
+            self.confirm("XADD", batches[0].stream)?;
             return Ok(Appended {
                 taken: batches.iter().map(|batch| batch.payloads.len()).collect(),
                 duplicates: 0,
@@ -227,7 +269,7 @@ impl RedisBroker {
         }
         let reply: Vec<i64> =
             self.run("EVALSHA (append)", timeout, |conn| invocation.invoke(conn))?;
-        self.confirm("EVALSHA (append)")?;
+        self.confirm("EVALSHA (append)", batches[0].stream)?;
         let counts: Option<Vec<usize>> = reply.iter().map(|n| usize::try_from(*n).ok()).collect();
         match counts {
             Some(mut counts)

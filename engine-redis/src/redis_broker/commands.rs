@@ -14,7 +14,7 @@ use crate::broker::{
     Appended, Batch, Beat, Broker, Claimed, DeadLetter, Delivery, EntryId, Leases, Pending,
 };
 use crate::error::{Error, Result};
-use crate::keys::error_key;
+use crate::keys::{error_key, slot};
 
 /// How long an error recorded for a failed entry is kept, for its dead letter.
 const ERROR_TTL_SECS: u64 = 7 * 24 * 3600;
@@ -132,6 +132,16 @@ impl Broker for RedisBroker {
             })
     }
 
+    fn partition_streams(&mut self, stream: &str, partitions: u32) -> Result<Vec<String>> {
+        if self.is_cluster() {
+            self.placement(stream, partitions)
+        } else {
+            Ok((0..partitions)
+                .map(|i| crate::partition::partition_stream(stream, i))
+                .collect())
+        }
+    }
+
     fn create_group(&mut self, stream: &str, group: &str) -> Result<()> {
         let timeout = self.response_timeout;
         let created = self.run("XGROUP CREATE", timeout, |conn| {
@@ -182,6 +192,9 @@ impl Broker for RedisBroker {
         if streams.is_empty() {
             return Ok(Vec::new());
         }
+        if self.is_cluster() && streams.len() > 1 {
+            return self.read_per_slot(streams, group, consumer, count, block);
+        }
         let timeout = block + self.response_timeout;
         let block_ms = u64::try_from(block.as_millis()).unwrap_or(u64::MAX).max(1);
         let reply: Value = self.run("XREADGROUP", timeout, |conn| {
@@ -204,6 +217,9 @@ impl Broker for RedisBroker {
     }
 
     fn beat(&mut self, beat: &Beat<'_>) -> Result<Leases> {
+        if self.is_cluster() {
+            return self.beat_per_slot(beat);
+        }
         let timeout = self.response_timeout;
         let mut invocation = BEAT_SCRIPT.key(beat.members);
         for lease in beat.leases {
@@ -258,7 +274,7 @@ impl Broker for RedisBroker {
         }
         let timeout = self.response_timeout;
         self.run("XACK", timeout, |conn| pipe.exec(conn))?;
-        self.confirm("XACK")
+        self.confirm("XACK", stream)
     }
 
     fn claim(
@@ -436,10 +452,12 @@ impl Broker for RedisBroker {
         if letters.is_empty() {
             return Ok(());
         }
-        let mut pipe = redis::pipe();
+        // On a cluster, a dead-letter stream of another slot (`dead=`) is written apart.
+        let apart = self.is_cluster() && slot(dead_stream) != slot(stream);
+        let mut adds = redis::pipe();
         for letter in letters {
             let id = letter.id.to_string();
-            let add = pipe
+            let add = adds
                 .cmd("XADD")
                 .arg(dead_stream)
                 .arg("*")
@@ -459,13 +477,20 @@ impl Broker for RedisBroker {
             }
             add.ignore();
         }
+        let timeout = self.response_timeout;
+        let mut pipe = if apart {
+            self.run("XADD (dead letter)", timeout, |conn| adds.exec(conn))?;
+            self.confirm("XADD (dead letter)", dead_stream)?;
+            redis::pipe()
+        } else {
+            adds
+        };
         let ids: Vec<String> = letters.iter().map(|l| l.id.to_string()).collect();
         pipe.cmd("XACK").arg(stream).arg(group).arg(&ids).ignore();
         pipe.cmd("XDEL").arg(stream).arg(&ids).ignore();
         let keys: Vec<String> = letters.iter().map(|l| error_key(stream, l.id)).collect();
         pipe.cmd("DEL").arg(&keys).ignore();
-        let timeout = self.response_timeout;
         self.run("XADD (dead letter)", timeout, |conn| pipe.exec(conn))?;
-        self.confirm("XADD (dead letter)")
+        self.confirm("XADD (dead letter)", stream)
     }
 }

@@ -51,6 +51,15 @@ pub enum ServerError {
         /// The last connection error.
         last: String,
     },
+    /// A throwaway [`Cluster`](crate::testing::Cluster) could not be formed, or did not
+    /// reach the state waited for.
+    #[error("the test cluster could not {action}: {detail}")]
+    Cluster {
+        /// What was being done.
+        action: String,
+        /// What went wrong: the command's output, or the state the cluster was in.
+        detail: String,
+    },
 }
 
 impl fmt::Debug for ServerError {
