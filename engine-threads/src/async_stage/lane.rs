@@ -182,9 +182,9 @@ impl<W: Work> Lane<W> {
             ));
         }
         let future = self.work.call(item, &self.ctx);
-        let outcome = self
-            .handle
-            .block_on(run_item(future, &self.gate, self.timeout));
+        let (outcome, _permit) =
+            self.handle
+                .block_on(run_item(future, &self.gate, self.timeout, None));
         match outcome {
             ItemOutcome::Done(output) => Ok(Some(output)),
             ItemOutcome::Failed(error) => Err(error),
@@ -291,7 +291,9 @@ impl<O> Drop for Reply<O> {
 ///
 /// Each item is polled once as it comes, in a box that the item before left free if its
 /// future was ready at once; only a future that waits keeps its box and joins the running
-/// ones.
+/// ones. A fixed-limit stage takes the permits for the batch's items in one go where it can,
+/// and an item ready at once hands its permit to the next: the stage's semaphore is touched
+/// per batch, not per item, unless futures wait.
 async fn drive<W: Work>(
     work: Arc<W>,
     ctx: Arc<StageContext>,
@@ -304,8 +306,17 @@ async fn drive<W: Work>(
     let mut outcomes: Vec<Option<ItemOutcome<W::Output>>> = Vec::with_capacity(items.len());
     let mut running = FuturesUnordered::new();
     let mut spare = None;
+    let mut bulk = if gate.adaptive.is_none() {
+        let free = gate.permits.available_permits().min(items.len());
+        (free > 0)
+            .then(|| gate.permits.try_acquire_many(free as u32).ok())
+            .flatten()
+    } else {
+        None
+    };
     for (i, item) in items.into_iter().enumerate() {
-        let future = run_item(work.call(item, ctx), gate, timeout);
+        let given = bulk.as_mut().and_then(|bulk| bulk.split(1));
+        let future = run_item(work.call(item, ctx), gate, timeout, given);
         let mut boxed = match spare.take() {
             Some(mut boxed) => {
                 Pin::set(&mut boxed, future);
@@ -314,17 +325,20 @@ async fn drive<W: Work>(
             None => Box::pin(future),
         };
         match poll_fn(|cx| Poll::Ready(boxed.as_mut().poll(cx))).await {
-            Poll::Ready(outcome) => {
+            Poll::Ready((outcome, permit)) => {
                 outcomes.push(Some(outcome));
+                if let (Some(bulk), Some(permit)) = (bulk.as_mut(), permit) {
+                    bulk.merge(permit);
+                }
                 spare = Some(boxed);
             }
             Poll::Pending => {
                 outcomes.push(None);
-                running.push(boxed.map(move |outcome| (i, outcome)));
+                running.push(boxed.map(move |(outcome, _permit)| (i, outcome)));
             }
         }
     }
-    drop(spare);
+    drop((spare, bulk));
     if !running.is_empty() {
         let cancelled = cancel.cancelled();
         tokio::pin!(cancelled);
@@ -345,18 +359,29 @@ async fn drive<W: Work>(
         .collect()
 }
 
-/// Runs one item's future within a permit, catching its panic and bounding its time.
-async fn run_item<O>(
+/// Runs one item's future within a permit (the one `given`, or one of the stage's), catching
+/// its panic and bounding its time. Gives the permit back with the outcome, for the next item
+/// (an adaptive stage's goes back to the stage, which may remove it).
+async fn run_item<'g, O>(
     future: impl Future<Output = Result<Option<O>, StageError>>,
-    gate: &Gate,
+    gate: &'g Gate,
     timeout: Option<Duration>,
-) -> ItemOutcome<O> {
-    let permit = gate
-        .permits
-        .acquire()
-        .await
-        .expect("the stage's semaphore is never closed");
-    let _permit = Held(gate, Some(permit));
+    given: Option<SemaphorePermit<'g>>,
+) -> (ItemOutcome<O>, Option<SemaphorePermit<'g>>) {
+    // A free permit is taken at once, without spending the task's cooperative budget (which
+    // would make every item after the 128th of a batch wait for the task's next turn).
+    let permit = match given {
+        Some(permit) => permit,
+        None => match gate.permits.try_acquire() {
+            Ok(permit) => permit,
+            Err(_) => gate
+                .permits
+                .acquire()
+                .await
+                .expect("the stage's semaphore is never closed"),
+        },
+    };
+    let mut held = Held(gate, Some(permit));
     let started = gate
         .adaptive
         .as_ref()
@@ -375,17 +400,20 @@ async fn run_item<O>(
             "the item's future did not finish within its timeout of {limit:?}"
         ))),
     };
-    if let (Some(aimd), Some((started, running))) = (&gate.adaptive, started) {
-        let failed = matches!(outcome, ItemOutcome::Failed(_));
-        aimd.record(
-            started.elapsed(),
-            failed,
-            running,
-            &gate.limit,
-            &gate.permits,
-        );
+    match (&gate.adaptive, started) {
+        (Some(aimd), Some((started, running))) => {
+            let failed = matches!(outcome, ItemOutcome::Failed(_));
+            aimd.record(
+                started.elapsed(),
+                failed,
+                running,
+                &gate.limit,
+                &gate.permits,
+            );
+            (outcome, None)
+        }
+        _ => (outcome, held.1.take()),
     }
-    outcome
 }
 
 /// A future's permit: given back when it ends, however it ends (or, after an adaptive cut,
