@@ -423,3 +423,17 @@ fn the_statistics_show_the_futures_in_flight_and_the_limit() {
     assert_eq!(report.processed(), 5_000);
     assert_eq!(report.dropped(), 0);
 }
+
+#[test]
+fn a_closure_that_panics_before_its_future_fails_only_its_item() {
+    let report = Engine::builder(0..100_u64)
+        .transport(Async::map(|x: u64| {
+            assert!(x != 3, "no future for 3");
+            async move { x }
+        }))
+        .backend(|_: u64| {})
+        .run()
+        .unwrap();
+    report.check().unwrap();
+    assert_eq!((report.processed(), report.failed()), (99, 1));
+}

@@ -5,12 +5,13 @@
 //! first poll reuses the allocation of the one before, so a light async stage costs little
 //! more than a blocking one; only futures that wait get a slot among the running ones.
 
-use std::future::{Future, poll_fn};
+use std::collections::VecDeque;
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::task::Poll;
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
@@ -19,7 +20,7 @@ use engine_core::{StageContext, StageError, StopLevel, StopSubscription};
 use futures_util::FutureExt;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::runtime::Handle;
-use tokio::sync::{Semaphore, SemaphorePermit};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, SemaphorePermit};
 use tokio_util::sync::CancellationToken;
 
 use super::adaptive::Aimd;
@@ -76,7 +77,7 @@ impl<S: AsyncBackend> Work for Consuming<S> {
 /// the items its threads hold, and, when adaptive, how the limit moves.
 #[derive(Debug)]
 pub(crate) struct Gate {
-    permits: Semaphore,
+    permits: Arc<Semaphore>,
     /// The most futures of the stage at once: fixed, or moved by `adaptive`.
     limit: AtomicUsize,
     /// Items submitted by the stage's threads and not yet back.
@@ -94,7 +95,7 @@ impl Gate {
             concurrency
         };
         Self {
-            permits: Semaphore::new(start),
+            permits: Arc::new(Semaphore::new(start)),
             limit: AtomicUsize::new(start),
             held: AtomicUsize::new(0),
             adaptive: adaptive.then(|| Aimd::new(concurrency)),
@@ -123,15 +124,24 @@ impl InFlight for Gate {
     }
 }
 
-/// One engine thread's side of an async stage.
-pub(crate) struct Lane<W: Work> {
-    work: Arc<W>,
-    ctx: Arc<StageContext>,
-    handle: Handle,
+/// What an engine thread's item futures own: the thread's stage value and context, and the
+/// stage's gate (one reference count per item).
+#[derive(Debug)]
+struct Own<W> {
+    work: W,
+    ctx: StageContext,
     gate: Arc<Gate>,
     timeout: Option<Duration>,
+}
+
+/// One engine thread's side of an async stage.
+pub(crate) struct Lane<W: Work> {
+    own: Arc<Own<W>>,
+    handle: Handle,
     tx: Sender<Finished<W::Output>>,
     rx: Receiver<Finished<W::Output>>,
+    /// Batches whose items were all done at their first poll, on this thread.
+    done: VecDeque<Finished<W::Output>>,
     /// Batches out.
     out: usize,
     cancel: CancellationToken,
@@ -155,13 +165,16 @@ impl<W: Work> Lane<W> {
             }
         });
         Self {
-            work: Arc::new(work),
-            ctx: Arc::new(ctx.clone()),
+            own: Arc::new(Own {
+                work,
+                ctx: ctx.clone(),
+                gate,
+                timeout,
+            }),
             handle,
-            gate,
-            timeout,
             tx,
             rx,
+            done: VecDeque::new(),
             out: 0,
             cancel,
             _stop_now,
@@ -170,7 +183,7 @@ impl<W: Work> Lane<W> {
 
     /// The stage's value.
     pub(crate) fn work(&self) -> &W {
-        &self.work
+        &self.own.work
     }
 
     /// Runs one item and waits for it: for an engine that calls the stage per item.
@@ -181,10 +194,9 @@ impl<W: Work> Lane<W> {
                  threaded engine, which hands it batches",
             ));
         }
-        let future = self.work.call(item, &self.ctx);
-        let (outcome, _permit) =
-            self.handle
-                .block_on(run_item(future, &self.gate, self.timeout, None));
+        let outcome = self
+            .handle
+            .block_on(run_item(Arc::clone(&self.own), item, true));
         match outcome {
             ItemOutcome::Done(output) => Ok(Some(output)),
             ItemOutcome::Failed(error) => Err(error),
@@ -199,45 +211,102 @@ impl<W: Work> Offload for Lane<W> {
 
     fn capacity(&self) -> usize {
         // The bound is in items (see `has_room`): a batch per item at most.
-        self.gate.limit().max(1)
+        self.own.gate.limit().max(1)
     }
 
     fn has_room(&self) -> bool {
         // Two batches out keep the thread's pipeline full (one runs while the other comes
         // back), whatever the limit; beyond them, the items held stay within the limit.
-        self.out < 2 || self.gate.held.load(Ordering::Relaxed) < self.gate.limit()
+        self.out < 2 || self.own.gate.held.load(Ordering::Relaxed) < self.own.gate.limit()
     }
 
     fn in_flight(&self) -> Option<Arc<dyn InFlight>> {
-        Some(Arc::clone(&self.gate) as Arc<dyn InFlight>)
+        Some(Arc::clone(&self.own.gate) as Arc<dyn InFlight>)
     }
 
+    /// Polls each item's future once, here, in the runtime's context: an item ready at once
+    /// is done without leaving this thread. The futures that wait go to the runtime in one
+    /// task, each with a permit.
     fn submit(&mut self, tag: u64, items: Vec<W::Input>) {
         self.out += 1;
-        self.gate.held.fetch_add(items.len(), Ordering::Relaxed);
+        let gate = Arc::clone(&self.own.gate);
+        let _context = self.handle.enter();
+        let mut cx = Context::from_waker(Waker::noop());
+        // A fixed-limit stage takes the permits for the batch in one go where it can, and
+        // an item ready at once hands its own to the next: the semaphore is touched once a
+        // batch, not once an item, unless futures wait.
+        let mut bulk = if gate.adaptive.is_none() {
+            let free = gate.permits.available_permits().min(items.len());
+            (free > 0)
+                .then(|| {
+                    Arc::clone(&gate.permits)
+                        .try_acquire_many_owned(u32::try_from(free).unwrap_or(u32::MAX))
+                        .ok()
+                })
+                .flatten()
+        } else {
+            None
+        };
+        let mut free = bulk.as_ref().map_or(0, OwnedSemaphorePermit::num_permits);
+        let mut outcomes = Vec::with_capacity(items.len());
+        let mut waiting = Vec::new();
+        let mut spare = None;
+        for (i, item) in items.into_iter().enumerate() {
+            let covered = free > 0;
+            let future = run_item(Arc::clone(&self.own), item, !covered);
+            let mut boxed = match spare.take() {
+                Some(mut boxed) => {
+                    Pin::set(&mut boxed, future);
+                    boxed
+                }
+                None => Box::pin(future),
+            };
+            match boxed.as_mut().poll(&mut cx) {
+                Poll::Ready(outcome) => {
+                    outcomes.push(outcome);
+                    spare = Some(boxed);
+                }
+                Poll::Pending => {
+                    // Its place, until its future is done (or dropped by a stop now).
+                    outcomes.push(ItemOutcome::Dropped);
+                    // A covered future that waits takes one of the batch's permits along.
+                    let permit = if covered {
+                        free -= 1;
+                        bulk.as_mut().and_then(|bulk| bulk.split(1))
+                    } else {
+                        None
+                    };
+                    waiting.push((i, boxed, permit));
+                }
+            }
+        }
+        drop((spare, bulk));
+        if waiting.is_empty() {
+            self.done.push_back((tag, outcomes));
+            return;
+        }
+        let n = waiting.len();
+        gate.held.fetch_add(n, Ordering::Relaxed);
         let reply = Reply {
             tx: self.tx.clone(),
             tag,
-            n: items.len(),
-            gate: Arc::clone(&self.gate),
+            n,
+            gate,
             sent: false,
         };
-        let batch = drive(
-            Arc::clone(&self.work),
-            Arc::clone(&self.ctx),
-            items,
-            Arc::clone(&self.gate),
-            self.timeout,
-            self.cancel.clone(),
-        );
+        let cancel = self.cancel.clone();
         self.handle.spawn(async move {
             let mut reply = reply;
-            let outcomes = batch.await;
+            let outcomes = drive(outcomes, waiting, cancel).await;
             reply.send(outcomes);
         });
     }
 
     fn finished(&mut self, wait: bool) -> Option<Finished<W::Output>> {
+        if let Some(done) = self.done.pop_front() {
+            self.out -= 1;
+            return Some(done);
+        }
         if self.out == 0 {
             return None;
         }
@@ -258,6 +327,7 @@ impl<W: Work> Offload for Lane<W> {
 struct Reply<O> {
     tx: Sender<Finished<O>>,
     tag: u64,
+    /// The batch's futures that waited.
     n: usize,
     gate: Arc<Gate>,
     sent: bool,
@@ -287,109 +357,79 @@ impl<O> Drop for Reply<O> {
     }
 }
 
-/// Drives a batch's futures at once; a stop now abandons those still running (dropped).
-///
-/// Each item is polled once as it comes, in a box that the item before left free if its
-/// future was ready at once; only a future that waits keeps its box and joins the running
-/// ones. A fixed-limit stage takes the permits for the batch's items in one go where it can,
-/// and an item ready at once hands its permit to the next: the stage's semaphore is touched
-/// per batch, not per item, unless futures wait.
-async fn drive<W: Work>(
-    work: Arc<W>,
-    ctx: Arc<StageContext>,
-    items: Vec<W::Input>,
-    gate: Arc<Gate>,
-    timeout: Option<Duration>,
+/// Drives the futures of a batch that waited at their first poll, until each is done; a stop
+/// now abandons those still running (dropped). `outcomes` holds the batch's other items, and
+/// `Dropped` in the places of those that wait.
+async fn drive<O, F>(
+    mut outcomes: Vec<ItemOutcome<O>>,
+    waiting: Vec<(usize, Pin<Box<F>>, Option<OwnedSemaphorePermit>)>,
     cancel: CancellationToken,
-) -> Vec<ItemOutcome<W::Output>> {
-    let (work, ctx, gate) = (&*work, &*ctx, &*gate);
-    let mut outcomes: Vec<Option<ItemOutcome<W::Output>>> = Vec::with_capacity(items.len());
-    let mut running = FuturesUnordered::new();
-    let mut spare = None;
-    let mut bulk = if gate.adaptive.is_none() {
-        let free = gate.permits.available_permits().min(items.len());
-        (free > 0)
-            .then(|| gate.permits.try_acquire_many(free as u32).ok())
-            .flatten()
-    } else {
-        None
-    };
-    for (i, item) in items.into_iter().enumerate() {
-        let given = bulk.as_mut().and_then(|bulk| bulk.split(1));
-        let future = run_item(work.call(item, ctx), gate, timeout, given);
-        let mut boxed = match spare.take() {
-            Some(mut boxed) => {
-                Pin::set(&mut boxed, future);
-                boxed
-            }
-            None => Box::pin(future),
-        };
-        match poll_fn(|cx| Poll::Ready(boxed.as_mut().poll(cx))).await {
-            Poll::Ready((outcome, permit)) => {
-                outcomes.push(Some(outcome));
-                if let (Some(bulk), Some(permit)) = (bulk.as_mut(), permit) {
-                    bulk.merge(permit);
-                }
-                spare = Some(boxed);
-            }
-            Poll::Pending => {
-                outcomes.push(None);
-                running.push(boxed.map(move |(outcome, _permit)| (i, outcome)));
-            }
-        }
-    }
-    drop((spare, bulk));
-    if !running.is_empty() {
-        let cancelled = cancel.cancelled();
-        tokio::pin!(cancelled);
-        loop {
-            tokio::select! {
-                biased;
-                () = &mut cancelled => break,
-                next = running.next() => match next {
-                    Some((i, outcome)) => outcomes[i] = Some(outcome),
-                    None => break,
-                },
-            }
+) -> Vec<ItemOutcome<O>>
+where
+    F: Future<Output = ItemOutcome<O>> + Send,
+{
+    let mut running: FuturesUnordered<_> = waiting
+        .into_iter()
+        .map(|(i, future, permit)| async move {
+            let outcome = future.await;
+            drop(permit);
+            (i, outcome)
+        })
+        .collect();
+    let cancelled = cancel.cancelled();
+    tokio::pin!(cancelled);
+    loop {
+        tokio::select! {
+            biased;
+            () = &mut cancelled => break,
+            next = running.next() => match next {
+                Some((i, outcome)) => outcomes[i] = outcome,
+                None => break,
+            },
         }
     }
     outcomes
-        .into_iter()
-        .map(|o| o.unwrap_or(ItemOutcome::Dropped))
-        .collect()
 }
 
-/// Runs one item's future within a permit (the one `given`, or one of the stage's), catching
-/// its panic and bounding its time. Gives the permit back with the outcome, for the next item
-/// (an adaptive stage's goes back to the stage, which may remove it).
-async fn run_item<'g, O>(
-    future: impl Future<Output = Result<Option<O>, StageError>>,
-    gate: &'g Gate,
-    timeout: Option<Duration>,
-    given: Option<SemaphorePermit<'g>>,
-) -> (ItemOutcome<O>, Option<SemaphorePermit<'g>>) {
-    // A free permit is taken at once, without spending the task's cooperative budget (which
-    // would make every item after the 128th of a batch wait for the task's next turn).
-    let permit = match given {
-        Some(permit) => permit,
-        None => match gate.permits.try_acquire() {
+/// Runs one item's future, catching its panic and bounding its time. With `acquire`, it first
+/// takes a permit of the stage's own (and, adaptive, records its time); otherwise the caller
+/// holds one for it.
+async fn run_item<W: Work>(
+    own: Arc<Own<W>>,
+    item: W::Input,
+    acquire: bool,
+) -> ItemOutcome<W::Output> {
+    let gate = &*own.gate;
+    let _held = if acquire {
+        // A free permit is taken at once, without spending the task's cooperative budget.
+        let permit = match gate.permits.try_acquire() {
             Ok(permit) => permit,
             Err(_) => gate
                 .permits
                 .acquire()
                 .await
                 .expect("the stage's semaphore is never closed"),
-        },
+        };
+        Some(Held(gate, Some(permit)))
+    } else {
+        None
     };
-    let mut held = Held(gate, Some(permit));
     let started = gate
         .adaptive
         .as_ref()
+        .filter(|_| acquire)
         .map(|_| (Instant::now(), gate.running()));
+    // A closure may panic before it returns its future, as well as inside it.
+    let future = match std::panic::catch_unwind(AssertUnwindSafe(|| own.work.call(item, &own.ctx)))
+    {
+        Ok(future) => future,
+        Err(payload) => return ItemOutcome::Failed(StageError::from_panic(payload)),
+    };
     let guarded = AssertUnwindSafe(future).catch_unwind();
-    let result = match timeout {
+    let result = match own.timeout {
         None => Ok(guarded.await),
-        Some(limit) => tokio::time::timeout(limit, guarded)
+        // Boxed: a timer is large, and every item's future would carry its room otherwise.
+        Some(limit) => Box::pin(tokio::time::timeout(limit, guarded))
             .await
             .map_err(|_| limit),
     };
@@ -400,20 +440,17 @@ async fn run_item<'g, O>(
             "the item's future did not finish within its timeout of {limit:?}"
         ))),
     };
-    match (&gate.adaptive, started) {
-        (Some(aimd), Some((started, running))) => {
-            let failed = matches!(outcome, ItemOutcome::Failed(_));
-            aimd.record(
-                started.elapsed(),
-                failed,
-                running,
-                &gate.limit,
-                &gate.permits,
-            );
-            (outcome, None)
-        }
-        _ => (outcome, held.1.take()),
+    if let (Some(aimd), Some((started, running))) = (&gate.adaptive, started) {
+        let failed = matches!(outcome, ItemOutcome::Failed(_));
+        aimd.record(
+            started.elapsed(),
+            failed,
+            running,
+            &gate.limit,
+            &gate.permits,
+        );
     }
+    outcome
 }
 
 /// A future's permit: given back when it ends, however it ends (or, after an adaptive cut,

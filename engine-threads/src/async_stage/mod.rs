@@ -18,6 +18,11 @@
 //! - a graceful stop waits for the futures in flight; a stop now cancels them and counts their
 //!   items as dropped.
 //!
+//! Each item's future is first polled on the engine thread that took its batch, inside the
+//! runtime's context: a future ready at once (no I/O to wait for) never leaves the thread, so
+//! a light async stage costs little more than a blocking one. Futures that wait go on to the
+//! runtime, one task per batch.
+//!
 //! The runtime is the engine's own (a small multi-thread runtime made at the first run,
 //! [`runtime_threads`](AsyncStage::runtime_threads), 2 by default), or the program's, given
 //! by its [`Handle`](tokio::runtime::Handle) ([`runtime`](AsyncStage::runtime)), so that a

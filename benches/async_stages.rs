@@ -1,0 +1,169 @@
+//! Async stages against hand-written tokio and against blocking threads:
+//!
+//! - 5 ms of simulated I/O per item (a tokio timer), 4,096 in flight: the engine's async
+//!   transport against `buffer_unordered(4096)` on a runtime of the same size, and against the
+//!   same work on 256 blocking transport threads (`thread::sleep`);
+//! - memory: the resident growth while 4,096 items wait, async against 4,096 blocking threads;
+//! - a future that is ready at once (`x + 1`): the async transport against the blocking one,
+//!   on the same engine (the cost of the async path).
+//!
+//! Run with `cargo xtask bench async_stages`.
+
+#![allow(clippy::print_stdout, reason = "a benchmark prints its table")]
+
+mod harness;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread;
+use std::time::Duration;
+
+use engine_threads::{Async, Engine};
+use futures_util::StreamExt;
+
+const IO: Duration = Duration::from_millis(5);
+const ROUNDS: usize = 5;
+
+fn engine_async(items: u64, k: usize) -> u64 {
+    let report = Engine::builder(0..items)
+        .transport(
+            Async::map(|x: u64| async move {
+                tokio::time::sleep(IO).await;
+                x
+            })
+            .concurrency(k),
+        )
+        .backend(|_: u64| {})
+        .run()
+        .expect("the engine runs");
+    report.processed()
+}
+
+fn engine_blocking(items: u64, threads: usize) -> u64 {
+    let report = Engine::builder(0..items)
+        .transport(|x: u64| {
+            thread::sleep(IO);
+            x
+        })
+        .transport_threads(threads)
+        .backend(|_: u64| {})
+        .run()
+        .expect("the engine runs");
+    report.processed()
+}
+
+fn hand_written(runtime: &tokio::runtime::Runtime, items: u64, k: usize) -> u64 {
+    runtime.block_on(async {
+        futures_util::stream::iter(0..items)
+            .map(|x| async move {
+                tokio::time::sleep(IO).await;
+                x
+            })
+            .buffer_unordered(k)
+            .fold(0_u64, |n, _| async move { n + 1 })
+            .await
+    })
+}
+
+/// Resident bytes of this process now.
+fn resident() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    pages * 4096
+}
+
+/// The most the resident size grew while `f` ran.
+fn growth(f: impl FnOnce()) -> u64 {
+    let before = resident();
+    let peak = Arc::new(AtomicU64::new(before));
+    let done = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let (peak, done) = (Arc::clone(&peak), Arc::clone(&done));
+        thread::spawn(move || {
+            while !done.load(Ordering::Relaxed) {
+                peak.fetch_max(resident(), Ordering::Relaxed);
+                thread::sleep(Duration::from_millis(2));
+            }
+        })
+    };
+    f();
+    done.store(true, Ordering::Relaxed);
+    sampler.join().expect("the sampler ends");
+    peak.load(Ordering::Relaxed).saturating_sub(before)
+}
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime");
+
+    harness::header("5 ms of I/O per item, 4,096 in flight (items/s)");
+    const IO_ITEMS: u64 = 200_000;
+    let (engine, baseline) = harness::compare(
+        ROUNDS,
+        IO_ITEMS,
+        || engine_async(IO_ITEMS, 4096),
+        || hand_written(&runtime, IO_ITEMS, 4096),
+    );
+    harness::row(
+        "async transport vs buffer_unordered(4096)",
+        &engine,
+        &baseline,
+    );
+    const BLOCKING_ITEMS: u64 = 20_000;
+    let (_, blocking) = harness::compare(
+        1,
+        BLOCKING_ITEMS,
+        || 0,
+        || engine_blocking(BLOCKING_ITEMS, 256),
+    );
+    harness::row(
+        "async transport vs 256 blocking threads",
+        &engine,
+        &blocking,
+    );
+
+    println!("\nresident growth with 4,096 items waiting");
+    let async_growth = growth(|| {
+        engine_async(40_000, 4096);
+    });
+    let blocking_growth = growth(|| {
+        engine_blocking(40_000, 4096);
+    });
+    println!(
+        "async: {:.1} MiB, 4,096 blocking threads: {:.1} MiB, ratio {:.2}",
+        async_growth as f64 / (1 << 20) as f64,
+        blocking_growth as f64 / (1 << 20) as f64,
+        async_growth as f64 / blocking_growth.max(1) as f64
+    );
+
+    harness::header("a future ready at once: x + 1 (items/s)");
+    const READY_ITEMS: u64 = 2_000_000;
+    let (ready, blocking) = harness::compare(
+        ROUNDS,
+        READY_ITEMS,
+        || {
+            Engine::builder(0..READY_ITEMS)
+                .transport(Async::map(|x: u64| async move { x + 1 }))
+                .backend(|_: u64| {})
+                .run()
+                .expect("the engine runs")
+                .processed()
+        },
+        || {
+            Engine::builder(0..READY_ITEMS)
+                .transport(|x: u64| x + 1)
+                .backend(|_: u64| {})
+                .run()
+                .expect("the engine runs")
+                .processed()
+        },
+    );
+    harness::row("async x + 1 vs blocking x + 1", &ready, &blocking);
+}
