@@ -19,7 +19,7 @@ use engine::pod::axum::routing::get;
 use engine::pod::axum::{self, Router};
 use engine::threads::{Async, Engine};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpSocket, TcpStream};
 
 const REQUESTS: u64 = 20_000;
 const IN_FLIGHT: usize = 1_024;
@@ -41,10 +41,16 @@ async fn square(addr: SocketAddr, n: u64) -> Result<(u64, u64)> {
 fn main() -> Result<()> {
     // The server, on a runtime of its own: a stand-in for a remote API.
     let server = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
+        .worker_threads(2)
         .enable_all()
         .build()?;
-    let listener = server.block_on(TcpListener::bind("127.0.0.1:0"))?;
+    // A backlog above the requests in flight, so that a burst of connects is not refused.
+    let listener = {
+        let _runtime = server.enter();
+        let socket = TcpSocket::new_v4()?;
+        socket.bind("127.0.0.1:0".parse()?)?;
+        socket.listen(4 * IN_FLIGHT as u32)?
+    };
     let addr = listener.local_addr()?;
     let app = Router::new().route(
         "/square/{n}",
