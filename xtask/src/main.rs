@@ -1,11 +1,17 @@
 //! Project automation, run as `cargo xtask <command>` from anywhere in the workspace.
 //!
 //! - `cargo xtask ci`: exactly what CI runs: the house rules (`tidy`), format check, clippy
-//!   with warnings denied, the workspace tests, the docs with warnings denied, and every
-//!   example (each checks its own result and exits non-zero when it is wrong).
+//!   with warnings denied, the workspace tests, the short stress run (`stress --short`), the
+//!   docs with warnings denied, and every example (each checks its own result and exits
+//!   non-zero when it is wrong).
 //! - `cargo xtask tidy`: the house rules alone (file length, a `//!` line atop every file).
 //! - `cargo xtask bench [NAME...]`: the benchmarks in `benches/` (all, or those named), each
 //!   printing the engine's figures next to a hand-written baseline and their ratio.
+//! - `cargo xtask stress [--runs N] [--suite NAME]... [--timeout SECS] [--short]`: the
+//!   concurrency-heavy test binaries, built in release mode, run many times with two CPU hogs
+//!   beside them, each run under a timeout; a hung run prints every thread's stack (`gdb`).
+//!   The suites are `threads`, `proc`, `pod` and `redis` (skipped without `redis-server`);
+//!   `--short` is CI's form: the ordered-mode, stop and kill cases, 20 runs.
 
 #![allow(
     clippy::print_stdout,
@@ -20,6 +26,8 @@ use std::{env, fs, thread};
 
 use anyhow::{Context, Result, bail};
 
+mod processes;
+mod stress;
 mod tidy;
 
 /// How long one example may run before it counts as hung.
@@ -34,6 +42,11 @@ fn main() -> Result<()> {
         Some("ci") => ci(&root),
         Some("tidy") => tidy::tidy(&root),
         Some("bench") => bench(&root, &args[1..]),
+        Some("stress") => stress::stress(
+            &root,
+            &target_dir(&root),
+            &stress::Options::parse(&args[1..])?,
+        ),
         Some("-h" | "--help" | "help") | None => {
             println!("{}", usage());
             Ok(())
@@ -45,9 +58,14 @@ fn main() -> Result<()> {
 fn usage() -> &'static str {
     "usage: cargo xtask <command>\n\n\
      commands:\n  \
-     ci            tidy, fmt check, clippy -D warnings, tests, docs -D warnings, every example\n  \
+     ci            tidy, fmt check, clippy -D warnings, tests, stress --short,\n                \
+     docs -D warnings, every example\n  \
      tidy          house rules: no source file over 600 lines, a `//!` line atop each\n  \
-     bench [NAME]  run the benchmarks in benches/ (all, or the ones named)"
+     bench [NAME]  run the benchmarks in benches/ (all, or the ones named)\n  \
+     stress [--runs N] [--suite threads|proc|pod|redis]... [--timeout SECS] [--short]\n                \
+     run the concurrency-heavy tests (release) N times (default 300) beside two CPU\n                \
+     hogs, each run under a timeout (default 60 s), printing every stack of a hung\n                \
+     run; --short: the ordered, stop and kill cases, 20 runs (what ci runs)"
 }
 
 /// The workspace root: the parent of this crate's manifest directory.
@@ -59,6 +77,11 @@ fn project_root() -> Result<PathBuf> {
         .parent()
         .map(Path::to_path_buf)
         .context("xtask must live one level below the workspace root")
+}
+
+/// Where cargo puts what it builds.
+fn target_dir(root: &Path) -> PathBuf {
+    env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from)
 }
 
 fn cargo() -> Command {
@@ -103,6 +126,7 @@ fn ci(root: &Path) -> Result<()> {
         "cargo test --workspace --all-features",
         cargo().args(["test", "--workspace", "--all-features"]),
     )?;
+    stress::stress(root, &target_dir(root), &stress::Options::short())?;
     run(
         "RUSTDOCFLAGS=\"-D warnings\" cargo doc --workspace --no-deps --all-features",
         cargo()
@@ -136,8 +160,7 @@ fn run_examples(root: &Path) -> Result<()> {
         "cargo build --examples --all-features",
         cargo().args(["build", "--examples", "--all-features"]),
     )?;
-    let target = env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
-    let dir = target.join("debug").join("examples");
+    let dir = target_dir(root).join("debug").join("examples");
     for name in &examples {
         let what = format!("example {name}");
         eprintln!("\n==> {what}");
