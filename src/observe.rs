@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use engine::observe::{MetricsServer, Position, Progress};
-use engine::threads::EngineHandle;
+use engine::observe::{MetricsServer, Position, Progress, Snapshot};
+use engine::threads::{EngineHandle, Stats};
 use prometheus_client::registry::Registry;
 
 /// The observing options of `engine run`.
@@ -72,7 +72,7 @@ impl Observed {
             let stdin = options.stdin;
             Progress::start(Duration::from_millis(200), move || {
                 (
-                    engine::snapshot_of(&stats.read()),
+                    snapshot(&stats.read()),
                     stdin.then(stdin_position).flatten(),
                 )
             })
@@ -97,6 +97,23 @@ impl Observed {
                 .wait_for_level(engine::core::StopLevel::Graceful, Some(self.linger));
         }
     }
+}
+
+/// The engine's statistics as the progress line reads them: [`engine::snapshot_of`], with
+/// the time each stage waited for input (which decides whether the run is source-bound) and
+/// an async stage's futures in flight.
+fn snapshot(stats: &Stats) -> Snapshot {
+    let mut snapshot = engine::snapshot_of(stats);
+    for (sample, stage) in snapshot.stages.iter_mut().zip(&stats.stages) {
+        sample.waiting_input_seconds = stage
+            .threads
+            .iter()
+            .map(|t| t.waiting_for_input.as_secs_f64())
+            .sum();
+        sample.in_flight = stage.in_flight as f64;
+        sample.concurrency_limit = stage.concurrency_limit as f64;
+    }
+    snapshot
 }
 
 /// How far through its file standard input is, when it is a regular file: the file's offset

@@ -1,5 +1,6 @@
 //! A live progress line on a terminal: items done, the rate of each stage, the time so far,
-//! the bottleneck, and with a known total the share done and the time left.
+//! the bottleneck (or "waiting for input" when the source is the limit), and with a known
+//! total the share done and the time left.
 //!
 //! The line is drawn by its own thread, which reads the engine's counters a few times a
 //! second; the stages never wait for it (indicatif#235 was a progress bar behind a mutex on
@@ -11,7 +12,8 @@ use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::snapshot::{Snapshot, bottleneck, rates};
+use crate::snapshot::Snapshot;
+use crate::verdict::{Window, rates, verdict};
 
 /// How far a run is through a known total (bytes of an input file, say).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,7 +31,8 @@ pub struct Progress {
     thread: Option<JoinHandle<()>>,
 }
 
-/// The line's text for `now`, with rates since `before`.
+/// The line's text for `now`, with rates since `before`: items done, each stage's rate, and
+/// what limits the run ([`verdict`](crate::verdict())), if anything does.
 pub fn describe(before: Option<&Snapshot>, now: &Snapshot) -> String {
     let rates = rates(before, now);
     let done = now.stages.last().map_or(0.0, |s| s.handled());
@@ -37,8 +40,9 @@ pub fn describe(before: Option<&Snapshot>, now: &Snapshot) -> String {
     for r in &rates {
         text.push_str(&format!(" | {} {:.0}/s", r.name, r.out_per_second));
     }
-    if let Some(worst) = bottleneck(&rates) {
-        text.push_str(&format!(" | bottleneck: {}", worst.name));
+    if let Some(summary) = verdict(&rates).summary() {
+        text.push_str(" | ");
+        text.push_str(&summary);
     }
     text
 }
@@ -64,7 +68,8 @@ impl Progress {
                 .unwrap_or_else(|_| ProgressStyle::default_bar())
                 .progress_chars("=> ");
                 bar.set_style(spinner.clone());
-                let mut before: Option<Snapshot> = None;
+                // Rates over a second or more: the line is drawn more often than that.
+                let mut window = Window::default();
                 let mut with_total = false;
                 loop {
                     let (now, position) = read();
@@ -79,8 +84,8 @@ impl Progress {
                         }
                         _ => bar.tick(),
                     }
+                    let before = window.base_for(&now);
                     bar.set_message(describe(before.as_ref(), &now));
-                    before = Some(now);
                     match stopped.recv_timeout(interval) {
                         Err(RecvTimeoutError::Timeout) => {}
                         Ok(()) | Err(RecvTimeoutError::Disconnected) => break,
@@ -138,5 +143,30 @@ mod tests {
         };
         let text = describe(None, &now);
         assert_eq!(text, "500 items | sink 100/s | bottleneck: sink");
+    }
+
+    #[test]
+    fn a_source_bound_run_says_it_waits_for_input() {
+        let mut stdin = StageSample::new("frontend", "frontend");
+        stdin.threads = 1;
+        stdin.items_out = 400.0;
+        stdin.busy_seconds = 0.04;
+        stdin.waiting_input_seconds = 3.9;
+        let mut sink = StageSample::new("sink", "backend");
+        sink.threads = 1;
+        sink.items_out = 400.0;
+        sink.busy_seconds = 0.1;
+        sink.waiting_input_seconds = 3.8;
+        let now = Snapshot::new(
+            Instant::now(),
+            Duration::from_secs(4),
+            true,
+            vec![stdin, sink],
+        );
+        let text = describe(None, &now);
+        assert_eq!(
+            text,
+            "400 items | frontend 100/s | sink 100/s | waiting for input"
+        );
     }
 }

@@ -1,6 +1,6 @@
 //! What one look at a running engine or pod shows, read from its `/metrics` (or from the
-//! engine's own statistics), and the rates, queue fill, busy share and bottleneck that two
-//! looks in a row give.
+//! engine's own statistics); two looks in a row give the rates and the bottleneck
+//! (`verdict.rs`).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -47,6 +47,13 @@ pub struct StageSample {
     pub busy_seconds: f64,
     /// Seconds its threads waited for room in a full next queue, together.
     pub blocked_seconds: f64,
+    /// Seconds its threads waited for input (an empty input queue, or a frontend's marked
+    /// read of its source), together; not in `busy_seconds`.
+    pub waiting_input_seconds: f64,
+    /// An async stage's futures in flight now (0 for other stages).
+    pub in_flight: f64,
+    /// An async stage's limit of futures in flight now (0 for other stages).
+    pub concurrency_limit: f64,
     /// Items in its input queue.
     pub queue_depth: f64,
     /// The most items its input queue holds.
@@ -185,6 +192,9 @@ impl Snapshot {
                         "engine_items_dropped" => s.dropped += v,
                         "engine_busy_seconds" => s.busy_seconds += v,
                         "engine_blocked_seconds" => s.blocked_seconds += v,
+                        "engine_waiting_input_seconds" => s.waiting_input_seconds += v,
+                        "engine_stage_in_flight" => s.in_flight = v,
+                        "engine_stage_concurrency_limit" => s.concurrency_limit = v,
                         "engine_queue_depth" => s.queue_depth = v,
                         "engine_queue_capacity" => s.queue_capacity = v,
                         "engine_stage_threads" => s.threads = v as u64,
@@ -202,74 +212,10 @@ impl Snapshot {
     }
 }
 
-/// How a stage is doing between two snapshots.
-#[derive(Debug, Clone, PartialEq)]
-#[non_exhaustive]
-pub struct StageRates {
-    /// The stage's name.
-    pub name: String,
-    /// Its kind.
-    pub kind: String,
-    /// Items received per second.
-    pub in_per_second: f64,
-    /// Items finished (passed on, filtered or failed) per second.
-    pub out_per_second: f64,
-    /// How full its input queue is, 0 to 1.
-    pub queue_fill: f64,
-    /// The share of the time its threads worked, 0 to 1 (averaged over its threads).
-    pub busy: f64,
-    /// Whether its threads waited for room downstream in the interval.
-    pub backpressured: bool,
-}
-
-/// The rates of every stage over the interval between `before` and `now`; without `before`,
-/// the averages since the engine started.
-pub fn rates(before: Option<&Snapshot>, now: &Snapshot) -> Vec<StageRates> {
-    let wall = before.map_or(now.elapsed.as_secs_f64(), |b| {
-        now.at.saturating_duration_since(b.at).as_secs_f64()
-    });
-    let wall = wall.max(1e-9);
-    now.stages
-        .iter()
-        .map(|stage| {
-            let old = before.and_then(|b| {
-                b.stages
-                    .iter()
-                    .find(|s| s.name == stage.name && s.kind == stage.kind)
-            });
-            let zero = StageSample::default();
-            let old = old.unwrap_or(&zero);
-            let threads = stage.threads.max(1) as f64;
-            let blocked = stage.blocked_seconds - old.blocked_seconds;
-            StageRates {
-                name: stage.name.clone(),
-                kind: stage.kind.clone(),
-                in_per_second: (stage.items_in - old.items_in).max(0.0) / wall,
-                out_per_second: (stage.handled() - old.handled()).max(0.0) / wall,
-                queue_fill: if stage.queue_capacity > 0.0 {
-                    (stage.queue_depth / stage.queue_capacity).clamp(0.0, 1.0)
-                } else {
-                    0.0
-                },
-                busy: ((stage.busy_seconds - old.busy_seconds).max(0.0) / wall / threads)
-                    .clamp(0.0, 1.0),
-                backpressured: blocked > wall * threads * 0.01,
-            }
-        })
-        .collect()
-}
-
-/// The stage that limits the pipeline: the one whose threads are busiest, if any works.
-pub fn bottleneck(rates: &[StageRates]) -> Option<&StageRates> {
-    rates
-        .iter()
-        .filter(|r| r.busy > 0.0)
-        .max_by(|a, b| a.busy.total_cmp(&b.busy))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::verdict::{bottleneck, rates};
 
     const TEXT: &str = r#"# HELP engine_items_in Items a stage thread received.
 # TYPE engine_items_in counter
@@ -287,6 +233,12 @@ engine_busy_seconds_total{stage="parse",kind="transport",thread="1"} 0.5
 engine_busy_seconds_total{stage="sink",kind="backend",thread="0"} 1.9
 # TYPE engine_blocked_seconds counter
 engine_blocked_seconds_total{stage="parse",kind="transport",thread="0"} 1.2
+# TYPE engine_waiting_input_seconds counter
+engine_waiting_input_seconds_total{stage="frontend",kind="frontend",thread="0"} 1.5
+# TYPE engine_stage_in_flight gauge
+engine_stage_in_flight{stage="parse",kind="transport"} 812
+# TYPE engine_stage_concurrency_limit gauge
+engine_stage_concurrency_limit{stage="parse",kind="transport"} 1024
 # TYPE engine_queue_depth gauge
 engine_queue_depth{stage="sink",kind="backend"} 512
 # TYPE engine_queue_capacity gauge
@@ -316,6 +268,8 @@ engine_bean_state{id="1",label="web",core="http",state="failed"} 0
             (parse.items_in, parse.items_out, parse.threads),
             (100.0, 90.0, 2)
         );
+        assert_eq!((parse.in_flight, parse.concurrency_limit), (812.0, 1024.0));
+        assert_eq!(snap.stages[0].waiting_input_seconds, 1.5);
         assert_eq!(snap.elapsed, Duration::from_secs(2));
         assert!(snap.running);
         assert_eq!(snap.beans.len(), 1);

@@ -1,8 +1,8 @@
 //! `engine top`: a live table of a running engine's stages and a pod's beans, read from its
 //! `/metrics` and refreshed in place (the engine's `vector top`), with a sparkline of each
-//! stage's recent rate.
+//! stage's recent rate, the split of its time between working, waiting for input and
+//! waiting for room downstream, and an async stage's futures in flight against its limit.
 
-use std::collections::{HashMap, VecDeque};
 use std::fmt::{self, Write as _};
 use std::io::{self, IsTerminal, Write};
 use std::time::{Duration, Instant};
@@ -15,7 +15,12 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
-use crate::snapshot::{ParseError, Snapshot, StageRates, bottleneck, rates};
+mod history;
+
+pub use history::RateHistory;
+
+use crate::snapshot::{ParseError, Snapshot};
+use crate::verdict::{StageRates, Verdict, Window, rates, verdict};
 
 /// Why `engine top` stopped.
 #[derive(Debug, thiserror::Error)]
@@ -191,67 +196,6 @@ fn duration(d: Duration) -> String {
     }
 }
 
-/// How many rates a stage's sparkline shows.
-const SPARK_WIDTH: usize = 16;
-
-/// The bars of a sparkline, lowest to highest.
-const BARS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
-
-/// The last rates out of each stage, which `engine top` draws as a sparkline per stage.
-#[derive(Debug, Default)]
-pub struct RateHistory {
-    stages: HashMap<(String, String), VecDeque<f64>>,
-}
-
-impl RateHistory {
-    /// An empty history.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Adds one look's rates, keeping the last few of each stage.
-    pub fn record(&mut self, rates: &[StageRates]) {
-        for r in rates {
-            let kept = self
-                .stages
-                .entry((r.name.clone(), r.kind.clone()))
-                .or_default();
-            if kept.len() == SPARK_WIDTH {
-                kept.pop_front();
-            }
-            kept.push_back(r.out_per_second);
-        }
-    }
-
-    /// The stage's rates out as a sparkline, oldest first, scaled to the highest of them,
-    /// padded on the left to a fixed width.
-    ///
-    /// ```
-    /// use engine::observe::top::RateHistory;
-    ///
-    /// let history = RateHistory::new();
-    /// assert_eq!(history.sparkline("parse", "transport").chars().count(), 16);
-    /// ```
-    pub fn sparkline(&self, name: &str, kind: &str) -> String {
-        let rates = self
-            .stages
-            .get(&(name.to_owned(), kind.to_owned()))
-            .cloned()
-            .unwrap_or_default();
-        let top = rates.iter().copied().fold(0.0_f64, f64::max);
-        let mut line = " ".repeat(SPARK_WIDTH - rates.len());
-        for rate in rates {
-            let level = if top > 0.0 {
-                ((rate / top) * (BARS.len() - 1) as f64).round() as usize
-            } else {
-                0
-            };
-            line.push(BARS[level.min(BARS.len() - 1)]);
-        }
-        line
-    }
-}
-
 /// The table `engine top` shows for `now`, with rates since `before` (or since the start);
 /// its sparklines hold this one look ([`render_with`] keeps them across looks).
 pub fn render(source: &str, before: Option<&Snapshot>, now: &Snapshot) -> Vec<String> {
@@ -268,26 +212,49 @@ pub fn render_with(
 ) -> Vec<String> {
     let rates: Vec<StageRates> = rates(before, now);
     history.record(&rates);
-    let worst = bottleneck(&rates).map(|r| (r.name.clone(), r.kind.clone()));
+    let verdict = verdict(&rates);
+    let worst = verdict
+        .bottleneck()
+        .map(|r| (r.name.clone(), r.kind.clone()));
     let mut lines = Vec::new();
     let mut head = format!(
         "engine top - {source} - {} {}",
         if now.running { "running" } else { "finished" },
         duration(now.elapsed)
     );
-    if let Some((name, _)) = &worst {
-        let _ = write!(head, " - bottleneck: {name}");
+    match verdict {
+        Verdict::Bottleneck(stage) => {
+            let _ = write!(head, " - bottleneck: {}", stage.name);
+        }
+        Verdict::WaitingForInput => head.push_str(" - waiting for input (source-bound)"),
+        _ => {}
     }
     lines.push(head);
     lines.push(String::new());
     if !rates.is_empty() {
         lines.push(format!(
-            "{:<16} {:<10} {:>3} {:>10} {:>10} {:<16} {:>6} {:>5}  {}",
-            "STAGE", "KIND", "THR", "IN", "OUT", "OUT TREND", "QUEUE", "BUSY", "STATE"
+            "{:<16} {:<10} {:>3} {:>10} {:>10} {:<16} {:>6} {:>5} {:>7} {:>8} {:>11}  {}",
+            "STAGE",
+            "KIND",
+            "THR",
+            "IN",
+            "OUT",
+            "OUT TREND",
+            "QUEUE",
+            "WORK",
+            "WAIT IN",
+            "WAIT OUT",
+            "IN FLIGHT",
+            "STATE"
         ));
         for (r, s) in rates.iter().zip(&now.stages) {
             let queue = if s.queue_capacity > 0.0 {
                 format!("{:.0}%", 100.0 * r.queue_fill)
+            } else {
+                "-".to_owned()
+            };
+            let in_flight = if r.is_async() {
+                format!("{}/{}", r.in_flight, r.concurrency_limit)
             } else {
                 "-".to_owned()
             };
@@ -299,7 +266,7 @@ pub fn render_with(
                 state.push("backpressured");
             }
             lines.push(format!(
-                "{:<16} {:<10} {:>3} {:>10} {:>10} {} {:>6} {:>4.0}%  {}",
+                "{:<16} {:<10} {:>3} {:>10} {:>10} {} {:>6} {:>5} {:>7} {:>8} {:>11}  {}",
                 truncate(&r.name, 16),
                 r.kind,
                 s.threads.max(1),
@@ -307,10 +274,17 @@ pub fn render_with(
                 rate(r.out_per_second),
                 history.sparkline(&r.name, &r.kind),
                 queue,
-                100.0 * r.busy,
+                percent(r.work_share()),
+                percent(r.input_share()),
+                percent(r.room_share()),
+                in_flight,
                 state.join(", ")
             ));
         }
+        lines.push(
+            "WORK: share of the time working; WAIT IN: waiting for input; WAIT OUT: waiting for room downstream"
+                .to_owned(),
+        );
     }
     if !now.beans.is_empty() {
         lines.push(String::new());
@@ -336,6 +310,10 @@ pub fn render_with(
     lines.push(String::new());
     lines.push("q or Ctrl-C to quit".to_owned());
     lines
+}
+
+fn percent(share: f64) -> String {
+    format!("{:.0}%", 100.0 * share)
 }
 
 fn truncate(s: &str, n: usize) -> String {
@@ -407,14 +385,15 @@ pub fn run(
         return Ok(());
     }
     let screen = Screen::enter()?;
-    let mut before: Option<Snapshot> = None;
+    // Rates over a second or more, however often the table refreshes.
+    let mut window = Window::default();
     let mut history = RateHistory::new();
     loop {
         let started = Instant::now();
         match scraper.scrape() {
             Ok(now) => {
+                let before = window.base_for(&now);
                 screen.draw(&render_with(addr, before.as_ref(), &now, &mut history))?;
-                before = Some(now);
             }
             // Retrying cannot help: the token is given at start.
             Err(error @ TopError::Unauthorized { .. }) => return Err(error),
@@ -478,6 +457,54 @@ mod tests {
         );
         let double = lines.iter().find(|l| l.starts_with("double")).unwrap();
         assert!(double.contains("backpressured"), "{double}");
+    }
+
+    #[test]
+    fn a_source_bound_pipeline_says_it_waits_for_input_and_names_no_stage() {
+        let mut stdin = stage("frontend", "frontend", 0.1, 0.0);
+        stdin.waiting_input_seconds = 9.9;
+        let mut sink = stage("backend", "backend", 0.3, 0.0);
+        sink.waiting_input_seconds = 9.6;
+        let now = Snapshot::new(
+            Instant::now(),
+            Duration::from_secs(10),
+            true,
+            vec![stdin, sink],
+        );
+        let lines = render("x", None, &now);
+        assert!(
+            lines[0].ends_with("waiting for input (source-bound)"),
+            "{lines:?}"
+        );
+        assert!(!lines.iter().any(|l| l.contains("bottleneck")), "{lines:?}");
+        // WORK, WAIT IN and WAIT OUT of the frontend.
+        let row = lines.iter().find(|l| l.starts_with("frontend")).unwrap();
+        let cells: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(cells[cells.len() - 4..], ["1%", "99%", "0%", "-"], "{row}");
+    }
+
+    #[test]
+    fn an_async_stage_shows_its_futures_in_flight_against_its_limit() {
+        let mut fetch = stage("fetch", "transport", 1.0, 0.0);
+        fetch.in_flight = 812.0;
+        fetch.concurrency_limit = 1024.0;
+        let now = Snapshot::new(
+            Instant::now(),
+            Duration::from_secs(10),
+            true,
+            vec![stage("urls", "frontend", 0.5, 9.0), fetch],
+        );
+        let lines = render("x", None, &now);
+        assert!(lines.iter().any(|l| l.contains("IN FLIGHT")), "{lines:?}");
+        let row = lines.iter().find(|l| l.starts_with("fetch")).unwrap();
+        assert!(row.contains(" 812/1024 "), "{row}");
+        // 79% of its limit in flight, and the stage before it waits for room: the bottleneck.
+        assert!(row.ends_with("bottleneck"), "{row}");
+        let urls = lines.iter().find(|l| l.starts_with("urls")).unwrap();
+        assert!(
+            urls.contains(" - ") && urls.contains("backpressured"),
+            "{urls}"
+        );
     }
 
     #[test]
