@@ -5,7 +5,9 @@
 //!   same work on 256 blocking transport threads (`thread::sleep`);
 //! - memory: the resident growth while 4,096 items wait, async against 4,096 blocking threads;
 //! - a future that is ready at once (`x + 1`): the async transport against the blocking one,
-//!   on the same engine (the cost of the async path).
+//!   on the same engine (the cost of the async path);
+//! - adaptive concurrency against a loopback server whose latency rises steeply beyond 64
+//!   requests at once, against the best fixed concurrency of a sweep.
 //!
 //! Run with `cargo xtask bench async_stages`.
 
@@ -20,6 +22,8 @@ use std::time::Duration;
 
 use engine_threads::{Async, Engine};
 use futures_util::StreamExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 
 const IO: Duration = Duration::from_millis(5);
 const ROUNDS: usize = 5;
@@ -96,6 +100,81 @@ fn growth(f: impl FnOnce()) -> u64 {
     peak.load(Ordering::Relaxed).saturating_sub(before)
 }
 
+/// 5 ms per request up to 64 at once, then steeply more: 5 ms x (n / 64)^4.
+fn degrading(active: usize) -> Duration {
+    let over = (active as f64 / 64.0).max(1.0);
+    Duration::from_secs_f64((0.005 * over.powi(4)).min(1.0))
+}
+
+/// Serves 8-byte requests, each answered after `degrading` of the requests in progress.
+async fn serve(listener: TcpListener) {
+    let active = Arc::new(AtomicU64::new(0));
+    while let Ok((mut stream, _)) = listener.accept().await {
+        let active = Arc::clone(&active);
+        tokio::spawn(async move {
+            let mut request = [0_u8; 8];
+            if stream.read_exact(&mut request).await.is_ok() {
+                let now = active.fetch_add(1, Ordering::SeqCst) + 1;
+                tokio::time::sleep(degrading(now as usize)).await;
+                active.fetch_sub(1, Ordering::SeqCst);
+                let _ = stream.write_all(&request).await;
+            }
+        });
+    }
+}
+
+async fn request(addr: std::net::SocketAddr, x: u64) -> std::io::Result<u64> {
+    let mut stream = TcpStream::connect(addr).await?;
+    stream.write_all(&x.to_le_bytes()).await?;
+    let mut answer = [0_u8; 8];
+    stream.read_exact(&mut answer).await?;
+    Ok(u64::from_le_bytes(answer))
+}
+
+/// Items per second through the degrading server, with a fixed K or adaptive up to 1,024.
+fn through_server(addr: std::net::SocketAddr, items: u64, fixed: Option<usize>) -> f64 {
+    let stage = Async::try_map(move |x: u64| request(addr, x));
+    let stage = match fixed {
+        Some(k) => stage.concurrency(k),
+        None => stage.adaptive(1_024),
+    };
+    let started = std::time::Instant::now();
+    let report = Engine::builder(0..items)
+        .transport(stage)
+        .backend(|_: u64| {})
+        .run()
+        .expect("the engine runs");
+    assert_eq!(report.processed(), items);
+    items as f64 / started.elapsed().as_secs_f64()
+}
+
+fn adaptive_against_a_sweep(runtime: &tokio::runtime::Runtime) {
+    let listener = runtime
+        .block_on(TcpListener::bind("127.0.0.1:0"))
+        .expect("a loopback port");
+    let addr = listener.local_addr().expect("an address");
+    runtime.spawn(serve(listener));
+    const ITEMS: u64 = 40_000;
+    println!("\nadaptive concurrency against a server degrading beyond 64 at once (items/s)");
+    let mut best = (0, 0.0_f64);
+    for k in [16, 32, 48, 64, 80, 128] {
+        let rate = through_server(addr, ITEMS, Some(k));
+        println!("fixed K = {k:<5} {rate:>12.0}");
+        if rate > best.1 {
+            best = (k, rate);
+        }
+    }
+    let mut adaptive: Vec<f64> = (0..3).map(|_| through_server(addr, ITEMS, None)).collect();
+    adaptive.sort_by(f64::total_cmp);
+    println!(
+        "adaptive (median of 3) {:>8.0}, best fixed K = {} {:.0}, ratio {:.2}",
+        adaptive[1],
+        best.0,
+        best.1,
+        adaptive[1] / best.1
+    );
+}
+
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -166,4 +245,6 @@ fn main() {
         },
     );
     harness::row("async x + 1 vs blocking x + 1", &ready, &blocking);
+
+    adaptive_against_a_sweep(&runtime);
 }
