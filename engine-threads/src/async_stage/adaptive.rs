@@ -18,7 +18,7 @@ use engine_core::plumbing::lock;
 use tokio::sync::Semaphore;
 
 /// A smoothed latency above this many times the baseline means the service is overloaded.
-const TOLERANCE: f64 = 1.5;
+const TOLERANCE: f64 = 2.0;
 /// The weight of a new window's mean in the smoothed latency.
 const SMOOTHING: f64 = 0.5;
 /// The share of the limit kept on a cut.
