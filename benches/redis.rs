@@ -13,7 +13,13 @@
 //! deduplicating sink (each item's id checked and recorded in the append script) against the
 //! plain sink: producer only, and relaying one stream to another through two consumers.
 //!
-//! The benchmark starts its own `redis-server` on a free loopback port (no persistence).
+//! Scale-out with no single server: the same keyed stream (12 partitions, two consumers) on
+//! a Redis Cluster of 3 masters with 1 replica each, all on this machine, against one
+//! server; and on the cluster, `replicas=1` (every write waits for a replica, `WAIT`)
+//! against the default.
+//!
+//! The benchmark starts its own `redis-server` on a free loopback port (no persistence), and
+//! its own throwaway cluster.
 //! Run with `cargo xtask bench redis`.
 
 #![allow(clippy::print_stdout, reason = "a benchmark prints its table")]
@@ -21,15 +27,15 @@
 mod harness;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use engine::redis::redis::{self, Connection, Value};
-use engine::redis::testing::Server;
+use engine::redis::testing::{Cluster, Server};
 use engine::redis::{
-    DEFAULT_DEDUP_WINDOW, Delivered, EntryId, ItemId, KeyedSource, SinkOptions, StreamAddress,
-    StreamSink, StreamSource,
+    DEFAULT_DEDUP_WINDOW, Delivered, EntryId, ItemId, KeyedSource, Ownership, SinkOptions,
+    StreamAddress, StreamSink, StreamSource,
 };
 use engine_core::{Backend, StageContext, StageError, StopHandle};
 use engine_threads::Engine;
@@ -66,6 +72,22 @@ fn main() {
     harness::row("keyed (8 partitions) vs unkeyed, 2 consumers", &k, &u);
     keyed.stop();
     unkeyed.stop();
+
+    // Scale-out with no single server: the same keyed stream (12 partitions) on a 3-master
+    // cluster (1 replica each) and on the benchmark's one server; then the cost of
+    // durability on the cluster, every write waiting for its replica (`WAIT`).
+    let cluster = cluster();
+    let on_cluster = Steady::keyed(&cluster.stream_url("steady-cluster"), 12, "");
+    let on_server = Steady::keyed(&server.0.stream_url("steady-keyed-12"), 12, "");
+    let (c, o) = harness::compare(ROUNDS, ITEMS, || on_cluster.round(), || on_server.round());
+    harness::row("keyed 12p: 3-master cluster vs 1 server", &c, &o);
+    on_server.stop();
+    let durable = Steady::keyed(&cluster.stream_url("steady-durable"), 12, "&replicas=1");
+    let (d, c) = harness::compare(ROUNDS, ITEMS, || durable.round(), || on_cluster.round());
+    harness::row("keyed 12p, cluster: replicas=1 vs default", &d, &c);
+    durable.stop();
+    on_cluster.stop();
+    drop(cluster);
 
     let dedup = Relay::start(&server, "relay-dedup", true);
     let plain = Relay::start(&server, "relay-plain", false);
@@ -154,12 +176,12 @@ impl Relay {
     }
 }
 
-/// Two consumer engines that stay up across rounds, on a keyed stream (8 partitions) or a
-/// plain one; each round one producer writes [`ITEMS`] and waits until the consumers have
-/// them all.
+/// Two consumer engines that stay up across rounds, on a keyed stream or a plain one; each
+/// round one producer writes [`ITEMS`] and waits until the consumers have them all.
 struct Steady {
     address: StreamAddress,
-    keyed: bool,
+    /// The partitions of a keyed stream.
+    partitions: Option<u32>,
     stop: StopHandle,
     consumers: Vec<engine_threads::EngineHandle>,
     sum: Sum,
@@ -167,27 +189,47 @@ struct Steady {
 }
 
 impl Steady {
+    /// On the benchmark's server: keyed (8 partitions) or not.
     fn start(server: &RedisServer, stream: &str, keyed: bool) -> Self {
-        let address: StreamAddress = if keyed {
-            format!(
-                "{}?block_ms=100&partitions=8&lease_ms=1000",
-                server.0.stream_url(stream)
-            )
-            .parse()
-            .expect("a valid address")
+        if keyed {
+            Self::keyed(&server.0.stream_url(stream), 8, "")
         } else {
-            server.address(stream)
-        };
+            Self::spawn(server.address(stream), None)
+        }
+    }
+
+    /// The keyed stream `stream_url` (one server or a cluster) with `partitions`
+    /// partitions, and the extra query `query` (`&replicas=1`, say).
+    fn keyed(stream_url: &str, partitions: u32, query: &str) -> Self {
+        let address =
+            format!("{stream_url}?block_ms=100&partitions={partitions}&lease_ms=1000{query}")
+                .parse()
+                .expect("a valid address");
+        Self::spawn(address, Some(partitions))
+    }
+
+    fn spawn(address: StreamAddress, partitions: Option<u32>) -> Self {
         let sum = Sum {
             sum: Arc::new(AtomicU64::new(0)),
             count: Arc::new(AtomicU64::new(0)),
         };
         let stop = StopHandle::new();
+        // How many partitions each consumer holds, from its ownership events.
+        let held: Vec<Arc<AtomicI64>> = (0..CONSUMERS).map(|_| Arc::default()).collect();
         let consumers = (0..CONSUMERS)
             .map(|i| {
                 let address = address.clone().with_consumer(format!("c{i}"));
-                if keyed {
-                    Engine::builder(KeyedSource::<u64>::new(address))
+                if partitions.is_some() {
+                    let held = Arc::clone(&held[i]);
+                    let source = KeyedSource::<u64>::new(address).on_ownership(move |event| {
+                        let change = if matches!(event, Ownership::Acquired { .. }) {
+                            1
+                        } else {
+                            -1
+                        };
+                        held.fetch_add(change, Ordering::SeqCst);
+                    });
+                    Engine::builder(source)
                         .backend(sum.clone())
                         .stop_handle(&stop)
                         .spawn()
@@ -200,30 +242,18 @@ impl Steady {
                 .expect("a consumer starts")
             })
             .collect();
-        if keyed {
-            // Until the two consumers hold 4 partitions each.
-            let mut conn = server.connection();
+        if let Some(partitions) = partitions {
+            // Until each consumer holds its half of the partitions.
+            let half = i64::from(partitions) / CONSUMERS as i64;
             let deadline = Instant::now() + Duration::from_secs(60);
-            loop {
-                let owners: Vec<Option<String>> = (0..8)
-                    .map(|p| {
-                        redis::cmd("GET")
-                            .arg(format!("{{{stream}:p{p}}}:lease:engine"))
-                            .query(&mut conn)
-                            .expect("GET")
-                    })
-                    .collect();
-                let of = |c: &str| owners.iter().filter(|o| o.as_deref() == Some(c)).count();
-                if of("c0") == 4 && of("c1") == 4 {
-                    break;
-                }
+            while !held.iter().all(|n| n.load(Ordering::SeqCst) == half) {
                 assert!(Instant::now() < deadline, "the partitions did not balance");
                 thread::park_timeout(Duration::from_millis(10));
             }
         }
         Self {
             address,
-            keyed,
+            partitions,
             stop,
             consumers,
             sum,
@@ -234,12 +264,11 @@ impl Steady {
     fn round(&self) -> u64 {
         let round = self.rounds.fetch_add(1, Ordering::SeqCst) + 1;
         let sink = StreamSink::<u64>::new(self.address.clone());
-        let producer = if self.keyed {
-            Engine::builder(0..ITEMS)
-                .backend(sink.keyed(8, |n: &u64| n.to_le_bytes()))
-                .spawn()
-        } else {
-            Engine::builder(0..ITEMS).backend(sink).spawn()
+        let producer = match self.partitions {
+            Some(partitions) => Engine::builder(0..ITEMS)
+                .backend(sink.keyed(partitions, |n: &u64| n.to_le_bytes()))
+                .spawn(),
+            None => Engine::builder(0..ITEMS).backend(sink).spawn(),
         };
         let report = producer.expect("the producer starts").join();
         assert_eq!(report.expect("the producer runs").processed(), ITEMS);
@@ -258,6 +287,27 @@ impl Steady {
             consumer.join().expect("a consumer runs");
         }
     }
+}
+
+/// A throwaway Redis Cluster (3 masters, 1 replica each) whose every node lists a replica
+/// with each slot range, so that a stage with `replicas=1` starts (right after the cluster
+/// forms, a node may not list them all yet).
+fn cluster() -> Cluster {
+    let cluster = Cluster::start().unwrap_or_else(|error| panic!("{error}"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let listed = |port: u16| {
+        let Ok(mut conn) = cluster.connection(port) else {
+            return false;
+        };
+        let slots: redis::RedisResult<Vec<Vec<Value>>> =
+            redis::cmd("CLUSTER").arg("SLOTS").query(&mut conn);
+        slots.is_ok_and(|ranges| !ranges.is_empty() && ranges.iter().all(|r| r.len() >= 4))
+    };
+    while !cluster.ports().into_iter().all(listed) {
+        assert!(Instant::now() < deadline, "the cluster lists no replicas");
+        thread::park_timeout(Duration::from_millis(20));
+    }
+    cluster
 }
 
 /// One producer engine writing [`ITEMS`] to a stream, through the plain sink or the
