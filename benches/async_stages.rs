@@ -176,12 +176,18 @@ fn adaptive_against_a_sweep(runtime: &tokio::runtime::Runtime) {
 }
 
 fn main() {
+    // `cargo bench --bench async_stages -- adaptive` runs the adaptive case alone.
+    let only_adaptive = std::env::args().any(|a| a == "adaptive");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("a runtime");
 
+    if only_adaptive {
+        adaptive_against_a_sweep(&runtime);
+        return;
+    }
     harness::header("5 ms of I/O per item, 4,096 in flight (items/s)");
     const IO_ITEMS: u64 = 200_000;
     let (engine, baseline) = harness::compare(

@@ -3,9 +3,10 @@
 //! does for its sinks, after TCP's congestion control).
 //!
 //! The stage measures each item's time from the moment it got its permit to the end of its
-//! future. Over a window of about `limit` items it compares the mean with the lowest mean it
+//! future. Over a window of about `limit` items it compares the median (which a few stray
+//! slow items, a retransmitted connect say, do not move) with the lowest it
 //! has seen (the baseline, which creeps up slowly so that a service that got slower for good is
-//! followed): a mean above [`TOLERANCE`] times the baseline, or any failed item, cuts the limit
+//! followed): a smoothed median above [`TOLERANCE`] times the baseline, or any failed item, cuts the limit
 //! to [`DECREASE`] of itself; a window that used the whole limit with the latency holding
 //! raises it by one. The limit moves the stage's semaphore: permits are added at once, and
 //! removed as they come back.
@@ -19,7 +20,7 @@ use tokio::sync::Semaphore;
 
 /// A smoothed latency above this many times the baseline means the service is overloaded.
 const TOLERANCE: f64 = 2.0;
-/// The weight of a new window's mean in the smoothed latency.
+/// The weight of a new window's median in the smoothed latency.
 const SMOOTHING: f64 = 0.5;
 /// The share of the limit kept on a cut.
 const DECREASE: f64 = 0.9;
@@ -42,11 +43,12 @@ pub(crate) struct Aimd {
 #[derive(Debug, Default)]
 struct Window {
     items: u64,
-    total: Duration,
+    /// The items' times, in seconds.
+    samples: Vec<f64>,
     failed: u64,
     /// The most futures running at once during the window.
     peak: usize,
-    /// The recent latency: window means, smoothed, in seconds.
+    /// The recent latency: window medians, smoothed, in seconds.
     smoothed: Option<f64>,
     /// The lowest smoothed latency seen (creeping up), in seconds.
     baseline: Option<f64>,
@@ -83,24 +85,30 @@ impl Aimd {
         let current = limit.load(Ordering::Relaxed);
         let mut window = lock(&self.window);
         window.items += 1;
-        window.total += took;
+        window.samples.push(took.as_secs_f64());
         window.failed += u64::from(failed);
         window.peak = window.peak.max(running);
         if window.items < (current as u64).max(MIN_WINDOW) {
             return;
         }
-        let mean = window.total.as_secs_f64() / window.items as f64;
+        let middle = window.samples.len() / 2;
+        let median = *window
+            .samples
+            .select_nth_unstable_by(middle, f64::total_cmp)
+            .1;
         if window.cooling {
             // Start the smoothed latency afresh from what the cut limit gives.
             *window = Window {
-                smoothed: Some(mean),
+                smoothed: Some(median),
                 baseline: window.baseline,
                 overloaded_once: true,
                 ..Window::default()
             };
             return;
         }
-        let smoothed = window.smoothed.map_or(mean, |s| s + SMOOTHING * (mean - s));
+        let smoothed = window
+            .smoothed
+            .map_or(median, |s| s + SMOOTHING * (median - s));
         let baseline = window
             .baseline
             .map_or(smoothed, |b| (b * BASELINE_CREEP).min(smoothed));
