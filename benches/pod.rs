@@ -2,7 +2,9 @@
 //! against the same number of plain tokio tasks doing the same wait, TCP echo throughput of
 //! the built-in server against a hand-written tokio echo server, and HTTP requests through the
 //! adapter bean (`HttpServer`) against the same axum app served by `axum::serve`, from a
-//! hand-written HTTP/1.1 client over keep-alive connections on loopback.
+//! hand-written HTTP/1.1 client over keep-alive connections on loopback, and the latency of
+//! one request at a time answered through `feed().call()` by an engine bean against the same
+//! handler computing inline.
 //!
 //! Run with `cargo xtask bench pod`.
 
@@ -15,8 +17,13 @@ use std::time::{Duration, Instant};
 use std::net::SocketAddr;
 
 use engine_pod::axum::Router;
+use engine_pod::axum::extract::{Path, State};
 use engine_pod::axum::routing::get;
-use engine_pod::{BeanContext, BeanSpec, HttpServer, Pod, PodConfig, TcpServer, bean_fn};
+use engine_pod::{
+    BeanContext, BeanSpec, Call, Feed, HttpServer, Pod, PodConfig, TcpServer, bean_fn, engine_bean,
+    feed,
+};
+use engine_threads::Engine;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -283,6 +290,125 @@ fn http() {
     assert!(report.is_success());
 }
 
+/// One request at a time over one keep-alive connection: the latency of `GET /square/{n}`,
+/// answered by a handler that squares inline, or that sends the number through `feed().call()`
+/// into an engine bean (transport squares, backend answers) and awaits the answer.
+fn http_engine() {
+    const SAMPLES: usize = 2_000;
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let (engine_addr, inline_addr, handle) =
+        runtime.block_on(async {
+            let (calls, frontend) = feed::<Call<u64, u64>>(64);
+            let engine = engine_bean(move |_ctx| {
+                Engine::builder(frontend.clone())
+                    .transport(|call: Call<u64, u64>| call.map(|x| x.wrapping_mul(x)))
+                    .backend(|call: Call<u64, u64>| {
+                        call.answer();
+                    })
+                    .transport_threads(2)
+            });
+            let through_engine = HttpServer::new(
+            Router::new()
+                .route(
+                    "/square/{n}",
+                    get(|State(calls): State<Feed<Call<u64, u64>>>, Path(n): Path<u64>| async move {
+                        calls.call(n).await.expect("the engine answers").to_string()
+                    }),
+                )
+                .with_state(calls),
+        );
+            let inline = HttpServer::new(Router::new().route(
+                "/square/{n}",
+                get(|Path(n): Path<u64>| async move { n.wrapping_mul(n).to_string() }),
+            ));
+            let (engine_addr, inline_addr) = (through_engine.local_addr(), inline.local_addr());
+            let mut pod = Pod::new(PodConfig::default());
+            pod.add(BeanSpec::new("engine", engine));
+            pod.add(BeanSpec::new("through-engine", through_engine));
+            pod.add(BeanSpec::new("inline", inline));
+            let handle = pod.start();
+            let engine_addr = engine_addr.get().await.expect("the adapter bean listens");
+            let inline_addr = inline_addr.get().await.expect("the adapter bean listens");
+            (engine_addr, inline_addr, handle)
+        });
+    let (engine, inline) = runtime.block_on(async {
+        let mut engine = Client::connect(engine_addr).await;
+        let mut inline = Client::connect(inline_addr).await;
+        let (mut e, mut i) = (Vec::new(), Vec::new());
+        for n in 0..SAMPLES as u64 {
+            e.push(engine.square(n).await);
+            i.push(inline.square(n).await);
+        }
+        (e, i)
+    });
+    println!(
+        "\npod: one HTTP request at a time, GET /square/{{n}} ({SAMPLES} samples each, alternating)"
+    );
+    latency_table(
+        "through feed().call() into an engine bean",
+        engine,
+        "the handler inline",
+        inline,
+        "target: median ratio <= 1.3",
+    );
+    handle.stop();
+    let report = runtime.block_on(handle.wait());
+    assert!(report.is_success());
+}
+
+/// A keep-alive HTTP/1.1 connection that times one request at a time.
+struct Client {
+    stream: TcpStream,
+    addr: SocketAddr,
+    buf: Vec<u8>,
+}
+
+impl Client {
+    async fn connect(addr: SocketAddr) -> Self {
+        let stream = TcpStream::connect(addr).await.expect("connects");
+        stream.set_nodelay(true).expect("nodelay");
+        Self {
+            stream,
+            addr,
+            buf: Vec::with_capacity(4096),
+        }
+    }
+
+    async fn square(&mut self, n: u64) -> Duration {
+        let request = format!("GET /square/{n} HTTP/1.1\r\nHost: {}\r\n\r\n", self.addr);
+        let started = Instant::now();
+        self.stream
+            .write_all(request.as_bytes())
+            .await
+            .expect("writes");
+        read_response(&mut self.stream, &mut self.buf).await;
+        started.elapsed()
+    }
+}
+
+/// Prints the median and p99 of two sets of latencies and their ratios.
+fn latency_table(
+    a: &str,
+    mut a_lat: Vec<Duration>,
+    b: &str,
+    mut b_lat: Vec<Duration>,
+    target: &str,
+) {
+    a_lat.sort();
+    b_lat.sort();
+    let at = |lat: &[Duration], q: f64| lat[((lat.len() as f64 * q) as usize).min(lat.len() - 1)];
+    println!("{:<8} {a:>44} {b:>20} {:>8}   ({target})", "", "ratio");
+    for (name, q) in [("median", 0.5), ("p99", 0.99)] {
+        let (x, y) = (at(&a_lat, q), at(&b_lat, q));
+        println!(
+            "{name:<8} {:>44} {:>20} {:>8.2}",
+            format!("{x:.1?}"),
+            format!("{y:.1?}"),
+            x.as_secs_f64() / y.as_secs_f64()
+        );
+    }
+}
+
 fn main() {
     let only = std::env::args().nth(1).filter(|a| !a.starts_with('-'));
     let run = |name: &str| only.as_deref().is_none_or(|o| o == name);
@@ -294,6 +420,9 @@ fn main() {
     }
     if run("http") {
         http();
+    }
+    if run("http-engine") {
+        http_engine();
     }
 }
 

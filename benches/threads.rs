@@ -2,8 +2,10 @@
 //! -> N transport threads (x + 1) -> 1 backend thread (sum), the hand-written one on
 //! `crossbeam-channel` bounded channels of capacity 1024 sending one item at a time.
 //!
-//! Also: the same shape with 4 transport threads on this machine's cores, the latency of a
-//! lone item, and the peak of items held in memory with a backend 100 times slower than the
+//! Also: the same shape with 4 transport threads on this machine's cores, `x + 1` with the
+//! batch-native form (`map_batch`) against a hand-written pipeline moving `Vec` batches, the
+//! latency of a lone item (median and p99) against a hand-written pipeline of the same
+//! shape, and the peak of items held in memory with a backend 100 times slower than the
 //! frontend.
 //!
 //! Run with `cargo xtask bench threads`.
@@ -89,6 +91,59 @@ fn baseline(items: u64, transports: usize) -> u64 {
     backend.join().expect("backend")
 }
 
+/// The engine with the batch-native form: `x + 1` on whole batches.
+fn engine_batched(items: u64, transports: usize) -> u64 {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let report = Engine::builder(0..items)
+        .map_batch(|mut xs: Vec<u64>| {
+            xs.iter_mut().for_each(|x| *x += 1);
+            xs
+        })
+        .transport_threads(transports)
+        .backend_with(move |_| {
+            let tx = tx.clone();
+            Summer { sum: 0, tx }
+        })
+        .run()
+        .expect("the engine runs");
+    assert_eq!(report.processed(), items);
+    rx.try_iter().sum()
+}
+
+/// The hand-written pipeline with batching: `Vec<u64>` batches of 256 on bounded crossbeam
+/// channels (4 batches each, 1024 items).
+fn baseline_batched(items: u64, transports: usize) -> u64 {
+    const BATCH: u64 = 256;
+    let (tx1, rx1) = crossbeam_channel::bounded::<Vec<u64>>(4);
+    let (tx2, rx2) = crossbeam_channel::bounded::<Vec<u64>>(4);
+    let frontend = thread::spawn(move || {
+        let mut x = 0;
+        while x < items {
+            let end = (x + BATCH).min(items);
+            tx1.send((x..end).collect()).expect("the transports run");
+            x = end;
+        }
+    });
+    let workers: Vec<_> = (0..transports)
+        .map(|_| {
+            let (rx1, tx2) = (rx1.clone(), tx2.clone());
+            thread::spawn(move || {
+                for mut xs in rx1 {
+                    xs.iter_mut().for_each(|x| *x += 1);
+                    tx2.send(xs).expect("the backend runs");
+                }
+            })
+        })
+        .collect();
+    drop((rx1, tx2));
+    let backend = thread::spawn(move || rx2.iter().flatten().fold(0_u64, u64::wrapping_add));
+    frontend.join().expect("frontend");
+    for w in workers {
+        w.join().expect("transport");
+    }
+    backend.join().expect("backend")
+}
+
 fn expected(items: u64) -> u64 {
     (1..=items).fold(0_u64, u64::wrapping_add)
 }
@@ -108,10 +163,80 @@ fn throughput() {
     }
 }
 
-/// The median time for a lone item to go from the frontend to the backend, through an idle
-/// engine, against the same hop on the hand-written pipeline.
+/// `x + 1` with the batch-native form against a hand-written pipeline that moves `Vec`
+/// batches.
+fn batched() {
+    harness::header(
+        "threads: 10M u64, 1 frontend -> 2 transports (x+1 on whole batches) -> 1 backend, items/s",
+    );
+    let (e, b) = harness::compare(
+        ROUNDS,
+        ITEMS,
+        || assert_eq!(engine_batched(ITEMS, 2), expected(ITEMS)),
+        || assert_eq!(baseline_batched(ITEMS, 2), expected(ITEMS)),
+    );
+    harness::row("map_batch vs Vec<u64> batches of 256 (target 0.3)", &e, &b);
+}
+
+/// How long a lone item takes from the frontend to the backend through an idle pipeline: the
+/// engine against a hand-written pipeline of the same shape (a frontend thread reading the
+/// same input channel, 2 transport threads, a backend thread, one item per crossbeam send).
+/// Samples alternate between the two, so both see the same machine load.
 fn latency() {
-    const SAMPLES: usize = 200;
+    const SAMPLES: usize = 400;
+    let (engine_in, engine_seen, engine) = engine_pipeline();
+    let (base_in, base_seen, baseline) = hand_written_pipeline();
+    let mut engine_lat = Vec::with_capacity(SAMPLES);
+    let mut base_lat = Vec::with_capacity(SAMPLES);
+    for _ in 0..SAMPLES {
+        for (input, seen, lat) in [
+            (&engine_in, &engine_seen, &mut engine_lat),
+            (&base_in, &base_seen, &mut base_lat),
+        ] {
+            input.send(Instant::now()).expect("the pipeline runs");
+            lat.push(seen.recv().expect("the item arrives"));
+            // Let every thread go idle again, so each item really is alone.
+            thread::sleep(Duration::from_millis(1));
+        }
+    }
+    drop((engine_in, base_in));
+    engine();
+    baseline();
+    println!(
+        "\nthreads: latency of a lone item, frontend -> 2 transports -> backend ({SAMPLES} samples)"
+    );
+    latency_table(&mut engine_lat, &mut base_lat);
+}
+
+/// Prints the median and p99 of both sides and their ratios.
+fn latency_table(engine: &mut [Duration], baseline: &mut [Duration]) {
+    engine.sort();
+    baseline.sort();
+    let at = |lat: &[Duration], q: f64| lat[((lat.len() as f64 * q) as usize).min(lat.len() - 1)];
+    println!(
+        "{:<10} {:>12} {:>14} {:>8}   (targets: median ratio <= 2, p99 ratio <= 3)",
+        "", "engine", "hand-written", "ratio"
+    );
+    for (name, q) in [("median", 0.5), ("p99", 0.99)] {
+        let (e, b) = (at(engine, q), at(baseline, q));
+        println!(
+            "{:<10} {:>12.1?} {:>14.1?} {:>8.2}",
+            name,
+            e,
+            b,
+            e.as_secs_f64() / b.as_secs_f64()
+        );
+    }
+}
+
+type Pipeline = (
+    crossbeam_channel::Sender<Instant>,
+    crossbeam_channel::Receiver<Duration>,
+    Box<dyn FnOnce()>,
+);
+
+/// The engine, fed through a channel, with 2 transport threads.
+fn engine_pipeline() -> Pipeline {
     let (input_tx, input_rx) = crossbeam_channel::unbounded::<Instant>();
     let (seen_tx, seen_rx) = crossbeam_channel::unbounded::<Duration>();
     let handle = Engine::builder(input_rx)
@@ -122,39 +247,43 @@ fn latency() {
         })
         .spawn()
         .expect("the engine starts");
-    let mut engine_lat = Vec::with_capacity(SAMPLES);
-    for _ in 0..SAMPLES {
-        input_tx.send(Instant::now()).expect("the engine runs");
-        engine_lat.push(seen_rx.recv().expect("the item arrives"));
-        // Let every thread go idle again, so each item really is alone.
-        thread::sleep(Duration::from_millis(2));
-    }
-    drop(input_tx);
-    handle.join().expect("the engine ends");
+    let join = move || {
+        handle.join().expect("the engine ends");
+    };
+    (input_tx, seen_rx, Box::new(join))
+}
 
+/// The same shape by hand: one thread per stage (2 transports), one item per send.
+fn hand_written_pipeline() -> Pipeline {
+    let (input_tx, input_rx) = crossbeam_channel::unbounded::<Instant>();
+    let (seen_tx, seen_rx) = crossbeam_channel::unbounded::<Duration>();
     let (tx1, rx1) = crossbeam_channel::bounded::<Instant>(1024);
     let (tx2, rx2) = crossbeam_channel::bounded::<Instant>(1024);
-    let t = thread::spawn(move || {
-        for x in rx1 {
-            let _ = tx2.send(x);
+    let mut threads = vec![thread::spawn(move || {
+        for x in input_rx {
+            tx1.send(x).expect("the transports run");
         }
-    });
-    let mut base_lat = Vec::with_capacity(SAMPLES);
-    for _ in 0..SAMPLES {
-        tx1.send(Instant::now()).expect("runs");
-        base_lat.push(rx2.recv().expect("arrives").elapsed());
-        thread::sleep(Duration::from_millis(2));
+    })];
+    for _ in 0..2 {
+        let (rx1, tx2) = (rx1.clone(), tx2.clone());
+        threads.push(thread::spawn(move || {
+            for x in rx1 {
+                tx2.send(x).expect("the backend runs");
+            }
+        }));
     }
-    drop(tx1);
-    t.join().expect("baseline");
-    engine_lat.sort();
-    base_lat.sort();
-    println!("\nthreads: latency of a lone item, frontend -> backend (median of {SAMPLES})");
-    println!(
-        "engine {:>10.1?}   hand-written {:>10.1?}   (target: under 1 ms)",
-        engine_lat[SAMPLES / 2],
-        base_lat[SAMPLES / 2]
-    );
+    drop((rx1, tx2));
+    threads.push(thread::spawn(move || {
+        for t in rx2 {
+            let _ = seen_tx.send(t.elapsed());
+        }
+    }));
+    let join = move || {
+        for t in threads {
+            t.join().expect("a hand-written stage");
+        }
+    };
+    (input_tx, seen_rx, Box::new(join))
 }
 
 /// Items alive at once with a backend 100 times slower than the frontend: bounded by the
@@ -219,6 +348,9 @@ fn main() {
     let run = |name: &str| only.as_deref().is_none_or(|o| o == name);
     if run("throughput") {
         throughput();
+    }
+    if run("batched") {
+        batched();
     }
     if run("latency") {
         latency();

@@ -14,7 +14,6 @@
 //! The fallible forms accept any error that converts into a boxed error: every
 //! `std::error::Error`, `anyhow::Error`, `String`, `&str` and [`StageError`] itself.
 
-use std::fmt;
 use std::marker::PhantomData;
 
 use crate::completion::{TrackedFrontend, Untracked};
@@ -192,13 +191,16 @@ macro_rules! closure_stage {
             }
         }
 
-        impl<F, A> fmt::Debug for $name<F, A> {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        impl<F, A> std::fmt::Debug for $name<F, A> {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str(stringify!($name))
             }
         }
     };
 }
+
+mod batch;
+pub use batch::{MapBatchFn, map_batch};
 
 closure_stage!(
     /// A transport from a closure `FnMut(A) -> B`. Made by [`IntoTransport`].

@@ -132,6 +132,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod adapt;
+mod batch_out;
 mod boxed;
 mod completion;
 mod context;
@@ -149,9 +150,10 @@ mod waiting;
 
 pub use adapt::{
     FilterMapFn, FlatMapFn, ForEachFn, IntoBackend, IntoFrontend, IntoTransport, IterFrontend,
-    MapFn, TryFilterMapFn, TryForEachFn, TryIterFrontend, TryMapFn, filter_map, flat_map,
-    try_filter_map, try_iter, try_map,
+    MapBatchFn, MapFn, TryFilterMapFn, TryForEachFn, TryIterFrontend, TryMapFn, filter_map,
+    flat_map, map_batch, try_filter_map, try_iter, try_map,
 };
+pub use batch_out::BatchOut;
 pub use boxed::{BoxBackend, BoxFrontend, BoxTransport, box_frontend};
 pub use context::{AppConfig, StageContext};
 pub use error::{BoxError, ConfigError, StageError};

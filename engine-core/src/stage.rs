@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::batch_out::BatchOut;
 use crate::context::StageContext;
 use crate::error::StageError;
 use crate::plumbing::Offload;
@@ -211,6 +212,84 @@ pub trait Transport {
         Ok(())
     }
 
+    /// Whether this transport is batch-native: engines then hand it whole batches through
+    /// [`transport_batch`](Self::transport_batch) instead of calling
+    /// [`transport`](Self::transport) per item. The default is `false`; override it together
+    /// with `transport_batch`. A transport that [emits many](Self::emits_many) outputs per
+    /// item is not called in batches.
+    fn takes_batches(&self) -> bool {
+        false
+    }
+
+    /// Maps a whole batch of items (the engine's own batch, as it came from the queue),
+    /// reporting what became of each, in order, on `out`: an output, filtered or failed (see
+    /// [`BatchOut`]). A light stage then pays once per batch what it would pay per item
+    /// (a call, a lock, a lookup), and can use vectorised code.
+    ///
+    /// Counts and completion tickets stay exact per item: the engine pairs the n-th report
+    /// with the n-th item. The default reports what [`transport`](Self::transport) returns
+    /// for each item.
+    ///
+    /// # Errors
+    ///
+    /// An error (or a panic) fails the items of the batch not yet reported, each counted as
+    /// failed, with this error (logged once, and the error policy applied once, for them
+    /// together); those already reported keep their outcome. An error after every item was
+    /// reported fails none and is logged.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use engine::core::{BatchOut, StageContext, StageError, StageKind, Transport};
+    ///
+    /// /// Adds one to every item, a batch at a time.
+    /// struct AddOne;
+    ///
+    /// impl Transport for AddOne {
+    ///     type Input = u64;
+    ///     type Output = u64;
+    ///
+    ///     fn transport(&mut self, x: u64, _: &StageContext) -> Result<Option<u64>, StageError> {
+    ///         Ok(Some(x + 1))
+    ///     }
+    ///
+    ///     fn takes_batches(&self) -> bool {
+    ///         true
+    ///     }
+    ///
+    ///     fn transport_batch(
+    ///         &mut self,
+    ///         mut items: Vec<u64>,
+    ///         out: &mut BatchOut<u64>,
+    ///         _: &StageContext,
+    ///     ) -> Result<(), StageError> {
+    ///         items.iter_mut().for_each(|x| *x += 1);
+    ///         out.push_all(items);
+    ///         Ok(())
+    ///     }
+    /// }
+    ///
+    /// let ctx = StageContext::standalone("add-one", StageKind::Transport);
+    /// let mut out = BatchOut::new();
+    /// AddOne.transport_batch(vec![1, 2, 3], &mut out, &ctx).unwrap();
+    /// assert_eq!(out.take_outputs(), Some(vec![2, 3, 4]));
+    /// ```
+    fn transport_batch(
+        &mut self,
+        items: Vec<Self::Input>,
+        out: &mut BatchOut<Self::Output>,
+        ctx: &StageContext,
+    ) -> Result<(), StageError> {
+        for item in items {
+            match self.transport(item, ctx) {
+                Ok(Some(output)) => out.push(output),
+                Ok(None) => out.filter(),
+                Err(error) => out.fail(error),
+            }
+        }
+        Ok(())
+    }
+
     /// Called once per instance after the last item. Not called if this instance's own `setup`
     /// failed.
     fn cleanup(&mut self, ctx: &StageContext) {
@@ -389,6 +468,19 @@ impl<S: Transport + ?Sized> Transport for Box<S> {
         out: &mut Vec<S::Output>,
     ) -> Result<(), StageError> {
         (**self).transport_each(item, ctx, out)
+    }
+
+    fn takes_batches(&self) -> bool {
+        (**self).takes_batches()
+    }
+
+    fn transport_batch(
+        &mut self,
+        items: Vec<S::Input>,
+        out: &mut BatchOut<S::Output>,
+        ctx: &StageContext,
+    ) -> Result<(), StageError> {
+        (**self).transport_batch(items, out, ctx)
     }
 
     fn cleanup(&mut self, ctx: &StageContext) {

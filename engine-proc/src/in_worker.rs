@@ -7,7 +7,7 @@ use std::marker::PhantomData;
 
 use engine_core::plumbing::{ItemOutcome, catch_panic};
 use engine_core::protocol::from_bytes;
-use engine_core::{Backend, StageContext, StageError, StageKind, Transport};
+use engine_core::{Backend, BatchOut, StageContext, StageError, StageKind, Transport};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -110,6 +110,38 @@ impl<S: RemoteTransport> Program for InItem<S> {
     }
 }
 
+/// Runs a batch-native transport on one engine batch, in one call: an outcome per item, as
+/// on threads (the items it left without a report fail with its error or panic).
+fn transport_batch<S: Transport>(
+    stage: &mut S,
+    items: Vec<S::Input>,
+    ctx: &StageContext,
+) -> Vec<ItemOutcome<S::Output>> {
+    let n = items.len();
+    let mut out = BatchOut::new();
+    let result = catch_panic(|| stage.transport_batch(items, &mut out, ctx));
+    let reported = out.len();
+    let mut outcomes: Vec<_> = out.drain().take(n).map(ItemOutcome::of).collect();
+    if reported > n {
+        tracing::error!(
+            stage = ctx.stage(),
+            "transport_batch reported {reported} outcomes for {n} items; the surplus is dropped"
+        );
+    }
+    if reported < n {
+        let error = result.err().unwrap_or_else(|| {
+            StageError::msg(format!(
+                "transport_batch reported {reported} outcomes for {n} items"
+            ))
+        });
+        // One error value per item: the first keeps the original, the others its message.
+        let message = format!("{error:#}");
+        outcomes.push(ItemOutcome::Failed(error));
+        outcomes.resize_with(n, || ItemOutcome::Failed(StageError::msg(message.clone())));
+    }
+    outcomes
+}
+
 impl<S: RemoteTransport, C: PortableConfig> Program for InTransport<S, C> {
     type Init = PlacedInit;
     type Task = Vec<S::Input>;
@@ -131,6 +163,9 @@ impl<S: RemoteTransport, C: PortableConfig> Program for InTransport<S, C> {
                     ItemOutcome::of_many(result.map(|()| outputs))
                 })
                 .collect());
+        }
+        if stage.takes_batches() {
+            return Ok(transport_batch(stage, items, ctx));
         }
         Ok(items
             .into_iter()

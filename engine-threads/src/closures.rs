@@ -1,5 +1,5 @@
-//! The closure forms of the builder: `filter_map`, `try_map` and `flat_map` transports, and
-//! `for_each` and `try_for_each` backends, each cloned once per thread.
+//! The closure forms of the builder: `filter_map`, `try_map`, `flat_map` and `map_batch`
+//! transports, and `for_each` and `try_for_each` backends, each cloned once per thread.
 //!
 //! They wrap engine-core's [`filter_map`](engine_core::filter_map),
 //! [`try_map`](engine_core::try_map) and [`flat_map`](engine_core::flat_map) and the closure
@@ -8,7 +8,9 @@
 
 use engine_core::plumbing::TrackedFrontend;
 use engine_core::plumbing::markers::Closure;
-use engine_core::{BoxError, FilterMapFn, FlatMapFn, ForEachFn, TryForEachFn, TryMapFn};
+use engine_core::{
+    BoxError, FilterMapFn, FlatMapFn, ForEachFn, MapBatchFn, TryForEachFn, TryMapFn,
+};
 
 use crate::builder::EngineBuilder;
 use crate::factory::{Absent, Present, Upstream};
@@ -103,6 +105,45 @@ where
         I: IntoIterator,
     {
         self.transport(engine_core::flat_map(f))
+    }
+
+    /// Adds a batch-native transport: the closure maps a whole batch, as the engine moves
+    /// it, and returns one output per input, in order. Cloned once per transport thread.
+    ///
+    /// A light stage pays per batch what it would pay per item, and the items need not be
+    /// touched one by one: with a plain source (an iterator, whose items carry no completion
+    /// ticket), the batch's `Vec` goes to the closure and on to the next stage without a copy.
+    /// Batches are what is queued, so a lone item comes as a batch of one, at once.
+    ///
+    /// Counts stay per item: a batch of `n` counts `n` inputs and `n` outputs. If the closure
+    /// returns a different number of outputs than it was given inputs, or panics, every item
+    /// of that batch counts as failed (handled by the [error
+    /// policy](EngineBuilder::error_policy)). To filter or fail single items of a batch,
+    /// implement [`Transport::transport_batch`](engine_core::Transport::transport_batch).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use engine::threads::Engine;
+    ///
+    /// let report = Engine::builder(0..10_000_u64)
+    ///     .map_batch(|mut batch| {
+    ///         batch.iter_mut().for_each(|x| *x += 1);
+    ///         batch
+    ///     })
+    ///     .transport_threads(2)
+    ///     .backend(|_x: u64| {})
+    ///     .run()?;
+    /// let transport = report.stage("transport").expect("a transport stage").counts;
+    /// assert_eq!((transport.input, transport.output), (10_000, 10_000));
+    /// report.check().expect("the counts add up");
+    /// # Ok::<(), engine::threads::EngineError>(())
+    /// ```
+    pub fn map_batch<O, G>(self, f: G) -> EngineBuilder<F, Present<MapBatchFn<G, F::Item>>, B>
+    where
+        G: FnMut(Vec<F::Item>) -> Vec<O> + Clone + Send + 'static,
+    {
+        self.transport(engine_core::map_batch(f))
     }
 }
 

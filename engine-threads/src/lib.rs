@@ -21,6 +21,7 @@
 //! The closure forms name what a closure does, and need no type annotations:
 //! [`filter_map`](EngineBuilder::filter_map), [`try_map`](EngineBuilder::try_map) and
 //! [`flat_map`](EngineBuilder::flat_map) transports (one input to any number of outputs),
+//! [`map_batch`](EngineBuilder::map_batch) (a whole batch per call, for light stages),
 //! [`for_each`](EngineBuilder::for_each) and [`try_for_each`](EngineBuilder::try_for_each)
 //! backends.
 //!

@@ -97,8 +97,8 @@ impl Shared {
             match (stop, n) {
                 (true, 1) => "item failed; stopping the run",
                 (false, 1) => "item failed; skipped",
-                (true, _) => "flush failed for these items; stopping the run",
-                (false, _) => "flush failed for these items; skipped",
+                (true, _) => "these items failed together; stopping the run",
+                (false, _) => "these items failed together; skipped",
             }
         );
         for ticket in tickets {

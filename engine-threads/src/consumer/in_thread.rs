@@ -59,8 +59,12 @@ impl<K: Ticket, S: Consume<K>> Consumer<'_, K, S> {
         let started = Instant::now();
         let blocked_before = self.stage.blocked();
         let (seq, len) = (batch.seq, batch.items.len());
-        let mut items = batch.items.into_iter();
-        let done = self.consume_items(&mut items);
+        let (done, items) = if self.stage.takes_batches() {
+            (self.consume_whole(batch.items), Vec::new().into_iter())
+        } else {
+            let mut items = batch.items.into_iter();
+            (self.consume_items(&mut items), items)
+        };
         let took = started.elapsed();
         // Time spent waiting for room downstream is backpressure, not work.
         let blocked = self.stage.blocked().saturating_sub(blocked_before);
@@ -73,6 +77,34 @@ impl<K: Ticket, S: Consume<K>> Consumer<'_, K, S> {
             self.counts.dropped += drop_items(items);
         }
         go_on
+    }
+
+    /// Consumes a batch in one call of a batch-native stage, its tickets kept apart; returns
+    /// false if the run was aborted or the policy stops it.
+    fn consume_whole(&mut self, items: Vec<(K, S::Input)>) -> bool {
+        if self.at.shared.abort.is_fired() {
+            self.counts.dropped += drop_items(items);
+            return false;
+        }
+        let mut tickets = Vec::with_capacity(items.len());
+        // With the empty ticket `()`, this reuses the batch's allocation.
+        let inputs: Vec<S::Input> = items
+            .into_iter()
+            .map(|(ticket, item)| {
+                tickets.push(ticket);
+                item
+            })
+            .collect();
+        let ran = catch_unwind(AssertUnwindSafe(|| {
+            self.stage.run_whole(inputs, self.at.ctx)
+        }));
+        let error = match ran {
+            Ok(Ok(())) => None,
+            Ok(Err(error)) => Some(error),
+            Err(payload) => Some(StageError::from_panic(payload)),
+        };
+        self.stage
+            .pass_whole(tickets, error, self.at, &mut self.counts)
     }
 
     /// Consumes the items of a batch; after an item's failure or panic (counted, its ticket

@@ -51,6 +51,38 @@ pub(crate) trait Consume<K: Ticket> {
         counts: &mut Counts,
     ) -> Result<(), (K, StageError)>;
 
+    /// Whether the stage takes whole batches (a batch-native transport): the loop then calls
+    /// [`run_whole`](Self::run_whole) and [`pass_whole`](Self::pass_whole) instead of `run`
+    /// and `pass`.
+    fn takes_batches(&self) -> bool {
+        false
+    }
+
+    /// Runs the stage's code on a whole batch, keeping what it reports for
+    /// [`pass_whole`](Self::pass_whole); the batch's tickets wait in the loop meanwhile.
+    fn run_whole(&mut self, items: Vec<Self::Input>, ctx: &StageContext) -> Result<(), StageError> {
+        let _ = (items, ctx);
+        Err(StageError::msg("this stage does not take whole batches"))
+    }
+
+    /// Passes on or settles every item of a batch from what [`run_whole`](Self::run_whole)
+    /// reported, pairing reports with `tickets` in order; the items left without a report fail
+    /// with `error` (what the call returned, or its panic). Returns false if the run should
+    /// stop taking input.
+    fn pass_whole(
+        &mut self,
+        tickets: Vec<K>,
+        error: Option<StageError>,
+        at: Here<'_>,
+        counts: &mut Counts,
+    ) -> bool {
+        let error = error.unwrap_or_else(|| StageError::msg("no outcome for these items"));
+        counts.failed += tickets.len() as u64;
+        at.shared
+            .items_failed(at.ctx, error, tickets.len(), tickets)
+            == Flow::Continue
+    }
+
     /// After input batch `seq`: hands outputs on if they should go now (always when `idle`,
     /// the input being empty). Returns false if the run was aborted meanwhile.
     fn end_batch(&mut self, seq: u64, idle: bool, at: Here<'_>, counts: &mut Counts) -> bool;

@@ -81,6 +81,10 @@ impl<K: Ticket, S: Consume<K>> Consumer<'_, K, S> {
             let next = if full && !flights.in_flight.is_empty() {
                 Polled::Empty
             } else if flights.in_flight.is_empty() {
+                // Nothing out: hand on what this thread holds before it may sleep on its input.
+                if !self.stage.before_wait(&mut self.counts) {
+                    return false;
+                }
                 let t = Instant::now();
                 let batch = self.input.recv();
                 flights.waited += t.elapsed();

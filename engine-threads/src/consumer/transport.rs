@@ -1,13 +1,14 @@
 //! A transport thread's stage: the transport, and where its outputs go (the next link, or
-//! settled at once when the transport is the last stage); one input may give many outputs.
+//! settled at once when the transport is the last stage); one input may give many outputs,
+//! and a batch-native transport takes a whole batch at once.
 
 use std::time::Duration;
 
 use engine_core::plumbing::{ItemOutcome, Offload, Outcome, Ticket};
-use engine_core::{Counts, StageContext, StageError, Transport};
+use engine_core::{BatchOut, Counts, StageContext, StageError, Transport};
 
 use super::{Consume, Here, settle, settle_not_done};
-use crate::link::Producer;
+use crate::link::{Producer, complete};
 use crate::shared::Flow;
 
 /// What a transport gave for one input: at most one output, or (from a transport that emits
@@ -28,6 +29,10 @@ pub(crate) struct TransportStage<S: Transport, K> {
     many: bool,
     /// The outputs of one input of a stage that emits many, reused between items.
     outputs: Vec<S::Output>,
+    /// Whether the stage takes whole batches (read once, at setup).
+    batches: bool,
+    /// What a batch-native stage reported for its batch.
+    reports: BatchOut<S::Output>,
 }
 
 impl<S: Transport, K: Ticket> TransportStage<S, K>
@@ -41,6 +46,8 @@ where
             ordered,
             many: false,
             outputs: Vec::new(),
+            batches: false,
+            reports: BatchOut::new(),
         }
     }
 
@@ -88,6 +95,7 @@ where
     fn setup(&mut self, ctx: &StageContext) -> Result<(), StageError> {
         self.stage.setup(ctx)?;
         self.many = self.stage.emits_many();
+        self.batches = !self.many && self.stage.takes_batches();
         Ok(())
     }
 
@@ -123,6 +131,79 @@ where
             }
             Transported::Many => self.pass_on_many(ticket, counts),
         }
+    }
+
+    fn takes_batches(&self) -> bool {
+        self.batches
+    }
+
+    fn run_whole(&mut self, items: Vec<S::Input>, ctx: &StageContext) -> Result<(), StageError> {
+        self.stage.transport_batch(items, &mut self.reports, ctx)
+    }
+
+    fn pass_whole(
+        &mut self,
+        tickets: Vec<K>,
+        error: Option<StageError>,
+        at: Here<'_>,
+        counts: &mut Counts,
+    ) -> bool {
+        let n = tickets.len();
+        if error.is_none()
+            && self.reports.len() == n
+            && let Some(outputs) = self.reports.take_outputs()
+        {
+            self.pass_all(tickets, outputs, counts);
+            return true;
+        }
+        let mut reports = std::mem::take(&mut self.reports);
+        let reported = reports.len();
+        let mut tickets = tickets.into_iter();
+        let mut flow = Flow::Continue;
+        // Reports first: `zip` takes from its first iterator before it learns that the second
+        // is done, and a ticket must not be lost that way.
+        for (report, ticket) in reports.drain().zip(tickets.by_ref()) {
+            match report {
+                _ if flow == Flow::Stop => settle(ticket, Outcome::Dropped, &mut counts.dropped),
+                Ok(output) => self.pass_on(ticket, output, counts),
+                Err(error) => {
+                    counts.failed += 1;
+                    flow = at.shared.item_failed(at.ctx, error, Some(ticket));
+                }
+            }
+        }
+        // Emptied by the drain, kept for its allocations.
+        self.reports = reports;
+        if reported > n {
+            tracing::error!(
+                stage = at.ctx.stage(),
+                thread = at.ctx.index(),
+                "transport_batch reported {reported} outcomes for {n} items; the surplus is dropped"
+            );
+        }
+        let rest = n.saturating_sub(reported);
+        if rest > 0 {
+            if flow == Flow::Stop {
+                counts.dropped += crate::link::drop_items(tickets.map(|t| (t, ())));
+            } else {
+                let error = error.unwrap_or_else(|| {
+                    StageError::msg(format!(
+                        "transport_batch reported {reported} outcomes for {n} items"
+                    ))
+                });
+                counts.failed += rest as u64;
+                flow = at.shared.items_failed(at.ctx, error, rest, tickets);
+            }
+        } else if let Some(error) = error {
+            // Every item has its outcome: the error concerns none of them.
+            tracing::warn!(
+                stage = at.ctx.stage(),
+                thread = at.ctx.index(),
+                error = format_args!("{error:#}"),
+                "transport_batch failed after reporting every item of its batch"
+            );
+        }
+        flow == Flow::Continue
     }
 
     fn end_batch(&mut self, seq: u64, idle: bool, _at: Here<'_>, counts: &mut Counts) -> bool {
@@ -215,6 +296,39 @@ where
             }
             (None, _) => {
                 settle(ticket, Outcome::Filtered, &mut counts.filtered);
+            }
+        }
+    }
+}
+
+impl<S, K> TransportStage<S, K>
+where
+    S: Transport,
+    S::Output: Send,
+    K: Ticket,
+{
+    /// Passes on a whole batch's outputs, one per ticket (every item passed): with the empty
+    /// ticket `()`, without touching the items one by one.
+    fn pass_all(&mut self, tickets: Vec<K>, outputs: Vec<S::Output>, counts: &mut Counts) {
+        let Some(out) = &mut self.out else {
+            counts.output += outputs.len() as u64;
+            drop(outputs);
+            for ticket in tickets {
+                complete(ticket, Outcome::Processed);
+            }
+            return;
+        };
+        out.append(
+            outputs
+                .into_iter()
+                .zip(tickets)
+                .map(|(o, k)| (k, o))
+                .collect(),
+        );
+        // As in `pass_on`: unordered, no batch exceeds what the next queue allows.
+        while !self.ordered && out.is_at_max() {
+            if !record_send(out.flush_max(), counts) {
+                return;
             }
         }
     }

@@ -37,6 +37,28 @@ impl<K: Ticket, T: Send> Producer<K, T> {
         self.buf.push((ticket, item));
     }
 
+    /// Adds items to the open batch (taking their `Vec` whole when the batch is empty); the
+    /// caller then flushes what is beyond the largest batch.
+    pub(crate) fn append(&mut self, mut items: Vec<(K, T)>) {
+        if self.buf.is_empty() {
+            self.buf = items;
+        } else {
+            self.buf.append(&mut items);
+        }
+    }
+
+    /// Sends the first largest batch's worth of the open batch, as
+    /// [`flush`](Self::flush) does.
+    pub(crate) fn flush_max(&mut self) -> Result<usize, usize> {
+        let max = self.link.state().max_batch;
+        if self.buf.len() <= max {
+            return self.flush();
+        }
+        let rest = self.buf.split_off(max);
+        let items = std::mem::replace(&mut self.buf, rest);
+        self.send(Batch { seq: 0, items })
+    }
+
     /// Whether the open batch holds as many items as the link allows in one batch.
     #[inline]
     pub(crate) fn is_at_max(&self) -> bool {
