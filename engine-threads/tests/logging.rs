@@ -1,26 +1,11 @@
 //! Failed items are logged with their stage and thread. Alone in its file because it installs a
 //! global `tracing` subscriber (stage threads do not see a thread-local one).
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
+mod common;
 
+use common::Captured;
 use engine_core::StageError;
 use engine_threads::Engine;
-
-/// A writer into a shared buffer.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 #[test]
 fn failed_items_are_logged_with_stage_and_thread() {
@@ -46,7 +31,7 @@ fn failed_items_are_logged_with_stage_and_thread() {
         .unwrap();
     assert_eq!(report.failed(), 1);
 
-    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let logs = captured.text();
     let line = logs
         .lines()
         .find(|l| l.contains("item failed"))

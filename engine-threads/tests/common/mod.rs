@@ -9,6 +9,28 @@ use std::time::{Duration, Instant};
 use engine_core::plumbing::{Ticket, TrackedFrontend};
 use engine_core::{Backend, StageContext, StageError};
 
+/// A log writer into a shared buffer, for tests that install a global `tracing` subscriber.
+#[derive(Clone, Default)]
+pub(crate) struct Captured(pub Arc<Mutex<Vec<u8>>>);
+
+impl Captured {
+    /// What was written so far.
+    pub(crate) fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// The longest any test waits for something that should happen at once.
 pub(crate) const PATIENCE: Duration = Duration::from_secs(20);
 
