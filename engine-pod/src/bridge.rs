@@ -162,7 +162,12 @@ impl<T> Frontend for FeedFrontend<T> {
             }
             // Blocks, looking at the stop handle now and then: a stop ends the source even
             // while no item comes.
-            match self.0.recv_timeout(STOP_POLL) {
+            // Only an empty feed is waited on, and that wait is waiting for input, not work.
+            let received = match self.0.try_recv() {
+                Ok(item) => Ok(item),
+                Err(_) => engine_core::waiting_for_input(|| self.0.recv_timeout(STOP_POLL)),
+            };
+            match received {
                 Ok(item) => return Ok(Some(item)),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return Ok(None),

@@ -147,10 +147,12 @@ impl<B: Broker + 'static> Running<B> {
             .iter()
             .map(|p| self.streams[*p as usize].as_str())
             .collect();
-        match self
-            .broker
-            .read_streams(&streams, &group, &self.consumer, count, block)
-        {
+        // A read waits for the stream: the engine counts it as waiting for input, not work.
+        let read = engine_core::waiting_for_input(|| {
+            self.broker
+                .read_streams(&streams, &group, &self.consumer, count, block)
+        });
+        match read {
             Ok(read) => {
                 if self.read_backoff.take().is_some() {
                     tracing::info!(stream = %cfg.stream, "reading: the broker is back");

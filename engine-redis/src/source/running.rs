@@ -222,10 +222,12 @@ impl<B: Broker + 'static> Running<B> {
     /// ones, after a backoff.
     fn read<C>(&mut self, cfg: &Config<C>, ctx: &StageContext) -> Result<()> {
         let (count, block) = (cfg.options.batch, cfg.options.block);
-        match self
-            .broker
-            .read(&cfg.stream, &cfg.group, &self.consumer, count, block)
-        {
+        // A read waits for the stream: the engine counts it as waiting for input, not work.
+        let read = engine_core::waiting_for_input(|| {
+            self.broker
+                .read(&cfg.stream, &cfg.group, &self.consumer, count, block)
+        });
+        match read {
             Ok(deliveries) => {
                 if self.read_backoff.take().is_some() {
                     tracing::info!(stream = %cfg.stream, "reading: the broker is back");
