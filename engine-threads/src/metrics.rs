@@ -99,14 +99,14 @@ fn per_thread<V: EncodeCounterValue>(
 }
 
 /// Writes one gauge family with a value per stage.
-fn per_stage(
+fn per_stage<'s>(
     encoder: &mut DescriptorEncoder<'_>,
-    stats: &Stats,
+    stages: impl IntoIterator<Item = &'s StageStats>,
     (name, help): (&str, &str),
     value: impl Fn(&StageStats) -> i64,
 ) -> fmt::Result {
     let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
-    for stage in &stats.stages {
+    for stage in stages {
         ConstGauge::new(value(stage)).encode(metric.encode_family(&stage_labels(stage))?)?;
     }
     Ok(())
@@ -174,7 +174,7 @@ fn encode_threads(encoder: &mut DescriptorEncoder<'_>, stats: &Stats) -> fmt::Re
 fn encode_stages(encoder: &mut DescriptorEncoder<'_>, stats: &Stats) -> fmt::Result {
     per_stage(
         encoder,
-        stats,
+        &stats.stages,
         (
             "engine_queue_depth",
             "Items waiting in the stage's input queue.",
@@ -183,7 +183,7 @@ fn encode_stages(encoder: &mut DescriptorEncoder<'_>, stats: &Stats) -> fmt::Res
     )?;
     per_stage(
         encoder,
-        stats,
+        &stats.stages,
         (
             "engine_queue_capacity",
             "The most items the stage's input queue holds.",
@@ -192,25 +192,22 @@ fn encode_stages(encoder: &mut DescriptorEncoder<'_>, stats: &Stats) -> fmt::Res
     )?;
     per_stage(
         encoder,
-        stats,
+        &stats.stages,
         ("engine_stage_threads", "Threads of the stage."),
         |s| s.threads.len() as i64,
     )?;
-    if !stats.stages.iter().any(|s| s.concurrency_limit > 0) {
+    // Only async stages have a limit of futures at once.
+    let limited: Vec<&StageStats> = stats
+        .stages
+        .iter()
+        .filter(|s| s.concurrency_limit > 0)
+        .collect();
+    if limited.is_empty() {
         return Ok(());
     }
-    let limited = Stats {
-        stages: stats
-            .stages
-            .iter()
-            .filter(|s| s.concurrency_limit > 0)
-            .cloned()
-            .collect(),
-        ..stats.clone()
-    };
     per_stage(
         encoder,
-        &limited,
+        limited.iter().copied(),
         (
             "engine_stage_in_flight",
             "Futures of an async stage running now.",
@@ -219,7 +216,7 @@ fn encode_stages(encoder: &mut DescriptorEncoder<'_>, stats: &Stats) -> fmt::Res
     )?;
     per_stage(
         encoder,
-        &limited,
+        limited.iter().copied(),
         (
             "engine_stage_concurrency_limit",
             "The most futures an async stage runs at once now (fixed or adaptive).",

@@ -260,6 +260,7 @@ impl StatsSource {
             .map(|(name, kind, probe)| {
                 let counts = probe.counts();
                 let handled = counts.output + counts.filtered + counts.failed;
+                let (in_flight, concurrency_limit) = probe.in_flight();
                 StageStats {
                     name: name.to_string(),
                     kind: *kind,
@@ -267,8 +268,8 @@ impl StatsSource {
                     queued: probe.queued(),
                     capacity: probe.capacity(),
                     items_per_second: handled as f64 / secs,
-                    in_flight: probe.in_flight().0,
-                    concurrency_limit: probe.in_flight().1,
+                    in_flight,
+                    concurrency_limit,
                     threads: probe.threads(),
                 }
             })
