@@ -116,15 +116,9 @@ fn a_slow_pipe_is_waiting_for_input_in_every_view_and_no_stage_is_the_bottleneck
             std::io::Result::Ok(n)
         })
     };
-    let screen = tmux.wait_for("run", "the metrics address", |s| {
-        s.contains("metrics on http://")
-    });
-    let addr = screen
-        .split("metrics on http://")
-        .nth(1)
-        .and_then(|rest| rest.split('/').next())
-        .expect("an address")
-        .to_owned();
+    // The whole address, not only the start of its line: the pane may be read mid-write.
+    let screen = tmux.wait_for("run", "the metrics address", |s| metrics_addr(s).is_some());
+    let addr = metrics_addr(&screen).expect("an address");
 
     // The metrics: over 2 s, the frontend works under 10% of the time and waits for its
     // pipe most of it; no stage is busy enough to be the bottleneck.
@@ -372,4 +366,12 @@ fn an_async_stage_shows_its_futures_in_flight_against_its_limit() {
             .starts_with(b"\x89PNG")
     );
     eprintln!("dashboard screenshot: {}", shot.display());
+}
+
+/// The `host:port` after "metrics on http://" on a terminal screen, once it is all there.
+fn metrics_addr(screen: &str) -> Option<String> {
+    let rest = screen.split("metrics on http://").nth(1)?;
+    let (addr, _) = rest.split_once('/')?;
+    let addr = addr.trim();
+    (addr.contains(':') && !addr.contains(char::is_whitespace)).then(|| addr.to_owned())
 }
