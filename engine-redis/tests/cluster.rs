@@ -1,5 +1,5 @@
 //! Several processes sharing a stream through a consumer group, against a real
-//! `redis-server`: two consumers share 100,000 items; one is killed mid-stream and the other
+//! `redis-server`: two consumers share 30,000 items; one is killed mid-stream and the other
 //! takes over its pending items; the server crashes and restarts mid-stream.
 //!
 //! The consumers are this test executable run again in a consumer role (the `consumer_role`
@@ -26,7 +26,7 @@ use engine_redis::testing::{Server, ServerOptions};
 use engine_redis::{SinkOptions, StreamAddress, StreamSink, StreamSource};
 use engine_threads::Engine;
 
-const ITEMS: u64 = 100_000;
+const ITEMS: u64 = 30_000;
 const WAIT: Duration = Duration::from_secs(120);
 
 /// Environment of a consumer process: its input address, output address and tag.

@@ -1,4 +1,4 @@
-//! Order per key with N consumers, against a real `redis-server`: 100,000 items over 1,000
+//! Order per key with N consumers, against a real `redis-server`: 40,000 items over 1,000
 //! keys in 8 partitions, read by 3 consumer processes; one is SIGKILLed mid-run and the
 //! others take its partitions over within the lease time; a fourth joins mid-run and the
 //! partitions rebalance. Each key's items are processed in production order, nothing is
@@ -31,7 +31,7 @@ use engine_redis::{KeyedSource, Ownership, SinkOptions, StreamAddress, StreamSin
 use engine_threads::Engine;
 use redis::Commands;
 
-const ITEMS: u32 = 100_000;
+const ITEMS: u32 = 40_000;
 const KEYS: u32 = 1_000;
 const PARTITIONS: u32 = 8;
 const LEASE: Duration = Duration::from_millis(1000);
@@ -220,10 +220,10 @@ fn keys_stay_in_order_across_a_kill_and_a_rebalance() {
         shares(&mut conn).is_some_and(|s| s.len() == 3 && s.values().all(|&n| n <= 3))
     });
 
-    // The producer: 100,000 items, key i % 1000 and sequence i / 1000, gated twice.
+    // The producer: ITEMS items, key i % 1000 and sequence i / 1000, gated at 60% and 80%.
     let (gate, gated) = crossbeam_channel::unbounded::<()>();
     let items = (0..ITEMS).map(move |i| {
-        if i == 60_000 || i == 80_000 {
+        if i == ITEMS / 10 * 6 || i == ITEMS / 10 * 8 {
             gated.recv().expect("the test opens the gate");
         }
         (i % KEYS, i / KEYS)

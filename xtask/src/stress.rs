@@ -47,7 +47,6 @@ threads promises -     every_item_is_accounted_for
 threads async_stages -     stop
 threads async_stages -     random_delays never_more_than_k errors_panics
 threads stall    -     a_held_back_item
-threads async_adaptive - the_limit_settles
 proc    placed   short ordered_mode_keeps_the_order_through_the_processes
 proc    placed   -     a_worker_killed_mid_run_loses_nothing_and_runs_nothing_twice
 proc    placed   short stop_now_frees_the_engine_from_a_hung_worker_at_once
