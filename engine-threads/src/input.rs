@@ -132,6 +132,26 @@ impl<K: Ticket, T: Send> Input<K, T> {
         }
     }
 
+    /// For a thread with batches of its own out elsewhere: takes the next batch if there is
+    /// one, else sleeps until input may have arrived, the run is aborted, or an operation the
+    /// caller put in `select` (the return of a batch) is ready, and then gives `Empty`; the
+    /// caller looks again. The sleep is announced first, so that a frontend hands its open
+    /// batch on rather than keep it while this thread sleeps.
+    pub(crate) fn wait_or(&mut self, select: Select<'_>) -> Polled<Batch<K, T>> {
+        let link = Arc::clone(&self.link);
+        let _sleeping = link.sleeping();
+        match self.try_recv() {
+            Polled::Empty => {}
+            other => return other,
+        }
+        // The caller's operations, and this link's, borrowed no longer than here.
+        let mut select: Select<'_> = select;
+        link.watch(&mut select);
+        let _waiting = stall::waiting(Wait::Worker);
+        select.ready();
+        Polled::Empty
+    }
+
     /// Delivers batches in sequence order, as the last stage of an ordered run.
     pub(crate) fn ordered(mut self, window: Arc<Window>) -> Self {
         self.order = Some(Reorder {

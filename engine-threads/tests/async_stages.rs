@@ -231,6 +231,34 @@ fn a_stop_now_drops_the_futures_in_flight_and_returns_at_once() {
     );
 }
 
+#[test]
+fn items_that_trickle_in_join_the_futures_already_waiting() {
+    // One item at a time, each sent only once the one before runs: the thread, with batches
+    // out that wait, must take each new item at once rather than wait for a batch to come
+    // back first (then the second item would never start, and the first never finish).
+    const N: u64 = 16;
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let started = Arc::new(AtomicU64::new(0));
+    let (tx, rx) = crossbeam_channel::unbounded::<u64>();
+    let handle = Engine::builder(rx.into_iter())
+        .transport(gated(&gate, &started))
+        .transport_threads(1)
+        .backend(|_: u64| {})
+        .spawn()
+        .unwrap();
+    for i in 0..N {
+        tx.send(i).unwrap();
+        wait_for(&format!("the future of item {i} to start"), || {
+            started.load(Ordering::SeqCst) > i
+        });
+    }
+    gate.add_permits(N as usize);
+    drop(tx);
+    let report = handle.join().unwrap();
+    report.check().unwrap();
+    assert_eq!(report.processed(), N);
+}
+
 fn setup_error(
     stage: engine_threads::AsyncStage<impl AsyncTransport<Input = u64, Output = u64> + Clone>,
 ) -> AsyncError {

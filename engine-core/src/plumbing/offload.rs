@@ -12,6 +12,7 @@
 use std::fmt;
 use std::sync::Arc;
 
+use crossbeam_channel::Select;
 use serde::{Deserialize, Serialize};
 
 use crate::error::StageError;
@@ -106,6 +107,20 @@ pub trait Offload {
     /// waits while a batch is in flight, and a forced stop of the run ends the wait (the
     /// batch comes back with its items dropped). Without `wait`, `None` if none is back yet.
     fn finished(&mut self, wait: bool) -> Option<Finished<Self::Output>>;
+
+    /// Adds the return of a batch to `select` and gives the operation's index, so that an
+    /// engine with batches in flight can sleep until a batch comes back or new input
+    /// arrives, whichever is first; it then takes the batch with
+    /// [`finished(false)`](Self::finished), so the operation is only watched
+    /// ([`Select::ready`]), never performed. Readiness may be spurious.
+    ///
+    /// The default watches nothing: an engine then waits for a batch to come back before it
+    /// takes input that arrived meanwhile, which holds fewer items in flight than it could
+    /// when input trickles in.
+    fn watch_finished<'a>(&'a self, select: &mut Select<'a>) -> Option<usize> {
+        let _ = select;
+        None
+    }
 }
 
 impl<T: Offload + ?Sized> Offload for &mut T {
@@ -130,6 +145,10 @@ impl<T: Offload + ?Sized> Offload for &mut T {
 
     fn finished(&mut self, wait: bool) -> Option<Finished<T::Output>> {
         (**self).finished(wait)
+    }
+
+    fn watch_finished<'a>(&'a self, select: &mut Select<'a>) -> Option<usize> {
+        (**self).watch_finished(select)
     }
 }
 

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::{Receiver, Select, Sender};
 use engine_core::plumbing::{Finished, InFlight, ItemOutcome, Offload};
 use engine_core::{StageContext, StageError, StopLevel, StopSubscription};
 use futures_util::FutureExt;
@@ -319,6 +319,10 @@ impl<W: Work> Offload for Lane<W> {
             self.out -= 1;
         }
         done
+    }
+
+    fn watch_finished<'a>(&'a self, select: &mut Select<'a>) -> Option<usize> {
+        Some(select.recv(&self.rx))
     }
 }
 

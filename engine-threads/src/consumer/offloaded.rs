@@ -11,6 +11,8 @@
 
 use std::time::{Duration, Instant};
 
+use crossbeam_channel::Select;
+
 use engine_core::StageError;
 use engine_core::plumbing::{Finished, ItemOutcome, Ticket};
 
@@ -90,7 +92,14 @@ impl<K: Ticket, S: Consume<K>> Consumer<'_, K, S> {
                 flights.waited += t.elapsed();
                 batch.map_or(Polled::Ended, Polled::Ready)
             } else {
-                self.input.try_recv()
+                match self.input.try_recv() {
+                    Polled::Empty => match self.wait_either(flights) {
+                        Some(Polled::Empty) => continue,
+                        Some(polled) => polled,
+                        None => Polled::Empty,
+                    },
+                    polled => polled,
+                }
             };
             let go_on = match next {
                 Polled::Ready(batch) => self.submit(flights, batch),
@@ -103,6 +112,24 @@ impl<K: Ticket, S: Consume<K>> Consumer<'_, K, S> {
             let busy = self.busy + started.elapsed().saturating_sub(flights.waited);
             self.stats.publish(&self.counts, busy, self.stage.blocked());
         }
+    }
+
+    /// With batches out and nothing queued: hands on what the thread holds, then sleeps
+    /// until a batch comes back or input arrives, whichever is first, so that input arriving
+    /// meanwhile goes out at once. `Empty` after a wake (the caller looks again), `Ended` if
+    /// the run should stop taking input; `None` if the stage cannot be watched, and the
+    /// thread must wait for a batch to come back alone.
+    fn wait_either(&mut self, flights: &mut Flights<K>) -> Option<Polled<Batch<K, S::Input>>> {
+        if !self.stage.before_wait(&mut self.counts) {
+            return Some(Polled::Ended);
+        }
+        let offload = self.stage.offload()?;
+        let mut select = Select::new();
+        offload.watch_finished(&mut select)?;
+        let t = Instant::now();
+        let polled = self.input.wait_or(select);
+        flights.waited += t.elapsed();
+        Some(polled)
     }
 
     /// Sends a batch out, keeping its tickets; false (the batch dropped) after an abort.

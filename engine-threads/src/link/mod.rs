@@ -49,6 +49,15 @@ impl Drop for Accrue<'_> {
     }
 }
 
+/// A consumer counted as asleep on a link, until dropped.
+pub(crate) struct Sleeping<'a>(&'a LinkState);
+
+impl Drop for Sleeping<'_> {
+    fn drop(&mut self) {
+        self.0.sleeping.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// The sequence number of an empty batch that only wakes a sleeping consumer (tests use it to
 /// make a queue look non-empty).
 #[cfg(test)]
@@ -196,6 +205,21 @@ impl<K: Ticket, T: Send> Link<K, T> {
             }
             _ => unreachable!("only two operations were selected"),
         }
+    }
+
+    /// Counts the caller as a consumer asleep on this link until the guard drops, so that a
+    /// producer hands its batch on however small (see [`recv`](Self::recv)).
+    pub(crate) fn sleeping(&self) -> Sleeping<'_> {
+        self.state.sleeping.fetch_add(1, Ordering::SeqCst);
+        Sleeping(&self.state)
+    }
+
+    /// Adds the arrival of a batch and the abort to `select`, to be watched
+    /// ([`Select::ready`]), not performed: the caller then takes the batch with
+    /// [`try_recv`](Self::try_recv).
+    pub(crate) fn watch<'a>(&'a self, select: &mut Select<'a>) {
+        select.recv(&self.rx);
+        select.recv(self.abort.receiver());
     }
 
     fn took(&self, batch: Batch<K, T>) -> Batch<K, T> {
