@@ -44,7 +44,7 @@ threads promises -     panics_and_errors_in_any_stage_are_caught
                        a_failing_setup_stops_the_run
 threads modes    -     a_panicking_stage_factory a_failed_flush ticket
 threads promises -     every_item_is_accounted_for
-threads async_stages -     stop
+threads async_stages short stop
 threads async_stages -     random_delays never_more_than_k errors_panics
 threads stall    -     a_held_back_item
 proc    placed   short ordered_mode_keeps_the_order_through_the_processes
