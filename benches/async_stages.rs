@@ -9,7 +9,8 @@
 //! - adaptive concurrency against a loopback server whose latency rises steeply beyond 64
 //!   requests at once, against the best fixed concurrency of a sweep.
 //!
-//! Run with `cargo xtask bench async_stages`.
+//! Run with `cargo xtask bench async_stages`; `cargo bench --bench async_stages -- ready`
+//! runs one case (`io`, `ready`, `adaptive`).
 
 #![allow(clippy::print_stdout, reason = "a benchmark prints its table")]
 
@@ -175,26 +176,44 @@ fn adaptive_against_a_sweep(runtime: &tokio::runtime::Runtime) {
     );
 }
 
-fn main() {
-    // `cargo bench --bench async_stages -- adaptive` runs the adaptive case alone.
-    let only_adaptive = std::env::args().any(|a| a == "adaptive");
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("a runtime");
+/// The x + 1 case: an async transport whose future is ready at once, against the blocking
+/// transport on the same engine.
+fn ready_at_once() {
+    harness::header("a future ready at once: x + 1 (items/s)");
+    const READY_ITEMS: u64 = 2_000_000;
+    let (ready, blocking) = harness::compare(
+        ROUNDS,
+        READY_ITEMS,
+        || {
+            Engine::builder(0..READY_ITEMS)
+                .transport(Async::map(|x: u64| async move { x + 1 }))
+                .backend(|_: u64| {})
+                .run()
+                .expect("the engine runs")
+                .processed()
+        },
+        || {
+            Engine::builder(0..READY_ITEMS)
+                .transport(|x: u64| x + 1)
+                .backend(|_: u64| {})
+                .run()
+                .expect("the engine runs")
+                .processed()
+        },
+    );
+    harness::row("async x + 1 vs blocking x + 1", &ready, &blocking);
+}
 
-    if only_adaptive {
-        adaptive_against_a_sweep(&runtime);
-        return;
-    }
+/// 5 ms of I/O per item at 4,096 in flight: against `buffer_unordered`, 256 blocking
+/// threads, and the memory of 4,096 blocking threads.
+fn io_bound(runtime: &tokio::runtime::Runtime) {
     harness::header("5 ms of I/O per item, 4,096 in flight (items/s)");
     const IO_ITEMS: u64 = 200_000;
     let (engine, baseline) = harness::compare(
         ROUNDS,
         IO_ITEMS,
         || engine_async(IO_ITEMS, 4096),
-        || hand_written(&runtime, IO_ITEMS, 4096),
+        || hand_written(runtime, IO_ITEMS, 4096),
     );
     harness::row(
         "async transport vs buffer_unordered(4096)",
@@ -227,30 +246,28 @@ fn main() {
         blocking_growth as f64 / (1 << 20) as f64,
         async_growth as f64 / blocking_growth.max(1) as f64
     );
+}
 
-    harness::header("a future ready at once: x + 1 (items/s)");
-    const READY_ITEMS: u64 = 2_000_000;
-    let (ready, blocking) = harness::compare(
-        ROUNDS,
-        READY_ITEMS,
-        || {
-            Engine::builder(0..READY_ITEMS)
-                .transport(Async::map(|x: u64| async move { x + 1 }))
-                .backend(|_: u64| {})
-                .run()
-                .expect("the engine runs")
-                .processed()
-        },
-        || {
-            Engine::builder(0..READY_ITEMS)
-                .transport(|x: u64| x + 1)
-                .backend(|_: u64| {})
-                .run()
-                .expect("the engine runs")
-                .processed()
-        },
-    );
-    harness::row("async x + 1 vs blocking x + 1", &ready, &blocking);
-
-    adaptive_against_a_sweep(&runtime);
+fn main() {
+    // `cargo bench --bench async_stages -- io ready adaptive` runs the cases named (all when
+    // none is).
+    let named: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| ["io", "ready", "adaptive"].contains(&a.as_str()))
+        .collect();
+    let runs = |case: &str| named.is_empty() || named.iter().any(|n| n == case);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    if runs("io") {
+        io_bound(&runtime);
+    }
+    if runs("ready") {
+        ready_at_once();
+    }
+    if runs("adaptive") {
+        adaptive_against_a_sweep(&runtime);
+    }
 }

@@ -4,12 +4,23 @@
 //!
 //! The stage measures each item's time from the moment it got its permit to the end of its
 //! future. Over a window of about `limit` items it compares the median (which a few stray
-//! slow items, a retransmitted connect say, do not move) with the lowest it
-//! has seen (the baseline, which creeps up slowly so that a service that got slower for good is
-//! followed): a smoothed median above [`TOLERANCE`] times the baseline, or any failed item, cuts the limit
-//! to [`DECREASE`] of itself; a window that used the whole limit with the latency holding
-//! raises it by one. The limit moves the stage's semaphore: permits are added at once, and
-//! removed as they come back.
+//! slow items, a retransmitted connect say, do not move), smoothed over windows, with the
+//! lowest it has seen (the baseline, which creeps up slowly so that a service that got slower
+//! for good is followed).
+//!
+//! - Until the latency first rises, the limit doubles each window that used it all (as TCP's
+//!   slow start); a smoothed latency above [`SLOW_START_TOLERANCE`] times the baseline ends
+//!   that, and from then on a window that used the whole limit with the latency holding
+//!   raises it by one.
+//! - A smoothed latency above [`TOLERANCE`] times the baseline in two windows in a row (one
+//!   alone holds the limit: a stall of a loaded machine looks the same) cuts the limit in
+//!   proportion to how far above it is (to half at most, to [`DECREASE`] at least), so that an overshoot
+//!   far into overload is undone in a few windows rather than a few dozen; a failed item cuts
+//!   it to [`DECREASE`]. The window after a cut is not judged: its items started under the
+//!   old limit.
+//!
+//! The limit moves the stage's semaphore: permits are added at once, and removed as they
+//! come back.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -19,11 +30,15 @@ use engine_core::plumbing::lock;
 use tokio::sync::Semaphore;
 
 /// A smoothed latency above this many times the baseline means the service is overloaded.
-const TOLERANCE: f64 = 2.0;
+const TOLERANCE: f64 = 1.5;
+/// A smoothed latency above this many times the baseline ends the slow start.
+const SLOW_START_TOLERANCE: f64 = 1.25;
+/// The most a cut keeps of the limit, and what a failed item keeps.
 /// The weight of a new window's median in the smoothed latency.
 const SMOOTHING: f64 = 0.5;
-/// The share of the limit kept on a cut.
 const DECREASE: f64 = 0.9;
+/// The least a cut keeps of the limit.
+const MOST_DECREASE: f64 = 0.5;
 /// The baseline grows by this factor each window, so that it follows a service that slowed.
 const BASELINE_CREEP: f64 = 1.02;
 /// The limit an adaptive stage starts from, unless its maximum is lower.
@@ -52,10 +67,13 @@ struct Window {
     smoothed: Option<f64>,
     /// The lowest smoothed latency seen (creeping up), in seconds.
     baseline: Option<f64>,
-    /// Until the first overload the limit doubles each window (as TCP's slow start).
-    overloaded_once: bool,
+    /// Until the latency first rises the limit doubles each window (as TCP's slow start).
+    slow_start_over: bool,
     /// After a cut, the next window's items started under the old limit: it is not judged.
     cooling: bool,
+    /// The window before was above the tolerance: a second in a row is an overload (one
+    /// alone is as likely a stall of the machine as of the service).
+    strike: bool,
 }
 
 impl Aimd {
@@ -97,11 +115,13 @@ impl Aimd {
             .select_nth_unstable_by(middle, f64::total_cmp)
             .1;
         if window.cooling {
-            // Start the smoothed latency afresh from what the cut limit gives.
+            // Start the smoothed latency afresh from what the cut limit gives; a latency still
+            // above the tolerance counts as a first strike.
             *window = Window {
                 smoothed: Some(median),
                 baseline: window.baseline,
-                overloaded_once: true,
+                slow_start_over: true,
+                strike: window.baseline.is_some_and(|b| median > b * TOLERANCE),
                 ..Window::default()
             };
             return;
@@ -112,14 +132,22 @@ impl Aimd {
         let baseline = window
             .baseline
             .map_or(smoothed, |b| (b * BASELINE_CREEP).min(smoothed));
-        let overloaded = window.failed > 0 || smoothed > baseline * TOLERANCE;
+        let over = smoothed > baseline * TOLERANCE;
+        let overloaded = window.failed > 0 || (over && window.strike);
+        let used = window.peak >= current;
+        let rising = smoothed > baseline * SLOW_START_TOLERANCE;
         let next = if overloaded {
-            ((current as f64 * DECREASE) as usize)
-                .min(current - 1)
-                .max(1)
-        } else if window.peak >= current && !window.overloaded_once {
+            let keep = if window.failed > 0 {
+                DECREASE
+            } else {
+                (baseline * TOLERANCE / smoothed).clamp(MOST_DECREASE, DECREASE)
+            };
+            ((current as f64 * keep) as usize).min(current - 1).max(1)
+        } else if over {
+            current
+        } else if used && !window.slow_start_over && !rising {
             current.saturating_mul(2).min(self.max)
-        } else if window.peak >= current {
+        } else if used {
             (current + 1).min(self.max)
         } else {
             current
@@ -127,11 +155,21 @@ impl Aimd {
         *window = Window {
             smoothed: Some(smoothed),
             baseline: Some(baseline),
-            overloaded_once: window.overloaded_once || overloaded,
+            slow_start_over: window.slow_start_over || overloaded || rising,
             cooling: overloaded,
+            strike: over && !overloaded,
             ..Window::default()
         };
         drop(window);
+        if next != current {
+            tracing::debug!(
+                from = current,
+                to = next,
+                latency_ms = smoothed * 1e3,
+                baseline_ms = baseline * 1e3,
+                "an adaptive async stage moved its limit"
+            );
+        }
         limit.store(next, Ordering::Relaxed);
         if next > current {
             permits.add_permits(next - current);
@@ -166,25 +204,60 @@ mod tests {
         let aimd = Aimd::new(100);
         let limit = AtomicUsize::new(Aimd::start(100));
         let permits = Semaphore::new(Aimd::start(100));
-        // Slow start: 8, 16, 32, 64, then a rise of latency cuts it to 57 ...
+        // Slow start: 8, 16, 32, 64, then latency four times the baseline (smoothed: 2.5
+        // times) cuts it in proportion, to about 1.5 / 2.5 of itself (the baseline crept up a
+        // little) ...
         for _ in 0..3 {
             run_window(&aimd, &limit, &permits, Duration::from_millis(5));
         }
         assert_eq!(limit.load(Ordering::Relaxed), 64);
+        // One window above the tolerance holds the limit; the second cuts it.
+        run_window(&aimd, &limit, &permits, Duration::from_millis(20));
+        assert_eq!(limit.load(Ordering::Relaxed), 64);
         run_window(&aimd, &limit, &permits, Duration::from_millis(20));
         run_window(&aimd, &limit, &permits, Duration::from_millis(5));
-        assert_eq!(limit.load(Ordering::Relaxed), 57);
-        assert_eq!(permits.available_permits(), 57);
+        assert_eq!(limit.load(Ordering::Relaxed), 32);
+        assert_eq!(permits.available_permits(), 32);
         // ... and once the latency holds again, it rises by one a window.
         for _ in 0..30 {
             run_window(&aimd, &limit, &permits, Duration::from_millis(5));
         }
         assert!(
-            (58..=100).contains(&limit.load(Ordering::Relaxed)),
+            (33..=100).contains(&limit.load(Ordering::Relaxed)),
             "{}",
             limit.load(Ordering::Relaxed)
         );
         assert_eq!(permits.available_permits(), limit.load(Ordering::Relaxed));
+    }
+
+    #[test]
+    fn an_overshoot_far_into_overload_is_undone_in_a_few_windows() {
+        let aimd = Aimd::new(1_024);
+        let limit = AtomicUsize::new(Aimd::start(1_024));
+        let permits = Semaphore::new(Aimd::start(1_024));
+        for _ in 0..6 {
+            run_window(&aimd, &limit, &permits, Duration::from_millis(5));
+        }
+        assert_eq!(limit.load(Ordering::Relaxed), 512);
+        // The service answers in a second at 512: each judged window halves the limit.
+        for _ in 0..6 {
+            run_window(&aimd, &limit, &permits, Duration::from_secs(1));
+        }
+        assert!(limit.load(Ordering::Relaxed) <= 64, "{limit:?}");
+    }
+
+    #[test]
+    fn a_rising_latency_ends_the_slow_start_without_a_cut() {
+        let aimd = Aimd::new(1_024);
+        let limit = AtomicUsize::new(Aimd::start(1_024));
+        let permits = Semaphore::new(Aimd::start(1_024));
+        run_window(&aimd, &limit, &permits, Duration::from_millis(10));
+        assert_eq!(limit.load(Ordering::Relaxed), 16);
+        // 1.4 times the baseline, smoothed 1.2: below the tolerance, above the slow start's.
+        run_window(&aimd, &limit, &permits, Duration::from_millis(14));
+        assert_eq!(limit.load(Ordering::Relaxed), 32);
+        run_window(&aimd, &limit, &permits, Duration::from_millis(16));
+        assert_eq!(limit.load(Ordering::Relaxed), 33);
     }
 
     #[test]
