@@ -15,6 +15,9 @@
 //!
 //! The [`prelude`] holds what nearly every program needs to write stages.
 //!
+//! New here? The [`guide`] teaches the toolkit chapter by chapter, from a first closure to
+//! worker processes, the pod and Redis, with every example a doctest.
+//!
 //! # Example
 //!
 //! ```
@@ -39,6 +42,18 @@
 //! ```
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
+
+// The guide's examples use every default engine.
+#[cfg(all(
+    feature = "threads",
+    feature = "async",
+    feature = "ootb",
+    feature = "proc",
+    feature = "pod",
+    feature = "redis",
+    feature = "observe"
+))]
+pub mod guide;
 
 #[doc(inline)]
 pub use engine_core as core;
