@@ -134,8 +134,10 @@ pub struct StatusAddr(watch::Receiver<Option<SocketAddr>>);
 
 impl StatusAddr {
     /// Waits until the server listens and returns its address (`None` once every clone of
-    /// the [`StatusServer`] is gone). It waits for ever if the bean never listens (a bind
-    /// error is in the bean's status); use a timeout where that matters.
+    /// the [`StatusServer`] is gone). The bean is marked ready before its address is given
+    /// out, so a `GET /ready` sent once this returns does not get 503 on its account. It
+    /// waits for ever if the bean never listens (a bind error is in the bean's status); use
+    /// a timeout where that matters.
     pub async fn get(&self) -> Option<SocketAddr> {
         let mut rx = self.0.clone();
         rx.wait_for(Option::is_some)
@@ -183,8 +185,10 @@ impl Bean for StatusServer {
                 .await
                 .map_err(|err| StageError::msg(format!("cannot listen on {resolved}: {err}")))?;
             let addr = listener.local_addr().map_err(StageError::new)?;
-            bound.send_replace(Some(addr));
+            // Ready first, then the address: whoever has read the address gets 200 from
+            // `/ready` (as far as this bean goes).
             ctx.mark_listening(addr);
+            bound.send_replace(Some(addr));
             tracing::info!(bean = %ctx.id(), %addr, token = token.is_some(), "status server listening (GET /status, /ready, /metrics, / (dashboard); control API)");
             let mut registry = prometheus_client::registry::Registry::default();
             registry.register_collector(Box::new(crate::metrics::PodMetrics::new(Arc::clone(

@@ -164,3 +164,41 @@ async fn a_bean_waiting_for_the_tcp_server_connects_on_its_first_try_100_times()
         assert!(report.is_success(), "run {run}: {report:?}");
     }
 }
+
+/// Polls `future` on this thread without ever parking it, so that this thread sees the
+/// result the moment a runtime thread makes it ready, not after a wake-up: the test then acts
+/// in the narrowest window the bean leaves.
+fn spin_on<F: Future>(future: F) -> F::Output {
+    let deadline = Instant::now() + PATIENCE;
+    let mut future = std::pin::pin!(future);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    loop {
+        if let std::task::Poll::Ready(output) = future.as_mut().poll(&mut cx) {
+            return output;
+        }
+        assert!(Instant::now() < deadline, "nothing came in {PATIENCE:?}");
+        std::hint::spin_loop();
+    }
+}
+
+/// A client that has just read the status server's address finds it ready: the server marks
+/// itself ready before it publishes the address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_answers_200_as_soon_as_the_status_address_is_known_40_times() {
+    for run in 0..40 {
+        let status = StatusServer::new();
+        let status_addr = status.local_addr();
+        let mut pod = Pod::new(PodConfig::default());
+        pod.add(BeanSpec::new("status", status));
+        let handle = pod.start();
+        // The bean runs on the runtime's threads; this one watches for the address.
+        let addr = spin_on(status_addr.get()).expect("the server listens");
+        let state = handle.status()[0].state;
+        assert_eq!(state, BeanState::Ready, "run {run}: the address came first");
+        let ready = ControlClient::new(addr, None).ready().await.unwrap();
+        assert!(ready, "run {run}: 503 from a server whose address is known");
+        handle.stop();
+        let report = timeout(PATIENCE, handle.wait()).await.unwrap();
+        assert!(report.is_success(), "run {run}: {report:?}");
+    }
+}

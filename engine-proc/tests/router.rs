@@ -79,6 +79,54 @@ fn a_broadcast_reaches_every_worker() {
     assert_eq!(report.main.sent, 3);
 }
 
+/// Greets every other worker from its start action, and tells main of each greeting it gets.
+fn greeter(h: &mut Handlers) {
+    h.on_start(|node| {
+        let me = node.me().to_string();
+        let others: Vec<String> = node.peer_names().into_iter().map(str::to_owned).collect();
+        for other in others {
+            node.send(&to(&other), "greet", &me)?;
+        }
+        Ok(())
+    });
+    h.on("greet", |node, from: String| {
+        let me = node.me().to_string();
+        Ok(node.send(&Address::Main, "greeted", &(from, me))?)
+    });
+}
+
+fn messages_sent_from_start_actions_before_the_peer_list_arrives_are_all_handled() {
+    const WORKERS: usize = 6;
+    const GREETINGS: usize = WORKERS * (WORKERS - 1);
+    let mut greeted = std::collections::BTreeSet::new();
+    // Should a greeting be lost, the run still ends (and the asserts fail).
+    let stop = StopHandle::new();
+    let _deadline = stop.stop_now_after(Duration::from_secs(30)).unwrap();
+    let mut builder = Router::builder().stop_handle(&stop);
+    for i in 0..WORKERS {
+        builder = builder.worker(format!("w{i}"), greeter);
+    }
+    let report = builder
+        .on("greeted", move |node, pair: (String, String)| {
+            assert_ne!(pair.0, pair.1);
+            assert!(greeted.insert(pair), "each greeting arrives once");
+            if greeted.len() == GREETINGS {
+                node.exit();
+            }
+            Ok(())
+        })
+        .run()
+        .unwrap();
+    assert_eq!(report.main.handled, GREETINGS as u64, "{:?}", report.main);
+    for worker in &report.workers {
+        assert_eq!(worker.exit, ExitHow::Code(0), "{worker:?}");
+        assert!(!worker.ended_early, "{worker:?}");
+        let stats = worker.stats.as_ref().unwrap();
+        assert_eq!(stats.handled, WORKERS as u64 - 1, "{worker:?}");
+        assert_eq!(stats.sent, 2 * (WORKERS as u64 - 1), "{worker:?}");
+    }
+}
+
 /// Counts what it handles and reports on "report".
 fn patient(h: &mut Handlers) {
     h.on("number", |_, _: u64| Ok(()));
@@ -352,6 +400,10 @@ fn main() {
         (
             "a_broadcast_reaches_every_worker",
             a_broadcast_reaches_every_worker,
+        ),
+        (
+            "messages_sent_from_start_actions_before_the_peer_list_arrives_are_all_handled",
+            messages_sent_from_start_actions_before_the_peer_list_arrives_are_all_handled,
         ),
         (
             "unknown_kinds_bad_bodies_and_corrupt_frames_are_counted_not_fatal",
