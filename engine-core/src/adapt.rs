@@ -482,7 +482,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stage::StageKind;
+    use crate::kind::StageKind;
 
     fn ctx(kind: StageKind) -> StageContext {
         StageContext::standalone("test", kind)

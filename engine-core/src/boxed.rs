@@ -128,7 +128,7 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use super::*;
-    use crate::stage::StageKind;
+    use crate::kind::StageKind;
 
     /// Counts the finished completions it receives.
     struct Counted(Arc<AtomicUsize>);

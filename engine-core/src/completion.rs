@@ -103,6 +103,55 @@ pub trait Ticket: Send + 'static {
         let _ = parts;
         Err(self)
     }
+
+    /// Splits the ticket into exactly `parts` tickets, checking the count that
+    /// [`split`](Self::split) returned: what an engine calls when a transport turned one item
+    /// into `parts` outputs, so that each output gets a ticket and every part is completed.
+    /// Ticket types implement `split`, not this.
+    ///
+    /// # Errors
+    ///
+    /// When the item cannot be expanded: the error to fail it with, and the ticket to fail it
+    /// through. That is the ticket itself when its type cannot split. When `split` returned
+    /// another number of parts than asked (a bug in the ticket type), it is one of them, and
+    /// the others are completed as [`Outcome::Processed`] (which leaves the item's outcome to
+    /// that one), so that the item fails rather than staying unfinished for ever; it is
+    /// `None` only when `split` returned no part at all.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use engine::core::plumbing::Ticket;
+    ///
+    /// assert_eq!(().split_exact(3).ok().map(|parts| parts.len()), Some(3));
+    /// ```
+    fn split_exact(self, parts: usize) -> Result<Vec<Self>, (Option<Self>, StageError)>
+    where
+        Self: Sized,
+    {
+        match self.split(parts) {
+            Ok(split) if split.len() == parts => Ok(split),
+            Ok(mut split) => {
+                let error = StageError::msg(format!(
+                    "the item's completion ticket split into {} parts for {parts} outputs: \
+                     its `Ticket::split` is wrong, so the item fails",
+                    split.len()
+                ));
+                let carrier = split.pop();
+                for part in split {
+                    part.complete(Outcome::Processed);
+                }
+                Err((carrier, error))
+            }
+            Err(ticket) => {
+                let error = StageError::msg(format!(
+                    "the transport gave {parts} outputs for one item, and this source's \
+                     completion tickets cannot be split"
+                ));
+                Err((Some(ticket), error))
+            }
+        }
+    }
 }
 
 impl Ticket for () {
@@ -216,6 +265,9 @@ impl<F: Frontend> TrackedFrontend for Untracked<F> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
     use super::*;
 
     #[test]
@@ -231,5 +283,50 @@ mod tests {
         assert!(failed(ErrorPolicy::Skip).is_finished());
         assert!(!failed(ErrorPolicy::Stop).is_finished());
         assert!(!Outcome::Dropped.is_finished());
+    }
+
+    /// A ticket that splits into `self.0` parts whatever it is asked, counting completions.
+    #[derive(Debug)]
+    struct Miscounting(usize, Arc<AtomicUsize>);
+
+    impl Ticket for Miscounting {
+        fn complete(self, outcome: Outcome<'_>) {
+            assert!(matches!(outcome, Outcome::Processed));
+            self.1.fetch_add(1, Ordering::SeqCst);
+        }
+
+        fn split(self, _parts: usize) -> Result<Vec<Self>, Self> {
+            Ok((0..self.0)
+                .map(|_| Miscounting(self.0, Arc::clone(&self.1)))
+                .collect())
+        }
+    }
+
+    /// A ticket that cannot split.
+    #[derive(Debug, PartialEq)]
+    struct Whole;
+
+    impl Ticket for Whole {
+        fn complete(self, _outcome: Outcome<'_>) {}
+    }
+
+    #[test]
+    fn split_exact_checks_the_count() {
+        let completed = Arc::new(AtomicUsize::new(0));
+        let ticket = |n| Miscounting(n, Arc::clone(&completed));
+        assert_eq!(ticket(3).split_exact(3).map(|p| p.len()).ok(), Some(3));
+        for wrong in [1, 2, 4, 5] {
+            completed.store(0, Ordering::SeqCst);
+            let (carrier, error) = ticket(wrong).split_exact(3).unwrap_err();
+            assert!(carrier.is_some(), "one part carries the failure");
+            assert!(error.to_string().contains("is wrong"), "{error}");
+            // The others are completed, as processed, so the item is not left unfinished.
+            assert_eq!(completed.load(Ordering::SeqCst), wrong - 1);
+        }
+        assert!(ticket(0).split_exact(3).unwrap_err().0.is_none());
+        let (ticket, error) = Whole.split_exact(2).unwrap_err();
+        assert_eq!(ticket, Some(Whole));
+        assert!(error.to_string().contains("cannot be split"), "{error}");
+        assert_eq!(().split_exact(5).map(|p| p.len()).ok(), Some(5));
     }
 }

@@ -6,7 +6,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use crate::error::ConfigError;
-use crate::stage::StageKind;
+use crate::kind::StageKind;
 use crate::stop::StopHandle;
 
 /// The shared application config: one value of any user type, shared by every stage of a run.

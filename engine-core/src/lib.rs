@@ -138,6 +138,7 @@ mod completion;
 mod context;
 mod deadline;
 mod error;
+mod kind;
 pub mod plumbing;
 pub mod protocol;
 mod report;
@@ -157,12 +158,13 @@ pub use batch_out::BatchOut;
 pub use boxed::{BoxBackend, BoxFrontend, BoxTransport, box_frontend};
 pub use context::{AppConfig, StageContext};
 pub use error::{BoxError, ConfigError, StageError};
+pub use kind::StageKind;
 pub use report::{CountMismatch, Counts, RunEnd, RunReport, StageReport, ThreadReport};
 pub use restart::{Restart, RestartDecision, RestartPolicy, RestartTracker};
 #[cfg(unix)]
 pub use signal::{
     Signal, SignalError, SignalGuard, install_signal_handler, install_signal_handler_with,
 };
-pub use stage::{Backend, ErrorPolicy, Frontend, StageKind, Transport};
+pub use stage::{Backend, ErrorPolicy, Frontend, Transport};
 pub use stop::{StopHandle, StopLevel, StopSubscription};
 pub use waiting::waiting_for_input;

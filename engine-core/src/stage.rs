@@ -1,7 +1,6 @@
 //! The three stage traits: a frontend produces items, a transport maps them, a backend
 //! consumes them.
 
-use std::fmt;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -10,34 +9,6 @@ use crate::batch_out::BatchOut;
 use crate::context::StageContext;
 use crate::error::StageError;
 use crate::plumbing::Offload;
-
-/// Which of the three stages a piece of code is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub enum StageKind {
-    /// Produces items: reads a source, generates data.
-    Frontend,
-    /// Maps each item to zero or one output.
-    Transport,
-    /// Consumes items: the sink of the pipeline.
-    Backend,
-}
-
-impl StageKind {
-    /// The lowercase name: `"frontend"`, `"transport"` or `"backend"`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Frontend => "frontend",
-            Self::Transport => "transport",
-            Self::Backend => "backend",
-        }
-    }
-}
-
-impl fmt::Display for StageKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.pad(self.as_str())
-    }
-}
 
 /// The first stage: produces the items of a run.
 ///
@@ -541,9 +512,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn stage_kind_names_pad_in_tables() {
-        assert_eq!(format!("[{:<10}]", StageKind::Backend), "[backend   ]");
-        assert_eq!(StageKind::Frontend.as_str(), "frontend");
+    fn the_default_policy_skips() {
         assert_eq!(ErrorPolicy::default(), ErrorPolicy::Skip);
     }
 }

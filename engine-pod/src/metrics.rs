@@ -80,7 +80,7 @@ fn labels(bean: &BeanStatus) -> Labels {
     [
         ("id", bean.id.to_string()),
         ("label", bean.label.clone().unwrap_or_default()),
-        ("core", bean.core.clone()),
+        ("core", bean.core.to_string()),
     ]
 }
 

@@ -104,7 +104,7 @@ impl Slot {
         BeanStatus {
             id: self.id,
             label: self.label.as_deref().map(str::to_owned),
-            core: self.core.to_string(),
+            core: Arc::clone(&self.core),
             state: self.state,
             declares_readiness: self.declares_readiness,
             restarts: self.restarts,

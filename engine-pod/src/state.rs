@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -96,8 +97,10 @@ pub struct BeanStatus {
     pub id: BeanId,
     /// Its label, if any.
     pub label: Option<String>,
-    /// The registered name it was made from (or the name given in code).
-    pub core: String,
+    /// The registered name it was made from (or the name given in code), shared with the
+    /// bean's slot, so that a status costs no copy of it; compare it as `&*status.core`.
+    #[serde(with = "arc_str")]
+    pub core: Arc<str>,
     /// Where it is in its life.
     pub state: BeanState,
     /// Whether it declares readiness (then `/ready` waits for it).
@@ -117,6 +120,22 @@ pub struct BeanStatus {
     pub address: Option<SocketAddr>,
     /// The last error, if it failed.
     pub last_error: Option<String>,
+}
+
+/// An `Arc<str>` in serde as a plain string (serde's own impl needs its `rc` feature, which
+/// would change the serde build of every crate in the workspace).
+mod arc_str {
+    use std::sync::Arc;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(value: &Arc<str>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(value)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Arc<str>, D::Error> {
+        String::deserialize(d).map(Arc::from)
+    }
 }
 
 /// A named signal, as a handler receives it.
@@ -226,5 +245,32 @@ impl PodReport {
     /// Whether no bean failed.
     pub fn is_success(&self) -> bool {
         self.beans.iter().all(|b| b.state != BeanState::Failed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bean_status_serialises_its_core_as_a_plain_string() {
+        let status = BeanStatus {
+            id: BeanId(1),
+            label: Some("workers".to_owned()),
+            core: Arc::from("worker"),
+            state: BeanState::Running,
+            declares_readiness: false,
+            restarts: 0,
+            uptime: Duration::from_secs(2),
+            uptime_secs: 2.0,
+            address: None,
+            last_error: None,
+        };
+        let json = serde_json::to_value(&status).expect("a status serialises");
+        assert_eq!(json["core"], "worker");
+        let back: BeanStatus = serde_json::from_value(json).expect("and deserialises");
+        assert_eq!(back, status);
+        // A copy of a status shares the name instead of copying it.
+        assert!(Arc::ptr_eq(&status.clone().core, &status.core));
     }
 }

@@ -107,7 +107,7 @@ async fn beans_find_each_other_by_label_wait_for_each_other_and_signal_by_label(
         bean_fn(|ctx: BeanContext| async move {
             let listeners = ctx.beans_labelled("listeners");
             assert_eq!(listeners, [BeanId(1), BeanId(2)]);
-            assert_eq!(ctx.bean(BeanId(3)).unwrap().core, "quiet");
+            assert_eq!(&*ctx.bean(BeanId(3)).unwrap().core, "quiet");
             // Wait until both listeners registered their handler, then ping them.
             while ctx.send_signal("ping", Target::Label("listeners".into()), 0.into()) < 2 {
                 tokio::task::yield_now().await;
@@ -288,7 +288,7 @@ async fn status_shows_running_beans_with_uptime() {
     .unwrap();
     let status = handle.status();
     assert_eq!(status[0].label.as_deref(), Some("w"));
-    assert_eq!(status[0].core, "waiter");
+    assert_eq!(&*status[0].core, "waiter");
     let json = serde_json::to_string(&status).unwrap();
     assert!(json.contains("\"state\":\"running\""), "{json}");
     assert_eq!(
@@ -355,7 +355,7 @@ async fn the_status_bean_serves_every_beans_status_as_json() {
     let beans: Vec<engine_pod::BeanStatus> = serde_json::from_str(&body).unwrap();
     assert_eq!(beans.len(), 2);
     assert_eq!(
-        (beans[0].core.as_str(), beans[0].label.as_deref()),
+        (&*beans[0].core, beans[0].label.as_deref()),
         ("status", Some("ops"))
     );
     assert_eq!(beans[1].state, BeanState::Running);

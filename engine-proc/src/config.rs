@@ -62,3 +62,93 @@ pub(crate) fn next_batch(current: usize, done: usize, busy_nanos: u64, max: usiz
     let took = Duration::from_nanos(busy_nanos);
     fit_batch(done.max(1), took, TARGET_BATCH_TIME, max).min(current.saturating_mul(4).max(1))
 }
+
+/// The setters that pools and placed stages share, defined once: expanded in the `impl` of
+/// [`PoolBuilder`](crate::PoolBuilder) and of each placed stage, with `config` the path from
+/// `self` to its [`Config`], `unit`/`units` what a worker is sent ("task" or "batch"),
+/// `retries` the default retries, `timeout` the name of the per-unit timeout setter and
+/// `recycle` what [`recycle_after`](crate::PoolBuilder::recycle_after) counts exactly.
+macro_rules! worker_settings {
+    (
+        config: $($field:ident).+,
+        unit: $unit:literal,
+        units: $units:literal,
+        retries: $retries:literal,
+        timeout: $timeout:ident,
+        recycle: $recycle:literal $(,)?
+    ) => {
+        #[doc = concat!(
+            "How many more times a ", $unit, " is tried after its worker died (default ",
+            $retries, "); after that it fails, saying how the worker ended."
+        )]
+        #[must_use]
+        pub fn retries(mut self, retries: u32) -> Self {
+            self.$($field).+.retries = retries;
+            self
+        }
+
+        #[doc = concat!(
+            "When a worker that died is started again, and how often at most: the restart ",
+            "policy shared with pools, placed stages, routers and the pod. The default ",
+            "restarts on failure, at most 10 times a worker within 10 s, after 1 ms doubling ",
+            "up to 1 s; past the limit that worker stays gone, and once all are, the ",
+            $units, " sent to them fail."
+        )]
+        #[must_use]
+        pub fn restart(mut self, policy: engine_core::RestartPolicy) -> Self {
+            self.$($field).+.restart = policy;
+            self
+        }
+
+        #[doc = concat!(
+            "Replaces each worker once it ran `n` of them (Python's `maxtasksperchild`), ",
+            "between ", $units, ": ", $recycle, " Nothing is lost or run twice by it, and ",
+            "the stage's `cleanup` and a new worker's `setup` run."
+        )]
+        #[must_use]
+        pub fn recycle_after(mut self, n: u64) -> Self {
+            self.$($field).+.recycle_after = Some(n.max(1));
+            self
+        }
+
+        #[doc = concat!(
+            "Replaces a worker between ", $units, ", as [`recycle_after`](Self::recycle_after) ",
+            "does, once its resident memory passes `bytes` (read from `/proc` at most every ",
+            "50 ms)."
+        )]
+        #[must_use]
+        pub fn max_memory(mut self, bytes: u64) -> Self {
+            self.$($field).+.max_memory = Some(bytes);
+            self
+        }
+
+        #[doc = concat!(
+            "Kills a worker whose ", $unit, " runs longer than `timeout` and starts another; ",
+            "the ", $unit, " fails as timed out. With a timeout, each worker has one ", $unit,
+            " at a time. Default: none."
+        )]
+        #[must_use]
+        pub fn $timeout(mut self, timeout: std::time::Duration) -> Self {
+            self.$($field).+.task_timeout = Some(timeout);
+            self
+        }
+
+        /// How long a worker may take to start and connect (default 10 s).
+        #[must_use]
+        pub fn start_timeout(mut self, timeout: std::time::Duration) -> Self {
+            self.$($field).+.start_timeout = timeout;
+            self
+        }
+
+        #[doc = concat!(
+            "How long a stop waits for running ", $units, " and exiting workers before it ",
+            "kills them (default 5 s)."
+        )]
+        #[must_use]
+        pub fn stop_timeout(mut self, timeout: std::time::Duration) -> Self {
+            self.$($field).+.stop_timeout = timeout;
+            self
+        }
+    };
+}
+pub(crate) use worker_settings;

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::portable::{NoConfig, PortableConfig};
 use crate::program::{Program, worker_stop};
-use crate::stage::{RemoteBackend, RemoteTransport};
+use crate::remote::{RemoteBackend, RemoteTransport};
 
 /// What a worker of a placed stage or a pool starts from.
 #[derive(Debug, Serialize, Deserialize)]

@@ -108,10 +108,10 @@ mod metrics;
 mod node;
 mod placed;
 mod pool;
-mod pool_results;
 mod portable;
 mod program;
 mod regions;
+mod remote;
 mod router;
 mod router_main;
 mod router_report;
@@ -137,12 +137,12 @@ pub use error::{
 #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
 pub use metrics::WorkerMetrics;
 pub use node::{Handlers, Node, NodeStats};
-pub use pool::{Pool, PoolBuilder, PoolStats};
-pub use pool_results::{Completed, Ordered};
+pub use pool::{Completed, Ordered, Pool, PoolBuilder, PoolStats};
 pub use portable::{NoConfig, PortableConfig, WithConfig};
+pub use remote::{RemoteBackend, RemoteTransport};
 pub use router::{Router, RouterBuilder};
 pub use router_report::{RouterReport, WorkerReport};
 pub use router_worker::WorkerMain;
-pub use stage::{ProcBackend, ProcTransport, RemoteBackend, RemoteTransport};
+pub use stage::{ProcBackend, ProcTransport};
 pub use wire::SHARED_MEMORY_THRESHOLD;
 pub use worker::{Worker, WorkerStage};

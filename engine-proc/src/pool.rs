@@ -6,16 +6,19 @@ use std::marker::PhantomData;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use engine_core::StopHandle;
 use engine_core::protocol::{ProtocolError, TaskId, to_bytes};
-use engine_core::{RestartPolicy, StopHandle};
 
 use crate::config::{Config, DEPTH};
 use crate::error::{Completion, RecvTimeoutError, SpawnError, TaskError, TaskResult};
 use crate::in_worker::{InItem, PlacedInit};
-use crate::pool_results::{Completed, Ordered};
+use crate::remote::RemoteTransport;
 use crate::shared::Results;
-use crate::stage::RemoteTransport;
 use crate::workers::Workers;
+
+mod results;
+
+pub use results::{Completed, Ordered};
 
 /// Live counters of a pool.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -102,23 +105,6 @@ impl<S: RemoteTransport> PoolBuilder<S> {
         self
     }
 
-    /// Kills a worker whose task runs longer than `timeout` and starts another; the task's
-    /// result is [`TaskError::TimedOut`]. With a timeout, each worker runs one task at a time
-    /// (no batches). Default: none.
-    #[must_use]
-    pub fn task_timeout(mut self, timeout: Duration) -> Self {
-        self.config.task_timeout = Some(timeout);
-        self
-    }
-
-    /// How many more times a task is tried after its worker died (default 2). After that its
-    /// result is [`TaskError::WorkerDied`].
-    #[must_use]
-    pub fn retries(mut self, retries: u32) -> Self {
-        self.config.retries = retries;
-        self
-    }
-
     /// The most tasks sent to a worker in one message (default [`DEFAULT_MAX_BATCH`](crate::DEFAULT_MAX_BATCH)).
     /// Batches adapt below it: about a millisecond of work each, so slow tasks go one by one.
     #[must_use]
@@ -127,46 +113,13 @@ impl<S: RemoteTransport> PoolBuilder<S> {
         self
     }
 
-    /// When a worker that died is started again, and how often at most: the restart policy
-    /// shared with routers and the pod. The default restarts on failure, at most 10 times a
-    /// slot within 10 s, after 1 ms doubling up to 1 s; past the limit the slot stays empty,
-    /// and once every slot is, tasks fail with [`TaskError::NoWorkers`].
-    #[must_use]
-    pub fn restart(mut self, policy: RestartPolicy) -> Self {
-        self.config.restart = policy;
-        self
-    }
-
-    /// Replaces each worker after it ran `tasks` tasks (Python's `maxtasksperchild`): it is
-    /// sent no more than that, told to stop once they are all back (its stage's `cleanup`
-    /// runs), and a new process takes its place. No task is lost or run twice by it.
-    #[must_use]
-    pub fn recycle_after(mut self, tasks: u64) -> Self {
-        self.config.recycle_after = Some(tasks.max(1));
-        self
-    }
-
-    /// Replaces a worker, between batches as [`recycle_after`](Self::recycle_after) does,
-    /// once its resident memory passes `bytes` (read from `/proc` at most every 50 ms).
-    #[must_use]
-    pub fn max_memory(mut self, bytes: u64) -> Self {
-        self.config.max_memory = Some(bytes);
-        self
-    }
-
-    /// How long a worker may take to start and connect (default 10 s).
-    #[must_use]
-    pub fn start_timeout(mut self, timeout: Duration) -> Self {
-        self.config.start_timeout = timeout;
-        self
-    }
-
-    /// How long a stop waits for running tasks and exiting workers before it kills them
-    /// (default 5 s).
-    #[must_use]
-    pub fn stop_timeout(mut self, timeout: Duration) -> Self {
-        self.config.stop_timeout = timeout;
-        self
+    crate::config::worker_settings! {
+        config: config,
+        unit: "task",
+        units: "tasks",
+        retries: "2",
+        timeout: task_timeout,
+        recycle: "it is sent no more than `n` tasks, and told to stop once they are all back.",
     }
 
     /// Stops the pool when `stop` is raised: a graceful stop lets running tasks finish, tells

@@ -21,7 +21,7 @@ use crate::counters::{Counters, SlotCounters};
 use crate::error::{Completion, ExitHow, TaskError, TaskResult};
 use crate::program::Program;
 use crate::wire::Packet;
-use crate::worker_io::send_stop;
+use crate::wire::send_stop;
 
 /// Where the pool is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

@@ -3,11 +3,10 @@
 
 use std::any::{Any, type_name};
 use std::fmt;
-use std::time::Duration;
 
 use engine_core::plumbing::{ItemOutcome, Offload};
 use engine_core::protocol::to_bytes;
-use engine_core::{Backend, RestartPolicy, StageContext, StageError, Transport};
+use engine_core::{Backend, StageContext, StageError, Transport};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -16,6 +15,7 @@ use crate::in_worker::{InBackend, InTransport, PlacedInit};
 use crate::placed::{Lane, Slot};
 use crate::portable::{NoConfig, PortableConfig, WithConfig};
 use crate::program::Program;
+use crate::remote::{RemoteBackend, RemoteTransport};
 
 /// Places a [`Transport`] in worker processes: the engine's transport threads hand their
 /// batches to `N` worker processes and pass each item's output on when it comes back.
@@ -79,44 +79,6 @@ pub struct ProcTransport<S: RemoteTransport, C: PortableConfig = NoConfig> {
 /// fails the items of the batch it covered.
 pub struct ProcBackend<S: RemoteBackend, C: PortableConfig = NoConfig> {
     placed: Placed<S, InBackend<S, C>>,
-}
-
-/// A [`Transport`] that can run in another process: it and its items are serialisable.
-pub trait RemoteTransport:
-    Transport<
-        Input: Serialize + DeserializeOwned + Send + 'static,
-        Output: Serialize + DeserializeOwned + Send + 'static,
-    > + Serialize
-    + DeserializeOwned
-    + 'static
-{
-}
-
-impl<S> RemoteTransport for S where
-    S: Transport<
-            Input: Serialize + DeserializeOwned + Send + 'static,
-            Output: Serialize + DeserializeOwned + Send + 'static,
-        > + Serialize
-        + DeserializeOwned
-        + 'static
-{
-}
-
-/// A [`Backend`] that can run in another process: it and its items are serialisable.
-pub trait RemoteBackend:
-    Backend<Input: Serialize + DeserializeOwned + Send + 'static>
-    + Serialize
-    + DeserializeOwned
-    + 'static
-{
-}
-
-impl<S> RemoteBackend for S where
-    S: Backend<Input: Serialize + DeserializeOwned + Send + 'static>
-        + Serialize
-        + DeserializeOwned
-        + 'static
-{
 }
 
 /// The master's side of a placed stage: the stage to send, how to run its workers, and the
@@ -255,48 +217,13 @@ macro_rules! placed_stage {
                 self
             }
 
-            /// How many more times a batch is tried after its worker died (default 1); after
-            /// that each of its items fails with how the worker ended.
-            #[must_use]
-            pub fn retries(mut self, retries: u32) -> Self {
-                self.placed.config.retries = retries;
-                self
-            }
-
-            /// When a worker that died is started again: the restart policy shared with
-            /// pools, routers and the pod (default: on failure, at most 10 times a worker
-            /// within 10 s). Past the limit, that worker stays gone; once all are, the
-            /// stage's items fail.
-            #[must_use]
-            pub fn restart(mut self, policy: RestartPolicy) -> Self {
-                self.placed.config.restart = policy;
-                self
-            }
-
-            /// Replaces each worker once it ran `items` items, between batches (Python's
-            /// `maxtasksperchild`): the batch that reaches the count is its last, so a
-            /// worker runs at most `items` plus one batch less one. Nothing is lost or run
-            /// twice by it, and the stage's `cleanup` and a new worker's `setup` run.
-            #[must_use]
-            pub fn recycle_after(mut self, items: u64) -> Self {
-                self.placed.config.recycle_after = Some(items.max(1));
-                self
-            }
-
-            /// Replaces a worker between batches once its resident memory passes `bytes`.
-            #[must_use]
-            pub fn max_memory(mut self, bytes: u64) -> Self {
-                self.placed.config.max_memory = Some(bytes);
-                self
-            }
-
-            /// Kills a worker whose batch runs longer than `timeout` and starts another; the
-            /// batch's items fail as timed out. With a timeout, each worker has one batch at
-            /// a time. Default: none.
-            #[must_use]
-            pub fn batch_timeout(mut self, timeout: Duration) -> Self {
-                self.placed.config.task_timeout = Some(timeout);
-                self
+            crate::config::worker_settings! {
+                config: placed.config,
+                unit: "batch",
+                units: "batches",
+                retries: "1",
+                timeout: batch_timeout,
+                recycle: "the batch that reaches `n` items is its last.",
             }
 
             /// Sends the run's app config, of type `T`, to every worker once, where the stage

@@ -1,11 +1,14 @@
 //! What travels on the ipc channels: encoded [`Frame`]s, with large bodies beside them in
 //! shared memory.
 
-use engine_core::protocol::{Envelope, Frame, ProtocolError};
-use ipc_channel::ipc::{IpcReceiver, IpcSender, IpcSharedMemory, TryRecvError};
+use engine_core::StopLevel;
+use engine_core::protocol::{Address, Envelope, Frame, Kind, ProtocolError};
+use ipc_channel::TryRecvError;
+use ipc_channel::ipc::{IpcReceiver, IpcSender, IpcSharedMemory};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
+use crate::codes::STOP;
 use crate::regions;
 
 /// Bodies at least this large travel in shared memory instead of through the socket.
@@ -84,6 +87,13 @@ pub(crate) fn send_envelope(
     })
 }
 
+/// Tells a worker the run's stop level.
+pub(crate) fn send_stop(tx: &IpcSender<Packet>, level: StopLevel) -> Result<(), ProtocolError> {
+    let envelope =
+        Envelope::new(Address::Main, Address::Main, Kind::user(STOP)).with_body(&level)?;
+    send_envelope(tx, envelope)
+}
+
 fn closed(error: impl std::fmt::Display) -> ProtocolError {
     ProtocolError::UnexpectedFrame {
         expected: "an open channel",
@@ -127,7 +137,7 @@ pub(crate) fn recv_packet(
     };
     got.map_err(|e| match e {
         TryRecvError::Empty => RecvError::Timeout,
-        TryRecvError::IpcError(ipc_channel::ipc::IpcError::Disconnected) => RecvError::Closed,
+        TryRecvError::IpcError(ipc_channel::IpcError::Disconnected) => RecvError::Closed,
         TryRecvError::IpcError(e) => RecvError::Channel(e.to_string()),
     })
 }

@@ -4,16 +4,15 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use engine_core::protocol::{Address, Envelope, Frame, Kind, ProtocolError, TaskId, to_bytes};
-use engine_core::{StageError, StopLevel};
-use ipc_channel::ipc::IpcSender;
+use engine_core::StageError;
+use engine_core::protocol::{Address, Envelope, Frame, Kind, TaskId, to_bytes};
 
 use crate::boot::{self, Spawned};
-use crate::codes::{INIT, STOP};
+use crate::codes::INIT;
 use crate::error::{ExitHow, SpawnError, TaskError};
 use crate::program::{Program, kind_of, pool_entry};
 use crate::shared::{Job, Routed, Shared};
-use crate::wire::{self, Packet, RecvError, send_envelope};
+use crate::wire::{self, RecvError, send_envelope};
 
 /// What went to a worker and awaits its reply.
 pub(crate) struct InFlight<T> {
@@ -93,11 +92,4 @@ pub(crate) fn send_batch<W: Program>(
     .with_task(jobs[0].id())
     .with_raw_body(body);
     send_envelope(&worker.tx, envelope)
-}
-
-/// Tells a worker the run's stop level.
-pub(crate) fn send_stop(tx: &IpcSender<Packet>, level: StopLevel) -> Result<(), ProtocolError> {
-    let envelope =
-        Envelope::new(Address::Main, Address::Main, Kind::user(STOP)).with_body(&level)?;
-    send_envelope(tx, envelope)
 }

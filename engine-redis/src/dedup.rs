@@ -118,6 +118,14 @@ impl<T, C: Connector> DedupSink<T, C> {
     }
 }
 
+impl<T, C: Connector> StreamSink<T, C> {
+    /// Deduplicates: the sink takes [`Delivered`](crate::Delivered) items and appends each
+    /// id at most once within `window`; see [`DedupSink`].
+    pub fn dedup(self, window: Duration) -> DedupSink<T, C> {
+        DedupSink::new(self, window)
+    }
+}
+
 impl<T, C: Connector> Clone for DedupSink<T, C> {
     fn clone(&self) -> Self {
         Self {

@@ -10,7 +10,7 @@
 
 use std::borrow::Cow;
 
-use crate::broker::EntryId;
+use crate::entry_id::EntryId;
 
 /// The hash tag of `stream`, as Redis finds it: the text between the first `{` and the next
 /// `}`, if not empty.

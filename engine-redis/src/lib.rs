@@ -118,6 +118,7 @@ mod broker;
 mod dead_letters;
 mod dedup;
 mod delivered;
+mod entry_id;
 mod error;
 mod keyed_source;
 mod keys;
@@ -129,6 +130,7 @@ mod reason;
 mod redis_broker;
 mod retry;
 mod sink;
+mod sink_options;
 mod source;
 #[cfg(feature = "testing")]
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
@@ -153,7 +155,8 @@ pub use lease::{DEFAULT_LEASE, Ownership};
 pub use metrics::StreamMetrics;
 pub use partition::{partition_of, partition_stream};
 pub use redis_broker::{PAYLOAD_FIELD, RedisBroker, VERSION_FIELD};
-pub use sink::{DEFAULT_BOUND, DEFAULT_RETRY_FOR, SinkOptions, StreamSink};
+pub use sink::StreamSink;
+pub use sink_options::{DEFAULT_BOUND, DEFAULT_RETRY_FOR, SinkOptions};
 pub use source::{
     DEFAULT_BATCH, DEFAULT_BLOCK, DEFAULT_CLAIM_IDLE, DEFAULT_MAX_DELIVERIES,
     DEFAULT_REMOVE_IDLE_CONSUMERS, Settlement, SourceOptions, StreamSource, StreamTicket,

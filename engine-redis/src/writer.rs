@@ -10,7 +10,7 @@ use crate::broker::{Batch, Broker, Connector, DedupKey};
 use crate::error::{Chain, Error, Result};
 use crate::partition::{partition_stream, partitions_key};
 use crate::retry::{Backoff, retrying};
-use crate::sink::SinkOptions;
+use crate::sink_options::SinkOptions;
 
 /// How long a sink waits for room under its bound before it warns (once per wait) that the
 /// consumers may not be deleting what they finish.

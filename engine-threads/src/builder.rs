@@ -91,7 +91,31 @@ impl<F: TrackedFrontend, B> EngineBuilder<F, Absent, B> {
     ///
     /// A stage that is not `Clone` (a boxed [`BoxTransport`](engine_core::BoxTransport)
     /// chosen at run time, a stage holding a connection) goes through
-    /// [`transport_with`](Self::transport_with).
+    /// [`transport_with`](Self::transport_with); given here, it is a compile error that says
+    /// so:
+    ///
+    /// ```compile_fail,E0277
+    /// use engine::core::{BoxTransport, IntoTransport};
+    /// use engine::threads::Engine;
+    ///
+    /// let stage: BoxTransport<u64, u64> = Box::new((|n: u64| n + 1).into_transport());
+    /// // error: `Box<dyn Transport<..>>` is not `Clone` ...: give a factory to
+    /// // `.transport_with(move |ctx| ...)` instead
+    /// Engine::builder(0..10_u64).transport(stage).run();
+    /// ```
+    ///
+    /// ```
+    /// # use engine::core::{BoxTransport, IntoTransport, StageContext};
+    /// # use engine::threads::Engine;
+    /// // The same stage, made on each transport thread:
+    /// let report = Engine::builder(0..10_u64)
+    ///     .transport_with(|_: &StageContext| -> BoxTransport<u64, u64> {
+    ///         Box::new((|n: u64| n + 1).into_transport())
+    ///     })
+    ///     .run()?;
+    /// assert_eq!(report.processed(), 10);
+    /// # Ok::<(), engine::threads::EngineError>(())
+    /// ```
     ///
     /// # Examples
     ///
@@ -105,9 +129,9 @@ impl<F: TrackedFrontend, B> EngineBuilder<F, Absent, B> {
     /// assert_eq!(report.processed(), 10);
     /// # Ok::<(), engine::threads::EngineError>(())
     /// ```
-    pub fn transport<M, X>(self, transport: X) -> EngineBuilder<F, Present<X::Transport>, B>
+    pub fn transport<M, X, K>(self, transport: X) -> EngineBuilder<F, Present<X::Transport>, B>
     where
-        X: IntoTransport<M> + Clone + Send + 'static,
+        X: IntoTransport<M> + CloneTransport<K> + Send + 'static,
         X::Transport: Transport<Input = F::Item> + 'static,
     {
         let factory = cloner(transport, X::into_transport);
@@ -191,7 +215,18 @@ impl<F: TrackedFrontend, T: Upstream<F::Item>> EngineBuilder<F, T, Absent> {
     /// forms.
     ///
     /// A backend that is not `Clone` (a boxed [`BoxBackend`](engine_core::BoxBackend), a
-    /// backend holding a connection) goes through [`backend_with`](Self::backend_with).
+    /// backend holding a connection) goes through [`backend_with`](Self::backend_with); given
+    /// here, it is a compile error that says so:
+    ///
+    /// ```compile_fail,E0277
+    /// use engine::core::{BoxBackend, IntoBackend};
+    /// use engine::threads::Engine;
+    ///
+    /// let sink: BoxBackend<u64> = Box::new((|_: u64| {}).into_backend());
+    /// // error: `Box<dyn Backend<..>>` is not `Clone` ...: give a factory to
+    /// // `.backend_with(move |ctx| ...)` instead
+    /// Engine::builder(0..10_u64).backend(sink).run();
+    /// ```
     ///
     /// # Examples
     ///
@@ -202,9 +237,9 @@ impl<F: TrackedFrontend, T: Upstream<F::Item>> EngineBuilder<F, T, Absent> {
     /// assert_eq!(report.processed(), 10);
     /// # Ok::<(), engine::threads::EngineError>(())
     /// ```
-    pub fn backend<M, X>(self, backend: X) -> EngineBuilder<F, T, Present<X::Backend>>
+    pub fn backend<M, X, K>(self, backend: X) -> EngineBuilder<F, T, Present<X::Backend>>
     where
-        X: IntoBackend<M> + Clone + Send + 'static,
+        X: IntoBackend<M> + CloneBackend<K> + Send + 'static,
         X::Backend: engine_core::Backend<Input = T::Output> + 'static,
     {
         let factory = cloner(backend, X::into_backend);
@@ -501,3 +536,49 @@ impl Engine<(), Absent, Absent> {
         )
     }
 }
+
+/// What [`EngineBuilder::transport`] needs of a stage given by value: `Clone`, since it is
+/// cloned once per transport thread. Implemented for every `Clone` type (the `K` marker is
+/// inferred); it exists so that a stage that is not `Clone` gets an error naming
+/// [`transport_with`](EngineBuilder::transport_with), where `Clone` alone would not.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not `Clone`, and `.transport(..)` clones its stage once per \
+               thread: give a factory to `.transport_with(move |ctx| ...)` instead, which \
+               makes the stage on each thread"
+)]
+pub trait CloneTransport<K>: Clone {}
+
+/// What [`EngineBuilder::backend`] needs of a backend given by value: `Clone`, as
+/// [`CloneTransport`] is for transports; a backend that is not `Clone` gets an error naming
+/// [`backend_with`](EngineBuilder::backend_with).
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not `Clone`, and `.backend(..)` clones its backend once per \
+               thread: give a factory to `.backend_with(move |ctx| ...)` instead, which \
+               makes the backend on each thread"
+)]
+pub trait CloneBackend<K>: Clone {}
+
+/// The marker of the `Clone` impls of [`CloneTransport`] and [`CloneBackend`].
+///
+/// Each trait has a second impl, for the types of a trait nothing implements, so that the
+/// compiler cannot settle on the `Clone` impl and look through it when a type is not
+/// `Clone`: it reports the helper trait, with its message, instead of `Clone`.
+#[derive(Debug)]
+pub enum ByClone {}
+
+/// The marker of the impls that never apply; see [`ByClone`].
+#[derive(Debug)]
+pub enum Never {}
+
+/// Implemented by no type (sealed: its supertrait is private).
+pub trait Unimplemented: sealed::Sealed {}
+
+mod sealed {
+    /// Implemented by no type.
+    pub trait Sealed {}
+}
+
+impl<X: Clone> CloneTransport<ByClone> for X {}
+impl<X: Clone + Unimplemented> CloneTransport<Never> for X {}
+impl<X: Clone> CloneBackend<ByClone> for X {}
+impl<X: Clone + Unimplemented> CloneBackend<Never> for X {}

@@ -178,7 +178,7 @@ where
     where
         G: FnMut(T::Output) + Clone + Send + 'static,
     {
-        self.backend::<Closure<fn(T::Output)>, G>(f)
+        self.backend::<Closure<fn(T::Output)>, G, _>(f)
     }
 
     /// Adds a backend whose `Err` results count as failed items (handled by the
@@ -205,6 +205,6 @@ where
         G: FnMut(T::Output) -> Result<(), E> + Clone + Send + 'static,
         E: Into<BoxError>,
     {
-        self.backend::<Closure<fn(T::Output) -> Result<(), E>>, G>(f)
+        self.backend::<Closure<fn(T::Output) -> Result<(), E>>, G, _>(f)
     }
 }

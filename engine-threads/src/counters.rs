@@ -8,7 +8,7 @@ use std::time::Duration;
 use engine_core::Counts;
 use engine_core::plumbing::InFlight;
 
-use crate::stall::Wait;
+use crate::wait::Wait;
 
 /// Live counts and times of one stage thread, written only by that thread, after each batch.
 #[derive(Debug, Default)]

@@ -130,6 +130,8 @@ mod link;
 mod run;
 mod shared;
 mod stall;
+mod stall_watch;
+mod wait;
 
 #[cfg(feature = "async")]
 #[cfg_attr(docsrs, doc(cfg(feature = "async")))]

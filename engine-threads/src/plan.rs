@@ -57,7 +57,7 @@ impl Options {
             stop: StopHandle::new(),
             stop_timeout: None,
             stats_interval: None,
-            stall_after: Some(crate::stall::DEFAULT_STALL_AFTER),
+            stall_after: Some(crate::stall_watch::DEFAULT_STALL_AFTER),
         }
     }
 }

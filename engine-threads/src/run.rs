@@ -15,7 +15,7 @@ use crate::input::Window;
 use crate::link::{AbortTrigger, LinkView};
 use crate::plan::Options;
 use crate::shared::{Event, Shared};
-use crate::stall::StallWatch;
+use crate::stall_watch::StallWatch;
 use crate::stats::{Stats, StatsSource};
 
 /// A consumer stage being started or run.

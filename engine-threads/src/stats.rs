@@ -8,7 +8,7 @@ use engine_core::{Counts, StageKind};
 
 use crate::counters::ThreadStats;
 use crate::link::LinkView;
-use crate::stall::{ThreadWait, Wait};
+use crate::wait::{ThreadWait, Wait};
 
 /// A snapshot of a running engine, from [`EngineHandle::stats`](crate::EngineHandle::stats).
 #[derive(Debug, Clone, PartialEq)]

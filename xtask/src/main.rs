@@ -4,7 +4,8 @@
 //!   with warnings denied, the workspace tests, the short stress run (`stress --short`), the
 //!   docs with warnings denied, and every example (each checks its own result and exits
 //!   non-zero when it is wrong).
-//! - `cargo xtask tidy`: the house rules alone (file length, a `//!` line atop every file).
+//! - `cargo xtask tidy`: the house rules alone (file length, a `//!` line atop every file, no
+//!   circle between the modules of a crate).
 //! - `cargo xtask bench [NAME...]`: the benchmarks in `benches/` (all, or those named), each
 //!   printing the engine's figures next to a hand-written baseline and their ratio.
 //! - `cargo xtask stress [--runs N] [--suite NAME]... [--timeout SECS] [--short]`: the
@@ -26,6 +27,7 @@ use std::{env, fs, thread};
 
 use anyhow::{Context, Result, bail};
 
+mod circles;
 mod processes;
 mod stress;
 mod tidy;

@@ -3,6 +3,7 @@
 //! - No source file outside `tests/` and `benches/` is over [`MAX_LINES`] lines: a longer one
 //!   is usually two concepts.
 //! - Every source file starts with a `//!` line saying what it is for.
+//! - No crate has a circle between its modules (see [`crate::circles`] for the rule).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -34,6 +35,7 @@ pub(crate) fn tidy(root: &Path) -> Result<()> {
             ));
         }
     }
+    problems.extend(crate::circles::check(root)?);
     if !problems.is_empty() {
         bail!(
             "tidy found {} problems:\n  {}",
@@ -41,7 +43,10 @@ pub(crate) fn tidy(root: &Path) -> Result<()> {
             problems.join("\n  ")
         );
     }
-    eprintln!("tidy: {} source files checked", files.len());
+    eprintln!(
+        "tidy: {} source files checked, no module circles",
+        files.len()
+    );
     Ok(())
 }
 

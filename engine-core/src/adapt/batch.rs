@@ -86,7 +86,7 @@ fn mismatch(outputs: usize, inputs: usize) -> StageError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stage::StageKind;
+    use crate::kind::StageKind;
 
     #[test]
     fn a_batch_of_the_wrong_length_fails_whole() {

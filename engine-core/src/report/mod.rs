@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::stage::StageKind;
+use crate::kind::StageKind;
 
 pub use counts::Counts;
 

@@ -1,8 +1,19 @@
-//! Parsing a stream address: `redis[s]://[user:password@]host[:port]/<stream>?key=value`,
-//! with the password redacted from what is shown.
+//! Parsing a stream address with the `url` crate:
+//! `redis[s]://[user:password@]host[:port]/<stream>?key=value`, or for a Redis Cluster
+//! `redis[s]+cluster://[user:password@]host[:port],host[:port].../<stream>?key=value`, with
+//! the password redacted from what is shown.
+//!
+//! A URL has one host, so a cluster's list of seeds is cut out first (the text between the
+//! `://` or the credentials' `@` and the path): the address is parsed with a placeholder
+//! host in its place, and each seed is parsed as a URL of its own, `redis://<seed>`. Percent-
+//! decoding is the `percent-encoding` crate's (the one `url` uses), checked: a `%` not
+//! followed by two hex digits, or bytes that are not UTF-8, are an error.
 
 use std::path::PathBuf;
 use std::time::Duration;
+
+use percent_encoding::percent_decode_str;
+use url::{Host, Url};
 
 use super::{
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_GROUP, DEFAULT_PORT, DEFAULT_REPLICAS_TIMEOUT,
@@ -15,51 +26,89 @@ const MAX_PARTITIONS: u32 = 1024;
 const FORM: &str = "expected redis[s]://[user:password@]host[:port]/<stream>[?group=<group>] \
                     or redis[s]+cluster://[user:password@]host[:port],host[:port].../<stream>";
 
+/// The host parsed in the place of an address's seed list (`.invalid` is reserved: RFC 2606).
+const PLACEHOLDER: &str = "seeds.invalid";
+
+/// An address cut around its list of seeds, the one part a URL parser cannot read.
+#[derive(Debug, Clone, Copy)]
+struct Seeds<'a> {
+    /// `scheme://` and the credentials with their `@`, if any.
+    head: &'a str,
+    /// `host[:port]`, or for a cluster `host[:port],host[:port]...`.
+    hosts: &'a str,
+    /// The path, query and fragment.
+    tail: &'a str,
+}
+
+impl<'a> Seeds<'a> {
+    /// Cuts `address`, or `None` if it has no `://`.
+    fn cut(address: &'a str) -> Option<Self> {
+        let start = address.find("://")? + "://".len();
+        let end = address[start..]
+            .find(['/', '?', '#'])
+            .map_or(address.len(), |i| start + i);
+        let hosts = address[start..end]
+            .rfind('@')
+            .map_or(start, |at| start + at + 1);
+        Some(Self {
+            head: &address[..hosts],
+            hosts: &address[hosts..end],
+            tail: &address[end..],
+        })
+    }
+
+    /// The address with the placeholder host for its seeds, parsed.
+    fn url(&self) -> Option<Url> {
+        Url::parse(&format!("{}{PLACEHOLDER}{}", self.head, self.tail)).ok()
+    }
+}
+
 /// `address` with the password of its `user:password@` part replaced by `***`.
 pub(super) fn redact(address: &str) -> String {
-    let Some((scheme, rest)) = address.split_once("://") else {
+    let Some(seeds) = Seeds::cut(address) else {
         return address.to_owned();
     };
-    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(end);
-    match authority.rsplit_once('@') {
-        Some((userinfo, hostport)) => {
-            let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
-            let hidden = if userinfo.contains(':') { ":***" } else { "" };
-            // A lone `secret@` is a password to redis-rs as well: hide it too.
-            let user = if hidden.is_empty() { "***" } else { user };
-            format!("{scheme}://{user}{hidden}@{hostport}{tail}")
-        }
-        None => address.to_owned(),
+    if !seeds.head.ends_with('@') {
+        return address.to_owned();
     }
+    let scheme = &seeds.head[..seeds.head.find("://").unwrap_or(0)];
+    // A lone `secret@` is a password to redis-rs as well: hide it too.
+    let userinfo = match seeds.url() {
+        Some(url) if url.password().is_some() => format!("{}:***", url.username()),
+        _ => "***".to_owned(),
+    };
+    format!("{scheme}://{userinfo}@{}{}", seeds.hosts, seeds.tail)
 }
 
 /// Parses a whole address: the scheme, the credentials, the server, the stream and the
 /// options.
 pub(super) fn parse(address: &str) -> std::result::Result<StreamAddress, String> {
-    let Some((scheme, rest)) = address.split_once("://") else {
-        return Err(FORM.to_owned());
-    };
-    let (tls, cluster) = match scheme.to_ascii_lowercase().as_str() {
+    let seeds = Seeds::cut(address).ok_or_else(|| FORM.to_owned())?;
+    let url = seeds.url().ok_or_else(|| FORM.to_owned())?;
+    let scheme = url.scheme();
+    let (tls, cluster) = match scheme {
         "redis" => (false, false),
         "rediss" => (true, false),
         "redis+cluster" => (false, true),
         "rediss+cluster" => (true, true),
         other => return Err(format!("unsupported scheme {other:?}; {FORM}")),
     };
-    let rest = rest.split_once('#').map_or(rest, |(before, _)| before);
-    let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
-    let Some((authority, path)) = rest.split_once('/') else {
-        return Err(format!("no stream name; {FORM}"));
+    let stream = match url.path().strip_prefix('/') {
+        Some(path) => decode(path, "the stream name")?,
+        None => String::new(),
     };
-    let stream = decode(path)?;
     if stream.is_empty() {
         return Err(format!("no stream name; {FORM}"));
     }
-    let (username, password, hostports) = credentials(authority)?;
-    let nodes = hostports
+    let username = Some(decode(url.username(), "the user name")?).filter(|u| !u.is_empty());
+    let password = match url.password() {
+        Some(password) => Some(decode(password, "the password")?).filter(|p| !p.is_empty()),
+        None => None,
+    };
+    let nodes = seeds
+        .hosts
         .split(',')
-        .map(split_host_port)
+        .map(node)
         .collect::<std::result::Result<Vec<_>, _>>()?;
     if nodes.len() > 1 && !cluster {
         return Err(format!(
@@ -91,9 +140,13 @@ pub(super) fn parse(address: &str) -> std::result::Result<StreamAddress, String>
         connect_timeout: DEFAULT_CONNECT_TIMEOUT,
         response_timeout: DEFAULT_RESPONSE_TIMEOUT,
     };
-    for pair in query.split('&').filter(|pair| !pair.is_empty()) {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        set_option(&mut parsed, key, decode(value)?)?;
+    // The query is percent-encoded, not form-encoded: a `+` stays a plus (a file path in
+    // `ca=` may hold one), so it is escaped before the form decoder would make it a space.
+    let query = url.query().unwrap_or("");
+    check_escapes(query, "the options")?;
+    let query = query.replace('+', "%2B");
+    for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
+        set_option(&mut parsed, &key, value.into_owned())?;
     }
     if parsed.cluster && parsed.db != 0 {
         return Err("a Redis Cluster has database 0 only".to_owned());
@@ -101,20 +154,34 @@ pub(super) fn parse(address: &str) -> std::result::Result<StreamAddress, String>
     Ok(parsed)
 }
 
-/// The user, the password and the `host[:port]` of an address's authority,
-/// `[user[:password]@]host[:port]`.
-fn credentials(
-    authority: &str,
-) -> std::result::Result<(Option<String>, Option<String>, &str), String> {
-    let Some((userinfo, hostport)) = authority.rsplit_once('@') else {
-        return Ok((None, None, authority));
+/// The host and port of one seed, `host[:port]` (an IPv6 host in brackets), parsed as the
+/// URL `redis://<seed>`.
+fn node(seed: &str) -> std::result::Result<(String, u16), String> {
+    let not_a_port = || {
+        // The text after the host's last `:`, for the message.
+        let port = seed.rsplit_once(':').map_or("", |(_, port)| port);
+        format!("{port:?} is not a port number")
     };
-    let (user, password) = match userinfo.split_once(':') {
-        Some((user, password)) => (decode(user)?, Some(decode(password)?)),
-        None => (decode(userinfo)?, None),
+    let url = Url::parse(&format!("redis://{seed}")).map_err(|e| match e {
+        url::ParseError::InvalidPort => not_a_port(),
+        url::ParseError::EmptyHost => format!("no host; {FORM}"),
+        url::ParseError::InvalidIpv6Address => format!("{seed:?} is not an IPv6 host"),
+        other => format!("bad host {seed:?}: {other}"),
+    })?;
+    if !url.username().is_empty() || url.password().is_some() || !url.path().is_empty() {
+        return Err(format!("bad host {seed:?}"));
+    }
+    let host = match url.host() {
+        Some(Host::Domain(name)) if !name.is_empty() => name.to_owned(),
+        Some(Host::Ipv4(ip)) => ip.to_string(),
+        Some(Host::Ipv6(ip)) => ip.to_string(),
+        _ => return Err(format!("no host; {FORM}")),
     };
-    let user = (!user.is_empty()).then_some(user);
-    Ok((user, password.filter(|p| !p.is_empty()), hostport))
+    match url.port() {
+        None => Ok((host, DEFAULT_PORT)),
+        Some(0) => Err(not_a_port()),
+        Some(port) => Ok((host, port)),
+    }
 }
 
 /// Sets the option `key` of the query to `value` (decoded).
@@ -170,41 +237,6 @@ fn set_option(
     Ok(())
 }
 
-fn split_host_port(hostport: &str) -> std::result::Result<(String, u16), String> {
-    let (host, port) = if let Some(rest) = hostport.strip_prefix('[') {
-        // An IPv6 literal: `[::1]:6379`.
-        let Some((host, after)) = rest.split_once(']') else {
-            return Err("unclosed [ in the host".to_owned());
-        };
-        let port = match after {
-            "" => None,
-            _ => Some(
-                after
-                    .strip_prefix(':')
-                    .ok_or_else(|| format!("unexpected {after:?} after the host"))?,
-            ),
-        };
-        (host, port)
-    } else {
-        match hostport.split_once(':') {
-            Some((host, port)) => (host, Some(port)),
-            None => (hostport, None),
-        }
-    };
-    if host.is_empty() {
-        return Err(format!("no host; {FORM}"));
-    }
-    let port = match port {
-        None | Some("") => DEFAULT_PORT,
-        Some(port) => port
-            .parse::<u16>()
-            .ok()
-            .filter(|port| *port != 0)
-            .ok_or_else(|| format!("{port:?} is not a port number"))?,
-    };
-    Ok((host.to_owned(), port))
-}
-
 fn number(key: &str, value: &str) -> std::result::Result<i64, String> {
     value
         .parse()
@@ -221,26 +253,28 @@ fn positive(key: &str, value: &str) -> std::result::Result<u64, String> {
         .ok_or_else(|| format!("{key} must be a positive number, not {value:?}"))
 }
 
-/// Percent-decodes `text` as UTF-8.
-fn decode(text: &str) -> std::result::Result<String, String> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = bytes
-                .get(i + 1..i + 3)
-                .and_then(|h| std::str::from_utf8(h).ok())
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or_else(|| format!("bad percent-encoding in {text:?}"))?;
-            out.push(hex);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
+/// Fails if `text` has a `%` that is not followed by two hex digits (a decoder would keep it
+/// as it is). `what` names the part in the message, which never shows a secret.
+fn check_escapes(text: &str, what: &str) -> std::result::Result<(), String> {
+    let bad = text.match_indices('%').any(|(at, _)| {
+        !text
+            .get(at + 1..at + 3)
+            .is_some_and(|hex| hex.bytes().all(|b| b.is_ascii_hexdigit()))
+    });
+    if bad {
+        Err(format!("bad percent-encoding in {what}"))
+    } else {
+        Ok(())
     }
-    String::from_utf8(out).map_err(|_| format!("{text:?} is not UTF-8 once decoded"))
+}
+
+/// Percent-decodes `text` as UTF-8; `what` names the part in the message.
+fn decode(text: &str, what: &str) -> std::result::Result<String, String> {
+    check_escapes(text, what)?;
+    percent_decode_str(text)
+        .decode_utf8()
+        .map(|decoded| decoded.into_owned())
+        .map_err(|_| format!("{what} is not UTF-8 once decoded"))
 }
 
 #[cfg(test)]
@@ -379,6 +413,46 @@ mod tests {
         assert!(err.to_string().contains("\"x\" is not a port"), "{err}");
         let err = StreamAddress::parse("redis://u:hunter2@h1,h2/s").unwrap_err();
         assert!(err.to_string().contains("redis+cluster://"), "{err}");
+    }
+
+    #[test]
+    fn credentials_are_percent_decoded() {
+        let a =
+            StreamAddress::parse("redis://us%65r%3Aname:p%40ss%3Aw%2Ford%20%C3%A9@h/s").unwrap();
+        let settings = a.connection_info().redis_settings().clone();
+        assert_eq!(
+            (settings.username(), settings.password()),
+            (Some("user:name"), Some("p@ss:w/ord é"))
+        );
+        assert_eq!(a.as_str(), "redis://us%65r%3Aname:***@h/s");
+        // An `@` in the password need not be encoded: the last one ends the credentials.
+        let raw = StreamAddress::parse("redis://app:p@ss@h:7000/s").unwrap();
+        let settings = raw.connection_info().redis_settings().clone();
+        assert_eq!(
+            (settings.username(), settings.password()),
+            (Some("app"), Some("p@ss"))
+        );
+        assert_eq!(raw.server(), "redis://h:7000");
+        assert_eq!(raw.as_str(), "redis://app:***@h:7000/s");
+        // A lone `secret@` is hidden too, and a bad escape in a secret does not show it.
+        assert_eq!(redact("redis://secret@h/s"), "redis://***@h/s");
+        for bad in [
+            "redis://u:hunter2%zz@h/s",
+            "redis://u:hunter2%ff@h/s",
+            "redis://%g1@h/s",
+        ] {
+            let err = StreamAddress::parse(bad).unwrap_err();
+            assert!(matches!(err, Error::InvalidAddress { .. }), "{bad}");
+            assert!(!format!("{err} {err:?}").contains("hunter2"), "{err:?}");
+        }
+    }
+
+    #[test]
+    fn options_are_percent_decoded_and_keep_plus_signs() {
+        let a = StreamAddress::parse("rediss://h/s?ca=/tmp/a+b%20c.pem&group=g%26h").unwrap();
+        assert_eq!(a.ca_file(), Some(std::path::Path::new("/tmp/a+b c.pem")));
+        assert_eq!(a.group(), "g&h");
+        assert!(StreamAddress::parse("redis://h/s?group=%zz").is_err());
     }
 
     #[test]

@@ -8,7 +8,7 @@ use super::{
     DEFAULT_REMOVE_IDLE_CONSUMERS,
 };
 use crate::address::StreamAddress;
-use crate::sink::DEFAULT_RETRY_FOR;
+use crate::sink_options::DEFAULT_RETRY_FOR;
 
 /// The options of a [`StreamSource`](crate::StreamSource).
 ///

@@ -52,26 +52,29 @@ where
     }
 
     /// Passes on the outputs of one input of a stage that emits many, each with its own part
-    /// of the input's ticket. A ticket that cannot be split is handed back with the error
-    /// that fails the item.
+    /// of the input's ticket, split by [`Ticket::split_exact`], which checks the count. A
+    /// ticket that cannot be split is handed back with the error that fails the item.
     fn pass_on_many(&mut self, ticket: K, counts: &mut Counts) -> Result<(), (K, StageError)> {
         let mut outputs = std::mem::take(&mut self.outputs);
         match outputs.len() {
             0 | 1 => self.pass_on(ticket, outputs.pop(), counts),
-            k => match ticket.split(k) {
+            k => match ticket.split_exact(k) {
                 Ok(parts) => {
                     counts.expanded += (k - 1) as u64;
                     for (part, output) in parts.into_iter().zip(outputs.drain(..)) {
                         self.pass_on(part, Some(output), counts);
                     }
                 }
-                Err(ticket) => {
+                Err((ticket, error)) => {
                     outputs.clear();
                     self.outputs = outputs;
-                    let error = StageError::msg(format!(
-                        "the transport gave {k} outputs for one item, and this source's \
-                         completion tickets cannot be split"
-                    ));
+                    let Some(ticket) = ticket else {
+                        // The ticket type split into no part at all: nothing is left to
+                        // complete, and the item counts as failed.
+                        tracing::error!(error = %error, "an item's outputs are dropped");
+                        counts.failed += 1;
+                        return Ok(());
+                    };
                     return Err((ticket, error));
                 }
             },

@@ -6,9 +6,9 @@ use std::fmt;
 
 use engine_core::protocol::TaskId;
 
+use super::Pool;
 use crate::error::TaskResult;
-use crate::pool::Pool;
-use crate::stage::RemoteTransport;
+use crate::remote::RemoteTransport;
 
 /// Results in completion order, from [`Pool::run`].
 pub struct Completed<'p, S: RemoteTransport, I> {
