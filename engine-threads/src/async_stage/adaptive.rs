@@ -13,10 +13,10 @@
 //!   that, and from then on a window that used the whole limit with the latency holding
 //!   raises it by one.
 //! - A smoothed latency above [`TOLERANCE`] times the baseline in two windows in a row (one
-//!   alone holds the limit: a stall of a loaded machine looks the same) cuts the limit in
-//!   proportion to how far above it is (to half at most, to [`DECREASE`] at least), so that an overshoot
-//!   far into overload is undone in a few windows rather than a few dozen; a failed item cuts
-//!   it to [`DECREASE`]. The window after a cut is not judged: its items started under the
+//!   alone holds the limit: a stall of a loaded machine looks the same) cuts the limit to
+//!   [`DECREASE`] of itself; [`SEVERE`] times above the tolerated latency, in proportion to
+//!   how far above it is (to half at most), so that an overshoot far into overload is undone
+//!   in a few windows rather than a few dozen. A failed item cuts it to [`DECREASE`]. The window after a cut is not judged: its items started under the
 //!   old limit.
 //!
 //! The limit moves the stage's semaphore: permits are added at once, and removed as they
@@ -39,8 +39,10 @@ const SMOOTHING: f64 = 0.5;
 const DECREASE: f64 = 0.9;
 /// The least a cut keeps of the limit.
 const MOST_DECREASE: f64 = 0.5;
+/// A smoothed latency this many times the tolerated one is an overshoot, cut in proportion.
+const SEVERE: f64 = 2.0;
 /// The baseline grows by this factor each window, so that it follows a service that slowed.
-const BASELINE_CREEP: f64 = 1.02;
+const BASELINE_CREEP: f64 = 1.05;
 /// The limit an adaptive stage starts from, unless its maximum is lower.
 const START: usize = 8;
 /// The fewest items a window holds.
@@ -137,10 +139,13 @@ impl Aimd {
         let used = window.peak >= current;
         let rising = smoothed > baseline * SLOW_START_TOLERANCE;
         let next = if overloaded {
-            let keep = if window.failed > 0 {
+            // A latency far above the tolerance (an overshoot) is cut in proportion; a
+            // moderate one, as likely noise of a loaded machine, by the least step.
+            let tolerated = baseline * TOLERANCE;
+            let keep = if window.failed > 0 || smoothed < tolerated * SEVERE {
                 DECREASE
             } else {
-                (baseline * TOLERANCE / smoothed).clamp(MOST_DECREASE, DECREASE)
+                (tolerated / smoothed).clamp(MOST_DECREASE, DECREASE)
             };
             ((current as f64 * keep) as usize).min(current - 1).max(1)
         } else if over {
@@ -204,20 +209,30 @@ mod tests {
         let aimd = Aimd::new(100);
         let limit = AtomicUsize::new(Aimd::start(100));
         let permits = Semaphore::new(Aimd::start(100));
-        // Slow start: 8, 16, 32, 64, then latency four times the baseline (smoothed: 2.5
-        // times) cuts it in proportion, to about 1.5 / 2.5 of itself (the baseline crept up a
-        // little) ...
+        // Slow start: 8, 16, 32, 64, then latency eight times the baseline (an overshoot)
+        // cuts it in proportion, to half at most ...
         for _ in 0..3 {
             run_window(&aimd, &limit, &permits, Duration::from_millis(5));
         }
         assert_eq!(limit.load(Ordering::Relaxed), 64);
         // One window above the tolerance holds the limit; the second cuts it.
-        run_window(&aimd, &limit, &permits, Duration::from_millis(20));
+        run_window(&aimd, &limit, &permits, Duration::from_millis(40));
         assert_eq!(limit.load(Ordering::Relaxed), 64);
-        run_window(&aimd, &limit, &permits, Duration::from_millis(20));
+        run_window(&aimd, &limit, &permits, Duration::from_millis(40));
         run_window(&aimd, &limit, &permits, Duration::from_millis(5));
         assert_eq!(limit.load(Ordering::Relaxed), 32);
         assert_eq!(permits.available_permits(), 32);
+        // A moderate rise (smoothed within twice the tolerated latency) cuts by the least
+        // step.
+        run_window(&aimd, &limit, &permits, Duration::from_millis(5));
+        let before = limit.load(Ordering::Relaxed);
+        run_window(&aimd, &limit, &permits, Duration::from_millis(12));
+        run_window(&aimd, &limit, &permits, Duration::from_millis(12));
+        assert_eq!(
+            limit.load(Ordering::Relaxed),
+            (before as f64 * DECREASE) as usize
+        );
+        run_window(&aimd, &limit, &permits, Duration::from_millis(5));
         // ... and once the latency holds again, it rises by one a window.
         for _ in 0..30 {
             run_window(&aimd, &limit, &permits, Duration::from_millis(5));

@@ -398,7 +398,32 @@ where
 /// Runs one item's future, catching its panic and bounding its time. With `acquire`, it first
 /// takes a permit of the stage's own (and, adaptive, records its time); otherwise the caller
 /// holds one for it.
+///
+/// The common case, a permit in hand and no timeout to keep nor latency to record, runs the
+/// stage's future alone; the others run boxed, so that the future every item builds stays
+/// small (an item ready at once costs a move of it, not of the rare cases' state).
 async fn run_item<W: Work>(
+    own: Arc<Own<W>>,
+    item: W::Input,
+    acquire: bool,
+) -> ItemOutcome<W::Output> {
+    if acquire || own.timeout.is_some() || own.gate.adaptive.is_some() {
+        return Box::pin(run_item_fully(own, item, acquire)).await;
+    }
+    // A closure may panic before it returns its future, as well as inside it.
+    let future = match std::panic::catch_unwind(AssertUnwindSafe(|| own.work.call(item, &own.ctx)))
+    {
+        Ok(future) => future,
+        Err(payload) => return ItemOutcome::Failed(StageError::from_panic(payload)),
+    };
+    match AssertUnwindSafe(future).catch_unwind().await {
+        Ok(result) => ItemOutcome::of(result),
+        Err(payload) => ItemOutcome::Failed(StageError::from_panic(payload)),
+    }
+}
+
+/// [`run_item`] with a permit to take, a timeout or an adaptive limit.
+async fn run_item_fully<W: Work>(
     own: Arc<Own<W>>,
     item: W::Input,
     acquire: bool,
