@@ -5,8 +5,8 @@
 //! The stage measures each item's time from the moment it got its permit to the end of its
 //! future. Over a window of about `limit` items it compares the median (which a few stray
 //! slow items, a retransmitted connect say, do not move), smoothed over windows, with the
-//! lowest it has seen (the baseline, which creeps up slowly so that a service that got slower
-//! for good is followed).
+//! low end of the last [`HISTORY`] windows (the baseline: a service that got slower for good
+//! is followed, and the limit's own rise, one step a window, does not drag it along).
 //!
 //! - Until the latency first rises, the limit doubles each window that used it all (as TCP's
 //!   slow start); a smoothed latency above [`SLOW_START_TOLERANCE`] times the baseline ends
@@ -22,6 +22,7 @@
 //! The limit moves the stage's semaphore: permits are added at once, and removed as they
 //! come back.
 
+use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -41,8 +42,9 @@ const DECREASE: f64 = 0.9;
 const MOST_DECREASE: f64 = 0.5;
 /// A smoothed latency this many times the tolerated one is an overshoot, cut in proportion.
 const SEVERE: f64 = 2.0;
-/// The baseline grows by this factor each window, so that it follows a service that slowed.
-const BASELINE_CREEP: f64 = 1.05;
+/// How many windows' latencies the baseline is drawn from, so that it follows a service that
+/// slowed for good.
+const HISTORY: usize = 64;
 /// The limit an adaptive stage starts from, unless its maximum is lower.
 const START: usize = 8;
 /// The fewest items a window holds.
@@ -67,8 +69,8 @@ struct Window {
     peak: usize,
     /// The recent latency: window medians, smoothed, in seconds.
     smoothed: Option<f64>,
-    /// The lowest smoothed latency seen (creeping up), in seconds.
-    baseline: Option<f64>,
+    /// The recent windows' smoothed latencies, whose low end is the baseline.
+    history: History,
     /// Until the latency first rises the limit doubles each window (as TCP's slow start).
     slow_start_over: bool,
     /// After a cut, the next window's items started under the old limit: it is not judged.
@@ -119,11 +121,17 @@ impl Aimd {
         if window.cooling {
             // Start the smoothed latency afresh from what the cut limit gives; a latency still
             // above the tolerance counts as a first strike.
+            let strike = window
+                .history
+                .baseline()
+                .is_some_and(|b| median > b * TOLERANCE);
+            let mut history = std::mem::take(&mut window.history);
+            history.push(median);
             *window = Window {
                 smoothed: Some(median),
-                baseline: window.baseline,
+                history,
                 slow_start_over: true,
-                strike: window.baseline.is_some_and(|b| median > b * TOLERANCE),
+                strike,
                 ..Window::default()
             };
             return;
@@ -131,9 +139,9 @@ impl Aimd {
         let smoothed = window
             .smoothed
             .map_or(median, |s| s + SMOOTHING * (median - s));
-        let baseline = window
-            .baseline
-            .map_or(smoothed, |b| (b * BASELINE_CREEP).min(smoothed));
+        let mut history = std::mem::take(&mut window.history);
+        history.push(smoothed);
+        let baseline = history.baseline().unwrap_or(smoothed);
         let over = smoothed > baseline * TOLERANCE;
         let overloaded = window.failed > 0 || (over && window.strike);
         let used = window.peak >= current;
@@ -159,7 +167,7 @@ impl Aimd {
         };
         *window = Window {
             smoothed: Some(smoothed),
-            baseline: Some(baseline),
+            history,
             slow_start_over: window.slow_start_over || overloaded || rising,
             cooling: overloaded,
             strike: over && !overloaded,
@@ -190,6 +198,27 @@ impl Aimd {
         self.debt
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |d| d.checked_sub(1))
             .is_ok()
+    }
+}
+
+/// The smoothed latencies of the last [`HISTORY`] windows.
+#[derive(Debug, Default)]
+struct History(VecDeque<f64>);
+
+impl History {
+    fn push(&mut self, latency: f64) {
+        if self.0.len() == HISTORY {
+            self.0.pop_front();
+        }
+        self.0.push_back(latency);
+    }
+
+    /// The latency the service gives when not loaded: the low end of the recent windows (the
+    /// tenth percentile, so that one window lucky on a noisy machine does not set it).
+    fn baseline(&self) -> Option<f64> {
+        let mut sorted: Vec<f64> = self.0.iter().copied().collect();
+        let at = sorted.len() / 10;
+        (!sorted.is_empty()).then(|| *sorted.select_nth_unstable_by(at, f64::total_cmp).1)
     }
 }
 
@@ -259,6 +288,26 @@ mod tests {
             run_window(&aimd, &limit, &permits, Duration::from_secs(1));
         }
         assert!(limit.load(Ordering::Relaxed) <= 64, "{limit:?}");
+    }
+
+    #[test]
+    fn a_latency_that_rises_step_by_step_with_the_limit_is_still_cut() {
+        let aimd = Aimd::new(100);
+        let limit = AtomicUsize::new(64);
+        let permits = Semaphore::new(64);
+        for _ in 0..5 {
+            run_window(&aimd, &limit, &permits, Duration::from_millis(5));
+        }
+        assert_eq!(limit.load(Ordering::Relaxed), 100);
+        // Each window 3% slower than the one before (as a limit rising a step a window would
+        // make it): the baseline does not follow, and within 30 windows the limit is cut.
+        let mut lowest = 100;
+        for i in 1..=30 {
+            let took = Duration::from_secs_f64(0.005 * 1.03_f64.powi(i));
+            run_window(&aimd, &limit, &permits, took);
+            lowest = lowest.min(limit.load(Ordering::Relaxed));
+        }
+        assert!(lowest < 100, "never cut");
     }
 
     #[test]
