@@ -91,8 +91,12 @@ fn consumer_role() {
     let sink = StreamSink::<u64>::new(output)
         .options(SinkOptions::new().unbounded())
         .dedup(Duration::from_secs(600));
+    // One transport thread: the entries a life takes back reach the sink before any it
+    // reads anew (with two, a new batch could overtake them, and the first write, which
+    // ends the life, would skip nothing).
     let engine = Engine::builder(source)
         .transport(|d: Delivered<u64>| d.map(|n| n * 10))
+        .transport_threads(1)
         .backend(DieAfterWrite { sink, die })
         .build()
         .expect("the consumer's engine builds");

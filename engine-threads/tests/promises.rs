@@ -151,17 +151,36 @@ fn gated() -> (
     (backend, started_rx, open)
 }
 
+/// Counts up from 0, and says when it has produced `n` items: with the backend stuck on the
+/// first, the rest are queued (or in the frontend's open batch) when a test stops the run.
+fn counting_past(
+    n: u64,
+) -> (
+    impl Iterator<Item = u64> + Send + 'static,
+    crossbeam_channel::Receiver<()>,
+) {
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    let items = (0_u64..).inspect(move |&i| {
+        if i == n {
+            let _ = tx.try_send(());
+        }
+    });
+    (items, rx)
+}
+
 // Promise 2: a second stop aborts, and the dropped count says how much was abandoned.
 #[test]
 fn a_second_stop_aborts_and_counts_the_dropped_items() {
     let (backend, started, open) = gated();
     let seen = Arc::clone(&backend.seen);
-    let handle = Engine::builder(Counter::default())
+    let (items, produced) = counting_past(10);
+    let handle = Engine::builder(items)
         .transport(|x: u64| x)
         .backend(backend)
         .queue_capacity(64)
         .spawn()
         .unwrap();
+    produced.recv_timeout(PATIENCE).unwrap();
     started.recv_timeout(PATIENCE).unwrap();
     // Let the queues fill up behind the blocked backend.
     wait_until("full queues", || {
@@ -186,12 +205,14 @@ fn a_second_stop_aborts_and_counts_the_dropped_items() {
 #[test]
 fn an_expired_stop_deadline_aborts() {
     let (backend, started, open) = gated();
-    let handle = Engine::builder(Counter::default())
+    let (items, produced) = counting_past(10);
+    let handle = Engine::builder(items)
         .backend(backend)
         .queue_capacity(64)
         .stop_timeout(Duration::from_millis(20))
         .spawn()
         .unwrap();
+    produced.recv_timeout(PATIENCE).unwrap();
     started.recv_timeout(PATIENCE).unwrap();
     handle.stop();
     // The backend is stuck in its item, so the drain cannot finish: the deadline fires.
