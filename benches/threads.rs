@@ -8,6 +8,10 @@
 //! shape, and the peak of items held in memory with a backend 100 times slower than the
 //! frontend.
 //!
+//! And `traced`: the throughput pipeline without a trace hook against the same pipeline in a
+//! process whose trace hook samples 1% of items (one span per batch that holds a sampled
+//! item; see `engine_core::trace`), each run in a process of its own, alternately.
+//!
 //! Run with `cargo xtask bench threads`.
 
 #![allow(clippy::print_stdout, reason = "a benchmark prints its table")]
@@ -343,7 +347,137 @@ fn spin(d: Duration) {
     }
 }
 
+/// A trace hook that samples one item in a hundred, as an exporter with a 1% ratio sampler
+/// does: a context for the sampled items, a span (ids, a `tracing` span entered, a guard)
+/// per traced batch. What an exporter then does with a span is its own cost.
+struct SampleHook {
+    every: u64,
+    /// Whether a traced batch gets a span (else its items' contexts only travel).
+    spans: bool,
+}
+
+thread_local! {
+    static RNG: std::cell::Cell<u64> = const { std::cell::Cell::new(0x9e37_79b9_7f4a_7c15) };
+}
+
+/// A random id (xorshift), as an exporter's id generator makes.
+fn new_id() -> u64 {
+    RNG.with(|state| {
+        let mut x = state.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        state.set(x);
+        x | 1
+    })
+}
+
+impl engine_core::trace::TraceHook for SampleHook {
+    fn current(&self) -> Option<engine_core::trace::TraceParent> {
+        None
+    }
+
+    fn items_per_trace(&self) -> u64 {
+        self.every
+    }
+
+    fn produced(&self, _stage: &str) -> Option<engine_core::trace::TraceParent> {
+        let trace = (u128::from(new_id()) << 64) | u128::from(new_id());
+        engine_core::trace::TraceParent::new(trace, new_id(), 1)
+    }
+
+    fn enter_batch(
+        &self,
+        batch: engine_core::trace::BatchInfo<'_>,
+    ) -> Option<engine_core::trace::HookSpan> {
+        if !self.spans {
+            return None;
+        }
+        let parent = batch.parents.first()?;
+        let context = engine_core::trace::TraceParent::new(parent.trace_id(), new_id(), 1)?;
+        let span = tracing::info_span!("batch", stage = batch.stage, items = batch.items);
+        Some(engine_core::trace::HookSpan {
+            context,
+            guard: Box::new(span.entered()),
+        })
+    }
+}
+
+/// One round of the throughput pipeline (2 transports) in this process, with a 1%-sampling
+/// trace hook if `sampled`: prints its rate.
+fn traced_child(mode: &str) {
+    match mode {
+        "sampled" => engine_core::trace::install(SampleHook {
+            every: 100,
+            spans: true,
+        }),
+        "contexts" => engine_core::trace::install(SampleHook {
+            every: 100,
+            spans: false,
+        }),
+        "hooked" => engine_core::trace::install(SampleHook {
+            every: 0,
+            spans: true,
+        }),
+        _ => Ok(()),
+    }
+    .expect("the only hook");
+    let started = Instant::now();
+    assert_eq!(engine(ITEMS, 2), expected(ITEMS));
+    println!("{}", ITEMS as f64 / started.elapsed().as_secs_f64());
+}
+
+/// The throughput pipeline without a trace hook against the same with a hook: sampling 1%
+/// of items with a span per traced batch, sampling 1% with contexts only (no spans), and
+/// sampling nothing. Each round runs in a fresh process (a hook, once installed, stays), the
+/// modes alternately.
+fn traced() {
+    harness::header(
+        "threads: 10M u64, 1 frontend -> 2 transports (x+1) -> 1 backend, trace hook vs none, items/s",
+    );
+    let round = |mode: &str| -> f64 {
+        let out = std::process::Command::new(std::env::current_exe().expect("this bench"))
+            .args(["__traced_child", mode])
+            .output()
+            .expect("the round runs");
+        assert!(out.status.success(), "the {mode} round failed");
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .expect("a rate")
+    };
+    let modes = ["none", "sampled", "contexts", "hooked"];
+    let mut rates: Vec<Vec<f64>> = vec![Vec::new(); modes.len()];
+    for _ in 0..ROUNDS * 2 {
+        for (mode, rates) in modes.iter().zip(&mut rates) {
+            rates.push(round(mode));
+        }
+    }
+    let figures: Vec<harness::Figures> = rates
+        .into_iter()
+        .map(|mut rates| {
+            rates.sort_by(f64::total_cmp);
+            harness::Figures { rates }
+        })
+        .collect();
+    for (case, i) in [
+        (
+            "1% of items traced, a span per traced batch (target 0.9)",
+            1,
+        ),
+        ("1% of items traced, contexts only", 2),
+        ("a hook that traces nothing", 3),
+    ] {
+        harness::row(case, &figures[i], &figures[0]);
+    }
+}
+
 fn main() {
+    let mut args = std::env::args().skip(1);
+    if let Some("__traced_child") = args.next().as_deref() {
+        traced_child(args.next().as_deref().unwrap_or("none"));
+        return;
+    }
     let only = std::env::args().nth(1).filter(|a| !a.starts_with('-'));
     let run = |name: &str| only.as_deref().is_none_or(|o| o == name);
     if run("throughput") {
@@ -357,5 +491,8 @@ fn main() {
     }
     if run("memory") {
         memory();
+    }
+    if run("traced") {
+        traced();
     }
 }

@@ -182,7 +182,7 @@ pub type DefaultEngineBuilder = threads::EngineBuilder<
 >;
 
 /// The cargo features this build of the crate was compiled with, among `threads`, `ootb`,
-/// `proc`, `pod`, `redis` and `observe`.
+/// `proc`, `pod`, `redis`, `observe` and `otel`.
 pub fn enabled_features() -> Vec<&'static str> {
     [
         ("threads", cfg!(feature = "threads")),
@@ -191,6 +191,7 @@ pub fn enabled_features() -> Vec<&'static str> {
         ("pod", cfg!(feature = "pod")),
         ("redis", cfg!(feature = "redis")),
         ("observe", cfg!(feature = "observe")),
+        ("otel", cfg!(feature = "otel")),
     ]
     .into_iter()
     .filter_map(|(name, enabled)| enabled.then_some(name))

@@ -160,6 +160,25 @@ fn pod_is_reachable() {
     assert!(engine::enabled_features().contains(&"pod"));
 }
 
+#[test]
+fn trace_contexts_are_reachable() {
+    use engine::core::trace::TraceParent;
+
+    let parent = TraceParent::new(1, 2, TraceParent::SAMPLED).unwrap();
+    assert_eq!(parent.to_string().parse::<TraceParent>(), Ok(parent));
+}
+
+#[cfg(feature = "otel")]
+#[test]
+fn otel_is_reachable() {
+    let otel = engine::observe::otel::Otel::otlp("http://127.0.0.1:4318/v1/traces", "test")
+        .expect("a well-formed endpoint")
+        .sample(0.01);
+    let _layer = otel.layer::<tracing_subscriber::Registry>();
+    otel.shutdown();
+    assert!(engine::enabled_features().contains(&"otel"));
+}
+
 /// The protocol version as `engine-core` itself reports it in a handshake.
 fn engine_core_version() -> u32 {
     engine::core::protocol::Hello::new("k", engine::core::protocol::Address::Main).version

@@ -120,6 +120,10 @@ impl<F: TrackedFrontend> TrackedFrontend for Erased<F> {
             .produce(ctx)?
             .map(|(ticket, item)| (AnyTicket::new(ticket), item)))
     }
+
+    fn gives_trace_parents(&self) -> bool {
+        self.0.gives_trace_parents()
+    }
 }
 
 #[cfg(test)]

@@ -204,6 +204,14 @@ pub trait TrackedFrontend {
     fn stop_grace(&self) -> Duration {
         Duration::ZERO
     }
+
+    /// Whether this source says which trace context each item it hands out carries
+    /// ([`trace::set_item_parent`](crate::trace::set_item_parent), from a broker entry's
+    /// `traceparent`). An engine that runs it with a trace hook installed then takes the
+    /// context after each item; for other sources it does not look. The default is no.
+    fn gives_trace_parents(&self) -> bool {
+        false
+    }
 }
 
 /// A boxed tracked frontend is a tracked frontend, so a broker source can be chosen at run
@@ -217,6 +225,10 @@ impl<S: TrackedFrontend + ?Sized> TrackedFrontend for Box<S> {
     #[inline]
     fn produce(&mut self, ctx: &StageContext) -> Result<Option<TrackedItem<S>>, StageError> {
         (**self).produce(ctx)
+    }
+
+    fn gives_trace_parents(&self) -> bool {
+        (**self).gives_trace_parents()
     }
 }
 

@@ -126,6 +126,7 @@
 //!   per-item completion ([`plumbing::TrackedFrontend`], [`plumbing::Ticket`]), stages that
 //!   run their items in other processes ([`plumbing::offload`]), the shared lock and batch
 //!   sizing helpers: [`plumbing`].
+//! - One trace per item across threads, processes and machines: [`trace`].
 //! - Errors: [`StageError`], [`ConfigError`], [`SignalError`], [`CountMismatch`],
 //!   [`protocol::ProtocolError`].
 
@@ -147,6 +148,7 @@ mod restart;
 mod signal;
 mod stage;
 mod stop;
+pub mod trace;
 mod waiting;
 
 pub use adapt::{

@@ -30,6 +30,9 @@
 //! room downstream is not work. A pipeline whose frontend mostly waits for its source, with
 //! no stage that busy, is shown as "waiting for input".
 //!
+//! - **[`otel`]** (feature `otel`) exports traces through `tracing-opentelemetry` to any
+//!   OTLP endpoint: one trace per item, across threads, worker processes and machines.
+//!
 //! Features: `top` and `progress` (both default) add `engine top` (crossterm, an HTTP client)
 //! and the progress line (indicatif), with the scrape reader they share (`snapshot`);
 //! without them the crate is the metrics server and the dashboard alone (prometheus-client
@@ -52,6 +55,9 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+#[cfg(feature = "otel")]
+#[cfg_attr(docsrs, doc(cfg(feature = "otel")))]
+pub mod otel;
 #[cfg(feature = "progress")]
 mod progress;
 mod server;

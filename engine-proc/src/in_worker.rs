@@ -104,6 +104,10 @@ impl<S: RemoteTransport> Program for InItem<S> {
         stage.transport(task, ctx)
     }
 
+    fn context(&self) -> Option<&StageContext> {
+        Some(&self.0.ctx)
+    }
+
     fn cleanup(&mut self) {
         let Running { stage, ctx } = &mut self.0;
         Transport::cleanup(stage, ctx);
@@ -173,6 +177,10 @@ impl<S: RemoteTransport, C: PortableConfig> Program for InTransport<S, C> {
             .collect())
     }
 
+    fn context(&self) -> Option<&StageContext> {
+        Some(&self.0.ctx)
+    }
+
     fn cleanup(&mut self) {
         let Running { stage, ctx } = &mut self.0;
         Transport::cleanup(stage, ctx);
@@ -212,6 +220,10 @@ impl<S: RemoteBackend, C: PortableConfig> Program for InBackend<S, C> {
             }
         }
         Ok(outcomes)
+    }
+
+    fn context(&self) -> Option<&StageContext> {
+        Some(&self.0.ctx)
     }
 
     fn cleanup(&mut self) {

@@ -9,7 +9,8 @@ use std::time::Instant;
 use crossbeam_channel::Receiver;
 use engine_core::plumbing::catch_panic;
 use engine_core::protocol::{Address, Envelope, Frame, Kind, TaskId, from_bytes, to_bytes};
-use engine_core::{StageError, StopHandle, StopLevel};
+use engine_core::trace::{self, TraceParent};
+use engine_core::{StageContext, StageError, StopHandle, StopLevel};
 use ipc_channel::ipc::IpcReceiver;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -93,12 +94,38 @@ pub(crate) trait Program: Sized + 'static {
     /// Called once when the worker is told to stop (not when it is killed).
     fn cleanup(&mut self) {}
 
+    /// The stage's context, if the program runs a stage: its span names it.
+    fn context(&self) -> Option<&StageContext> {
+        None
+    }
+
     /// How many items a task holds, for recycling after a number of items: one, unless the
     /// task is a batch.
     fn weight(task: &Self::Task) -> u64 {
         let _ = task;
         1
     }
+}
+
+/// What the master sends a worker to run: the trace contexts of the tasks (see
+/// `engine_core::trace`), and the tasks.
+type Batch<T> = (Vec<TraceParent>, Vec<(TaskId, T)>);
+
+/// The span of a message of tasks whose batches were traced: the child of their contexts'
+/// first, linked to the others. `None` without a trace hook in this process, or contexts.
+fn batch_span<W: Program>(
+    worker: &W,
+    traces: &[TraceParent],
+    items: usize,
+) -> Option<trace::BatchScope> {
+    if traces.is_empty() {
+        return None;
+    }
+    let (stage, kind, index) = match worker.context() {
+        Some(ctx) => (ctx.stage(), ctx.kind().as_str(), ctx.index()),
+        None => ("worker", "worker", 0),
+    };
+    trace::enter_batch(trace::BatchInfo::new(stage, kind, index, items, traces))
 }
 
 /// What a worker answers to a batch: its busy time, and each task's result.
@@ -159,8 +186,11 @@ pub(crate) fn pool_entry<W: Program>(server: String) -> i32 {
         };
         match envelope.kind {
             Kind::Do => {
-                let body = match from_bytes::<Vec<(TaskId, W::Task)>>(&envelope.body) {
-                    Ok(tasks) => run_batch(&mut worker, tasks),
+                let body = match from_bytes::<Batch<W::Task>>(&envelope.body) {
+                    Ok((traces, tasks)) => {
+                        let _span = batch_span(&worker, &traces, tasks.len());
+                        run_batch(&mut worker, tasks)
+                    }
                     Err(error) => Err(StageError::new(error)),
                 };
                 let sent = match body {

@@ -11,6 +11,7 @@ use crossbeam_channel::{Receiver, Sender};
 use engine_core::StopLevel;
 use engine_core::plumbing::lock;
 use engine_core::protocol::TaskId;
+use engine_core::trace::TraceParent;
 use ipc_channel::ipc::IpcSender;
 
 use crate::boot::{Live, Spawned};
@@ -39,6 +40,9 @@ pub(crate) struct Job<T> {
     task: T,
     attempts: u32,
     lane: u32,
+    /// The trace context of the batch span the task was submitted in (see
+    /// `engine_core::trace`): the worker's span for it is that span's child.
+    trace: Option<TraceParent>,
 }
 
 /// The receiving end of a lane: results in batches.
@@ -55,6 +59,10 @@ impl<T> Job<T> {
 
     pub(crate) fn task(&self) -> &T {
         &self.task
+    }
+
+    pub(crate) fn trace(&self) -> Option<TraceParent> {
+        self.trace
     }
 }
 
@@ -173,6 +181,8 @@ impl<W: Program> Shared<W> {
         };
         let mut taken = 0;
         let mut refusals = Vec::new();
+        // One relaxed load without a trace hook.
+        let trace = engine_core::trace::current_batch();
         for task in tasks
             .by_ref()
             .take(usize::try_from(max).unwrap_or(usize::MAX))
@@ -187,6 +197,7 @@ impl<W: Program> Shared<W> {
                     task,
                     attempts: 0,
                     lane,
+                    trace,
                 }),
             }
         }

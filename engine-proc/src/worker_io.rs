@@ -83,7 +83,13 @@ pub(crate) fn send_batch<W: Program>(
     jobs: &[Job<W::Task>],
 ) -> Result<(), engine_core::protocol::ProtocolError> {
     let tasks: Vec<(TaskId, &W::Task)> = jobs.iter().map(|j| (j.id(), j.task())).collect();
-    let body = to_bytes(&tasks)?;
+    // The trace contexts of the batches the jobs came from (none without a trace hook): the
+    // worker opens its span for the message as their child.
+    let mut traces = Vec::new();
+    for trace in jobs.iter().filter_map(Job::trace) {
+        engine_core::trace::add_parent(&mut traces, trace);
+    }
+    let body = to_bytes(&(traces, tasks))?;
     let envelope = Envelope::new(
         Address::named(worker.pid.to_string()),
         Address::Main,

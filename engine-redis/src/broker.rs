@@ -19,6 +19,10 @@ pub struct Delivery {
     /// The protocol version the entry was written with (its `v` field), or `None` if it has
     /// none (written by hand, or by a build older than versioned entries).
     pub version: Option<String>,
+    /// The W3C trace context the entry was written with (its `traceparent` field,
+    /// [`TRACE_FIELD`](crate::TRACE_FIELD)), if any: the item's spans on this side link to
+    /// the producer's (see `engine_core::trace`).
+    pub trace: Option<String>,
     /// How many times the entry was delivered, this time included.
     pub deliveries: u64,
 }

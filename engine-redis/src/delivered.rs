@@ -162,4 +162,8 @@ where
     fn stop_grace(&self) -> Duration {
         self.0.stop_grace()
     }
+
+    fn gives_trace_parents(&self) -> bool {
+        self.0.gives_trace_parents()
+    }
 }

@@ -70,6 +70,9 @@
 //! Items are encoded with [`engine_core::protocol::to_bytes`] (postcard) in the entry field
 //! `d` ([`PAYLOAD_FIELD`]), next to the protocol version in `v` ([`VERSION_FIELD`]); a source
 //! dead-letters an entry of another version, with a reason that names both, and goes on.
+//! An entry appended within a traced batch also carries its W3C `traceparent`
+//! ([`TRACE_FIELD`]), and the item a source reads from it continues that trace
+//! (see `engine_core::trace`); without a trace hook, no entry has the field.
 //! Streams are named by a [`StreamAddress`]:
 //! `redis[s]://[user:password@]host:port/<stream>?group=<group>`.
 //!
@@ -154,7 +157,7 @@ pub use lease::{DEFAULT_LEASE, Ownership};
 #[cfg(feature = "metrics")]
 pub use metrics::StreamMetrics;
 pub use partition::{partition_of, partition_stream};
-pub use redis_broker::{PAYLOAD_FIELD, RedisBroker, VERSION_FIELD};
+pub use redis_broker::{PAYLOAD_FIELD, RedisBroker, TRACE_FIELD, VERSION_FIELD};
 pub use sink::StreamSink;
 pub use sink_options::{DEFAULT_BOUND, DEFAULT_RETRY_FOR, SinkOptions};
 pub use source::{

@@ -26,6 +26,10 @@ pub const PAYLOAD_FIELD: &str = "d";
 /// ([`engine_core::protocol::PROTOCOL_VERSION`], in decimal), next to the item.
 pub const VERSION_FIELD: &str = "v";
 
+/// The field of a stream entry that holds the W3C trace context (`traceparent`) of the span
+/// that appended it, written only when that batch was traced (see `engine_core::trace`).
+pub const TRACE_FIELD: &str = "traceparent";
+
 /// A connection to a Redis server or a Redis Cluster, for the stream stages.
 ///
 /// An address `redis+cluster://` connects with the `redis` crate's cluster client, which

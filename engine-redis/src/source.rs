@@ -265,8 +265,16 @@ pub(crate) fn decode<T: DeserializeOwned>(stream: &str, delivery: &Delivery) -> 
             expected,
         }),
         (_, None) => Err(bad_entry(crate::reason::no_payload(crate::PAYLOAD_FIELD))),
-        (_, Some(bytes)) => protocol::from_bytes::<T>(bytes)
-            .map_err(|error| bad_entry(crate::reason::decode_failed(&error))),
+        (_, Some(bytes)) => {
+            let item = protocol::from_bytes::<T>(bytes)
+                .map_err(|error| bad_entry(crate::reason::decode_failed(&error)))?;
+            // The item is handed out next: the engine's frontend takes its trace context.
+            if engine_core::trace::enabled() {
+                let parent = delivery.trace.as_deref().and_then(|t| t.parse().ok());
+                engine_core::trace::set_item_parent(parent);
+            }
+            Ok(item)
+        }
     }
 }
 
@@ -282,6 +290,11 @@ macro_rules! consumer_frontend {
             fn setup(&mut self, ctx: &StageContext) -> Result<(), StageError> {
                 self.running = Some(Running::start(&self.config, ctx)?);
                 Ok(())
+            }
+
+            /// Entries may carry a `traceparent`, which the items continue.
+            fn gives_trace_parents(&self) -> bool {
+                true
             }
 
             fn produce(

@@ -6,14 +6,15 @@ use std::sync::LazyLock;
 
 use engine_core::protocol::PROTOCOL_VERSION;
 
-use super::{PAYLOAD_FIELD, RedisBroker, VERSION_FIELD};
+use super::{PAYLOAD_FIELD, RedisBroker, TRACE_FIELD, VERSION_FIELD};
 use crate::broker::{Appended, Batch, DedupKey};
 use crate::error::Result;
 use crate::keys::{key_of, slot};
 
 /// Appends batches to streams, atomically: `KEYS` are the streams, then (with
 /// deduplication) the id hashes; `ARGV[1]` is the bound (negative: none), `ARGV[2]` the
-/// protocol version, `ARGV[3]` 1 to deduplicate.
+/// protocol version, `ARGV[3]` 1 to deduplicate (`0t` or `1t`: and the entries carry the
+/// trace context that is the last of `ARGV`, in the field `traceparent`).
 ///
 /// With deduplication, `ARGV[4]` is the number `m` of id hashes (the last `m` keys), each
 /// followed by its expiry (ms since the epoch), its number of fields `f` and the `f` field
@@ -57,7 +58,15 @@ local function set_range(map, from, to)
 end
 local bound = tonumber(ARGV[1])
 local version = ARGV[2]
-local dedup = ARGV[3] == '1'
+local dedup = string.sub(ARGV[3], 1, 1) == '1'
+local traced = string.sub(ARGV[3], 2, 2) == 't'
+local function add(stream, payload)
+  if traced then
+    redis.call('XADD', stream, '*', 'v', version, 'traceparent', ARGV[#ARGV], 'd', payload)
+  else
+    redis.call('XADD', stream, '*', 'v', version, 'd', payload)
+  end
+end
 local at = 4
 local streams = #KEYS
 local hashes, expiries, names, maps, dirty = {}, {}, {}, {}, {}
@@ -124,7 +133,7 @@ for k = 1, streams do
     end
     if j == 0 or all_clear(map, from, from + count - 1) then
       for t = first + taken, first + taken + count - 1 do
-        redis.call('XADD', stream, '*', 'v', version, 'd', ARGV[t])
+        add(stream, ARGV[t])
       end
       if j > 0 then set_range(map, from, from + count - 1) end
       room = room - count
@@ -140,7 +149,7 @@ for k = 1, streams do
         else
           for z = #map + 1, i - 1 do map[z] = 0 end
           map[i] = bit.bor(byte, mask)
-          redis.call('XADD', stream, '*', 'v', version, 'd', ARGV[first + taken])
+          add(stream, ARGV[first + taken])
           room = room - 1
         end
         taken = taken + 1
@@ -231,18 +240,23 @@ impl RedisBroker {
         }
         let timeout = self.response_timeout;
         let dedup = batches.iter().any(|batch| batch.dedup_keys.is_some());
+        // The span of the batch being appended, if it was traced (never without a trace
+        // hook): the entries carry its context.
+        let trace = engine_core::trace::current_batch().map(|t| t.to_string());
         if bound.is_none() && !dedup {
             let mut pipe = redis::pipe();
             for batch in batches {
                 for payload in batch.payloads {
-                    pipe.cmd("XADD")
+                    let add = pipe
+                        .cmd("XADD")
                         .arg(batch.stream)
                         .arg("*")
                         .arg(VERSION_FIELD)
-                        .arg(PROTOCOL_VERSION)
-                        .arg(PAYLOAD_FIELD)
-                        .arg(payload.as_slice())
-                        .ignore();
+                        .arg(PROTOCOL_VERSION);
+                    if let Some(trace) = &trace {
+                        add.arg(TRACE_FIELD).arg(trace);
+                    }
+                    add.arg(PAYLOAD_FIELD).arg(payload.as_slice()).ignore();
                 }
             }
             self.run("XADD", timeout, |conn| pipe.exec(conn))?;
@@ -256,7 +270,12 @@ impl RedisBroker {
         invocation
             .arg(bound.map_or(-1, |bound| i64::try_from(bound).unwrap_or(i64::MAX)))
             .arg(PROTOCOL_VERSION)
-            .arg(u8::from(dedup));
+            .arg(match (dedup, trace.is_some()) {
+                (false, false) => "0",
+                (true, false) => "1",
+                (false, true) => "0t",
+                (true, true) => "1t",
+            });
         if dedup {
             DedupArgs::of(batches).push_to(&mut invocation, batches);
         } else {
@@ -266,6 +285,9 @@ impl RedisBroker {
                     invocation.arg(payload.as_slice());
                 }
             }
+        }
+        if let Some(trace) = &trace {
+            invocation.arg(trace.as_str());
         }
         let reply: Vec<i64> =
             self.run("EVALSHA (append)", timeout, |conn| invocation.invoke(conn))?;

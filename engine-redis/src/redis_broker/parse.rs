@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use redis::Value;
 
-use super::{Fields, PAYLOAD_FIELD, VERSION_FIELD};
+use super::{Fields, PAYLOAD_FIELD, TRACE_FIELD, VERSION_FIELD};
 use crate::broker::{Delivery, EntryId, Pending};
 
 /// A reply read, or why it could not be.
@@ -79,7 +79,7 @@ pub(super) fn parse_entries(entries: Value, deliveries: u64) -> Parsed<Vec<Deliv
     let mut out = Vec::with_capacity(entries.len());
     for entry in entries {
         let (id, fields) = entry_parts(entry)?;
-        let (payload, version) = match fields {
+        let (payload, version, trace) = match fields {
             Some(Value::Array(fields)) => payload_of(fields),
             Some(Value::Map(fields)) => payload_of(fields.into_iter().flat_map(|(k, v)| [k, v])),
             Some(Value::Nil) | None => continue,
@@ -89,6 +89,7 @@ pub(super) fn parse_entries(entries: Value, deliveries: u64) -> Parsed<Vec<Deliv
             id,
             payload,
             version,
+            trace,
             deliveries,
         });
     }
@@ -140,9 +141,12 @@ fn entry_parts(entry: Value) -> Parsed<(EntryId, Option<Value>)> {
     Ok((id, entry.next()))
 }
 
-/// The payload and version fields' values among an entry's `field, value` pairs.
-fn payload_of(fields: impl IntoIterator<Item = Value>) -> (Option<Vec<u8>>, Option<String>) {
-    let (mut payload, mut version) = (None, None);
+/// The payload, version and trace context fields' values among an entry's `field, value`
+/// pairs.
+fn payload_of(
+    fields: impl IntoIterator<Item = Value>,
+) -> (Option<Vec<u8>>, Option<String>, Option<String>) {
+    let (mut payload, mut version, mut trace) = (None, None, None);
     let mut fields = fields.into_iter();
     while let (Some(field), Some(value)) = (fields.next(), fields.next()) {
         let Value::BulkString(name) = &field else {
@@ -159,9 +163,14 @@ fn payload_of(fields: impl IntoIterator<Item = Value>) -> (Option<Vec<u8>>, Opti
                 Value::Int(n) => Some(n.to_string()),
                 _ => None,
             };
+        } else if name == TRACE_FIELD.as_bytes() {
+            trace = match value {
+                Value::BulkString(bytes) => String::from_utf8(bytes).ok(),
+                _ => None,
+            };
         }
     }
-    (payload, version)
+    (payload, version, trace)
 }
 
 /// Reads the reply of the extended `XPENDING`: `[[id, consumer, idle, deliveries] ...]`.

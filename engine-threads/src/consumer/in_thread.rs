@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use engine_core::StageError;
 use engine_core::plumbing::{Outcome, Ticket};
+use engine_core::trace::BatchScope;
 
 use super::{Consume, Consumer, settle};
 use crate::link::{Batch, Polled, drop_items};
@@ -59,6 +60,11 @@ impl<K: Ticket, S: Consume<K>> Consumer<'_, K, S> {
         let started = Instant::now();
         let blocked_before = self.stage.blocked();
         let (seq, len) = (batch.seq, batch.items.len());
+        // One span per batch whose items carry trace contexts, linked to them; the outputs
+        // carry its context onward. Kept until the outputs have gone on.
+        let scope = super::batch_scope(self.at.ctx, batch.traces.as_slice(), len);
+        self.stage
+            .set_trace(scope.as_ref().and_then(BatchScope::context));
         let (done, items) = if self.stage.takes_batches() {
             (self.consume_whole(batch.items), Vec::new().into_iter())
         } else {
@@ -76,6 +82,7 @@ impl<K: Ticket, S: Consume<K>> Consumer<'_, K, S> {
         if !go_on {
             self.counts.dropped += drop_items(items);
         }
+        drop(scope);
         go_on
     }
 

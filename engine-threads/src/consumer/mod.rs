@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use engine_core::plumbing::{ItemOutcome, Offload, Outcome, Ticket, catch_panic};
+use engine_core::trace::{self, BatchInfo, BatchScope, TraceParent};
 use engine_core::{Counts, StageContext, StageError};
 
 pub(crate) use backend::BackendStage;
@@ -104,6 +105,12 @@ pub(crate) trait Consume<K: Ticket> {
     /// Time spent waiting for room in the next queue (backpressure).
     fn blocked(&self) -> Duration;
 
+    /// The outputs passed on from now on carry `trace`, the context of the span of the input
+    /// batch they come from (see `engine_core::trace`). A stage with no next queue ignores it.
+    fn set_trace(&mut self, trace: Option<TraceParent>) {
+        let _ = trace;
+    }
+
     /// The stage as an [`Offload`], if it runs its items elsewhere.
     fn offload(&mut self) -> Option<&mut dyn Offload<Input = Self::Input, Output = Self::Done>>;
 
@@ -191,6 +198,22 @@ impl<K: Ticket, S: Consume<K>> Consumer<'_, K, S> {
         self.counts.dropped += pending;
         self.publish();
     }
+}
+
+/// Opens and enters the span of a batch whose items carry `traces` (see
+/// `engine_core::trace`); `None`, at the cost of one branch, when they carry none.
+#[inline]
+fn batch_scope(ctx: &StageContext, parents: &[TraceParent], items: usize) -> Option<BatchScope> {
+    if parents.is_empty() {
+        return None;
+    }
+    trace::enter_batch(BatchInfo::new(
+        ctx.stage(),
+        ctx.kind().as_str(),
+        ctx.index(),
+        items,
+        parents,
+    ))
 }
 
 /// Makes the stage on this thread and sets it up; a failure fails the run.

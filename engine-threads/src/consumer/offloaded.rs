@@ -15,6 +15,7 @@ use crossbeam_channel::Select;
 
 use engine_core::StageError;
 use engine_core::plumbing::{Finished, ItemOutcome, Ticket};
+use engine_core::trace::{BatchScope, TraceParent};
 
 use super::{Consume, Consumer};
 use crate::link::{Batch, Polled};
@@ -26,6 +27,8 @@ struct InFlight<K> {
     tag: u64,
     seq: u64,
     tickets: Vec<K>,
+    /// The context of the span the batch was submitted in, for its outputs.
+    trace: Option<TraceParent>,
 }
 
 /// What an offloading consumer keeps between batches.
@@ -139,6 +142,11 @@ impl<K: Ticket, S: Consume<K>> Consumer<'_, K, S> {
             self.counts.dropped += batch.drop_all();
             return false;
         }
+        // The span of a batch with traced items covers its submission: the stage sends its
+        // context with the items (see `engine_core::trace::current_batch`), and the outputs
+        // carry it onward.
+        let len = batch.items.len();
+        let scope = super::batch_scope(self.at.ctx, batch.traces.as_slice(), len);
         let (tickets, items): (Vec<K>, Vec<S::Input>) = batch.items.into_iter().unzip();
         let tag = flights.next_tag;
         flights.next_tag += 1;
@@ -146,10 +154,12 @@ impl<K: Ticket, S: Consume<K>> Consumer<'_, K, S> {
             tag,
             seq: batch.seq,
             tickets,
+            trace: scope.as_ref().and_then(BatchScope::context),
         });
         if let Some(offload) = self.stage.offload() {
             offload.submit(tag, items);
         }
+        drop(scope);
         true
     }
 
@@ -188,6 +198,7 @@ impl<K: Ticket, S: Consume<K>> Consumer<'_, K, S> {
             return true;
         };
         let batch = flights.in_flight.swap_remove(at_index);
+        self.stage.set_trace(batch.trace);
         let mut go_on = true;
         let mut outcomes = outcomes.into_iter();
         for ticket in batch.tickets {

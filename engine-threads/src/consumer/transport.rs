@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use engine_core::plumbing::{ItemOutcome, Offload, Outcome, Ticket};
+use engine_core::trace::TraceParent;
 use engine_core::{BatchOut, Counts, StageContext, StageError, Transport};
 
 use super::{Consume, Here, settle, settle_not_done};
@@ -243,6 +244,13 @@ where
 
     fn blocked(&self) -> Duration {
         self.out.as_ref().map_or(Duration::ZERO, Producer::blocked)
+    }
+
+    #[inline]
+    fn set_trace(&mut self, trace: Option<TraceParent>) {
+        if let Some(out) = &mut self.out {
+            out.set_trace(trace);
+        }
     }
 
     fn offload(&mut self) -> Option<&mut dyn Offload<Input = S::Input, Output = S::Output>> {

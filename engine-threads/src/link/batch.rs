@@ -5,6 +5,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use crossbeam_channel::Sender;
 use engine_core::plumbing::{Outcome, Ticket};
+use engine_core::trace::{self, TraceParent};
 
 /// Items with their completion tickets, in frontend order within the batch.
 #[derive(Debug)]
@@ -12,6 +13,42 @@ pub(crate) struct Batch<K, T> {
     /// The batch's place in frontend order (ordered mode only; 0 otherwise).
     pub(crate) seq: u64,
     pub(crate) items: Vec<(K, T)>,
+    /// The trace contexts of the items (none without a trace hook).
+    pub(crate) traces: Traces,
+}
+
+/// The trace contexts of a batch's items, without repeats: one pointer, null (nothing
+/// allocated) when no item has one. A batch travels through the links' channels by value,
+/// so an untraced one stays as small as before contexts existed.
+#[derive(Debug, Default)]
+#[allow(
+    clippy::box_collection,
+    reason = "one pointer wide instead of a Vec's three: batches move through channels by value"
+)]
+pub(crate) struct Traces(Option<Box<Vec<TraceParent>>>);
+
+impl Traces {
+    /// Adds a context.
+    #[inline]
+    pub(crate) fn add(&mut self, parent: TraceParent) {
+        trace::add_parent(self.0.get_or_insert_default(), parent);
+    }
+
+    /// The contexts, none if no item has one.
+    #[inline]
+    pub(crate) fn as_slice(&self) -> &[TraceParent] {
+        self.0.as_deref().map_or(&[], Vec::as_slice)
+    }
+
+    #[inline]
+    pub(crate) fn take(&mut self) -> Self {
+        std::mem::take(self)
+    }
+
+    #[inline]
+    pub(crate) fn clear(&mut self) {
+        self.0 = None;
+    }
 }
 
 impl<K: Ticket, T> Batch<K, T> {

@@ -328,6 +328,7 @@ impl<K: Ticket, T: Send> Link<K, T> {
         let _ = tx.try_send(Batch {
             seq: NUDGE,
             items: Vec::new(),
+            traces: batch::Traces::default(),
         });
     }
 }

@@ -7,7 +7,8 @@ use crossbeam_channel::Sender;
 use engine_core::plumbing::Ticket;
 
 use super::Link;
-use super::batch::{Batch, drop_items};
+use super::batch::{Batch, Traces, drop_items};
+use engine_core::trace::TraceParent;
 
 /// A transport thread's sending side of a link: an open batch and a sender.
 #[derive(Debug)]
@@ -15,6 +16,10 @@ pub(crate) struct Producer<K, T> {
     tx: Sender<Batch<K, T>>,
     buf: Vec<(K, T)>,
     link: Arc<Link<K, T>>,
+    /// The trace contexts of the open batch's items, beside `current`.
+    traces: Traces,
+    /// The context of the batch whose outputs are pushed now (see [`set_trace`](Self::set_trace)).
+    current: Option<TraceParent>,
     /// Time spent waiting for room in the link (backpressure).
     blocked: Duration,
 }
@@ -25,8 +30,35 @@ impl<K: Ticket, T: Send> Producer<K, T> {
             tx,
             buf: Vec::new(),
             link,
+            traces: Traces::default(),
+            current: None,
             blocked: Duration::ZERO,
         }
+    }
+
+    /// The outputs pushed from now on carry `trace`: the context of the span of the input
+    /// batch they come from (see `engine_core::trace`). Without traces, one comparison.
+    #[inline]
+    pub(crate) fn set_trace(&mut self, trace: Option<TraceParent>) {
+        if self.current == trace {
+            return;
+        }
+        if let Some(previous) = self.current
+            && !self.buf.is_empty()
+        {
+            self.traces.add(previous);
+        }
+        self.current = trace;
+    }
+
+    /// The trace contexts of a batch about to be sent from the open batch.
+    #[inline]
+    fn take_traces(&mut self) -> Traces {
+        let mut traces = self.traces.take();
+        if let Some(current) = self.current {
+            traces.add(current);
+        }
+        traces
     }
 
     #[inline]
@@ -56,7 +88,12 @@ impl<K: Ticket, T: Send> Producer<K, T> {
         }
         let rest = self.buf.split_off(max);
         let items = std::mem::replace(&mut self.buf, rest);
-        self.send(Batch { seq: 0, items })
+        let traces = self.take_traces();
+        self.send(Batch {
+            seq: 0,
+            items,
+            traces,
+        })
     }
 
     /// Whether the open batch holds as many items as the link allows in one batch.
@@ -79,14 +116,24 @@ impl<K: Ticket, T: Send> Producer<K, T> {
             return Ok(0);
         }
         let items = std::mem::take(&mut self.buf);
-        self.send(Batch { seq: 0, items })
+        let traces = self.take_traces();
+        self.send(Batch {
+            seq: 0,
+            items,
+            traces,
+        })
     }
 
     /// Sends the open batch as the output of input batch `seq`, even if it is empty: ordered
     /// mode needs every sequence number to arrive.
     pub(crate) fn flush_ordered(&mut self, seq: u64) -> Result<usize, usize> {
         let items = std::mem::take(&mut self.buf);
-        self.send(Batch { seq, items })
+        let traces = if items.is_empty() {
+            Traces::default()
+        } else {
+            self.take_traces()
+        };
+        self.send(Batch { seq, items, traces })
     }
 
     /// On abort the items were never passed on: they count as dropped by the sending stage.
@@ -114,6 +161,7 @@ impl<K: Ticket, T: Send> Producer<K, T> {
 
     /// Drops the open batch (abort), completing its tickets; returns how many there were.
     pub(crate) fn discard(&mut self) -> u64 {
+        self.traces.clear();
         drop_items(std::mem::take(&mut self.buf))
     }
 }
