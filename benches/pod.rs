@@ -4,7 +4,8 @@
 //! adapter bean (`HttpServer`) against the same axum app served by `axum::serve`, from a
 //! hand-written HTTP/1.1 client over keep-alive connections on loopback, and the latency of
 //! one request at a time answered through `feed().call()` by an engine bean against the same
-//! handler computing inline.
+//! handler computing inline (and, in `http-engine-hops`, where that request's time goes, hop
+//! by hop).
 //!
 //! Run with `cargo xtask bench pod`.
 
@@ -12,9 +13,10 @@
 
 mod harness;
 
-use std::time::{Duration, Instant};
-
 use std::net::SocketAddr;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use engine_pod::axum::Router;
 use engine_pod::axum::extract::{Path, State};
@@ -424,6 +426,9 @@ fn main() {
     if run("http-engine") {
         http_engine();
     }
+    if run("http-engine-hops") {
+        http_engine_hops();
+    }
 }
 
 fn beans() {
@@ -446,4 +451,87 @@ fn beans() {
     if let Some(first) = memory.first() {
         println!("memory per running bean: about {first} bytes (resident growth, first round)");
     }
+}
+
+/// Where the time of `http-engine` goes, hop by hop: the handler stamps the time before it
+/// sends and after the answer came, the transport and the backend when they see the item.
+/// Medians of the differences: handler -> transport (the tokio thread wakes the frontend
+/// thread, which wakes a transport thread), transport -> backend (one engine handoff),
+/// backend -> handler (the backend's answer wakes the tokio task).
+fn http_engine_hops() {
+    const SAMPLES: usize = 2_000;
+    /// Nanoseconds since the first stamp, by where the item was.
+    static STAMPS: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
+    static START: OnceLock<Instant> = OnceLock::new();
+    fn stamp(at: usize) {
+        let ns = START.get_or_init(Instant::now).elapsed().as_nanos();
+        STAMPS[at].store(u64::try_from(ns).unwrap_or(u64::MAX), Ordering::SeqCst);
+    }
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let (addr, handle) = runtime.block_on(async {
+        let (calls, frontend) = feed::<Call<u64, u64>>(64);
+        let engine = engine_bean(move |_ctx| {
+            Engine::builder(frontend.clone())
+                .transport(|call: Call<u64, u64>| {
+                    stamp(1);
+                    call.map(|x| x.wrapping_mul(x))
+                })
+                .backend(|call: Call<u64, u64>| {
+                    stamp(2);
+                    call.answer();
+                })
+                .transport_threads(2)
+        });
+        let server = HttpServer::new(
+            Router::new()
+                .route(
+                    "/square/{n}",
+                    get(
+                        |State(calls): State<Feed<Call<u64, u64>>>, Path(n): Path<u64>| async move {
+                            stamp(0);
+                            let answer = calls.call(n).await.expect("the engine answers");
+                            stamp(3);
+                            answer.to_string()
+                        },
+                    ),
+                )
+                .with_state(calls),
+        );
+        let addr = server.local_addr();
+        let mut pod = Pod::new(PodConfig::default());
+        pod.add(BeanSpec::new("engine", engine));
+        pod.add(BeanSpec::new("through-engine", server));
+        let handle = pod.start();
+        let addr = addr.get().await.expect("the adapter bean listens");
+        (addr, handle)
+    });
+    let hops = [
+        "handler -> transport",
+        "transport -> backend",
+        "backend -> handler",
+    ];
+    let mut took: [Vec<u64>; 4] = Default::default();
+    runtime.block_on(async {
+        let mut client = Client::connect(addr).await;
+        for n in 0..SAMPLES as u64 {
+            let total = client.square(n).await;
+            let at: Vec<u64> = STAMPS.iter().map(|s| s.load(Ordering::SeqCst)).collect();
+            for (i, lat) in took.iter_mut().take(3).enumerate() {
+                lat.push(at[i + 1].saturating_sub(at[i]));
+            }
+            took[3].push(u64::try_from(total.as_nanos()).unwrap_or(u64::MAX));
+        }
+    });
+    println!("\npod: where one request through feed().call() spends its time ({SAMPLES} samples)");
+    for (name, mut lat) in hops.into_iter().chain(["whole request"]).zip(took) {
+        lat.sort_unstable();
+        println!(
+            "{name:<22} median {:>7.1} µs   p90 {:>7.1} µs",
+            lat[lat.len() / 2] as f64 / 1e3,
+            lat[lat.len() * 9 / 10] as f64 / 1e3
+        );
+    }
+    handle.stop();
+    let report = runtime.block_on(handle.wait());
+    assert!(report.is_success());
 }

@@ -12,3 +12,6 @@ pub(crate) const EXIT_CHANNEL_FAILED: i32 = 88;
 pub(crate) const INIT: &str = "engine.init";
 /// The kind of the message that tells a worker the run's stop level.
 pub(crate) const STOP: &str = "engine.stop";
+/// The name under which a pool worker hands the master its control channel, where stop
+/// levels go.
+pub(crate) const CONTROL: &str = "engine.control";

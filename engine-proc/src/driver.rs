@@ -193,16 +193,25 @@ impl<'a, W: Program> Driver<'a, W> {
             return Step::Go;
         };
         match from_bytes::<Reply<W::Output>>(body) {
+            Ok((_, results)) if results.len() != done.jobs.len() => {
+                let error = format!(
+                    "its reply has {} results for {} tasks",
+                    results.len(),
+                    done.jobs.len()
+                );
+                self.inflight.push_front(done);
+                self.on_corrupt(&error)
+            }
             Ok((busy, results)) => {
                 self.batch = next_batch(self.batch, done.jobs.len(), busy, self.max_batch);
-                let failed = results.iter().filter(|(_, r)| r.is_err()).count() as u64;
+                let failed = results.iter().filter(|r| r.is_err()).count() as u64;
                 self.shared.slots[self.slot].batch(done.jobs.len() as u64, failed);
                 // The worker answers a batch's tasks in the order it got them.
                 self.shared.deliver(
                     done.jobs
                         .iter()
                         .zip(results)
-                        .map(|(job, (id, r))| (job.lane(), id, r.map_err(TaskError::Failed)))
+                        .map(|(job, r)| (job.lane(), job.id(), r.map_err(TaskError::Failed)))
                         .collect(),
                 );
                 self.check_memory();

@@ -6,17 +6,16 @@ use std::sync::OnceLock;
 use std::thread;
 use std::time::Instant;
 
-use crossbeam_channel::Receiver;
 use engine_core::plumbing::catch_panic;
 use engine_core::protocol::{Address, Envelope, Frame, Kind, TaskId, from_bytes, to_bytes};
 use engine_core::trace::{self, TraceParent};
 use engine_core::{StageContext, StageError, StopHandle, StopLevel};
-use ipc_channel::ipc::IpcReceiver;
+use ipc_channel::ipc::{self, IpcReceiver};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::boot::{self, Connection};
-use crate::codes::{EXIT_BOOT_FAILED, EXIT_CHANNEL_FAILED, EXIT_INIT_FAILED, INIT, STOP};
+use crate::codes::{CONTROL, EXIT_BOOT_FAILED, EXIT_CHANNEL_FAILED, EXIT_INIT_FAILED, INIT, STOP};
 use crate::wire::{Packet, RecvError, recv_frame, send_envelope};
 
 /// This worker process's view of the master's stop handle.
@@ -29,40 +28,57 @@ pub(crate) fn worker_stop() -> StopHandle {
     WORKER_STOP.get_or_init(StopHandle::new).clone()
 }
 
-/// Reads the master's frames on a thread of its own, so that a stop reaches the stage's
-/// context while a batch runs; everything else goes on to the worker's loop.
-fn read_inbox(inbox: IpcReceiver<Packet>) -> Receiver<Result<Frame, RecvError>> {
-    let (tx, rx) = crossbeam_channel::unbounded();
+/// Applies the stop levels the master sends on the control channel, on a thread of its own,
+/// so that a stop reaches the stage's context while a batch runs. The batches themselves
+/// come on the inbox, which the worker's loop reads directly: a lone batch wakes one thread
+/// in the worker, not two.
+fn watch_control(control: IpcReceiver<Packet>) {
     let stop = worker_stop();
     let spawned = thread::Builder::new()
-        .name("engine-proc-inbox".into())
+        .name("engine-proc-control".into())
         .spawn(move || {
             loop {
-                let frame = recv_frame(&inbox);
-                if let Ok(Frame::Message(envelope)) = &frame
-                    && envelope.kind == Kind::user(STOP)
-                {
-                    match envelope.body::<StopLevel>() {
-                        Ok(StopLevel::Now) => {
-                            stop.stop_now();
-                        }
-                        Ok(_) => {
-                            stop.stop();
-                        }
-                        Err(error) => tracing::warn!("pool worker: a bad stop message: {error}"),
+                match recv_frame(&control) {
+                    Ok(Frame::Message(envelope)) if envelope.kind == Kind::user(STOP) => {
+                        apply_stop(&stop, &envelope);
                     }
-                    continue;
-                }
-                let end = matches!(frame, Err(RecvError::Closed | RecvError::Channel(_)));
-                if tx.send(frame).is_err() || end {
-                    return;
+                    Ok(other) => {
+                        tracing::warn!("pool worker: unexpected {} on control", other.describe());
+                    }
+                    Err(RecvError::Protocol(error)) => {
+                        tracing::warn!("pool worker: a bad control frame: {error}");
+                    }
+                    // The master is gone or forgot this worker.
+                    Err(_) => return,
                 }
             }
         });
     if let Err(error) = spawned {
-        tracing::error!("pool worker: cannot start its reader thread: {error}");
+        tracing::error!("pool worker: cannot start its control thread: {error}");
     }
-    rx
+}
+
+/// Raises this process's stop handle to the level a stop message carries.
+fn apply_stop(stop: &StopHandle, envelope: &Envelope) {
+    match envelope.body::<StopLevel>() {
+        Ok(StopLevel::Now) => {
+            stop.stop_now();
+        }
+        Ok(_) => {
+            stop.stop();
+        }
+        Err(error) => tracing::warn!("pool worker: a bad stop message: {error}"),
+    }
+}
+
+/// Opens the control channel and hands its sending end to the master, which sends stop
+/// levels there (see [`watch_control`]).
+fn open_control(conn: &Connection) -> Result<IpcReceiver<Packet>, String> {
+    let (tx, rx) = ipc::channel::<Packet>().map_err(|e| format!("cannot open a channel: {e}"))?;
+    conn.to_master
+        .send(Packet::Peers(vec![(CONTROL.to_owned(), tx)]))
+        .map_err(|e| format!("cannot reach the master: {e}"))?;
+    Ok(rx)
 }
 
 /// The code a worker process runs: built once from serialisable arguments, then running
@@ -128,8 +144,9 @@ fn batch_span<W: Program>(
     trace::enter_batch(trace::BatchInfo::new(stage, kind, index, items, traces))
 }
 
-/// What a worker answers to a batch: its busy time, and each task's result.
-pub(crate) type Reply<O> = (u64, Vec<(TaskId, Result<O, StageError>)>);
+/// What a worker answers to a batch: its busy time, and each task's result, in the order of
+/// the batch's tasks (the master knows their ids, so they do not travel back).
+pub(crate) type Reply<O> = (u64, Vec<Result<O, StageError>>);
 
 /// The kind a pool worker of type `W` says hello as.
 pub(crate) fn kind_of<W>() -> String {
@@ -140,6 +157,13 @@ pub(crate) fn kind_of<W>() -> String {
 pub(crate) fn pool_entry<W: Program>(server: String) -> i32 {
     let conn = match boot::connect(server, &kind_of::<W>()) {
         Ok(conn) => conn,
+        Err(reason) => {
+            tracing::error!("pool worker cannot start: {reason}");
+            return EXIT_BOOT_FAILED;
+        }
+    };
+    let control = match open_control(&conn) {
+        Ok(control) => control,
         Err(reason) => {
             tracing::error!("pool worker cannot start: {reason}");
             return EXIT_BOOT_FAILED;
@@ -162,9 +186,13 @@ pub(crate) fn pool_entry<W: Program>(server: String) -> i32 {
             return EXIT_INIT_FAILED;
         }
     };
-    let inbox = read_inbox(conn.inbox);
+    watch_control(control);
     let code = loop {
-        let envelope = match inbox.recv().unwrap_or(Err(RecvError::Closed)) {
+        let envelope = match recv_frame(&conn.inbox) {
+            Ok(Frame::Message(envelope)) if envelope.kind == Kind::user(STOP) => {
+                apply_stop(&worker_stop(), &envelope);
+                continue;
+            }
             Ok(Frame::Message(envelope)) => envelope,
             Ok(other) => {
                 tracing::warn!("pool worker: unexpected {}", other.describe());
@@ -235,22 +263,21 @@ fn run_batch<W: Program>(
     tasks: Vec<(TaskId, W::Task)>,
 ) -> Result<Vec<u8>, StageError> {
     let started = Instant::now();
-    let results: Vec<(TaskId, Result<W::Output, StageError>)> = tasks
+    let results: Vec<Result<W::Output, StageError>> = tasks
         .into_iter()
-        .map(|(id, task)| (id, catch_panic(|| worker.run(task))))
+        .map(|(_, task)| catch_panic(|| worker.run(task)))
         .collect();
     let busy = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
     match to_bytes(&(busy, &results)) {
         Ok(bytes) => Ok(bytes),
         // One output would not encode: encode each alone, so only that one fails.
         Err(_) => {
-            let results: Vec<(TaskId, Result<Vec<u8>, StageError>)> = results
+            let results: Vec<Result<W::Output, StageError>> = results
                 .into_iter()
-                .map(|(id, r)| (id, r.and_then(|o| to_bytes(&o).map_err(StageError::new))))
-                .collect();
-            let results: Vec<(TaskId, Result<W::Output, StageError>)> = results
-                .into_iter()
-                .map(|(id, r)| (id, r.and_then(|b| from_bytes(&b).map_err(StageError::new))))
+                .map(|r| {
+                    r.and_then(|o| to_bytes(&o).map_err(StageError::new))
+                        .and_then(|b| from_bytes(&b).map_err(StageError::new))
+                })
                 .collect();
             to_bytes(&(busy, &results)).map_err(StageError::new)
         }

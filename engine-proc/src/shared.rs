@@ -79,10 +79,26 @@ pub(crate) struct Queue<T> {
     waiting: usize,
     /// Slots whose worker could not be started again: given up for good.
     given_up: usize,
-    /// Pids and inboxes of live workers, by slot, for killing at once.
-    workers: Vec<Option<(u32, IpcSender<Packet>, Live)>>,
+    /// Live workers, by slot, for stopping and killing them at once.
+    workers: Vec<Option<LiveWorker>>,
     /// The stop level forwarded to the workers.
     stop_level: StopLevel,
+}
+
+/// A live worker as the owner of the workers sees it.
+pub(crate) struct LiveWorker {
+    pid: u32,
+    /// Where its batches go (for tests that send it a corrupt frame).
+    #[cfg_attr(
+        not(feature = "testing"),
+        allow(dead_code, reason = "read by a test hook")
+    )]
+    inbox: IpcSender<Packet>,
+    /// Where its stop levels go: read by a thread of its own in the worker, so a stop
+    /// reaches the stage while a batch runs.
+    control: IpcSender<Packet>,
+    /// For killing it.
+    live: Live,
 }
 
 /// What the owner of the workers and their drivers share.
@@ -226,7 +242,7 @@ impl<W: Program> Shared<W> {
                 .workers
                 .iter()
                 .flatten()
-                .map(|(_, tx, _)| tx.clone())
+                .map(|w| w.control.clone())
                 .collect()
         };
         for tx in inboxes {
@@ -290,7 +306,7 @@ impl<W: Program> Shared<W> {
             .workers
             .iter()
             .flatten()
-            .map(|(pid, _, _)| *pid)
+            .map(|w| w.pid)
             .collect()
     }
 
@@ -298,10 +314,10 @@ impl<W: Program> Shared<W> {
     #[cfg(feature = "testing")]
     pub(crate) fn inject_raw_frame(&self, bytes: Vec<u8>) -> bool {
         let queue = lock(&self.queue);
-        let Some((_, tx, _)) = queue.workers.iter().flatten().next() else {
+        let Some(worker) = queue.workers.iter().flatten().next() else {
             return false;
         };
-        tx.send(Packet::Frame(bytes)).is_ok()
+        worker.inbox.send(Packet::Frame(bytes)).is_ok()
     }
 
     /// Takes up to `max` jobs holding at most `items` items (at least one job); waits for
@@ -411,7 +427,7 @@ impl<W: Program> Shared<W> {
                     .workers
                     .iter()
                     .flatten()
-                    .map(|(_, _, live)| live.clone())
+                    .map(|w| w.live.clone())
                     .collect()
             } else {
                 Vec::new()
@@ -425,17 +441,22 @@ impl<W: Program> Shared<W> {
         }
     }
 
-    /// Records the new worker of `slot` as live, tells it the stop level if the run is
-    /// stopping already, and wakes the drivers.
-    pub(crate) fn register(&self, slot: usize, worker: &Spawned) {
+    /// Records the new worker of `slot` as live, with `control` where its stop levels go,
+    /// tells it the stop level if the run is stopping already, and wakes the drivers.
+    pub(crate) fn register(&self, slot: usize, worker: &Spawned, control: IpcSender<Packet>) {
         let mut queue = lock(&self.queue);
-        queue.workers[slot] = Some((worker.pid, worker.tx.clone(), worker.live()));
-        queue.live += 1;
         let stop_level = queue.stop_level;
-        drop(queue);
         if stop_level > StopLevel::Running {
-            let _ = send_stop(&worker.tx, stop_level);
+            let _ = send_stop(&control, stop_level);
         }
+        queue.workers[slot] = Some(LiveWorker {
+            pid: worker.pid,
+            inbox: worker.tx.clone(),
+            control,
+            live: worker.live(),
+        });
+        queue.live += 1;
+        drop(queue);
         self.wake.notify_all();
     }
 

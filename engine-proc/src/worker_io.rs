@@ -6,13 +6,14 @@ use std::time::{Duration, Instant};
 
 use engine_core::StageError;
 use engine_core::protocol::{Address, Envelope, Frame, Kind, TaskId, to_bytes};
+use ipc_channel::ipc::IpcSender;
 
 use crate::boot::{self, Spawned};
-use crate::codes::INIT;
+use crate::codes::{CONTROL, INIT};
 use crate::error::{ExitHow, SpawnError, TaskError};
 use crate::program::{Program, kind_of, pool_entry};
 use crate::shared::{Job, Routed, Shared};
-use crate::wire::{self, RecvError, send_envelope};
+use crate::wire::{self, Packet, RecvError, send_envelope};
 
 /// What went to a worker and awaits its reply.
 pub(crate) struct InFlight<T> {
@@ -51,7 +52,45 @@ pub(crate) fn start_worker<W: Program>(
         worker.kill_and_wait();
         return Err(SpawnError::Protocol(e));
     }
-    let outcome = match wire::recv_frame(&worker.rx) {
+    let outcome = receive_control(&worker).and_then(|control| {
+        init_result(&worker)?;
+        Ok(control)
+    });
+    match outcome {
+        Ok(control) => {
+            shared.register(slot, &worker, control);
+            Ok(worker)
+        }
+        Err(error) => {
+            worker.kill_and_wait();
+            Err(error)
+        }
+    }
+}
+
+/// The worker's first packet: the sending end of its control channel, where stop levels go.
+fn receive_control(worker: &Spawned) -> Result<IpcSender<Packet>, SpawnError> {
+    match wire::recv_packet(&worker.rx, None) {
+        Ok(Packet::Peers(mut peers)) if peers.len() == 1 && peers[0].0 == CONTROL => {
+            Ok(peers.remove(0).1)
+        }
+        Ok(_) => Err(SpawnError::Protocol(
+            engine_core::protocol::ProtocolError::UnexpectedFrame {
+                expected: "the worker's control channel",
+                found: "another packet".into(),
+            },
+        )),
+        Err(_) => Err(SpawnError::ExitedEarly {
+            how: worker
+                .wait_exit(Duration::from_secs(5))
+                .unwrap_or(ExitHow::Unknown),
+        }),
+    }
+}
+
+/// The worker's answer to its init arguments.
+fn init_result(worker: &Spawned) -> Result<(), SpawnError> {
+    match wire::recv_frame(&worker.rx) {
         Ok(Frame::Message(e)) if e.kind == Kind::Finished => Ok(()),
         Ok(Frame::Message(e)) if e.kind == Kind::Failed => Err(SpawnError::Init(
             e.body::<StageError>().unwrap_or_else(StageError::new),
@@ -68,13 +107,7 @@ pub(crate) fn start_worker<W: Program>(
                 .wait_exit(Duration::from_secs(5))
                 .unwrap_or(ExitHow::Unknown),
         }),
-    };
-    if let Err(error) = outcome {
-        worker.kill_and_wait();
-        return Err(error);
     }
-    shared.register(slot, &worker);
-    Ok(worker)
 }
 
 /// Sends a batch of jobs to the worker, as one message.

@@ -136,7 +136,12 @@ impl Frame {
     ///
     /// [`ProtocolError::Encode`] if serialisation fails (it does not for well-formed frames).
     pub fn encode(&self) -> Result<Vec<u8>, ProtocolError> {
-        let mut bytes = Vec::with_capacity(FRAME_HEADER_LEN + 32);
+        // Room for the body too, so that a large one is copied once.
+        let body = match self {
+            Self::Message(envelope) => envelope.body.len(),
+            _ => 0,
+        };
+        let mut bytes = Vec::with_capacity(FRAME_HEADER_LEN + 64 + body);
         bytes.extend_from_slice(&FRAME_MAGIC);
         bytes.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
         postcard::to_io(self, &mut bytes).map_err(|source| ProtocolError::Encode {
@@ -199,10 +204,44 @@ impl Frame {
 /// [`ProtocolError::Encode`] if the value cannot be serialised (for example a map with
 /// non-serialisable keys, or a sequence of unknown length).
 pub fn to_bytes<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, ProtocolError> {
-    postcard::to_stdvec(value).map_err(|source| ProtocolError::Encode {
-        what: type_name::<T>(),
-        source: CodecError(source),
+    postcard::serialize_with_flavor(value, Bytes(Vec::new())).map_err(|source| {
+        ProtocolError::Encode {
+            what: type_name::<T>(),
+            source: CodecError(source),
+        }
     })
+}
+
+/// Postcard's output as a `Vec`, like its own `StdVec`, but writing the few bytes of a varint
+/// one by one instead of through `extend_from_slice`: a `memmove` call per integer made up
+/// most of the cost of encoding a batch of small items.
+struct Bytes(Vec<u8>);
+
+impl postcard::ser_flavors::Flavor for Bytes {
+    type Output = Vec<u8>;
+
+    #[inline]
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        if data.len() <= 16 {
+            self.0.reserve(data.len());
+            for &byte in data {
+                self.0.push(byte);
+            }
+        } else {
+            self.0.extend_from_slice(data);
+        }
+        Ok(())
+    }
+
+    #[inline]
+    fn try_push(&mut self, byte: u8) -> postcard::Result<()> {
+        self.0.push(byte);
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<Vec<u8>> {
+        Ok(self.0)
+    }
 }
 
 /// Decodes a value encoded with [`to_bytes`] from untrusted bytes. Never panics, and rejects
