@@ -231,7 +231,10 @@ impl RedisBroker {
         }
         let timeout = self.response_timeout;
         let dedup = batches.iter().any(|batch| batch.dedup_keys.is_some());
-        if bound.is_none() && !dedup {
+        // On a cluster the script even without a bound: one command, which the `redis` crate
+        // follows through a slot migration (`ASK`), where it would resend a pipeline
+        // without `ASKING` after its first command, appending that one again and again.
+        if bound.is_none() && !dedup && !self.is_cluster() {
             let mut pipe = redis::pipe();
             for batch in batches {
                 for payload in batch.payloads {
