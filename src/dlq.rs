@@ -5,7 +5,8 @@ use std::process::ExitCode;
 use clap::Subcommand;
 
 /// `engine dlq ...`: the dead-letter stream of `redis://host:port/<stream>` (`{<stream>}:dead`,
-/// or the address's `dead=`).
+/// or the address's `dead=`); of a keyed stream (`?partitions=<P>`, also on a cluster,
+/// `redis+cluster://...`), those of each of its partitions (`{<stream>:p<i>}:dead`).
 #[derive(Debug, Subcommand)]
 pub(crate) enum DlqCommand {
     /// List the dead letters, oldest first: id, original id, deliveries, reason.
@@ -41,34 +42,53 @@ pub(crate) fn dlq(command: &DlqCommand) -> anyhow::Result<ExitCode> {
     use engine::redis::DeadLetters;
     match command {
         DlqCommand::List { address } => {
-            let mut letters = DeadLetters::connect(address)?;
-            let list = letters.list()?;
-            for letter in &list {
-                let original = letter
-                    .original_id
-                    .map_or_else(|| "-".to_owned(), |id| id.to_string());
-                let deliveries = letter
-                    .deliveries
-                    .map_or_else(|| "-".to_owned(), |n| n.to_string());
-                println!(
-                    "{}\t{original}\tdeliveries={deliveries}\t{}",
-                    letter.id, letter.reason
+            let each = DeadLetters::connect_each(address)?;
+            let several = each.len() > 1;
+            let mut total = 0;
+            for mut letters in each {
+                let list = letters.list()?;
+                for letter in &list {
+                    let original = letter
+                        .original_id
+                        .map_or_else(|| "-".to_owned(), |id| id.to_string());
+                    let deliveries = letter
+                        .deliveries
+                        .map_or_else(|| "-".to_owned(), |n| n.to_string());
+                    println!(
+                        "{}\t{original}\tdeliveries={deliveries}\t{}",
+                        letter.id, letter.reason
+                    );
+                }
+                // A keyed stream's partitions: only those with dead letters are counted.
+                if !several || !list.is_empty() {
+                    eprintln!(
+                        "{} dead letters in {}",
+                        list.len(),
+                        letters.dead_letter_stream()
+                    );
+                }
+                total += list.len();
+            }
+            if several {
+                eprintln!(
+                    "{total} dead letters in the partitions of {}",
+                    address.stream()
                 );
             }
-            eprintln!(
-                "{} dead letters in {}",
-                list.len(),
-                letters.dead_letter_stream()
-            );
             Ok(ExitCode::SUCCESS)
         }
         DlqCommand::Show { id, address } => {
-            let mut letters = DeadLetters::connect(address)?;
-            let Some(letter) = letters.get(*id)? else {
-                eprintln!(
-                    "error: no dead letter {id} in {}",
-                    letters.dead_letter_stream()
-                );
+            let mut found = None;
+            let mut searched = Vec::new();
+            for mut letters in DeadLetters::connect_each(address)? {
+                if let Some(letter) = letters.get(*id)? {
+                    found = Some(letter);
+                    break;
+                }
+                searched.push(letters.dead_letter_stream().to_owned());
+            }
+            let Some(letter) = found else {
+                eprintln!("error: no dead letter {id} in {}", searched.join(", "));
                 return Ok(ExitCode::FAILURE);
             };
             let or_dash = |text: Option<String>| text.unwrap_or_else(|| "-".to_owned());
@@ -124,21 +144,48 @@ pub(crate) fn dlq(command: &DlqCommand) -> anyhow::Result<ExitCode> {
                 (false, true) => return usage("give the ids to replay, or --all".to_owned()),
                 _ => {}
             }
-            let mut letters = DeadLetters::connect(&address)?;
-            let replayed = if *all {
-                letters.replay_all()?
-            } else {
-                letters.replay(&ids)?
-            };
-            for moved in &replayed {
-                println!("{} -> {}", moved.dead, moved.new);
+            // A keyed stream's partitions each: an id is looked for in each partition's
+            // dead letters until found (ids of two partitions' dead-letter streams could be
+            // equal only if written in one millisecond on two servers, then the first wins).
+            let mut replayed = Vec::new();
+            for mut letters in DeadLetters::connect_each(&address)? {
+                let moved = if *all {
+                    letters.replay_all()?
+                } else {
+                    let left: Vec<engine::redis::EntryId> = ids
+                        .iter()
+                        .filter(|id| {
+                            !replayed
+                                .iter()
+                                .any(|r: &engine::redis::Replayed| r.dead == **id)
+                        })
+                        .copied()
+                        .collect();
+                    if left.is_empty() {
+                        break;
+                    }
+                    letters.replay(&left)?
+                };
+                for r in &moved {
+                    println!("{} -> {}", r.dead, r.new);
+                }
+                if !moved.is_empty() || !*all || address.partitions().is_none() {
+                    eprintln!(
+                        "replayed {} dead letters from {} to {}",
+                        moved.len(),
+                        letters.dead_letter_stream(),
+                        letters.stream()
+                    );
+                }
+                replayed.extend(moved);
             }
-            eprintln!(
-                "replayed {} dead letters from {} to {}",
-                replayed.len(),
-                letters.dead_letter_stream(),
-                letters.stream()
-            );
+            if address.partitions().is_some() {
+                eprintln!(
+                    "replayed {} dead letters to the partitions of {}",
+                    replayed.len(),
+                    address.stream()
+                );
+            }
             let missing: Vec<String> = ids
                 .iter()
                 .filter(|id| !replayed.iter().any(|moved| moved.dead == **id))

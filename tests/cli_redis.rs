@@ -385,3 +385,118 @@ fn keyed_lines_keep_their_order_per_key_from_stream_to_stream() {
     assert_eq!(threads.status.code(), Some(1), "{threads:?}");
     assert!(String::from_utf8_lossy(&threads.stderr).contains("ordered"));
 }
+
+/// The length of `key` on a cluster, wherever its slot is served.
+fn cluster_len(conn: &mut engine::redis::redis::cluster::ClusterConnection, key: &str) -> usize {
+    engine::redis::redis::cmd("XLEN")
+        .arg(key)
+        .query(conn)
+        .expect("XLEN")
+}
+
+#[test]
+fn dead_letters_of_a_keyed_stream_on_a_cluster_are_listed_and_replayed_in_every_partition() {
+    use engine::redis::testing::{Cluster, ClusterOptions};
+    use engine::redis::{StreamAddress, redis::cluster::ClusterClient};
+    const PARTITIONS: u32 = 12;
+    let cluster = Cluster::start_with(ClusterOptions::new().replicas(0)).unwrap();
+    let keyed = format!("{}?partitions={PARTITIONS}", cluster.stream_url("jobs"));
+    let seeds: Vec<String> = cluster
+        .ports()
+        .iter()
+        .map(|port| format!("redis://127.0.0.1:{port}"))
+        .collect();
+    let mut conn = ClusterClient::new(seeds).unwrap().get_connection().unwrap();
+
+    // Good lines, then one poison entry (a payload that is no line) in 3 partitions, one on
+    // each master: partition i is on master i % 3.
+    let input: String = (0..30).map(|n| format!("user{n} ok\n")).collect();
+    let out = engine(&["run", "--to", &keyed, "--key", "field:1"], &input);
+    assert!(out.status.success(), "{out:?}");
+    let address = StreamAddress::parse(&keyed).unwrap();
+    let mut broker = RedisBroker::connect(&address).unwrap();
+    let partitions = broker.partition_streams("jobs", PARTITIONS).unwrap();
+    let poisoned = [0, 4, 8];
+    for p in poisoned {
+        broker
+            .append(&partitions[p], &[vec![0xff, 0xff, 0xff]], None)
+            .unwrap();
+    }
+    let dead = |p: usize| format!("{{{}}}:dead", partitions[p]);
+
+    // A consumer takes the good lines and buries the poison.
+    let child = Command::new(env!("CARGO_BIN_EXE_engine"))
+        .args([
+            "run",
+            "--from",
+            &format!("{keyed}&block_ms=50&lease_ms=500"),
+        ])
+        .args(["--to", &cluster.stream_url("done")])
+        .env("RUST_LOG", "error")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the engine runs");
+    wait_until("the poison is buried and the lines are done", || {
+        poisoned
+            .iter()
+            .all(|p| cluster_len(&mut conn, &dead(*p)) == 1)
+            && cluster_len(&mut conn, "done") >= 30
+    });
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+    child.wait_with_output().expect("the engine ends");
+
+    // List: the three dead letters, from three partitions on three masters.
+    let out = engine(&["dlq", "list", &keyed], "");
+    assert!(out.status.success(), "{out:?}");
+    let listed = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(listed.lines().count(), 3, "{listed}");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        stderr.contains("3 dead letters in the partitions of jobs"),
+        "{stderr}"
+    );
+    for p in poisoned {
+        assert!(
+            stderr.contains(&format!("1 dead letters in {}", dead(p))),
+            "{stderr}"
+        );
+    }
+    let ids: Vec<&str> = listed
+        .lines()
+        .map(|row| row.split('\t').next().expect("an id"))
+        .collect();
+
+    // Show finds a letter in any partition; replay one by id, then the rest.
+    let out = engine(&["dlq", "show", ids[2], &keyed], "");
+    assert!(out.status.success(), "{out:?}");
+    let out = engine(&["dlq", "replay", ids[1], &keyed], "");
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1);
+    let out = engine(&["dlq", "replay", "--all", &keyed], "");
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("replayed 2 dead letters to the partitions of jobs"),
+        "{out:?}"
+    );
+    // Each poison entry is back in its own partition, no dead letter is left.
+    for p in poisoned {
+        assert_eq!(
+            (
+                cluster_len(&mut conn, &partitions[p]),
+                cluster_len(&mut conn, &dead(p))
+            ),
+            (1, 0),
+            "{}",
+            partitions[p]
+        );
+    }
+    let out = engine(&["dlq", "list", &keyed], "");
+    assert!(out.status.success() && out.stdout.is_empty(), "{out:?}");
+}

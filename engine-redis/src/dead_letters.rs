@@ -4,6 +4,7 @@
 use std::fmt;
 
 use crate::address::StreamAddress;
+use crate::broker::Broker;
 use crate::broker::EntryId;
 use crate::error::Result;
 use crate::redis_broker::{Fields, PAYLOAD_FIELD, RedisBroker, VERSION_FIELD};
@@ -106,6 +107,35 @@ impl DeadLetters {
             stream: address.stream().to_owned(),
             dead_stream: address.dead_letter_stream(),
         })
+    }
+
+    /// The dead letters of every stream `address` names: for a keyed stream
+    /// (`partitions=<P>`), one for each partition, whose entries go to
+    /// `{<stream>:p<i>}:dead` (named as its sinks and sources name them, so on a cluster
+    /// `<stream>:p<i>.<n>` where the placement says so), replayed to the partition; else
+    /// the stream's own, as [`connect`](Self::connect).
+    ///
+    /// # Errors
+    ///
+    /// As [`RedisBroker::connect`]; a connection or server error reading the placement.
+    pub fn connect_each(address: &StreamAddress) -> Result<Vec<Self>> {
+        let Some(partitions) = address.partitions else {
+            return Ok(vec![Self::connect(address)?]);
+        };
+        let mut broker = RedisBroker::connect(address)?;
+        let streams = broker.partition_streams(address.stream(), partitions.max(1))?;
+        let mut each = Vec::with_capacity(streams.len());
+        for stream in streams {
+            let dead_stream = crate::keys::dead_letter_stream(&stream);
+            // A connection each: a `DeadLetters` owns its broker.
+            let broker = RedisBroker::connect(address)?;
+            each.push(Self {
+                broker,
+                stream,
+                dead_stream,
+            });
+        }
+        Ok(each)
     }
 
     /// The stream replayed entries go back to.

@@ -1,5 +1,6 @@
 //! A Redis stream's consumer groups as Prometheus metrics (feature `metrics`): what the
-//! server says at scrape time (`XINFO GROUPS`, `XLEN` of the dead-letter stream).
+//! server says at scrape time (`XINFO GROUPS`, `XLEN` of the dead-letter stream), for the
+//! stream or each partition of a keyed stream, with the node serving it on a cluster.
 
 use std::fmt;
 use std::sync::Mutex;
@@ -11,6 +12,7 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 
 use crate::address::StreamAddress;
+use crate::broker::Broker;
 use crate::redis_broker::RedisBroker;
 use crate::source::Settlement;
 
@@ -27,9 +29,14 @@ type GroupGauge = (
 /// Per group (labels `stream`, `group`): `engine_redis_pending` (entries delivered and not yet
 /// acknowledged), `engine_redis_lag` (entries not yet delivered to the group, as `XINFO
 /// GROUPS` reports it), `engine_redis_consumers`; per stream: `engine_redis_dead_letters`
-/// (entries in its dead-letter stream) and `engine_redis_up` (1 if the server answered the
-/// scrape). A scrape that cannot reach the server reports `engine_redis_up 0` and nothing
-/// else; the next one tries again.
+/// (entries in its dead-letter stream) and `engine_redis_up` (label `stream`: 1 if the
+/// server answered the scrape). A scrape that cannot reach the server reports
+/// `engine_redis_up 0` and nothing else; the next one tries again.
+///
+/// For a keyed stream (`partitions=<P>` in the address), the group and dead-letter metrics
+/// are per partition: `stream` is the partition stream (`<stream>:p<i>`, as its sinks and
+/// sources name it), and on a cluster a `node` label names the master serving it
+/// (`host:port`), so that a partition that lags, and the node it lags on, can be told apart.
 pub struct StreamMetrics {
     address: StreamAddress,
     broker: Mutex<Option<RedisBroker>>,
@@ -66,22 +73,74 @@ impl StreamMetrics {
         self
     }
 
-    fn read(&self) -> Option<(Vec<redis::streams::StreamInfoGroup>, u64)> {
+    /// What the server says of the stream, or of each of its partitions.
+    fn read(&self) -> Option<Vec<Scraped>> {
         let mut broker = engine_core::plumbing::lock(&self.broker);
         if broker.is_none() {
             *broker = RedisBroker::connect(&self.address).ok();
         }
-        let answer = broker
-            .as_mut()?
-            .group_info(self.address.stream(), &self.address.dead_letter_stream());
+        let answer = Self::ask(broker.as_mut()?, &self.address);
         match answer {
-            Ok(info) => Some(info),
+            Ok(scraped) => Some(scraped),
             Err(error) => {
                 tracing::debug!("metrics: {error}");
                 *broker = None;
                 None
             }
         }
+    }
+
+    fn ask(broker: &mut RedisBroker, address: &StreamAddress) -> crate::Result<Vec<Scraped>> {
+        let streams: Vec<(String, String)> = match address.partitions {
+            Some(partitions) => broker
+                .partition_streams(address.stream(), partitions.max(1))?
+                .into_iter()
+                .map(|stream| {
+                    let dead = crate::keys::dead_letter_stream(&stream);
+                    (stream, dead)
+                })
+                .collect(),
+            None => vec![(address.stream().to_owned(), address.dead_letter_stream())],
+        };
+        let names: Vec<String> = streams.iter().map(|(stream, _)| stream.clone()).collect();
+        let nodes = broker.masters_of(&names)?;
+        streams
+            .into_iter()
+            .zip(nodes)
+            .map(|((stream, dead_stream), node)| {
+                let (groups, dead) = broker.group_info(&stream, &dead_stream)?;
+                Ok(Scraped {
+                    stream,
+                    node,
+                    groups,
+                    dead,
+                })
+            })
+            .collect()
+    }
+}
+
+/// What a scrape found of one stream (or partition).
+struct Scraped {
+    stream: String,
+    /// The master serving it, on a cluster.
+    node: Option<String>,
+    groups: Vec<redis::streams::StreamInfoGroup>,
+    /// The length of its dead-letter stream.
+    dead: u64,
+}
+
+impl Scraped {
+    /// The labels of its metrics, with `group` if given.
+    fn labels(&self, group: Option<&str>) -> Vec<(&'static str, String)> {
+        let mut labels = vec![("stream", self.stream.clone())];
+        if let Some(group) = group {
+            labels.push(("group", group.to_owned()));
+        }
+        if let Some(node) = &self.node {
+            labels.push(("node", node.clone()));
+        }
+        labels
     }
 }
 
@@ -108,15 +167,16 @@ impl Collector for StreamMetrics {
                 ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
             }
         }
-        let info = self.read();
-        let up = encoder.encode_descriptor(
+        let scraped = self.read();
+        let mut up = encoder.encode_descriptor(
             "engine_redis_up",
             "1 if the Redis server answered this scrape.",
             None,
             MetricType::Gauge,
         )?;
-        ConstGauge::new(i64::from(info.is_some())).encode(up)?;
-        let Some((groups, dead)) = info else {
+        ConstGauge::new(i64::from(scraped.is_some()))
+            .encode(up.encode_family(&[("stream", stream)])?)?;
+        let Some(scraped) = scraped else {
             return Ok(());
         };
         let per_group: [GroupGauge; 3] = [
@@ -136,9 +196,11 @@ impl Collector for StreamMetrics {
         ];
         for (name, help, read) in per_group {
             let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
-            for group in &groups {
-                let labels = [("stream", stream.clone()), ("group", group.name.clone())];
-                ConstGauge::new(read(group)).encode(family.encode_family(&labels)?)?;
+            for one in &scraped {
+                for group in &one.groups {
+                    let labels = one.labels(Some(&group.name));
+                    ConstGauge::new(read(group)).encode(family.encode_family(&labels)?)?;
+                }
             }
         }
         let mut family = encoder.encode_descriptor(
@@ -147,9 +209,10 @@ impl Collector for StreamMetrics {
             None,
             MetricType::Gauge,
         )?;
-        let labels = [("stream", stream)];
-        ConstGauge::new(i64::try_from(dead).unwrap_or(i64::MAX))
-            .encode(family.encode_family(&labels)?)?;
+        for one in &scraped {
+            ConstGauge::new(i64::try_from(one.dead).unwrap_or(i64::MAX))
+                .encode(family.encode_family(&one.labels(None))?)?;
+        }
         Ok(())
     }
 }

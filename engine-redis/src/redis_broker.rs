@@ -67,6 +67,9 @@ pub struct RedisBroker {
     replicas: Option<(u32, Duration)>,
     /// Which of several partitions a blocking read on a cluster waits on next.
     turn: usize,
+    /// Until when reads of several streams on a cluster go one command at a time (a slot
+    /// was being migrated).
+    one_by_one_until: Option<std::time::Instant>,
 }
 
 impl fmt::Debug for RedisBroker {
@@ -110,6 +113,7 @@ impl RedisBroker {
             response_timeout: address.response_timeout,
             replicas: address.replicas(),
             turn: 0,
+            one_by_one_until: None,
         };
         // A server that wants a password and got none answers the first command only.
         let timeout = address.response_timeout;
@@ -317,7 +321,10 @@ fn classify(server: &str, command: &'static str, err: RedisError, cluster: bool)
             ErrorKind::Client => !err.to_string().contains("routed"),
             _ => false,
         };
-    if passing {
+    // A blocking read whose stream was deleted while it waited (`UNBLOCKED`, Redis 7): on a
+    // cluster, `MIGRATE` moving the stream to another master; the next read finds it there.
+    let unblocked = err.code() == Some("UNBLOCKED");
+    if passing || unblocked {
         return Error::ConnectionLost {
             server,
             command,

@@ -1,6 +1,7 @@
 //! Effects at most once, against a real `redis-server`: items carry their stable ids
 //! (`StreamSource::with_ids`), and a deduplicating sink appends each id once, also when the
-//! consumer is killed after its sink wrote and before it acknowledged, 50 times in a row.
+//! consumer is killed after its sink wrote and before it acknowledged, 50 times in a row
+//! (10 times on a Redis Cluster).
 //!
 //! The consumers are this test executable run again in a consumer role (the `consumer_role`
 //! test, selected by environment variables; it does nothing in a normal run).
@@ -17,7 +18,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use engine_core::{Backend, StageContext, StageError};
-use engine_redis::testing::Server;
+use engine_redis::testing::{Cluster, ClusterOptions, Server};
 use engine_redis::{
     Batch, Broker, DedupKey, DedupSink, Delivered, EntryId, ItemId, RedisBroker, SinkOptions,
     SourceOptions, StreamAddress, StreamSink, StreamSource,
@@ -129,16 +130,79 @@ fn within(timeout: Duration, mut command: Command) -> std::process::Output {
     child.wait_with_output().expect("the consumer's output")
 }
 
-fn consumer(server: &Server, die: bool) -> Command {
+/// A consumer process relaying `input` to `output`, dying after its first write if `die`.
+fn consumer(input: &str, output: &str, die: bool) -> Command {
     let mut command = common::role("consumer_role");
     command
-        .env(ROLE_IN, common::url(server, "in", "block_ms=20"))
-        .env(ROLE_OUT, server.stream_url("out"))
+        .env(ROLE_IN, input)
+        .env(ROLE_OUT, output)
         .env("RUST_LOG", "warn");
     if die {
         command.env(ROLE_DIE, "1");
     }
     command
+}
+
+/// Writes `items` items to the stream `in` of `input`, then relays them to `output` through
+/// `lives` consumers that each SIGKILL themselves right after their first write, before they
+/// acknowledge, and a last one that finishes. Returns how many lives skipped items they were
+/// delivered again, and the items of `out` (on the server `conn` reaches).
+fn relay_killed_between_write_and_ack(
+    input: &StreamAddress,
+    output: &str,
+    items: u64,
+    lives: usize,
+    conn: &mut impl redis::ConnectionLike,
+) -> (usize, Vec<u64>) {
+    Engine::builder(0..items)
+        .backend(StreamSink::<u64>::new(input.clone()))
+        .run()
+        .unwrap();
+    let input = format!("{}?block_ms=20", input.as_str());
+    let mut skipped_lives = 0;
+    for life in 0..lives {
+        let out = within(Duration::from_secs(30), consumer(&input, output, true));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            out.status.code(),
+            None,
+            "life {life} was killed by its own SIGKILL after a write: {out:?}"
+        );
+        // Each life after the first had the last one's written items delivered again, and
+        // skipped them.
+        let skipped: u64 = stdout
+            .lines()
+            .find_map(|line| line.split("duplicates skipped: ").nth(1))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or_else(|| panic!("life {life} reports its duplicates: {out:?}"));
+        if skipped > 0 {
+            skipped_lives += 1;
+        }
+        assert!(common::pending(conn, "in", "engine") > 0, "life {life}");
+    }
+    // A last consumer runs to the end, gracefully.
+    let mut last = consumer(&input, output, false)
+        .spawn()
+        .expect("the consumer starts");
+    common::wait_until("every item is through", Duration::from_secs(60), || {
+        common::len(conn, "in") == 0 && common::pending(conn, "in", "engine") == 0
+    });
+    let pid = i32::try_from(last.id()).expect("a pid");
+    // SAFETY: `kill` has no memory-safety preconditions; the pid is our unreaped child.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    assert!(last.wait().unwrap().success());
+    (skipped_lives, common::items(conn, "out"))
+}
+
+/// Checks that `got` holds each of the `items` items (times ten) exactly once.
+fn assert_each_once(got: &[u64], items: u64) {
+    let mut times: HashMap<u64, usize> = HashMap::new();
+    for n in got {
+        *times.entry(*n).or_default() += 1;
+    }
+    assert_eq!(got.len() as u64, items, "each item exactly once");
+    assert!(times.values().all(|&n| n == 1));
+    assert!((0..items).all(|n| times.contains_key(&(n * 10))));
 }
 
 #[test]
@@ -241,60 +305,42 @@ fn items_carry_their_stream_and_entry_ids() {
 fn a_consumer_killed_between_write_and_acknowledgement_50_times_repeats_nothing() {
     let _heavy = common::heavy();
     let server = Server::start().unwrap();
-    let address = server.address("in").unwrap();
-    Engine::builder(0..ITEMS)
-        .backend(StreamSink::<u64>::new(address))
-        .run()
-        .unwrap();
     let mut conn = server.connection().unwrap();
-    let mut skipped_lives = 0;
-    for life in 0..LIVES {
-        let out = within(Duration::from_secs(30), consumer(&server, true));
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert_eq!(
-            out.status.code(),
-            None,
-            "life {life} was killed by its own SIGKILL after a write: {out:?}"
-        );
-        // Each life after the first had the last one's written items delivered again, and
-        // skipped them.
-        let skipped: u64 = stdout
-            .lines()
-            .find_map(|line| line.split("duplicates skipped: ").nth(1))
-            .and_then(|n| n.trim().parse().ok())
-            .unwrap_or_else(|| panic!("life {life} reports its duplicates: {out:?}"));
-        if skipped > 0 {
-            skipped_lives += 1;
-        }
-        assert!(
-            common::pending(&mut conn, "in", "engine") > 0,
-            "life {life}"
-        );
-    }
+    let (skipped_lives, got) = relay_killed_between_write_and_ack(
+        &server.address("in").unwrap(),
+        &server.stream_url("out"),
+        ITEMS,
+        LIVES,
+        &mut conn,
+    );
     assert!(
         skipped_lives >= LIVES - 1,
         "redelivered items were skipped in {skipped_lives} lives"
     );
-    // A last consumer runs to the end, gracefully.
-    let mut last = consumer(&server, false)
-        .spawn()
-        .expect("the consumer starts");
-    common::wait_until("every item is through", Duration::from_secs(60), || {
-        common::len(&mut conn, "in") == 0 && common::pending(&mut conn, "in", "engine") == 0
-    });
-    let pid = i32::try_from(last.id()).expect("a pid");
-    // SAFETY: `kill` has no memory-safety preconditions; the pid is our unreaped child.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
-    assert!(last.wait().unwrap().success());
+    assert_each_once(&got, ITEMS);
+}
 
-    let got: Vec<u64> = common::items(&mut conn, "out");
-    let mut times: HashMap<u64, usize> = HashMap::new();
-    for n in &got {
-        *times.entry(*n).or_default() += 1;
-    }
-    assert_eq!(got.len() as u64, ITEMS, "each item exactly once");
-    assert!(times.values().all(|&n| n == 1));
-    assert!((0..ITEMS).all(|n| times.contains_key(&(n * 10))));
+/// The same on a Redis Cluster (3 masters, no replicas), where `in` and `out` live on
+/// masters of their own and the dedup records in `out`'s slot: the relay SIGKILLed 10 times
+/// between write and acknowledgement, each item appears once downstream.
+#[test]
+fn on_a_cluster_a_relay_killed_between_write_and_acknowledgement_10_times_repeats_nothing() {
+    const LIVES: usize = 10;
+    let _heavy = common::heavy();
+    let cluster = Cluster::start_with(ClusterOptions::new().replicas(0)).unwrap();
+    let mut conn = common::cluster_connection(&cluster);
+    let (skipped_lives, got) = relay_killed_between_write_and_ack(
+        &cluster.address("in").unwrap(),
+        &cluster.stream_url("out"),
+        ITEMS,
+        LIVES,
+        &mut conn,
+    );
+    assert!(
+        skipped_lives >= LIVES - 1,
+        "redelivered items were skipped in {skipped_lives} lives"
+    );
+    assert_each_once(&got, ITEMS);
 }
 
 /// The append script's bookkeeping, through the broker: ids of one millisecond share a

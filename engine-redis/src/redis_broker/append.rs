@@ -243,7 +243,10 @@ impl RedisBroker {
         // The span of the batch being appended, if it was traced (never without a trace
         // hook): the entries carry its context.
         let trace = engine_core::trace::current_batch().map(|t| t.to_string());
-        if bound.is_none() && !dedup {
+        // On a cluster the script even without a bound: one command, which the `redis` crate
+        // follows through a slot migration (`ASK`), where it would resend a pipeline
+        // without `ASKING` after its first command, appending that one again and again.
+        if bound.is_none() && !dedup && !self.is_cluster() {
             let mut pipe = redis::pipe();
             for batch in batches {
                 for payload in batch.payloads {

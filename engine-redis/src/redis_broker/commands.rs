@@ -258,22 +258,26 @@ impl Broker for RedisBroker {
         if finished.is_empty() && failed.is_empty() {
             return Ok(());
         }
-        let mut pipe = redis::pipe();
+        let mut cmds = Vec::new();
         if !finished.is_empty() {
             let ids: Vec<String> = finished.iter().map(EntryId::to_string).collect();
-            pipe.cmd("XACK").arg(stream).arg(group).arg(&ids).ignore();
-            pipe.cmd("XDEL").arg(stream).arg(&ids).ignore();
+            let mut ack = redis::cmd("XACK");
+            ack.arg(stream).arg(group).arg(&ids);
+            let mut del = redis::cmd("XDEL");
+            del.arg(stream).arg(&ids);
+            cmds.extend([ack, del]);
         }
         for (id, reason) in failed {
-            pipe.cmd("SET")
-                .arg(error_key(stream, *id))
+            let mut set = redis::cmd("SET");
+            set.arg(error_key(stream, *id))
                 .arg(reason)
                 .arg("EX")
-                .arg(ERROR_TTL_SECS)
-                .ignore();
+                .arg(ERROR_TTL_SECS);
+            cmds.push(set);
         }
         let timeout = self.response_timeout;
-        self.run("XACK", timeout, |conn| pipe.exec(conn))?;
+        // Acknowledging, deleting and recording an error twice is as once.
+        self.run("XACK", timeout, |conn| conn.query_idempotent(&cmds))?;
         self.confirm("XACK", stream)
     }
 

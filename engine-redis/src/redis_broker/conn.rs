@@ -76,6 +76,37 @@ impl Conn {
         }
     }
 
+    /// Runs `cmds` in one pipeline (per master, on a cluster), and returns each reply.
+    ///
+    /// On a cluster, a slot being migrated answers `ASK` for the keys already moved, and the
+    /// `redis` crate (1.8) follows `ASK` only for a command sent alone: in a pipeline it
+    /// comes back as the pipeline's error (or, in a pipeline of one slot, is followed by the
+    /// first command only). The commands are then run again one at a time, each following
+    /// its redirection: so `cmds` must be safe to run twice (renewing a lease, `XACK`).
+    pub(super) fn query_idempotent(&mut self, cmds: &[Cmd]) -> RedisResult<Vec<Value>> {
+        match self {
+            Self::Single(conn) => {
+                let mut pipe = redis::pipe();
+                for cmd in cmds {
+                    pipe.add_command(cmd.clone());
+                }
+                pipe.query(conn)
+            }
+            Self::Cluster(conn) => {
+                let mut pipe = redis::cluster::cluster_pipe();
+                for cmd in cmds {
+                    pipe.add_command(cmd.clone());
+                }
+                match pipe.query(conn) {
+                    Err(err) if err.is_cluster_error() => {
+                        cmds.iter().map(|cmd| cmd.query(&mut **conn)).collect()
+                    }
+                    other => other,
+                }
+            }
+        }
+    }
+
     /// A cluster connection, for the commands only a cluster has.
     pub(super) fn cluster(&mut self) -> Option<&mut ClusterConnection> {
         match self {

@@ -342,12 +342,52 @@ impl Cluster {
                     return Some(format!("node {port} sees slots on stopped {}", seen.port));
                 }
             }
+            if let Some(problem) = self.replicas_unlisted(node, &view) {
+                return Some(problem);
+            }
             if view.iter().any(|seen| seen.myself && !seen.master) {
                 match query(node, "INFO", "replication") {
                     Ok(text) if field_of(&text, "master_link_status") == Some("up") => {}
                     Ok(_) => return Some(format!("replica {port} is not in sync")),
                     Err(err) => return Some(format!("node {port}: {err}")),
                 }
+            }
+        }
+        None
+    }
+
+    /// Whether `node`'s slot map (`CLUSTER SLOTS`, what clients read) lists, with each range,
+    /// every running replica that its view of the cluster gives the range's master: a node
+    /// says `cluster_state:ok` before its slot map lists a new replica, and a client asking
+    /// then would find too few replicas for `replicas=`.
+    fn replicas_unlisted(&self, node: &Server, view: &[NodeLine]) -> Option<String> {
+        let port = node.port();
+        let ranges = match node.connection().and_then(|mut conn| {
+            redis::cmd("CLUSTER")
+                .arg("SLOTS")
+                .query::<Vec<Vec<redis::Value>>>(&mut conn)
+        }) {
+            Ok(ranges) => ranges,
+            Err(err) => return Some(format!("node {port}: {err}")),
+        };
+        for range in &ranges {
+            let master_id = match range.get(2) {
+                Some(redis::Value::Array(parts)) => match parts.get(2) {
+                    Some(redis::Value::BulkString(id)) => String::from_utf8_lossy(id).into_owned(),
+                    _ => continue,
+                },
+                _ => continue,
+            };
+            let expected = view
+                .iter()
+                .filter(|seen| !seen.master && seen.master_id.as_deref() == Some(&*master_id))
+                .filter(|seen| self.is_running(seen.port) && !seen.failed)
+                .count();
+            let listed = range.len().saturating_sub(3);
+            if listed < expected {
+                return Some(format!(
+                    "node {port} lists {listed} of {expected} replicas with a slot range"
+                ));
             }
         }
         None
@@ -390,6 +430,8 @@ impl fmt::Debug for Cluster {
 #[derive(Debug)]
 struct NodeLine {
     port: u16,
+    /// The id of its master, for a replica.
+    master_id: Option<String>,
     myself: bool,
     master: bool,
     /// Marked `fail` or `fail?`.
@@ -418,6 +460,10 @@ fn parse_nodes(text: &str) -> Vec<NodeLine> {
                 .collect();
             Some(NodeLine {
                 port,
+                master_id: fields
+                    .get(3)
+                    .filter(|m| **m != "-")
+                    .map(|m| (*m).to_owned()),
                 myself: flags.contains(&"myself"),
                 master: flags.contains(&"master"),
                 failed: flags.iter().any(|f| f.starts_with("fail")),
@@ -461,6 +507,8 @@ mod tests {
         assert_eq!((nodes[1].port, nodes[1].failed), (7001, true));
         assert_eq!(nodes[1].slots, [(5461, 5461), (5462, 10922)]);
         assert!(!nodes[2].master && nodes[2].slots.is_empty());
+        assert_eq!(nodes[2].master_id.as_deref(), Some("a1"));
+        assert_eq!(nodes[0].master_id, None);
         assert_eq!(
             field_of("a:1\r\ncluster_state:ok\r\n", "cluster_state"),
             Some("ok")

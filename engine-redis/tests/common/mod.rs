@@ -14,9 +14,9 @@ use std::process::{ChildStdout, Command};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use engine_redis::testing::Server;
+use engine_redis::testing::{Cluster, Server};
 use redis::streams::{StreamInfoConsumersReply, StreamPendingReply, StreamRangeReply};
-use redis::{Commands, Connection};
+use redis::{Commands, ConnectionLike};
 
 /// Serialises the heavy tests of one test binary: the machine has two cores.
 pub static HEAVY: Mutex<()> = Mutex::new(());
@@ -38,6 +38,20 @@ pub fn url(server: &Server, stream: &str, query: &str) -> String {
     url
 }
 
+/// A connection to `cluster`, from every node as a seed: it follows the slots wherever
+/// they are served.
+pub fn cluster_connection(cluster: &Cluster) -> redis::cluster::ClusterConnection {
+    let seeds: Vec<String> = cluster
+        .ports()
+        .iter()
+        .map(|port| format!("redis://127.0.0.1:{port}"))
+        .collect();
+    redis::cluster::ClusterClient::new(seeds)
+        .expect("the seeds are valid")
+        .get_connection()
+        .expect("the cluster answers")
+}
+
 /// A port nothing listens on right now.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -47,7 +61,7 @@ pub fn free_port() -> u16 {
 }
 
 /// Every entry of `stream`, in order, as (id, fields).
-pub fn entries(conn: &mut Connection, stream: &str) -> Vec<redis::streams::StreamId> {
+pub fn entries(conn: &mut impl ConnectionLike, stream: &str) -> Vec<redis::streams::StreamId> {
     let mut out = Vec::new();
     let mut start = "-".to_owned();
     loop {
@@ -63,7 +77,10 @@ pub fn entries(conn: &mut Connection, stream: &str) -> Vec<redis::streams::Strea
 }
 
 /// The decoded `d` fields of every entry of `stream`.
-pub fn items<T: serde::de::DeserializeOwned>(conn: &mut Connection, stream: &str) -> Vec<T> {
+pub fn items<T: serde::de::DeserializeOwned>(
+    conn: &mut impl ConnectionLike,
+    stream: &str,
+) -> Vec<T> {
     entries(conn, stream)
         .iter()
         .map(|entry| {
@@ -74,18 +91,22 @@ pub fn items<T: serde::de::DeserializeOwned>(conn: &mut Connection, stream: &str
 }
 
 /// The length of `stream` (0 if it does not exist).
-pub fn len(conn: &mut Connection, stream: &str) -> usize {
+pub fn len(conn: &mut impl ConnectionLike, stream: &str) -> usize {
     conn.xlen(stream).expect("XLEN")
 }
 
 /// How many entries of `stream` are pending in `group` (0 if there is no group).
-pub fn pending(conn: &mut Connection, stream: &str, group: &str) -> usize {
+pub fn pending(conn: &mut impl ConnectionLike, stream: &str, group: &str) -> usize {
     conn.xpending::<_, _, StreamPendingReply>(stream, group)
         .map_or(0, |reply| reply.count())
 }
 
 /// The consumers of `group` and how many entries each has pending.
-pub fn consumers(conn: &mut Connection, stream: &str, group: &str) -> HashMap<String, usize> {
+pub fn consumers(
+    conn: &mut impl ConnectionLike,
+    stream: &str,
+    group: &str,
+) -> HashMap<String, usize> {
     conn.xinfo_consumers::<_, _, StreamInfoConsumersReply>(stream, group)
         .map(|reply| {
             reply
