@@ -153,6 +153,9 @@ fn rate_of(dom: &str, stage: &str) -> Option<String> {
     Some(rest[rate..rate + end].to_owned())
 }
 
+/// The resident memory each worker reports: 24 MiB.
+const WORKER_MEMORY: i64 = 24 << 20;
+
 /// Worker processes and a Redis stream as their collectors report them (engine-proc's
 /// `WorkerMetrics`, engine-redis' `StreamMetrics`), with counts that move as time passes: one
 /// worker of the placed stage `double` died once and was started again.
@@ -190,6 +193,16 @@ impl prometheus_client::collector::Collector for WorkersAndStream {
         for (worker, ..) in workers {
             let labels = [("pool", "double"), ("worker", worker)];
             ConstGauge::new(1).encode(up.encode_family(&labels)?)?;
+        }
+        let mut memory = encoder.encode_descriptor(
+            "engine_worker_memory_bytes",
+            "memory",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (worker, ..) in workers {
+            let labels = [("pool", "double"), ("worker", worker)];
+            ConstGauge::new(WORKER_MEMORY).encode(memory.encode_family(&labels)?)?;
         }
         let up = encoder.encode_descriptor("engine_redis_up", "up", None, MetricType::Gauge)?;
         ConstGauge::new(1).encode(up)?;
@@ -261,6 +274,8 @@ fn the_dashboard_shows_every_stage_with_live_rates_and_charts_in_a_browser() {
     assert!(!first.contains("id=\"workers-panel\" hidden"), "{first}");
     assert_eq!(first.matches("data-pool=\"double\"").count(), 2, "{first}");
     assert!(first.contains("● up"), "{first}");
+    // Each worker's resident memory (engine-proc's `engine_worker_memory_bytes`).
+    assert_eq!(first.matches(">24.0 MiB<").count(), 2, "{first}");
     assert!(!first.contains("id=\"redis-panel\" hidden"), "{first}");
     assert!(first.contains("data-stream=\"orders\""), "{first}");
     let rate = rate_of(&first, "backend").unwrap_or_else(|| panic!("{first}"));

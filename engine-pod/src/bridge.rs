@@ -7,11 +7,18 @@
 //! channel fills, [`Feed::send`] waits, and what is in flight stays within the channel's
 //! capacity plus the engine's queues. When every [`Feed`] is dropped, the frontend ends once
 //! it has taken what was sent, and the run ends (drains) as with any finite source.
+//!
+//! With a trace hook installed ([`engine_core::trace`]), an item sent carries the trace
+//! context current where it was sent (an HTTP handler's span), and the engine's batch span
+//! for it is that span's child. The frontend's wait for an empty feed is waiting for input
+//! ([`engine_core::waiting_for_input`]), not work.
 
 use std::fmt;
 use std::time::Duration;
 
-use engine_core::{Backend, Frontend, StageContext, StageError};
+use engine_core::plumbing::{TrackedFrontend, TrackedItem};
+use engine_core::trace::{self, TraceParent};
+use engine_core::{Backend, StageContext, StageError};
 use flume::{RecvTimeoutError, SendTimeoutError};
 use tokio::sync::oneshot;
 
@@ -62,6 +69,8 @@ const STOP_POLL: Duration = Duration::from_millis(20);
 /// # });
 /// ```
 pub fn feed<T>(capacity: usize) -> (Feed<T>, FeedFrontend<T>) {
+    // The channel carries each item with the trace context of its sender (`None` without a
+    // trace hook).
     let (tx, rx) = flume::bounded(capacity);
     (Feed(tx), FeedFrontend(rx))
 }
@@ -95,7 +104,27 @@ pub fn deliver<T>(capacity: usize) -> (DeliverBackend<T>, Deliveries<T>) {
 
 /// The async side of a [`feed`]: sends items into the engine. Cloneable; the run's source
 /// ends when every clone is dropped.
-pub struct Feed<T>(flume::Sender<T>);
+pub struct Feed<T>(flume::Sender<Fed<T>>);
+
+/// An item in a feed's channel, with the trace context current where it was sent.
+struct Fed<T> {
+    item: T,
+    parent: Option<TraceParent>,
+}
+
+impl<T> Fed<T> {
+    /// `item`, with the context current here if a trace hook is installed: one relaxed load
+    /// otherwise.
+    #[inline]
+    fn here(item: T) -> Self {
+        let parent = if trace::enabled() {
+            trace::current()
+        } else {
+            None
+        };
+        Self { item, parent }
+    }
+}
 
 /// An item the engine no longer takes (its frontend is gone: the run ended), handed back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -105,11 +134,19 @@ pub struct FeedClosed<T>(pub T);
 impl<T> Feed<T> {
     /// Sends `item`, waiting while the channel is full (the engine's backpressure).
     ///
+    /// With a trace hook installed, the item carries the trace context current where the
+    /// send is first polled ([`trace::current`]): the span of the handler awaiting it, or of
+    /// the future it is instrumented with ([`tracing::Instrument`]). The engine's span for
+    /// the item is that span's child.
+    ///
     /// # Errors
     ///
     /// [`FeedClosed`] with the item when the engine's frontend is gone.
     pub async fn send(&self, item: T) -> Result<(), FeedClosed<T>> {
-        self.0.send_async(item).await.map_err(|e| FeedClosed(e.0))
+        self.0
+            .send_async(Fed::here(item))
+            .await
+            .map_err(|e| FeedClosed(e.0.item))
     }
 
     /// Sends `item` if there is room now.
@@ -118,9 +155,9 @@ impl<T> Feed<T> {
     ///
     /// [`FeedError::Full`] or [`FeedError::Closed`], with the item.
     pub fn try_send(&self, item: T) -> Result<(), FeedError<T>> {
-        self.0.try_send(item).map_err(|e| match e {
-            flume::TrySendError::Full(item) => FeedError::Full(item),
-            flume::TrySendError::Disconnected(item) => FeedError::Closed(item),
+        self.0.try_send(Fed::here(item)).map_err(|e| match e {
+            flume::TrySendError::Full(fed) => FeedError::Full(fed.item),
+            flume::TrySendError::Disconnected(fed) => FeedError::Closed(fed.item),
         })
     }
 
@@ -150,12 +187,16 @@ pub enum FeedError<T> {
 /// The engine's side of a [`feed`]: a frontend producing what the async side sends. It ends
 /// when every [`Feed`] is dropped and the channel is empty, or at a stop. Cloneable (the
 /// channel is multi-consumer), for several frontend threads or a bean's runs.
-pub struct FeedFrontend<T>(flume::Receiver<T>);
+///
+/// It is a [`TrackedFrontend`] (with the empty ticket `()`), so that it can hand each item's
+/// trace context to the engine; engines take it as they take any frontend.
+pub struct FeedFrontend<T>(flume::Receiver<Fed<T>>);
 
-impl<T> Frontend for FeedFrontend<T> {
+impl<T> TrackedFrontend for FeedFrontend<T> {
     type Item = T;
+    type Ticket = ();
 
-    fn produce(&mut self, ctx: &StageContext) -> Result<Option<T>, StageError> {
+    fn produce(&mut self, ctx: &StageContext) -> Result<Option<TrackedItem<Self>>, StageError> {
         loop {
             if ctx.is_stopping() {
                 return Ok(None);
@@ -164,11 +205,17 @@ impl<T> Frontend for FeedFrontend<T> {
             // while no item comes.
             // Only an empty feed is waited on, and that wait is waiting for input, not work.
             let received = match self.0.try_recv() {
-                Ok(item) => Ok(item),
+                Ok(fed) => Ok(fed),
                 Err(_) => engine_core::waiting_for_input(|| self.0.recv_timeout(STOP_POLL)),
             };
             match received {
-                Ok(item) => return Ok(Some(item)),
+                Ok(Fed { item, parent }) => {
+                    // The item is handed out next: the engine's frontend takes its context.
+                    if trace::enabled() {
+                        trace::set_item_parent(parent);
+                    }
+                    return Ok(Some(((), item)));
+                }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return Ok(None),
             }
@@ -178,6 +225,11 @@ impl<T> Frontend for FeedFrontend<T> {
     fn stop_grace(&self) -> Duration {
         // A blocked `produce` looks at the stop within this time.
         STOP_POLL * 3
+    }
+
+    /// Items carry their sender's context, which the engine continues.
+    fn gives_trace_parents(&self) -> bool {
+        true
     }
 }
 
@@ -339,7 +391,8 @@ pub enum CallError {
 
 impl<T, R> Feed<Call<T, R>> {
     /// Sends `item` with a way back and waits for its result (waiting first for room in the
-    /// channel, as [`send`](Self::send)).
+    /// channel, as [`send`](Self::send)). With a trace hook installed, the item carries the
+    /// trace context current where the call is first polled, as with `send`.
     ///
     /// ```
     /// use engine::pod::{Call, feed};

@@ -241,3 +241,45 @@ async fn http_posts_become_items_and_each_request_gets_its_result() {
     assert_eq!(report.beans[0].id, BeanId(1));
     assert!(!report.forced);
 }
+
+/// An engine fed slowly through a feed (an item every 10 ms, as requests come to a quiet
+/// server) waits for its input: its frontend counts that time as waiting, not as work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_fed_slowly_waits_for_input_and_is_not_busy() {
+    const SENT: u64 = 30;
+    let (tx, frontend) = feed::<u64>(4);
+    let handle = Engine::builder(frontend)
+        .transport(|x: u64| x + 1)
+        .backend(|_: u64| {})
+        .spawn()
+        .expect("the engine starts");
+    let stats = handle.stats_reader();
+    for i in 0..SENT {
+        // The pace of the source, not a synchronisation: the engine waits for each item.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        tx.send(i).await.expect("the engine takes items");
+    }
+    drop(tx);
+    let report = tokio::task::spawn_blocking(move || handle.join())
+        .await
+        .expect("the joining task")
+        .expect("the run");
+    assert_eq!(report.processed(), SENT);
+    let front = report
+        .stage_of_kind(engine_core::StageKind::Frontend)
+        .expect("a frontend");
+    let elapsed = report.elapsed;
+    assert!(elapsed >= Duration::from_millis(300), "{elapsed:?}");
+    assert!(
+        front.busy() < elapsed / 10,
+        "the feed's frontend counts {:?} busy of {elapsed:?}",
+        front.busy()
+    );
+    let live = stats.read();
+    let thread = &live.stages[0].threads[0];
+    assert!(
+        thread.waiting_for_input >= Duration::from_millis(250),
+        "{thread:?}"
+    );
+    assert!(thread.waiting_for_input > 10 * thread.busy, "{thread:?}");
+}

@@ -58,16 +58,18 @@ impl SlotCounters {
         self.failed.fetch_add(failed, Ordering::Relaxed);
     }
 
-    /// The slot as metrics show it.
+    /// The slot as metrics show it, held by the live process `pid` (`None`: none holds it
+    /// now), whose resident memory is read now.
     #[cfg(feature = "metrics")]
-    pub(crate) fn snapshot(&self, up: bool) -> SlotSnapshot {
+    pub(crate) fn snapshot(&self, pid: Option<u32>) -> SlotSnapshot {
         SlotSnapshot {
             tasks: self.tasks.load(Ordering::Relaxed),
             failed: self.failed.load(Ordering::Relaxed),
             deaths: self.deaths.load(Ordering::Relaxed),
             respawns: self.respawns.load(Ordering::Relaxed),
             recycles: self.recycles.load(Ordering::Relaxed),
-            up,
+            up: pid.is_some(),
+            memory: pid.and_then(crate::driver::resident_bytes),
         }
     }
 }
@@ -83,4 +85,7 @@ pub(crate) struct SlotSnapshot {
     pub(crate) recycles: u64,
     /// Whether a live process holds the slot.
     pub(crate) up: bool,
+    /// The resident memory of the process holding the slot, in bytes: `None` while none
+    /// does, or where `/proc` cannot tell.
+    pub(crate) memory: Option<u64>,
 }

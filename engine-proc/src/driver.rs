@@ -442,8 +442,9 @@ impl<'a, W: Program> Driver<'a, W> {
     }
 }
 
-/// The resident memory of process `pid`, from `/proc/<pid>/statm`.
-fn resident_bytes(pid: u32) -> Option<u64> {
+/// The resident memory of process `pid`, from `/proc/<pid>/statm` (`None` where there is no
+/// `/proc`, or once the process is gone): for the memory limit and the worker metrics.
+pub(crate) fn resident_bytes(pid: u32) -> Option<u64> {
     let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
     let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
     // SAFETY: sysconf has no preconditions.

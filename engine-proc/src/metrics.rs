@@ -23,8 +23,10 @@ pub(crate) trait SlotSource: Send + Sync + 'static {
 /// Per worker slot (label `worker`, the slot's index; label `pool`, the pool's or stage's
 /// name): `engine_worker_tasks` (tasks run; for a placed stage, batches),
 /// `engine_worker_failures`, `engine_worker_deaths`, `engine_worker_respawns`,
-/// `engine_worker_recycles` (counters) and `engine_worker_up` (gauge: 1 while a live process
-/// holds the slot). Register it with
+/// `engine_worker_recycles` (counters), `engine_worker_up` (gauge: 1 while a live process
+/// holds the slot) and `engine_worker_memory_bytes` (gauge: the resident memory of the
+/// process holding the slot, read from `/proc` at each scrape; absent for a slot no process
+/// holds, and where there is no `/proc`). Register it with
 /// [`Registry::register_collector`](prometheus_client::registry::Registry::register_collector).
 #[derive(Clone)]
 pub struct WorkerMetrics {
@@ -94,6 +96,18 @@ impl Collector for WorkerMetrics {
         )?;
         for (slot, labels) in slots.iter().zip(&labels) {
             ConstGauge::new(i64::from(slot.up)).encode(up.encode_family(labels)?)?;
+        }
+        let mut memory = encoder.encode_descriptor(
+            "engine_worker_memory_bytes",
+            "Resident memory of the worker process holding the slot.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (slot, labels) in slots.iter().zip(&labels) {
+            if let Some(bytes) = slot.memory {
+                let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
+                ConstGauge::new(bytes).encode(memory.encode_family(labels)?)?;
+            }
         }
         Ok(())
     }

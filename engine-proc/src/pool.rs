@@ -365,7 +365,8 @@ impl<S: RemoteTransport> Pool<S> {
     }
 
     /// The pool's worker processes as Prometheus metrics (feature `metrics`): per worker,
-    /// tasks, failures, deaths, respawns, recycles, and whether it is up.
+    /// tasks, failures, deaths, respawns, recycles, whether it is up, and its resident
+    /// memory.
     #[cfg(feature = "metrics")]
     #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
     pub fn metrics(&self) -> crate::WorkerMetrics {

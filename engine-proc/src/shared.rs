@@ -280,18 +280,20 @@ impl<W: Program> Shared<W> {
         );
     }
 
-    /// Every slot's counters, and whether a live process holds it.
+    /// Every slot's counters, whether a live process holds it, and that process's memory
+    /// (read from `/proc` after the queue's lock is let go: a scrape never holds up the
+    /// drivers for it).
     #[cfg(feature = "metrics")]
     pub(crate) fn slot_snapshots(&self) -> Vec<SlotSnapshot> {
-        let up: Vec<bool> = lock(&self.queue)
+        let pids: Vec<Option<u32>> = lock(&self.queue)
             .workers
             .iter()
-            .map(Option::is_some)
+            .map(|w| w.as_ref().map(|w| w.pid))
             .collect();
         self.slots
             .iter()
-            .zip(up)
-            .map(|(c, up)| c.snapshot(up))
+            .zip(pids)
+            .map(|(c, pid)| c.snapshot(pid))
             .collect()
     }
 

@@ -610,6 +610,45 @@ fn the_pools_metrics_count_tasks_and_recycles_per_worker() {
     assert!(sum("engine_worker_up") <= 2, "{text}");
 }
 
+/// The pool's metrics: each worker's resident memory, read from `/proc` at the scrape.
+#[cfg(feature = "metrics")]
+fn the_pools_metrics_give_each_workers_memory() {
+    let pool = pool(2);
+    let mut registry = prometheus_client::registry::Registry::default();
+    registry.register_collector(Box::new(pool.metrics()));
+    // The workers take their slots as they start: poll until both are up.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let memory = loop {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        let memory: BTreeMap<String, u64> = text
+            .lines()
+            .filter(|l| l.starts_with("engine_worker_memory_bytes{"))
+            .map(|l| {
+                let worker = l
+                    .split("worker=\"")
+                    .nth(1)
+                    .unwrap()
+                    .split('"')
+                    .next()
+                    .unwrap();
+                let bytes = l.rsplit(' ').next().unwrap().parse::<u64>().unwrap();
+                (worker.to_owned(), bytes)
+            })
+            .collect();
+        if memory.len() == 2 {
+            break memory;
+        }
+        assert!(Instant::now() < deadline, "{text}");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    // A worker process is a copy of this binary: some megabytes at least.
+    for (worker, bytes) in &memory {
+        assert!(*bytes > 1 << 20, "worker {worker}: {bytes} bytes");
+    }
+    assert_eq!(memory.keys().collect::<Vec<_>>(), ["0", "1"]);
+}
+
 fn main() {
     match std::env::var("POOL_TEST_ROLE").as_deref() {
         Ok("no-init") => return no_init_role(),
@@ -623,6 +662,11 @@ fn main() {
         (
             "the_pools_metrics_count_tasks_and_recycles_per_worker",
             the_pools_metrics_count_tasks_and_recycles_per_worker,
+        ),
+        #[cfg(feature = "metrics")]
+        (
+            "the_pools_metrics_give_each_workers_memory",
+            the_pools_metrics_give_each_workers_memory,
         ),
         (
             "a_transport_written_for_threads_runs_in_a_pool_as_it_is",

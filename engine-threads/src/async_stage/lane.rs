@@ -295,11 +295,24 @@ impl<W: Work> Offload for Lane<W> {
             sent: false,
         };
         let cancel = self.cancel.clone();
-        self.handle.spawn(async move {
+        let task = async move {
             let mut reply = reply;
             let outcomes = drive(outcomes, waiting, cancel).await;
             reply.send(outcomes);
-        });
+        };
+        // A batch whose items carry trace contexts runs in the span the consumer opened for
+        // it (see `engine_core::trace`): the futures' first polls above ran inside it on this
+        // thread, and the rest of their work runs inside it on the runtime's, so that the
+        // spans they open are its children and what they send on carries its context. An
+        // untraced batch pays one load for this (a thread-local read with a hook installed).
+        if engine_core::trace::current_batch().is_some() {
+            self.handle.spawn(tracing::Instrument::instrument(
+                task,
+                tracing::Span::current(),
+            ));
+        } else {
+            self.handle.spawn(task);
+        }
     }
 
     fn finished(&mut self, wait: bool) -> Option<Finished<W::Output>> {

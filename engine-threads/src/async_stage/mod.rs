@@ -23,6 +23,11 @@
 //! a light async stage costs little more than a blocking one. Futures that wait go on to the
 //! runtime, one task per batch.
 //!
+//! With a trace hook installed ([`engine_core::trace`]), a batch whose items carry trace
+//! contexts runs in its batch span from first poll to last: spans the futures open are its
+//! children, and [`trace::current`](engine_core::trace::current) inside them gives its
+//! context (with a hook whose spans are `tracing` spans, as engine-observe's `otel` is).
+//!
 //! The runtime is the engine's own (a small multi-thread runtime made at the first run,
 //! [`runtime_threads`](AsyncStage::runtime_threads), 2 by default), or the program's, given
 //! by its [`Handle`](tokio::runtime::Handle) ([`runtime`](AsyncStage::runtime)), so that a
