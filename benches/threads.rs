@@ -9,8 +9,14 @@
 //! frontend.
 //!
 //! And `traced`: the throughput pipeline without a trace hook against the same pipeline in a
-//! process whose trace hook samples 1% of items (one span per batch that holds a sampled
-//! item; see `engine_core::trace`), each run in a process of its own, alternately.
+//! process whose trace hook samples 1% of items (sampling is per batch, so about 1% of the
+//! batches of each stage have a span; see `engine_core::trace`), each run in a process of
+//! its own, alternately: a cheap hook of this bench's own, the real `tracing-opentelemetry`
+//! layer and hook of engine-observe with an exporter that drops the spans (feature `otel`:
+//! `cargo bench --bench threads --features otel -- traced`), and a hook that samples
+//! nothing. With `ENGINE_BENCH_BASE` set to the path of another build of this bench (an
+//! earlier commit's), its rounds without a hook run alternately too, and this build's are
+//! compared with them.
 //!
 //! Run with `cargo xtask bench threads`.
 
@@ -348,12 +354,11 @@ fn spin(d: Duration) {
 }
 
 /// A trace hook that samples one item in a hundred, as an exporter with a 1% ratio sampler
-/// does: a context for the sampled items, a span (ids, a `tracing` span entered, a guard)
-/// per traced batch. What an exporter then does with a span is its own cost.
+/// does: a context for each sampled batch, a span (ids, a `tracing` span entered, a guard)
+/// per traced batch in each stage. What an exporter then does with a span is its own cost
+/// (the `otel` mode pays it).
 struct SampleHook {
     every: u64,
-    /// Whether a traced batch gets a span (else its items' contexts only travel).
-    spans: bool,
 }
 
 thread_local! {
@@ -390,9 +395,6 @@ impl engine_core::trace::TraceHook for SampleHook {
         &self,
         batch: engine_core::trace::BatchInfo<'_>,
     ) -> Option<engine_core::trace::HookSpan> {
-        if !self.spans {
-            return None;
-        }
         let parent = batch.parents.first()?;
         let context = engine_core::trace::TraceParent::new(parent.trace_id(), new_id(), 1)?;
         let span = tracing::info_span!("batch", stage = batch.stage, items = batch.items);
@@ -403,73 +405,189 @@ impl engine_core::trace::TraceHook for SampleHook {
     }
 }
 
-/// One round of the throughput pipeline (2 transports) in this process, with a 1%-sampling
-/// trace hook if `sampled`: prints its rate.
+/// A span exporter that drops what it is given: the cost of the layer and the SDK's batch
+/// processor, without a collector's.
+#[cfg(feature = "otel")]
+#[derive(Debug)]
+struct Discard;
+
+/// The spans the `otel` mode's exporter was given.
+#[cfg(feature = "otel")]
+static EXPORTED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+#[cfg(feature = "otel")]
+impl opentelemetry_sdk::trace::SpanExporter for Discard {
+    async fn export(
+        &self,
+        batch: Vec<opentelemetry_sdk::trace::SpanData>,
+    ) -> opentelemetry_sdk::error::OTelSdkResult {
+        EXPORTED.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// Installs engine-observe's `tracing-opentelemetry` layer (at `info`, as a program would
+/// filter) and its hook, sampling 1%; returns it, to shut down after the round.
+#[cfg(feature = "otel")]
+fn install_otel() -> engine_observe::otel::Otel {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+
+    let otel = engine_observe::otel::Otel::with_exporter(Discard, "bench").sample(0.01);
+    tracing_subscriber::registry()
+        .with(tracing_subscriber::filter::LevelFilter::INFO)
+        .with(otel.layer())
+        .init();
+    otel.install().expect("the only hook");
+    otel
+}
+
+/// One round of the throughput pipeline (2 transports) in this process, with the trace hook
+/// of `mode` (`none`: none): prints its rate, and in the `otel` mode a second line with the
+/// number of spans exported.
 fn traced_child(mode: &str) {
+    #[cfg(feature = "otel")]
+    let otel = (mode == "otel").then(install_otel);
     match mode {
-        "sampled" => engine_core::trace::install(SampleHook {
-            every: 100,
-            spans: true,
-        }),
-        "contexts" => engine_core::trace::install(SampleHook {
-            every: 100,
-            spans: false,
-        }),
-        "hooked" => engine_core::trace::install(SampleHook {
-            every: 0,
-            spans: true,
-        }),
+        "sampled" => engine_core::trace::install(SampleHook { every: 100 }),
+        "hooked" => engine_core::trace::install(SampleHook { every: 0 }),
         _ => Ok(()),
     }
     .expect("the only hook");
     let started = Instant::now();
     assert_eq!(engine(ITEMS, 2), expected(ITEMS));
     println!("{}", ITEMS as f64 / started.elapsed().as_secs_f64());
+    #[cfg(feature = "otel")]
+    if let Some(otel) = otel {
+        otel.shutdown();
+        println!("{}", EXPORTED.load(Ordering::Relaxed));
+    }
 }
 
 /// The throughput pipeline without a trace hook against the same with a hook: sampling 1%
-/// of items with a span per traced batch, sampling 1% with contexts only (no spans), and
-/// sampling nothing. Each round runs in a fresh process (a hook, once installed, stays), the
+/// of items with the bench's hook and with the real `tracing-opentelemetry` layer (feature
+/// `otel`), and sampling nothing; and, with `ENGINE_BENCH_BASE`, without a hook against
+/// another build. Each round runs in a fresh process (a hook, once installed, stays), the
 /// modes alternately.
 fn traced() {
     harness::header(
         "threads: 10M u64, 1 frontend -> 2 transports (x+1) -> 1 backend, trace hook vs none, items/s",
     );
-    let round = |mode: &str| -> f64 {
-        let out = std::process::Command::new(std::env::current_exe().expect("this bench"))
+    let base = std::env::var_os("ENGINE_BENCH_BASE");
+    // The spans the `otel` rounds exported.
+    let mut spans = Vec::new();
+    // A round: its rate, and the CPU time of its process (less swayed than the rate by other
+    // processes on a loaded machine).
+    let mut round = |mode: &str| -> (f64, Option<f64>) {
+        let exe = match (mode, &base) {
+            ("base", Some(base)) => std::path::PathBuf::from(base),
+            _ => std::env::current_exe().expect("this bench"),
+        };
+        let mode = if mode == "base" { "none" } else { mode };
+        let before = children_cpu();
+        let out = std::process::Command::new(exe)
             .args(["__traced_child", mode])
             .output()
             .expect("the round runs");
         assert!(out.status.success(), "the {mode} round failed");
-        String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .parse()
-            .expect("a rate")
+        let cpu = before.zip(children_cpu()).map(|(b, a)| a - b);
+        let out = String::from_utf8_lossy(&out.stdout);
+        let mut lines = out.lines();
+        let rate = lines.next().and_then(|l| l.trim().parse().ok());
+        if let Some(n) = lines.next().and_then(|l| l.trim().parse::<f64>().ok()) {
+            spans.push(n);
+        }
+        (rate.expect("a rate"), cpu)
     };
-    let modes = ["none", "sampled", "contexts", "hooked"];
+    let mut modes = vec!["none", "sampled", "hooked"];
+    if cfg!(feature = "otel") {
+        modes.push("otel");
+    }
+    if base.is_some() {
+        modes.push("base");
+    }
+    // More rounds than the other cases: each is short, and the ratios are small.
+    let rounds = std::env::var("ENGINE_BENCH_TRACED_ROUNDS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(ROUNDS * 2);
+    // Rates (and items per CPU second) in round order: a round's modes run one after the
+    // other, under the same load, each round starting with the next mode so that none always
+    // follows the same one.
     let mut rates: Vec<Vec<f64>> = vec![Vec::new(); modes.len()];
-    for _ in 0..ROUNDS * 2 {
-        for (mode, rates) in modes.iter().zip(&mut rates) {
-            rates.push(round(mode));
+    let mut per_cpu: Vec<Vec<f64>> = vec![Vec::new(); modes.len()];
+    for r in 0..rounds {
+        for i in (0..modes.len()).map(|i| (i + r) % modes.len()) {
+            let (rate, cpu) = round(modes[i]);
+            rates[i].push(rate);
+            if let Some(cpu) = cpu.filter(|c| *c > 0.0) {
+                per_cpu[i].push(ITEMS as f64 / cpu);
+            }
         }
     }
-    let figures: Vec<harness::Figures> = rates
-        .into_iter()
-        .map(|mut rates| {
-            rates.sort_by(f64::total_cmp);
-            harness::Figures { rates }
-        })
-        .collect();
-    for (case, i) in [
+    let at = |mode: &str| modes.iter().position(|m| *m == mode);
+    let sorted = |rates: &[f64]| {
+        let mut rates = rates.to_vec();
+        rates.sort_by(f64::total_cmp);
+        harness::Figures { rates }
+    };
+    let paired = |a: &[f64], b: &[f64]| {
+        let ratios: Vec<f64> = a.iter().zip(b).map(|(a, b)| a / b).collect();
+        sorted(&ratios).median()
+    };
+    for (case, mode, against) in [
         (
-            "1% of items traced, a span per traced batch (target 0.9)",
-            1,
+            "1% sampled, the bench's hook (target 0.9)",
+            "sampled",
+            "none",
         ),
-        ("1% of items traced, contexts only", 2),
-        ("a hook that traces nothing", 3),
+        (
+            "1% sampled, otel layer, spans dropped (0.9)",
+            "otel",
+            "none",
+        ),
+        ("a hook that samples nothing", "hooked", "none"),
+        (
+            "no hook, this build vs the base (target 0.98)",
+            "none",
+            "base",
+        ),
     ] {
-        harness::row(case, &figures[i], &figures[0]);
+        let (Some(i), Some(j)) = (at(mode), at(against)) else {
+            continue;
+        };
+        harness::row(case, &sorted(&rates[i]), &sorted(&rates[j]));
+        // The same ratio round by round, whose median shrugs off load that changes
+        // between rounds; and the ratio of items per CPU second of the two processes.
+        println!(
+            "{:<44} {:>42.2}",
+            "  median of the rounds' ratios",
+            paired(&rates[i], &rates[j])
+        );
+        if per_cpu[i].len() == rounds && per_cpu[j].len() == rounds {
+            println!(
+                "{:<44} {:>42.2}",
+                "  same, items per CPU second",
+                paired(&per_cpu[i], &per_cpu[j])
+            );
+        }
     }
+    if !spans.is_empty() {
+        println!(
+            "  otel: {:.0} spans per round of {ITEMS} items (median)",
+            sorted(&spans).median()
+        );
+    }
+}
+
+/// The CPU time, in seconds, of this process's children that ended (Linux: `cutime` and
+/// `cstime` of `/proc/self/stat`, in ticks of 1/100 s); `None` elsewhere.
+fn children_cpu() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The fields after the command name, which is in parentheses: the state is field 3.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks = |field: usize| fields.get(field - 3)?.parse::<f64>().ok();
+    Some((ticks(16)? + ticks(17)?) / 100.0)
 }
 
 fn main() {

@@ -8,18 +8,23 @@
 //! program with worker processes, before `engine::proc::init()`, so that every worker
 //! installs it too). The engines then ask the hook:
 //!
-//! - how many produced items start one trace ([`TraceHook::items_per_trace`], say 100 for
-//!   1%), and a context for each such item ([`TraceHook::produced`]); an item a source read
-//!   with a context of its own (a Redis entry's `traceparent`) carries that one instead;
+//! - how many produced items one traced item stands for ([`TraceHook::items_per_trace`], say
+//!   100 for 1%), and a context for each batch chosen to start a trace
+//!   ([`TraceHook::produced`]).
+//!   Sampling is per batch: a batch that leaves a frontend is the unit of a trace, chosen so
+//!   that one item in `items_per_trace` is traced ([`BatchSampler`]), and all its items share
+//!   that trace. An item a source read with a context of its own (a Redis entry's
+//!   `traceparent`) carries that one instead, and its batch starts no trace of its own;
 //! - to open one span per batch that holds items with contexts ([`TraceHook::enter_batch`]):
 //!   the child of the first context and linked to the others, so a batch costs one span, not
-//!   one per item. What the stage outputs carries that span's context onward.
+//!   one per item. What the stage outputs carries that span's context onward. Sampling 1%
+//!   of items, about 1% of the batches of every stage have a span.
 //!
 //! Install the hook before running engines: a frontend thread looks for it once, when it
 //! starts. With no hook installed, an engine carries nothing: no span, no allocation, no
-//! `traceparent` field, and its frontends' loops are the ones they were before contexts
-//! existed. With one, an item that starts no trace costs a thread-local read and a
-//! countdown ([`ItemSampler`]), and a batch with no traced item a branch.
+//! `traceparent` field. With one, sampling costs nothing per item: a batch that starts no
+//! trace costs a few additions when it leaves its frontend, and a branch in each stage.
+//! Only a source that gives its items' contexts costs a thread-local read per item.
 //!
 //! [`TraceParent`] is the context on the wire, as W3C Trace Context's `traceparent` header
 //! (version `00`).
@@ -213,12 +218,17 @@ pub trait TraceHook: Send + Sync + 'static {
     /// made here should carry (a `feed` call from an HTTP handler carries the handler's span).
     fn current(&self) -> Option<TraceParent>;
 
-    /// One item in this many that frontends produce starts a trace (counted per frontend
-    /// thread); 0 for none. Asked once per trace started, not per item.
+    /// One item in this many that frontends produce is traced; 0 for none. Sampling is per
+    /// batch: a batch leaving a frontend starts a trace for all its items, and the batches
+    /// are chosen so that this share of the items is traced ([`BatchSampler`]; 100 traces
+    /// about one batch in a hundred). Asked once per batch that leaves a frontend.
     fn items_per_trace(&self) -> u64;
 
-    /// A frontend of `stage` produced an item chosen to start a trace: the context of a span
-    /// for it, the root of a new trace (`None` if the hook records nothing for it).
+    /// A frontend of `stage` let a batch go that was chosen to start a trace: the context of
+    /// a span for it, the root of a new trace that all the batch's items share (`None` if
+    /// the hook records nothing for it). Called on whichever thread takes the batch (the
+    /// frontend's, or a consumer's that found it waiting), so the span should not be the
+    /// child of that thread's current span.
     fn produced(&self, stage: &str) -> Option<TraceParent>;
 
     /// Opens a span for a batch, the child of `batch.parents[0]` and linked to the other
@@ -292,60 +302,80 @@ pub fn set_item_parent(parent: Option<TraceParent>) {
     ITEM.set(parent);
 }
 
-/// Chooses, on one frontend thread, the items that carry a trace context: those whose
-/// source gave one ([`set_item_parent`]), and one in [`TraceHook::items_per_trace`] of the
-/// others, which start a trace ([`TraceHook::produced`]).
-///
-/// An engine keeps one per frontend thread while a hook is installed and asks it once per
-/// produced item: an item that starts nothing costs a countdown (and, from a source that
-/// gives contexts, a thread-local read).
-#[derive(Debug, Default)]
-pub struct ItemSampler {
-    /// Items until the next one that starts a trace; 0 before the first.
-    left: u64,
-    /// Whether the source gives its items' contexts ([`set_item_parent`]).
-    parents: bool,
+/// The context the source of this frontend thread gave the item it just handed out
+/// ([`set_item_parent`]), taken: an engine asks once per item, and only for a source that
+/// says it gives them.
+#[inline]
+pub fn take_item_parent() -> Option<TraceParent> {
+    ITEM.take()
 }
 
-impl ItemSampler {
-    /// A sampler that has counted nothing yet, for a source that gives its items' contexts
-    /// (`parents`) or not.
-    pub fn new(parents: bool) -> Self {
-        Self { left: 0, parents }
+/// Chooses the batches leaving a frontend that start a trace: a batch is the unit of a
+/// trace, so that sampling costs nothing per item and the number of spans is proportional
+/// to the sampling ratio.
+///
+/// With one item in `every` to trace ([`TraceHook::items_per_trace`]), the sampler keeps
+/// the items traced as close to `1 / every` of the items counted as whole batches allow:
+/// it counts each batch's `n` items, and traces the batch if that brings the items traced
+/// closer to `1 / every` of the items counted than leaving it does (if the items traced
+/// fall short of that share by at least `n / 2`). So batches of a constant size `n` are
+/// traced one in `every` (the `every / 2`-th first), and with batches of any sizes the
+/// items traced never differ from `1 / every` of the items counted by more than half the
+/// largest batch. `every` 0 traces nothing, 1 every batch.
+///
+/// An engine keeps one per frontend thread while a hook is installed, and asks it once per
+/// batch that leaves the frontend (whoever takes it): a batch that starts nothing costs a
+/// few additions.
+///
+/// ```
+/// use engine::core::trace::BatchSampler;
+///
+/// let mut sampler = BatchSampler::new();
+/// let traced: Vec<usize> = (0..1000).filter(|_| sampler.choose(256, 100)).collect();
+/// assert_eq!(traced, [49, 149, 249, 349, 449, 549, 649, 749, 849, 949]);
+/// ```
+#[derive(Debug, Default, Clone)]
+pub struct BatchSampler {
+    /// The items counted, less `every` times the items traced: how far the items traced
+    /// fall short of `1 / every` of the items counted, times `every`.
+    owed: i128,
+}
+
+impl BatchSampler {
+    /// A sampler that has counted nothing yet.
+    pub fn new() -> Self {
+        Self::default()
     }
 
-    /// The context the item a frontend of `stage` just produced carries, if any.
-    #[inline]
-    pub fn produced(&mut self, stage: &str) -> Option<TraceParent> {
-        if self.parents
-            && let Some(parent) = ITEM.take()
-        {
-            return Some(parent);
+    /// Counts a batch of `items` items and says whether it starts a trace, when one item in
+    /// `every` should be traced (0: none); see the [type docs](Self).
+    pub fn choose(&mut self, items: usize, every: u64) -> bool {
+        if every == 0 || items == 0 {
+            return false;
         }
-        if self.left > 1 {
-            self.left -= 1;
-            return None;
+        let items = i128::try_from(items).unwrap_or(i128::MAX);
+        let cost = i128::from(every).saturating_mul(items);
+        self.owed = self.owed.saturating_add(items);
+        // Traced, the shortfall becomes `owed - cost`; left, `owed`: trace if that is
+        // closer to none, that is if `owed >= cost / 2`.
+        if self.owed.saturating_mul(2) >= cost {
+            self.owed -= cost;
+            true
+        } else {
+            false
         }
-        self.start(stage)
     }
 
-    /// The count ran out (or has not begun): the hook says how far the next trace is, and
-    /// starts one for this item unless the count only begins now.
-    #[cold]
-    fn start(&mut self, stage: &str) -> Option<TraceParent> {
+    /// A batch of `items` items leaves a frontend of `stage`: the context of the trace it
+    /// starts ([`TraceHook::produced`]), if the hook's ratio chooses it. `None` without a
+    /// hook.
+    pub fn sample(&mut self, stage: &str, items: usize) -> Option<TraceParent> {
         let hook = hook()?;
-        let every = hook.items_per_trace();
-        if every == 0 {
-            // Asked again after 2^64 items, should the hook change its mind.
-            self.left = u64::MAX;
-            return None;
+        if self.choose(items, hook.items_per_trace()) {
+            hook.produced(stage)
+        } else {
+            None
         }
-        if self.left == 0 && every > 1 {
-            self.left = every - 1;
-            return None;
-        }
-        self.left = every;
-        hook.produced(stage)
     }
 }
 
@@ -459,12 +489,62 @@ mod tests {
     #[test]
     fn without_a_hook_nothing_is_carried() {
         assert!(!enabled());
-        let mut sampler = ItemSampler::new(false);
-        assert_eq!(sampler.produced("numbers"), None);
+        let mut sampler = BatchSampler::new();
+        assert_eq!(sampler.sample("numbers", 256), None);
+        assert_eq!(take_item_parent(), None);
         assert_eq!(current(), None);
         let parents = [TraceParent::new(1, 2, 1).unwrap()];
         assert!(enter_batch(BatchInfo::new("t", "transport", 0, 1, &parents)).is_none());
         assert_eq!(current_batch(), None);
+    }
+
+    #[test]
+    fn batches_of_any_size_trace_one_item_in_every() {
+        // Sizes from 1 to 1024, pseudo-random (xorshift), as a frontend's batches vary
+        // with the load.
+        let mut x = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut size = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % 1024 + 1) as usize
+        };
+        for every in [1, 2, 3, 7, 100, 1000] {
+            let mut sampler = BatchSampler::new();
+            let (mut counted, mut traced, mut largest) = (0_u64, 0_u64, 0_u64);
+            for _ in 0..100_000 {
+                let n = size();
+                counted += n as u64;
+                largest = largest.max(n as u64);
+                if sampler.choose(n, every) {
+                    traced += n as u64;
+                }
+                // At every point, within half the largest batch of the share.
+                let share = counted as f64 / every as f64;
+                assert!(
+                    (traced as f64 - share).abs() <= largest as f64 / 2.0,
+                    "every {every}: {traced} traced of {counted}"
+                );
+            }
+            let ratio = traced as f64 * every as f64 / counted as f64;
+            assert!((ratio - 1.0).abs() < 0.01, "every {every}: ratio {ratio}");
+        }
+    }
+
+    #[test]
+    fn constant_batches_are_traced_one_in_every_and_zero_traces_nothing() {
+        let mut sampler = BatchSampler::new();
+        let traced: Vec<usize> = (0..1000).filter(|_| sampler.choose(1, 100)).collect();
+        assert_eq!(traced, (0..10).map(|i| 49 + 100 * i).collect::<Vec<_>>());
+        let mut every_batch = BatchSampler::new();
+        assert!((0..100).all(|i| every_batch.choose(i % 7 + 1, 1)));
+        let mut none = BatchSampler::new();
+        assert!(!(0..10_000).any(|i| none.choose(i % 1024 + 1, 0)));
+        assert!(!none.choose(0, 1), "an empty batch is never traced");
+        assert!(
+            !BatchSampler::new().choose(usize::MAX, u64::MAX),
+            "no overflow"
+        );
     }
 
     #[test]

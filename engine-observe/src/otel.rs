@@ -5,16 +5,21 @@
 //! ([`Otel::layer`]) that turns `tracing` spans into OpenTelemetry spans, and installs the
 //! engines' trace hook ([`Otel::install`], see `engine_core::trace`) that
 //!
-//! - starts a trace for one item in `1 / ratio` a frontend produces (an `engine.item` span,
-//!   the root of its trace), or continues the one the item came with (a Redis entry's
-//!   `traceparent`);
+//! - samples per batch of items: a batch leaving a frontend is the unit of a trace, chosen
+//!   so that a share `ratio` of the items is traced ([`Otel::sample`]; see
+//!   `engine_core::trace::BatchSampler`), and starts one (an `engine.item` span, the root of
+//!   its trace, that all the batch's items share); items that came with a context of their
+//!   own (a Redis entry's `traceparent`) continue that trace instead;
 //! - opens one `engine.batch` span per batch that holds traced items, the child of the first
 //!   item's context and linked to the others', with the stage's name, kind, thread and item
 //!   count; the stage's own spans and logs nest inside it, and its outputs carry its context
 //!   on, into worker processes and Redis entries.
 //!
-//! Batches with no traced item cost nothing more than before; with the layer filtered out
-//! (an `EnvFilter` below `info` for this crate), no span is recorded and nothing is carried.
+//! So with `sample(0.01)` about 1% of every stage's batches have a span, whatever their
+//! sizes: the spans, and their cost, are proportional to the ratio. Sampling costs nothing
+//! per item, and batches with no traced item cost nothing more than before; with the layer
+//! filtered out (an `EnvFilter` below `info` for this crate), no span is recorded and nothing
+//! is carried.
 //!
 //! In a program with worker processes, install the layer and the hook before
 //! `engine::proc::init()`: worker processes run `main` up to that call, so they install
@@ -56,7 +61,7 @@ pub struct OtelError(String);
 #[derive(Clone)]
 pub struct Otel {
     provider: SdkTracerProvider,
-    /// One item in `every` starts a trace (0: none).
+    /// One item in `every` is traced (0: none).
     every: u64,
 }
 
@@ -104,9 +109,11 @@ impl Otel {
         Self { provider, every: 1 }
     }
 
-    /// Traces this share of the items frontends produce (one in `1 / ratio`, counted per
-    /// frontend thread): `1.0` every item, `0.01` one in a hundred, `0.0` none (items that
-    /// come with a context, from a Redis entry, are traced whatever the share).
+    /// Traces this share of the items frontends produce: `1.0` every item, `0.01` one in a
+    /// hundred, `0.0` none. Sampling is per batch: whole batches leaving a frontend are
+    /// traced, chosen per frontend thread so that this share of the items is (with batches
+    /// of one size, one batch in `1 / ratio`). Items that come with a context, from a Redis
+    /// entry, are traced whatever the share.
     #[must_use]
     pub fn sample(mut self, ratio: f64) -> Self {
         self.every = if ratio.is_nan() || ratio <= 0.0 {
@@ -166,7 +173,8 @@ impl TraceHook for Hook {
     }
 
     fn produced(&self, stage: &str) -> Option<TraceParent> {
-        // The root of the item's trace, not a child of the frontend thread's span.
+        // The root of the batch's trace, not a child of the current thread's span (the
+        // frontend's, or a consumer's that took the batch).
         let span = tracing::info_span!(parent: None, "engine.item", stage = stage);
         parent_of(&span.context())
     }

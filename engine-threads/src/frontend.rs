@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use engine_core::plumbing::{Outcome, TrackedFrontend, catch_panic};
-use engine_core::trace::ItemSampler;
+use engine_core::trace;
 use engine_core::{StageContext, StageError};
 
 use crate::counters::ThreadStats;
@@ -68,6 +68,12 @@ where
             }
         };
         self.shared.note_stop_grace(stage.stop_grace());
+        // Read once: a hook installed later is not seen by this run.
+        let traced = trace::enabled();
+        let stage_gives_parents = stage.gives_trace_parents();
+        if traced {
+            slot.sample_batches(Arc::clone(ctx.stage_name()));
+        }
         let mut producing = Producing {
             stage,
             ctx,
@@ -78,7 +84,7 @@ where
             stats: &self.stats,
             started,
             blocked: Duration::ZERO,
-            sampler: ItemSampler::new(false),
+            item_parents: traced && stage_gives_parents,
         };
         producing.produce_all();
         producing.finish()
@@ -97,8 +103,10 @@ struct Producing<'a, F: TrackedFrontend> {
     started: Instant,
     /// Time spent waiting for room downstream (or for the ordered window).
     blocked: Duration,
-    /// Which items carry a trace context.
-    sampler: ItemSampler,
+    /// Whether the source gives its items' trace contexts (and a trace hook is installed):
+    /// only then does an item carry one of its own. Other items carry nothing: the slot
+    /// chooses whole batches to trace.
+    item_parents: bool,
 }
 
 impl<F> Producing<'_, F>
@@ -109,27 +117,8 @@ where
     /// Produces until the source ends or the run stops; a failed or panicking `produce` is
     /// counted and handled by the policy, and producing goes on.
     fn produce_all(&mut self) {
-        // Read once: without a trace hook the loop carries no context at all, and costs
-        // what it did before contexts existed.
-        if engine_core::trace::enabled() {
-            self.produce_all_traced();
-        } else {
-            self.produce_all_with::<false>();
-        }
-    }
-
-    /// The traced loop, kept out of line so that it leaves the untraced one as the compiler
-    /// made it before contexts existed.
-    #[inline(never)]
-    fn produce_all_traced(&mut self) {
-        self.sampler = ItemSampler::new(self.stage.gives_trace_parents());
-        self.produce_all_with::<true>();
-    }
-
-    /// [`produce_all`](Self::produce_all), with or without trace contexts.
-    fn produce_all_with<const TRACED: bool>(&mut self) {
         loop {
-            let outcome = catch_unwind(AssertUnwindSafe(|| self.produce::<TRACED>()));
+            let outcome = catch_unwind(AssertUnwindSafe(|| self.produce()));
             let error = match outcome {
                 Ok(Ok(())) => return,
                 Ok(Err(error)) => error,
@@ -144,19 +133,18 @@ where
         }
     }
 
-    /// The inner loop; returns `Ok` at the end of the source or a stop. `TRACED`: items may
-    /// carry trace contexts (a trace hook is installed).
-    fn produce<const TRACED: bool>(&mut self) -> Result<(), StageError> {
+    /// The inner loop; returns `Ok` at the end of the source or a stop.
+    fn produce(&mut self) -> Result<(), StageError> {
         while !self.shared.stop.is_stopping() {
             let Some((ticket, item)) = self.stage.produce(self.ctx)? else {
                 return Ok(());
             };
-            let trace = if TRACED {
-                self.sampler.produced(self.ctx.stage())
+            let parent = if self.item_parents {
+                trace::take_item_parent()
             } else {
                 None
             };
-            if !self.offer(ticket, item, trace) || !self.admitted() {
+            if !self.offer(ticket, item, parent) || !self.admitted() {
                 return Ok(());
             }
         }
@@ -164,26 +152,18 @@ where
     }
 
     /// Offers an item to the slot, sending the batch when it is full; false if producing
-    /// should end. Always inlined: called from two loops (traced and not), the compiler would
-    /// otherwise make it a call per item, which costs the untraced loop a fifth of its
-    /// throughput in the threads benchmark.
-    #[inline(always)]
+    /// should end.
     fn offer(
         &mut self,
         ticket: F::Ticket,
         item: F::Item,
-        trace: Option<engine_core::trace::TraceParent>,
+        parent: Option<trace::TraceParent>,
     ) -> bool {
         let link = self.link;
-        let offered = match trace {
-            None => self
-                .slot
-                .offer(link.state(), ticket, item, || link.wants_items()),
-            Some(trace) => self
-                .slot
-                .offer_traced(link.state(), ticket, item, trace, || link.wants_items()),
-        };
-        match offered {
+        match self
+            .slot
+            .offer(link.state(), ticket, item, parent, || link.wants_items())
+        {
             Offer::Kept => true,
             Offer::Send(tx, batch) => {
                 let sent = self.link.send_from_slot(&tx, batch, &mut self.blocked);
@@ -208,8 +188,7 @@ where
 
     /// Ordered mode: stays within the window of what the sink has delivered, whoever takes
     /// the batches (this thread or an idle consumer), so the reorder buffer stays bounded.
-    /// False on abort. Always inlined, as [`offer`](Self::offer) is.
-    #[inline(always)]
+    /// False on abort.
     fn admitted(&mut self) -> bool {
         let Some(window) = self.window else {
             return true;

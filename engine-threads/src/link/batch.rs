@@ -28,10 +28,17 @@ pub(crate) struct Batch<K, T> {
 pub(crate) struct Traces(Option<Box<Vec<TraceParent>>>);
 
 impl Traces {
-    /// Adds a context.
-    #[inline]
+    /// Adds a context. Cold: contexts are rare by design (a sampled batch, an item whose
+    /// source gave one), and the frontend's per-item path stays small without this code.
+    #[cold]
     pub(crate) fn add(&mut self, parent: TraceParent) {
         trace::add_parent(self.0.get_or_insert_default(), parent);
+    }
+
+    /// Whether no item has a context.
+    #[inline]
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.is_none()
     }
 
     /// The contexts, none if no item has one.

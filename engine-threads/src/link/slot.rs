@@ -1,7 +1,7 @@
 //! A frontend thread's open batch, under a mutex, where idle consumers and the coordinator can
 //! reach it while the frontend is blocked in `produce`.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use crossbeam_channel::Sender;
 use engine_core::Counts;
@@ -9,7 +9,7 @@ use engine_core::plumbing::{Ticket, lock};
 
 use super::batch::{Batch, BatchSender, Traces};
 use super::sizing::LinkState;
-use engine_core::trace::TraceParent;
+use engine_core::trace::{BatchSampler, TraceParent};
 
 /// A frontend thread's open batch, reachable by consumers and by the coordinator.
 #[derive(Debug)]
@@ -22,6 +22,8 @@ struct SlotInner<K, T> {
     buf: Vec<(K, T)>,
     /// The trace contexts of the buffered items.
     traces: Traces,
+    /// With a trace hook: chooses the batches that start a trace, when they are taken.
+    sampling: Option<Box<Sampling>>,
     /// `None` once the slot is closed.
     sender: Option<Sender<Batch<K, T>>>,
     /// The frontend thread's counts, kept here so that they are exact whenever the slot is
@@ -49,6 +51,7 @@ impl<K: Ticket, T: Send> FrontSlot<K, T> {
             inner: Mutex::new(SlotInner {
                 buf: Vec::new(),
                 traces: Traces::default(),
+                sampling: None,
                 sender: Some(sender),
                 counts: Counts::default(),
                 next_seq: 0,
@@ -57,36 +60,47 @@ impl<K: Ticket, T: Send> FrontSlot<K, T> {
         }
     }
 
-    /// Offers a produced item. `wanted` says whether a consumer sleeps with nothing queued
-    /// for it; it is asked under the slot's lock, after the item is in (see `Link::recv`).
-    /// Always inlined: a call per item costs the frontend's loop a quarter of its throughput.
-    #[inline(always)]
+    /// From now on, the batches taken from this slot, whoever takes them, start a trace as
+    /// the trace hook's ratio chooses (see `engine_core::trace::BatchSampler`), as batches
+    /// of the frontend `stage`. A frontend thread says so when it starts, if a hook is
+    /// installed.
+    pub(crate) fn sample_batches(&self, stage: Arc<str>) {
+        lock(&self.inner).sampling = Some(Box::new(Sampling {
+            stage,
+            sampler: BatchSampler::new(),
+        }));
+    }
+
+    /// Offers a produced item, with the trace context its source gave it, if any. `wanted`
+    /// says whether a consumer sleeps with nothing queued for it; it is asked under the
+    /// slot's lock, after the item is in (see `Link::recv`).
+    #[inline]
     pub(crate) fn offer(
         &self,
         state: &LinkState,
         ticket: K,
         item: T,
-        wanted: impl FnOnce() -> bool,
-    ) -> Offer<K, T> {
-        lock(&self.inner).offer(state, ticket, item, wanted)
-    }
-
-    /// Offers a produced item that carries a trace context, as [`offer`](Self::offer) does.
-    /// Apart, so that the untraced path stays as it was.
-    #[inline(never)]
-    pub(crate) fn offer_traced(
-        &self,
-        state: &LinkState,
-        ticket: K,
-        item: T,
-        trace: TraceParent,
+        parent: Option<TraceParent>,
         wanted: impl FnOnce() -> bool,
     ) -> Offer<K, T> {
         let mut inner = lock(&self.inner);
-        if !inner.closed {
-            inner.traces.add(trace);
+        if inner.closed {
+            return Offer::Closed(ticket, item);
         }
-        inner.offer(state, ticket, item, wanted)
+        if let Some(parent) = parent {
+            inner.traces.add(parent);
+        }
+        inner.counts.input += 1;
+        inner.counts.output += 1;
+        if inner.buf.capacity() == 0 {
+            inner.buf.reserve_exact(state.max_batch);
+        }
+        inner.buf.push((ticket, item));
+        if state.is_full(inner.buf.len()) || wanted() {
+            let batch = inner.take_batch();
+            return Offer::Send(inner.sender(), batch);
+        }
+        Offer::Kept
     }
 
     /// Counts a failed `produce` call; returns false if the slot is already closed.
@@ -138,34 +152,25 @@ impl<K: Ticket, T: Send> FrontSlot<K, T> {
     }
 }
 
-impl<K, T> SlotInner<K, T> {
-    #[inline(always)]
-    fn offer(
-        &mut self,
-        state: &LinkState,
-        ticket: K,
-        item: T,
-        wanted: impl FnOnce() -> bool,
-    ) -> Offer<K, T> {
-        if self.closed {
-            return Offer::Closed(ticket, item);
-        }
-        self.counts.input += 1;
-        self.counts.output += 1;
-        if self.buf.capacity() == 0 {
-            self.buf.reserve_exact(state.max_batch);
-        }
-        self.buf.push((ticket, item));
-        if state.is_full(self.buf.len()) || wanted() {
-            let batch = self.take_batch();
-            return Offer::Send(self.sender(), batch);
-        }
-        Offer::Kept
-    }
+/// A slot's batch sampler, and the frontend stage its traces start in.
+#[derive(Debug)]
+struct Sampling {
+    stage: Arc<str>,
+    sampler: BatchSampler,
+}
 
+impl<K, T> SlotInner<K, T> {
     fn take_batch(&mut self) -> Batch<K, T> {
         let seq = self.next_seq;
         self.next_seq += 1;
+        // A batch whose items came with contexts of their own is traced already: it starts
+        // no trace, and is not counted.
+        if let Some(sampling) = &mut self.sampling
+            && self.traces.is_empty()
+            && let Some(parent) = sampling.sampler.sample(&sampling.stage, self.buf.len())
+        {
+            self.traces.add(parent);
+        }
         Batch {
             seq,
             items: std::mem::take(&mut self.buf),
