@@ -41,10 +41,11 @@
 use std::fmt;
 
 use engine_core::trace::{self, AlreadyInstalled, BatchInfo, HookSpan, TraceHook, TraceParent};
-use opentelemetry::Context;
+use opentelemetry::trace::{Span as _, Tracer as _};
 use opentelemetry::trace::{
     SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState, TracerProvider as _,
 };
+use opentelemetry::{Context, KeyValue};
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider, SpanExporter};
@@ -142,7 +143,10 @@ impl Otel {
     ///
     /// [`AlreadyInstalled`] if a hook was installed before.
     pub fn install(&self) -> Result<(), AlreadyInstalled> {
-        trace::install(Hook { every: self.every })
+        trace::install(Hook {
+            every: self.every,
+            tracer: self.provider.tracer("engine"),
+        })
     }
 
     /// The tracer provider.
@@ -158,9 +162,12 @@ impl Otel {
     }
 }
 
-/// The trace hook: spans through `tracing`, contexts through `tracing-opentelemetry`.
+/// The trace hook: batch spans through `tracing` (the stage's own spans nest in them),
+/// contexts through `tracing-opentelemetry`, and the roots of new traces straight from the
+/// SDK's tracer (a span that ends at once needs none of `tracing`'s machinery).
 struct Hook {
     every: u64,
+    tracer: SdkTracer,
 }
 
 impl TraceHook for Hook {
@@ -173,10 +180,15 @@ impl TraceHook for Hook {
     }
 
     fn produced(&self, stage: &str) -> Option<TraceParent> {
-        // The root of the batch's trace, not a child of the current thread's span (the
-        // frontend's, or a consumer's that took the batch).
-        let span = tracing::info_span!(parent: None, "engine.item", stage = stage);
-        parent_of(&span.context())
+        // The root of the batch's trace, not a child of the frontend thread's span.
+        let mut span = self
+            .tracer
+            .start_with_context("engine.item", &Context::new());
+        span.set_attribute(KeyValue::new("stage", stage.to_owned()));
+        let context = Context::new().with_span(span);
+        let parent = parent_of(&context);
+        context.span().end();
+        parent
     }
 
     fn enter_batch(&self, batch: BatchInfo<'_>) -> Option<HookSpan> {
