@@ -326,6 +326,16 @@ impl StreamAddress {
             .collect()
     }
 
+    /// The node `host:port` (of this address's cluster) as an address of its own, of one
+    /// server, with this address's credentials and TLS.
+    pub(crate) fn node(&self, host: &str, port: u16) -> Self {
+        Self {
+            nodes: vec![(host.to_owned(), port)],
+            cluster: false,
+            ..self.clone()
+        }
+    }
+
     /// What the `redis` crate connects to, for each node of the address.
     pub(crate) fn node_infos(&self) -> Vec<redis::ConnectionInfo> {
         self.nodes

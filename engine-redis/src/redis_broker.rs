@@ -13,6 +13,7 @@ use crate::error::{Error, Result};
 mod admin;
 mod append;
 mod cluster;
+mod cluster_append;
 mod commands;
 mod conn;
 mod parse;
@@ -70,6 +71,13 @@ pub struct RedisBroker {
     /// Until when reads of several streams on a cluster go one command at a time (a slot
     /// was being migrated).
     one_by_one_until: Option<std::time::Instant>,
+    /// The slot map as last read on a cluster connection, to send the appends of one flush
+    /// to each master in one pipeline; dropped with the connection.
+    slot_map: Option<Vec<cluster::SlotRange>>,
+    /// On a cluster, the address, to connect to each master directly for the appends, and
+    /// those connections, by `host:port`.
+    node_address: Option<StreamAddress>,
+    nodes: std::collections::HashMap<String, redis::Connection>,
 }
 
 impl fmt::Debug for RedisBroker {
@@ -114,6 +122,9 @@ impl RedisBroker {
             replicas: address.replicas(),
             turn: 0,
             one_by_one_until: None,
+            slot_map: None,
+            node_address: address.is_cluster().then(|| address.clone()),
+            nodes: std::collections::HashMap::new(),
         };
         // A server that wants a password and got none answers the first command only.
         let timeout = address.response_timeout;
@@ -211,6 +222,7 @@ impl RedisBroker {
             conn.set_write_timeout(Some(self.response_timeout))
                 .map_err(|err| self.lost("connect", err))?;
             self.read_timeout = None;
+            self.slot_map = None;
             self.conn = Some(conn);
         }
         if self.read_timeout != Some(read_timeout) {

@@ -189,7 +189,9 @@ impl<B: Broker + 'static> Running<B> {
     }
 
     /// Hands one delivery out, or dead-letters it; `None` when its partition is no longer
-    /// owned (it stays pending for the next owner).
+    /// owned: the delivery and every other buffered entry of the partition stay pending, for
+    /// the next owner, or for this consumer to claim again in order if its lease held after
+    /// all.
     pub(super) fn hand_out<T: DeserializeOwned, C>(
         &mut self,
         cfg: &Config<C>,
@@ -201,7 +203,19 @@ impl<B: Broker + 'static> Running<B> {
             let mut slots = self.table.lock();
             let slot = &mut slots[partition as usize];
             if !slot.owned(Instant::now()) {
-                slot.outstanding = slot.outstanding.saturating_sub(1);
+                // A heartbeat whose reply is late lets the lease lapse here only: when it
+                // comes, the keeper may find the lease still (or again) this consumer's, and
+                // the partition is owned again without a take-over. The entries dropped now
+                // are pending for this consumer, where no read of new entries finds them:
+                // claim them again first, so nothing stays stuck there. The later entries go
+                // with them, so that the partition's order holds.
+                let before = self.buffer.len();
+                self.buffer.retain(|(p, _)| *p != partition);
+                let dropped = 1 + (before - self.buffer.len()) as u64;
+                slot.outstanding = slot.outstanding.saturating_sub(dropped);
+                slot.fresh = true;
+                drop(slots);
+                self.table.changed.notify_all();
                 return Ok(None);
             }
         }

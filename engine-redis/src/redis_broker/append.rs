@@ -5,11 +5,12 @@ use std::collections::HashMap;
 use std::sync::LazyLock;
 
 use engine_core::protocol::PROTOCOL_VERSION;
+use redis::{ErrorKind, ServerErrorKind};
 
 use super::{PAYLOAD_FIELD, RedisBroker, TRACE_FIELD, VERSION_FIELD};
 use crate::broker::{Appended, Batch, DedupKey};
 use crate::error::Result;
-use crate::keys::{key_of, slot};
+use crate::keys::key_of;
 
 /// Appends batches to streams, atomically: `KEYS` are the streams, then (with
 /// deduplication) the id hashes; `ARGV[1]` is the bound (negative: none), `ARGV[2]` the
@@ -184,53 +185,25 @@ const BITMAP_SEQS: u64 = 4096;
 
 impl RedisBroker {
     /// [`Broker::append_batches`](crate::Broker::append_batches) on Redis: in one call on one
-    /// server; on a cluster, one call per hash slot, in turn.
-    ///
-    /// On a cluster, a retryable error after some slots were written returns what was
-    /// taken so far (the rest 0), so that the caller retries only the rest.
+    /// server; on a cluster, one call per hash slot (see `append_per_master`).
     pub(super) fn append_all(
         &mut self,
         batches: &[Batch<'_>],
         bound: Option<u64>,
     ) -> Result<Appended> {
-        if !self.is_cluster() {
-            return self.append_slot(batches, bound);
+        if self.is_cluster() {
+            self.append_per_master(batches, bound)
+        } else {
+            self.append_slot(batches, bound)
         }
-        let mut groups: Vec<(u16, Vec<usize>)> = Vec::new();
-        for (i, batch) in batches.iter().enumerate() {
-            let slot = slot(batch.stream);
-            match groups.iter_mut().find(|(s, _)| *s == slot) {
-                Some((_, members)) => members.push(i),
-                None => groups.push((slot, vec![i])),
-            }
-        }
-        if groups.len() <= 1 {
-            return self.append_slot(batches, bound);
-        }
-        let mut out = Appended {
-            taken: vec![0; batches.len()],
-            duplicates: 0,
-        };
-        let mut written = false;
-        for (_, members) in groups {
-            let group: Vec<Batch<'_>> = members.iter().map(|i| batches[*i]).collect();
-            match self.append_slot(&group, bound) {
-                Ok(appended) => {
-                    for (i, taken) in members.iter().zip(appended.taken) {
-                        out.taken[*i] = taken;
-                    }
-                    out.duplicates += appended.duplicates;
-                    written = true;
-                }
-                Err(error) if written && error.is_retryable() => return Ok(out),
-                Err(error) => return Err(error),
-            }
-        }
-        Ok(out)
     }
 
     /// Appends batches of streams in one hash slot (or on one server), in one call.
-    fn append_slot(&mut self, batches: &[Batch<'_>], bound: Option<u64>) -> Result<Appended> {
+    pub(super) fn append_slot(
+        &mut self,
+        batches: &[Batch<'_>],
+        bound: Option<u64>,
+    ) -> Result<Appended> {
         let total: usize = batches.iter().map(|batch| batch.payloads.len()).sum();
         if total == 0 {
             return Ok(Appended {
@@ -269,32 +242,26 @@ impl RedisBroker {
                 duplicates: 0,
             });
         }
-        let mut invocation = APPEND_SCRIPT.prepare_invoke();
-        invocation
-            .arg(bound.map_or(-1, |bound| i64::try_from(bound).unwrap_or(i64::MAX)))
-            .arg(PROTOCOL_VERSION)
-            .arg(match (dedup, trace.is_some()) {
-                (false, false) => "0",
-                (true, false) => "1",
-                (false, true) => "0t",
-                (true, true) => "1t",
-            });
-        if dedup {
-            DedupArgs::of(batches).push_to(&mut invocation, batches);
-        } else {
-            for batch in batches {
-                invocation.key(batch.stream).arg(batch.payloads.len());
-                for payload in batch.payloads {
-                    invocation.arg(payload.as_slice());
+        let call = append_call(batches, bound, trace.as_deref());
+        let reply: Vec<i64> = self.run("EVALSHA (append)", timeout, |conn| {
+            match call.query(&mut *conn) {
+                Err(err) if err.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                    APPEND_SCRIPT.load(&mut *conn)?;
+                    call.query(conn)
                 }
+                other => other,
             }
-        }
-        if let Some(trace) = &trace {
-            invocation.arg(trace.as_str());
-        }
-        let reply: Vec<i64> =
-            self.run("EVALSHA (append)", timeout, |conn| invocation.invoke(conn))?;
+        })?;
         self.confirm("EVALSHA (append)", batches[0].stream)?;
+        self.append_counts(batches, &reply)
+    }
+
+    /// What one call of the append script on `batches` did, from its reply.
+    pub(super) fn append_counts(
+        &mut self,
+        batches: &[Batch<'_>],
+        reply: &[i64],
+    ) -> Result<Appended> {
         let counts: Option<Vec<usize>> = reply.iter().map(|n| usize::try_from(*n).ok()).collect();
         match counts {
             Some(mut counts)
@@ -313,6 +280,53 @@ impl RedisBroker {
             _ => Err(self.unexpected("EVALSHA (append)", format!("counts {reply:?}"))),
         }
     }
+}
+
+/// One call of the append script on `batches` (streams of one hash slot): `EVALSHA` with
+/// its keys and arguments; `trace` is the context the entries carry, if any.
+pub(super) fn append_call(
+    batches: &[Batch<'_>],
+    bound: Option<u64>,
+    trace: Option<&str>,
+) -> redis::Cmd {
+    let dedup = batches
+        .iter()
+        .any(|batch| batch.dedup_keys.is_some())
+        .then(|| DedupArgs::of(batches));
+    let mut call = redis::cmd("EVALSHA");
+    call.arg(APPEND_SCRIPT.get_hash());
+    // The streams' keys first, then the id hashes'.
+    let hashes = dedup.as_ref().map_or(0, |args| args.hashes.len());
+    call.arg(batches.len() + hashes);
+    for batch in batches {
+        call.arg(batch.stream);
+    }
+    for hash in dedup.iter().flat_map(|args| &args.hashes) {
+        call.arg(key_of(hash.stream, hash.set));
+    }
+    call.arg(bound.map_or(-1, |bound| i64::try_from(bound).unwrap_or(i64::MAX)))
+        .arg(PROTOCOL_VERSION)
+        .arg(match (dedup.is_some(), trace.is_some()) {
+            (false, false) => "0",
+            (true, false) => "1",
+            (false, true) => "0t",
+            (true, true) => "1t",
+        });
+    match &dedup {
+        Some(args) => args.push_to(&mut call, batches),
+        None => {
+            for batch in batches {
+                call.arg(batch.payloads.len());
+                for payload in batch.payloads {
+                    call.arg(payload.as_slice());
+                }
+            }
+        }
+    }
+    if let Some(trace) = trace {
+        call.arg(trace);
+    }
+    call
 }
 
 /// One id hash of a deduplicating append: its key, expiry and fields, numbered from 1 in the
@@ -412,28 +426,23 @@ impl<'a> DedupArgs<'a> {
         (h + 1, number + 1, bit)
     }
 
-    fn push_to(&self, invocation: &mut redis::ScriptInvocation<'_>, batches: &[Batch<'_>]) {
-        // The streams' keys first, then the hashes'.
-        for batch in batches {
-            invocation.key(batch.stream);
-        }
-        invocation.arg(self.hashes.len());
+    /// The arguments after the flags: the hashes' (their keys are in the call already),
+    /// then each batch's runs and payloads.
+    fn push_to(&self, call: &mut redis::Cmd, batches: &[Batch<'_>]) {
+        call.arg(self.hashes.len());
         for hash in &self.hashes {
-            invocation
-                .key(key_of(hash.stream, hash.set))
-                .arg(hash.expire_at_ms)
-                .arg(hash.fields.len());
+            call.arg(hash.expire_at_ms).arg(hash.fields.len());
             for field in &hash.fields {
-                invocation.arg(field.as_str());
+                call.arg(field.as_str());
             }
         }
         for (batch, runs) in batches.iter().zip(&self.runs) {
-            invocation.arg(batch.payloads.len()).arg(runs.len());
+            call.arg(batch.payloads.len()).arg(runs.len());
             for (hash, field, first, len) in runs {
-                invocation.arg(*hash).arg(*field).arg(*first).arg(*len);
+                call.arg(*hash).arg(*field).arg(*first).arg(*len);
             }
             for payload in batch.payloads {
-                invocation.arg(payload.as_slice());
+                call.arg(payload.as_slice());
             }
         }
     }

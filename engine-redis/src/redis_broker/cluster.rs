@@ -131,7 +131,7 @@ pub(super) fn check_seeds(address: &StreamAddress) -> Result<()> {
 
 /// One range of slots and the master serving it, from `CLUSTER SLOTS`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct SlotRange {
+pub(super) struct SlotRange {
     from: u16,
     to: u16,
     /// The master, as `host:port`.
@@ -261,6 +261,32 @@ impl RedisBroker {
                     .map(|r| r.master.clone())
             })
             .collect())
+    }
+
+    /// The master (`host:port`) of each slot, from the slot map read last on this
+    /// connection (read now if none was); `None` for a slot it does not cover.
+    ///
+    /// # Errors
+    ///
+    /// A connection or server error, or a slot map that cannot be read.
+    pub(super) fn masters_of_slots(
+        &mut self,
+        slots: impl Iterator<Item = u16>,
+    ) -> Result<Vec<Option<String>>> {
+        let ranges = match self.slot_map.take() {
+            Some(ranges) if self.conn.is_some() => ranges,
+            _ => self.slot_ranges()?,
+        };
+        let masters = slots
+            .map(|slot| {
+                ranges
+                    .iter()
+                    .find(|r| (r.from..=r.to).contains(&slot))
+                    .map(|r| r.master.clone())
+            })
+            .collect();
+        self.slot_map = Some(ranges);
+        Ok(masters)
     }
 
     fn slot_ranges(&mut self) -> Result<Vec<SlotRange>> {
