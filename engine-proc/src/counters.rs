@@ -69,7 +69,7 @@ impl SlotCounters {
             respawns: self.respawns.load(Ordering::Relaxed),
             recycles: self.recycles.load(Ordering::Relaxed),
             up: pid.is_some(),
-            memory: pid.and_then(crate::driver::resident_bytes),
+            memory: pid.and_then(resident_bytes),
         }
     }
 }
@@ -88,4 +88,14 @@ pub(crate) struct SlotSnapshot {
     /// The resident memory of the process holding the slot, in bytes: `None` while none
     /// does, or where `/proc` cannot tell.
     pub(crate) memory: Option<u64>,
+}
+
+/// The resident memory of process `pid`, from `/proc/<pid>/statm` (`None` where there is no
+/// `/proc`, or once the process is gone): for the memory limit and the worker metrics.
+pub(crate) fn resident_bytes(pid: u32) -> Option<u64> {
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    Some(pages.saturating_mul(u64::try_from(page).ok()?))
 }

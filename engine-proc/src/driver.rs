@@ -409,7 +409,7 @@ impl<'a, W: Program> Driver<'a, W> {
             return;
         }
         self.last_memory_check = Instant::now();
-        if resident_bytes(self.worker.pid).is_some_and(|rss| rss > limit) {
+        if crate::counters::resident_bytes(self.worker.pid).is_some_and(|rss| rss > limit) {
             self.recycle = Some(Recycle::Memory(limit));
         }
     }
@@ -440,14 +440,4 @@ impl<'a, W: Program> Driver<'a, W> {
         self.stop_worker(wait);
         self.shared.forget(self.slot);
     }
-}
-
-/// The resident memory of process `pid`, from `/proc/<pid>/statm` (`None` where there is no
-/// `/proc`, or once the process is gone): for the memory limit and the worker metrics.
-pub(crate) fn resident_bytes(pid: u32) -> Option<u64> {
-    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
-    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    // SAFETY: sysconf has no preconditions.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    Some(pages.saturating_mul(u64::try_from(page).ok()?))
 }
