@@ -71,6 +71,9 @@ redis   cluster  -     a_killed_consumers_pending_items_are_claimed_by_the_other
 redis   cluster  -     the_pipeline_resumes_after_the_server_restarts
 redis   keyed    -     keys_stay_in_order_across_a_kill_and_a_rebalance
 redis   async_stage -  
+redis   late_heartbeat - entries_dropped_while_a_late_heartbeat_is_out_are_claimed_again
+redis   migration -    a_partition_whose_slot_moves an_unkeyed_stream_whose_slot_moves
+redis   dedup    -     on_a_cluster_a_relay_killed
 ";
 
 /// One test binary run with some arguments: a run executes each chosen case once.
