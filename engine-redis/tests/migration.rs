@@ -152,6 +152,26 @@ fn check(seen: &[(u64, u64)], produced: u64, ordered: bool) {
     );
 }
 
+/// Stops the producer, waits until the consumer has read all it produced, stops the
+/// consumer and checks what it saw (see [`check`]); returns how many items were produced.
+fn finish(
+    stop: &AtomicBool,
+    producer: EngineHandle,
+    consumer: EngineHandle,
+    seen: &Mutex<Vec<(u64, u64)>>,
+    ordered: bool,
+) -> u64 {
+    stop.store(true, Ordering::SeqCst);
+    let produced = producer.join().unwrap().processed();
+    wait_until("every item is read", WAIT, || {
+        seen.lock().unwrap().len() as u64 >= produced
+    });
+    consumer.stop();
+    consumer.join().unwrap();
+    check(&seen.lock().unwrap(), produced, ordered);
+    produced
+}
+
 /// Runs the migration of `slot` (from its master to another) while items flow, waiting
 /// after each step until the consumer has seen [`PROGRESS`] more items of the keys `moving`
 /// (those in the slot). Returns the keys moved.
@@ -238,14 +258,7 @@ fn a_partition_whose_slot_moves_mid_stream_loses_nothing_and_keeps_its_lease() {
     // The partition stream and its lease at least.
     assert!(moved.len() >= 2, "{moved:?}");
 
-    stop.store(true, Ordering::SeqCst);
-    let produced = producer.join().unwrap().processed();
-    wait_until("every item is read", WAIT, || {
-        seen.lock().unwrap().len() as u64 >= produced
-    });
-    consumer.stop();
-    consumer.join().unwrap();
-    check(&seen.lock().unwrap(), produced, true);
+    let produced = finish(&stop, producer, consumer, &seen, true);
     let events = events.lock().unwrap();
     let kept = events
         .iter()
@@ -281,13 +294,6 @@ fn an_unkeyed_stream_whose_slot_moves_mid_stream_loses_nothing() {
     let slot = slot_of(&cluster, port, "numbers");
     let moved = migrate_while_flowing(&cluster, slot, &seen, |_| true);
 
-    stop.store(true, Ordering::SeqCst);
-    let produced = producer.join().unwrap().processed();
-    wait_until("every item is read", WAIT, || {
-        seen.lock().unwrap().len() as u64 >= produced
-    });
-    consumer.stop();
-    consumer.join().unwrap();
-    check(&seen.lock().unwrap(), produced, false);
+    let produced = finish(&stop, producer, consumer, &seen, false);
     println!("{produced} items through while slot {slot} moved, with {moved:?}");
 }
