@@ -292,66 +292,101 @@ fn http() {
     assert!(report.is_success());
 }
 
+/// An `HttpServer` whose `GET /square/{n}` sends the number through `feed().call()` into an
+/// engine bean (transport squares on 2 threads, backend answers) and awaits the answer; with
+/// `inline`, the engine runs with `inline_when_idle`. Returns the adapter bean and the engine
+/// bean.
+fn square_through_engine(inline: bool) -> (HttpServer, engine_pod::EngineBean) {
+    let (calls, frontend) = feed::<Call<u64, u64>>(64);
+    let engine = engine_bean(move |_ctx| {
+        let builder = Engine::builder(frontend.clone())
+            .transport(|call: Call<u64, u64>| call.map(|x| x.wrapping_mul(x)))
+            .backend(|call: Call<u64, u64>| {
+                call.answer();
+            })
+            .transport_threads(2);
+        if inline {
+            builder.inline_when_idle()
+        } else {
+            builder
+        }
+    });
+    let server = HttpServer::new(
+        Router::new()
+            .route(
+                "/square/{n}",
+                get(
+                    |State(calls): State<Feed<Call<u64, u64>>>, Path(n): Path<u64>| async move {
+                        calls.call(n).await.expect("the engine answers").to_string()
+                    },
+                ),
+            )
+            .with_state(calls),
+    );
+    (server, engine)
+}
+
 /// One request at a time over one keep-alive connection: the latency of `GET /square/{n}`,
 /// answered by a handler that squares inline, or that sends the number through `feed().call()`
-/// into an engine bean (transport squares, backend answers) and awaits the answer.
+/// into an engine bean (transport squares, backend answers) and awaits the answer, with the
+/// engine run by default and with `inline_when_idle`.
 fn http_engine() {
     const SAMPLES: usize = 2_000;
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let (engine_addr, inline_addr, handle) =
-        runtime.block_on(async {
-            let (calls, frontend) = feed::<Call<u64, u64>>(64);
-            let engine = engine_bean(move |_ctx| {
-                Engine::builder(frontend.clone())
-                    .transport(|call: Call<u64, u64>| call.map(|x| x.wrapping_mul(x)))
-                    .backend(|call: Call<u64, u64>| {
-                        call.answer();
-                    })
-                    .transport_threads(2)
-            });
-            let through_engine = HttpServer::new(
-            Router::new()
-                .route(
-                    "/square/{n}",
-                    get(|State(calls): State<Feed<Call<u64, u64>>>, Path(n): Path<u64>| async move {
-                        calls.call(n).await.expect("the engine answers").to_string()
-                    }),
-                )
-                .with_state(calls),
-        );
-            let inline = HttpServer::new(Router::new().route(
-                "/square/{n}",
-                get(|Path(n): Path<u64>| async move { n.wrapping_mul(n).to_string() }),
-            ));
-            let (engine_addr, inline_addr) = (through_engine.local_addr(), inline.local_addr());
-            let mut pod = Pod::new(PodConfig::default());
-            pod.add(BeanSpec::new("engine", engine));
-            pod.add(BeanSpec::new("through-engine", through_engine));
-            pod.add(BeanSpec::new("inline", inline));
-            let handle = pod.start();
-            let engine_addr = engine_addr.get().await.expect("the adapter bean listens");
-            let inline_addr = inline_addr.get().await.expect("the adapter bean listens");
-            (engine_addr, inline_addr, handle)
-        });
-    let (engine, inline) = runtime.block_on(async {
-        let mut engine = Client::connect(engine_addr).await;
-        let mut inline = Client::connect(inline_addr).await;
-        let (mut e, mut i) = (Vec::new(), Vec::new());
-        for n in 0..SAMPLES as u64 {
-            e.push(engine.square(n).await);
-            i.push(inline.square(n).await);
+    let (addrs, handle) = runtime.block_on(async {
+        let (through_inline, inline_engine) = square_through_engine(true);
+        let (through_engine, engine) = square_through_engine(false);
+        let inline = HttpServer::new(Router::new().route(
+            "/square/{n}",
+            get(|Path(n): Path<u64>| async move { n.wrapping_mul(n).to_string() }),
+        ));
+        let addrs = [
+            inline.local_addr(),
+            through_inline.local_addr(),
+            through_engine.local_addr(),
+        ];
+        let mut pod = Pod::new(PodConfig::default());
+        pod.add(BeanSpec::new("engine", engine));
+        pod.add(BeanSpec::new("inline-engine", inline_engine));
+        pod.add(BeanSpec::new("through-engine", through_engine));
+        pod.add(BeanSpec::new("through-inline-engine", through_inline));
+        pod.add(BeanSpec::new("inline", inline));
+        let handle = pod.start();
+        let mut ready = Vec::new();
+        for addr in addrs {
+            ready.push(addr.get().await.expect("the adapter bean listens"));
         }
-        (e, i)
+        (ready, handle)
+    });
+    let [inline, through_inline, through_engine] = runtime.block_on(async {
+        let mut clients = Vec::new();
+        for addr in &addrs {
+            clients.push(Client::connect(*addr).await);
+        }
+        let mut lat = [Vec::new(), Vec::new(), Vec::new()];
+        for n in 0..SAMPLES as u64 {
+            for (client, lat) in clients.iter_mut().zip(&mut lat) {
+                lat.push(client.square(n).await);
+            }
+        }
+        lat
     });
     println!(
         "\npod: one HTTP request at a time, GET /square/{{n}} ({SAMPLES} samples each, alternating)"
     );
     latency_table(
-        "through feed().call() into an engine bean",
-        engine,
+        "through feed().call(), inline_when_idle",
+        through_inline,
+        "the handler inline",
+        inline.clone(),
+        "target: median ratio <= 1.3",
+    );
+    latency_table(
+        "through feed().call(), by default",
+        through_engine,
         "the handler inline",
         inline,
-        "target: median ratio <= 1.3",
+        "each stage on its own thread",
     );
     handle.stop();
     let report = runtime.block_on(handle.wait());

@@ -5,11 +5,13 @@
 //! Plain frontends go through [`Untracked`], whose ticket is `()`: a zero-sized value whose
 //! completion is an empty inlined call, so the hook costs nothing when unused.
 
+use std::sync::Weak;
 use std::time::Duration;
 
 use crate::context::StageContext;
 use crate::error::StageError;
 use crate::stage::{ErrorPolicy, Frontend, forward_frontend_hooks};
+use crate::trace::TraceParent;
 
 /// What became of one item, as reported to its [`Ticket`].
 #[derive(Debug, Clone, Copy)]
@@ -212,6 +214,31 @@ pub trait TrackedFrontend {
     fn gives_trace_parents(&self) -> bool {
         false
     }
+
+    /// Takes a way for other threads to run items through the engine themselves while it is
+    /// idle ([`Inject`]): an engine whose run opts in (engine-threads' `inline_when_idle`)
+    /// hands one to each frontend after its `setup`. A source whose items come from other
+    /// threads (the pod's feed of calls) keeps it, and its senders try it before their
+    /// channel. It lives as long as the frontend's run. The default ignores it.
+    fn attach_inject(&mut self, inject: Weak<dyn Inject<Self::Ticket, Self::Item>>) {
+        let _ = inject;
+    }
+}
+
+/// A way into a running engine for an item from another thread, from a frontend's
+/// [`attach_inject`](TrackedFrontend::attach_inject): when every stage the item meets is idle
+/// (its threads asleep, nothing queued), the engine runs the item through them on the calling
+/// thread, so that no thread has to be woken for it; otherwise it gives the item back, and
+/// the caller sends it the usual way. The item counts as one the frontend produced, and every
+/// promise of the engine holds for it.
+pub trait Inject<K, T>: Send + Sync {
+    /// Runs `item` through the engine on this thread, with its `ticket` and the trace context
+    /// it carries, if the engine is idle.
+    ///
+    /// # Errors
+    ///
+    /// The ticket and the item, untouched, when the engine is busy, stopping or over.
+    fn inject(&self, ticket: K, item: T, parent: Option<TraceParent>) -> Result<(), (K, T)>;
 }
 
 /// A boxed tracked frontend is a tracked frontend, so a broker source can be chosen at run
@@ -229,6 +256,10 @@ impl<S: TrackedFrontend + ?Sized> TrackedFrontend for Box<S> {
 
     fn gives_trace_parents(&self) -> bool {
         (**self).gives_trace_parents()
+    }
+
+    fn attach_inject(&mut self, inject: Weak<dyn Inject<S::Ticket, S::Item>>) {
+        (**self).attach_inject(inject);
     }
 }
 

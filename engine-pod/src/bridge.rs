@@ -14,13 +14,15 @@
 //! ([`engine_core::waiting_for_input`]), not work.
 
 use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use engine_core::plumbing::{TrackedFrontend, TrackedItem};
+use engine_core::plumbing::{Inject, TrackedFrontend, TrackedItem, lock};
 use engine_core::trace::{self, TraceParent};
 use engine_core::{Backend, StageContext, StageError};
 use flume::{RecvTimeoutError, SendTimeoutError};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 /// `Clone` (without `T: Clone`: clones share the channel) and `Debug` (how many items are
 /// queued) for the bridge's channel ends, each a newtype of one `flume` end.
@@ -42,7 +44,77 @@ macro_rules! channel_end {
     )*};
 }
 
-channel_end!(Feed, FeedFrontend, Deliveries);
+channel_end!(Deliveries);
+
+impl<T> Clone for Feed<T> {
+    fn clone(&self) -> Self {
+        Self {
+            tx: self.tx.clone(),
+            way_in: Arc::clone(&self.way_in),
+        }
+    }
+}
+
+impl<T> fmt::Debug for Feed<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Feed")
+            .field("queued", &self.tx.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T> Clone for FeedFrontend<T> {
+    fn clone(&self) -> Self {
+        self.way_in.frontends.fetch_add(1, Ordering::Relaxed);
+        Self {
+            rx: self.rx.clone(),
+            way_in: Arc::clone(&self.way_in),
+        }
+    }
+}
+
+impl<T> fmt::Debug for FeedFrontend<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FeedFrontend")
+            .field("queued", &self.rx.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a feed's two sides share besides the channel: the way into the running engine that
+/// its frontend was given, if its run opted in (`inline_when_idle`), which calls try before
+/// the channel; and whether every frontend is gone.
+struct WayIn<T> {
+    inject: Mutex<Option<Weak<dyn Inject<(), T>>>>,
+    /// Set once the last [`FeedFrontend`] is dropped: a call whose item is still in the
+    /// channel then gets no answer, and stops waiting for one.
+    ended: watch::Sender<bool>,
+    /// How many [`FeedFrontend`]s there are.
+    frontends: AtomicUsize,
+}
+
+impl<T> WayIn<T> {
+    fn new() -> Self {
+        Self {
+            inject: Mutex::new(None),
+            ended: watch::Sender::new(false),
+            frontends: AtomicUsize::new(1),
+        }
+    }
+
+    fn get(&self) -> Option<Arc<dyn Inject<(), T>>> {
+        lock(&self.inject).as_ref().and_then(Weak::upgrade)
+    }
+}
+
+impl<T> Drop for FeedFrontend<T> {
+    fn drop(&mut self) {
+        if self.way_in.frontends.fetch_sub(1, Ordering::AcqRel) == 1 {
+            // The channel keeps what it holds while a sender lives: nobody takes it now.
+            self.way_in.ended.send_replace(true);
+        }
+    }
+}
 
 /// How often a blocked engine thread looks at its stop handle.
 const STOP_POLL: Duration = Duration::from_millis(20);
@@ -72,7 +144,14 @@ pub fn feed<T>(capacity: usize) -> (Feed<T>, FeedFrontend<T>) {
     // The channel carries each item with the trace context of its sender (`None` without a
     // trace hook).
     let (tx, rx) = flume::bounded(capacity);
-    (Feed(tx), FeedFrontend(rx))
+    let way_in = Arc::new(WayIn::new());
+    (
+        Feed {
+            tx,
+            way_in: Arc::clone(&way_in),
+        },
+        FeedFrontend { rx, way_in },
+    )
 }
 
 /// A bounded channel from an engine to async code: the [`DeliverBackend`] is the engine's
@@ -104,12 +183,18 @@ pub fn deliver<T>(capacity: usize) -> (DeliverBackend<T>, Deliveries<T>) {
 
 /// The async side of a [`feed`]: sends items into the engine. Cloneable; the run's source
 /// ends when every clone is dropped.
-pub struct Feed<T>(flume::Sender<Fed<T>>);
+pub struct Feed<T> {
+    tx: flume::Sender<Fed<T>>,
+    way_in: Arc<WayIn<T>>,
+}
 
 /// An item in a feed's channel, with the trace context current where it was sent.
 struct Fed<T> {
     item: T,
     parent: Option<TraceParent>,
+    /// For a call: set when the frontend takes the item, so that its caller knows whether
+    /// the item is in the engine or was left in the channel.
+    taken: Option<Arc<AtomicBool>>,
 }
 
 impl<T> Fed<T> {
@@ -122,7 +207,11 @@ impl<T> Fed<T> {
         } else {
             None
         };
-        Self { item, parent }
+        Self {
+            item,
+            parent,
+            taken: None,
+        }
     }
 }
 
@@ -143,7 +232,7 @@ impl<T> Feed<T> {
     ///
     /// [`FeedClosed`] with the item when the engine's frontend is gone.
     pub async fn send(&self, item: T) -> Result<(), FeedClosed<T>> {
-        self.0
+        self.tx
             .send_async(Fed::here(item))
             .await
             .map_err(|e| FeedClosed(e.0.item))
@@ -155,7 +244,7 @@ impl<T> Feed<T> {
     ///
     /// [`FeedError::Full`] or [`FeedError::Closed`], with the item.
     pub fn try_send(&self, item: T) -> Result<(), FeedError<T>> {
-        self.0.try_send(Fed::here(item)).map_err(|e| match e {
+        self.tx.try_send(Fed::here(item)).map_err(|e| match e {
             flume::TrySendError::Full(fed) => FeedError::Full(fed.item),
             flume::TrySendError::Disconnected(fed) => FeedError::Closed(fed.item),
         })
@@ -163,12 +252,29 @@ impl<T> Feed<T> {
 
     /// Items waiting in the channel now.
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.tx.len()
     }
 
     /// Whether no item waits in the channel.
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.tx.is_empty()
+    }
+
+    /// Runs `item` through the engine on this thread if its run opted in
+    /// (`inline_when_idle`) and it is idle, with nothing queued in the channel before it.
+    fn run_here(&self, item: T) -> Result<(), T> {
+        if !self.tx.is_empty() {
+            return Err(item);
+        }
+        let Some(way_in) = self.way_in.get() else {
+            return Err(item);
+        };
+        let parent = if trace::enabled() {
+            trace::current()
+        } else {
+            None
+        };
+        way_in.inject((), item, parent).map_err(|((), item)| item)
     }
 }
 
@@ -190,7 +296,10 @@ pub enum FeedError<T> {
 ///
 /// It is a [`TrackedFrontend`] (with the empty ticket `()`), so that it can hand each item's
 /// trace context to the engine; engines take it as they take any frontend.
-pub struct FeedFrontend<T>(flume::Receiver<Fed<T>>);
+pub struct FeedFrontend<T> {
+    rx: flume::Receiver<Fed<T>>,
+    way_in: Arc<WayIn<T>>,
+}
 
 impl<T> TrackedFrontend for FeedFrontend<T> {
     type Item = T;
@@ -204,12 +313,19 @@ impl<T> TrackedFrontend for FeedFrontend<T> {
             // Blocks, looking at the stop handle now and then: a stop ends the source even
             // while no item comes.
             // Only an empty feed is waited on, and that wait is waiting for input, not work.
-            let received = match self.0.try_recv() {
+            let received = match self.rx.try_recv() {
                 Ok(fed) => Ok(fed),
-                Err(_) => engine_core::waiting_for_input(|| self.0.recv_timeout(STOP_POLL)),
+                Err(_) => engine_core::waiting_for_input(|| self.rx.recv_timeout(STOP_POLL)),
             };
             match received {
-                Ok(Fed { item, parent }) => {
+                Ok(Fed {
+                    item,
+                    parent,
+                    taken,
+                }) => {
+                    if let Some(taken) = taken {
+                        taken.store(true, Ordering::Release);
+                    }
                     // The item is handed out next: the engine's frontend takes its context.
                     if trace::enabled() {
                         trace::set_item_parent(parent);
@@ -230,6 +346,11 @@ impl<T> TrackedFrontend for FeedFrontend<T> {
     /// Items carry their sender's context, which the engine continues.
     fn gives_trace_parents(&self) -> bool {
         true
+    }
+
+    /// Calls ([`Feed::call`]) try the way in before the channel.
+    fn attach_inject(&mut self, inject: Weak<dyn Inject<(), T>>) {
+        *lock(&self.way_in.inject) = Some(inject);
     }
 }
 
@@ -394,6 +515,13 @@ impl<T, R> Feed<Call<T, R>> {
     /// channel, as [`send`](Self::send)). With a trace hook installed, the item carries the
     /// trace context current where the call is first polled, as with `send`.
     ///
+    /// If the engine's run opted in with
+    /// [`inline_when_idle`](engine_threads::EngineBuilder::inline_when_idle) and finds it
+    /// idle (nothing queued, the stage threads asleep), the call runs the stages on this
+    /// task's thread when it is first polled, and its answer is ready without waking a
+    /// thread. Should every frontend of the feed be gone while the item waits in the channel,
+    /// the call ends with [`CallError::Dropped`].
+    ///
     /// ```
     /// use engine::pod::{Call, feed};
     /// use engine::threads::Engine;
@@ -417,10 +545,35 @@ impl<T, R> Feed<Call<T, R>> {
     /// [`CallError::Closed`] when the engine takes no more items, [`CallError::Dropped`] when
     /// it dropped the item without a result.
     pub async fn call(&self, item: T) -> Result<R, CallError> {
-        let (reply, result) = oneshot::channel();
-        self.send(Call { item, reply })
+        let (reply, mut result) = oneshot::channel();
+        // An engine run with `inline_when_idle`, idle now, runs the call here.
+        let Err(call) = self.run_here(Call { item, reply }) else {
+            return result.await.map_err(|_| CallError::Dropped);
+        };
+        let mut ended = self.way_in.ended.subscribe();
+        let ended = async move {
+            // The guard `wait_for` returns is dropped at once.
+            let _ = ended.wait_for(|ended| *ended).await;
+        };
+        let taken = Arc::new(AtomicBool::new(false));
+        let mut fed = Fed::here(call);
+        fed.taken = Some(Arc::clone(&taken));
+        self.tx
+            .send_async(fed)
             .await
             .map_err(|_| CallError::Closed)?;
-        result.await.map_err(|_| CallError::Dropped)
+        tokio::select! {
+            biased;
+            answer = &mut result => answer.map_err(|_| CallError::Dropped),
+            // Every frontend is gone: an item they did not take stays in the channel.
+            () = ended => {
+                if taken.load(Ordering::Acquire) {
+                    // In the engine, which answers or drops it.
+                    result.await.map_err(|_| CallError::Dropped)
+                } else {
+                    Err(CallError::Dropped)
+                }
+            }
+        }
     }
 }

@@ -54,6 +54,28 @@ impl<Item, T: Transport> Upstream<Item> for Present<T> {
     type Output = T::Output;
 }
 
+/// A transport or backend slot of the builder that [`inline_when_idle`] may run on other
+/// threads: absent, or a stage whose type is `Send`.
+///
+/// [`inline_when_idle`]: crate::EngineBuilder::inline_when_idle
+#[diagnostic::on_unimplemented(
+    message = "`inline_when_idle` runs stages on other threads: `{Self}` must be `Send`",
+    label = "this stage is not `Send`"
+)]
+pub trait Lendable {
+    /// Whether a stage is present.
+    #[doc(hidden)]
+    const PRESENT: bool;
+}
+
+impl Lendable for Absent {
+    const PRESENT: bool = false;
+}
+
+impl<S: Send> Lendable for Present<S> {
+    const PRESENT: bool = true;
+}
+
 /// A factory that clones a stage given by value, once per thread: the `.transport(x)` and
 /// `.backend(x)` shorthand, made through the same factory as `*_with`.
 pub(crate) fn cloner<S: 'static, X>(stage: X, convert: fn(X) -> S) -> Factory<S>

@@ -5,8 +5,8 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use engine_core::plumbing::{Outcome, TrackedFrontend, catch_panic};
-use engine_core::trace;
+use engine_core::plumbing::{Inject, Outcome, Ticket, TrackedFrontend, catch_panic};
+use engine_core::trace::{self, TraceParent};
 use engine_core::{StageContext, StageError};
 
 use crate::counters::ThreadStats;
@@ -23,6 +23,8 @@ pub(crate) struct FrontendThread<F: TrackedFrontend> {
     pub(crate) window: Option<Arc<Window>>,
     pub(crate) shared: Arc<Shared>,
     pub(crate) stats: Arc<ThreadStats>,
+    /// `inline_when_idle` (unordered): the frontend gets a way in for other threads.
+    pub(crate) inline: bool,
 }
 
 impl<F> FrontendThread<F>
@@ -68,6 +70,19 @@ where
             }
         };
         self.shared.note_stop_grace(stage.stop_grace());
+        // The way in lives as long as this thread's run; the frontend holds it weakly.
+        let injector = self.inline.then(|| {
+            Arc::new(Injector {
+                slot: Arc::clone(&slot),
+                link: Arc::clone(&self.link),
+                shared: Arc::clone(&self.shared),
+            })
+        });
+        let mut stage = stage;
+        if let Some(injector) = &injector {
+            let inject: Arc<dyn Inject<F::Ticket, F::Item>> = injector.clone();
+            stage.attach_inject(Arc::downgrade(&inject));
+        }
         // Read once: a hook installed later is not seen by this run.
         let traced = trace::enabled();
         let stage_gives_parents = stage.gives_trace_parents();
@@ -87,7 +102,34 @@ where
             item_parents: traced && stage_gives_parents,
         };
         producing.produce_all();
-        producing.finish()
+        let busy = producing.finish();
+        drop(injector);
+        busy
+    }
+}
+
+/// A frontend's way in for other threads (`inline_when_idle`): an item taken while the
+/// frontend's slot and the next queue are empty counts as the frontend's, and runs on the
+/// caller's thread through the idle stages ([`Link::try_run_here`]), or else is queued as the
+/// frontend thread would queue it.
+struct Injector<K, T> {
+    slot: Arc<FrontSlot<K, T>>,
+    link: Arc<Link<K, T>>,
+    shared: Arc<Shared>,
+}
+
+impl<K: Ticket, T: Send> Inject<K, T> for Injector<K, T> {
+    fn inject(&self, ticket: K, item: T, parent: Option<TraceParent>) -> Result<(), (K, T)> {
+        if self.shared.stop.is_stopping() || !self.link.is_empty() {
+            return Err((ticket, item));
+        }
+        let (tx, batch) = self.slot.offer_alone(ticket, item, parent)?;
+        if let Err(batch) = self.link.try_run_here(batch) {
+            // Accepted: it goes on as the frontend thread's batch would.
+            let mut blocked = Duration::ZERO;
+            self.link.send_from_slot(&tx, batch, &mut blocked);
+        }
+        Ok(())
     }
 }
 

@@ -88,6 +88,10 @@ impl<K: Ticket, T: Send> Input<K, T> {
         &self.link
     }
 
+    pub(crate) fn link_arc(&self) -> &Arc<Link<K, T>> {
+        &self.link
+    }
+
     /// Whether a batch can be received without waiting.
     pub(crate) fn has_ready(&self) -> bool {
         !self.link.is_empty()

@@ -233,8 +233,15 @@ impl<K: Ticket, I: Send + 'static> Launcher<K, I> {
             handles: Vec::new(),
             stats: Vec::new(),
         };
+        // Unordered only: a lent consumer takes batches in any order.
+        let lent = !self.options.ordered
+            && match kind {
+                StageKind::Transport => self.options.inline[0],
+                _ => self.options.inline[1],
+            };
         let result = (0..threads).try_for_each(|index| {
             let stats = Arc::new(ThreadStats::default());
+            let lender = lent.then(|| input.lender());
             let ctx = self.context(kind, index, threads);
             let input = match (&self.window, last) {
                 (Some(window), true) => Input::new(Arc::clone(input)).ordered(Arc::clone(window)),
@@ -242,7 +249,7 @@ impl<K: Ticket, I: Send + 'static> Launcher<K, I> {
             };
             let (make, shared) = (per_thread(), Arc::clone(&self.shared));
             let thread_stats = Arc::clone(&stats);
-            let body = move || run_consumer(make, ctx, input, thread_stats, shared);
+            let body = move || run_consumer(make, ctx, (input, lender), thread_stats, shared);
             stage
                 .handles
                 .push(spawn(format!("{}-{index}", stage.name), body)?);
@@ -272,6 +279,7 @@ impl<K: Ticket, I: Send + 'static> Launcher<K, I> {
                 window: self.window.clone(),
                 shared: Arc::clone(&self.shared),
                 stats: Arc::clone(&self.frontend_stats[index]),
+                inline: self.options.inline.contains(&true) && !self.options.ordered,
             };
             spawn(name, move || thread.run(ctx)).map(drop)
         })

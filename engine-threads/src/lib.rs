@@ -139,7 +139,7 @@ pub use async_stage::{Async, AsyncBackend, AsyncError, AsyncSink, AsyncStage, As
 pub use builder::EngineBuilder;
 pub use engine::Engine;
 pub use error::EngineError;
-pub use factory::{Absent, Present, Upstream};
+pub use factory::{Absent, Lendable, Present, Upstream};
 pub use handle::EngineHandle;
 #[cfg(feature = "metrics")]
 #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]

@@ -22,6 +22,9 @@ pub(crate) struct Options {
     pub(crate) config: AppConfig,
     pub(crate) policy: ErrorPolicy,
     pub(crate) ordered: bool,
+    /// `inline_when_idle`: whether the transport and the backend (when present and `Send`)
+    /// may run on another thread.
+    pub(crate) inline: [bool; 2],
     pub(crate) stop: StopHandle,
     pub(crate) stop_timeout: Option<Duration>,
     pub(crate) stats_interval: Option<Duration>,
@@ -37,6 +40,7 @@ impl fmt::Debug for Options {
             .field("backend_queue", &self.backend_queue)
             .field("policy", &self.policy)
             .field("ordered", &self.ordered)
+            .field("inline", &self.inline)
             .field("stop_timeout", &self.stop_timeout)
             .field("stats_interval", &self.stats_interval)
             .field("stall_after", &self.stall_after)
@@ -54,6 +58,7 @@ impl Options {
             config: AppConfig::none(),
             policy: ErrorPolicy::default(),
             ordered: false,
+            inline: [false; 2],
             stop: StopHandle::new(),
             stop_timeout: None,
             stats_interval: None,

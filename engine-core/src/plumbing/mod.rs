@@ -27,7 +27,7 @@ pub use sync::lock;
 
 pub use crate::adapt::markers;
 pub use crate::boxed::AnyTicket;
-pub use crate::completion::{Outcome, Ticket, TrackedFrontend, TrackedItem, Untracked};
+pub use crate::completion::{Inject, Outcome, Ticket, TrackedFrontend, TrackedItem, Untracked};
 pub use crate::deadline::StopDeadline;
 pub use crate::error::catch_panic;
 pub use crate::waiting::WaitSink;

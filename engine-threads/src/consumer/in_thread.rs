@@ -2,6 +2,7 @@
 //! after item, with one `catch_unwind` per batch.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
 use std::time::Instant;
 
 use engine_core::StageError;
@@ -34,7 +35,7 @@ impl<K: Ticket, S: Consume<K>> Consumer<'_, K, S> {
             }
             self.publish();
         }
-        true
+        !self.halted
     }
 
     /// The next batch: what is there, or else, once the outputs this thread holds have gone
@@ -49,14 +50,34 @@ impl<K: Ticket, S: Consume<K>> Consumer<'_, K, S> {
                     return None;
                 }
                 self.publish();
-                self.input.recv()
+                let Some(lender) = self.lender.clone() else {
+                    return self.input.recv();
+                };
+                // Lent out while asleep: a thread with a batch for this idle stage may run it
+                // here (`inline_when_idle`). Lenders exist only in unordered mode, where the
+                // input is the link alone.
+                let link = Arc::clone(self.input.link_arc());
+                // SAFETY: this thread does not touch `self` until `lent` is dropped, and
+                // `self` outlives it.
+                let lent = unsafe { lender.lend(self) };
+                let batch = link.recv();
+                if lent.reclaim() {
+                    // A lent run said to stop taking input.
+                    if let Some(batch) = batch {
+                        self.counts.input += batch.items.len() as u64;
+                        self.counts.dropped += batch.drop_all();
+                    }
+                    self.halted = true;
+                    return None;
+                }
+                batch
             }
         }
     }
 
     /// Runs one batch through the stage and hands its outputs on if they should go now;
     /// returns false if the run should stop taking input (the batch's rest is dropped).
-    fn run_batch(&mut self, batch: Batch<K, S::Input>) -> bool {
+    pub(super) fn run_batch(&mut self, batch: Batch<K, S::Input>) -> bool {
         let started = Instant::now();
         let blocked_before = self.stage.blocked();
         let (seq, len) = (batch.seq, batch.items.len());

@@ -23,7 +23,7 @@ pub(crate) use transport::TransportStage;
 
 use crate::counters::{ThreadResult, ThreadStats};
 use crate::input::Input;
-use crate::link::complete;
+use crate::link::{Batch, Lender, RunLent, complete};
 use crate::shared::{Flow, Shared, cleanup, last_resort, stage_span};
 
 /// A transport or a backend, as the consumer loop drives it.
@@ -176,6 +176,10 @@ struct Consumer<'a, K: Ticket, S: Consume<K>> {
     stats: &'a ThreadStats,
     counts: Counts,
     busy: Duration,
+    /// With `inline_when_idle`: where this consumer is lent out while its thread sleeps.
+    lender: Option<Arc<Lender<K, S::Input>>>,
+    /// A run lent out said to stop taking input.
+    halted: bool,
 }
 
 impl<K: Ticket, S: Consume<K>> Consumer<'_, K, S> {
@@ -197,6 +201,20 @@ impl<K: Ticket, S: Consume<K>> Consumer<'_, K, S> {
         self.counts.input += pending;
         self.counts.dropped += pending;
         self.publish();
+    }
+}
+
+impl<K: Ticket, S: Consume<K>> RunLent<K, S::Input> for Consumer<'_, K, S> {
+    fn run_lent(&mut self, batch: Batch<K, S::Input>) -> bool {
+        self.counts.input += batch.items.len() as u64;
+        if self.at.shared.abort.is_fired() {
+            self.counts.dropped += batch.drop_all();
+            return false;
+        }
+        // Its thread sleeps: what the batch gave goes on now.
+        let go_on = self.run_batch(batch) && self.stage.before_wait(&mut self.counts);
+        self.publish();
+        go_on
     }
 }
 
@@ -229,13 +247,16 @@ fn make_stage<K: Ticket, S: Consume<K>>(
     setup.map_err(|error| shared.fail(ctx, error, true)).ok()
 }
 
+/// A consumer's input, and with `inline_when_idle` its lending desk.
+pub(crate) type InputOf<K, T> = (Input<K, T>, Option<Arc<Lender<K, T>>>);
+
 /// A transport or backend thread's body: make the stage, consume batches until the input
 /// ends or the run aborts, clean up. Should anything escape (a panic in an item's `Drop`,
 /// say), the run fails and the thread still reports what it counted.
 pub(crate) fn run_consumer<K, S>(
     make: impl FnOnce(&StageContext) -> S,
     ctx: StageContext,
-    input: Input<K, S::Input>,
+    (input, lender): InputOf<K, S::Input>,
     stats: Arc<ThreadStats>,
     shared: Arc<Shared>,
 ) -> ThreadResult
@@ -248,7 +269,7 @@ where
     let result = last_resort(
         &ctx,
         &shared,
-        || work(make, &ctx, input, &stats, &shared),
+        || work(make, &ctx, (input, lender), &stats, &shared),
         || {
             shared.done();
             ThreadResult {
@@ -265,7 +286,7 @@ where
 fn work<K, S>(
     make: impl FnOnce(&StageContext) -> S,
     ctx: &StageContext,
-    input: Input<K, S::Input>,
+    (input, lender): InputOf<K, S::Input>,
     stats: &ThreadStats,
     shared: &Shared,
 ) -> ThreadResult
@@ -290,6 +311,8 @@ where
         stats,
         counts: Counts::default(),
         busy,
+        lender,
+        halted: false,
     };
     let clean_end = if consumer.stage.offload().is_some() {
         consumer.run_offloaded()

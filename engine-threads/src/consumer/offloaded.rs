@@ -347,7 +347,7 @@ mod tests {
             let (stats, shared) = (Arc::clone(&stats), Arc::clone(&shared));
             move || {
                 let make = move |_: &StageContext| TransportStage::new(remote, None, false);
-                run_consumer::<(), _>(make, ctx, input, stats, shared)
+                run_consumer::<(), _>(make, ctx, (input, None), stats, shared)
             }
         });
 

@@ -15,7 +15,7 @@
 //! only a blocked thread can reach.
 
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Select, Sender, TryRecvError, TrySendError};
@@ -25,6 +25,7 @@ use crate::stall::{self, Wait};
 
 mod abort;
 mod batch;
+mod lend;
 mod producer;
 mod sizing;
 mod slot;
@@ -32,6 +33,7 @@ mod view;
 
 pub(crate) use abort::{Abort, AbortTrigger, abort_pair};
 pub(crate) use batch::{Batch, complete, drop_items};
+pub(crate) use lend::{Lender, RunLent};
 pub(crate) use producer::Producer;
 pub(crate) use sizing::{LinkState, Sizing};
 pub(crate) use slot::{FrontSlot, Offer};
@@ -95,6 +97,8 @@ pub(crate) struct Link<K, T> {
     /// The open batches of the frontend threads feeding this link (first link only).
     slots: Vec<Arc<FrontSlot<K, T>>>,
     abort: Abort,
+    /// The lending desks of this link's consumers, with `inline_when_idle`.
+    lenders: RwLock<Vec<Arc<Lender<K, T>>>>,
 }
 
 impl<K: Ticket, T: Send> Link<K, T> {
@@ -112,7 +116,36 @@ impl<K: Ticket, T: Send> Link<K, T> {
             state,
             slots,
             abort,
+            lenders: RwLock::new(Vec::new()),
         })
+    }
+
+    /// A lending desk for a consumer of this link (`inline_when_idle`).
+    pub(crate) fn lender(&self) -> Arc<Lender<K, T>> {
+        let lender = Arc::new(Lender::new());
+        self.lenders
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(Arc::clone(&lender));
+        lender
+    }
+
+    /// Runs `batch` on this thread on a consumer asleep with nothing queued, if there is one
+    /// (see `lend`); gives the batch back otherwise.
+    pub(crate) fn try_run_here(&self, batch: Batch<K, T>) -> Result<(), Batch<K, T>> {
+        if !self.rx.is_empty() || self.abort.is_fired() {
+            return Err(batch);
+        }
+        // Written only while the run starts: readers never wait.
+        let lenders = self.lenders.read().unwrap_or_else(PoisonError::into_inner);
+        let mut batch = batch;
+        for lender in lenders.iter() {
+            match lender.try_run(batch) {
+                Ok(()) => return Ok(()),
+                Err(back) => batch = back,
+            }
+        }
+        Err(batch)
     }
 
     pub(crate) fn state(&self) -> &Arc<LinkState> {

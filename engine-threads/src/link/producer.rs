@@ -139,6 +139,15 @@ impl<K: Ticket, T: Send> Producer<K, T> {
     /// On abort the items were never passed on: they count as dropped by the sending stage.
     fn send(&mut self, batch: Batch<K, T>) -> Result<usize, usize> {
         let n = batch.items.len();
+        // A stage run lent to another thread runs the next idle stage there too.
+        let batch = if super::lend::in_lent_run() {
+            match self.link.try_run_here(batch) {
+                Ok(()) => return Ok(n),
+                Err(batch) => batch,
+            }
+        } else {
+            batch
+        };
         match self.link.send(&self.tx, batch, &mut self.blocked) {
             Ok(()) => Ok(n),
             Err(batch) => {

@@ -103,6 +103,32 @@ impl<K: Ticket, T: Send> FrontSlot<K, T> {
         Offer::Kept
     }
 
+    /// Accepts an item from another thread (`inline_when_idle`) when the slot is open and
+    /// holds nothing: counts it as the frontend's and returns it as a batch of its own, with
+    /// the sender to send it with. Gives the item back otherwise.
+    #[allow(clippy::type_complexity, reason = "the item comes back whole")]
+    pub(crate) fn offer_alone(
+        &self,
+        ticket: K,
+        item: T,
+        parent: Option<TraceParent>,
+    ) -> Result<(BatchSender<K, T>, Batch<K, T>), (K, T)> {
+        let mut inner = lock(&self.inner);
+        if inner.closed || !inner.buf.is_empty() {
+            return Err((ticket, item));
+        }
+        if let Some(parent) = parent {
+            inner.traces.add(parent);
+        }
+        inner.counts.input += 1;
+        inner.counts.output += 1;
+        // The batch is the item alone; the slot keeps its buffer for the frontend thread.
+        let buffer = std::mem::replace(&mut inner.buf, vec![(ticket, item)]);
+        let batch = inner.take_batch();
+        inner.buf = buffer;
+        Ok((inner.sender(), batch))
+    }
+
     /// Counts a failed `produce` call; returns false if the slot is already closed.
     pub(crate) fn count_failure(&self) -> bool {
         let mut inner = lock(&self.inner);
