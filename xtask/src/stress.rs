@@ -64,6 +64,7 @@ pod     stop     short
 pod     pod      -     stop cancel
 pod     pod      -     restart
 pod     engine_async - an_engine_beans_async_stage
+pod     feed_inline short
 redis   heal     short entries_delivered_in_a_lost_reply_are_taken_back_after_the_reconnect
 redis   heal     -     twenty_server_crashes_in_a_row_each_heal_within_three_seconds
 redis   dedup    -     a_consumer_killed_between_write_and_acknowledgement_50_times
