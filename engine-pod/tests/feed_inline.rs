@@ -229,3 +229,45 @@ async fn in_ordered_mode_calls_run_on_the_stage_threads() {
     drop(calls);
     assert_eq!(join(handle).await.expect("the run").processed(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_now_amid_calls_inline_leaves_every_count_accounted_for() {
+    const CALLERS: u64 = 4;
+    let (calls, handle) = squaring(ErrorPolicy::Skip);
+    let answered = Arc::new(AtomicU64::new(0));
+    let tasks: Vec<_> = (0..CALLERS)
+        .map(|c| {
+            let (calls, answered) = (calls.clone(), Arc::clone(&answered));
+            tokio::spawn(async move {
+                for i in 0.. {
+                    let x = 6 + c * 1_000_000 + i;
+                    match calls.call(x).await {
+                        Ok((square, _, _)) => {
+                            assert_eq!(square, x * x);
+                            answered.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(_) => return,
+                    }
+                }
+            })
+        })
+        .collect();
+    while answered.load(Ordering::Relaxed) < 2_000 {
+        tokio::task::yield_now().await;
+    }
+    handle.stop_now();
+    let report = tokio::time::timeout(PATIENCE, join(handle))
+        .await
+        .expect("the run ends")
+        .expect("a forced stop ends the run");
+    for task in tasks {
+        tokio::time::timeout(PATIENCE, task)
+            .await
+            .expect("each caller ends")
+            .expect("a caller");
+    }
+    drop(calls);
+    // Every item produced is processed, failed or dropped, stage by stage.
+    report.check().expect("the counts add up");
+    assert_eq!(report.processed(), answered.load(Ordering::Relaxed));
+}
