@@ -31,6 +31,9 @@ pub(crate) struct Config {
     pub(crate) max_memory: Option<u64>,
     /// The pool's or stage's name, for metrics.
     pub(crate) name: String,
+    /// Whether a worker leaves the others their share of a short queue (placed stages),
+    /// rather than taking a whole batch (pools).
+    pub(crate) share_short_queue: bool,
 }
 
 /// The restart policy of pools and placed stages unless one is given: on failure, at most 10
@@ -53,6 +56,7 @@ impl Default for Config {
             recycle_after: None,
             max_memory: None,
             name: "pool".to_owned(),
+            share_short_queue: true,
         }
     }
 }

@@ -192,34 +192,23 @@ impl<'a, W: Program> Driver<'a, W> {
         let Some(done) = self.inflight.pop_front() else {
             return Step::Go;
         };
-        match from_bytes::<Reply<W::Output>>(body) {
-            Ok((_, results)) if results.len() != done.jobs.len() => {
-                let error = format!(
-                    "its reply has {} results for {} tasks",
-                    results.len(),
-                    done.jobs.len()
-                );
-                self.inflight.push_front(done);
-                self.on_corrupt(&error)
-            }
-            Ok((busy, results)) => {
-                self.batch = next_batch(self.batch, done.jobs.len(), busy, self.max_batch);
-                let failed = results.iter().filter(|r| r.is_err()).count() as u64;
-                self.shared.slots[self.slot].batch(done.jobs.len() as u64, failed);
+        let reply = from_bytes::<Reply<W::Output>>(body)
+            .map_err(|error| format!("its reply does not decode: {error}"))
+            .and_then(|reply| reply.check(done.jobs.len()).map(|()| reply));
+        match reply {
+            Ok(reply) => {
+                let n = done.jobs.len();
+                self.batch = next_batch(self.batch, n, reply.busy, self.max_batch);
+                let failed = reply.failures.len() as u64;
+                self.shared.slots[self.slot].batch(n as u64, failed);
                 // The worker answers a batch's tasks in the order it got them.
-                self.shared.deliver(
-                    done.jobs
-                        .iter()
-                        .zip(results)
-                        .map(|(job, r)| (job.lane(), job.id(), r.map_err(TaskError::Failed)))
-                        .collect(),
-                );
+                self.shared.deliver_batch(&done.jobs, reply);
                 self.check_memory();
                 Step::Go
             }
             Err(error) => {
                 self.inflight.push_front(done);
-                self.on_corrupt(&format!("its reply does not decode: {error}"))
+                self.on_corrupt(&error)
             }
         }
     }

@@ -99,6 +99,7 @@ mod boot;
 mod codes;
 mod config;
 mod counters;
+mod delivery;
 mod driver;
 mod duplex;
 mod error;

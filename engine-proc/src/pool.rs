@@ -1,6 +1,5 @@
 //! The pool: identical worker processes, tasks in, `(task id, result)` out.
 
-use std::collections::VecDeque;
 use std::fmt;
 use std::marker::PhantomData;
 use std::sync::atomic::Ordering;
@@ -10,6 +9,7 @@ use engine_core::StopHandle;
 use engine_core::protocol::{ProtocolError, TaskId, to_bytes};
 
 use crate::config::{Config, DEPTH};
+use crate::delivery;
 use crate::error::{Completion, RecvTimeoutError, SpawnError, TaskError, TaskResult};
 use crate::in_worker::{InItem, PlacedInit};
 use crate::remote::RemoteTransport;
@@ -155,7 +155,7 @@ impl<S: RemoteTransport> PoolBuilder<S> {
         Ok(Pool {
             workers,
             results: results.pop().expect("one lane was asked for"),
-            ready: VecDeque::new(),
+            ready: delivery::IntoIter::default(),
             next: TaskId(0),
             submitted: 0,
             received: 0,
@@ -209,7 +209,8 @@ impl<S: RemoteTransport> PoolBuilder<S> {
 pub struct Pool<S: RemoteTransport> {
     workers: Workers<InItem<S>>,
     results: Results<Option<S::Output>>,
-    ready: VecDeque<Completion<S::Output>>,
+    /// The rest of the last batch of results received.
+    ready: delivery::IntoIter<Option<S::Output>>,
     next: TaskId,
     submitted: u64,
     received: u64,
@@ -232,7 +233,10 @@ impl<S: RemoteTransport> Pool<S> {
         PoolBuilder {
             stages: Vec::new(),
             error: None,
-            config: Config::default(),
+            config: Config {
+                share_short_queue: false,
+                ..Config::default()
+            },
             stop: None,
             _stage: PhantomData,
         }
@@ -298,28 +302,27 @@ impl<S: RemoteTransport> Pool<S> {
         if self.outstanding() == 0 {
             return Ok(None);
         }
-        if self.ready.is_empty() {
-            let batch = match deadline {
+        // Results come in batches, taken one by one.
+        let (id, result) = loop {
+            if let Some(next) = self.ready.next() {
+                break next;
+            }
+            self.ready = match deadline {
                 None => self
                     .results
                     .recv()
                     .map_err(|_| RecvTimeoutError::Disconnected)?,
                 Some(deadline) => self.results.recv_deadline(deadline)?,
-            };
-            self.ready.extend(batch.into_iter().map(|(id, result)| {
-                let result = match result {
-                    Ok(Some(output)) => Ok(output),
-                    Ok(None) => Err(TaskError::Filtered),
-                    Err(error) => Err(error),
-                };
-                (id, result)
-            }));
-        }
-        let next = self.ready.pop_front();
-        if next.is_some() {
-            self.received += 1;
-        }
-        Ok(next)
+            }
+            .into_iter();
+        };
+        self.received += 1;
+        let result = match result {
+            Ok(Some(output)) => Ok(output),
+            Ok(None) => Err(TaskError::Filtered),
+            Err(error) => Err(error),
+        };
+        Ok(Some((id, result)))
     }
 
     /// Runs `tasks` and yields `(id, result)` pairs as they complete (DumbPipelineBox's
@@ -342,10 +345,12 @@ impl<S: RemoteTransport> Pool<S> {
         Ordered::new(self, tasks.into_iter())
     }
 
-    /// How many tasks `run` and `map` keep outstanding.
+    /// How many tasks `run` and `map` keep outstanding: per worker, its batches in flight
+    /// and room for six more of the largest between the queue and the owner, so that the
+    /// queue still holds whole batches while results wait for the owner to take them.
     pub(crate) fn window(&self) -> u64 {
         let workers = self.workers.len() as u64;
-        (workers * (DEPTH as u64 + 2) * self.workers.shared.config().max_batch as u64).max(64)
+        (workers * (DEPTH as u64 + 6) * self.workers.shared.config().max_batch as u64).max(64)
     }
 
     /// The pool's counters.

@@ -7,12 +7,12 @@ use std::thread;
 use std::time::Instant;
 
 use engine_core::plumbing::catch_panic;
-use engine_core::protocol::{Address, Envelope, Frame, Kind, TaskId, from_bytes, to_bytes};
+use engine_core::protocol::{Address, Envelope, Frame, Kind, from_bytes, to_bytes};
 use engine_core::trace::{self, TraceParent};
 use engine_core::{StageContext, StageError, StopHandle, StopLevel};
 use ipc_channel::ipc::{self, IpcReceiver};
-use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 use crate::boot::{self, Connection};
 use crate::codes::{CONTROL, EXIT_BOOT_FAILED, EXIT_CHANNEL_FAILED, EXIT_INIT_FAILED, INIT, STOP};
@@ -124,8 +124,9 @@ pub(crate) trait Program: Sized + 'static {
 }
 
 /// What the master sends a worker to run: the trace contexts of the tasks (see
-/// `engine_core::trace`), and the tasks.
-type Batch<T> = (Vec<TraceParent>, Vec<(TaskId, T)>);
+/// `engine_core::trace`), and the tasks (without their ids: the reply's results come in the
+/// tasks' order).
+type Batch<T> = (Vec<TraceParent>, Vec<T>);
 
 /// The span of a message of tasks whose batches were traced: the child of their contexts'
 /// first, linked to the others. `None` without a trace hook in this process, or contexts.
@@ -144,9 +145,43 @@ fn batch_span<W: Program>(
     trace::enter_batch(trace::BatchInfo::new(stage, kind, index, items, traces))
 }
 
-/// What a worker answers to a batch: its busy time, and each task's result, in the order of
-/// the batch's tasks (the master knows their ids, so they do not travel back).
-pub(crate) type Reply<O> = (u64, Vec<Result<O, StageError>>);
+/// What a worker answers to a batch (the master knows the tasks' ids, so they do not travel
+/// back). Failures travel apart from the outputs, so that the common answer, all succeeded,
+/// is a plain sequence of outputs, and decodes as one.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Reply<O> {
+    /// How long the worker ran the batch, in nanoseconds.
+    pub(crate) busy: u64,
+    /// The failed tasks' errors, by their place in the batch, in its order.
+    pub(crate) failures: Vec<(u64, StageError)>,
+    /// The other tasks' outputs, in the batch's order.
+    pub(crate) outputs: Vec<O>,
+}
+
+impl<O> Reply<O> {
+    /// Checks that the reply answers a batch of `n` tasks, each once.
+    ///
+    /// # Errors
+    ///
+    /// What is wrong with it, when it is not.
+    pub(crate) fn check(&self, n: usize) -> Result<(), String> {
+        if self.outputs.len() + self.failures.len() != n {
+            return Err(format!(
+                "its reply has {} results for {} tasks",
+                self.outputs.len() + self.failures.len(),
+                n
+            ));
+        }
+        let mut next = 0;
+        for &(at, _) in &self.failures {
+            if at < next || at >= n as u64 {
+                return Err(format!("its reply has a failure out of place ({at})"));
+            }
+            next = at + 1;
+        }
+        Ok(())
+    }
+}
 
 /// The kind a pool worker of type `W` says hello as.
 pub(crate) fn kind_of<W>() -> String {
@@ -258,28 +293,85 @@ fn init_worker<W: Program>(conn: &Connection) -> Result<W, StageError> {
 }
 
 /// Runs a batch, each task inside `catch_unwind`, and encodes the reply.
-fn run_batch<W: Program>(
-    worker: &mut W,
-    tasks: Vec<(TaskId, W::Task)>,
-) -> Result<Vec<u8>, StageError> {
+fn run_batch<W: Program>(worker: &mut W, tasks: Vec<W::Task>) -> Result<Vec<u8>, StageError> {
+    let n = tasks.len();
     let started = Instant::now();
-    let results: Vec<Result<W::Output, StageError>> = tasks
-        .into_iter()
-        .map(|(_, task)| catch_panic(|| worker.run(task)))
-        .collect();
+    let mut outputs = Vec::with_capacity(n);
+    let mut failures = Vec::new();
+    for (at, task) in (0_u64..).zip(tasks) {
+        match catch_panic(|| worker.run(task)) {
+            Ok(output) => outputs.push(output),
+            Err(error) => failures.push((at, error)),
+        }
+    }
     let busy = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
-    match to_bytes(&(busy, &results)) {
+    let reply = Reply {
+        busy,
+        failures,
+        outputs,
+    };
+    match to_bytes(&reply) {
         Ok(bytes) => Ok(bytes),
         // One output would not encode: encode each alone, so only that one fails.
         Err(_) => {
-            let results: Vec<Result<W::Output, StageError>> = results
-                .into_iter()
-                .map(|r| {
-                    r.and_then(|o| to_bytes(&o).map_err(StageError::new))
-                        .and_then(|b| from_bytes(&b).map_err(StageError::new))
-                })
-                .collect();
-            to_bytes(&(busy, &results)).map_err(StageError::new)
+            let mut failures = reply.failures.into_iter().peekable();
+            let mut outputs = reply.outputs.into_iter();
+            let (mut kept, mut failed) = (Vec::new(), Vec::new());
+            for at in 0..n as u64 {
+                if let Some(failure) = failures.next_if(|(i, _)| *i == at) {
+                    failed.push(failure);
+                } else if let Some(output) = outputs.next() {
+                    match to_bytes(&output) {
+                        Ok(_) => kept.push(output),
+                        Err(error) => failed.push((at, StageError::new(error))),
+                    }
+                }
+            }
+            to_bytes(&Reply {
+                busy,
+                failures: failed,
+                outputs: kept,
+            })
+            .map_err(StageError::new)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply(failures: &[u64], outputs: usize) -> Reply<u64> {
+        Reply {
+            busy: 0,
+            failures: failures
+                .iter()
+                .map(|&at| (at, StageError::msg("no")))
+                .collect(),
+            outputs: vec![7; outputs],
+        }
+    }
+
+    #[test]
+    fn a_reply_answers_each_task_of_its_batch_once() {
+        assert!(reply(&[], 3).check(3).is_ok());
+        assert!(reply(&[0, 2], 1).check(3).is_ok());
+        assert!(reply(&[0, 1, 2], 0).check(3).is_ok());
+        // Too few or too many results.
+        assert!(reply(&[], 2).check(3).is_err());
+        assert!(reply(&[1], 3).check(3).is_err());
+        // Failures out of order, twice at one place, or past the batch.
+        assert!(reply(&[2, 0], 1).check(3).is_err());
+        assert!(reply(&[1, 1], 1).check(3).is_err());
+        assert!(reply(&[3], 2).check(3).is_err());
+    }
+
+    #[test]
+    fn a_reply_round_trips() {
+        let bytes = to_bytes(&reply(&[1], 2)).unwrap();
+        let back = from_bytes::<Reply<u64>>(&bytes).unwrap();
+        assert_eq!((back.busy, back.outputs), (0, vec![7, 7]));
+        assert_eq!(back.failures.len(), 1);
+        assert_eq!(back.failures[0].0, 1);
     }
 }

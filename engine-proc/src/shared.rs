@@ -4,7 +4,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
-use std::sync::{Condvar, Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
@@ -19,8 +19,9 @@ use crate::config::Config;
 #[cfg(feature = "metrics")]
 use crate::counters::SlotSnapshot;
 use crate::counters::{Counters, SlotCounters};
+use crate::delivery::{Delivery, Ids};
 use crate::error::{Completion, ExitHow, TaskError, TaskResult};
-use crate::program::Program;
+use crate::program::{Program, Reply};
 use crate::wire::Packet;
 use crate::wire::send_stop;
 
@@ -41,12 +42,13 @@ pub(crate) struct Job<T> {
     attempts: u32,
     lane: u32,
     /// The trace context of the batch span the task was submitted in (see
-    /// `engine_core::trace`): the worker's span for it is that span's child.
-    trace: Option<TraceParent>,
+    /// `engine_core::trace`): the worker's span for it is that span's child. Shared by the
+    /// tasks of one submission, and behind a pointer so that a job stays small.
+    trace: Option<Arc<TraceParent>>,
 }
 
 /// The receiving end of a lane: results in batches.
-pub(crate) type Results<O> = Receiver<Vec<Completion<O>>>;
+pub(crate) type Results<O> = Receiver<Delivery<O>>;
 
 impl<T> Job<T> {
     pub(crate) fn id(&self) -> TaskId {
@@ -62,7 +64,7 @@ impl<T> Job<T> {
     }
 
     pub(crate) fn trace(&self) -> Option<TraceParent> {
-        self.trace
+        self.trace.as_deref().copied()
     }
 }
 
@@ -106,7 +108,7 @@ pub(crate) struct Shared<W: Program> {
     queue: Mutex<Queue<W::Task>>,
     wake: Condvar,
     /// Where results go, by lane: a pool has one, a placed stage one per engine thread.
-    results: Vec<Sender<Vec<Completion<W::Output>>>>,
+    results: Vec<Sender<Delivery<W::Output>>>,
     pub(crate) counters: Counters,
     /// Per worker slot, for metrics.
     pub(crate) slots: Vec<SlotCounters>,
@@ -124,7 +126,7 @@ impl<W: Program> Shared<W> {
     /// Nothing queued, no worker live yet, `slots` slots, results to `results`.
     pub(crate) fn new(
         slots: usize,
-        results: Vec<Sender<Vec<Completion<W::Output>>>>,
+        results: Vec<Sender<Delivery<W::Output>>>,
         config: Config,
     ) -> Self {
         Self {
@@ -159,7 +161,9 @@ impl<W: Program> Shared<W> {
             .fetch_add(results.len() as u64, Ordering::Relaxed);
         self.counters.failed.fetch_add(failed, Ordering::Relaxed);
         if let [only] = self.results.as_slice() {
-            let _ = only.send(results.into_iter().map(|(_, id, r)| (id, r)).collect());
+            let _ = only.send(Delivery::Made(
+                results.into_iter().map(|(_, id, r)| (id, r)).collect(),
+            ));
             return;
         }
         let mut by_lane: Vec<Vec<Completion<W::Output>>> =
@@ -171,8 +175,37 @@ impl<W: Program> Shared<W> {
         }
         for (tx, results) in self.results.iter().zip(by_lane) {
             if !results.is_empty() {
-                let _ = tx.send(results);
+                let _ = tx.send(Delivery::Made(results));
             }
+        }
+    }
+
+    /// Sends a worker's answers to a batch to their lanes: `reply` answers `jobs`, and
+    /// [`Reply::check`] found it whole.
+    pub(crate) fn deliver_batch(&self, jobs: &[Job<W::Task>], reply: Reply<W::Output>) {
+        let failed = reply.failures.len() as u64;
+        let answers = Delivery::Answered {
+            ids: Ids::of(jobs.iter().map(|job| job.id)),
+            failures: reply.failures,
+            outputs: reply.outputs,
+        };
+        let lane = jobs.first().map_or(0, |job| job.lane);
+        if !jobs.iter().all(|job| job.lane == lane) {
+            self.deliver(
+                jobs.iter()
+                    .zip(answers)
+                    .map(|(job, (id, result))| (job.lane, id, result))
+                    .collect(),
+            );
+            return;
+        }
+        // One lane (always in a pool): the answers go as they are, without routing.
+        self.counters
+            .completed
+            .fetch_add(jobs.len() as u64, Ordering::Relaxed);
+        self.counters.failed.fetch_add(failed, Ordering::Relaxed);
+        if let Some(tx) = self.results.get(lane as usize) {
+            let _ = tx.send(answers);
         }
     }
 
@@ -186,6 +219,26 @@ impl<W: Program> Shared<W> {
         tasks: &mut impl Iterator<Item = W::Task>,
         max: u64,
     ) -> u64 {
+        // One relaxed load without a trace hook.
+        let trace = engine_core::trace::current_batch().map(Arc::new);
+        // The jobs are made before the lock is taken, so that the drivers never wait for
+        // the tasks' iterator, and the lock is held for a copy only.
+        let jobs: Vec<Job<W::Task>> = tasks
+            .by_ref()
+            .take(usize::try_from(max).unwrap_or(usize::MAX))
+            .map(|task| {
+                let id = *next;
+                *next = id.next();
+                Job {
+                    id,
+                    task,
+                    attempts: 0,
+                    lane,
+                    trace: trace.clone(),
+                }
+            })
+            .collect();
+        let taken = jobs.len() as u64;
         let mut queue = lock(&self.queue);
         // Why tasks are refused: the workers are stopping, or none is left.
         let refused: Option<fn() -> TaskError> = if queue.state != State::Open {
@@ -195,36 +248,21 @@ impl<W: Program> Shared<W> {
         } else {
             None
         };
-        let mut taken = 0;
-        let mut refusals = Vec::new();
-        // One relaxed load without a trace hook.
-        let trace = engine_core::trace::current_batch();
-        for task in tasks
-            .by_ref()
-            .take(usize::try_from(max).unwrap_or(usize::MAX))
-        {
-            let id = *next;
-            *next = id.next();
-            taken += 1;
-            match &refused {
-                Some(error) => refusals.push((lane, id, Err(error()))),
-                None => queue.jobs.push_back(Job {
-                    id,
-                    task,
-                    attempts: 0,
-                    lane,
-                    trace,
-                }),
-            }
+        if let Some(error) = refused {
+            drop(queue);
+            self.deliver(
+                jobs.into_iter()
+                    .map(|job| (lane, job.id, Err(error())))
+                    .collect(),
+            );
+            return taken;
         }
+        queue.jobs.extend(jobs);
         let waiting = queue.waiting;
         drop(queue);
-        self.deliver(refusals);
-        if refused.is_none() {
-            // Each waiting driver takes a batch: wake as many as there are tasks, at most.
-            for _ in 0..taken.min(waiting as u64) {
-                self.wake.notify_one();
-            }
+        // Each waiting driver takes a batch: wake as many as there are tasks, at most.
+        for _ in 0..taken.min(waiting as u64) {
+            self.wake.notify_one();
         }
         taken
     }
@@ -336,8 +374,15 @@ impl<W: Program> Shared<W> {
                 return None;
             }
             if !queue.jobs.is_empty() {
-                // Leave a fair share for the other workers when the queue is short.
-                let share = queue.jobs.len().div_ceil(queue.live.max(1));
+                // Leave a fair share for the other workers when the queue is short (placed
+                // stages, whose jobs are whole engine batches). A pool's batches are about a
+                // millisecond of work at most, so a full one costs the others little, while
+                // splitting a short queue made its small tasks travel in small batches.
+                let share = if self.config.share_short_queue {
+                    queue.jobs.len().div_ceil(queue.live.max(1))
+                } else {
+                    queue.jobs.len()
+                };
                 let mut n = max.min(share).max(1);
                 // A task whose worker died runs alone, so that one task that kills its
                 // worker does not take the tasks batched with it down too.

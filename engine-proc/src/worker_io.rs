@@ -5,8 +5,9 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use engine_core::StageError;
-use engine_core::protocol::{Address, Envelope, Frame, Kind, TaskId, to_bytes};
+use engine_core::protocol::{Address, Envelope, Frame, Kind, to_bytes};
 use ipc_channel::ipc::IpcSender;
+use serde::{Serialize, Serializer};
 
 use crate::boot::{self, Spawned};
 use crate::codes::{CONTROL, INIT};
@@ -110,12 +111,22 @@ fn init_result(worker: &Spawned) -> Result<(), SpawnError> {
     }
 }
 
+/// A batch's tasks as they travel: a sequence of the tasks, encoded from the jobs in place.
+struct Tasks<'a, T>(&'a [Job<T>]);
+
+impl<T: Serialize> Serialize for Tasks<'_, T> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.0.iter().map(Job::task))
+    }
+}
+
 /// Sends a batch of jobs to the worker, as one message.
 pub(crate) fn send_batch<W: Program>(
     worker: &Spawned,
     jobs: &[Job<W::Task>],
 ) -> Result<(), engine_core::protocol::ProtocolError> {
-    let tasks: Vec<(TaskId, &W::Task)> = jobs.iter().map(|j| (j.id(), j.task())).collect();
+    // The tasks alone: the worker answers in their order, so their ids stay here.
+    let tasks = Tasks(jobs);
     // The trace contexts of the batches the jobs came from (none without a trace hook): the
     // worker opens its span for the message as their child.
     let mut traces = Vec::new();

@@ -649,6 +649,72 @@ fn the_pools_metrics_give_each_workers_memory() {
     assert_eq!(memory.keys().collect::<Vec<_>>(), ["0", "1"]);
 }
 
+/// An output that will not encode when it is a multiple of 3.
+#[derive(Debug, Deserialize, PartialEq)]
+struct Picky(u64);
+
+impl Serialize for Picky {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if self.0.is_multiple_of(3) {
+            return Err(serde::ser::Error::custom(format!(
+                "{} will not encode",
+                self.0
+            )));
+        }
+        serializer.serialize_newtype_struct("Picky", &self.0)
+    }
+}
+
+/// Wraps its input in [`Picky`]; fails inputs that are multiples of 5.
+#[derive(Clone, Serialize, Deserialize)]
+struct Wrap;
+
+impl Transport for Wrap {
+    type Input = u64;
+    type Output = Picky;
+
+    fn transport(&mut self, x: u64, _: &StageContext) -> Result<Option<Picky>, StageError> {
+        if x.is_multiple_of(5) {
+            return Err(StageError::msg(format!("{x} refused")));
+        }
+        Ok(Some(Picky(x)))
+    }
+}
+
+/// An output that will not encode fails its task alone: the rest of its batch, failures
+/// included, comes back in place.
+fn an_output_that_will_not_encode_fails_only_its_own_task() {
+    let mut pool = Pool::builder().workers(2, Wrap).start().unwrap();
+    let mut seen = 0;
+    for (id, result) in pool.run(1..=300) {
+        let x = id.0 + 1;
+        seen += 1;
+        match result {
+            Ok(output) => {
+                assert!(!x.is_multiple_of(3) && !x.is_multiple_of(5), "task {id}");
+                assert_eq!(output, Picky(x));
+            }
+            Err(TaskError::Failed(error)) if x.is_multiple_of(5) => {
+                assert!(error.to_string().contains("refused"), "task {id}: {error}");
+            }
+            Err(TaskError::Failed(error)) => {
+                assert!(x.is_multiple_of(3), "task {id}: {error}");
+                assert!(
+                    error.to_string().contains("cannot encode"),
+                    "task {id}: {error}"
+                );
+            }
+            Err(other) => panic!("task {id}: {other}"),
+        }
+    }
+    assert_eq!(seen, 300);
+    let (_, stats) = pool.shutdown();
+    assert_eq!(
+        (stats.completed, stats.failed),
+        (300, 300 / 3 + 300 / 5 - 300 / 15)
+    );
+}
+
 fn main() {
     match std::env::var("POOL_TEST_ROLE").as_deref() {
         Ok("no-init") => return no_init_role(),
@@ -675,6 +741,10 @@ fn main() {
         (
             "results_and_errors_come_back_by_id",
             results_and_errors_come_back_by_id,
+        ),
+        (
+            "an_output_that_will_not_encode_fails_only_its_own_task",
+            an_output_that_will_not_encode_fails_only_its_own_task,
         ),
         (
             "recycling_after_100_tasks_runs_every_task_once_in_new_processes",
