@@ -532,6 +532,8 @@ impl<T, R> Feed<Call<T, R>> {
     ///     Engine::builder(frontend)
     ///         .transport(|call: Call<u64, u64>| call.map(|x| x * x))
     ///         .backend(|call: Call<u64, u64>| { call.answer(); })
+    ///         // Light stages: a call that finds them idle runs them on its own thread.
+    ///         .inline_when_idle()
     ///         .run()
     /// });
     /// assert_eq!(calls.call(12).await, Ok(144));
