@@ -2,8 +2,8 @@
 //! every promise of the engine holds for it: answers, counts, failures and panics, the stop
 //! policy, many callers at once, a graceful stop.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::thread::{self, ThreadId};
 use std::time::{Duration, Instant};
 
@@ -44,6 +44,49 @@ async fn join(handle: EngineHandle) -> Result<engine_core::RunReport, engine_thr
     tokio::task::spawn_blocking(move || handle.join())
         .await
         .expect("the joining task")
+}
+
+/// Callers that each call until a call fails, checking every answer; they count the answers
+/// in `answered`.
+fn call_until_refused(
+    calls: &Feed<Call<u64, Traced>>,
+    callers: u64,
+    answered: &Arc<AtomicU64>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..callers)
+        .map(|c| {
+            let (calls, answered) = (calls.clone(), Arc::clone(answered));
+            tokio::spawn(async move {
+                for i in 0.. {
+                    let x = 6 + c * 1_000_000 + i;
+                    match calls.call(x).await {
+                        Ok((square, _, _)) => {
+                            assert_eq!(square, x * x);
+                            answered.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(_) => return,
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
+/// Waits until `answered` reaches `n`.
+async fn until_answered(answered: &AtomicU64, n: u64) {
+    while answered.load(Ordering::Relaxed) < n {
+        tokio::task::yield_now().await;
+    }
+}
+
+/// Waits for every caller to end.
+async fn ends(tasks: Vec<tokio::task::JoinHandle<()>>) {
+    for task in tasks {
+        tokio::time::timeout(PATIENCE, task)
+            .await
+            .expect("each caller ends")
+            .expect("a caller");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -153,49 +196,19 @@ async fn many_callers_at_once_each_get_their_answer_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_graceful_stop_drains_what_was_taken_and_answers_every_caller() {
-    const CALLERS: u64 = 4;
     let (calls, handle) = squaring(ErrorPolicy::Skip);
     let answered = Arc::new(AtomicU64::new(0));
-    let refused = Arc::new(Mutex::new(Vec::new()));
-    let tasks: Vec<_> = (0..CALLERS)
-        .map(|c| {
-            let (calls, answered, refused) =
-                (calls.clone(), Arc::clone(&answered), Arc::clone(&refused));
-            tokio::spawn(async move {
-                for i in 0.. {
-                    let x = 6 + c * 1_000_000 + i;
-                    match calls.call(x).await {
-                        Ok((square, _, _)) => {
-                            assert_eq!(square, x * x);
-                            answered.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Err(error) => {
-                            refused.lock().unwrap().push(error);
-                            return;
-                        }
-                    }
-                }
-            })
-        })
-        .collect();
+    let tasks = call_until_refused(&calls, 4, &answered);
     // Stop once the callers are well under way.
-    while answered.load(Ordering::Relaxed) < 2_000 {
-        tokio::task::yield_now().await;
-    }
+    until_answered(&answered, 2_000).await;
     handle.stop();
     let report = tokio::time::timeout(PATIENCE, join(handle))
         .await
         .expect("the run ends")
         .expect("a graceful stop is a success");
-    // The frontend's end drops the feed: every caller hears of it.
-    for task in tasks {
-        tokio::time::timeout(PATIENCE, task)
-            .await
-            .expect("each caller ends")
-            .expect("a caller");
-    }
+    // The frontend's end leaves the feed without a taker: every caller hears of it.
+    ends(tasks).await;
     drop(calls);
-    assert_eq!(refused.lock().unwrap().len(), CALLERS as usize);
     assert_eq!(report.processed(), answered.load(Ordering::Relaxed));
     assert_eq!(report.produced(), report.processed());
     assert_eq!(
@@ -232,40 +245,16 @@ async fn in_ordered_mode_calls_run_on_the_stage_threads() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stop_now_amid_calls_inline_leaves_every_count_accounted_for() {
-    const CALLERS: u64 = 4;
     let (calls, handle) = squaring(ErrorPolicy::Skip);
     let answered = Arc::new(AtomicU64::new(0));
-    let tasks: Vec<_> = (0..CALLERS)
-        .map(|c| {
-            let (calls, answered) = (calls.clone(), Arc::clone(&answered));
-            tokio::spawn(async move {
-                for i in 0.. {
-                    let x = 6 + c * 1_000_000 + i;
-                    match calls.call(x).await {
-                        Ok((square, _, _)) => {
-                            assert_eq!(square, x * x);
-                            answered.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Err(_) => return,
-                    }
-                }
-            })
-        })
-        .collect();
-    while answered.load(Ordering::Relaxed) < 2_000 {
-        tokio::task::yield_now().await;
-    }
+    let tasks = call_until_refused(&calls, 4, &answered);
+    until_answered(&answered, 2_000).await;
     handle.stop_now();
     let report = tokio::time::timeout(PATIENCE, join(handle))
         .await
         .expect("the run ends")
         .expect("a forced stop ends the run");
-    for task in tasks {
-        tokio::time::timeout(PATIENCE, task)
-            .await
-            .expect("each caller ends")
-            .expect("a caller");
-    }
+    ends(tasks).await;
     drop(calls);
     // Every item produced is processed, failed or dropped, stage by stage.
     report.check().expect("the counts add up");
