@@ -20,7 +20,7 @@ use crate::error::{ExitHow, SpawnError, TaskError};
 use crate::program::{Program, Reply};
 use crate::shared::{Shared, State};
 use crate::wire::{self, RecvError, send_frame};
-use crate::worker_io::{InFlight, cancel, send_batch, start_worker};
+use crate::worker_io::{InFlight, cancel, encode_batch, send_batch, start_worker, unencodable};
 
 /// How often at most a worker's resident memory is read, for the memory limit.
 const MEMORY_CHECK_EVERY: Duration = Duration::from_millis(50);
@@ -168,14 +168,38 @@ impl<'a, W: Program> Driver<'a, W> {
                 self.recycle = self.shared.config().recycle_after.map(Recycle::Tasks);
                 break;
             }
-            let Some(jobs) = self.shared.take(self.batch, left, self.inflight.is_empty()) else {
+            let Some(mut jobs) = self.shared.take(self.batch, left, self.inflight.is_empty())
+            else {
                 return true;
             };
             if jobs.is_empty() {
                 break;
             }
+            let body = match encode_batch::<W>(&jobs) {
+                Ok(body) => body,
+                Err(_) => {
+                    // A task that will not encode fails alone; the others go on.
+                    self.shared.deliver(unencodable::<W>(&mut jobs));
+                    match encode_batch::<W>(&jobs) {
+                        Ok(_) if jobs.is_empty() => continue,
+                        Ok(body) => body,
+                        Err(error) => {
+                            let error = format!("{error:#}");
+                            self.shared.deliver(
+                                jobs.iter()
+                                    .map(|j| {
+                                        let error = TaskError::Failed(StageError::msg(&error));
+                                        (j.lane(), j.id(), Err(error))
+                                    })
+                                    .collect(),
+                            );
+                            continue;
+                        }
+                    }
+                }
+            };
             self.sent += jobs.iter().map(|job| W::weight(job.task())).sum::<u64>();
-            let sent = send_batch::<W>(&self.worker, &jobs);
+            let sent = send_batch(&self.worker, &jobs, body);
             self.inflight.push_back(InFlight {
                 jobs,
                 sent: Instant::now(),

@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use engine_core::StageError;
-use engine_core::protocol::{Address, Envelope, Frame, Kind, to_bytes};
+use engine_core::protocol::{Address, Envelope, Frame, Kind, ProtocolError, to_bytes};
 use ipc_channel::ipc::IpcSender;
 use serde::{Serialize, Serializer};
 
@@ -120,11 +120,8 @@ impl<T: Serialize> Serialize for Tasks<'_, T> {
     }
 }
 
-/// Sends a batch of jobs to the worker, as one message.
-pub(crate) fn send_batch<W: Program>(
-    worker: &Spawned,
-    jobs: &[Job<W::Task>],
-) -> Result<(), engine_core::protocol::ProtocolError> {
+/// Encodes a batch of jobs as one message's body.
+pub(crate) fn encode_batch<W: Program>(jobs: &[Job<W::Task>]) -> Result<Vec<u8>, ProtocolError> {
     // The tasks alone: the worker answers in their order, so their ids stay here.
     let tasks = Tasks(jobs);
     // The trace contexts of the batches the jobs came from (none without a trace hook): the
@@ -133,7 +130,31 @@ pub(crate) fn send_batch<W: Program>(
     for trace in jobs.iter().filter_map(Job::trace) {
         engine_core::trace::add_parent(&mut traces, trace);
     }
-    let body = to_bytes(&(traces, tasks))?;
+    to_bytes(&(traces, tasks))
+}
+
+/// Takes out of `jobs` the tasks that will not encode, each with its result: failed with
+/// the encoding error. The others stay, in order.
+pub(crate) fn unencodable<W: Program>(jobs: &mut Vec<Job<W::Task>>) -> Vec<Routed<W::Output>> {
+    let mut failed = Vec::new();
+    jobs.retain(|job| match to_bytes(job.task()) {
+        Ok(_) => true,
+        Err(error) => {
+            let error = TaskError::Failed(StageError::new(error));
+            failed.push((job.lane(), job.id(), Err(error)));
+            false
+        }
+    });
+    failed
+}
+
+/// Sends a batch of jobs to the worker, as one message whose body is `body`
+/// ([`encode_batch`]).
+pub(crate) fn send_batch(
+    worker: &Spawned,
+    jobs: &[Job<impl Sized>],
+    body: Vec<u8>,
+) -> Result<(), ProtocolError> {
     let envelope = Envelope::new(
         Address::named(worker.pid.to_string()),
         Address::Main,

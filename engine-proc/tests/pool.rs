@@ -715,6 +715,69 @@ fn an_output_that_will_not_encode_fails_only_its_own_task() {
     );
 }
 
+/// A task that will not encode when it is a multiple of 7.
+#[derive(Debug, Deserialize)]
+struct PickyTask(u64);
+
+impl Serialize for PickyTask {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if self.0.is_multiple_of(7) {
+            return Err(serde::ser::Error::custom(format!(
+                "task {} will not encode",
+                self.0
+            )));
+        }
+        serializer.serialize_newtype_struct("PickyTask", &self.0)
+    }
+}
+
+/// Unwraps its [`PickyTask`].
+#[derive(Clone, Serialize, Deserialize)]
+struct Unwrap;
+
+impl Transport for Unwrap {
+    type Input = PickyTask;
+    type Output = u64;
+
+    fn transport(&mut self, x: PickyTask, _: &StageContext) -> Result<Option<u64>, StageError> {
+        Ok(Some(x.0))
+    }
+}
+
+/// A task that will not encode fails alone, as it is submitted: the tasks around it run,
+/// `map` keeps their order, and the counters add up.
+fn a_task_that_will_not_encode_fails_alone() {
+    let mut pool = Pool::builder().workers(2, Unwrap).start().unwrap();
+    let results: Vec<_> = pool.map((1..=300).map(PickyTask)).collect();
+    assert_eq!(results.len(), 300);
+    for (x, result) in (1..=300_u64).zip(&results) {
+        match result {
+            Ok(y) => {
+                assert!(!x.is_multiple_of(7), "task {x}");
+                assert_eq!(*y, x);
+            }
+            Err(TaskError::Failed(error)) => {
+                assert!(x.is_multiple_of(7), "task {x}: {error}");
+                assert!(
+                    format!("{error:#}").contains("cannot encode"),
+                    "task {x}: {error:#}"
+                );
+            }
+            Err(other) => panic!("task {x}: {other}"),
+        }
+    }
+    // One submitted alone, between runs of others.
+    let id = pool.submit(PickyTask(14));
+    let (got, result) = pool.recv().unwrap();
+    assert_eq!(got, id);
+    assert!(matches!(result, Err(TaskError::Failed(_))), "{result:?}");
+    let (_, stats) = pool.shutdown();
+    assert_eq!(
+        (stats.submitted, stats.completed, stats.failed),
+        (301, 301, 300 / 7 + 1)
+    );
+}
+
 fn main() {
     match std::env::var("POOL_TEST_ROLE").as_deref() {
         Ok("no-init") => return no_init_role(),
@@ -745,6 +808,10 @@ fn main() {
         (
             "an_output_that_will_not_encode_fails_only_its_own_task",
             an_output_that_will_not_encode_fails_only_its_own_task,
+        ),
+        (
+            "a_task_that_will_not_encode_fails_alone",
+            a_task_that_will_not_encode_fails_alone,
         ),
         (
             "recycling_after_100_tasks_runs_every_task_once_in_new_processes",
