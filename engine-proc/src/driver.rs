@@ -14,12 +14,12 @@ use engine_core::protocol::{Address, Envelope, Frame, Kind, from_bytes};
 use engine_core::{RestartDecision, RestartTracker, StageError};
 
 use crate::boot::Spawned;
-use crate::config::{DEPTH, next_batch};
+use crate::config::{DEPTH, TRICKLE_BATCH, TRICKLE_POLL, next_batch};
 use crate::counters::Event;
 use crate::error::{ExitHow, SpawnError, TaskError};
 use crate::program::{Program, Reply};
 use crate::shared::{Shared, State};
-use crate::wire::{self, RecvError, send_frame};
+use crate::wire::{self, Packet, RecvError, send_frame};
 use crate::worker_io::{InFlight, cancel, encode_batch, send_batch, start_worker, unencodable};
 
 /// How often at most a worker's resident memory is read, for the memory limit.
@@ -131,7 +131,11 @@ impl<'a, W: Program> Driver<'a, W> {
             (None, d) => d,
         }
         .map(|at| at.saturating_duration_since(Instant::now()));
-        match wire::recv_packet(&self.worker.rx, timeout).and_then(wire::open) {
+        let packet = match self.poll_trickle() {
+            Some(packet) => Ok(packet),
+            None => wire::recv_packet(&self.worker.rx, timeout),
+        };
+        match packet.and_then(wire::open) {
             Ok(Frame::Message(envelope)) => match envelope.kind {
                 Kind::Finished => self.on_reply(&envelope.body),
                 Kind::Failed => self.on_reported_corrupt(&envelope),
@@ -152,6 +156,30 @@ impl<'a, W: Program> Driver<'a, W> {
             Err(RecvError::Protocol(error)) => self.on_corrupt(&error.to_string()),
             Err(RecvError::Closed | RecvError::Channel(_)) => self.on_death(),
         }
+    }
+
+    /// A trickle (one small batch in flight): looks for the reply for up to
+    /// [`TRICKLE_POLL`] before the thread sleeps on it, so that a lone item's reply does not
+    /// wait for this thread to wake. Under load batches are large and this is skipped.
+    fn poll_trickle(&self) -> Option<Packet> {
+        let [only] = self.inflight.as_slices().0 else {
+            return None;
+        };
+        // Items, not tasks: a placed stage's task is a whole batch of the engine's.
+        let items: u64 = only.jobs.iter().map(|job| W::weight(job.task())).sum();
+        if items > TRICKLE_BATCH || self.inflight.len() != 1 {
+            return None;
+        }
+        let until = only.sent + TRICKLE_POLL;
+        while Instant::now() < until {
+            match self.worker.rx.try_recv() {
+                Ok(packet) => return Some(packet),
+                Err(ipc_channel::TryRecvError::Empty) => std::hint::spin_loop(),
+                // The blocking receive reports it.
+                Err(_) => return None,
+            }
+        }
+        None
     }
 
     /// Keeps the worker fed: a batch running and one waiting, unless it is due for
