@@ -18,7 +18,7 @@ use crate::config::{DEPTH, TRICKLE_BATCH, TRICKLE_POLL, next_batch};
 use crate::counters::Event;
 use crate::error::{ExitHow, SpawnError, TaskError};
 use crate::program::{Program, Reply};
-use crate::shared::{Shared, State};
+use crate::shared::{Job, Shared, State};
 use crate::wire::{self, Packet, RecvError, send_frame};
 use crate::worker_io::{InFlight, cancel, encode_batch, send_batch, start_worker, unencodable};
 
@@ -162,14 +162,11 @@ impl<'a, W: Program> Driver<'a, W> {
     /// [`TRICKLE_POLL`] before the thread sleeps on it, so that a lone item's reply does not
     /// wait for this thread to wake. Under load batches are large and this is skipped.
     fn poll_trickle(&self) -> Option<Packet> {
-        let [only] = self.inflight.as_slices().0 else {
-            return None;
-        };
         // Items, not tasks: a placed stage's task is a whole batch of the engine's.
-        let items: u64 = only.jobs.iter().map(|job| W::weight(job.task())).sum();
-        if items > TRICKLE_BATCH || self.inflight.len() != 1 {
-            return None;
-        }
+        let only = match self.inflight.front() {
+            Some(only) if self.inflight.len() == 1 && only.weight <= TRICKLE_BATCH => only,
+            _ => return None,
+        };
         let until = only.sent + TRICKLE_POLL;
         while Instant::now() < until {
             match self.worker.rx.try_recv() {
@@ -203,33 +200,15 @@ impl<'a, W: Program> Driver<'a, W> {
             if jobs.is_empty() {
                 break;
             }
-            let body = match encode_batch::<W>(&jobs) {
-                Ok(body) => body,
-                Err(_) => {
-                    // A task that will not encode fails alone; the others go on.
-                    self.shared.deliver(unencodable::<W>(&mut jobs));
-                    match encode_batch::<W>(&jobs) {
-                        Ok(_) if jobs.is_empty() => continue,
-                        Ok(body) => body,
-                        Err(error) => {
-                            let error = format!("{error:#}");
-                            self.shared.deliver(
-                                jobs.iter()
-                                    .map(|j| {
-                                        let error = TaskError::Failed(StageError::msg(&error));
-                                        (j.lane(), j.id(), Err(error))
-                                    })
-                                    .collect(),
-                            );
-                            continue;
-                        }
-                    }
-                }
+            let Some(body) = self.encode(&mut jobs) else {
+                continue;
             };
-            self.sent += jobs.iter().map(|job| W::weight(job.task())).sum::<u64>();
+            let weight = jobs.iter().map(|job| W::weight(job.task())).sum::<u64>();
+            self.sent += weight;
             let sent = send_batch(&self.worker, &jobs, body);
             self.inflight.push_back(InFlight {
                 jobs,
+                weight,
                 sent: Instant::now(),
             });
             if sent.is_err() {
@@ -238,6 +217,32 @@ impl<'a, W: Program> Driver<'a, W> {
             }
         }
         false
+    }
+
+    /// Encodes a batch's tasks as one message's body. A task that will not encode fails
+    /// alone, with its encoding error, and is taken out of `jobs`; `None` when no task is
+    /// left to send (each result delivered).
+    fn encode(&self, jobs: &mut Vec<Job<W::Task>>) -> Option<Vec<u8>> {
+        if let Ok(body) = encode_batch::<W>(jobs) {
+            return Some(body);
+        }
+        self.shared.deliver(unencodable::<W>(jobs));
+        if jobs.is_empty() {
+            return None;
+        }
+        match encode_batch::<W>(jobs) {
+            Ok(body) => Some(body),
+            // Each task encodes alone, but not the batch: the batch fails.
+            Err(error) => {
+                let error = format!("{error:#}");
+                let failed = jobs.drain(..).map(|job| {
+                    let error = TaskError::Failed(StageError::msg(&error));
+                    (job.lane(), job.id(), Err(error))
+                });
+                self.shared.deliver(failed.collect());
+                None
+            }
+        }
     }
 
     fn on_reply(&mut self, body: &[u8]) -> Step {

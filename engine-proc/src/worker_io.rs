@@ -19,6 +19,8 @@ use crate::wire::{self, Packet, RecvError, send_envelope};
 /// What went to a worker and awaits its reply.
 pub(crate) struct InFlight<T> {
     pub(crate) jobs: Vec<Job<T>>,
+    /// What the jobs weigh ([`Program::weight`]): their items.
+    pub(crate) weight: u64,
     pub(crate) sent: Instant,
 }
 

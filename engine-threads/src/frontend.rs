@@ -61,7 +61,7 @@ where
             let mut stage = (self.factory)(ctx);
             stage.setup(ctx).map(|()| stage)
         });
-        let stage = match stage {
+        let mut stage = match stage {
             Ok(stage) => stage,
             Err(error) => {
                 self.shared.fail(ctx, error, true);
@@ -76,12 +76,10 @@ where
                 slot: Arc::clone(&slot),
                 link: Arc::clone(&self.link),
                 shared: Arc::clone(&self.shared),
-            })
+            }) as Arc<dyn Inject<F::Ticket, F::Item>>
         });
-        let mut stage = stage;
         if let Some(injector) = &injector {
-            let inject: Arc<dyn Inject<F::Ticket, F::Item>> = injector.clone();
-            stage.attach_inject(Arc::downgrade(&inject));
+            stage.attach_inject(Arc::downgrade(injector));
         }
         // Read once: a hook installed later is not seen by this run.
         let traced = trace::enabled();

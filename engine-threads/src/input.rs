@@ -84,11 +84,7 @@ impl<K: Ticket, T: Send> Input<K, T> {
     }
 
     /// The link the batches come from.
-    pub(crate) fn link(&self) -> &Link<K, T> {
-        &self.link
-    }
-
-    pub(crate) fn link_arc(&self) -> &Arc<Link<K, T>> {
+    pub(crate) fn link(&self) -> &Arc<Link<K, T>> {
         &self.link
     }
 

@@ -56,7 +56,7 @@ impl<K: Ticket, S: Consume<K>> Consumer<'_, K, S> {
                 // Lent out while asleep: a thread with a batch for this idle stage may run it
                 // here (`inline_when_idle`). Lenders exist only in unordered mode, where the
                 // input is the link alone.
-                let link = Arc::clone(self.input.link_arc());
+                let link = Arc::clone(self.input.link());
                 // SAFETY: this thread does not touch `self` until `lent` is dropped, and
                 // `self` outlives it.
                 let lent = unsafe { lender.lend(self) };
