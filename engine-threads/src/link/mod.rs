@@ -26,6 +26,7 @@ use crate::stall::{self, Wait};
 mod abort;
 mod batch;
 mod lend;
+mod patience;
 mod producer;
 mod sizing;
 mod slot;
@@ -182,6 +183,11 @@ impl<K: Ticket, T: Send> Link<K, T> {
                 Polled::Ended => return None,
                 Polled::Empty => {}
             }
+            // Not yet a sleeper: give the core to a producer a few times first (see
+            // `patience`).
+            if let Some(batch) = self.patiently() {
+                return Some(batch);
+            }
             // Announce the sleep before the last look, so that a producer that adds to its
             // batch after that look (a frontend: under its slot's lock) sees the sleeper and
             // hands its batch on.
@@ -216,6 +222,26 @@ impl<K: Ticket, T: Send> Link<K, T> {
                 }
             }
         }
+    }
+
+    /// Yields a few times before a sleep, taking a batch that arrives meanwhile (see
+    /// `patience`).
+    fn patiently(&self) -> Option<Batch<K, T>> {
+        let patience = patience::Patience::begin()?;
+        let _waiting = stall::waiting(Wait::Input);
+        for _ in 0..patience::YIELDS {
+            let go_on = patience.yield_once();
+            if !self.rx.is_empty() {
+                return match self.rx.try_recv() {
+                    Ok(batch) if !is_nudge(&batch) => Some(self.took(batch)),
+                    _ => None,
+                };
+            }
+            if !go_on || self.abort.is_fired() {
+                break;
+            }
+        }
+        None
     }
 
     /// Sleeps until a batch arrives (`Empty` after a nudge), the stream ends or the run is
