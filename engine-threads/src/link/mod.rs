@@ -7,7 +7,9 @@
 //! batch or, with nothing queued, a frontend's open batch however small. A producer hands its
 //! batch on when it is full, when a consumer sleeps with nothing queued for it, or before it
 //! would wait itself. So under load batches fill while consumers are busy, and a lone item
-//! crosses at once.
+//! crosses at once. A consumer that has caught up gives its core away a few times before it
+//! counts as asleep (see `patience`), so that a producer sharing its core fills a whole batch
+//! rather than wake it with a small one.
 //!
 //! Frontend threads are special: a frontend may block inside `produce` for as long as its
 //! source is silent, so its open batch lives in a [`FrontSlot`] under a mutex, where a consumer

@@ -19,9 +19,10 @@
 //! starts short again once they are rare. Beside busy programs, consumers sleep at once, as
 //! they did before.
 //!
-//! No item waits for this: a consumer yields at most [`YIELDS`] times, looking at its queue
-//! after each, then looks everywhere (frontend slots too) and sleeps as before. Where the
-//! process's CPU time cannot be read (not unix), consumers never yield.
+//! No item waits long for this: a consumer yields at most [`YIELDS`] times and stops once it
+//! has been away [`LONG_YIELD`], looking at its queue after each yield; then it looks
+//! everywhere (frontend slots too) and sleeps as before. Where the process's CPU time cannot
+//! be read (not unix), consumers never yield.
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,7 +31,8 @@ use std::time::{Duration, Instant};
 /// The most times a consumer yields before it announces its sleep.
 pub(super) const YIELDS: u32 = 4;
 
-/// A yield shorter than this cost nothing worth checking.
+/// The longest a consumer yields before one sleep (and a yield shorter than this cost nothing
+/// worth checking).
 const LONG_YIELD: Duration = Duration::from_micros(200);
 
 /// The pause after a first costly yield.
@@ -82,16 +84,18 @@ impl Patience {
         })
     }
 
-    /// Gives the core away once; returns false if the yields so far were costly (another
-    /// program had the core for long), after which the caller stops yielding, and so does
-    /// every consumer for a pause.
+    /// Gives the core away once; returns false once the yields so far took [`LONG_YIELD`],
+    /// after which the caller stops yielding. If they were costly (another program had the
+    /// core), every consumer stops yielding for a pause.
     pub(super) fn yield_once(&self) -> bool {
         std::thread::yield_now();
         let away = self.started.elapsed();
-        if away < LONG_YIELD || !is_costly(away, process_cpu().saturating_sub(self.cpu)) {
+        if away < LONG_YIELD {
             return true;
         }
-        costly(nanos(self.started.duration_since(epoch()) + away));
+        if is_costly(away, process_cpu().saturating_sub(self.cpu)) {
+            costly(nanos(self.started.duration_since(epoch()) + away));
+        }
         false
     }
 }
