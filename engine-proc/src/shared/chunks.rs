@@ -1,15 +1,18 @@
 //! The queue of jobs, kept in the chunks they were submitted in.
 
 use std::collections::VecDeque;
+use std::vec;
 
 use super::Job;
 
 /// Queued jobs, in the order they go out, in chunks of at most a batch as they were
 /// submitted: a driver takes a whole batch by moving one `Vec`, where taking it job by job
 /// out of one ring buffer was a twentieth of the pool's CPU (with the queue's lock held).
-/// No chunk is empty.
+/// No chunk is empty. A chunk is kept as an iterator, so that a driver taking part of one
+/// (a placed stage's fair share, a pool with a task timeout taking one job at a time) moves
+/// only the jobs it takes.
 pub(crate) struct Chunks<T> {
-    chunks: VecDeque<Vec<Job<T>>>,
+    chunks: VecDeque<vec::IntoIter<Job<T>>>,
     len: usize,
 }
 
@@ -33,26 +36,28 @@ impl<T> Chunks<T> {
 
     /// The job that goes out next.
     pub(crate) fn front(&self) -> Option<&Job<T>> {
-        self.chunks.front().and_then(|chunk| chunk.first())
+        self.chunks
+            .front()
+            .and_then(|chunk| chunk.as_slice().first())
     }
 
     /// The jobs in the order they go out.
     pub(crate) fn iter(&self) -> impl Iterator<Item = &Job<T>> {
-        self.chunks.iter().flatten()
+        self.chunks.iter().flat_map(|chunk| chunk.as_slice())
     }
 
     /// Queues `jobs` after the others.
     pub(crate) fn push_back(&mut self, jobs: Vec<Job<T>>) {
         if !jobs.is_empty() {
             self.len += jobs.len();
-            self.chunks.push_back(jobs);
+            self.chunks.push_back(jobs.into_iter());
         }
     }
 
     /// Queues `job` before the others.
     pub(crate) fn push_front(&mut self, job: Job<T>) {
         self.len += 1;
-        self.chunks.push_front(vec![job]);
+        self.chunks.push_front(vec![job].into_iter());
     }
 
     /// Takes the first `n` jobs (all of them, if fewer are queued).
@@ -64,11 +69,16 @@ impl<T> Chunks<T> {
                 break;
             };
             if chunk.len() > want {
-                taken.extend(chunk.drain(..want));
+                taken.extend(chunk.by_ref().take(want));
             } else if taken.is_empty() {
-                taken = self.chunks.pop_front().unwrap_or_default();
+                // The whole chunk: its buffer is reused.
+                taken = self
+                    .chunks
+                    .pop_front()
+                    .map(Iterator::collect)
+                    .unwrap_or_default();
             } else {
-                taken.append(chunk);
+                taken.extend(chunk.by_ref());
                 self.chunks.pop_front();
             }
         }
