@@ -1,7 +1,6 @@
 //! A batch of results on its way to a lane: a worker's answers stay as they were decoded
 //! until the lane's owner takes them, one by one, as [`Completion`]s.
 
-use std::iter::Peekable;
 use std::vec;
 
 use engine_core::StageError;
@@ -33,12 +32,16 @@ impl<O> IntoIterator for Delivery<O> {
                 ids,
                 failures,
                 outputs,
-            } => IntoIter::Answered {
-                ids,
-                at: 0,
-                failures: failures.into_iter().peekable(),
-                outputs: outputs.into_iter(),
-            },
+            } => {
+                let mut failures = failures.into_iter();
+                IntoIter::Answered {
+                    ids,
+                    at: 0,
+                    next_failure: failures.next(),
+                    failures,
+                    outputs: outputs.into_iter(),
+                }
+            }
             Self::Made(completions) => IntoIter::Made(completions.into_iter()),
         }
     }
@@ -104,7 +107,10 @@ pub(crate) enum IntoIter<O> {
         ids: Ids,
         /// The place in the batch of the next id.
         at: u64,
-        failures: Peekable<vec::IntoIter<(u64, StageError)>>,
+        /// The next failure, taken out of `failures`: most batches have none, and then
+        /// each result costs one comparison here.
+        next_failure: Option<(u64, StageError)>,
+        failures: vec::IntoIter<(u64, StageError)>,
         outputs: vec::IntoIter<O>,
     },
     Made(vec::IntoIter<Completion<O>>),
@@ -125,16 +131,20 @@ impl<O> Iterator for IntoIter<O> {
             Self::Answered {
                 ids,
                 at,
+                next_failure,
                 failures,
                 outputs,
             } => {
                 let id = ids.next()?;
                 let here = *at;
                 *at += 1;
-                let result = match failures.next_if(|(i, _)| *i == here) {
-                    Some((_, error)) => Err(TaskError::Failed(error)),
+                let result = match next_failure {
+                    Some((place, _)) if *place == here => {
+                        let (_, error) = std::mem::replace(next_failure, failures.next())?;
+                        Err(TaskError::Failed(error))
+                    }
                     // The driver checked that the outputs and failures add up to the ids.
-                    None => Ok(outputs.next()?),
+                    _ => Ok(outputs.next()?),
                 };
                 Some((id, result))
             }

@@ -104,6 +104,7 @@ mod driver;
 mod duplex;
 mod error;
 mod in_worker;
+mod items;
 #[cfg(feature = "metrics")]
 mod metrics;
 mod node;

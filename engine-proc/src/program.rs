@@ -125,8 +125,14 @@ pub(crate) trait Program: Sized + 'static {
 
 /// What the master sends a worker to run: the trace contexts of the tasks (see
 /// `engine_core::trace`), and the tasks (without their ids: the reply's results come in the
-/// tasks' order).
-type Batch<T> = (Vec<TraceParent>, Vec<T>);
+/// tasks' order), as [`items`](crate::items) (fixed-width when they are plain).
+#[derive(Deserialize)]
+#[serde(bound = "T: DeserializeOwned")]
+struct Batch<T> {
+    traces: Vec<TraceParent>,
+    #[serde(with = "crate::items")]
+    tasks: Vec<T>,
+}
 
 /// The span of a message of tasks whose batches were traced: the child of their contexts'
 /// first, linked to the others. `None` without a trace hook in this process, or contexts.
@@ -147,14 +153,17 @@ fn batch_span<W: Program>(
 
 /// What a worker answers to a batch (the master knows the tasks' ids, so they do not travel
 /// back). Failures travel apart from the outputs, so that the common answer, all succeeded,
-/// is a plain sequence of outputs, and decodes as one.
+/// is a plain sequence of outputs, and decodes as one; the outputs travel as
+/// [`items`](crate::items) (fixed-width when they are plain).
 #[derive(Debug, Serialize, Deserialize)]
+#[serde(bound(serialize = "O: Serialize", deserialize = "O: DeserializeOwned"))]
 pub(crate) struct Reply<O> {
     /// How long the worker ran the batch, in nanoseconds.
     pub(crate) busy: u64,
     /// The failed tasks' errors, by their place in the batch, in its order.
     pub(crate) failures: Vec<(u64, StageError)>,
     /// The other tasks' outputs, in the batch's order.
+    #[serde(with = "crate::items")]
     pub(crate) outputs: Vec<O>,
 }
 
@@ -250,7 +259,7 @@ pub(crate) fn pool_entry<W: Program>(server: String) -> i32 {
         match envelope.kind {
             Kind::Do => {
                 let body = match from_bytes::<Batch<W::Task>>(&envelope.body) {
-                    Ok((traces, tasks)) => {
+                    Ok(Batch { traces, tasks }) => {
                         let _span = batch_span(&worker, &traces, tasks.len());
                         run_batch(&mut worker, tasks)
                     }
@@ -373,5 +382,33 @@ mod tests {
         assert_eq!((back.busy, back.outputs), (0, vec![7, 7]));
         assert_eq!(back.failures.len(), 1);
         assert_eq!(back.failures[0].0, 1);
+    }
+
+    #[test]
+    fn a_reply_cut_short_or_corrupt_does_not_decode() {
+        let bytes = to_bytes(&reply(&[], 3)).unwrap();
+        for end in 0..bytes.len() {
+            assert!(
+                from_bytes::<Reply<u64>>(&bytes[..end]).is_err(),
+                "{end} bytes"
+            );
+        }
+        // The outputs' layout byte, then their count (after the length of their byte
+        // string), made wrong.
+        let layout = bytes.len() - 3 * 8 - 8 - 1 - 1;
+        for (at, byte) in [(layout, 7), (layout + 2, 4)] {
+            let mut corrupt = bytes.clone();
+            corrupt[at] = byte;
+            assert!(from_bytes::<Reply<u64>>(&corrupt).is_err(), "byte {at}");
+        }
+    }
+
+    #[test]
+    fn a_batch_of_tasks_round_trips() {
+        // The tasks encoded as the driver encodes them.
+        let tasks = crate::items::Encoded([5_u64, 6].iter());
+        let bytes = to_bytes(&(Vec::<TraceParent>::new(), tasks)).unwrap();
+        let batch = from_bytes::<Batch<u64>>(&bytes).unwrap();
+        assert_eq!((batch.traces.len(), batch.tasks), (0, vec![5, 6]));
     }
 }

@@ -2,7 +2,6 @@
 //! queue of jobs, where the pool is in its life, the live workers, and the lanes results go
 //! to.
 
-use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -24,6 +23,10 @@ use crate::error::{Completion, ExitHow, TaskError, TaskResult};
 use crate::program::{Program, Reply};
 use crate::wire::Packet;
 use crate::wire::send_stop;
+
+mod chunks;
+
+use chunks::Chunks;
 
 /// Where the pool is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -72,7 +75,7 @@ impl<T> Job<T> {
 pub(crate) type Routed<O> = (u32, TaskId, TaskResult<O>);
 
 pub(crate) struct Queue<T> {
-    jobs: VecDeque<Job<T>>,
+    jobs: Chunks<T>,
     state: State,
     deadline: Option<Instant>,
     /// Drivers with a live worker.
@@ -131,7 +134,7 @@ impl<W: Program> Shared<W> {
     ) -> Self {
         Self {
             queue: Mutex::new(Queue {
-                jobs: VecDeque::new(),
+                jobs: Chunks::new(),
                 state: State::Open,
                 deadline: None,
                 live: 0,
@@ -222,23 +225,38 @@ impl<W: Program> Shared<W> {
         // One relaxed load without a trace hook.
         let trace = engine_core::trace::current_batch().map(Arc::new);
         // The jobs are made before the lock is taken, so that the drivers never wait for
-        // the tasks' iterator, and the lock is held for a copy only.
-        let jobs: Vec<Job<W::Task>> = tasks
-            .by_ref()
-            .take(usize::try_from(max).unwrap_or(usize::MAX))
-            .map(|task| {
-                let id = *next;
-                *next = id.next();
-                Job {
-                    id,
-                    task,
-                    attempts: 0,
-                    lane,
-                    trace: trace.clone(),
-                }
-            })
-            .collect();
-        let taken = jobs.len() as u64;
+        // the tasks' iterator, and the lock is held to queue them only: in chunks of the
+        // largest batch, which a driver takes whole.
+        let mut left = usize::try_from(max).unwrap_or(usize::MAX);
+        let mut chunks: Vec<Vec<Job<W::Task>>> = Vec::new();
+        while left > 0 {
+            let want = left.min(self.config.max_batch.max(1));
+            let chunk: Vec<Job<W::Task>> = tasks
+                .by_ref()
+                .take(want)
+                .map(|task| {
+                    let id = *next;
+                    *next = id.next();
+                    Job {
+                        id,
+                        task,
+                        attempts: 0,
+                        lane,
+                        trace: trace.clone(),
+                    }
+                })
+                .collect();
+            // A short chunk: the tasks ran out (and are not asked for once more).
+            let ended = chunk.len() < want;
+            left -= chunk.len();
+            if !chunk.is_empty() {
+                chunks.push(chunk);
+            }
+            if ended {
+                break;
+            }
+        }
+        let taken = chunks.iter().map(Vec::len).sum::<usize>() as u64;
         let mut queue = lock(&self.queue);
         // Why tasks are refused: the workers are stopping, or none is left.
         let refused: Option<fn() -> TaskError> = if queue.state != State::Open {
@@ -251,13 +269,17 @@ impl<W: Program> Shared<W> {
         if let Some(error) = refused {
             drop(queue);
             self.deliver(
-                jobs.into_iter()
+                chunks
+                    .into_iter()
+                    .flatten()
                     .map(|job| (lane, job.id, Err(error())))
                     .collect(),
             );
             return taken;
         }
-        queue.jobs.extend(jobs);
+        for chunk in chunks {
+            queue.jobs.push_back(chunk);
+        }
         let waiting = queue.waiting;
         drop(queue);
         // Each waiting driver takes a batch: wake as many as there are tasks, at most.
@@ -305,7 +327,7 @@ impl<W: Program> Shared<W> {
             let mut queue = lock(&self.queue);
             queue.given_up += 1;
             if queue.given_up == queue.workers.len() {
-                queue.jobs.drain(..).collect()
+                queue.jobs.take_all().collect()
             } else {
                 Vec::new()
             }
@@ -404,7 +426,7 @@ impl<W: Program> Shared<W> {
                         .count()
                         .max(1);
                 }
-                return Some(queue.jobs.drain(..n).collect());
+                return Some(queue.jobs.take(n));
             }
             if !block {
                 return Some(Vec::new());
@@ -466,7 +488,7 @@ impl<W: Program> Shared<W> {
             }
             let cancelled: Vec<_> = queue
                 .jobs
-                .drain(..)
+                .take_all()
                 .map(|job| (job.lane, job.id, Err(TaskError::Cancelled)))
                 .collect();
             let pids: Vec<Live> = if state == State::Killing {

@@ -113,12 +113,13 @@ fn init_result(worker: &Spawned) -> Result<(), SpawnError> {
     }
 }
 
-/// A batch's tasks as they travel: a sequence of the tasks, encoded from the jobs in place.
+/// A batch's tasks as they travel: [`items`](crate::items) (fixed-width when they are
+/// plain), encoded from the jobs in place.
 struct Tasks<'a, T>(&'a [Job<T>]);
 
 impl<T: Serialize> Serialize for Tasks<'_, T> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_seq(self.0.iter().map(Job::task))
+        crate::items::Encoded(self.0.iter().map(Job::task)).serialize(serializer)
     }
 }
 

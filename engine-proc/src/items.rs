@@ -1,0 +1,571 @@
+//! How the tasks of a batch and the outputs of a reply travel: as fixed-width values when
+//! they are plain (numbers, `bool`, `char`, and options, tuples and structs of them), in
+//! postcard otherwise.
+//!
+//! Postcard writes integers as varints, byte by byte: for a batch of small tasks, such as a
+//! `u64` each, encoding and decoding them was a quarter to a third of the pool's CPU. Plain
+//! values have the same size every time, so they are written as their little-endian bytes
+//! instead, one after the other, without lengths or tags (but an option's), as a raw
+//! bincode stream would. Whether values are plain is found out by trying: a batch whose
+//! values are not all plain goes as a postcard sequence, as before. Both sides are the same
+//! binary with the same types, so the layout needs no description but a byte before it.
+//!
+//! Decoding untrusted bytes never panics: a value cut short, a bad tag, a count the bytes
+//! cannot hold or bytes left over are a [`FixedError`].
+
+use std::fmt::{self, Display};
+use std::marker::PhantomData;
+
+use serde::de::{self, DeserializeOwned, DeserializeSeed, SeqAccess, Visitor};
+use serde::ser::{self, Impossible, Serialize, SerializeTuple};
+use serde::{Deserializer, Serializer};
+
+/// The layout byte of items that follow as a postcard sequence.
+const POSTCARD: u8 = 0;
+/// The layout byte of items that follow as a byte string of fixed-width values.
+const FIXED: u8 = 1;
+
+/// The most bytes of values decoding makes room for ahead, before they decoded.
+const PREALLOCATE: usize = 1 << 20;
+
+/// Why values are not plain, or bytes do not decode as fixed-width values.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct FixedError(String);
+
+impl FixedError {
+    fn not_plain(what: &str) -> Self {
+        Self(format!("{what} has no fixed-width layout"))
+    }
+}
+
+impl ser::Error for FixedError {
+    fn custom<T: Display>(msg: T) -> Self {
+        Self(msg.to_string())
+    }
+}
+
+impl de::Error for FixedError {
+    fn custom<T: Display>(msg: T) -> Self {
+        Self(msg.to_string())
+    }
+}
+
+/// Items as they travel inside a postcard message: their layout byte, then either their
+/// fixed-width encoding (as one byte string) when each is plain, or a postcard sequence.
+/// The sequence is written in place, so that items that are not plain (such as a placed
+/// stage's batches, up to megabytes) are not copied once more for the layout byte.
+pub(crate) struct Encoded<I>(pub(crate) I);
+
+impl<'a, T, I> Serialize for Encoded<I>
+where
+    T: Serialize + 'a,
+    I: ExactSizeIterator<Item = &'a T> + Clone,
+{
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut tuple = serializer.serialize_tuple(2)?;
+        match encode_fixed(self.0.clone()) {
+            Some(fixed) => {
+                tuple.serialize_element(&FIXED)?;
+                tuple.serialize_element(serde_bytes::Bytes::new(&fixed))?;
+            }
+            None => {
+                tuple.serialize_element(&POSTCARD)?;
+                tuple.serialize_element(&Seq(self.0.clone()))?;
+            }
+        }
+        tuple.end()
+    }
+}
+
+/// The fixed-width encoding of `items`: their count (8 bytes, little-endian), then the
+/// values. `None` if one is not plain.
+fn encode_fixed<'a, T: Serialize + 'a>(
+    mut items: impl ExactSizeIterator<Item = &'a T>,
+) -> Option<Vec<u8>> {
+    let n = items.len();
+    let mut fixed = Fixed(Vec::new());
+    fixed.0.extend_from_slice(&(n as u64).to_le_bytes());
+    // The first value says whether the values are plain before room is made for all.
+    if let Some(first) = items.next() {
+        let start = fixed.0.len();
+        first.serialize(&mut fixed).ok()?;
+        let each = fixed.0.len() - start;
+        fixed.0.reserve(each.saturating_mul(n - 1));
+    }
+    for item in items {
+        item.serialize(&mut fixed).ok()?;
+    }
+    Some(fixed.0)
+}
+
+/// Decodes values that [`encode_fixed`] encoded.
+///
+/// # Errors
+///
+/// [`FixedError`] if the bytes are not such values.
+fn decode_fixed<T: DeserializeOwned>(bytes: &[u8]) -> Result<Vec<T>, FixedError> {
+    let mut reader = Reader(bytes);
+    let n = u64::from_le_bytes(reader.take::<8>()?);
+    // No more values than bytes: every plain value but an empty tuple takes a byte at least,
+    // and this bounds the loop below for those too.
+    let n = match usize::try_from(n) {
+        Ok(n) if n <= reader.0.len() => n,
+        _ => {
+            return Err(FixedError(format!(
+                "{n} values claimed in {} bytes",
+                reader.0.len()
+            )));
+        }
+    };
+    // Room made ahead is bounded too, whatever a value's size in memory.
+    let mut items = Vec::with_capacity(n.min(PREALLOCATE / size_of::<T>().max(1)));
+    for _ in 0..n {
+        items.push(T::deserialize(&mut reader)?);
+    }
+    if !reader.0.is_empty() {
+        return Err(FixedError(format!("{} bytes left over", reader.0.len())));
+    }
+    Ok(items)
+}
+
+/// Serde's glue for a `Vec` field that travels as [`Encoded`] items:
+/// `#[serde(with = "crate::items")]`.
+///
+/// # Errors
+///
+/// The serializer's, if an item cannot be encoded.
+pub(crate) fn serialize<T: Serialize, S: Serializer>(
+    items: &[T],
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    Encoded(items.iter()).serialize(serializer)
+}
+
+/// Serde's glue for a `Vec` field that travels as [`Encoded`] items (see [`serialize`]).
+///
+/// # Errors
+///
+/// The deserializer's, if the items do not decode: a wrong layout byte, or values that are
+/// not of the layout.
+pub(crate) fn deserialize<'de, T: DeserializeOwned, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<T>, D::Error> {
+    deserializer.deserialize_tuple(2, ItemsVisitor(PhantomData))
+}
+
+/// Reads [`Encoded`] items: the layout byte, then the values in that layout.
+struct ItemsVisitor<T>(PhantomData<fn() -> T>);
+
+impl<'de, T: DeserializeOwned> Visitor<'de> for ItemsVisitor<T> {
+    type Value = Vec<T>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("encoded items")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+        let items = match seq.next_element::<u8>()? {
+            Some(FIXED) => seq.next_element_seed(FixedSeed(PhantomData))?,
+            Some(POSTCARD) => seq.next_element::<Vec<T>>()?,
+            Some(other) => {
+                return Err(de::Error::custom(format!("unknown layout {other}")));
+            }
+            None => return Err(de::Error::invalid_length(0, &self)),
+        };
+        items.ok_or_else(|| de::Error::invalid_length(1, &self))
+    }
+}
+
+/// Reads fixed-width values from the byte string that holds them.
+struct FixedSeed<T>(PhantomData<fn() -> T>);
+
+impl<'de, T: DeserializeOwned> DeserializeSeed<'de> for FixedSeed<T> {
+    type Value = Vec<T>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Vec<T>, D::Error> {
+        deserializer.deserialize_bytes(self)
+    }
+}
+
+impl<T: DeserializeOwned> Visitor<'_> for FixedSeed<T> {
+    type Value = Vec<T>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("fixed-width values")
+    }
+
+    fn visit_bytes<E: de::Error>(self, bytes: &[u8]) -> Result<Vec<T>, E> {
+        decode_fixed(bytes).map_err(E::custom)
+    }
+}
+
+/// Items as a postcard sequence.
+struct Seq<I>(I);
+
+impl<'a, T: Serialize + 'a, I: Iterator<Item = &'a T> + Clone> Serialize for Seq<I> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.0.clone())
+    }
+}
+
+/// Writes plain values as their little-endian bytes; refuses any other.
+struct Fixed(Vec<u8>);
+
+macro_rules! write_le {
+    ($($method:ident: $ty:ty),* $(,)?) => {
+        $(
+            #[inline]
+            fn $method(self, v: $ty) -> Result<(), FixedError> {
+                self.0.extend_from_slice(&v.to_le_bytes());
+                Ok(())
+            }
+        )*
+    };
+}
+
+impl Serializer for &mut Fixed {
+    type Ok = ();
+    type Error = FixedError;
+    type SerializeSeq = Impossible<(), FixedError>;
+    type SerializeTuple = Self;
+    type SerializeTupleStruct = Self;
+    type SerializeTupleVariant = Impossible<(), FixedError>;
+    type SerializeMap = Impossible<(), FixedError>;
+    type SerializeStruct = Self;
+    type SerializeStructVariant = Impossible<(), FixedError>;
+
+    write_le! {
+        serialize_i8: i8, serialize_i16: i16, serialize_i32: i32, serialize_i64: i64,
+        serialize_i128: i128, serialize_u8: u8, serialize_u16: u16, serialize_u32: u32,
+        serialize_u64: u64, serialize_u128: u128, serialize_f32: f32, serialize_f64: f64,
+    }
+
+    #[inline]
+    fn serialize_bool(self, v: bool) -> Result<(), FixedError> {
+        self.0.push(u8::from(v));
+        Ok(())
+    }
+
+    #[inline]
+    fn serialize_char(self, v: char) -> Result<(), FixedError> {
+        self.serialize_u32(u32::from(v))
+    }
+
+    fn serialize_str(self, _: &str) -> Result<(), FixedError> {
+        Err(FixedError::not_plain("a string"))
+    }
+
+    fn serialize_bytes(self, _: &[u8]) -> Result<(), FixedError> {
+        Err(FixedError::not_plain("a byte string"))
+    }
+
+    #[inline]
+    fn serialize_none(self) -> Result<(), FixedError> {
+        self.0.push(0);
+        Ok(())
+    }
+
+    #[inline]
+    fn serialize_some<T: Serialize + ?Sized>(self, value: &T) -> Result<(), FixedError> {
+        self.0.push(1);
+        value.serialize(self)
+    }
+
+    // A value of no bytes would let a short message claim any number of them.
+    fn serialize_unit(self) -> Result<(), FixedError> {
+        Err(FixedError::not_plain("a unit"))
+    }
+
+    fn serialize_unit_struct(self, _: &'static str) -> Result<(), FixedError> {
+        Err(FixedError::not_plain("a unit struct"))
+    }
+
+    fn serialize_unit_variant(
+        self,
+        _: &'static str,
+        _: u32,
+        _: &'static str,
+    ) -> Result<(), FixedError> {
+        Err(FixedError::not_plain("an enum"))
+    }
+
+    #[inline]
+    fn serialize_newtype_struct<T: Serialize + ?Sized>(
+        self,
+        _: &'static str,
+        value: &T,
+    ) -> Result<(), FixedError> {
+        value.serialize(self)
+    }
+
+    fn serialize_newtype_variant<T: Serialize + ?Sized>(
+        self,
+        _: &'static str,
+        _: u32,
+        _: &'static str,
+        _: &T,
+    ) -> Result<(), FixedError> {
+        Err(FixedError::not_plain("an enum"))
+    }
+
+    fn serialize_seq(self, _: Option<usize>) -> Result<Self::SerializeSeq, FixedError> {
+        Err(FixedError::not_plain("a sequence"))
+    }
+
+    #[inline]
+    fn serialize_tuple(self, _: usize) -> Result<Self, FixedError> {
+        Ok(self)
+    }
+
+    #[inline]
+    fn serialize_tuple_struct(self, _: &'static str, _: usize) -> Result<Self, FixedError> {
+        Ok(self)
+    }
+
+    fn serialize_tuple_variant(
+        self,
+        _: &'static str,
+        _: u32,
+        _: &'static str,
+        _: usize,
+    ) -> Result<Self::SerializeTupleVariant, FixedError> {
+        Err(FixedError::not_plain("an enum"))
+    }
+
+    fn serialize_map(self, _: Option<usize>) -> Result<Self::SerializeMap, FixedError> {
+        Err(FixedError::not_plain("a map"))
+    }
+
+    #[inline]
+    fn serialize_struct(self, _: &'static str, _: usize) -> Result<Self, FixedError> {
+        Ok(self)
+    }
+
+    fn serialize_struct_variant(
+        self,
+        _: &'static str,
+        _: u32,
+        _: &'static str,
+        _: usize,
+    ) -> Result<Self::SerializeStructVariant, FixedError> {
+        Err(FixedError::not_plain("an enum"))
+    }
+
+    fn is_human_readable(&self) -> bool {
+        false
+    }
+}
+
+impl SerializeTuple for &mut Fixed {
+    type Ok = ();
+    type Error = FixedError;
+
+    #[inline]
+    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), FixedError> {
+        value.serialize(&mut **self)
+    }
+
+    #[inline]
+    fn end(self) -> Result<(), FixedError> {
+        Ok(())
+    }
+}
+
+impl ser::SerializeTupleStruct for &mut Fixed {
+    type Ok = ();
+    type Error = FixedError;
+
+    #[inline]
+    fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), FixedError> {
+        value.serialize(&mut **self)
+    }
+
+    #[inline]
+    fn end(self) -> Result<(), FixedError> {
+        Ok(())
+    }
+}
+
+impl ser::SerializeStruct for &mut Fixed {
+    type Ok = ();
+    type Error = FixedError;
+
+    #[inline]
+    fn serialize_field<T: Serialize + ?Sized>(
+        &mut self,
+        _: &'static str,
+        value: &T,
+    ) -> Result<(), FixedError> {
+        value.serialize(&mut **self)
+    }
+
+    // The reader expects every field: a struct that leaves one out is not plain.
+    fn skip_field(&mut self, _: &'static str) -> Result<(), FixedError> {
+        Err(FixedError::not_plain("a struct with a skipped field"))
+    }
+
+    #[inline]
+    fn end(self) -> Result<(), FixedError> {
+        Ok(())
+    }
+}
+
+/// Reads plain values from the front of its bytes.
+struct Reader<'de>(&'de [u8]);
+
+impl Reader<'_> {
+    #[inline]
+    fn take<const N: usize>(&mut self) -> Result<[u8; N], FixedError> {
+        let Some((head, rest)) = self.0.split_first_chunk::<N>() else {
+            return Err(cut_short(N, self.0.len()));
+        };
+        self.0 = rest;
+        Ok(*head)
+    }
+
+    #[inline]
+    fn flag(&mut self) -> Result<bool, FixedError> {
+        match self.take::<1>()? {
+            [0] => Ok(false),
+            [1] => Ok(true),
+            [other] => Err(FixedError(format!("{other} is not a flag"))),
+        }
+    }
+}
+
+#[cold]
+fn cut_short(wanted: usize, left: usize) -> FixedError {
+    FixedError(format!(
+        "a value cut short: {wanted} bytes wanted, {left} left"
+    ))
+}
+
+macro_rules! read_le {
+    ($($method:ident: $ty:ty => $visit:ident),* $(,)?) => {
+        $(
+            #[inline]
+            fn $method<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, FixedError> {
+                visitor.$visit(<$ty>::from_le_bytes(self.take()?))
+            }
+        )*
+    };
+}
+
+impl<'de> Deserializer<'de> for &mut Reader<'de> {
+    type Error = FixedError;
+
+    read_le! {
+        deserialize_i8: i8 => visit_i8, deserialize_i16: i16 => visit_i16,
+        deserialize_i32: i32 => visit_i32, deserialize_i64: i64 => visit_i64,
+        deserialize_i128: i128 => visit_i128, deserialize_u8: u8 => visit_u8,
+        deserialize_u16: u16 => visit_u16, deserialize_u32: u32 => visit_u32,
+        deserialize_u64: u64 => visit_u64, deserialize_u128: u128 => visit_u128,
+        deserialize_f32: f32 => visit_f32, deserialize_f64: f64 => visit_f64,
+    }
+
+    fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, FixedError> {
+        Err(FixedError::not_plain("a value of this type"))
+    }
+
+    #[inline]
+    fn deserialize_bool<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, FixedError> {
+        visitor.visit_bool(self.flag()?)
+    }
+
+    #[inline]
+    fn deserialize_char<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, FixedError> {
+        let code = u32::from_le_bytes(self.take()?);
+        match char::from_u32(code) {
+            Some(c) => visitor.visit_char(c),
+            None => Err(FixedError(format!("{code:#x} is not a char"))),
+        }
+    }
+
+    #[inline]
+    fn deserialize_option<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, FixedError> {
+        if self.flag()? {
+            visitor.visit_some(self)
+        } else {
+            visitor.visit_none()
+        }
+    }
+
+    #[inline]
+    fn deserialize_newtype_struct<V: Visitor<'de>>(
+        self,
+        _: &'static str,
+        visitor: V,
+    ) -> Result<V::Value, FixedError> {
+        visitor.visit_newtype_struct(self)
+    }
+
+    #[inline]
+    fn deserialize_tuple<V: Visitor<'de>>(
+        self,
+        len: usize,
+        visitor: V,
+    ) -> Result<V::Value, FixedError> {
+        visitor.visit_seq(Fields {
+            reader: self,
+            left: len,
+        })
+    }
+
+    #[inline]
+    fn deserialize_tuple_struct<V: Visitor<'de>>(
+        self,
+        _: &'static str,
+        len: usize,
+        visitor: V,
+    ) -> Result<V::Value, FixedError> {
+        self.deserialize_tuple(len, visitor)
+    }
+
+    #[inline]
+    fn deserialize_struct<V: Visitor<'de>>(
+        self,
+        _: &'static str,
+        fields: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, FixedError> {
+        self.deserialize_tuple(fields.len(), visitor)
+    }
+
+    serde::forward_to_deserialize_any! {
+        str string bytes byte_buf unit unit_struct seq map enum identifier ignored_any
+    }
+
+    fn is_human_readable(&self) -> bool {
+        false
+    }
+}
+
+/// The fields of a tuple or struct, one after the other.
+struct Fields<'a, 'de> {
+    reader: &'a mut Reader<'de>,
+    left: usize,
+}
+
+impl<'de> SeqAccess<'de> for Fields<'_, 'de> {
+    type Error = FixedError;
+
+    #[inline]
+    fn next_element_seed<S: DeserializeSeed<'de>>(
+        &mut self,
+        seed: S,
+    ) -> Result<Option<S::Value>, FixedError> {
+        if self.left == 0 {
+            return Ok(None);
+        }
+        self.left -= 1;
+        seed.deserialize(&mut *self.reader).map(Some)
+    }
+
+    fn size_hint(&self) -> Option<usize> {
+        Some(self.left)
+    }
+}
+
+#[cfg(test)]
+mod tests;
