@@ -91,6 +91,11 @@ fn encode_fixed<'a, T: Serialize + 'a>(
         let start = fixed.0.len();
         first.serialize(&mut fixed).ok()?;
         let each = fixed.0.len() - start;
+        // A value of no bytes (a struct without fields, an empty array): every value of its
+        // type has none, and the reader bounds the count by the bytes; postcard counts them.
+        if each == 0 {
+            return None;
+        }
         fixed.0.reserve(each.saturating_mul(n - 1));
     }
     for item in items {

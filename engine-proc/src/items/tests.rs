@@ -39,6 +39,9 @@ struct Point {
 struct Id(u16);
 
 #[derive(Debug, PartialEq, Serialize, Deserialize)]
+struct Nothing {}
+
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
 struct Sparse {
     a: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -82,6 +85,9 @@ fn other_values_travel_in_postcard_and_round_trip() {
     assert_eq!(round_trip(&[vec![1_u64, 2], vec![]]), POSTCARD);
     assert_eq!(round_trip(&[Ok::<u64, u64>(1), Err(2)]), POSTCARD);
     assert_eq!(round_trip(&[(), ()]), POSTCARD);
+    // Values of no bytes at fixed width: postcard counts them.
+    assert_eq!(round_trip(&[Nothing {}, Nothing {}]), POSTCARD);
+    assert_eq!(round_trip(&[[0_u64; 0], [0_u64; 0]]), POSTCARD);
     // Plain only while the strings are absent: found out by trying the whole batch.
     assert_eq!(round_trip(&[None, None, Some("late".to_owned())]), POSTCARD);
     assert_eq!(round_trip::<Option<String>>(&[None, None]), FIXED);
