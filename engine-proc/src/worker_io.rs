@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 use engine_core::StageError;
 use engine_core::protocol::{Address, Envelope, Frame, Kind, ProtocolError, to_bytes};
 use ipc_channel::ipc::IpcSender;
-use serde::{Serialize, Serializer};
 
 use crate::boot::{self, Spawned};
 use crate::codes::{CONTROL, INIT};
@@ -113,20 +112,11 @@ fn init_result(worker: &Spawned) -> Result<(), SpawnError> {
     }
 }
 
-/// A batch's tasks as they travel: [`items`](crate::items) (fixed-width when they are
-/// plain), encoded from the jobs in place.
-struct Tasks<'a, T>(&'a [Job<T>]);
-
-impl<T: Serialize> Serialize for Tasks<'_, T> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        crate::items::Encoded(self.0.iter().map(Job::task)).serialize(serializer)
-    }
-}
-
 /// Encodes a batch of jobs as one message's body.
 pub(crate) fn encode_batch<W: Program>(jobs: &[Job<W::Task>]) -> Result<Vec<u8>, ProtocolError> {
-    // The tasks alone: the worker answers in their order, so their ids stay here.
-    let tasks = Tasks(jobs);
+    // The tasks alone, encoded from the jobs in place as `items` (fixed-width when plain):
+    // the worker answers in their order, so their ids stay here.
+    let tasks = crate::items::Encoded(jobs.iter().map(Job::task));
     // The trace contexts of the batches the jobs came from (none without a trace hook): the
     // worker opens its span for the message as their child.
     let mut traces = Vec::new();
