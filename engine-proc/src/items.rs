@@ -1,12 +1,15 @@
 //! How the tasks of a batch and the outputs of a reply travel: as fixed-width values when
-//! they are plain (numbers, `bool`, `char`, and options, tuples and structs of them), in
-//! postcard otherwise.
+//! they are plain (numbers, `bool`, `char`, and options, tuples, structs, enums and
+//! sequences of them), in postcard otherwise.
 //!
 //! Postcard writes integers as varints, byte by byte: for a batch of small tasks, such as a
 //! `u64` each, encoding and decoding them was a quarter to a third of the pool's CPU. Plain
-//! values have the same size every time, so they are written as their little-endian bytes
-//! instead, one after the other, without lengths or tags (but an option's), as a raw
-//! bincode stream would. Whether values are plain is found out by trying: a batch whose
+//! values are written as their little-endian bytes instead, one after the other, without
+//! lengths or tags but an option's flag, an enum's variant index (4 bytes) and a sequence's
+//! count (8 bytes), as a raw bincode stream would. A placed stage's task is a whole batch of
+//! items (a sequence) and its output a sequence of `ItemOutcome`s (an enum), so plain items
+//! travel this way there too, unless one failed (an error carries strings). Whether values
+//! are plain is found out by trying: a batch whose
 //! values are not all plain goes as a postcard sequence, as before. Both sides are the same
 //! binary with the same types, so the layout needs no description but a byte before it.
 //!
@@ -19,6 +22,8 @@ use std::marker::PhantomData;
 use serde::de::{self, DeserializeOwned, DeserializeSeed, SeqAccess, Visitor};
 use serde::ser::{self, Impossible, Serialize, SerializeTuple};
 use serde::{Deserializer, Serializer};
+
+use read::Reader;
 
 /// The layout byte of items that follow as a postcard sequence.
 const POSTCARD: u8 = 0;
@@ -96,7 +101,8 @@ fn encode_fixed<'a, T: Serialize + 'a>(
         if each == 0 {
             return None;
         }
-        fixed.0.reserve(each.saturating_mul(n - 1));
+        // An estimate (a sequence's values vary in size), bounded like a reader's.
+        fixed.0.reserve(each.saturating_mul(n - 1).min(PREALLOCATE));
     }
     for item in items {
         item.serialize(&mut fixed).ok()?;
@@ -111,18 +117,7 @@ fn encode_fixed<'a, T: Serialize + 'a>(
 /// [`FixedError`] if the bytes are not such values.
 fn decode_fixed<T: DeserializeOwned>(bytes: &[u8]) -> Result<Vec<T>, FixedError> {
     let mut reader = Reader(bytes);
-    let n = u64::from_le_bytes(reader.take::<8>()?);
-    // No more values than bytes: every plain value but an empty tuple takes a byte at least,
-    // and this bounds the loop below for those too.
-    let n = match usize::try_from(n) {
-        Ok(n) if n <= reader.0.len() => n,
-        _ => {
-            return Err(FixedError(format!(
-                "{n} values claimed in {} bytes",
-                reader.0.len()
-            )));
-        }
-    };
+    let n = reader.count()?;
     // Room made ahead is bounded too, whatever a value's size in memory.
     let mut items = Vec::with_capacity(n.min(PREALLOCATE / size_of::<T>().max(1)));
     for _ in 0..n {
@@ -229,16 +224,16 @@ macro_rules! write_le {
     };
 }
 
-impl Serializer for &mut Fixed {
+impl<'a> Serializer for &'a mut Fixed {
     type Ok = ();
     type Error = FixedError;
-    type SerializeSeq = Impossible<(), FixedError>;
+    type SerializeSeq = Counted<'a>;
     type SerializeTuple = Self;
     type SerializeTupleStruct = Self;
-    type SerializeTupleVariant = Impossible<(), FixedError>;
+    type SerializeTupleVariant = Self;
     type SerializeMap = Impossible<(), FixedError>;
     type SerializeStruct = Self;
-    type SerializeStructVariant = Impossible<(), FixedError>;
+    type SerializeStructVariant = Self;
 
     write_le! {
         serialize_i8: i8, serialize_i16: i16, serialize_i32: i32, serialize_i64: i64,
@@ -286,13 +281,14 @@ impl Serializer for &mut Fixed {
         Err(FixedError::not_plain("a unit struct"))
     }
 
+    #[inline]
     fn serialize_unit_variant(
         self,
         _: &'static str,
-        _: u32,
+        index: u32,
         _: &'static str,
     ) -> Result<(), FixedError> {
-        Err(FixedError::not_plain("an enum"))
+        self.serialize_u32(index)
     }
 
     #[inline]
@@ -304,18 +300,28 @@ impl Serializer for &mut Fixed {
         value.serialize(self)
     }
 
+    #[inline]
     fn serialize_newtype_variant<T: Serialize + ?Sized>(
         self,
         _: &'static str,
-        _: u32,
+        index: u32,
         _: &'static str,
-        _: &T,
+        value: &T,
     ) -> Result<(), FixedError> {
-        Err(FixedError::not_plain("an enum"))
+        self.0.extend_from_slice(&index.to_le_bytes());
+        value.serialize(self)
     }
 
-    fn serialize_seq(self, _: Option<usize>) -> Result<Self::SerializeSeq, FixedError> {
-        Err(FixedError::not_plain("a sequence"))
+    #[inline]
+    fn serialize_seq(self, len: Option<usize>) -> Result<Counted<'a>, FixedError> {
+        let len = len.ok_or_else(|| FixedError::not_plain("a sequence of unknown length"))?;
+        self.0.extend_from_slice(&(len as u64).to_le_bytes());
+        Ok(Counted {
+            start: self.0.len(),
+            fixed: self,
+            len,
+            written: 0,
+        })
     }
 
     #[inline]
@@ -328,14 +334,16 @@ impl Serializer for &mut Fixed {
         Ok(self)
     }
 
+    #[inline]
     fn serialize_tuple_variant(
         self,
         _: &'static str,
-        _: u32,
+        index: u32,
         _: &'static str,
         _: usize,
-    ) -> Result<Self::SerializeTupleVariant, FixedError> {
-        Err(FixedError::not_plain("an enum"))
+    ) -> Result<Self, FixedError> {
+        self.0.extend_from_slice(&index.to_le_bytes());
+        Ok(self)
     }
 
     fn serialize_map(self, _: Option<usize>) -> Result<Self::SerializeMap, FixedError> {
@@ -347,14 +355,16 @@ impl Serializer for &mut Fixed {
         Ok(self)
     }
 
+    #[inline]
     fn serialize_struct_variant(
         self,
         _: &'static str,
-        _: u32,
+        index: u32,
         _: &'static str,
         _: usize,
-    ) -> Result<Self::SerializeStructVariant, FixedError> {
-        Err(FixedError::not_plain("an enum"))
+    ) -> Result<Self, FixedError> {
+        self.0.extend_from_slice(&index.to_le_bytes());
+        Ok(self)
     }
 
     fn is_human_readable(&self) -> bool {
@@ -416,161 +426,82 @@ impl ser::SerializeStruct for &mut Fixed {
     }
 }
 
-/// Reads plain values from the front of its bytes.
-struct Reader<'de>(&'de [u8]);
-
-impl Reader<'_> {
-    #[inline]
-    fn take<const N: usize>(&mut self) -> Result<[u8; N], FixedError> {
-        let Some((head, rest)) = self.0.split_first_chunk::<N>() else {
-            return Err(cut_short(N, self.0.len()));
-        };
-        self.0 = rest;
-        Ok(*head)
-    }
-
-    #[inline]
-    fn flag(&mut self) -> Result<bool, FixedError> {
-        match self.take::<1>()? {
-            [0] => Ok(false),
-            [1] => Ok(true),
-            [other] => Err(FixedError(format!("{other} is not a flag"))),
-        }
-    }
-}
-
-#[cold]
-fn cut_short(wanted: usize, left: usize) -> FixedError {
-    FixedError(format!(
-        "a value cut short: {wanted} bytes wanted, {left} left"
-    ))
-}
-
-macro_rules! read_le {
-    ($($method:ident: $ty:ty => $visit:ident),* $(,)?) => {
-        $(
-            #[inline]
-            fn $method<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, FixedError> {
-                visitor.$visit(<$ty>::from_le_bytes(self.take()?))
-            }
-        )*
-    };
-}
-
-impl<'de> Deserializer<'de> for &mut Reader<'de> {
-    type Error = FixedError;
-
-    read_le! {
-        deserialize_i8: i8 => visit_i8, deserialize_i16: i16 => visit_i16,
-        deserialize_i32: i32 => visit_i32, deserialize_i64: i64 => visit_i64,
-        deserialize_i128: i128 => visit_i128, deserialize_u8: u8 => visit_u8,
-        deserialize_u16: u16 => visit_u16, deserialize_u32: u32 => visit_u32,
-        deserialize_u64: u64 => visit_u64, deserialize_u128: u128 => visit_u128,
-        deserialize_f32: f32 => visit_f32, deserialize_f64: f64 => visit_f64,
-    }
-
-    fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, FixedError> {
-        Err(FixedError::not_plain("a value of this type"))
-    }
-
-    #[inline]
-    fn deserialize_bool<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, FixedError> {
-        visitor.visit_bool(self.flag()?)
-    }
-
-    #[inline]
-    fn deserialize_char<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, FixedError> {
-        let code = u32::from_le_bytes(self.take()?);
-        match char::from_u32(code) {
-            Some(c) => visitor.visit_char(c),
-            None => Err(FixedError(format!("{code:#x} is not a char"))),
-        }
-    }
-
-    #[inline]
-    fn deserialize_option<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, FixedError> {
-        if self.flag()? {
-            visitor.visit_some(self)
-        } else {
-            visitor.visit_none()
-        }
-    }
-
-    #[inline]
-    fn deserialize_newtype_struct<V: Visitor<'de>>(
-        self,
-        _: &'static str,
-        visitor: V,
-    ) -> Result<V::Value, FixedError> {
-        visitor.visit_newtype_struct(self)
-    }
-
-    #[inline]
-    fn deserialize_tuple<V: Visitor<'de>>(
-        self,
-        len: usize,
-        visitor: V,
-    ) -> Result<V::Value, FixedError> {
-        visitor.visit_seq(Fields {
-            reader: self,
-            left: len,
-        })
-    }
-
-    #[inline]
-    fn deserialize_tuple_struct<V: Visitor<'de>>(
-        self,
-        _: &'static str,
-        len: usize,
-        visitor: V,
-    ) -> Result<V::Value, FixedError> {
-        self.deserialize_tuple(len, visitor)
-    }
-
-    #[inline]
-    fn deserialize_struct<V: Visitor<'de>>(
-        self,
-        _: &'static str,
-        fields: &'static [&'static str],
-        visitor: V,
-    ) -> Result<V::Value, FixedError> {
-        self.deserialize_tuple(fields.len(), visitor)
-    }
-
-    serde::forward_to_deserialize_any! {
-        str string bytes byte_buf unit unit_struct seq map enum identifier ignored_any
-    }
-
-    fn is_human_readable(&self) -> bool {
-        false
-    }
-}
-
-/// The fields of a tuple or struct, one after the other.
-struct Fields<'a, 'de> {
-    reader: &'a mut Reader<'de>,
-    left: usize,
-}
-
-impl<'de> SeqAccess<'de> for Fields<'_, 'de> {
+impl ser::SerializeTupleVariant for &mut Fixed {
+    type Ok = ();
     type Error = FixedError;
 
     #[inline]
-    fn next_element_seed<S: DeserializeSeed<'de>>(
+    fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), FixedError> {
+        value.serialize(&mut **self)
+    }
+
+    #[inline]
+    fn end(self) -> Result<(), FixedError> {
+        Ok(())
+    }
+}
+
+impl ser::SerializeStructVariant for &mut Fixed {
+    type Ok = ();
+    type Error = FixedError;
+
+    #[inline]
+    fn serialize_field<T: Serialize + ?Sized>(
         &mut self,
-        seed: S,
-    ) -> Result<Option<S::Value>, FixedError> {
-        if self.left == 0 {
-            return Ok(None);
-        }
-        self.left -= 1;
-        seed.deserialize(&mut *self.reader).map(Some)
+        _: &'static str,
+        value: &T,
+    ) -> Result<(), FixedError> {
+        value.serialize(&mut **self)
     }
 
-    fn size_hint(&self) -> Option<usize> {
-        Some(self.left)
+    fn skip_field(&mut self, _: &'static str) -> Result<(), FixedError> {
+        Err(FixedError::not_plain("a variant with a skipped field"))
+    }
+
+    #[inline]
+    fn end(self) -> Result<(), FixedError> {
+        Ok(())
     }
 }
+
+/// A sequence being written: its count went first, its values follow.
+pub(crate) struct Counted<'a> {
+    fixed: &'a mut Fixed,
+    /// The count written ahead.
+    len: usize,
+    /// Values written so far.
+    written: usize,
+    /// Where the values began.
+    start: usize,
+}
+
+impl ser::SerializeSeq for Counted<'_> {
+    type Ok = ();
+    type Error = FixedError;
+
+    #[inline]
+    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), FixedError> {
+        self.written += 1;
+        value.serialize(&mut *self.fixed)
+    }
+
+    fn end(self) -> Result<(), FixedError> {
+        if self.written != self.len {
+            return Err(FixedError(format!(
+                "a sequence of {} values that said {}",
+                self.written, self.len
+            )));
+        }
+        // Values of no bytes would let a short message claim any number of them (the reader
+        // bounds counts by the bytes left).
+        if self.len > 0 && self.fixed.0.len() == self.start {
+            return Err(FixedError::not_plain("a sequence of values without bytes"));
+        }
+        Ok(())
+    }
+}
+
+mod read;
 
 #[cfg(test)]
 mod tests;

@@ -1,5 +1,6 @@
 //! The layouts of items: round trips, the layout chosen, bytes that must not decode.
 
+use engine_core::plumbing::ItemOutcome;
 use engine_core::protocol::{from_bytes, to_bytes};
 use serde::{Deserialize, Serialize};
 
@@ -79,15 +80,87 @@ fn plain_values_travel_fixed_width_and_round_trip() {
     assert_eq!(encode(&[5_u64, 6]).len(), 1 + 1 + 8 + 2 * 8);
 }
 
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+enum Shape {
+    Dot,
+    Circle(f64),
+    Rect(u32, u32),
+    Poly {
+        corners: Vec<(i16, i16)>,
+        closed: bool,
+    },
+    Named(String),
+}
+
+#[test]
+fn sequences_and_enums_of_plain_values_travel_fixed_width_and_round_trip() {
+    // A placed stage's batch: one task of many items, one output of many outcomes.
+    assert_eq!(round_trip(&[vec![1_u64, 2, u64::MAX], vec![]]), FIXED);
+    assert_eq!(round_trip(&[vec![vec![Some(1_u8)], vec![None]]]), FIXED);
+    assert_eq!(round_trip(&[Ok::<u64, i8>(1), Err(-2)]), FIXED);
+    let shapes = [
+        Shape::Dot,
+        Shape::Circle(0.5),
+        Shape::Rect(3, 4),
+        Shape::Poly {
+            corners: vec![(0, 0), (-1, 7)],
+            closed: true,
+        },
+        Shape::Poly {
+            corners: vec![],
+            closed: false,
+        },
+    ];
+    assert_eq!(round_trip(&shapes), FIXED);
+    let outcomes: Vec<ItemOutcome<u64>> = vec![
+        ItemOutcome::Done(7),
+        ItemOutcome::Many(vec![1, 2]),
+        ItemOutcome::Filtered,
+        ItemOutcome::Dropped,
+    ];
+    let bytes = encode(&[outcomes]);
+    assert_eq!(bytes[0], FIXED);
+    let back = decode::<Vec<ItemOutcome<u64>>>(&bytes).unwrap();
+    assert!(matches!(
+        back[0][..],
+        [
+            ItemOutcome::Done(7),
+            ItemOutcome::Many(ref many),
+            ItemOutcome::Filtered,
+            ItemOutcome::Dropped
+        ] if many == &[1, 2]
+    ));
+    // A failure carries an error's strings: that batch goes in postcard, whole.
+    let failed = vec![
+        ItemOutcome::Done(1_u64),
+        ItemOutcome::Failed(engine_core::StageError::msg("no")),
+    ];
+    let bytes = encode(&[failed]);
+    assert_eq!(bytes[0], POSTCARD);
+    let back = decode::<Vec<ItemOutcome<u64>>>(&bytes).unwrap();
+    assert!(matches!(
+        back[0][..],
+        [ItemOutcome::Done(1), ItemOutcome::Failed(_)]
+    ));
+    // A u64 in a sequence: the sequence's count, then its 8 bytes each.
+    assert_eq!(encode(&[vec![5_u64, 6]]).len(), 1 + 1 + 8 + 8 + 2 * 8);
+}
+
 #[test]
 fn other_values_travel_in_postcard_and_round_trip() {
     assert_eq!(round_trip(&["a".to_owned(), String::new()]), POSTCARD);
-    assert_eq!(round_trip(&[vec![1_u64, 2], vec![]]), POSTCARD);
-    assert_eq!(round_trip(&[Ok::<u64, u64>(1), Err(2)]), POSTCARD);
     assert_eq!(round_trip(&[(), ()]), POSTCARD);
-    // Values of no bytes at fixed width: postcard counts them.
+    // Values of no bytes at fixed width: postcard counts them, also inside a sequence.
     assert_eq!(round_trip(&[Nothing {}, Nothing {}]), POSTCARD);
     assert_eq!(round_trip(&[[0_u64; 0], [0_u64; 0]]), POSTCARD);
+    assert_eq!(round_trip(&[vec![Nothing {}, Nothing {}]]), POSTCARD);
+    // A variant that carries a string, a map.
+    assert_eq!(
+        round_trip(&[Shape::Dot, Shape::Named("x".to_owned())]),
+        POSTCARD
+    );
+    let map = std::collections::BTreeMap::from([(1_u8, 2_u8)]);
+    assert_eq!(round_trip(&[map]), POSTCARD);
     // Plain only while the strings are absent: found out by trying the whole batch.
     assert_eq!(round_trip(&[None, None, Some("late".to_owned())]), POSTCARD);
     assert_eq!(round_trip::<Option<String>>(&[None, None]), FIXED);
@@ -137,7 +210,17 @@ fn corrupt_bytes_are_errors() {
     // Values of types without a fixed-width layout.
     assert!(decode_fixed::<String>(&fixed(1, &[1, b'a'])).is_err());
     assert!(decode_fixed::<()>(&fixed(1, &[0])).is_err());
-    assert!(decode_fixed::<Vec<u8>>(&fixed(1, &[0])).is_err());
+    // A sequence whose count its bytes cannot hold; one cut short; a variant index the enum
+    // does not have.
+    let mut claims = fixed(1, &u64::MAX.to_le_bytes());
+    claims.push(1);
+    let error = decode_fixed::<Vec<u8>>(&claims).unwrap_err();
+    assert!(error.to_string().contains("claimed"), "{error}");
+    let mut short = fixed(1, &3_u64.to_le_bytes());
+    short.extend_from_slice(&[1, 2]);
+    assert!(decode_fixed::<Vec<u8>>(&short).is_err());
+    assert!(decode_fixed::<Shape>(&fixed(1, &9_u32.to_le_bytes())).is_err());
+    assert!(decode_fixed::<Shape>(&fixed(1, &[1, 0])).is_err());
     // An unknown layout, nothing at all, postcard that is not a sequence of the type.
     assert!(decode::<u8>(&[9, 0]).is_err());
     assert!(decode::<u8>(&[]).is_err());
@@ -158,6 +241,9 @@ fn arbitrary_bytes_never_panic() {
             .collect();
         let _ = decode_fixed::<Option<u64>>(&bytes);
         let _ = decode_fixed::<Point>(&bytes);
+        let _ = decode_fixed::<Shape>(&bytes);
+        let _ = decode_fixed::<Vec<Vec<u16>>>(&bytes);
+        let _ = decode_fixed::<ItemOutcome<u64>>(&bytes);
         let mut framed = vec![(len % 3) as u8];
         framed.extend_from_slice(&bytes);
         let _ = decode::<Option<u64>>(&framed);
