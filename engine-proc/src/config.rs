@@ -15,10 +15,10 @@ const TARGET_BATCH_TIME: Duration = Duration::from_millis(1);
 /// How many batches a worker has at most: one running, one waiting.
 pub(crate) const DEPTH: usize = 2;
 
-/// The most tasks (or a placed stage's items) in a batch that count as a trickle: the driver waiting for the worker's
-/// reply polls for up to [`TRICKLE_POLL`] before it sleeps, so that a lone item does not pay
-/// for waking it. (Only the driver polls: on two cores, a second thread polling for the same
-/// item would take the core its worker needs.)
+/// The most tasks (or a placed stage's items) in a batch that count as a trickle: the driver
+/// waiting for the worker's reply polls for up to [`TRICKLE_POLL`] before it sleeps, so that
+/// a lone item does not pay for waking it. (Only the driver polls: on two cores, a second
+/// thread polling for the same item would take the core its worker needs.)
 pub(crate) const TRICKLE_BATCH: u64 = 4;
 
 /// How long a driver waiting for a trickle's reply polls before it sleeps.

@@ -372,97 +372,68 @@ impl<'a> Serializer for &'a mut Fixed {
     }
 }
 
-impl SerializeTuple for &mut Fixed {
-    type Ok = ();
-    type Error = FixedError;
+/// The fields of a tuple-like value (a tuple, a tuple struct or variant): one after the
+/// other, as they are.
+macro_rules! fields_in_order {
+    ($($trait:ident :: $method:ident),* $(,)?) => {
+        $(
+            impl ser::$trait for &mut Fixed {
+                type Ok = ();
+                type Error = FixedError;
 
-    #[inline]
-    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), FixedError> {
-        value.serialize(&mut **self)
-    }
+                #[inline]
+                fn $method<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), FixedError> {
+                    value.serialize(&mut **self)
+                }
 
-    #[inline]
-    fn end(self) -> Result<(), FixedError> {
-        Ok(())
-    }
+                #[inline]
+                fn end(self) -> Result<(), FixedError> {
+                    Ok(())
+                }
+            }
+        )*
+    };
 }
 
-impl ser::SerializeTupleStruct for &mut Fixed {
-    type Ok = ();
-    type Error = FixedError;
-
-    #[inline]
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), FixedError> {
-        value.serialize(&mut **self)
-    }
-
-    #[inline]
-    fn end(self) -> Result<(), FixedError> {
-        Ok(())
-    }
+fields_in_order! {
+    SerializeTuple::serialize_element,
+    SerializeTupleStruct::serialize_field,
+    SerializeTupleVariant::serialize_field,
 }
 
-impl ser::SerializeStruct for &mut Fixed {
-    type Ok = ();
-    type Error = FixedError;
+/// The fields of a struct-like value (a struct or a struct variant): their values one
+/// after the other, without names. The reader expects every field: a value that leaves one
+/// out is not plain.
+macro_rules! named_fields_in_order {
+    ($($trait:ident),* $(,)?) => {
+        $(
+            impl ser::$trait for &mut Fixed {
+                type Ok = ();
+                type Error = FixedError;
 
-    #[inline]
-    fn serialize_field<T: Serialize + ?Sized>(
-        &mut self,
-        _: &'static str,
-        value: &T,
-    ) -> Result<(), FixedError> {
-        value.serialize(&mut **self)
-    }
+                #[inline]
+                fn serialize_field<T: Serialize + ?Sized>(
+                    &mut self,
+                    _: &'static str,
+                    value: &T,
+                ) -> Result<(), FixedError> {
+                    value.serialize(&mut **self)
+                }
 
-    // The reader expects every field: a struct that leaves one out is not plain.
-    fn skip_field(&mut self, _: &'static str) -> Result<(), FixedError> {
-        Err(FixedError::not_plain("a struct with a skipped field"))
-    }
+                fn skip_field(&mut self, _: &'static str) -> Result<(), FixedError> {
+                    Err(FixedError::not_plain("a value with a skipped field"))
+                }
 
-    #[inline]
-    fn end(self) -> Result<(), FixedError> {
-        Ok(())
-    }
+                #[inline]
+                fn end(self) -> Result<(), FixedError> {
+                    Ok(())
+                }
+            }
+        )*
+    };
 }
 
-impl ser::SerializeTupleVariant for &mut Fixed {
-    type Ok = ();
-    type Error = FixedError;
-
-    #[inline]
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), FixedError> {
-        value.serialize(&mut **self)
-    }
-
-    #[inline]
-    fn end(self) -> Result<(), FixedError> {
-        Ok(())
-    }
-}
-
-impl ser::SerializeStructVariant for &mut Fixed {
-    type Ok = ();
-    type Error = FixedError;
-
-    #[inline]
-    fn serialize_field<T: Serialize + ?Sized>(
-        &mut self,
-        _: &'static str,
-        value: &T,
-    ) -> Result<(), FixedError> {
-        value.serialize(&mut **self)
-    }
-
-    fn skip_field(&mut self, _: &'static str) -> Result<(), FixedError> {
-        Err(FixedError::not_plain("a variant with a skipped field"))
-    }
-
-    #[inline]
-    fn end(self) -> Result<(), FixedError> {
-        Ok(())
-    }
-}
+named_fields_in_order!(SerializeStruct, SerializeStructVariant);
 
 /// A sequence being written: its count went first, its values follow.
 pub(crate) struct Counted<'a> {
