@@ -11,8 +11,9 @@
 //!   threaded engine (`ProcTransport::new(Inc).workers(2)`, 2 transport threads), against the
 //!   [`Pool`] doing the same work in the same run, and against the same stage called one item
 //!   per round trip (what `ProcTransport` did before it took whole batches). Also the time a
-//!   lone item takes through the placed transport (alone: `... -- lone`), and 1 MiB items
-//!   through it.
+//!   lone item takes through the placed transport (alone: `... -- lone`), against a
+//!   hand-written pipeline of the same shape calling its child one round trip per item, and
+//!   1 MiB items through it.
 //! - `oneway`: small messages master -> child, one way: a [`Child`] counting what
 //!   [`Duplex::recv`] delivers, against a raw `IpcSender<u64>` to a child that counts.
 //! - `bulk`: 1 GiB in 1 MiB bodies master -> child: [`Duplex::send_bytes`] (bodies of 64 KiB
@@ -477,48 +478,125 @@ fn placed() {
     );
 }
 
-/// A lone item: the time from the frontend to the backend, one at a time.
+/// A lone item: the time from the frontend to the backend, one at a time, through the
+/// placed transport and through a hand-written pipeline of the same shape (a frontend
+/// thread, 2 transport threads each with a child process it calls one round trip per item, a
+/// backend thread). Samples alternate between the two, so both see the same machine load.
 fn lone() {
-    let latencies = lone_item_latencies(400);
-    let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
+    const SAMPLES: usize = 400;
+    let (engine_in, engine_seen, engine) = placed_lone_pipeline();
+    let (base_in, base_seen, baseline) = hand_written_lone_pipeline();
+    let mut engine_lat = Vec::with_capacity(SAMPLES);
+    let mut base_lat = Vec::with_capacity(SAMPLES);
+    // The first items start the workers and warm the path up.
+    for i in 0..(SAMPLES as u64 + 10) {
+        for (input, seen, lat) in [
+            (&engine_in, &engine_seen, &mut engine_lat),
+            (&base_in, &base_seen, &mut base_lat),
+        ] {
+            let sent = Instant::now();
+            input.send(i).expect("the pipeline runs");
+            let (x, arrived) = seen.recv().expect("the item arrives");
+            assert_eq!(x, i + 1);
+            if i >= 10 {
+                lat.push(arrived.duration_since(sent));
+            }
+            // Idle spacing, so that every item travels alone.
+            thread::sleep(Duration::from_micros(200));
+        }
+    }
+    drop((engine_in, base_in));
+    engine();
+    baseline();
+    engine_lat.sort();
+    base_lat.sort();
+    let at = |lat: &[Duration], q: f64| lat[((lat.len() as f64 * q) as usize).min(lat.len() - 1)];
     println!(
-        "lone item through the placed transport: median {:.1?}, p90 {:.1?}, p99 {:.1?}; \
-         target: median <= 100 µs",
-        at(0.5),
-        at(0.9),
-        at(0.99)
+        "\nproc: latency of a lone item, frontend -> transport placed in 2 workers -> backend \
+         ({SAMPLES} samples)"
     );
+    println!(
+        "{:<10} {:>12} {:>14} {:>8}   (target: engine median <= 100 µs)",
+        "", "engine", "hand-written", "ratio"
+    );
+    for (name, q) in [("median", 0.5), ("p90", 0.9), ("p99", 0.99)] {
+        let (e, b) = (at(&engine_lat, q), at(&base_lat, q));
+        let ratio = e.as_secs_f64() / b.as_secs_f64();
+        println!("{name:<10} {e:>12.1?} {b:>14.1?} {ratio:>8.2}");
+    }
 }
 
-/// Sends `n` items one at a time through a placed transport, each only after the last one
-/// reached the backend; returns the sorted times from send to backend.
-fn lone_item_latencies(n: usize) -> Vec<Duration> {
-    let (tx, rx) = crossbeam_channel::bounded::<u64>(1);
-    let (back_tx, back) = crossbeam_channel::bounded::<u64>(1);
+/// A pipeline for [`lone`]: items in, `(output, when the backend saw it)` out, and its join.
+type LonePipeline = (
+    crossbeam_channel::Sender<u64>,
+    crossbeam_channel::Receiver<(u64, Instant)>,
+    Box<dyn FnOnce()>,
+);
+
+/// The engine: `x + 1` placed in 2 workers, 2 transport threads; the backend stamps the
+/// time it sees each item, as the threads bench's backend does.
+fn placed_lone_pipeline() -> LonePipeline {
+    let (tx, rx) = crossbeam_channel::unbounded::<u64>();
+    let (seen_tx, seen) = crossbeam_channel::unbounded::<(u64, Instant)>();
     let engine = Engine::builder(rx)
         .transport(ProcTransport::new(Inc).workers(2))
         .transport_threads(2)
         .backend(move |x: u64| {
-            let _ = back_tx.send(x);
+            let _ = seen_tx.send((x, Instant::now()));
         })
         .spawn()
         .expect("the engine starts");
-    let mut latencies = Vec::with_capacity(n);
-    // The first items start the workers and warm the path up.
-    for i in 0..(n as u64 + 10) {
-        let sent = Instant::now();
-        tx.send(i).expect("the engine runs");
-        assert_eq!(back.recv().expect("the item comes back"), i + 1);
-        if i >= 10 {
-            latencies.push(sent.elapsed());
+    let join = move || {
+        engine.join().expect("the engine ends");
+    };
+    (tx, seen, Box::new(join))
+}
+
+/// The same shape by hand: a frontend thread forwards each item to 2 transport threads,
+/// each of which calls its own `raw-echo` child, one round trip per item, and forwards the
+/// answer to a backend thread.
+fn hand_written_lone_pipeline() -> LonePipeline {
+    let (tx, rx) = crossbeam_channel::unbounded::<u64>();
+    let (seen_tx, seen) = crossbeam_channel::unbounded::<(u64, Instant)>();
+    let (to_transports, transports_rx) = crossbeam_channel::bounded::<u64>(1024);
+    let (to_backend, backend_rx) = crossbeam_channel::bounded::<u64>(1024);
+    let mut threads = vec![thread::spawn(move || {
+        for x in rx {
+            to_transports.send(x).expect("the transports run");
         }
-        // Idle spacing, so that every item travels alone.
-        thread::sleep(Duration::from_micros(200));
+    })];
+    let mut children = Vec::new();
+    for _ in 0..2 {
+        let (((task_tx, reply_rx), child), input, output) = (
+            spawn_raw::<EchoChannels>("raw-echo"),
+            transports_rx.clone(),
+            to_backend.clone(),
+        );
+        children.push(child);
+        threads.push(thread::spawn(move || {
+            for x in input {
+                task_tx.send(x).expect("the child runs");
+                let y = reply_rx.recv().expect("the child answers");
+                output.send(y).expect("the backend runs");
+            }
+        }));
     }
-    drop(tx);
-    engine.join().expect("the engine ends");
-    latencies.sort();
-    latencies
+    drop((transports_rx, to_backend));
+    threads.push(thread::spawn(move || {
+        for y in backend_rx {
+            let _ = seen_tx.send((y, Instant::now()));
+        }
+    }));
+    let join = move || {
+        for t in threads {
+            t.join().expect("a pipeline thread ends");
+        }
+        // The transport threads dropped their senders: each child sees its master hang up.
+        for mut child in children {
+            assert!(child.wait().expect("the child ends").success());
+        }
+    };
+    (tx, seen, Box::new(join))
 }
 
 /// The length and a check byte of a large item, computed in the worker.

@@ -14,6 +14,8 @@ pub(crate) struct Counters {
     pub(crate) timeouts: AtomicU64,
     pub(crate) corrupt_frames: AtomicU64,
     pub(crate) recycles: AtomicU64,
+    /// Tasks sent to an idle worker by the thread that submitted them.
+    pub(crate) handed: AtomicU64,
 }
 
 /// The counters of one worker slot (the processes that held it, one after another), for

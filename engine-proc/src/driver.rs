@@ -18,7 +18,7 @@ use crate::config::{DEPTH, TRICKLE_BATCH, TRICKLE_POLL, next_batch};
 use crate::counters::Event;
 use crate::error::{ExitHow, SpawnError, TaskError};
 use crate::program::{Program, Reply};
-use crate::shared::{Job, Shared, State};
+use crate::shared::{Job, Shared, State, Taken};
 use crate::wire::{self, Packet, RecvError, send_frame};
 use crate::worker_io::{InFlight, cancel, encode_batch, send_batch, start_worker, unencodable};
 
@@ -193,9 +193,15 @@ impl<'a, W: Program> Driver<'a, W> {
                 self.recycle = self.shared.config().recycle_after.map(Recycle::Tasks);
                 break;
             }
-            let Some(mut jobs) = self.shared.take(self.batch, left, self.inflight.is_empty())
-            else {
-                return true;
+            let block = self.inflight.is_empty();
+            let mut jobs = match self.shared.take(self.slot, self.batch, left, block) {
+                Taken::Jobs(jobs) => jobs,
+                Taken::Sent(batch) => {
+                    self.sent += batch.weight;
+                    self.inflight.push_back(batch);
+                    continue;
+                }
+                Taken::Closed => return true,
             };
             if jobs.is_empty() {
                 break;
@@ -205,7 +211,7 @@ impl<'a, W: Program> Driver<'a, W> {
             };
             let weight = jobs.iter().map(|job| W::weight(job.task())).sum::<u64>();
             self.sent += weight;
-            let sent = send_batch(&self.worker, &jobs, body);
+            let sent = send_batch(self.worker.pid, &self.worker.tx, &jobs, body);
             self.inflight.push_back(InFlight {
                 jobs,
                 weight,
@@ -374,7 +380,7 @@ impl<'a, W: Program> Driver<'a, W> {
                 }
                 _ => break,
             };
-            if !shared.wait_while_open(after) {
+            if !shared.wait_while_open(self.slot, after) {
                 return Step::Gone;
             }
             match self.start_again(Event::Respawn) {

@@ -43,6 +43,9 @@ pub struct PoolStats {
     /// Worker processes replaced while well: after their task limit or above their memory
     /// limit ([`PoolBuilder::recycle_after`], [`PoolBuilder::max_memory`]).
     pub recycles: u64,
+    /// Tasks that went to an idle worker straight from the thread that submitted them (a
+    /// trickle, while every worker waits), without waiting for its driver thread to wake.
+    pub handed: u64,
 }
 
 /// Builds a [`Pool`].
@@ -366,6 +369,7 @@ impl<S: RemoteTransport> Pool<S> {
             timeouts: c.timeouts.load(Ordering::Relaxed),
             corrupt_frames: c.corrupt_frames.load(Ordering::Relaxed),
             recycles: c.recycles.load(Ordering::Relaxed),
+            handed: c.handed.load(Ordering::Relaxed),
         }
     }
 

@@ -25,8 +25,10 @@ use crate::wire::Packet;
 use crate::wire::send_stop;
 
 mod chunks;
+mod handoff;
 
 use chunks::Chunks;
+pub(crate) use handoff::{Handed, Taken};
 
 /// Where the pool is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -80,8 +82,11 @@ pub(crate) struct Queue<T> {
     deadline: Option<Instant>,
     /// Drivers with a live worker.
     live: usize,
-    /// Drivers waiting for jobs.
-    waiting: usize,
+    /// The slots whose drivers wait for jobs and have not been woken, in the order they
+    /// began to wait.
+    waiting: Vec<usize>,
+    /// Per slot: a batch the submitting thread sends to the slot's worker for its driver.
+    handed: Vec<Handed<T>>,
     /// Slots whose worker could not be started again: given up for good.
     given_up: usize,
     /// Live workers, by slot, for stopping and killing them at once.
@@ -109,7 +114,8 @@ pub(crate) struct LiveWorker {
 /// What the owner of the workers and their drivers share.
 pub(crate) struct Shared<W: Program> {
     queue: Mutex<Queue<W::Task>>,
-    wake: Condvar,
+    /// Per slot: where its driver waits.
+    wakes: Vec<Condvar>,
     /// Where results go, by lane: a pool has one, a placed stage one per engine thread.
     results: Vec<Sender<Delivery<W::Output>>>,
     pub(crate) counters: Counters,
@@ -138,12 +144,13 @@ impl<W: Program> Shared<W> {
                 state: State::Open,
                 deadline: None,
                 live: 0,
-                waiting: 0,
+                waiting: Vec::new(),
+                handed: (0..slots).map(|_| Handed::None).collect(),
                 given_up: 0,
                 workers: (0..slots).map(|_| None).collect(),
                 stop_level: StopLevel::Running,
             }),
-            wake: Condvar::new(),
+            wakes: (0..slots).map(|_| Condvar::new()).collect(),
             results,
             counters: Counters::default(),
             slots: (0..slots).map(|_| SlotCounters::default()).collect(),
@@ -277,14 +284,24 @@ impl<W: Program> Shared<W> {
             );
             return taken;
         }
+        if let Some(idle) = self.idle_slot(&mut queue, &chunks) {
+            drop(queue);
+            self.hand(&idle, chunks.into_iter().flatten().collect());
+            return taken;
+        }
         for chunk in chunks {
             queue.jobs.push_back(chunk);
         }
-        let waiting = queue.waiting;
+        // Each waiting driver takes a batch: wake as many as there are tasks, at most. A
+        // woken driver leaves the list, so that the next submission wakes another.
+        let n = queue
+            .waiting
+            .len()
+            .min(usize::try_from(taken).unwrap_or(usize::MAX));
+        let woken: Vec<usize> = queue.waiting.drain(..n).collect();
         drop(queue);
-        // Each waiting driver takes a batch: wake as many as there are tasks, at most.
-        for _ in 0..taken.min(waiting as u64) {
-            self.wake.notify_one();
+        for slot in woken {
+            self.wakes[slot].notify_one();
         }
         taken
     }
@@ -310,11 +327,11 @@ impl<W: Program> Shared<W> {
         }
     }
 
-    /// Waits up to `wait` while the workers are open; false if they closed meanwhile.
-    pub(crate) fn wait_while_open(&self, wait: Duration) -> bool {
+    /// Waits up to `wait` while the workers are open (as the driver of `slot`); false if
+    /// they closed meanwhile.
+    pub(crate) fn wait_while_open(&self, slot: usize, wait: Duration) -> bool {
         let queue = lock(&self.queue);
-        let (queue, _) = self
-            .wake
+        let (queue, _) = self.wakes[slot]
             .wait_timeout_while(queue, wait, |q| q.state == State::Open)
             .unwrap_or_else(PoisonError::into_inner);
         queue.state == State::Open
@@ -382,18 +399,33 @@ impl<W: Program> Shared<W> {
         worker.inbox.send(Packet::Frame(bytes)).is_ok()
     }
 
-    /// Takes up to `max` jobs holding at most `items` items (at least one job); waits for
-    /// one if `block`. `None` once the pool closes.
+    /// Takes, as the driver of `slot`, up to `max` jobs holding at most `items` items (at
+    /// least one job), or a batch the submitting thread sent for it; waits for one if
+    /// `block`.
     pub(crate) fn take(
         &self,
+        slot: usize,
         max: usize,
         items: Option<u64>,
         block: bool,
-    ) -> Option<Vec<Job<W::Task>>> {
+    ) -> Taken<W::Task> {
         let mut queue = lock(&self.queue);
         loop {
+            match std::mem::replace(&mut queue.handed[slot], Handed::None) {
+                // Sent by the submitting thread: in flight now, even if the pool closed.
+                Handed::Sent(sent) => return Taken::Sent(sent),
+                // Being sent: what this driver sends must go after it.
+                Handed::Sending => {
+                    queue.handed[slot] = Handed::Sending;
+                    queue = self.wakes[slot]
+                        .wait(queue)
+                        .unwrap_or_else(PoisonError::into_inner);
+                    continue;
+                }
+                Handed::None => {}
+            }
             if queue.state != State::Open {
-                return None;
+                return Taken::Closed;
             }
             if !queue.jobs.is_empty() {
                 // Leave a fair share for the other workers when the queue is short (placed
@@ -426,17 +458,17 @@ impl<W: Program> Shared<W> {
                         .count()
                         .max(1);
                 }
-                return Some(queue.jobs.take(n));
+                return Taken::Jobs(queue.jobs.take(n));
             }
             if !block {
-                return Some(Vec::new());
+                return Taken::Jobs(Vec::new());
             }
-            queue.waiting += 1;
-            queue = self
-                .wake
+            queue.waiting.push(slot);
+            queue = self.wakes[slot]
                 .wait(queue)
                 .unwrap_or_else(PoisonError::into_inner);
-            queue.waiting -= 1;
+            // Woken by another than a submitter (or spuriously): no longer waiting.
+            queue.waiting.retain(|&s| s != slot);
         }
     }
 
@@ -465,7 +497,7 @@ impl<W: Program> Shared<W> {
                 }
             }
         }
-        self.wake.notify_all();
+        self.wake_all();
         self.deliver(failed);
     }
 
@@ -503,7 +535,7 @@ impl<W: Program> Shared<W> {
             };
             (cancelled, pids)
         };
-        self.wake.notify_all();
+        self.wake_all();
         self.deliver(cancelled);
         for live in pids {
             live.signal(libc::SIGKILL);
@@ -526,7 +558,14 @@ impl<W: Program> Shared<W> {
         });
         queue.live += 1;
         drop(queue);
-        self.wake.notify_all();
+        self.wake_all();
+    }
+
+    /// Wakes every driver.
+    fn wake_all(&self) {
+        for wake in &self.wakes {
+            wake.notify_all();
+        }
     }
 
     /// Forgets the worker of `slot`: it is gone, or going.

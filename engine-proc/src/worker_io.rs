@@ -141,19 +141,16 @@ pub(crate) fn unencodable<W: Program>(jobs: &mut Vec<Job<W::Task>>) -> Vec<Route
     failed
 }
 
-/// Sends a batch of jobs to the worker, as one message whose body is `body`
-/// ([`encode_batch`]).
+/// Sends a batch of jobs to worker `pid` through its inbox, as one message whose body is
+/// `body` ([`encode_batch`]).
 pub(crate) fn send_batch(
-    worker: &Spawned,
+    pid: u32,
+    inbox: &IpcSender<Packet>,
     jobs: &[Job<impl Sized>],
     body: Vec<u8>,
 ) -> Result<(), ProtocolError> {
-    let envelope = Envelope::new(
-        Address::named(worker.pid.to_string()),
-        Address::Main,
-        Kind::Do,
-    )
-    .with_task(jobs[0].id())
-    .with_raw_body(body);
-    send_envelope(&worker.tx, envelope)
+    let envelope = Envelope::new(Address::named(pid.to_string()), Address::Main, Kind::Do)
+        .with_task(jobs[0].id())
+        .with_raw_body(body);
+    send_envelope(inbox, envelope)
 }

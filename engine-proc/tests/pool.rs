@@ -170,6 +170,55 @@ fn kill_9_mid_run_loses_and_repeats_nothing() {
     assert_eq!(pool.worker_pids().len(), 2);
 }
 
+/// Tasks submitted one at a time, while the workers wait, go to a worker straight from the
+/// submitting thread; each comes back once, with its result.
+fn lone_tasks_go_straight_to_an_idle_worker() {
+    let mut pool = pool(2);
+    for task in 0..300 {
+        let id = pool.submit(task);
+        let (got, result) = pool.recv().unwrap();
+        assert_eq!(got, id);
+        check(task, &result);
+    }
+    let stats = pool.stats();
+    assert_eq!((stats.submitted, stats.completed), (300, 300), "{stats:?}");
+    assert!(stats.handed >= 1, "no task went straight: {stats:?}");
+    assert!(pool.recv().is_none(), "nothing comes back twice");
+}
+
+/// A lone task sent to a worker that was killed while it waited is retried on the
+/// worker's replacement: nothing is lost, nothing runs twice.
+fn a_lone_task_sent_to_a_killed_idle_worker_is_retried() {
+    const ROUNDS: u64 = 5;
+    let mut pool = pool(1);
+    for round in 0..ROUNDS {
+        let id = pool.submit(round);
+        expect_back(&mut pool, id, round + 1);
+        let victim = pool.worker_pids()[0];
+        Command::new("kill")
+            .args(["-9", &victim.to_string()])
+            .status()
+            .unwrap();
+        // Its driver waits for work and cannot know yet: this task goes to the dead worker.
+        let id = pool.submit(1_000 + round);
+        expect_back(&mut pool, id, 1_001 + round);
+        assert!(!pool.worker_pids().contains(&victim));
+    }
+    let stats = pool.stats();
+    assert_eq!(stats.worker_deaths, ROUNDS, "{stats:?}");
+    assert_eq!(stats.retried, ROUNDS, "{stats:?}");
+    assert_eq!(stats.completed, 2 * ROUNDS, "{stats:?}");
+    assert!(stats.handed >= 1, "no task went straight: {stats:?}");
+}
+
+/// Receives the next result and checks that it is `id`'s, and `want`.
+fn expect_back(pool: &mut Pool<WorkerStage<Adder>>, id: TaskId, want: u64) {
+    match pool.recv() {
+        Some((got, Ok(value))) if got == id => assert_eq!(value, want, "task {id}"),
+        other => panic!("task {id}: expected {want}, got {other:?}"),
+    }
+}
+
 fn a_worker_that_exits_every_time_fails_its_task_after_the_retries() {
     let mut pool = Pool::builder()
         .workers(2, WorkerStage::<Adder>::new(1))
@@ -828,6 +877,14 @@ fn main() {
         (
             "a_panicking_task_is_an_error_and_the_rest_succeed",
             a_panicking_task_is_an_error_and_the_rest_succeed,
+        ),
+        (
+            "lone_tasks_go_straight_to_an_idle_worker",
+            lone_tasks_go_straight_to_an_idle_worker,
+        ),
+        (
+            "a_lone_task_sent_to_a_killed_idle_worker_is_retried",
+            a_lone_task_sent_to_a_killed_idle_worker_is_retried,
         ),
         (
             "kill_9_mid_run_loses_and_repeats_nothing",
