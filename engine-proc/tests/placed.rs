@@ -100,6 +100,56 @@ fn gone(pid: u32) -> bool {
     !Path::new(&format!("/proc/{pid}")).exists()
 }
 
+/// Items that come one at a time each reach the backend while the frontend waits for it
+/// (none is held for a batch), also when the worker a lone item goes to was killed while
+/// it waited: the item is run again on its replacement.
+fn lone_items_reach_the_backend_also_past_a_killed_idle_worker() {
+    // One worker: the item after a kill goes to the killed worker.
+    let placed = ProcTransport::new(Judge).workers(1);
+    let probe = placed.clone();
+    let (tx, rx) = crossbeam_channel::unbounded::<u64>();
+    let (seen_tx, seen) = crossbeam_channel::unbounded::<u64>();
+    let handle = Engine::builder(rx)
+        .transport(placed)
+        .transport_threads(2)
+        .backend(move |x: u64| {
+            let _ = seen_tx.send(x);
+        })
+        .spawn()
+        .unwrap();
+    // Items the stage passes on: no multiple of 7 (filtered) or 13 (refused).
+    let items: Vec<u64> = (1..200)
+        .filter(|x: &u64| !x.is_multiple_of(7) && !x.is_multiple_of(13))
+        .take(60)
+        .collect();
+    let mut killed = BTreeSet::new();
+    for (i, &x) in items.iter().enumerate() {
+        tx.send(x).unwrap();
+        let got = seen
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("item {x} did not reach the backend"));
+        assert_eq!(got, x * 2);
+        if i % 15 == 14 {
+            let victim = probe.worker_pids()[0];
+            // SAFETY: kill with a pid of our own unreaped child and a signal number.
+            unsafe {
+                libc::kill(victim as i32, libc::SIGKILL);
+            }
+            killed.insert(victim);
+        }
+    }
+    drop(tx);
+    let report = handle.join().unwrap();
+    report.check().unwrap();
+    assert_eq!(report.processed(), items.len() as u64, "{report}");
+    assert_eq!(report.failed(), 0, "{report}");
+    assert!(
+        seen.try_recv().is_err(),
+        "nothing reaches the backend twice"
+    );
+    assert_eq!(killed.len(), 4, "each kill hit a live worker: {killed:?}");
+}
+
 fn a_worker_killed_mid_run_loses_nothing_and_runs_nothing_twice() {
     const N: u64 = 60_000;
     let placed = ProcTransport::new(Slow).workers(3);
@@ -552,6 +602,10 @@ fn main() {
         (
             "ordered_mode_keeps_the_order_through_the_processes",
             ordered_mode_keeps_the_order_through_the_processes,
+        ),
+        (
+            "lone_items_reach_the_backend_also_past_a_killed_idle_worker",
+            lone_items_reach_the_backend_also_past_a_killed_idle_worker,
         ),
         (
             "a_worker_killed_mid_run_loses_nothing_and_runs_nothing_twice",

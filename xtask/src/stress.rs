@@ -48,11 +48,14 @@ threads async_stages short stop
 threads async_stages -     random_delays never_more_than_k errors_panics
 threads stall    -     a_held_back_item
 proc    placed   short ordered_mode_keeps_the_order_through_the_processes
+proc    placed   -     lone_items_reach_the_backend_also_past_a_killed_idle_worker
 proc    placed   -     a_worker_killed_mid_run_loses_nothing_and_runs_nothing_twice
 proc    placed   short stop_now_frees_the_engine_from_a_hung_worker_at_once
 proc    placed   -     the_stop_deadline_frees_the_engine_from_a_hung_worker
 proc    placed   -     a_placed_stage_recycles_its_workers_between_batches
 proc    pool     short kill_9_mid_run_loses_and_repeats_nothing
+proc    pool     short a_lone_task_sent_to_a_killed_idle_worker_is_retried
+proc    pool     -     lone_tasks_go_straight_to_an_idle_worker
 proc    pool     -     a_task_past_the_timeout_is_killed_and_its_worker_replaced
 proc    pool     -     a_stop_cancels_queued_tasks_and_delivers_finished_ones
 proc    pool     -     recycling_after_100_tasks_runs_every_task_once_in_new_processes
