@@ -13,14 +13,15 @@ use crossbeam_channel::Sender;
 use engine_core::protocol::{Address, Envelope, Frame, Kind, from_bytes};
 use engine_core::{RestartDecision, RestartTracker, StageError};
 
+use crate::batch::{InFlight, Job, encode_batch, send_batch};
 use crate::boot::Spawned;
 use crate::config::{DEPTH, TRICKLE_BATCH, TRICKLE_POLL, next_batch};
 use crate::counters::Event;
 use crate::error::{ExitHow, SpawnError, TaskError};
 use crate::program::{Program, Reply};
-use crate::shared::{Job, Shared, State, Taken};
+use crate::shared::{Shared, State, Taken};
 use crate::wire::{self, Packet, RecvError, send_frame};
-use crate::worker_io::{InFlight, cancel, encode_batch, send_batch, start_worker, unencodable};
+use crate::worker_io::{cancel, start_worker, unencodable};
 
 /// How often at most a worker's resident memory is read, for the memory limit.
 const MEMORY_CHECK_EVERY: Duration = Duration::from_millis(50);

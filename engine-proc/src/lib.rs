@@ -95,6 +95,7 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod batch;
 mod boot;
 mod codes;
 mod config;

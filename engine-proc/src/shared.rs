@@ -10,9 +10,9 @@ use crossbeam_channel::{Receiver, Sender};
 use engine_core::StopLevel;
 use engine_core::plumbing::lock;
 use engine_core::protocol::TaskId;
-use engine_core::trace::TraceParent;
 use ipc_channel::ipc::IpcSender;
 
+use crate::batch::Job;
 use crate::boot::{Live, Spawned};
 use crate::config::Config;
 #[cfg(feature = "metrics")]
@@ -40,38 +40,8 @@ pub(crate) enum State {
     Killing,
 }
 
-/// A queued task, and the lane its result goes to.
-pub(crate) struct Job<T> {
-    id: TaskId,
-    task: T,
-    attempts: u32,
-    lane: u32,
-    /// The trace context of the batch span the task was submitted in (see
-    /// `engine_core::trace`): the worker's span for it is that span's child. Shared by the
-    /// tasks of one submission, and behind a pointer so that a job stays small.
-    trace: Option<Arc<TraceParent>>,
-}
-
 /// The receiving end of a lane: results in batches.
 pub(crate) type Results<O> = Receiver<Delivery<O>>;
-
-impl<T> Job<T> {
-    pub(crate) fn id(&self) -> TaskId {
-        self.id
-    }
-
-    pub(crate) fn lane(&self) -> u32 {
-        self.lane
-    }
-
-    pub(crate) fn task(&self) -> &T {
-        &self.task
-    }
-
-    pub(crate) fn trace(&self) -> Option<TraceParent> {
-        self.trace.as_deref().copied()
-    }
-}
 
 /// A result, with the lane it goes to.
 pub(crate) type Routed<O> = (u32, TaskId, TaskResult<O>);

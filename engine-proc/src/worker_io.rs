@@ -1,27 +1,21 @@
-//! One pool worker process as its driver talks to it: started and initialised, sent batches,
-//! told the run's stop level.
+//! One pool worker process as its driver talks to it: started and initialised (with the
+//! channel its stop levels go to), and its tasks cancelled or refused when they cannot go
+//! (a batch on its way is in `batch`).
 
 use std::collections::VecDeque;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use engine_core::StageError;
-use engine_core::protocol::{Address, Envelope, Frame, Kind, ProtocolError, to_bytes};
+use engine_core::protocol::{Address, Envelope, Frame, Kind, to_bytes};
 use ipc_channel::ipc::IpcSender;
 
+use crate::batch::{InFlight, Job};
 use crate::boot::{self, Spawned};
 use crate::codes::{CONTROL, INIT};
 use crate::error::{ExitHow, SpawnError, TaskError};
 use crate::program::{Program, kind_of, pool_entry};
-use crate::shared::{Job, Routed, Shared};
+use crate::shared::{Routed, Shared};
 use crate::wire::{self, Packet, RecvError, send_envelope};
-
-/// What went to a worker and awaits its reply.
-pub(crate) struct InFlight<T> {
-    pub(crate) jobs: Vec<Job<T>>,
-    /// What the jobs weigh ([`Program::weight`]): their items.
-    pub(crate) weight: u64,
-    pub(crate) sent: Instant,
-}
 
 /// Cancels what is in flight: each job's result is [`TaskError::Cancelled`].
 pub(crate) fn cancel<T, O>(inflight: &mut VecDeque<InFlight<T>>) -> Vec<Routed<O>> {
@@ -112,20 +106,6 @@ fn init_result(worker: &Spawned) -> Result<(), SpawnError> {
     }
 }
 
-/// Encodes a batch of jobs as one message's body.
-pub(crate) fn encode_batch<W: Program>(jobs: &[Job<W::Task>]) -> Result<Vec<u8>, ProtocolError> {
-    // The tasks alone, encoded from the jobs in place as `items` (fixed-width when plain):
-    // the worker answers in their order, so their ids stay here.
-    let tasks = crate::items::Encoded(jobs.iter().map(Job::task));
-    // The trace contexts of the batches the jobs came from (none without a trace hook): the
-    // worker opens its span for the message as their child.
-    let mut traces = Vec::new();
-    for trace in jobs.iter().filter_map(Job::trace) {
-        engine_core::trace::add_parent(&mut traces, trace);
-    }
-    to_bytes(&(traces, tasks))
-}
-
 /// Takes out of `jobs` the tasks that will not encode, each with its result: failed with
 /// the encoding error. The others stay, in order.
 pub(crate) fn unencodable<W: Program>(jobs: &mut Vec<Job<W::Task>>) -> Vec<Routed<W::Output>> {
@@ -139,18 +119,4 @@ pub(crate) fn unencodable<W: Program>(jobs: &mut Vec<Job<W::Task>>) -> Vec<Route
         }
     });
     failed
-}
-
-/// Sends a batch of jobs to worker `pid` through its inbox, as one message whose body is
-/// `body` ([`encode_batch`]).
-pub(crate) fn send_batch(
-    pid: u32,
-    inbox: &IpcSender<Packet>,
-    jobs: &[Job<impl Sized>],
-    body: Vec<u8>,
-) -> Result<(), ProtocolError> {
-    let envelope = Envelope::new(Address::named(pid.to_string()), Address::Main, Kind::Do)
-        .with_task(jobs[0].id())
-        .with_raw_body(body);
-    send_envelope(inbox, envelope)
 }

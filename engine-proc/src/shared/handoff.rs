@@ -14,12 +14,12 @@ use std::time::Instant;
 use engine_core::plumbing::lock;
 use ipc_channel::ipc::IpcSender;
 
-use super::{Job, Queue, Shared, State};
+use super::{Queue, Shared, State};
+use crate::batch::{InFlight, Job, encode_batch, send_batch};
 use crate::config::TRICKLE_BATCH;
 use crate::error::TaskError;
 use crate::program::Program;
 use crate::wire::Packet;
-use crate::worker_io::{InFlight, encode_batch, send_batch};
 
 /// A driver's batch that the submitting thread sends for it.
 pub(crate) enum Handed<T> {
