@@ -26,7 +26,7 @@ impl Reader<'_> {
         match self.take::<1>()? {
             [0] => Ok(false),
             [1] => Ok(true),
-            [other] => Err(FixedError(format!("{other} is not a flag"))),
+            [other] => Err(not_a_flag(other)),
         }
     }
 
@@ -43,6 +43,19 @@ impl Reader<'_> {
             ))),
         }
     }
+}
+
+// The errors are made out of line, so that the reads the hot loops inline stay small (the
+// flag's error made inline kept serde's `Option` impl out of the loop decoding outputs).
+
+#[cold]
+fn not_a_flag(byte: u8) -> FixedError {
+    FixedError(format!("{byte} is not a flag"))
+}
+
+#[cold]
+fn not_a_char(code: u32) -> FixedError {
+    FixedError(format!("{code:#x} is not a char"))
 }
 
 #[cold]
@@ -89,7 +102,7 @@ impl<'de> Deserializer<'de> for &mut Reader<'de> {
         let code = u32::from_le_bytes(self.take()?);
         match char::from_u32(code) {
             Some(c) => visitor.visit_char(c),
-            None => Err(FixedError(format!("{code:#x} is not a char"))),
+            None => Err(not_a_char(code)),
         }
     }
 

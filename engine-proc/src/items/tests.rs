@@ -199,9 +199,12 @@ fn fixed(count: u64, values: &[u8]) -> Vec<u8> {
 #[test]
 fn corrupt_bytes_are_errors() {
     // A bad option tag, a bad bool, a code point that is no char.
-    assert!(decode_fixed::<Option<u8>>(&fixed(1, &[2, 0])).is_err());
-    assert!(decode_fixed::<bool>(&fixed(1, &[7])).is_err());
-    assert!(decode_fixed::<char>(&fixed(1, &0xD800_u32.to_le_bytes())).is_err());
+    let error = decode_fixed::<Option<u8>>(&fixed(1, &[2, 0])).unwrap_err();
+    assert_eq!(error.to_string(), "2 is not a flag");
+    let error = decode_fixed::<bool>(&fixed(1, &[7])).unwrap_err();
+    assert_eq!(error.to_string(), "7 is not a flag");
+    let error = decode_fixed::<char>(&fixed(1, &0xD800_u32.to_le_bytes())).unwrap_err();
+    assert_eq!(error.to_string(), "0xd800 is not a char");
     // A count the bytes cannot hold, however large.
     for count in [2, u64::MAX, 1 << 62] {
         let error = decode_fixed::<u8>(&fixed(count, &[1])).unwrap_err();
