@@ -211,6 +211,22 @@ fn a_lone_task_sent_to_a_killed_idle_worker_is_retried() {
     assert!(stats.handed >= 1, "no task went straight: {stats:?}");
 }
 
+/// A lone task submitted just before a shutdown is never lost: it finishes (it went to an
+/// idle worker at once) or is cancelled, and comes back once either way.
+fn a_lone_task_submitted_just_before_a_shutdown_comes_back() {
+    for task in 100..120_u64 {
+        let mut pool = pool(1);
+        let id = pool.submit(task);
+        let (rest, stats) = pool.shutdown();
+        match rest.as_slice() {
+            [(got, Ok(value))] if *got == id => assert_eq!(*value, task + 1),
+            [(got, Err(TaskError::Cancelled))] if *got == id => {}
+            other => panic!("task {task}: {other:?}"),
+        }
+        assert_eq!((stats.submitted, stats.completed), (1, 1), "{stats:?}");
+    }
+}
+
 /// Receives the next result and checks that it is `id`'s, and `want`.
 fn expect_back(pool: &mut Pool<WorkerStage<Adder>>, id: TaskId, want: u64) {
     match pool.recv() {
@@ -885,6 +901,10 @@ fn main() {
         (
             "a_lone_task_sent_to_a_killed_idle_worker_is_retried",
             a_lone_task_sent_to_a_killed_idle_worker_is_retried,
+        ),
+        (
+            "a_lone_task_submitted_just_before_a_shutdown_comes_back",
+            a_lone_task_submitted_just_before_a_shutdown_comes_back,
         ),
         (
             "kill_9_mid_run_loses_and_repeats_nothing",

@@ -56,6 +56,7 @@ proc    placed   -     a_placed_stage_recycles_its_workers_between_batches
 proc    pool     short kill_9_mid_run_loses_and_repeats_nothing
 proc    pool     short a_lone_task_sent_to_a_killed_idle_worker_is_retried
 proc    pool     -     lone_tasks_go_straight_to_an_idle_worker
+proc    pool     -     a_lone_task_submitted_just_before_a_shutdown_comes_back
 proc    pool     -     a_task_past_the_timeout_is_killed_and_its_worker_replaced
 proc    pool     -     a_stop_cancels_queued_tasks_and_delivers_finished_ones
 proc    pool     -     recycling_after_100_tasks_runs_every_task_once_in_new_processes
