@@ -358,7 +358,7 @@ fn http_engine() {
         }
         (ready, handle)
     });
-    let [inline, through_inline, through_engine] = runtime.block_on(async {
+    let [mut inline, mut through_inline, mut through_engine] = runtime.block_on(async {
         let mut clients = Vec::new();
         for addr in &addrs {
             clients.push(Client::connect(*addr).await);
@@ -374,18 +374,17 @@ fn http_engine() {
     println!(
         "\npod: one HTTP request at a time, GET /square/{{n}} ({SAMPLES} samples each, alternating)"
     );
-    latency_table(
-        "through feed().call(), inline_when_idle",
-        through_inline,
-        "the handler inline",
-        inline.clone(),
+    harness::latency_table(
+        (
+            "through feed().call(), inline_when_idle",
+            &mut through_inline,
+        ),
+        ("the handler inline", &mut inline),
         "target: median ratio <= 1.3",
     );
-    latency_table(
-        "through feed().call(), by default",
-        through_engine,
-        "the handler inline",
-        inline,
+    harness::latency_table(
+        ("through feed().call(), by default", &mut through_engine),
+        ("the handler inline", &mut inline),
         "each stage on its own thread",
     );
     handle.stop();
@@ -420,29 +419,6 @@ impl Client {
             .expect("writes");
         read_response(&mut self.stream, &mut self.buf).await;
         started.elapsed()
-    }
-}
-
-/// Prints the median and p99 of two sets of latencies and their ratios.
-fn latency_table(
-    a: &str,
-    mut a_lat: Vec<Duration>,
-    b: &str,
-    mut b_lat: Vec<Duration>,
-    target: &str,
-) {
-    a_lat.sort();
-    b_lat.sort();
-    let at = |lat: &[Duration], q: f64| lat[((lat.len() as f64 * q) as usize).min(lat.len() - 1)];
-    println!("{:<8} {a:>44} {b:>20} {:>8}   ({target})", "", "ratio");
-    for (name, q) in [("median", 0.5), ("p99", 0.99)] {
-        let (x, y) = (at(&a_lat, q), at(&b_lat, q));
-        println!(
-            "{name:<8} {:>44} {:>20} {:>8.2}",
-            format!("{x:.1?}"),
-            format!("{y:.1?}"),
-            x.as_secs_f64() / y.as_secs_f64()
-        );
     }
 }
 

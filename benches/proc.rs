@@ -508,22 +508,15 @@ fn lone() {
     drop((engine_in, base_in));
     engine();
     baseline();
-    engine_lat.sort();
-    base_lat.sort();
-    let at = |lat: &[Duration], q: f64| lat[((lat.len() as f64 * q) as usize).min(lat.len() - 1)];
     println!(
         "\nproc: latency of a lone item, frontend -> transport placed in 2 workers -> backend \
          ({SAMPLES} samples)"
     );
-    println!(
-        "{:<10} {:>12} {:>14} {:>8}   (target: engine median <= 100 µs)",
-        "", "engine", "hand-written", "ratio"
+    harness::latency_table(
+        ("engine", &mut engine_lat),
+        ("hand-written", &mut base_lat),
+        "target: engine median <= 100 µs",
     );
-    for (name, q) in [("median", 0.5), ("p90", 0.9), ("p99", 0.99)] {
-        let (e, b) = (at(&engine_lat, q), at(&base_lat, q));
-        let ratio = e.as_secs_f64() / b.as_secs_f64();
-        println!("{name:<10} {e:>12.1?} {b:>14.1?} {ratio:>8.2}");
-    }
 }
 
 /// A pipeline for [`lone`]: items in, `(output, when the backend saw it)` out, and its join.

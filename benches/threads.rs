@@ -215,28 +215,11 @@ fn latency() {
     println!(
         "\nthreads: latency of a lone item, frontend -> 2 transports -> backend ({SAMPLES} samples)"
     );
-    latency_table(&mut engine_lat, &mut base_lat);
-}
-
-/// Prints the median and p99 of both sides and their ratios.
-fn latency_table(engine: &mut [Duration], baseline: &mut [Duration]) {
-    engine.sort();
-    baseline.sort();
-    let at = |lat: &[Duration], q: f64| lat[((lat.len() as f64 * q) as usize).min(lat.len() - 1)];
-    println!(
-        "{:<10} {:>12} {:>14} {:>8}   (targets: median ratio <= 2, p99 ratio <= 3)",
-        "", "engine", "hand-written", "ratio"
+    harness::latency_table(
+        ("engine", &mut engine_lat),
+        ("hand-written", &mut base_lat),
+        "targets: median ratio <= 2, p99 ratio <= 3",
     );
-    for (name, q) in [("median", 0.5), ("p99", 0.99)] {
-        let (e, b) = (at(engine, q), at(baseline, q));
-        println!(
-            "{:<10} {:>12.1?} {:>14.1?} {:>8.2}",
-            name,
-            e,
-            b,
-            e.as_secs_f64() / b.as_secs_f64()
-        );
-    }
 }
 
 type Pipeline = (

@@ -98,3 +98,25 @@ pub(crate) fn row(case: &str, engine: &Figures, baseline: &Figures) {
         if b > 0.0 { e / b } else { 0.0 }
     );
 }
+
+/// Prints the median, p90 and p99 of two sets of latencies (sorted here), each side under
+/// its name, their ratio, and `note` (the targets) beside the header.
+pub(crate) fn latency_table(
+    (a, a_lat): (&str, &mut [Duration]),
+    (b, b_lat): (&str, &mut [Duration]),
+    note: &str,
+) {
+    a_lat.sort();
+    b_lat.sort();
+    let at = |lat: &[Duration], q: f64| lat[((lat.len() as f64 * q) as usize).min(lat.len() - 1)];
+    println!("{:<8} {a:>44} {b:>20} {:>8}   ({note})", "", "ratio");
+    for (name, q) in [("median", 0.5), ("p90", 0.9), ("p99", 0.99)] {
+        let (x, y) = (at(a_lat, q), at(b_lat, q));
+        println!(
+            "{name:<8} {:>44} {:>20} {:>8.2}",
+            format!("{x:.1?}"),
+            format!("{y:.1?}"),
+            x.as_secs_f64() / y.as_secs_f64()
+        );
+    }
+}

@@ -50,6 +50,11 @@ pub(crate) struct InFlight<T> {
     pub(crate) sent: Instant,
 }
 
+/// What `jobs` weigh ([`Program::weight`]): their items.
+pub(crate) fn weight<W: Program>(jobs: &[Job<W::Task>]) -> u64 {
+    jobs.iter().map(|job| W::weight(&job.task)).sum()
+}
+
 /// Encodes a batch of jobs as one message's body.
 pub(crate) fn encode_batch<W: Program>(jobs: &[Job<W::Task>]) -> Result<Vec<u8>, ProtocolError> {
     // The tasks alone, encoded from the jobs in place as `items` (fixed-width when plain):

@@ -13,7 +13,7 @@ use crossbeam_channel::Sender;
 use engine_core::protocol::{Address, Envelope, Frame, Kind, from_bytes};
 use engine_core::{RestartDecision, RestartTracker, StageError};
 
-use crate::batch::{InFlight, Job, encode_batch, send_batch};
+use crate::batch::{InFlight, Job, encode_batch, send_batch, weight};
 use crate::boot::Spawned;
 use crate::config::{DEPTH, TRICKLE_BATCH, TRICKLE_POLL, next_batch};
 use crate::counters::Event;
@@ -210,7 +210,7 @@ impl<'a, W: Program> Driver<'a, W> {
             let Some(body) = self.encode(&mut jobs) else {
                 continue;
             };
-            let weight = jobs.iter().map(|job| W::weight(job.task())).sum::<u64>();
+            let weight = weight::<W>(&jobs);
             self.sent += weight;
             let sent = send_batch(self.worker.pid, &self.worker.tx, &jobs, body);
             self.inflight.push_back(InFlight {

@@ -15,7 +15,7 @@ use engine_core::plumbing::lock;
 use ipc_channel::ipc::IpcSender;
 
 use super::{Queue, Shared, State};
-use crate::batch::{InFlight, Job, encode_batch, send_batch};
+use crate::batch::{InFlight, Job, encode_batch, send_batch, weight};
 use crate::config::TRICKLE_BATCH;
 use crate::error::TaskError;
 use crate::program::Program;
@@ -51,7 +51,8 @@ pub(super) struct Idle {
 impl<W: Program> Shared<W> {
     /// Under the queue's lock: the waiting driver that a submission of `chunks` goes to
     /// straight, marked as being sent to, when the submission is a trickle (one chunk of at
-    /// most [`TRICKLE_BATCH`] items), nothing is queued, and every live driver waits.
+    /// most [`TRICKLE_BATCH`] jobs and items), nothing is queued, and every live driver
+    /// waits.
     pub(super) fn idle_slot(
         &self,
         queue: &mut Queue<W::Task>,
@@ -60,16 +61,17 @@ impl<W: Program> Shared<W> {
         let [jobs] = chunks else {
             return None;
         };
-        let trickle = jobs.iter().map(|job| W::weight(&job.task)).sum::<u64>() <= TRICKLE_BATCH;
         // A worker due for recycling after a number of tasks is fed by its driver alone,
-        // which counts them; under a task timeout, tasks go one by one.
-        if !trickle
+        // which counts them; under a task timeout, tasks go one by one. The cheap checks go
+        // first: this runs under the lock for every submission, and a pool's chunks are long.
+        if queue.live == 0
+            || queue.waiting.len() < queue.live
+            || !queue.jobs.is_empty()
+            || queue.state != State::Open
             || self.config.recycle_after.is_some()
             || (self.config.task_timeout.is_some() && jobs.len() > 1)
-            || queue.state != State::Open
-            || !queue.jobs.is_empty()
-            || queue.live == 0
-            || queue.waiting.len() < queue.live
+            || jobs.len() as u64 > TRICKLE_BATCH
+            || weight::<W>(jobs) > TRICKLE_BATCH
         {
             return None;
         }
@@ -103,7 +105,7 @@ impl<W: Program> Shared<W> {
         let Ok(body) = encode_batch::<W>(jobs) else {
             return;
         };
-        let weight = jobs.iter().map(|job| W::weight(&job.task)).sum::<u64>();
+        let weight = weight::<W>(jobs);
         // A worker that is gone fails the send; its driver's receive sees it, and retries.
         let _ = send_batch(to.pid, &to.inbox, jobs, body);
         self.counters
