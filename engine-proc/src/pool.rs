@@ -281,7 +281,13 @@ impl<S: RemoteTransport> Pool<S> {
 
     /// The next result, in completion order; waits for it. `None` when no task is
     /// outstanding.
+    #[inline]
     pub fn recv(&mut self) -> Option<(TaskId, TaskResult<S::Output>)> {
+        // A result of the batch in hand costs a few instructions inlined here, where the
+        // whole receive as a call per result was a tenth of a pool's CPU on small tasks.
+        if let Some(completion) = self.ready.next() {
+            return Some(self.received(completion));
+        }
         self.recv_deadline(None).ok().flatten()
     }
 
@@ -319,13 +325,19 @@ impl<S: RemoteTransport> Pool<S> {
             }
             .into_iter();
         };
+        Ok(Some(self.received((id, result))))
+    }
+
+    /// Counts a result as received, and says a filtered task's result is an error.
+    #[inline]
+    fn received(&mut self, (id, result): Completion<Option<S::Output>>) -> Completion<S::Output> {
         self.received += 1;
         let result = match result {
             Ok(Some(output)) => Ok(output),
             Ok(None) => Err(TaskError::Filtered),
             Err(error) => Err(error),
         };
-        Ok(Some((id, result)))
+        (id, result)
     }
 
     /// Runs `tasks` and yields `(id, result)` pairs as they complete (DumbPipelineBox's

@@ -206,21 +206,24 @@ impl<W: Program> Shared<W> {
         // largest batch, which a driver takes whole.
         let mut left = usize::try_from(max).unwrap_or(usize::MAX);
         let mut chunks: Vec<Vec<Job<W::Task>>> = Vec::new();
+        // The next id, counted in a local: counted through `next`, each job waited for the
+        // store of the one before (that loop was an eighth of the pool's CPU).
+        let mut id = *next;
         while left > 0 {
             let want = left.min(self.config.max_batch.max(1));
             let chunk: Vec<Job<W::Task>> = tasks
                 .by_ref()
                 .take(want)
                 .map(|task| {
-                    let id = *next;
-                    *next = id.next();
-                    Job {
+                    let job = Job {
                         id,
                         task,
                         attempts: 0,
                         lane,
                         trace: trace.clone(),
-                    }
+                    };
+                    id = id.next();
+                    job
                 })
                 .collect();
             // A short chunk: the tasks ran out (and are not asked for once more).
@@ -233,6 +236,7 @@ impl<W: Program> Shared<W> {
                 break;
             }
         }
+        *next = id;
         let taken = chunks.iter().map(Vec::len).sum::<usize>() as u64;
         let mut queue = lock(&self.queue);
         // Why tasks are refused: the workers are stopping, or none is left.
