@@ -13,7 +13,7 @@ use crossbeam_channel::Sender;
 use engine_core::protocol::{Address, Envelope, Frame, Kind, from_bytes};
 use engine_core::{RestartDecision, RestartTracker, StageError};
 
-use crate::batch::{InFlight, Job, encode_batch, send_batch, weight};
+use crate::batch::{Batch, InFlight, encode_batch, send_batch, weight};
 use crate::boot::Spawned;
 use crate::config::{DEPTH, TRICKLE_BATCH, TRICKLE_POLL, next_batch};
 use crate::counters::Event;
@@ -195,8 +195,8 @@ impl<'a, W: Program> Driver<'a, W> {
                 break;
             }
             let block = self.inflight.is_empty();
-            let mut jobs = match self.shared.take(self.slot, self.batch, left, block) {
-                Taken::Jobs(jobs) => jobs,
+            let mut batch = match self.shared.take(self.slot, self.batch, left, block) {
+                Taken::Jobs(batch) => batch,
                 Taken::Sent(batch) => {
                     self.sent += batch.weight;
                     self.inflight.push_back(batch);
@@ -204,17 +204,17 @@ impl<'a, W: Program> Driver<'a, W> {
                 }
                 Taken::Closed => return true,
             };
-            if jobs.is_empty() {
+            if batch.is_empty() {
                 break;
             }
-            let Some(body) = self.encode(&mut jobs) else {
+            let Some(body) = self.encode(&mut batch) else {
                 continue;
             };
-            let weight = weight::<W>(&jobs);
+            let weight = weight::<W>(&batch);
             self.sent += weight;
-            let sent = send_batch(self.worker.pid, &self.worker.tx, &jobs, body);
+            let sent = send_batch(self.worker.pid, &self.worker.tx, &batch, body);
             self.inflight.push_back(InFlight {
-                jobs,
+                batch,
                 weight,
                 sent: Instant::now(),
             });
@@ -227,22 +227,22 @@ impl<'a, W: Program> Driver<'a, W> {
     }
 
     /// Encodes a batch's tasks as one message's body. A task that will not encode fails
-    /// alone, with its encoding error, and is taken out of `jobs`; `None` when no task is
+    /// alone, with its encoding error, and is taken out of `batch`; `None` when no task is
     /// left to send (each result delivered).
-    fn encode(&self, jobs: &mut Vec<Job<W::Task>>) -> Option<Vec<u8>> {
-        if let Ok(body) = encode_batch::<W>(jobs) {
+    fn encode(&self, batch: &mut Batch<W::Task>) -> Option<Vec<u8>> {
+        if let Ok(body) = encode_batch::<W>(batch) {
             return Some(body);
         }
-        self.shared.deliver(unencodable::<W>(jobs));
-        if jobs.is_empty() {
+        self.shared.deliver(unencodable::<W>(batch));
+        if batch.is_empty() {
             return None;
         }
-        match encode_batch::<W>(jobs) {
+        match encode_batch::<W>(batch) {
             Ok(body) => Some(body),
             // Each task encodes alone, but not the batch: the batch fails.
             Err(error) => {
                 let error = format!("{error:#}");
-                let failed = jobs.drain(..).map(|job| {
+                let failed = std::mem::take(batch).into_jobs().map(|job| {
                     let error = TaskError::Failed(StageError::msg(&error));
                     (job.lane(), job.id(), Err(error))
                 });
@@ -258,15 +258,15 @@ impl<'a, W: Program> Driver<'a, W> {
         };
         let reply = from_bytes::<Reply<W::Output>>(body)
             .map_err(|error| format!("its reply does not decode: {error}"))
-            .and_then(|reply| reply.check(done.jobs.len()).map(|()| reply));
+            .and_then(|reply| reply.check(done.batch.len()).map(|()| reply));
         match reply {
             Ok(reply) => {
-                let n = done.jobs.len();
+                let n = done.batch.len();
                 self.batch = next_batch(self.batch, n, reply.busy, self.max_batch);
                 let failed = reply.failures.len() as u64;
                 self.shared.slots[self.slot].batch(n as u64, failed);
                 // The worker answers a batch's tasks in the order it got them.
-                self.shared.deliver_batch(&done.jobs, reply);
+                self.shared.deliver_batch(&done.batch, reply);
                 self.check_memory();
                 Step::Go
             }
@@ -317,7 +317,7 @@ impl<'a, W: Program> Driver<'a, W> {
         let timed_out = self
             .inflight
             .pop_front()
-            .map(|f| f.jobs)
+            .map(|f| f.batch)
             .unwrap_or_default();
         let after = self.shared.config().task_timeout.unwrap_or_default();
         tracing::warn!(
@@ -337,7 +337,7 @@ impl<'a, W: Program> Driver<'a, W> {
         let step = self.replace(how);
         self.shared.deliver(
             timed_out
-                .into_iter()
+                .into_jobs()
                 .map(|j| (j.lane(), j.id(), Err(TaskError::TimedOut { after })))
                 .collect(),
         );
@@ -370,7 +370,10 @@ impl<'a, W: Program> Driver<'a, W> {
             .counters
             .count(&shared.slots[self.slot], Event::Death);
         shared.forget(self.slot);
-        shared.retry(self.inflight.drain(..).flat_map(|f| f.jobs), how);
+        shared.retry(
+            self.inflight.drain(..).flat_map(|f| f.batch.into_jobs()),
+            how,
+        );
         let mut reason = format!("the last worker {how}");
         loop {
             let after = match self.restarts.ended(true, false, Instant::now()) {

@@ -1,5 +1,5 @@
 //! What the owner of a pool's or placed stage's workers and their driver threads share: the
-//! queue of jobs, where the pool is in its life, the live workers, and the lanes results go
+//! queue of tasks, where the pool is in its life, the live workers, and the lanes results go
 //! to.
 
 use std::sync::atomic::Ordering;
@@ -12,13 +12,13 @@ use engine_core::plumbing::lock;
 use engine_core::protocol::TaskId;
 use ipc_channel::ipc::IpcSender;
 
-use crate::batch::Job;
+use crate::batch::{Batch, Chunk, Job};
 use crate::boot::{Live, Spawned};
 use crate::config::Config;
 #[cfg(feature = "metrics")]
 use crate::counters::SlotSnapshot;
 use crate::counters::{Counters, SlotCounters};
-use crate::delivery::{Delivery, Ids};
+use crate::delivery::Delivery;
 use crate::error::{Completion, ExitHow, TaskError, TaskResult};
 use crate::program::{Program, Reply};
 use crate::wire::Packet;
@@ -160,21 +160,22 @@ impl<W: Program> Shared<W> {
         }
     }
 
-    /// Sends a worker's answers to a batch to their lanes: `reply` answers `jobs`, and
+    /// Sends a worker's answers to a batch to their lanes: `reply` answers `batch`, and
     /// [`Reply::check`] found it whole.
-    pub(crate) fn deliver_batch(&self, jobs: &[Job<W::Task>], reply: Reply<W::Output>) {
+    pub(crate) fn deliver_batch(&self, batch: &Batch<W::Task>, reply: Reply<W::Output>) {
         let failed = reply.failures.len() as u64;
         let answers = Delivery::Answered {
-            ids: Ids::of(jobs.iter().map(|job| job.id)),
+            ids: batch.ids(),
             failures: reply.failures,
             outputs: reply.outputs,
         };
-        let lane = jobs.first().map_or(0, |job| job.lane);
-        if !jobs.iter().all(|job| job.lane == lane) {
+        let lane = batch.chunks().first().map_or(0, |chunk| chunk.lane);
+        if !batch.chunks().iter().all(|chunk| chunk.lane == lane) {
             self.deliver(
-                jobs.iter()
+                batch
+                    .routes()
                     .zip(answers)
-                    .map(|(job, (id, result))| (job.lane, id, result))
+                    .map(|((lane, _), (id, result))| (lane, id, result))
                     .collect(),
             );
             return;
@@ -182,7 +183,7 @@ impl<W: Program> Shared<W> {
         // One lane (always in a pool): the answers go as they are, without routing.
         self.counters
             .completed
-            .fetch_add(jobs.len() as u64, Ordering::Relaxed);
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
         self.counters.failed.fetch_add(failed, Ordering::Relaxed);
         if let Some(tx) = self.results.get(lane as usize) {
             let _ = tx.send(answers);
@@ -201,43 +202,36 @@ impl<W: Program> Shared<W> {
     ) -> u64 {
         // One relaxed load without a trace hook.
         let trace = engine_core::trace::current_batch().map(Arc::new);
-        // The jobs are made before the lock is taken, so that the drivers never wait for
-        // the tasks' iterator, and the lock is held to queue them only: in chunks of the
-        // largest batch, which a driver takes whole.
+        // The chunks are made before the lock is taken, so that the drivers never wait for
+        // the tasks' iterator, and the lock is held to queue them only: chunks of the
+        // largest batch, which a driver takes whole. A chunk keeps the tasks as they come,
+        // numbered from its first id.
         let mut left = usize::try_from(max).unwrap_or(usize::MAX);
-        let mut chunks: Vec<Vec<Job<W::Task>>> = Vec::new();
-        // The next id, counted in a local: counted through `next`, each job waited for the
-        // store of the one before (that loop was an eighth of the pool's CPU).
-        let mut id = *next;
+        let mut chunks: Vec<Chunk<W::Task>> = Vec::new();
+        let mut first = *next;
         while left > 0 {
             let want = left.min(self.config.max_batch.max(1));
-            let chunk: Vec<Job<W::Task>> = tasks
-                .by_ref()
-                .take(want)
-                .map(|task| {
-                    let job = Job {
-                        id,
-                        task,
-                        attempts: 0,
-                        lane,
-                        trace: trace.clone(),
-                    };
-                    id = id.next();
-                    job
-                })
-                .collect();
+            let tasks: Vec<W::Task> = tasks.by_ref().take(want).collect();
             // A short chunk: the tasks ran out (and are not asked for once more).
-            let ended = chunk.len() < want;
-            left -= chunk.len();
-            if !chunk.is_empty() {
-                chunks.push(chunk);
+            let ended = tasks.len() < want;
+            left -= tasks.len();
+            let n = tasks.len() as u64;
+            if !tasks.is_empty() {
+                chunks.push(Chunk {
+                    first,
+                    tasks,
+                    attempts: 0,
+                    lane,
+                    trace: trace.clone(),
+                });
             }
+            first = TaskId(first.0.wrapping_add(n));
             if ended {
                 break;
             }
         }
-        *next = id;
-        let taken = chunks.iter().map(Vec::len).sum::<usize>() as u64;
+        *next = first;
+        let taken = chunks.iter().map(|chunk| chunk.tasks.len()).sum::<usize>() as u64;
         let mut queue = lock(&self.queue);
         // Why tasks are refused: the workers are stopping, or none is left.
         let refused: Option<fn() -> TaskError> = if queue.state != State::Open {
@@ -252,7 +246,7 @@ impl<W: Program> Shared<W> {
             self.deliver(
                 chunks
                     .into_iter()
-                    .flatten()
+                    .flat_map(Chunk::into_jobs)
                     .map(|job| (lane, job.id, Err(error())))
                     .collect(),
             );
@@ -260,7 +254,7 @@ impl<W: Program> Shared<W> {
         }
         if let Some(idle) = self.idle_slot(&mut queue, &chunks) {
             drop(queue);
-            self.hand(&idle, chunks.into_iter().flatten().collect());
+            self.hand(&idle, chunks.into_iter().collect());
             return taken;
         }
         for chunk in chunks {
@@ -373,8 +367,8 @@ impl<W: Program> Shared<W> {
         worker.inbox.send(Packet::Frame(bytes)).is_ok()
     }
 
-    /// Takes, as the driver of `slot`, up to `max` jobs holding at most `items` items (at
-    /// least one job), or a batch the submitting thread sent for it; waits for one if
+    /// Takes, as the driver of `slot`, up to `max` tasks holding at most `items` items (at
+    /// least one task), or a batch the submitting thread sent for it; waits for one if
     /// `block`.
     pub(crate) fn take(
         &self,
@@ -414,19 +408,23 @@ impl<W: Program> Shared<W> {
                 let mut n = max.min(share).max(1);
                 // A task whose worker died runs alone, so that one task that kills its
                 // worker does not take the tasks batched with it down too.
-                if queue.jobs.front().is_some_and(|job| job.attempts > 0) {
+                if queue
+                    .jobs
+                    .front_attempts()
+                    .is_some_and(|attempts| attempts > 0)
+                {
                     n = 1;
                 }
                 if let Some(budget) = items {
-                    // The jobs that fit the budget; the one that reaches it is the last.
+                    // The tasks that fit the budget; the one that reaches it is the last.
                     let mut held = 0_u64;
                     n = queue
                         .jobs
-                        .iter()
+                        .tasks()
                         .take(n)
-                        .take_while(|job| {
+                        .take_while(|task| {
                             let fits = held < budget;
-                            held += W::weight(&job.task);
+                            held += W::weight(task);
                             fits
                         })
                         .count()
@@ -435,7 +433,7 @@ impl<W: Program> Shared<W> {
                 return Taken::Jobs(queue.jobs.take(n));
             }
             if !block {
-                return Taken::Jobs(Vec::new());
+                return Taken::Jobs(Batch::default());
             }
             queue.waiting.push(slot);
             queue = self.wakes[slot]

@@ -9,7 +9,7 @@ use engine_core::StageError;
 use engine_core::protocol::{Address, Envelope, Frame, Kind, to_bytes};
 use ipc_channel::ipc::IpcSender;
 
-use crate::batch::{InFlight, Job};
+use crate::batch::{Batch, InFlight};
 use crate::boot::{self, Spawned};
 use crate::codes::{CONTROL, INIT};
 use crate::error::{ExitHow, SpawnError, TaskError};
@@ -21,7 +21,7 @@ use crate::wire::{self, Packet, RecvError, send_envelope};
 pub(crate) fn cancel<T, O>(inflight: &mut VecDeque<InFlight<T>>) -> Vec<Routed<O>> {
     inflight
         .drain(..)
-        .flat_map(|f| f.jobs)
+        .flat_map(|f| f.batch.into_jobs())
         .map(|job| (job.lane(), job.id(), Err(TaskError::Cancelled)))
         .collect()
 }
@@ -106,17 +106,22 @@ fn init_result(worker: &Spawned) -> Result<(), SpawnError> {
     }
 }
 
-/// Takes out of `jobs` the tasks that will not encode, each with its result: failed with
-/// the encoding error. The others stay, in order.
-pub(crate) fn unencodable<W: Program>(jobs: &mut Vec<Job<W::Task>>) -> Vec<Routed<W::Output>> {
+/// Takes out of `batch` the tasks that will not encode, each with its result: failed with
+/// the encoding error. The others stay, in order (each a chunk of its own: this runs only
+/// when a batch would not encode).
+pub(crate) fn unencodable<W: Program>(batch: &mut Batch<W::Task>) -> Vec<Routed<W::Output>> {
     let mut failed = Vec::new();
-    jobs.retain(|job| match to_bytes(job.task()) {
-        Ok(_) => true,
-        Err(error) => {
-            let error = TaskError::Failed(StageError::new(error));
-            failed.push((job.lane(), job.id(), Err(error)));
-            false
-        }
-    });
+    let kept: Vec<_> = std::mem::take(batch)
+        .into_jobs()
+        .filter(|job| match to_bytes(job.task()) {
+            Ok(_) => true,
+            Err(error) => {
+                let error = TaskError::Failed(StageError::new(error));
+                failed.push((job.lane(), job.id(), Err(error)));
+                false
+            }
+        })
+        .collect();
+    *batch = Batch::from_jobs(kept);
     failed
 }

@@ -1,23 +1,61 @@
-//! The queue of jobs, kept in the chunks they were submitted in.
+//! The queue of tasks, kept in the chunks they were submitted in.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::vec;
 
-use super::Job;
+use engine_core::protocol::TaskId;
+use engine_core::trace::TraceParent;
 
-/// Queued jobs, in the order they go out, in chunks of at most a batch as they were
-/// submitted: a driver takes a whole batch by moving one `Vec`, where taking it job by job
+use crate::batch::{Batch, Chunk, Job};
+
+/// A queued chunk: the tasks not taken yet, kept as an iterator so that taking part of them
+/// (a pool with a task timeout takes one at a time) moves only what is taken.
+struct Queued<T> {
+    first: TaskId,
+    tasks: vec::IntoIter<T>,
+    attempts: u32,
+    lane: u32,
+    trace: Option<Arc<TraceParent>>,
+}
+
+impl<T> Queued<T> {
+    /// Takes the first `n` tasks, as a chunk of their own.
+    fn split(&mut self, n: usize) -> Chunk<T> {
+        let first = self.first;
+        self.first = TaskId(first.0.wrapping_add(n as u64));
+        Chunk {
+            first,
+            tasks: self.tasks.by_ref().take(n).collect(),
+            attempts: self.attempts,
+            lane: self.lane,
+            trace: self.trace.clone(),
+        }
+    }
+
+    /// What is left, as a chunk: its buffer is reused.
+    fn into_chunk(self) -> Chunk<T> {
+        Chunk {
+            first: self.first,
+            tasks: self.tasks.collect(),
+            attempts: self.attempts,
+            lane: self.lane,
+            trace: self.trace,
+        }
+    }
+}
+
+/// Queued tasks, in the order they go out, in chunks of at most a batch as they were
+/// submitted: a driver takes a whole batch by moving one `Vec`, where taking it task by task
 /// out of one ring buffer was a twentieth of the pool's CPU (with the queue's lock held).
-/// No chunk is empty. A chunk is kept as an iterator, so that a driver taking part of one
-/// (a placed stage's fair share, a pool with a task timeout taking one job at a time) moves
-/// only the jobs it takes.
+/// No chunk is empty.
 pub(crate) struct Chunks<T> {
-    chunks: VecDeque<vec::IntoIter<Job<T>>>,
+    chunks: VecDeque<Queued<T>>,
     len: usize,
 }
 
 impl<T> Chunks<T> {
-    /// No jobs.
+    /// No tasks.
     pub(crate) fn new() -> Self {
         Self {
             chunks: VecDeque::new(),
@@ -25,7 +63,7 @@ impl<T> Chunks<T> {
         }
     }
 
-    /// How many jobs are queued.
+    /// How many tasks are queued.
     pub(crate) fn len(&self) -> usize {
         self.len
     }
@@ -34,111 +72,133 @@ impl<T> Chunks<T> {
         self.len == 0
     }
 
-    /// The job that goes out next.
-    pub(crate) fn front(&self) -> Option<&Job<T>> {
-        self.chunks
-            .front()
-            .and_then(|chunk| chunk.as_slice().first())
+    /// How often the workers of the task that goes out next died under it.
+    pub(crate) fn front_attempts(&self) -> Option<u32> {
+        self.chunks.front().map(|chunk| chunk.attempts)
     }
 
-    /// The jobs in the order they go out.
-    pub(crate) fn iter(&self) -> impl Iterator<Item = &Job<T>> {
-        self.chunks.iter().flat_map(|chunk| chunk.as_slice())
+    /// The tasks in the order they go out.
+    pub(crate) fn tasks(&self) -> impl Iterator<Item = &T> {
+        self.chunks.iter().flat_map(|chunk| chunk.tasks.as_slice())
     }
 
-    /// Queues `jobs` after the others.
-    pub(crate) fn push_back(&mut self, jobs: Vec<Job<T>>) {
-        if !jobs.is_empty() {
-            self.len += jobs.len();
-            self.chunks.push_back(jobs.into_iter());
+    /// Queues `chunk` after the others.
+    pub(crate) fn push_back(&mut self, chunk: Chunk<T>) {
+        if !chunk.tasks.is_empty() {
+            self.len += chunk.tasks.len();
+            self.chunks.push_back(Queued {
+                first: chunk.first,
+                tasks: chunk.tasks.into_iter(),
+                attempts: chunk.attempts,
+                lane: chunk.lane,
+                trace: chunk.trace,
+            });
         }
     }
 
     /// Queues `job` before the others.
     pub(crate) fn push_front(&mut self, job: Job<T>) {
         self.len += 1;
-        self.chunks.push_front(vec![job].into_iter());
+        self.chunks.push_front(Queued {
+            first: job.id,
+            tasks: vec![job.task].into_iter(),
+            attempts: job.attempts,
+            lane: job.lane,
+            trace: job.trace,
+        });
     }
 
-    /// Takes the first `n` jobs (all of them, if fewer are queued).
-    pub(crate) fn take(&mut self, n: usize) -> Vec<Job<T>> {
-        let mut taken: Vec<Job<T>> = Vec::new();
-        while taken.len() < n {
-            let want = n - taken.len();
-            let Some(chunk) = self.chunks.front_mut() else {
+    /// Takes the first `n` tasks (all of them, if fewer are queued), or fewer so as not to
+    /// split a chunk after taking the rest of another: a batch then ends where a chunk does,
+    /// and the next takes a whole chunk by moving its buffer.
+    pub(crate) fn take(&mut self, n: usize) -> Batch<T> {
+        let mut batch = Batch::default();
+        let mut taken = 0;
+        while taken < n {
+            let want = n - taken;
+            let Some(front) = self.chunks.front_mut() else {
                 break;
             };
-            if chunk.len() > want {
-                taken.extend(chunk.by_ref().take(want));
-            } else if taken.is_empty() {
-                // The whole chunk: its buffer is reused.
-                taken = self
-                    .chunks
-                    .pop_front()
-                    .map(Iterator::collect)
-                    .unwrap_or_default();
-            } else {
-                taken.extend(chunk.by_ref());
-                self.chunks.pop_front();
+            if front.tasks.len() > want {
+                if taken > 0 {
+                    break;
+                }
+                batch.push(front.split(want));
+                taken += want;
+            } else if let Some(whole) = self.chunks.pop_front() {
+                taken += whole.tasks.len();
+                batch.push(whole.into_chunk());
             }
         }
-        self.len -= taken.len();
-        taken
+        self.len -= taken;
+        batch
     }
 
-    /// Takes every job.
+    /// Takes every task, each as a job.
     pub(crate) fn take_all(&mut self) -> impl Iterator<Item = Job<T>> + use<T> {
         self.len = 0;
-        std::mem::take(&mut self.chunks).into_iter().flatten()
+        std::mem::take(&mut self.chunks)
+            .into_iter()
+            .flat_map(|queued| queued.into_chunk().into_jobs())
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use engine_core::protocol::TaskId;
-
     use super::*;
 
-    fn jobs(ids: std::ops::Range<u64>) -> Vec<Job<u64>> {
-        ids.map(|id| Job {
-            id: TaskId(id),
-            task: id,
+    fn chunk(ids: std::ops::Range<u64>) -> Chunk<u64> {
+        Chunk {
+            first: TaskId(ids.start),
+            tasks: ids.collect(),
             attempts: 0,
             lane: 0,
             trace: None,
-        })
-        .collect()
+        }
     }
 
-    fn ids(jobs: &[Job<u64>]) -> Vec<u64> {
-        jobs.iter().map(|job| job.id.0).collect()
+    /// The ids of `batch`, each checked against its task (which is its id).
+    fn ids(batch: &Batch<u64>) -> Vec<u64> {
+        let ids: Vec<u64> = batch.routes().map(|(_, id)| id.0).collect();
+        assert_eq!(batch.tasks().copied().collect::<Vec<_>>(), ids);
+        assert_eq!(batch.len(), ids.len());
+        ids
     }
 
     #[test]
-    fn jobs_go_out_in_order_across_chunks() {
+    fn tasks_go_out_in_order_across_chunks() {
         let mut queue = Chunks::new();
-        queue.push_back(jobs(0..4));
-        queue.push_back(Vec::new());
-        queue.push_back(jobs(4..6));
-        queue.push_back(jobs(6..9));
+        queue.push_back(chunk(0..4));
+        queue.push_back(chunk(4..4));
+        queue.push_back(chunk(4..6));
+        queue.push_back(chunk(6..9));
         assert_eq!(queue.len(), 9);
-        // Part of a chunk, the rest of it and part of the next, a whole chunk.
+        // Part of a chunk; the rest of it, and not part of the next; part of a chunk.
         assert_eq!(ids(&queue.take(3)), [0, 1, 2]);
-        assert_eq!(ids(&queue.take(2)), [3, 4]);
-        assert_eq!(ids(&queue.take(1)), [5]);
-        queue.push_front(jobs(9..10).remove(0));
-        assert_eq!(queue.front().map(|job| job.id.0), Some(9));
-        assert_eq!(
-            queue.iter().map(|job| job.id.0).collect::<Vec<_>>(),
-            [9, 6, 7, 8]
-        );
-        assert_eq!(ids(&queue.take(3)), [9, 6, 7]);
-        assert_eq!(queue.len(), 1);
+        assert_eq!(ids(&queue.take(2)), [3]);
+        assert_eq!(ids(&queue.take(1)), [4]);
+        let put_back = Job {
+            id: TaskId(9),
+            task: 9,
+            attempts: 1,
+            lane: 0,
+            trace: None,
+        };
+        queue.push_front(put_back);
+        assert_eq!(queue.front_attempts(), Some(1));
+        assert_eq!(queue.tasks().copied().collect::<Vec<_>>(), [9, 5, 6, 7, 8]);
+        // Whole chunks: the job put back, the rest of one, and a whole one.
+        let batch = queue.take(5);
+        assert_eq!(ids(&batch), [9, 5, 6, 7, 8]);
+        assert_eq!(batch.chunks().len(), 3);
+        assert!(queue.is_empty() && queue.front_attempts().is_none());
+        queue.push_back(chunk(6..8));
+        queue.push_back(chunk(8..9));
+        assert_eq!(ids(&queue.take(1)), [6]);
         // More than are queued: what is.
-        assert_eq!(ids(&queue.take(5)), [8]);
-        assert!(queue.is_empty() && queue.front().is_none());
-        queue.push_back(jobs(10..12));
-        queue.push_back(jobs(12..13));
+        assert_eq!(ids(&queue.take(5)), [7, 8]);
+        queue.push_back(chunk(10..12));
+        queue.push_back(chunk(12..13));
         assert_eq!(
             queue.take_all().map(|job| job.id.0).collect::<Vec<_>>(),
             [10, 11, 12]

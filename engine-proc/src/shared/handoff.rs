@@ -15,7 +15,7 @@ use engine_core::plumbing::lock;
 use ipc_channel::ipc::IpcSender;
 
 use super::{Queue, Shared, State};
-use crate::batch::{InFlight, Job, encode_batch, send_batch, weight};
+use crate::batch::{Batch, Chunk, InFlight, encode_batch, send_batch, weight};
 use crate::config::TRICKLE_BATCH;
 use crate::error::TaskError;
 use crate::program::Program;
@@ -33,8 +33,8 @@ pub(crate) enum Handed<T> {
 
 /// What a driver takes from the queue.
 pub(crate) enum Taken<T> {
-    /// Jobs to send (none when it would not wait and nothing was queued).
-    Jobs(Vec<Job<T>>),
+    /// Tasks to send (none when it would not wait and nothing was queued).
+    Jobs(Batch<T>),
     /// A batch sent to its worker by the thread that submitted it.
     Sent(InFlight<T>),
     /// The pool is closed to new batches.
@@ -51,16 +51,17 @@ pub(super) struct Idle {
 impl<W: Program> Shared<W> {
     /// Under the queue's lock: the waiting driver that a submission of `chunks` goes to
     /// straight, marked as being sent to, when the submission is a trickle (one chunk of at
-    /// most [`TRICKLE_BATCH`] jobs and items), nothing is queued, and every live driver
+    /// most [`TRICKLE_BATCH`] tasks and items), nothing is queued, and every live driver
     /// waits.
     pub(super) fn idle_slot(
         &self,
         queue: &mut Queue<W::Task>,
-        chunks: &[Vec<Job<W::Task>>],
+        chunks: &[Chunk<W::Task>],
     ) -> Option<Idle> {
-        let [jobs] = chunks else {
+        let [chunk] = chunks else {
             return None;
         };
+        let tasks = &chunk.tasks;
         // A worker due for recycling after a number of tasks is fed by its driver alone,
         // which counts them; under a task timeout, tasks go one by one. The cheap checks go
         // first: this runs under the lock for every submission, and a pool's chunks are long.
@@ -69,9 +70,9 @@ impl<W: Program> Shared<W> {
             || !queue.jobs.is_empty()
             || queue.state != State::Open
             || self.config.recycle_after.is_some()
-            || (self.config.task_timeout.is_some() && jobs.len() > 1)
-            || jobs.len() as u64 > TRICKLE_BATCH
-            || weight::<W>(jobs) > TRICKLE_BATCH
+            || (self.config.task_timeout.is_some() && tasks.len() > 1)
+            || tasks.len() as u64 > TRICKLE_BATCH
+            || tasks.iter().map(W::weight).sum::<u64>() > TRICKLE_BATCH
         {
             return None;
         }
@@ -91,28 +92,30 @@ impl<W: Program> Shared<W> {
         Some(idle)
     }
 
-    /// Sends `jobs` to the idle worker from this thread and hands the batch to its driver.
+    /// Sends `batch` to the idle worker from this thread and hands it to the worker's driver.
     /// A batch that does not encode goes back to the queue, for the driver to send (and to
     /// fail the tasks that will not encode).
-    pub(super) fn hand(&self, to: &Idle, jobs: Vec<Job<W::Task>>) {
+    pub(super) fn hand(&self, to: &Idle, batch: Batch<W::Task>) {
         let mut handing = Handing {
             shared: self,
             slot: to.slot,
-            jobs: Some(jobs),
+            batch: Some(batch),
             sent: None,
         };
-        let jobs = handing.jobs.as_deref().unwrap_or_default();
-        let Ok(body) = encode_batch::<W>(jobs) else {
+        let Some(batch) = handing.batch.as_ref() else {
             return;
         };
-        let weight = weight::<W>(jobs);
+        let Ok(body) = encode_batch::<W>(batch) else {
+            return;
+        };
+        let weight = weight::<W>(batch);
         // A worker that is gone fails the send; its driver's receive sees it, and retries.
-        let _ = send_batch(to.pid, &to.inbox, jobs, body);
+        let _ = send_batch(to.pid, &to.inbox, batch, body);
         self.counters
             .handed
-            .fetch_add(jobs.len() as u64, Ordering::Relaxed);
-        handing.sent = handing.jobs.take().map(|jobs| InFlight {
-            jobs,
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        handing.sent = handing.batch.take().map(|batch| InFlight {
+            batch,
             weight,
             sent: Instant::now(),
         });
@@ -124,8 +127,8 @@ impl<W: Program> Shared<W> {
 struct Handing<'a, W: Program> {
     shared: &'a Shared<W>,
     slot: usize,
-    /// The jobs, until they are sent.
-    jobs: Option<Vec<Job<W::Task>>>,
+    /// The tasks, until they are sent.
+    batch: Option<Batch<W::Task>>,
     sent: Option<InFlight<W::Task>>,
 }
 
@@ -136,10 +139,16 @@ impl<W: Program> Drop for Handing<'_, W> {
         queue.handed[self.slot] = match self.sent.take() {
             Some(sent) => Handed::Sent(sent),
             None => {
-                match self.jobs.take() {
+                match self.batch.take() {
                     // Closed meanwhile: the queue was cancelled, and so are these.
-                    Some(jobs) if queue.state != State::Open => cancelled = jobs,
-                    Some(jobs) => queue.jobs.push_back(jobs),
+                    Some(batch) if queue.state != State::Open => {
+                        cancelled = batch.into_jobs().collect();
+                    }
+                    Some(batch) => {
+                        for chunk in batch.into_chunks() {
+                            queue.jobs.push_back(chunk);
+                        }
+                    }
                     None => {}
                 }
                 Handed::None
