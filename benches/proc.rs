@@ -3,7 +3,8 @@
 //!
 //! - `pool`: small tasks (`x + 1` on a `u64`) through a [`Pool`] of 2 workers, against a
 //!   raw batched `ipc-channel` stream of the same items (2 child processes, `Vec<u64>`
-//!   batches of 1024, two batches in flight per child, one master thread per child), and
+//!   batches of 1024, three batches in flight per child as the pool has, one master thread
+//!   per child), and
 //!   against a hand-written request/response loop (one task per round trip). The engine's
 //!   absolute rate is printed too: Python's `multiprocessing.Pool` (chunksize 256) does
 //!   about 2.9M items/s on the same task.
@@ -54,7 +55,7 @@ const ROUND_TRIP_TASKS: u64 = 100_000;
 /// Items per message of the raw batched stream: the pool's largest batch.
 const RAW_BATCH: u64 = 1024;
 /// Batches in flight per child of the raw batched stream: the pool's depth.
-const RAW_DEPTH: usize = 2;
+const RAW_DEPTH: usize = 3;
 /// Messages per round of `oneway`.
 const MESSAGES: u64 = 200_000;
 /// The body size of `bulk`.

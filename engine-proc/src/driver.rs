@@ -15,7 +15,7 @@ use engine_core::{RestartDecision, RestartTracker, StageError};
 
 use crate::batch::{Batch, InFlight, encode_batch, send_batch, weight};
 use crate::boot::Spawned;
-use crate::config::{DEPTH, TRICKLE_BATCH, TRICKLE_POLL, next_batch};
+use crate::config::{TRICKLE_BATCH, TRICKLE_POLL, next_batch};
 use crate::counters::Event;
 use crate::error::{ExitHow, SpawnError, TaskError};
 use crate::program::{Program, Reply};
@@ -104,7 +104,7 @@ impl<'a, W: Program> Driver<'a, W> {
             worker,
             inflight: VecDeque::new(),
             batch: 1,
-            depth: if one_by_one { 1 } else { DEPTH },
+            depth: if one_by_one { 1 } else { config.depth },
             max_batch: if one_by_one { 1 } else { config.max_batch },
             restarts,
             sent: 0,
@@ -180,7 +180,7 @@ impl<'a, W: Program> Driver<'a, W> {
         None
     }
 
-    /// Keeps the worker fed: a batch running and one waiting, unless it is due for
+    /// Keeps the worker fed: a batch running and more waiting (its depth), unless it is due for
     /// recycling. Returns whether the pool is closed to new batches.
     fn feed(&mut self) -> bool {
         while self.inflight.len() < self.depth && self.recycle.is_none() {

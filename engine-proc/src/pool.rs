@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use engine_core::StopHandle;
 use engine_core::protocol::{ProtocolError, TaskId, to_bytes};
 
-use crate::config::{Config, DEPTH};
+use crate::config::{Config, POOL_DEPTH};
 use crate::delivery;
 use crate::error::{Completion, RecvTimeoutError, SpawnError, TaskError, TaskResult};
 use crate::in_worker::{InItem, PlacedInit};
@@ -238,6 +238,7 @@ impl<S: RemoteTransport> Pool<S> {
             error: None,
             config: Config {
                 share_short_queue: false,
+                depth: POOL_DEPTH,
                 ..Config::default()
             },
             stop: None,
@@ -265,7 +266,18 @@ impl<S: RemoteTransport> Pool<S> {
     /// are: refilling in chunks keeps the lock and the wake-ups off the per-task path.
     pub(crate) fn top_up(&mut self, tasks: &mut impl Iterator<Item = S::Input>, window: u64) {
         if self.outstanding() < window - window / 4 {
-            self.submit_from(tasks, window - self.outstanding());
+            // Whole batches when there is room for one: a remainder would travel as a short
+            // batch of its own (the mean batch was a tenth short of the largest).
+            let room = window - self.outstanding();
+            let batch = self.workers.shared.config().max_batch.max(1) as u64;
+            self.submit_from(
+                tasks,
+                if room >= batch {
+                    room - room % batch
+                } else {
+                    room
+                },
+            );
         }
     }
 
@@ -365,7 +377,8 @@ impl<S: RemoteTransport> Pool<S> {
     /// queue still holds whole batches while results wait for the owner to take them.
     pub(crate) fn window(&self) -> u64 {
         let workers = self.workers.len() as u64;
-        (workers * (DEPTH as u64 + 6) * self.workers.shared.config().max_batch as u64).max(64)
+        let config = self.workers.shared.config();
+        (workers * (config.depth as u64 + 6) * config.max_batch as u64).max(64)
     }
 
     /// The pool's counters.
