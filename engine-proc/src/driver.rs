@@ -196,7 +196,7 @@ impl<'a, W: Program> Driver<'a, W> {
             }
             let block = self.inflight.is_empty();
             let mut batch = match self.shared.take(self.slot, self.batch, left, block) {
-                Taken::Jobs(batch) => batch,
+                Taken::Tasks(batch) => batch,
                 Taken::Sent(batch) => {
                     self.sent += batch.weight;
                     self.inflight.push_back(batch);

@@ -430,10 +430,10 @@ impl<W: Program> Shared<W> {
                         .count()
                         .max(1);
                 }
-                return Taken::Jobs(queue.jobs.take(n));
+                return Taken::Tasks(queue.jobs.take(n));
             }
             if !block {
-                return Taken::Jobs(Batch::default());
+                return Taken::Tasks(Batch::default());
             }
             queue.waiting.push(slot);
             queue = self.wakes[slot]

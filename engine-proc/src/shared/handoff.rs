@@ -34,7 +34,7 @@ pub(crate) enum Handed<T> {
 /// What a driver takes from the queue.
 pub(crate) enum Taken<T> {
     /// Tasks to send (none when it would not wait and nothing was queued).
-    Jobs(Batch<T>),
+    Tasks(Batch<T>),
     /// A batch sent to its worker by the thread that submitted it.
     Sent(InFlight<T>),
     /// The pool is closed to new batches.
