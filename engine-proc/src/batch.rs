@@ -102,14 +102,6 @@ impl<T> Default for Batch<T> {
     }
 }
 
-impl<T> From<Chunk<T>> for Batch<T> {
-    fn from(chunk: Chunk<T>) -> Self {
-        Self {
-            chunks: vec![chunk],
-        }
-    }
-}
-
 impl<T> FromIterator<Chunk<T>> for Batch<T> {
     fn from_iter<I: IntoIterator<Item = Chunk<T>>>(chunks: I) -> Self {
         let mut batch = Self::default();
