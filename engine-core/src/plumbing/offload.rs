@@ -10,15 +10,17 @@
 //! calls the stage per item, as for any other stage.
 
 use std::fmt;
+use std::marker::PhantomData;
 use std::sync::Arc;
 
 use crossbeam_channel::Select;
-use serde::{Deserialize, Serialize};
+use serde::de::{self, EnumAccess, VariantAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::error::StageError;
 
 /// What became of one item of an offloaded batch.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize)]
 pub enum ItemOutcome<O> {
     /// The item was handled: a transport's output, or `()` for a backend whose flush covering
     /// the item has succeeded.
@@ -33,6 +35,101 @@ pub enum ItemOutcome<O> {
     Failed(StageError),
     /// The item was abandoned because the run was stopped at once before it ran.
     Dropped,
+}
+
+/// The variants of [`ItemOutcome`], by name, in order.
+const VARIANTS: &[&str] = &["Done", "Many", "Filtered", "Failed", "Dropped"];
+
+/// Which variant of [`ItemOutcome`] follows: by its index (binary formats) or its name.
+enum Variant {
+    Done,
+    Many,
+    Filtered,
+    Failed,
+    Dropped,
+}
+
+impl<'de> Deserialize<'de> for Variant {
+    #[inline]
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_identifier(VariantVisitor)
+    }
+}
+
+struct VariantVisitor;
+
+impl Visitor<'_> for VariantVisitor {
+    type Value = Variant;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an item outcome's variant")
+    }
+
+    #[inline]
+    fn visit_u64<E: de::Error>(self, index: u64) -> Result<Variant, E> {
+        Ok(match index {
+            0 => Variant::Done,
+            1 => Variant::Many,
+            2 => Variant::Filtered,
+            3 => Variant::Failed,
+            4 => Variant::Dropped,
+            _ => return Err(unknown_index(index)),
+        })
+    }
+
+    fn visit_str<E: de::Error>(self, name: &str) -> Result<Variant, E> {
+        match VARIANTS.iter().position(|&v| v == name) {
+            Some(index) => self.visit_u64(index as u64),
+            None => Err(E::unknown_variant(name, VARIANTS)),
+        }
+    }
+
+    fn visit_bytes<E: de::Error>(self, name: &[u8]) -> Result<Variant, E> {
+        match VARIANTS.iter().position(|&v| v.as_bytes() == name) {
+            Some(index) => self.visit_u64(index as u64),
+            None => Err(E::unknown_variant(&String::from_utf8_lossy(name), VARIANTS)),
+        }
+    }
+}
+
+#[cold]
+fn unknown_index<E: de::Error>(index: u64) -> E {
+    E::invalid_value(
+        de::Unexpected::Unsigned(index),
+        &"a variant index 0 <= i < 5",
+    )
+}
+
+// Written out rather than derived (reading what the derived `Serialize` writes) so that
+// decoding a batch's outcomes inlines into the loop over them: the derived code was a call
+// per outcome, and a placed stage's drivers spent a sixth of its CPU decoding them.
+impl<'de, O: Deserialize<'de>> Deserialize<'de> for ItemOutcome<O> {
+    #[inline]
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_enum("ItemOutcome", VARIANTS, OutcomeVisitor(PhantomData))
+    }
+}
+
+struct OutcomeVisitor<O>(PhantomData<fn() -> O>);
+
+impl<'de, O: Deserialize<'de>> Visitor<'de> for OutcomeVisitor<O> {
+    type Value = ItemOutcome<O>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an item outcome")
+    }
+
+    #[inline]
+    fn visit_enum<A: EnumAccess<'de>>(self, data: A) -> Result<Self::Value, A::Error> {
+        let (variant, access) = data.variant::<Variant>()?;
+        match variant {
+            Variant::Done => access.newtype_variant().map(ItemOutcome::Done),
+            Variant::Many => access.newtype_variant().map(ItemOutcome::Many),
+            Variant::Filtered => access.unit_variant().map(|()| ItemOutcome::Filtered),
+            Variant::Failed => access.newtype_variant().map(ItemOutcome::Failed),
+            Variant::Dropped => access.unit_variant().map(|()| ItemOutcome::Dropped),
+        }
+    }
 }
 
 impl<O> ItemOutcome<O> {
@@ -171,6 +268,7 @@ mod tests {
     fn outcomes_cross_the_wire() {
         let outcomes = vec![
             ItemOutcome::Done(7_u64),
+            ItemOutcome::Many(vec![1, 2]),
             ItemOutcome::Filtered,
             ItemOutcome::Failed(StageError::msg("bad")),
             ItemOutcome::Dropped,
@@ -178,8 +276,33 @@ mod tests {
         let bytes = crate::protocol::to_bytes(&outcomes).unwrap();
         let back: Vec<ItemOutcome<u64>> = crate::protocol::from_bytes(&bytes).unwrap();
         assert!(matches!(back[0], ItemOutcome::Done(7)));
-        assert!(matches!(back[1], ItemOutcome::Filtered));
-        assert!(matches!(&back[2], ItemOutcome::Failed(e) if e.to_string() == "bad"));
-        assert!(matches!(back[3], ItemOutcome::Dropped));
+        assert!(matches!(&back[1], ItemOutcome::Many(many) if many == &[1, 2]));
+        assert!(matches!(back[2], ItemOutcome::Filtered));
+        assert!(matches!(&back[3], ItemOutcome::Failed(e) if e.to_string() == "bad"));
+        assert!(matches!(back[4], ItemOutcome::Dropped));
+        // The variants in order: a count of one, then each one's index (a varint).
+        let indices: Vec<u8> = (0..5)
+            .map(|i| crate::protocol::to_bytes(&outcomes[i..=i]).unwrap()[1])
+            .collect();
+        assert_eq!(indices, [0, 1, 2, 3, 4]);
+        // An index past the last variant is an error, not a panic.
+        assert!(crate::protocol::from_bytes::<Vec<ItemOutcome<u64>>>(&[1, 5]).is_err());
+        assert!(crate::protocol::from_bytes::<Vec<ItemOutcome<u64>>>(&[1, 4]).is_ok());
+    }
+
+    #[test]
+    fn variants_are_read_by_name_too() {
+        use serde::de::IntoDeserializer;
+        use serde::de::value::{Error, StrDeserializer};
+
+        let by_name = |name: &'static str| {
+            let deserializer: StrDeserializer<'_, Error> = name.into_deserializer();
+            Variant::deserialize(deserializer).map(|v| v as u8)
+        };
+        for (i, name) in VARIANTS.iter().enumerate() {
+            assert_eq!(by_name(name).unwrap(), i as u8);
+        }
+        let error = by_name("Finished").unwrap_err();
+        assert!(error.to_string().contains("unknown variant"), "{error}");
     }
 }
