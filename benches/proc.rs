@@ -487,25 +487,23 @@ fn lone() {
     const SAMPLES: usize = 400;
     let (engine_in, engine_seen, engine) = placed_lone_pipeline();
     let (base_in, base_seen, baseline) = hand_written_lone_pipeline();
-    let mut engine_lat = Vec::with_capacity(SAMPLES);
-    let mut base_lat = Vec::with_capacity(SAMPLES);
-    // The first items start the workers and warm the path up.
-    for i in 0..(SAMPLES as u64 + 10) {
-        for (input, seen, lat) in [
-            (&engine_in, &engine_seen, &mut engine_lat),
-            (&base_in, &base_seen, &mut base_lat),
-        ] {
-            let sent = Instant::now();
-            input.send(i).expect("the pipeline runs");
-            let (x, arrived) = seen.recv().expect("the item arrives");
-            assert_eq!(x, i + 1);
-            if i >= 10 {
-                lat.push(arrived.duration_since(sent));
-            }
-            // Idle spacing, so that every item travels alone.
-            thread::sleep(Duration::from_micros(200));
-        }
-    }
+    let one = |input: &crossbeam_channel::Sender<u64>,
+               seen: &crossbeam_channel::Receiver<(u64, Instant)>,
+               i: u64| {
+        let sent = Instant::now();
+        input.send(i).expect("the pipeline runs");
+        let (x, arrived) = seen.recv().expect("the item arrives");
+        assert_eq!(x, i + 1);
+        arrived.duration_since(sent)
+    };
+    // The first 10 items start the workers and warm the path up.
+    let (mut engine_lat, mut base_lat) = harness::alternate(
+        SAMPLES,
+        10,
+        Duration::from_micros(200),
+        |i| one(&engine_in, &engine_seen, i),
+        |i| one(&base_in, &base_seen, i),
+    );
     drop((engine_in, base_in));
     engine();
     baseline();

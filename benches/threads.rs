@@ -196,19 +196,18 @@ fn latency() {
     const SAMPLES: usize = 400;
     let (engine_in, engine_seen, engine) = engine_pipeline();
     let (base_in, base_seen, baseline) = hand_written_pipeline();
-    let mut engine_lat = Vec::with_capacity(SAMPLES);
-    let mut base_lat = Vec::with_capacity(SAMPLES);
-    for _ in 0..SAMPLES {
-        for (input, seen, lat) in [
-            (&engine_in, &engine_seen, &mut engine_lat),
-            (&base_in, &base_seen, &mut base_lat),
-        ] {
-            input.send(Instant::now()).expect("the pipeline runs");
-            lat.push(seen.recv().expect("the item arrives"));
-            // Let every thread go idle again, so each item really is alone.
-            thread::sleep(Duration::from_millis(1));
-        }
-    }
+    let one = |input: &crossbeam_channel::Sender<Instant>,
+               seen: &crossbeam_channel::Receiver<Duration>| {
+        input.send(Instant::now()).expect("the pipeline runs");
+        seen.recv().expect("the item arrives")
+    };
+    let (mut engine_lat, mut base_lat) = harness::alternate(
+        SAMPLES,
+        0,
+        Duration::from_millis(1),
+        |_| one(&engine_in, &engine_seen),
+        |_| one(&base_in, &base_seen),
+    );
     drop((engine_in, base_in));
     engine();
     baseline();

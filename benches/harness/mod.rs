@@ -99,6 +99,33 @@ pub(crate) fn row(case: &str, engine: &Figures, baseline: &Figures) {
     );
 }
 
+/// Times lone items through two pipelines, alternating sample by sample so that both see the
+/// same machine load: `a(i)` and `b(i)` send item `i` through and return how long it took.
+/// The first `warm_up` samples of each are not kept; `spacing` between samples lets every
+/// thread go idle again, so that each item really is alone.
+pub(crate) fn alternate(
+    samples: usize,
+    warm_up: usize,
+    spacing: Duration,
+    mut a: impl FnMut(u64) -> Duration,
+    mut b: impl FnMut(u64) -> Duration,
+) -> (Vec<Duration>, Vec<Duration>) {
+    let (mut a_lat, mut b_lat) = (Vec::with_capacity(samples), Vec::with_capacity(samples));
+    for i in 0..samples + warm_up {
+        for (side, lat) in [
+            (&mut a as &mut dyn FnMut(u64) -> Duration, &mut a_lat),
+            (&mut b, &mut b_lat),
+        ] {
+            let took = side(i as u64);
+            if i >= warm_up {
+                lat.push(took);
+            }
+            std::thread::sleep(spacing);
+        }
+    }
+    (a_lat, b_lat)
+}
+
 /// Prints the median, p90 and p99 of two sets of latencies (sorted here), each side under
 /// its name, their ratio, and `note` (the targets) beside the header.
 pub(crate) fn latency_table(

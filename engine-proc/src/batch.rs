@@ -10,6 +10,7 @@ use engine_core::trace::TraceParent;
 use ipc_channel::ipc::IpcSender;
 
 use crate::delivery::Ids;
+use crate::error::{TaskError, TaskResult};
 use crate::program::Program;
 use crate::wire::{Packet, send_envelope};
 
@@ -25,17 +26,17 @@ pub(crate) struct Job<T> {
     pub(crate) trace: Option<Arc<TraceParent>>,
 }
 
+/// A result, with the lane it goes to.
+pub(crate) type Routed<O> = (u32, TaskId, TaskResult<O>);
+
 impl<T> Job<T> {
-    pub(crate) fn id(&self) -> TaskId {
-        self.id
-    }
-
-    pub(crate) fn lane(&self) -> u32 {
-        self.lane
-    }
-
     pub(crate) fn task(&self) -> &T {
         &self.task
+    }
+
+    /// The job's result when it failed with `error`, for its lane.
+    pub(crate) fn failed<O>(&self, error: TaskError) -> Routed<O> {
+        (self.lane, self.id, Err(error))
     }
 }
 

@@ -244,7 +244,7 @@ impl<'a, W: Program> Driver<'a, W> {
                 let error = format!("{error:#}");
                 let failed = std::mem::take(batch).into_jobs().map(|job| {
                     let error = TaskError::Failed(StageError::msg(&error));
-                    (job.lane(), job.id(), Err(error))
+                    job.failed(error)
                 });
                 self.shared.deliver(failed.collect());
                 None
@@ -338,7 +338,7 @@ impl<'a, W: Program> Driver<'a, W> {
         self.shared.deliver(
             timed_out
                 .into_jobs()
-                .map(|j| (j.lane(), j.id(), Err(TaskError::TimedOut { after })))
+                .map(|j| j.failed(TaskError::TimedOut { after }))
                 .collect(),
         );
         step

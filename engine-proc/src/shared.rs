@@ -19,7 +19,7 @@ use crate::config::Config;
 use crate::counters::SlotSnapshot;
 use crate::counters::{Counters, SlotCounters};
 use crate::delivery::Delivery;
-use crate::error::{Completion, ExitHow, TaskError, TaskResult};
+use crate::error::{Completion, ExitHow, TaskError};
 use crate::program::{Program, Reply};
 use crate::wire::Packet;
 use crate::wire::send_stop;
@@ -43,8 +43,7 @@ pub(crate) enum State {
 /// The receiving end of a lane: results in batches.
 pub(crate) type Results<O> = Receiver<Delivery<O>>;
 
-/// A result, with the lane it goes to.
-pub(crate) type Routed<O> = (u32, TaskId, TaskResult<O>);
+pub(crate) use crate::batch::Routed;
 
 pub(crate) struct Queue<T> {
     jobs: Chunks<T>,
@@ -247,7 +246,7 @@ impl<W: Program> Shared<W> {
                 chunks
                     .into_iter()
                     .flat_map(Chunk::into_jobs)
-                    .map(|job| (lane, job.id, Err(error())))
+                    .map(|job| job.failed(error()))
                     .collect(),
             );
             return taken;
@@ -320,7 +319,7 @@ impl<W: Program> Shared<W> {
         self.deliver(
             orphans
                 .into_iter()
-                .map(|j| (j.lane, j.id, Err(TaskError::NoWorkers(reason.to_owned()))))
+                .map(|j| j.failed(TaskError::NoWorkers(reason.to_owned())))
                 .collect(),
         );
     }
@@ -453,16 +452,12 @@ impl<W: Program> Shared<W> {
             for mut job in jobs {
                 job.attempts += 1;
                 if queue.state != State::Open {
-                    failed.push((job.lane, job.id, Err(TaskError::Cancelled)));
+                    failed.push(job.failed(TaskError::Cancelled));
                 } else if job.attempts > self.config.retries {
-                    failed.push((
-                        job.lane,
-                        job.id,
-                        Err(TaskError::WorkerDied {
-                            how,
-                            attempts: job.attempts,
-                        }),
-                    ));
+                    failed.push(job.failed(TaskError::WorkerDied {
+                        how,
+                        attempts: job.attempts,
+                    }));
                 } else {
                     self.counters.retried.fetch_add(1, Ordering::Relaxed);
                     queue.jobs.push_front(job);
@@ -493,7 +488,7 @@ impl<W: Program> Shared<W> {
             let cancelled: Vec<_> = queue
                 .jobs
                 .take_all()
-                .map(|job| (job.lane, job.id, Err(TaskError::Cancelled)))
+                .map(|job| job.failed(TaskError::Cancelled))
                 .collect();
             let pids: Vec<Live> = if state == State::Killing {
                 queue

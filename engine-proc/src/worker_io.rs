@@ -22,7 +22,7 @@ pub(crate) fn cancel<T, O>(inflight: &mut VecDeque<InFlight<T>>) -> Vec<Routed<O
     inflight
         .drain(..)
         .flat_map(|f| f.batch.into_jobs())
-        .map(|job| (job.lane(), job.id(), Err(TaskError::Cancelled)))
+        .map(|job| job.failed(TaskError::Cancelled))
         .collect()
 }
 
@@ -117,7 +117,7 @@ pub(crate) fn unencodable<W: Program>(batch: &mut Batch<W::Task>) -> Vec<Routed<
             Ok(_) => true,
             Err(error) => {
                 let error = TaskError::Failed(StageError::new(error));
-                failed.push((job.lane(), job.id(), Err(error)));
+                failed.push(job.failed(error));
                 false
             }
         })

@@ -19,6 +19,18 @@ struct Queued<T> {
     trace: Option<Arc<TraceParent>>,
 }
 
+impl<T> From<Chunk<T>> for Queued<T> {
+    fn from(chunk: Chunk<T>) -> Self {
+        Self {
+            first: chunk.first,
+            tasks: chunk.tasks.into_iter(),
+            attempts: chunk.attempts,
+            lane: chunk.lane,
+            trace: chunk.trace,
+        }
+    }
+}
+
 impl<T> Queued<T> {
     /// Takes the first `n` tasks, as a chunk of their own.
     fn split(&mut self, n: usize) -> Chunk<T> {
@@ -86,26 +98,14 @@ impl<T> Chunks<T> {
     pub(crate) fn push_back(&mut self, chunk: Chunk<T>) {
         if !chunk.tasks.is_empty() {
             self.len += chunk.tasks.len();
-            self.chunks.push_back(Queued {
-                first: chunk.first,
-                tasks: chunk.tasks.into_iter(),
-                attempts: chunk.attempts,
-                lane: chunk.lane,
-                trace: chunk.trace,
-            });
+            self.chunks.push_back(chunk.into());
         }
     }
 
     /// Queues `job` before the others.
     pub(crate) fn push_front(&mut self, job: Job<T>) {
         self.len += 1;
-        self.chunks.push_front(Queued {
-            first: job.id,
-            tasks: vec![job.task].into_iter(),
-            attempts: job.attempts,
-            lane: job.lane,
-            trace: job.trace,
-        });
+        self.chunks.push_front(Chunk::single(job).into());
     }
 
     /// Takes the first `n` tasks (all of them, if fewer are queued), or fewer so as not to

@@ -159,7 +159,7 @@ impl<W: Program> Drop for Handing<'_, W> {
         self.shared.deliver(
             cancelled
                 .into_iter()
-                .map(|job| (job.lane, job.id, Err(TaskError::Cancelled)))
+                .map(|job| job.failed(TaskError::Cancelled))
                 .collect(),
         );
     }
