@@ -227,16 +227,20 @@ pub(crate) fn connect_with_init<T: DeserializeOwned>(
     Ok((conn, init))
 }
 
-/// The master side of a running worker process.
+/// The master side of a running worker process; `R` receives from it.
 #[derive(Debug)]
-pub(crate) struct Spawned {
+pub(crate) struct Spawned<R = IpcReceiver<Packet>> {
     pub(crate) pid: u32,
     /// To the worker's inbox.
     pub(crate) tx: IpcSender<Packet>,
     /// From the worker; disconnects when the worker dies.
-    pub(crate) rx: IpcReceiver<Packet>,
+    pub(crate) rx: R,
     pub(crate) process: Process,
 }
+
+/// What a pool worker sends, received by its driver or, while the driver lets it, by the
+/// thread that sent the worker a trickle (see `shared::handoff`).
+pub(crate) type Replies = Arc<Mutex<IpcReceiver<Packet>>>;
 
 /// A worker process: its pid, how to signal it, and its end.
 #[derive(Debug)]
@@ -249,6 +253,18 @@ pub(crate) struct Process {
 }
 
 impl Spawned {
+    /// The same worker, its replies shared.
+    pub(crate) fn share_replies(self) -> Spawned<Replies> {
+        Spawned {
+            pid: self.pid,
+            tx: self.tx,
+            rx: Arc::new(Mutex::new(self.rx)),
+            process: self.process,
+        }
+    }
+}
+
+impl<R> Spawned<R> {
     pub(crate) fn live(&self) -> Live {
         self.process.live.clone()
     }

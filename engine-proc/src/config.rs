@@ -20,14 +20,27 @@ pub(crate) const DEPTH: usize = 2;
 /// placed stage keeps two: its batches of large items ran slower with three.)
 pub(crate) const POOL_DEPTH: usize = 3;
 
-/// The most tasks (or a placed stage's items) in a batch that count as a trickle: the driver
-/// waiting for the worker's reply polls for up to [`TRICKLE_POLL`] before it sleeps, so that
-/// a lone item does not pay for waking it. (Only the driver polls: on two cores, a second
-/// thread polling for the same item would take the core its worker needs.)
+/// The most tasks (or a placed stage's items) in a batch that count as a trickle: the thread
+/// waiting for the worker's reply looks for it a while before it sleeps, so that a lone item
+/// does not pay for waking it. A pool's driver polls for up to [`TRICKLE_POLL`]; a placed
+/// stage's engine thread, which sent the trickle itself, watches for the reply instead of
+/// the driver ([`WATCH_SPIN`], [`WATCH_POLL`]). Only one thread looks for a given reply: on
+/// two cores, a second one would take the core the worker needs.
 pub(crate) const TRICKLE_BATCH: u64 = 4;
 
 /// How long a driver waiting for a trickle's reply polls before it sleeps.
 pub(crate) const TRICKLE_POLL: Duration = Duration::from_micros(60);
+
+/// How long a placed stage's engine thread, waiting for the reply to a trickle it sent
+/// itself, spins before it yields between looks ...
+pub(crate) const WATCH_SPIN: Duration = Duration::from_micros(30);
+
+/// ... how long it looks before it sleeps on the worker ...
+pub(crate) const WATCH_POLL: Duration = Duration::from_micros(150);
+
+/// ... and how long it sleeps on the worker before it gives the batch to the worker's driver:
+/// bounded, so that a task timeout, which the driver keeps, still fires in time.
+pub(crate) const WATCH_WAIT: Duration = Duration::from_millis(1);
 
 /// How the workers are run.
 #[derive(Debug, Clone)]

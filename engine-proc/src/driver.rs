@@ -10,16 +10,17 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
-use engine_core::protocol::{Address, Envelope, Frame, Kind, from_bytes};
+use engine_core::plumbing::lock;
+use engine_core::protocol::{Address, Envelope, Frame, Kind};
 use engine_core::{RestartDecision, RestartTracker, StageError};
 
 use crate::batch::{Batch, InFlight, encode_batch, send_batch, weight};
-use crate::boot::Spawned;
+use crate::boot::{Replies, Spawned};
 use crate::config::{TRICKLE_BATCH, TRICKLE_POLL, next_batch};
 use crate::counters::Event;
 use crate::error::{ExitHow, SpawnError, TaskError};
 use crate::program::{Program, Reply};
-use crate::shared::{Shared, State, Taken};
+use crate::shared::{Received, Shared, State, Taken};
 use crate::wire::{self, Packet, RecvError, send_frame};
 use crate::worker_io::{cancel, start_worker, unencodable};
 
@@ -76,8 +77,10 @@ struct Driver<'a, W: Program> {
     shared: &'a Shared<W>,
     slot: usize,
     init: &'a [u8],
-    worker: Spawned,
+    worker: Spawned<Replies>,
     inflight: VecDeque<InFlight<W::Task>>,
+    /// What the thread that watched the first batch in flight received for it and left.
+    pending: Option<Received>,
     /// The size of the next batch, adapted to the worker's speed.
     batch: usize,
     depth: usize,
@@ -92,7 +95,7 @@ struct Driver<'a, W: Program> {
 }
 
 impl<'a, W: Program> Driver<'a, W> {
-    fn new(shared: &'a Shared<W>, slot: usize, init: &'a [u8], worker: Spawned) -> Self {
+    fn new(shared: &'a Shared<W>, slot: usize, init: &'a [u8], worker: Spawned<Replies>) -> Self {
         let config = shared.config();
         let one_by_one = config.task_timeout.is_some();
         let mut restarts = config.restart.tracker();
@@ -103,6 +106,7 @@ impl<'a, W: Program> Driver<'a, W> {
             init,
             worker,
             inflight: VecDeque::new(),
+            pending: None,
             batch: 1,
             depth: if one_by_one { 1 } else { config.depth },
             max_batch: if one_by_one { 1 } else { config.max_batch },
@@ -132,11 +136,15 @@ impl<'a, W: Program> Driver<'a, W> {
             (None, d) => d,
         }
         .map(|at| at.saturating_duration_since(Instant::now()));
-        let packet = match self.poll_trickle() {
-            Some(packet) => Ok(packet),
-            None => wire::recv_packet(&self.worker.rx, timeout),
+        let received = match self.pending.take() {
+            Some(received) => received,
+            None => match self.poll_trickle() {
+                Some(packet) => Ok(packet),
+                None => wire::recv_packet(&lock(&self.worker.rx), timeout),
+            }
+            .and_then(wire::open),
         };
-        match packet.and_then(wire::open) {
+        match received {
             Ok(Frame::Message(envelope)) => match envelope.kind {
                 Kind::Finished => self.on_reply(&envelope.body),
                 Kind::Failed => self.on_reported_corrupt(&envelope),
@@ -169,8 +177,9 @@ impl<'a, W: Program> Driver<'a, W> {
             _ => return None,
         };
         let until = only.sent + TRICKLE_POLL;
+        let rx = lock(&self.worker.rx);
         while Instant::now() < until {
-            match self.worker.rx.try_recv() {
+            match rx.try_recv() {
                 Ok(packet) => return Some(packet),
                 Err(ipc_channel::TryRecvError::Empty) => std::hint::spin_loop(),
                 // The blocking receive reports it.
@@ -197,7 +206,9 @@ impl<'a, W: Program> Driver<'a, W> {
             let block = self.inflight.is_empty();
             let mut batch = match self.shared.take(self.slot, self.batch, left, block) {
                 Taken::Tasks(batch) => batch,
-                Taken::Sent(batch) => {
+                Taken::Sent(batch, received) => {
+                    // Nothing else is in flight: the batch was handed to an idle driver.
+                    self.pending = received;
                     self.sent += batch.weight;
                     self.inflight.push_back(batch);
                     continue;
@@ -256,17 +267,12 @@ impl<'a, W: Program> Driver<'a, W> {
         let Some(done) = self.inflight.pop_front() else {
             return Step::Go;
         };
-        let reply = from_bytes::<Reply<W::Output>>(body)
-            .map_err(|error| format!("its reply does not decode: {error}"))
-            .and_then(|reply| reply.check(done.batch.len()).map(|()| reply));
-        match reply {
+        match Reply::<W::Output>::decode(body, done.batch.len()) {
             Ok(reply) => {
                 let n = done.batch.len();
                 self.batch = next_batch(self.batch, n, reply.busy, self.max_batch);
-                let failed = reply.failures.len() as u64;
-                self.shared.slots[self.slot].batch(n as u64, failed);
                 // The worker answers a batch's tasks in the order it got them.
-                self.shared.deliver_batch(&done.batch, reply);
+                self.shared.deliver_batch(self.slot, &done.batch, reply);
                 self.check_memory();
                 Step::Go
             }

@@ -4,15 +4,16 @@
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use engine_core::plumbing::{Finished, ItemOutcome, Offload, lock};
 use engine_core::protocol::TaskId;
 use engine_core::{StageContext, StageError, StopLevel};
 
-use crate::config::Config;
+use crate::config::{Config, WATCH_POLL, WATCH_SPIN, WATCH_WAIT};
 use crate::error::{Completion, TaskError, TaskResult};
 use crate::program::Program;
-use crate::shared::{Results, Shared, State};
+use crate::shared::{Results, Shared, State, Watch};
 use crate::workers::Workers;
 
 /// The workers of one placed stage in one run, shared by the stage's engine threads.
@@ -125,6 +126,7 @@ impl<W: Program> Slot<W> {
             shared: Arc::clone(&placement.workers.shared),
             lane: u32::try_from(index).unwrap_or(u32::MAX),
             rx,
+            watch: None,
             ready: VecDeque::new(),
             sizes: HashMap::new(),
             // Enough batches in the system that every worker has one running and one waiting,
@@ -154,6 +156,9 @@ pub(crate) struct Lane<W: Program> {
     shared: Arc<Shared<W>>,
     lane: u32,
     rx: Results<W::Output>,
+    /// A lone batch sent straight to an idle worker, whose reply this thread looks for
+    /// itself before it sleeps.
+    watch: Option<Watch<W::Task>>,
     ready: VecDeque<Completion<W::Output>>,
     /// The number of items of each batch in flight, by tag.
     sizes: HashMap<u64, usize>,
@@ -170,8 +175,73 @@ impl<W: Program> fmt::Debug for Lane<W> {
     }
 }
 
+impl<W: Program> Lane<W> {
+    /// Gives the watched batch, if any, to its worker's driver: its results come through the
+    /// lane.
+    fn end_watch(&mut self) {
+        if let Some(watch) = self.watch.take() {
+            self.shared.end_watch(watch, None);
+        }
+    }
+
+    /// Looks for the watched batch's reply, waiting up to `wait` for it (not at all if
+    /// `None`); true if it came (its results are ready). After a wait in vain, the driver
+    /// takes the batch over.
+    fn poll_watch(&mut self, wait: Option<Duration>) -> bool {
+        let Some(watch) = self.watch.take() else {
+            return false;
+        };
+        match self.shared.poll_watch(watch, wait) {
+            Ok(Some(answers)) => {
+                self.ready.extend(answers);
+                true
+            }
+            Ok(None) => false,
+            Err(watch) if wait.is_some() => {
+                self.shared.end_watch(watch, None);
+                false
+            }
+            Err(watch) => {
+                self.watch = Some(watch);
+                false
+            }
+        }
+    }
+
+    /// Waits for the watched batch's reply, if one is watched; true if it came.
+    ///
+    /// A lone item's reply often comes back sooner than a sleeping thread would wake for it,
+    /// so this thread first looks for it without sleeping: spinning for [`WATCH_SPIN`], then
+    /// yielding between looks until [`WATCH_POLL`] (on two cores the worker may wait for
+    /// this very core, and a thread that only spun would keep it from its reply). Then it
+    /// sleeps on the worker for up to [`WATCH_WAIT`], so that a later reply wakes it as it
+    /// would wake a thread that called the worker itself, and after that gives the batch to
+    /// the driver.
+    fn wait_for_watched(&mut self) -> bool {
+        loop {
+            let Some(watched) = self.watch.as_ref().map(|w| w.sent().elapsed()) else {
+                return false;
+            };
+            if watched >= WATCH_POLL {
+                return self.poll_watch(Some(WATCH_WAIT));
+            }
+            if self.poll_watch(None) {
+                return true;
+            }
+            if watched < WATCH_SPIN {
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
+            }
+        }
+    }
+}
+
 impl<W: Program> Drop for Lane<W> {
     fn drop(&mut self) {
+        // The driver takes the watched batch, so that stopping the workers does not wait
+        // for this thread.
+        self.end_watch();
         // The last thread to leave stops the workers: they run their cleanup and exit.
         let placement = {
             let mut state = lock(&self.slot.state);
@@ -216,10 +286,11 @@ where
     }
 
     fn submit(&mut self, tag: u64, items: Vec<I>) {
+        // More than a lone batch out: the driver takes the watched one over, and feeds its
+        // worker the batches that follow as it does under load.
+        self.end_watch();
         self.sizes.insert(tag, items.len());
-        let mut id = TaskId(tag);
-        self.shared
-            .submit(self.lane, &mut id, &mut std::iter::once(items), 1);
+        self.watch = self.shared.submit_watched(self.lane, TaskId(tag), items);
     }
 
     fn finished(&mut self, wait: bool) -> Option<Finished<O>> {
@@ -230,6 +301,14 @@ where
             }
             if self.sizes.is_empty() {
                 return None;
+            }
+            let watched = if wait {
+                self.wait_for_watched()
+            } else {
+                self.poll_watch(None)
+            };
+            if watched {
+                continue;
             }
             let batch = if wait {
                 self.rx.recv().ok()

@@ -168,6 +168,21 @@ pub(crate) struct Reply<O> {
 }
 
 impl<O> Reply<O> {
+    /// Decodes a worker's reply to a batch of `n` tasks and [checks](Self::check) it.
+    ///
+    /// # Errors
+    ///
+    /// What is wrong with it, when it does not decode or is not whole.
+    pub(crate) fn decode(body: &[u8], n: usize) -> Result<Self, String>
+    where
+        O: DeserializeOwned,
+    {
+        let reply = from_bytes::<Self>(body)
+            .map_err(|error| format!("its reply does not decode: {error}"))?;
+        reply.check(n)?;
+        Ok(reply)
+    }
+
     /// Checks that the reply answers a batch of `n` tasks, each once.
     ///
     /// # Errors

@@ -13,7 +13,7 @@ use engine_core::protocol::TaskId;
 use ipc_channel::ipc::IpcSender;
 
 use crate::batch::{Batch, Chunk, Job};
-use crate::boot::{Live, Spawned};
+use crate::boot::{Live, Replies, Spawned};
 use crate::config::Config;
 #[cfg(feature = "metrics")]
 use crate::counters::SlotSnapshot;
@@ -28,7 +28,7 @@ mod chunks;
 mod handoff;
 
 use chunks::Chunks;
-pub(crate) use handoff::{Handed, Taken};
+pub(crate) use handoff::{Handed, Received, Taken, Watch};
 
 /// Where the pool is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -76,6 +76,8 @@ pub(crate) struct LiveWorker {
     /// Where its stop levels go: read by a thread of its own in the worker, so a stop
     /// reaches the stage while a batch runs.
     control: IpcSender<Packet>,
+    /// What it sends, for a thread that watches for the reply to a trickle it sent.
+    replies: Replies,
     /// For killing it.
     live: Live,
 }
@@ -139,10 +141,14 @@ impl<W: Program> Shared<W> {
             .completed
             .fetch_add(results.len() as u64, Ordering::Relaxed);
         self.counters.failed.fetch_add(failed, Ordering::Relaxed);
+        self.send_to_lanes(results);
+    }
+
+    /// Sends counted results to their lanes.
+    fn send_to_lanes(&self, results: impl IntoIterator<Item = Routed<W::Output>>) {
         if let [only] = self.results.as_slice() {
-            let _ = only.send(Delivery::Made(
-                results.into_iter().map(|(_, id, r)| (id, r)).collect(),
-            ));
+            let made = results.into_iter().map(|(_, id, r)| (id, r)).collect();
+            let _ = only.send(Delivery::Made(made));
             return;
         }
         let mut by_lane: Vec<Vec<Completion<W::Output>>> =
@@ -161,31 +167,44 @@ impl<W: Program> Shared<W> {
 
     /// Sends a worker's answers to a batch to their lanes: `reply` answers `batch`, and
     /// [`Reply::check`] found it whole.
-    pub(crate) fn deliver_batch(&self, batch: &Batch<W::Task>, reply: Reply<W::Output>) {
-        let failed = reply.failures.len() as u64;
-        let answers = Delivery::Answered {
-            ids: batch.ids(),
-            failures: reply.failures,
-            outputs: reply.outputs,
-        };
+    pub(crate) fn deliver_batch(
+        &self,
+        slot: usize,
+        batch: &Batch<W::Task>,
+        reply: Reply<W::Output>,
+    ) {
         let lane = batch.chunks().first().map_or(0, |chunk| chunk.lane);
+        let answers = self.count_answers(slot, batch, reply);
         if !batch.chunks().iter().all(|chunk| chunk.lane == lane) {
-            self.deliver(
-                batch
-                    .routes()
-                    .zip(answers)
-                    .map(|((lane, _), (id, result))| (lane, id, result))
-                    .collect(),
-            );
+            let results = batch
+                .routes()
+                .zip(answers)
+                .map(|((lane, _), (id, result))| (lane, id, result));
+            self.send_to_lanes(results);
             return;
         }
         // One lane (always in a pool): the answers go as they are, without routing.
-        self.counters
-            .completed
-            .fetch_add(batch.len() as u64, Ordering::Relaxed);
-        self.counters.failed.fetch_add(failed, Ordering::Relaxed);
         if let Some(tx) = self.results.get(lane as usize) {
             let _ = tx.send(answers);
+        }
+    }
+
+    /// Counts a worker's answers to a batch of `slot` as completed, and gives them.
+    fn count_answers(
+        &self,
+        slot: usize,
+        batch: &Batch<W::Task>,
+        reply: Reply<W::Output>,
+    ) -> Delivery<W::Output> {
+        let n = batch.len() as u64;
+        let failed = reply.failures.len() as u64;
+        self.slots[slot].batch(n, failed);
+        self.counters.completed.fetch_add(n, Ordering::Relaxed);
+        self.counters.failed.fetch_add(failed, Ordering::Relaxed);
+        Delivery::Answered {
+            ids: batch.ids(),
+            failures: reply.failures,
+            outputs: reply.outputs,
         }
     }
 
@@ -199,6 +218,35 @@ impl<W: Program> Shared<W> {
         tasks: &mut impl Iterator<Item = W::Task>,
         max: u64,
     ) -> u64 {
+        self.queue_tasks(lane, next, tasks, max, false).0
+    }
+
+    /// Submits one task as task `id` for `lane`, as [`submit`](Self::submit) does; when it is
+    /// a trickle sent straight to an idle worker, the caller watches for the reply itself
+    /// (see [`Watch`]), unless the workers' memory is checked (their drivers read it after
+    /// each reply).
+    pub(crate) fn submit_watched(
+        &self,
+        lane: u32,
+        id: TaskId,
+        task: W::Task,
+    ) -> Option<Watch<W::Task>> {
+        let watch = self.config.max_memory.is_none();
+        let mut next = id;
+        self.queue_tasks(lane, &mut next, &mut std::iter::once(task), 1, watch)
+            .1
+    }
+
+    /// [`submit`](Self::submit), and the watch of a trickle sent straight to an idle worker
+    /// when `watch`.
+    fn queue_tasks(
+        &self,
+        lane: u32,
+        next: &mut TaskId,
+        tasks: &mut impl Iterator<Item = W::Task>,
+        max: u64,
+        watch: bool,
+    ) -> (u64, Option<Watch<W::Task>>) {
         // One relaxed load without a trace hook.
         let trace = engine_core::trace::current_batch().map(Arc::new);
         // The chunks are made before the lock is taken, so that the drivers never wait for
@@ -249,12 +297,11 @@ impl<W: Program> Shared<W> {
                     .map(|job| job.failed(error()))
                     .collect(),
             );
-            return taken;
+            return (taken, None);
         }
         if let Some(idle) = self.idle_slot(&mut queue, &chunks) {
             drop(queue);
-            self.hand(&idle, chunks.into_iter().collect());
-            return taken;
+            return (taken, self.hand(idle, chunks.into_iter().collect(), watch));
         }
         for chunk in chunks {
             queue.jobs.push_back(chunk);
@@ -270,7 +317,7 @@ impl<W: Program> Shared<W> {
         for slot in woken {
             self.wakes[slot].notify_one();
         }
-        taken
+        (taken, None)
     }
 
     /// Tells every live worker, and every worker started later, that the run is stopping at
@@ -380,10 +427,11 @@ impl<W: Program> Shared<W> {
         loop {
             match std::mem::replace(&mut queue.handed[slot], Handed::None) {
                 // Sent by the submitting thread: in flight now, even if the pool closed.
-                Handed::Sent(sent) => return Taken::Sent(sent),
-                // Being sent: what this driver sends must go after it.
-                Handed::Sending => {
-                    queue.handed[slot] = Handed::Sending;
+                Handed::Sent(sent, received) => return Taken::Sent(sent, received),
+                // Being sent, or watched by the thread that sent it: what this driver sends
+                // must go after it.
+                handed @ (Handed::Sending | Handed::Watched) => {
+                    queue.handed[slot] = handed;
                     queue = self.wakes[slot]
                         .wait(queue)
                         .unwrap_or_else(PoisonError::into_inner);
@@ -511,7 +559,12 @@ impl<W: Program> Shared<W> {
 
     /// Records the new worker of `slot` as live, with `control` where its stop levels go,
     /// tells it the stop level if the run is stopping already, and wakes the drivers.
-    pub(crate) fn register(&self, slot: usize, worker: &Spawned, control: IpcSender<Packet>) {
+    pub(crate) fn register(
+        &self,
+        slot: usize,
+        worker: &Spawned<Replies>,
+        control: IpcSender<Packet>,
+    ) {
         let mut queue = lock(&self.queue);
         let stop_level = queue.stop_level;
         if stop_level > StopLevel::Running {
@@ -521,6 +574,7 @@ impl<W: Program> Shared<W> {
             pid: worker.pid,
             inbox: worker.tx.clone(),
             control,
+            replies: Arc::clone(&worker.rx),
             live: worker.live(),
         });
         queue.live += 1;

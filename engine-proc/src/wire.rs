@@ -135,11 +135,16 @@ pub(crate) fn recv_packet(
         // timeout never fires early.
         Some(timeout) => rx.try_recv_timeout(round_up_to_millis(timeout)),
     };
-    got.map_err(|e| match e {
+    got.map_err(recv_error)
+}
+
+/// Why a receive got nothing, as a [`RecvError`] (nothing in time: `Timeout`).
+pub(crate) fn recv_error(error: TryRecvError) -> RecvError {
+    match error {
         TryRecvError::Empty => RecvError::Timeout,
         TryRecvError::IpcError(ipc_channel::IpcError::Disconnected) => RecvError::Closed,
         TryRecvError::IpcError(e) => RecvError::Channel(e.to_string()),
-    })
+    }
 }
 
 /// Receives and decodes one frame, waiting as long as it takes.

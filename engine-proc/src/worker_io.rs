@@ -10,7 +10,7 @@ use engine_core::protocol::{Address, Envelope, Frame, Kind, to_bytes};
 use ipc_channel::ipc::IpcSender;
 
 use crate::batch::{Batch, InFlight};
-use crate::boot::{self, Spawned};
+use crate::boot::{self, Replies, Spawned};
 use crate::codes::{CONTROL, INIT};
 use crate::error::{ExitHow, SpawnError, TaskError};
 use crate::program::{Program, kind_of, pool_entry};
@@ -32,7 +32,7 @@ pub(crate) fn start_worker<W: Program>(
     shared: &Shared<W>,
     slot: usize,
     init: &[u8],
-) -> Result<Spawned, SpawnError> {
+) -> Result<Spawned<Replies>, SpawnError> {
     let worker = boot::spawn(
         pool_entry::<W>,
         &kind_of::<W>(),
@@ -54,6 +54,7 @@ pub(crate) fn start_worker<W: Program>(
     });
     match outcome {
         Ok(control) => {
+            let worker = worker.share_replies();
             shared.register(slot, &worker, control);
             Ok(worker)
         }

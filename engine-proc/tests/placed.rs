@@ -150,6 +150,141 @@ fn lone_items_reach_the_backend_also_past_a_killed_idle_worker() {
     assert_eq!(killed.len(), 4, "each kill hit a live worker: {killed:?}");
 }
 
+/// `x * 2`; the first time it sees an item `x % 5 == 2`, its worker process exits (a file in
+/// `dir` remembers it, so the item's retry runs). Items `x % 4 == 3` take 5 ms.
+#[derive(Clone, Serialize, Deserialize)]
+struct DiesOnce {
+    dir: PathBuf,
+}
+
+impl Transport for DiesOnce {
+    type Input = u64;
+    type Output = u64;
+
+    fn transport(&mut self, x: u64, _: &StageContext) -> Result<Option<u64>, StageError> {
+        if x % 5 == 2 && std::fs::File::create_new(self.dir.join(x.to_string())).is_ok() {
+            std::process::exit(3);
+        }
+        if x % 4 == 3 {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok(Some(x * 2))
+    }
+}
+
+/// Sends `items` one at a time through `handle`'s engine: each is sent once the one before
+/// reached the backend (`seen`), which must give `expect(x)` for each.
+fn one_at_a_time(
+    tx: &crossbeam_channel::Sender<u64>,
+    seen: &crossbeam_channel::Receiver<u64>,
+    items: impl IntoIterator<Item = u64>,
+    expect: impl Fn(u64) -> u64,
+) {
+    for x in items {
+        tx.send(x).unwrap();
+        let got = seen
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("item {x} did not reach the backend"));
+        assert_eq!(got, expect(x));
+    }
+}
+
+/// A lone item's engine thread waits for the reply on the worker itself (for a while, then
+/// its driver takes over): lone items come back whether the reply comes at once, after
+/// that while (5 ms), or never because the worker died on the item (it is run again), and
+/// none comes back twice.
+fn lone_items_come_back_whether_their_worker_answers_late_or_dies() {
+    const N: u64 = 40;
+    let dir = std::env::temp_dir().join(format!("engine-placed-dies-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (tx, rx) = crossbeam_channel::unbounded::<u64>();
+    let (seen_tx, seen) = crossbeam_channel::unbounded::<u64>();
+    let handle = Engine::builder(rx)
+        .transport(ProcTransport::new(DiesOnce { dir: dir.clone() }).workers(2))
+        .transport_threads(2)
+        .backend(move |x: u64| {
+            let _ = seen_tx.send(x);
+        })
+        .spawn()
+        .unwrap();
+    one_at_a_time(&tx, &seen, 0..N, |x| x * 2);
+    drop(tx);
+    let report = handle.join().unwrap();
+    report.check().unwrap();
+    assert_eq!(report.processed(), N, "{report}");
+    assert_eq!(report.failed(), 0, "{report}");
+    assert!(
+        seen.try_recv().is_err(),
+        "nothing reaches the backend twice"
+    );
+    let deaths = std::fs::read_dir(&dir).unwrap().count() as u64;
+    assert_eq!(deaths, (0..N).filter(|x| x % 5 == 2).count() as u64);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Items that come in pairs to two engine threads sharing one worker: while one thread
+/// watches for its item's reply, the other's item waits in the queue for the worker's
+/// driver, which must still hear of it once the watch is over.
+fn pairs_of_items_through_one_worker_all_come_back() {
+    const PAIRS: u64 = 300;
+    let (tx, rx) = crossbeam_channel::unbounded::<u64>();
+    let (seen_tx, seen) = crossbeam_channel::unbounded::<u64>();
+    let handle = Engine::builder(rx)
+        .transport(ProcTransport::new(Judge).workers(1))
+        .transport_threads(2)
+        .backend(move |x: u64| {
+            let _ = seen_tx.send(x);
+        })
+        .spawn()
+        .unwrap();
+    // Items the stage passes on: no multiple of 7 (filtered) or 13 (refused).
+    let mut items = (1..).filter(|x: &u64| !x.is_multiple_of(7) && !x.is_multiple_of(13));
+    for _ in 0..PAIRS {
+        let pair = [items.next().unwrap(), items.next().unwrap()];
+        for x in pair {
+            tx.send(x).unwrap();
+        }
+        let mut got: Vec<u64> = (0..2)
+            .map(|_| {
+                seen.recv_timeout(Duration::from_secs(30))
+                    .unwrap_or_else(|_| panic!("an item of {pair:?} did not reach the backend"))
+            })
+            .collect();
+        got.sort_unstable();
+        assert_eq!(got, pair.map(|x| x * 2));
+    }
+    drop(tx);
+    let report = handle.join().unwrap();
+    report.check().unwrap();
+    assert_eq!(report.processed(), 2 * PAIRS, "{report}");
+}
+
+/// A lone item that hangs is timed out by its worker's driver, although the engine thread
+/// watched for its reply first; the items after it come back.
+fn a_lone_item_that_hangs_times_out() {
+    let (tx, rx) = crossbeam_channel::unbounded::<u64>();
+    let (seen_tx, seen) = crossbeam_channel::unbounded::<u64>();
+    let handle = Engine::builder(rx)
+        .transport(
+            ProcTransport::new(Hang)
+                .workers(1)
+                .batch_timeout(Duration::from_millis(300)),
+        )
+        .backend(move |x: u64| {
+            let _ = seen_tx.send(x);
+        })
+        .spawn()
+        .unwrap();
+    one_at_a_time(&tx, &seen, 0..5, |x| x);
+    tx.send(5).unwrap();
+    one_at_a_time(&tx, &seen, 6..10, |x| x);
+    drop(tx);
+    let report = handle.join().unwrap();
+    assert_eq!(report.processed(), 9, "{report}");
+    assert_eq!(report.failed(), 1, "{report}");
+    assert!(seen.try_recv().is_err(), "the hung item never arrives");
+}
+
 fn a_worker_killed_mid_run_loses_nothing_and_runs_nothing_twice() {
     const N: u64 = 60_000;
     let placed = ProcTransport::new(Slow).workers(3);
@@ -606,6 +741,18 @@ fn main() {
         (
             "lone_items_reach_the_backend_also_past_a_killed_idle_worker",
             lone_items_reach_the_backend_also_past_a_killed_idle_worker,
+        ),
+        (
+            "lone_items_come_back_whether_their_worker_answers_late_or_dies",
+            lone_items_come_back_whether_their_worker_answers_late_or_dies,
+        ),
+        (
+            "pairs_of_items_through_one_worker_all_come_back",
+            pairs_of_items_through_one_worker_all_come_back,
+        ),
+        (
+            "a_lone_item_that_hangs_times_out",
+            a_lone_item_that_hangs_times_out,
         ),
         (
             "a_worker_killed_mid_run_loses_nothing_and_runs_nothing_twice",

@@ -49,6 +49,9 @@ threads async_stages -     random_delays never_more_than_k errors_panics
 threads stall    -     a_held_back_item
 proc    placed   short ordered_mode_keeps_the_order_through_the_processes
 proc    placed   -     lone_items_reach_the_backend_also_past_a_killed_idle_worker
+proc    placed   -     lone_items_come_back_whether_their_worker_answers_late_or_dies
+proc    placed   -     pairs_of_items_through_one_worker_all_come_back
+proc    placed   -     a_lone_item_that_hangs_times_out
 proc    placed   -     a_worker_killed_mid_run_loses_nothing_and_runs_nothing_twice
 proc    placed   short stop_now_frees_the_engine_from_a_hung_worker_at_once
 proc    placed   -     the_stop_deadline_frees_the_engine_from_a_hung_worker

@@ -7,19 +7,32 @@
 //! The driver stays the batch's owner: it waits for the reply, delivers it, and retries the
 //! batch if the worker dies, as for a batch it sent itself. Its worker's batches are still
 //! sent one after another: the driver takes no jobs while a handed batch is being sent.
+//!
+//! A placed stage's engine thread goes further: it keeps the batch and watches for the reply
+//! itself ([`Watch`]), and the driver is not woken at all. A reply that comes soon wakes no
+//! thread: the engine thread looks for it, and settles the items as soon as it is there.
+//! Only when the reply is late (past a bounded sleep on the worker), or when anything else
+//! than a whole reply comes (the worker died, sent something that does not decode), does the
+//! driver get the batch, with what came, and go on as if it had received it itself.
 
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use engine_core::plumbing::lock;
+use engine_core::protocol::{Frame, Kind};
 use ipc_channel::ipc::IpcSender;
 
 use super::{Queue, Shared, State};
 use crate::batch::{Batch, Chunk, InFlight, encode_batch, send_batch, weight};
+use crate::boot::Replies;
 use crate::config::TRICKLE_BATCH;
+use crate::delivery::Delivery;
 use crate::error::TaskError;
-use crate::program::Program;
-use crate::wire::Packet;
+use crate::program::{Program, Reply};
+use crate::wire::{self, Packet, RecvError};
+
+/// What came from a worker, opened: a frame, or why there is none.
+pub(crate) type Received = Result<Frame, RecvError>;
 
 /// A driver's batch that the submitting thread sends for it.
 pub(crate) enum Handed<T> {
@@ -27,25 +40,47 @@ pub(crate) enum Handed<T> {
     None,
     /// Being encoded and sent: the driver waits.
     Sending,
-    /// Sent: the driver takes it as in flight.
-    Sent(InFlight<T>),
+    /// Sent, and the submitting thread watches for the reply ([`Watch`]): the driver waits.
+    Watched,
+    /// Sent: the driver takes it as in flight, with what the watching thread received for
+    /// it and could not settle, if anything.
+    Sent(InFlight<T>, Option<Received>),
 }
 
 /// What a driver takes from the queue.
 pub(crate) enum Taken<T> {
     /// Tasks to send (none when it would not wait and nothing was queued).
     Tasks(Batch<T>),
-    /// A batch sent to its worker by the thread that submitted it.
-    Sent(InFlight<T>),
+    /// A batch sent to its worker by the thread that submitted it, and what came for it if
+    /// that thread received anything.
+    Sent(InFlight<T>, Option<Received>),
     /// The pool is closed to new batches.
     Closed,
 }
 
-/// Where a handed batch goes: the slot, and its worker's pid and inbox.
+/// Where a handed batch goes: the slot, and its worker's pid, inbox and replies.
 pub(super) struct Idle {
     slot: usize,
     pid: u32,
     inbox: IpcSender<Packet>,
+    replies: Replies,
+}
+
+/// A trickle sent to an idle worker by the thread that submitted it, which watches for the
+/// reply itself: its driver waits meanwhile. A watch ends in [`Shared::poll_watch`] (the
+/// reply came, or something else did) or [`Shared::end_watch`] (the driver takes the batch
+/// over); a thread that holds one must end it before it sleeps on its results.
+pub(crate) struct Watch<T> {
+    slot: usize,
+    replies: Replies,
+    flight: InFlight<T>,
+}
+
+impl<T> Watch<T> {
+    /// When the batch was sent.
+    pub(crate) fn sent(&self) -> Instant {
+        self.flight.sent
+    }
 }
 
 impl<W: Program> Shared<W> {
@@ -87,38 +122,114 @@ impl<W: Program> Shared<W> {
             slot,
             pid: worker.pid,
             inbox: worker.inbox.clone(),
+            replies: std::sync::Arc::clone(&worker.replies),
         };
         queue.handed[slot] = Handed::Sending;
         Some(idle)
     }
 
-    /// Sends `batch` to the idle worker from this thread and hands it to the worker's driver.
-    /// A batch that does not encode goes back to the queue, for the driver to send (and to
-    /// fail the tasks that will not encode).
-    pub(super) fn hand(&self, to: &Idle, batch: Batch<W::Task>) {
+    /// Sends `batch` to the idle worker from this thread, and hands it to the worker's driver
+    /// or, with `watch`, keeps watching for the reply. A batch that does not encode goes back
+    /// to the queue, for the driver to send (and to fail the tasks that will not encode).
+    pub(super) fn hand(
+        &self,
+        to: Idle,
+        batch: Batch<W::Task>,
+        watch: bool,
+    ) -> Option<Watch<W::Task>> {
         let mut handing = Handing {
             shared: self,
             slot: to.slot,
             batch: Some(batch),
             sent: None,
+            watched: false,
         };
-        let Some(batch) = handing.batch.as_ref() else {
-            return;
-        };
-        let Ok(body) = encode_batch::<W>(batch) else {
-            return;
-        };
+        let batch = handing.batch.as_ref()?;
+        let body = encode_batch::<W>(batch).ok()?;
         let weight = weight::<W>(batch);
         // A worker that is gone fails the send; its driver's receive sees it, and retries.
         let _ = send_batch(to.pid, &to.inbox, batch, body);
         self.counters
             .handed
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
-        handing.sent = handing.batch.take().map(|batch| InFlight {
+        let flight = handing.batch.take().map(|batch| InFlight {
             batch,
             weight,
             sent: Instant::now(),
-        });
+        })?;
+        if !watch {
+            handing.sent = Some(flight);
+            return None;
+        }
+        handing.watched = true;
+        Some(Watch {
+            slot: to.slot,
+            replies: to.replies,
+            flight,
+        })
+    }
+
+    /// Looks once for the reply to a watched trickle, waiting up to `wait` for it (not at
+    /// all if `None`).
+    ///
+    /// - `Ok(Some(answers))`: it came. The watch is over, the driver was never woken, and the
+    ///   answers are the caller's to take (they do not go through its lane).
+    /// - `Err(watch)`: nothing came yet.
+    /// - `Ok(None)`: something else came (the worker is gone, or sent what is not a whole
+    ///   reply). The driver takes the batch over with it, as if it had received it itself,
+    ///   and the results come through the lane.
+    pub(crate) fn poll_watch(
+        &self,
+        watch: Watch<W::Task>,
+        wait: Option<Duration>,
+    ) -> Result<Option<Delivery<W::Output>>, Watch<W::Task>> {
+        // The driver never receives while the watch lasts; if it did, it keeps receiving.
+        let Ok(replies) = watch.replies.try_lock() else {
+            self.end_watch(watch, None);
+            return Ok(None);
+        };
+        let packet = match wait {
+            None => replies.try_recv(),
+            Some(wait) => replies.try_recv_timeout(wait),
+        };
+        drop(replies);
+        let received = match packet {
+            Ok(packet) => wire::open(packet),
+            Err(ipc_channel::TryRecvError::Empty) => return Err(watch),
+            Err(error) => Err(wire::recv_error(error)),
+        };
+        let reply = match &received {
+            Ok(Frame::Message(envelope)) if envelope.kind == Kind::Finished => {
+                Reply::<W::Output>::decode(&envelope.body, watch.flight.batch.len()).ok()
+            }
+            _ => None,
+        };
+        let Some(reply) = reply else {
+            self.end_watch(watch, Some(received));
+            return Ok(None);
+        };
+        let Watch { slot, flight, .. } = watch;
+        let answers = self.count_answers(slot, &flight.batch, reply);
+        // The worker is idle again, and its driver still waits. With nothing for it to do, it
+        // is waiting once more, unwoken. Otherwise it is woken: tasks were queued meanwhile
+        // (submitters wake only drivers that wait, and it was not one of them), or the
+        // workers are closing.
+        let mut queue = lock(&self.queue);
+        queue.handed[slot] = Handed::None;
+        if queue.state != State::Open || !queue.jobs.is_empty() {
+            drop(queue);
+            self.wakes[slot].notify_one();
+        } else if !queue.waiting.contains(&slot) {
+            queue.waiting.push(slot);
+        }
+        Ok(Some(answers))
+    }
+
+    /// Ends a watch without the reply: the driver takes the batch over, with what was
+    /// received for it (`received`) if anything was.
+    pub(crate) fn end_watch(&self, watch: Watch<W::Task>, received: Option<Received>) {
+        lock(&self.queue).handed[watch.slot] = Handed::Sent(watch.flight, received);
+        self.wakes[watch.slot].notify_one();
     }
 }
 
@@ -130,14 +241,21 @@ struct Handing<'a, W: Program> {
     /// The tasks, until they are sent.
     batch: Option<Batch<W::Task>>,
     sent: Option<InFlight<W::Task>>,
+    /// The batch was sent and the submitting thread watches for its reply.
+    watched: bool,
 }
 
 impl<W: Program> Drop for Handing<'_, W> {
     fn drop(&mut self) {
         let mut cancelled = Vec::new();
         let mut queue = lock(&self.shared.queue);
+        if self.watched {
+            // The driver waits on, unwoken.
+            queue.handed[self.slot] = Handed::Watched;
+            return;
+        }
         queue.handed[self.slot] = match self.sent.take() {
-            Some(sent) => Handed::Sent(sent),
+            Some(sent) => Handed::Sent(sent, None),
             None => {
                 match self.batch.take() {
                     // Closed meanwhile: the queue was cancelled, and so are these.
