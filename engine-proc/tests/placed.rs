@@ -276,7 +276,21 @@ fn a_lone_item_that_hangs_times_out() {
         .spawn()
         .unwrap();
     one_at_a_time(&tx, &seen, 0..5, |x| x);
+    // Item 5 alone (an item sent with it would share its batch, and its fate): it fails once
+    // its worker is killed.
     tx.send(5).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let failed = || {
+        handle
+            .stats()
+            .stages
+            .iter()
+            .any(|s| s.kind == StageKind::Transport && s.counts.failed == 1)
+    };
+    while !failed() {
+        assert!(Instant::now() < deadline, "the hung item was not timed out");
+        std::thread::yield_now();
+    }
     one_at_a_time(&tx, &seen, 6..10, |x| x);
     drop(tx);
     let report = handle.join().unwrap();
