@@ -1,6 +1,6 @@
 //! A batch of tasks on its way to a worker: the chunks tasks are queued in, what a job is
-//! when a task goes alone, how a batch is encoded and sent, and what is in flight. Shared by the drivers and by a thread that hands a trickle to an
-//! idle worker itself.
+//! when a task goes alone, how a batch is encoded and sent, and what is in flight. Shared by
+//! the drivers and by a thread that hands a trickle to an idle worker itself.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -24,6 +24,11 @@ pub(crate) struct Job<T> {
     /// The trace context of the batch span the task was submitted in (see
     /// `engine_core::trace`): the worker's span for it is that span's child.
     pub(crate) trace: Option<Arc<TraceParent>>,
+}
+
+/// The id `n` tasks after `id`: the tasks of a chunk are numbered on from its first.
+pub(crate) fn id_after(id: TaskId, n: usize) -> TaskId {
+    TaskId(id.0.wrapping_add(n as u64))
 }
 
 /// A result, with the lane it goes to.
@@ -69,7 +74,7 @@ impl<T> Chunk<T> {
 
     /// The id of the task at `at`.
     fn id_at(&self, at: usize) -> TaskId {
-        TaskId(self.first.0.wrapping_add(at as u64))
+        id_after(self.first, at)
     }
 
     /// Each task as a job of its own.
@@ -82,7 +87,7 @@ impl<T> Chunk<T> {
             trace,
         } = self;
         tasks.into_iter().enumerate().map(move |(at, task)| Job {
-            id: TaskId(first.0.wrapping_add(at as u64)),
+            id: id_after(first, at),
             task,
             attempts,
             lane,

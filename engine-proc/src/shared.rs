@@ -12,7 +12,7 @@ use engine_core::plumbing::lock;
 use engine_core::protocol::TaskId;
 use ipc_channel::ipc::IpcSender;
 
-use crate::batch::{Batch, Chunk, Job};
+use crate::batch::{Batch, Chunk, Job, id_after};
 use crate::boot::{Live, Replies, Spawned};
 use crate::config::Config;
 #[cfg(feature = "metrics")]
@@ -262,7 +262,7 @@ impl<W: Program> Shared<W> {
             // A short chunk: the tasks ran out (and are not asked for once more).
             let ended = tasks.len() < want;
             left -= tasks.len();
-            let n = tasks.len() as u64;
+            let n = tasks.len();
             if !tasks.is_empty() {
                 chunks.push(Chunk {
                     first,
@@ -272,7 +272,7 @@ impl<W: Program> Shared<W> {
                     trace: trace.clone(),
                 });
             }
-            first = TaskId(first.0.wrapping_add(n));
+            first = id_after(first, n);
             if ended {
                 break;
             }

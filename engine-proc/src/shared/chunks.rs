@@ -7,7 +7,7 @@ use std::vec;
 use engine_core::protocol::TaskId;
 use engine_core::trace::TraceParent;
 
-use crate::batch::{Batch, Chunk, Job};
+use crate::batch::{Batch, Chunk, Job, id_after};
 
 /// A queued chunk: the tasks not taken yet, kept as an iterator so that taking part of them
 /// (a pool with a task timeout takes one at a time) moves only what is taken.
@@ -35,7 +35,7 @@ impl<T> Queued<T> {
     /// Takes the first `n` tasks, as a chunk of their own.
     fn split(&mut self, n: usize) -> Chunk<T> {
         let first = self.first;
-        self.first = TaskId(first.0.wrapping_add(n as u64));
+        self.first = id_after(first, n);
         Chunk {
             first,
             tasks: self.tasks.by_ref().take(n).collect(),

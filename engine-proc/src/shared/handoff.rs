@@ -142,7 +142,6 @@ impl<W: Program> Shared<W> {
             slot: to.slot,
             batch: Some(batch),
             sent: None,
-            watched: false,
         };
         let batch = handing.batch.as_ref()?;
         let body = encode_batch::<W>(batch).ok()?;
@@ -158,10 +157,10 @@ impl<W: Program> Shared<W> {
             sent: Instant::now(),
         })?;
         if !watch {
-            handing.sent = Some(flight);
+            handing.sent = Some(Handed::Sent(flight, None));
             return None;
         }
-        handing.watched = true;
+        handing.sent = Some(Handed::Watched);
         Some(Watch {
             slot: to.slot,
             replies: to.replies,
@@ -240,22 +239,17 @@ struct Handing<'a, W: Program> {
     slot: usize,
     /// The tasks, until they are sent.
     batch: Option<Batch<W::Task>>,
-    sent: Option<InFlight<W::Task>>,
-    /// The batch was sent and the submitting thread watches for its reply.
-    watched: bool,
+    /// Once the batch is sent, what its driver is told: take it (`Sent`), or wait on while
+    /// the submitting thread watches for the reply (`Watched`).
+    sent: Option<Handed<W::Task>>,
 }
 
 impl<W: Program> Drop for Handing<'_, W> {
     fn drop(&mut self) {
         let mut cancelled = Vec::new();
         let mut queue = lock(&self.shared.queue);
-        if self.watched {
-            // The driver waits on, unwoken.
-            queue.handed[self.slot] = Handed::Watched;
-            return;
-        }
-        queue.handed[self.slot] = match self.sent.take() {
-            Some(sent) => Handed::Sent(sent, None),
+        let handed = match self.sent.take() {
+            Some(sent) => sent,
             None => {
                 match self.batch.take() {
                     // Closed meanwhile: the queue was cancelled, and so are these.
@@ -272,7 +266,13 @@ impl<W: Program> Drop for Handing<'_, W> {
                 Handed::None
             }
         };
+        let watched = matches!(handed, Handed::Watched);
+        queue.handed[self.slot] = handed;
         drop(queue);
+        if watched {
+            // The driver waits on, unwoken.
+            return;
+        }
         self.shared.wakes[self.slot].notify_one();
         self.shared.deliver(
             cancelled
