@@ -12,9 +12,9 @@
 //!   threaded engine (`ProcTransport::new(Inc).workers(2)`, 2 transport threads), against the
 //!   [`Pool`] doing the same work in the same run, and against the same stage called one item
 //!   per round trip (what `ProcTransport` did before it took whole batches). Also the time a
-//!   lone item takes through the placed transport (alone: `... -- lone`), against a
-//!   hand-written pipeline of the same shape calling its child one round trip per item, and
-//!   1 MiB items through it.
+//!   lone item takes through the placed transport (alone: `... -- lone`), by default and with
+//!   `inline_when_idle`, against a hand-written pipeline of the same shape calling its child
+//!   one round trip per item, and 1 MiB items through it.
 //! - `oneway`: small messages master -> child, one way: a [`Child`] counting what
 //!   [`Duplex::recv`] delivers, against a raw `IpcSender<u64>` to a child that counts.
 //! - `bulk`: 1 GiB in 1 MiB bodies master -> child: [`Duplex::send_bytes`] (bodies of 64 KiB
@@ -483,9 +483,17 @@ fn placed() {
 /// placed transport and through a hand-written pipeline of the same shape (a frontend
 /// thread, 2 transport threads each with a child process it calls one round trip per item, a
 /// backend thread). Samples alternate between the two, so both see the same machine load.
+/// Measured twice: the engine by default, then with `inline_when_idle`, where the frontend
+/// thread sends a lone item to an idle worker itself.
 fn lone() {
+    lone_against_hand_written(false);
+    lone_against_hand_written(true);
+}
+
+/// [`lone`] for the engine by default, or with `inline_when_idle`.
+fn lone_against_hand_written(inline: bool) {
     const SAMPLES: usize = 400;
-    let (engine_in, engine_seen, engine) = placed_lone_pipeline();
+    let (engine_in, engine_seen, engine) = placed_lone_pipeline(inline);
     let (base_in, base_seen, baseline) = hand_written_lone_pipeline();
     let one = |input: &crossbeam_channel::Sender<u64>,
                seen: &crossbeam_channel::Receiver<(u64, Instant)>,
@@ -507,9 +515,10 @@ fn lone() {
     drop((engine_in, base_in));
     engine();
     baseline();
+    let how = if inline { ", inline_when_idle" } else { "" };
     println!(
         "\nproc: latency of a lone item, frontend -> transport placed in 2 workers -> backend \
-         ({SAMPLES} samples)"
+         ({SAMPLES} samples{how})"
     );
     harness::latency_table(
         ("engine", &mut engine_lat),
@@ -526,18 +535,23 @@ type LonePipeline = (
 );
 
 /// The engine: `x + 1` placed in 2 workers, 2 transport threads; the backend stamps the
-/// time it sees each item, as the threads bench's backend does.
-fn placed_lone_pipeline() -> LonePipeline {
+/// time it sees each item, as the threads bench's backend does. With `inline`, a lone item
+/// runs through the idle stages on the frontend thread (`inline_when_idle`).
+fn placed_lone_pipeline(inline: bool) -> LonePipeline {
     let (tx, rx) = crossbeam_channel::unbounded::<u64>();
     let (seen_tx, seen) = crossbeam_channel::unbounded::<(u64, Instant)>();
-    let engine = Engine::builder(rx)
+    let builder = Engine::builder(rx)
         .transport(ProcTransport::new(Inc).workers(2))
         .transport_threads(2)
         .backend(move |x: u64| {
             let _ = seen_tx.send((x, Instant::now()));
-        })
-        .spawn()
-        .expect("the engine starts");
+        });
+    let builder = if inline {
+        builder.inline_when_idle()
+    } else {
+        builder
+    };
+    let engine = builder.spawn().expect("the engine starts");
     let join = move || {
         engine.join().expect("the engine ends");
     };

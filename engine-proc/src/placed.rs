@@ -4,7 +4,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use engine_core::plumbing::{Finished, ItemOutcome, Offload, lock};
 use engine_core::protocol::TaskId;
@@ -208,7 +208,8 @@ impl<W: Program> Lane<W> {
         }
     }
 
-    /// Waits for the watched batch's reply, if one is watched; true if it came.
+    /// Waits for the watched batch's reply, if one is watched, but not past `deadline`; true
+    /// if it came.
     ///
     /// A lone item's reply often comes back sooner than a sleeping thread would wake for it,
     /// so this thread first looks for it without sleeping: spinning for [`WATCH_SPIN`], then
@@ -217,13 +218,18 @@ impl<W: Program> Lane<W> {
     /// sleeps on the worker for up to [`WATCH_WAIT`], so that a later reply wakes it as it
     /// would wake a thread that called the worker itself, and after that gives the batch to
     /// the driver.
-    fn wait_for_watched(&mut self) -> bool {
+    fn wait_for_watched(&mut self, deadline: Option<Instant>) -> bool {
         loop {
             let Some(watched) = self.watch.as_ref().map(|w| w.sent().elapsed()) else {
                 return false;
             };
+            let now = Instant::now();
+            if deadline.is_some_and(|deadline| now >= deadline) {
+                return false;
+            }
             if watched >= WATCH_POLL {
-                return self.poll_watch(Some(WATCH_WAIT));
+                let wait = deadline.map_or(WATCH_WAIT, |d| (d - now).min(WATCH_WAIT));
+                return self.poll_watch(Some(wait));
             }
             if self.poll_watch(None) {
                 return true;
@@ -234,6 +240,16 @@ impl<W: Program> Lane<W> {
                 std::thread::yield_now();
             }
         }
+    }
+
+    /// A batch whose results are in, if any.
+    fn take_ready<O>(&mut self) -> Option<Finished<O>>
+    where
+        W: Program<Output = Vec<ItemOutcome<O>>>,
+    {
+        let (id, result) = self.ready.pop_front()?;
+        let n = self.sizes.remove(&id.0).unwrap_or(0);
+        Some((id.0, outcomes(result, n)))
     }
 }
 
@@ -295,15 +311,14 @@ where
 
     fn finished(&mut self, wait: bool) -> Option<Finished<O>> {
         loop {
-            if let Some((id, result)) = self.ready.pop_front() {
-                let n = self.sizes.remove(&id.0).unwrap_or(0);
-                return Some((id.0, outcomes(result, n)));
+            if let Some(done) = self.take_ready() {
+                return Some(done);
             }
             if self.sizes.is_empty() {
                 return None;
             }
             let watched = if wait {
-                self.wait_for_watched()
+                self.wait_for_watched(None)
             } else {
                 self.poll_watch(None)
             };
@@ -316,6 +331,29 @@ where
                 self.rx.try_recv().ok()
             };
             self.ready.extend(batch?);
+        }
+    }
+
+    /// A lone batch submitted by another thread (`inline_when_idle`) is waited for as this
+    /// thread would wait for it, up to the patience given.
+    fn lends_itself(&self) -> bool {
+        true
+    }
+
+    fn finished_within(&mut self, patience: Duration) -> Option<Finished<O>> {
+        let deadline = Instant::now() + patience;
+        loop {
+            if let Some(done) = self.take_ready() {
+                return Some(done);
+            }
+            if self.sizes.is_empty() {
+                return None;
+            }
+            if self.wait_for_watched(Some(deadline)) {
+                continue;
+            }
+            let batch = self.rx.recv_deadline(deadline).ok()?;
+            self.ready.extend(batch);
         }
     }
 }

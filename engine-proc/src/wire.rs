@@ -152,7 +152,7 @@ pub(crate) fn recv_frame(rx: &IpcReceiver<Packet>) -> Result<Frame, RecvError> {
     open(recv_packet(rx, None)?)
 }
 
-fn round_up_to_millis(d: Duration) -> Duration {
+pub(crate) fn round_up_to_millis(d: Duration) -> Duration {
     let millis = d.as_nanos().div_ceil(1_000_000);
     Duration::from_millis(u64::try_from(millis).unwrap_or(u64::MAX))
 }

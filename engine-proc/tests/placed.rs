@@ -172,6 +172,24 @@ impl Transport for DiesOnce {
     }
 }
 
+/// With `inline`, the builder's `inline_when_idle`: a lone item goes from the frontend thread
+/// to an idle worker, and that thread waits for its reply (about a millisecond at most, then
+/// the stage's own thread takes it over).
+fn inline_if<F, T, B>(
+    builder: engine_threads::EngineBuilder<F, T, B>,
+    inline: bool,
+) -> engine_threads::EngineBuilder<F, T, B>
+where
+    T: engine_threads::Lendable,
+    B: engine_threads::Lendable,
+{
+    if inline {
+        builder.inline_when_idle()
+    } else {
+        builder
+    }
+}
+
 /// Sends `items` one at a time through `handle`'s engine: each is sent once the one before
 /// reached the backend (`seen`), which must give `expect(x)` for each.
 fn one_at_a_time(
@@ -192,21 +210,24 @@ fn one_at_a_time(
 /// A lone item's engine thread waits for the reply on the worker itself (for a while, then
 /// its driver takes over): lone items come back whether the reply comes at once, after
 /// that while (5 ms), or never because the worker died on the item (it is run again), and
-/// none comes back twice.
-fn lone_items_come_back_whether_their_worker_answers_late_or_dies() {
+/// none comes back twice. With `inline`, the frontend thread sends and waits (for about a
+/// millisecond, then the engine thread takes the item over), and the same holds.
+fn lone_items_come_back_whether_their_worker_answers_late_or_dies(inline: bool) {
     const N: u64 = 40;
-    let dir = std::env::temp_dir().join(format!("engine-placed-dies-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!(
+        "engine-placed-dies-{}-{inline}",
+        std::process::id()
+    ));
     std::fs::create_dir_all(&dir).unwrap();
     let (tx, rx) = crossbeam_channel::unbounded::<u64>();
     let (seen_tx, seen) = crossbeam_channel::unbounded::<u64>();
-    let handle = Engine::builder(rx)
+    let builder = Engine::builder(rx)
         .transport(ProcTransport::new(DiesOnce { dir: dir.clone() }).workers(2))
         .transport_threads(2)
         .backend(move |x: u64| {
             let _ = seen_tx.send(x);
-        })
-        .spawn()
-        .unwrap();
+        });
+    let handle = inline_if(builder, inline).spawn().unwrap();
     one_at_a_time(&tx, &seen, 0..N, |x| x * 2);
     drop(tx);
     let report = handle.join().unwrap();
@@ -224,19 +245,19 @@ fn lone_items_come_back_whether_their_worker_answers_late_or_dies() {
 
 /// Items that come in pairs to two engine threads sharing one worker: while one thread
 /// watches for its item's reply, the other's item waits in the queue for the worker's
-/// driver, which must still hear of it once the watch is over.
-fn pairs_of_items_through_one_worker_all_come_back() {
+/// driver, which must still hear of it once the watch is over. With `inline`, the first of
+/// a pair may be watched by the frontend thread.
+fn pairs_of_items_through_one_worker_all_come_back(inline: bool) {
     const PAIRS: u64 = 300;
     let (tx, rx) = crossbeam_channel::unbounded::<u64>();
     let (seen_tx, seen) = crossbeam_channel::unbounded::<u64>();
-    let handle = Engine::builder(rx)
+    let builder = Engine::builder(rx)
         .transport(ProcTransport::new(Judge).workers(1))
         .transport_threads(2)
         .backend(move |x: u64| {
             let _ = seen_tx.send(x);
-        })
-        .spawn()
-        .unwrap();
+        });
+    let handle = inline_if(builder, inline).spawn().unwrap();
     // Items the stage passes on: no multiple of 7 (filtered) or 13 (refused).
     let mut items = (1..).filter(|x: &u64| !x.is_multiple_of(7) && !x.is_multiple_of(13));
     for _ in 0..PAIRS {
@@ -260,11 +281,12 @@ fn pairs_of_items_through_one_worker_all_come_back() {
 }
 
 /// A lone item that hangs is timed out by its worker's driver, although the engine thread
-/// watched for its reply first; the items after it come back.
-fn a_lone_item_that_hangs_times_out() {
+/// watched for its reply first; the items after it come back. With `inline`, the frontend
+/// thread watched first, and left the item to the engine thread.
+fn a_lone_item_that_hangs_times_out(inline: bool) {
     let (tx, rx) = crossbeam_channel::unbounded::<u64>();
     let (seen_tx, seen) = crossbeam_channel::unbounded::<u64>();
-    let handle = Engine::builder(rx)
+    let builder = Engine::builder(rx)
         .transport(
             ProcTransport::new(Hang)
                 .workers(1)
@@ -272,9 +294,8 @@ fn a_lone_item_that_hangs_times_out() {
         )
         .backend(move |x: u64| {
             let _ = seen_tx.send(x);
-        })
-        .spawn()
-        .unwrap();
+        });
+    let handle = inline_if(builder, inline).spawn().unwrap();
     one_at_a_time(&tx, &seen, 0..5, |x| x);
     // Item 5 alone (an item sent with it would share its batch, and its fate): it fails once
     // its worker is killed.
@@ -758,16 +779,29 @@ fn main() {
         ),
         (
             "lone_items_come_back_whether_their_worker_answers_late_or_dies",
-            lone_items_come_back_whether_their_worker_answers_late_or_dies,
+            || lone_items_come_back_whether_their_worker_answers_late_or_dies(false),
         ),
         (
-            "pairs_of_items_through_one_worker_all_come_back",
-            pairs_of_items_through_one_worker_all_come_back,
+            "lone_items_come_back_whether_their_worker_answers_late_or_dies_inline_when_idle",
+            || {
+                lone_items_come_back_whether_their_worker_answers_late_or_dies(true);
+            },
         ),
+        ("pairs_of_items_through_one_worker_all_come_back", || {
+            pairs_of_items_through_one_worker_all_come_back(false)
+        }),
         (
-            "a_lone_item_that_hangs_times_out",
-            a_lone_item_that_hangs_times_out,
+            "pairs_of_items_through_one_worker_all_come_back_inline_when_idle",
+            || {
+                pairs_of_items_through_one_worker_all_come_back(true);
+            },
         ),
+        ("a_lone_item_that_hangs_times_out", || {
+            a_lone_item_that_hangs_times_out(false)
+        }),
+        ("a_lone_item_that_hangs_times_out_inline_when_idle", || {
+            a_lone_item_that_hangs_times_out(true);
+        }),
         (
             "a_worker_killed_mid_run_loses_nothing_and_runs_nothing_twice",
             a_worker_killed_mid_run_loses_nothing_and_runs_nothing_twice,

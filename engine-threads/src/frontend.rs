@@ -98,6 +98,7 @@ where
             started,
             blocked: Duration::ZERO,
             item_parents: traced && stage_gives_parents,
+            inline: self.inline,
         };
         producing.produce_all();
         let busy = producing.finish();
@@ -147,7 +148,15 @@ struct Producing<'a, F: TrackedFrontend> {
     /// only then does an item carry one of its own. Other items carry nothing: the slot
     /// chooses whole batches to trace.
     item_parents: bool,
+    /// `inline_when_idle`: a lone item runs through the idle stages on this thread.
+    inline: bool,
 }
+
+/// With `inline_when_idle`, an item that `produce` took at least this long to give is a lone
+/// one (its source was silent), and runs through the idle stages on the frontend thread. An
+/// item that was there at once goes on as usual: under load, this thread keeps producing and
+/// the stages' own threads take whole batches.
+const LONE_AFTER: Duration = Duration::from_micros(20);
 
 impl<F> Producing<'_, F>
 where
@@ -176,28 +185,31 @@ where
     /// The inner loop; returns `Ok` at the end of the source or a stop.
     fn produce(&mut self) -> Result<(), StageError> {
         while !self.shared.stop.is_stopping() {
+            let asked = self.inline.then(Instant::now);
             let Some((ticket, item)) = self.stage.produce(self.ctx)? else {
                 return Ok(());
             };
+            let lone = asked.is_some_and(|asked| asked.elapsed() >= LONE_AFTER);
             let parent = if self.item_parents {
                 trace::take_item_parent()
             } else {
                 None
             };
-            if !self.offer(ticket, item, parent) || !self.admitted() {
+            if !self.offer(ticket, item, parent, lone) || !self.admitted() {
                 return Ok(());
             }
         }
         Ok(())
     }
 
-    /// Offers an item to the slot, sending the batch when it is full; false if producing
-    /// should end.
+    /// Offers an item to the slot, sending the batch when it is full (or running it here, if
+    /// the item is `lone` and the next stage idle); false if producing should end.
     fn offer(
         &mut self,
         ticket: F::Ticket,
         item: F::Item,
         parent: Option<trace::TraceParent>,
+        lone: bool,
     ) -> bool {
         let link = self.link;
         match self
@@ -206,7 +218,19 @@ where
         {
             Offer::Kept => true,
             Offer::Send(tx, batch) => {
-                let sent = self.link.send_from_slot(&tx, batch, &mut self.blocked);
+                let sent = if lone {
+                    // The stages' work, done here while their threads sleep, is not this
+                    // stage's: counted as time spent on downstream, as a wait for room is.
+                    let t = Instant::now();
+                    let ran = self.link.try_run_here(batch);
+                    self.blocked += t.elapsed();
+                    match ran {
+                        Ok(()) => true,
+                        Err(batch) => self.link.send_from_slot(&tx, batch, &mut self.blocked),
+                    }
+                } else {
+                    self.link.send_from_slot(&tx, batch, &mut self.blocked)
+                };
                 let busy = self.started.elapsed().saturating_sub(self.blocked);
                 self.stats.publish_times(busy, self.blocked);
                 sent

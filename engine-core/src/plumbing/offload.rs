@@ -12,6 +12,7 @@
 use std::fmt;
 use std::marker::PhantomData;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crossbeam_channel::Select;
 use serde::de::{self, EnumAccess, VariantAccess, Visitor};
@@ -218,6 +219,22 @@ pub trait Offload {
         let _ = select;
         None
     }
+
+    /// Whether another thread may submit a lone batch through this instance and wait for it
+    /// with [`finished_within`](Self::finished_within) while the engine thread that owns it
+    /// sleeps (engine-threads' `inline_when_idle`). The default is no: batches are submitted
+    /// and awaited by the owning thread only.
+    fn lends_itself(&self) -> bool {
+        false
+    }
+
+    /// The next batch that came back, waiting for one up to `patience` (then `None`): how a
+    /// thread that submitted a lone batch through a [lent](Self::lends_itself) instance waits
+    /// before it leaves the batch to the owning thread. The default does not wait.
+    fn finished_within(&mut self, patience: Duration) -> Option<Finished<Self::Output>> {
+        let _ = patience;
+        self.finished(false)
+    }
 }
 
 impl<T: Offload + ?Sized> Offload for &mut T {
@@ -246,6 +263,14 @@ impl<T: Offload + ?Sized> Offload for &mut T {
 
     fn watch_finished<'a>(&'a self, select: &mut Select<'a>) -> Option<usize> {
         (**self).watch_finished(select)
+    }
+
+    fn lends_itself(&self) -> bool {
+        (**self).lends_itself()
+    }
+
+    fn finished_within(&mut self, patience: Duration) -> Option<Finished<T::Output>> {
+        (**self).finished_within(patience)
     }
 }
 

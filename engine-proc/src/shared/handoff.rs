@@ -189,7 +189,9 @@ impl<W: Program> Shared<W> {
         };
         let packet = match wait {
             None => replies.try_recv(),
-            Some(wait) => replies.try_recv_timeout(wait),
+            // Whole milliseconds, rounded up: ipc-channel rounds down, and a wait shorter
+            // than one would not wait at all.
+            Some(wait) => replies.try_recv_timeout(wire::round_up_to_millis(wait)),
         };
         drop(replies);
         let received = match packet {

@@ -180,6 +180,12 @@ struct Consumer<'a, K: Ticket, S: Consume<K>> {
     lender: Option<Arc<Lender<K, S::Input>>>,
     /// A run lent out said to stop taking input.
     halted: bool,
+    /// An offloading stage's tag for its next batch: runs lent out submit under this
+    /// thread's tags.
+    next_tag: u64,
+    /// An offloading stage lent out: what a lent run left in flight for this thread, and
+    /// the signal that wakes it to take them over.
+    left: Option<offloaded::Left<K>>,
 }
 
 impl<K: Ticket, S: Consume<K>> Consumer<'_, K, S> {
@@ -206,6 +212,9 @@ impl<K: Ticket, S: Consume<K>> Consumer<'_, K, S> {
 
 impl<K: Ticket, S: Consume<K>> RunLent<K, S::Input> for Consumer<'_, K, S> {
     fn run_lent(&mut self, batch: Batch<K, S::Input>) -> bool {
+        if self.left.is_some() {
+            return self.run_lent_offloaded(batch);
+        }
         self.counts.input += batch.items.len() as u64;
         if self.at.shared.abort.is_fired() {
             self.counts.dropped += batch.drop_all();
@@ -313,6 +322,8 @@ where
         busy,
         lender,
         halted: false,
+        next_tag: 0,
+        left: None,
     };
     let clean_end = if consumer.stage.offload().is_some() {
         consumer.run_offloaded()

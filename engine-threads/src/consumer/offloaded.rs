@@ -8,13 +8,20 @@
 //! queued (so that a lone item is passed on as soon as it is back, not when the next one
 //! comes). A forced stop makes the stage return what is in flight with its items dropped, so
 //! the thread never waits on a hung worker.
+//!
+//! With `inline_when_idle`, a stage that [lends itself](Offload::lends_itself) (a placed
+//! stage) is lent out while its thread sleeps with nothing in flight: a thread holding a lone
+//! batch for it (a frontend thread, a pod's caller) submits the batch itself and waits for it
+//! up to [`LENT_PATIENCE`], sparing the wake-up of this thread. A batch not back by then is
+//! left to this thread, which is woken to settle it as its own.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Select;
+use crossbeam_channel::{Receiver, Select, Sender};
 
 use engine_core::StageError;
-use engine_core::plumbing::{Finished, ItemOutcome, Ticket};
+use engine_core::plumbing::{Finished, ItemOutcome, Offload, Ticket};
 use engine_core::trace::{BatchScope, TraceParent};
 
 use super::{Consume, Consumer};
@@ -22,8 +29,14 @@ use crate::link::{Batch, Polled};
 use crate::shared::Flow;
 use crate::stall::{self, Wait};
 
+/// How long a run lent out waits for its batch to come back before it leaves the batch to
+/// the stage's own thread, so that a slow batch does not hold the lending thread (a frontend
+/// that could be reading its next item) for long. A placed stage's engine thread waits as
+/// long for a lone batch before it gives it to the worker's driver.
+const LENT_PATIENCE: Duration = Duration::from_millis(1);
+
 /// A batch in flight: its tag, its place in frontend order, and its items' tickets.
-struct InFlight<K> {
+pub(super) struct InFlight<K> {
     tag: u64,
     seq: u64,
     tickets: Vec<K>,
@@ -35,9 +48,26 @@ struct InFlight<K> {
 struct Flights<K> {
     in_flight: Vec<InFlight<K>>,
     capacity: usize,
-    next_tag: u64,
     /// Time spent waiting for input or for batches to come back: not work.
     waited: Duration,
+}
+
+impl<K> Flights<K> {
+    fn new(capacity: usize) -> Self {
+        Self {
+            in_flight: Vec::with_capacity(capacity),
+            capacity,
+            waited: Duration::ZERO,
+        }
+    }
+}
+
+/// What runs lent out left in flight for the consumer's own thread, and the signal that wakes
+/// it to take them over.
+pub(super) struct Left<K> {
+    flights: Vec<InFlight<K>>,
+    wake: Sender<()>,
+    woken: Receiver<()>,
 }
 
 impl<K: Ticket, S: Consume<K>> Consumer<'_, K, S> {
@@ -49,12 +79,15 @@ impl<K: Ticket, S: Consume<K>> Consumer<'_, K, S> {
         if let Some(in_flight) = self.stage.offload().and_then(|o| o.in_flight()) {
             self.stats.watch_in_flight(in_flight);
         }
-        let mut flights = Flights {
-            in_flight: Vec::with_capacity(capacity),
-            capacity,
-            next_tag: 0,
-            waited: Duration::ZERO,
-        };
+        if self.lender.is_some() && self.stage.offload().is_some_and(|o| o.lends_itself()) {
+            let (wake, woken) = crossbeam_channel::bounded(1);
+            self.left = Some(Left {
+                flights: Vec::new(),
+                wake,
+                woken,
+            });
+        }
+        let mut flights = Flights::new(capacity);
         let clean = self.offload_all(&mut flights, started);
         // Whatever is still out comes back (a forced stop returns it at once, dropped).
         let mut drained = true;
@@ -91,9 +124,17 @@ impl<K: Ticket, S: Consume<K>> Consumer<'_, K, S> {
                     return false;
                 }
                 let t = Instant::now();
-                let batch = self.input.recv();
+                let polled = self.recv_or_lend();
                 flights.waited += t.elapsed();
-                batch.map_or(Polled::Ended, Polled::Ready)
+                // What runs lent out meanwhile left in flight is this thread's now.
+                if let Some(left) = &mut self.left {
+                    flights.in_flight.append(&mut left.flights);
+                }
+                match polled {
+                    Some(Polled::Empty) => continue,
+                    Some(polled) => polled,
+                    None => return false,
+                }
             } else {
                 match self.input.try_recv() {
                     Polled::Empty => match self.wait_either(flights) {
@@ -115,6 +156,66 @@ impl<K: Ticket, S: Consume<K>> Consumer<'_, K, S> {
             let busy = self.busy + started.elapsed().saturating_sub(flights.waited);
             self.stats.publish(&self.counts, busy, self.stage.blocked());
         }
+    }
+
+    /// Waits for input with nothing in flight, lent out meanwhile if the stage lends itself
+    /// (`inline_when_idle`). `Empty` if woken to take over what a lent run left in flight;
+    /// `None` if a lent run said to stop taking input.
+    fn recv_or_lend(&mut self) -> Option<Polled<Batch<K, S::Input>>> {
+        let (Some(lender), Some(left)) = (self.lender.clone(), &self.left) else {
+            return Some(self.input.recv().map_or(Polled::Ended, Polled::Ready));
+        };
+        // Lenders exist only in unordered mode, where the input is the link alone.
+        let woken = left.woken.clone();
+        let link = Arc::clone(self.input.link());
+        // SAFETY: this thread does not touch `self` until `lent` is dropped, and `self`
+        // outlives it.
+        let lent = unsafe { lender.lend(self) };
+        let polled = link.recv_or(Some(&woken));
+        if lent.reclaim() {
+            if let Polled::Ready(batch) = polled {
+                self.counts.input += batch.items.len() as u64;
+                self.counts.dropped += batch.drop_all();
+            }
+            self.halted = true;
+            return None;
+        }
+        Some(polled)
+    }
+
+    /// A lone batch run lent out, on the thread that holds it (see the module's
+    /// documentation): submitted from here, and settled here if it comes back within
+    /// [`LENT_PATIENCE`]; otherwise left in flight to the stage's own thread. Then what it
+    /// gave goes on. Returns false if the stage should stop taking input.
+    pub(super) fn run_lent_offloaded(&mut self, batch: Batch<K, S::Input>) -> bool {
+        let started = Instant::now();
+        let mut flights = Flights::new(1);
+        let mut go_on = self.submit(&mut flights, batch);
+        if go_on {
+            let t = Instant::now();
+            let done = {
+                let _waiting = stall::waiting(Wait::Worker);
+                self.stage
+                    .offload()
+                    .and_then(|offload| offload.finished_within(LENT_PATIENCE))
+            };
+            flights.waited += t.elapsed();
+
+            if let Some(done) = done {
+                go_on = self.settle(&mut flights, done);
+            }
+        }
+        if let Some(left) = &mut self.left
+            && !flights.in_flight.is_empty()
+        {
+            left.flights.append(&mut flights.in_flight);
+            // One signal is enough for any number of batches left.
+            let _ = left.wake.try_send(());
+        }
+        self.busy += started.elapsed().saturating_sub(flights.waited);
+        let go_on = go_on && self.stage.before_wait(&mut self.counts);
+        self.publish();
+        go_on
     }
 
     /// With batches out and nothing queued: hands on what the thread holds, then sleeps
@@ -148,8 +249,8 @@ impl<K: Ticket, S: Consume<K>> Consumer<'_, K, S> {
         let len = batch.items.len();
         let scope = super::batch_scope(self.at.ctx, batch.traces.as_slice(), len);
         let (tickets, items): (Vec<K>, Vec<S::Input>) = batch.items.into_iter().unzip();
-        let tag = flights.next_tag;
-        flights.next_tag += 1;
+        let tag = self.next_tag;
+        self.next_tag += 1;
         flights.in_flight.push(InFlight {
             tag,
             seq: batch.seq,

@@ -179,30 +179,41 @@ impl<K: Ticket, T: Send> Link<K, T> {
     /// Takes a queued batch, else a frontend's open batch however small; with nothing
     /// anywhere, sleeps until a producer hands a batch on. Nothing waits on a timer.
     pub(crate) fn recv(&self) -> Option<Batch<K, T>> {
+        match self.recv_or(None) {
+            Polled::Ready(batch) => Some(batch),
+            _ => None,
+        }
+    }
+
+    /// As [`recv`](Self::recv), but a signal on `wake` also ends the wait, with `Empty` (the
+    /// signal taken): a consumer lent out while it sleeps (see `lend`) hears that a run lent
+    /// out left it something to do.
+    pub(crate) fn recv_or(&self, wake: Option<&Receiver<()>>) -> Polled<Batch<K, T>> {
+        let woken = || wake.is_some_and(|wake| wake.try_recv().is_ok());
         loop {
             match self.try_recv() {
-                Polled::Ready(batch) => return Some(batch),
-                Polled::Ended => return None,
+                Polled::Empty if woken() => return Polled::Empty,
                 Polled::Empty => {}
+                other => return other,
             }
             // Not yet a sleeper: give the core to a producer a few times first (see
             // `patience`).
             if let Some(batch) = self.patiently() {
-                return Some(batch);
+                return Polled::Ready(batch);
             }
             // Announce the sleep before the last look, so that a producer that adds to its
             // batch after that look (a frontend: under its slot's lock) sees the sleeper and
             // hands its batch on.
             self.state.sleeping.fetch_add(1, Ordering::SeqCst);
             let polled = match self.try_recv() {
-                Polled::Empty => self.wait(),
+                Polled::Empty => self.wait(wake),
                 other => other,
             };
             self.state.sleeping.fetch_sub(1, Ordering::SeqCst);
             match polled {
-                Polled::Ready(batch) => return Some(batch),
-                Polled::Ended => return None,
+                Polled::Empty if wake.is_some() => return Polled::Empty,
                 Polled::Empty => {}
+                other => return other,
             }
         }
     }
@@ -246,13 +257,16 @@ impl<K: Ticket, T: Send> Link<K, T> {
         None
     }
 
-    /// Sleeps until a batch arrives (`Empty` after a nudge), the stream ends or the run is
-    /// aborted.
-    fn wait(&self) -> Polled<Batch<K, T>> {
+    /// Sleeps until a batch arrives (`Empty` after a nudge or a signal on `wake`), the stream
+    /// ends or the run is aborted.
+    fn wait(&self, wake: Option<&Receiver<()>>) -> Polled<Batch<K, T>> {
         let _waiting = stall::waiting(Wait::Input);
         let mut select = Select::new();
         let data = select.recv(&self.rx);
         let abort = select.recv(self.abort.receiver());
+        if let Some(wake) = wake {
+            select.recv(wake);
+        }
         let op = select.select();
         match op.index() {
             i if i == data => match op.recv(&self.rx) {
@@ -264,7 +278,11 @@ impl<K: Ticket, T: Send> Link<K, T> {
                 let _ = op.recv(self.abort.receiver());
                 Polled::Ended
             }
-            _ => unreachable!("only two operations were selected"),
+            _ => {
+                let wake = wake.expect("a third operation is selected only with `wake`");
+                let _ = op.recv(wake);
+                Polled::Empty
+            }
         }
     }
 
