@@ -4,8 +4,8 @@
 //!
 //! Also: the same shape with 4 transport threads on this machine's cores, `x + 1` with the
 //! batch-native form (`map_batch`) against a hand-written pipeline moving `Vec` batches, the
-//! latency of a lone item (median and p99) against a hand-written pipeline of the same
-//! shape, and the peak of items held in memory with a backend 100 times slower than the
+//! latency of a lone item (median and p99; by default and with `inline_when_idle`) against
+//! a hand-written pipeline of the same shape, and the peak of items held in memory with a backend 100 times slower than the
 //! frontend.
 //!
 //! And `traced`: the throughput pipeline without a trace hook against the same pipeline in a
@@ -191,10 +191,18 @@ fn batched() {
 /// How long a lone item takes from the frontend to the backend through an idle pipeline: the
 /// engine against a hand-written pipeline of the same shape (a frontend thread reading the
 /// same input channel, 2 transport threads, a backend thread, one item per crossbeam send).
-/// Samples alternate between the two, so both see the same machine load.
+/// Samples alternate between the two, so both see the same machine load. Measured twice:
+/// the engine by default, then with `inline_when_idle`.
 fn latency() {
+    latency_against_hand_written(false);
+    latency_against_hand_written(true);
+}
+
+/// [`latency`] for the engine by default, or with `inline_when_idle` (a lone item runs
+/// through the idle stages on the frontend thread).
+fn latency_against_hand_written(inline: bool) {
     const SAMPLES: usize = 400;
-    let (engine_in, engine_seen, engine) = engine_pipeline();
+    let (engine_in, engine_seen, engine) = engine_pipeline(inline);
     let (base_in, base_seen, baseline) = hand_written_pipeline();
     let one = |input: &crossbeam_channel::Sender<Instant>,
                seen: &crossbeam_channel::Receiver<Duration>| {
@@ -211,8 +219,10 @@ fn latency() {
     drop((engine_in, base_in));
     engine();
     baseline();
+    let how = if inline { ", inline_when_idle" } else { "" };
     println!(
-        "\nthreads: latency of a lone item, frontend -> 2 transports -> backend ({SAMPLES} samples)"
+        "\nthreads: latency of a lone item, frontend -> 2 transports -> backend ({SAMPLES} \
+         samples{how})"
     );
     harness::latency_table(
         ("engine", &mut engine_lat),
@@ -227,18 +237,23 @@ type Pipeline = (
     Box<dyn FnOnce()>,
 );
 
-/// The engine, fed through a channel, with 2 transport threads.
-fn engine_pipeline() -> Pipeline {
+/// The engine, fed through a channel, with 2 transport threads; with `inline`,
+/// `inline_when_idle`.
+fn engine_pipeline(inline: bool) -> Pipeline {
     let (input_tx, input_rx) = crossbeam_channel::unbounded::<Instant>();
     let (seen_tx, seen_rx) = crossbeam_channel::unbounded::<Duration>();
-    let handle = Engine::builder(input_rx)
+    let builder = Engine::builder(input_rx)
         .transport(|t: Instant| t)
         .transport_threads(2)
         .backend(move |t: Instant| {
             let _ = seen_tx.send(t.elapsed());
-        })
-        .spawn()
-        .expect("the engine starts");
+        });
+    let builder = if inline {
+        builder.inline_when_idle()
+    } else {
+        builder
+    };
+    let handle = builder.spawn().expect("the engine starts");
     let join = move || {
         handle.join().expect("the engine ends");
     };

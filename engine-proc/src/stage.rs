@@ -34,7 +34,10 @@ use crate::remote::{RemoteBackend, RemoteTransport};
 /// straight to an idle worker, and the engine thread waits for its reply itself: it looks
 /// for it for up to 150 µs, spinning and then yielding, before it sleeps on the worker. So
 /// trickling items cross at about the speed of a hand-written call to a child process, for
-/// up to 150 µs of CPU per lone item whose worker takes longer.
+/// up to 150 µs of CPU per lone item whose worker takes longer. With the engine's
+/// `inline_when_idle`, a lone item skips the engine thread too: the frontend thread that read
+/// it (or a pod's caller) sends it to the idle worker and waits for the reply the same way,
+/// for up to about a millisecond, after which the engine thread takes the item over.
 ///
 /// A worker that dies is replaced, and the batch it was running is tried again on another
 /// (see [`retries`](Self::retries)); after that every item of the batch fails with how the

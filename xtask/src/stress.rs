@@ -47,6 +47,7 @@ threads promises -     every_item_is_accounted_for
 threads async_stages short stop
 threads async_stages -     random_delays never_more_than_k errors_panics
 threads stall    -     a_held_back_item
+threads batching -     a_lone_item_crosses with_inline_when_idle batches_form
 proc    placed   short ordered_mode_keeps_the_order_through_the_processes
 proc    placed   -     lone_items_reach_the_backend_also_past_a_killed_idle_worker
 proc    placed   -     lone_items_come_back_whether_their_worker_answers_late_or_dies
