@@ -335,7 +335,8 @@ where
     }
 
     /// A lone batch submitted by another thread (`inline_when_idle`) is waited for as this
-    /// thread would wait for it, up to the patience given.
+    /// thread would wait for it, up to the patience given (a sleep on the worker lasts whole
+    /// milliseconds, as ipc-channel waits: the last may end up to one later).
     fn lends_itself(&self) -> bool {
         true
     }
