@@ -72,8 +72,13 @@ fn engine_top_names_the_slow_backend_as_the_bottleneck_and_quits_on_q() {
         env!("CARGO_BIN_EXE_engine")
     );
     tmux.start("top", &top);
+    // A whole screen: one captured mid-redraw may hold the head line and not yet every stage.
     let screen = tmux.wait_for("top", "the bottleneck", |s| {
-        s.contains("bottleneck: backend") && s.contains("backpressured")
+        let drawn = |stage: &str| s.lines().any(|l| l.starts_with(stage));
+        s.contains("bottleneck: backend")
+            && s.contains("backpressured")
+            && drawn("transport")
+            && drawn("backend")
     });
     let transport = screen
         .lines()

@@ -220,10 +220,10 @@ impl<W: Program> Lane<W> {
     /// the driver.
     fn wait_for_watched(&mut self, deadline: Option<Instant>) -> bool {
         loop {
-            let Some(watched) = self.watch.as_ref().map(|w| w.sent().elapsed()) else {
+            let now = Instant::now();
+            let Some(watched) = self.watch.as_ref().map(|w| now.duration_since(w.sent())) else {
                 return false;
             };
-            let now = Instant::now();
             if deadline.is_some_and(|deadline| now >= deadline) {
                 return false;
             }
@@ -310,28 +310,7 @@ where
     }
 
     fn finished(&mut self, wait: bool) -> Option<Finished<O>> {
-        loop {
-            if let Some(done) = self.take_ready() {
-                return Some(done);
-            }
-            if self.sizes.is_empty() {
-                return None;
-            }
-            let watched = if wait {
-                self.wait_for_watched(None)
-            } else {
-                self.poll_watch(None)
-            };
-            if watched {
-                continue;
-            }
-            let batch = if wait {
-                self.rx.recv().ok()
-            } else {
-                self.rx.try_recv().ok()
-            };
-            self.ready.extend(batch?);
-        }
+        self.next_finished(if wait { Until::Back } else { Until::Now })
     }
 
     /// A lone batch submitted by another thread (`inline_when_idle`) is waited for as this
@@ -342,20 +321,7 @@ where
     }
 
     fn finished_within(&mut self, patience: Duration) -> Option<Finished<O>> {
-        let deadline = Instant::now() + patience;
-        loop {
-            if let Some(done) = self.take_ready() {
-                return Some(done);
-            }
-            if self.sizes.is_empty() {
-                return None;
-            }
-            if self.wait_for_watched(Some(deadline)) {
-                continue;
-            }
-            let batch = self.rx.recv_deadline(deadline).ok()?;
-            self.ready.extend(batch);
-        }
+        self.next_finished(Until::Deadline(Instant::now() + patience))
     }
 }
 
@@ -366,11 +332,49 @@ fn outcomes<O>(result: TaskResult<Vec<ItemOutcome<O>>>, n: usize) -> Vec<ItemOut
     }
 }
 
+/// How long [`Lane::next_finished`] waits for a batch to come back.
+#[derive(Debug, Clone, Copy)]
+enum Until {
+    /// Not at all.
+    Now,
+    /// As long as it takes.
+    Back,
+    /// Until then at most.
+    Deadline(Instant),
+}
+
 impl<I, O, W> Lane<W>
 where
     W: Program<Task = Vec<I>, Output = Vec<ItemOutcome<O>>>,
     I: Send + 'static,
 {
+    /// The next batch whose results are in: the watched one's, looked for first, or one
+    /// from the lane.
+    fn next_finished(&mut self, until: Until) -> Option<Finished<O>> {
+        loop {
+            if let Some(done) = self.take_ready() {
+                return Some(done);
+            }
+            if self.sizes.is_empty() {
+                return None;
+            }
+            let watched = match until {
+                Until::Now => self.poll_watch(None),
+                Until::Back => self.wait_for_watched(None),
+                Until::Deadline(deadline) => self.wait_for_watched(Some(deadline)),
+            };
+            if watched {
+                continue;
+            }
+            let batch = match until {
+                Until::Now => self.rx.try_recv().ok(),
+                Until::Back => self.rx.recv().ok(),
+                Until::Deadline(deadline) => self.rx.recv_deadline(deadline).ok(),
+            };
+            self.ready.extend(batch?);
+        }
+    }
+
     /// Runs one item through the workers and waits for it: for an engine that calls the
     /// stage per item.
     pub(crate) fn call(&mut self, item: I) -> ItemOutcome<O> {

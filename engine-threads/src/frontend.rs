@@ -12,7 +12,7 @@ use engine_core::{StageContext, StageError};
 use crate::counters::ThreadStats;
 use crate::factory::Factory;
 use crate::input::Window;
-use crate::link::{FrontSlot, Link, Offer, complete};
+use crate::link::{Batch, FrontSlot, Link, Offer, complete};
 use crate::shared::{Event, Flow, Shared, cleanup, last_resort, stage_span};
 
 /// What a frontend thread needs, moved to it.
@@ -189,13 +189,12 @@ where
             let Some((ticket, item)) = self.stage.produce(self.ctx)? else {
                 return Ok(());
             };
-            let lone = asked.is_some_and(|asked| asked.elapsed() >= LONE_AFTER);
             let parent = if self.item_parents {
                 trace::take_item_parent()
             } else {
                 None
             };
-            if !self.offer(ticket, item, parent, lone) || !self.admitted() {
+            if !self.offer(ticket, item, parent, asked) || !self.admitted() {
                 return Ok(());
             }
         }
@@ -203,13 +202,14 @@ where
     }
 
     /// Offers an item to the slot, sending the batch when it is full (or running it here, if
-    /// the item is `lone` and the next stage idle); false if producing should end.
+    /// the item is a lone one and the next stage idle: see [`LONE_AFTER`]; `asked` is when
+    /// `produce` was called for it, with `inline_when_idle`); false if producing should end.
     fn offer(
         &mut self,
         ticket: F::Ticket,
         item: F::Item,
         parent: Option<trace::TraceParent>,
-        lone: bool,
+        asked: Option<Instant>,
     ) -> bool {
         let link = self.link;
         match self
@@ -218,18 +218,9 @@ where
         {
             Offer::Kept => true,
             Offer::Send(tx, batch) => {
-                let sent = if lone {
-                    // The stages' work, done here while their threads sleep, is not this
-                    // stage's: counted as time spent on downstream, as a wait for room is.
-                    let t = Instant::now();
-                    let ran = self.link.try_run_here(batch);
-                    self.blocked += t.elapsed();
-                    match ran {
-                        Ok(()) => true,
-                        Err(batch) => self.link.send_from_slot(&tx, batch, &mut self.blocked),
-                    }
-                } else {
-                    self.link.send_from_slot(&tx, batch, &mut self.blocked)
+                let sent = match self.run_if_lone(batch, asked) {
+                    Ok(()) => true,
+                    Err(batch) => self.link.send_from_slot(&tx, batch, &mut self.blocked),
                 };
                 let busy = self.started.elapsed().saturating_sub(self.blocked);
                 self.stats.publish_times(busy, self.blocked);
@@ -248,6 +239,28 @@ where
                 false
             }
         }
+    }
+
+    /// Runs a lone item's batch through the idle stages on this thread (`inline_when_idle`);
+    /// gives the batch back if the item is not lone or the next stage is not idle. Asked
+    /// only when a batch goes, so under load the clock is read once a batch.
+    fn run_if_lone(
+        &mut self,
+        batch: Batch<F::Ticket, F::Item>,
+        asked: Option<Instant>,
+    ) -> Result<(), Batch<F::Ticket, F::Item>> {
+        let Some(asked) = asked else {
+            return Err(batch);
+        };
+        let t = Instant::now();
+        if t.duration_since(asked) < LONE_AFTER {
+            return Err(batch);
+        }
+        let ran = self.link.try_run_here(batch);
+        // The stages' work, done here while their threads sleep, is not this stage's:
+        // counted as time spent on downstream, as a wait for room is.
+        self.blocked += t.elapsed();
+        ran
     }
 
     /// Ordered mode: stays within the window of what the sink has delivered, whoever takes

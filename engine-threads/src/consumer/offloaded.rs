@@ -191,19 +191,8 @@ impl<K: Ticket, S: Consume<K>> Consumer<'_, K, S> {
         let started = Instant::now();
         let mut flights = Flights::new(1);
         let mut go_on = self.submit(&mut flights, batch);
-        if go_on {
-            let t = Instant::now();
-            let done = {
-                let _waiting = stall::waiting(Wait::Worker);
-                self.stage
-                    .offload()
-                    .and_then(|offload| offload.finished_within(LENT_PATIENCE))
-            };
-            flights.waited += t.elapsed();
-
-            if let Some(done) = done {
-                go_on = self.settle(&mut flights, done);
-            }
+        if go_on && let Some(done) = self.wait_finished(&mut flights, Some(LENT_PATIENCE)) {
+            go_on = self.settle(&mut flights, done);
         }
         if let Some(left) = &mut self.left
             && !flights.in_flight.is_empty()
@@ -267,13 +256,7 @@ impl<K: Ticket, S: Consume<K>> Consumer<'_, K, S> {
     /// Waits for the next batch to come back and settles it; false if the run should stop
     /// taking input.
     fn settle_next(&mut self, flights: &mut Flights<K>) -> bool {
-        let t = Instant::now();
-        let done = {
-            let _waiting = stall::waiting(Wait::Worker);
-            self.finished(true)
-        };
-        flights.waited += t.elapsed();
-        match done {
+        match self.wait_finished(flights, None) {
             Some(done) => self.settle(flights, done),
             None => {
                 self.lost(flights);
@@ -286,6 +269,25 @@ impl<K: Ticket, S: Consume<K>> Consumer<'_, K, S> {
         self.stage
             .offload()
             .and_then(|offload| offload.finished(wait))
+    }
+
+    /// Waits for the next batch to come back, for as long as it takes or up to `within`
+    /// (then `None`), counting the time as waited.
+    fn wait_finished(
+        &mut self,
+        flights: &mut Flights<K>,
+        within: Option<Duration>,
+    ) -> Option<Finished<S::Done>> {
+        let t = Instant::now();
+        let done = {
+            let _waiting = stall::waiting(Wait::Worker);
+            self.stage.offload().and_then(|offload| match within {
+                None => offload.finished(true),
+                Some(patience) => offload.finished_within(patience),
+            })
+        };
+        flights.waited += t.elapsed();
+        done
     }
 
     /// Settles a batch that came back; false if the run should stop taking input.
